@@ -1,0 +1,147 @@
+"""One frozen schema per topic (docs/messages.md is the prose version)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dragon.messages.schema import Message, require
+
+# Order matters: it is the feature axis of every window and model.
+HOST_METRICS: tuple[str, ...] = ("cpu", "ram", "swap", "disk_read", "disk_write", "net_rx", "net_tx")
+FAULT_KINDS: tuple[str, ...] = ("cpu", "memory", "disk", "flood")
+
+
+@dataclass(frozen=True)
+class HostMetrics:
+    """One host's usage over the last interval.
+
+    cpu, ram, swap: fractions of the host's capacity (0..1, cpu may briefly exceed 1
+    when a quota is enforced late); disk_* and net_*: bytes per second.
+    """
+
+    cpu: float
+    ram: float
+    swap: float
+    disk_read: float
+    disk_write: float
+    net_rx: float
+    net_tx: float
+
+    def vector(self) -> list[float]:
+        return [getattr(self, name) for name in HOST_METRICS]
+
+
+@dataclass(frozen=True)
+class TaskUsage:
+    """A DRAGON task container on the host: cpu as a fraction of the host, ram in bytes."""
+
+    id: str
+    name: str
+    cpu: float
+    ram_bytes: float
+
+
+@dataclass(frozen=True)
+class HostSample(Message):
+    """``dragon/<lei>/hosts/<host>/sample`` — collector → detector."""
+
+    lei: str
+    host: str
+    ts: float
+    seq: int
+    interval_s: float
+    metrics: HostMetrics
+    tasks: tuple[TaskUsage, ...] = ()
+
+    def check(self) -> None:
+        require(self.interval_s > 0, "HostSample.interval_s must be positive")
+        require(self.ts > 0, "HostSample.ts must be an epoch time in seconds")
+        for name in HOST_METRICS:
+            value = getattr(self.metrics, name)
+            require(value >= 0, f"HostSample.metrics.{name} must not be negative")
+        for name in ("cpu", "ram", "swap"):
+            require(getattr(self.metrics, name) <= 4.0, f"HostSample.metrics.{name} is a fraction of capacity")
+
+
+@dataclass(frozen=True)
+class MetricContribution:
+    metric: str
+    contribution: float
+
+
+@dataclass(frozen=True)
+class FaultEvent(Message):
+    """``dragon/faults/<lei>/<host>`` — the public API for other tools.
+
+    ``type`` is ``start`` when a host becomes faulty and ``end`` when it has been
+    normal again for the configured number of windows. ``event_id`` is stable for a
+    given host, window and type, so a consumer can drop a redelivered duplicate.
+    """
+
+    event_id: str
+    type: str
+    lei: str
+    host: str
+    ts: float
+    window_ts: float
+    score: float
+    threshold: float
+    label: int
+    mode: str
+    top_metrics: tuple[MetricContribution, ...]
+    model_id: str
+    detector: str
+
+    def check(self) -> None:
+        require(self.type in {"start", "end"}, "FaultEvent.type must be start or end")
+        require(self.mode in {"observed", "predicted"}, "FaultEvent.mode must be observed or predicted")
+        require(self.label in {0, 1}, "FaultEvent.label must be 0 or 1")
+
+
+@dataclass(frozen=True)
+class HostHealth(Message):
+    """``dragon/<lei>/hosts/<host>/health`` (retained) — the latest verdict per host."""
+
+    lei: str
+    host: str
+    ts: float
+    score: float
+    threshold: float
+    label: int
+    mode: str
+    faulty_since: float | None = None
+
+
+@dataclass(frozen=True)
+class FaultInjection(Message):
+    """``dragon/<lei>/inject/<host>`` — start a real fault inside an emulated host."""
+
+    id: str
+    kind: str
+    duration_s: float
+    intensity: float = 1.0
+    ts: float = 0.0
+
+    def check(self) -> None:
+        require(self.kind in FAULT_KINDS, f"FaultInjection.kind must be one of {', '.join(FAULT_KINDS)}")
+        require(0 < self.duration_s <= 3600, "FaultInjection.duration_s must be in (0, 3600]")
+        require(0 < self.intensity <= 1, "FaultInjection.intensity must be in (0, 1]")
+        require(0 < len(self.id) <= 64, "FaultInjection.id must be 1-64 characters")
+
+
+@dataclass(frozen=True)
+class InjectionEvent(Message):
+    """``dragon/<lei>/injections`` — ground truth of every injected fault."""
+
+    id: str
+    lei: str
+    host: str
+    kind: str
+    status: str
+    ts: float
+    started_at: float | None = None
+    ends_at: float | None = None
+    reason: str = ""
+
+    def check(self) -> None:
+        require(self.status in {"started", "finished", "failed", "rejected"}, "InjectionEvent.status is unknown")

@@ -1,0 +1,52 @@
+"""Topic names in one place. Ids are checked by ``dragon.settings.check_id``."""
+
+from __future__ import annotations
+
+ROOT = "dragon"
+
+
+def host_sample(lei: str, host: str) -> str:
+    return f"{ROOT}/{lei}/hosts/{host}/sample"
+
+
+def host_samples(lei: str) -> str:
+    """Filter for every host sample of an LEI."""
+    return f"{ROOT}/{lei}/hosts/+/sample"
+
+
+def host_health(lei: str, host: str) -> str:
+    return f"{ROOT}/{lei}/hosts/{host}/health"
+
+
+def fault_event(lei: str, host: str) -> str:
+    return f"{ROOT}/faults/{lei}/{host}"
+
+
+def fault_event_json(lei: str, host: str) -> str:
+    """The JSON mirror of :func:`fault_event`, for tools without msgpack."""
+    return f"{ROOT}/faults-json/{lei}/{host}"
+
+
+def inject(lei: str, host: str) -> str:
+    return f"{ROOT}/{lei}/inject/{host}"
+
+
+def injections(lei: str) -> str:
+    return f"{ROOT}/{lei}/injections"
+
+
+def availability(service: str, instance: str) -> str:
+    return f"{ROOT}/{service}/{instance}/available"
+
+
+def host_of(topic: str) -> str:
+    """The host level of ``dragon/<lei>/hosts/<host>/...`` or ``dragon/<lei>/inject/<host>``."""
+    parts = topic.split("/")
+    if len(parts) >= 4 and parts[2] in {"hosts", "inject"}:
+        return parts[3]
+    raise ValueError(f"no host in topic {topic!r}")
+
+
+def shared(filter_: str, group: str) -> str:
+    """An MQTT v5 shared subscription: each message goes to one member of ``group``."""
+    return f"$share/{group}/{filter_}"

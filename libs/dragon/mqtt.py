@@ -1,0 +1,321 @@
+"""The one MQTT client every service uses (paho-mqtt 2.x, MQTT v5).
+
+What it adds to paho:
+
+* a persistent session (``clean_start=False`` plus a session expiry) under a
+  stable client id, so QoS 1 messages published while we were away are kept
+  by the broker and delivered on reconnect;
+* reconnect with exponential backoff (paho's own loop) and re-subscription on
+  every successful connect; a refused connect is logged and never treated as
+  connected;
+* availability: a retained ``online`` on connect and a Last Will ``offline``,
+  and ``on_connected`` hooks through which a service republishes its state;
+* dispatch by topic filter to handlers that run on one worker thread, not on
+  paho's network thread, so slow work never starves keep-alives. QoS 1
+  messages are acknowledged only after their handler returned, so a crash
+  mid-message means redelivery, not loss. The broker never has more than
+  ``receive_maximum`` unacknowledged messages in flight to us, which bounds
+  the worker queue;
+* batch handlers receive every message that is waiting at once (up to
+  ``MAX_BATCH``), so a service can amortise Redis round trips and model calls;
+* a handler that raises is logged with its topic and counted; the loop goes on.
+  A handler that raises :class:`Unprocessed` leaves its messages unacknowledged,
+  so the broker delivers them again after a reconnect.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from dragon.messages import codec, topics
+from dragon.messages.codec import DecodeError
+from dragon.messages.schema import Message
+from dragon.settings import MqttSettings
+
+log = structlog.get_logger(__name__)
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A received message as handlers see it."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    content_type: str
+    user_properties: dict[str, str] = field(default_factory=dict)
+
+
+M = TypeVar("M", bound=Message)
+Handler = Callable[[Incoming], None]
+BatchHandler = Callable[[list[Incoming]], None]
+MAX_BATCH = 256
+
+
+class Unprocessed(Exception):
+    """Raised by a handler that could not finish (e.g. shutting down): do not acknowledge."""
+
+
+class Counters:
+    """Thread-safe named counters (dropped messages by reason, handler errors…)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: collections.Counter[str] = collections.Counter()
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._values[name] += amount
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)
+
+
+class MqttClient:
+    """A connected service's MQTT endpoint. Create, ``subscribe``/``on_connected``, then ``start``."""
+
+    def __init__(self, settings: MqttSettings, service: str, instance: str, counters: Counters | None = None) -> None:
+        self.settings = settings
+        self.service = service
+        self.instance = instance
+        self.counters = counters or Counters()
+        self.availability_topic = topics.availability(service, instance)
+        self._subscriptions: list[tuple[str, int]] = []
+        self._handlers: list[tuple[str, BatchHandler]] = []
+        self._on_connected: list[Callable[[], None]] = []
+        self._work: queue.Queue[paho.MQTTMessage | None] = queue.Queue()
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._client = self._make_client()
+
+    # --- set-up -----------------------------------------------------------------
+    def _make_client(self) -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{self.service}-{self.instance}",
+            protocol=paho.MQTTv5,
+            manual_ack=True,
+        )
+        if self.settings.username:
+            client.username_pw_set(self.settings.username, self.settings.password)
+        if self.settings.tls:
+            client.tls_set(ca_certs=self.settings.ca_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        return client
+
+    def subscribe(self, filter_: str, handler: Handler, qos: int = 1, match: str | None = None) -> None:
+        """Route messages matching ``match`` (default ``filter_``) to ``handler``, one at a time.
+
+        ``filter_`` is what is sent to the broker (it may be a ``$share/...``
+        shared subscription); ``match`` is the plain filter messages arrive on.
+        """
+        self.subscribe_batch(filter_, lambda batch: _each(handler, batch, self.counters), qos, match)
+
+    def subscribe_batch(self, filter_: str, handler: BatchHandler, qos: int = 1, match: str | None = None) -> None:
+        """Like :meth:`subscribe`, but ``handler`` gets all waiting messages as one list."""
+        self._subscriptions.append((filter_, qos))
+        self._handlers.append((match or filter_, handler))
+
+    def on_connected(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` (on the worker thread) after every successful connect."""
+        self._on_connected.append(hook)
+
+    def start(self) -> None:
+        self._worker = threading.Thread(target=self._work_loop, name=f"{self.service}-mqtt-worker", daemon=True)
+        self._worker.start()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        props.ReceiveMaximum = self.settings.receive_maximum
+        self._client.connect_async(
+            self.settings.host,
+            self.settings.port,
+            keepalive=self.settings.keepalive_s,
+            clean_start=False,
+            properties=props,
+        )
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Say ``offline``, disconnect cleanly (no Last Will) and stop the worker."""
+        self._stopping.set()
+        if self._connected.is_set():
+            self._client.publish(self.availability_topic, OFFLINE, qos=1, retain=True).wait_for_publish(timeout=2)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._work.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout=5)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # --- publishing ---------------------------------------------------------------
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
+    ) -> None:
+        """Publish; QoS 1 messages are queued by paho while disconnected and sent on reconnect."""
+        props = None
+        if content_type:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = content_type
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            self.counters.add("publish_failed")
+            log.warning("mqtt_publish_failed", topic=topic, rc=paho.error_string(info.rc))
+
+    def publish_message(self, topic: str, message: Message, qos: int = 1, retain: bool = False, json: bool = False) -> None:
+        """Publish a schema object as msgpack (or JSON) with its MQTT v5 content type."""
+        if json:
+            self.publish(topic, codec.encode_json(message), qos, retain, codec.JSON)
+        else:
+            self.publish(topic, codec.encode(message), qos, retain, codec.MSGPACK)
+
+    def decode_or_drop(self, cls: type[M], incoming: Incoming) -> M | None:
+        """Validate a payload at the edge: a bad one is logged once, counted and dropped."""
+        try:
+            return codec.decode(cls, incoming.payload, self.settings.max_payload_bytes, incoming.content_type)
+        except DecodeError as exc:
+            self.drop(incoming, exc)
+            return None
+
+    def drop(self, incoming: Incoming, error: DecodeError) -> None:
+        self.counters.add(f"dropped_{error.reason}")
+        log.warning(
+            "message_dropped", topic=incoming.topic, reason=error.reason, detail=error.detail[:200], size=len(incoming.payload)
+        )
+
+    # --- callbacks (paho's network thread) ----------------------------------------
+    def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            # Never mark a refused connection as connected; paho retries with backoff.
+            log.error("mqtt_connect_refused", reason=str(reason_code), host=self.settings.host, port=self.settings.port)
+            return
+        log.info("mqtt_connected", host=self.settings.host, session_present=bool(flags.session_present))
+        if self._subscriptions:
+            client.subscribe([(f, paho.SubscribeOptions(qos=q)) for f, q in self._subscriptions])
+        client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
+        self._connected.set()
+        self._work.put(_RECONNECTED)
+
+    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        if not self._stopping.is_set():
+            log.warning("mqtt_disconnected", reason=str(reason_code))
+
+    def _handle_message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        self._work.put(message)
+
+    # --- worker thread ---------------------------------------------------------
+    def _work_loop(self) -> None:
+        while True:
+            message = self._work.get()
+            if message is None:
+                return
+            if message is _RECONNECTED:
+                self._run_hooks()
+                continue
+            batch = [message]
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None or more is _RECONNECTED:
+                    self._work.put(more)  # handle after this batch, in order
+                    break
+                batch.append(more)
+            self._dispatch(batch)
+
+    def _run_hooks(self) -> None:
+        for hook in self._on_connected:
+            try:
+                hook()
+            except Exception:
+                self.counters.add("hook_errors")
+                log.exception("mqtt_on_connected_hook_failed", hook=getattr(hook, "__qualname__", repr(hook)))
+
+    def _dispatch(self, batch: list[paho.MQTTMessage]) -> None:
+        routed: dict[int, list[Incoming]] = collections.defaultdict(list)
+        for message in batch:
+            incoming = _incoming(message)
+            index = next(
+                (i for i, (filter_, _) in enumerate(self._handlers) if paho.topic_matches_sub(filter_, incoming.topic)),
+                None,
+            )
+            if index is None:
+                self.counters.add("unrouted")
+            else:
+                routed[index].append(incoming)
+        for index, messages in routed.items():
+            filter_, handler = self._handlers[index]
+            try:
+                handler(messages)
+            except Unprocessed:
+                log.info("mqtt_messages_left_unacknowledged", filter=filter_, count=len(messages))
+                return
+            except Exception:
+                # One bad batch must never kill the loop.
+                self.counters.add("handler_errors")
+                log.exception("mqtt_handler_failed", filter=filter_, count=len(messages))
+        for message in batch:
+            if message.qos > 0:
+                self._client.ack(message.mid, message.qos)
+
+
+def _each(handler: Handler, batch: list[Incoming], counters: Counters) -> None:
+    for incoming in batch:
+        try:
+            handler(incoming)
+        except Unprocessed:
+            raise
+        except Exception:
+            counters.add("handler_errors")
+            log.exception("mqtt_handler_failed", topic=incoming.topic, size=len(incoming.payload))
+
+
+_RECONNECTED = paho.MQTTMessage(mid=-1, topic=b"$internal/reconnected")
+
+
+def _incoming(message: paho.MQTTMessage) -> Incoming:
+    props = getattr(message, "properties", None)
+    content_type = getattr(props, "ContentType", "") if props is not None else ""
+    user_props = dict(getattr(props, "UserProperty", []) or []) if props is not None else {}
+    return Incoming(
+        topic=message.topic,
+        payload=bytes(message.payload),
+        qos=message.qos,
+        retain=bool(message.retain),
+        content_type=content_type or "",
+        user_properties=user_props,
+    )

@@ -1,0 +1,174 @@
+"""Redis state shared by every replica of a service: sliding windows and scaler bounds.
+
+Samples of a host live in one sorted set scored by their timestamp, so
+appending is idempotent (a redelivered QoS 1 duplicate is the same member) and
+replicas that append out of order still read windows in time order. Each set is
+capped at ``history`` samples, which also serves as the record that
+``dragon-detector train --from-redis`` learns from.
+
+Windows follow eq. (1) of the DRAGON paper: the window at t is the last k
+samples ``x_{t-k+1..t}``, with replication padding (the first sample repeated)
+while fewer than k exist.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import msgpack
+import redis
+import structlog
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from dragon.settings import RedisSettings
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+def connect(settings: RedisSettings) -> redis.Redis:
+    """A client that fails fast: our callers retry on their own terms.
+
+    redis-py 8 retries ten times with backoff by default, which turned a 1 s
+    timeout into 15 s against a paused server (see shared notes); we disable it.
+    """
+    return redis.Redis.from_url(
+        settings.url,
+        password=settings.password or None,
+        socket_timeout=settings.timeout_s,
+        socket_connect_timeout=settings.timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=10,
+    )
+
+
+def retry_until(
+    action: Callable[[], T], stop: threading.Event, what: str, max_delay: float = 5.0
+) -> T:
+    """Run ``action`` until it succeeds or ``stop`` is set (then raise ``StopRequested``).
+
+    Used for writes that must not be lost while Redis restarts.
+    """
+    delay = 0.1
+    failures = 0
+    while True:
+        try:
+            return action()
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            failures += 1
+            if failures == 1 or failures % 20 == 0:
+                log.warning("redis_unavailable_retrying", what=what, error=str(exc), failures=failures)
+        if stop.wait(delay):
+            raise StopRequested(what)
+        delay = min(max_delay, delay * 2)
+
+
+class StopRequested(Exception):
+    """The service is stopping while waiting for Redis."""
+
+
+class WindowStore:
+    def __init__(self, client: redis.Redis, lei: str, history: int) -> None:
+        if history < 2:
+            raise ValueError("history must keep at least two samples")
+        self.client = client
+        self.lei = lei
+        self.history = history
+
+    def _key(self, host: str) -> str:
+        return f"dragon:{self.lei}:samples:{host}"
+
+    @property
+    def _hosts_key(self) -> str:
+        return f"dragon:{self.lei}:hosts"
+
+    @property
+    def _bounds_key(self) -> str:
+        return f"dragon:{self.lei}:scaler"
+
+    # --- samples ----------------------------------------------------------------
+    def append_many(self, samples: Sequence[tuple[str, float, int, Sequence[float]]]) -> None:
+        """Store ``(host, ts, seq, vector)`` samples in one round trip.
+
+        ``seq`` is the collector's tick number: kept with the sample so that a gap
+        (a lost sample) can be seen, see :meth:`sequence_numbers`.
+        """
+        pipe = self.client.pipeline(transaction=True)
+        for host, ts, seq, vector in samples:
+            member = msgpack.packb([float(ts), int(seq), *map(float, vector)])
+            pipe.zadd(self._key(host), {member: float(ts)})
+            # Keep the newest ``history`` members: remove ranks 0 .. -(history+1).
+            pipe.zremrangebyrank(self._key(host), 0, -(self.history + 1))
+            pipe.sadd(self._hosts_key, host)
+        pipe.execute()
+
+    def append(self, host: str, ts: float, seq: int, vector: Sequence[float]) -> None:
+        self.append_many([(host, ts, seq, vector)])
+
+    def recent(self, host: str, count: int) -> list[tuple[float, list[float]]]:
+        """The newest ``count`` samples of ``host`` as (ts, vector), oldest first."""
+        members = self.client.zrange(self._key(host), -count, -1)
+        return [_unpack(member) for member in members]
+
+    def recent_many(self, hosts: Sequence[str], count: int) -> dict[str, list[tuple[float, list[float]]]]:
+        pipe = self.client.pipeline(transaction=False)
+        for host in hosts:
+            pipe.zrange(self._key(host), -count, -1)
+        return {host: [_unpack(m) for m in members] for host, members in zip(hosts, pipe.execute())}
+
+    def count(self, host: str) -> int:
+        return int(self.client.zcard(self._key(host)))
+
+    def hosts(self) -> list[str]:
+        return sorted(h.decode() for h in self.client.smembers(self._hosts_key))
+
+    def all_samples(self, host: str) -> list[tuple[float, list[float]]]:
+        return [_unpack(m) for m in self.client.zrange(self._key(host), 0, -1)]
+
+    def sequence_numbers(self, host: str, since_ts: float = 0.0) -> list[int]:
+        """Collector tick numbers of the stored samples since ``since_ts``, in time order."""
+        members = self.client.zrangebyscore(self._key(host), since_ts, "+inf")
+        return [int(msgpack.unpackb(m)[1]) for m in members]
+
+    # --- scaler bounds -------------------------------------------------------------
+    def save_bounds(self, features: Sequence[str], lo: Sequence[float], hi: Sequence[float], version: str) -> None:
+        """Publish the min-max bounds every replica must scale with."""
+        self.client.hset(
+            self._bounds_key,
+            mapping={
+                "features": msgpack.packb(list(features)),
+                "lo": msgpack.packb([float(v) for v in lo]),
+                "hi": msgpack.packb([float(v) for v in hi]),
+                "version": version,
+                "updated_at": time.time(),
+            },
+        )
+
+    def load_bounds(self) -> dict | None:
+        raw = self.client.hgetall(self._bounds_key)
+        if not raw:
+            return None
+        return {
+            "features": tuple(msgpack.unpackb(raw[b"features"])),
+            "lo": msgpack.unpackb(raw[b"lo"]),
+            "hi": msgpack.unpackb(raw[b"hi"]),
+            "version": raw[b"version"].decode(),
+        }
+
+
+def _unpack(member: bytes) -> tuple[float, list[float]]:
+    ts, _seq, *vector = msgpack.unpackb(member)
+    return ts, vector
+
+
+def padded_window(samples: Sequence[Sequence[float]], k: int) -> list[list[float]]:
+    """The last ``k`` rows of ``samples``, replication-padded at the front (eq. 1)."""
+    if not samples:
+        raise ValueError("a window needs at least one sample")
+    rows = [list(row) for row in samples[-k:]]
+    return [rows[0]] * (k - len(rows)) + rows

@@ -1,0 +1,133 @@
+import json
+
+import msgpack
+import pytest
+
+from dragon.messages import codec, topics
+from dragon.messages.codec import DecodeError
+from dragon.messages.schemas import (
+    FaultEvent,
+    FaultInjection,
+    HostMetrics,
+    HostSample,
+    MetricContribution,
+    TaskUsage,
+)
+
+pytestmark = pytest.mark.unit
+LIMIT = 65536
+
+
+def sample(**overrides) -> HostSample:
+    fields = dict(
+        lei="lei1",
+        host="h1",
+        ts=1.8e9,
+        seq=3,
+        interval_s=2.0,
+        metrics=HostMetrics(0.1, 0.2, 0.0, 10.0, 20.0, 30.0, 40.0),
+        tasks=(TaskUsage("abc", "task-0", 0.05, 1e6),),
+    )
+    fields.update(overrides)
+    return HostSample(**fields)
+
+
+def test_msgpack_round_trip_is_exact():
+    original = sample()
+    assert codec.decode(HostSample, codec.encode(original), LIMIT) == original
+
+
+def test_json_round_trip_and_sniffing_without_content_type():
+    event = FaultEvent(
+        event_id="e", type="start", lei="lei1", host="h1", ts=1.0, window_ts=1.0, score=2.0, threshold=1.0,
+        label=1, mode="observed", top_metrics=(MetricContribution("cpu", 0.9),), model_id="m", detector="d",
+    )
+    data = codec.encode_json(event)
+    assert json.loads(data)["v"] == 1
+    assert codec.decode(FaultEvent, data, LIMIT, codec.JSON) == event
+    assert codec.decode(FaultEvent, data, LIMIT) == event  # leading "{" means JSON
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"\xc1\x00garbage", "malformed"),
+        (b"{not json", "malformed"),
+        (msgpack.packb([1, 2, 3]), "malformed"),
+        (b"\x00" * (LIMIT + 1), "oversized"),
+        (msgpack.packb({"v": 2}), "version"),
+        (msgpack.packb({"v": 1, "lei": "lei1"}), "schema"),
+    ],
+)
+def test_bad_payloads_are_refused_with_a_reason(payload, reason):
+    with pytest.raises(DecodeError) as info:
+        codec.decode(HostSample, payload, LIMIT)
+    assert info.value.reason == reason
+
+
+def _with(path: list[str], value) -> bytes:
+    data = sample().to_dict()
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return msgpack.packb(data)
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (["metrics", "cpu"], "high"),
+        (["metrics", "cpu"], float("nan")),
+        (["metrics", "cpu"], -0.5),
+        (["metrics", "ram"], 12.0),
+        (["seq"], True),
+        (["seq"], 1.5),
+        (["host"], "x" * 300),
+        (["tasks"], [{"id": "a"}]),
+        (["tasks"], [{"id": "a", "name": "b", "cpu": 0.1, "ram_bytes": 1.0}] * 2000),
+        (["interval_s"], 0),
+    ],
+)
+def test_wrong_shapes_are_schema_errors(path, value):
+    with pytest.raises(DecodeError) as info:
+        codec.decode(HostSample, _with(path, value), 10**7)
+    assert info.value.reason in {"schema", "malformed"}
+
+
+def test_unknown_keys_are_ignored_for_forward_compatibility():
+    data = sample().to_dict()
+    data["added_in_1_1"] = "ok"
+    assert codec.decode(HostSample, msgpack.packb(data), LIMIT) == sample()
+
+
+def test_integers_are_accepted_for_floats():
+    data = sample().to_dict()
+    data["metrics"]["disk_read"] = 7
+    decoded = codec.decode(HostSample, msgpack.packb(data), LIMIT)
+    assert decoded.metrics.disk_read == 7.0 and isinstance(decoded.metrics.disk_read, float)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"kind": "meteor"},
+        {"duration_s": 0},
+        {"duration_s": 7200},
+        {"intensity": 1.5},
+        {"id": ""},
+    ],
+)
+def test_fault_injection_limits(fields):
+    data = {"v": 1, "id": "x", "kind": "cpu", "duration_s": 10.0, **fields}
+    with pytest.raises(DecodeError):
+        codec.decode(FaultInjection, json.dumps(data).encode(), LIMIT)
+
+
+def test_topics_are_built_and_parsed_in_one_place():
+    assert topics.host_sample("lei1", "h1") == "dragon/lei1/hosts/h1/sample"
+    assert topics.host_of("dragon/lei1/hosts/h7/sample") == "h7"
+    assert topics.host_of(topics.inject("lei1", "h2")) == "h2"
+    assert topics.shared(topics.host_samples("lei1"), "g") == "$share/g/dragon/lei1/hosts/+/sample"
+    with pytest.raises(ValueError):
+        topics.host_of("dragon/faults/lei1/h1")

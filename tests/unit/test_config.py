@@ -1,0 +1,91 @@
+from dataclasses import dataclass
+
+import pytest
+
+from dragon import config
+from dragon.collector.config import CollectorConfig
+from dragon.config import ConfigError, section, setting
+from dragon.detector.config import DetectorConfig
+from dragon.service.known import CONFIG_CLASSES, known_env_names
+
+pytestmark = pytest.mark.unit
+
+
+@dataclass(frozen=True)
+class Inner:
+    port: int = setting("DRAGON_T_PORT", 1883, "a port")
+    secret: str = setting("DRAGON_T_SECRET", "", "a secret", secret=True)
+
+
+@dataclass(frozen=True)
+class Outer:
+    inner: Inner = section(Inner)
+    names: tuple[str, ...] = setting("DRAGON_T_NAMES", ("a",), "names")
+    flag: bool = setting("DRAGON_T_FLAG", False, "a flag")
+    ratio: float = setting("DRAGON_T_RATIO", 0.5, "a ratio", "1")
+
+
+def test_defaults_when_environment_is_empty():
+    cfg = config.load(Outer, {})
+    assert cfg.inner.port == 1883 and cfg.names == ("a",) and cfg.flag is False and cfg.ratio == 0.5
+
+
+def test_values_are_parsed_by_type():
+    env = {"DRAGON_T_PORT": "1884", "DRAGON_T_NAMES": "h1, h2,,h3", "DRAGON_T_FLAG": "yes", "DRAGON_T_RATIO": "2"}
+    cfg = config.load(Outer, env)
+    assert cfg.inner.port == 1884
+    assert cfg.names == ("h1", "h2", "h3")
+    assert cfg.flag is True
+    assert cfg.ratio == 2.0
+
+
+@pytest.mark.parametrize(
+    "env, fragment",
+    [
+        ({"DRAGON_T_PORT": "eighty"}, "DRAGON_T_PORT"),
+        ({"DRAGON_T_FLAG": "maybe"}, "DRAGON_T_FLAG"),
+        ({"DRAGON_T_PROT": "1"}, "unknown settings: DRAGON_T_PROT"),
+    ],
+)
+def test_bad_or_unknown_values_name_the_variable(env, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        config.load(Outer, env)
+
+
+def test_variables_of_other_services_are_accepted_when_known():
+    config.load(Outer, {"DRAGON_OTHER": "x"}, known={"DRAGON_OTHER"})
+
+
+def test_secret_is_read_from_file_and_redacted(tmp_path):
+    path = tmp_path / "pw"
+    path.write_text("s3cret\n")
+    cfg = config.load(Outer, {"DRAGON_T_SECRET_FILE": str(path)})
+    assert cfg.inner.secret == "s3cret"
+    assert config.redacted(cfg)["inner"]["secret"] == "***"
+
+
+def test_missing_secret_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="DRAGON_T_SECRET_FILE"):
+        config.load(Outer, {"DRAGON_T_SECRET_FILE": str(tmp_path / "nope")})
+
+
+def test_service_configs_validate_their_ranges():
+    with pytest.raises(ConfigError, match="DRAGON_COLLECTOR_INTERVAL"):
+        config.load(CollectorConfig, {"DRAGON_COLLECTOR_INTERVAL": "0.1"}, known=known_env_names())
+    with pytest.raises(ConfigError, match="DRAGON_LEI"):
+        config.load(DetectorConfig, {"DRAGON_LEI": "a/b"}, known=known_env_names())
+    with pytest.raises(ConfigError, match="psutil"):
+        config.load(CollectorConfig, {"DRAGON_COLLECTOR_PROBE": "psutil"}, known=known_env_names())
+
+
+def test_settings_table_lists_every_variable_once():
+    table = config.settings_table(CONFIG_CLASSES)
+    names = known_env_names()
+    for name in names:
+        assert table.count(f"`{name}`") == 1
+    assert "(generated secret)" in table
+
+
+def test_readme_table_matches_the_code(repo):
+    readme = (repo / "README.md").read_text()
+    assert config.settings_table(CONFIG_CLASSES) in readme, "README.md is stale: paste `dragon config-table` into it"
