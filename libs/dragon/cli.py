@@ -1,0 +1,150 @@
+"""``dragon``: the operator's tool — secrets, watching faults, injecting faults, the config table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from dragon import secrets
+from dragon.config import settings_table
+from dragon.messages import codec, topics
+from dragon.messages.schemas import FAULT_KINDS, FaultEvent, FaultInjection, InjectionEvent
+from dragon.settings import MqttSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dragon", description="Operate a DRAGON LEI.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("secrets", help="generate MQTT/Redis credentials and the broker ACL (once)")
+    p.add_argument("--dir", type=Path, required=True, help="directory to write into (kept out of git)")
+    p.add_argument("--lei", required=True, help="id of this LEI")
+    p.add_argument("--hosts", required=True, help="comma-separated host ids the collector publishes for")
+    p.add_argument("--force", action="store_true", help="replace existing passwords")
+    p.set_defaults(handler=_secrets)
+
+    mqtt_help = "broker connection: DRAGON_MQTT_HOST, DRAGON_MQTT_PORT, DRAGON_MQTT_USERNAME, DRAGON_MQTT_PASSWORD(_FILE)"
+    p = commands.add_parser("watch", help="print fault events (and injections) as JSON lines", description=mqtt_help)
+    p.add_argument("--lei", default="+", help="LEI to watch (default: all)")
+    p.add_argument("--count", type=int, default=0, help="exit after this many events (0: run until Ctrl-C)")
+    p.add_argument("--timeout", type=float, default=0, help="exit with status 1 after this many seconds")
+    p.set_defaults(handler=_watch)
+
+    p = commands.add_parser("inject", help="start a real fault inside an emulated host", description=mqtt_help)
+    p.add_argument("host", help="emulated host id")
+    p.add_argument("kind", choices=FAULT_KINDS, help="fault kind")
+    p.add_argument("--lei", default="lei1", help="LEI of the host (default: lei1)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds (default: 60)")
+    p.add_argument("--intensity", type=float, default=1.0, help="0 < intensity <= 1 (default: 1)")
+    p.set_defaults(handler=_inject)
+
+    p = commands.add_parser("config-table", help="print every DRAGON_* setting as a Markdown table")
+    p.set_defaults(handler=_config_table)
+
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def _secrets(args) -> int:
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    written = secrets.generate(args.dir, args.lei, hosts, force=args.force)
+    print(json.dumps({"dir": str(args.dir), "written": written}))
+    return 0
+
+
+def _client(settings: MqttSettings):
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"dragon-cli-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5)
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls:
+        client.tls_set(ca_certs=settings.ca_file or None)
+    return client
+
+
+def _mqtt_settings() -> MqttSettings:
+    from dragon import config
+
+    return config.load(MqttSettings, known=_all_known())
+
+
+def _all_known() -> set[str]:
+    from dragon.service.known import known_env_names
+
+    return known_env_names()
+
+
+def _watch(args) -> int:
+    settings = _mqtt_settings()
+    client = _client(settings)
+    seen = 0
+    done = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            print(f"connection refused: {reason_code}", file=sys.stderr)
+            done.set()
+            return
+        client.subscribe([(f"dragon/faults/{args.lei}/+", 1), (f"dragon/{args.lei}/injections", 1)])
+
+    def on_message(client, userdata, message):
+        nonlocal seen
+        schema = InjectionEvent if message.topic.endswith("/injections") else FaultEvent
+        content_type = getattr(message.properties, "ContentType", "") if message.properties else ""
+        try:
+            event = codec.decode(schema, message.payload, settings.max_payload_bytes, content_type)
+        except codec.DecodeError as exc:
+            print(json.dumps({"topic": message.topic, "undecodable": exc.reason}), flush=True)
+            return
+        print(json.dumps({"topic": message.topic, **event.to_dict()}), flush=True)
+        if schema is FaultEvent:
+            seen += 1
+            if args.count and seen >= args.count:
+                done.set()
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+    client.loop_start()
+    try:
+        finished = done.wait(args.timeout or None)
+    except KeyboardInterrupt:
+        finished = True
+    client.loop_stop()
+    client.disconnect()
+    return 0 if finished and (not args.count or seen >= args.count) else 1
+
+
+def _inject(args) -> int:
+    settings = _mqtt_settings()
+    command = FaultInjection(
+        id=uuid.uuid4().hex[:12], kind=args.kind, duration_s=args.duration, intensity=args.intensity, ts=time.time()
+    )
+    command.check()
+    client = _client(settings)
+    client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+    client.loop_start()
+    info = client.publish(topics.inject(args.lei, args.host), codec.encode_json(command), qos=1)
+    info.wait_for_publish(timeout=10)
+    client.loop_stop()
+    client.disconnect()
+    print(json.dumps(command.to_dict()))
+    return 0 if info.is_published() else 1
+
+
+def _config_table(args) -> int:
+    from dragon.service.known import CONFIG_CLASSES
+
+    print(settings_table(CONFIG_CLASSES))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,372 @@
+"""Real faults inside emulated hosts, and the Poisson schedule that triggers them.
+
+A fault is a hog container running ``python3 -m dragon.collector.workloads <kind>`` with
+the emulated host's ``cgroup_parent``: the host's own limits cap it and the host's
+counters see it, exactly as if a process on that host misbehaved. The hog ends by itself
+after the fault's duration; :meth:`FaultInjector.reap` turns finished hogs into
+``finished`` / ``failed`` events and removes them.
+
+Everything the injector knows is in the hogs' labels, so a restarted collector finds
+and reaps the hogs its previous run started.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import docker.errors
+import requests.exceptions
+import structlog
+
+from dragon.collector.cgroups import DEFAULT_ROOT, CgroupError, CgroupHost, emulated_host_path
+from dragon.messages.schema import SchemaError
+from dragon.messages.schemas import FAULT_KINDS, FaultInjection, InjectionEvent
+
+log = structlog.get_logger(__name__)
+
+MIB = 1024 * 1024
+FAULT_LABEL = "dragon.fault"
+FAULT_ID_LABEL = "dragon.fault.id"
+FAULT_KIND_LABEL = "dragon.fault.kind"
+STARTED_LABEL = "dragon.fault.started-at"
+ENDS_LABEL = "dragon.fault.ends-at"
+LEI_LABEL = "dragon.lei"
+HOST_LABEL = "dragon.host"
+TASK_LABEL = "dragon.task"
+MANAGED_LABEL = "dragon.managed-by"
+WORKLOAD_LABEL = "dragon.workload"
+PORT_LABEL = "dragon.port"
+
+_DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def container_name(*parts: str) -> str:
+    """A Docker container name from ids (Docker allows ``[a-zA-Z0-9][a-zA-Z0-9_.-]*``)."""
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", "-".join(parts))
+
+
+class FaultInjector:
+    """Start, reap and stop fault hogs in the emulated hosts of one LEI.
+
+    ``hosts`` maps host names to their :class:`CgroupHost` (or just the cgroup path, such
+    as ``dragon/lei1/h1``; then the memory hog cannot size itself to the host's free
+    memory and holds its default). A plain list of host names means the emulated hosts
+    ``dragon/<lei>/<host>`` under ``cgroup_root``. ``max_per_host`` bounds concurrent
+    faults per host. A hog still running ``overrun_s`` after its planned end is killed.
+    """
+
+    def __init__(
+        self,
+        docker_client: Any,
+        lei: str,
+        image: str,
+        hosts: Mapping[str, CgroupHost | str] | Iterable[str],
+        *,
+        cgroup_root: str | os.PathLike[str] = DEFAULT_ROOT,
+        max_per_host: int = 2,
+        overrun_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = docker_client
+        self.lei = lei
+        self.image = image
+        if isinstance(hosts, Mapping):
+            self._hosts = dict(hosts)
+        else:
+            self._hosts = {name: CgroupHost(emulated_host_path(lei, name), cgroup_root) for name in hosts}
+        self.max_per_host = max_per_host
+        self.overrun_s = overrun_s
+        self._clock = clock
+
+    # --- inject -------------------------------------------------------------------------
+
+    def inject(self, host: str, fault: FaultInjection, now: float | None = None) -> InjectionEvent:
+        """Start ``fault`` in ``host``; ``started``, or ``rejected``/``failed`` with a reason."""
+        now = self._clock() if now is None else now
+        try:
+            fault.check()
+            options = self._check(host, fault)
+            self._start(host, fault, now, options)
+        except (_Rejected, SchemaError) as exc:
+            log.warning("fault_rejected", lei=self.lei, host=host, fault_id=fault.id, reason=str(exc))
+            return self._event(fault, host, "rejected", now, reason=str(exc))
+        except _DOCKER_ERRORS as exc:
+            log.error("fault_start_failed", lei=self.lei, host=host, fault_id=fault.id, error=str(exc))
+            return self._event(fault, host, "failed", now, reason=f"docker: {exc}")
+        log.info(
+            "fault_injected",
+            lei=self.lei,
+            host=host,
+            fault_id=fault.id,
+            kind=fault.kind,
+            duration_s=fault.duration_s,
+            intensity=fault.intensity,
+        )
+        return self._event(fault, host, "started", now, started_at=now, ends_at=now + fault.duration_s)
+
+    def _start(self, host: str, fault: FaultInjection, now: float, options: dict[str, Any]) -> None:
+        workload = [fault.kind, "--duration", f"{fault.duration_s:g}", "--intensity", f"{fault.intensity:g}"]
+        labels = {
+            FAULT_LABEL: "true",
+            FAULT_ID_LABEL: fault.id,
+            FAULT_KIND_LABEL: fault.kind,
+            STARTED_LABEL: repr(now),
+            ENDS_LABEL: repr(now + fault.duration_s),
+            LEI_LABEL: self.lei,
+            HOST_LABEL: host,
+            MANAGED_LABEL: "collector",
+        }
+        self._client.containers.run(
+            self.image,
+            ["python3", "-m", "dragon.collector.workloads", *workload, *options.pop("args")],
+            name=container_name("dragon", self.lei, "fault", fault.id),
+            detach=True,
+            labels=labels,
+            cgroup_parent=self._cgroup_parent(host),
+            environment={"PYTHONUNBUFFERED": "1"},
+            **options,
+        )
+
+    def _check(self, host: str, fault: FaultInjection) -> dict[str, Any]:
+        """Refuse what must not start; return the run options the fault's kind needs."""
+        if host not in self._hosts:
+            raise _Rejected(f"unknown host {host!r}; this LEI emulates {', '.join(sorted(self._hosts)) or 'no hosts'}")
+        cgroup = self._hosts[host]
+        if isinstance(cgroup, CgroupHost) and not cgroup.exists():
+            raise _Rejected(f"the cgroup of host {host!r} does not exist (is the host set up?)")
+        hogs = self._hogs()
+        if any(_labels(c).get(FAULT_ID_LABEL) == fault.id for c in hogs):
+            raise _Rejected(f"fault {fault.id!r} is still running")
+        running = [c for c in hogs if _labels(c).get(HOST_LABEL) == host and c.status in {"created", "running"}]
+        if len(running) >= self.max_per_host:
+            raise _Rejected(f"host {host!r} already runs {len(running)} faults (at most {self.max_per_host})")
+        return _KIND_OPTIONS[fault.kind](self, host)
+
+    def _no_network(self, host: str) -> dict[str, Any]:
+        return {"network_mode": "none", "args": []}
+
+    def _memory_options(self, host: str) -> dict[str, Any]:
+        cgroup = self._hosts[host]
+        if not isinstance(cgroup, CgroupHost):
+            return self._no_network(host)
+        try:
+            free = cgroup.memory_limit_bytes() - cgroup.memory_usage_bytes()
+        except CgroupError as exc:
+            raise _Rejected(f"cannot read the memory of host {host!r}: {exc}") from exc
+        # Most of what the host has left, so RAM rises clearly without OOM-killing its tasks.
+        megabytes = max(16, int(free * 0.9) // MIB)
+        return {"network_mode": "none", "args": ["--megabytes", str(megabytes)]}
+
+    def _flood_options(self, host: str) -> dict[str, Any]:
+        network, url = self._flood_target(host)
+        return {"network": network, "args": ["--target", url]}
+
+    def _flood_target(self, host: str) -> tuple[str, str]:
+        """(network, URL) of a running demo task on ``host``."""
+        labels = [f"{TASK_LABEL}=true", f"{LEI_LABEL}={self.lei}", f"{HOST_LABEL}={host}"]
+        tasks = self._client.containers.list(filters={"label": labels, "status": "running"})
+        # Prefer demo tasks: they are known to answer HTTP.
+        tasks.sort(key=lambda c: (_labels(c).get(WORKLOAD_LABEL) != "demo", c.name))
+        for task in tasks:
+            networks = task.attrs.get("NetworkSettings", {}).get("Networks") or {}
+            for network, settings in sorted(networks.items()):
+                if settings.get("IPAddress"):
+                    port = _labels(task).get(PORT_LABEL, "8080")
+                    return network, f"http://{settings['IPAddress']}:{port}/"
+        raise _Rejected(f"no running task with an IP address on host {host!r} to flood")
+
+    # --- reap / stop --------------------------------------------------------------------
+
+    def reap(self, now: float | None = None) -> list[InjectionEvent]:
+        """Remove hogs that ended (``finished``, or ``failed`` when they exited non-zero or
+        were OOM-killed) and kill those running far past their end (``failed``)."""
+        now = self._clock() if now is None else now
+        events = []
+        try:
+            hogs = self._hogs()
+        except _DOCKER_ERRORS as exc:
+            log.warning("fault_reap_failed", lei=self.lei, error=str(exc))
+            return []
+        for hog in hogs:
+            labels = _labels(hog)
+            state = hog.attrs.get("State", {})
+            if hog.status in {"exited", "dead"}:
+                code, oom = state.get("ExitCode", 0), state.get("OOMKilled", False)
+                if code == 0 and not oom:
+                    events.append(self._hog_event(hog, "finished", now))
+                else:
+                    reason = "OOM-killed" if oom else f"exit code {code}"
+                    events.append(self._hog_event(hog, "failed", now, reason=reason))
+            elif hog.status == "running" and now > _float(labels.get(ENDS_LABEL)) + self.overrun_s:
+                events.append(self._hog_event(hog, "failed", now, reason="still running long after its end"))
+            else:
+                continue
+            self._remove(hog)
+        for event in events:
+            log.info(
+                "fault_ended",
+                lei=self.lei,
+                host=event.host,
+                fault_id=event.id,
+                status=event.status,
+                reason=event.reason,
+            )
+        return events
+
+    def stop_all(self, now: float | None = None) -> list[InjectionEvent]:
+        """End every hog of this LEI now (at shutdown): reap the ended ones, kill the rest."""
+        now = self._clock() if now is None else now
+        events = self.reap(now)
+        try:
+            hogs = self._hogs()
+        except _DOCKER_ERRORS as exc:
+            log.warning("fault_stop_failed", lei=self.lei, error=str(exc))
+            return events
+        for hog in hogs:
+            events.append(self._hog_event(hog, "finished", now, reason="stopped before its end"))
+            self._remove(hog)
+        return events
+
+    def running(self, host: str | None = None) -> list[str]:
+        """Ids of the faults whose hogs are running (on ``host``, or anywhere in the LEI)."""
+        return [
+            _labels(hog)[FAULT_ID_LABEL]
+            for hog in self._hogs()
+            if hog.status == "running" and (host is None or _labels(hog).get(HOST_LABEL) == host)
+        ]
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _hogs(self) -> list[Any]:
+        labels = [f"{FAULT_LABEL}=true", f"{LEI_LABEL}={self.lei}"]
+        return self._client.containers.list(all=True, filters={"label": labels})
+
+    def _cgroup_parent(self, host: str) -> str:
+        cgroup = self._hosts[host]
+        return cgroup.cgroup_parent if isinstance(cgroup, CgroupHost) else "/" + cgroup.strip("/")
+
+    def _remove(self, hog: Any) -> None:
+        try:
+            hog.remove(force=True)
+        except docker.errors.NotFound:
+            pass  # removed meanwhile (another reaper, or docker rm by hand)
+        except _DOCKER_ERRORS as exc:
+            log.warning("fault_remove_failed", lei=self.lei, container=hog.name, error=str(exc))
+
+    def _event(self, fault: FaultInjection, host: str, status: str, now: float, **fields: Any) -> InjectionEvent:
+        return InjectionEvent(id=fault.id, lei=self.lei, host=host, kind=fault.kind, status=status, ts=now, **fields)
+
+    def _hog_event(self, hog: Any, status: str, now: float, reason: str = "") -> InjectionEvent:
+        labels = _labels(hog)
+        return InjectionEvent(
+            id=labels.get(FAULT_ID_LABEL, hog.name),
+            lei=self.lei,
+            host=labels.get(HOST_LABEL, ""),
+            kind=labels.get(FAULT_KIND_LABEL, ""),
+            status=status,
+            ts=now,
+            started_at=_float(labels.get(STARTED_LABEL)) or None,
+            ends_at=_float(labels.get(ENDS_LABEL)) or None,
+            reason=reason,
+        )
+
+
+class _Rejected(Exception):
+    """A fault that must not start; the message is the reason sent back."""
+
+
+_KIND_OPTIONS: dict[str, Callable[[FaultInjector, str], dict[str, Any]]] = {
+    "cpu": FaultInjector._no_network,
+    "memory": FaultInjector._memory_options,
+    "disk": FaultInjector._no_network,
+    "flood": FaultInjector._flood_options,
+}
+
+
+def _labels(container: Any) -> dict[str, str]:
+    return container.labels or {}
+
+
+def _float(raw: str | None) -> float:
+    try:
+        return float(raw) if raw else 0.0
+    except ValueError:
+        return 0.0
+
+
+# ---------------------------------------------------------------------------------------
+
+
+class PoissonFaults:
+    """Faults arriving as a Poisson process, as in the papers' fault model.
+
+    ``rate_per_hour`` is the mean number of faults per hour across all ``hosts`` (each host
+    gets ``rate_per_hour / len(hosts)``: the same as independent Poisson processes per
+    host). Gaps between arrivals are exponential; each arrival picks its host uniformly,
+    its kind, duration (uniform in ``duration_range``, seconds) and intensity (uniform in
+    ``intensity_range``) from ``rng``. With a seeded
+    ``random.Random`` and the same sequence of ``now`` values the schedule is identical.
+    An arrival whose whole fault would already be over (the caller was paused) is skipped.
+    """
+
+    def __init__(
+        self,
+        rate_per_hour: float,
+        kinds: Sequence[str],
+        hosts: Sequence[str],
+        duration_range: tuple[float, float],
+        rng: random.Random,
+        *,
+        intensity_range: tuple[float, float] = (0.5, 1.0),
+        id_prefix: str = "poisson",
+    ) -> None:
+        if rate_per_hour <= 0:
+            raise ValueError("rate_per_hour must be positive")
+        unknown = [kind for kind in kinds if kind not in FAULT_KINDS]
+        if not kinds or unknown:
+            raise ValueError(f"kinds must be a non-empty subset of {FAULT_KINDS}, got {tuple(kinds)}")
+        if not hosts:
+            raise ValueError("hosts must not be empty")
+        low, high = duration_range
+        if not 0 < low <= high <= 3600:
+            raise ValueError("duration_range must satisfy 0 < low <= high <= 3600")
+        if not 0 < intensity_range[0] <= intensity_range[1] <= 1:
+            raise ValueError("intensity_range must satisfy 0 < low <= high <= 1")
+        self.rate_per_s = rate_per_hour / 3600.0
+        self.kinds = tuple(kinds)
+        self.hosts = tuple(hosts)
+        self.duration_range = (low, high)
+        self.intensity_range = intensity_range
+        self._rng = rng
+        self._prefix = id_prefix
+        self._next: float | None = None
+        self._seq = 0
+
+    def due(self, now: float) -> list[tuple[str, FaultInjection]]:
+        """Faults whose arrival time is at or before ``now`` (the first call only starts the clock)."""
+        if self._next is None:
+            self._next = now + self._rng.expovariate(self.rate_per_s)
+            return []
+        out = []
+        while self._next <= now:
+            arrival = self._next
+            self._next += self._rng.expovariate(self.rate_per_s)
+            self._seq += 1
+            host = self._rng.choice(self.hosts)
+            fault = FaultInjection(
+                id=f"{self._prefix}-{int(arrival)}-{self._seq}",
+                kind=self._rng.choice(self.kinds),
+                duration_s=max(self.duration_range[0], round(self._rng.uniform(*self.duration_range), 1)),
+                intensity=max(self.intensity_range[0], round(self._rng.uniform(*self.intensity_range), 2)),
+                ts=arrival,
+            )
+            if arrival + fault.duration_s < now:
+                log.info("poisson_fault_skipped", fault_id=fault.id, host=host, late_s=now - arrival)
+                continue
+            out.append((host, fault))
+        return out

@@ -1,0 +1,471 @@
+"""Probes: read one host's usage as :class:`HostMetrics` plus its tasks' usage.
+
+A probe reads cumulative counters (CPU time, disk and network bytes) and turns them into
+rates by difference with the previous read, divided by the elapsed time of the caller's
+clock; the first read only primes the counters and reports rates of 0.
+
+- :class:`PsutilProbe` reads a whole real machine (a Raspberry Pi, a VM).
+- :class:`CgroupProbe` reads an emulated host: one parent cgroup plus the network
+  counters of the containers that run in it.
+
+Both report per-task usage when given a Docker client: DRAGON task containers are the
+running containers labelled ``dragon.task=true`` and ``dragon.host=<host>``; their CPU and
+memory are read from their own cgroup files (microseconds), not ``container.stats()``
+(about 1 s per call on the development machine). Fault hog containers
+(``dragon.fault=true``) are not tasks, but they run in the host's cgroup, so their usage
+counts for the host.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import docker.errors
+import psutil
+import requests.exceptions
+import structlog
+
+from dragon.collector.cgroups import DEFAULT_ROOT, CgroupError, CgroupHost, detect_version, emulated_host_path
+from dragon.messages.schemas import HostMetrics, TaskUsage
+
+log = structlog.get_logger(__name__)
+
+TASK_LABEL = "dragon.task"
+FAULT_LABEL = "dragon.fault"
+HOST_LABEL = "dragon.host"
+LEI_LABEL = "dragon.lei"
+TASK_ID_LABEL = "dragon.task.id"
+
+# Interfaces whose bytes are not the machine's own traffic: loopback, and on a real host the
+# veth/bridge side of container traffic, which would otherwise count every container byte
+# twice (once on the veth, once on the physical interface).
+DEFAULT_EXCLUDED_NICS: tuple[str, ...] = ("lo", "veth", "docker", "br-")
+
+
+class Probe(Protocol):
+    """What the collector needs from a host reader."""
+
+    host: str
+
+    def read(self, now: float) -> HostMetrics:
+        """Usage over the interval since the previous read (rates 0 on the first read)."""
+        ...
+
+    def tasks(self) -> tuple[TaskUsage, ...]:
+        """Per-task usage over the same interval as the last :meth:`read`."""
+        ...
+
+
+def parse_net_dev(text: str, excluded: Iterable[str] = ("lo",)) -> tuple[int, int]:
+    """Received and transmitted bytes summed over the interfaces of ``/proc/<pid>/net/dev``.
+
+    An interface is skipped when its name starts with one of ``excluded``.
+    """
+    prefixes = tuple(excluded)
+    rx = tx = 0
+    for line in text.splitlines():
+        name, sep, rest = line.partition(":")
+        if not sep or "|" in line:
+            continue  # the two header lines
+        name = name.strip()
+        if prefixes and name.startswith(prefixes):
+            continue
+        fields = rest.split()
+        rx += int(fields[0])
+        tx += int(fields[8])
+    return rx, tx
+
+
+class _Deltas:
+    """Differences of named cumulative counters between consecutive reads.
+
+    A counter that went down (a reset) counts as 0 for that interval.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._last_ts: float | None = None
+
+    def update(self, now: float, counters: dict[str, float]) -> tuple[dict[str, float], float]:
+        """(deltas, elapsed seconds); elapsed is 0 on the first read or a clock going back."""
+        previous, previous_ts = self._last, self._last_ts
+        self._last, self._last_ts = dict(counters), now
+        if previous_ts is None or now <= previous_ts:
+            return {name: 0.0 for name in counters}, 0.0
+        deltas = {name: max(0.0, value - previous.get(name, value)) for name, value in counters.items()}
+        return deltas, now - previous_ts
+
+
+class _KeyedSum:
+    """A never-decreasing sum of per-key cumulative counters whose keys come and go.
+
+    Each key adds the growth of its counters; a key seen for the first time after the
+    first update (a new container) or whose counters went down (a restarted container)
+    counts from zero; a key that disappears keeps what it added.
+    """
+
+    def __init__(self, width: int) -> None:
+        self._last: dict[Hashable, tuple[int, ...]] = {}
+        self._total = [0] * width
+        self._primed = False
+
+    def update(self, values: dict[Hashable, tuple[int, ...]]) -> tuple[int, ...]:
+        for key, value in values.items():
+            old = self._last.get(key)
+            if old is None or any(new < prev for new, prev in zip(value, old)):
+                old = (0,) * len(value) if self._primed else value
+            for i, (new, prev) in enumerate(zip(value, old)):
+                self._total[i] += new - prev
+        self._last = dict(values)
+        self._primed = True
+        return tuple(self._total)
+
+
+# ---------------------------------------------------------------------------------------
+# Containers of one host, from the Docker API, cached.
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A running container labelled for this host: a task or a fault hog."""
+
+    id: str
+    name: str
+    task_id: str
+    pid: int
+    is_task: bool
+    cgroup: CgroupHost | None
+
+
+class HostContainers:
+    """The running containers labelled ``dragon.host=<host>``, refreshed at most every
+    ``refresh_s`` seconds (one cheap list call; ``inspect`` only for new containers)."""
+
+    def __init__(
+        self,
+        docker_client: Any,
+        host: str,
+        *,
+        lei: str | None = None,
+        cgroup_root: str | os.PathLike[str] = DEFAULT_ROOT,
+        proc_root: str | os.PathLike[str] = "/proc",
+        refresh_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = docker_client
+        self._host = host
+        self._lei = lei
+        self._cgroup_root = Path(cgroup_root)
+        self._proc_root = Path(proc_root)
+        self._refresh_s = refresh_s
+        self._clock = clock
+        self._cache: dict[str, ContainerInfo] = {}
+        self._refreshed_at: float | None = None
+        self._version: int | None = None
+
+    def get(self) -> list[ContainerInfo]:
+        """The cached list (listed once on first use; refreshed by :meth:`refresh_if_stale`)."""
+        if self._refreshed_at is None:
+            self.refresh_if_stale()
+        return list(self._cache.values())
+
+    def refresh_if_stale(self) -> None:
+        """Ask Docker again when the list is older than ``refresh_s``.
+
+        Probes call this after reading their counters, so the Docker call's latency
+        (tens to hundreds of ms) does not fall between a counter read and its timestamp.
+        """
+        now = self._clock()
+        if self._refreshed_at is None or now - self._refreshed_at >= self._refresh_s:
+            self._refresh()
+            self._refreshed_at = now
+
+    def _refresh(self) -> None:
+        labels = [f"{HOST_LABEL}={self._host}"]
+        if self._lei:
+            labels.append(f"{LEI_LABEL}={self._lei}")
+        try:
+            listed = self._client.containers.list(sparse=True, filters={"label": labels, "status": "running"})
+            fresh: dict[str, ContainerInfo] = {}
+            for container in listed:
+                known = self._cache.get(container.id)
+                if known is None or not (self._proc_root / str(known.pid)).exists():
+                    known = self._inspect(container.id)  # new, or restarted with a new pid
+                if known is not None:
+                    fresh[container.id] = known
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            log.warning("container_list_failed", host=self._host, error=str(exc))
+            return  # keep the last list
+        if fresh.keys() != self._cache.keys():
+            log.info("host_containers_changed", host=self._host, containers=sorted(c.name for c in fresh.values()))
+        self._cache = fresh
+
+    def _inspect(self, container_id: str) -> ContainerInfo | None:
+        try:
+            attrs = self._client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return None  # removed since it was listed
+        labels = attrs["Config"].get("Labels") or {}
+        is_task = labels.get(TASK_LABEL) == "true"
+        if not is_task and labels.get(FAULT_LABEL) != "true":
+            return None
+        pid = int(attrs["State"].get("Pid") or 0)
+        if pid <= 0:
+            return None
+        name = attrs["Name"].lstrip("/")
+        return ContainerInfo(
+            id=container_id,
+            name=name,
+            task_id=labels.get(TASK_ID_LABEL) or name,
+            pid=pid,
+            is_task=is_task,
+            cgroup=self._container_cgroup(container_id, pid, attrs["HostConfig"].get("CgroupParent") or ""),
+        )
+
+    def _container_cgroup(self, container_id: str, pid: int, cgroup_parent: str) -> CgroupHost | None:
+        """The container's own cgroup: from ``/proc/<pid>/cgroup``, else Docker's cgroupfs scheme."""
+        try:
+            if self._version is None:
+                self._version = detect_version(self._cgroup_root)
+        except CgroupError as exc:
+            log.warning("task_cgroups_unreadable", cgroup_root=str(self._cgroup_root), error=str(exc))
+            return None
+        path = ""
+        try:
+            for line in (self._proc_root / str(pid) / "cgroup").read_text().splitlines():
+                _hid, controllers, cgroup_path = line.split(":", 2)
+                if (self._version == 2 and controllers == "") or "memory" in controllers.split(","):
+                    path = cgroup_path
+                    break
+        except (OSError, ValueError):
+            pass
+        if not path or ".." in path:
+            # A private cgroup namespace shows paths relative to itself.
+            path = f"{cgroup_parent or '/docker'}/{container_id}"
+        try:
+            return CgroupHost(path, self._cgroup_root, proc_root=self._proc_root, version=self._version)
+        except ValueError:
+            return None
+
+
+class _TaskMeter:
+    """Per-task CPU (fraction of the host's capacity) and memory from container cgroups."""
+
+    def __init__(self, containers: HostContainers) -> None:
+        self.containers = containers
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def measure(self, now: float, capacity_cores: float, infos: list[ContainerInfo]) -> tuple[TaskUsage, ...]:
+        usages = []
+        seen: dict[str, tuple[float, int]] = {}
+        for info in infos:
+            if not info.is_task or info.cgroup is None:
+                continue
+            try:
+                cpu_ns = info.cgroup.cpu_usage_ns()
+                ram = info.cgroup.memory_usage_bytes()
+            except CgroupError:
+                continue  # the container stopped since the list was refreshed
+            seen[info.id] = (now, cpu_ns)
+            previous = self._last.get(info.id)
+            cpu = 0.0
+            if previous is not None and now > previous[0] and cpu_ns >= previous[1]:
+                cpu = (cpu_ns - previous[1]) / ((now - previous[0]) * capacity_cores * 1e9)
+            usages.append(TaskUsage(id=info.task_id, name=info.name, cpu=cpu, ram_bytes=float(ram)))
+        self._last = seen
+        return tuple(sorted(usages, key=lambda usage: usage.name))
+
+
+# ---------------------------------------------------------------------------------------
+
+
+class PsutilProbe:
+    """The whole real machine, through psutil."""
+
+    def __init__(
+        self,
+        host: str,
+        docker_client: Any = None,
+        *,
+        lei: str | None = None,
+        cgroup_root: str | os.PathLike[str] = DEFAULT_ROOT,
+        proc_root: str | os.PathLike[str] = "/proc",
+        excluded_nics: tuple[str, ...] = DEFAULT_EXCLUDED_NICS,
+        refresh_s: float = 5.0,
+    ) -> None:
+        self.host = host
+        self._excluded_nics = excluded_nics
+        self._deltas = _Deltas()
+        self._tasks: tuple[TaskUsage, ...] = ()
+        self._meter = None
+        if docker_client is not None:
+            containers = HostContainers(
+                docker_client, host, lei=lei, cgroup_root=cgroup_root, proc_root=proc_root, refresh_s=refresh_s
+            )
+            self._meter = _TaskMeter(containers)
+
+    def read(self, now: float) -> HostMetrics:
+        times = psutil.cpu_times()
+        # As psutil.cpu_percent: iowait is idle time, and Linux already counts guest time
+        # inside user and nice.
+        total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        disk = psutil.disk_io_counters()
+        rx, tx = self._net_bytes()
+        counters = {
+            "cpu_busy": total - idle,
+            "cpu_total": total,
+            "disk_read": disk.read_bytes if disk else 0,
+            "disk_write": disk.write_bytes if disk else 0,
+            "net_rx": rx,
+            "net_tx": tx,
+        }
+        deltas, elapsed = self._deltas.update(now, counters)
+        memory = psutil.virtual_memory()
+        swap = psutil.swap_memory()
+        # Clamped as psutil.cpu_percent does: idle and iowait can step back on some kernels.
+        cpu = min(1.0, deltas["cpu_busy"] / deltas["cpu_total"]) if deltas["cpu_total"] > 0 else 0.0
+        if self._meter is not None:
+            self._tasks = self._meter.measure(now, float(psutil.cpu_count() or 1), self._meter.containers.get())
+            self._meter.containers.refresh_if_stale()
+        return HostMetrics(
+            cpu=cpu,
+            ram=(memory.total - memory.available) / memory.total,
+            swap=swap.used / swap.total if swap.total else 0.0,
+            **_rates(deltas, elapsed, ("disk_read", "disk_write", "net_rx", "net_tx")),
+        )
+
+    def tasks(self) -> tuple[TaskUsage, ...]:
+        return self._tasks
+
+    def _net_bytes(self) -> tuple[int, int]:
+        rx = tx = 0
+        for name, counters in psutil.net_io_counters(pernic=True).items():
+            if not name.startswith(self._excluded_nics):
+                rx += counters.bytes_recv
+                tx += counters.bytes_sent
+        return rx, tx
+
+
+class CgroupProbe:
+    """An emulated host: one parent cgroup and the containers running in it.
+
+    CPU is the cgroup's CPU time over the elapsed time and its capacity (quota) in cores;
+    RAM and swap are fractions of the cgroup's limits; disk bytes come from
+    :meth:`CgroupHost.io_bytes`; network bytes are summed over ``<proc_root>/<pid>/net/dev``
+    of one process per container (the network namespace is per container), for every
+    container labelled for this host (tasks and fault hogs).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        cgroup: CgroupHost,
+        proc_root: str | os.PathLike[str] = "/proc",
+        docker_client: Any = None,
+        *,
+        lei: str | None = None,
+        refresh_s: float = 5.0,
+    ) -> None:
+        self.host = host
+        self.cgroup = cgroup
+        self._proc_root = Path(proc_root)
+        self._deltas = _Deltas()
+        self._net = _KeyedSum(2)
+        self._tasks: tuple[TaskUsage, ...] = ()
+        self._containers = None
+        self._meter = None
+        if docker_client is not None:
+            self._containers = HostContainers(
+                docker_client, host, lei=lei, cgroup_root=cgroup.root, proc_root=proc_root, refresh_s=refresh_s
+            )
+            self._meter = _TaskMeter(self._containers)
+
+    def read(self, now: float) -> HostMetrics:
+        infos = self._containers.get() if self._containers is not None else []
+        cpu_ns = self.cgroup.cpu_usage_ns()
+        disk_read, disk_write = self.cgroup.io_bytes()
+        net_rx, net_tx = self._net.update(self._container_net(infos))
+        counters = {
+            "cpu_ns": cpu_ns,
+            "disk_read": disk_read,
+            "disk_write": disk_write,
+            "net_rx": net_rx,
+            "net_tx": net_tx,
+        }
+        deltas, elapsed = self._deltas.update(now, counters)
+        capacity = self.cgroup.cpu_capacity_cores()
+        cpu = deltas["cpu_ns"] / (elapsed * capacity * 1e9) if elapsed > 0 else 0.0
+        swap_limit = self.cgroup.swap_limit_bytes()
+        metrics = HostMetrics(
+            cpu=cpu,
+            ram=self.cgroup.memory_usage_bytes() / self.cgroup.memory_limit_bytes(),
+            swap=self.cgroup.swap_usage_bytes() / swap_limit if swap_limit > 0 else 0.0,
+            **_rates(deltas, elapsed, ("disk_read", "disk_write", "net_rx", "net_tx")),
+        )
+        if self._meter is not None:
+            self._tasks = self._meter.measure(now, capacity, infos)
+            self._meter.containers.refresh_if_stale()
+        return metrics
+
+    def tasks(self) -> tuple[TaskUsage, ...]:
+        return self._tasks
+
+    def _container_net(self, infos: list[ContainerInfo]) -> dict[Hashable, tuple[int, ...]]:
+        values: dict[Hashable, tuple[int, ...]] = {}
+        for info in infos:
+            try:
+                text = (self._proc_root / str(info.pid) / "net" / "dev").read_text()
+            except OSError:
+                continue  # exited since the list was refreshed
+            # Keyed by pid too: a restarted container has a new namespace with new counters.
+            values[(info.id, info.pid)] = parse_net_dev(text)
+        return values
+
+
+def _rates(deltas: dict[str, float], elapsed: float, names: tuple[str, ...]) -> dict[str, float]:
+    return {name: deltas[name] / elapsed if elapsed > 0 else 0.0 for name in names}
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _cgroup_probe(
+    host: str,
+    *,
+    cgroup_parent: str | None = None,
+    cgroup_root: str | os.PathLike[str] = DEFAULT_ROOT,
+    proc_root: str | os.PathLike[str] = "/proc",
+    docker_client: Any = None,
+    lei: str | None = None,
+    refresh_s: float = 5.0,
+) -> CgroupProbe:
+    if cgroup_parent is None:
+        if not lei:
+            raise ValueError("a cgroup probe needs cgroup_parent, or lei to derive it from")
+        cgroup_parent = emulated_host_path(lei, host)
+    cgroup = CgroupHost(cgroup_parent, cgroup_root, proc_root=proc_root)
+    return CgroupProbe(host, cgroup, proc_root, docker_client, lei=lei, refresh_s=refresh_s)
+
+
+PROBES: dict[str, Callable[..., Probe]] = {
+    "psutil": PsutilProbe,
+    "cgroup": _cgroup_probe,
+}
+
+
+def create_probe(kind: str, host: str, **options: Any) -> Probe:
+    """Build a probe by kind: ``psutil`` (options of :class:`PsutilProbe`) or ``cgroup``
+    (``cgroup_parent`` such as ``dragon/lei1/h1``, by default the emulated host's
+    ``dragon/<lei>/<host>``; ``cgroup_root``, ``proc_root``, ``docker_client``, ``lei``,
+    ``refresh_s``)."""
+    try:
+        factory = PROBES[kind]
+    except KeyError:
+        raise ValueError(f"unknown probe kind {kind!r}; known: {', '.join(sorted(PROBES))}") from None
+    return factory(host, **options)

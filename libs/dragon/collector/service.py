@@ -1,0 +1,183 @@
+"""The collector service: sample hosts every interval, publish samples, run injected faults.
+
+One collector samples the hosts it is configured with: the machine it runs on
+(``psutil`` probe) or a set of emulated hosts on this machine (``cgroup`` probe,
+one parent cgroup per host). For emulated hosts it also creates the hosts, starts
+their demo tasks and accepts fault-injection commands for them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import docker
+import structlog
+
+from dragon.collector.config import CollectorConfig
+from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
+from dragon.collector.injector import FaultInjector, PoissonFaults
+from dragon.collector.probes import Probe, create_probe
+from dragon.messages import topics
+from dragon.messages.schemas import FAULT_KINDS, FaultInjection, HostSample, InjectionEvent
+from dragon.mqtt import Counters, Incoming, MqttClient
+from dragon.service.lifecycle import Lifecycle
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "collector"
+
+
+class Collector:
+    def __init__(self, config: CollectorConfig) -> None:
+        self.config = config
+        self.lei = config.common.service.lei
+        self.instance = config.common.service.instance_id
+        self.lifecycle = Lifecycle(config.common.service.health_file)
+        self.counters = Counters()
+        self.injector: FaultInjector | None = None
+        self.random_faults: PoissonFaults | None = None
+        self._seq = 0
+        self._started = time.monotonic()
+
+    # --- lifecycle --------------------------------------------------------------
+    def run(self) -> None:
+        self.lifecycle.install_signal_handlers()
+        self.init_docker()
+        self.init_hosts()
+        self.init_probes()
+        self.init_injector()
+        self.init_mqtt()
+        self.start_mqtt()
+        try:
+            self.sample_forever()
+        finally:
+            self.shutdown()
+
+    def init_docker(self) -> None:
+        # Per-task usage and emulated hosts need the Docker API; a real host without
+        # Docker still gets its host metrics.
+        try:
+            self.docker = docker.from_env()
+            self.docker.ping()
+        except docker.errors.DockerException as exc:
+            if self.config.emulated:
+                raise
+            log.warning("docker_unavailable_no_task_metrics", error=str(exc))
+            self.docker = None
+
+    def init_hosts(self) -> None:
+        self.emulation = None
+        if not (self.config.emulated and self.config.emulate):
+            return
+        self.emulation = EmulatedLei(
+            self.docker, self.lei, self.config.cgroup_root, self.config.task_image, self.config.task_network or None
+        )
+        for host in self.config.hosts:
+            spec = EmulatedHostSpec(host, self.config.host_cpus, self.config.host_memory_mb)
+            self.emulation.ensure_host(spec)
+            self.emulation.ensure_demo_tasks(spec, self.config.demo_tasks)
+
+    def init_probes(self) -> None:
+        self.probes: list[Probe] = [
+            create_probe(
+                self.config.probe,
+                host=host,
+                lei=self.lei,
+                cgroup_root=self.config.cgroup_root,
+                proc_root=self.config.proc_root,
+                docker_client=self.docker,
+            )
+            for host in self.config.hosts
+        ]
+
+    def init_injector(self) -> None:
+        if not (self.config.emulated and self.config.injector):
+            return
+        self.injector = FaultInjector(
+            self.docker, self.lei, self.config.task_image, hosts=list(self.config.hosts), cgroup_root=self.config.cgroup_root
+        )
+        if self.config.random_faults_per_hour > 0:
+            self.random_faults = PoissonFaults(
+                self.config.random_faults_per_hour,
+                FAULT_KINDS,
+                list(self.config.hosts),
+                (self.config.random_fault_duration_s, self.config.random_fault_duration_s),
+                random.Random(self.config.random_fault_seed),
+            )
+
+    def init_mqtt(self) -> None:
+        self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
+        if self.injector is not None:
+            self.mqtt.subscribe(f"{topics.ROOT}/{self.lei}/inject/+", self.on_inject, qos=1)
+
+    def start_mqtt(self) -> None:
+        self.mqtt.start()
+
+    def shutdown(self) -> None:
+        log.info("collector_stopping", counters=self.counters.snapshot())
+        self.lifecycle.clear()
+        if self.injector is not None:
+            self.injector.stop_all()
+        self.mqtt.stop()
+
+    # --- sampling -------------------------------------------------------------------
+    def sample_forever(self) -> None:
+        interval = self.config.interval_s
+        next_tick = time.monotonic()
+        while not self.lifecycle.stop.is_set():
+            self.sample_once()
+            self.run_faults()
+            self.lifecycle.healthy(self.mqtt.connected)
+            next_tick += interval
+            # If a tick overran (a slow probe), skip ahead rather than burst.
+            next_tick = max(next_tick, time.monotonic())
+            self.lifecycle.stop.wait(max(0.0, next_tick - time.monotonic()))
+
+    def sample_once(self) -> None:
+        now = time.time()
+        self._seq += 1
+        for probe in self.probes:
+            try:
+                metrics = probe.read(now)
+                tasks = probe.tasks()
+            except Exception:
+                # A vanished cgroup or a Docker hiccup must not stop the other hosts.
+                self.counters.add("probe_errors")
+                log.exception("probe_failed", host=probe.host)
+                continue
+            sample = HostSample(
+                lei=self.lei,
+                host=probe.host,
+                ts=now,
+                seq=self._seq,
+                interval_s=self.config.interval_s,
+                metrics=metrics,
+                tasks=tasks,
+            )
+            self.mqtt.publish_message(topics.host_sample(self.lei, probe.host), sample)
+            self.counters.add("samples_published")
+
+    # --- faults ---------------------------------------------------------------------
+    def run_faults(self) -> None:
+        if self.injector is None:
+            return
+        now = time.time()
+        for event in self.injector.reap(now):
+            self._publish_injection(event)
+        quiet = time.monotonic() - self._started < self.config.random_fault_delay_s
+        if self.random_faults is not None and not quiet:
+            for host, command in self.random_faults.due(now):
+                self._publish_injection(self.injector.inject(host, command))
+
+    def on_inject(self, message: Incoming) -> None:
+        host = topics.host_of(message.topic)
+        if host not in self.config.hosts:
+            return  # another collector's host
+        command = self.mqtt.decode_or_drop(FaultInjection, message)
+        if command is not None:
+            self._publish_injection(self.injector.inject(host, command))
+
+    def _publish_injection(self, event: InjectionEvent) -> None:
+        self.mqtt.publish_message(topics.injections(self.lei), event)
+        log.info("fault_injection", id=event.id, host=event.host, kind=event.kind, status=event.status, reason=event.reason)

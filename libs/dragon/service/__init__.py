@@ -1,0 +1,1 @@
+"""What every service's ``main`` shares: lifecycle, signals, health marker, CLI plumbing."""

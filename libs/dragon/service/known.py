@@ -1,0 +1,17 @@
+"""Every service's config class, so that a shared env file can be validated.
+
+A ``DRAGON_*`` variable that no service knows is a typo and is rejected; one that
+another service reads is accepted silently.
+"""
+
+from __future__ import annotations
+
+from dragon.collector.config import CollectorConfig
+from dragon.config import env_names
+from dragon.detector.config import DetectorConfig
+
+CONFIG_CLASSES: tuple[type, ...] = (CollectorConfig, DetectorConfig)
+
+
+def known_env_names() -> set[str]:
+    return {name for cls in CONFIG_CLASSES for name in env_names(cls)}

@@ -1,0 +1,246 @@
+"""An emulated host for real: a parent cgroup with 0.5 CPU, a demo task in it, and real
+fault hogs started by FaultInjector, read through CgroupProbe.
+
+Needs the Docker daemon, root (to write cgroups) and a local image with Python 3.11
+(``dragon-collector:local``, else ``dragon-base:bookworm``). The test builds a throwaway
+image on top of it holding this checkout's ``libs/dragon`` and removes it afterwards;
+every container, cgroup and network it creates carries a per-run LEI name and is removed.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import time
+import urllib.request
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dragon.collector.cgroups import DEFAULT_ROOT, CgroupError, CgroupHost, detect_version
+from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
+from dragon.collector.injector import FaultInjector
+from dragon.collector.probes import CgroupProbe
+from dragon.messages.schemas import FaultInjection, HostMetrics, InjectionEvent
+
+docker = pytest.importorskip("docker")
+
+pytestmark = pytest.mark.integration
+
+BASE_IMAGES = ("dragon-collector:local", "dragon-base:bookworm")
+LIBS = Path(__file__).resolve().parents[2] / "libs" / "dragon"
+HOST = EmulatedHostSpec("h1", cpus=0.5, memory_mb=256)
+IDLE_HOST = EmulatedHostSpec("h2", cpus=0.25, memory_mb=128)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    if os.geteuid() != 0:
+        pytest.skip("writing cgroup limits needs root")
+    try:
+        detect_version(DEFAULT_ROOT)
+    except CgroupError as exc:
+        pytest.skip(f"no cgroup hierarchy: {exc}")
+    error = ""
+    try:
+        docker_client = docker.from_env()
+        docker_client.ping()
+    except Exception as exc:  # DockerException, or requests' ConnectionError
+        error = str(exc)
+    if error:
+        # docker-py leaves the socket of its failed version probe open: collect it now, with
+        # its expected ResourceWarning silenced, rather than let it fail an unrelated test.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+        pytest.skip(f"no Docker daemon reachable: {error}")
+    yield docker_client
+    docker_client.close()
+
+
+@pytest.fixture(scope="module")
+def image(client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway image: a local base plus this checkout's package on PYTHONPATH."""
+    base = next((name for name in BASE_IMAGES if client.images.list(name=name)), None)
+    if base is None:
+        pytest.skip(f"none of the local base images {BASE_IMAGES} exists (build them first)")
+    context = tmp_path_factory.mktemp("image")
+    shutil.copytree(LIBS, context / "dragon", ignore=shutil.ignore_patterns("__pycache__"))
+    (context / "Dockerfile").write_text(
+        f"FROM {base}\nCOPY dragon /opt/dragon-src/dragon\nENV PYTHONPATH=/opt/dragon-src\n"
+    )
+    tag = f"dragon-collector-test:{uuid.uuid4().hex[:12]}"
+    client.images.build(path=str(context), tag=tag, rm=True, forcerm=True, labels={"dragon.test": "true"})
+    try:
+        yield tag
+    finally:
+        client.images.remove(tag, force=True)
+
+
+@pytest.fixture(scope="module")
+def lei(client: Any, image: str) -> Iterator[EmulatedLei]:
+    name = f"it{uuid.uuid4().hex[:8]}"
+    emulated = EmulatedLei(client, name, image=image, network=f"dragon-{name}")
+    try:
+        yield emulated
+    finally:
+        emulated.remove_all()
+
+
+@pytest.fixture(scope="module")
+def host(lei: EmulatedLei) -> CgroupHost:
+    cgroup = lei.ensure_host(HOST)
+    (task,) = lei.ensure_demo_tasks(HOST, 1)
+    task.reload()
+    ip = next(iter(task.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    wait_for_http(f"http://{ip}:8080/")
+    return cgroup
+
+
+@pytest.fixture(scope="module")
+def injector(client: Any, lei: EmulatedLei, image: str, host: CgroupHost) -> Iterator[FaultInjector]:
+    hosts = {HOST.name: host, IDLE_HOST.name: lei.ensure_host(IDLE_HOST)}
+    fault_injector = FaultInjector(client, lei.lei, image, hosts, max_per_host=2)
+    try:
+        yield fault_injector
+    finally:
+        fault_injector.stop_all()
+
+
+@pytest.fixture
+def probe(client: Any, lei: EmulatedLei, host: CgroupHost) -> CgroupProbe:
+    return CgroupProbe(HOST.name, host, "/proc", client, lei=lei.lei, refresh_s=0.5)
+
+
+def wait_for_http(url: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+def measure(probe: CgroupProbe, seconds: float) -> HostMetrics:
+    probe.read(time.time())
+    time.sleep(seconds)
+    return probe.read(time.time())
+
+
+def wait_for_end(injector: FaultInjector, fault_id: str, timeout_s: float = 20.0) -> InjectionEvent:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for event in injector.reap():
+            if event.id == fault_id:
+                return event
+        time.sleep(0.25)
+    raise AssertionError(f"fault {fault_id} was not reaped within {timeout_s} s")
+
+
+def start(injector: FaultInjector, fault_id: str, kind: str, duration_s: float, host: str = HOST.name) -> None:
+    event = injector.inject(host, FaultInjection(id=fault_id, kind=kind, duration_s=duration_s))
+    assert event.status == "started", event.reason
+    assert event.ends_at == pytest.approx(event.ts + duration_s)
+
+
+# --- tests ------------------------------------------------------------------------------
+
+
+def test_docker_puts_task_containers_under_the_host_cgroup(client: Any, lei: EmulatedLei, host: CgroupHost) -> None:
+    (task,) = lei.ensure_demo_tasks(HOST, 1)  # idempotent: the same container again
+    task.reload()
+    pid = task.attrs["State"]["Pid"]
+    expected = f"/dragon/{lei.lei}/{HOST.name}/{task.id}"
+    assert expected in Path(f"/proc/{pid}/cgroup").read_text()
+    assert pid in host.pids()
+    assert host.cpu_capacity_cores() == pytest.approx(0.5)
+    assert host.memory_limit_bytes() == 256 * 1024 * 1024
+
+
+def test_cpu_fault_fills_the_host_and_the_quota_caps_it(injector: FaultInjector, probe: CgroupProbe) -> None:
+    idle = measure(probe, 2.0)
+    assert idle.cpu < 0.3
+    assert [task.name for task in probe.tasks()] == [f"dragon-{injector.lei}-h1-demo0"]
+
+    fault_id = f"{injector.lei}-cpu"
+    start(injector, fault_id, "cpu", duration_s=5)
+    time.sleep(1.0)  # container start
+    loaded = measure(probe, 2.0)
+    # Two busy processes on a 2-core machine, held to the host's 0.5 core.
+    assert 0.8 <= loaded.cpu <= 1.1
+    assert probe.tasks()[0].cpu < 0.3  # the hog is not a task
+
+    event = wait_for_end(injector, fault_id)
+    assert (event.status, event.kind, event.host) == ("finished", "cpu", HOST.name)
+
+
+def test_memory_fault_raises_ram(injector: FaultInjector, probe: CgroupProbe) -> None:
+    before = measure(probe, 0.5).ram
+    fault_id = f"{injector.lei}-memory"
+    start(injector, fault_id, "memory", duration_s=4)
+    time.sleep(2.5)  # start, then a ramp of about 160 MB/s
+    during = probe.read(time.time()).ram
+    assert during >= before + 0.3
+    assert during <= 1.0
+    assert wait_for_end(injector, fault_id).status == "finished"
+
+
+def test_disk_fault_raises_disk_write(injector: FaultInjector, probe: CgroupProbe) -> None:
+    before = measure(probe, 0.5).disk_write
+    fault_id = f"{injector.lei}-disk"
+    start(injector, fault_id, "disk", duration_s=4)
+    time.sleep(1.0)
+    during = measure(probe, 1.5).disk_write
+    assert during > max(5e6, 10 * before)
+    assert wait_for_end(injector, fault_id).status == "finished"
+
+
+def test_flood_raises_network_of_the_host(injector: FaultInjector, probe: CgroupProbe) -> None:
+    before = measure(probe, 1.0)
+    fault_id = f"{injector.lei}-flood"
+    start(injector, fault_id, "flood", duration_s=4)
+    time.sleep(1.0)
+    during = measure(probe, 1.5)
+    for name in ("net_rx", "net_tx"):
+        assert getattr(during, name) > max(1e5, 10 * getattr(before, name)), name
+    assert wait_for_end(injector, fault_id).status == "finished"
+
+
+def test_injector_refuses_and_reports_failures(client: Any, lei: EmulatedLei, injector: FaultInjector) -> None:
+    # Built from host names, as the collector service does: dragon/<lei>/<host> under /sys/fs/cgroup.
+    injector = FaultInjector(client, lei.lei, injector.image, [HOST.name, IDLE_HOST.name], max_per_host=2)
+
+    def inject(host: str, fault_id: str, kind: str = "cpu") -> InjectionEvent:
+        return injector.inject(host, FaultInjection(id=fault_id, kind=kind, duration_s=20, intensity=0.1))
+
+    assert inject("nowhere", "x1").reason.startswith("unknown host")
+    flood = inject(IDLE_HOST.name, "x2", kind="flood")
+    assert flood.status == "rejected"
+    assert flood.reason == f"no running task with an IP address on host {IDLE_HOST.name!r} to flood"
+
+    first = f"{injector.lei}-a"
+    assert inject(IDLE_HOST.name, first).status == "started"
+    assert inject(IDLE_HOST.name, first).reason == f"fault {first!r} is still running"
+    assert inject(IDLE_HOST.name, f"{injector.lei}-b").status == "started"
+    crowded = inject(IDLE_HOST.name, f"{injector.lei}-c")
+    assert crowded.status == "rejected"
+    assert crowded.reason == f"host {IDLE_HOST.name!r} already runs 2 faults (at most 2)"
+    assert sorted(injector.running(IDLE_HOST.name)) == [first, f"{injector.lei}-b"]
+
+    # A hog killed from outside is a failed fault.
+    client.containers.get(f"dragon-{injector.lei}-fault-{first}").kill()
+    failed = wait_for_end(injector, first)
+    assert (failed.status, failed.reason) == ("failed", "exit code 137")
+
+    stopped = injector.stop_all()
+    assert [(e.id, e.status) for e in stopped] == [(f"{injector.lei}-b", "finished")]
+    assert injector.running() == []

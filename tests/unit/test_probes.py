@@ -1,0 +1,282 @@
+"""Probes on fixture trees with a controlled clock; PsutilProbe on this machine; the
+Poisson fault schedule; the workloads command line."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dragon.collector.cgroups import CgroupHost
+from dragon.collector.injector import PoissonFaults
+from dragon.collector.probes import CgroupProbe, PsutilProbe, _KeyedSum, create_probe, parse_net_dev
+from dragon.messages.schemas import FAULT_KINDS, HOST_METRICS, HostMetrics
+
+pytestmark = pytest.mark.unit
+
+MIB = 1024**2
+PARENT = "dragon/lei1/h1"
+TASK_ID = "a" * 64
+HOG_ID = "b" * 64
+
+NET_DEV = """\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:    {lo}      10    0    0    0     0          0         0     {lo}      10    0    0    0     0       0          0
+  eth0: {rx}    4000    0    0    0     0          0         0   {tx}    2000    0    0    0     0       0          0
+"""
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def set_cgroup(root: Path, cgroup: str, *, cpu_ns: int, memory: int, quota: int = 50000) -> None:
+    """One v1 cgroup: CPU time, memory in use (no page cache) and an 256 MiB limit."""
+    write(root / "cpu" / cgroup / "cpu.cfs_quota_us", f"{quota}\n")
+    write(root / "cpu" / cgroup / "cpu.cfs_period_us", "100000\n")
+    write(root / "cpuacct" / cgroup / "cpuacct.usage", f"{cpu_ns}\n")
+    write(root / "memory" / cgroup / "memory.usage_in_bytes", f"{memory}\n")
+    write(root / "memory" / cgroup / "memory.limit_in_bytes", f"{256 * MIB}\n")
+    write(root / "memory" / cgroup / "memory.stat", "total_inactive_file 0\n")
+
+
+def set_blkio(root: Path, read: int, write_bytes: int) -> None:
+    write(
+        root / "blkio" / PARENT / "blkio.throttle.io_service_bytes_recursive",
+        f"254:0 Read {read}\n254:0 Write {write_bytes}\n254:0 Total {read + write_bytes}\nTotal {read + write_bytes}\n",
+    )
+
+
+def set_net(proc: Path, pid: int, rx: int, tx: int) -> None:
+    write(proc / str(pid) / "net" / "dev", NET_DEV.format(lo=99999, rx=rx, tx=tx))
+
+
+class FakeDocker:
+    """Just what HostContainers uses: a filtered sparse list and inspect."""
+
+    def __init__(self, containers: dict[str, dict[str, Any]]) -> None:
+        self._attrs = containers
+        self.containers = self
+        self.api = self
+
+    def list(self, sparse: bool = False, filters: dict[str, Any] | None = None, all: bool = False) -> list[Any]:
+        wanted = dict(item.split("=", 1) for item in (filters or {}).get("label", []))
+        return [
+            type("Container", (), {"id": cid})()
+            for cid, attrs in self._attrs.items()
+            if wanted.items() <= attrs["Config"]["Labels"].items()
+        ]
+
+    def inspect_container(self, cid: str) -> dict[str, Any]:
+        return self._attrs[cid]
+
+
+def container_attrs(name: str, pid: int, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "Name": f"/{name}",
+        "State": {"Pid": pid},
+        "Config": {"Labels": {"dragon.host": "h1", "dragon.lei": "lei1", **labels}},
+        "HostConfig": {"CgroupParent": f"/{PARENT}"},
+    }
+
+
+@pytest.fixture
+def emulated(tmp_path: Path) -> tuple[Path, Path]:
+    """A v1 host with one task container (pid 300) and one fault hog (pid 400)."""
+    root, proc = tmp_path / "cg", tmp_path / "proc"
+    for controller in ("cpu", "cpuacct", "memory", "blkio", "pids"):
+        (root / controller).mkdir(parents=True)
+    write(proc / "meminfo", "MemTotal:       24683520 kB\nSwapTotal:             0 kB\n")
+    set_cgroup(root, PARENT, cpu_ns=10_000_000_000, memory=64 * MIB)
+    set_cgroup(root, f"{PARENT}/{TASK_ID}", cpu_ns=1_000_000_000, memory=20 * MIB, quota=-1)
+    set_blkio(root, 0, 1000)
+    for pid, cid in ((300, TASK_ID), (400, HOG_ID)):
+        lines = [f"{hid}:{controller}:/{PARENT}/{cid}" for hid, controller in ((4, "memory"), (2, "cpuacct"), (1, "cpu"))]
+        write(proc / str(pid) / "cgroup", "\n".join(lines) + "\n")
+    set_net(proc, 300, rx=1000, tx=500)
+    set_net(proc, 400, rx=0, tx=0)
+    return root, proc
+
+
+def fake_docker() -> FakeDocker:
+    return FakeDocker(
+        {
+            TASK_ID: container_attrs("web-1", 300, {"dragon.task": "true", "dragon.task.id": "web"}),
+            HOG_ID: container_attrs("hog-1", 400, {"dragon.fault": "true"}),
+            "c" * 64: container_attrs("other-lei", 500, {"dragon.task": "true", "dragon.lei": "lei2"}),
+        }
+    )
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def test_parse_net_dev_excludes_loopback() -> None:
+    assert parse_net_dev(NET_DEV.format(lo=123, rx=5000000, tx=250000)) == (5000000, 250000)
+    assert parse_net_dev(NET_DEV.format(lo=123, rx=1, tx=2), excluded=()) == (124, 125)
+
+
+def test_keyed_sum_survives_containers_coming_and_going() -> None:
+    total = _KeyedSum(2)
+    assert total.update({"a": (100, 10)}) == (0, 0)  # primes
+    assert total.update({"a": (150, 20), "b": (5, 5)}) == (55, 15)  # b is new: counts in full
+    assert total.update({"b": (6, 5)}) == (56, 15)  # a left: what it added stays
+    assert total.update({"b": (2, 1)}) == (58, 16)  # b restarted: counts from zero
+
+
+# --- CgroupProbe ------------------------------------------------------------------------
+
+
+def test_cgroup_probe_rates_from_two_reads(emulated: tuple[Path, Path]) -> None:
+    root, proc = emulated
+    cgroup = CgroupHost(PARENT, root, proc_root=proc, io_source="cgroup", machine_cores=2)
+    probe = CgroupProbe("h1", cgroup, proc, fake_docker(), lei="lei1", refresh_s=3600)
+
+    first = probe.read(100.0)
+    assert (first.cpu, first.disk_write, first.net_rx, first.net_tx) == (0.0, 0.0, 0.0, 0.0)
+    assert first.ram == pytest.approx(0.25)
+    assert [t.id for t in probe.tasks()] == ["web"]  # the hog and the other LEI are not tasks here
+
+    # 2 s later: the host used 0.4 s of CPU (0.2 cores of its 0.5), wrote 2 MB, and both
+    # containers moved bytes (the hog's count for the host too).
+    set_cgroup(root, PARENT, cpu_ns=10_400_000_000, memory=128 * MIB)
+    set_cgroup(root, f"{PARENT}/{TASK_ID}", cpu_ns=1_100_000_000, memory=24 * MIB, quota=-1)
+    set_blkio(root, 4096, 1000 + 2_000_000)
+    set_net(proc, 300, rx=3000, tx=1500)
+    set_net(proc, 400, rx=1000, tx=0)
+    second = probe.read(102.0)
+
+    assert second.cpu == pytest.approx(0.4)
+    assert second.ram == pytest.approx(0.5)
+    assert second.swap == 0.0
+    assert second.disk_read == pytest.approx(2048)
+    assert second.disk_write == pytest.approx(1_000_000)
+    assert second.net_rx == pytest.approx(1500)
+    assert second.net_tx == pytest.approx(500)
+    (task,) = probe.tasks()
+    assert (task.id, task.name) == ("web", "web-1")
+    assert task.cpu == pytest.approx(0.1)  # 0.1 s over 2 s of a 0.5-core host
+    assert task.ram_bytes == 24 * MIB
+
+
+def test_cgroup_probe_without_docker(emulated: tuple[Path, Path]) -> None:
+    root, proc = emulated
+    probe = create_probe("cgroup", "h1", cgroup_parent=PARENT, cgroup_root=root, proc_root=proc)
+    assert isinstance(probe, CgroupProbe)
+    probe.read(10.0)
+    set_cgroup(root, PARENT, cpu_ns=10_250_000_000, memory=64 * MIB)
+    metrics = probe.read(11.0)
+    assert metrics.cpu == pytest.approx(0.5)
+    assert (metrics.net_rx, metrics.net_tx) == (0.0, 0.0)
+    assert probe.tasks() == ()
+
+
+def test_a_clock_going_back_gives_zero_rates(emulated: tuple[Path, Path]) -> None:
+    root, proc = emulated
+    probe = CgroupProbe("h1", CgroupHost(PARENT, root, proc_root=proc, io_source="cgroup"), proc)
+    probe.read(50.0)
+    set_blkio(root, 0, 10_000)
+    assert probe.read(49.0).disk_write == 0.0
+
+
+# --- PsutilProbe ------------------------------------------------------------------------
+
+
+def test_psutil_probe_on_this_machine() -> None:
+    probe = PsutilProbe("this-machine", FakeDocker({}))
+    first = probe.read(time.time())
+    assert (first.cpu, first.disk_read, first.net_tx) == (0.0, 0.0, 0.0)
+    sum(i * i for i in range(200_000))
+    time.sleep(0.2)
+    metrics = probe.read(time.time())
+    assert isinstance(metrics, HostMetrics)
+    for name in ("cpu", "ram", "swap"):
+        assert 0.0 <= getattr(metrics, name) <= 1.0, metrics
+    assert 0.0 < metrics.ram
+    for name in HOST_METRICS[3:]:
+        assert getattr(metrics, name) >= 0.0, metrics
+    assert probe.tasks() == ()
+
+
+def test_create_probe_registry(emulated: tuple[Path, Path]) -> None:
+    root, proc = emulated
+    assert isinstance(create_probe("psutil", "h1", lei="lei1", cgroup_root=root, proc_root=proc), PsutilProbe)
+    # the cgroup of an emulated host follows from its LEI and name: dragon/<lei>/<host>
+    probe = create_probe("cgroup", "h1", lei="lei1", cgroup_root=root, proc_root=proc)
+    assert isinstance(probe, CgroupProbe) and probe.cgroup.parent == PARENT
+    with pytest.raises(ValueError, match="cgroup, psutil"):
+        create_probe("snmp", "h1")
+
+
+# --- Poisson fault schedule -------------------------------------------------------------
+
+
+def run_schedule(seed: int, hours: float, step_s: float = 30.0) -> list[tuple[str, Any]]:
+    faults = PoissonFaults(12.0, FAULT_KINDS, ("h1", "h2"), (60.0, 300.0), random.Random(seed))
+    out = []
+    now = 1_000_000.0
+    end = now + hours * 3600
+    while now <= end:
+        out.extend(faults.due(now))
+        now += step_s
+    return out
+
+
+def test_poisson_rate_is_right_over_a_long_horizon() -> None:
+    schedule = run_schedule(seed=1, hours=500)
+    # 12 per hour across 2 hosts for 500 h: 6000 expected, standard deviation about 77.
+    assert 5700 < len(schedule) < 6300
+    hosts = [host for host, _ in schedule]
+    assert abs(hosts.count("h1") - hosts.count("h2")) < 400
+    assert {fault.kind for _, fault in schedule} == set(FAULT_KINDS)
+    arrivals = [fault.ts for _, fault in schedule]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert sum(gaps) / len(gaps) == pytest.approx(300.0, rel=0.05)  # exponential, mean 3600 / 12
+    assert all(60.0 <= fault.duration_s <= 300.0 and 0 < fault.intensity <= 1 for _, fault in schedule)
+    assert len({fault.id for _, fault in schedule}) == len(schedule)
+    for _, fault in schedule[:50]:
+        fault.check()
+
+
+def test_poisson_is_deterministic_with_a_seed() -> None:
+    assert run_schedule(seed=7, hours=20) == run_schedule(seed=7, hours=20)
+    assert run_schedule(seed=7, hours=20) != run_schedule(seed=8, hours=20)
+
+
+def test_poisson_rejects_bad_parameters() -> None:
+    with pytest.raises(ValueError):
+        PoissonFaults(1.0, ("meteor",), ("h1",), (10, 20), random.Random(0))
+    with pytest.raises(ValueError):
+        PoissonFaults(0.0, ("cpu",), ("h1",), (10, 20), random.Random(0))
+
+
+# --- workloads --------------------------------------------------------------------------
+
+
+def test_workloads_help_exits_zero() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dragon.collector.workloads", "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0
+    for kind in ("demo", "cpu", "memory", "disk", "flood"):
+        assert kind in result.stdout
+
+
+def test_workloads_cpu_ends_after_its_duration() -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "dragon.collector.workloads", "cpu", "--duration", "0.5", "--intensity", "0.1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 10
+    assert '"event": "cpu_stopped"' in result.stderr
