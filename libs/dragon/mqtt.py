@@ -125,18 +125,14 @@ class MqttClient:
         client.on_message = self._handle_message
         return client
 
-    def subscribe(self, filter_: str, handler: Handler, qos: int = 1, match: str | None = None) -> None:
-        """Route messages matching ``match`` (default ``filter_``) to ``handler``, one at a time.
+    def subscribe(self, filter_: str, handler: Handler, qos: int = 1) -> None:
+        """Route messages matching ``filter_`` to ``handler``, one at a time."""
+        self.subscribe_batch(filter_, lambda batch: _each(handler, batch, self.counters), qos)
 
-        ``filter_`` is what is sent to the broker (it may be a ``$share/...``
-        shared subscription); ``match`` is the plain filter messages arrive on.
-        """
-        self.subscribe_batch(filter_, lambda batch: _each(handler, batch, self.counters), qos, match)
-
-    def subscribe_batch(self, filter_: str, handler: BatchHandler, qos: int = 1, match: str | None = None) -> None:
+    def subscribe_batch(self, filter_: str, handler: BatchHandler, qos: int = 1) -> None:
         """Like :meth:`subscribe`, but ``handler`` gets all waiting messages as one list."""
         self._subscriptions.append((filter_, qos))
-        self._handlers.append((match or filter_, handler))
+        self._handlers.append((filter_, handler))
 
     def on_connected(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` (on the worker thread) after every successful connect."""

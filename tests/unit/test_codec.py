@@ -128,6 +128,5 @@ def test_topics_are_built_and_parsed_in_one_place():
     assert topics.host_sample("lei1", "h1") == "dragon/lei1/hosts/h1/sample"
     assert topics.host_of("dragon/lei1/hosts/h7/sample") == "h7"
     assert topics.host_of(topics.inject("lei1", "h2")) == "h2"
-    assert topics.shared(topics.host_samples("lei1"), "g") == "$share/g/dragon/lei1/hosts/+/sample"
     with pytest.raises(ValueError):
         topics.host_of("dragon/faults/lei1/h1")

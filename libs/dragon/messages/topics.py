@@ -46,7 +46,3 @@ def host_of(topic: str) -> str:
         return parts[3]
     raise ValueError(f"no host in topic {topic!r}")
 
-
-def shared(filter_: str, group: str) -> str:
-    """An MQTT v5 shared subscription: each message goes to one member of ``group``."""
-    return f"$share/{group}/{filter_}"

@@ -1,0 +1,173 @@
+"""A self-describing detector checkpoint: everything needed to score, in one file or blob.
+
+A checkpoint carries the config that builds the model next to its weights, the feature names
+and scaler bounds the weights were trained on, and the POT thresholds, so a detector service
+needs nothing else to turn raw metrics into fault labels. It is written with ``torch.save``
+and read with ``torch.load(weights_only=True)``: only tensors and plain Python types are in the
+file, so loading one can never run code. ``to_bytes`` gives the same format in memory (for
+Redis).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dragon.detector.gon import Discriminator, GonConfig
+from dragon.detector.pot import PotState
+from dragon.detector.scaling import MinMaxScaler
+
+FORMAT = "dragon-detector-checkpoint"
+VERSION = 1
+DEFAULT_HOST = "*"  # key of the POT state that applies to every host without its own
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is malformed, of another format or version, or inconsistent."""
+
+
+@dataclass(eq=False)  # tensors inside: compare model_id or to_bytes() instead
+class Checkpoint:
+    """Config, weights, feature names, scaler bounds, POT states and provenance of one model."""
+
+    gon: dict[str, Any]  # GonConfig.to_dict()
+    state_dict: dict[str, Tensor]  # Discriminator weights, on CPU
+    feature_names: tuple[str, ...]  # n names, in column order
+    lo: list[float]  # scaler minimum per feature
+    hi: list[float]  # scaler maximum (lo + span) per feature
+    pot: dict[str, dict[str, Any]]  # PotState.to_dict() by host; "*" is the default
+    meta: dict[str, Any] = field(default_factory=dict)  # created_at, source, train_seconds, history
+
+    def __post_init__(self) -> None:
+        self.feature_names = tuple(str(name) for name in self.feature_names)
+        self.lo = [float(v) for v in self.lo]
+        self.hi = [float(v) for v in self.hi]
+        self.state_dict = {key: value.detach().cpu().clone() for key, value in self.state_dict.items()}
+        try:
+            n = GonConfig.from_dict(self.gon).n_features
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"bad gon config: {exc}") from exc
+        if not len(self.feature_names) == len(self.lo) == len(self.hi) == n:
+            raise CheckpointError(
+                f"{n} features in the config but {len(self.feature_names)} names, {len(self.lo)} lo, {len(self.hi)} hi"
+            )
+        if DEFAULT_HOST not in self.pot:
+            raise CheckpointError(f"pot needs a default state under {DEFAULT_HOST!r}")
+        _require_plain(self.pot, "pot")
+        _require_plain(self.meta, "meta")
+
+    @property
+    def config(self) -> GonConfig:
+        return GonConfig.from_dict(self.gon)
+
+    @property
+    def model_id(self) -> str:
+        """12 hex digits of a SHA-256 over the config and the weights, so events can name the model.
+
+        Hashes tensor contents, not the serialised file, so it is the same wherever and
+        whenever the checkpoint is saved, and changes with any weight.
+        """
+        digest = hashlib.sha256(json.dumps(self.gon, sort_keys=True).encode())
+        for key in sorted(self.state_dict):
+            tensor = self.state_dict[key].contiguous()
+            digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.numpy().tobytes())
+        return digest.hexdigest()[:12]
+
+    def build_model(self) -> Discriminator:
+        """A Discriminator with these weights, in eval mode."""
+        model = Discriminator(self.config)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:
+            raise CheckpointError(f"weights do not fit the config: {exc}") from exc
+        return model.eval()
+
+    def scaler(self) -> MinMaxScaler:
+        return MinMaxScaler(lo=self.lo, hi=self.hi)
+
+    def pot_state(self, host: str = DEFAULT_HOST) -> PotState:
+        """The host's own POT state if it has one, else the default."""
+        return PotState.from_dict(self.pot.get(host, self.pot[DEFAULT_HOST]))
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (temporary file, then rename) so a reader never sees half a file."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(self._payload(), handle)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        with open(path, "rb") as handle:
+            return cls._from_payload(_torch_load(handle, str(path)))
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(self._payload(), buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Checkpoint:
+        return cls._from_payload(_torch_load(io.BytesIO(data), "bytes"))
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "gon": dict(self.gon),
+            "state_dict": dict(self.state_dict),
+            "feature_names": list(self.feature_names),
+            "lo": list(self.lo),
+            "hi": list(self.hi),
+            "pot": self.pot,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def _from_payload(cls, payload: Any) -> Checkpoint:
+        if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
+            raise CheckpointError(f"not a {FORMAT}")
+        if payload.get("version") != VERSION:
+            raise CheckpointError(f"checkpoint version {payload.get('version')!r}, this code reads {VERSION}")
+        keys = ("gon", "state_dict", "feature_names", "lo", "hi", "pot", "meta")
+        missing = [key for key in keys if key not in payload]
+        if missing:
+            raise CheckpointError(f"checkpoint lacks {missing}")
+        return cls(**{key: payload[key] for key in keys})
+
+
+def _torch_load(handle: Any, source: str) -> Any:
+    try:
+        return torch.load(handle, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors alike for a bad file
+        raise CheckpointError(f"cannot read checkpoint from {source}: {exc}") from exc
+
+
+def _require_plain(value: Any, where: str) -> None:
+    """Fail at construction, not at load time, if a value would not survive weights_only."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise CheckpointError(f"{where}: keys must be strings, got {key!r}")
+            _require_plain(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _require_plain(item, f"{where}[{index}]")
+    elif not (value is None or type(value) in (str, int, float, bool)):
+        raise CheckpointError(f"{where}: {type(value).__name__} is not a plain type (str, int, float, bool, None)")

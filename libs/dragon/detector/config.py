@@ -1,0 +1,49 @@
+"""The detector's configuration (see the table in README.md). Imports no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dragon.config import ConfigError, section, setting
+from dragon.settings import CommonConfig, RedisSettings
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    common: CommonConfig = section(CommonConfig)
+    redis: RedisSettings = section(RedisSettings)
+    window: int = setting("DRAGON_WINDOW", 10, "window length k (eq. 1)", "samples")
+    history: int = setting(
+        "DRAGON_WINDOW_HISTORY", 8640, "samples kept per host in Redis (windows and training record)", "samples"
+    )
+    checkpoint: str = setting(
+        "DRAGON_DETECTOR_CHECKPOINT", "", "checkpoint to serve (empty: the LEI's current model, or learn one)"
+    )
+    model_dir: str = setting(
+        "DRAGON_DETECTOR_MODEL_DIR", "/var/lib/dragon", "where a model learned on-line is saved (a volume)"
+    )
+    warmup_s: float = setting(
+        "DRAGON_DETECTOR_WARMUP", 300.0, "without a checkpoint: learn from this much normal operation first", "s"
+    )
+    warmup_min_samples: int = setting(
+        "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES", 30, "and from at least this many samples per host", "samples"
+    )
+    train_epochs: int = setting("DRAGON_DETECTOR_TRAIN_EPOCHS", 60, "epochs when learning on-line", "epochs")
+    pot_q: float = setting("DRAGON_POT_Q", 1e-3, "POT risk q: the false-alarm probability the threshold aims at")
+    pot_level: float = setting("DRAGON_POT_LEVEL", 0.98, "POT initial quantile of the calibration scores")
+    clear_windows: int = setting(
+        "DRAGON_FAULT_CLEAR_WINDOWS", 3, "normal windows in a row before a fault ends (hysteresis)", "windows"
+    )
+    json_mirror: bool = setting(
+        "DRAGON_FAULTS_JSON", True, "also publish every fault event as JSON on dragon/faults-json/<lei>/<host>"
+    )
+
+    def validate(self) -> None:
+        if not 2 <= self.window <= 256:
+            raise ConfigError("DRAGON_WINDOW must be between 2 and 256")
+        if self.history < self.window + 1:
+            raise ConfigError("DRAGON_WINDOW_HISTORY must exceed DRAGON_WINDOW")
+        if not 0 < self.pot_q < 1 or not 0 < self.pot_level < 1:
+            raise ConfigError("DRAGON_POT_Q and DRAGON_POT_LEVEL must be in (0, 1)")
+        if self.clear_windows < 1:
+            raise ConfigError("DRAGON_FAULT_CLEAR_WINDOWS must be at least 1")

@@ -1,0 +1,65 @@
+"""Per-host fault state in Redis: turns window labels into start/end events.
+
+The state lives in Redis, and one Lua script reads and updates it atomically,
+so with several detector replicas exactly one of them sees each transition and
+publishes its event. A window older than (or as old as) the last one seen for a
+host — a redelivered duplicate — changes nothing and yields no event.
+A fault ends only after ``clear_windows`` normal windows in a row, so a score
+hovering around the threshold does not flap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+_TRANSITION = """
+local faulty = redis.call('HGET', KEYS[1], 'faulty')
+local last = redis.call('HGET', KEYS[1], 'ts')
+local ts = tonumber(ARGV[2])
+if last and tonumber(last) >= ts then
+  return {'stale', redis.call('HGET', KEYS[1], 'since') or ''}
+end
+redis.call('HSET', KEYS[1], 'ts', ARGV[2])
+if ARGV[1] == '1' then
+  redis.call('HSET', KEYS[1], 'normal_streak', 0)
+  if faulty ~= '1' then
+    redis.call('HSET', KEYS[1], 'faulty', '1', 'since', ARGV[2])
+    return {'start', ARGV[2]}
+  end
+  return {'', redis.call('HGET', KEYS[1], 'since') or ''}
+end
+if faulty == '1' then
+  local streak = redis.call('HINCRBY', KEYS[1], 'normal_streak', 1)
+  local since = redis.call('HGET', KEYS[1], 'since') or ''
+  if streak >= tonumber(ARGV[3]) then
+    redis.call('HSET', KEYS[1], 'faulty', '0')
+    redis.call('HDEL', KEYS[1], 'since')
+    return {'end', since}
+  end
+  return {'', since}
+end
+return {'', ''}
+"""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """``kind`` is ``start``, ``end``, ``""`` (no change) or ``stale`` (an old window)."""
+
+    kind: str
+    faulty_since: float | None
+
+
+class HostFaultState:
+    def __init__(self, client: redis.Redis, lei: str, clear_windows: int) -> None:
+        self._lei = lei
+        self._clear = clear_windows
+        self._script = client.register_script(_TRANSITION)
+
+    def update(self, host: str, window_ts: float, label: int) -> Transition:
+        kind, since = self._script(keys=[f"dragon:{self._lei}:fault:{host}"], args=[label, repr(window_ts), self._clear])
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        since = since.decode() if isinstance(since, bytes) else since
+        return Transition(kind, float(since) if since else None)

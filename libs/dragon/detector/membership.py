@@ -1,0 +1,72 @@
+"""Which detector replica scores which host: live members in Redis, rendezvous hashing.
+
+Every replica receives and stores every sample (a plain persistent subscription;
+storing is idempotent), but only the replica that owns a host scores it, so the
+model work is spread across replicas. A replica is a member while its heartbeat in
+Redis is fresh; ownership follows rendezvous (highest-random-weight) hashing, so
+when a replica joins or leaves only the hosts it gains or loses move.
+
+While membership changes, two replicas may briefly score the same window: the
+atomic fault-state update makes the second one ``stale``, so no event is doubled.
+
+Why not MQTT v5 shared subscriptions: Mosquitto 2.0.11 keeps a persistent session
+across a broker restart but *not* its shared subscriptions, so samples published
+between the restart and the detector's re-subscription are lost (measured here:
+a plain subscription received them, the shared one did not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import redis
+import structlog
+
+log = structlog.get_logger(__name__)
+
+HEARTBEAT_TTL_S = 10.0
+REFRESH_S = 1.0
+
+
+def owner(host: str, members: list[str]) -> str:
+    """The member with the highest hash weight for ``host``."""
+    return max(members, key=lambda member: hashlib.sha1(f"{member}/{host}".encode()).digest())
+
+
+class Membership:
+    def __init__(self, client: redis.Redis, lei: str, instance: str) -> None:
+        self.client = client
+        self.instance = instance
+        self._key = f"dragon:{lei}:detectors"
+        self._members: list[str] = [instance]
+        self._refreshed = 0.0
+
+    def beat(self) -> None:
+        """Say we are alive (call every second or so) and forget members that are not."""
+        now = time.time()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(self._key, {self.instance: now})
+        pipe.zremrangebyscore(self._key, "-inf", now - HEARTBEAT_TTL_S)
+        pipe.execute()
+
+    def leave(self) -> None:
+        self.client.zrem(self._key, self.instance)
+
+    def members(self) -> list[str]:
+        """Live members, refreshed at most every second; the last known list if Redis is down."""
+        now = time.monotonic()
+        if now - self._refreshed >= REFRESH_S:
+            try:
+                found = sorted(m.decode() for m in self.client.zrangebyscore(self._key, time.time() - HEARTBEAT_TTL_S, "+inf"))
+            except (redis.ConnectionError, redis.TimeoutError):
+                return self._members
+            members = found if self.instance in found else sorted([*found, self.instance])
+            if members != self._members:
+                log.info("detector_members", members=members, me=self.instance)
+            self._members = members
+            self._refreshed = now
+        return self._members
+
+    def owns(self, host: str) -> bool:
+        return owner(host, self.members()) == self.instance

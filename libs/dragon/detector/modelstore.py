@@ -1,0 +1,69 @@
+"""Where the LEI's current model lives, so every replica serves the same one.
+
+The checkpoint bytes and their id are kept in Redis (replicas that join load the
+current model) and in the model volume (a Redis that lost its data does not
+lose the model). Learning a model on-line is guarded by a Redis lock so that
+only one replica trains.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+import structlog
+
+from dragon.detector.checkpoint import Checkpoint
+
+log = structlog.get_logger(__name__)
+
+LOCK_TTL_S = 900
+
+
+class ModelStore:
+    def __init__(self, client: redis.Redis, lei: str, model_dir: str) -> None:
+        self.client = client
+        self._key = f"dragon:{lei}:model"
+        self._id_key = f"dragon:{lei}:model:id"
+        self._lock_key = f"dragon:{lei}:model:training"
+        self._file = Path(model_dir) / f"{lei}-current.pt" if model_dir else None
+
+    def publish(self, checkpoint: Checkpoint) -> None:
+        data = checkpoint.to_bytes()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self._key, data)
+        pipe.set(self._id_key, checkpoint.model_id)
+        pipe.execute()
+        self._save_file(data)
+        log.info("model_published", model_id=checkpoint.model_id, bytes=len(data))
+
+    def _save_file(self, data: bytes) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._file.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(self._file)  # atomic: a crash never leaves half a checkpoint
+        except OSError as exc:
+            log.warning("model_file_not_saved", path=str(self._file), error=str(exc))
+
+    def current_id(self) -> str | None:
+        value = self.client.get(self._id_key)
+        return value.decode() if value else None
+
+    def fetch(self) -> Checkpoint | None:
+        data = self.client.get(self._key)
+        return Checkpoint.from_bytes(data) if data else None
+
+    def load_file(self) -> Checkpoint | None:
+        if self._file is None or not self._file.is_file():
+            return None
+        return Checkpoint.from_bytes(self._file.read_bytes())
+
+    def try_lock(self, owner: str) -> bool:
+        return bool(self.client.set(self._lock_key, owner, nx=True, ex=LOCK_TTL_S))
+
+    def unlock(self, owner: str) -> None:
+        if self.client.get(self._lock_key) == owner.encode():
+            self.client.delete(self._lock_key)

@@ -1,0 +1,242 @@
+"""The detector service: host samples in, windows in Redis, fault events out.
+
+Every replica receives every sample on a persistent subscription and stores it
+(idempotently) in Redis; each host is scored by one replica (see
+``membership.py``). Windows, the fault state of each host and the model live in
+Redis, so any replica can take over any host.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import defaultdict
+
+import numpy as np
+import redis
+import structlog
+
+from dragon.detector.config import DetectorConfig
+from dragon.detector.health import HostFaultState, Transition
+from dragon.detector.learning import OnlineLearner
+from dragon.detector.membership import Membership
+from dragon.detector.modelstore import ModelStore
+from dragon.detector.scorer import Scorer, Verdict
+from dragon.messages import topics
+from dragon.messages.codec import DecodeError
+from dragon.messages.schemas import FaultEvent, HostHealth, HostSample, MetricContribution
+from dragon.mqtt import Counters, Incoming, MqttClient, Unprocessed
+from dragon.service.lifecycle import Lifecycle
+from dragon.store import StopRequested, WindowStore, connect, padded_window, retry_until
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "detector"
+EVENT_NAMESPACE = uuid.UUID("6c1f7a52-3f0e-4d8e-9a52-0b5a4d1d2a10")
+MODEL_CHECK_INTERVAL_S = 5.0
+
+
+class Detector:
+    def __init__(self, config: DetectorConfig) -> None:
+        self.config = config
+        self.lei = config.common.service.lei
+        self.instance = config.common.service.instance_id
+        self.lifecycle = Lifecycle(config.common.service.health_file)
+        self.counters = Counters()
+        self.scorer: Scorer | None = None
+        self._scorer_lock = threading.Lock()
+        self._last_model_check = 0.0
+
+    # --- lifecycle --------------------------------------------------------------
+    def run(self) -> None:
+        self.lifecycle.install_signal_handlers()
+        self.init_redis()
+        self.init_model()
+        self.init_mqtt()
+        self.start_mqtt()
+        self.start_learner()
+        try:
+            self.wait()
+        finally:
+            self.shutdown()
+
+    def init_redis(self) -> None:
+        self.redis = connect(self.config.redis)
+        self.windows = WindowStore(self.redis, self.lei, self.config.history)
+        self.faults = HostFaultState(self.redis, self.lei, self.config.clear_windows)
+        self.models = ModelStore(self.redis, self.lei, self.config.model_dir)
+        self.membership = Membership(self.redis, self.lei, self.instance)
+
+    def init_model(self) -> None:
+        """Serve the configured checkpoint, else the LEI's current model, else learn one."""
+        def resolve():
+            if self.config.checkpoint:
+                from dragon.detector.checkpoint import Checkpoint
+
+                checkpoint = Checkpoint.load(self.config.checkpoint)
+                self.models.publish(checkpoint)
+                return checkpoint
+            checkpoint = self.models.fetch()
+            if checkpoint is None:
+                checkpoint = self.models.load_file()
+                if checkpoint is not None:
+                    self.models.publish(checkpoint)
+            return checkpoint
+
+        checkpoint = retry_until(resolve, self.lifecycle.stop, "load_model")
+        if checkpoint is not None:
+            self._serve(checkpoint)
+        else:
+            log.info("no_model_yet_learning_from_normal_operation", warmup_s=self.config.warmup_s)
+
+    def init_mqtt(self) -> None:
+        self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
+        self.mqtt.subscribe_batch(topics.host_samples(self.lei), self.on_samples, qos=1)
+
+    def start_mqtt(self) -> None:
+        self.mqtt.start()
+
+    def start_learner(self) -> None:
+        self.learner = OnlineLearner(self.config, self.windows, self.models, self.lifecycle.stop, self.instance)
+        if self.scorer is None:
+            self.learner.start()
+
+    def wait(self) -> None:
+        while not self.lifecycle.stop.wait(1.0):
+            self.lifecycle.healthy(self.mqtt.connected and self._heartbeat())
+
+    def shutdown(self) -> None:
+        log.info("detector_stopping", counters=self.counters.snapshot())
+        self.lifecycle.clear()
+        try:
+            self.membership.leave()  # hand our hosts over at once, not after the heartbeat expires
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass
+        self.mqtt.stop()
+
+    def _heartbeat(self) -> bool:
+        try:
+            self.membership.beat()
+            return True
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+
+    # --- model ----------------------------------------------------------------------
+    def _serve(self, checkpoint) -> None:
+        scorer = Scorer(checkpoint)
+        self.windows.save_bounds(checkpoint.feature_names, checkpoint.lo, checkpoint.hi, scorer.model_id)
+        with self._scorer_lock:
+            self.scorer = scorer
+        log.info("model_serving", model_id=scorer.model_id, window=scorer.window)
+
+    def _refresh_model(self) -> None:
+        """Pick up a model another replica (or the learner) published."""
+        now = time.monotonic()
+        if now - self._last_model_check < MODEL_CHECK_INTERVAL_S and self.scorer is not None:
+            return
+        self._last_model_check = now
+        current = self.models.current_id()
+        if current and (self.scorer is None or self.scorer.model_id != current):
+            checkpoint = self.models.fetch()
+            if checkpoint is not None:
+                self._serve(checkpoint)
+
+    # --- samples --------------------------------------------------------------------
+    def on_samples(self, batch: list[Incoming]) -> None:
+        samples = [s for s in (self._decode(m) for m in batch) if s is not None]
+        if not samples:
+            return
+        try:
+            self._store(samples)
+            retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
+            owned = [s for s in samples if self.membership.owns(s.host)]
+            if self.scorer is not None and owned:
+                verdicts = retry_until(lambda: self._score(owned), self.lifecycle.stop, "score")
+                self._publish(verdicts)
+        except StopRequested as exc:
+            raise Unprocessed(str(exc)) from None
+
+    def _decode(self, message: Incoming) -> HostSample | None:
+        sample = self.mqtt.decode_or_drop(HostSample, message)
+        if sample is not None and (sample.lei != self.lei or topics.host_of(message.topic) != sample.host):
+            self.mqtt.drop(message, DecodeError("schema", "lei/host in the payload do not match the topic"))
+            return None
+        return sample
+
+    def _store(self, samples: list[HostSample]) -> None:
+        rows = [(s.host, s.ts, s.seq, s.metrics.vector()) for s in samples]
+        retry_until(lambda: self.windows.append_many(rows), self.lifecycle.stop, "store_samples")
+        self.counters.add("samples_stored", len(rows))
+
+    def _score(self, samples: list[HostSample]) -> list[tuple[HostSample, Verdict]]:
+        scorer = self.scorer
+        k = scorer.window
+        by_host: dict[str, list[HostSample]] = defaultdict(list)
+        for sample in samples:
+            by_host[sample.host].append(sample)
+        history = self.windows.recent_many(list(by_host), k + 1 + max(len(v) for v in by_host.values()))
+        hosts, prev, nxt, order = [], [], [], []
+        for host, host_samples in by_host.items():
+            stamps = [ts for ts, _ in history[host]]
+            rows = [row for _, row in history[host]]
+            for sample in host_samples:
+                if sample.ts not in stamps:
+                    continue  # already trimmed away: far older than the history
+                i = stamps.index(sample.ts)
+                hosts.append(host)
+                nxt.append(padded_window(rows[: i + 1], k))
+                prev.append(padded_window(rows[: max(i, 1)], k))
+                order.append(sample)
+        if not order:
+            return []
+        verdicts = scorer.score(hosts, np.asarray(prev, dtype=np.float32), np.asarray(nxt, dtype=np.float32))
+        return list(zip(order, verdicts))
+
+    def _publish(self, verdicts: list[tuple[HostSample, Verdict]]) -> None:
+        for sample, verdict in verdicts:
+            transition = retry_until(
+                lambda: self.faults.update(sample.host, sample.ts, verdict.label), self.lifecycle.stop, "fault_state"
+            )
+            if transition.kind == "stale":
+                self.counters.add("stale_windows")
+                continue
+            self._publish_health(sample, verdict, transition)
+            if transition.kind in {"start", "end"}:
+                self._publish_event(sample, verdict, transition.kind)
+        self.counters.add("windows_scored", len(verdicts))
+
+    def _publish_health(self, sample: HostSample, verdict: Verdict, transition: Transition) -> None:
+        health = HostHealth(
+            lei=self.lei,
+            host=sample.host,
+            ts=sample.ts,
+            score=verdict.score,
+            threshold=verdict.threshold,
+            label=verdict.label,
+            mode="observed",
+            faulty_since=transition.faulty_since,
+        )
+        self.mqtt.publish_message(topics.host_health(self.lei, sample.host), health, retain=True)
+
+    def _publish_event(self, sample: HostSample, verdict: Verdict, kind: str) -> None:
+        event = FaultEvent(
+            event_id=str(uuid.uuid5(EVENT_NAMESPACE, f"{self.lei}/{sample.host}/{sample.ts!r}/{kind}")),
+            type=kind,
+            lei=self.lei,
+            host=sample.host,
+            ts=time.time(),
+            window_ts=sample.ts,
+            score=verdict.score,
+            threshold=verdict.threshold,
+            label=1 if kind == "start" else 0,
+            mode="observed",
+            top_metrics=tuple(MetricContribution(m, c) for m, c in verdict.top_metrics),
+            model_id=self.scorer.model_id,
+            detector=self.instance,
+        )
+        self.mqtt.publish_message(topics.fault_event(self.lei, sample.host), event)
+        if self.config.json_mirror:
+            self.mqtt.publish_message(topics.fault_event_json(self.lei, sample.host), event, json=True)
+        self.counters.add(f"events_{kind}")
+        log.info("fault_event", type=kind, host=sample.host, score=round(verdict.score, 4), threshold=round(verdict.threshold, 4))

@@ -1,0 +1,176 @@
+"""From a raw series of normal operation to a checkpoint: scale, window, train, calibrate POT.
+
+POT is calibrated on the fault scores of the training series itself, never on test data, so
+the threshold only encodes what normal operation looks like.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+
+from dragon.detector.checkpoint import DEFAULT_HOST, Checkpoint
+from dragon.detector.gon import GonConfig, make_windows, score_series, train_gon
+from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, fit_pot
+from dragon.detector.scaling import MinMaxScaler
+
+log = structlog.get_logger(__name__)
+
+
+class DatasetError(ValueError):
+    """A data set folder or file is missing or malformed; the message names the file."""
+
+
+def train_from_series(
+    series: np.ndarray | Sequence[np.ndarray],
+    feature_names: Sequence[str],
+    cfg: GonConfig | None = None,
+    *,
+    min_span: float | Sequence[float] | np.ndarray,
+    pot_q: float = DEFAULT_Q,
+    pot_level: float = DEFAULT_LEVEL,
+    progress: bool = False,
+    source: str = "",
+) -> Checkpoint:
+    """Train a detector on raw (T, n) series of normal operation and return its checkpoint.
+
+    ``series`` is one (T, n) array, or one per host: windows never span two hosts, while the
+    scaler and the POT threshold are fitted on all of them together.
+    ``min_span`` is the smallest span per feature, in the series' own units (see
+    :meth:`MinMaxScaler.fit`); it has no default because only the caller knows the units.
+    ``cfg`` defaults to ``GonConfig(n_features=n)``. ``source`` is recorded in the metadata.
+    """
+    parts = [np.asarray(part, dtype=np.float64) for part in ([series] if isinstance(series, np.ndarray) else series)]
+    for part in parts:
+        if part.ndim != 2 or part.shape[0] < 2 or not np.isfinite(part).all():
+            raise ValueError(f"expected finite (T, n) series with T >= 2, got shape {part.shape}")
+    full = np.concatenate(parts)  # (sum T, n)
+    if len(feature_names) != full.shape[1]:
+        raise ValueError(f"{len(feature_names)} feature names for {full.shape[1]} columns")
+    cfg = cfg or GonConfig(n_features=full.shape[1])
+    if cfg.n_features != full.shape[1]:
+        raise ValueError(f"config has n_features={cfg.n_features} but the series has {full.shape[1]}")
+    started = time.perf_counter()
+    scaler = MinMaxScaler.fit(full, min_span)
+    scaled = [scaler.transform(part).astype(np.float32) for part in parts]  # each (T, n)
+    windows = np.concatenate([make_windows(part, cfg.window) for part in scaled])  # (N, k, n)
+    model, history = train_gon(windows, cfg, progress=progress)
+    scores = np.concatenate([score_series(model, cfg, part)[0] for part in scaled])  # (sum T,)
+    pot = fit_pot(scores, q=pot_q, level=pot_level)
+    seconds = time.perf_counter() - started
+    checkpoint = Checkpoint(
+        gon=cfg.to_dict(),
+        state_dict={key: value.detach().clone() for key, value in model.state_dict().items()},
+        feature_names=tuple(feature_names),
+        lo=scaler.to_dict()["lo"],
+        hi=scaler.to_dict()["hi"],
+        pot={DEFAULT_HOST: pot.to_dict()},
+        meta=_meta(source, full.shape, seconds, history, scores),
+    )
+    log.info(
+        "detector_trained",
+        model_id=checkpoint.model_id,
+        samples=int(full.shape[0]),
+        features=int(full.shape[1]),
+        seconds=round(seconds, 2),
+        threshold=pot.z_q,
+        pot_method=pot.method,
+    )
+    return checkpoint
+
+
+def _meta(source: str, shape: tuple[int, ...], seconds: float, history: dict[str, Any], scores: np.ndarray) -> dict:
+    """Provenance and a summary of training, plain types only (see Checkpoint)."""
+    best = history["best_epoch"]
+
+    def at_best(key: str) -> float | None:
+        value = history[key][best]
+        return None if value is None else float(value)
+
+    return {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": source,
+        "train_samples": int(shape[0]),
+        "train_seconds": round(float(seconds), 3),
+        "torch": str(torch.__version__),
+        "history": {
+            "epochs_run": int(history["epochs_run"]),
+            "best_epoch": int(best),
+            "best_val_loss": float(history["best_val_loss"]),
+            "val_d_real": at_best("val_d_real"),
+            "val_d_gen": at_best("val_d_gen"),
+            "train_loss": [float(v) for v in history["train_loss"]],
+            "val_loss": [float(v) for v in history["val_loss"]],
+        },
+        "train_scores": {
+            "mean": float(scores.mean()),
+            "p99": float(np.quantile(scores, 0.99)),
+            "max": float(scores.max()),
+        },
+    }
+
+
+def load_dataset_dir(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Read a folder shaped like FTSAD: train.npy [T, D], optional test.npy [T', D] and labels.npy.
+
+    labels.npy is [T', D] (per dimension) or [T'] and needs test.npy; it is returned as int8
+    0/1. train and test are returned as float64. Any problem raises :class:`DatasetError`
+    naming the file: missing, unreadable, not numeric, wrong rank, empty, NaN/inf, mismatched
+    D or T', labels other than 0/1.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a directory")
+    train_file, test_file, labels_file = root / "train.npy", root / "test.npy", root / "labels.npy"
+    if not train_file.exists():
+        raise DatasetError(f"{train_file}: missing")
+    train = _load_matrix(train_file)
+    test = _load_matrix(test_file) if test_file.exists() else None
+    if test is not None and test.shape[1] != train.shape[1]:
+        raise DatasetError(f"{test_file}: {test.shape[1]} dimensions, train.npy has {train.shape[1]}")
+    if not labels_file.exists():
+        return train, test, None
+    if test is None:
+        raise DatasetError(f"{labels_file}: labels without test.npy")
+    return train, test, _load_labels(labels_file, test)
+
+
+def _load_array(file: Path) -> np.ndarray:
+    try:
+        array = np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{file}: cannot be read as a .npy array ({exc})") from exc
+    if not isinstance(array, np.ndarray):
+        raise DatasetError(f"{file}: expected a single .npy array, got {type(array).__name__}")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise DatasetError(f"{file}: dtype {array.dtype} is not numeric")
+    if array.size == 0:
+        raise DatasetError(f"{file}: empty array of shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise DatasetError(f"{file}: contains NaN or infinite values")
+    return array
+
+
+def _load_matrix(file: Path) -> np.ndarray:
+    array = _load_array(file)
+    if array.ndim != 2:
+        raise DatasetError(f"{file}: expected 2 dimensions [T, D], got shape {array.shape}")
+    return array.astype(np.float64)
+
+
+def _load_labels(file: Path, test: np.ndarray) -> np.ndarray:
+    labels = _load_array(file)
+    if labels.ndim not in (1, 2) or labels.shape[0] != test.shape[0]:
+        raise DatasetError(f"{file}: expected [{test.shape[0]}] or [{test.shape[0]}, {test.shape[1]}], got {labels.shape}")
+    if labels.ndim == 2 and labels.shape[1] != test.shape[1]:
+        raise DatasetError(f"{file}: {labels.shape[1]} dimensions, test.npy has {test.shape[1]}")
+    if not np.isin(labels, (0, 1)).all():
+        raise DatasetError(f"{file}: labels must be 0 or 1")
+    return labels.astype(np.int8)

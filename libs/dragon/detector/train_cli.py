@@ -1,0 +1,91 @@
+"""``dragon-detector train``: write a self-describing checkpoint from recorded or offline data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from dragon.config import ConfigError
+
+
+def add_train_parser(commands) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train a checkpoint from a data set folder or from the windows recorded in Redis",
+        description="Train the GON detector on normal operation and write a checkpoint (config, weights, "
+        "scaler bounds, POT state). Serve it with DRAGON_DETECTOR_CHECKPOINT.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--data", metavar="DIR", help="folder with train.npy [T, D] (shaped like FTSAD-*; test/labels are ignored)"
+    )
+    source.add_argument(
+        "--from-redis",
+        action="store_true",
+        help="the host samples recorded in Redis (DRAGON_REDIS_*, DRAGON_LEI from the environment)",
+    )
+    parser.add_argument("--out", required=True, metavar="PATH", help="checkpoint file to write")
+    parser.add_argument("--window", type=int, default=10, help="window length k (default: 10)")
+    parser.add_argument("--epochs", type=int, default=60, help="maximum epochs; early stopping may end sooner")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and minibatch order (default: 0)")
+    parser.add_argument("--pot-q", type=float, default=1e-3, help="POT risk q (default: 1e-3)")
+    parser.add_argument("--pot-level", type=float, default=0.98, help="POT initial quantile (default: 0.98)")
+    parser.add_argument(
+        "--min-span",
+        type=float,
+        default=1.0,
+        help="with --data: smallest min-max span per feature (default 1.0: FTSAD is already scaled to [0, 1])",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args) -> int:
+    # Heavy imports only when training, so `dragon-detector --help` stays fast.
+    from dragon.detector.gon import GonConfig
+    from dragon.detector.train import DatasetError, load_dataset_dir, train_from_series
+
+    try:
+        if args.from_redis:
+            series, names, min_span, source = _from_redis()
+        else:
+            train, _, _ = load_dataset_dir(args.data)
+            series, names, min_span, source = train, [f"f{i}" for i in range(train.shape[1])], args.min_span, args.data
+        cfg = GonConfig(n_features=len(names), window=args.window, epochs=args.epochs, seed=args.seed)
+        checkpoint = train_from_series(
+            series,
+            names,
+            cfg,
+            min_span=min_span,
+            pot_q=args.pot_q,
+            pot_level=args.pot_level,
+            progress=not args.quiet,
+            source=source,
+        )
+    except (DatasetError, ConfigError, ValueError) as exc:
+        print(f"dragon-detector train: {exc}", file=sys.stderr)
+        return 2
+    checkpoint.save(args.out)
+    print(json.dumps({"out": args.out, "model_id": checkpoint.model_id, "threshold": checkpoint.pot_state().z_q}))
+    return 0
+
+
+def _from_redis():
+    import numpy as np
+
+    from dragon import config
+    from dragon.detector.config import DetectorConfig
+    from dragon.detector.learning import min_span
+    from dragon.messages.schemas import HOST_METRICS
+    from dragon.service.known import known_env_names
+    from dragon.store import WindowStore, connect
+
+    cfg = config.load(DetectorConfig, known=known_env_names())
+    lei = cfg.common.service.lei
+    store = WindowStore(connect(cfg.redis), lei, cfg.history)
+    series = [np.asarray([row for _, row in store.all_samples(host)]) for host in store.hosts()]
+    series = [s for s in series if len(s) >= 2]
+    if not series:
+        raise ValueError(f"no host of LEI {lei!r} has recorded samples in Redis")
+    return series, list(HOST_METRICS), min_span(), f"redis:{lei}"

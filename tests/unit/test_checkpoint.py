@@ -1,0 +1,125 @@
+"""Self-describing checkpoints, and train_from_series that produces them."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from dragon.detector.checkpoint import Checkpoint, CheckpointError
+from dragon.detector.gon import GonConfig, score_series
+from dragon.detector.pot import PotState
+from dragon.detector.train import train_from_series
+
+pytestmark = pytest.mark.unit
+
+NAMES = ("cpu", "ram", "disk")
+
+
+def raw_series(t: int, seed: int = 0) -> np.ndarray:
+    """Raw-unit metrics (percent-like), one of them idle. (T, 3)"""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(t)
+    cpu = 40 + 20 * np.sin(2 * np.pi * steps / 30) + rng.normal(0, 2, t)
+    ram = 60 + 5 * np.cos(2 * np.pi * steps / 50) + rng.normal(0, 1, t)
+    return np.stack([cpu, ram, np.zeros(t)], axis=1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint() -> Checkpoint:
+    cfg = GonConfig(n_features=3, window=5, hidden=16, gen_steps=5, epochs=3)
+    return train_from_series(raw_series(200), NAMES, cfg, min_span=[1.0, 1.0, 1.0], source="unit-test")
+
+
+def scores_of(checkpoint: Checkpoint, series: np.ndarray) -> np.ndarray:
+    scaled = checkpoint.scaler().transform(series).astype(np.float32)
+    return score_series(checkpoint.build_model(), checkpoint.config, scaled)[0]
+
+
+def test_train_from_series_describes_everything_needed_to_score(checkpoint: Checkpoint) -> None:
+    assert checkpoint.feature_names == NAMES
+    assert checkpoint.config.n_features == 3 and len(checkpoint.lo) == len(checkpoint.hi) == 3
+    pot = checkpoint.pot_state()
+    assert pot.n == 200  # fitted on the training scores, one per time step
+    assert np.isfinite(pot.z_q) and pot.z_q > pot.t
+    assert checkpoint.meta["source"] == "unit-test" and checkpoint.meta["history"]["epochs_run"] >= 1
+    assert not checkpoint.build_model().training
+
+
+def test_train_from_series_rejects_mismatched_inputs() -> None:
+    with pytest.raises(ValueError, match="feature names"):
+        train_from_series(raw_series(50), NAMES[:2], min_span=1.0)
+    with pytest.raises(ValueError, match="n_features"):
+        train_from_series(raw_series(50), NAMES, GonConfig(n_features=2), min_span=1.0)
+
+
+def test_save_and_load_give_identical_scores(checkpoint: Checkpoint, tmp_path) -> None:
+    path = tmp_path / "detector.pt"
+    checkpoint.save(path)
+    loaded = Checkpoint.load(path)
+    assert loaded.model_id == checkpoint.model_id
+    assert (loaded.gon, loaded.feature_names, loaded.lo, loaded.hi) == (
+        checkpoint.gon,
+        checkpoint.feature_names,
+        checkpoint.lo,
+        checkpoint.hi,
+    )
+    assert loaded.pot == checkpoint.pot and loaded.meta == checkpoint.meta
+    test = raw_series(80, seed=1)
+    np.testing.assert_array_equal(scores_of(loaded, test), scores_of(checkpoint, test))
+    assert [p.name for p in tmp_path.iterdir()] == ["detector.pt"]  # no temporary file left
+
+
+def test_bytes_round_trip_and_plain_contents(checkpoint: Checkpoint) -> None:
+    blob = checkpoint.to_bytes()
+    restored = Checkpoint.from_bytes(blob)
+    test = raw_series(80, seed=2)
+    np.testing.assert_array_equal(scores_of(restored, test), scores_of(checkpoint, test))
+    payload = torch.load(io.BytesIO(blob), weights_only=True)  # nothing but tensors and plain types
+    assert payload["format"] == "dragon-detector-checkpoint" and payload["version"] == 1
+
+
+def test_model_id_is_stable_and_follows_weights_and_config(checkpoint: Checkpoint) -> None:
+    assert checkpoint.model_id == Checkpoint.from_bytes(checkpoint.to_bytes()).model_id
+    assert len(checkpoint.model_id) == 12
+    weights = {key: value.clone() for key, value in checkpoint.state_dict.items()}
+    weights["head.bias"] += 1e-3
+    changed = Checkpoint(**(vars(checkpoint) | {"state_dict": weights}))
+    assert changed.model_id != checkpoint.model_id
+    reconfigured = Checkpoint(**(vars(checkpoint) | {"gon": checkpoint.gon | {"gen_lr": 0.1}}))
+    assert reconfigured.model_id != checkpoint.model_id
+
+
+def test_per_host_pot_state_overrides_the_default(checkpoint: Checkpoint) -> None:
+    special = PotState.from_dict(checkpoint.pot["*"] | {"z_q": 123.0})
+    per_host = Checkpoint(**(vars(checkpoint) | {"pot": checkpoint.pot | {"edge-3": special.to_dict()}}))
+    assert per_host.pot_state("edge-3").z_q == 123.0
+    assert per_host.pot_state("edge-4").z_q == checkpoint.pot_state().z_q
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lo": [0.0, 0.0]}, "features"),
+        ({"pot": {}}, "default"),
+        ({"meta": {"value": np.float64(1.0)}}, "plain"),
+        ({"gon": {"n_features": 3, "colour": "red"}}, "gon config"),
+    ],
+)
+def test_inconsistent_checkpoints_are_rejected(checkpoint: Checkpoint, change: dict, message: str) -> None:
+    with pytest.raises(CheckpointError, match=message):
+        Checkpoint(**(vars(checkpoint) | change))
+
+
+def test_foreign_or_corrupt_data_is_rejected(checkpoint: Checkpoint) -> None:
+    with pytest.raises(CheckpointError, match="cannot read"):
+        Checkpoint.from_bytes(b"not a checkpoint")
+    buffer = io.BytesIO()
+    torch.save({"format": "something-else"}, buffer)
+    with pytest.raises(CheckpointError, match="not a"):
+        Checkpoint.from_bytes(buffer.getvalue())
+    wrong_weights = {key: value[..., :1] for key, value in checkpoint.state_dict.items()}
+    with pytest.raises(CheckpointError, match="weights"):
+        Checkpoint(**(vars(checkpoint) | {"state_dict": wrong_weights})).build_model()
