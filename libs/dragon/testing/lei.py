@@ -1,0 +1,203 @@
+"""A real LEI made of the service images, started with testcontainers.
+
+Used by the integration tests and the benchmarks: Mosquitto with the deployment's
+own config (password file, ACL, persistence), Redis with a password and AOF, and
+any number of collector and detector containers on one private Docker network.
+The test process talks to Mosquitto and Redis through their mapped ports.
+"""
+
+from __future__ import annotations
+
+import secrets as random_tokens
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import docker
+import redis
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.network import Network
+from testcontainers.core.wait_strategies import ExecWaitStrategy, LogMessageWaitStrategy
+
+from dragon import secrets
+from dragon.settings import MqttSettings
+
+MOSQUITTO_IMAGE = "dragon-mosquitto:local"
+REDIS_IMAGE = "dragon-redis:local"
+COLLECTOR_IMAGE = "dragon-collector:local"
+DETECTOR_IMAGE = "dragon-detector:local"
+SECRETS_GROUP = [str(secrets.SECRETS_GID)]
+STARTUP_TIMEOUT_S = 60
+
+
+class MissingImage(RuntimeError):
+    """A service image is not built; the message says how to build it."""
+
+
+def require_images(client: docker.DockerClient, images: tuple[str, ...]) -> None:
+    for image in images:
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise MissingImage(f"image {image} is missing: run scripts/build-images.sh first") from None
+
+
+class LeiStack:
+    """Start with :meth:`start_brokers`, then add collectors/detectors; :meth:`stop` removes everything."""
+
+    def __init__(self, lei: str, hosts: list[str], workdir: Path, mosquitto_conf: Path) -> None:
+        self.lei = lei
+        self.hosts = hosts
+        self.secrets_dir = workdir / "secrets"
+        self.mosquitto_conf = mosquitto_conf
+        self.network = Network()
+        self.containers: dict[str, DockerContainer] = {}
+        self.docker = docker.from_env()
+        require_images(self.docker, (MOSQUITTO_IMAGE, REDIS_IMAGE, COLLECTOR_IMAGE, DETECTOR_IMAGE))
+
+    # --- brokers ----------------------------------------------------------------
+    def start_brokers(self) -> None:
+        secrets.generate(self.secrets_dir, self.lei, self.hosts)
+        self.network.create()
+        self.containers["mosquitto"] = self._mosquitto().start()
+        self.containers["redis"] = self._redis().start()
+
+    def _mosquitto(self) -> DockerContainer:
+        return (
+            DockerContainer(MOSQUITTO_IMAGE)
+            .with_network(self.network)
+            .with_network_aliases("mosquitto")
+            .with_exposed_ports(1883)
+            .with_volume_mapping(str(self.mosquitto_conf), "/mosquitto/config/mosquitto.conf", "ro")
+            .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
+            .with_kwargs(group_add=SECRETS_GROUP)
+            .waiting_for(
+                LogMessageWaitStrategy(r"mosquitto version \d+\.\d+\.\d+ running").with_startup_timeout(STARTUP_TIMEOUT_S)
+            )
+        )
+
+    def _redis(self) -> DockerContainer:
+        command = ["redis-server", "/secrets/redis.conf", "--bind", "0.0.0.0", "--dir", "/data",
+                   "--appendonly", "yes", "--appendfsync", "everysec"]
+        password = self.password("redis")
+        return (
+            DockerContainer(REDIS_IMAGE)
+            .with_network(self.network)
+            .with_network_aliases("redis")
+            .with_exposed_ports(6379)
+            .with_command(command)
+            .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
+            .with_kwargs(group_add=SECRETS_GROUP)
+            .waiting_for(
+                ExecWaitStrategy(["redis-cli", "-a", password, "--no-auth-warning", "ping"]).with_startup_timeout(
+                    STARTUP_TIMEOUT_S
+                )
+            )
+        )
+
+    def password(self, user: str) -> str:
+        return (self.secrets_dir / f"{user}.password").read_text().strip()
+
+    def mqtt_settings(self, user: str = "operator") -> MqttSettings:
+        """How the test process reaches Mosquitto (mapped port) as ``user``."""
+        broker = self.containers["mosquitto"]
+        return MqttSettings(
+            host=broker.get_container_host_ip(),
+            port=int(broker.get_exposed_port(1883)),
+            username=user,
+            password=self.password(user),
+        )
+
+    def redis_client(self) -> redis.Redis:
+        server = self.containers["redis"]
+        return redis.Redis(
+            host=server.get_container_host_ip(),
+            port=int(server.get_exposed_port(6379)),
+            password=self.password("redis"),
+            socket_timeout=5,
+        )
+
+    # --- services -----------------------------------------------------------------
+    def _service_env(self, user: str) -> dict[str, str]:
+        return {
+            "DRAGON_LEI": self.lei,
+            "DRAGON_MQTT_HOST": "mosquitto",
+            "DRAGON_MQTT_USERNAME": user,
+            "DRAGON_MQTT_PASSWORD_FILE": f"/secrets/{user}.password",
+            "DRAGON_LOG_LEVEL": "info",
+        }
+
+    def start_detector(self, name: str, env: Mapping[str, str] | None = None) -> DockerContainer:
+        container = DockerContainer(DETECTOR_IMAGE).with_network(self.network)
+        all_env = {
+            **self._service_env("detector"),
+            "DRAGON_REDIS_URL": "redis://redis:6379/0",
+            "DRAGON_REDIS_PASSWORD_FILE": "/secrets/redis.password",
+            "DRAGON_INSTANCE": f"{name}-{random_tokens.token_hex(3)}",
+            **(env or {}),
+        }
+        for key, value in all_env.items():
+            container = container.with_env(key, value)
+        container = (
+            container.with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
+            .with_kwargs(group_add=SECRETS_GROUP)
+            .waiting_for(LogMessageWaitStrategy("mqtt_connected").with_startup_timeout(STARTUP_TIMEOUT_S))
+        )
+        self.containers[name] = container.start()
+        return container
+
+    def start_collector(self, name: str, env: Mapping[str, str] | None = None) -> DockerContainer:
+        container = DockerContainer(COLLECTOR_IMAGE).with_network(self.network)
+        all_env = {
+            **self._service_env("collector"),
+            "DRAGON_COLLECTOR_HOSTS": ",".join(self.hosts),
+            "DRAGON_CGROUP_ROOT": "/host/sys/fs/cgroup",
+            "DRAGON_PROC_ROOT": "/host/proc",
+            "DRAGON_TASK_NETWORK": self.network.name,
+            "DRAGON_INSTANCE": name,
+            **(env or {}),
+        }
+        for key, value in all_env.items():
+            container = container.with_env(key, value)
+        container = (
+            container.with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
+            .with_volume_mapping("/var/run/docker.sock", "/var/run/docker.sock", "rw")
+            .with_volume_mapping("/sys/fs/cgroup", "/host/sys/fs/cgroup", "rw")
+            .with_volume_mapping("/proc", "/host/proc", "ro")
+            .with_kwargs(pid_mode="host", cgroupns="host")
+            .waiting_for(LogMessageWaitStrategy("mqtt_connected").with_startup_timeout(STARTUP_TIMEOUT_S))
+        )
+        self.containers[name] = container.start()
+        return container
+
+    # --- faults of the infrastructure ----------------------------------------------
+    def restart(self, name: str, wait_for: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        """Restart a container in place (SIGTERM, then start) and wait for a log line."""
+        container = self.containers[name].get_wrapped_container()
+        since = int(time.time())
+        container.restart(timeout=10)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if wait_for.encode() in container.logs(since=since):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{name} did not log {wait_for!r} within {timeout} s after a restart")
+
+    def logs(self, name: str) -> str:
+        stdout, stderr = self.containers[name].get_logs()
+        return (stdout + stderr).decode(errors="replace")
+
+    def stop(self) -> None:
+        for name in reversed(list(self.containers)):
+            try:
+                self.containers[name].stop()
+            except docker.errors.NotFound:
+                pass
+        self.containers.clear()
+        # The collector was killed, not stopped: remove the task and hog containers it started.
+        for container in self.docker.containers.list(all=True, filters={"label": f"dragon.lei={self.lei}"}):
+            container.remove(force=True)
+        try:
+            self.network.remove()
+        except docker.errors.APIError:
+            pass

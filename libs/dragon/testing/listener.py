@@ -1,0 +1,102 @@
+"""An MQTT subscriber that records what arrives, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from dragon.settings import MqttSettings
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    content_type: str
+    at: float  # time.time() on arrival
+
+
+class Listener:
+    """Connects as ``settings`` and records every message on ``filters`` (QoS 1)."""
+
+    def __init__(self, settings: MqttSettings, filters: list[str]) -> None:
+        self.settings = settings
+        self.filters = filters
+        self.messages: list[Received] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5
+        )
+        self.client.username_pw_set(settings.username, settings.password)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *args: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.2, 2)
+
+    def __enter__(self) -> Listener:
+        self.client.connect(self.settings.host, self.settings.port, keepalive=10)
+        self.client.loop_start()
+        if not self._subscribed.wait(15):
+            raise TimeoutError("listener did not subscribe within 15 s")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not reason_code.is_failure:
+            client.subscribe([(f, 1) for f in self.filters])
+
+    def _on_message(self, client, userdata, message) -> None:
+        props = message.properties
+        content_type = getattr(props, "ContentType", "") if props is not None else ""
+        with self._cond:
+            self.messages.append(Received(message.topic, bytes(message.payload), bool(message.retain), content_type, time.time()))
+            self._cond.notify_all()
+
+    def matching(self, predicate: Callable[[Received], bool]) -> list[Received]:
+        with self._cond:
+            return [m for m in self.messages if predicate(m)]
+
+    def wait_for(self, predicate: Callable[[Received], bool], timeout: float, count: int = 1) -> list[Received]:
+        """Block until ``count`` recorded messages satisfy ``predicate``; raise TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [m for m in self.messages if predicate(m)]
+                if len(found) >= count:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"only {len(found)} of {count} expected messages within {timeout} s")
+                self._cond.wait(remaining)
+
+
+def publish(settings: MqttSettings, topic: str, payload: bytes, content_type: str = "") -> None:
+    """Publish one QoS 1 message and wait until the broker has it."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5)
+    client.username_pw_set(settings.username, settings.password)
+    client.connect(settings.host, settings.port, keepalive=10)
+    client.loop_start()
+    props = None
+    if content_type:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = content_type
+    info = client.publish(topic, payload, qos=1, properties=props)
+    info.wait_for_publish(timeout=10)
+    client.disconnect()
+    client.loop_stop()
+    if not info.is_published():
+        raise TimeoutError(f"could not publish to {topic}")

@@ -1,0 +1,72 @@
+"""A real fault in an emulated host becomes a fault event for that host, and only that host."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from dragon.messages import codec, topics
+from dragon.messages.schemas import FaultEvent, FaultInjection, InjectionEvent
+from dragon.testing.listener import Listener, publish
+
+pytestmark = pytest.mark.integration
+
+# From the injection command to the fault event: the hog needs a sample interval to show,
+# and the hysteresis-free start needs one window. Generous for a shared 2-core machine.
+EVENT_BOUND_S = 30.0
+
+
+def inject(lei, host: str, kind: str, duration_s: float, user: str = "operator") -> FaultInjection:
+    command = FaultInjection(id=uuid.uuid4().hex[:12], kind=kind, duration_s=duration_s, ts=time.time())
+    publish(lei.mqtt_settings(user), topics.inject(lei.lei, host), codec.encode(command), codec.MSGPACK)
+    return command
+
+
+def events(listener: Listener, host: str, kind: str = "start") -> list[FaultEvent]:
+    found = []
+    for message in listener.matching(lambda m: m.topic == topics.fault_event(listener.lei, host)):
+        event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
+        if event.type == kind:
+            found.append(event)
+    return found
+
+
+def watch(lei) -> Listener:
+    listener = Listener(
+        lei.mqtt_settings(),
+        [f"dragon/faults/{lei.lei}/+", f"dragon/faults-json/{lei.lei}/+", topics.injections(lei.lei)],
+    )
+    listener.lei = lei.lei
+    return listener
+
+
+def test_cpu_hog_yields_a_fault_event_for_that_host_only(lei):
+    with watch(lei) as listener:
+        command = inject(lei, "h1", "cpu", duration_s=20)
+        started = listener.wait_for(lambda m: m.topic == topics.injections(lei.lei), 15)
+        injection = codec.decode(InjectionEvent, started[0].payload, 65536, started[0].content_type)
+        assert (injection.id, injection.status) == (command.id, "started"), injection
+
+        listener.wait_for(
+            lambda m: m.topic == topics.fault_event(lei.lei, "h1") and b"start" in m.payload, EVENT_BOUND_S
+        )
+        time.sleep(3)  # a late false alarm on the healthy host would show up now
+        (event,) = events(listener, "h1")[:1]
+        assert event.label == 1 and event.score >= event.threshold
+        assert event.mode == "observed"
+        assert event.top_metrics[0].metric == "cpu", event.top_metrics
+        assert events(listener, "h2") == []
+
+        mirrored = listener.matching(lambda m: m.topic == topics.fault_event_json(lei.lei, "h1"))
+        assert mirrored and mirrored[0].content_type == codec.JSON
+        assert json.loads(mirrored[0].payload)["event_id"] == event.event_id
+
+
+def test_a_viewer_cannot_inject_faults(lei):
+    with watch(lei) as listener:
+        inject(lei, "h2", "cpu", duration_s=5, user="viewer")
+        time.sleep(3)
+        assert listener.matching(lambda m: m.topic == topics.injections(lei.lei)) == []

@@ -1,0 +1,85 @@
+"""Bad input, restarted infrastructure and scaled detectors: the LEI keeps working, loses nothing."""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+import pytest
+
+from dragon.messages import codec, topics
+from dragon.messages.schemas import FaultEvent
+from dragon.store import WindowStore
+from dragon.testing.listener import Listener, publish
+
+from .conftest import SAMPLE_INTERVAL_S
+from .test_faults import inject, watch
+
+pytestmark = pytest.mark.integration
+
+
+def fresh_health(lei, host: str, timeout: float = 30.0) -> None:
+    """Wait for a health verdict of ``host`` computed from a sample taken after now."""
+    now = time.time()
+    with Listener(lei.mqtt_settings(), [topics.host_health(lei.lei, host)]) as listener:
+        listener.wait_for(lambda m: not m.retain and m.at > now, timeout)
+
+
+def test_garbage_oversized_and_wrong_shape_payloads_are_dropped(lei):
+    sample_topic = topics.host_sample(lei.lei, "h1")
+    collector = lei.mqtt_settings("collector")
+    publish(collector, sample_topic, b"\xc1\xc1 not msgpack")
+    publish(collector, sample_topic, b"\x00" * 200_000)
+    publish(collector, sample_topic, msgpack.packb({"v": 1, "lei": lei.lei, "host": "h1", "ts": "yesterday"}))
+    publish(collector, sample_topic, msgpack.packb({"v": 9}))
+    fresh_health(lei, "h1")
+    logs = lei.logs("detector")
+    for reason in ("malformed", "oversized", "schema", "version"):
+        assert f'"reason": "{reason}"' in logs, f"no drop logged for {reason}"
+    assert "mqtt_handler_failed" not in logs
+
+
+def test_mosquitto_restart_loses_no_sample(lei):
+    store = WindowStore(lei.redis_client(), lei.lei, history=10**6)
+    since = time.time()
+    time.sleep(4 * SAMPLE_INTERVAL_S)
+    lei.restart("mosquitto", "running")
+    time.sleep(4 * SAMPLE_INTERVAL_S)  # the collector keeps sampling while the detector reconnects
+    for host in lei.hosts:
+        fresh_health(lei, host, timeout=60)
+    assert_no_gap(store, since)
+
+
+def test_redis_restart_loses_no_sample(lei):
+    since = time.time()
+    time.sleep(4 * SAMPLE_INTERVAL_S)  # samples before the restart must survive it too
+    lei.restart("redis", "Ready to accept connections")
+    for host in lei.hosts:
+        fresh_health(lei, host, timeout=60)
+    # A new client: the restarted container's port mapping has changed.
+    assert_no_gap(WindowStore(lei.redis_client(), lei.lei, history=10**6), since)
+
+
+def assert_no_gap(store: WindowStore, since: float) -> None:
+    for host in ("h1", "h2"):
+        seqs = store.sequence_numbers(host, since - 2.0)
+        assert len(seqs) > 5, f"too few samples of {host} since the restart: {seqs}"
+        missing = sorted(set(range(seqs[0], seqs[-1] + 1)) - set(seqs))
+        assert missing == [], f"{host}: samples {missing} were lost"
+
+
+def test_two_detectors_publish_one_event_per_fault(lei):
+    lei.start_detector("detector-2", {"DRAGON_DETECTOR_WARMUP": "20"})
+    with watch(lei) as listener:
+        inject(lei, "h2", "cpu", duration_s=15)
+        listener.wait_for(lambda m: m.topic == topics.fault_event(lei.lei, "h2") and b"start" in m.payload, 30)
+        time.sleep(8)
+        starts = [
+            codec.decode(FaultEvent, m.payload, 65536, m.content_type)
+            for m in listener.matching(lambda m: m.topic == topics.fault_event(lei.lei, "h2"))
+        ]
+        starts = [e for e in starts if e.type == "start"]
+    assert len(starts) == 1, starts
+    # Both replicas took part: each one scored windows (the shared subscription splits samples).
+    for name in ("detector", "detector-2"):
+        assert '"model_serving"' in lei.logs(name)
