@@ -53,6 +53,16 @@ def test_train_from_series_rejects_mismatched_inputs() -> None:
         train_from_series(raw_series(50), NAMES[:2], min_span=1.0)
     with pytest.raises(ValueError, match="n_features"):
         train_from_series(raw_series(50), NAMES, GonConfig(n_features=2), min_span=1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        train_from_series([raw_series(50), np.full((5, 3), np.nan)], NAMES, min_span=1.0)
+
+
+def test_train_from_series_accepts_one_series_per_host() -> None:
+    cfg = GonConfig(n_features=3, window=5, hidden=16, gen_steps=5, epochs=2)
+    hosts = [raw_series(60, seed=1), raw_series(40, seed=2) + 5.0]
+    checkpoint = train_from_series(hosts, NAMES, cfg, min_span=1.0)
+    assert checkpoint.pot_state().n == 100  # every host's steps are calibration scores
+    assert checkpoint.lo[0] == pytest.approx(min(h[:, 0].min() for h in hosts))
 
 
 def test_save_and_load_give_identical_scores(checkpoint: Checkpoint, tmp_path) -> None:

@@ -118,7 +118,12 @@ class Collector:
         log.info("collector_stopping", counters=self.counters.snapshot())
         self.lifecycle.clear()
         if self.injector is not None:
-            self.injector.stop_all()
+            for event in self.injector.stop_all():
+                self._publish_injection(event)
+        if self.emulation is not None:
+            # Emulated hosts belong to this collector: a clean stop (compose down) takes
+            # their task containers and cgroups with it; a crash leaves them to be found again.
+            self.emulation.remove_all()
         self.mqtt.stop()
 
     # --- sampling -------------------------------------------------------------------

@@ -39,30 +39,24 @@ def train_from_series(
     progress: bool = False,
     source: str = "",
 ) -> Checkpoint:
-    """Train a detector on raw (T, n) series of normal operation and return its checkpoint.
+    """Train a detector on raw normal operation and return its checkpoint.
 
-    ``series`` is one (T, n) array, or one per host: windows never span two hosts, while the
-    scaler and the POT threshold are fitted on all of them together.
+    ``series`` is one (T, n) array, or several (one per host, say) that share one scaler and
+    one model but are windowed and scored separately, so no window spans two of them.
     ``min_span`` is the smallest span per feature, in the series' own units (see
     :meth:`MinMaxScaler.fit`); it has no default because only the caller knows the units.
     ``cfg`` defaults to ``GonConfig(n_features=n)``. ``source`` is recorded in the metadata.
     """
-    parts = [np.asarray(part, dtype=np.float64) for part in ([series] if isinstance(series, np.ndarray) else series)]
-    for part in parts:
-        if part.ndim != 2 or part.shape[0] < 2 or not np.isfinite(part).all():
-            raise ValueError(f"expected finite (T, n) series with T >= 2, got shape {part.shape}")
-    full = np.concatenate(parts)  # (sum T, n)
-    if len(feature_names) != full.shape[1]:
-        raise ValueError(f"{len(feature_names)} feature names for {full.shape[1]} columns")
-    cfg = cfg or GonConfig(n_features=full.shape[1])
-    if cfg.n_features != full.shape[1]:
-        raise ValueError(f"config has n_features={cfg.n_features} but the series has {full.shape[1]}")
+    parts = _series_list(series, feature_names)
+    cfg = cfg or GonConfig(n_features=len(feature_names))
+    if cfg.n_features != len(feature_names):
+        raise ValueError(f"config has n_features={cfg.n_features} but the series has {len(feature_names)}")
     started = time.perf_counter()
-    scaler = MinMaxScaler.fit(full, min_span)
-    scaled = [scaler.transform(part).astype(np.float32) for part in parts]  # each (T, n)
+    scaler = MinMaxScaler.fit(np.concatenate(parts), min_span)
+    scaled = [scaler.transform(part).astype(np.float32) for part in parts]  # each (T_i, n)
     windows = np.concatenate([make_windows(part, cfg.window) for part in scaled])  # (N, k, n)
     model, history = train_gon(windows, cfg, progress=progress)
-    scores = np.concatenate([score_series(model, cfg, part)[0] for part in scaled])  # (sum T,)
+    scores = np.concatenate([score_series(model, cfg, part)[0] for part in scaled])  # (N,)
     pot = fit_pot(scores, q=pot_q, level=pot_level)
     seconds = time.perf_counter() - started
     checkpoint = Checkpoint(
@@ -72,13 +66,14 @@ def train_from_series(
         lo=scaler.to_dict()["lo"],
         hi=scaler.to_dict()["hi"],
         pot={DEFAULT_HOST: pot.to_dict()},
-        meta=_meta(source, full.shape, seconds, history, scores),
+        meta=_meta(source, len(scores), seconds, history, scores),
     )
     log.info(
         "detector_trained",
         model_id=checkpoint.model_id,
-        samples=int(full.shape[0]),
-        features=int(full.shape[1]),
+        samples=int(len(scores)),
+        series=len(parts),
+        features=len(feature_names),
         seconds=round(seconds, 2),
         threshold=pot.z_q,
         pot_method=pot.method,
@@ -86,7 +81,25 @@ def train_from_series(
     return checkpoint
 
 
-def _meta(source: str, shape: tuple[int, ...], seconds: float, history: dict[str, Any], scores: np.ndarray) -> dict:
+def _series_list(series: np.ndarray | Sequence[np.ndarray], feature_names: Sequence[str]) -> list[np.ndarray]:
+    """One or several finite (T_i, n) float64 arrays with n == len(feature_names)."""
+    if isinstance(series, np.ndarray) and series.ndim == 2:
+        parts = [series]
+    else:
+        parts = list(series)
+    parts = [np.asarray(part, dtype=np.float64) for part in parts]
+    n = len(feature_names)
+    for index, part in enumerate(parts):
+        if part.ndim != 2 or part.shape[0] == 0 or part.shape[1] != n:
+            raise ValueError(f"series {index}: expected (T, {n}) for {n} feature names, got shape {part.shape}")
+        if not np.isfinite(part).all():
+            raise ValueError(f"series {index}: contains NaN or infinite values")
+    if sum(len(part) for part in parts) < 2:
+        raise ValueError("need at least 2 time steps to train")
+    return parts
+
+
+def _meta(source: str, samples: int, seconds: float, history: dict[str, Any], scores: np.ndarray) -> dict:
     """Provenance and a summary of training, plain types only (see Checkpoint)."""
     best = history["best_epoch"]
 
@@ -97,7 +110,7 @@ def _meta(source: str, shape: tuple[int, ...], seconds: float, history: dict[str
     return {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": source,
-        "train_samples": int(shape[0]),
+        "train_samples": int(samples),
         "train_seconds": round(float(seconds), 3),
         "torch": str(torch.__version__),
         "history": {

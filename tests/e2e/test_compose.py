@@ -1,0 +1,101 @@
+"""`docker compose -f compose/broker.yml up` brings up a working LEI: random faults become events."""
+
+from __future__ import annotations
+
+import json
+import secrets as tokens
+import socket
+import subprocess
+import time
+
+import docker
+import pytest
+
+from dragon.messages import codec
+from dragon.messages.schemas import FaultEvent
+from dragon.settings import MqttSettings
+from dragon.testing.listener import Listener
+
+pytestmark = pytest.mark.e2e
+
+HEALTHY_TIMEOUT_S = 120
+# Learning (20 s) + the random-fault delay (40 s) + a Poisson arrival (mean 6 s) + detection.
+EVENT_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def deployment(repo, tmp_path):
+    lei = f"e2e{tokens.token_hex(3)}"
+    env_file = tmp_path / "e2e.env"
+    settings = {
+        "DRAGON_LEI": lei,
+        "MQTT_PORT": free_port(),
+        "SECRETS_DIR": tmp_path / "secrets",
+        "DRAGON_COLLECTOR_HOSTS": "h1,h2",
+        "DRAGON_COLLECTOR_INTERVAL": "0.5",
+        "DRAGON_DEMO_TASKS": "1",
+        "DRAGON_DETECTOR_WARMUP": "20",
+        "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES": "40",
+        # The default random mode, only faster: a fault every ~6 s once learning is done.
+        "DRAGON_RANDOM_FAULTS_PER_HOUR": "600",
+        "DRAGON_RANDOM_FAULT_DELAY": "40",
+        "DRAGON_RANDOM_FAULT_DURATION": "15",
+    }
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+    compose = ["docker", "compose", "--env-file", str(env_file), "-f", str(repo / "compose" / "broker.yml")]
+    subprocess.run([*compose, "up", "-d"], check=True, capture_output=True, timeout=180)
+    try:
+        yield compose, lei, settings
+    finally:
+        logs = subprocess.run([*compose, "logs", "--no-color", "--tail", "40"], capture_output=True, text=True)
+        print(logs.stdout[-8000:])
+        subprocess.run([*compose, "down", "-v", "--timeout", "30"], capture_output=True, timeout=180)
+        leftovers = docker.from_env().containers.list(all=True, filters={"label": f"dragon.lei={lei}"})
+        for container in leftovers:
+            container.remove(force=True)
+        assert leftovers == [], "compose down left task containers behind"
+
+
+def container_states(compose) -> dict[str, dict]:
+    out = subprocess.run([*compose, "ps", "-a", "--format", "json"], check=True, capture_output=True, text=True).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    if len(rows) == 1 and isinstance(rows[0], list):
+        rows = rows[0]
+    return {row["Service"]: row for row in rows}
+
+
+def wait_healthy(compose, services: set[str]) -> None:
+    deadline = time.monotonic() + HEALTHY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        states = container_states(compose)
+        if all(states.get(s, {}).get("Health") == "healthy" for s in services):
+            return
+        time.sleep(2)
+    raise AssertionError(f"not all healthy: { {s: states.get(s, {}).get('Health') for s in services} }")
+
+
+def test_compose_up_protects_emulated_hosts(deployment):
+    compose, lei, settings = deployment
+    services = {"mosquitto", "redis", "collector", "detector"}
+    wait_healthy(compose, services)
+    assert container_states(compose)["secrets"]["ExitCode"] == 0
+
+    viewer = MqttSettings(
+        host="127.0.0.1",
+        port=int(settings["MQTT_PORT"]),
+        username="viewer",
+        password=(settings["SECRETS_DIR"] / "viewer.password").read_text().strip(),
+    )
+    with Listener(viewer, [f"dragon/faults/{lei}/+"]) as listener:
+        (message,) = listener.wait_for(lambda m: True, EVENT_TIMEOUT_S)[:1]
+    event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
+    assert event.lei == lei and event.host in {"h1", "h2"} and event.type == "start"
+
+    states = container_states(compose)
+    assert all(states[s]["Health"] == "healthy" for s in services), states
