@@ -28,4 +28,7 @@ else
     echo "test.sh: WARNING: no Docker daemon reachable; integration and e2e tests will fail" >&2
 fi
 
+# Lint first: it takes a second and names the line; tests take minutes.
+"$VENV/bin/ruff" check libs tests scripts
+
 exec "$VENV/bin/python" -m pytest -m "unit or integration or e2e" "$@"

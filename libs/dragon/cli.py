@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="replace existing passwords")
     p.set_defaults(handler=_secrets)
 
-    mqtt_help = "broker connection: DRAGON_MQTT_HOST, DRAGON_MQTT_PORT, DRAGON_MQTT_USERNAME, DRAGON_MQTT_PASSWORD(_FILE)"
+    mqtt_help = (
+        "broker connection: DRAGON_MQTT_HOST, DRAGON_MQTT_PORT, DRAGON_MQTT_USERNAME, DRAGON_MQTT_PASSWORD(_FILE)"
+    )
     p = commands.add_parser("watch", help="print fault events (and injections) as JSON lines", description=mqtt_help)
     p.add_argument("--lei", default="+", help="LEI to watch (default: all)")
     p.add_argument("--count", type=int, default=0, help="exit after this many events (0: run until Ctrl-C)")
@@ -61,7 +63,9 @@ def _client(settings: MqttSettings):
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"dragon-cli-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"dragon-cli-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5
+    )
     if settings.username:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls:

@@ -35,4 +35,6 @@ def configure(level: str = "info", service: str = "", json: bool = True) -> None
     if service:
         structlog.contextvars.bind_contextvars(service=service)
     # Libraries (paho, docker, urllib3) log through the stdlib: keep their warnings.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
+    )

@@ -190,7 +190,9 @@ class MqttClient:
             self.counters.add("publish_failed")
             log.warning("mqtt_publish_failed", topic=topic, rc=paho.error_string(info.rc))
 
-    def publish_message(self, topic: str, message: Message, qos: int = 1, retain: bool = False, json: bool = False) -> None:
+    def publish_message(
+        self, topic: str, message: Message, qos: int = 1, retain: bool = False, json: bool = False
+    ) -> None:
         """Publish a schema object as msgpack (or JSON) with its MQTT v5 content type."""
         if json:
             self.publish(topic, codec.encode_json(message), qos, retain, codec.JSON)
@@ -208,7 +210,11 @@ class MqttClient:
     def drop(self, incoming: Incoming, error: DecodeError) -> None:
         self.counters.add(f"dropped_{error.reason}")
         log.warning(
-            "message_dropped", topic=incoming.topic, reason=error.reason, detail=error.detail[:200], size=len(incoming.payload)
+            "message_dropped",
+            topic=incoming.topic,
+            reason=error.reason,
+            detail=error.detail[:200],
+            size=len(incoming.payload),
         )
 
     # --- callbacks (paho's network thread) ----------------------------------------

@@ -18,7 +18,10 @@ class MqttSettings:
     ca_file: str = setting("DRAGON_MQTT_CA_FILE", "", "CA bundle for TLS (empty: system default)")
     keepalive_s: int = setting("DRAGON_MQTT_KEEPALIVE", 30, "MQTT keep-alive interval", "s")
     session_expiry_s: int = setting(
-        "DRAGON_MQTT_SESSION_EXPIRY", 3600, "how long the broker keeps our session and QoS 1 queue while we are away", "s"
+        "DRAGON_MQTT_SESSION_EXPIRY",
+        3600,
+        "how long the broker keeps our session and QoS 1 queue while we are away",
+        "s",
     )
     max_payload_bytes: int = setting(
         "DRAGON_MAX_PAYLOAD", 65536, "messages larger than this are dropped unread", "bytes"

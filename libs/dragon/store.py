@@ -47,9 +47,7 @@ def connect(settings: RedisSettings) -> redis.Redis:
     )
 
 
-def retry_until(
-    action: Callable[[], T], stop: threading.Event, what: str, max_delay: float = 5.0
-) -> T:
+def retry_until(action: Callable[[], T], stop: threading.Event, what: str, max_delay: float = 5.0) -> T:
     """Run ``action`` until it succeeds or ``stop`` is set (then raise ``StopRequested``).
 
     Used for writes that must not be lost while Redis restarts.
@@ -119,7 +117,7 @@ class WindowStore:
         pipe = self.client.pipeline(transaction=False)
         for host in hosts:
             pipe.zrange(self._key(host), -count, -1)
-        return {host: [_unpack(m) for m in members] for host, members in zip(hosts, pipe.execute())}
+        return {host: [_unpack(m) for m in members] for host, members in zip(hosts, pipe.execute(), strict=True)}
 
     def count(self, host: str) -> int:
         return int(self.client.zcard(self._key(host)))

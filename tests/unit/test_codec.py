@@ -39,8 +39,19 @@ def test_msgpack_round_trip_is_exact():
 
 def test_json_round_trip_and_sniffing_without_content_type():
     event = FaultEvent(
-        event_id="e", type="start", lei="lei1", host="h1", ts=1.0, window_ts=1.0, score=2.0, threshold=1.0,
-        label=1, mode="observed", top_metrics=(MetricContribution("cpu", 0.9),), model_id="m", detector="d",
+        event_id="e",
+        type="start",
+        lei="lei1",
+        host="h1",
+        ts=1.0,
+        window_ts=1.0,
+        score=2.0,
+        threshold=1.0,
+        label=1,
+        mode="observed",
+        top_metrics=(MetricContribution("cpu", 0.9),),
+        model_id="m",
+        detector="d",
     )
     data = codec.encode_json(event)
     assert json.loads(data)["v"] == 1

@@ -98,7 +98,9 @@ def emulated(tmp_path: Path) -> tuple[Path, Path]:
     set_cgroup(root, f"{PARENT}/{TASK_ID}", cpu_ns=1_000_000_000, memory=20 * MIB, quota=-1)
     set_blkio(root, 0, 1000)
     for pid, cid in ((300, TASK_ID), (400, HOG_ID)):
-        lines = [f"{hid}:{controller}:/{PARENT}/{cid}" for hid, controller in ((4, "memory"), (2, "cpuacct"), (1, "cpu"))]
+        lines = [
+            f"{hid}:{controller}:/{PARENT}/{cid}" for hid, controller in ((4, "memory"), (2, "cpuacct"), (1, "cpu"))
+        ]
         write(proc / str(pid) / "cgroup", "\n".join(lines) + "\n")
     set_net(proc, 300, rx=1000, tx=500)
     set_net(proc, 400, rx=0, tx=0)
@@ -237,7 +239,7 @@ def test_poisson_rate_is_right_over_a_long_horizon() -> None:
     assert abs(hosts.count("h1") - hosts.count("h2")) < 400
     assert {fault.kind for _, fault in schedule} == set(FAULT_KINDS)
     arrivals = [fault.ts for _, fault in schedule]
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     assert sum(gaps) / len(gaps) == pytest.approx(300.0, rel=0.05)  # exponential, mean 3600 / 12
     assert all(60.0 <= fault.duration_s <= 300.0 and 0 < fault.intensity <= 1 for _, fault in schedule)
     assert len({fault.id for _, fault in schedule}) == len(schedule)

@@ -39,9 +39,7 @@ class CollectorConfig:
         "DRAGON_RANDOM_FAULTS_PER_HOUR", 0.0, "rate of random faults across this collector's hosts (Poisson)", "1/h"
     )
     random_fault_seed: int = setting("DRAGON_RANDOM_FAULT_SEED", 0, "seed of the random fault process")
-    random_fault_duration_s: float = setting(
-        "DRAGON_RANDOM_FAULT_DURATION", 60.0, "duration of a random fault", "s"
-    )
+    random_fault_duration_s: float = setting("DRAGON_RANDOM_FAULT_DURATION", 60.0, "duration of a random fault", "s")
     random_fault_delay_s: float = setting(
         "DRAGON_RANDOM_FAULT_DELAY",
         300.0,

@@ -12,10 +12,10 @@ and reaps the hogs its previous run started.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 

@@ -54,11 +54,9 @@ class Probe(Protocol):
 
     def read(self, now: float) -> HostMetrics:
         """Usage over the interval since the previous read (rates 0 on the first read)."""
-        ...
 
     def tasks(self) -> tuple[TaskUsage, ...]:
         """Per-task usage over the same interval as the last :meth:`read`."""
-        ...
 
 
 def parse_net_dev(text: str, excluded: Iterable[str] = ("lo",)) -> tuple[int, int]:
@@ -117,9 +115,9 @@ class _KeyedSum:
     def update(self, values: dict[Hashable, tuple[int, ...]]) -> tuple[int, ...]:
         for key, value in values.items():
             old = self._last.get(key)
-            if old is None or any(new < prev for new, prev in zip(value, old)):
+            if old is None or any(new < prev for new, prev in zip(value, old, strict=True)):
                 old = (0,) * len(value) if self._primed else value
-            for i, (new, prev) in enumerate(zip(value, old)):
+            for i, (new, prev) in enumerate(zip(value, old, strict=True)):
                 self._total[i] += new - prev
         self._last = dict(values)
         self._primed = True

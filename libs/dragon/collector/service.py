@@ -95,7 +95,11 @@ class Collector:
         if not (self.config.emulated and self.config.injector):
             return
         self.injector = FaultInjector(
-            self.docker, self.lei, self.config.task_image, hosts=list(self.config.hosts), cgroup_root=self.config.cgroup_root
+            self.docker,
+            self.lei,
+            self.config.task_image,
+            hosts=list(self.config.hosts),
+            cgroup_root=self.config.cgroup_root,
         )
         if self.config.random_faults_per_hour > 0:
             self.random_faults = PoissonFaults(
@@ -185,4 +189,6 @@ class Collector:
 
     def _publish_injection(self, event: InjectionEvent) -> None:
         self.mqtt.publish_message(topics.injections(self.lei), event)
-        log.info("fault_injection", id=event.id, host=event.host, kind=event.kind, status=event.status, reason=event.reason)
+        log.info(
+            "fault_injection", id=event.id, host=event.host, kind=event.kind, status=event.status, reason=event.reason
+        )

@@ -276,9 +276,7 @@ def _flood(args: argparse.Namespace, run: _Run) -> int:
     url = urllib.parse.urlsplit(args.target)
     count = max(1, round(args.intensity * args.connections))
     counts = [0] * count
-    threads = [
-        threading.Thread(target=_flood_worker, args=(url, run, counts, i), daemon=True) for i in range(count)
-    ]
+    threads = [threading.Thread(target=_flood_worker, args=(url, run, counts, i), daemon=True) for i in range(count)]
     for thread in threads:
         thread.start()
     _event("flood_started", target=args.target, connections=count)
@@ -316,8 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("kind", choices=sorted(WORKLOADS), help="which load to generate")
     parser.add_argument(
-        "--duration", type=float, default=None, help="seconds until the load ends by itself; 0: never "
-        "(default: 0 for demo, 60 for the fault kinds)"
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds until the load ends by itself; 0: never (default: 0 for demo, 60 for the fault kinds)",
     )
     parser.add_argument(
         "--intensity", type=_fraction, default=1.0, help="share of the full load, in (0, 1] (default 1)"
@@ -328,8 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--connections", type=int, default=32, help="flood: concurrent connections at intensity 1 (default 32)"
     )
     parser.add_argument(
-        "--megabytes", type=int, default=256, help="memory: MB to hold at intensity 1, capped below the "
-        "cgroup limit (default 256)"
+        "--megabytes",
+        type=int,
+        default=256,
+        help="memory: MB to hold at intensity 1, capped below the cgroup limit (default 256)",
     )
     parser.add_argument(
         "--file-megabytes", type=int, default=64, help="disk: size of each file before it is deleted (default 64)"

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from dragon.records import check_known_keys
+
 log = structlog.get_logger(__name__)
 
 # Windows per forward pass when scoring or validating; bounds memory, not results.
@@ -86,10 +88,7 @@ class GonConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GonConfig:
         """Rebuild a config; unknown keys are an error so a typo never falls back to a default."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown GonConfig keys: {sorted(unknown)}")
+        check_known_keys(cls, data)
         return cls(**data)
 
 

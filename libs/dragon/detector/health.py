@@ -59,7 +59,9 @@ class HostFaultState:
         self._script = client.register_script(_TRANSITION)
 
     def update(self, host: str, window_ts: float, label: int) -> Transition:
-        kind, since = self._script(keys=[f"dragon:{self._lei}:fault:{host}"], args=[label, repr(window_ts), self._clear])
+        kind, since = self._script(
+            keys=[f"dragon:{self._lei}:fault:{host}"], args=[label, repr(window_ts), self._clear]
+        )
         kind = kind.decode() if isinstance(kind, bytes) else kind
         since = since.decode() if isinstance(since, bytes) else since
         return Transition(kind, float(since) if since else None)

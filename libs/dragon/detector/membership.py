@@ -58,7 +58,9 @@ class Membership:
         now = time.monotonic()
         if now - self._refreshed >= REFRESH_S:
             try:
-                found = sorted(m.decode() for m in self.client.zrangebyscore(self._key, time.time() - HEARTBEAT_TTL_S, "+inf"))
+                found = sorted(
+                    m.decode() for m in self.client.zrangebyscore(self._key, time.time() - HEARTBEAT_TTL_S, "+inf")
+                )
             except (redis.ConnectionError, redis.TimeoutError):
                 return self._members
             members = found if self.instance in found else sorted([*found, self.instance])

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import structlog
 
+from dragon.records import check_known_keys
+
 log = structlog.get_logger(__name__)
 
 DEFAULT_Q = 1e-4
@@ -76,10 +78,7 @@ class PotState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PotState:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown PotState keys: {sorted(unknown)}")
+        check_known_keys(cls, data)
         fields = dict(data)
         fields["peaks"] = tuple(float(p) for p in fields.get("peaks", ()))
         return cls(**fields)
@@ -114,9 +113,7 @@ def fit_pot(
     return fit_tail(t, peaks, n=int(scores.size), q=q, level=level, min_peaks=min_peaks)
 
 
-def fit_tail(
-    t: float, peaks: np.ndarray, n: int, q: float, level: float, min_peaks: int = MIN_PEAKS
-) -> PotState:
+def fit_tail(t: float, peaks: np.ndarray, n: int, q: float, level: float, min_peaks: int = MIN_PEAKS) -> PotState:
     """Fit the excesses ``peaks`` (> 0) over ``t`` out of ``n`` scores and compute ``z_q``.
 
     Separate from :func:`fit_pot` so a streaming update can refit after adding a peak.

@@ -57,7 +57,9 @@ class Scorer:
         scores, contributions = fault_scores(self.model, prev_t, next_t, self.config)
         scores = scores.detach().numpy().astype(float)  # (B,)
         contributions = contributions.detach().numpy().astype(float)  # (B, n)
-        return [self._verdict(host, score, share) for host, score, share in zip(hosts, scores, contributions)]
+        return [
+            self._verdict(host, score, share) for host, score, share in zip(hosts, scores, contributions, strict=True)
+        ]
 
     def _verdict(self, host: str, score: float, share: np.ndarray) -> Verdict:
         threshold = self.threshold(host)

@@ -70,6 +70,7 @@ class Detector:
 
     def init_model(self) -> None:
         """Serve the configured checkpoint, else the LEI's current model, else learn one."""
+
         def resolve():
             if self.config.checkpoint:
                 from dragon.detector.checkpoint import Checkpoint
@@ -191,12 +192,14 @@ class Detector:
         if not order:
             return []
         verdicts = scorer.score(hosts, np.asarray(prev, dtype=np.float32), np.asarray(nxt, dtype=np.float32))
-        return list(zip(order, verdicts))
+        return list(zip(order, verdicts, strict=True))
 
     def _publish(self, verdicts: list[tuple[HostSample, Verdict]]) -> None:
         for sample, verdict in verdicts:
             transition = retry_until(
-                lambda: self.faults.update(sample.host, sample.ts, verdict.label), self.lifecycle.stop, "fault_state"
+                lambda s=sample, v=verdict: self.faults.update(s.host, s.ts, v.label),
+                self.lifecycle.stop,
+                "fault_state",
             )
             if transition.kind == "stale":
                 self.counters.add("stale_windows")
@@ -239,4 +242,10 @@ class Detector:
         if self.config.json_mirror:
             self.mqtt.publish_message(topics.fault_event_json(self.lei, sample.host), event, json=True)
         self.counters.add(f"events_{kind}")
-        log.info("fault_event", type=kind, host=sample.host, score=round(verdict.score, 4), threshold=round(verdict.threshold, 4))
+        log.info(
+            "fault_event",
+            type=kind,
+            host=sample.host,
+            score=round(verdict.score, 4),
+            threshold=round(verdict.threshold, 4),
+        )

@@ -181,7 +181,9 @@ def _load_matrix(file: Path) -> np.ndarray:
 def _load_labels(file: Path, test: np.ndarray) -> np.ndarray:
     labels = _load_array(file)
     if labels.ndim not in (1, 2) or labels.shape[0] != test.shape[0]:
-        raise DatasetError(f"{file}: expected [{test.shape[0]}] or [{test.shape[0]}, {test.shape[1]}], got {labels.shape}")
+        raise DatasetError(
+            f"{file}: expected [{test.shape[0]}] or [{test.shape[0]}, {test.shape[1]}], got {labels.shape}"
+        )
     if labels.ndim == 2 and labels.shape[1] != test.shape[1]:
         raise DatasetError(f"{file}: {labels.shape[1]} dimensions, test.npy has {test.shape[1]}")
     if not np.isin(labels, (0, 1)).all():

@@ -42,7 +42,9 @@ class Message:
     def from_dict(cls, data: dict[str, Any]) -> Any:
         version = data.get("v")
         if version != cls.VERSION:
-            raise SchemaError(f"{cls.__name__} version {version!r} is not supported (expected {cls.VERSION})", "version")
+            raise SchemaError(
+                f"{cls.__name__} version {version!r} is not supported (expected {cls.VERSION})", "version"
+            )
         obj = _build(cls, data, cls.__name__)
         obj.check()
         return obj

@@ -45,4 +45,3 @@ def host_of(topic: str) -> str:
     if len(parts) >= 4 and parts[2] in {"hosts", "inject"}:
         return parts[3]
     raise ValueError(f"no host in topic {topic!r}")
-

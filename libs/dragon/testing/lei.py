@@ -72,13 +72,25 @@ class LeiStack:
             .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
             .with_kwargs(group_add=SECRETS_GROUP)
             .waiting_for(
-                LogMessageWaitStrategy(r"mosquitto version \d+\.\d+\.\d+ running").with_startup_timeout(STARTUP_TIMEOUT_S)
+                LogMessageWaitStrategy(r"mosquitto version \d+\.\d+\.\d+ running").with_startup_timeout(
+                    STARTUP_TIMEOUT_S
+                )
             )
         )
 
     def _redis(self) -> DockerContainer:
-        command = ["redis-server", "/secrets/redis.conf", "--bind", "0.0.0.0", "--dir", "/data",
-                   "--appendonly", "yes", "--appendfsync", "everysec"]
+        command = [
+            "redis-server",
+            "/secrets/redis.conf",
+            "--bind",
+            "0.0.0.0",
+            "--dir",
+            "/data",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+        ]
         password = self.password("redis")
         return (
             DockerContainer(REDIS_IMAGE)

@@ -60,7 +60,9 @@ class Listener:
         props = message.properties
         content_type = getattr(props, "ContentType", "") if props is not None else ""
         with self._cond:
-            self.messages.append(Received(message.topic, bytes(message.payload), bool(message.retain), content_type, time.time()))
+            self.messages.append(
+                Received(message.topic, bytes(message.payload), bool(message.retain), content_type, time.time())
+            )
             self._cond.notify_all()
 
     def matching(self, predicate: Callable[[Received], bool]) -> list[Received]:
