@@ -118,13 +118,11 @@ else
     torch_req=$(printf '%s\n' "${MODEL[@]}" | grep -E '^torch[=<>~! ]' || true)
     torch_ver=$(sed -nE 's/^torch *== *([0-9][0-9.]*) *$/\1/p' <<<"$torch_req")
     if [[ $HOST_ARCH == x86_64 && "${DRAGON_ALLOW_CUDA_TORCH:-0}" != 1 ]]; then
-        found=""
-        for d in ${PIP_FIND_LINKS:-} /opt/wheels; do
-            d=${d#file://}
-            compgen -G "$d/torch-${torch_ver:-*}+cpu-cp311-*x86_64.whl" >/dev/null && { found=$d; break; }
-        done
-        [[ -n $found ]] || die "no CPU wheel torch-${torch_ver:-?}+cpu for cp311/x86_64 in PIP_FIND_LINKS or /opt/wheels;" \
-            "refusing to download the CUDA build (set DRAGON_ALLOW_CUDA_TORCH=1 to allow)"
+        # shellcheck source=scripts/cpu-torch-wheel.sh
+        source "$ROOT/scripts/cpu-torch-wheel.sh"
+        found=$(cpu_torch_wheel_dir "$torch_ver") \
+            || die "no CPU wheel torch-${torch_ver:-?}+cpu for cp311/x86_64 in PIP_FIND_LINKS or /opt/wheels;" \
+                "refusing to download the CUDA build (set DRAGON_ALLOW_CUDA_TORCH=1 to allow)"
         log "torch: using the CPU wheel in $found"
     fi
 

@@ -45,13 +45,11 @@ fi
 if [[ $(uname -m) == x86_64 && "${DRAGON_ALLOW_CUDA_TORCH:-0}" != 1 ]] \
         && ! "$VENV/bin/python" -c 'import importlib.metadata as m; m.version("torch")' >/dev/null 2>&1; then
     torch_ver=$(sed -nE 's/^[[:space:]]*"torch *== *([0-9][0-9.]*)".*/\1/p' pyproject.toml | head -n1)
-    found=""
-    for d in ${PIP_FIND_LINKS:-} /opt/wheels; do
-        d=${d#file://}
-        compgen -G "$d/torch-${torch_ver:-*}+cpu-cp311-*x86_64.whl" >/dev/null && { found=$d; break; }
-    done
-    [[ -n $found ]] || die "no CPU wheel torch-${torch_ver:-?}+cpu for cp311/x86_64 in PIP_FIND_LINKS or /opt/wheels;" \
-        "refusing to download PyPI's CUDA build (DRAGON_ALLOW_CUDA_TORCH=1 to allow)"
+    # shellcheck source=scripts/cpu-torch-wheel.sh
+    source "$ROOT/scripts/cpu-torch-wheel.sh"
+    cpu_torch_wheel_dir "$torch_ver" >/dev/null \
+        || die "no CPU wheel torch-${torch_ver:-?}+cpu for cp311/x86_64 in PIP_FIND_LINKS or /opt/wheels;" \
+            "refusing to download PyPI's CUDA build (DRAGON_ALLOW_CUDA_TORCH=1 to allow)"
 fi
 
 t=$SECONDS

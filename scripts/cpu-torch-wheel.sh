@@ -1,0 +1,17 @@
+# shellcheck shell=bash
+# Sourced by setup-venv.sh and build-wheelhouse.sh: where is the CPU build of torch?
+#
+# On x86_64, PyPI's torch wheel is the CUDA build (several GB); this machine keeps the CPU
+# build on disk (/opt/wheels, or PIP_FIND_LINKS). cpu_torch_wheel_dir VERSION prints the
+# folder that holds torch-VERSION+cpu for cp311/x86_64 and fails when there is none.
+cpu_torch_wheel_dir() {
+    local version=${1:-*} d
+    for d in ${PIP_FIND_LINKS:-} /opt/wheels; do
+        d=${d#file://}
+        if compgen -G "$d/torch-${version}+cpu-cp311-*x86_64.whl" >/dev/null; then
+            echo "$d"
+            return 0
+        fi
+    done
+    return 1
+}
