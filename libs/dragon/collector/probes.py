@@ -298,6 +298,9 @@ class PsutilProbe:
     ) -> None:
         self.host = host
         self._excluded_nics = excluded_nics
+        # The machine's own network namespace is that of its pid 1: in a container (with the
+        # host's /proc mounted and pid: host) psutil would see only the container's interfaces.
+        self._host_net_dev = Path(proc_root) / "1" / "net" / "dev"
         self._deltas = _Deltas()
         self._tasks: tuple[TaskUsage, ...] = ()
         self._meter = None
@@ -342,6 +345,10 @@ class PsutilProbe:
         return self._tasks
 
     def _net_bytes(self) -> tuple[int, int]:
+        try:
+            return parse_net_dev(self._host_net_dev.read_text(), self._excluded_nics)
+        except OSError:
+            pass  # not readable (no pid 1 of the host visible): this process's namespace
         rx = tx = 0
         for name, counters in psutil.net_io_counters(pernic=True).items():
             if not name.startswith(self._excluded_nics):

@@ -47,6 +47,7 @@ class Detector:
         self.scorer: Scorer | None = None
         self._scorer_lock = threading.Lock()
         self._last_model_check = 0.0
+        self._health: dict[str, HostHealth] = {}  # last verdict per host, republished on reconnect
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -94,6 +95,7 @@ class Detector:
     def init_mqtt(self) -> None:
         self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
         self.mqtt.subscribe_batch(topics.host_samples(self.lei), self.on_samples, qos=1)
+        self.mqtt.on_connected(self.republish_state)
 
     def start_mqtt(self) -> None:
         self.mqtt.start()
@@ -220,7 +222,18 @@ class Detector:
             mode="observed",
             faulty_since=transition.faulty_since,
         )
+        self._health[sample.host] = health
         self.mqtt.publish_message(topics.host_health(self.lei, sample.host), health, retain=True)
+
+    def republish_state(self) -> None:
+        """After a reconnect, restore the retained verdicts of the hosts we own.
+
+        A broker that lost its retained messages (no persistence, a new node) shows the
+        current state again at once instead of after the next sample of every host.
+        """
+        for host, health in list(self._health.items()):
+            if self.membership.owns(host):
+                self.mqtt.publish_message(topics.host_health(self.lei, host), health, retain=True)
 
     def _publish_event(self, sample: HostSample, verdict: Verdict, kind: str) -> None:
         event = FaultEvent(
