@@ -54,14 +54,29 @@ class Transition:
 
 class HostFaultState:
     def __init__(self, client: redis.Redis, lei: str, clear_windows: int) -> None:
+        self._client = client
         self._lei = lei
         self._clear = clear_windows
         self._script = client.register_script(_TRANSITION)
 
     def update(self, host: str, window_ts: float, label: int) -> Transition:
-        kind, since = self._script(
-            keys=[f"dragon:{self._lei}:fault:{host}"], args=[label, repr(window_ts), self._clear]
-        )
-        kind = kind.decode() if isinstance(kind, bytes) else kind
-        since = since.decode() if isinstance(since, bytes) else since
-        return Transition(kind, float(since) if since else None)
+        return self.update_many([(host, window_ts, label)])[0]
+
+    def update_many(self, verdicts: list[tuple[str, float, int]]) -> list[Transition]:
+        """Apply ``(host, window_ts, label)`` verdicts in order, in one round trip.
+
+        MULTI/EXEC makes the batch all-or-nothing, so retrying it after a lost connection
+        never finds half of it applied (which would turn those windows ``stale`` and drop
+        their events).
+        """
+        pipe = self._client.pipeline(transaction=True)
+        for host, window_ts, label in verdicts:
+            key = f"dragon:{self._lei}:fault:{host}"
+            self._script(keys=[key], args=[label, repr(window_ts), self._clear], client=pipe)
+        return [_transition(kind, since) for kind, since in pipe.execute()]
+
+
+def _transition(kind: bytes | str, since: bytes | str) -> Transition:
+    kind = kind.decode() if isinstance(kind, bytes) else kind
+    since = since.decode() if isinstance(since, bytes) else since
+    return Transition(kind, float(since) if since else None)

@@ -17,12 +17,13 @@ import numpy as np
 import redis
 import structlog
 
+from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DetectorConfig
 from dragon.detector.health import HostFaultState, Transition
 from dragon.detector.learning import OnlineLearner
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
-from dragon.detector.scorer import Scorer, Verdict
+from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import FaultEvent, HostHealth, HostSample, MetricContribution
@@ -47,6 +48,7 @@ class Detector:
         self.scorer: Scorer | None = None
         self._scorer_lock = threading.Lock()
         self._last_model_check = 0.0
+        self._unusable_model: str | None = None
         self._health: dict[str, HostHealth] = {}  # last verdict per host, republished on reconnect
 
     # --- lifecycle --------------------------------------------------------------
@@ -71,26 +73,32 @@ class Detector:
 
     def init_model(self) -> None:
         """Serve the configured checkpoint, else the LEI's current model, else learn one."""
-
-        def resolve():
-            if self.config.checkpoint:
-                from dragon.detector.checkpoint import Checkpoint
-
-                checkpoint = Checkpoint.load(self.config.checkpoint)
-                self.models.publish(checkpoint)
-                return checkpoint
-            checkpoint = self.models.fetch()
-            if checkpoint is None:
-                checkpoint = self.models.load_file()
-                if checkpoint is not None:
-                    self.models.publish(checkpoint)
-            return checkpoint
-
-        checkpoint = retry_until(resolve, self.lifecycle.stop, "load_model")
-        if checkpoint is not None:
+        if self.config.checkpoint:
+            checkpoint = self._configured_checkpoint()
+            retry_until(lambda: self.models.publish(checkpoint), self.lifecycle.stop, "publish_model")
             self._serve(checkpoint)
-        else:
-            log.info("no_model_yet_learning_from_normal_operation", warmup_s=self.config.warmup_s)
+            return
+        for source, load in (("redis", self.models.fetch), ("volume", self.models.load_file)):
+            try:
+                checkpoint = retry_until(load, self.lifecycle.stop, f"load_model_{source}")
+                if checkpoint is not None:
+                    self._serve(checkpoint)
+                    if source == "volume":
+                        retry_until(lambda c=checkpoint: self.models.publish(c), self.lifecycle.stop, "publish_model")
+                    return
+            except (CheckpointError, IncompatibleModel) as exc:
+                # A model we cannot use must not crash-loop the service: learn a new one instead.
+                log.error("stored_model_unusable", source=source, error=str(exc))
+        log.info("no_model_yet_learning_from_normal_operation", warmup_s=self.config.warmup_s)
+
+    def _configured_checkpoint(self) -> Checkpoint:
+        try:
+            checkpoint = Checkpoint.load(self.config.checkpoint)
+            Scorer(checkpoint)  # refuse a model trained on other features now, with the reason
+            return checkpoint
+        except (OSError, CheckpointError, IncompatibleModel) as exc:
+            log.error("checkpoint_unusable", path=self.config.checkpoint, error=str(exc))
+            raise SystemExit(f"DRAGON_DETECTOR_CHECKPOINT={self.config.checkpoint}: {exc}") from None
 
     def init_mqtt(self) -> None:
         self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
@@ -126,7 +134,7 @@ class Detector:
             return False
 
     # --- model ----------------------------------------------------------------------
-    def _serve(self, checkpoint) -> None:
+    def _serve(self, checkpoint: Checkpoint) -> None:
         scorer = Scorer(checkpoint)
         self.windows.save_bounds(checkpoint.feature_names, checkpoint.lo, checkpoint.hi, scorer.model_id)
         with self._scorer_lock:
@@ -140,10 +148,15 @@ class Detector:
             return
         self._last_model_check = now
         current = self.models.current_id()
-        if current and (self.scorer is None or self.scorer.model_id != current):
+        if not current or current == self._unusable_model or (self.scorer and self.scorer.model_id == current):
+            return
+        try:
             checkpoint = self.models.fetch()
             if checkpoint is not None:
                 self._serve(checkpoint)
+        except (CheckpointError, IncompatibleModel) as exc:
+            self._unusable_model = current  # logged once, not on every batch
+            log.error("stored_model_unusable", source="redis", model_id=current, error=str(exc))
 
     # --- samples --------------------------------------------------------------------
     def on_samples(self, batch: list[Incoming]) -> None:
@@ -197,12 +210,9 @@ class Detector:
         return list(zip(order, verdicts, strict=True))
 
     def _publish(self, verdicts: list[tuple[HostSample, Verdict]]) -> None:
-        for sample, verdict in verdicts:
-            transition = retry_until(
-                lambda s=sample, v=verdict: self.faults.update(s.host, s.ts, v.label),
-                self.lifecycle.stop,
-                "fault_state",
-            )
+        updates = [(sample.host, sample.ts, verdict.label) for sample, verdict in verdicts]
+        transitions = retry_until(lambda: self.faults.update_many(updates), self.lifecycle.stop, "fault_state")
+        for (sample, verdict), transition in zip(verdicts, transitions, strict=True):
             if transition.kind == "stale":
                 self.counters.add("stale_windows")
                 continue

@@ -139,7 +139,10 @@ class LeiStack:
             "DRAGON_LOG_LEVEL": "info",
         }
 
-    def start_detector(self, name: str, env: Mapping[str, str] | None = None) -> DockerContainer:
+    def start_detector(
+        self, name: str, env: Mapping[str, str] | None = None, volumes: Mapping[str, str] | None = None
+    ) -> DockerContainer:
+        """``volumes`` maps host paths to container paths, mounted read-only (a checkpoint, say)."""
         container = DockerContainer(DETECTOR_IMAGE).with_network(self.network)
         all_env = {
             **self._service_env("detector"),
@@ -150,6 +153,8 @@ class LeiStack:
         }
         for key, value in all_env.items():
             container = container.with_env(key, value)
+        for host_path, container_path in (volumes or {}).items():
+            container = container.with_volume_mapping(host_path, container_path, "ro")
         container = (
             container.with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
             .with_kwargs(group_add=SECRETS_GROUP)

@@ -1,0 +1,60 @@
+"""Windows and fault state against a real Redis (the dragon-redis image)."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.wait_strategies import ExecWaitStrategy
+
+from dragon.detector.health import HostFaultState
+from dragon.store import WindowStore, padded_window
+from dragon.testing.lei import REDIS_IMAGE
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def client():
+    container = (
+        DockerContainer(REDIS_IMAGE)
+        .with_exposed_ports(6379)
+        .waiting_for(ExecWaitStrategy(["redis-cli", "ping"]).with_startup_timeout(60))
+    )
+    with container:
+        yield redis.Redis(host=container.get_container_host_ip(), port=int(container.get_exposed_port(6379)))
+
+
+def test_appends_are_idempotent_time_ordered_and_capped(client):
+    store = WindowStore(client, "t1", history=5)
+    rows = [("h1", float(ts), ts, [float(ts), 0.5]) for ts in range(1, 9)]
+    store.append_many(list(reversed(rows[:4])))  # out of order, as two replicas might write
+    store.append_many(rows)  # every sample again (redelivery) plus four new ones
+    assert [ts for ts, _ in store.all_samples("h1")] == [4.0, 5.0, 6.0, 7.0, 8.0]
+    assert store.sequence_numbers("h1", since_ts=6.0) == [6, 7, 8]
+    assert store.hosts() == ["h1"]
+    recent = [row for _, row in store.recent("h1", 3)]
+    assert padded_window(recent, 4) == [[6.0, 0.5], [6.0, 0.5], [7.0, 0.5], [8.0, 0.5]]
+
+
+def test_scaler_bounds_round_trip(client):
+    store = WindowStore(client, "t2", history=5)
+    assert store.load_bounds() is None
+    store.save_bounds(["cpu", "ram"], [0.0, 0.1], [1.0, 0.9], "m1")
+    assert store.load_bounds() == {"features": ("cpu", "ram"), "lo": [0.0, 0.1], "hi": [1.0, 0.9], "version": "m1"}
+
+
+def test_fault_state_starts_once_ends_after_hysteresis_and_ignores_stale_windows(client):
+    state = HostFaultState(client, "t3", clear_windows=2)
+    kinds = [t.kind for t in state.update_many([("h1", 1.0, 0), ("h1", 2.0, 1), ("h1", 3.0, 1), ("h1", 4.0, 0)])]
+    assert kinds == ["", "start", "", ""]
+    assert state.update("h1", 3.5, 0).kind == "stale"  # older than the last window seen
+    end = state.update("h1", 5.0, 0)
+    assert end.kind == "end" and end.faulty_since == 2.0
+    assert state.update("h1", 6.0, 1).kind == "start"
+
+
+def test_two_replicas_applying_the_same_window_publish_it_once(client):
+    first, second = HostFaultState(client, "t4", 3), HostFaultState(client, "t4", 3)
+    assert first.update("h9", 10.0, 1).kind == "start"
+    assert second.update("h9", 10.0, 1).kind == "stale"
