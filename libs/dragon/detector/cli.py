@@ -1,4 +1,4 @@
-"""``dragon-detector``: serve the GON detector, or train a checkpoint for it."""
+"""``dragon-detector``: serve the GON detector, train a checkpoint for it, or benchmark a model."""
 
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_common_arguments(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", help="run the detector service (the default)")
+    from dragon.detector.bench_cli import add_bench_parser
     from dragon.detector.train_cli import add_train_parser
 
     add_train_parser(commands)
+    add_bench_parser(commands)
     args = parser.parse_args(argv)
-    if args.command == "train":
+    if args.command in ("train", "bench"):
         return args.handler(args)
     config = cli.load_or_exit(DetectorConfig, known_env_names())
     if args.check_config:

@@ -1,0 +1,366 @@
+"""The benchmark protocol: train on normal data, score the test series, threshold, measure.
+
+One protocol for every model of the registry (:mod:`dragon.detector.baselines`), so their
+numbers are comparable:
+
+1. fit the model on ``train.npy`` only;
+2. score the training series and fit POT on those scores (risk ``q``, initial ``level``): the
+   threshold encodes normal operation only;
+3. score ``test.npy``, with the last training rows as history so the first windows hold real
+   data (FTSAD's test series continues its training series);
+4. compare with ``labels.npy``. Test labels are used for measuring and nothing else: no
+   setting, threshold or early stop ever looks at them.
+
+A time step is anomalous when any of its label dimensions is 1. Threshold-free quality of the
+raw scores (ROC-AUC, PR-AUC) comes first; F1 at the POT threshold, PA%K and point-adjusted F1
+(which flatters any detector on long segments) follow. HitRate@100% and NDCG@100% rank the
+model's per-dimension contributions and need per-dimension labels ([T', D], D > 1).
+``f1_best_diagnostic`` is the best F1 over all thresholds in hindsight: it reads the labels to
+pick its threshold, so it is reported to separate score quality from POT's choice and must
+never be used to choose anything.
+
+Costs: ``train_s`` covers fit, scoring the training series and the POT fit; ``test_s`` scores
+the whole test series in one call; the step latencies time one step (one window) at a time,
+as a streaming detector would; ``peak_rss_mb`` is the whole process's peak.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+
+from dragon.detector import metrics
+from dragon.detector.baselines import AnomalyModel, create_model
+from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, PotState, fit_pot
+from dragon.detector.train import DatasetError, load_dataset_dir
+
+log = structlog.get_logger(__name__)
+
+# Single-step calls run before timing starts: the first calls pay for lazy initialisation.
+LATENCY_WARMUP = 3
+# Plot size in SVG user units, and the most score points drawn: longer series are reduced to
+# the maximum of equal buckets of steps, which keeps every peak visible.
+SVG_WIDTH, SVG_HEIGHT, SVG_MARGIN = 1000, 300, 60
+SVG_MAX_POINTS = 2000
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run; every field is recorded in the result."""
+
+    data: str  # folder with train.npy [T, D], test.npy [T', D], labels.npy [T', D] or [T']
+    model: str = "gon"  # a name registered in dragon.detector.baselines.MODELS
+    params: dict[str, Any] = field(default_factory=dict)  # the model's settings (its config's fields)
+    seed: int = 0  # passed to the model (weights, minibatch order, random scores)
+    pot_q: float = DEFAULT_Q  # POT risk: a normal score exceeds the threshold with this probability
+    pot_level: float = DEFAULT_LEVEL  # POT initial quantile of the training scores
+    latency_samples: int = 200  # single-step scoring calls timed for the latency percentiles
+
+    def __post_init__(self) -> None:
+        if self.latency_samples < 1:
+            raise ValueError(f"latency_samples must be >= 1, got {self.latency_samples}")
+        # fit_pot checks these too, but only after training: fail before it instead.
+        if not 0.0 < self.pot_level < 1.0 or not 0.0 < self.pot_q < 1.0 - self.pot_level:
+            raise ValueError(
+                f"POT needs 0 < level < 1 and 0 < q < 1 - level, got q={self.pot_q}, level={self.pot_level}"
+            )
+
+
+@dataclass
+class BenchResult:
+    """The JSON report and the per-step test scores it was computed from."""
+
+    report: dict[str, Any]
+    scores: np.ndarray  # (T',)
+    truth: np.ndarray  # (T',) bool, any label dimension set
+
+
+def load_benchmark(data: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """train (T, D), test (T', D), labels (T', D) or (T',); DatasetError naming the file otherwise."""
+    train, test, labels = load_dataset_dir(data)
+    root = Path(data)
+    if test is None:
+        raise DatasetError(f"{root / 'test.npy'}: missing; the benchmark needs test.npy and labels.npy")
+    if labels is None:
+        raise DatasetError(f"{root / 'labels.npy'}: missing; the benchmark needs test.npy and labels.npy")
+    return train, test, labels
+
+
+def run_bench(cfg: BenchConfig) -> BenchResult:
+    """Run the protocol of the module docstring and return the report with the test scores."""
+    train, test, labels = load_benchmark(cfg.data)
+    model = create_model(cfg.model, seed=cfg.seed, **cfg.params)
+    pot, train_s = fit_and_calibrate(model, train, cfg)
+    started = time.perf_counter()
+    scores, contributions = model.score(test, history=train)
+    test_s = time.perf_counter() - started
+    _check_output(scores, contributions, test.shape)
+    latencies = step_latencies_ms(model, train, test, cfg.latency_samples)
+    truth = labels.reshape(len(labels), -1).any(axis=1)
+    params = _params(cfg, model, pot, train, test, labels) | {"latency_samples": len(latencies)}
+    report = {
+        **quality(scores, contributions, labels, pot.z_q),
+        "threshold": pot.z_q,
+        "train_s": round(train_s, 6),
+        "test_s": round(test_s, 6),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "step_latency_ms_p50": round(float(np.percentile(latencies, 50)), 4),
+        "step_latency_ms_p99": round(float(np.percentile(latencies, 99)), 4),
+        "params": params,
+    }
+    log.info("bench_done", model=cfg.model, data=cfg.data, roc_auc=report["roc_auc"], pr_auc=report["pr_auc"])
+    return BenchResult(report=report, scores=scores, truth=truth)
+
+
+def fit_and_calibrate(model: AnomalyModel, train: np.ndarray, cfg: BenchConfig) -> tuple[PotState, float]:
+    """Fit on train, fit POT on the training scores; returns the POT state and the seconds taken.
+
+    The seconds cover everything learnt from training data: the fit, scoring the training
+    series and the POT fit.
+    """
+    started = time.perf_counter()
+    model.fit(train)
+    train_scores, train_contributions = model.score(train)
+    _check_output(train_scores, train_contributions, train.shape)
+    pot = fit_pot(train_scores, q=cfg.pot_q, level=cfg.pot_level)
+    return pot, time.perf_counter() - started
+
+
+def step_latencies_ms(model: AnomalyModel, train: np.ndarray, test: np.ndarray, samples: int) -> np.ndarray:
+    """Milliseconds to score one test step (one window) with its history, for evenly spaced steps.
+
+    This is what a streaming detector pays per new sample, unlike ``test_s / T'`` which hides
+    per-call overhead behind batching.
+    """
+    context = model.context
+    full = np.concatenate([train[len(train) - context :], test]) if context else test  # (context + T', D)
+    steps = np.unique(np.linspace(0, len(test) - 1, samples).round().astype(int))
+    for t in steps[:LATENCY_WARMUP]:
+        _score_step(model, full, context, t)
+    latencies = []
+    for t in steps:
+        started = time.perf_counter()
+        _score_step(model, full, context, t)
+        latencies.append((time.perf_counter() - started) * 1000.0)
+    return np.asarray(latencies)
+
+
+def _score_step(model: AnomalyModel, full: np.ndarray, context: int, t: int) -> None:
+    history = full[t : t + context] if context else None
+    model.score(full[t + context : t + context + 1], history=history)
+
+
+def quality(scores: np.ndarray, contributions: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Every quality metric of the report; undefined values are None (JSON null)."""
+    truth = labels.reshape(len(labels), -1).any(axis=1)
+    predicted = scores >= threshold
+    point = metrics.precision_recall_f1(predicted, truth)
+    adjusted = metrics.point_adjusted_prf(predicted, truth)
+    delay = metrics.detection_delay(predicted, truth)
+    per_dimension = labels.ndim == 2 and labels.shape[1] > 1
+    values = {
+        "f1_pa": adjusted.f1,
+        "precision_pa": adjusted.precision,
+        "recall_pa": adjusted.recall,
+        "f1": point.f1,
+        "precision": point.precision,
+        "recall": point.recall,
+        "f1_pa_k_auc": metrics.f1_pa_k_auc(predicted, truth),
+        "roc_auc": metrics.roc_auc(scores, truth),
+        "pr_auc": metrics.average_precision(scores, truth),
+        "f1_best_diagnostic": metrics.best_f1(scores, truth),
+        "detection_delay_steps": delay.median_steps,
+        "segments_detected": delay.detected,
+        "segments_missed": delay.missed,
+        "false_alarms_per_1000_steps": metrics.false_alarms_per_1000_steps(predicted, truth),
+        "hit_rate_100": metrics.hit_rate_at(contributions, labels) if per_dimension else None,
+        "ndcg_100": metrics.ndcg_at(contributions, labels) if per_dimension else None,
+        "alarms": int(predicted.sum()),
+        "anomaly_rate": float(truth.mean()),
+    }
+    return {key: _json_number(value) for key, value in values.items()}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports ru_maxrss in KiB).
+
+    It covers the whole bench process, including the libraries it imports (torch among them,
+    through the data loader), so it bounds a model's own footprint from above.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _check_output(scores: np.ndarray, contributions: np.ndarray, shape: tuple[int, ...]) -> None:
+    """A model that breaks the interface must fail loudly, not produce a plausible report."""
+    if scores.shape != shape[:1] or contributions.shape != shape:
+        raise ValueError(f"model returned scores {scores.shape} and contributions {contributions.shape} for {shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError("model returned NaN or infinite scores")
+
+
+def _params(
+    cfg: BenchConfig, model: AnomalyModel, pot: PotState, train: np.ndarray, test: np.ndarray, labels: np.ndarray
+) -> dict[str, Any]:
+    """Everything needed to rerun and to interpret the numbers."""
+    return {
+        "model": cfg.model,
+        "model_config": model.describe(),
+        "seed": cfg.seed,
+        "pot": {"q": pot.q, "level": pot.level, "t": pot.t, "method": pot.method, "n_peaks": pot.n_peaks},
+        "data": str(Path(cfg.data).resolve()),
+        "train_shape": list(train.shape),
+        "test_shape": list(test.shape),
+        "labels_shape": list(labels.shape),
+        "latency_warmup": LATENCY_WARMUP,
+        "torch_threads": torch.get_num_threads(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+        "load_average_1m": round(os.getloadavg()[0], 2),  # the machine is shared: timings depend on it
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+    }
+
+
+def _json_number(value: Any) -> Any:
+    """NaN becomes None: JSON has no NaN, and a metric that is undefined should say so."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_outputs(result: BenchResult, out: str | Path, plot: str | None, plotter: Plotter | None) -> dict[str, str]:
+    """Write the JSON report, the scores as ``RESULT.scores.npy`` beside it, and the plot."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scores_file = scores_path(out)
+    np.save(scores_file, result.scores)
+    out.write_text(json.dumps(result.report, indent=2, allow_nan=False) + "\n")
+    files = {"out": str(out), "scores": str(scores_file)}
+    if plot is not None and plotter is not None:
+        params = result.report["params"]
+        title = f"{params['model']} on {Path(params['data']).name}"
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        plotter(Path(plot), result.scores, result.report["threshold"], result.truth, title)
+        files["plot"] = str(plot)
+    return files
+
+
+def scores_path(out: Path) -> Path:
+    """RESULT.json -> RESULT.scores.npy, beside the report."""
+    return out.with_name(f"{out.stem if out.suffix == '.json' else out.name}.scores.npy")
+
+
+Plotter = Callable[[Path, np.ndarray, float, np.ndarray, str], None]
+
+
+def plotter_for(path: str | None) -> Plotter | None:
+    """The writer for the plot's file type, checked before any training so a bad path fails fast."""
+    if path is None:
+        return None
+    suffix = Path(path).suffix.lower()
+    if suffix not in PLOTTERS:
+        raise ValueError(f"--plot {path}: unsupported file type {suffix!r}; use .svg or .png")
+    if suffix == ".png" and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError(f"--plot {path}: a .png needs matplotlib, which is not installed; use a path ending in .svg")
+    return PLOTTERS[suffix]
+
+
+def write_svg(path: Path, scores: np.ndarray, threshold: float, truth: np.ndarray, title: str) -> None:
+    """A self-contained SVG: scores on a symmetric log scale, the threshold, labelled segments shaded.
+
+    The scale is sign(s) log10(1 + |s|) because scores of one run span many decades (a z-score
+    of 1e7 next to a threshold of 5), and a linear axis would flatten everything but the peak.
+    """
+    steps = len(scores)
+    x, y = _envelope(_symlog(scores))
+    lo, hi = min(y.min(), _symlog(threshold)), max(y.max(), _symlog(threshold))
+    span = hi - lo if hi > lo else 1.0
+    width, height, margin = SVG_WIDTH, SVG_HEIGHT, SVG_MARGIN
+
+    def px(step: float) -> float:
+        return margin + (width - 2 * margin) * step / max(steps - 1, 1)
+
+    def py(value: float) -> float:
+        return height - margin - (height - 2 * margin) * (value - lo) / span
+
+    shaded = "".join(
+        f'<rect x="{px(start):.1f}" y="{margin}" width="{max(px(stop - 1) - px(start), 1.0):.1f}" '
+        f'height="{height - 2 * margin}" fill="#f4a582" fill-opacity="0.4"/>'
+        for start, stop in metrics.segments(truth)
+    )
+    points = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, y, strict=True))
+    t_y = py(_symlog(threshold))
+    path.write_text(
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">'
+        f'<rect width="{width}" height="{height}" fill="white"/>{shaded}'
+        f'<polyline points="{points}" fill="none" stroke="#2166ac" stroke-width="0.8"/>'
+        f'<line x1="{margin}" x2="{width - margin}" y1="{t_y:.1f}" y2="{t_y:.1f}" stroke="#b2182b" '
+        f'stroke-dasharray="4 3"/>'
+        f'<text x="{margin}" y="20">{_escape(title)}: score (symlog), threshold {threshold:.4g} (dashed), '
+        f"labelled segments shaded</text>"
+        f'<text x="{margin}" y="{height - 12}">step 0</text>'
+        f'<text x="{width - margin}" y="{height - 12}" text-anchor="end">step {steps - 1}</text>'
+        f'<text x="{margin - 4}" y="{py(hi) + 4:.1f}" text-anchor="end">{_unsymlog(hi):.3g}</text>'
+        f'<text x="{margin - 4}" y="{py(lo) + 4:.1f}" text-anchor="end">{_unsymlog(lo):.3g}</text>'
+        "</svg>\n"
+    )
+
+
+def write_png(path: Path, scores: np.ndarray, threshold: float, truth: np.ndarray, title: str) -> None:
+    """The same plot with matplotlib, which is optional: only used when it is installed."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 3.5))
+    for start, stop in metrics.segments(truth):
+        ax.axvspan(start, stop - 1, color="#f4a582", alpha=0.4, linewidth=0)
+    ax.plot(scores, color="#2166ac", linewidth=0.8)
+    ax.axhline(threshold, color="#b2182b", linestyle="--")
+    ax.set_yscale("symlog")
+    ax.set_title(title)
+    ax.set_xlabel("test step")
+    ax.set_ylabel("score")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+PLOTTERS: dict[str, Plotter] = {".svg": write_svg, ".png": write_png}
+
+
+def _symlog(values: np.ndarray | float) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    return np.sign(values) * np.log10(1.0 + np.abs(values))
+
+
+def _unsymlog(value: float) -> float:
+    return float(np.sign(value) * (10.0 ** abs(value) - 1.0))
+
+
+def _envelope(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most SVG_MAX_POINTS (step, value) pairs: the maximum of equal buckets of steps."""
+    if len(values) <= SVG_MAX_POINTS:
+        return np.arange(len(values), dtype=np.float64), values
+    edges = np.linspace(0, len(values), SVG_MAX_POINTS + 1).astype(int)
+    return (edges[:-1] + edges[1:] - 1) / 2.0, np.maximum.reduceat(values, edges[:-1])
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,149 @@
+"""``dragon-detector bench`` end to end on tiny synthetic folders, and its refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import structlog
+
+from dragon.detector.cli import main
+
+pytestmark = pytest.mark.unit
+
+REQUIRED = (
+    "f1_pa precision_pa recall_pa f1 precision recall f1_pa_k_auc roc_auc pr_auc detection_delay_steps "
+    "false_alarms_per_1000_steps hit_rate_100 ndcg_100 train_s test_s peak_rss_mb step_latency_ms_p50 "
+    "step_latency_ms_p99 threshold params"
+).split()
+# Undefined only in cases these tests avoid (no detected segment, 1-D labels).
+FINITE = [key for key in REQUIRED if key != "params"]
+PARAMS = "model model_config seed pot data train_shape test_shape labels_shape".split()
+TINY_GON = ["--param", "epochs=2", "--param", "window=4", "--param", "hidden=8", "--param", "gen_steps=2"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The command configures structlog for its process; give the next test the defaults back."""
+    yield
+    structlog.reset_defaults()
+
+
+def make_dataset(root: Path, d: int = 3, per_dimension: bool = True) -> Path:
+    """train (150, d) of noisy sinusoids; test (80, d) with a fault on dimension 1 at steps 40..49."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(230)[:, None]
+    data = 0.5 + 0.3 * np.sin(2 * np.pi * steps / 20 + np.arange(d)) + 0.02 * rng.standard_normal((230, d))
+    train, test = data[:150], data[150:].copy()
+    labels = np.zeros(test.shape, dtype=np.int8)
+    test[40:50, 1 % d] += 2.0
+    labels[40:50, 1 % d] = 1
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "train.npy", train)
+    np.save(root / "test.npy", test)
+    np.save(root / "labels.npy", labels if per_dimension else labels.any(axis=1).astype(np.int8))
+    return root
+
+
+def bench(data: Path, out: Path, *extra: str) -> int:
+    return main(["bench", "--data", str(data), "--out", str(out), "--latency-samples", "20", *extra])
+
+
+@pytest.mark.parametrize("model", ["zscore", "gon"])
+def test_bench_writes_every_metric_the_scores_and_a_plot(tmp_path, capsys, model) -> None:
+    data, out, plot = make_dataset(tmp_path / "data"), tmp_path / "out" / "result.json", tmp_path / "plot.svg"
+    extra = TINY_GON if model == "gon" else []
+    assert bench(data, out, "--model", model, "--plot", str(plot), *extra) == 0
+    report = json.loads(out.read_text())
+    assert set(REQUIRED) <= set(report)
+    for key in FINITE:
+        assert isinstance(report[key], int | float) and math.isfinite(report[key]), key
+    assert set(PARAMS) <= set(report["params"]) and report["params"]["model"] == model
+    assert report["params"]["pot"]["q"] == 1e-4 and report["params"]["pot"]["level"] == 0.98
+    assert report["params"]["test_shape"] == [80, 3]
+    scores = np.load(tmp_path / "out" / "result.scores.npy")
+    assert scores.shape == (80,) and np.isfinite(scores).all()
+    assert plot.read_text().startswith("<svg") and "polyline" in plot.read_text()
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["out"] == str(out) and printed["roc_auc"] == report["roc_auc"]
+
+
+def test_zscore_finds_the_planted_fault(tmp_path) -> None:
+    out = tmp_path / "r.json"
+    assert bench(make_dataset(tmp_path / "data"), out, "--model", "zscore") == 0
+    report = json.loads(out.read_text())
+    assert report["roc_auc"] > 0.95 and report["hit_rate_100"] == 1.0 and report["ndcg_100"] == 1.0
+
+
+def test_one_dimensional_labels_leave_the_diagnosis_metrics_null(tmp_path) -> None:
+    out = tmp_path / "r.json"
+    data = make_dataset(tmp_path / "data", per_dimension=False)
+    assert bench(data, out, "--model", "random", "--pot-q", "1e-3", "--pot-level", "0.9") == 0
+    report = json.loads(out.read_text())
+    assert report["hit_rate_100"] is None and report["ndcg_100"] is None
+    assert report["params"]["pot"]["q"] == 1e-3 and report["params"]["pot"]["level"] == 0.9
+
+
+def test_the_same_seed_gives_the_same_scores(tmp_path) -> None:
+    data = make_dataset(tmp_path / "data")
+    for name in ("a", "b"):
+        assert bench(data, tmp_path / f"{name}.json", "--model", "gon", "--seed", "4", *TINY_GON) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "a.scores.npy"), np.load(tmp_path / "b.scores.npy"))
+
+
+def corrupt(file: str, value: np.ndarray):
+    def apply(root: Path) -> None:
+        np.save(root / file, value)
+
+    return apply
+
+
+MALFORMED = {
+    "nan_in_test": ("test.npy", corrupt("test.npy", np.full((80, 3), np.nan))),
+    "empty_train": ("train.npy", corrupt("train.npy", np.empty((0, 3)))),
+    "train_not_2d": ("train.npy", corrupt("train.npy", np.zeros((10, 3, 2)))),
+    "test_wrong_width": ("test.npy", corrupt("test.npy", np.zeros((80, 4)))),
+    "labels_too_short": ("labels.npy", corrupt("labels.npy", np.zeros((79, 3)))),
+    "labels_not_binary": ("labels.npy", corrupt("labels.npy", np.full((80, 3), 2))),
+    "no_labels": ("labels.npy", lambda root: (root / "labels.npy").unlink()),
+    "no_test": ("test.npy", lambda root: (root / "test.npy").unlink()),
+    "not_npy": ("train.npy", lambda root: (root / "train.npy").write_text("1,2,3\n")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_input_exits_2_naming_the_file(tmp_path, capsys, case) -> None:
+    file, damage = MALFORMED[case]
+    data = make_dataset(tmp_path / "data")
+    damage(data)
+    out = tmp_path / "r.json"
+    assert bench(data, out, "--model", "zscore") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dragon-detector bench: ") and file in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--model", "zscore", "--param", "aggregate"], "KEY=VALUE"),
+        (["--model", "zscore", "--param", "typo=1"], "unknown ZScoreConfig keys"),
+        (["--model", "zscore", "--plot", "plot.pdf"], "use .svg or .png"),
+        (["--model", "gon", "--pot-q", "0.5"], "POT needs 0 < level < 1 and 0 < q < 1 - level"),
+    ],
+)
+def test_bad_options_exit_2_with_a_message(tmp_path, capsys, extra, message) -> None:
+    assert bench(make_dataset(tmp_path / "data"), tmp_path / "r.json", *extra) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is not None, reason="matplotlib is installed")
+def test_a_png_without_matplotlib_asks_for_svg(tmp_path, capsys) -> None:
+    plot = tmp_path / "plot.png"
+    assert bench(make_dataset(tmp_path / "data"), tmp_path / "r.json", "--model", "zscore", "--plot", str(plot)) == 2
+    assert ".svg" in capsys.readouterr().err and not plot.exists()
