@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from dragon.detector.adahessian import AdaHessian
 from dragon.records import check_known_keys
 
 log = structlog.get_logger(__name__)
@@ -64,6 +65,7 @@ class GonConfig:
     layers: int = 2  # number of hidden layers of D
     gen_steps: int = 10  # Adam steps of the ascent on log D(Z)
     gen_lr: float = 0.05  # Adam step size of that ascent, in scaled units
+    gen_optimizer: str = "adam"  # "adam" or "adahessian" (ASCENTS); older checkpoints mean adam
     seed: int = 0  # weight initialisation and minibatch order
     epochs: int = 60  # upper bound; early stopping usually ends sooner
     batch_size: int = 64  # m in Algorithm 1
@@ -79,6 +81,8 @@ class GonConfig:
                 raise ValueError(f"GonConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.gen_steps < 0 or self.gen_lr <= 0 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("GonConfig: gen_steps >= 0, gen_lr > 0, lr > 0, weight_decay >= 0")
+        if self.gen_optimizer not in ASCENTS:
+            raise ValueError(f"GonConfig.gen_optimizer must be one of {sorted(ASCENTS)}, got {self.gen_optimizer!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"GonConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -119,14 +123,35 @@ class Discriminator(nn.Module):
         return torch.sigmoid(self.logits(w))  # (B,)
 
 
-def generate(model: Discriminator, z0: Tensor, steps: int, lr: float) -> Tensor:
-    """Z* from Z = z0 by ``steps`` Adam steps maximising log D(Z) (eq. 3 with Adam, sec. IV-C).
+def _adam_ascent(model: Discriminator, z: Tensor, steps: int, lr: float) -> None:
+    opt = torch.optim.Adam([z], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = -F.logsigmoid(model.logits(z)).sum()
+        loss.backward()
+        opt.step()
+
+
+def _adahessian_ascent(model: Discriminator, z: Tensor, steps: int, lr: float) -> None:
+    # A fixed seed for the Hutchinson probes keeps generation, and so every score, deterministic.
+    opt = AdaHessian([z], lr=lr, generator=torch.Generator().manual_seed(0))
+    for _ in range(steps):
+        opt.step(lambda: -F.logsigmoid(model.logits(z)).sum())
+
+
+# How Z climbs log D(Z): first-order Adam, or AdaHessian's second-order step (sec. IV-C, eq. 5).
+ASCENTS = {"adam": _adam_ascent, "adahessian": _adahessian_ascent}
+
+
+def generate(model: Discriminator, z0: Tensor, steps: int, lr: float, optimizer: str = "adam") -> Tensor:
+    """Z* from Z = z0 by ``steps`` steps maximising log D(Z) (eq. 3, sec. IV-C) with ``optimizer``.
 
     The model's weights are frozen for the ascent (no gradient flows into them) and their
     ``requires_grad`` flags are restored afterwards. Works under ``torch.no_grad()`` too.
     The loss is a sum over the batch so that each window's ascent ignores the others.
     Not thread-safe: it toggles ``requires_grad`` on the shared parameters.
     """
+    ascent = ASCENTS[optimizer]
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     for p in params:
@@ -134,12 +159,7 @@ def generate(model: Discriminator, z0: Tensor, steps: int, lr: float) -> Tensor:
     try:
         with torch.enable_grad():
             z = z0.detach().clone().requires_grad_(True)  # (B, k, n)
-            opt = torch.optim.Adam([z], lr=lr)
-            for _ in range(steps):
-                opt.zero_grad(set_to_none=True)
-                loss = -F.logsigmoid(model.logits(z)).sum()
-                loss.backward()
-                opt.step()
+            ascent(model, z, steps, lr)
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
@@ -158,7 +178,7 @@ def fault_scores(
     to 1 when f > 0 and is all zeros when f == 0; it ranks the metrics behind an alarm.
     Returns scores (B,) and contributions (B, n).
     """
-    predicted = generate(model, prev_windows, cfg.gen_steps, cfg.gen_lr)  # (B, k, n)
+    predicted = generate(model, prev_windows, cfg.gen_steps, cfg.gen_lr, cfg.gen_optimizer)  # (B, k, n)
     excess = F.relu(next_windows - predicted)  # (B, k, n)
     per_feature = excess.square().sum(dim=1)  # (B, n)
     total = per_feature.sum(dim=1)  # (B,)
@@ -208,7 +228,7 @@ def _gon_loss(model: Discriminator, real: Tensor, cfg: GonConfig) -> tuple[Tenso
 
     Returns the loss and the logits of the real (B,) and generated (B,) windows.
     """
-    fake = generate(model, real, cfg.gen_steps, cfg.gen_lr)  # (B, k, n)
+    fake = generate(model, real, cfg.gen_steps, cfg.gen_lr, cfg.gen_optimizer)  # (B, k, n)
     real_logits = model.logits(real)  # (B,)
     fake_logits = model.logits(fake)  # (B,)
     loss = F.binary_cross_entropy_with_logits(
