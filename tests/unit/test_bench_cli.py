@@ -147,3 +147,19 @@ def test_a_png_without_matplotlib_asks_for_svg(tmp_path, capsys) -> None:
     plot = tmp_path / "plot.png"
     assert bench(make_dataset(tmp_path / "data"), tmp_path / "r.json", "--model", "zscore", "--plot", str(plot)) == 2
     assert ".svg" in capsys.readouterr().err and not plot.exists()
+
+
+@pytest.mark.parametrize("mode", ["spot", "dspot"])
+def test_streaming_pot_modes_run_and_are_recorded(tmp_path, mode):
+    from dragon.detector.bench import BenchConfig, run_bench
+
+    rng = np.random.default_rng(3)
+    train, test = rng.normal(size=(300, 2)), rng.normal(size=(200, 2))
+    test[150:160] += 8.0
+    labels = np.zeros(200, dtype=int)
+    labels[150:160] = 1
+    for name, array in (("train", train), ("test", test), ("labels", labels)):
+        np.save(tmp_path / f"{name}.npy", array)
+    result = run_bench(BenchConfig(data=str(tmp_path), model="zscore", pot_mode=mode, latency_samples=5))
+    assert result.report["params"]["pot"]["mode"] == mode
+    assert result.report["recall"] > 0.5 and np.isfinite(result.report["threshold"])

@@ -45,7 +45,7 @@ import torch
 
 from dragon.detector import metrics
 from dragon.detector.baselines import AnomalyModel, create_model
-from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, PotState, fit_pot
+from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, PotState, dspot_thresholds, fit_pot, spot_thresholds
 from dragon.detector.train import DatasetError, load_dataset_dir
 
 log = structlog.get_logger(__name__)
@@ -69,8 +69,12 @@ class BenchConfig:
     pot_q: float = DEFAULT_Q  # POT risk: a normal score exceeds the threshold with this probability
     pot_level: float = DEFAULT_LEVEL  # POT initial quantile of the training scores
     latency_samples: int = 200  # single-step scoring calls timed for the latency percentiles
+    pot_mode: str = "static"  # a key of THRESHOLDS: static POT, streaming SPOT or drift-aware DSPOT
+    dspot_depth: int = 20  # DSPOT: normal scores in the moving average
 
     def __post_init__(self) -> None:
+        if self.pot_mode not in THRESHOLDS:
+            raise ValueError(f"pot_mode must be one of {sorted(THRESHOLDS)}, got {self.pot_mode!r}")
         if self.latency_samples < 1:
             raise ValueError(f"latency_samples must be >= 1, got {self.latency_samples}")
         # fit_pot checks these too, but only after training: fail before it instead.
@@ -104,17 +108,19 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     """Run the protocol of the module docstring and return the report with the test scores."""
     train, test, labels = load_benchmark(cfg.data)
     model = create_model(cfg.model, seed=cfg.seed, **cfg.params)
-    pot, train_s = fit_and_calibrate(model, train, cfg)
+    pot, train_scores, train_s = fit_and_calibrate(model, train, cfg)
     started = time.perf_counter()
     scores, contributions = model.score(test, history=train)
     test_s = time.perf_counter() - started
     _check_output(scores, contributions, test.shape)
+    thresholds = THRESHOLDS[cfg.pot_mode](pot, train_scores, scores, cfg)  # (T',)
     latencies = step_latencies_ms(model, train, test, cfg.latency_samples)
     truth = labels.reshape(len(labels), -1).any(axis=1)
     params = _params(cfg, model, pot, train, test, labels) | {"latency_samples": len(latencies)}
     report = {
-        **quality(scores, contributions, labels, pot.z_q),
-        "threshold": pot.z_q,
+        **quality(scores, contributions, labels, thresholds),
+        "threshold": float(thresholds[-1]),
+        "threshold_initial": pot.z_q,
         "train_s": round(train_s, 6),
         "test_s": round(test_s, 6),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -126,8 +132,8 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     return BenchResult(report=report, scores=scores, truth=truth)
 
 
-def fit_and_calibrate(model: AnomalyModel, train: np.ndarray, cfg: BenchConfig) -> tuple[PotState, float]:
-    """Fit on train, fit POT on the training scores; returns the POT state and the seconds taken.
+def fit_and_calibrate(model: AnomalyModel, train: np.ndarray, cfg: BenchConfig) -> tuple[PotState, np.ndarray, float]:
+    """Fit on train, fit POT on the training scores; returns the POT state, those scores, the seconds.
 
     The seconds cover everything learnt from training data: the fit, scoring the training
     series and the POT fit.
@@ -137,7 +143,18 @@ def fit_and_calibrate(model: AnomalyModel, train: np.ndarray, cfg: BenchConfig) 
     train_scores, train_contributions = model.score(train)
     _check_output(train_scores, train_contributions, train.shape)
     pot = fit_pot(train_scores, q=cfg.pot_q, level=cfg.pot_level)
-    return pot, time.perf_counter() - started
+    return pot, train_scores, time.perf_counter() - started
+
+
+# The threshold at each test step, from what was learnt on training scores and (for the
+# streaming modes) the test scores seen *before* that step — never the labels.
+THRESHOLDS: dict[str, Callable[[PotState, np.ndarray, np.ndarray, BenchConfig], np.ndarray]] = {
+    "static": lambda pot, train_scores, scores, cfg: np.full(len(scores), pot.z_q),
+    "spot": lambda pot, train_scores, scores, cfg: spot_thresholds(pot, scores),
+    "dspot": lambda pot, train_scores, scores, cfg: dspot_thresholds(
+        train_scores, scores, cfg.dspot_depth, cfg.pot_q, cfg.pot_level
+    ),
+}
 
 
 def step_latencies_ms(model: AnomalyModel, train: np.ndarray, test: np.ndarray, samples: int) -> np.ndarray:
@@ -164,8 +181,13 @@ def _score_step(model: AnomalyModel, full: np.ndarray, context: int, t: int) -> 
     model.score(full[t + context : t + context + 1], history=history)
 
 
-def quality(scores: np.ndarray, contributions: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Every quality metric of the report; undefined values are None (JSON null)."""
+def quality(
+    scores: np.ndarray, contributions: np.ndarray, labels: np.ndarray, threshold: float | np.ndarray
+) -> dict[str, Any]:
+    """Every quality metric of the report; undefined values are None (JSON null).
+
+    ``threshold`` is one value or one per step (streaming POT).
+    """
     truth = labels.reshape(len(labels), -1).any(axis=1)
     predicted = scores >= threshold
     point = metrics.precision_recall_f1(predicted, truth)
@@ -220,7 +242,15 @@ def _params(
         "model": cfg.model,
         "model_config": model.describe(),
         "seed": cfg.seed,
-        "pot": {"q": pot.q, "level": pot.level, "t": pot.t, "method": pot.method, "n_peaks": pot.n_peaks},
+        "pot": {
+            "mode": cfg.pot_mode,
+            "dspot_depth": cfg.dspot_depth if cfg.pot_mode == "dspot" else None,
+            "q": pot.q,
+            "level": pot.level,
+            "t": pot.t,
+            "method": pot.method,
+            "n_peaks": pot.n_peaks,
+        },
         "data": str(Path(cfg.data).resolve()),
         "train_shape": list(train.shape),
         "test_shape": list(test.shape),

@@ -44,6 +44,13 @@ def add_bench_parser(commands) -> None:
     parser.add_argument(
         "--pot-level", type=float, help="POT initial quantile (default: dragon.detector.pot.DEFAULT_LEVEL, 0.98)"
     )
+    parser.add_argument(
+        "--pot-mode",
+        default="static",
+        choices=("static", "spot", "dspot"),
+        help="static POT threshold, or streaming SPOT / drift-aware DSPOT updated as test scores arrive",
+    )
+    parser.add_argument("--dspot-depth", type=int, default=20, help="DSPOT moving-average depth (default: 20)")
     parser.add_argument("--plot", metavar="PATH", help="draw scores, threshold and labelled segments (.svg, or .png)")
     parser.add_argument(
         "--latency-samples", type=int, default=200, help="single-step scoring calls timed (default: 200)"
@@ -73,6 +80,8 @@ def run_bench_command(args) -> int:
             params=parse_params(args.param),
             seed=args.seed,
             latency_samples=args.latency_samples,
+            pot_mode=args.pot_mode,
+            dspot_depth=args.dspot_depth,
             **{key: value for key, value in pot.items() if value is not None},
         )
         result = run_bench(cfg)

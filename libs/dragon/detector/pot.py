@@ -241,3 +241,72 @@ def _bisect(peaks: np.ndarray, lo: float, hi: float, w_lo: float) -> float:
         else:
             hi = mid
     return 0.5 * (lo + hi)
+
+
+# Peaks kept by the streaming update: bounds the refit cost and lets old peaks age out.
+MAX_STREAM_PEAKS = 1000
+
+
+def spot_thresholds(state: PotState, scores: np.ndarray, max_peaks: int = MAX_STREAM_PEAKS) -> np.ndarray:
+    """SPOT (Siffer et al. 2017, streaming part): the threshold in force at each step.
+
+    ``state`` comes from :func:`fit_pot` on calibration (training) scores. Each new score is
+    compared with the current threshold; a score at or above it is an alarm and is *not*
+    learnt from; one above ``t`` becomes a new peak and the tail is refitted; every normal
+    score counts in ``n``. Uses only past scores, never labels. Returns thresholds (T,).
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    thresholds = np.empty_like(scores)
+    peaks = list(state.peaks)
+    current, n = state, state.n
+    for i, score in enumerate(scores):
+        thresholds[i] = current.z_q
+        if score >= current.z_q:
+            continue
+        n += 1
+        if score > state.t:
+            peaks = [*peaks[-(max_peaks - 1) :], score - state.t]
+            current = fit_tail(state.t, np.asarray(peaks), n, state.q, state.level)
+        elif current.method != "no_peaks":
+            # One more normal score lowers the tail probability of every peak: move z_q with n.
+            z_q = gpd_quantile(state.t, current.gamma, current.sigma, state.q, n, len(peaks))
+            current = dataclasses.replace(current, n=n, z_q=z_q)
+    return thresholds
+
+
+def drift_removed(scores: np.ndarray, depth: int) -> np.ndarray:
+    """DSPOT's detrending: each score minus the mean of the ``depth`` scores before it."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if depth < 1 or scores.size <= depth:
+        raise ValueError(f"DSPOT needs more than depth={depth} calibration scores, got {scores.size}")
+    sums = np.concatenate([[0.0], np.cumsum(scores)])
+    means = (sums[depth:-1] - sums[: -depth - 1]) / depth  # mean of scores[i-depth:i], i >= depth
+    return scores[depth:] - means
+
+
+def dspot_thresholds(
+    calibration: np.ndarray, scores: np.ndarray, depth: int, q: float = DEFAULT_Q, level: float = DEFAULT_LEVEL
+) -> np.ndarray:
+    """DSPOT (Siffer et al. 2017): SPOT on scores minus a moving average of recent normal scores.
+
+    The moving average follows slow drift of normal operation (a host whose baseline load
+    rises), so only sudden rises count. Alarms do not enter the average. Returns the
+    threshold in the original score units at each step (moving average + drift-free z_q).
+    """
+    calibration = np.asarray(calibration, dtype=np.float64).ravel()
+    state = fit_pot(drift_removed(calibration, depth), q=q, level=level)
+    recent = list(calibration[-depth:])
+    thresholds = np.empty(len(scores))
+    peaks, current, n = list(state.peaks), state, state.n
+    for i, score in enumerate(np.asarray(scores, dtype=np.float64).ravel()):
+        mean = sum(recent) / depth
+        thresholds[i] = mean + current.z_q
+        excess = score - mean
+        if excess >= current.z_q:
+            continue
+        recent = [*recent[1:], score]
+        n += 1
+        if excess > state.t:
+            peaks = [*peaks[-(MAX_STREAM_PEAKS - 1) :], excess - state.t]
+            current = fit_tail(state.t, np.asarray(peaks), n, q, level)
+    return thresholds
