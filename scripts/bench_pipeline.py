@@ -443,6 +443,7 @@ class MemoryProbe:
         self.cgroup = next((p for p in candidates if p.is_dir()), None)
         self.period = period
         self.rss_peak = 0
+        self.marks: dict[str, int | None] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="memory-probe", daemon=True)
 
@@ -459,6 +460,10 @@ class MemoryProbe:
             rss = self.rss()
             if rss is not None:
                 self.rss_peak = max(self.rss_peak, rss)
+
+    def mark(self, name: str) -> None:
+        """Remember the RSS now, reported as ``rss_<name>_mib``."""
+        self.marks[name] = self.rss()
 
     def rss(self) -> int | None:
         if self.cgroup is None:
@@ -485,6 +490,7 @@ class MemoryProbe:
             "peak_usage_source": source,
             "rss_end_mib": round(rss / mb, 1) if rss is not None else None,
             "rss_peak_mib": round(self.rss_peak / mb, 1) if self.rss_peak else None,
+            **{f"rss_{name}_mib": round(value / mb, 1) if value else None for name, value in self.marks.items()},
         }
 
 
@@ -520,6 +526,7 @@ def run_one(n: int, checkpoint: Path, args) -> dict:
         ):
             wait_until_scoring(publisher, recorder, hosts[0], streams[hosts[0]], timeout=60)
             latency = latency_phase(publisher, recorder, hosts, streams, args)
+            memory.mark("after_latency")  # at the realistic rate, before the throughput phase
             throughput = throughput_phase(publisher, recorder, hosts, streams, args)
             time.sleep(1.0)  # one more sample of the RSS after the drain
             result = {"hosts": n, "latency": latency, "throughput": throughput, "memory": memory.report()}
@@ -551,6 +558,7 @@ COLUMNS = (  # heading, how to read it from one result
     ("false starts", lambda r: r["latency"]["false_alarm_starts"]),
     ("peak MiB", lambda r: r["memory"]["peak_usage_mib"]),
     ("rss peak MiB", lambda r: r["memory"]["rss_peak_mib"]),
+    ("rss at 1/interval MiB", lambda r: r["memory"].get("rss_after_latency_mib")),
 )
 
 
