@@ -13,9 +13,13 @@ What it adds to paho:
 * dispatch by topic filter to handlers that run on one worker thread, not on
   paho's network thread, so slow work never starves keep-alives. QoS 1
   messages are acknowledged only after their handler returned, so a crash
-  mid-message means redelivery, not loss. The broker never has more than
-  ``receive_maximum`` unacknowledged messages in flight to us, which bounds
-  the worker queue;
+  mid-message means redelivery, not loss;
+* a bounded worker queue (``receive_maximum`` messages). We ask the broker for
+  that Receive Maximum, but Mosquitto 2.0.11 (Debian bookworm) overshoots it
+  once acknowledgements flow (eclipse-mosquitto/mosquitto#2301): measured here,
+  a detector under a flood held 32,000 messages in memory. So the network
+  thread waits for room instead; TCP back-pressure then keeps the backlog in
+  the broker's persistent queue, where it belongs;
 * batch handlers receive every message that is waiting at once (up to
   ``MAX_BATCH``), so a service can amortise Redis round trips and model calls;
 * a handler that raises is logged with its topic and counted; the loop goes on.
@@ -100,7 +104,7 @@ class MqttClient:
         self._subscriptions: list[tuple[str, int]] = []
         self._handlers: list[tuple[str, BatchHandler]] = []
         self._on_connected: list[Callable[[], None]] = []
-        self._work: queue.Queue[paho.MQTTMessage | None] = queue.Queue()
+        self._work: queue.Queue[paho.MQTTMessage | None] = queue.Queue(maxsize=settings.receive_maximum)
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
@@ -160,8 +164,11 @@ class MqttClient:
             self._client.publish(self.availability_topic, OFFLINE, qos=1, retain=True).wait_for_publish(timeout=2)
         self._client.disconnect()
         self._client.loop_stop()
-        self._work.put(None)
         if self._worker is not None:
+            try:
+                self._work.put(None, timeout=5)  # a full queue drains unless the worker is stuck
+            except queue.Full:
+                log.warning("mqtt_worker_not_draining", queued=self._work.qsize())
             self._worker.join(timeout=5)
 
     @property
@@ -170,6 +177,11 @@ class MqttClient:
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
+
+    @property
+    def queued(self) -> int:
+        """Messages received and waiting for the worker (at most ``receive_maximum``)."""
+        return self._work.qsize()
 
     # --- publishing ---------------------------------------------------------------
     def publish(
@@ -236,12 +248,15 @@ class MqttClient:
             log.warning("mqtt_disconnected", reason=str(reason_code))
 
     def _handle_message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        # Blocks while the queue is full: paho stops reading the socket until the worker
+        # catches up (see the module docstring). Writes wait too, for about one batch.
         self._work.put(message)
 
     # --- worker thread ---------------------------------------------------------
     def _work_loop(self) -> None:
+        pending: list[paho.MQTTMessage | None] = []  # a control item met while filling a batch
         while True:
-            message = self._work.get()
+            message = pending.pop() if pending else self._work.get()
             if message is None:
                 return
             if message is _RECONNECTED:
@@ -254,7 +269,9 @@ class MqttClient:
                 except queue.Empty:
                     break
                 if more is None or more is _RECONNECTED:
-                    self._work.put(more)  # handle after this batch, in order
+                    # Handled right after this batch, in order. Kept here, not put back:
+                    # the queue may be full, and only this thread empties it.
+                    pending.append(more)
                     break
                 batch.append(more)
             self._dispatch(batch)

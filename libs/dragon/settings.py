@@ -27,7 +27,10 @@ class MqttSettings:
         "DRAGON_MAX_PAYLOAD", 65536, "messages larger than this are dropped unread", "bytes"
     )
     receive_maximum: int = setting(
-        "DRAGON_MQTT_RECEIVE_MAXIMUM", 256, "unacknowledged QoS 1 messages the broker may send us at once", "messages"
+        "DRAGON_MQTT_RECEIVE_MAXIMUM",
+        256,
+        "unacknowledged QoS 1 messages the broker may send us at once; also the bound of our own receive queue",
+        "messages",
     )
 
 

@@ -233,7 +233,7 @@ class Detector:
             faulty_since=transition.faulty_since,
         )
         self._health[sample.host] = health
-        self.mqtt.publish_message(topics.host_health(self.lei, sample.host), health, retain=True)
+        self.mqtt.publish_message(topics.host_health(self.lei, sample.host), health, qos=0, retain=True)
 
     def republish_state(self) -> None:
         """After a reconnect, restore the retained verdicts of the hosts we own.
