@@ -1,0 +1,366 @@
+"""The topology- and schedule-aware GON discriminator D(G, W, S) of DRAGON (TNSM 2022, Fig. 4).
+
+One discriminator scores every host of a federation at once: given the host windows, the
+windows of the tasks they run, the schedule placing tasks on hosts and the federation graph,
+it returns one logit per host, the log-odds that the host's window is real (sec. IV-B). Host
+windows are *generated* as in :mod:`dragon.detector.gon`, by gradient ascent on
+``sum_i log D_i`` from the windows themselves (:func:`generate_hosts`); tasks and schedule
+are context and stay fixed.
+
+Forward pass (eqs. 6-10):
+
+1. Encoders. ``E_W = LeakyReLU(FeedForward(W))`` over each flattened (k*n) host and task
+   window; the schedule encoding ``E_S`` is built by message passing over the schedule ``S``
+   (below), so each host and each task ends up with a 2h vector ``[E_W, E_S]``.
+2. Graph transformer (eq. 7; Yun et al., NeurIPS 2019). The graph has three edge types:
+   identity, intra-LEI (worker <-> its broker) and inter-LEI (broker <-> broker). Each
+   meta-path channel multiplies ``path_length`` soft selections ``sum_e softmax(w)_e A_e``,
+   so with the default length 3 a channel can become worker -> broker -> broker -> worker, a
+   cross-LEI path; the identity lets it stand for shorter paths too.
+3. Graph convolution (eq. 6) over each meta-path graph: ``e0 = tanh(W e + b)`` of the host's
+   ``[E_W, E_S]``, then ``r`` convolutions; the channels are merged into ``E_H`` (B, m, h).
+4. Attention (eqs. 9-10): ``E_H`` queries the ``[E_W, E_S]`` of every host and task
+   (dot-product attention); a feed-forward head turns each host's context into its logit.
+
+With ``topology=False`` steps 2-4 are gone and the head reads ``[E_W, E_S]`` of the host
+alone: the "without topology attention" ablation of the paper's Fig. 10.
+
+Where the paper is vague or ties weights to the federation's size, we chose:
+
+- **Schedule by message passing, not FeedForward(S).** The paper feeds each task's m-dim
+  one-hot row to a feed-forward layer, which fixes m in the weights. Here a host's ``E_S``
+  encodes the mean ``E_W`` of the tasks placed on it plus ``log(1 + number of tasks)`` (the
+  mean alone would not see load), and a task's ``E_S`` encodes the ``E_W`` of its host. The
+  same weights then run on 1, 16 or 256 hosts and any number of tasks, and the result is
+  equivariant to the order of hosts and invariant to the order of tasks.
+- **Separate window encoders for hosts and tasks.** They share the n metrics but not their
+  meaning (a host's usage is its tasks' plus its own overhead), and the head must tell a
+  host's own window from its tasks'. It costs k*n*h weights.
+- **Row-normalised meta-paths.** Every product is divided by its row sums, so convolutions
+  average over neighbours (eq. 6 sums): a broker with 200 workers gets the same scale as one
+  with 2. The identity's softmax weight is positive, so no row is ever empty and a lone host
+  (FTSAD data: one host, no edges) keeps its own embedding.
+- **Nonlinearity between convolutions.** Eq. 6 is linear, and stacked linear convolutions
+  collapse into one; LeakyReLU between them makes ``r`` mean depth.
+- **Eq. 9's softmax is the attention softmax over hosts and tasks.** A FeedForward with an
+  (m+p)-way softmax would again fix m and p; scores ``q_i . k_j / sqrt(h)`` with
+  ``q = FeedForward(E_H)``, ``k = FeedForward([E_W, E_S])`` are its size-free form, and the
+  values are ``[E_W, E_S]`` as in eq. 10. The head also reads the host's own ``[E_W, E_S]``
+  (a residual path): a fault score is about *this* host's window, which must not depend on
+  where its attention happens to look.
+- **LeakyReLU(0.2) where the paper says ReLU.** Generation climbs log D in input space, so
+  the input gradient must not vanish; dead ReLUs zero it, and smooth SiLU made D flat in
+  :mod:`dragon.detector.gon`.
+- **One graph per call, shared by the batch**: a batch holds windows of one federation.
+
+Shapes: ``B`` batch, ``m`` hosts, ``p`` tasks, ``k`` window length, ``n`` features,
+``h`` hidden width, ``C`` meta-path channels, ``E`` edge types (3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dragon.detector.gon import generate
+from dragon.records import check_known_keys
+
+# Order of the edge-type adjacencies the graph transformer selects from.
+EDGE_TYPES = ("identity", "intra_lei", "inter_lei")
+# Slope of LeakyReLU for negative inputs; the same as the topology-free GON.
+NEGATIVE_SLOPE = 0.2
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Everything that builds a :class:`FederationDiscriminator`; saved next to its weights.
+
+    Nothing in it depends on the number of hosts or tasks: one model serves any federation.
+    """
+
+    n_features: int  # n, metrics per time step of a host or task window
+    window: int = 10  # k, time steps per window (eq. 1)
+    hidden: int = 64  # h, width of every encoding
+    convolutions: int = 2  # r, graph convolutions over each meta-path graph (eq. 6)
+    meta_paths: int = 2  # C, meta-path channels of the graph transformer (eq. 7)
+    path_length: int = 3  # edge-type selections multiplied per meta-path; 3 reaches another LEI's workers
+    topology: bool = True  # False: no graph transformer, convolution or attention (Fig. 10 ablation)
+    seed: int = 0  # weight initialisation
+
+    def __post_init__(self) -> None:
+        positive = ("n_features", "window", "hidden", "convolutions", "meta_paths", "path_length")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"FederationConfig.{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.topology, bool):
+            raise ValueError(f"FederationConfig.topology must be a bool, got {self.topology!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"FederationConfig.seed must be an int, got {self.seed!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FederationConfig:
+        """Rebuild a config; unknown keys are an error so a typo never falls back to a default."""
+        check_known_keys(cls, data)
+        return cls(**data)
+
+
+@dataclass(frozen=True, eq=False)
+class FederationGraph:
+    """Topology G of a federation over hosts 0..m-1, as one 0/1 adjacency per edge type.
+
+    ``intra`` links every worker to the broker of its LEI, ``inter`` links all brokers to each
+    other; both are symmetric (m, m) float tensors with a zero diagonal. Build one from host
+    metadata with :meth:`build`; a single host with no edges is ``build(["lei"], [0])``.
+    """
+
+    intra: Tensor  # (m, m)
+    inter: Tensor  # (m, m)
+
+    def __post_init__(self) -> None:
+        for name in ("intra", "inter"):
+            adj = getattr(self, name)
+            if adj.dim() != 2 or adj.shape[0] != adj.shape[1] or adj.shape[0] < 1:
+                raise ValueError(f"FederationGraph.{name} must be a non-empty (m, m) matrix, got {tuple(adj.shape)}")
+            if not torch.equal(adj, adj.T) or adj.diagonal().any():
+                raise ValueError(f"FederationGraph.{name} must be symmetric with a zero diagonal")
+        if self.intra.shape != self.inter.shape:
+            raise ValueError(f"intra {tuple(self.intra.shape)} and inter {tuple(self.inter.shape)} differ in size")
+
+    @classmethod
+    def build(cls, lei_of_host: Sequence[str], brokers: Sequence[int]) -> FederationGraph:
+        """Graph of hosts whose LEI is ``lei_of_host[i]``; ``brokers`` are the broker hosts' indices.
+
+        Every LEI must have exactly one broker among ``brokers``; every other host is a worker
+        of its LEI and is linked to that broker.
+        """
+        m = len(lei_of_host)
+        if m < 1:
+            raise ValueError("a federation needs at least one host")
+        if len(set(brokers)) != len(brokers) or not all(0 <= b < m for b in brokers):
+            raise ValueError(f"brokers must be distinct host indices in [0, {m}), got {list(brokers)}")
+        broker_of_lei: dict[str, int] = {}
+        for b in brokers:
+            if lei_of_host[b] in broker_of_lei:
+                raise ValueError(f"LEI {lei_of_host[b]!r} has more than one broker")
+            broker_of_lei[lei_of_host[b]] = b
+        missing = sorted(set(lei_of_host) - set(broker_of_lei))
+        if missing:
+            raise ValueError(f"LEIs without a broker: {missing}")
+        intra = torch.zeros(m, m)
+        for host, lei in enumerate(lei_of_host):
+            broker = broker_of_lei[lei]
+            if host != broker:
+                intra[host, broker] = intra[broker, host] = 1.0
+        inter = torch.zeros(m, m)
+        index = torch.tensor(list(brokers), dtype=torch.long)
+        inter[index.unsqueeze(1), index.unsqueeze(0)] = 1.0
+        inter.fill_diagonal_(0.0)
+        return cls(intra=intra, inter=inter)
+
+    @property
+    def hosts(self) -> int:
+        return self.intra.shape[0]
+
+    def edge_types(self) -> Tensor:
+        """Adjacencies in :data:`EDGE_TYPES` order, (E, m, m)."""
+        identity = torch.eye(self.hosts, dtype=self.intra.dtype, device=self.intra.device)
+        return torch.stack([identity, self.intra, self.inter])  # (E, m, m)
+
+
+def _feed_forward(d_in: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_out), nn.LeakyReLU(NEGATIVE_SLOPE))
+
+
+def _head(d_in: int, hidden: int) -> nn.Sequential:
+    """FeedForward of eq. 10 up to the sigmoid: one logit per host."""
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.LeakyReLU(NEGATIVE_SLOPE), nn.Linear(hidden, 1))
+
+
+def _row_normalised(adj: Tensor) -> Tensor:
+    return adj / adj.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(adj.dtype).tiny)
+
+
+class MetaPaths(nn.Module):
+    """Graph transformer layer (eq. 7): ``C`` soft meta-path adjacencies from the edge types.
+
+    Selection weights start near zero (a near-uniform softmax over edge types, as in GTN) with
+    a little seeded noise so that the channels do not begin identical.
+    """
+
+    def __init__(self, channels: int, length: int) -> None:
+        super().__init__()
+        self.select = nn.Parameter(0.1 * torch.randn(length, channels, len(EDGE_TYPES)))  # (L, C, E)
+
+    def forward(self, edges: Tensor) -> Tensor:
+        """(E, m, m) edge-type adjacencies -> (C, m, m) row-normalised meta-path adjacencies."""
+        soft = torch.einsum("lce,eij->lcij", self.select.softmax(dim=-1), edges)  # (L, C, m, m)
+        path = _row_normalised(soft[0])  # (C, m, m)
+        for step in soft[1:]:
+            path = _row_normalised(path @ step)  # (C, m, m)
+        return path
+
+
+class GraphConvolution(nn.Module):
+    """Eq. 6 on every meta-path graph, then the channels merged into ``E_H``.
+
+    ``e0 = tanh(W e + b)``; ``e^q = LeakyReLU(A_c e^{q-1} W^q)`` for each channel c, with
+    ``W^q`` shared by the channels as in GTN.
+    """
+
+    def __init__(self, d_in: int, hidden: int, convolutions: int, channels: int) -> None:
+        super().__init__()
+        self.embed = nn.Linear(d_in, hidden)
+        self.steps = nn.ModuleList(nn.Linear(hidden, hidden, bias=False) for _ in range(convolutions))
+        self.merge = _feed_forward(channels * hidden, hidden)
+
+    def forward(self, nodes: Tensor, paths: Tensor) -> Tensor:
+        """Host features (B, m, d_in) over meta-paths (C, m, m) -> ``E_H`` (B, m, h)."""
+        e = torch.tanh(self.embed(nodes))  # (B, m, h)
+        e = e.unsqueeze(1).expand(-1, paths.shape[0], -1, -1)  # (B, C, m, h)
+        for step in self.steps:
+            e = F.leaky_relu(paths @ step(e), NEGATIVE_SLOPE)  # (B, C, m, h)
+        return self.merge(e.transpose(1, 2).flatten(2))  # (B, m, C*h) -> (B, m, h)
+
+
+class HostAttention(nn.Module):
+    """Eqs. 9-10: each host's ``E_H`` attends over the ``[E_W, E_S]`` of every host and task.
+
+    Written out rather than with ``scaled_dot_product_attention`` so that AdaHessian's
+    Hessian-vector products (double backward) work on every backend.
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(2 * hidden, hidden)
+        self.scale = 1.0 / math.sqrt(hidden)
+
+    def forward(self, topology: Tensor, nodes: Tensor) -> Tensor:
+        """``E_H`` (B, m, h) and node encodings (B, m+p, 2h) -> each host's context (B, m, 2h)."""
+        scores = self.query(topology) @ self.key(nodes).transpose(1, 2) * self.scale  # (B, m, m+p)
+        return scores.softmax(dim=-1) @ nodes  # (B, m, 2h)
+
+
+class FederationDiscriminator(nn.Module):
+    """D(G, W, S): per-host probability that each host window is real rather than generated.
+
+    Weights are initialised from ``cfg.seed`` without touching the global torch RNG.
+    """
+
+    def __init__(self, cfg: FederationConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self._build(cfg)
+
+    def _build(self, cfg: FederationConfig) -> None:
+        h, flat = cfg.hidden, cfg.window * cfg.n_features
+        self.host_window = nn.Sequential(nn.Flatten(start_dim=2), _feed_forward(flat, h))
+        self.task_window = nn.Sequential(nn.Flatten(start_dim=2), _feed_forward(flat, h))
+        self.host_schedule = _feed_forward(h + 1, h)  # mean task encoding and log(1 + tasks)
+        self.task_schedule = _feed_forward(h, h)  # encoding of the task's host
+        if cfg.topology:
+            self.meta_paths = MetaPaths(cfg.meta_paths, cfg.path_length)
+            self.convolution = GraphConvolution(2 * h, h, cfg.convolutions, cfg.meta_paths)
+            self.attention = HostAttention(h)
+            self.head = _head(4 * h, h)  # host's context and its own [E_W, E_S]
+        else:
+            self.head = _head(2 * h, h)
+
+    def encode(self, w_hosts: Tensor, w_tasks: Tensor, schedule: Tensor) -> tuple[Tensor, Tensor]:
+        """``[E_W, E_S]`` of every host (B, m, 2h) and every task (B, p, 2h)."""
+        ew_hosts = self.host_window(w_hosts)  # (B, m, h)
+        ew_tasks = self.task_window(w_tasks)  # (B, p, h)
+        placed = schedule.transpose(1, 2)  # (B, m, p)
+        load = placed.sum(dim=-1, keepdim=True)  # (B, m, 1) tasks on each host
+        mean_task = placed @ ew_tasks / load.clamp_min(1.0)  # (B, m, h); zeros on an idle host
+        es_hosts = self.host_schedule(torch.cat([mean_task, torch.log1p(load)], dim=-1))  # (B, m, h)
+        es_tasks = self.task_schedule(schedule @ ew_hosts)  # (B, p, h)
+        return torch.cat([ew_hosts, es_hosts], dim=-1), torch.cat([ew_tasks, es_tasks], dim=-1)
+
+    def host_topology(self, hosts: Tensor, graph: FederationGraph) -> Tensor:
+        """``E_H`` (B, m, h): host encodings (B, m, 2h) convolved over the meta-path graphs."""
+        paths = self.meta_paths(graph.edge_types().to(hosts))  # (C, m, m)
+        return self.convolution(hosts, paths)
+
+    def logits(self, w_hosts: Tensor, w_tasks: Tensor, schedule: Tensor, graph: FederationGraph) -> Tensor:
+        """Pre-sigmoid score of each host, (B, m); training and ascent use it for stable logs.
+
+        ``w_hosts`` (B, m, k, n), ``w_tasks`` (B, p, k, n) with p >= 0, ``schedule`` (B, p, m)
+        one-hot rows (task -> host), ``graph`` over the same m hosts.
+        """
+        self._check(w_hosts, w_tasks, schedule, graph)
+        hosts, tasks = self.encode(w_hosts, w_tasks, schedule)  # (B, m, 2h), (B, p, 2h)
+        if not self.cfg.topology:
+            return self.head(hosts).squeeze(-1)  # (B, m)
+        topology = self.host_topology(hosts, graph)  # (B, m, h)
+        context = self.attention(topology, torch.cat([hosts, tasks], dim=1))  # (B, m, 2h)
+        return self.head(torch.cat([context, hosts], dim=-1)).squeeze(-1)  # (B, m)
+
+    def forward(self, w_hosts: Tensor, w_tasks: Tensor, schedule: Tensor, graph: FederationGraph) -> Tensor:
+        return torch.sigmoid(self.logits(w_hosts, w_tasks, schedule, graph))  # (B, m)
+
+    def _check(self, w_hosts: Tensor, w_tasks: Tensor, schedule: Tensor, graph: FederationGraph) -> None:
+        k, n = self.cfg.window, self.cfg.n_features
+        if w_hosts.dim() != 4 or w_hosts.shape[2:] != (k, n):
+            raise ValueError(f"expected host windows (B, m, {k}, {n}), got {tuple(w_hosts.shape)}")
+        b, m = w_hosts.shape[:2]
+        if w_tasks.dim() != 4 or w_tasks.shape[0] != b or w_tasks.shape[2:] != (k, n):
+            raise ValueError(f"expected task windows ({b}, p, {k}, {n}), got {tuple(w_tasks.shape)}")
+        if schedule.shape != (b, w_tasks.shape[1], m):
+            raise ValueError(f"expected schedule ({b}, {w_tasks.shape[1]}, {m}), got {tuple(schedule.shape)}")
+        if graph.hosts != m:
+            raise ValueError(f"graph has {graph.hosts} hosts, windows have {m}")
+
+
+class _HostAscent:
+    """D seen as a function of the host windows alone, for :func:`dragon.detector.gon.generate`.
+
+    ``generate`` needs ``parameters()`` (to freeze them) and ``logits(z)`` (to climb them).
+    """
+
+    def __init__(
+        self, model: FederationDiscriminator, w_tasks: Tensor, schedule: Tensor, graph: FederationGraph
+    ) -> None:
+        self.model = model
+        self.w_tasks = w_tasks.detach()  # (B, p, k, n)
+        self.schedule = schedule.detach()  # (B, p, m)
+        self.graph = graph
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.model.parameters()
+
+    def logits(self, z: Tensor) -> Tensor:
+        return self.model.logits(z, self.w_tasks, self.schedule, self.graph)  # (B, m)
+
+
+def generate_hosts(
+    model: FederationDiscriminator,
+    w_hosts: Tensor,
+    w_tasks: Tensor,
+    schedule: Tensor,
+    graph: FederationGraph,
+    steps: int,
+    lr: float,
+    optimizer: str = "adam",
+) -> Tensor:
+    """Host windows Z* (B, m, k, n) from Z = ``w_hosts`` by ``steps`` steps maximising sum_i log D_i.
+
+    Window initialisation and eq. 3/5 as in :func:`dragon.detector.gon.generate`, whose ascent
+    loop (``ASCENTS[optimizer]``) and weight freezing this reuses: the weights get no
+    gradient and their ``requires_grad`` flags are restored afterwards. Task windows and the
+    schedule are context and are not changed. Works under ``torch.no_grad()`` too.
+    """
+    return generate(_HostAscent(model, w_tasks, schedule, graph), w_hosts, steps, lr, optimizer)  # type: ignore[arg-type]
