@@ -53,7 +53,8 @@ def test_is_deterministic_for_a_seeded_generator():
 
 
 def test_gon_generation_with_adahessian_raises_log_d():
-    from dragon.detector.gon import Discriminator, GonConfig, generate
+    from dragon.detector.generation import generate
+    from dragon.detector.gon import Discriminator, GonConfig
 
     torch.manual_seed(0)
     cfg = GonConfig(n_features=3, window=4, gen_optimizer="adahessian")

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from dragon.detector.generation import generate
 from dragon.detector.gon import (
     Discriminator,
     GonConfig,
+    build_discriminator,
     fault_scores,
-    generate,
+    generate_from,
     make_windows,
     score_series,
     train_gon,
@@ -29,9 +31,14 @@ def periodic_series(t: int, n: int = 4, active: int = 2, seed: int = 0) -> np.nd
     return series
 
 
+# The training-loop tests run on the first GON (MLP, Adam, whole-window score): it separates
+# real from generated windows in a second. The DRAGON model has tests of its own below.
+FIRST_GON = {"architecture": "mlp", "gen_optimizer": "adam", "gen_restart_every": 0, "gen_box": False}
+
+
 def small_config(**overrides) -> GonConfig:
     fields = {"n_features": 4, "window": 5, "hidden": 32, "gen_steps": 5, "epochs": 3, "patience": 3}
-    return GonConfig(**(fields | overrides))
+    return GonConfig(**(fields | FIRST_GON | {"score_rows": "window"} | overrides))
 
 
 # Enough optimiser updates for D to leave its initial flat phase: with window initialisation
@@ -112,7 +119,7 @@ def test_fault_score_is_zero_when_next_window_is_the_generated_one() -> None:
     cfg = small_config()
     model = Discriminator(cfg).eval()
     prev = torch.rand(8, cfg.window, cfg.n_features)
-    predicted = generate(model, prev, cfg.gen_steps, cfg.gen_lr)
+    predicted = generate_from(model, prev, cfg)
     scores, contributions = fault_scores(model, prev, predicted, cfg)
     assert scores.shape == (8,) and contributions.shape == (8, cfg.n_features)
     assert torch.equal(scores, torch.zeros(8)) and torch.equal(contributions, torch.zeros(8, cfg.n_features))
@@ -122,7 +129,7 @@ def test_fault_score_grows_with_an_upward_spike_and_names_its_feature() -> None:
     cfg = small_config()
     model = Discriminator(cfg).eval()
     prev = torch.rand(1, cfg.window, cfg.n_features)
-    predicted = generate(model, prev, cfg.gen_steps, cfg.gen_lr)
+    predicted = generate_from(model, prev, cfg)
     scores = []
     for height in (0.5, 1.0, 2.0):
         spiked = predicted.clone()
@@ -156,7 +163,7 @@ def test_training_is_deterministic_for_a_seed_and_leaves_global_rng_alone() -> N
 def test_training_separates_held_out_real_windows_from_generated_ones(trained) -> None:
     model, cfg = trained
     held_out = torch.from_numpy(make_windows(periodic_series(150, seed=1), cfg.window))
-    generated = generate(model, held_out, cfg.gen_steps, cfg.gen_lr)
+    generated = generate_from(model, held_out, cfg)
     with torch.no_grad():
         assert model(held_out).mean() > model(generated).mean() + 0.2
 
@@ -172,3 +179,76 @@ def test_score_series_peaks_at_an_injected_spike_on_the_spiked_feature(trained) 
     assert 100 <= peak < 103 + cfg.window
     assert contributions[peak].argmax() == 3
     assert scores[100] > 2 * np.median(scores)
+
+
+# --- architectures and scoring options -------------------------------------------------------
+@pytest.mark.parametrize("architecture", ["mlp", "dragon"])
+def test_every_architecture_maps_windows_to_one_logit_each(architecture: str) -> None:
+    cfg = small_config(architecture=architecture)
+    model = build_discriminator(cfg)
+    logits = model.logits(torch.rand(6, cfg.window, cfg.n_features))
+    assert logits.shape == (6,) and torch.isfinite(logits).all()
+
+
+def test_a_saved_config_without_the_newer_keys_means_the_first_gon() -> None:
+    saved = {"n_features": 3, "window": 4}
+    cfg = GonConfig.from_saved(saved)
+    assert (cfg.architecture, cfg.gen_optimizer, cfg.gen_restart_every) == ("mlp", "adam", 0)
+    assert (cfg.generate_from, cfg.score_rows, cfg.gen_box, cfg.gen_init) == ("previous", "window", False, "window")
+    assert GonConfig.from_saved(GonConfig(n_features=3).to_dict()) == GonConfig(n_features=3)
+
+
+def test_the_box_keeps_generated_windows_in_the_training_range() -> None:
+    cfg = small_config(gen_box=True, gen_lr=0.5)
+    model = Discriminator(cfg).eval()
+    start = torch.rand(8, cfg.window, cfg.n_features) * 3 - 1  # (8, k, n) in [-1, 2)
+    generated = generate_from(model, start, cfg)
+    assert generated.min() >= 0.0 and generated.max() <= 1.0
+
+
+def test_scoring_the_last_row_ignores_an_old_spike_and_sees_a_new_one() -> None:
+    cfg = small_config(score_rows="last", gen_steps=0)  # no ascent: Ŵ is W_t itself
+    model = Discriminator(cfg).eval()
+    prev = torch.full((2, cfg.window, cfg.n_features), 0.5)
+    nxt = prev.clone()
+    nxt[0, 0, 1] = 0.9  # a spike in the oldest row
+    nxt[1, -1, 2] = 0.9  # a spike in the newest row
+    scores, contributions = fault_scores(model, prev, nxt, cfg)
+    assert scores[0] == 0.0
+    assert scores[1] == pytest.approx(0.4) and contributions[1, 2] == pytest.approx(1.0)
+
+
+def test_noise_initialisation_forgets_the_window_and_is_seeded() -> None:
+    cfg = small_config(gen_init="noise")
+    model = Discriminator(cfg).eval()
+    a = generate_from(model, torch.zeros(3, cfg.window, cfg.n_features), cfg)
+    b = generate_from(model, torch.ones(3, cfg.window, cfg.n_features), cfg)
+    assert torch.equal(a, b)
+    other = generate_from(model, torch.zeros(3, cfg.window, cfg.n_features), small_config(gen_init="noise", seed=1))
+    assert not torch.equal(a, other)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"architecture": "transformer"},
+        {"generate_from": "next"},
+        {"score_rows": "first"},
+        {"gen_init": "zeros"},
+        {"gen_restart_every": -1},
+    ],
+)
+def test_bad_generation_settings_are_refused(bad: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        small_config(**bad)
+
+
+def test_the_dragon_model_trains_with_algorithm_1_and_scores_a_spike() -> None:
+    cfg = GonConfig(n_features=4, window=5, hidden=16, epochs=4, patience=4, seed=3)  # the defaults otherwise
+    series = periodic_series(200)
+    model, history = train_gon(make_windows(series, cfg.window), cfg)
+    assert history["epochs_run"] >= 1 and np.isfinite(history["train_loss"]).all()
+    spiked = series.copy()
+    spiked[150, 0] += 3.0  # far above the training range
+    scores, contributions = score_series(model, cfg, spiked)
+    assert int(np.argmax(scores)) == 150 and int(np.argmax(contributions[150])) == 0

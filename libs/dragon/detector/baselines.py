@@ -220,21 +220,27 @@ class PcaModel:
         return dataclasses.asdict(self.config) | {"components": int(self.components.shape[0])}
 
 
+MIN_SPAN = 0.1  # GonModel's default smallest span per dimension (see its docstring)
+
+
 @register_model("gon")
 class GonModel:
-    """The project's first GON (``dragon.detector.gon``), trained and scored as the service does.
+    """The GON of ``dragon.detector.gon`` (by default the DRAGON model), trained and scored as the service does.
 
     ``params`` are :class:`GonConfig` fields (all but ``n_features``, which the data fix) plus
-    ``min_span``, the scaler's smallest span per dimension (default 1.0: FTSAD is already
-    scaled to [0, 1], so a dimension constant in training keeps that unit instead of turning
-    its first change into a huge value). The seed is ``GonConfig.seed``.
+    ``min_span``, the scaler's smallest span per dimension. Its default, 0.1, rescales each
+    dimension to its own training range (FTSAD ships scaled to [0, 1] as a whole, so a quiet
+    dimension spans much less), while a dimension constant in training keeps a tenth of the
+    unit instead of turning its first change into a huge value. Chosen on training data with
+    ``scripts/select_on_train.py``: synthetic-fault ROC-AUC / PR-AUC on FTSAD-25 0.999 / 0.996
+    with 0.1 (the same with 0.01) against 0.916 / 0.615 with 1.0. The seed is ``GonConfig.seed``.
     A step's score compares its window with the window generated from the previous one, so it
     depends on ``window`` rows of history: ``context = window``.
     """
 
     def __init__(self, params: Mapping[str, Any], seed: int) -> None:
         params = dict(params)
-        self.min_span = float(params.pop("min_span", 1.0))
+        self.min_span = float(params.pop("min_span", MIN_SPAN))
         if "n_features" in params:
             raise ValueError("GonModel: n_features is set by the data, not by a parameter")
         self.overrides = params | {"seed": seed}

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from dragon.detector.gon import Discriminator, GonConfig
+from dragon.detector.gon import GonConfig, build_discriminator
 from dragon.detector.pot import PotState
 from dragon.detector.scaling import MinMaxScaler
 
@@ -68,7 +68,7 @@ class Checkpoint:
 
     @property
     def config(self) -> GonConfig:
-        return GonConfig.from_dict(self.gon)
+        return GonConfig.from_saved(self.gon)
 
     @property
     def model_id(self) -> str:
@@ -84,9 +84,9 @@ class Checkpoint:
             digest.update(tensor.numpy().tobytes())
         return digest.hexdigest()[:12]
 
-    def build_model(self) -> Discriminator:
-        """A Discriminator with these weights, in eval mode."""
-        model = Discriminator(self.config)
+    def build_model(self) -> nn.Module:
+        """The discriminator D with these weights, in eval mode."""
+        model = build_discriminator(self.config)
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:

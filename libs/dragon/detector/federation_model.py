@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dragon.detector.gon import generate
+from dragon.detector.generation import generate
 from dragon.records import check_known_keys
 
 # Order of the edge-type adjacencies the graph transformer selects from.
@@ -326,7 +326,7 @@ class FederationDiscriminator(nn.Module):
 
 
 class _HostAscent:
-    """D seen as a function of the host windows alone, for :func:`dragon.detector.gon.generate`.
+    """D seen as a function of the host windows alone, for :func:`dragon.detector.generation.generate`.
 
     ``generate`` needs ``parameters()`` (to freeze them) and ``logits(z)`` (to climb them).
     """
@@ -354,13 +354,40 @@ def generate_hosts(
     graph: FederationGraph,
     steps: int,
     lr: float,
-    optimizer: str = "adam",
+    optimizer: str = "adahessian",
+    restart_every: int = 0,
 ) -> Tensor:
     """Host windows Z* (B, m, k, n) from Z = ``w_hosts`` by ``steps`` steps maximising sum_i log D_i.
 
-    Window initialisation and eq. 3/5 as in :func:`dragon.detector.gon.generate`, whose ascent
+    Window initialisation and eq. 3/5 as in :func:`dragon.detector.generation.generate`, whose ascent
     loop (``ASCENTS[optimizer]``) and weight freezing this reuses: the weights get no
     gradient and their ``requires_grad`` flags are restored afterwards. Task windows and the
     schedule are context and are not changed. Works under ``torch.no_grad()`` too.
     """
-    return generate(_HostAscent(model, w_tasks, schedule, graph), w_hosts, steps, lr, optimizer)  # type: ignore[arg-type]
+    return generate(_HostAscent(model, w_tasks, schedule, graph), w_hosts, steps, lr, optimizer, restart_every)
+
+
+class SingleHostDiscriminator(nn.Module):
+    """:class:`FederationDiscriminator` over one host with no tasks: windows (B, k, n) -> (B,).
+
+    A single time series (an FTSAD data set, or one host scored on its own) is a federation of
+    one host, its own broker, running no task: the graph is that host alone and the attention
+    has only the host to look at. This gives the window-model interface of
+    :mod:`dragon.detector.gon` (``logits`` of (B, k, n) windows), so training (Algorithm 1),
+    generation and scoring are shared with the first GON.
+    """
+
+    def __init__(self, cfg: FederationConfig) -> None:
+        super().__init__()
+        self.federation = FederationDiscriminator(cfg)
+        self.graph = FederationGraph.build(["lei"], [0])
+
+    def logits(self, w: Tensor) -> Tensor:
+        """(B, k, n) windows -> (B,) logits."""
+        hosts = w.unsqueeze(1)  # (B, 1, k, n)
+        tasks = w.new_zeros((w.shape[0], 0, *w.shape[1:]))  # (B, 0, k, n)
+        schedule = w.new_zeros((w.shape[0], 0, 1))  # (B, 0, 1)
+        return self.federation.logits(hosts, tasks, schedule, self.graph).squeeze(1)  # (B,)
+
+    def forward(self, w: Tensor) -> Tensor:
+        return torch.sigmoid(self.logits(w))  # (B,)
