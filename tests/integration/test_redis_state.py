@@ -1,13 +1,16 @@
-"""Windows and fault state against a real Redis (the dragon-redis image)."""
+"""Windows, fault state and streaming thresholds against a real Redis (the dragon-redis image)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import redis
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.wait_strategies import ExecWaitStrategy
 
 from dragon.detector.health import HostFaultState
+from dragon.detector.pot import StreamingPot
+from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.store import WindowStore, padded_window
 from dragon.testing.lei import REDIS_IMAGE
 
@@ -58,3 +61,27 @@ def test_two_replicas_applying_the_same_window_publish_it_once(client):
     first, second = HostFaultState(client, "t4", 3), HostFaultState(client, "t4", 3)
     assert first.update("h9", 10.0, 1).kind == "start"
     assert second.update("h9", 10.0, 1).kind == "stale"
+
+
+def calls(client, command: str) -> int:
+    return client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
+def test_streaming_thresholds_live_in_one_hash_read_and_written_in_one_call_each(client):
+    store = ThresholdStore(client, "t5")
+    assert store.load(["h1", "h2"]) == {"h1": None, "h2": None}
+    rng = np.random.default_rng(0)
+    states = {host: HostThreshold("m1", StreamingPot.calibrate(rng.exponential(size=500), q=1e-3)) for host in "abc"}
+    for ts, state in enumerate(states.values()):
+        state.judge(float(ts), 0.5)
+    hmget, hset = calls(client, "hmget"), calls(client, "hset")
+    store.save(states)
+    loaded = store.load(["a", "b", "c", "d"])
+    assert (calls(client, "hmget"), calls(client, "hset")) == (hmget + 1, hset + 1)
+    assert loaded == states | {"d": None}
+    assert sorted(client.hkeys("dragon:t5:pot")) == [b"a", b"b", b"c"]
+
+
+def test_an_unreadable_threshold_state_counts_as_none(client):
+    client.hset("dragon:t6:pot", mapping={"h1": b"\xc1 not msgpack", "h2": b"\x81\xa1x\x01"})
+    assert ThresholdStore(client, "t6").load(["h1", "h2"]) == {"h1": None, "h2": None}

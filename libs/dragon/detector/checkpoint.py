@@ -47,11 +47,15 @@ class Checkpoint:
     hi: list[float]  # scaler maximum (lo + span) per feature
     pot: dict[str, dict[str, Any]]  # PotState.to_dict() by host; "*" is the default
     meta: dict[str, Any] = field(default_factory=dict)  # created_at, source, train_seconds, history
+    # The newest calibration (training) scores in the order they were scored, so a service can
+    # calibrate DSPOT with its own depth; empty in checkpoints written before this field.
+    calibration_tail: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.feature_names = tuple(str(name) for name in self.feature_names)
         self.lo = [float(v) for v in self.lo]
         self.hi = [float(v) for v in self.hi]
+        self.calibration_tail = [float(v) for v in self.calibration_tail]
         self.state_dict = {key: value.detach().cpu().clone() for key, value in self.state_dict.items()}
         try:
             n = GonConfig.from_dict(self.gon).n_features
@@ -137,6 +141,7 @@ class Checkpoint:
             "hi": list(self.hi),
             "pot": self.pot,
             "meta": self.meta,
+            "calibration_tail": list(self.calibration_tail),
         }
 
     @classmethod
@@ -149,7 +154,8 @@ class Checkpoint:
         missing = [key for key in keys if key not in payload]
         if missing:
             raise CheckpointError(f"checkpoint lacks {missing}")
-        return cls(**{key: payload[key] for key in keys})
+        # Optional: older checkpoints of the same version lack it.
+        return cls(**{key: payload[key] for key in keys}, calibration_tail=payload.get("calibration_tail", []))
 
 
 def _torch_load(handle: Any, source: str) -> Any:

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from dragon.config import ConfigError, section, setting
 from dragon.settings import CommonConfig, RedisSettings
 
+POT_MODES = ("static", "spot", "dspot")
+MAX_POT_DEPTH = 1000
+
 
 @dataclass(frozen=True)
 class DetectorConfig:
@@ -31,6 +34,13 @@ class DetectorConfig:
     train_epochs: int = setting("DRAGON_DETECTOR_TRAIN_EPOCHS", 60, "epochs when learning on-line", "epochs")
     pot_q: float = setting("DRAGON_POT_Q", 1e-3, "POT risk q: the false-alarm probability the threshold aims at")
     pot_level: float = setting("DRAGON_POT_LEVEL", 0.98, "POT initial quantile of the calibration scores")
+    pot_mode: str = setting(
+        "DRAGON_POT_MODE",
+        "spot",
+        "threshold of each host: static (the model's), spot (streaming POT, learns from every normal window) "
+        "or dspot (spot on scores minus a moving average, follows slow drift)",
+    )
+    pot_depth: int = setting("DRAGON_POT_DEPTH", 20, "dspot: normal scores in the moving average", "samples")
     clear_windows: int = setting(
         "DRAGON_FAULT_CLEAR_WINDOWS", 3, "normal windows in a row before a fault ends (hysteresis)", "windows"
     )
@@ -45,5 +55,9 @@ class DetectorConfig:
             raise ConfigError("DRAGON_WINDOW_HISTORY must exceed DRAGON_WINDOW")
         if not 0 < self.pot_q < 1 or not 0 < self.pot_level < 1:
             raise ConfigError("DRAGON_POT_Q and DRAGON_POT_LEVEL must be in (0, 1)")
+        if self.pot_mode not in POT_MODES:
+            raise ConfigError(f"DRAGON_POT_MODE must be one of {', '.join(POT_MODES)}")
+        if not 1 <= self.pot_depth <= MAX_POT_DEPTH:
+            raise ConfigError(f"DRAGON_POT_DEPTH must be between 1 and {MAX_POT_DEPTH}")
         if self.clear_windows < 1:
             raise ConfigError("DRAGON_FAULT_CLEAR_WINDOWS must be at least 1")

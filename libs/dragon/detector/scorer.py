@@ -1,15 +1,26 @@
-"""Scores host windows with a loaded checkpoint: GON fault scores, POT labels, diagnosis."""
+"""Scores host windows with a loaded checkpoint: GON fault scores, POT labels, diagnosis.
+
+The threshold is the checkpoint's fitted ``z_q`` (``static``) or each host's streaming SPOT/DSPOT
+threshold (``spot``/``dspot``), which the caller keeps between batches (``thresholds.py``) and
+which starts from this model's calibration (:meth:`Scorer.resume`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import structlog
 import torch
 
 from dragon.detector.checkpoint import Checkpoint
 from dragon.detector.gon import fault_scores
+from dragon.detector.pot import StreamingPot
+from dragon.detector.thresholds import HostThreshold
 from dragon.messages.schemas import HOST_METRICS
+
+log = structlog.get_logger(__name__)
 
 TOP_METRICS = 3
 
@@ -29,7 +40,7 @@ class Verdict:
 class Scorer:
     """Holds one model; ``score`` takes raw (unscaled) windows of many hosts at once."""
 
-    def __init__(self, checkpoint: Checkpoint) -> None:
+    def __init__(self, checkpoint: Checkpoint, pot_mode: str = "static", pot_depth: int = 0) -> None:
         if tuple(checkpoint.feature_names) != HOST_METRICS:
             raise IncompatibleModel(
                 f"checkpoint features {list(checkpoint.feature_names)} differ from host metrics {list(HOST_METRICS)}"
@@ -40,29 +51,75 @@ class Scorer:
         self.model = checkpoint.build_model()
         self.scaler = checkpoint.scaler()
         self._thresholds: dict[str, float] = {}
+        self.streaming = pot_mode != "static"
+        self.drift_depth = pot_depth if pot_mode == "dspot" else 0  # 0: SPOT
+        if self.drift_depth and len(checkpoint.calibration_tail) <= self.drift_depth:
+            # DSPOT calibrates on the newest training scores: checkpoints older than that field lack them.
+            log.warning(
+                "dspot_needs_calibration_scores_using_spot",
+                model_id=self.model_id,
+                calibration_scores=len(checkpoint.calibration_tail),
+                depth=self.drift_depth,
+            )
+            self.drift_depth = 0
 
     @property
     def window(self) -> int:
         return self.config.window
 
     def threshold(self, host: str) -> float:
+        """The static threshold: the checkpoint's z_q for ``host``."""
         if host not in self._thresholds:
             self._thresholds[host] = float(self.checkpoint.pot_state(host).z_q)
         return self._thresholds[host]
 
-    def score(self, hosts: list[str], prev: np.ndarray, nxt: np.ndarray) -> list[Verdict]:
-        """``prev``/``nxt``: (B, k, n) raw windows W_t and W_{t+1} of ``hosts``."""
+    def calibration(self, host: str) -> StreamingPot:
+        """Where ``host``'s streaming threshold starts under this model (a new object each call)."""
+        pot = self.checkpoint.pot_state(host)
+        if not self.drift_depth:
+            return StreamingPot(pot)
+        tail = np.asarray(self.checkpoint.calibration_tail)
+        return StreamingPot.calibrate(tail, q=pot.q, level=pot.level, depth=self.drift_depth)
+
+    def resume(self, host: str, stored: HostThreshold | None) -> HostThreshold:
+        """``stored`` if it was calibrated for this model and mode, else a restart from calibration."""
+        if stored is not None and stored.model_id == self.model_id and stored.pot.depth == self.drift_depth:
+            return stored
+        log.info(
+            "pot_state_calibrated",
+            host=host,
+            model_id=self.model_id,
+            depth=self.drift_depth,
+            previous_model_id=stored.model_id if stored else None,
+        )
+        return HostThreshold(self.model_id, self.calibration(host))
+
+    def score(
+        self,
+        hosts: list[str],
+        stamps: list[float],
+        prev: np.ndarray,
+        nxt: np.ndarray,
+        states: Mapping[str, HostThreshold] | None = None,
+    ) -> list[Verdict]:
+        """``prev``/``nxt``: (B, k, n) raw windows W_t and W_{t+1} of ``hosts``, closed at ``stamps``.
+
+        With ``states`` (streaming mode, one per host) each window is judged by its host's
+        threshold in force and learnt from, in the order given; without, by the static one.
+        """
         prev_t = torch.as_tensor(self.scaler.transform(prev), dtype=torch.float32)
         next_t = torch.as_tensor(self.scaler.transform(nxt), dtype=torch.float32)
         scores, contributions = fault_scores(self.model, prev_t, next_t, self.config)
         scores = scores.detach().numpy().astype(float)  # (B,)
         contributions = contributions.detach().numpy().astype(float)  # (B, n)
-        return [
-            self._verdict(host, score, share) for host, score, share in zip(hosts, scores, contributions, strict=True)
-        ]
-
-    def _verdict(self, host: str, score: float, share: np.ndarray) -> Verdict:
-        threshold = self.threshold(host)
-        order = np.argsort(-share)[:TOP_METRICS]
-        top = tuple((HOST_METRICS[i], round(float(share[i]), 4)) for i in order if share[i] > 0)
-        return Verdict(float(score), threshold, int(score >= threshold), top)
+        verdicts = []
+        for host, ts, score, share in zip(hosts, stamps, scores.tolist(), contributions, strict=True):
+            if states is None:
+                threshold = self.threshold(host)
+                alarm = score >= threshold
+            else:
+                threshold, alarm = states[host].judge(ts, score)
+            order = np.argsort(-share)[:TOP_METRICS]
+            top = tuple((HOST_METRICS[i], round(float(share[i]), 4)) for i in order if share[i] > 0)
+            verdicts.append(Verdict(score, threshold, int(alarm), top))
+        return verdicts

@@ -2,8 +2,8 @@
 
 Every replica receives every sample on a persistent subscription and stores it
 (idempotently) in Redis; each host is scored by one replica (see
-``membership.py``). Windows, the fault state of each host and the model live in
-Redis, so any replica can take over any host.
+``membership.py``). Windows, the fault state and streaming threshold of each host
+and the model live in Redis, so any replica can take over any host.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dragon.detector.learning import OnlineLearner
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
+from dragon.detector.thresholds import ThresholdStore
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import FaultEvent, HostHealth, HostSample, MetricContribution
@@ -68,6 +69,7 @@ class Detector:
         self.redis = connect(self.config.redis)
         self.windows = WindowStore(self.redis, self.lei, self.config.history)
         self.faults = HostFaultState(self.redis, self.lei, self.config.clear_windows)
+        self.thresholds = ThresholdStore(self.redis, self.lei)
         self.models = ModelStore(self.redis, self.lei, self.config.model_dir)
         self.membership = Membership(self.redis, self.lei, self.instance)
 
@@ -135,11 +137,11 @@ class Detector:
 
     # --- model ----------------------------------------------------------------------
     def _serve(self, checkpoint: Checkpoint) -> None:
-        scorer = Scorer(checkpoint)
+        scorer = Scorer(checkpoint, self.config.pot_mode, self.config.pot_depth)
         self.windows.save_bounds(checkpoint.feature_names, checkpoint.lo, checkpoint.hi, scorer.model_id)
         with self._scorer_lock:
             self.scorer = scorer
-        log.info("model_serving", model_id=scorer.model_id, window=scorer.window)
+        log.info("model_serving", model_id=scorer.model_id, window=scorer.window, pot_mode=self.config.pot_mode)
 
     def _refresh_model(self) -> None:
         """Pick up a model another replica (or the learner) published."""
@@ -206,7 +208,18 @@ class Detector:
                 order.append(sample)
         if not order:
             return []
-        verdicts = scorer.score(hosts, np.asarray(prev, dtype=np.float32), np.asarray(nxt, dtype=np.float32))
+        states = None
+        if scorer.streaming:
+            # The hosts' streaming thresholds, read once and written once per batch. No lock:
+            # each host is scored by one replica at a time (membership.py), so nobody else
+            # writes them between our read and our write.
+            stored = self.thresholds.load(list(dict.fromkeys(hosts)))
+            states = {host: scorer.resume(host, state) for host, state in stored.items()}
+        stamps = [sample.ts for sample in order]
+        prev_w, next_w = np.asarray(prev, dtype=np.float32), np.asarray(nxt, dtype=np.float32)
+        verdicts = scorer.score(hosts, stamps, prev_w, next_w, states)
+        if states is not None:
+            self.thresholds.save(states)
         return list(zip(order, verdicts, strict=True))
 
     def _publish(self, verdicts: list[tuple[HostSample, Verdict]]) -> None:

@@ -1,0 +1,163 @@
+"""StreamingPot: the one streaming SPOT/DSPOT rule, one score at a time, and its plain-dict state."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import msgpack
+import numpy as np
+import pytest
+
+from dragon.detector.pot import (
+    MAX_STREAM_PEAKS,
+    PotState,
+    StreamingPot,
+    drift_removed,
+    dspot_thresholds,
+    fit_pot,
+    fit_tail,
+    gpd_quantile,
+    spot_thresholds,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def reference_thresholds(state: PotState, scores: np.ndarray, recent: list[float], max_peaks: int) -> np.ndarray:
+    """The batch loop spot_thresholds and dspot_thresholds ran before StreamingPot, kept as the oracle.
+
+    ``recent`` empty is SPOT; otherwise DSPOT with depth ``len(recent)``. Two deliberate
+    changes: the old DSPOT loop did not move z_q with n on a normal score below t, the SPOT
+    loop did, and both now follow the SPOT rule; when the oldest peak is dropped, n loses its
+    share too (``max_peaks`` of it, see the aging test below).
+    """
+    thresholds = np.empty(len(scores))
+    peaks, current, n, depth = list(state.peaks), state, state.n, len(recent)
+    for i, score in enumerate(scores):
+        mean = sum(recent) / depth if depth else 0.0
+        thresholds[i] = mean + current.z_q
+        excess = score - mean
+        if excess >= current.z_q:
+            continue
+        if depth:
+            recent = [*recent[1:], score]
+        n += 1
+        if excess > state.t:
+            peaks = [*peaks, excess - state.t]
+            if len(peaks) > max_peaks:
+                peaks, n = peaks[-max_peaks:], max(max_peaks, round(n * (1 - 1 / max_peaks)))
+            current = fit_tail(state.t, np.asarray(peaks), n, state.q, state.level)
+        elif current.method != "no_peaks":
+            z_q = gpd_quantile(state.t, current.gamma, current.sigma, state.q, n, len(peaks))
+            current = dataclasses.replace(current, n=n, z_q=z_q)
+    return thresholds
+
+
+def random_stream(seed: int, size: int, outliers: int = 0) -> np.ndarray:
+    """Exponential, normal or heavy-tailed scores, with ``outliers`` huge ones (alarms)."""
+    rng = np.random.default_rng(seed)
+    draw = (rng.exponential, rng.standard_normal, lambda size: rng.pareto(3.0, size))[seed % 3]
+    scores = draw(size=size)
+    scores[rng.integers(0, size, outliers)] += 50.0
+    return scores
+
+
+@pytest.mark.parametrize("seed", range(3))  # one stream per distribution
+def test_spot_thresholds_reproduce_the_reference_loop_exactly(seed: int) -> None:
+    calibration, stream = random_stream(seed, 800), random_stream(seed + 3, 2_000, outliers=20)
+    state = fit_pot(calibration, q=1e-3, level=0.98)
+    max_peaks = 30  # small, so the oldest peaks age out during the stream
+    expected = reference_thresholds(state, stream, [], max_peaks)
+    assert np.array_equal(spot_thresholds(state, stream, max_peaks), expected)
+    incremental = StreamingPot(state, max_peaks=max_peaks)
+    assert [incremental.update(float(score))[0] for score in stream] == expected.tolist()
+
+
+@pytest.mark.parametrize("seed", range(3))  # one stream per distribution
+def test_dspot_thresholds_reproduce_the_reference_loop_exactly(seed: int) -> None:
+    calibration = random_stream(seed, 800)
+    stream = random_stream(seed + 3, 2_000, outliers=20) + np.linspace(0, 3, 2_000)  # a slow drift
+    depth = 15
+    state = fit_pot(drift_removed(calibration, depth), q=1e-3, level=0.98)
+    expected = reference_thresholds(state, stream, list(calibration[-depth:]), MAX_STREAM_PEAKS)
+    assert np.array_equal(dspot_thresholds(calibration, stream, depth, q=1e-3, level=0.98), expected)
+    incremental = StreamingPot.calibrate(calibration, q=1e-3, level=0.98, depth=depth)
+    assert incremental.tail == state and incremental.recent == tuple(calibration[-depth:])
+    assert [incremental.update(float(score))[0] for score in stream] == expected.tolist()
+
+
+def test_threshold_converges_near_the_true_quantile_of_a_stationary_exponential_stream() -> None:
+    rng = np.random.default_rng(0)
+    stream = StreamingPot.calibrate(rng.exponential(size=2_000), q=1e-3, level=0.98)
+    alarms = sum(stream.update(float(score))[1] for score in rng.exponential(size=20_000))
+    assert stream.threshold == pytest.approx(-math.log(1e-3), rel=0.15)  # Exp(1): P(X > -ln q) = q
+    assert stream.tail.n == 2_000 + 20_000 - alarms
+    assert alarms / 20_000 < 5e-3
+
+
+def streaming(depth: int, rng: np.random.Generator) -> StreamingPot:
+    """Calibrated on 2,000 Exp(1) scores, then 300 more streamed."""
+    stream = StreamingPot.calibrate(rng.exponential(size=2_000), q=1e-3, level=0.98, depth=depth)
+    stream.run(rng.exponential(size=300))
+    return stream
+
+
+@pytest.mark.parametrize("depth", [0, 10])
+def test_an_alarm_is_not_learnt_from(depth: int) -> None:
+    stream = streaming(depth, np.random.default_rng(1))
+    before = stream.to_dict()
+    threshold, alarm = stream.update(before["tail"]["z_q"] + stream.drift + 1e6)
+    assert alarm and threshold == stream.threshold
+    assert stream.to_dict() == before  # not in n, not a peak, not in the moving average
+    threshold, alarm = stream.update(stream.drift)  # a normal score is learnt from
+    assert not alarm and stream.tail.n == before["tail"]["n"] + 1
+
+
+def test_alarm_is_the_score_reaching_the_threshold_in_force() -> None:
+    stream = StreamingPot.calibrate(np.random.default_rng(2).exponential(size=1_000), q=1e-3, level=0.98)
+    z_q = stream.threshold
+    assert stream.update(np.nextafter(z_q, -np.inf)) == (z_q, False)
+    assert stream.update(stream.threshold) == (stream.threshold, True)
+
+
+@pytest.mark.parametrize("depth", [0, 10])
+def test_state_round_trips_through_msgpack_and_json_and_continues_identically(depth: int) -> None:
+    rng = np.random.default_rng(3)
+    stream = streaming(depth, rng)
+    data = stream.to_dict()
+    assert StreamingPot.from_dict(msgpack.unpackb(msgpack.packb(data))) == stream
+    restored = StreamingPot.from_dict(json.loads(json.dumps(data)))
+    assert restored == stream
+    rest = rng.exponential(size=500)
+    assert np.array_equal(restored.run(rest), stream.run(rest))  # what a service does between batches
+
+
+def test_unknown_or_inconsistent_state_is_rejected() -> None:
+    data = StreamingPot.calibrate(np.random.default_rng(4).exponential(size=500), q=1e-3, depth=5).to_dict()
+    with pytest.raises(ValueError, match="unknown StreamingPot keys"):
+        StreamingPot.from_dict(data | {"dpeth": 5})
+    with pytest.raises(ValueError, match="unknown PotState keys"):
+        StreamingPot.from_dict(data | {"tail": data["tail"] | {"zq": 1.0}})
+    with pytest.raises(ValueError, match="depth"):
+        StreamingPot.from_dict(data | {"recent": data["recent"][:-1]})
+
+
+def test_a_refit_without_a_finite_tail_keeps_its_peaks() -> None:
+    # So many scores per peak that the extrapolated quantile falls below t: no usable tail.
+    state = fit_tail(1.0, np.array([0.5, 0.7]), n=10**7, q=1e-3, level=0.98)
+    assert state.method == "no_peaks" and state.z_q > state.t
+    assert state.peaks == (0.5, 0.7) and state.n_peaks == 2
+
+
+def test_n_ages_with_the_peaks_it_was_counted_with() -> None:
+    # 200 peaks kept out of some 800 over a 40,000-score stream: without aging n would count
+    # all 42,000 scores against 200 peaks and the estimated tail rate would be 4x too small.
+    rng = np.random.default_rng(1)
+    stream = StreamingPot.calibrate(rng.exponential(size=2_000), q=1e-3, level=0.98)
+    stream.max_peaks = 200
+    alarms = sum(stream.update(float(score))[1] for score in rng.exponential(size=40_000))
+    assert len(stream.tail.peaks) == 200
+    assert stream.tail.n < (2_000 + 40_000 - alarms) / 2
+    assert stream.threshold > stream.tail.t
