@@ -305,8 +305,13 @@ class FederationDiscriminator(nn.Module):
         hosts, tasks = self.encode(w_hosts, w_tasks, schedule)  # (B, m, 2h), (B, p, 2h)
         if not self.cfg.topology:
             return self.head(hosts).squeeze(-1)  # (B, m)
-        topology = self.host_topology(hosts, graph)  # (B, m, h)
-        context = self.attention(topology, torch.cat([hosts, tasks], dim=1))  # (B, m, 2h)
+        nodes = torch.cat([hosts, tasks], dim=1)  # (B, m+p, 2h)
+        if nodes.shape[1] == 1:
+            # One host and no task: the attention's softmax over one node is 1 whatever the
+            # query, so the context is the host itself and the graph part need not run.
+            context = nodes  # (B, 1, 2h)
+        else:
+            context = self.attention(self.host_topology(hosts, graph), nodes)  # (B, m, 2h)
         return self.head(torch.cat([context, hosts], dim=-1)).squeeze(-1)  # (B, m)
 
     def forward(self, w_hosts: Tensor, w_tasks: Tensor, schedule: Tensor, graph: FederationGraph) -> Tensor:
