@@ -9,6 +9,7 @@ from dragon.settings import CommonConfig, RedisSettings
 
 POT_MODES = ("static", "spot", "dspot")
 MAX_POT_DEPTH = 1000
+MAX_FINETUNE_WINDOWS = 4096  # one full-batch step; also bounds the windows kept in memory
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,37 @@ class DetectorConfig:
     json_mirror: bool = setting(
         "DRAGON_FAULTS_JSON", True, "also publish every fault event as JSON on dragon/faults-json/<lei>/<host>"
     )
+    finetune: bool = setting(
+        "DRAGON_FINETUNE",
+        True,
+        "fine-tune the served model on recent normal windows when its confidence D on them drops "
+        "(DRAGON eq. 19, gated as in CAROL)",
+    )
+    finetune_min_interval_s: float = setting(
+        "DRAGON_FINETUNE_MIN_INTERVAL",
+        600.0,
+        "at least this long after a model starts serving (a fine-tuned one too) before the next fine-tune",
+        "s",
+    )
+    finetune_quantile: float = setting(
+        "DRAGON_FINETUNE_QUANTILE",
+        0.01,
+        "fine-tune when a host's mean confidence D over its newest normal windows (a third of the reference) "
+        "falls below this quantile of its confidence on the reference windows",
+    )
+    finetune_reference: int = setting(
+        "DRAGON_FINETUNE_REFERENCE",
+        60,
+        "the first normal windows of each host under a model, whose confidence is the reference",
+        "windows",
+    )
+    finetune_windows: int = setting(
+        "DRAGON_FINETUNE_WINDOWS",
+        256,
+        "newest normal windows a fine-tune learns from and recalibrates POT on",
+        "windows",
+    )
+    finetune_steps: int = setting("DRAGON_FINETUNE_STEPS", 10, "Adam steps of one fine-tune", "steps")
 
     def validate(self) -> None:
         if not 2 <= self.window <= 256:
@@ -61,3 +93,13 @@ class DetectorConfig:
             raise ConfigError(f"DRAGON_POT_DEPTH must be between 1 and {MAX_POT_DEPTH}")
         if self.clear_windows < 1:
             raise ConfigError("DRAGON_FAULT_CLEAR_WINDOWS must be at least 1")
+        if self.finetune_min_interval_s < 0:
+            raise ConfigError("DRAGON_FINETUNE_MIN_INTERVAL must not be negative")
+        if not 0 < self.finetune_quantile <= 1:
+            raise ConfigError("DRAGON_FINETUNE_QUANTILE must be in (0, 1]")
+        if self.finetune_reference < 3:
+            raise ConfigError("DRAGON_FINETUNE_REFERENCE must be at least 3")
+        if not 2 <= self.finetune_windows <= MAX_FINETUNE_WINDOWS:
+            raise ConfigError(f"DRAGON_FINETUNE_WINDOWS must be between 2 and {MAX_FINETUNE_WINDOWS}")
+        if self.finetune_steps < 1:
+            raise ConfigError("DRAGON_FINETUNE_STEPS must be at least 1")

@@ -268,7 +268,7 @@ def score_series(model: nn.Module, cfg: GonConfig, series: np.ndarray) -> tuple[
     return torch.cat(scores).double().numpy(), torch.cat(contributions).double().numpy()
 
 
-def _gon_loss(model: nn.Module, real: Tensor, cfg: GonConfig) -> tuple[Tensor, Tensor, Tensor]:
+def gon_loss(model: nn.Module, real: Tensor, cfg: GonConfig) -> tuple[Tensor, Tensor, Tensor]:
     """Algorithm 1, line 5: BCE(D(W), 1) + BCE(D(Z*), 0) with Z* generated from W itself.
 
     Returns the loss and the logits of the real (B,) and generated (B,) windows.
@@ -283,13 +283,13 @@ def _gon_loss(model: nn.Module, real: Tensor, cfg: GonConfig) -> tuple[Tensor, T
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, windows: Tensor, cfg: GonConfig) -> dict[str, float]:
+def evaluate_gon(model: nn.Module, windows: Tensor, cfg: GonConfig) -> dict[str, float]:
     """Mean discriminator loss, D(real) and D(generated) over held-out windows (eval mode)."""
     model.eval()
     total = d_real = d_gen = 0.0
     for start in range(0, windows.shape[0], EVAL_BATCH):
         real = windows[start : start + EVAL_BATCH]
-        loss, real_logits, fake_logits = _gon_loss(model, real, cfg)
+        loss, real_logits, fake_logits = gon_loss(model, real, cfg)
         total += loss.item() * real.shape[0]
         d_real += torch.sigmoid(real_logits).sum().item()
         d_gen += torch.sigmoid(fake_logits).sum().item()
@@ -305,7 +305,7 @@ def _train_epoch(
     total = 0.0
     for start in range(0, len(order), cfg.batch_size):
         real = windows[torch.from_numpy(order[start : start + cfg.batch_size])]  # (B, k, n)
-        loss, _, _ = _gon_loss(model, real, cfg)
+        loss, _, _ = gon_loss(model, real, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -355,7 +355,7 @@ def train_gon(windows: np.ndarray, cfg: GonConfig, progress: bool = False) -> tu
     for epoch in bar:
         train_loss = _train_epoch(model, opt, data, rng.permutation(train_idx), cfg)
         # Without a validation split the training loss stands in, so patience still applies.
-        held_out = _evaluate(model, data[val_idx], cfg) if len(val_idx) else {"loss": train_loss}
+        held_out = evaluate_gon(model, data[val_idx], cfg) if len(val_idx) else {"loss": train_loss}
         for key, value in (("train_loss", train_loss), ("val_loss", held_out["loss"])):
             history[key].append(value)
         history["val_d_real"].append(held_out.get("d_real"))

@@ -4,20 +4,28 @@ The learner waits until every host has been recorded for ``DRAGON_DETECTOR_WARMU
 seconds (and at least ``DRAGON_DETECTOR_WARMUP_MIN_SAMPLES`` samples), takes the
 training lock in Redis so only one replica trains, trains on the recorded windows
 of all hosts, and publishes the checkpoint; every replica then serves it.
+
+Once a model is served, :class:`FineTuner` keeps it adapted: the replica scoring a host feeds
+the confidence gate with the host's normal windows, and when the gate fires it fine-tunes a
+copy of the model in a background thread and publishes the result the same way.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 import numpy as np
 import redis
 import structlog
 
+from dragon.detector.checkpoint import Checkpoint
 from dragon.detector.config import DetectorConfig
+from dragon.detector.finetune import ConfidenceGate, confidence, fine_tune, stacked
 from dragon.detector.gon import GonConfig
 from dragon.detector.modelstore import ModelStore
+from dragon.detector.scorer import Scorer
 from dragon.detector.train import train_from_series
 from dragon.messages.schemas import HOST_METRICS
 from dragon.store import WindowStore
@@ -103,3 +111,101 @@ class OnlineLearner:
             source=f"redis:{self.windows.lei}",
         )
         self.models.publish(checkpoint)
+
+
+class FineTuner:
+    """Confidence-gated fine-tuning of the served model (``finetune.py``), for one replica.
+
+    :meth:`observe` runs on the scoring thread and costs one forward pass of D; the
+    fine-tune itself runs in a background thread on a model rebuilt from the checkpoint's
+    weights (generation toggles ``requires_grad`` on the model it climbs, so the scorer's
+    model must never be shared with another thread). The model-training lock in Redis lets
+    one replica fine-tune at a time, and the result replaces the current model only if that
+    is still the model it was tuned from.
+    """
+
+    def __init__(self, config: DetectorConfig, models: ModelStore, instance: str, lei: str) -> None:
+        self.config = config
+        self.models = models
+        self.instance = instance
+        self.lei = lei
+        self.gate = ConfidenceGate(
+            config.finetune_min_interval_s, config.finetune_quantile, reference=config.finetune_reference
+        )
+        # Raw (W_t, W_{t+1}) pairs of normal windows of the hosts this replica scores.
+        self._normal: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=config.finetune_windows)
+        self._streak: dict[str, int] = {}  # normal windows in a row, per host
+        self._model_id: str | None = None
+        self._thread: threading.Thread | None = None
+
+    def observe(self, scorer: Scorer, hosts: list[str], prev: np.ndarray, nxt: np.ndarray, normal: list[bool]) -> None:
+        """Windows (B, k, n) the scorer just judged, in raw units; ``normal[i]``: judged normal, host not in a fault."""
+        if scorer.model_id != self._model_id:
+            self._model_id = scorer.model_id
+            self.gate.reset()  # a new model: a new reference, and the interval starts again
+        values = confidence(scorer.model, scorer.scaler.transform(nxt))  # (B,)
+        for i, (host, value, is_normal) in enumerate(zip(hosts, values.tolist(), normal, strict=True)):
+            self._streak[host] = self._streak.get(host, 0) + 1 if is_normal else 0
+            # Only once the last k windows of the host were all normal: a window closed just
+            # after a fault still holds rows of it.
+            clean = self._streak[host] >= scorer.window
+            self.gate.observe(host, value, clean)
+            if clean:
+                self._normal.append((prev[i], nxt[i]))
+        drifted = self.gate.check()
+        if drifted and len(self._normal) >= 2 and not self.busy:
+            log.info(
+                "model_confidence_dropped",
+                model_id=scorer.model_id,
+                hosts=drifted,
+                confidence={h: round(self.gate.mean_recent(h), 4) for h in drifted},
+                floor={h: round(self.gate.floor(h), 4) for h in drifted},
+            )
+            prev_w, next_w = stacked(self._normal)
+            self._thread = threading.Thread(
+                target=self._run, args=(scorer.checkpoint, prev_w, next_w), name="detector-finetune", daemon=True
+            )
+            self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self, checkpoint: Checkpoint, prev: np.ndarray, nxt: np.ndarray) -> None:
+        try:
+            if not self.models.try_lock(self.instance):
+                log.info("fine_tune_skipped_lock_held", model_id=checkpoint.model_id)
+                return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("fine_tune_skipped_redis", error=str(exc))
+            return
+        try:
+            self._fine_tune(checkpoint, prev, nxt)
+        except Exception:  # a background thread: log, never die silently; the gate fires again later
+            log.exception("fine_tune_failed", model_id=checkpoint.model_id)
+        finally:
+            try:
+                self.models.unlock(self.instance)
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass  # the lock expires on its own (LOCK_TTL_S)
+
+    def _fine_tune(self, checkpoint: Checkpoint, prev: np.ndarray, nxt: np.ndarray) -> None:
+        started = time.perf_counter()
+        tuned = fine_tune(checkpoint, prev, nxt, steps=self.config.finetune_steps, source=f"redis:{self.lei}")
+        tune_s = time.perf_counter() - started
+        if not self.models.replace(tuned, checkpoint.model_id):
+            log.info("fine_tuned_model_discarded_newer_model", fine_tuned_from=checkpoint.model_id)
+            return
+        report = tuned.meta["fine_tune"]
+        log.info(
+            "model_fine_tuned",
+            model_id=tuned.model_id,
+            fine_tuned_from=checkpoint.model_id,
+            windows=report["windows"],
+            steps=report["steps"],
+            seconds=round(tune_s, 3),
+            publish_seconds=round(time.perf_counter() - started - tune_s, 3),
+            d_real=(round(report["before"]["d_real"], 4), round(report["after"]["d_real"], 4)),
+            d_gen=(round(report["before"]["d_gen"], 4), round(report["after"]["d_gen"], 4)),
+            threshold=round(tuned.pot_state().z_q, 4),
+        )

@@ -2,8 +2,8 @@
 
 The checkpoint bytes and their id are kept in Redis (replicas that join load the
 current model) and in the model volume (a Redis that lost its data does not
-lose the model). Learning a model on-line is guarded by a Redis lock so that
-only one replica trains.
+lose the model). Learning or fine-tuning a model on-line is guarded by a Redis
+lock so that only one replica trains at a time.
 """
 
 from __future__ import annotations
@@ -31,9 +31,36 @@ class ModelStore:
     def publish(self, checkpoint: Checkpoint) -> None:
         data = checkpoint.to_bytes()
         pipe = self.client.pipeline(transaction=True)
+        self._set(pipe, checkpoint, data)
+        pipe.execute()
+        self._published(checkpoint, data)
+
+    def replace(self, checkpoint: Checkpoint, expected_id: str) -> bool:
+        """Publish ``checkpoint`` only if the current model is still ``expected_id``.
+
+        A fine-tuned model must not overwrite a model published while it was being tuned
+        (WATCH makes the check and the write one transaction). Returns whether it was published.
+        """
+        data = checkpoint.to_bytes()
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self._id_key)
+                current = pipe.get(self._id_key)
+                if current is None or current.decode() != expected_id:
+                    return False
+                pipe.multi()
+                self._set(pipe, checkpoint, data)
+                pipe.execute()
+            except redis.WatchError:
+                return False
+        self._published(checkpoint, data)
+        return True
+
+    def _set(self, pipe: redis.client.Pipeline, checkpoint: Checkpoint, data: bytes) -> None:
         pipe.set(self._key, data)
         pipe.set(self._id_key, checkpoint.model_id)
-        pipe.execute()
+
+    def _published(self, checkpoint: Checkpoint, data: bytes) -> None:
         self._save_file(data)
         log.info("model_published", model_id=checkpoint.model_id, bytes=len(data))
 

@@ -3,7 +3,9 @@
 Every replica receives every sample on a persistent subscription and stores it
 (idempotently) in Redis; each host is scored by one replica (see
 ``membership.py``). Windows, the fault state and streaming threshold of each host
-and the model live in Redis, so any replica can take over any host.
+and the model live in Redis, so any replica can take over any host. The replica
+scoring a host also watches the model's confidence on its normal windows and
+fine-tunes the model when it drops (``learning.FineTuner``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import redis
@@ -20,7 +23,7 @@ import structlog
 from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DetectorConfig
 from dragon.detector.health import HostFaultState, Transition
-from dragon.detector.learning import OnlineLearner
+from dragon.detector.learning import FineTuner, OnlineLearner
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
@@ -39,6 +42,15 @@ EVENT_NAMESPACE = uuid.UUID("6c1f7a52-3f0e-4d8e-9a52-0b5a4d1d2a10")
 MODEL_CHECK_INTERVAL_S = 5.0
 
 
+@dataclass(frozen=True)
+class Scored:
+    """Verdicts of one batch and the raw windows they judged, row i for verdict i."""
+
+    verdicts: list[tuple[HostSample, Verdict]]
+    prev: np.ndarray  # (B, k, n) W_t
+    next: np.ndarray  # (B, k, n) W_{t+1}
+
+
 class Detector:
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
@@ -51,12 +63,14 @@ class Detector:
         self._last_model_check = 0.0
         self._unusable_model: str | None = None
         self._health: dict[str, HostHealth] = {}  # last verdict per host, republished on reconnect
+        self.tuner: FineTuner | None = None
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
         self.lifecycle.install_signal_handlers()
         self.init_redis()
         self.init_model()
+        self.init_fine_tuner()
         self.init_mqtt()
         self.start_mqtt()
         self.start_learner()
@@ -101,6 +115,10 @@ class Detector:
         except (OSError, CheckpointError, IncompatibleModel) as exc:
             log.error("checkpoint_unusable", path=self.config.checkpoint, error=str(exc))
             raise SystemExit(f"DRAGON_DETECTOR_CHECKPOINT={self.config.checkpoint}: {exc}") from None
+
+    def init_fine_tuner(self) -> None:
+        if self.config.finetune:
+            self.tuner = FineTuner(self.config, self.models, self.instance, self.lei)
 
     def init_mqtt(self) -> None:
         self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
@@ -170,8 +188,9 @@ class Detector:
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
             owned = [s for s in samples if self.membership.owns(s.host)]
             if self.scorer is not None and owned:
-                verdicts = retry_until(lambda: self._score(owned), self.lifecycle.stop, "score")
-                self._publish(verdicts)
+                scored = retry_until(lambda: self._score(owned), self.lifecycle.stop, "score")
+                transitions = self._publish(scored.verdicts)
+                self._observe_confidence(scored, transitions)
         except StopRequested as exc:
             raise Unprocessed(str(exc)) from None
 
@@ -187,7 +206,7 @@ class Detector:
         retry_until(lambda: self.windows.append_many(rows), self.lifecycle.stop, "store_samples")
         self.counters.add("samples_stored", len(rows))
 
-    def _score(self, samples: list[HostSample]) -> list[tuple[HostSample, Verdict]]:
+    def _score(self, samples: list[HostSample]) -> Scored:
         scorer = self.scorer
         k = scorer.window
         by_host: dict[str, list[HostSample]] = defaultdict(list)
@@ -207,7 +226,7 @@ class Detector:
                 prev.append(padded_window(rows[: max(i, 1)], k))
                 order.append(sample)
         if not order:
-            return []
+            return Scored([], np.empty(0), np.empty(0))
         states = None
         if scorer.streaming:
             # The hosts' streaming thresholds, read once and written once per batch. No lock:
@@ -220,9 +239,9 @@ class Detector:
         verdicts = scorer.score(hosts, stamps, prev_w, next_w, states)
         if states is not None:
             self.thresholds.save(states)
-        return list(zip(order, verdicts, strict=True))
+        return Scored(list(zip(order, verdicts, strict=True)), prev_w, next_w)
 
-    def _publish(self, verdicts: list[tuple[HostSample, Verdict]]) -> None:
+    def _publish(self, verdicts: list[tuple[HostSample, Verdict]]) -> list[Transition]:
         updates = [(sample.host, sample.ts, verdict.label) for sample, verdict in verdicts]
         transitions = retry_until(lambda: self.faults.update_many(updates), self.lifecycle.stop, "fault_state")
         for (sample, verdict), transition in zip(verdicts, transitions, strict=True):
@@ -233,6 +252,22 @@ class Detector:
             if transition.kind in {"start", "end"}:
                 self._publish_event(sample, verdict, transition.kind)
         self.counters.add("windows_scored", len(verdicts))
+        return transitions
+
+    def _observe_confidence(self, scored: Scored, transitions: list[Transition]) -> None:
+        """Feed the fine-tuner the windows just judged; only normal windows of hosts not in a fault count.
+
+        A window below the threshold while its host's fault has not ended yet (hysteresis), or a
+        redelivered one, is not learnt from: a fault must never become normal.
+        """
+        if self.tuner is None or not scored.verdicts:
+            return
+        normal = [
+            verdict.label == 0 and transition.kind == "" and transition.faulty_since is None
+            for (_, verdict), transition in zip(scored.verdicts, transitions, strict=True)
+        ]
+        hosts = [sample.host for sample, _ in scored.verdicts]
+        self.tuner.observe(self.scorer, hosts, scored.prev, scored.next, normal)
 
     def _publish_health(self, sample: HostSample, verdict: Verdict, transition: Transition) -> None:
         health = HostHealth(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import structlog
 import torch
+from torch import nn
 
 from dragon.detector.checkpoint import DEFAULT_HOST, Checkpoint
 from dragon.detector.gon import GonConfig, make_windows, score_series, train_gon
@@ -61,18 +62,20 @@ def train_from_series(
     windows = np.concatenate([make_windows(part, cfg.window) for part in scaled])  # (N, k, n)
     model, history = train_gon(windows, cfg, progress=progress)
     scores = np.concatenate([score_series(model, cfg, part)[0] for part in scaled])  # (N,)
-    pot = fit_pot(scores, q=pot_q, level=pot_level)
     seconds = time.perf_counter() - started
-    checkpoint = Checkpoint(
-        gon=cfg.to_dict(),
-        state_dict={key: value.detach().clone() for key, value in model.state_dict().items()},
-        feature_names=tuple(feature_names),
-        lo=scaler.to_dict()["lo"],
-        hi=scaler.to_dict()["hi"],
-        pot={DEFAULT_HOST: pot.to_dict()},
+    bounds = scaler.to_dict()
+    checkpoint = calibrated_checkpoint(
+        model,
+        cfg,
+        feature_names,
+        bounds["lo"],
+        bounds["hi"],
+        scores,
+        pot_q=pot_q,
+        pot_level=pot_level,
         meta=_meta(source, len(scores), seconds, history, scores),
-        calibration_tail=scores[-CALIBRATION_TAIL:].tolist(),
     )
+    pot = checkpoint.pot_state()
     log.info(
         "detector_trained",
         model_id=checkpoint.model_id,
@@ -84,6 +87,36 @@ def train_from_series(
         pot_method=pot.method,
     )
     return checkpoint
+
+
+def calibrated_checkpoint(
+    model: nn.Module,
+    cfg: GonConfig,
+    feature_names: Sequence[str],
+    lo: Sequence[float],
+    hi: Sequence[float],
+    scores: np.ndarray,
+    *,
+    pot_q: float,
+    pot_level: float,
+    meta: dict[str, Any],
+) -> Checkpoint:
+    """The checkpoint of ``model`` with POT fitted on its ``scores`` of normal operation.
+
+    ``scores`` (N,) are in the order they were scored; the newest become ``calibration_tail``.
+    Shared by training and on-line fine-tuning (``finetune.py``).
+    """
+    pot = fit_pot(scores, q=pot_q, level=pot_level)
+    return Checkpoint(
+        gon=cfg.to_dict(),
+        state_dict={key: value.detach().clone() for key, value in model.state_dict().items()},
+        feature_names=tuple(feature_names),
+        lo=list(lo),
+        hi=list(hi),
+        pot={DEFAULT_HOST: pot.to_dict()},
+        meta=meta,
+        calibration_tail=np.asarray(scores)[-CALIBRATION_TAIL:].tolist(),
+    )
 
 
 def _series_list(series: np.ndarray | Sequence[np.ndarray], feature_names: Sequence[str]) -> list[np.ndarray]:

@@ -1,0 +1,210 @@
+"""On-line fine-tuning of the served model (DRAGON eq. 19), only when its confidence drops (CAROL).
+
+A GON's discriminator says how likely a window is to be real: on the true windows of normal
+operation, D(W) is the model's own confidence that it still knows what normal looks like.
+CAROL fine-tunes its GON only when that confidence falls, instead of at every interval, which
+keeps the overhead small; DRAGON (Algorithm 2, lines 15-16, eq. 19) fine-tunes D with Adam on
+L = log D(W_{t+1}) + log(1 - D(Ŵ_{t+1})).
+
+- :class:`ConfidenceGate` watches D on each host's true windows judged normal (a window in a
+  fault is never learnt from, so a fault cannot become normal) and says when to fine-tune.
+- :func:`fine_tune` takes a few Adam steps of eq. 19 on a copy of the model, recalibrates POT
+  on the new model's scores of the same windows and returns a new :class:`Checkpoint`.
+
+Shapes: ``B`` windows, ``k`` window length, ``n`` features.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import structlog
+import torch
+from torch import nn
+
+from dragon.detector.checkpoint import Checkpoint
+from dragon.detector.gon import GonConfig, evaluate_gon, fault_scores, gon_loss
+from dragon.detector.train import calibrated_checkpoint
+
+log = structlog.get_logger(__name__)
+
+# Adam step size of fine-tuning: CAROL fine-tunes its GON with 1e-4 (weight decay 1e-5, which
+# GonConfig.weight_decay already is). GonConfig.lr (1e-3) is for training from scratch.
+FINE_TUNE_LR = 1e-4
+# Normal windows of a host whose confidence is the gate's reference (DRAGON_FINETUNE_REFERENCE);
+# the mean over the newest third as many is compared with it.
+REFERENCE_WINDOWS = 60
+
+
+@torch.no_grad()
+def confidence(model: nn.Module, windows: np.ndarray) -> np.ndarray:
+    """D(W) of scaled windows (B, k, n) -> (B,) float64: the model's confidence they are real.
+
+    One forward pass, no generation: cheap enough for the scoring thread. Call it only from
+    the thread that owns ``model`` (the scorer's).
+    """
+    model.eval()
+    return torch.sigmoid(model.logits(torch.as_tensor(windows, dtype=torch.float32))).double().numpy()
+
+
+@dataclass
+class _HostConfidence:
+    reference: list[float] = field(default_factory=list)
+    recent: deque[float] = field(default_factory=deque)
+    floor: float | None = None  # the reference quantile, once the reference is complete
+
+
+class ConfidenceGate:
+    """Says when the served model's confidence on normal windows has fallen: time to fine-tune.
+
+    Each host's reference is D on its first ``reference`` normal windows under the current
+    model; its floor is the ``quantile`` of those values. The gate fires for a host when the
+    mean D of its newest ``recent`` (default: a third of ``reference``) normal windows falls
+    below that floor, and never within ``min_interval_s`` of its start (:meth:`reset`, a new
+    model) or of its last firing.
+    Per host, because hosts run different workloads and their confidences differ. Not
+    thread-safe: fed from the scoring thread only.
+    """
+
+    def __init__(
+        self,
+        min_interval_s: float,
+        quantile: float,
+        reference: int = REFERENCE_WINDOWS,
+        recent: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0.0 < quantile <= 1.0 or reference < 1 or (recent is not None and recent < 1) or min_interval_s < 0:
+            raise ValueError("ConfidenceGate: quantile in (0, 1], reference and recent >= 1, min_interval_s >= 0")
+        self.min_interval_s = min_interval_s
+        self.quantile = quantile
+        self._reference = reference
+        self._recent = recent if recent is not None else max(1, reference // 3)
+        self._clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every host and start the interval again: call it when a new model is served."""
+        self._hosts: dict[str, _HostConfidence] = {}
+        self._since = self._clock()
+
+    def observe(self, host: str, value: float, normal: bool) -> None:
+        """D(W) of one true window of ``host``; windows not judged ``normal`` are ignored."""
+        if not normal:
+            return
+        state = self._hosts.setdefault(host, _HostConfidence(recent=deque(maxlen=self._recent)))
+        if state.floor is None:
+            state.reference.append(float(value))
+            if len(state.reference) == self._reference:
+                state.floor = float(np.quantile(state.reference, self.quantile))
+            return
+        state.recent.append(float(value))
+
+    def mean_recent(self, host: str) -> float | None:
+        state = self._hosts.get(host)
+        if state is None or state.floor is None or len(state.recent) < self._recent:
+            return None
+        return float(np.mean(state.recent))
+
+    def floor(self, host: str) -> float | None:
+        state = self._hosts.get(host)
+        return None if state is None else state.floor
+
+    def check(self) -> list[str]:
+        """The hosts whose confidence fell, if it is time; firing starts the interval again."""
+        now = self._clock()
+        if now - self._since < self.min_interval_s:
+            return []
+        drifted = [
+            host
+            for host, state in self._hosts.items()
+            if (mean := self.mean_recent(host)) is not None and mean < state.floor
+        ]
+        if drifted:
+            self._since = now
+        return drifted
+
+
+def fine_tune(
+    checkpoint: Checkpoint,
+    prev: np.ndarray,
+    nxt: np.ndarray,
+    *,
+    steps: int,
+    lr: float = FINE_TUNE_LR,
+    source: str = "",
+) -> Checkpoint:
+    """A new checkpoint: ``checkpoint``'s model fine-tuned on recent normal windows (eq. 19).
+
+    ``prev`` and ``nxt`` are raw (unscaled) windows W_t and W_{t+1}, (B, k, n), of normal
+    operation. D is rebuilt from the checkpoint's weights, so the model a scorer serves is
+    never touched. ``steps`` Adam steps (``lr``, ``GonConfig.weight_decay``) on the whole
+    batch minimise BCE(D(W_{t+1}), 1) + BCE(D(Ŵ), 0), i.e. maximise eq. 19, with Ŵ generated
+    from W_{t+1} as in training (``gon.gon_loss``). POT is then fitted on the new model's
+    fault scores of the same pairs, with the checkpoint's risk and level. Config, features and
+    scaler bounds are kept; the metadata names the model fine-tuned from.
+    """
+    if steps < 1:
+        raise ValueError(f"fine-tuning needs at least one step, got {steps}")
+    if prev.shape != nxt.shape or prev.ndim != 3 or len(prev) < 2:
+        raise ValueError(f"expected two arrays of at least 2 windows (B, k, n), got {prev.shape} and {nxt.shape}")
+    started = time.perf_counter()
+    cfg = checkpoint.config
+    scaler = checkpoint.scaler()
+    prev_t = torch.as_tensor(scaler.transform(prev), dtype=torch.float32)  # (B, k, n)
+    next_t = torch.as_tensor(scaler.transform(nxt), dtype=torch.float32)  # (B, k, n)
+    model = checkpoint.build_model()  # a fresh copy of the weights
+    before = evaluate_gon(model, next_t, cfg)
+    _adam_steps(model, next_t, cfg, steps, lr)
+    after = evaluate_gon(model, next_t, cfg)
+    with torch.no_grad():
+        scores = fault_scores(model, prev_t, next_t, cfg)[0].double().numpy()  # (B,)
+    base = checkpoint.pot_state()
+    seconds = time.perf_counter() - started
+    meta = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": source,
+        "torch": str(torch.__version__),
+        "fine_tuned_from": checkpoint.model_id,
+        "fine_tune": {
+            "windows": int(len(nxt)),
+            "steps": int(steps),
+            "lr": float(lr),
+            "seconds": round(seconds, 3),
+            "before": before,
+            "after": after,
+        },
+    }
+    return calibrated_checkpoint(
+        model,
+        cfg,
+        checkpoint.feature_names,
+        checkpoint.lo,
+        checkpoint.hi,
+        scores,
+        pot_q=base.q,
+        pot_level=base.level,
+        meta=meta,
+    )
+
+
+def _adam_steps(model: nn.Module, real: torch.Tensor, cfg: GonConfig, steps: int, lr: float) -> None:
+    """``steps`` full-batch Adam steps on the GON loss of ``real`` (B, k, n); leaves ``model`` in eval."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    model.train()
+    for _ in range(steps):
+        loss, _, _ = gon_loss(model, real, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def stacked(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(W_t, W_{t+1}) pairs -> prev (B, k, n), next (B, k, n)."""
+    return np.stack([p for p, _ in pairs]), np.stack([n for _, n in pairs])

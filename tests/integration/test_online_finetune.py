@@ -1,0 +1,65 @@
+"""On-line fine-tuning in a real LEI: a replica whose gate is forced open publishes a new model."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dragon.detector.membership import owner
+from dragon.detector.modelstore import ModelStore
+
+from .test_robustness import fresh_health
+
+pytestmark = pytest.mark.integration
+
+FINE_TUNE_TIMEOUT_S = 60
+# Forced open: fine-tune as soon as the mean confidence of a host's newest 2 normal windows is
+# below the largest of its first 6 under the model, at once after the model starts serving.
+FORCED_ENV = {
+    "DRAGON_FINETUNE_MIN_INTERVAL": "0",
+    "DRAGON_FINETUNE_QUANTILE": "1.0",
+    "DRAGON_FINETUNE_REFERENCE": "6",
+    "DRAGON_FINETUNE_STEPS": "3",
+}
+
+
+def instance_owning_a_host(members: list[str], hosts: list[str]) -> str:
+    """An instance id that, joining ``members``, scores at least one host (rendezvous hashing)."""
+    for i in range(1000):
+        candidate = f"finetuner-{i}"
+        if any(owner(host, [*members, candidate]) == candidate for host in hosts):
+            return candidate
+    raise AssertionError("no instance id owns a host")
+
+
+def test_forced_fine_tune_publishes_a_new_model_and_scoring_continues(lei):
+    client = lei.redis_client()
+    models = ModelStore(client, lei.lei, "")
+    original = models.fetch()
+    assert original is not None
+    members = sorted(m.decode() for m in client.zrangebyscore(f"dragon:{lei.lei}:detectors", time.time() - 10, "+inf"))
+    instance = instance_owning_a_host(members, lei.hosts)
+    try:
+        lei.start_detector("finetuner", {**FORCED_ENV, "DRAGON_INSTANCE": instance})
+        deadline = time.monotonic() + FINE_TUNE_TIMEOUT_S
+        while models.current_id() == original.model_id and time.monotonic() < deadline:
+            time.sleep(0.5)
+        tuned_id = models.current_id()
+        assert tuned_id != original.model_id, "no fine-tuned model within the timeout"
+        tuned = models.fetch()
+        assert tuned is not None and tuned.meta["fine_tuned_from"] == original.model_id
+        assert tuned.meta["source"] == f"redis:{lei.lei}"
+        assert tuned.meta["fine_tune"]["windows"] >= 2
+        assert tuned.gon == original.gon and (tuned.lo, tuned.hi) == (original.lo, original.hi)
+        assert '"model_fine_tuned"' in lei.logs("finetuner")
+        # Scoring goes on: every host gets fresh verdicts.
+        for host in lei.hosts:
+            fresh_health(lei, host, timeout=30)
+    finally:
+        container = lei.containers.pop("finetuner", None)
+        if container is not None:
+            container.stop()
+        # Give the rest of the session the model it had, so their thresholds are the usual ones.
+        models.publish(original)
+        client.close()

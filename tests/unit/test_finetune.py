@@ -1,0 +1,301 @@
+"""Confidence-gated on-line fine-tuning: the gate, fine_tune (eq. 19) and the replica's FineTuner."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from dragon.detector.checkpoint import Checkpoint
+from dragon.detector.config import DetectorConfig
+from dragon.detector.finetune import ConfidenceGate, confidence, fine_tune
+from dragon.detector.gon import GonConfig, evaluate_gon, fault_scores, make_windows
+from dragon.detector.health import Transition
+from dragon.detector.learning import FineTuner, min_span
+from dragon.detector.scorer import Scorer, Verdict
+from dragon.detector.service import Detector, Scored
+from dragon.detector.train import train_from_series
+from dragon.messages.schemas import HOST_METRICS
+
+pytestmark = pytest.mark.unit
+
+WINDOW = 5
+LEVELS = np.array([0.3, 0.4, 0.01, 1e6, 2e6, 1e5, 1e5])  # typical host metrics, in their units
+
+
+def host_series(t: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    """Raw host metrics (T, 7): a periodic load around LEVELS times ``scale``, with noise."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(t)[:, None]
+    shape = 1 + 0.2 * np.sin(2 * np.pi * steps / 30 + np.arange(len(LEVELS)))
+    return scale * LEVELS * shape + 0.05 * LEVELS * rng.standard_normal((t, len(LEVELS)))
+
+
+def window_pairs(series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(W_t, W_{t+1}) for every step of a raw series: prev (T, k, n), next (T, k, n)."""
+    nxt = make_windows(series, WINDOW).astype(np.float64)
+    return np.concatenate([nxt[:1], nxt[:-1]]), nxt
+
+
+@pytest.fixture(scope="module")
+def checkpoint() -> Checkpoint:
+    cfg = GonConfig(n_features=len(HOST_METRICS), window=WINDOW, hidden=16, gen_steps=3, epochs=3)
+    return train_from_series(host_series(200), HOST_METRICS, cfg, min_span=min_span(), source="unit-test")
+
+
+@pytest.fixture(scope="module")
+def drifted() -> tuple[np.ndarray, np.ndarray]:
+    """Normal operation that moved: a heavier workload than the model was trained on."""
+    return window_pairs(host_series(120, seed=1, scale=1.3))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fed_gate(values, clock=None, min_interval_s=0.0, quantile=0.01, host="h1") -> ConfidenceGate:
+    gate = ConfidenceGate(min_interval_s, quantile, reference=60, recent=20, clock=clock or Clock())
+    for value in values:
+        gate.observe(host, value, normal=True)
+    return gate
+
+
+def stable(count: int, seed: int = 0) -> np.ndarray:
+    return 0.6 + 0.01 * np.random.default_rng(seed).standard_normal(count)
+
+
+# --- the gate --------------------------------------------------------------------------------
+
+
+def test_gate_stays_quiet_while_confidence_is_stable():
+    gate = fed_gate(stable(60))
+    for value in stable(500, seed=1):
+        gate.observe("h1", value, normal=True)
+        assert gate.check() == []
+    assert gate.mean_recent("h1") == pytest.approx(0.6, abs=0.01)
+
+
+def test_gate_fires_when_confidence_drops():
+    gate = fed_gate(stable(60))
+    for value in stable(19, seed=1) - 0.1:
+        gate.observe("h1", value, normal=True)
+        assert gate.check() == []  # not enough recent windows yet
+    gate.observe("h1", 0.5, normal=True)
+    assert gate.check() == ["h1"]
+    assert gate.mean_recent("h1") < gate.floor("h1") < 0.6
+
+
+def test_gate_fires_only_for_the_host_that_dropped():
+    gate = fed_gate(stable(60))
+    for value in stable(60, seed=2):
+        gate.observe("h2", value, normal=True)
+    for value in stable(20, seed=3):
+        gate.observe("h1", value - 0.1, normal=True)
+        gate.observe("h2", value, normal=True)
+    assert gate.check() == ["h1"]
+
+
+def test_gate_respects_the_minimum_interval():
+    clock = Clock()
+    gate = fed_gate(stable(60), clock=clock, min_interval_s=100.0)
+    for value in stable(20, seed=1) - 0.1:
+        gate.observe("h1", value, normal=True)
+    clock.now = 99.0
+    assert gate.check() == []  # too soon after the model started serving
+    clock.now = 100.0
+    assert gate.check() == ["h1"]
+    clock.now = 150.0
+    assert gate.check() == []  # still low, but too soon after the last firing
+    clock.now = 200.0
+    assert gate.check() == ["h1"]
+
+
+def test_gate_ignores_windows_judged_faulty():
+    gate = fed_gate(stable(60))
+    for _ in range(100):
+        gate.observe("h1", 0.01, normal=False)
+    assert gate.check() == []
+    assert gate.mean_recent("h1") is None
+    # Nor do faulty windows count towards the reference.
+    fresh = ConfidenceGate(0.0, 0.01, reference=60, recent=20)
+    for _ in range(100):
+        fresh.observe("h1", 0.01, normal=False)
+    assert fresh.floor("h1") is None
+
+
+def test_gate_reset_starts_a_new_reference():
+    gate = fed_gate(stable(60))
+    for value in stable(20, seed=1) - 0.1:
+        gate.observe("h1", value, normal=True)
+    gate.reset()
+    assert gate.floor("h1") is None
+    assert gate.check() == []
+
+
+# --- fine_tune -------------------------------------------------------------------------------
+
+
+def scaled(checkpoint: Checkpoint, windows: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(checkpoint.scaler().transform(windows), dtype=torch.float32)
+
+
+def test_fine_tune_lowers_eq19_loss_and_separates_real_from_generated(checkpoint, drifted):
+    prev, nxt = drifted
+    tuned = fine_tune(checkpoint, prev, nxt, steps=10)
+    real = scaled(checkpoint, nxt)
+    before = evaluate_gon(checkpoint.build_model(), real, checkpoint.config)
+    after = evaluate_gon(tuned.build_model(), real, tuned.config)
+    assert after["loss"] < before["loss"] - 1e-3
+    assert after["d_real"] - after["d_gen"] > before["d_real"] - before["d_gen"]
+    assert after["d_real"] > before["d_real"]
+
+
+def test_fine_tuned_checkpoint_is_a_new_model_with_recalibrated_pot(checkpoint, drifted):
+    prev, nxt = drifted
+    tuned = fine_tune(checkpoint, prev, nxt, steps=5, source="unit-test")
+    assert tuned.model_id != checkpoint.model_id
+    assert tuned.gon == checkpoint.gon
+    assert tuned.feature_names == checkpoint.feature_names
+    assert (tuned.lo, tuned.hi) == (checkpoint.lo, checkpoint.hi)
+    assert tuned.meta["fine_tuned_from"] == checkpoint.model_id
+    assert tuned.meta["fine_tune"]["windows"] == len(nxt)
+    assert tuned.meta["fine_tune"]["steps"] == 5
+    # POT is fitted on the new model's scores of the windows it was tuned on, with the same risk.
+    expected = fault_scores(tuned.build_model(), scaled(checkpoint, prev), scaled(checkpoint, nxt), tuned.config)[0]
+    np.testing.assert_allclose(tuned.calibration_tail, expected.double().numpy(), rtol=1e-6)
+    pot, base = tuned.pot_state(), checkpoint.pot_state()
+    assert pot.n == len(nxt) != base.n
+    assert (pot.q, pot.level) == (base.q, base.level)
+    assert pot.t == pytest.approx(np.quantile(expected.double().numpy(), base.level))
+    # It survives the trip through Redis bytes.
+    assert Checkpoint.from_bytes(tuned.to_bytes()).model_id == tuned.model_id
+
+
+def test_fine_tune_leaves_the_served_model_untouched(checkpoint, drifted):
+    prev, nxt = drifted
+    scorer = Scorer(checkpoint)
+    base_id = checkpoint.model_id
+    weights = {key: value.clone() for key, value in scorer.model.state_dict().items()}
+    flags = [p.requires_grad for p in scorer.model.parameters()]
+    verdicts = scorer.score(["h1"] * len(nxt), list(range(len(nxt))), prev, nxt)
+    fine_tune(scorer.checkpoint, prev, nxt, steps=3)
+    for key, value in scorer.model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    assert [p.requires_grad for p in scorer.model.parameters()] == flags
+    assert not scorer.model.training
+    assert scorer.score(["h1"] * len(nxt), list(range(len(nxt))), prev, nxt) == verdicts
+    assert checkpoint.model_id == base_id  # nor the weights of the checkpoint it serves
+
+
+def test_fine_tune_needs_a_step_and_matching_windows(checkpoint, drifted):
+    prev, nxt = drifted
+    with pytest.raises(ValueError):
+        fine_tune(checkpoint, prev, nxt, steps=0)
+    with pytest.raises(ValueError):
+        fine_tune(checkpoint, prev[:-1], nxt, steps=1)
+
+
+# --- FineTuner: the replica's wiring ---------------------------------------------------------
+
+
+class FakeModels:
+    """ModelStore's lock and conditional publish, in memory."""
+
+    def __init__(self, current: str, lock_free: bool = True) -> None:
+        self.current = current
+        self.lock_free = lock_free
+        self.published: list[Checkpoint] = []
+        self.unlocked = 0
+
+    def try_lock(self, owner: str) -> bool:
+        return self.lock_free
+
+    def unlock(self, owner: str) -> None:
+        self.unlocked += 1
+
+    def replace(self, checkpoint: Checkpoint, expected_id: str) -> bool:
+        if expected_id != self.current:
+            return False
+        self.published.append(checkpoint)
+        self.current = checkpoint.model_id
+        return True
+
+
+def tuner_with(models: FakeModels) -> FineTuner:
+    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_quantile=1.0, finetune_windows=64, finetune_steps=2)
+    tuner = FineTuner(config, models, "replica-a", "lei-test")
+    # Reference: one window; fire when the newest normal window is less confident than it.
+    tuner.gate = ConfidenceGate(0.0, 1.0, reference=1, recent=1)
+    return tuner
+
+
+def by_confidence(scorer: Scorer, prev: np.ndarray, nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs ordered from the most to the least confident W_{t+1}."""
+    order = np.argsort(-confidence(scorer.model, scorer.scaler.transform(nxt)))
+    return prev[order], nxt[order]
+
+
+def test_fine_tuner_publishes_a_model_tuned_on_normal_windows_only(checkpoint, drifted):
+    scorer = Scorer(checkpoint)
+    prev, nxt = by_confidence(scorer, *drifted)
+    models = FakeModels(checkpoint.model_id)
+    tuner = tuner_with(models)
+    # A window counts once the host's last k (5) windows were normal: the 5th is the reference.
+    tuner.observe(scorer, ["h1"] * WINDOW, prev[:WINDOW], nxt[:WINDOW], [True] * WINDOW)
+    # Faulty windows are never learnt from, and the windows just after them hold fault rows.
+    tuner.observe(scorer, ["h1"] * 3, prev[5:8], nxt[5:8], [False] * 3)
+    tuner.observe(scorer, ["h1"] * (WINDOW - 1), prev[-WINDOW:-1], nxt[-WINDOW:-1], [True] * (WINDOW - 1))
+    assert not tuner.busy and models.published == []
+    tuner.observe(scorer, ["h1"], prev[-1:], nxt[-1:], [True])  # the 5th in a row, least confident: fires
+    tuner._thread.join(timeout=60)
+    assert len(models.published) == 1
+    tuned = models.published[0]
+    assert tuned.meta["fine_tuned_from"] == checkpoint.model_id
+    assert tuned.meta["fine_tune"]["windows"] == 2  # the reference and the last one, nothing near the fault
+    assert models.unlocked == 1
+    assert scorer.model_id == checkpoint.model_id  # the served model is replaced by the service, not here
+
+
+def test_fine_tuner_does_nothing_without_the_lock(checkpoint, drifted):
+    scorer = Scorer(checkpoint)
+    prev, nxt = by_confidence(scorer, *drifted)
+    models = FakeModels(checkpoint.model_id, lock_free=False)
+    tuner = tuner_with(models)
+    tuner.observe(scorer, ["h1"] * WINDOW, prev[:WINDOW], nxt[:WINDOW], [True] * WINDOW)
+    tuner.observe(scorer, ["h1"], prev[-1:], nxt[-1:], [True])
+    assert tuner._thread is not None
+    tuner._thread.join(timeout=60)
+    assert models.published == [] and models.unlocked == 0
+
+
+class RecordingTuner:
+    def observe(self, scorer, hosts, prev, nxt, normal) -> None:
+        self.seen = (hosts, prev, nxt, normal)
+
+
+def test_detector_feeds_only_normal_windows_of_hosts_not_in_a_fault(drifted):
+    prev, nxt = drifted
+    detector = Detector(DetectorConfig())
+    detector.tuner = RecordingTuner()
+
+    def verdict(label: int):
+        return (SimpleNamespace(host="h1"), Verdict(1.0, 2.0, label, ()))
+
+    cases = [  # (label, transition) -> learnt from?
+        (0, Transition("", None), True),
+        (1, Transition("start", 5.0), False),  # an alarm
+        (0, Transition("", 5.0), False),  # below the threshold, but the fault has not ended yet
+        (0, Transition("end", 5.0), False),  # the window that ends it
+        (0, Transition("stale", None), False),  # a redelivered window
+    ]
+    scored = Scored([verdict(label) for label, _, _ in cases], prev[: len(cases)], nxt[: len(cases)])
+    detector._observe_confidence(scored, [transition for _, transition, _ in cases])
+    hosts, seen_prev, seen_next, normal = detector.tuner.seen
+    assert normal == [expected for _, _, expected in cases]
+    assert seen_next is scored.next and seen_prev is scored.prev and hosts == ["h1"] * len(cases)
