@@ -1,0 +1,77 @@
+"""Summarise `dragon-detector bench` results over seeds: mean, spread and runs, as Markdown.
+
+Each result file must be named ``<DATA>-<NAME>-s<SEED>.json`` (for example
+``FTSAD-25-gon-s3.json``), as written by
+
+    for seed in 0 1 2 3 4; do
+      dragon-detector bench --data ../shared/data/FTSAD-25 --out out/FTSAD-25-gon-s$seed.json \\
+        --model gon --seed $seed --threads 1
+    done
+
+Rows are grouped by ``<DATA>-<NAME>``; each cell is ``mean ± population standard deviation``
+over the group's seeds (``mean`` alone when there is one run).
+
+    python scripts/summarise_bench.py out/*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+NAME = re.compile(r"^(?P<group>.+)-s(?P<seed>\d+)\.json$")
+COLUMNS = (  # heading, key, digits
+    ("ROC-AUC", "roc_auc", 3),
+    ("PR-AUC", "pr_auc", 3),
+    ("F1", "f1", 3),
+    ("F1-PA", "f1_pa", 3),
+    ("PA%K AUC", "f1_pa_k_auc", 3),
+    ("train s", "train_s", 1),
+    ("step ms p50", "step_latency_ms_p50", 2),
+    ("step ms p99", "step_latency_ms_p99", 2),
+    ("peak RSS MB", "peak_rss_mb", 0),
+)
+
+
+def load(paths: list[Path]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for path in sorted(paths):
+        match = NAME.match(path.name)
+        if match is None:
+            raise SystemExit(f"{path}: expected a name like FTSAD-25-gon-s3.json")
+        groups[match["group"]].append(json.loads(path.read_text()))
+    return groups
+
+
+def cell(values: list[float], digits: int) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.pstdev(values):.{digits}f}"
+
+
+def table(groups: dict[str, list[dict]]) -> str:
+    lines = [
+        "| data-model | runs | " + " | ".join(heading for heading, _, _ in COLUMNS) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in COLUMNS) + " |",
+    ]
+    for group, results in groups.items():
+        cells = [cell([r[key] for r in results if r.get(key) is not None], digits) for _, key, digits in COLUMNS]
+        lines.append(f"| {group} | {len(results)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, nargs="+", help="bench result files <DATA>-<NAME>-s<SEED>.json")
+    args = parser.parse_args()
+    print(table(load(args.results)))
+
+
+if __name__ == "__main__":
+    main()
