@@ -28,3 +28,23 @@ def test_train_refuses_a_malformed_data_set_with_a_clear_message(tmp_path, capsy
     assert code == 2
     assert "train.npy" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_draws_the_loss_curve_it_trained_along(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "train.npy", rng.uniform(0, 1, size=(120, 2)))
+    plot = tmp_path / "loss.svg"
+    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "m.pt"), "--epochs", "3", "--window", "4"]
+    assert main([*args, "--quiet", "--plot", str(plot)]) == 0
+    history = Checkpoint.load(tmp_path / "m.pt").meta["history"]
+    svg = plot.read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 2
+    assert f"epoch {history['epochs_run'] - 1}" in svg
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["plot"] == str(plot)
+
+
+def test_train_refuses_a_plot_it_cannot_draw_before_training(tmp_path, capsys):
+    np.save(tmp_path / "train.npy", np.zeros((50, 2)))
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m.pt"), "--plot", str(tmp_path / "l.png")])
+    assert code == 2 and ".svg" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()

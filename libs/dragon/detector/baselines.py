@@ -28,7 +28,7 @@ import structlog
 import torch
 
 from dragon.detector.gon import EVAL_BATCH, Discriminator, GonConfig, fault_scores, make_windows
-from dragon.detector.scaling import MinMaxScaler
+from dragon.detector.scaling import DATASET_MIN_SPAN, MinMaxScaler
 from dragon.detector.train import train_from_series
 from dragon.records import check_known_keys
 
@@ -220,9 +220,6 @@ class PcaModel:
         return dataclasses.asdict(self.config) | {"components": int(self.components.shape[0])}
 
 
-MIN_SPAN = 0.1  # GonModel's default smallest span per dimension (see its docstring)
-
-
 @register_model("gon")
 class GonModel:
     """The GON of ``dragon.detector.gon`` (by default the DRAGON model), trained and scored as the service does.
@@ -240,7 +237,7 @@ class GonModel:
 
     def __init__(self, params: Mapping[str, Any], seed: int) -> None:
         params = dict(params)
-        self.min_span = float(params.pop("min_span", MIN_SPAN))
+        self.min_span = float(params.pop("min_span", DATASET_MIN_SPAN))
         if "n_features" in params:
             raise ValueError("GonModel: n_features is set by the data, not by a parameter")
         self.overrides = params | {"seed": seed}

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 import numpy as np
 import structlog
@@ -341,7 +342,7 @@ def write_svg(path: Path, scores: np.ndarray, threshold: float, truth: np.ndarra
         f'<polyline points="{points}" fill="none" stroke="#2166ac" stroke-width="0.8"/>'
         f'<line x1="{margin}" x2="{width - margin}" y1="{t_y:.1f}" y2="{t_y:.1f}" stroke="#b2182b" '
         f'stroke-dasharray="4 3"/>'
-        f'<text x="{margin}" y="20">{_escape(title)}: score (symlog), threshold {threshold:.4g} (dashed), '
+        f'<text x="{margin}" y="20">{escape(title)}: score (symlog), threshold {threshold:.4g} (dashed), '
         f"labelled segments shaded</text>"
         f'<text x="{margin}" y="{height - 12}">step 0</text>'
         f'<text x="{width - margin}" y="{height - 12}" text-anchor="end">step {steps - 1}</text>'
@@ -390,7 +391,3 @@ def _envelope(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.arange(len(values), dtype=np.float64), values
     edges = np.linspace(0, len(values), SVG_MAX_POINTS + 1).astype(int)
     return (edges[:-1] + edges[1:] - 1) / 2.0, np.maximum.reduceat(values, edges[:-1])
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

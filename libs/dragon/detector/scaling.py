@@ -12,6 +12,12 @@ from typing import Any
 
 import numpy as np
 
+# Smallest span per feature for a data set folder (``dragon-detector train --data`` and bench's
+# gon): each feature is rescaled to its own training range, while a feature constant in
+# training keeps a tenth of the unit instead of turning its first change into a huge value.
+# FTSAD ships scaled to [0, 1] as a whole. Chosen on training data (docs/detector-quality.md).
+DATASET_MIN_SPAN = 0.1
+
 
 @dataclass(eq=False)  # numpy fields: == would be ambiguous, compare with to_dict()
 class MinMaxScaler:

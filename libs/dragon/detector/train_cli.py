@@ -6,6 +6,7 @@ import json
 import sys
 
 from dragon.config import ConfigError
+from dragon.detector.scaling import DATASET_MIN_SPAN
 
 
 def add_train_parser(commands) -> None:
@@ -33,9 +34,11 @@ def add_train_parser(commands) -> None:
     parser.add_argument(
         "--min-span",
         type=float,
-        default=1.0,
-        help="with --data: smallest min-max span per feature (default 1.0: FTSAD is already scaled to [0, 1])",
+        default=DATASET_MIN_SPAN,
+        help=f"with --data: smallest min-max span per feature (default {DATASET_MIN_SPAN}: each feature is "
+        "rescaled to its own training range, a constant one keeps a tenth of FTSAD's [0, 1] unit)",
     )
+    parser.add_argument("--plot", metavar="PATH.svg", help="also draw the training and validation loss per epoch")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_train)
 
@@ -45,6 +48,12 @@ def run_train(args) -> int:
     from dragon.detector.gon import GonConfig
     from dragon.detector.train import DatasetError, load_dataset_dir, train_from_series
 
+    if args.plot and not args.plot.lower().endswith(".svg"):
+        print(
+            f"dragon-detector train: --plot {args.plot}: the loss plot is an SVG, use a path ending in .svg",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.from_redis:
             series, names, min_span, source = _from_redis()
@@ -66,7 +75,13 @@ def run_train(args) -> int:
         print(f"dragon-detector train: {exc}", file=sys.stderr)
         return 2
     checkpoint.save(args.out)
-    print(json.dumps({"out": args.out, "model_id": checkpoint.model_id, "threshold": checkpoint.pot_state().z_q}))
+    report = {"out": args.out, "model_id": checkpoint.model_id, "threshold": checkpoint.pot_state().z_q}
+    if args.plot:
+        from dragon.detector.loss_plot import write_loss_svg
+
+        write_loss_svg(args.plot, checkpoint.meta["history"], f"GON {checkpoint.model_id} on {source}")
+        report["plot"] = args.plot
+    print(json.dumps(report))
     return 0
 
 
