@@ -47,6 +47,7 @@ import torch
 from dragon.detector import metrics
 from dragon.detector.baselines import AnomalyModel, create_model
 from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, PotState, dspot_thresholds, fit_pot, spot_thresholds
+from dragon.detector.svgplot import Frame
 from dragon.detector.train import DatasetError, load_dataset_dir
 
 log = structlog.get_logger(__name__)
@@ -319,14 +320,9 @@ def write_svg(path: Path, scores: np.ndarray, threshold: float, truth: np.ndarra
     steps = len(scores)
     x, y = _envelope(_symlog(scores))
     lo, hi = min(y.min(), _symlog(threshold)), max(y.max(), _symlog(threshold))
-    span = hi - lo if hi > lo else 1.0
     width, height, margin = SVG_WIDTH, SVG_HEIGHT, SVG_MARGIN
-
-    def px(step: float) -> float:
-        return margin + (width - 2 * margin) * step / max(steps - 1, 1)
-
-    def py(value: float) -> float:
-        return height - margin - (height - 2 * margin) * (value - lo) / span
+    frame = Frame(width, height, margin, steps, lo, hi)
+    px, py = frame.x, frame.y
 
     shaded = "".join(
         f'<rect x="{px(start):.1f}" y="{margin}" width="{max(px(stop - 1) - px(start), 1.0):.1f}" '

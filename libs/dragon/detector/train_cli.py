@@ -77,7 +77,7 @@ def run_train(args) -> int:
     checkpoint.save(args.out)
     report = {"out": args.out, "model_id": checkpoint.model_id, "threshold": checkpoint.pot_state().z_q}
     if args.plot:
-        from dragon.detector.loss_plot import write_loss_svg
+        from dragon.detector.svgplot import write_loss_svg
 
         write_loss_svg(args.plot, checkpoint.meta["history"], f"GON {checkpoint.model_id} on {source}")
         report["plot"] = args.plot

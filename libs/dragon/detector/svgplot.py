@@ -1,16 +1,38 @@
-"""The training curve of a GON as a self-contained SVG: training and validation loss per epoch.
+"""Self-contained SVG plots, standard library only, so they work on a broker without matplotlib.
 
-Written by ``dragon-detector train --plot``; needs nothing beyond the standard library, so it
-works on a broker without matplotlib.
+:class:`Frame` maps steps and values to pixels for every plot (the bench's score plot too);
+:func:`write_loss_svg` draws a GON's training curve (``dragon-detector train --plot``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 WIDTH, HEIGHT, MARGIN = 640, 320, 48
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Maps (step, value) to SVG pixels: ``steps`` along x, ``lo``..``hi`` up the y axis."""
+
+    width: int
+    height: int
+    margin: int
+    steps: int
+    lo: float
+    hi: float
+
+    def x(self, step: float) -> float:
+        return self.margin + (self.width - 2 * self.margin) * step / max(self.steps - 1, 1)
+
+    def y(self, value: float) -> float:
+        span = self.hi - self.lo if self.hi > self.lo else 1.0
+        return self.height - self.margin - (self.height - 2 * self.margin) * (value - self.lo) / span
+
+
 SERIES = (("train_loss", "training", "#2166ac"), ("val_loss", "validation", "#b2182b"))
 
 
@@ -25,13 +47,8 @@ def write_loss_svg(path: str | Path, history: dict, title: str) -> None:
         raise ValueError("the training history has no losses to plot")
     epochs = max(len(curve) for curve in curves.values())
     lo, hi = min(values), max(values)
-    span = hi - lo if hi > lo else 1.0
-
-    def px(epoch: float) -> float:
-        return MARGIN + (WIDTH - 2 * MARGIN) * epoch / max(epochs - 1, 1)
-
-    def py(value: float) -> float:
-        return HEIGHT - MARGIN - (HEIGHT - 2 * MARGIN) * (value - lo) / span
+    frame = Frame(WIDTH, HEIGHT, MARGIN, epochs, lo, hi)
+    px, py = frame.x, frame.y
 
     lines = "".join(
         f'<polyline points="{_points(curves[key], px, py)}" fill="none" stroke="{colour}" stroke-width="1.5"/>'
