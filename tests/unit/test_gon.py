@@ -182,12 +182,33 @@ def test_score_series_peaks_at_an_injected_spike_on_the_spiked_feature(trained) 
 
 
 # --- architectures and scoring options -------------------------------------------------------
-@pytest.mark.parametrize("architecture", ["mlp", "dragon"])
-def test_every_architecture_maps_windows_to_one_logit_each(architecture: str) -> None:
+@pytest.mark.parametrize(("architecture", "per_window"), [("mlp", ()), ("dragon", ()), ("dragon_dimensions", (4,))])
+def test_every_architecture_maps_windows_to_logits(architecture: str, per_window: tuple) -> None:
     cfg = small_config(architecture=architecture)
     model = build_discriminator(cfg)
     logits = model.logits(torch.rand(6, cfg.window, cfg.n_features))
-    assert logits.shape == (6,) and torch.isfinite(logits).all()
+    assert logits.shape == (6, *per_window) and torch.isfinite(logits).all()
+
+
+def test_dimensions_as_hosts_lets_one_dimension_see_another_only_with_topology() -> None:
+    # Each dimension is a host; with topology the attention carries information between them.
+    for topology, coupled in ((True, True), (False, False)):
+        model = build_discriminator(small_config(architecture="dragon_dimensions", topology=topology)).eval()
+        w = torch.rand(2, 5, 4)
+        moved = w.clone()
+        moved[:, :, 3] += 1.0  # change dimension 3 only
+        with torch.no_grad():
+            before, after = model.logits(w), model.logits(moved)
+        assert not torch.allclose(before[:, 3], after[:, 3])
+        assert (not torch.allclose(before[:, 0], after[:, 0])) is coupled
+
+
+def test_the_per_dimension_model_trains_and_scores() -> None:
+    cfg = small_config(architecture="dragon_dimensions", gen_optimizer="adahessian", gen_box=True, epochs=2)
+    model, history = train_gon(make_windows(periodic_series(120), cfg.window), cfg)
+    assert np.isfinite(history["train_loss"]).all() and 0.0 <= history["val_d_real"][-1] <= 1.0
+    scores, contributions = score_series(model, cfg, periodic_series(40, seed=2))
+    assert scores.shape == (40,) and contributions.shape == (40, cfg.n_features)
 
 
 def test_a_saved_config_without_the_newer_keys_means_the_first_gon() -> None:

@@ -396,3 +396,33 @@ class SingleHostDiscriminator(nn.Module):
 
     def forward(self, w: Tensor) -> Tensor:
         return torch.sigmoid(self.logits(w))  # (B,)
+
+
+class DimensionsAsHosts(nn.Module):
+    """:class:`FederationDiscriminator` with each feature as a host: windows (B, k, n) -> (B, n).
+
+    For a multivariate series whose dimensions are separate machines or resources (FTSAD-25
+    and -55 come from a 10-node cluster), each dimension becomes a host with one feature, in
+    an LEI of its own whose broker it is, so the brokers' all-to-all links join every pair of
+    dimensions. The graph convolutions and the attention can then learn which dimensions move
+    together, which a single-host view cannot. The logits are per dimension; generation climbs
+    their summed log D and training takes the mean cross-entropy over them.
+    """
+
+    def __init__(self, cfg: FederationConfig, dimensions: int) -> None:
+        super().__init__()
+        self.dimensions = dimensions
+        self.federation = FederationDiscriminator(cfg)
+        self.graph = FederationGraph.build([str(d) for d in range(dimensions)], list(range(dimensions)))
+
+    def logits(self, w: Tensor) -> Tensor:
+        """(B, k, n) windows -> (B, n) logits, one per dimension."""
+        if w.dim() != 3 or w.shape[2] != self.dimensions:
+            raise ValueError(f"expected windows (B, k, {self.dimensions}), got {tuple(w.shape)}")
+        hosts = w.transpose(1, 2).unsqueeze(-1)  # (B, n, k, 1)
+        tasks = w.new_zeros((w.shape[0], 0, w.shape[1], 1))  # (B, 0, k, 1)
+        schedule = w.new_zeros((w.shape[0], 0, self.dimensions))  # (B, 0, n)
+        return self.federation.logits(hosts, tasks, schedule, self.graph)  # (B, n)
+
+    def forward(self, w: Tensor) -> Tensor:
+        return torch.sigmoid(self.logits(w))  # (B, n)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dragon.detector.federation_model import FederationConfig, SingleHostDiscriminator
+from dragon.detector.federation_model import DimensionsAsHosts, FederationConfig, SingleHostDiscriminator
 from dragon.detector.generation import ASCENTS, generate
 from dragon.records import check_known_keys
 
@@ -185,12 +185,25 @@ def _dragon(cfg: GonConfig) -> SingleHostDiscriminator:
     )
 
 
-# How D is built from a config: ``mlp``, the first, topology-free GON; ``dragon``, the paper's.
-ARCHITECTURES: dict[str, Callable[[GonConfig], nn.Module]] = {"mlp": Discriminator, "dragon": _dragon}
+def _dragon_dimensions(cfg: GonConfig) -> DimensionsAsHosts:
+    """The DRAGON discriminator with every feature a host of its own, joined all-to-all."""
+    federation = FederationConfig(
+        n_features=1, window=cfg.window, hidden=cfg.hidden, topology=cfg.topology, seed=cfg.seed
+    )
+    return DimensionsAsHosts(federation, cfg.n_features)
+
+
+# How D is built from a config: ``mlp``, the first, topology-free GON; ``dragon``, the paper's
+# over one host; ``dragon_dimensions``, the paper's with each feature a host.
+ARCHITECTURES: dict[str, Callable[[GonConfig], nn.Module]] = {
+    "mlp": Discriminator,
+    "dragon": _dragon,
+    "dragon_dimensions": _dragon_dimensions,
+}
 
 
 def build_discriminator(cfg: GonConfig) -> nn.Module:
-    """A new, untrained D for ``cfg``: ``logits`` maps windows (B, k, n) to (B,)."""
+    """A new, untrained D for ``cfg``: ``logits`` maps windows (B, k, n) to (B,), or (B, n) per dimension."""
     return ARCHITECTURES[cfg.architecture](cfg)
 
 
@@ -291,8 +304,9 @@ def evaluate_gon(model: nn.Module, windows: Tensor, cfg: GonConfig) -> dict[str,
         real = windows[start : start + EVAL_BATCH]
         loss, real_logits, fake_logits = gon_loss(model, real, cfg)
         total += loss.item() * real.shape[0]
-        d_real += torch.sigmoid(real_logits).sum().item()
-        d_gen += torch.sigmoid(fake_logits).sum().item()
+        # Per window: the mean over its logits (one, or one per dimension).
+        d_real += torch.sigmoid(real_logits).reshape(len(real), -1).mean(dim=1).sum().item()
+        d_gen += torch.sigmoid(fake_logits).reshape(len(real), -1).mean(dim=1).sum().item()
     count = windows.shape[0]
     return {"loss": total / count, "d_real": d_real / count, "d_gen": d_gen / count}
 
