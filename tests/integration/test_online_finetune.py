@@ -33,7 +33,7 @@ def instance_owning_a_host(members: list[str], hosts: list[str]) -> str:
     raise AssertionError("no instance id owns a host")
 
 
-def test_forced_fine_tune_publishes_a_new_model_and_scoring_continues(lei):
+def test_forced_fine_tune_publishes_a_new_model_and_scoring_continues(lei, tmp_path):
     client = lei.redis_client()
     models = ModelStore(client, lei.lei, "")
     original = models.fetch()
@@ -56,10 +56,28 @@ def test_forced_fine_tune_publishes_a_new_model_and_scoring_continues(lei):
         # Scoring goes on: every host gets fresh verdicts.
         for host in lei.hosts:
             fresh_health(lei, host, timeout=30)
+
+        # A replica configured with the original checkpoint that (re)starts now must serve the
+        # LEI's fine-tuned descendant, not publish the original over it.
+        tmp_path.chmod(0o755)
+        original.save(tmp_path / "original.pt")
+        (tmp_path / "original.pt").chmod(0o644)
+        lei.start_detector(
+            "configured",
+            {"DRAGON_DETECTOR_CHECKPOINT": "/models/original.pt", "DRAGON_FINETUNE": "false"},
+            volumes={str(tmp_path): "/models"},
+        )
+        deadline = time.monotonic() + 20
+        while '"model_serving"' not in lei.logs("configured") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert '"serving_fine_tuned_descendant"' in lei.logs("configured")
+        assert models.current_id() != original.model_id
+        assert models.fetch().meta["base_model_id"] == original.model_id
     finally:
-        container = lei.containers.pop("finetuner", None)
-        if container is not None:
-            container.stop()
+        for name in ("finetuner", "configured"):
+            container = lei.containers.pop(name, None)
+            if container is not None:
+                container.stop()
         # Give the rest of the session the model it had, so their thresholds are the usual ones.
         models.publish(original)
         client.close()

@@ -173,8 +173,12 @@ def test_fine_tuned_checkpoint_is_a_new_model_with_recalibrated_pot(checkpoint, 
     assert pot.n == len(nxt) != base.n
     assert (pot.q, pot.level) == (base.q, base.level)
     assert pot.t == pytest.approx(np.quantile(expected.double().numpy(), base.level))
-    # It survives the trip through Redis bytes.
-    assert Checkpoint.from_bytes(tuned.to_bytes()).model_id == tuned.model_id
+    # It survives the trip through Redis bytes, lineage included.
+    restored = Checkpoint.from_bytes(tuned.to_bytes())
+    assert restored.model_id == tuned.model_id and restored.meta["base_model_id"] == checkpoint.model_id
+    # A fine-tune of a fine-tune still names the model the chain started from.
+    again = fine_tune(restored, prev, nxt, steps=1)
+    assert again.meta["fine_tuned_from"] == tuned.model_id and again.meta["base_model_id"] == checkpoint.model_id
 
 
 def test_fine_tune_leaves_the_served_model_untouched(checkpoint, drifted):

@@ -171,6 +171,9 @@ def fine_tune(
         "source": source,
         "torch": str(torch.__version__),
         "fine_tuned_from": checkpoint.model_id,
+        # The model the chain of fine-tunes started from: a detector configured with that
+        # checkpoint keeps serving its descendant after a restart (service.init_model).
+        "base_model_id": checkpoint.meta.get("base_model_id", checkpoint.model_id),
         "fine_tune": {
             "windows": int(len(nxt)),
             "steps": int(steps),

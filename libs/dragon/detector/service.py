@@ -91,6 +91,11 @@ class Detector:
         """Serve the configured checkpoint, else the LEI's current model, else learn one."""
         if self.config.checkpoint:
             checkpoint = self._configured_checkpoint()
+            current = self._descendant_in_redis(checkpoint)
+            if current is not None:
+                # The LEI fine-tuned the configured model: restarting one replica must not undo that.
+                self._serve(current)
+                return
             retry_until(lambda: self.models.publish(checkpoint), self.lifecycle.stop, "publish_model")
             self._serve(checkpoint)
             return
@@ -106,6 +111,20 @@ class Detector:
                 # A model we cannot use must not crash-loop the service: learn a new one instead.
                 log.error("stored_model_unusable", source=source, error=str(exc))
         log.info("no_model_yet_learning_from_normal_operation", warmup_s=self.config.warmup_s)
+
+    def _descendant_in_redis(self, configured: Checkpoint) -> Checkpoint | None:
+        """The LEI's current model if it was fine-tuned from ``configured``, else None."""
+        try:
+            current = retry_until(self.models.fetch, self.lifecycle.stop, "load_model_redis")
+        except (CheckpointError, IncompatibleModel) as exc:
+            log.error("stored_model_unusable", source="redis", error=str(exc))
+            return None
+        if current is None or current.model_id == configured.model_id:
+            return None
+        if current.meta.get("base_model_id") != configured.model_id:
+            return None
+        log.info("serving_fine_tuned_descendant", configured=configured.model_id, model_id=current.model_id)
+        return current
 
     def _configured_checkpoint(self) -> Checkpoint:
         try:
