@@ -71,3 +71,28 @@ def test_unknown_generation_optimizer_is_refused():
 
     with pytest.raises(ValueError, match="gen_optimizer"):
         GonConfig(n_features=3, gen_optimizer="sgd")
+
+
+def test_a_shared_probe_makes_each_sample_independent_of_its_batch():
+    """With shared_dims=1 a sample takes the same steps alone as in any batch, at any position."""
+    targets = torch.tensor([[1.0, -2.0, 3.0], [0.5, 0.0, -1.0], [2.0, 2.0, 2.0]])
+    curvature = torch.tensor([0.1, 1.0, 10.0])
+
+    def run(rows: torch.Tensor) -> torch.Tensor:
+        x = torch.zeros(len(rows), 3, requires_grad=True)
+        opt = AdaHessian([x], lr=0.2, generator=torch.Generator().manual_seed(3), shared_dims=1)
+        for _ in range(4):
+            # The coupling gives each sample's Hessian off-diagonal terms, so Hutchinson's estimate
+            # of its diagonal depends on the probe (for a diagonal Hessian it would be exact).
+            opt.step(lambda: (curvature * (x - rows) ** 2).sum() + ((x[:, 0] - 1) * (x[:, 1] + 2)).square().sum())
+        return x.detach()
+
+    together = run(targets)
+    for i in range(len(targets)):
+        torch.testing.assert_close(run(targets[i : i + 1])[0], together[i])
+    torch.testing.assert_close(run(targets.flip(0)), together.flip(0))
+
+
+def test_shared_dims_must_not_be_negative():
+    with pytest.raises(ValueError, match="shared_dims"):
+        AdaHessian([torch.zeros(2, requires_grad=True)], shared_dims=-1)

@@ -273,3 +273,16 @@ def test_the_dragon_model_trains_with_algorithm_1_and_scores_a_spike() -> None:
     spiked[150, 0] += 3.0  # far above the training range
     scores, contributions = score_series(model, cfg, spiked)
     assert int(np.argmax(scores)) == 150 and int(np.argmax(contributions[150])) == 0
+
+
+def test_a_window_scores_the_same_alone_and_anywhere_in_a_batch() -> None:
+    """The service batches whatever arrived; a window's score must not depend on its neighbours."""
+    cfg = GonConfig(n_features=4, window=5, hidden=16)  # the DRAGON model with AdaHessian
+    model = build_discriminator(cfg).eval()
+    windows = torch.from_numpy(make_windows(periodic_series(40), cfg.window))  # (40, 5, 4)
+    previous = torch.cat([windows[:1], windows[:-1]])
+    batched, shares = fault_scores(model, previous, windows, cfg)
+    for t in (0, 17, 39):
+        alone, alone_shares = fault_scores(model, previous[t : t + 1], windows[t : t + 1], cfg)
+        torch.testing.assert_close(alone[0], batched[t])
+        torch.testing.assert_close(alone_shares[0], shares[t])

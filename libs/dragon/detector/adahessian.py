@@ -4,6 +4,12 @@ DRAGON (sec. IV-C, eq. 5) generates windows with a second-order step: the invers
 is too costly, so the diagonal is estimated with Hutchinson's method, E[v ⊙ Hv] for
 Rademacher v, and smoothed by a moving average as Adam smooths squared gradients.
 
+A parameter that is a batch of independent samples (the windows a GON generates) can share one
+probe across its leading ``shared_dims`` axes: each sample then gets the same Rademacher
+entries whatever its position in the batch, so its step, and the fault score it leads to, does
+not depend on which other samples were batched with it. With independent samples the Hessian
+has no cross-sample blocks, and the estimate stays unbiased for each one.
+
 Use: ``optimizer.step(closure)`` where ``closure()`` returns the loss *without* calling
 ``backward``: the optimizer takes the gradient itself with ``autograd.grad(create_graph=True)``
 (the Hessian-vector product needs its graph), which avoids the parameter↔gradient reference
@@ -25,19 +31,24 @@ class AdaHessian(torch.optim.Optimizer):
         eps: float = 1e-4,
         hessian_power: float = 1.0,
         generator: torch.Generator | None = None,
+        shared_dims: int = 0,
     ) -> None:
-        if lr <= 0 or eps <= 0 or not 0 < hessian_power <= 1:
-            raise ValueError("AdaHessian needs lr > 0, eps > 0 and 0 < hessian_power <= 1")
+        if lr <= 0 or eps <= 0 or not 0 < hessian_power <= 1 or shared_dims < 0:
+            raise ValueError("AdaHessian needs lr > 0, eps > 0, 0 < hessian_power <= 1 and shared_dims >= 0")
         defaults = {"lr": lr, "betas": betas, "eps": eps, "hessian_power": hessian_power}
         super().__init__(params, defaults)
         self._generator = generator
+        self._shared_dims = shared_dims
+
+    def _probe(self, p: Tensor) -> Tensor:
+        """Rademacher ±1 of p's shape, the same along p's first ``shared_dims`` axes."""
+        own = p.shape[self._shared_dims :]
+        signs = torch.randint(0, 2, own, generator=self._generator, dtype=p.dtype, device=p.device) * 2 - 1
+        return signs.expand(p.shape)
 
     def _hessian_diagonals(self, params: list[Tensor], grads: tuple[Tensor, ...]) -> list[Tensor]:
         """Hutchinson's estimate |v ⊙ Hv| for each parameter, one Rademacher draw."""
-        probes = [
-            torch.randint(0, 2, p.shape, generator=self._generator, dtype=p.dtype, device=p.device) * 2 - 1
-            for p in params
-        ]
+        probes = [self._probe(p) for p in params]
         products = torch.autograd.grad(grads, params, grad_outputs=probes)
         return [(hv * v).abs() for hv, v in zip(products, probes, strict=True)]
 
