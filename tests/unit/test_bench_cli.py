@@ -135,6 +135,8 @@ def test_malformed_input_exits_2_naming_the_file(tmp_path, capsys, case) -> None
         (["--model", "zscore", "--param", "typo=1"], "unknown ZScoreConfig keys"),
         (["--model", "zscore", "--plot", "plot.pdf"], "use .svg or .png"),
         (["--model", "gon", "--pot-q", "0.5"], "POT needs 0 < level < 1 and 0 < q < 1 - level"),
+        (["--model", "zscore", "--ablation", "adam"], "applies to the GON models"),
+        (["--ablation", "adam", "--param", "gen_optimizer=adam"], "do not also pass it with --param"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(tmp_path, capsys, extra, message) -> None:
@@ -163,3 +165,17 @@ def test_streaming_pot_modes_run_and_are_recorded(tmp_path, mode):
     result = run_bench(BenchConfig(data=str(tmp_path), model="zscore", pot_mode=mode, latency_samples=5))
     assert result.report["params"]["pot"]["mode"] == mode
     assert result.report["recall"] > 0.5 and np.isfinite(result.report["threshold"])
+
+
+def test_an_ablation_is_the_gon_with_the_paper_s_setting_changed(tmp_path) -> None:
+    out = tmp_path / "r.json"
+    assert bench(make_dataset(tmp_path / "data"), out, *TINY_GON, "--ablation", "noinit") == 0
+    model_config = json.loads(out.read_text())["params"]["model_config"]
+    assert model_config["gen_init"] == "noise" and model_config["gen_optimizer"] == "adahessian"
+
+
+def test_the_ablation_choices_are_the_gon_s_ablations() -> None:
+    from dragon.detector.bench_cli import ABLATION_NAMES
+    from dragon.detector.gon import ABLATIONS
+
+    assert ABLATION_NAMES == tuple(ABLATIONS)

@@ -19,7 +19,7 @@ Contributions rank the dimensions behind a score (HitRate/NDCG); only their orde
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -248,11 +248,12 @@ class GonModel:
         self.scaler: MinMaxScaler | None = None
         self.training_log: dict[str, Any] = {}  # epochs run, best epoch, losses
 
-    def fit(self, train: np.ndarray) -> None:
-        train = _checked(train)
-        self.cfg = GonConfig.from_dict({"n_features": train.shape[1], **self.overrides})
-        names = [f"dim{j}" for j in range(train.shape[1])]
-        checkpoint = train_from_series(train, names, self.cfg, min_span=self.min_span, source="bench")
+    def fit(self, train: np.ndarray | Sequence[np.ndarray]) -> None:
+        """Train on one (T, D) series, or on several (one per host) that share the model and scaler."""
+        parts = [_checked(part) for part in ([train] if isinstance(train, np.ndarray) else train)]
+        self.cfg = GonConfig.from_dict({"n_features": parts[0].shape[1], **self.overrides})
+        names = [f"dim{j}" for j in range(parts[0].shape[1])]
+        checkpoint = train_from_series(parts, names, self.cfg, min_span=self.min_span, source="bench")
         self.model, self.scaler = checkpoint.build_model(), checkpoint.scaler()
         self.training_log = checkpoint.meta["history"]
 

@@ -22,13 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_common_arguments(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", help="run the detector service (the default)")
-    from dragon.detector.bench_cli import add_bench_parser
+    from dragon.detector.bench_cli import add_bench_parser, add_federation_bench_parser
     from dragon.detector.train_cli import add_train_parser
 
     add_train_parser(commands)
     add_bench_parser(commands)
+    add_federation_bench_parser(commands)
     args = parser.parse_args(argv)
-    if args.command in ("train", "bench"):
+    if args.command in ("train", "bench", "bench-federation"):
         return args.handler(args)
     config = cli.load_or_exit(DetectorConfig, known_env_names())
     if args.check_config:

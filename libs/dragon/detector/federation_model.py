@@ -330,10 +330,11 @@ class FederationDiscriminator(nn.Module):
             raise ValueError(f"graph has {graph.hosts} hosts, windows have {m}")
 
 
-class _HostAscent:
-    """D seen as a function of the host windows alone, for :func:`dragon.detector.generation.generate`.
+class HostsInContext:
+    """D seen as a function of the host windows alone, their tasks, schedule and graph held fixed.
 
-    ``generate`` needs ``parameters()`` (to freeze them) and ``logits(z)`` (to climb them).
+    This is what generation climbs (``generate`` needs ``parameters()`` to freeze them and
+    ``logits(z)`` to climb) and what training and scoring judge host windows with.
     """
 
     def __init__(
@@ -369,7 +370,7 @@ def generate_hosts(
     gradient and their ``requires_grad`` flags are restored afterwards. Task windows and the
     schedule are context and are not changed. Works under ``torch.no_grad()`` too.
     """
-    return generate(_HostAscent(model, w_tasks, schedule, graph), w_hosts, steps, lr, optimizer, restart_every)
+    return generate(HostsInContext(model, w_tasks, schedule, graph), w_hosts, steps, lr, optimizer, restart_every)
 
 
 class SingleHostDiscriminator(nn.Module):

@@ -21,7 +21,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from dragon.detector.federation_model import DimensionsAsHosts, FederationConfig, SingleHostDiscriminator
-from dragon.detector.generation import ASCENTS, generate
+from dragon.detector.generation import ASCENTS, Climbable, generate
 from dragon.records import check_known_keys
 
 log = structlog.get_logger(__name__)
@@ -149,6 +149,14 @@ class GonConfig:
         return cls.from_dict({**SAVED_BEFORE_THE_KEY, **data})
 
 
+# The paper's Fig. 10 ablations as GonConfig settings: ``bench --ablation NAME``.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "noinit": {"gen_init": "noise"},  # without window initialisation: the ascent starts from noise
+    "adam": {"gen_optimizer": "adam"},  # first-order Adam instead of AdaHessian
+    "notopo": {"topology": False},  # without the graph transformer, convolutions and attention
+}
+
+
 class Discriminator(nn.Module):
     """D(W): probability that window W is real rather than generated; an MLP over k*n inputs.
 
@@ -222,26 +230,28 @@ def generate_from(model: nn.Module, windows: Tensor, cfg: GonConfig) -> Tensor:
 
 
 @torch.no_grad()
-def fault_scores(model: nn.Module, prev_windows: Tensor, next_windows: Tensor, cfg: GonConfig) -> tuple[Tensor, Tensor]:
+def fault_scores(model: Climbable, prev_windows: Tensor, next_windows: Tensor, cfg: GonConfig) -> tuple[Tensor, Tensor]:
     """Fault score f = ||ReLU(W_{t+1} - Ŵ_{t+1})|| (eq. 13) and each feature's share of it.
 
     Ŵ_{t+1} is generated from W_t (``cfg.generate_from == "previous"``, eq. 13 as written: a
     prediction) or from W_{t+1} itself (``"current"``: the nearest window D finds plausible, a
     reconstruction). Only upward deviations count because resource faults show as sudden rises
-    in utilisation (sec. V-B). The norm is L2 over the whole k x n window.
-    ``contributions[b, j]`` is feature j's share of f² (summed over the window), so a row sums
-    to 1 when f > 0 and is all zeros when f == 0; it ranks the metrics behind an alarm.
-    Returns scores (B,) and contributions (B, n).
+    in utilisation (sec. V-B). The norm is L2 over the whole k x n window, or over its last row.
+    Windows are (B, k, n), or (B, m, k, n) for the m hosts of a federation judged together
+    (``model`` is then D seen as a function of the host windows, :class:`~dragon.detector.
+    federation_data.FederationWindows`). ``contributions[..., j]`` is feature j's share of f²,
+    so it sums to 1 when f > 0 and is all zeros when f == 0; it ranks the metrics behind an
+    alarm. Returns scores (B,) or (B, m) and contributions (B, n) or (B, m, n).
     """
     start = prev_windows if cfg.generate_from == "previous" else next_windows
-    predicted = generate_from(model, start, cfg)  # (B, k, n)
-    excess = F.relu(next_windows - predicted)  # (B, k, n)
+    predicted = generate_from(model, start, cfg)  # (..., k, n)
+    excess = F.relu(next_windows - predicted)  # (..., k, n)
     if cfg.score_rows == "last":
-        excess = excess[:, -1:]  # (B, 1, n): the row the new sample brought
-    per_feature = excess.square().sum(dim=1)  # (B, n)
-    total = per_feature.sum(dim=1)  # (B,)
-    shares = per_feature / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(1)  # (B, n)
-    contributions = torch.where(total.unsqueeze(1) > 0, shares, torch.zeros_like(shares))
+        excess = excess[..., -1:, :]  # (..., 1, n): the row the new sample brought
+    per_feature = excess.square().sum(dim=-2)  # (..., n)
+    total = per_feature.sum(dim=-1)  # (...)
+    shares = per_feature / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(-1)  # (..., n)
+    contributions = torch.where(total.unsqueeze(-1) > 0, shares, torch.zeros_like(shares))
     return total.sqrt(), contributions
 
 
@@ -281,10 +291,43 @@ def score_series(model: nn.Module, cfg: GonConfig, series: np.ndarray) -> tuple[
     return torch.cat(scores).double().numpy(), torch.cat(contributions).double().numpy()
 
 
-def gon_loss(model: nn.Module, real: Tensor, cfg: GonConfig) -> tuple[Tensor, Tensor, Tensor]:
+class WindowSet(Protocol):
+    """Real windows for Algorithm 1, with the view of D that judges each batch of them.
+
+    A plain series is judged by D alone (:class:`SeriesWindows`); the hosts of a federation are
+    judged by D together with their tasks, schedule and graph, which the view binds
+    (:class:`~dragon.detector.federation_data.FederationWindows`).
+    """
+
+    def __len__(self) -> int: ...
+
+    def batch(self, model: nn.Module, index: Tensor) -> tuple[Climbable, Tensor]:
+        """D as a function of the windows at ``index``, and those windows."""
+        ...
+
+
+@dataclass(frozen=True)
+class SeriesWindows:
+    """Windows (N, k, n) of one or more series; D judges each on its own."""
+
+    windows: Tensor  # (N, k, n)
+
+    def __len__(self) -> int:
+        return int(self.windows.shape[0])
+
+    def batch(self, model: nn.Module, index: Tensor) -> tuple[Climbable, Tensor]:
+        return model, self.windows[index]  # (B, k, n)
+
+
+def as_window_set(windows: Tensor | WindowSet) -> WindowSet:
+    return SeriesWindows(windows) if isinstance(windows, Tensor) else windows
+
+
+def gon_loss(model: Climbable, real: Tensor, cfg: GonConfig) -> tuple[Tensor, Tensor, Tensor]:
     """Algorithm 1, line 5: BCE(D(W), 1) + BCE(D(Z*), 0) with Z* generated from W itself.
 
-    Returns the loss and the logits of the real (B,) and generated (B,) windows.
+    Returns the loss and the logits of the real and generated windows: (B,), or one per host
+    or dimension, (B, m).
     """
     fake = generate_from(model, real, cfg)  # (B, k, n)
     real_logits = model.logits(real)  # (B,)
@@ -296,30 +339,31 @@ def gon_loss(model: nn.Module, real: Tensor, cfg: GonConfig) -> tuple[Tensor, Te
 
 
 @torch.no_grad()
-def evaluate_gon(model: nn.Module, windows: Tensor, cfg: GonConfig) -> dict[str, float]:
+def evaluate_gon(model: nn.Module, windows: Tensor | WindowSet, cfg: GonConfig) -> dict[str, float]:
     """Mean discriminator loss, D(real) and D(generated) over held-out windows (eval mode)."""
     model.eval()
+    data = as_window_set(windows)
     total = d_real = d_gen = 0.0
-    for start in range(0, windows.shape[0], EVAL_BATCH):
-        real = windows[start : start + EVAL_BATCH]
-        loss, real_logits, fake_logits = gon_loss(model, real, cfg)
+    for start in range(0, len(data), EVAL_BATCH):
+        view, real = data.batch(model, torch.arange(start, min(start + EVAL_BATCH, len(data))))
+        loss, real_logits, fake_logits = gon_loss(view, real, cfg)
         total += loss.item() * real.shape[0]
-        # Per window: the mean over its logits (one, or one per dimension).
+        # Per window: the mean over its logits (one, or one per host or dimension).
         d_real += torch.sigmoid(real_logits).reshape(len(real), -1).mean(dim=1).sum().item()
         d_gen += torch.sigmoid(fake_logits).reshape(len(real), -1).mean(dim=1).sum().item()
-    count = windows.shape[0]
+    count = len(data)
     return {"loss": total / count, "d_real": d_real / count, "d_gen": d_gen / count}
 
 
 def _train_epoch(
-    model: nn.Module, opt: torch.optim.Optimizer, windows: Tensor, order: np.ndarray, cfg: GonConfig
+    model: nn.Module, opt: torch.optim.Optimizer, data: WindowSet, order: np.ndarray, cfg: GonConfig
 ) -> float:
     """One pass of Algorithm 1 over shuffled minibatches; returns the mean training loss."""
     model.train()
     total = 0.0
     for start in range(0, len(order), cfg.batch_size):
-        real = windows[torch.from_numpy(order[start : start + cfg.batch_size])]  # (B, k, n)
-        loss, _, _ = gon_loss(model, real, cfg)
+        view, real = data.batch(model, torch.from_numpy(order[start : start + cfg.batch_size]))
+        loss, _, _ = gon_loss(view, real, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -339,8 +383,10 @@ def _split(n_windows: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]
     return np.arange(cut), np.arange(cut, n_windows)
 
 
-def train_gon(windows: np.ndarray, cfg: GonConfig, progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """Train D on real windows (N, k, n) with Algorithm 1 and early stopping; eval-mode model.
+def train_gon(
+    windows: np.ndarray | WindowSet, cfg: GonConfig, progress: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train D on real windows (N, k, n), or a :class:`WindowSet`, with Algorithm 1 and early stopping.
 
     Generated windows start at the real ones (window initialisation), so the only way for D to
     tell them apart is to make real windows local maxima of its surface: a window moved up
@@ -355,7 +401,7 @@ def train_gon(windows: np.ndarray, cfg: GonConfig, progress: bool = False) -> tu
     windows and over the windows generated from them), ``best_epoch``, ``best_val_loss`` and
     ``epochs_run``.
     """
-    data = torch.from_numpy(_checked_windows(windows, cfg))  # (N, k, n)
+    data = _checked_windows(windows, cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_discriminator(cfg)
@@ -369,7 +415,7 @@ def train_gon(windows: np.ndarray, cfg: GonConfig, progress: bool = False) -> tu
     for epoch in bar:
         train_loss = _train_epoch(model, opt, data, rng.permutation(train_idx), cfg)
         # Without a validation split the training loss stands in, so patience still applies.
-        held_out = evaluate_gon(model, data[val_idx], cfg) if len(val_idx) else {"loss": train_loss}
+        held_out = evaluate_gon(model, _Subset(data, val_idx), cfg) if len(val_idx) else {"loss": train_loss}
         for key, value in (("train_loss", train_loss), ("val_loss", held_out["loss"])):
             history[key].append(value)
         history["val_d_real"].append(held_out.get("d_real"))
@@ -384,7 +430,7 @@ def train_gon(windows: np.ndarray, cfg: GonConfig, progress: bool = False) -> tu
     history.update(best_epoch=best_epoch, best_val_loss=best_loss, epochs_run=len(history["train_loss"]))
     log.info(
         "gon_trained",
-        windows=int(len(data)),
+        windows=len(data),
         epochs_run=history["epochs_run"],
         best_epoch=best_epoch,
         best_val_loss=round(best_loss, 5),
@@ -393,10 +439,28 @@ def train_gon(windows: np.ndarray, cfg: GonConfig, progress: bool = False) -> tu
     return model, history
 
 
-def _checked_windows(windows: np.ndarray, cfg: GonConfig) -> np.ndarray:
+@dataclass(frozen=True)
+class _Subset:
+    """The windows of ``data`` at ``index``, as a window set of their own (the validation split)."""
+
+    data: WindowSet
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def batch(self, model: nn.Module, index: Tensor) -> tuple[Climbable, Tensor]:
+        return self.data.batch(model, torch.from_numpy(self.index)[index])
+
+
+def _checked_windows(windows: np.ndarray | WindowSet, cfg: GonConfig) -> WindowSet:
+    if not isinstance(windows, np.ndarray):
+        if len(windows) < 2:
+            raise ValueError("need at least 2 windows")
+        return windows
     windows = np.asarray(windows, dtype=np.float32)
     if windows.ndim != 3 or windows.shape[1:] != (cfg.window, cfg.n_features):
         raise ValueError(f"expected windows (N, {cfg.window}, {cfg.n_features}), got {windows.shape}")
     if windows.shape[0] < 2 or not np.isfinite(windows).all():
         raise ValueError("need at least 2 windows, all finite")
-    return windows
+    return SeriesWindows(torch.from_numpy(windows))

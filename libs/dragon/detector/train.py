@@ -209,11 +209,18 @@ def _load_array(file: Path) -> np.ndarray:
     return array
 
 
-def _load_matrix(file: Path) -> np.ndarray:
+def load_npy(file: Path, ndim: int) -> np.ndarray:
+    """A finite, non-empty numeric array of rank ``ndim`` from ``file`` as float64; DatasetError naming it."""
+    if not file.exists():
+        raise DatasetError(f"{file}: missing")
     array = _load_array(file)
-    if array.ndim != 2:
-        raise DatasetError(f"{file}: expected 2 dimensions [T, D], got shape {array.shape}")
+    if array.ndim != ndim:
+        raise DatasetError(f"{file}: expected {ndim} dimensions, got shape {array.shape}")
     return array.astype(np.float64)
+
+
+def _load_matrix(file: Path) -> np.ndarray:
+    return load_npy(file, ndim=2)
 
 
 def _load_labels(file: Path, test: np.ndarray) -> np.ndarray:
