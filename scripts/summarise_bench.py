@@ -12,6 +12,7 @@ Rows are grouped by ``<DATA>-<NAME>``; each cell is ``mean ± population standar
 over the group's seeds (``mean`` alone when there is one run).
 
     python scripts/summarise_bench.py out/*.json
+    python scripts/summarise_bench.py --columns federation out/rpi16/*.json
 """
 
 from __future__ import annotations
@@ -24,17 +25,32 @@ from collections import defaultdict
 from pathlib import Path
 
 NAME = re.compile(r"^(?P<group>.+)-s(?P<seed>\d+)\.json$")
-COLUMNS = (  # heading, key, digits
-    ("ROC-AUC", "roc_auc", 3),
-    ("PR-AUC", "pr_auc", 3),
-    ("F1", "f1", 3),
-    ("F1-PA", "f1_pa", 3),
-    ("PA%K AUC", "f1_pa_k_auc", 3),
+COSTS = (  # heading, key, digits
     ("train s", "train_s", 1),
     ("step ms p50", "step_latency_ms_p50", 2),
     ("step ms p99", "step_latency_ms_p99", 2),
     ("peak RSS MB", "peak_rss_mb", 0),
 )
+COLUMNS = {
+    "bench": (
+        ("ROC-AUC", "roc_auc", 3),
+        ("PR-AUC", "pr_auc", 3),
+        ("F1", "f1", 3),
+        ("F1-PA", "f1_pa", 3),
+        ("PA%K AUC", "f1_pa_k_auc", 3),
+        *COSTS,
+    ),
+    # dragon-detector bench-federation: quality per (interval, host) cell, false alarms by placement
+    "federation": (
+        ("ROC-AUC", "roc_auc", 3),
+        ("PR-AUC", "pr_auc", 3),
+        ("F1", "f1", 3),
+        ("HitRate@100%", "hit_rate_100", 3),
+        ("false alarms, placement changed", "false_alarm_rate_placement_changed", 4),
+        ("false alarms, unchanged", "false_alarm_rate_placement_unchanged", 4),
+        *COSTS,
+    ),
+}
 
 
 def load(paths: list[Path]) -> dict[str, list[dict]]:
@@ -55,13 +71,13 @@ def cell(values: list[float], digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.pstdev(values):.{digits}f}"
 
 
-def table(groups: dict[str, list[dict]]) -> str:
+def table(groups: dict[str, list[dict]], columns=COLUMNS["bench"]) -> str:
     lines = [
-        "| data-model | runs | " + " | ".join(heading for heading, _, _ in COLUMNS) + " |",
-        "| --- | ---: | " + " | ".join("---:" for _ in COLUMNS) + " |",
+        "| data-model | runs | " + " | ".join(heading for heading, _, _ in columns) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |",
     ]
     for group, results in groups.items():
-        cells = [cell([r[key] for r in results if r.get(key) is not None], digits) for _, key, digits in COLUMNS]
+        cells = [cell([r[key] for r in results if r.get(key) is not None], digits) for _, key, digits in columns]
         lines.append(f"| {group} | {len(results)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -69,8 +85,11 @@ def table(groups: dict[str, list[dict]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, nargs="+", help="bench result files <DATA>-<NAME>-s<SEED>.json")
+    parser.add_argument(
+        "--columns", choices=sorted(COLUMNS), default="bench", help="bench (default) or bench-federation results"
+    )
     args = parser.parse_args()
-    print(table(load(args.results)))
+    print(table(load(args.results), COLUMNS[args.columns]))
 
 
 if __name__ == "__main__":

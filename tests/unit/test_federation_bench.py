@@ -114,3 +114,21 @@ def test_a_malformed_folder_exits_2_naming_the_file(tmp_path, capsys):
     np.save(data / "schedule_series.npy", np.full((70, SLOTS, HOSTS), 0.5))
     assert bench(data, tmp_path / "r.json", "--model", "zscore") == 2
     assert "one-hot" in capsys.readouterr().err
+
+
+def test_the_heatmap_has_a_cell_per_host_and_interval_with_faults_outlined(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    out, plot = tmp_path / "z.json", tmp_path / "plots" / "z.svg"
+    assert bench(make_federation(tmp_path / "fed"), out, "--model", "zscore", "--plot", str(plot)) == 0
+    cells = [r for r in ET.parse(plot).getroot() if r.tag.endswith("rect")][1:]  # the first is the background
+    assert len(cells) == 21 * HOSTS
+    report = json.loads(out.read_text())
+    outlined = sum(1 for r in cells if r.get("stroke") == "black")
+    alarms = sum(1 for r in cells if r.get("fill") == "#d6604d")
+    assert outlined == round(report["anomaly_rate"] * 21 * HOSTS) and alarms == report["alarms"]
+
+
+def test_the_heatmap_is_svg_only(tmp_path, capsys):
+    assert bench(make_federation(tmp_path / "fed"), tmp_path / "r.json", "--model", "zscore", "--plot", "x.png") == 2
+    assert "drawn as .svg" in capsys.readouterr().err

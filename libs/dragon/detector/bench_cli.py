@@ -179,17 +179,22 @@ def add_federation_bench_parser(commands) -> None:
     parser.add_argument(
         "--latency-samples", type=int, default=50, help="single-interval scoring calls timed (default: 50)"
     )
+    parser.add_argument(
+        "--plot", metavar="PATH.svg", help="draw each host's test scores against the threshold, faults outlined"
+    )
     add_run_arguments(parser)
     parser.set_defaults(handler=run_federation_bench_command)
 
 
 def run_federation_bench_command(args) -> int:
     from dragon.detector.bench import write_outputs
-    from dragon.detector.federation_bench import FederationBenchConfig, run_federation_bench
+    from dragon.detector.federation_bench import FederationBenchConfig, run_federation_bench, write_heatmap
     from dragon.detector.train import DatasetError
 
     prepare_run(args)
     try:
+        if args.plot is not None and not args.plot.lower().endswith(".svg"):
+            raise ValueError(f"--plot {args.plot}: the host heatmap is drawn as .svg")
         cfg = FederationBenchConfig(
             data=args.data,
             model=args.model,
@@ -203,6 +208,8 @@ def run_federation_bench_command(args) -> int:
         )
         result = run_federation_bench(cfg)
         files = write_outputs(result, args.out, None, None)
+        if args.plot is not None:
+            files["plot"] = write_heatmap(result, args.plot)
     except (DatasetError, ValueError, OSError) as exc:
         print(f"dragon-detector bench-federation: {exc}", file=sys.stderr)
         return 2

@@ -58,6 +58,7 @@ from dragon.detector.federation_data import (
 from dragon.detector.gon import GonConfig, train_gon
 from dragon.detector.pot import DEFAULT_LEVEL, fit_pot
 from dragon.detector.scaling import DATASET_MIN_SPAN, MinMaxScaler
+from dragon.detector.svgplot import write_host_heatmap_svg
 
 log = structlog.get_logger(__name__)
 
@@ -338,3 +339,12 @@ def _params(cfg, model, pot, trace, train, test, latency_calls: int) -> dict[str
         "load_average_1m": round(os.getloadavg()[0], 2),
         "torch": str(torch.__version__),
     }
+
+
+def write_heatmap(result: BenchResult, path: str | Path) -> str:
+    """The hosts' test scores as a heatmap (``svgplot.write_host_heatmap_svg``); returns the path."""
+    params = result.report["params"]
+    title = f"{params['model']} on {Path(params['data']).name}, seed {params['seed']}"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_host_heatmap_svg(path, result.scores, result.report["threshold"], result.truth, title)
+    return str(path)

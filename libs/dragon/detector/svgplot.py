@@ -78,3 +78,54 @@ def write_loss_svg(path: str | Path, history: dict, title: str) -> None:
 
 def _points(curve: Sequence[float], px, py) -> str:
     return " ".join(f"{px(epoch):.1f},{py(value):.1f}" for epoch, value in enumerate(curve))
+
+
+def write_host_heatmap_svg(path: str | Path, scores, threshold: float, faulty, title: str) -> None:
+    """One row per host, one column per interval: how far each score is from the threshold.
+
+    ``scores`` and ``faulty`` are (T, m). A cell's blue deepens as its score nears the
+    threshold; a cell at or above it is red (an alarm); a labelled cell is outlined in black,
+    so found faults are outlined red cells and false alarms red cells without an outline.
+    """
+    steps, hosts = len(scores), len(scores[0]) if len(scores) else 0
+    if steps == 0 or hosts == 0:
+        raise ValueError("nothing to plot: the scores are empty")
+    cell_w = max(2.0, min(14.0, (WIDTH * 1.5 - 2 * MARGIN) / steps))
+    cell_h = 14.0
+    width, height = 2 * MARGIN + cell_w * steps, 2 * MARGIN + cell_h * hosts
+    cells = []
+    for t in range(steps):
+        for h in range(hosts):
+            x, y = MARGIN + t * cell_w, MARGIN + h * cell_h
+            score = float(scores[t][h])
+            if score >= threshold:
+                fill = "#d6604d"
+            else:
+                share = max(0.0, score / threshold) if threshold > 0 else 0.0
+                fill = _blend("#f7fbff", "#2166ac", share)
+            outline = ' stroke="black" stroke-width="1.2"' if faulty[t][h] else ""
+            cells.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{cell_w:.1f}" height="{cell_h:.1f}" fill="{fill}"{outline}/>'
+            )
+    labels = "".join(
+        f'<text x="{MARGIN - 4}" y="{MARGIN + (h + 0.75) * cell_h:.1f}" text-anchor="end">{h}</text>'
+        for h in range(hosts)
+    )
+    Path(path).write_text(
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="sans-serif" font-size="11">'
+        f'<rect width="{width:.0f}" height="{height:.0f}" fill="white"/>{"".join(cells)}{labels}'
+        f'<text x="{MARGIN}" y="20">{escape(title)}</text>'
+        f'<text x="{MARGIN}" y="34">rows: hosts; columns: intervals; blue: score / threshold {threshold:.3g}; '
+        "red: alarm; outlined: injected fault</text>"
+        f'<text x="{MARGIN}" y="{height - 14:.0f}">interval 0</text>'
+        f'<text x="{width - MARGIN:.0f}" y="{height - 14:.0f}" text-anchor="end">interval {steps - 1}</text>'
+        "</svg>\n"
+    )
+
+
+def _blend(low: str, high: str, share: float) -> str:
+    """The colour ``share`` (0..1) of the way from ``low`` to ``high`` (#rrggbb)."""
+    share = min(max(share, 0.0), 1.0)
+    a, b = (tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in (low, high))
+    return "#" + "".join(f"{round(x + (y - x) * share):02x}" for x, y in zip(a, b, strict=True))
