@@ -257,24 +257,44 @@ class GonModel:
         self.model, self.scaler = checkpoint.build_model(), checkpoint.scaler()
         self.training_log = checkpoint.meta["history"]
 
-    @torch.no_grad()
     def score(self, series: np.ndarray, history: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        scores, contributions = self.score_many([series], [history])
+        return scores[0], contributions[0]
+
+    @torch.no_grad()
+    def score_many(
+        self, series: Sequence[np.ndarray], histories: Sequence[np.ndarray | None]
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """:meth:`score` of several series (one per host) in shared batches, as the service scores a batch.
+
+        Scores are batch-invariant (one Hutchinson probe per batch), so this only saves calls.
+        """
         if self.cfg is None or self.model is None or self.scaler is None:
             raise RuntimeError("GonModel.score before fit")
-        series = _checked(series, self.cfg.n_features)
-        prefix = _tail(history, self.context, self.cfg.n_features)
-        full = self.scaler.transform(np.concatenate([prefix, series])).astype(np.float32)  # (P+T, n)
-        windows = torch.from_numpy(make_windows(full, self.cfg.window))  # (P+T, k, n)
-        previous = torch.cat([windows[:1], windows[:-1]])  # (P+T, k, n)
-        # Only the series' own windows are generated: one scored step costs one window.
-        windows, previous = windows[len(prefix) :], previous[len(prefix) :]  # (T, k, n)
+        pairs = [self._windows(part, history) for part, history in zip(series, histories, strict=True)]
+        previous = torch.cat([p for p, _ in pairs])  # (sum T, k, n)
+        windows = torch.cat([w for _, w in pairs])
         scores, contributions = [], []
         for start in range(0, windows.shape[0], EVAL_BATCH):
             part = slice(start, start + EVAL_BATCH)
             s, c = fault_scores(self.model, previous[part], windows[part], self.cfg)
             scores.append(s)
             contributions.append(c)
-        return torch.cat(scores).double().numpy(), torch.cat(contributions).double().numpy()
+        cuts = np.cumsum([len(w) for _, w in pairs])[:-1]
+        return (
+            np.split(torch.cat(scores).double().numpy(), cuts),
+            np.split(torch.cat(contributions).double().numpy(), cuts),
+        )
+
+    def _windows(self, series: np.ndarray, history: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_{t-1} and W_t (T, k, n) of every step of ``series``, its history filling the first windows."""
+        series = _checked(series, self.cfg.n_features)
+        prefix = _tail(history, self.context, self.cfg.n_features)
+        full = self.scaler.transform(np.concatenate([prefix, series])).astype(np.float32)  # (P+T, n)
+        windows = torch.from_numpy(make_windows(full, self.cfg.window))  # (P+T, k, n)
+        previous = torch.cat([windows[:1], windows[:-1]])  # (P+T, k, n)
+        # Only the series' own windows are generated: one scored step costs one window.
+        return previous[len(prefix) :], windows[len(prefix) :]  # (T, k, n) each
 
     def describe(self) -> dict[str, Any]:
         cfg = self.cfg.to_dict() if self.cfg is not None else dict(self.overrides)

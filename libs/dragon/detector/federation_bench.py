@@ -133,11 +133,8 @@ class PerHostGon:
         self.gon.fit(host_series(train))
 
     def score(self, trace: FederationTrace, history: FederationTrace) -> tuple[np.ndarray, np.ndarray]:
-        parts = [
-            self.gon.score(series, history=past)
-            for series, past in zip(host_series(trace), host_series(history), strict=True)
-        ]
-        return np.stack([s for s, _ in parts], axis=1), np.stack([c for _, c in parts], axis=1)
+        scores, contributions = self.gon.score_many(host_series(trace), host_series(history))  # all hosts, one batch
+        return np.stack(scores, axis=1), np.stack(contributions, axis=1)
 
     def describe(self) -> dict[str, Any]:
         return self.gon.describe()
