@@ -209,7 +209,8 @@ def run_federation_bench_command(args) -> int:
         result = run_federation_bench(cfg)
         files = write_outputs(result, args.out, None, None)
         if args.plot is not None:
-            files["plot"] = write_heatmap(result, args.plot)
+            label = args.model + (f" --ablation {args.ablation}" if args.ablation else "")
+            files["plot"] = write_heatmap(result, args.plot, label)
     except (DatasetError, ValueError, OSError) as exc:
         print(f"dragon-detector bench-federation: {exc}", file=sys.stderr)
         return 2

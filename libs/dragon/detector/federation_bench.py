@@ -338,10 +338,10 @@ def _params(cfg, model, pot, trace, train, test, latency_calls: int) -> dict[str
     }
 
 
-def write_heatmap(result: BenchResult, path: str | Path) -> str:
+def write_heatmap(result: BenchResult, path: str | Path, label: str) -> str:
     """The hosts' test scores as a heatmap (``svgplot.write_host_heatmap_svg``); returns the path."""
     params = result.report["params"]
-    title = f"{params['model']} on {Path(params['data']).name}, seed {params['seed']}"
+    title = f"{label} on {Path(params['data']).name}, seed {params['seed']}"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_host_heatmap_svg(path, result.scores, result.report["threshold"], result.truth, title)
     return str(path)
