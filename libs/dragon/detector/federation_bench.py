@@ -76,7 +76,6 @@ class FederationModel(Protocol):
 
     def score(self, trace: FederationTrace, history: FederationTrace) -> tuple[np.ndarray, np.ndarray]:
         """Scores (T, m) and per-metric contributions (T, m, n) of ``trace``; ``history`` came just before."""
-        ...
 
     def describe(self) -> dict[str, Any]: ...
 

@@ -303,7 +303,6 @@ class WindowSet(Protocol):
 
     def batch(self, model: nn.Module, index: Tensor) -> tuple[Climbable, Tensor]:
         """D as a function of the windows at ``index``, and those windows."""
-        ...
 
 
 @dataclass(frozen=True)
