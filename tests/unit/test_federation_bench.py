@@ -60,6 +60,9 @@ def test_faults_rise_single_hosts_where_labelled_and_are_seeded(tmp_path):
     assert not np.array_equal(other.labels, injected.labels)
     with pytest.raises(ValueError, match="too short"):
         inject_host_faults(test.part(0, 8), train, cfg)
+    crowded = FederationBenchConfig(data="unused", faults=10, fault_lengths=(5, 5))
+    with pytest.raises(ValueError, match="could not place 10 separate faults"):
+        inject_host_faults(test, train, crowded)  # each host fits at most 2 such faults
 
 
 @pytest.mark.parametrize("model", ["zscore", "pca", "random", "gon-host", "gon"])

@@ -56,7 +56,7 @@ from dragon.detector.federation_data import (
     schedule_changed,
 )
 from dragon.detector.gon import GonConfig, train_gon
-from dragon.detector.pot import DEFAULT_LEVEL, fit_pot
+from dragon.detector.pot import DEFAULT_LEVEL, PotState, fit_pot
 from dragon.detector.scaling import DATASET_MIN_SPAN, MinMaxScaler
 from dragon.detector.svgplot import write_host_heatmap_svg
 
@@ -226,8 +226,11 @@ def inject_host_faults(test: FederationTrace, train: FederationTrace, cfg: Feder
     flat = train.hosts.reshape(-1, n)
     span = np.maximum(flat.max(axis=0) - flat.min(axis=0), np.finfo(float).tiny)  # (n,)
     hosts, labels = test.hosts.copy(), np.zeros((steps, m, n), dtype=np.int8)
-    placed = 0
+    placed = tries = 0
     while placed < cfg.faults:
+        tries += 1
+        if tries > 1000 * cfg.faults:
+            raise ValueError(f"could not place {cfg.faults} separate faults in {steps} intervals of {m} hosts")
         host = int(rng.integers(m))
         start = int(rng.integers(longest, steps - longest))
         length = int(rng.integers(cfg.fault_lengths[0], longest + 1))
@@ -313,7 +316,15 @@ def _step_latencies_ms(
     return np.asarray(latencies)
 
 
-def _params(cfg, model, pot, trace, train, test, latency_calls: int) -> dict[str, Any]:
+def _params(
+    cfg: FederationBenchConfig,
+    model: FederationModel,
+    pot: PotState,
+    trace: FederationTrace,
+    train: FederationTrace,
+    test: FederationTrace,
+    latency_calls: int,
+) -> dict[str, Any]:
     return {
         "model": cfg.model,
         "model_config": model.describe(),
