@@ -135,3 +135,18 @@ def test_the_heatmap_has_a_cell_per_host_and_interval_with_faults_outlined(tmp_p
 def test_the_heatmap_is_svg_only(tmp_path, capsys):
     assert bench(make_federation(tmp_path / "fed"), tmp_path / "r.json", "--model", "zscore", "--plot", "x.png") == 2
     assert "drawn as .svg" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["gon", "gon-host"])
+def test_scoring_with_history_equals_scoring_the_whole_trace(tmp_path, model):
+    """The first test windows hold the last training rows: scoring the test part after its history
+    gives exactly what scoring the joined trace gives for those intervals."""
+    from dragon.detector.federation_bench import FEDERATION_MODELS
+
+    trace = load_federation_dir(make_federation(tmp_path / "fed"), leis=2).started()
+    train, test = trace.part(0, 48), trace.part(48)
+    gon = FEDERATION_MODELS[model]({"epochs": 1, "window": 3, "hidden": 8, "gen_steps": 2}, 0)
+    gon.fit(train)
+    after_history, _ = gon.score(test, history=train)
+    whole, _ = gon.score(train.then(test), history=train.part(0, 0))
+    np.testing.assert_allclose(after_history, whole[48:], rtol=1e-5, atol=1e-6)
