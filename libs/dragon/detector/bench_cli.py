@@ -27,15 +27,12 @@ def add_bench_parser(commands) -> None:
         "scores, and write quality, cost and parameters as JSON (RESULT.json), the per-step test scores "
         "beside it (RESULT.scores.npy) and optionally a plot. Test labels are used for measuring only.",
     )
-    parser.add_argument("--data", required=True, metavar="DIR", help="folder with train.npy, test.npy, labels.npy")
-    parser.add_argument("--out", required=True, metavar="RESULT.json", help="report to write; scores go beside it")
-    parser.add_argument(
-        "--model",
-        default="gon",
-        help="a model registered in dragon.detector.baselines: gon (default), zscore, pca, random; "
+    add_model_arguments(
+        parser,
+        data="folder with train.npy, test.npy, labels.npy",
+        models="a model registered in dragon.detector.baselines: gon (default), zscore, pca, random; "
         "an unknown name lists the registered ones",
     )
-    add_model_arguments(parser)
     parser.add_argument("--pot-q", type=float, help="POT risk q (default: dragon.detector.pot.DEFAULT_Q, 1e-4)")
     parser.add_argument(
         "--pot-level", type=float, help="POT initial quantile (default: dragon.detector.pot.DEFAULT_LEVEL, 0.98)"
@@ -55,8 +52,11 @@ def add_bench_parser(commands) -> None:
     parser.set_defaults(handler=run_bench_command)
 
 
-def add_model_arguments(parser) -> None:
-    """--param, --ablation and --seed, shared by both benchmarks."""
+def add_model_arguments(parser, data: str, models: str) -> None:
+    """--data, --out, --model, --param, --ablation and --seed, shared by both benchmarks."""
+    parser.add_argument("--data", required=True, metavar="DIR", help=data)
+    parser.add_argument("--out", required=True, metavar="RESULT.json", help="report to write; scores go beside it")
+    parser.add_argument("--model", default="gon", help=models)
     parser.add_argument(
         "--param",
         action="append",
@@ -159,15 +159,12 @@ def add_federation_bench_parser(commands) -> None:
         "every host of every interval. Writes quality per (interval, host) cell, false alarms where a host's "
         "placement changed or not, cost and parameters as JSON, and the scores [T', m] beside it.",
     )
-    parser.add_argument("--data", required=True, metavar="DIR", help="folder with time_series.npy, schedule_series.npy")
-    parser.add_argument("--out", required=True, metavar="RESULT.json", help="report to write; scores go beside it")
-    parser.add_argument(
-        "--model",
-        default="gon",
-        help="gon (the DRAGON discriminator over all hosts, tasks, schedule and graph; default), gon-host "
+    add_model_arguments(
+        parser,
+        data="folder with time_series.npy, schedule_series.npy",
+        models="gon (the DRAGON discriminator over all hosts, tasks, schedule and graph; default), gon-host "
         "(the same network one host at a time, as the service scores today), zscore, pca, random",
     )
-    add_model_arguments(parser)
     parser.add_argument("--fault-seed", type=int, help="seed of the injected faults (default: --seed)")
     parser.add_argument("--faults", type=int, default=6, help="fault segments injected into the test part (default: 6)")
     parser.add_argument(

@@ -46,7 +46,7 @@ import structlog
 import torch
 
 from dragon.detector.baselines import GonModel, create_model
-from dragon.detector.bench import BenchResult, peak_rss_mb, quality
+from dragon.detector.bench import BenchResult, costs, quality
 from dragon.detector.federation_data import (
     FederationTrace,
     FederationWindows,
@@ -270,11 +270,7 @@ def run_federation_bench(cfg: FederationBenchConfig) -> BenchResult:
         **quality(cell_scores, cell_contributions, cell_labels, pot.z_q),
         **_placement_false_alarms(scores >= pot.z_q, injected.labels.any(axis=2), test, train),
         "threshold": pot.z_q,
-        "train_s": round(train_s, 6),
-        "test_s": round(test_s, 6),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "step_latency_ms_p50": round(float(np.percentile(latencies, 50)), 4),
-        "step_latency_ms_p99": round(float(np.percentile(latencies, 99)), 4),
+        **costs(train_s, test_s, latencies),
         "params": _params(cfg, model, pot, trace, train, test, len(latencies)),
     }
     log.info("federation_bench_done", model=cfg.model, roc_auc=report["roc_auc"], pr_auc=report["pr_auc"])
