@@ -9,13 +9,19 @@ capped at ``history`` samples, which also serves as the record that
 Windows follow eq. (1) of the DRAGON paper: the window at t is the last k
 samples ``x_{t-k+1..t}``, with replication padding (the first sample repeated)
 while fewer than k exist.
+
+A member is ``msgpack([ts, seq, *vector, tasks])``: ``tasks`` lists ``[task id, cpu share]`` of
+the tasks the host ran in that interval, which is where the detector takes the schedule S_t and
+the task windows from. A sample without tasks (and every member written before tasks were
+stored) ends with the vector.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import msgpack
@@ -70,6 +76,20 @@ class StopRequested(Exception):
     """The service is stopping while waiting for Redis."""
 
 
+Tasks = Mapping[str, float]  # task id -> cpu share of the host
+# A sample to store: (host, ts, seq, vector) or (host, ts, seq, vector, tasks).
+Row = tuple[str, float, int, Sequence[float]] | tuple[str, float, int, Sequence[float], Tasks]
+
+
+@dataclass(frozen=True)
+class StoredSample:
+    """One host sample as stored: its time, metric vector and the tasks it ran (id -> cpu share)."""
+
+    ts: float
+    vector: list[float]
+    tasks: Tasks = field(default_factory=dict)
+
+
 class WindowStore:
     def __init__(self, client: redis.Redis, lei: str, history: int) -> None:
         if history < 2:
@@ -90,15 +110,19 @@ class WindowStore:
         return f"dragon:{self.lei}:scaler"
 
     # --- samples ----------------------------------------------------------------
-    def append_many(self, samples: Sequence[tuple[str, float, int, Sequence[float]]]) -> None:
-        """Store ``(host, ts, seq, vector)`` samples in one round trip.
+    def append_many(self, samples: Sequence[Row]) -> None:
+        """Store ``(host, ts, seq, vector)`` or ``(host, ts, seq, vector, tasks)`` samples in one round trip.
 
         ``seq`` is the collector's tick number: kept with the sample so that a gap
-        (a lost sample) can be seen, see :meth:`sequence_numbers`.
+        (a lost sample) can be seen, see :meth:`sequence_numbers`. ``tasks`` maps the id of
+        each task the host ran to its cpu share; the same sample always packs to the same
+        member (tasks sorted by id), so a redelivery stays idempotent.
         """
         pipe = self.client.pipeline(transaction=True)
-        for host, ts, seq, vector in samples:
-            member = msgpack.packb([float(ts), int(seq), *map(float, vector)])
+        for host, ts, seq, vector, *rest in samples:
+            tasks = sorted([str(task), float(cpu)] for task, cpu in (rest[0] if rest else {}).items())
+            # A sample without tasks packs as before tasks were stored, so old members stay equal.
+            member = msgpack.packb([float(ts), int(seq), *map(float, vector), *([tasks] if tasks else [])])
             pipe.zadd(self._key(host), {member: float(ts)})
             # Keep the newest ``history`` members: remove ranks 0 .. -(history+1).
             pipe.zremrangebyrank(self._key(host), 0, -(self.history + 1))
@@ -114,10 +138,24 @@ class WindowStore:
         return [_unpack(member) for member in members]
 
     def recent_many(self, hosts: Sequence[str], count: int) -> dict[str, list[tuple[float, list[float]]]]:
+        return {
+            host: [(s.ts, s.vector) for s in samples] for host, samples in self.recent_samples(hosts, count).items()
+        }
+
+    def recent_samples(self, hosts: Sequence[str], count: int) -> dict[str, list[StoredSample]]:
+        """The newest ``count`` samples of each host with their tasks, oldest first."""
         pipe = self.client.pipeline(transaction=False)
         for host in hosts:
             pipe.zrange(self._key(host), -count, -1)
-        return {host: [_unpack(m) for m in members] for host, members in zip(hosts, pipe.execute(), strict=True)}
+        return {host: [_stored(m) for m in members] for host, members in zip(hosts, pipe.execute(), strict=True)}
+
+    def samples_since(self, since_ts: float) -> dict[str, list[StoredSample]]:
+        """Every host's samples from ``since_ts`` on, with their tasks, oldest first (two round trips)."""
+        hosts = self.hosts()
+        pipe = self.client.pipeline(transaction=False)
+        for host in hosts:
+            pipe.zrangebyscore(self._key(host), since_ts, "+inf")
+        return {host: [_stored(m) for m in members] for host, members in zip(hosts, pipe.execute(), strict=True)}
 
     def count(self, host: str) -> int:
         return int(self.client.zcard(self._key(host)))
@@ -127,6 +165,10 @@ class WindowStore:
 
     def all_samples(self, host: str) -> list[tuple[float, list[float]]]:
         return [_unpack(m) for m in self.client.zrange(self._key(host), 0, -1)]
+
+    def all_stored(self, host: str) -> list[StoredSample]:
+        """Every stored sample of ``host`` with its tasks, oldest first."""
+        return [_stored(m) for m in self.client.zrange(self._key(host), 0, -1)]
 
     def sequence_numbers(self, host: str, since_ts: float = 0.0) -> list[int]:
         """Collector tick numbers of the stored samples since ``since_ts``, in time order."""
@@ -159,9 +201,15 @@ class WindowStore:
         }
 
 
-def _unpack(member: bytes) -> tuple[float, list[float]]:
+def _stored(member: bytes) -> StoredSample:
     ts, _seq, *vector = msgpack.unpackb(member)
-    return ts, vector
+    tasks = vector.pop() if vector and isinstance(vector[-1], list) else []
+    return StoredSample(ts, vector, {task: cpu for task, cpu in tasks})
+
+
+def _unpack(member: bytes) -> tuple[float, list[float]]:
+    sample = _stored(member)
+    return sample.ts, sample.vector
 
 
 def padded_window(samples: Sequence[Sequence[float]], k: int) -> list[list[float]]:

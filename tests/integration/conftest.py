@@ -4,6 +4,9 @@ emulated hosts and a detector that learns from their first seconds of normal ope
 from __future__ import annotations
 
 import secrets as tokens
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -30,22 +33,31 @@ DETECTOR_ENV = {
 MODEL_READY_TIMEOUT_S = 120
 
 
-@pytest.fixture(scope="session")
-def lei(tmp_path_factory, repo):
+@contextmanager
+def running_lei(
+    tmp_path_factory, repo: Path, prefix: str, hosts: list[str], detector_env: dict[str, str]
+) -> Iterator[LeiStack]:
+    """A fresh LEI of ``hosts``, its detector serving a model learnt from their normal operation."""
     stack = LeiStack(
-        lei=f"it{tokens.token_hex(3)}",
-        hosts=HOSTS,
-        workdir=tmp_path_factory.mktemp("lei"),
+        lei=f"{prefix}{tokens.token_hex(3)}",
+        hosts=hosts,
+        workdir=tmp_path_factory.mktemp(prefix),
         mosquitto_conf=repo / "compose" / "mosquitto" / "broker.conf",
     )
     try:
         stack.start_brokers()
         stack.start_collector("collector", COLLECTOR_ENV)
-        stack.start_detector("detector", DETECTOR_ENV)
+        stack.start_detector("detector", detector_env)
         wait_until_scoring(stack)
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session")
+def lei(tmp_path_factory, repo):
+    with running_lei(tmp_path_factory, repo, "it", HOSTS, DETECTOR_ENV) as stack:
+        yield stack
 
 
 def wait_until_scoring(stack: LeiStack) -> None:

@@ -40,6 +40,22 @@ def test_appends_are_idempotent_time_ordered_and_capped(client):
     assert padded_window(recent, 4) == [[6.0, 0.5], [6.0, 0.5], [7.0, 0.5], [8.0, 0.5]]
 
 
+def test_samples_keep_their_tasks_and_a_redelivery_with_tasks_stays_one_member(client):
+    store = WindowStore(client, "t3", history=10)
+    rows = [
+        ("h1", 1.0, 1, [0.1, 0.5], {"b": 0.2, "a": 0.1}),
+        ("h2", 1.0, 1, [0.3, 0.5]),
+        ("h1", 2.0, 2, [0.2, 0.5], {}),
+    ]
+    store.append_many(rows)
+    store.append_many([("h1", 1.0, 1, [0.1, 0.5], {"a": 0.1, "b": 0.2})])  # the same sample, tasks in another order
+    since = store.samples_since(1.5)
+    assert [s.ts for s in since["h1"]] == [2.0] and since["h2"] == []
+    first, second = store.all_stored("h1")
+    assert (first.ts, first.vector, dict(first.tasks)) == (1.0, [0.1, 0.5], {"a": 0.1, "b": 0.2})
+    assert dict(second.tasks) == {} and store.recent("h2", 1) == [(1.0, [0.3, 0.5])]
+
+
 def test_scaler_bounds_round_trip(client):
     store = WindowStore(client, "t2", history=5)
     assert store.load_bounds() is None

@@ -8,6 +8,8 @@ from dragon.config import ConfigError, section, setting
 from dragon.settings import CommonConfig, RedisSettings
 
 POT_MODES = ("static", "spot", "dspot")
+# What a model judges at once (GonConfig.scope): one host's window, or the whole LEI.
+SCOPES = ("host", "lei")
 MAX_POT_DEPTH = 1000
 MAX_FINETUNE_WINDOWS = 4096  # one full-batch step; also bounds the windows kept in memory
 
@@ -33,6 +35,25 @@ class DetectorConfig:
         "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES", 30, "and from at least this many samples per host", "samples"
     )
     train_epochs: int = setting("DRAGON_DETECTOR_TRAIN_EPOCHS", 60, "epochs when learning on-line", "epochs")
+    scope: str = setting(
+        "DRAGON_DETECTOR_SCOPE",
+        "host",
+        "what a model learnt on-line judges at once: host (each host's window alone) or lei (every host of "
+        "the LEI with its tasks, schedule and graph, DRAGON eq. 6-10); a served model keeps the scope it was "
+        "trained with",
+    )
+    broker_host: str = setting(
+        "DRAGON_DETECTOR_BROKER_HOST",
+        "",
+        "scope lei: the host the LEI's graph centres on (its broker); empty or not sampled: the first host by name",
+    )
+    topology: bool = setting(
+        "DRAGON_DETECTOR_TOPOLOGY",
+        False,
+        "scope lei: learn with the graph transformer, convolutions and attention (eq. 7-10); off, the head reads "
+        "each host's window and schedule encoding (better and 3x cheaper on the rpi16 traces, "
+        "docs/detector-quality.md)",
+    )
     pot_q: float = setting("DRAGON_POT_Q", 1e-3, "POT risk q: the false-alarm probability the threshold aims at")
     pot_level: float = setting("DRAGON_POT_LEVEL", 0.98, "POT initial quantile of the calibration scores")
     pot_mode: str = setting(
@@ -91,6 +112,8 @@ class DetectorConfig:
             raise ConfigError(f"DRAGON_POT_MODE must be one of {', '.join(POT_MODES)}")
         if not 1 <= self.pot_depth <= MAX_POT_DEPTH:
             raise ConfigError(f"DRAGON_POT_DEPTH must be between 1 and {MAX_POT_DEPTH}")
+        if self.scope not in SCOPES:
+            raise ConfigError(f"DRAGON_DETECTOR_SCOPE must be one of {', '.join(SCOPES)}")
         if self.clear_windows < 1:
             raise ConfigError("DRAGON_FAULT_CLEAR_WINDOWS must be at least 1")
         if self.finetune_min_interval_s < 0:

@@ -50,6 +50,7 @@ from dragon.detector.bench import BenchResult, costs, quality
 from dragon.detector.federation_data import (
     FederationTrace,
     FederationWindows,
+    batch_size_for,
     federation_fault_scores,
     host_series,
     load_federation_dir,
@@ -66,7 +67,6 @@ log = structlog.get_logger(__name__)
 # 2,240 training scores, too few to extrapolate the FTSAD bench's 1e-4 (docs/design.md).
 FEDERATION_POT_Q = 1e-3
 LATENCY_WARMUP = 3
-HOST_WINDOWS_PER_BATCH = GonConfig.__dataclass_fields__["batch_size"].default
 
 
 class FederationModel(Protocol):
@@ -95,12 +95,8 @@ class JointGon:
 
     def fit(self, train: FederationTrace) -> None:
         m, n = train.hosts.shape[1:]
-        # A sample is a whole federation of m host windows: by default a minibatch holds as many
-        # host windows as the per-host model's (GonConfig.batch_size, 64), i.e. 4 federations of
-        # 16. With 64 federations per step, 141 training intervals gave 3 steps per epoch and D
-        # never left 0.5 (validation loss 1.386 = 2 ln 2) within 60 epochs; with 4 it did (0.845).
-        batch = {"batch_size": max(1, round(HOST_WINDOWS_PER_BATCH / m))}
-        self.cfg = GonConfig.from_dict({"n_features": n, **batch, **self.overrides})
+        batch = {"batch_size": batch_size_for(m)}  # a sample is a whole federation of m host windows
+        self.cfg = GonConfig.from_dict({"n_features": n, "scope": "lei", **batch, **self.overrides})
         self.scaler = MinMaxScaler.fit(train.hosts.reshape(-1, n), self.min_span)  # one scaler for all hosts
         self.model, history = train_gon(self._windows(train), self.cfg)
         self.training_log = {key: history[key] for key in ("epochs_run", "best_epoch")}

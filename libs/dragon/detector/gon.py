@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from dragon.detector.config import SCOPES
 from dragon.detector.federation_model import DimensionsAsHosts, FederationConfig, SingleHostDiscriminator
 from dragon.detector.generation import ASCENTS, Climbable, generate
 from dragon.records import check_known_keys
@@ -49,6 +50,7 @@ SAVED_BEFORE_THE_KEY: dict[str, Any] = {
     "score_rows": "window",
     "gen_box": False,
     "gen_init": "window",
+    "scope": "host",
 }
 
 
@@ -102,6 +104,10 @@ class GonConfig:
     gen_init: str = "window"  # start the ascent from the window itself (sec. IV-C) or from "noise"
     score_rows: str = "last"  # eq. 13 over the whole window, or over its last row only
     generate_from: str = "previous"  # score against Ŵ generated from W_t ("previous") or W_{t+1} ("current")
+    # What D judges at once (SCOPES): one host's window, or every host of an LEI with their tasks,
+    # schedule and graph (dragon.detector.lei). The same weights can do either, but a model is
+    # calibrated for the one it was trained on, so the scope is part of the model.
+    scope: str = "host"
     seed: int = 0  # weight initialisation and minibatch order
     epochs: int = 60  # upper bound; early stopping usually ends sooner
     batch_size: int = 64  # m in Algorithm 1
@@ -129,6 +135,10 @@ class GonConfig:
             raise ValueError(f"GonConfig.score_rows must be 'window' or 'last', got {self.score_rows!r}")
         if self.gen_init not in ("window", "noise"):
             raise ValueError(f"GonConfig.gen_init must be 'window' or 'noise', got {self.gen_init!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"GonConfig.scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.scope == "lei" and self.architecture != "dragon":
+            raise ValueError("GonConfig.scope 'lei' needs architecture 'dragon' (D over hosts, tasks and schedule)")
         if self.gen_restart_every < 0:
             raise ValueError(f"GonConfig.gen_restart_every must be >= 0, got {self.gen_restart_every}")
         if not 0.0 <= self.val_fraction < 1.0:

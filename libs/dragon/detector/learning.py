@@ -24,11 +24,12 @@ from dragon.detector.checkpoint import Checkpoint
 from dragon.detector.config import DetectorConfig
 from dragon.detector.finetune import ConfidenceGate, confidence, fine_tune, stacked
 from dragon.detector.gon import GonConfig
+from dragon.detector.lei import lei_trace, train_from_lei
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import Scorer
 from dragon.detector.train import train_from_series
 from dragon.messages.schemas import HOST_METRICS
-from dragon.store import WindowStore
+from dragon.store import StoredSample, WindowStore
 
 log = structlog.get_logger(__name__)
 
@@ -75,42 +76,67 @@ class OnlineLearner:
             try:
                 if self.models.current_id() is not None:
                     return  # a model exists (another replica trained it): nothing to learn
-                series = self._ready_series()
-                if series is not None and self.models.try_lock(self.instance):
+                history = self._ready_history()
+                if history is not None and self.models.try_lock(self.instance):
                     try:
-                        self._train(series)
+                        self._train(history)
                     finally:
                         self.models.unlock(self.instance)
                     return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("learner_waiting_for_redis", error=str(exc))
 
-    def _ready_series(self) -> list[np.ndarray] | None:
+    def _ready_history(self) -> dict[str, list[StoredSample]] | None:
+        """Every host's stored samples, once each has been recorded long enough."""
         hosts = self.windows.hosts()
         if not hosts:
             return None
         now = time.time()
-        series = []
+        history = {}
         for host in hosts:
-            samples = self.windows.all_samples(host)
-            if len(samples) < self.config.warmup_min_samples or now - samples[0][0] < self.config.warmup_s:
+            samples = self.windows.all_stored(host)
+            if len(samples) < self.config.warmup_min_samples or now - samples[0].ts < self.config.warmup_s:
                 return None
-            series.append(np.asarray([row for _, row in samples], dtype=np.float64))
-        return series
+            history[host] = samples
+        return history
 
-    def _train(self, series: list[np.ndarray]) -> None:
-        log.info("learning_normal_operation", hosts=len(series), samples=sum(len(s) for s in series))
-        cfg = GonConfig(n_features=len(HOST_METRICS), window=self.config.window, epochs=self.config.train_epochs)
-        checkpoint = train_from_series(
-            series,
-            HOST_METRICS,
-            cfg,
-            min_span=min_span(),
-            pot_q=self.config.pot_q,
-            pot_level=self.config.pot_level,
-            source=f"redis:{self.windows.lei}",
+    def _train(self, history: dict[str, list[StoredSample]]) -> None:
+        scope = self.config.scope
+        log.info("learning_normal_operation", scope=scope, hosts=len(history), samples=sum(map(len, history.values())))
+        cfg = GonConfig(
+            n_features=len(HOST_METRICS),
+            window=self.config.window,
+            epochs=self.config.train_epochs,
+            scope=scope,
+            # The graph part means something only over many hosts; per host, keep the default.
+            topology=self.config.topology if scope == "lei" else GonConfig.topology,
         )
+        checkpoint = TRAINERS[scope](history, cfg, self.config, f"redis:{self.windows.lei}")
         self.models.publish(checkpoint)
+
+
+def _train_hosts(
+    history: dict[str, list[StoredSample]], cfg: GonConfig, config: DetectorConfig, source: str
+) -> Checkpoint:
+    """One model for every host's window on its own (scope ``host``)."""
+    series = [np.asarray([s.vector for s in samples], dtype=np.float64) for samples in history.values()]
+    return train_from_series(
+        series, HOST_METRICS, cfg, min_span=min_span(), pot_q=config.pot_q, pot_level=config.pot_level, source=source
+    )
+
+
+def _train_lei(
+    history: dict[str, list[StoredSample]], cfg: GonConfig, config: DetectorConfig, source: str
+) -> Checkpoint:
+    """One model for all hosts of the LEI at once, with their tasks, schedule and graph (scope ``lei``)."""
+    recorded = lei_trace(history, HOST_METRICS, config.broker_host, config.common.service.lei)
+    return train_from_lei(
+        recorded, cfg, min_span=min_span(), pot_q=config.pot_q, pot_level=config.pot_level, source=source
+    )
+
+
+# How the learner trains a model of each scope (DRAGON_DETECTOR_SCOPE).
+TRAINERS = {"host": _train_hosts, "lei": _train_lei}
 
 
 class FineTuner:
@@ -139,7 +165,13 @@ class FineTuner:
         self._thread: threading.Thread | None = None
 
     def observe(self, scorer: Scorer, hosts: list[str], prev: np.ndarray, nxt: np.ndarray, normal: list[bool]) -> None:
-        """Windows (B, k, n) the scorer just judged, in raw units; ``normal[i]``: judged normal, host not in a fault."""
+        """Windows (B, k, n) the scorer just judged, in raw units; ``normal[i]``: judged normal, host not in a fault.
+
+        Only a model of single host windows (scope ``host``) is tuned: a model of the LEI would
+        have to learn from whole LEI steps, which this does not keep yet.
+        """
+        if scorer.scope != "host":
+            return
         if scorer.model_id != self._model_id:
             self._model_id = scorer.model_id
             self.gate.reset()  # a new model: a new reference, and the interval starts again

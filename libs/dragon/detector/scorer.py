@@ -7,7 +7,7 @@ which starts from this model's calibration (:meth:`Scorer.resume`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,10 +15,13 @@ import structlog
 import torch
 
 from dragon.detector.checkpoint import Checkpoint
+from dragon.detector.federation_data import federation_of
+from dragon.detector.federation_model import FederationGraph, HostsInContext
 from dragon.detector.gon import fault_scores
+from dragon.detector.lei import LeiStep, task_rows
 from dragon.detector.pot import StreamingPot
 from dragon.detector.thresholds import HostThreshold
-from dragon.messages.schemas import HOST_METRICS
+from dragon.messages.schemas import HOST_METRICS, HostSample
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +70,11 @@ class Scorer:
     def window(self) -> int:
         return self.config.window
 
+    @property
+    def scope(self) -> str:
+        """What the model judges at once: ``host`` (:meth:`score`) or ``lei`` (:meth:`score_steps`)."""
+        return self.config.scope
+
     def threshold(self, host: str) -> float:
         """The static threshold: the checkpoint's z_q for ``host``."""
         if host not in self._thresholds:
@@ -107,19 +115,67 @@ class Scorer:
         With ``states`` (streaming mode, one per host) each window is judged by its host's
         threshold in force and learnt from, in the order given; without, by the static one.
         """
-        prev_t = torch.as_tensor(self.scaler.transform(prev), dtype=torch.float32)
-        next_t = torch.as_tensor(self.scaler.transform(nxt), dtype=torch.float32)
-        scores, contributions = fault_scores(self.model, prev_t, next_t, self.config)
-        scores = scores.detach().numpy().astype(float)  # (B,)
-        contributions = contributions.detach().numpy().astype(float)  # (B, n)
+        scores, contributions = fault_scores(self.model, self._scaled(prev), self._scaled(nxt), self.config)
+        judged = zip(hosts, stamps, scores.tolist(), contributions.numpy(), strict=True)
+        return [self._verdict(host, ts, score, share, states) for host, ts, score, share in judged]
+
+    def score_steps(
+        self, steps: Sequence[LeiStep], states: Mapping[str, HostThreshold] | None = None
+    ) -> list[list[tuple[HostSample, Verdict]]]:
+        """Judge the samples of each LEI step with D(G, W, S) over all hosts of the step (scope ``lei``).
+
+        Steps of one shape (hosts, tasks, broker) are generated in one batch; verdicts are then
+        given step by step in the order of ``steps``, so each host's streaming threshold sees
+        its windows in time order. Returns one list of (sample, verdict) per step.
+        """
+        scored: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # step -> scores (m,), shares (m, n)
+        for batch in _same_shape(steps):
+            for i, step_scores, shares in zip(batch, *self._score_batch([steps[i] for i in batch]), strict=True):
+                scored[i] = (step_scores, shares)
         verdicts = []
-        for host, ts, score, share in zip(hosts, stamps, scores.tolist(), contributions, strict=True):
-            if states is None:
-                threshold = self.threshold(host)
-                alarm = score >= threshold
-            else:
-                threshold, alarm = states[host].judge(ts, score)
-            order = np.argsort(-share)[:TOP_METRICS]
-            top = tuple((HOST_METRICS[i], round(float(share[i]), 4)) for i in order if share[i] > 0)
-            verdicts.append(Verdict(score, threshold, int(alarm), top))
+        for i, step in enumerate(steps):
+            step_scores, shares = scored[i]
+            verdicts.append(
+                [
+                    (sample, self._verdict(sample.host, sample.ts, float(step_scores[h]), shares[h], states))
+                    for h, sample in step.judged
+                ]
+            )
         return verdicts
+
+    def _score_batch(self, steps: Sequence[LeiStep]) -> tuple[np.ndarray, np.ndarray]:
+        """Eq. 13 for every host of steps of one shape: scores (B, m) and shares (B, m, n)."""
+        first = steps[0]
+        graph = FederationGraph.build(["lei"] * len(first.hosts), [first.broker])
+        task_cpu = np.stack([step.task_cpu for step in steps])  # (B, p, k)
+        tasks = torch.from_numpy(task_rows(task_cpu, self.scaler, self.checkpoint.feature_names))  # (B, p, k, n)
+        schedule = torch.from_numpy(np.stack([step.schedule for step in steps]))  # (B, p, m)
+        view = HostsInContext(federation_of(self.model), tasks, schedule, graph)
+        prev = self._scaled(np.stack([step.prev for step in steps]))  # (B, m, k, n)
+        nxt = self._scaled(np.stack([step.next for step in steps]))  # (B, m, k, n)
+        scores, shares = fault_scores(view, prev, nxt, self.config)
+        return scores.double().numpy(), shares.double().numpy()
+
+    def _scaled(self, windows: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(self.scaler.transform(windows), dtype=torch.float32)
+
+    def _verdict(
+        self, host: str, ts: float, score: float, share: np.ndarray, states: Mapping[str, HostThreshold] | None
+    ) -> Verdict:
+        """The label of one score: the static threshold, or the host's streaming one (learnt from)."""
+        if states is None:
+            threshold = self.threshold(host)
+            alarm = score >= threshold
+        else:
+            threshold, alarm = states[host].judge(ts, score)
+        order = np.argsort(-share)[:TOP_METRICS]
+        top = tuple((HOST_METRICS[i], round(float(share[i]), 4)) for i in order if share[i] > 0)
+        return Verdict(score, threshold, int(alarm), top)
+
+
+def _same_shape(steps: Sequence[LeiStep]) -> list[list[int]]:
+    """Indices of ``steps`` grouped by shape, each group in order."""
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, step in enumerate(steps):
+        groups.setdefault(step.shape_key, []).append(i)
+    return list(groups.values())

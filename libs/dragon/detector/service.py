@@ -24,10 +24,11 @@ from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DetectorConfig
 from dragon.detector.health import HostFaultState, Transition
 from dragon.detector.learning import FineTuner, OnlineLearner
+from dragon.detector.lei import STALE_INTERVALS, steps_to_judge
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
-from dragon.detector.thresholds import ThresholdStore
+from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import FaultEvent, HostHealth, HostSample, MetricContribution
@@ -69,8 +70,8 @@ class Detector:
     def run(self) -> None:
         self.lifecycle.install_signal_handlers()
         self.init_redis()
-        self.init_model()
         self.init_fine_tuner()
+        self.init_model()
         self.init_mqtt()
         self.start_mqtt()
         self.start_learner()
@@ -178,7 +179,15 @@ class Detector:
         self.windows.save_bounds(checkpoint.feature_names, checkpoint.lo, checkpoint.hi, scorer.model_id)
         with self._scorer_lock:
             self.scorer = scorer
-        log.info("model_serving", model_id=scorer.model_id, window=scorer.window, pot_mode=self.config.pot_mode)
+        log.info(
+            "model_serving",
+            model_id=scorer.model_id,
+            window=scorer.window,
+            scope=scorer.scope,
+            pot_mode=self.config.pot_mode,
+        )
+        if self.tuner is not None and scorer.scope != "host":
+            log.warning("fine_tuning_off_for_scope", scope=scorer.scope, model_id=scorer.model_id)
 
     def _refresh_model(self) -> None:
         """Pick up a model another replica (or the learner) published."""
@@ -207,7 +216,8 @@ class Detector:
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
             owned = [s for s in samples if self.membership.owns(s.host)]
             if self.scorer is not None and owned:
-                scored = retry_until(lambda: self._score(owned), self.lifecycle.stop, "score")
+                judge = {"host": self._score, "lei": self._score_lei}[self.scorer.scope]
+                scored = retry_until(lambda: judge(owned), self.lifecycle.stop, "score")
                 transitions = self._publish(scored.verdicts)
                 self._observe_confidence(scored, transitions)
         except StopRequested as exc:
@@ -221,7 +231,7 @@ class Detector:
         return sample
 
     def _store(self, samples: list[HostSample]) -> None:
-        rows = [(s.host, s.ts, s.seq, s.metrics.vector()) for s in samples]
+        rows = [(s.host, s.ts, s.seq, s.metrics.vector(), {t.id: t.cpu for t in s.tasks}) for s in samples]
         retry_until(lambda: self.windows.append_many(rows), self.lifecycle.stop, "store_samples")
         self.counters.add("samples_stored", len(rows))
 
@@ -246,19 +256,42 @@ class Detector:
                 order.append(sample)
         if not order:
             return Scored([], np.empty(0), np.empty(0))
-        states = None
-        if scorer.streaming:
-            # The hosts' streaming thresholds, read once and written once per batch. No lock:
-            # each host is scored by one replica at a time (membership.py), so nobody else
-            # writes them between our read and our write.
-            stored = self.thresholds.load(list(dict.fromkeys(hosts)))
-            states = {host: scorer.resume(host, state) for host, state in stored.items()}
+        states = self._threshold_states(scorer, hosts)
         stamps = [sample.ts for sample in order]
         prev_w, next_w = np.asarray(prev, dtype=np.float32), np.asarray(nxt, dtype=np.float32)
         verdicts = scorer.score(hosts, stamps, prev_w, next_w, states)
         if states is not None:
             self.thresholds.save(states)
         return Scored(list(zip(order, verdicts, strict=True)), prev_w, next_w)
+
+    def _score_lei(self, samples: list[HostSample]) -> Scored:
+        """Judge each sample with every host of the LEI at its step, their tasks, schedule and graph."""
+        scorer = self.scorer
+        # Enough history for a window before the oldest sample, and for context hosts to be seen as fresh.
+        reach = (scorer.window + 2 + STALE_INTERVALS) * max(s.interval_s for s in samples)
+        history = self.windows.samples_since(min(s.ts for s in samples) - reach)
+        steps = steps_to_judge(samples, history, scorer.window, self.config.broker_host)
+        judged = [(step, h) for step in steps for h, _ in step.judged]
+        if not judged:
+            return Scored([], np.empty(0), np.empty(0))
+        states = self._threshold_states(scorer, [step.hosts[h] for step, h in judged])
+        verdicts = [pair for step in scorer.score_steps(steps, states) for pair in step]
+        if states is not None:
+            self.thresholds.save(states)
+        prev_w = np.asarray([step.prev[h] for step, h in judged], dtype=np.float32)
+        next_w = np.asarray([step.next[h] for step, h in judged], dtype=np.float32)
+        return Scored(verdicts, prev_w, next_w)
+
+    def _threshold_states(self, scorer: Scorer, hosts: list[str]) -> dict[str, HostThreshold] | None:
+        """The hosts' streaming thresholds (None: static), read once per batch and written once after.
+
+        No lock: each host is scored by one replica at a time (membership.py), so nobody else
+        writes them between our read and our write.
+        """
+        if not scorer.streaming:
+            return None
+        stored = self.thresholds.load(list(dict.fromkeys(hosts)))
+        return {host: scorer.resume(host, state) for host, state in stored.items()}
 
     def _publish(self, verdicts: list[tuple[HostSample, Verdict]]) -> list[Transition]:
         updates = [(sample.host, sample.ts, verdict.label) for sample, verdict in verdicts]

@@ -73,7 +73,7 @@ def train_from_series(
         scores,
         pot_q=pot_q,
         pot_level=pot_level,
-        meta=_meta(source, len(scores), seconds, history, scores),
+        meta=training_meta(source, len(scores), seconds, history, scores),
     )
     pot = checkpoint.pot_state()
     log.info(
@@ -137,7 +137,7 @@ def _series_list(series: np.ndarray | Sequence[np.ndarray], feature_names: Seque
     return parts
 
 
-def _meta(source: str, samples: int, seconds: float, history: dict[str, Any], scores: np.ndarray) -> dict:
+def training_meta(source: str, samples: int, seconds: float, history: dict[str, Any], scores: np.ndarray) -> dict:
     """Provenance and a summary of training, plain types only (see Checkpoint)."""
     best = history["best_epoch"]
 

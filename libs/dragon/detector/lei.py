@@ -1,0 +1,294 @@
+"""An LEI judged as one federation: every host's window, the tasks, the schedule and the graph.
+
+A model with ``GonConfig.scope == "lei"`` judges all hosts of the LEI at once with D(G, W, S)
+(eq. 6-10) instead of each host's window alone: a host whose load follows the tasks it runs is
+normal, the same rise on a host whose tasks did not change is not. The detector stores every
+sample with the tasks its host ran (:class:`~dragon.store.StoredSample`); from those this module
+builds
+
+- :func:`steps_to_judge`: for the samples a replica must judge, the LEI as it stood at each of
+  their steps (:class:`LeiStep`), which :meth:`~dragon.detector.scorer.Scorer.score_steps` scores;
+- :func:`lei_trace`: the LEI's recorded history as a :class:`FederationTrace` plus each task
+  slot's usage, which :func:`train_from_lei` learns a model from.
+
+Choices (docs/design.md, "Scoring an LEI jointly"):
+
+- A step is the samples of the LEI's hosts taken within half a sample interval of each other:
+  one collector samples all its hosts in one tick with one time stamp, collectors on separate
+  machines are not synchronised.
+- Every host whose newest sample at a step is at most ``STALE_INTERVALS`` intervals old is part
+  of it; a host that stopped reporting is not. A host whose sample for the step has not arrived
+  yet is context with its window as of its newest sample; its own sample is judged when it
+  arrives, in the LEI as it then stands.
+- The tasks are the ones the hosts' samples at the step name, and S_t places each on the host
+  that reported it (during a move a task may show on two hosts: the larger cpu share wins). A
+  task's window is its cpu share over its host's window, in the cpu column; the other columns
+  are 0 in scaled units, since a sample gives a task's RAM in bytes, not as a share of the host.
+- The graph is the LEI: every host a worker of the broker host (``DRAGON_DETECTOR_BROKER_HOST``;
+  when that is not a sampled host, the first host in name order stands in for it). Samples of
+  other LEIs do not reach this detector, so there are no broker-to-broker edges here.
+
+Shapes: ``m`` hosts, ``p`` tasks, ``k`` window length, ``n`` features, ``T`` steps.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from dragon.detector.checkpoint import Checkpoint
+from dragon.detector.federation_data import FederationTrace, FederationWindows, batch_size_for, federation_fault_scores
+from dragon.detector.gon import GonConfig, train_gon
+from dragon.detector.scaling import MinMaxScaler
+from dragon.detector.train import calibrated_checkpoint, training_meta
+from dragon.messages.schemas import HostSample
+from dragon.store import StoredSample, padded_window
+
+log = structlog.get_logger(__name__)
+
+# A host whose newest sample is older than this many intervals is not part of the LEI now.
+STALE_INTERVALS = 3.0
+# The metric a task's usage fills in its window (a sample reports a task's cpu share of its host).
+TASK_METRIC = "cpu"
+
+
+@dataclass(frozen=True, eq=False)  # numpy fields
+class LeiStep:
+    """The LEI at one step, as D(G, W, S) judges it, and which of its hosts' samples to judge."""
+
+    hosts: tuple[str, ...]  # the m hosts of the LEI at this step, in name order
+    broker: int  # index of the broker host (the graph's centre)
+    prev: np.ndarray  # (m, k, n) raw W_{t-1} of every host
+    next: np.ndarray  # (m, k, n) raw W_t of every host
+    tasks: tuple[str, ...]  # the p tasks running at this step
+    task_cpu: np.ndarray  # (p, k) each task's cpu share over its host's W_{t-1}
+    schedule: np.ndarray  # (p, m) S_t: one-hot task -> host
+    judged: tuple[tuple[int, HostSample], ...]  # (host index, sample) to judge, a host at most once
+
+    @property
+    def shape_key(self) -> tuple[int, int, int]:
+        """Steps with equal keys have the same graph and can be judged in one batch."""
+        return len(self.hosts), len(self.tasks), self.broker
+
+
+def broker_index(hosts: Sequence[str], broker_host: str) -> int:
+    """Index of the broker host among ``hosts``; the first host stands in when it is not one of them."""
+    return hosts.index(broker_host) if broker_host in hosts else 0
+
+
+def task_rows(task_cpu: np.ndarray, scaler: MinMaxScaler, feature_names: Sequence[str]) -> np.ndarray:
+    """Scaled task rows (..., n) from cpu shares (...): the cpu column scaled like a host's, 0 elsewhere."""
+    column = feature_names.index(TASK_METRIC)
+    raw = np.zeros((*task_cpu.shape, len(feature_names)))
+    raw[..., column] = task_cpu
+    scaled = np.zeros_like(raw)
+    scaled[..., column] = scaler.transform(raw)[..., column]
+    return scaled.astype(np.float32)
+
+
+# --- judging -------------------------------------------------------------------------------------
+def steps_to_judge(
+    samples: Sequence[HostSample],
+    history: Mapping[str, Sequence[StoredSample]],
+    k: int,
+    broker_host: str = "",
+) -> list[LeiStep]:
+    """The LEI at the step of each sample to judge, oldest step first.
+
+    ``history`` holds every host's stored samples (oldest first), reaching at least k + 1
+    samples before the oldest sample to judge. A sample missing from its host's history (trimmed
+    away long ago) is not judged.
+    """
+    steps = [_step(group, history, k, broker_host) for group in _by_step(samples)]
+    return [step for step in steps if step.judged]
+
+
+def _by_step(samples: Sequence[HostSample]) -> list[list[HostSample]]:
+    """Samples grouped into steps: taken within half an interval of the step's first, one per host."""
+    groups: list[list[HostSample]] = []
+    for sample in sorted(samples, key=lambda s: (s.ts, s.host)):
+        group = groups[-1] if groups else None
+        if (
+            group is None
+            or sample.ts - group[0].ts > group[0].interval_s / 2
+            or any(s.host == sample.host for s in group)
+        ):
+            groups.append([sample])
+        else:
+            group.append(sample)
+    return groups
+
+
+def _step(group: list[HostSample], history: Mapping[str, Sequence[StoredSample]], k: int, broker: str) -> LeiStep:
+    interval = group[0].interval_s
+    until = max(s.ts for s in group) + interval / 2
+    to_judge = {s.host: s for s in group}
+    hosts, index, judged = [], [], []
+    for host in sorted(history):
+        stored = history[host]
+        stamps = [s.ts for s in stored]
+        sample = to_judge.get(host)
+        if sample is not None and sample.ts in stamps:
+            i = stamps.index(sample.ts)
+            judged.append((len(hosts), sample))
+        else:
+            i = bisect_right(stamps, until) - 1  # the host's newest sample at this step
+            if i < 0 or until - stamps[i] > (STALE_INTERVALS + 0.5) * interval:
+                continue
+        hosts.append(host)
+        index.append(i)
+    rows = [[s.vector for s in history[h]] for h in hosts]
+    prev = np.asarray([padded_window(r[: max(i, 1)], k) for r, i in zip(rows, index, strict=True)])
+    nxt = np.asarray([padded_window(r[: i + 1], k) for r, i in zip(rows, index, strict=True)])
+    tasks, task_cpu, schedule = _placement([history[h] for h in hosts], index, k)
+    return LeiStep(tuple(hosts), broker_index(hosts, broker), prev, nxt, tasks, task_cpu, schedule, tuple(judged))
+
+
+def _placement(
+    stored: Sequence[Sequence[StoredSample]], index: Sequence[int], k: int
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """The tasks at a step, their cpu share over their host's previous window (p, k) and S_t (p, m)."""
+    where: dict[str, tuple[float, int]] = {}  # task -> (cpu share now, host)
+    for host, (samples, i) in enumerate(zip(stored, index, strict=True)):
+        for task, cpu in samples[i].tasks.items():
+            if task not in where or cpu > where[task][0]:
+                where[task] = (cpu, host)
+    tasks = tuple(sorted(where))
+    schedule = np.zeros((len(tasks), len(stored)), dtype=np.float32)
+    usage = np.zeros((len(tasks), k), dtype=np.float32)
+    for j, task in enumerate(tasks):
+        host = where[task][1]
+        schedule[j, host] = 1.0
+        before = stored[host][: max(index[host], 1)]
+        usage[j] = [row[0] for row in padded_window([[s.tasks.get(task, 0.0)] for s in before], k)]
+    return tasks, usage, schedule
+
+
+# --- learning ------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class LeiTrace:
+    """An LEI's recorded normal operation: the federation trace and each task slot's cpu share."""
+
+    trace: FederationTrace  # hosts (T, m, n), schedule (T, p, m), one LEI led by its broker
+    task_cpu: np.ndarray  # (T, p) cpu share of each task slot, 0 where it did not run
+    tasks: tuple[str, ...]  # the p task slots
+
+
+def lei_trace(
+    history: Mapping[str, Sequence[StoredSample]],
+    feature_names: Sequence[str],
+    broker_host: str = "",
+    lei: str = "lei",
+) -> LeiTrace:
+    """The steps at which every host of ``history`` has exactly one sample, as one trace.
+
+    Steps are grouped as for judging, with half the median sampling interval as the tolerance.
+    Every task seen is a slot; a slot is empty (all zeros in S) while its task does not run.
+    Raises ``ValueError`` when fewer than two complete steps exist.
+    """
+    hosts = sorted(history)
+    if not hosts:
+        raise ValueError("no host has samples")
+    stamps = np.concatenate([[s.ts for s in history[h]] for h in hosts])
+    gaps = np.diff(np.sort([s.ts for s in history[hosts[0]]]))
+    tolerance = float(np.median(gaps)) / 2 if len(gaps) else 0.0
+    cursor = dict.fromkeys(hosts, 0)
+    rows, placements = [], []
+    for start in _step_starts(np.sort(stamps), tolerance):
+        at_step = {}
+        for host in hosts:
+            samples, i = history[host], cursor[host]
+            while i < len(samples) and samples[i].ts < start:
+                i += 1
+            cursor[host] = i
+            if i < len(samples) and samples[i].ts <= start + tolerance:
+                at_step[host] = samples[i]
+        if len(at_step) == len(hosts):
+            rows.append([at_step[h].vector for h in hosts])
+            placements.append([at_step[h].tasks for h in hosts])
+    if len(rows) < 2:
+        raise ValueError(f"{len(rows)} step(s) with a sample of every host; need at least 2")
+    tasks = tuple(sorted({task for step in placements for on_host in step for task in on_host}))
+    schedule = np.zeros((len(rows), len(tasks), len(hosts)))
+    task_cpu = np.zeros((len(rows), len(tasks)))
+    for t, step in enumerate(placements):
+        for j, task in enumerate(tasks):
+            shares = [(on_host.get(task, -1.0), h) for h, on_host in enumerate(step)]
+            cpu, host = max(shares)
+            if cpu >= 0:
+                schedule[t, j, host], task_cpu[t, j] = 1.0, cpu
+    trace = FederationTrace(
+        hosts=np.asarray(rows, dtype=np.float64),
+        schedule=schedule,
+        lei_of_host=(lei,) * len(hosts),
+        brokers=(broker_index(hosts, broker_host),),
+        feature_names=tuple(feature_names),
+    )
+    return LeiTrace(trace, task_cpu, tasks)
+
+
+def _step_starts(stamps: np.ndarray, tolerance: float) -> list[float]:
+    """The first time stamp of each step in sorted ``stamps``: a new step begins past the tolerance."""
+    starts: list[float] = []
+    for ts in stamps.tolist():
+        if not starts or ts - starts[-1] > tolerance:
+            starts.append(ts)
+    return starts
+
+
+def train_from_lei(
+    recorded: LeiTrace,
+    cfg: GonConfig,
+    *,
+    min_span: Sequence[float],
+    pot_q: float,
+    pot_level: float,
+    progress: bool = False,
+    source: str = "",
+) -> Checkpoint:
+    """Train D(G, W, S) on an LEI's normal operation (Algorithm 1 over whole LEI steps).
+
+    One scaler serves every host. POT is fitted on the pooled scores of every host at every step
+    (a host's own scores would be a few hundred, too few for a tail). ``cfg.scope`` must be
+    ``lei``; its minibatch is set to hold about as many host windows as the per-host model's.
+    """
+    if cfg.scope != "lei":
+        raise ValueError(f"train_from_lei needs GonConfig.scope 'lei', got {cfg.scope!r}")
+    trace = recorded.trace
+    m, n = trace.hosts.shape[1:]
+    cfg = GonConfig.from_dict(cfg.to_dict() | {"batch_size": batch_size_for(m)})
+    started = time.perf_counter()
+    scaler = MinMaxScaler.fit(trace.hosts.reshape(-1, n), min_span)
+    scaled = scaler.transform(trace.hosts).astype(np.float32)  # (T, m, n)
+    tasks = task_rows(recorded.task_cpu, scaler, trace.feature_names)  # (T, p, n)
+    windows = FederationWindows.from_scaled(scaled, trace.schedule, trace.graph, cfg.window, tasks)
+    model, history = train_gon(windows, cfg, progress=progress)
+    scores = federation_fault_scores(model, cfg, windows)[0].ravel()  # (T * m,) in time order
+    seconds = time.perf_counter() - started
+    bounds = scaler.to_dict()
+    checkpoint = calibrated_checkpoint(
+        model,
+        cfg,
+        trace.feature_names,
+        bounds["lo"],
+        bounds["hi"],
+        scores,
+        pot_q=pot_q,
+        pot_level=pot_level,
+        meta=training_meta(source, len(scores), seconds, history, scores) | {"hosts": m, "tasks": len(recorded.tasks)},
+    )
+    log.info(
+        "lei_detector_trained",
+        model_id=checkpoint.model_id,
+        steps=trace.steps,
+        hosts=m,
+        tasks=len(recorded.tasks),
+        seconds=round(seconds, 2),
+        threshold=checkpoint.pot_state().z_q,
+    )
+    return checkpoint

@@ -1,0 +1,167 @@
+"""An LEI judged as one federation: steps from stored samples, learning from them, joint scoring."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import msgpack
+import numpy as np
+import pytest
+
+from dragon.detector.gon import GonConfig
+from dragon.detector.learning import min_span
+from dragon.detector.lei import LeiTrace, lei_trace, steps_to_judge, task_rows, train_from_lei
+from dragon.detector.scaling import MinMaxScaler
+from dragon.detector.scorer import Scorer
+from dragon.messages.schemas import HOST_METRICS, HostMetrics, HostSample, TaskUsage
+from dragon.store import StoredSample, _stored
+
+pytestmark = pytest.mark.unit
+
+K = 4
+T0 = 1_000.0
+# Tasks and the host each runs on; h2 runs none.
+PLACEMENT = {"t0": "h0", "t1": "h0", "t2": "h1"}
+HOSTS = ("h0", "h1", "h2")
+
+
+def task_cpu(t: int, task: str) -> float:
+    return 0.15 + 0.1 * np.sin(2 * np.pi * t / 25 + int(task[1]))
+
+
+def host_vector(host: str, t: int, rng: np.random.Generator, extra_cpu: float = 0.0) -> list[float]:
+    """Raw metrics: cpu is the host's tasks' cpu plus overhead, the rest noise around a level."""
+    cpu = 0.05 + sum(task_cpu(t, task) for task, on in PLACEMENT.items() if on == host) + extra_cpu
+    levels = np.array([cpu, 0.3, 0.01, 1e6, 2e6, 1e5, 1e5])
+    noise = 0.02 * levels * rng.standard_normal(len(levels))
+    noise[0] = 0.005 * rng.standard_normal()
+    return np.maximum(levels + noise, 0.0).tolist()
+
+
+def recorded(steps: int, seed: int = 0) -> dict[str, list[StoredSample]]:
+    """Every host's stored samples over ``steps`` one-second intervals, one collector tick each."""
+    rng = np.random.default_rng(seed)
+    history: dict[str, list[StoredSample]] = {host: [] for host in HOSTS}
+    for t in range(steps):
+        for host in HOSTS:
+            tasks = {task: task_cpu(t, task) for task, on in PLACEMENT.items() if on == host}
+            history[host].append(StoredSample(T0 + t, host_vector(host, t, rng), tasks))
+    return history
+
+
+def sample(
+    host: str, ts: float, vector: list[float] | None = None, tasks: dict[str, float] | None = None
+) -> HostSample:
+    vector = vector or [0.1] * len(HOST_METRICS)
+    usage = tuple(TaskUsage(task, task, cpu, 1e6) for task, cpu in (tasks or {}).items())
+    return HostSample("lei", host, ts, 1, 1.0, HostMetrics(*vector), usage)
+
+
+def as_sample(host: str, stored: StoredSample) -> HostSample:
+    return sample(host, stored.ts, stored.vector, dict(stored.tasks))
+
+
+# --- steps -----------------------------------------------------------------------------------------
+def test_a_step_holds_every_fresh_host_its_tasks_and_schedule():
+    history = recorded(20)
+    judged = [as_sample("h1", history["h1"][-1])]
+    (step,) = steps_to_judge(judged, history, K, broker_host="h2")
+    assert step.hosts == HOSTS and step.broker == 2
+    assert [(i, s.host) for i, s in step.judged] == [(1, "h1")]
+    assert step.prev.shape == step.next.shape == (3, K, len(HOST_METRICS))
+    np.testing.assert_allclose(step.next[0, -1], history["h0"][-1].vector)
+    np.testing.assert_allclose(step.prev[0, -1], history["h0"][-2].vector)
+    assert step.tasks == ("t0", "t1", "t2")
+    np.testing.assert_array_equal(step.schedule, [[1, 0, 0], [1, 0, 0], [0, 1, 0]])
+    # A task's window is its cpu share over its host's previous window.
+    np.testing.assert_allclose(step.task_cpu[2], [history["h1"][i].tasks["t2"] for i in range(-K - 1, -1)])
+
+
+def test_samples_are_grouped_into_steps_and_a_late_host_is_context():
+    history = recorded(20)
+    late = {host: samples[:-1] for host, samples in history.items()}
+    late["h0"] = history["h0"]  # only h0's newest sample has arrived
+    steps = steps_to_judge([as_sample("h0", history["h0"][-1]), as_sample("h1", history["h1"][-2])], late, K)
+    assert [[s.host for _, s in step.judged] for step in steps] == [["h1"], ["h0"]]
+    newest = steps[1]
+    # h1 and h2 are context at the newest step with their windows as of their newest sample.
+    np.testing.assert_allclose(newest.next[1, -1], history["h1"][-2].vector)
+
+
+def test_a_stale_host_is_left_out_and_a_trimmed_sample_is_not_judged():
+    history = recorded(20)
+    history["h2"] = history["h2"][:10]  # h2 stopped reporting ten intervals ago
+    (step,) = steps_to_judge([as_sample("h0", history["h0"][-1])], history, K)
+    assert step.hosts == ("h0", "h1") and step.broker == 0
+    assert steps_to_judge([sample("h0", T0 - 50.0)], history, K) == []
+
+
+def test_task_rows_fill_the_cpu_column_in_scaled_units():
+    scaler = MinMaxScaler.fit(np.array([[0.1] * 7, [0.5] * 7]))
+    rows = task_rows(np.array([[0.3]]), scaler, HOST_METRICS)
+    np.testing.assert_allclose(rows, [[[0.5, 0, 0, 0, 0, 0, 0]]])
+
+
+# --- learning --------------------------------------------------------------------------------------
+def test_lei_trace_aligns_steps_and_keeps_a_slot_per_task():
+    history = recorded(12)
+    history["h1"] = history["h1"][:5] + history["h1"][6:]  # h1 missed step 5: the step is dropped
+    history["h0"][7] = replace(history["h0"][7], tasks={"t0": 0.2})  # t1 did not run at step 7
+    recorded_lei = lei_trace(history, HOST_METRICS, broker_host="h1", lei="lei")
+    trace = recorded_lei.trace
+    assert trace.hosts.shape == (11, 3, len(HOST_METRICS)) and recorded_lei.tasks == ("t0", "t1", "t2")
+    assert trace.brokers == (1,) and trace.lei_of_host == ("lei",) * 3
+    np.testing.assert_array_equal(trace.schedule[6, 1], [0, 0, 0])  # step 7 is row 6 after the drop
+    assert recorded_lei.task_cpu[6, 1] == 0.0 and recorded_lei.task_cpu[6, 0] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="need at least 2"):
+        lei_trace({host: samples[:1] for host, samples in history.items()}, HOST_METRICS)
+
+
+@pytest.fixture(scope="module")
+def lei_model() -> tuple[Scorer, dict[str, list[StoredSample]]]:
+    history = recorded(160)
+    cfg = GonConfig(n_features=len(HOST_METRICS), window=K, epochs=12, scope="lei", topology=False)
+    checkpoint = train_from_lei(lei_trace(history, HOST_METRICS), cfg, min_span=min_span(), pot_q=1e-3, pot_level=0.95)
+    return Scorer(checkpoint), history
+
+
+def test_training_refuses_a_host_scope_config():
+    with pytest.raises(ValueError, match="scope 'lei'"):
+        train_from_lei(
+            LeiTrace(None, np.zeros(0), ()), GonConfig(n_features=7), min_span=min_span(), pot_q=1e-3, pot_level=0.9
+        )
+
+
+def test_a_host_rising_without_a_task_is_judged_faulty_and_the_others_not(lei_model):
+    scorer, history = lei_model
+    assert scorer.scope == "lei" and scorer.checkpoint.meta["hosts"] == 3
+    rng = np.random.default_rng(7)
+    t = len(history["h0"])
+    faulty = {host: list(samples) for host, samples in history.items()}
+    for host in HOSTS:
+        extra = 0.6 if host == "h2" else 0.0
+        tasks = {task: task_cpu(t, task) for task, on in PLACEMENT.items() if on == host}
+        faulty[host].append(StoredSample(T0 + t, host_vector(host, t, rng, extra), tasks))
+    to_judge = [as_sample(host, faulty[host][-1]) for host in HOSTS]
+    (verdicts,) = scorer.score_steps(steps_to_judge(to_judge, faulty, K))
+    labels = {s.host: v.label for s, v in verdicts}
+    assert labels == {"h0": 0, "h1": 0, "h2": 1}, verdicts
+    assert verdicts[2][1].top_metrics[0][0] == "cpu"
+
+
+def test_a_step_scores_the_same_alone_or_batched_with_others(lei_model):
+    scorer, history = lei_model
+    judged = [as_sample(host, history[host][i]) for i in (-3, -2, -1) for host in HOSTS]
+    steps = steps_to_judge(judged, history, K)
+    assert len(steps) == 3
+    together = [v.score for step in scorer.score_steps(steps) for _, v in step]
+    alone = [v.score for step in steps for _, v in scorer.score_steps([step])[0]]
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-7)
+
+
+# --- storage ---------------------------------------------------------------------------------------
+def test_a_member_without_tasks_reads_as_before_tasks_were_stored():
+    old = msgpack.packb([T0, 3, *[0.5] * 7])
+    assert _stored(old) == StoredSample(T0, [0.5] * 7, {})
+    new = msgpack.packb([T0, 3, *[0.5] * 7, [["t0", 0.25]]])
+    assert _stored(new) == StoredSample(T0, [0.5] * 7, {"t0": 0.25})
