@@ -1,7 +1,8 @@
 """A detector judging the whole LEI at once (DRAGON_DETECTOR_SCOPE=lei) in a real emulated LEI.
 
 It learns D(G, W, S) from the hosts' normal operation with their tasks and schedule, then a real
-CPU hog in one host must become a fault event for that host and no other.
+CPU hog in one host must become a fault event for that host and no other, and a replica whose
+confidence gate is forced open fine-tunes the model on whole LEI steps.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dragon.messages import topics
 
 from .conftest import DETECTOR_ENV, running_lei
 from .test_faults import EVENT_BOUND_S, events, inject, watch
+from .test_online_finetune import FINE_TUNE_TIMEOUT_S, FORCED_ENV
 from .test_robustness import fresh_health
 
 pytestmark = pytest.mark.integration
@@ -35,7 +37,6 @@ def test_the_model_learnt_is_one_of_the_whole_lei_with_its_tasks(lei_scope):
     assert (checkpoint.meta["hosts"], checkpoint.meta["tasks"]) == (3, 3)
     logs = lei_scope.logs("detector")
     assert '"lei_detector_trained"' in logs and '"scope": "lei"' in logs
-    assert '"fine_tuning_off_for_scope"' in logs  # said once, not silently skipped
 
 
 def test_a_cpu_hog_is_a_fault_of_that_host_only_when_the_lei_is_judged_jointly(lei_scope):
@@ -51,3 +52,22 @@ def test_a_cpu_hog_is_a_fault_of_that_host_only_when_the_lei_is_judged_jointly(l
         assert event.label == 1 and event.score >= event.threshold
         assert "cpu" in [c.metric for c in event.top_metrics], event.top_metrics
         assert events(listener, "h1") == [] and events(listener, "h3") == []
+
+
+def test_a_lei_model_is_fine_tuned_on_line_by_the_replica_that_judges_the_lei(lei_scope):
+    models = ModelStore(lei_scope.redis_client(), lei_scope.lei, "")
+    original = models.fetch()
+    # The only replica must judge every host for a step to be learnt from: replace it by one
+    # whose gate is forced open. SIGTERM, so it leaves the membership at once.
+    lei_scope.containers["detector"].get_wrapped_container().stop(timeout=10)
+    lei_scope.start_detector("tuner", FORCED_ENV)
+    deadline = time.monotonic() + FINE_TUNE_TIMEOUT_S
+    while models.current_id() == original.model_id and time.monotonic() < deadline:
+        time.sleep(0.5)
+    tuned = models.fetch()
+    assert tuned.model_id != original.model_id, "no fine-tuned model within the timeout"
+    assert tuned.config.scope == "lei" and tuned.meta["fine_tuned_from"] == original.model_id
+    assert tuned.meta["fine_tune"]["windows"] % len(HOSTS) == 0  # whole LEI steps
+    assert '"model_fine_tuned"' in lei_scope.logs("tuner")
+    for host in HOSTS:
+        fresh_health(lei_scope, host)  # judging goes on with the tuned model

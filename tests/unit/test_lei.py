@@ -8,13 +8,17 @@ import msgpack
 import numpy as np
 import pytest
 
+from dragon.detector.config import DetectorConfig
+from dragon.detector.finetune import ConfidenceGate
 from dragon.detector.gon import GonConfig
-from dragon.detector.learning import min_span
+from dragon.detector.learning import FineTuner, min_span
 from dragon.detector.lei import LeiTrace, lei_trace, steps_to_judge, task_rows, train_from_lei
 from dragon.detector.scaling import MinMaxScaler
 from dragon.detector.scorer import Scorer
 from dragon.messages.schemas import HOST_METRICS, HostMetrics, HostSample, TaskUsage
 from dragon.store import StoredSample, _stored
+
+from .test_finetune import FakeModels
 
 pytestmark = pytest.mark.unit
 
@@ -74,7 +78,8 @@ def test_a_step_holds_every_fresh_host_its_tasks_and_schedule():
     assert step.tasks == ("t0", "t1", "t2")
     np.testing.assert_array_equal(step.schedule, [[1, 0, 0], [1, 0, 0], [0, 1, 0]])
     # A task's window is its cpu share over its host's previous window.
-    np.testing.assert_allclose(step.task_cpu[2], [history["h1"][i].tasks["t2"] for i in range(-K - 1, -1)])
+    np.testing.assert_allclose(step.task_prev[2], [history["h1"][i].tasks["t2"] for i in range(-K - 1, -1)])
+    np.testing.assert_allclose(step.task_next[2], [history["h1"][i].tasks["t2"] for i in range(-K, 0)])
 
 
 def test_samples_are_grouped_into_steps_and_a_late_host_is_context():
@@ -165,3 +170,37 @@ def test_a_member_without_tasks_reads_as_before_tasks_were_stored():
     assert _stored(old) == StoredSample(T0, [0.5] * 7, {})
     new = msgpack.packb([T0, 3, *[0.5] * 7, [["t0", 0.25]]])
     assert _stored(new) == StoredSample(T0, [0.5] * 7, {"t0": 0.25})
+
+
+# --- fine-tuning -----------------------------------------------------------------------------------
+class OpenGate(ConfidenceGate):
+    """Fires as soon as a host has a clean window: the wiring is under test here, not the gate."""
+
+    def check(self) -> list[str]:
+        return sorted(self._hosts)
+
+    def mean_recent(self, host: str) -> float:
+        return 0.0
+
+    def floor(self, host: str) -> float:
+        return 1.0
+
+
+def test_a_lei_model_is_fine_tuned_on_steps_where_every_host_was_clean(lei_model):
+    scorer, history = lei_model
+    models = FakeModels(scorer.model_id)
+    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
+    tuner = FineTuner(config, models, "replica-a", "lei-test")
+    tuner.gate = OpenGate(0.0, 1.0, reference=1, recent=1)
+    times = range(-8, 0)
+    steps = steps_to_judge([as_sample(host, history[host][i]) for i in times for host in HOSTS], history, K)
+    # h1 is judged faulty at the third step: its windows are clean again only k steps later.
+    normal = [not (t == -6 and host == "h1") for t in times for host in HOSTS]
+    for i, step in enumerate(steps):
+        tuner.observe_steps(scorer, [step], normal[3 * i : 3 * i + 3])
+    assert [step.next[0, -1, 0] for step in tuner._steps] == [history["h0"][t].vector[0] for t in (-2, -1)]
+    tuner._thread.join(timeout=60)
+    tuned = models.published[-1]
+    assert tuned.config.scope == "lei" and tuned.meta["fine_tuned_from"] == scorer.model_id
+    assert tuned.meta["fine_tune"]["windows"] == 2 * len(HOSTS)  # two steps of three hosts
+    assert tuned.pot_state().z_q != scorer.checkpoint.pot_state().z_q  # recalibrated on the tuned scores

@@ -21,15 +21,20 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from dragon.detector.checkpoint import Checkpoint
-from dragon.detector.gon import GonConfig, evaluate_gon, fault_scores, gon_loss
+from dragon.detector.gon import GonConfig, SeriesWindows, WindowSet, evaluate_gon, fault_scores, gon_loss
+from dragon.detector.lei import LeiBatch, LeiStep, by_shape
 from dragon.detector.train import calibrated_checkpoint
+
+if TYPE_CHECKING:  # the scorer imports nothing from here; only the annotation needs it
+    from dragon.detector.scorer import Scorer
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +55,22 @@ def confidence(model: nn.Module, windows: np.ndarray) -> np.ndarray:
     """
     model.eval()
     return torch.sigmoid(model.logits(torch.as_tensor(windows, dtype=torch.float32))).double().numpy()
+
+
+@torch.no_grad()
+def lei_confidence(scorer: Scorer, steps: Sequence[LeiStep]) -> list[np.ndarray]:
+    """D of every host's true window W_t at each LEI step, in its context: one (m,) array per step.
+
+    One forward pass per shape of step; call it only from the thread that owns the scorer's model.
+    """
+    scorer.model.eval()
+    values: dict[int, np.ndarray] = {}
+    for index in by_shape(steps):
+        batch = LeiBatch.of([steps[i] for i in index], scorer.scaler, scorer.checkpoint.feature_names)
+        view, real = batch.real().batch(scorer.model, torch.arange(len(batch)))
+        for i, row in zip(index, torch.sigmoid(view.logits(real)).double().numpy(), strict=True):
+            values[i] = row
+    return [values[i] for i in range(len(steps))]
 
 
 @dataclass
@@ -130,6 +151,41 @@ class ConfidenceGate:
         return drifted
 
 
+@dataclass(frozen=True)
+class TuningGroup:
+    """Normal windows of one shape: the true windows D learns from, and their eq. 13 scores."""
+
+    real: WindowSet  # the true windows W_{t+1} in the context D judges them in
+    scores: Callable[[nn.Module], Tensor]  # eq. 13 scores of the same windows under a model, flat
+    windows: int  # host windows in the group
+
+
+def host_groups(checkpoint: Checkpoint, prev: np.ndarray, nxt: np.ndarray) -> list[TuningGroup]:
+    """Raw pairs (W_t, W_{t+1}) of single hosts, (B, k, n), for a model of scope ``host``."""
+    if prev.shape != nxt.shape or prev.ndim != 3 or len(prev) < 2:
+        raise ValueError(f"expected two arrays of at least 2 windows (B, k, n), got {prev.shape} and {nxt.shape}")
+    cfg, scaler = checkpoint.config, checkpoint.scaler()
+    prev_t = torch.as_tensor(scaler.transform(prev), dtype=torch.float32)  # (B, k, n)
+    next_t = torch.as_tensor(scaler.transform(nxt), dtype=torch.float32)  # (B, k, n)
+    return [TuningGroup(SeriesWindows(next_t), lambda model: fault_scores(model, prev_t, next_t, cfg)[0], len(nxt))]
+
+
+def lei_groups(checkpoint: Checkpoint, steps: Sequence[LeiStep]) -> list[TuningGroup]:
+    """Normal LEI steps, one group per shape, for a model of scope ``lei``: every host's window is learnt."""
+    if len(steps) < 2:
+        raise ValueError(f"expected at least 2 LEI steps, got {len(steps)}")
+    cfg, scaler = checkpoint.config, checkpoint.scaler()
+    groups = []
+    for index in by_shape(steps):
+        batch = LeiBatch.of([steps[i] for i in index], scaler, checkpoint.feature_names)
+
+        def scores(model: nn.Module, batch: LeiBatch = batch) -> Tensor:
+            return fault_scores(batch.judging(model), batch.prev, batch.next, cfg)[0].flatten()
+
+        groups.append(TuningGroup(batch.real(), scores, int(batch.next.shape[0] * batch.next.shape[1])))
+    return groups
+
+
 def fine_tune(
     checkpoint: Checkpoint,
     prev: np.ndarray,
@@ -139,31 +195,41 @@ def fine_tune(
     lr: float = FINE_TUNE_LR,
     source: str = "",
 ) -> Checkpoint:
-    """A new checkpoint: ``checkpoint``'s model fine-tuned on recent normal windows (eq. 19).
+    """A new checkpoint: ``checkpoint``'s model fine-tuned on recent normal windows of single hosts (eq. 19).
 
     ``prev`` and ``nxt`` are raw (unscaled) windows W_t and W_{t+1}, (B, k, n), of normal
-    operation. D is rebuilt from the checkpoint's weights, so the model a scorer serves is
-    never touched. ``steps`` Adam steps (``lr``, ``GonConfig.weight_decay``) on the whole
-    batch minimise BCE(D(W_{t+1}), 1) + BCE(D(Ŵ), 0), i.e. maximise eq. 19, with Ŵ generated
-    from W_{t+1} as in training (``gon.gon_loss``). POT is then fitted on the new model's
-    fault scores of the same pairs, with the checkpoint's risk and level. Config, features and
-    scaler bounds are kept; the metadata names the model fine-tuned from.
+    operation; see :func:`fine_tune_groups`.
+    """
+    return fine_tune_groups(checkpoint, host_groups(checkpoint, prev, nxt), steps=steps, lr=lr, source=source)
+
+
+def fine_tune_groups(
+    checkpoint: Checkpoint,
+    groups: Sequence[TuningGroup],
+    *,
+    steps: int,
+    lr: float = FINE_TUNE_LR,
+    source: str = "",
+) -> Checkpoint:
+    """A new checkpoint: ``checkpoint``'s model fine-tuned on ``groups`` of normal windows (eq. 19).
+
+    D is rebuilt from the checkpoint's weights, so the model a scorer serves is never touched.
+    ``steps`` Adam steps (``lr``, ``GonConfig.weight_decay``) on all windows at once minimise
+    BCE(D(W_{t+1}), 1) + BCE(D(Ŵ), 0), i.e. maximise eq. 19, with Ŵ generated from W_{t+1} as
+    in training (``gon.gon_loss``). POT is then fitted on the new model's fault scores of the
+    same windows, with the checkpoint's risk and level. Config, features and scaler bounds are
+    kept; the metadata names the model fine-tuned from.
     """
     if steps < 1:
         raise ValueError(f"fine-tuning needs at least one step, got {steps}")
-    if prev.shape != nxt.shape or prev.ndim != 3 or len(prev) < 2:
-        raise ValueError(f"expected two arrays of at least 2 windows (B, k, n), got {prev.shape} and {nxt.shape}")
     started = time.perf_counter()
     cfg = checkpoint.config
-    scaler = checkpoint.scaler()
-    prev_t = torch.as_tensor(scaler.transform(prev), dtype=torch.float32)  # (B, k, n)
-    next_t = torch.as_tensor(scaler.transform(nxt), dtype=torch.float32)  # (B, k, n)
     model = checkpoint.build_model()  # a fresh copy of the weights
-    before = evaluate_gon(model, next_t, cfg)
-    _adam_steps(model, next_t, cfg, steps, lr)
-    after = evaluate_gon(model, next_t, cfg)
+    before = _evaluate(model, groups, cfg)
+    _adam_steps(model, groups, cfg, steps, lr)
+    after = _evaluate(model, groups, cfg)
     with torch.no_grad():
-        scores = fault_scores(model, prev_t, next_t, cfg)[0].double().numpy()  # (B,)
+        scores = torch.cat([group.scores(model) for group in groups]).double().numpy()
     base = checkpoint.pot_state()
     seconds = time.perf_counter() - started
     meta = {
@@ -175,7 +241,7 @@ def fine_tune(
         # checkpoint keeps serving its descendant after a restart (service.init_model).
         "base_model_id": checkpoint.meta.get("base_model_id", checkpoint.model_id),
         "fine_tune": {
-            "windows": int(len(nxt)),
+            "windows": sum(group.windows for group in groups),
             "steps": int(steps),
             "lr": float(lr),
             "seconds": round(seconds, 3),
@@ -196,12 +262,23 @@ def fine_tune(
     )
 
 
-def _adam_steps(model: nn.Module, real: torch.Tensor, cfg: GonConfig, steps: int, lr: float) -> None:
-    """``steps`` full-batch Adam steps on the GON loss of ``real`` (B, k, n); leaves ``model`` in eval."""
+def _evaluate(model: nn.Module, groups: Sequence[TuningGroup], cfg: GonConfig) -> dict[str, float]:
+    """``evaluate_gon`` over every group, weighted by its host windows."""
+    total = sum(group.windows for group in groups)
+    results = [(evaluate_gon(model, group.real, cfg), group.windows) for group in groups]
+    return {key: sum(result[key] * weight for result, weight in results) / total for key in results[0][0]}
+
+
+def _adam_steps(model: nn.Module, groups: Sequence[TuningGroup], cfg: GonConfig, steps: int, lr: float) -> None:
+    """``steps`` Adam steps on the GON loss of every window at once; leaves ``model`` in eval."""
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    total = sum(group.windows for group in groups)
     model.train()
     for _ in range(steps):
-        loss, _, _ = gon_loss(model, real, cfg)
+        loss = sum(
+            gon_loss(*group.real.batch(model, torch.arange(len(group.real))), cfg)[0] * (group.windows / total)
+            for group in groups
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

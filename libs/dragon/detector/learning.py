@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import redis
@@ -22,9 +23,18 @@ import structlog
 
 from dragon.detector.checkpoint import Checkpoint
 from dragon.detector.config import DetectorConfig
-from dragon.detector.finetune import ConfidenceGate, confidence, fine_tune, stacked
+from dragon.detector.finetune import (
+    ConfidenceGate,
+    TuningGroup,
+    confidence,
+    fine_tune_groups,
+    host_groups,
+    lei_confidence,
+    lei_groups,
+    stacked,
+)
 from dragon.detector.gon import GonConfig
-from dragon.detector.lei import lei_trace, train_from_lei
+from dragon.detector.lei import LeiStep, lei_trace, train_from_lei
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import Scorer
 from dragon.detector.train import train_from_series
@@ -142,12 +152,12 @@ TRAINERS = {"host": _train_hosts, "lei": _train_lei}
 class FineTuner:
     """Confidence-gated fine-tuning of the served model (``finetune.py``), for one replica.
 
-    :meth:`observe` runs on the scoring thread and costs one forward pass of D; the
-    fine-tune itself runs in a background thread on a model rebuilt from the checkpoint's
-    weights (generation toggles ``requires_grad`` on the model it climbs, so the scorer's
-    model must never be shared with another thread). The model-training lock in Redis lets
-    one replica fine-tune at a time, and the result replaces the current model only if that
-    is still the model it was tuned from.
+    :meth:`observe` (a model of single hosts) or :meth:`observe_steps` (a model of the LEI)
+    runs on the scoring thread and costs one forward pass of D; the fine-tune itself runs in a
+    background thread on a model rebuilt from the checkpoint's weights (generation toggles
+    ``requires_grad`` on the model it climbs, so the scorer's model must never be shared with
+    another thread). The model-training lock in Redis lets one replica fine-tune at a time, and
+    the result replaces the current model only if that is still the model it was tuned from.
     """
 
     def __init__(self, config: DetectorConfig, models: ModelStore, instance: str, lei: str) -> None:
@@ -160,50 +170,80 @@ class FineTuner:
         )
         # Raw (W_t, W_{t+1}) pairs of normal windows of the hosts this replica scores.
         self._normal: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=config.finetune_windows)
+        # LEI steps in which every host was clean, newest last, at most finetune_windows host windows.
+        self._steps: deque[LeiStep] = deque()
         self._streak: dict[str, int] = {}  # normal windows in a row, per host
         self._model_id: str | None = None
         self._thread: threading.Thread | None = None
 
     def observe(self, scorer: Scorer, hosts: list[str], prev: np.ndarray, nxt: np.ndarray, normal: list[bool]) -> None:
-        """Windows (B, k, n) the scorer just judged, in raw units; ``normal[i]``: judged normal, host not in a fault.
+        """Windows (B, k, n) the scorer just judged, in raw units; ``normal[i]``: judged normal, host not in a fault."""
+        self._follow(scorer)
+        values = confidence(scorer.model, scorer.scaler.transform(nxt))  # (B,)
+        for i, (host, value, is_normal) in enumerate(zip(hosts, values.tolist(), normal, strict=True)):
+            if self._judged(scorer, host, value, is_normal):
+                self._normal.append((prev[i], nxt[i]))
+        if len(self._normal) >= 2:
+            prev_w, next_w = stacked(self._normal)
+            self._fire_if_drifted(scorer, lambda checkpoint: host_groups(checkpoint, prev_w, next_w))
 
-        Only a model of single host windows (scope ``host``) is tuned: a model of the LEI would
-        have to learn from whole LEI steps, which this does not keep yet.
+    def observe_steps(self, scorer: Scorer, steps: Sequence[LeiStep], normal: Sequence[bool]) -> None:
+        """LEI steps the scorer just judged; ``normal`` has one flag per judged sample, in step order.
+
+        A step is kept for fine-tuning only when every host in it has been clean here for k
+        windows, since every host window of a step is learnt as real. A replica knows the
+        verdicts of the hosts it scores only, so with several replicas a step that holds
+        another replica's hosts is not kept.
         """
-        if scorer.scope != "host":
-            return
+        self._follow(scorer)
+        flags = iter(normal)
+        for step, values in zip(steps, lei_confidence(scorer, steps), strict=True):
+            for h, sample in step.judged:
+                self._judged(scorer, sample.host, float(values[h]), next(flags))
+            if all(self._streak.get(host, 0) >= scorer.window for host in step.hosts):
+                self._steps.append(step)
+                while sum(len(s.hosts) for s in self._steps) > self.config.finetune_windows:
+                    self._steps.popleft()
+        if len(self._steps) >= 2:
+            kept = list(self._steps)
+            self._fire_if_drifted(scorer, lambda checkpoint: lei_groups(checkpoint, kept))
+
+    def _follow(self, scorer: Scorer) -> None:
         if scorer.model_id != self._model_id:
             self._model_id = scorer.model_id
             self.gate.reset()  # a new model: a new reference, and the interval starts again
-        values = confidence(scorer.model, scorer.scaler.transform(nxt))  # (B,)
-        for i, (host, value, is_normal) in enumerate(zip(hosts, values.tolist(), normal, strict=True)):
-            self._streak[host] = self._streak.get(host, 0) + 1 if is_normal else 0
-            # Only once the last k windows of the host were all normal: a window closed just
-            # after a fault still holds rows of it.
-            clean = self._streak[host] >= scorer.window
-            self.gate.observe(host, value, clean)
-            if clean:
-                self._normal.append((prev[i], nxt[i]))
+            self._steps.clear()  # LEI steps hold no model state, but the hosts in them may differ
+
+    def _judged(self, scorer: Scorer, host: str, value: float, is_normal: bool) -> bool:
+        """Count one judged window of ``host``; True when it is clean enough to learn from."""
+        self._streak[host] = self._streak.get(host, 0) + 1 if is_normal else 0
+        # Only once the last k windows of the host were all normal: a window closed just
+        # after a fault still holds rows of it.
+        clean = self._streak[host] >= scorer.window
+        self.gate.observe(host, value, clean)
+        return clean
+
+    def _fire_if_drifted(self, scorer: Scorer, groups: Callable[[Checkpoint], list[TuningGroup]]) -> None:
         drifted = self.gate.check()
-        if drifted and len(self._normal) >= 2 and not self.busy:
-            log.info(
-                "model_confidence_dropped",
-                model_id=scorer.model_id,
-                hosts=drifted,
-                confidence={h: round(self.gate.mean_recent(h), 4) for h in drifted},
-                floor={h: round(self.gate.floor(h), 4) for h in drifted},
-            )
-            prev_w, next_w = stacked(self._normal)
-            self._thread = threading.Thread(
-                target=self._run, args=(scorer.checkpoint, prev_w, next_w), name="detector-finetune", daemon=True
-            )
-            self._thread.start()
+        if not drifted or self.busy:
+            return
+        log.info(
+            "model_confidence_dropped",
+            model_id=scorer.model_id,
+            hosts=drifted,
+            confidence={h: round(self.gate.mean_recent(h), 4) for h in drifted},
+            floor={h: round(self.gate.floor(h), 4) for h in drifted},
+        )
+        self._thread = threading.Thread(
+            target=self._run, args=(scorer.checkpoint, groups), name="detector-finetune", daemon=True
+        )
+        self._thread.start()
 
     @property
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _run(self, checkpoint: Checkpoint, prev: np.ndarray, nxt: np.ndarray) -> None:
+    def _run(self, checkpoint: Checkpoint, groups: Callable[[Checkpoint], list[TuningGroup]]) -> None:
         try:
             if not self.models.try_lock(self.instance):
                 log.info("fine_tune_skipped_lock_held", model_id=checkpoint.model_id)
@@ -212,7 +252,7 @@ class FineTuner:
             log.warning("fine_tune_skipped_redis", error=str(exc))
             return
         try:
-            self._fine_tune(checkpoint, prev, nxt)
+            self._fine_tune(checkpoint, groups(checkpoint))
         except Exception:  # a background thread: log, never die silently; the gate fires again later
             log.exception("fine_tune_failed", model_id=checkpoint.model_id)
         finally:
@@ -221,9 +261,9 @@ class FineTuner:
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # the lock expires on its own (LOCK_TTL_S)
 
-    def _fine_tune(self, checkpoint: Checkpoint, prev: np.ndarray, nxt: np.ndarray) -> None:
+    def _fine_tune(self, checkpoint: Checkpoint, groups: list[TuningGroup]) -> None:
         started = time.perf_counter()
-        tuned = fine_tune(checkpoint, prev, nxt, steps=self.config.finetune_steps, source=f"redis:{self.lei}")
+        tuned = fine_tune_groups(checkpoint, groups, steps=self.config.finetune_steps, source=f"redis:{self.lei}")
         tune_s = time.perf_counter() - started
         if not self.models.replace(tuned, checkpoint.model_id):
             log.info("fine_tuned_model_discarded_newer_model", fine_tuned_from=checkpoint.model_id)

@@ -40,9 +40,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import structlog
+import torch
+from torch import Tensor, nn
 
 from dragon.detector.checkpoint import Checkpoint
-from dragon.detector.federation_data import FederationTrace, FederationWindows, batch_size_for, federation_fault_scores
+from dragon.detector.federation_data import (
+    FederationTrace,
+    FederationWindows,
+    batch_size_for,
+    federation_fault_scores,
+    federation_of,
+)
+from dragon.detector.federation_model import FederationGraph, HostsInContext
 from dragon.detector.gon import GonConfig, train_gon
 from dragon.detector.scaling import MinMaxScaler
 from dragon.detector.train import calibrated_checkpoint, training_meta
@@ -66,7 +75,8 @@ class LeiStep:
     prev: np.ndarray  # (m, k, n) raw W_{t-1} of every host
     next: np.ndarray  # (m, k, n) raw W_t of every host
     tasks: tuple[str, ...]  # the p tasks running at this step
-    task_cpu: np.ndarray  # (p, k) each task's cpu share over its host's W_{t-1}
+    task_prev: np.ndarray  # (p, k) each task's cpu share over its host's W_{t-1}
+    task_next: np.ndarray  # (p, k) and over its host's W_t
     schedule: np.ndarray  # (p, m) S_t: one-hot task -> host
     judged: tuple[tuple[int, HostSample], ...]  # (host index, sample) to judge, a host at most once
 
@@ -74,6 +84,59 @@ class LeiStep:
     def shape_key(self) -> tuple[int, int, int]:
         """Steps with equal keys have the same graph and can be judged in one batch."""
         return len(self.hosts), len(self.tasks), self.broker
+
+
+@dataclass(frozen=True, eq=False)  # tensor fields
+class LeiBatch:
+    """Steps of one shape as D(G, W, S) takes them: scaled windows, task windows, schedule, graph."""
+
+    prev: Tensor  # (B, m, k, n) W_{t-1} of every host
+    next: Tensor  # (B, m, k, n) W_t
+    tasks_prev: Tensor  # (B, p, k, n) task windows over W_{t-1}
+    tasks_next: Tensor  # (B, p, k, n) task windows over W_t
+    schedule: Tensor  # (B, p, m) S_t
+    graph: FederationGraph
+
+    @classmethod
+    def of(cls, steps: Sequence[LeiStep], scaler: MinMaxScaler, feature_names: Sequence[str]) -> LeiBatch:
+        """``steps`` must share one :attr:`LeiStep.shape_key` (:func:`by_shape`)."""
+        if len({step.shape_key for step in steps}) != 1:
+            raise ValueError("a batch takes LEI steps of one shape (hosts, tasks, broker)")
+
+        def scaled(windows: list[np.ndarray]) -> Tensor:
+            return torch.as_tensor(scaler.transform(np.stack(windows)), dtype=torch.float32)
+
+        def tasks(cpu: list[np.ndarray]) -> Tensor:
+            return torch.from_numpy(task_rows(np.stack(cpu), scaler, feature_names))
+
+        hosts, broker = len(steps[0].hosts), steps[0].broker
+        return cls(
+            prev=scaled([step.prev for step in steps]),
+            next=scaled([step.next for step in steps]),
+            tasks_prev=tasks([step.task_prev for step in steps]),
+            tasks_next=tasks([step.task_next for step in steps]),
+            schedule=torch.from_numpy(np.stack([step.schedule for step in steps])),
+            graph=FederationGraph.build(["lei"] * hosts, [broker]),
+        )
+
+    def __len__(self) -> int:
+        return int(self.next.shape[0])
+
+    def judging(self, model: nn.Module) -> HostsInContext:
+        """D as eq. 13 uses it for Ŵ_t generated from W_{t-1}: the tasks' previous windows, S_t."""
+        return HostsInContext(federation_of(model), self.tasks_prev, self.schedule, self.graph)
+
+    def real(self) -> FederationWindows:
+        """The true windows W_t with their own context, as Algorithm 1 (and eq. 19) learns from them."""
+        return FederationWindows(self.next, self.tasks_next, self.schedule, self.graph)
+
+
+def by_shape(steps: Sequence[LeiStep]) -> list[list[int]]:
+    """Indices of ``steps`` grouped by :attr:`LeiStep.shape_key`, each group in order."""
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, step in enumerate(steps):
+        groups.setdefault(step.shape_key, []).append(i)
+    return list(groups.values())
 
 
 def broker_index(hosts: Sequence[str], broker_host: str) -> int:
@@ -145,14 +208,16 @@ def _step(group: list[HostSample], history: Mapping[str, Sequence[StoredSample]]
     rows = [[s.vector for s in history[h]] for h in hosts]
     prev = np.asarray([padded_window(r[: max(i, 1)], k) for r, i in zip(rows, index, strict=True)])
     nxt = np.asarray([padded_window(r[: i + 1], k) for r, i in zip(rows, index, strict=True)])
-    tasks, task_cpu, schedule = _placement([history[h] for h in hosts], index, k)
-    return LeiStep(tuple(hosts), broker_index(hosts, broker), prev, nxt, tasks, task_cpu, schedule, tuple(judged))
+    tasks, task_prev, task_next, schedule = _placement([history[h] for h in hosts], index, k)
+    return LeiStep(
+        tuple(hosts), broker_index(hosts, broker), prev, nxt, tasks, task_prev, task_next, schedule, tuple(judged)
+    )
 
 
 def _placement(
     stored: Sequence[Sequence[StoredSample]], index: Sequence[int], k: int
-) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-    """The tasks at a step, their cpu share over their host's previous window (p, k) and S_t (p, m)."""
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """The tasks at a step, their cpu share over their host's previous and current window (p, k), S_t (p, m)."""
     where: dict[str, tuple[float, int]] = {}  # task -> (cpu share now, host)
     for host, (samples, i) in enumerate(zip(stored, index, strict=True)):
         for task, cpu in samples[i].tasks.items():
@@ -160,13 +225,15 @@ def _placement(
                 where[task] = (cpu, host)
     tasks = tuple(sorted(where))
     schedule = np.zeros((len(tasks), len(stored)), dtype=np.float32)
-    usage = np.zeros((len(tasks), k), dtype=np.float32)
+    usage_prev = np.zeros((len(tasks), k), dtype=np.float32)
+    usage_next = np.zeros((len(tasks), k), dtype=np.float32)
     for j, task in enumerate(tasks):
-        host = where[task][1]
+        host, i = where[task][1], index[where[task][1]]
         schedule[j, host] = 1.0
-        before = stored[host][: max(index[host], 1)]
-        usage[j] = [row[0] for row in padded_window([[s.tasks.get(task, 0.0)] for s in before], k)]
-    return tasks, usage, schedule
+        shares = [[s.tasks.get(task, 0.0)] for s in stored[host][: i + 1]]
+        usage_prev[j] = np.ravel(padded_window(shares[: max(i, 1)], k))
+        usage_next[j] = np.ravel(padded_window(shares, k))
+    return tasks, usage_prev, usage_next, schedule
 
 
 # --- learning ------------------------------------------------------------------------------------

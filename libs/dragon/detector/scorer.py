@@ -15,10 +15,8 @@ import structlog
 import torch
 
 from dragon.detector.checkpoint import Checkpoint
-from dragon.detector.federation_data import federation_of
-from dragon.detector.federation_model import FederationGraph, HostsInContext
 from dragon.detector.gon import fault_scores
-from dragon.detector.lei import LeiStep, task_rows
+from dragon.detector.lei import LeiBatch, LeiStep, by_shape
 from dragon.detector.pot import StreamingPot
 from dragon.detector.thresholds import HostThreshold
 from dragon.messages.schemas import HOST_METRICS, HostSample
@@ -129,7 +127,7 @@ class Scorer:
         its windows in time order. Returns one list of (sample, verdict) per step.
         """
         scored: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # step -> scores (m,), shares (m, n)
-        for batch in _same_shape(steps):
+        for batch in by_shape(steps):
             for i, step_scores, shares in zip(batch, *self._score_batch([steps[i] for i in batch]), strict=True):
                 scored[i] = (step_scores, shares)
         verdicts = []
@@ -145,15 +143,8 @@ class Scorer:
 
     def _score_batch(self, steps: Sequence[LeiStep]) -> tuple[np.ndarray, np.ndarray]:
         """Eq. 13 for every host of steps of one shape: scores (B, m) and shares (B, m, n)."""
-        first = steps[0]
-        graph = FederationGraph.build(["lei"] * len(first.hosts), [first.broker])
-        task_cpu = np.stack([step.task_cpu for step in steps])  # (B, p, k)
-        tasks = torch.from_numpy(task_rows(task_cpu, self.scaler, self.checkpoint.feature_names))  # (B, p, k, n)
-        schedule = torch.from_numpy(np.stack([step.schedule for step in steps]))  # (B, p, m)
-        view = HostsInContext(federation_of(self.model), tasks, schedule, graph)
-        prev = self._scaled(np.stack([step.prev for step in steps]))  # (B, m, k, n)
-        nxt = self._scaled(np.stack([step.next for step in steps]))  # (B, m, k, n)
-        scores, shares = fault_scores(view, prev, nxt, self.config)
+        batch = LeiBatch.of(steps, self.scaler, self.checkpoint.feature_names)
+        scores, shares = fault_scores(batch.judging(self.model), batch.prev, batch.next, self.config)
         return scores.double().numpy(), shares.double().numpy()
 
     def _scaled(self, windows: np.ndarray) -> torch.Tensor:
@@ -171,11 +162,3 @@ class Scorer:
         order = np.argsort(-share)[:TOP_METRICS]
         top = tuple((HOST_METRICS[i], round(float(share[i]), 4)) for i in order if share[i] > 0)
         return Verdict(score, threshold, int(alarm), top)
-
-
-def _same_shape(steps: Sequence[LeiStep]) -> list[list[int]]:
-    """Indices of ``steps`` grouped by shape, each group in order."""
-    groups: dict[tuple[int, int, int], list[int]] = {}
-    for i, step in enumerate(steps):
-        groups.setdefault(step.shape_key, []).append(i)
-    return list(groups.values())

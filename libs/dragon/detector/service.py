@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import redis
@@ -24,7 +24,7 @@ from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DetectorConfig
 from dragon.detector.health import HostFaultState, Transition
 from dragon.detector.learning import FineTuner, OnlineLearner
-from dragon.detector.lei import STALE_INTERVALS, steps_to_judge
+from dragon.detector.lei import STALE_INTERVALS, LeiStep, steps_to_judge
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
@@ -50,6 +50,7 @@ class Scored:
     verdicts: list[tuple[HostSample, Verdict]]
     prev: np.ndarray  # (B, k, n) W_t
     next: np.ndarray  # (B, k, n) W_{t+1}
+    steps: list[LeiStep] = field(default_factory=list)  # scope lei: the LEI steps the verdicts come from
 
 
 class Detector:
@@ -186,8 +187,6 @@ class Detector:
             scope=scorer.scope,
             pot_mode=self.config.pot_mode,
         )
-        if self.tuner is not None and scorer.scope != "host":
-            log.warning("fine_tuning_off_for_scope", scope=scorer.scope, model_id=scorer.model_id)
 
     def _refresh_model(self) -> None:
         """Pick up a model another replica (or the learner) published."""
@@ -280,7 +279,7 @@ class Detector:
             self.thresholds.save(states)
         prev_w = np.asarray([step.prev[h] for step, h in judged], dtype=np.float32)
         next_w = np.asarray([step.next[h] for step, h in judged], dtype=np.float32)
-        return Scored(verdicts, prev_w, next_w)
+        return Scored(verdicts, prev_w, next_w, steps)
 
     def _threshold_states(self, scorer: Scorer, hosts: list[str]) -> dict[str, HostThreshold] | None:
         """The hosts' streaming thresholds (None: static), read once per batch and written once after.
@@ -318,6 +317,9 @@ class Detector:
             verdict.label == 0 and transition.kind == "" and transition.faulty_since is None
             for (_, verdict), transition in zip(scored.verdicts, transitions, strict=True)
         ]
+        if scored.steps:
+            self.tuner.observe_steps(self.scorer, scored.steps, normal)
+            return
         hosts = [sample.host for sample, _ in scored.verdicts]
         self.tuner.observe(self.scorer, hosts, scored.prev, scored.next, normal)
 
