@@ -52,11 +52,13 @@ from paho.mqtt.properties import Properties
 
 from dragon.detector import learning
 from dragon.detector.gon import GonConfig
+from dragon.detector.lei import lei_trace, train_from_lei
 from dragon.detector.train import train_from_series
 from dragon.logs import configure
 from dragon.messages import codec, topics
-from dragon.messages.schemas import HOST_METRICS, FaultEvent, HostHealth, HostMetrics, HostSample
+from dragon.messages.schemas import HOST_METRICS, FaultEvent, HostHealth, HostMetrics, HostSample, TaskUsage
 from dragon.settings import MqttSettings
+from dragon.store import StoredSample
 from dragon.testing import lei as lei_images
 from dragon.testing.lei import LeiStack
 
@@ -70,6 +72,7 @@ MAX_UNACKED = 500
 SPIKE_SAMPLES = 3  # consecutive spiking samples of a faulty host
 SPIKE_DISK_WRITE = 50e6  # bytes/s, a disk attack: 50x the min-max span of disk_write
 TRAIN_SERIES, TRAIN_STEPS = 6, 400  # synthetic hosts x samples each the checkpoint learns from
+TASK_CPU_SHARE = 0.8  # of a synthetic host's CPU taken by its one task
 
 
 # --- synthetic hosts --------------------------------------------------------------------
@@ -118,13 +121,42 @@ def spiked(row: np.ndarray) -> np.ndarray:
     return out
 
 
-def train_checkpoint(directory: Path, epochs: int, seed: int) -> Path:
-    """Train the detector's model on synthetic normal hosts and save it as ``directory/bench.pt``."""
+def task_usage(host: str, row: np.ndarray) -> tuple[TaskUsage, ...]:
+    """Every synthetic host runs one task, which takes most of its CPU."""
+    return (TaskUsage(f"{host}-task", "bench", TASK_CPU_SHARE * float(row[HOST_METRICS.index("cpu")]), 5e7),)
+
+
+def train_checkpoint(directory: Path, epochs: int, seed: int, scope: str) -> Path:
+    """Train the detector's model on synthetic normal hosts and save it as ``directory/bench.pt``.
+
+    Scope ``host`` learns from each host's series alone; scope ``lei`` from the hosts as one LEI
+    with their tasks (one collector tick: every host sampled at the same time).
+    """
     rng = np.random.default_rng(seed)
     series = [HostProfile.draw(rng).rows(rng, TRAIN_STEPS) for _ in range(TRAIN_SERIES)]
-    cfg = GonConfig(n_features=len(HOST_METRICS), epochs=epochs, seed=seed)
+    # As the service learns: an LEI without the graph transformer (DRAGON_DETECTOR_TOPOLOGY's default).
+    cfg = GonConfig(n_features=len(HOST_METRICS), epochs=epochs, seed=seed, scope=scope, topology=scope == "host")
     started = time.perf_counter()
-    checkpoint = train_from_series(series, HOST_METRICS, cfg, min_span=learning.min_span(), source="bench:synthetic")
+    if scope == "lei":
+        history = {
+            f"h{i}": [
+                StoredSample(1.0 + t, row.tolist(), {task.id: task.cpu for task in task_usage(f"h{i}", row)})
+                for t, row in enumerate(rows)
+            ]
+            for i, rows in enumerate(series)
+        }
+        checkpoint = train_from_lei(
+            lei_trace(history, HOST_METRICS),
+            cfg,
+            min_span=learning.min_span(),
+            pot_q=1e-3,
+            pot_level=0.98,
+            source="bench:synthetic",
+        )
+    else:
+        checkpoint = train_from_series(
+            series, HOST_METRICS, cfg, min_span=learning.min_span(), source="bench:synthetic"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "bench.pt"
     checkpoint.save(path)
@@ -174,16 +206,22 @@ class SamplePublisher:
             self.acked += 1
             self._cond.notify_all()
 
-    def publish(self, host: str, row: np.ndarray) -> float:
-        """Publish one sample of ``host`` stamped now; returns that ``ts``."""
+    def publish(self, host: str, row: np.ndarray, ts: float | None = None) -> float:
+        """Publish one sample of ``host`` and its task, stamped ``ts`` (default: now); returns that ``ts``."""
         with self._cond:
             while self._sent - self.acked >= MAX_UNACKED:
                 self._cond.wait()
         seq = self._seq.get(host, 0)
         self._seq[host] = seq + 1
-        ts = time.time()
+        ts = time.time() if ts is None else ts
         sample = HostSample(
-            lei=self.lei, host=host, ts=ts, seq=seq, interval_s=self.interval_s, metrics=as_metrics(row)
+            lei=self.lei,
+            host=host,
+            ts=ts,
+            seq=seq,
+            interval_s=self.interval_s,
+            metrics=as_metrics(row),
+            tasks=task_usage(host, row),
         )
         self._sent += 1
         self.client.publish(topics.host_sample(self.lei, host), codec.encode(sample), qos=1, properties=self._props)
@@ -330,15 +368,19 @@ def latency_phase(publisher, recorder, hosts, streams, args) -> dict:
     measured_from = start + warmup_ticks * args.interval
     for tick in range(ticks):
         for i, host in enumerate(hosts):
-            pause = start + (tick + i / n) * args.interval - time.time()
+            # Aligned: all hosts at the start of the tick with one time stamp, as one collector
+            # samples its hosts; otherwise spread evenly over the interval.
+            offset = 0.0 if args.aligned else i / n
+            pause = start + (tick + offset) * args.interval - time.time()
             if pause > 0:
                 time.sleep(pause)
+            stamp = start + tick * args.interval if args.aligned else None
             row = next(streams[host])
             if tick in spiking.get(host, ()):
-                ts = publisher.publish(host, spiked(row))
+                ts = publisher.publish(host, spiked(row), stamp)
                 spike_ts.setdefault(host, ts)
             else:
-                publisher.publish(host, row)
+                publisher.publish(host, row, stamp)
     measured_to = time.time()
     publisher.wait_acked(30)
     time.sleep(args.grace)  # let the last verdicts arrive
@@ -612,6 +654,18 @@ def parse_args() -> argparse.Namespace:
         default=120.0,
         help="throughput phase: how long to wait for the backlog to drain (default: 120)",
     )
+    parser.add_argument(
+        "--scope",
+        choices=("host", "lei"),
+        default="host",
+        help="what the detector's model judges at once: each host alone, or the whole LEI (default: host)",
+    )
+    parser.add_argument(
+        "--aligned",
+        action="store_true",
+        help="latency phase: every host publishes at the start of each interval with one time stamp, as one "
+        "collector does (default: spread evenly over the interval, as unsynchronised collectors)",
+    )
     parser.add_argument("--train-epochs", type=int, default=15, help="epochs of the synthetic model (default: 15)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic hosts and the model (default: 0)")
     parser.add_argument(
@@ -644,7 +698,7 @@ def main() -> None:
     configure(level="warning", json=True)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory(prefix="dragon-bench-model-") as scratch:
-        checkpoint = train_checkpoint(Path(scratch), args.train_epochs, args.seed)
+        checkpoint = train_checkpoint(Path(scratch), args.train_epochs, args.seed, args.scope)
         results = []
         for n in args.hosts:
             result = run_one(n, checkpoint, args)

@@ -149,13 +149,19 @@ class WindowStore:
             pipe.zrange(self._key(host), -count, -1)
         return {host: [_stored(m) for m in members] for host, members in zip(hosts, pipe.execute(), strict=True)}
 
-    def samples_since(self, since_ts: float) -> dict[str, list[StoredSample]]:
-        """Every host's samples from ``since_ts`` on, with their tasks, oldest first (two round trips)."""
+    def samples_until(self, until_ts: float, count: int) -> dict[str, list[StoredSample]]:
+        """Every host's newest ``count`` samples taken at or before ``until_ts``, with their tasks, oldest first.
+
+        Two round trips whatever the number of hosts. Bounded by count, not by time, so a
+        backlog of samples (a flood, a replay) costs what the batch needs, not all it spans.
+        """
         hosts = self.hosts()
         pipe = self.client.pipeline(transaction=False)
         for host in hosts:
-            pipe.zrangebyscore(self._key(host), since_ts, "+inf")
-        return {host: [_stored(m) for m in members] for host, members in zip(hosts, pipe.execute(), strict=True)}
+            pipe.zrevrangebyscore(self._key(host), until_ts, "-inf", start=0, num=count)
+        return {
+            host: [_stored(m) for m in reversed(members)] for host, members in zip(hosts, pipe.execute(), strict=True)
+        }
 
     def count(self, host: str) -> int:
         return int(self.client.zcard(self._key(host)))

@@ -7,6 +7,7 @@ confidence gate is forced open fine-tunes the model on whole LEI steps.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -52,6 +53,14 @@ def test_a_cpu_hog_is_a_fault_of_that_host_only_when_the_lei_is_judged_jointly(l
         assert event.label == 1 and event.score >= event.threshold
         assert "cpu" in [c.metric for c in event.top_metrics], event.top_metrics
         assert events(listener, "h1") == [] and events(listener, "h3") == []
+
+
+def test_an_lei_model_trains_offline_from_what_the_lei_recorded(lei_scope):
+    command = ["dragon-detector", "train", "--from-redis", "--scope", "lei", "--out", "/tmp/lei.pt", "--epochs", "2"]
+    result = lei_scope.containers["detector"].exec([*command, "--quiet"])
+    assert result.exit_code == 0, result.output.decode()
+    summary = json.loads(result.output.decode().strip().splitlines()[-1])
+    assert summary["scope"] == "lei" and len(summary["model_id"]) == 12
 
 
 def test_a_lei_model_is_fine_tuned_on_line_by_the_replica_that_judges_the_lei(lei_scope):

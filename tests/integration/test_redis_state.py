@@ -49,8 +49,9 @@ def test_samples_keep_their_tasks_and_a_redelivery_with_tasks_stays_one_member(c
     ]
     store.append_many(rows)
     store.append_many([("h1", 1.0, 1, [0.1, 0.5], {"a": 0.1, "b": 0.2})])  # the same sample, tasks in another order
-    since = store.samples_since(1.5)
-    assert [s.ts for s in since["h1"]] == [2.0] and since["h2"] == []
+    until = store.samples_until(1.5, count=5)
+    assert [s.ts for s in until["h1"]] == [1.0] and [s.ts for s in until["h2"]] == [1.0]
+    assert [s.ts for s in store.samples_until(9.0, count=1)["h1"]] == [2.0]
     first, second = store.all_stored("h1")
     assert (first.ts, first.vector, dict(first.tasks)) == (1.0, [0.1, 0.5], {"a": 0.1, "b": 0.2})
     assert dict(second.tasks) == {} and store.recent("h2", 1) == [(1.0, [0.3, 0.5])]

@@ -48,3 +48,10 @@ def test_train_refuses_a_plot_it_cannot_draw_before_training(tmp_path, capsys):
     code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m.pt"), "--plot", str(tmp_path / "l.png")])
     assert code == 2 and ".svg" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_refuses_an_lei_model_of_a_data_set_folder(tmp_path, capsys):
+    np.save(tmp_path / "train.npy", np.zeros((50, 2)))
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m.pt"), "--scope", "lei"])
+    assert code == 2 and "--from-redis" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()

@@ -15,7 +15,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import redis
@@ -113,40 +114,62 @@ class OnlineLearner:
     def _train(self, history: dict[str, list[StoredSample]]) -> None:
         scope = self.config.scope
         log.info("learning_normal_operation", scope=scope, hosts=len(history), samples=sum(map(len, history.values())))
-        cfg = GonConfig(
-            n_features=len(HOST_METRICS),
-            window=self.config.window,
-            epochs=self.config.train_epochs,
-            scope=scope,
-            # The graph part means something only over many hosts; per host, keep the default.
-            topology=self.config.topology if scope == "lei" else GonConfig.topology,
+        checkpoint = train_recorded(
+            history,
+            gon_config(self.config),
+            pot_q=self.config.pot_q,
+            pot_level=self.config.pot_level,
+            broker_host=self.config.broker_host,
+            lei=self.windows.lei,
         )
-        checkpoint = TRAINERS[scope](history, cfg, self.config, f"redis:{self.windows.lei}")
         self.models.publish(checkpoint)
 
 
-def _train_hosts(
-    history: dict[str, list[StoredSample]], cfg: GonConfig, config: DetectorConfig, source: str
+def gon_config(config: DetectorConfig, **overrides: Any) -> GonConfig:
+    """The model the detector learns from what its LEI recorded, as configured."""
+    return GonConfig(
+        n_features=len(HOST_METRICS),
+        window=config.window,
+        epochs=config.train_epochs,
+        scope=config.scope,
+        # The graph part means something only over many hosts; per host, keep the default.
+        topology=config.topology if config.scope == "lei" else GonConfig.topology,
+        **overrides,
+    )
+
+
+def train_recorded(
+    history: Mapping[str, Sequence[StoredSample]],
+    cfg: GonConfig,
+    *,
+    pot_q: float,
+    pot_level: float,
+    broker_host: str = "",
+    lei: str = "lei",
+    progress: bool = False,
 ) -> Checkpoint:
-    """One model for every host's window on its own (scope ``host``)."""
+    """A model of what an LEI recorded (every host's samples, oldest first), of scope ``cfg.scope``.
+
+    Scope ``host``: one model for every host's window on its own. Scope ``lei``: one model of
+    all hosts at once, with their tasks, schedule and graph (``lei.py``).
+    """
+    source = f"redis:{lei}"
+    if cfg.scope == "lei":
+        recorded = lei_trace(history, HOST_METRICS, broker_host, lei)
+        return train_from_lei(
+            recorded, cfg, min_span=min_span(), pot_q=pot_q, pot_level=pot_level, progress=progress, source=source
+        )
     series = [np.asarray([s.vector for s in samples], dtype=np.float64) for samples in history.values()]
     return train_from_series(
-        series, HOST_METRICS, cfg, min_span=min_span(), pot_q=config.pot_q, pot_level=config.pot_level, source=source
+        series,
+        HOST_METRICS,
+        cfg,
+        min_span=min_span(),
+        pot_q=pot_q,
+        pot_level=pot_level,
+        progress=progress,
+        source=source,
     )
-
-
-def _train_lei(
-    history: dict[str, list[StoredSample]], cfg: GonConfig, config: DetectorConfig, source: str
-) -> Checkpoint:
-    """One model for all hosts of the LEI at once, with their tasks, schedule and graph (scope ``lei``)."""
-    recorded = lei_trace(history, HOST_METRICS, config.broker_host, config.common.service.lei)
-    return train_from_lei(
-        recorded, cfg, min_span=min_span(), pot_q=config.pot_q, pot_level=config.pot_level, source=source
-    )
-
-
-# How the learner trains a model of each scope (DRAGON_DETECTOR_SCOPE).
-TRAINERS = {"host": _train_hosts, "lei": _train_lei}
 
 
 class FineTuner:

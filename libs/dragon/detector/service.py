@@ -24,7 +24,7 @@ from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DetectorConfig
 from dragon.detector.health import HostFaultState, Transition
 from dragon.detector.learning import FineTuner, OnlineLearner
-from dragon.detector.lei import STALE_INTERVALS, LeiStep, steps_to_judge
+from dragon.detector.lei import LeiStep, steps_to_judge
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
@@ -266,9 +266,10 @@ class Detector:
     def _score_lei(self, samples: list[HostSample]) -> Scored:
         """Judge each sample with every host of the LEI at its step, their tasks, schedule and graph."""
         scorer = self.scorer
-        # Enough history for a window before the oldest sample, and for context hosts to be seen as fresh.
-        reach = (scorer.window + 2 + STALE_INTERVALS) * max(s.interval_s for s in samples)
-        history = self.windows.samples_since(min(s.ts for s in samples) - reach)
+        # Each host's samples up to the newest step of the batch: per step it may have one, and
+        # k + 1 before the oldest step make that step's windows.
+        until = max(s.ts + s.interval_s / 2 for s in samples)
+        history = self.windows.samples_until(until, scorer.window + 2 + len(samples))
         steps = steps_to_judge(samples, history, scorer.window, self.config.broker_host)
         judged = [(step, h) for step in steps for h, _ in step.judged]
         if not judged:

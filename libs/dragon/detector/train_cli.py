@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 from dragon.config import ConfigError
 from dragon.detector.scaling import DATASET_MIN_SPAN
@@ -24,6 +25,13 @@ def add_train_parser(commands) -> None:
         "--from-redis",
         action="store_true",
         help="the host samples recorded in Redis (DRAGON_REDIS_*, DRAGON_LEI from the environment)",
+    )
+    parser.add_argument(
+        "--scope",
+        choices=("host", "lei"),
+        default="host",
+        help="what the model judges at once: each host's window alone, or with --from-redis the whole LEI with "
+        "its tasks and schedule (DRAGON_DETECTOR_BROKER_HOST and DRAGON_DETECTOR_TOPOLOGY apply) (default: host)",
     )
     parser.add_argument("--out", required=True, metavar="PATH", help="checkpoint file to write")
     parser.add_argument("--window", type=int, default=10, help="window length k (default: 10)")
@@ -54,52 +62,72 @@ def run_train(args) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.scope == "lei" and not args.from_redis:
+        print(
+            "dragon-detector train: --scope lei needs --from-redis (a data set folder has no hosts or tasks)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.from_redis:
-            series, names, min_span, source = _from_redis()
+            checkpoint = _from_redis(args)
         else:
             train, _, _ = load_dataset_dir(args.data)
-            series, names, min_span, source = train, [f"f{i}" for i in range(train.shape[1])], args.min_span, args.data
-        cfg = GonConfig(n_features=len(names), window=args.window, epochs=args.epochs, seed=args.seed)
-        checkpoint = train_from_series(
-            series,
-            names,
-            cfg,
-            min_span=min_span,
-            pot_q=args.pot_q,
-            pot_level=args.pot_level,
-            progress=not args.quiet,
-            source=source,
-        )
+            names = [f"f{i}" for i in range(train.shape[1])]
+            cfg = GonConfig(n_features=len(names), window=args.window, epochs=args.epochs, seed=args.seed)
+            checkpoint = train_from_series(
+                train,
+                names,
+                cfg,
+                min_span=args.min_span,
+                pot_q=args.pot_q,
+                pot_level=args.pot_level,
+                progress=not args.quiet,
+                source=args.data,
+            )
     except (DatasetError, ConfigError, ValueError) as exc:
         print(f"dragon-detector train: {exc}", file=sys.stderr)
         return 2
     checkpoint.save(args.out)
-    report = {"out": args.out, "model_id": checkpoint.model_id, "threshold": checkpoint.pot_state().z_q}
+    report = {
+        "out": args.out,
+        "model_id": checkpoint.model_id,
+        "scope": checkpoint.config.scope,
+        "threshold": checkpoint.pot_state().z_q,
+    }
     if args.plot:
         from dragon.detector.svgplot import write_loss_svg
 
-        write_loss_svg(args.plot, checkpoint.meta["history"], f"GON {checkpoint.model_id} on {source}")
+        write_loss_svg(
+            args.plot, checkpoint.meta["history"], f"GON {checkpoint.model_id} on {checkpoint.meta['source']}"
+        )
         report["plot"] = args.plot
     print(json.dumps(report))
     return 0
 
 
-def _from_redis():
-    import numpy as np
-
+def _from_redis(args):
+    """A checkpoint of what the LEI recorded in Redis (DRAGON_REDIS_*, DRAGON_LEI), of ``args.scope``."""
     from dragon import config
     from dragon.detector.config import DetectorConfig
-    from dragon.detector.learning import min_span
-    from dragon.messages.schemas import HOST_METRICS
+    from dragon.detector.learning import gon_config, train_recorded
     from dragon.service.known import known_env_names
     from dragon.store import WindowStore, connect
 
-    cfg = config.load(DetectorConfig, known=known_env_names())
-    lei = cfg.common.service.lei
-    store = WindowStore(connect(cfg.redis), lei, cfg.history)
-    series = [np.asarray([row for _, row in store.all_samples(host)]) for host in store.hosts()]
-    series = [s for s in series if len(s) >= 2]
-    if not series:
+    settings = config.load(DetectorConfig, known=known_env_names())
+    settings = replace(settings, scope=args.scope, window=args.window, train_epochs=args.epochs)
+    lei = settings.common.service.lei
+    store = WindowStore(connect(settings.redis), lei, settings.history)
+    history = {host: store.all_stored(host) for host in store.hosts()}
+    history = {host: samples for host, samples in history.items() if len(samples) >= 2}
+    if not history:
         raise ValueError(f"no host of LEI {lei!r} has recorded samples in Redis")
-    return series, list(HOST_METRICS), min_span(), f"redis:{lei}"
+    return train_recorded(
+        history,
+        gon_config(settings, seed=args.seed),
+        pot_q=args.pot_q,
+        pot_level=args.pot_level,
+        broker_host=settings.broker_host,
+        lei=lei,
+        progress=not args.quiet,
+    )
