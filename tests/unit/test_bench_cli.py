@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
 
 REQUIRED = (
     "f1_pa precision_pa recall_pa f1 precision recall f1_pa_k_auc roc_auc pr_auc detection_delay_steps "
-    "false_alarms_per_1000_steps hit_rate_100 ndcg_100 train_s test_s peak_rss_mb step_latency_ms_p50 "
+    "false_alarms_per_1000_steps hit_rate_100 ndcg_100 train_s test_s peak_rss_mb anon_rss_mb step_latency_ms_p50 "
     "step_latency_ms_p99 threshold params"
 ).split()
 # Undefined only in cases these tests avoid (no detected segment, 1-D labels).
