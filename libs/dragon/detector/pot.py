@@ -14,7 +14,9 @@ bisection, with numpy only.
 
 :class:`PotState` keeps the peaks as well as the fit so that streaming SPOT/DSPOT
 (:class:`StreamingPot`) can add a peak and refit with :func:`fit_tail` without the calibration
-scores.
+scores. A streaming update also learns a few alarms as right-censored excesses (known to reach
+the threshold, not how far); with those the likelihood has no Grimshaw reduction and is climbed
+by Nelder-Mead (:func:`censored_mle`).
 
 Parameters: the GON and DRAGON papers use risk ``q = 1e-4`` and a "low quantile" of 0.07 for
 FTSAD. That wording comes from OmniAnomaly's POT code, which thresholds the *lower* tail of a
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,8 @@ FALLBACK_EPS = 1e-6
 GAMMA_EPS = 1e-8
 _GRID = 200  # grid points per side when bracketing Grimshaw's roots
 _BISECTIONS = 80
+_NM_ITERATIONS = 200  # Nelder-Mead steps of the censored fit; a warm start needs a few dozen
+_NM_TOLERANCE = 1e-9  # stop when the simplex's log-likelihoods agree this closely
 
 
 @dataclass
@@ -72,12 +76,16 @@ class PotState:
     z_q: float  # the threshold: label 1 when score >= z_q
     method: str  # "gpd" | "exponential" | "no_peaks"
     peaks: tuple[float, ...] = ()  # excesses over t, kept for streaming updates (StreamingPot)
+    # Right-censored excesses: alarms of a streaming update known only to reach at least this far
+    # over t (StreamingPot.update); empty for a fit on calibration scores.
+    censored: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         # Field by field, not dataclasses.asdict, which deep-copies the peaks one by one: a
         # detector serialises one state per host and batch (0.66 ms each with 1,000 peaks).
         data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         data["peaks"] = list(self.peaks)
+        data["censored"] = list(self.censored)
         return data
 
     @classmethod
@@ -85,7 +93,13 @@ class PotState:
         check_known_keys(cls, data)
         fields = dict(data)
         fields["peaks"] = tuple(float(p) for p in fields.get("peaks", ()))
+        fields["censored"] = tuple(float(c) for c in fields.get("censored", ()))
         return cls(**fields)
+
+    @property
+    def tail_count(self) -> int:
+        """Scores known to exceed t: the peaks and the censored alarms."""
+        return len(self.peaks) + len(self.censored)
 
 
 def label(score: float, state: PotState) -> int:
@@ -117,28 +131,43 @@ def fit_pot(
     return fit_tail(t, peaks, n=int(scores.size), q=q, level=level, min_peaks=min_peaks)
 
 
-def fit_tail(t: float, peaks: np.ndarray, n: int, q: float, level: float, min_peaks: int = MIN_PEAKS) -> PotState:
+def fit_tail(
+    t: float,
+    peaks: np.ndarray,
+    n: int,
+    q: float,
+    level: float,
+    min_peaks: int = MIN_PEAKS,
+    censored: np.ndarray | tuple[float, ...] = (),
+    start: tuple[float, float] | None = None,
+) -> PotState:
     """Fit the excesses ``peaks`` (> 0) over ``t`` out of ``n`` scores and compute ``z_q``.
 
     Separate from :func:`fit_pot` so a streaming update can refit after adding a peak.
+    ``censored`` are excesses known only to be at least that large (alarms of a streaming
+    update): they enter the likelihood through the GPD's survival function
+    (:func:`censored_mle`, started from ``start`` when given) and count as scores above t.
     """
     peaks = np.asarray(peaks, dtype=np.float64).ravel()
+    censored = np.asarray(censored, dtype=np.float64).ravel()
     if peaks.size == 0:
-        return _no_peaks(t, n, q, level, peaks)
+        return _no_peaks(t, n, q, level, peaks, censored)
+    exponential = float((peaks.sum() + censored.sum()) / peaks.size)  # censored MLE of the exponential scale
     if peaks.size < min_peaks:
         log.info("pot_few_peaks", n_peaks=int(peaks.size), min_peaks=min_peaks)
-        gamma, sigma, method = 0.0, float(peaks.mean()), "exponential"
+        gamma, sigma, method = 0.0, exponential, "exponential"
     else:
-        gamma, sigma = grimshaw(peaks)
+        gamma, sigma = censored_mle(peaks, censored, start) if censored.size else grimshaw(peaks)
         method = "gpd"
-    z_q = gpd_quantile(t, gamma, sigma, q, n, peaks.size)
+    tail_count = peaks.size + censored.size
+    z_q = gpd_quantile(t, gamma, sigma, q, n, tail_count)
     if not (math.isfinite(z_q) and z_q > t):
         # A shape estimate near a support boundary can overflow; the exponential tail cannot.
         log.warning("pot_gpd_unusable", gamma=gamma, sigma=sigma, z_q=z_q)
-        gamma, sigma, method = 0.0, float(peaks.mean()), "exponential"
-        z_q = gpd_quantile(t, gamma, sigma, q, n, peaks.size)
+        gamma, sigma, method = 0.0, exponential, "exponential"
+        z_q = gpd_quantile(t, gamma, sigma, q, n, tail_count)
     if not (math.isfinite(z_q) and z_q > t):
-        return _no_peaks(t, n, q, level, peaks)
+        return _no_peaks(t, n, q, level, peaks, censored)
     return PotState(
         t=t,
         gamma=float(gamma),
@@ -150,10 +179,13 @@ def fit_tail(t: float, peaks: np.ndarray, n: int, q: float, level: float, min_pe
         z_q=float(z_q),
         method=method,
         peaks=tuple(float(p) for p in peaks),
+        censored=tuple(float(c) for c in censored),
     )
 
 
-def _no_peaks(t: float, n: int, q: float, level: float, peaks: np.ndarray) -> PotState:
+def _no_peaks(
+    t: float, n: int, q: float, level: float, peaks: np.ndarray, censored: np.ndarray | tuple[float, ...] = ()
+) -> PotState:
     """No score above t, or no finite tail: nothing to extrapolate, so stay just above everything seen.
 
     Peaks that gave no usable tail are kept, so a streaming update refits on them with the next.
@@ -171,6 +203,7 @@ def _no_peaks(t: float, n: int, q: float, level: float, peaks: np.ndarray) -> Po
         z_q=z_q,
         method="no_peaks",
         peaks=tuple(float(p) for p in peaks),
+        censored=tuple(float(c) for c in censored),
     )
 
 
@@ -194,6 +227,79 @@ def gpd_log_likelihood(peaks: np.ndarray, gamma: float, sigma: float) -> float:
     if (arg <= 0).any():
         return -math.inf
     return float(-n * math.log(sigma) - (1.0 + 1.0 / gamma) * np.log(arg).sum())
+
+
+def censored_log_likelihood(peaks: np.ndarray, censored: np.ndarray, gamma: float, sigma: float) -> float:
+    """Log-likelihood of GPD(gamma, sigma) for excesses ``peaks`` and right-censored excesses ``censored``.
+
+    A censored excess c adds log P(Y >= c) = -(1/gamma) log(1 + gamma c / sigma) (-c / sigma at
+    gamma = 0) instead of a density. -inf outside the support.
+    """
+    if not (sigma > 0 and math.isfinite(sigma) and math.isfinite(gamma)):
+        return -math.inf
+    if abs(gamma) < GAMMA_EPS:
+        return float(-peaks.size * math.log(sigma) - (peaks.sum() + censored.sum()) / sigma)
+    arg_peaks, arg_censored = 1.0 + gamma * peaks / sigma, 1.0 + gamma * censored / sigma
+    if (arg_peaks <= 0).any() or (arg_censored <= 0).any():
+        return -math.inf
+    return float(
+        -peaks.size * math.log(sigma)
+        - (1.0 + 1.0 / gamma) * np.log(arg_peaks).sum()
+        - np.log(arg_censored).sum() / gamma
+    )
+
+
+def censored_mle(
+    peaks: np.ndarray, censored: np.ndarray, start: tuple[float, float] | None = None
+) -> tuple[float, float]:
+    """Maximum-likelihood (gamma, sigma) of a GPD with right-censored excesses.
+
+    Grimshaw's reduction does not hold with censoring, so the likelihood is climbed by
+    Nelder-Mead over (gamma, log sigma), from ``start`` (a streaming update passes the fit in
+    force, which is close) or Grimshaw's fit of the uncensored peaks. The exponential fit, whose
+    censored MLE has a closed form, is a candidate too; the higher likelihood wins.
+    """
+    peaks, censored = np.asarray(peaks, dtype=np.float64), np.asarray(censored, dtype=np.float64)
+    exponential = (0.0, float((peaks.sum() + censored.sum()) / peaks.size))
+    gamma0, sigma0 = start if start is not None and start[1] > 0 else grimshaw(peaks)
+
+    def cost(theta: np.ndarray) -> float:
+        return -censored_log_likelihood(peaks, censored, float(theta[0]), math.exp(theta[1]))
+
+    found = _nelder_mead(cost, np.array([gamma0, math.log(sigma0)]))
+    candidate = (float(found[0]), math.exp(found[1]))
+    if censored_log_likelihood(peaks, censored, *candidate) > censored_log_likelihood(peaks, censored, *exponential):
+        return candidate
+    return exponential
+
+
+def _nelder_mead(cost: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 0.1) -> np.ndarray:
+    """Minimise ``cost`` from ``x0`` with the standard Nelder-Mead simplex (numpy only, no scipy)."""
+    simplex = np.vstack([x0, x0 + np.diag(np.full(x0.size, step))])  # (d+1, d)
+    values = np.array([cost(x) for x in simplex])
+    for _ in range(_NM_ITERATIONS):
+        order = np.argsort(values)
+        simplex, values = simplex[order], values[order]
+        if np.isfinite(values[-1]) and values[-1] - values[0] < _NM_TOLERANCE:
+            break
+        centre = simplex[:-1].mean(axis=0)
+        reflected = centre + (centre - simplex[-1])
+        value = cost(reflected)
+        if value < values[0]:
+            expanded = centre + 2.0 * (centre - simplex[-1])
+            expanded_value = cost(expanded)
+            simplex[-1], values[-1] = (expanded, expanded_value) if expanded_value < value else (reflected, value)
+        elif value < values[-2]:
+            simplex[-1], values[-1] = reflected, value
+        else:
+            contracted = centre + 0.5 * (simplex[-1] - centre)
+            contracted_value = cost(contracted)
+            if contracted_value < values[-1]:
+                simplex[-1], values[-1] = contracted, contracted_value
+            else:  # shrink towards the best point
+                simplex[1:] = simplex[0] + 0.5 * (simplex[1:] - simplex[0])
+                values[1:] = [cost(x) for x in simplex[1:]]
+    return simplex[int(np.argmin(values))]
 
 
 def grimshaw(peaks: np.ndarray) -> tuple[float, float]:
@@ -263,6 +369,9 @@ def _bisect(peaks: np.ndarray, lo: float, hi: float, w_lo: float) -> float:
 
 # Peaks kept by the streaming update: bounds the refit cost and lets old peaks age out.
 MAX_STREAM_PEAKS = 1000
+# Alarms a streaming update may learn from at once after a quiet spell (StreamingPot.update):
+# enough that a burst of normal exceedances is not lost, few enough that a fault hardly counts.
+MAX_ALLOWANCE = 3.0
 
 
 @dataclass
@@ -279,7 +388,12 @@ class StreamingPot:
     tail: PotState
     depth: int = 0  # DSPOT moving-average depth in scores; 0 is SPOT
     recent: tuple[float, ...] = ()  # DSPOT: the last ``depth`` normal scores, oldest first
-    max_peaks: int = MAX_STREAM_PEAKS  # newest peaks the tail is refitted on
+    max_peaks: int = MAX_STREAM_PEAKS  # newest peaks (and censored alarms) the tail is refitted on
+    # Alarms that normal operation alone would raise and not yet learnt from: q per score, at
+    # most MAX_ALLOWANCE (see update).
+    allowance: float = 0.0
+    # Censored alarms owed to ageing: the tail forgets them at the rate it forgets peaks (_refit).
+    ageing: float = 0.0
 
     def __post_init__(self) -> None:
         self.recent = tuple(float(score) for score in self.recent)
@@ -311,39 +425,57 @@ class StreamingPot:
     def update(self, score: float) -> tuple[float, bool]:
         """Judge ``score``, then learn from it; returns (threshold in force, alarm).
 
-        An alarm (``score >= threshold``) is not learnt from, so a long fault never raises its
-        own bar. A normal score counts in ``n`` and enters the moving average; if it exceeds
-        ``t`` (after drift removal) it is a new peak and the tail is refitted on the newest
-        ``max_peaks`` peaks, otherwise z_q only moves with ``n``.
+        A normal score counts in ``n`` and enters the moving average; if it exceeds ``t`` (after
+        drift removal) it is a new peak and the tail is refitted on the newest ``max_peaks``
+        peaks, otherwise z_q only moves with ``n``.
 
-        The price of not learning from alarms is a slow downward bias on a long stationary
-        stream: the largest normal scores are missing from the peaks, so each refit finds a
-        slightly lighter tail. On Exp(1) scores with q = 1e-3 the alarm rate rose from 1.9e-3
-        to 5.5e-3 over 150,000 scores (docs/design.md). Counting capped alarms as peaks removes
-        the bias but lets a long fault ratchet the threshold up to its own level.
+        An alarm (``score >= threshold``) is not learnt from as a value, so a long fault never
+        raises the bar to its own level. Leaving every alarm out, though, biases a long
+        stationary stream downwards: normal operation itself exceeds z_q at rate q, those
+        largest normal scores are then missing from the peaks, each refit finds a lighter tail
+        and the threshold sinks (Exp(1) scores, q = 1e-3: the alarm rate rose from 1.7e-3 to
+        5.0e-3 over 150,000 scores). So as many alarms as normal operation would raise (an
+        allowance of q per score, at most ``MAX_ALLOWANCE`` saved up) are learnt as
+        right-censored excesses: known to reach the threshold, not how far. A fault's alarms
+        beyond that allowance are ignored, so a fault of a thousand windows adds about one.
         """
         drift = self.drift
-        threshold = drift + self.tail.z_q
+        tail = self.tail
+        threshold = drift + tail.z_q
+        self.allowance = min(MAX_ALLOWANCE, self.allowance + tail.q)
         if score >= threshold:
+            if self.allowance >= 1.0 and tail.method != "no_peaks":
+                self.allowance -= 1.0
+                self._refit(tail.n + 1, tail.peaks, (*tail.censored, tail.z_q - tail.t))
             return threshold, True
         if self.depth:
             self.recent = (*self.recent[1:], float(score))
-        tail, n, excess = self.tail, self.tail.n + 1, score - drift
+        n, excess = tail.n + 1, score - drift
         if excess > tail.t:
-            peaks = [*tail.peaks, excess - tail.t]
-            if len(peaks) > self.max_peaks:
-                # The oldest peak leaves, and with it its share of n: otherwise n grows for ever
-                # while the peaks do not, N_t / n shrinks and z_q sinks (Exp(1), q = 1e-3: 16x
-                # the false alarms of q after 500,000 scores).
-                peaks, n = peaks[-self.max_peaks :], max(self.max_peaks, round(n * (1 - 1 / self.max_peaks)))
-            self.tail = fit_tail(tail.t, np.asarray(peaks), n, tail.q, tail.level)
+            self._refit(n, (*tail.peaks, excess - tail.t), tail.censored)
         elif tail.method == "no_peaks":
             self.tail = dataclasses.replace(tail, n=n)  # nothing to extrapolate from yet
         else:
             # One more normal score lowers the tail probability of every peak: move z_q with n.
-            z_q = gpd_quantile(tail.t, tail.gamma, tail.sigma, tail.q, n, len(tail.peaks))
+            z_q = gpd_quantile(tail.t, tail.gamma, tail.sigma, tail.q, n, tail.tail_count)
             self.tail = dataclasses.replace(tail, n=n, z_q=z_q)
         return threshold, False
+
+    def _refit(self, n: int, peaks: tuple[float, ...], censored: tuple[float, ...]) -> None:
+        """Refit the tail on the newest ``max_peaks`` peaks and censored alarms, out of ``n`` scores."""
+        tail = self.tail
+        if len(peaks) > self.max_peaks:
+            # The oldest peak leaves, and with it its share of n: otherwise n grows for ever while
+            # the peaks do not, N_t / n shrinks and z_q sinks (Exp(1), q = 1e-3: 16x the false
+            # alarms of q after 500,000 scores). The censored alarms age at the same rate, else
+            # they would pile up against a window of peaks that moves on and fatten the tail.
+            peaks, n = peaks[1:], max(self.max_peaks, round(n * (1 - 1 / self.max_peaks)))
+            self.ageing += len(censored) / self.max_peaks
+            drop = min(int(self.ageing), len(censored))
+            censored, self.ageing = censored[drop:], self.ageing - drop
+        censored = censored[-self.max_peaks :]
+        start = (tail.gamma, tail.sigma) if tail.method == "gpd" else None
+        self.tail = fit_tail(tail.t, np.asarray(peaks), n, tail.q, tail.level, censored=censored, start=start)
 
     def run(self, scores: np.ndarray) -> np.ndarray:
         """:meth:`update` with each score in turn; returns the threshold in force at each step (T,)."""
@@ -356,6 +488,8 @@ class StreamingPot:
             "depth": self.depth,
             "recent": list(self.recent),
             "max_peaks": self.max_peaks,
+            "allowance": self.allowance,
+            "ageing": self.ageing,
         }
 
     @classmethod
