@@ -122,6 +122,20 @@ def test_lei_trace_aligns_steps_and_keeps_a_slot_per_task():
         lei_trace({host: samples[:1] for host, samples in history.items()}, HOST_METRICS)
 
 
+def test_lei_trace_aligns_unsynchronised_collectors_as_judging_does():
+    history = recorded(12)
+    offsets = {"h0": 0.0, "h1": 0.3, "h2": 0.7}  # each host's collector ticks at its own moment
+    shifted = {h: [replace(s, ts=s.ts + offsets[h]) for s in samples] for h, samples in history.items()}
+    trace = lei_trace(shifted, HOST_METRICS, broker_host="h0").trace
+    # Step t of h0: h1's sample of the same tick, h2's of the tick before (it comes 0.7 later);
+    # at the first tick h2 has none yet.
+    assert trace.steps == 11
+    np.testing.assert_allclose(trace.hosts[0, 1], history["h1"][1].vector)
+    np.testing.assert_allclose(trace.hosts[0, 2], history["h2"][0].vector)
+    shifted["h2"] = shifted["h2"][:5]  # h2 stopped: once its sample is stale, no step has all hosts
+    assert lei_trace(shifted, HOST_METRICS, broker_host="h0").trace.steps == 7
+
+
 @pytest.fixture(scope="module")
 def lei_model() -> tuple[Scorer, dict[str, list[StoredSample]]]:
     history = recorded(160)

@@ -252,34 +252,37 @@ def lei_trace(
     broker_host: str = "",
     lei: str = "lei",
 ) -> LeiTrace:
-    """The steps at which every host of ``history`` has exactly one sample, as one trace.
+    """The LEI's recorded steps as one trace, each host as it stood at each step (as when judging).
 
-    Steps are grouped as for judging, with half the median sampling interval as the tolerance.
-    Every task seen is a slot; a slot is empty (all zeros in S) while its task does not run.
-    Raises ``ValueError`` when fewer than two complete steps exist.
+    The steps are the sample times of the broker host (the first host when it has none). At
+    each, every other host takes part with its newest sample up to half an interval later (the
+    median sampling interval), as a context host does when a sample is judged; a step at which
+    some host has no sample, or only one older than ``STALE_INTERVALS``, is left out. So samples
+    of unsynchronised collectors align as well as those of one collector's tick. Every task seen
+    is a slot; a slot is empty (all zeros in S) while its task does not run. Raises
+    ``ValueError`` when fewer than two steps remain.
     """
     hosts = sorted(history)
     if not hosts:
         raise ValueError("no host has samples")
-    stamps = np.concatenate([[s.ts for s in history[h]] for h in hosts])
-    gaps = np.diff(np.sort([s.ts for s in history[hosts[0]]]))
-    tolerance = float(np.median(gaps)) / 2 if len(gaps) else 0.0
-    cursor = dict.fromkeys(hosts, 0)
+    reference = hosts[broker_index(hosts, broker_host)]
+    gaps = np.diff([s.ts for s in history[reference]])
+    interval = float(np.median(gaps)) if len(gaps) else 0.0
+    stamps = {host: [s.ts for s in history[host]] for host in hosts}
     rows, placements = [], []
-    for start in _step_starts(np.sort(stamps), tolerance):
-        at_step = {}
+    for ts in stamps[reference]:
+        until = ts + interval / 2
+        at_step = []
         for host in hosts:
-            samples, i = history[host], cursor[host]
-            while i < len(samples) and samples[i].ts < start:
-                i += 1
-            cursor[host] = i
-            if i < len(samples) and samples[i].ts <= start + tolerance:
-                at_step[host] = samples[i]
-        if len(at_step) == len(hosts):
-            rows.append([at_step[h].vector for h in hosts])
-            placements.append([at_step[h].tasks for h in hosts])
+            i = bisect_right(stamps[host], until) - 1
+            if i < 0 or until - stamps[host][i] > (STALE_INTERVALS + 0.5) * interval:
+                break
+            at_step.append(history[host][i])
+        else:
+            rows.append([sample.vector for sample in at_step])
+            placements.append([sample.tasks for sample in at_step])
     if len(rows) < 2:
-        raise ValueError(f"{len(rows)} step(s) with a sample of every host; need at least 2")
+        raise ValueError(f"{len(rows)} step(s) with a fresh sample of every host; need at least 2")
     tasks = tuple(sorted({task for step in placements for on_host in step for task in on_host}))
     schedule = np.zeros((len(rows), len(tasks), len(hosts)))
     task_cpu = np.zeros((len(rows), len(tasks)))
@@ -297,15 +300,6 @@ def lei_trace(
         feature_names=tuple(feature_names),
     )
     return LeiTrace(trace, task_cpu, tasks)
-
-
-def _step_starts(stamps: np.ndarray, tolerance: float) -> list[float]:
-    """The first time stamp of each step in sorted ``stamps``: a new step begins past the tolerance."""
-    starts: list[float] = []
-    for ts in stamps.tolist():
-        if not starts or ts - starts[-1] > tolerance:
-            starts.append(ts)
-    return starts
 
 
 def train_from_lei(

@@ -1,0 +1,198 @@
+"""Detection quality on an emulated LEI with real faults: each host judged alone vs the LEI jointly.
+
+For each scope it starts a fresh LEI from the local images (Mosquitto, Redis, a collector with
+emulated hosts running demo tasks, a detector that learns from the first minutes of normal
+operation), then injects the same seeded sequence of real faults (CPU, memory and disk hogs,
+request floods) into random hosts, one at a time with quiet gaps between them, and compares the
+detector's fault events with the collector's injection reports:
+
+- found: an injection is found when a ``start`` event names its host with a window taken while
+  it ran (up to ``--grace`` seconds after it ended); delay is from its start to that window;
+- false starts: every other ``start`` event (another host, or outside every injection).
+
+It prints one JSON line per scope, then a table. Needs Docker and the images
+(scripts/build-images.sh); set TESTCONTAINERS_RYUK_DISABLED=true where Ryuk cannot be pulled.
+
+    python scripts/bench_emulated.py --scopes host lei --faults 12 --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from dragon.logs import configure
+from dragon.messages import codec, topics
+from dragon.messages.schemas import FaultEvent, FaultInjection, InjectionEvent
+from dragon.testing.lei import LeiStack
+from dragon.testing.listener import Listener, publish
+
+REPO = Path(__file__).resolve().parent.parent
+KINDS = ("cpu", "memory", "disk", "flood")
+MAX_PAYLOAD = 65536
+
+
+def start_lei(scope: str, args, workdir: Path) -> LeiStack:
+    hosts = [f"h{i + 1}" for i in range(args.hosts)]
+    stack = LeiStack(
+        lei=f"em{secrets.token_hex(3)}",
+        hosts=hosts,
+        workdir=workdir,
+        mosquitto_conf=REPO / "compose" / "mosquitto" / "broker.conf",
+    )
+    stack.start_brokers()
+    stack.start_collector(
+        "collector",
+        {
+            "DRAGON_COLLECTOR_INTERVAL": str(args.interval),
+            "DRAGON_EMULATED_CPUS": "0.5",
+            "DRAGON_EMULATED_MEMORY_MB": "256",
+            "DRAGON_DEMO_TASKS": "1",
+            "DRAGON_RANDOM_FAULTS_PER_HOUR": "0",
+        },
+    )
+    stack.start_detector(
+        "detector",
+        {
+            "DRAGON_DETECTOR_SCOPE": scope,
+            "DRAGON_DETECTOR_WARMUP": str(args.warmup),
+            "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES": str(int(args.warmup / args.interval * 0.8)),
+            "DRAGON_DETECTOR_TRAIN_EPOCHS": str(args.epochs),
+            "DRAGON_DETECTOR_BROKER_HOST": hosts[0],
+        },
+    )
+    return stack
+
+
+def wait_until_scoring(stack: LeiStack, timeout: float) -> None:
+    with Listener(stack.mqtt_settings(), [f"dragon/{stack.lei}/hosts/+/health"]) as listener:
+        for host in stack.hosts:
+            listener.wait_for(lambda m, h=host: m.topic.endswith(f"/{h}/health"), timeout)
+
+
+def inject(stack: LeiStack, host: str, kind: str, duration_s: float) -> None:
+    command = FaultInjection(id=uuid.uuid4().hex[:12], kind=kind, duration_s=duration_s, ts=time.time())
+    publish(stack.mqtt_settings("operator"), topics.inject(stack.lei, host), codec.encode(command), codec.MSGPACK)
+
+
+def fault_schedule(args) -> list[tuple[str, str]]:
+    """The same seeded (host, kind) sequence for every scope."""
+    rng = np.random.default_rng(args.seed)
+    hosts = [f"h{i + 1}" for i in range(args.hosts)]
+    return [(hosts[rng.integers(len(hosts))], KINDS[i % len(KINDS)]) for i in range(args.faults)]
+
+
+def run_scope(scope: str, args) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="dragon-emulated-"))
+    stack = start_lei(scope, args, workdir)
+    started = time.time()
+    try:
+        wait_until_scoring(stack, timeout=args.warmup + 300)
+        model_ready_s = time.time() - started
+        time.sleep(args.gap)  # the first verdicts settle before the first fault
+        filters = [f"dragon/faults/{stack.lei}/+", topics.injections(stack.lei)]
+        with Listener(stack.mqtt_settings(), filters) as listener:
+            phase_start = time.time()
+            for host, kind in fault_schedule(args):
+                inject(stack, host, kind, args.duration)
+                time.sleep(args.duration + args.gap)
+            phase_end = time.time()
+            messages = listener.matching(lambda m: True)
+        return {"scope": scope, "model_ready_s": round(model_ready_s, 1)} | evaluate(
+            messages, stack.lei, phase_start, phase_end, args.grace
+        )
+    finally:
+        stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: float) -> dict:
+    injections, starts = [], []
+    for message in messages:
+        if message.topic == topics.injections(lei):
+            event = codec.decode(InjectionEvent, message.payload, MAX_PAYLOAD, message.content_type)
+            if event.status == "started":
+                injections.append(event)
+        else:
+            event = codec.decode(FaultEvent, message.payload, MAX_PAYLOAD, message.content_type)
+            if event.type == "start" and event.window_ts >= phase_start:
+                starts.append(event)
+
+    def during(event: FaultEvent, injection: InjectionEvent) -> bool:
+        return injection.started_at <= event.window_ts <= injection.ends_at + grace
+
+    per_kind: dict[str, list[int]] = {kind: [0, 0] for kind in KINDS}  # found, injected
+    delays, matched = [], set()
+    for injection in injections:
+        hits = [e for e in starts if e.host == injection.host and during(e, injection)]
+        per_kind[injection.kind][1] += 1
+        if hits:
+            per_kind[injection.kind][0] += 1
+            delays.append(min(e.window_ts for e in hits) - injection.started_at)
+            matched.update(id(e) for e in hits)
+    false_starts = [e for e in starts if id(e) not in matched]
+    quiet_hours = (phase_end - phase_start) / 3600.0
+    return {
+        "injected": len(injections),
+        "found": sum(found for found, _ in per_kind.values()),
+        "found_by_kind": {kind: f"{found}/{total}" for kind, (found, total) in per_kind.items() if total},
+        "delay_s_median": round(float(np.median(delays)), 1) if delays else None,
+        "delay_s_max": round(float(np.max(delays)), 1) if delays else None,
+        "false_starts": len(false_starts),
+        "false_starts_per_hour": round(len(false_starts) / quiet_hours, 1),
+        "false_start_hosts": sorted(e.host for e in false_starts),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Detection quality of the detector on an emulated LEI with real injected faults, per scope "
+        "(each host judged alone, or the whole LEI jointly). Needs Docker and the local dragon-*:local images."
+    )
+    parser.add_argument("--scopes", nargs="+", choices=("host", "lei"), default=["host", "lei"])
+    parser.add_argument("--hosts", type=int, default=3, help="emulated hosts (default: 3)")
+    parser.add_argument("--faults", type=int, default=12, help="faults injected, one at a time (default: 12)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds each fault lasts (default: 20)")
+    parser.add_argument("--gap", type=float, default=25.0, help="quiet seconds after each fault (default: 25)")
+    parser.add_argument("--grace", type=float, default=5.0, help="seconds after a fault a start still counts")
+    parser.add_argument("--interval", type=float, default=1.0, help="sampling interval in s (default: 1)")
+    parser.add_argument("--warmup", type=float, default=90.0, help="normal operation learnt from, s (default: 90)")
+    parser.add_argument("--epochs", type=int, default=40, help="training epochs of the on-line model (default: 40)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault sequence (default: 0)")
+    parser.add_argument("--out", type=Path, help="also write the results to this JSON file")
+    args = parser.parse_args()
+    if args.hosts < 2 or args.faults < 1:
+        parser.error("--hosts must be at least 2 and --faults at least 1")
+    configure(level="warning", json=True)
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    results = []
+    for scope in args.scopes:
+        result = run_scope(scope, args)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    print()
+    print("scope  found/injected  by kind                                    delay s med/max  false starts (/h)")
+    for r in results:
+        kinds = ", ".join(f"{k} {v}" for k, v in r["found_by_kind"].items())
+        print(
+            f"{r['scope']:>5}  {r['found']:>5}/{r['injected']:<8}  {kinds:<42}  "
+            f"{r['delay_s_median']}/{r['delay_s_max']:<10}  {r['false_starts']} ({r['false_starts_per_hour']})"
+        )
+    if args.out:
+        args.out.write_text(
+            json.dumps({"started": when, "args": vars(args) | {"out": str(args.out)}, "results": results}, indent=2)
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
