@@ -74,6 +74,18 @@ def test_fault_state_starts_once_ends_after_hysteresis_and_ignores_stale_windows
     assert state.update("h1", 6.0, 1).kind == "start"
 
 
+def test_clean_streaks_count_normal_windows_with_no_fault_in_force_for_every_replica(client):
+    state, other = HostFaultState(client, "t6", clear_windows=2), HostFaultState(client, "t6", clear_windows=2)
+    labels = [0, 0, 0, 1, 0, 0, 0, 0]  # a fault at 4, ended by the window at 6 (hysteresis 2)
+    streaks = []
+    for ts, label in enumerate(labels, start=1):
+        state.update("h1", float(ts), label)
+        streaks.append(other.clean_streaks(["h1"])["h1"])  # what another replica reads
+    assert streaks == [1, 2, 3, 0, 0, 0, 1, 2]
+    state.update("h1", 2.5, 0)  # a stale window changes nothing
+    assert other.clean_streaks(["h1", "never-seen"]) == {"h1": 2, "never-seen": 0}
+
+
 def test_two_replicas_applying_the_same_window_publish_it_once(client):
     first, second = HostFaultState(client, "t4", 3), HostFaultState(client, "t4", 3)
     assert first.update("h9", 10.0, 1).kind == "start"

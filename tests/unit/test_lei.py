@@ -210,11 +210,26 @@ def test_a_lei_model_is_fine_tuned_on_steps_where_every_host_was_clean(lei_model
     steps = steps_to_judge([as_sample(host, history[host][i]) for i in times for host in HOSTS], history, K)
     # h1 is judged faulty at the third step: its windows are clean again only k steps later.
     normal = [not (t == -6 and host == "h1") for t in times for host in HOSTS]
+    clean = dict.fromkeys(HOSTS, 0)  # what Redis counts (HostFaultState.clean_streaks)
     for i, step in enumerate(steps):
-        tuner.observe_steps(scorer, [step], normal[3 * i : 3 * i + 3])
+        clean = {host: clean[host] + 1 if normal[3 * i + j] else 0 for j, host in enumerate(HOSTS)}
+        tuner.observe_steps(scorer, [step], normal[3 * i : 3 * i + 3], clean)
     assert [step.next[0, -1, 0] for step in tuner._steps] == [history["h0"][t].vector[0] for t in (-2, -1)]
     tuner._thread.join(timeout=60)
     tuned = models.published[-1]
     assert tuned.config.scope == "lei" and tuned.meta["fine_tuned_from"] == scorer.model_id
     assert tuned.meta["fine_tune"]["windows"] == 2 * len(HOSTS)  # two steps of three hosts
     assert tuned.pot_state().z_q != scorer.checkpoint.pot_state().z_q  # recalibrated on the tuned scores
+
+
+def test_a_step_is_kept_only_when_every_host_in_it_is_clean_whoever_judged_it(lei_model):
+    scorer, history = lei_model
+    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
+    tuner = FineTuner(config, FakeModels(scorer.model_id), "replica-a", "lei-test")
+    tuner.gate = OpenGate(0.0, 1.0, reference=1, recent=1)
+    # This replica judges h0 only; h2 belongs to another replica, which saw it faulty lately.
+    steps = steps_to_judge([as_sample("h0", history["h0"][i]) for i in (-3, -2, -1)], history, K)
+    tuner.observe_steps(scorer, steps, [True] * 3, {"h0": 20, "h1": 20, "h2": K + 1})
+    # Two later steps in the batch: at the first step h2 may have had only K - 1 clean windows.
+    assert [step.judged[0][1].ts for step in tuner._steps] == [history["h0"][i].ts for i in (-2, -1)]
+    assert tuner._thread is None  # h0's own windows are too few yet (3 < k) for the gate to fire

@@ -5,7 +5,9 @@ so with several detector replicas exactly one of them sees each transition and
 publishes its event. A window older than (or as old as) the last one seen for a
 host — a redelivered duplicate — changes nothing and yields no event.
 A fault ends only after ``clear_windows`` normal windows in a row, so a score
-hovering around the threshold does not flap.
+hovering around the threshold does not flap. The script also counts each host's clean windows
+in a row (normal, no fault in force), which tells any replica whether a host's recent windows
+may be learnt from (:meth:`HostFaultState.clean_streaks`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ if last and tonumber(last) >= ts then
 end
 redis.call('HSET', KEYS[1], 'ts', ARGV[2])
 if ARGV[1] == '1' then
-  redis.call('HSET', KEYS[1], 'normal_streak', 0)
+  redis.call('HSET', KEYS[1], 'normal_streak', 0, 'clean_streak', 0)
   if faulty ~= '1' then
     redis.call('HSET', KEYS[1], 'faulty', '1', 'since', ARGV[2])
     return {'start', ARGV[2]}
@@ -31,6 +33,7 @@ if ARGV[1] == '1' then
   return {'', redis.call('HGET', KEYS[1], 'since') or ''}
 end
 if faulty == '1' then
+  redis.call('HSET', KEYS[1], 'clean_streak', 0)
   local streak = redis.call('HINCRBY', KEYS[1], 'normal_streak', 1)
   local since = redis.call('HGET', KEYS[1], 'since') or ''
   if streak >= tonumber(ARGV[3]) then
@@ -40,6 +43,7 @@ if faulty == '1' then
   end
   return {'', since}
 end
+redis.call('HINCRBY', KEYS[1], 'clean_streak', 1)
 return {'', ''}
 """
 
@@ -74,6 +78,17 @@ class HostFaultState:
             key = f"dragon:{self._lei}:fault:{host}"
             self._script(keys=[key], args=[label, repr(window_ts), self._clear], client=pipe)
         return [_transition(kind, since) for kind, since in pipe.execute()]
+
+    def clean_streaks(self, hosts: list[str]) -> dict[str, int]:
+        """Windows in a row each host was judged normal with no fault in force, by any replica.
+
+        Counted by the transition script: an alarm, or a normal window while a fault has not
+        ended (the one that ends it included), starts it again from 0. A host never judged has 0.
+        """
+        pipe = self._client.pipeline(transaction=False)
+        for host in hosts:
+            pipe.hget(f"dragon:{self._lei}:fault:{host}", "clean_streak")
+        return {host: int(value or 0) for host, value in zip(hosts, pipe.execute(), strict=True)}
 
 
 def _transition(kind: bytes | str, since: bytes | str) -> Transition:

@@ -210,20 +210,24 @@ class FineTuner:
             prev_w, next_w = stacked(self._normal)
             self._fire_if_drifted(scorer, lambda checkpoint: host_groups(checkpoint, prev_w, next_w))
 
-    def observe_steps(self, scorer: Scorer, steps: Sequence[LeiStep], normal: Sequence[bool]) -> None:
+    def observe_steps(
+        self, scorer: Scorer, steps: Sequence[LeiStep], normal: Sequence[bool], clean: Mapping[str, int]
+    ) -> None:
         """LEI steps the scorer just judged; ``normal`` has one flag per judged sample, in step order.
 
-        A step is kept for fine-tuning only when every host in it has been clean here for k
-        windows, since every host window of a step is learnt as real. A replica knows the
-        verdicts of the hosts it scores only, so with several replicas a step that holds
-        another replica's hosts is not kept.
+        ``clean`` is each host's count of clean windows in a row after this batch, from Redis
+        (``HostFaultState.clean_streaks``), so the hosts other replicas judge count too. A step
+        is kept for fine-tuning only when every host in it had been clean for k windows by then,
+        since every host window of a step is learnt as real; for a step with later steps in the
+        batch, each later step is assumed to have brought every host one more window.
         """
         self._follow(scorer)
         flags = iter(normal)
-        for step, values in zip(steps, lei_confidence(scorer, steps), strict=True):
+        for index, (step, values) in enumerate(zip(steps, lei_confidence(scorer, steps), strict=True)):
             for h, sample in step.judged:
                 self._judged(scorer, sample.host, float(values[h]), next(flags))
-            if all(self._streak.get(host, 0) >= scorer.window for host in step.hosts):
+            later = len(steps) - 1 - index
+            if all(clean.get(host, 0) - later >= scorer.window for host in step.hosts):
                 self._steps.append(step)
                 while sum(len(s.hosts) for s in self._steps) > self.config.finetune_windows:
                     self._steps.popleft()

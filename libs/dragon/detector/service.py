@@ -319,7 +319,9 @@ class Detector:
             for (_, verdict), transition in zip(scored.verdicts, transitions, strict=True)
         ]
         if scored.steps:
-            self.tuner.observe_steps(self.scorer, scored.steps, normal)
+            hosts = sorted({host for step in scored.steps for host in step.hosts})
+            clean = retry_until(lambda: self.faults.clean_streaks(hosts), self.lifecycle.stop, "clean_streaks")
+            self.tuner.observe_steps(self.scorer, scored.steps, normal, clean)
             return
         hosts = [sample.host for sample, _ in scored.verdicts]
         self.tuner.observe(self.scorer, hosts, scored.prev, scored.next, normal)
