@@ -76,7 +76,10 @@ def test_a_lei_model_is_fine_tuned_on_line_by_the_replica_that_judges_the_lei(le
     tuned = models.fetch()
     assert tuned.model_id != original.model_id, "no fine-tuned model within the timeout"
     assert tuned.config.scope == "lei" and tuned.meta["fine_tuned_from"] == original.model_id
-    assert tuned.meta["fine_tune"]["windows"] % len(HOSTS) == 0  # whole LEI steps
+    # Whole LEI steps: each holds the window of every fresh host (a host that was late for a
+    # step by more than 3 intervals is not in it), so more host windows than steps.
+    report = tuned.meta["fine_tune"]
+    assert report["samples"] >= 2 and report["windows"] > report["samples"], report
     assert '"model_fine_tuned"' in lei_scope.logs("tuner")
     for host in HOSTS:
         fresh_health(lei_scope, host)  # judging goes on with the tuned model

@@ -219,6 +219,7 @@ def test_a_lei_model_is_fine_tuned_on_steps_where_every_host_was_clean(lei_model
     tuned = models.published[-1]
     assert tuned.config.scope == "lei" and tuned.meta["fine_tuned_from"] == scorer.model_id
     assert tuned.meta["fine_tune"]["windows"] == 2 * len(HOSTS)  # two steps of three hosts
+    assert tuned.meta["fine_tune"]["samples"] == 2
     assert tuned.pot_state().z_q != scorer.checkpoint.pot_state().z_q  # recalibrated on the tuned scores
 
 

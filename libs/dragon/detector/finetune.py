@@ -241,7 +241,8 @@ def fine_tune_groups(
         # checkpoint keeps serving its descendant after a restart (service.init_model).
         "base_model_id": checkpoint.meta.get("base_model_id", checkpoint.model_id),
         "fine_tune": {
-            "windows": sum(group.windows for group in groups),
+            "windows": sum(group.windows for group in groups),  # host windows
+            "samples": sum(len(group.real) for group in groups),  # single windows or LEI steps
             "steps": int(steps),
             "lr": float(lr),
             "seconds": round(seconds, 3),
