@@ -97,6 +97,10 @@ def _with(path: list[str], value) -> bytes:
         (["host"], "x" * 300),
         (["tasks"], [{"id": "a"}]),
         (["tasks"], [{"id": "a", "name": "b", "cpu": 0.1, "ram_bytes": 1.0}] * 2000),
+        (["tasks"], [{"id": "a", "name": "b", "cpu": 1e30, "ram_bytes": 1.0}]),
+        (["tasks"], [{"id": "a", "name": "b", "cpu": -0.1, "ram_bytes": 1.0}]),
+        (["tasks"], [{"id": "a", "name": "b", "cpu": 0.1, "ram_bytes": -1.0}]),
+        (["tasks"], [{"id": "", "name": "b", "cpu": 0.1, "ram_bytes": 1.0}]),
         (["interval_s"], 0),
     ],
 )

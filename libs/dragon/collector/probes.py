@@ -273,7 +273,8 @@ class _TaskMeter:
             previous = self._last.get(info.id)
             cpu = 0.0
             if previous is not None and now > previous[0] and cpu_ns >= previous[1]:
-                cpu = (cpu_ns - previous[1]) / ((now - previous[0]) * capacity_cores * 1e9)
+                # A quota enforced late can show a burst above capacity; HostSample allows up to 4.
+                cpu = min((cpu_ns - previous[1]) / ((now - previous[0]) * capacity_cores * 1e9), 4.0)
             usages.append(TaskUsage(id=info.task_id, name=info.name, cpu=cpu, ram_bytes=float(ram)))
         self._last = seen
         return tuple(sorted(usages, key=lambda usage: usage.name))

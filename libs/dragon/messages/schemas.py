@@ -61,6 +61,12 @@ class HostSample(Message):
             require(value >= 0, f"HostSample.metrics.{name} must not be negative")
         for name in ("cpu", "ram", "swap"):
             require(getattr(self.metrics, name) <= 4.0, f"HostSample.metrics.{name} is a fraction of capacity")
+        # Task usage feeds the detector's model of the LEI (task windows): an out-of-range share
+        # would be a huge scaled input.
+        for task in self.tasks:
+            require(0.0 <= task.cpu <= 4.0, "HostSample.tasks[].cpu is a fraction of the host's capacity")
+            require(task.ram_bytes >= 0, "HostSample.tasks[].ram_bytes must not be negative")
+            require(len(task.id) > 0, "HostSample.tasks[].id must not be empty")
 
 
 @dataclass(frozen=True)
