@@ -12,7 +12,7 @@ from dragon.detector.config import DetectorConfig
 from dragon.detector.finetune import ConfidenceGate
 from dragon.detector.gon import GonConfig
 from dragon.detector.learning import FineTuner, min_span
-from dragon.detector.lei import LeiTrace, lei_trace, steps_to_judge, task_rows, train_from_lei
+from dragon.detector.lei import LeiTrace, history_needed, lei_trace, steps_to_judge, task_rows, train_from_lei
 from dragon.detector.scaling import MinMaxScaler
 from dragon.detector.scorer import Scorer
 from dragon.messages.schemas import HOST_METRICS, HostMetrics, HostSample, TaskUsage
@@ -234,3 +234,24 @@ def test_a_step_is_kept_only_when_every_host_in_it_is_clean_whoever_judged_it(le
     # Two later steps in the batch: at the first step h2 may have had only K - 1 clean windows.
     assert [step.judged[0][1].ts for step in tuner._steps] == [history["h0"][i].ts for i in (-2, -1)]
     assert tuner._thread is None  # h0's own windows are too few yet (3 < k) for the gate to fire
+
+
+def test_history_needed_grows_with_the_steps_a_batch_spans_not_with_its_hosts():
+    tick = [sample(f"h{i}", T0) for i in range(256)]  # one collector tick of 256 hosts
+    assert history_needed(tick, K) == (T0 + 0.5, K + 3)
+    flood = [sample("h0", T0 + 0.01 * i) for i in range(16)]  # samples faster than the interval
+    assert history_needed(flood, K)[1] == K + 2 + 16 + 1
+    backlog = [sample(h, T0 + t) for t in range(5) for h in HOSTS]  # five ticks of three hosts
+    assert history_needed(backlog, K) == (T0 + 4.5, K + 2 + 5 + 4)
+
+
+def test_a_step_with_a_window_not_judged_normal_is_not_learnt_from(lei_model):
+    scorer, history = lei_model
+    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
+    tuner = FineTuner(config, FakeModels(scorer.model_id), "replica-a", "lei-test")
+    (step,) = steps_to_judge([as_sample(host, history[host][-1]) for host in HOSTS], history, K)
+    # Redis says every host is clean, but this batch's h1 window was a redelivery (stale).
+    tuner.observe_steps(scorer, [step], [True, False, True], dict.fromkeys(HOSTS, 20))
+    assert list(tuner._steps) == []
+    tuner.observe_steps(scorer, [step], [True, True, True], dict.fromkeys(HOSTS, 20))
+    assert list(tuner._steps) == [step]

@@ -224,10 +224,12 @@ class FineTuner:
         self._follow(scorer)
         flags = iter(normal)
         for index, (step, values) in enumerate(zip(steps, lei_confidence(scorer, steps), strict=True)):
-            for h, sample in step.judged:
-                self._judged(scorer, sample.host, float(values[h]), next(flags))
+            step_normal = [next(flags) for _ in step.judged]  # a redelivered (stale) window is not normal
+            for (h, sample), is_normal in zip(step.judged, step_normal, strict=True):
+                self._judged(scorer, sample.host, float(values[h]), is_normal)
             later = len(steps) - 1 - index
-            if all(clean.get(host, 0) - later >= scorer.window for host in step.hosts):
+            fresh_and_clean = all(clean.get(host, 0) - later >= scorer.window for host in step.hosts)
+            if all(step_normal) and fresh_and_clean:
                 self._steps.append(step)
                 while sum(len(s.hosts) for s in self._steps) > self.config.finetune_windows:
                     self._steps.popleft()

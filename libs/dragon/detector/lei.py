@@ -33,6 +33,7 @@ Shapes: ``m`` hosts, ``p`` tasks, ``k`` window length, ``n`` features, ``T`` ste
 
 from __future__ import annotations
 
+import math
 import time
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
@@ -174,17 +175,33 @@ def steps_to_judge(
 def _by_step(samples: Sequence[HostSample]) -> list[list[HostSample]]:
     """Samples grouped into steps: taken within half an interval of the step's first, one per host."""
     groups: list[list[HostSample]] = []
+    hosts: set[str] = set()  # hosts of the newest group: a set, as a group may hold hundreds
     for sample in sorted(samples, key=lambda s: (s.ts, s.host)):
         group = groups[-1] if groups else None
-        if (
-            group is None
-            or sample.ts - group[0].ts > group[0].interval_s / 2
-            or any(s.host == sample.host for s in group)
-        ):
+        if group is None or sample.ts - group[0].ts > group[0].interval_s / 2 or sample.host in hosts:
             groups.append([sample])
+            hosts = {sample.host}
         else:
             group.append(sample)
+            hosts.add(sample.host)
     return groups
+
+
+def history_needed(samples: Sequence[HostSample], k: int) -> tuple[float, int]:
+    """How much stored history judging ``samples`` needs: (up to which time, samples per host).
+
+    Each host's newest samples up to the batch's last step: k + 1 before its oldest step make
+    that step's windows, and then about one per step the batch spans. A batch can span steps in
+    two ways, so both count: as many samples of one host as it holds (a backlog or flood, where
+    samples come faster than the interval) and the batch's time span in intervals.
+    """
+    until = max(s.ts + s.interval_s / 2 for s in samples)
+    per_host: dict[str, int] = {}
+    for s in samples:
+        per_host[s.host] = per_host.get(s.host, 0) + 1
+    interval = min(s.interval_s for s in samples)
+    span = math.ceil((max(s.ts for s in samples) - min(s.ts for s in samples)) / interval)
+    return until, k + 2 + max(per_host.values()) + span
 
 
 def _step(group: list[HostSample], history: Mapping[str, Sequence[StoredSample]], k: int, broker: str) -> LeiStep:

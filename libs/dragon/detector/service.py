@@ -24,7 +24,7 @@ from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DetectorConfig
 from dragon.detector.health import HostFaultState, Transition
 from dragon.detector.learning import FineTuner, OnlineLearner
-from dragon.detector.lei import LeiStep, steps_to_judge
+from dragon.detector.lei import LeiStep, history_needed, steps_to_judge
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
@@ -266,12 +266,14 @@ class Detector:
     def _score_lei(self, samples: list[HostSample]) -> Scored:
         """Judge each sample with every host of the LEI at its step, their tasks, schedule and graph."""
         scorer = self.scorer
-        # Each host's samples up to the newest step of the batch: per step it may have one, and
-        # k + 1 before the oldest step make that step's windows.
-        until = max(s.ts + s.interval_s / 2 for s in samples)
-        history = self.windows.samples_until(until, scorer.window + 2 + len(samples))
+        history = self.windows.samples_until(*history_needed(samples, scorer.window))
         steps = steps_to_judge(samples, history, scorer.window, self.config.broker_host)
         judged = [(step, h) for step in steps for h, _ in step.judged]
+        if len(judged) < len(samples):
+            # Only a sample already trimmed from Redis (far older than the history kept) is not
+            # found; the per-host path skips those too, but say so.
+            self.counters.add("samples_not_judged", len(samples) - len(judged))
+            log.warning("samples_not_judged", count=len(samples) - len(judged), scope="lei")
         if not judged:
             return Scored([], np.empty(0), np.empty(0))
         states = self._threshold_states(scorer, [step.hosts[h] for step, h in judged])
