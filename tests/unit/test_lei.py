@@ -132,8 +132,9 @@ def test_lei_trace_aligns_unsynchronised_collectors_as_judging_does():
     assert trace.steps == 11
     np.testing.assert_allclose(trace.hosts[0, 1], history["h1"][1].vector)
     np.testing.assert_allclose(trace.hosts[0, 2], history["h2"][0].vector)
-    shifted["h2"] = shifted["h2"][:5]  # h2 stopped: once its sample is stale, no step has all hosts
-    assert lei_trace(shifted, HOST_METRICS, broker_host="h0").trace.steps == 7
+    shifted["h2"] = shifted["h2"][:5]  # h2 stopped: the LEI is h0 and h1 now
+    left = lei_trace(shifted, HOST_METRICS, broker_host="h0").trace
+    assert left.hosts.shape[1:] == (2, len(HOST_METRICS)) and left.steps == 12
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ from dragon.store import StoredSample, WindowStore
 log = structlog.get_logger(__name__)
 
 CHECK_INTERVAL_S = 2.0
+RETRY_AFTER_FAILURE_S = 60.0  # after a record that could not make a model: gather more first
 # Smallest span of each metric for min-max scaling, in the sample's units: fractions for
 # cpu/ram/swap, bytes/s for I/O. A metric that barely moved while learning would otherwise
 # turn noise into huge scaled values.
@@ -96,6 +97,11 @@ class OnlineLearner:
                     return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("learner_waiting_for_redis", error=str(exc))
+            except ValueError as exc:
+                # The record cannot make a model yet (too few complete LEI steps, say): wait for
+                # more instead of letting the thread die and the detector never serve a model.
+                log.error("learning_failed_will_retry", error=str(exc), retry_in_s=RETRY_AFTER_FAILURE_S)
+                self.stop.wait(RETRY_AFTER_FAILURE_S)
 
     def _ready_history(self) -> dict[str, list[StoredSample]] | None:
         """Every host's stored samples, once each has been recorded long enough."""

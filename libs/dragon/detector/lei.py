@@ -285,6 +285,13 @@ def lei_trace(
     reference = hosts[broker_index(hosts, broker_host)]
     gaps = np.diff([s.ts for s in history[reference]])
     interval = float(np.median(gaps)) if len(gaps) else 0.0
+    # A host that stopped reporting (its samples linger in Redis) is not part of the LEI now:
+    # judging leaves it out once stale, and so does learning, or no step would be complete.
+    newest = history[reference][-1].ts
+    gone = [h for h in hosts if newest - history[h][-1].ts > (STALE_INTERVALS + 0.5) * interval]
+    if gone:
+        log.warning("lei_trace_hosts_left_out", hosts=gone, reason="no recent sample")
+        hosts = [h for h in hosts if h not in gone]
     stamps = {host: [s.ts for s in history[host]] for host in hosts}
     rows, placements = [], []
     for ts in stamps[reference]:
