@@ -208,7 +208,7 @@ def test_normalised_qos_terms_lie_in_zero_one_for_any_decision():
     st = state(usage, placement, task_demand(usage, placement, np.zeros((8, 2))), fed=fed)
     decisions = np.where(rng.random((50, 10)) < 0.3, rng.integers(0, 8, (50, 10)), UNPLACED)
     outcome = sim.evaluate(st, decisions)
-    for name in ("art", "aec", "slo_violations"):
+    for name in ("art", "aec", "slo_violations", "overhead"):
         values = getattr(outcome, name)
         assert ((values >= 0) & (values <= 1)).all(), name
     assert ((outcome.anomalous >= 0) & (outcome.anomalous <= 8)).all()

@@ -8,8 +8,8 @@ predicts the next usage of every host (:mod:`dragon.sim.twin`) and from it:
 - AEC: the hosts' average power, normalised by the largest full-load power, in [0, 1];
 - SLO violations: the share of tasks whose response time exceeds their SLO;
 - N_{t+1}: the hosts predicted anomalous in the next interval (an :data:`AnomalyJudge`);
-- O_t: the decision's total migration time, normalised by the longest seen (at least one
-  task of the largest memory over the WAN), so 1 is "as long as the longest migration known";
+- O_t: the decision's total migration time, normalised by the longest seen, counting as seen
+  the worst the current state allows (every running task over the WAN), so O_t is in [0, 1];
 - fitness = α·ART + β·AEC + δ1·N/H + δ2·O, to be minimised. The paper's text extraction reads
   "QoS = α·ART − β·AEC"; both terms are costs the paper says it minimises, so both are added.
 
@@ -21,12 +21,12 @@ saturation level), then return. docs/simulator.md discusses each choice.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from dragon.sim.federation import Federation
-from dragon.sim.twin import UNPLACED, TwinParams, next_usage
+from dragon.sim.twin import UNPLACED, TwinParams, next_usage, scatter_tasks
 
 # (B, m, n) predicted usage -> (B, m) True where a host is predicted anomalous.
 AnomalyJudge = Callable[[np.ndarray], np.ndarray]
@@ -90,6 +90,13 @@ class FederationState:
         if self.ram_bytes.shape != (p,) or self.home_lei.shape != (p,):
             raise ValueError(f"ram_bytes and home_lei need one entry per task ({p})")
 
+    def after(self, usage: np.ndarray, placement: np.ndarray) -> FederationState:
+        """The state one interval on: the predicted usage (m, n) under the new placement (p,).
+
+        A task's demand, memory and home LEI travel with it (DRAGON+ plans on this).
+        """
+        return replace(self, usage=usage, placement=placement)
+
     def apply(self, decisions: np.ndarray) -> np.ndarray:
         """The placements (B, p) after each decision (B, p): a task's new host, or where it was."""
         return np.where(decisions != UNPLACED, decisions, self.placement)
@@ -110,6 +117,17 @@ class Outcome:
     fitness: np.ndarray  # eq. 18, lower is better
 
 
+@dataclass(frozen=True, eq=False)  # numpy fields
+class StateTables:
+    """What every decision on one state shares, computed once per state (the planner's hot loop)."""
+
+    state: FederationState
+    current_load: np.ndarray  # (m, n) the tasks' demand summed per host under S_t
+    round_trip_s: np.ndarray  # (p, m) a request's network round trip to each host from the task's home broker
+    migration_s: np.ndarray  # (p, m) moving each task to each host
+    migration_scale_s: float  # O_t's denominator
+
+
 @dataclass
 class CoSimulator:
     """The twin of one federation, scoring batches of decisions; it remembers the longest migration."""
@@ -120,6 +138,7 @@ class CoSimulator:
     service: ServiceModel = field(default_factory=ServiceModel)
     judge: AnomalyJudge | None = None
     longest_migration_s: float = 0.0
+    _tables: StateTables | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.judge is None:
@@ -128,17 +147,21 @@ class CoSimulator:
     def evaluate(self, state: FederationState, decisions: np.ndarray) -> Outcome:
         """Score B candidate decisions (B, p): entry j is task j's target host, or ``UNPLACED`` to stay."""
         decisions = np.atleast_2d(np.asarray(decisions))
-        self._check(state, decisions)
+        tables = self._tables_for(state)
+        self._check_decisions(state, decisions)
         fed = self.federation
         placement = state.apply(decisions)  # (B, p)
-        usage = next_usage(self.params, state.usage, state.placement, state.demand, placement, fed.capacity)
+        usage = next_usage(
+            self.params, state.usage, state.placement, state.demand, placement, fed.capacity, tables.current_load
+        )
         cpu = usage[..., fed.cpu] / fed.capacity[:, fed.cpu]  # (B, m) utilisation
-        art, slo = self._response(state, placement, cpu)
+        art, slo = self._response(tables, placement, cpu)
         aec = fed.power_w(cpu).mean(axis=1) / fed.full_w.max()
         anomalous = self.judge(usage).sum(axis=1)
-        moved = self.federation.migration_time(state.ram_bytes, state.placement, placement)  # (B, p)
+        tasks = np.arange(decisions.shape[1])
+        moved = tables.migration_s[tasks, np.maximum(decisions, 0)]  # (B, p)
         migration_s = np.where(decisions != UNPLACED, moved, 0.0).sum(axis=1)
-        overhead = migration_s / self._migration_scale(state)
+        overhead = migration_s / max(tables.migration_scale_s, self.longest_migration_s)
         w = self.weights
         qos = w.alpha * art + w.beta * aec
         fitness = qos + w.delta1 * anomalous / fed.hosts + w.delta2 * overhead
@@ -148,41 +171,61 @@ class CoSimulator:
         """A migration that was carried out (or chosen) took this long: it may set a new scale for O_t."""
         self.longest_migration_s = max(self.longest_migration_s, float(seconds))
 
-    def _response(
-        self, state: FederationState, placement: np.ndarray, cpu: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _tables_for(self, state: FederationState) -> StateTables:
+        """The tables of ``state``, reused while the same state object is evaluated again."""
+        if self._tables is None or self._tables.state is not state:
+            self._check_state(state)
+            self._tables = self._build_tables(state)
+        return self._tables
+
+    def _build_tables(self, state: FederationState) -> StateTables:
+        fed, p, m = self.federation, len(state.placement), self.federation.hosts
+        hosts = np.broadcast_to(np.arange(m), (p, m))
+        entry = np.asarray(fed.brokers)[state.home_lei]  # (p,) where each task's requests arrive
+        latency, _ = fed.path(np.broadcast_to(entry[:, None], (p, m)), hosts)
+        source = np.broadcast_to(state.placement[:, None], (p, m))
+        migration = fed.migration_time(state.ram_bytes[:, None], source, hosts)
+        current_load = scatter_tasks(state.demand, state.placement[None, :], m)[0]
+        return StateTables(state, current_load, 2 * latency, migration, self._worst_migration_s(state))
+
+    def _response(self, tables: StateTables, placement: np.ndarray, cpu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised ART (B,) and the share of tasks over their SLO (B,) under each placement."""
         fed, svc = self.federation, self.service
         placed = placement != UNPLACED  # (B, p)
         host = np.where(placed, placement, 0)
-        entry = np.asarray(fed.brokers)[state.home_lei]  # (p,) where each task's requests arrive
-        latency, _ = fed.path(np.broadcast_to(entry, host.shape), host)
         slowdown = 1.0 / (1.0 - np.minimum(np.take_along_axis(cpu, host, axis=1), svc.saturation))
-        response = svc.service_time_s * slowdown + 2 * latency  # (B, p) seconds
+        response = svc.service_time_s * slowdown + tables.round_trip_s[np.arange(host.shape[1]), host]  # (B, p) s
         worst = svc.service_time_s / (1.0 - svc.saturation) + 2 * (2 * fed.lan.latency_s + fed.wan.latency_s)
         tasks = np.maximum(placed.sum(axis=1), 1)
         art = np.where(placed, response, 0.0).sum(axis=1) / tasks / worst
         over = placed & (response > svc.slo_factor * svc.service_time_s)
         return art, over.sum(axis=1) / tasks
 
-    def _migration_scale(self, state: FederationState) -> float:
-        """O_t's denominator: the longest migration seen, at least the largest task over the WAN."""
-        if len(state.ram_bytes) == 0:
-            return max(self.longest_migration_s, 1e-9)
-        fed = self.federation
-        wan_latency = 2 * fed.lan.latency_s + fed.wan.latency_s
-        one_task = 2 * wan_latency + state.ram_bytes.max() / min(fed.lan.bandwidth_bps, fed.wan.bandwidth_bps)
-        return max(self.longest_migration_s, one_task, 1e-9)
+    def _worst_migration_s(self, state: FederationState) -> float:
+        """Every running task over the WAN: the worst decision the state allows, a floor for O_t's scale.
 
-    def _check(self, state: FederationState, decisions: np.ndarray) -> None:
-        m, p = self.federation.hosts, len(state.placement)
+        With it O_t stays in [0, 1] like ART and AEC, and the first intervals, with nothing seen
+        yet, have a scale.
+        """
+        fed = self.federation
+        running = state.placement != UNPLACED
+        wan_latency = 2 * fed.lan.latency_s + fed.wan.latency_s
+        bottleneck = min(fed.lan.bandwidth_bps, fed.wan.bandwidth_bps)
+        everything = running.sum() * 2 * wan_latency + state.ram_bytes[running].sum() / bottleneck
+        return max(float(everything), 1e-9)
+
+    def _check_state(self, state: FederationState) -> None:
+        m = self.federation.hosts
         if state.usage.shape != (m, len(self.federation.metrics)):
             raise ValueError(f"usage must be ({m}, {len(self.federation.metrics)}), got {state.usage.shape}")
-        if decisions.ndim != 2 or decisions.shape[1] != p:
-            raise ValueError(f"decisions must be (B, {p}) target hosts, got {decisions.shape}")
-        if ((decisions < UNPLACED) | (decisions >= m)).any() or (
-            (state.placement < UNPLACED) | (state.placement >= m)
-        ).any():
-            raise ValueError(f"hosts must be in [0, {m}) or {UNPLACED} (stay / not placed)")
+        if ((state.placement < UNPLACED) | (state.placement >= m)).any():
+            raise ValueError(f"hosts must be in [0, {m}) or {UNPLACED} (not placed)")
         if ((state.home_lei < 0) | (state.home_lei >= len(self.federation.leis))).any():
             raise ValueError("home_lei must index the federation's LEIs")
+
+    def _check_decisions(self, state: FederationState, decisions: np.ndarray) -> None:
+        m, p = self.federation.hosts, len(state.placement)
+        if decisions.ndim != 2 or decisions.shape[1] != p:
+            raise ValueError(f"decisions must be (B, {p}) target hosts, got {decisions.shape}")
+        if ((decisions < UNPLACED) | (decisions >= m)).any():
+            raise ValueError(f"hosts must be in [0, {m}) or {UNPLACED} (stay)")

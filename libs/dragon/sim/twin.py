@@ -36,9 +36,8 @@ def scatter_tasks(values: np.ndarray, placement: np.ndarray, hosts: int) -> np.n
     placed = placement >= 0
     index = (np.arange(batch)[:, None] * hosts + placement)[placed]  # one bin per (decision, host)
     contributions = np.broadcast_to(values, (batch, tasks, values.shape[1]))[placed]
-    out = np.zeros((batch * hosts, values.shape[1]))
-    np.add.at(out, index, contributions)
-    return out.reshape(batch, hosts, values.shape[1])
+    sums = [np.bincount(index, weights=contributions[:, f], minlength=batch * hosts) for f in range(values.shape[1])]
+    return np.stack(sums, axis=-1).reshape(batch, hosts, values.shape[1])
 
 
 @dataclass(frozen=True, eq=False)  # numpy fields
@@ -77,9 +76,20 @@ def task_demand(
     return demand
 
 
-def moved_demand(demand: np.ndarray, placement: np.ndarray, next_placements: np.ndarray, hosts: int) -> np.ndarray:
-    """Demand arriving minus demand leaving each host (B, m, n) when S_t (p,) becomes each of (B, p)."""
-    return scatter_tasks(demand, next_placements, hosts) - scatter_tasks(demand, placement[None, :], hosts)
+def moved_demand(
+    demand: np.ndarray,
+    placement: np.ndarray,
+    next_placements: np.ndarray,
+    hosts: int,
+    current_load: np.ndarray | None = None,
+) -> np.ndarray:
+    """Demand arriving minus demand leaving each host (B, m, n) when S_t (p,) becomes each of (B, p).
+
+    ``current_load`` (m, n), the demand per host under S_t, may be passed when already known.
+    """
+    if current_load is None:
+        current_load = scatter_tasks(demand, placement[None, :], hosts)[0]
+    return scatter_tasks(demand, next_placements, hosts) - current_load
 
 
 def next_usage(
@@ -89,9 +99,10 @@ def next_usage(
     demand: np.ndarray,
     next_placements: np.ndarray,
     capacity: np.ndarray | float = np.inf,
+    current_load: np.ndarray | None = None,
 ) -> np.ndarray:
     """Ŵ_{t+1} (B, m, n) for each of B next placements (B, p), from W_t's last row (m, n)."""
-    moved = moved_demand(demand, placement, next_placements, usage.shape[0])
+    moved = moved_demand(demand, placement, next_placements, usage.shape[0], current_load)
     predicted = usage + params.move_gain * moved + params.relax * (params.background - usage)
     return np.clip(predicted, 0.0, capacity)
 
