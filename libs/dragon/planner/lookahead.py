@@ -1,0 +1,61 @@
+"""DRAGON+ (Alg. 3): N steps of DRAGON on the co-simulated future, merged into one decision.
+
+Step k anneals M_{t+k} on the state the twin predicts after M_t … M_{t+k-1} (lines 11-15), with
+the faults it predicts there; M+ keeps, for each task, the host of the *latest* step that moved
+it (lines 16-20: planned to h_p and then h_q, it goes straight to h_max(p, q), one migration
+instead of two). A task whose merged host lies in its own LEI stays (Alg. 2 lines 12-14: only
+moves to another LEI are carried out). DRAGON is the special case N = 1.
+
+The underlying scheduler's S_{t+k} is not simulated: between the steps the placement changes
+only by the planned moves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dragon.planner.annealing import AnnealingConfig, Plan, anneal, plan_of
+from dragon.sim.qos import CoSimulator, FederationState
+from dragon.sim.twin import UNPLACED
+
+DEFAULT_STEPS = 5
+
+
+def merge(merged: np.ndarray, decision: np.ndarray) -> np.ndarray:
+    """M+ after one more step: a task the step moves takes the step's host, the others keep theirs."""
+    return np.where(decision != UNPLACED, decision, merged)
+
+
+def only_across_leis(sim: CoSimulator, state: FederationState, decision: np.ndarray) -> np.ndarray:
+    """Drop the moves whose target lies in the task's own LEI at ``state``: they are not migrations."""
+    lei = sim.federation.lei_index
+    running = state.placement != UNPLACED
+    home = np.where(running, lei[np.maximum(state.placement, 0)], -1)
+    target = np.where(decision != UNPLACED, lei[np.maximum(decision, 0)], -2)
+    return np.where(running & (target != home), decision, UNPLACED)
+
+
+def look_ahead(
+    sim: CoSimulator,
+    state: FederationState,
+    faulty_hosts: np.ndarray,
+    steps: int = DEFAULT_STEPS,
+    config: AnnealingConfig | None = None,
+    rng: np.random.Generator | None = None,
+) -> Plan:
+    """DRAGON+ with ``steps`` look-ahead intervals; its plan's fitness is M+'s on the current state."""
+    if steps < 1:
+        raise ValueError(f"look-ahead needs at least one step, got {steps}")
+    rng = rng or np.random.default_rng()
+    merged = np.full(len(state.placement), UNPLACED)
+    future, faulty = state, np.asarray(faulty_hosts, dtype=int)
+    horizon, evaluations = [], 0
+    for _ in range(steps):
+        plan = anneal(sim, future, faulty, config, rng)
+        merged = merge(merged, plan.decision)
+        horizon.append(plan.fitness)
+        evaluations += plan.evaluations
+        future = future.after(plan.outcome.usage[0], future.apply(plan.decision[None, :])[0])
+        faulty = np.flatnonzero(sim.judge(plan.outcome.usage)[0])
+    final = plan_of(sim, state, only_across_leis(sim, state, merged), evaluations)
+    return Plan(final.decision, final.fitness, final.outcome, final.evaluations, tuple(horizon))

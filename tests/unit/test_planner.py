@@ -1,0 +1,143 @@
+"""Planning: the paper's neighbourhood, annealing against exhaustive search, and the DRAGON+ merge rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dragon.planner.annealing import AnnealingConfig, Neighbourhood, anneal, exhaustive
+from dragon.planner.lookahead import look_ahead, merge, only_across_leis
+from dragon.sim.federation import Federation
+from dragon.sim.qos import CoSimulator, FederationState
+from dragon.sim.scenarios import random_scenario
+from dragon.sim.twin import UNPLACED, TwinParams, task_demand
+
+pytestmark = pytest.mark.unit
+
+GIB = 1024**3
+
+
+def small_case(seed: int, tasks: int = 5) -> tuple[CoSimulator, FederationState]:
+    """3 LEIs of 2 hosts and heavy tasks placed at random: small enough for exhaustive search."""
+    return random_scenario(6, tasks, seed, hosts_per_lei=2, hot_share=0.0, cpu_demand=(0.25, 0.6))
+
+
+def overloaded_lei_case() -> tuple[CoSimulator, FederationState]:
+    """LEI a's host 1 runs three tasks and is overloaded; LEI b is idle."""
+    fed = Federation.uniform(["a", "a", "b", "b"], [0, 2], ("cpu", "ram"), (1.0, 4 * GIB))
+    background = np.c_[np.full(4, 0.05), np.full(4, 0.5 * GIB)]
+    placement = np.array([1, 1, 1, 0])
+    demand = np.array([[0.35, GIB], [0.35, GIB], [0.3, GIB], [0.1, 0.2 * GIB]])
+    usage = background + np.array([demand[placement == h].sum(axis=0) for h in range(4)])
+    state = FederationState(usage, placement, demand, np.full(4, 100e6), fed.lei_index[placement])
+    return CoSimulator(fed, TwinParams(background, np.ones(2), np.zeros(2))), state
+
+
+def test_the_start_sends_every_task_of_a_faulty_host_to_another_lei():
+    sim, state = overloaded_lei_case()
+    start = Neighbourhood(sim, state, np.random.default_rng(0)).start(np.array([1]))
+    assert start[3] == UNPLACED  # task 3 runs on a healthy host
+    assert all(sim.federation.lei_of_host[start[j]] == "b" for j in (0, 1, 2))
+
+
+def test_each_neighbour_changes_one_task_and_sends_it_to_another_lei_or_home():
+    sim, state = small_case(seed=4)
+    moves = Neighbourhood(sim, state, np.random.default_rng(1))
+    decision = moves.start(np.arange(sim.federation.hosts))
+    lei = sim.federation.lei_index
+    for row in moves.neighbours(np.repeat(decision[None, :], 200, axis=0)):
+        changed = np.flatnonzero(row != decision)
+        assert len(changed) <= 1
+        for task in changed:
+            planned = lei[state.placement[task]] if decision[task] == UNPLACED else lei[decision[task]]
+            if row[task] == UNPLACED:  # sent back to its own LEI: it stays
+                assert decision[task] != UNPLACED
+            else:
+                assert lei[row[task]] != planned and lei[row[task]] != lei[state.placement[task]]
+
+
+def test_annealing_moves_a_task_of_the_overloaded_lei_to_the_other_one():
+    sim, state = overloaded_lei_case()
+    plan = anneal(sim, state, faulty_hosts=np.array([1]), rng=np.random.default_rng(0))
+    assert plan.moves, "the overloaded host keeps all its tasks"
+    assert all(sim.federation.lei_of_host[host] == "b" and state.placement[task] == 1 for task, host in plan.moves)
+    assert plan.outcome.anomalous[0] == 0
+    assert plan.fitness < sim.evaluate(state, np.full((1, 4), UNPLACED)).fitness[0]
+
+
+def test_annealing_is_never_predicted_worse_than_doing_nothing():
+    for seed in range(5):
+        sim, state = small_case(seed)
+        plan = anneal(
+            sim, state, np.arange(sim.federation.hosts), AnnealingConfig(steps=3), np.random.default_rng(seed)
+        )
+        assert plan.fitness <= sim.evaluate(state, np.full((1, 5), UNPLACED)).fitness[0] + 1e-12
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_annealing_comes_within_two_percent_of_the_exhaustive_optimum(seed):
+    sim, state = small_case(seed)
+    optimum = exhaustive(sim, state)
+    assert optimum.evaluations == 5**5 + 1  # each task: stay, or one of the 4 hosts of other LEIs
+    faulty = np.flatnonzero(sim.judge(state.usage[None])[0])
+    plan = anneal(sim, state, faulty, rng=np.random.default_rng(seed))
+    assert plan.fitness <= optimum.fitness * 1.02
+
+
+def test_annealing_finds_the_optimum_of_a_larger_case_with_a_fraction_of_the_evaluations():
+    sim, state = small_case(seed=12, tasks=7)
+    optimum = exhaustive(sim, state)
+    assert optimum.moves, "a case where doing nothing is best would test nothing"
+    faulty = np.flatnonzero(sim.judge(state.usage[None])[0])
+    plan = anneal(sim, state, faulty, rng=np.random.default_rng(0))
+    assert plan.fitness <= optimum.fitness * 1.02
+    assert plan.evaluations < optimum.evaluations / 10  # 5^7 = 78,125 decisions
+
+
+def test_annealing_with_one_lei_has_nowhere_to_go():
+    fed = Federation.uniform(["a", "a"], [0], ("cpu", "ram"), (1.0, GIB))
+    usage = np.array([[0.95, 0.5 * GIB], [0.1, 0.1 * GIB]])
+    placement = np.array([0])
+    state = FederationState(
+        usage, placement, task_demand(usage, placement, np.zeros((2, 2))), np.ones(1), np.zeros(1, int)
+    )
+    plan = anneal(CoSimulator(fed, TwinParams.persistence(2, 2)), state, np.array([0]), rng=np.random.default_rng(0))
+    assert plan.moves == []
+
+
+def test_merge_keeps_the_latest_host_of_each_task():
+    step_p = np.array([4, UNPLACED, 2, UNPLACED])
+    step_q = np.array([6, 5, UNPLACED, UNPLACED])
+    merged = merge(merge(np.full(4, UNPLACED), step_p), step_q)
+    assert merged.tolist() == [6, 5, 2, UNPLACED]  # task 0: h_p = 4 then h_q = 6 -> h_max(p, q) = 6
+
+
+def test_moves_back_into_a_tasks_own_lei_are_dropped():
+    sim, state = overloaded_lei_case()  # hosts 0, 1 in LEI a; 2, 3 in LEI b
+    decision = np.array([0, 2, UNPLACED, 3])
+    assert only_across_leis(sim, state, decision).tolist() == [UNPLACED, 2, UNPLACED, 3]
+
+
+def test_dragon_plus_with_one_step_is_dragon():
+    sim, state = overloaded_lei_case()
+    config = AnnealingConfig(steps=20)
+    dragon = anneal(sim, state, np.array([1]), config, np.random.default_rng(3))
+    dragon_plus = look_ahead(sim, state, np.array([1]), steps=1, config=config, rng=np.random.default_rng(3))
+    assert dragon_plus.decision.tolist() == dragon.decision.tolist()
+    assert dragon_plus.horizon == (pytest.approx(dragon.fitness),)
+
+
+def test_dragon_plus_plans_every_step_and_moves_only_across_leis():
+    sim, state = overloaded_lei_case()
+    plan = look_ahead(sim, state, np.array([1]), steps=5, rng=np.random.default_rng(0))
+    assert len(plan.horizon) == 5
+    assert plan.moves and all(sim.federation.lei_of_host[h] == "b" for _, h in plan.moves)
+    assert plan.outcome.anomalous[0] == 0
+
+
+def test_annealing_settings_are_checked():
+    with pytest.raises(ValueError, match="invalid annealing"):
+        AnnealingConfig(final_temperature_ratio=1.5)
+    sim, state = overloaded_lei_case()
+    with pytest.raises(ValueError, match="at least one step"):
+        look_ahead(sim, state, np.array([1]), steps=0)
