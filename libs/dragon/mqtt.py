@@ -64,6 +64,8 @@ class Incoming:
     retain: bool
     content_type: str
     user_properties: dict[str, str] = field(default_factory=dict)
+    response_topic: str = ""  # MQTT v5 request/response: where the requester wants the answer
+    correlation_data: bytes = b""  # echoed in the answer so the requester can match it
 
 
 M = TypeVar("M", bound=Message)
@@ -191,25 +193,35 @@ class MqttClient:
         qos: int = 1,
         retain: bool = False,
         content_type: str | None = None,
+        correlation_data: bytes = b"",
     ) -> None:
         """Publish; QoS 1 messages are queued by paho while disconnected and sent on reconnect."""
         props = None
-        if content_type:
+        if content_type or correlation_data:
             props = Properties(PacketTypes.PUBLISH)
-            props.ContentType = content_type
+            if content_type:
+                props.ContentType = content_type
+            if correlation_data:
+                props.CorrelationData = correlation_data
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             self.counters.add("publish_failed")
             log.warning("mqtt_publish_failed", topic=topic, rc=paho.error_string(info.rc))
 
     def publish_message(
-        self, topic: str, message: Message, qos: int = 1, retain: bool = False, json: bool = False
+        self,
+        topic: str,
+        message: Message,
+        qos: int = 1,
+        retain: bool = False,
+        json: bool = False,
+        correlation_data: bytes = b"",
     ) -> None:
         """Publish a schema object as msgpack (or JSON) with its MQTT v5 content type."""
         if json:
-            self.publish(topic, codec.encode_json(message), qos, retain, codec.JSON)
+            self.publish(topic, codec.encode_json(message), qos, retain, codec.JSON, correlation_data)
         else:
-            self.publish(topic, codec.encode(message), qos, retain, codec.MSGPACK)
+            self.publish(topic, codec.encode(message), qos, retain, codec.MSGPACK, correlation_data)
 
     def decode_or_drop(self, cls: type[M], incoming: Incoming) -> M | None:
         """Validate a payload at the edge: a bad one is logged once, counted and dropped."""
@@ -337,4 +349,6 @@ def _incoming(message: paho.MQTTMessage) -> Incoming:
         retain=bool(message.retain),
         content_type=content_type or "",
         user_properties=user_props,
+        response_topic=(getattr(props, "ResponseTopic", "") if props is not None else "") or "",
+        correlation_data=bytes((getattr(props, "CorrelationData", b"") if props is not None else b"") or b""),
     )

@@ -3,7 +3,7 @@
 Writes into one directory:
 
 * ``<user>.password`` — a random password per MQTT user (``collector``,
-  ``detector``, ``operator`` for people and tests, ``viewer`` read-only for other
+  ``detector``, ``simulator``, ``operator`` for people and tests, ``viewer`` read-only for other
   tools, ``healthcheck``);
 * ``passwd`` — Mosquitto's password file (PBKDF2-SHA512, the ``$7$`` format of
   ``mosquitto_passwd``), so no Mosquitto binary is needed to make it;
@@ -24,7 +24,7 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-MQTT_USERS = ("collector", "detector", "operator", "viewer", "healthcheck")
+MQTT_USERS = ("collector", "detector", "simulator", "operator", "viewer", "healthcheck")
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 uses for $7$
 # Services in the compose file run with this group so they can read the secrets.
 SECRETS_GID = 10001
@@ -53,10 +53,18 @@ def acl(lei: str, hosts: Sequence[str]) -> str:
         f"topic write dragon/faults-json/{lei}/+",
         "topic readwrite dragon/detector/+/available",
         "",
-        "# People and tests: watch everything, inject faults into this LEI's emulated hosts.",
+        "# Every LEI's samples (its own and bridged ones); answers only under its response prefix.",
+        "user simulator",
+        "topic read dragon/+/hosts/+/sample",
+        f"topic read dragon/{lei}/sim/request",
+        f"topic write dragon/{lei}/sim/response/+",
+        "topic readwrite dragon/simulator/+/available",
+        "",
+        "# People and tests: watch everything, inject faults into this LEI's emulated hosts, ask the simulator.",
         "user operator",
         "topic read dragon/#",
         f"topic write dragon/{lei}/inject/+",
+        f"topic write dragon/{lei}/sim/request",
         "topic read $SYS/#",
         "",
         "# Other tools: read-only.",

@@ -151,3 +151,78 @@ class InjectionEvent(Message):
 
     def check(self) -> None:
         require(self.status in {"started", "finished", "failed", "rejected"}, "InjectionEvent.status is unknown")
+
+
+SIM_KINDS: tuple[str, ...] = ("evaluate", "next_window")
+
+
+@dataclass(frozen=True)
+class TaskMove:
+    """One migration of a decision: ``task`` (its container id) to ``host`` of LEI ``lei``."""
+
+    task: str
+    lei: str
+    host: str
+
+
+@dataclass(frozen=True)
+class SimRequest(Message):
+    """``dragon/<lei>/sim/request`` — a co-simulation query, answered on the MQTT v5 response topic.
+
+    ``evaluate``: score each of ``decisions`` (eq. 15-18) on the federation's current state.
+    ``next_window``: the hosts' predicted next metrics (eq. 12) under the current schedule with
+    the moves of ``decisions[0]``, if any, applied.
+    """
+
+    id: str
+    kind: str
+    decisions: tuple[tuple[TaskMove, ...], ...] = ()
+    ts: float = 0.0
+
+    def check(self) -> None:
+        require(0 < len(self.id) <= 64, "SimRequest.id must be 1-64 characters")
+        require(self.kind in SIM_KINDS, f"SimRequest.kind must be one of {', '.join(SIM_KINDS)}")
+        require(self.kind != "evaluate" or len(self.decisions) > 0, "SimRequest: evaluate needs decisions")
+        require(self.kind != "next_window" or len(self.decisions) <= 1, "SimRequest: next_window takes one decision")
+
+
+@dataclass(frozen=True)
+class DecisionVerdict:
+    """The co-simulator's prediction for one decision; ``anomalous_hosts`` are ``<lei>/<host>``."""
+
+    fitness: float
+    qos: float
+    art: float
+    aec: float
+    slo_violations: float
+    anomalous_hosts: tuple[str, ...]
+    migration_s: float
+    overhead: float
+
+
+@dataclass(frozen=True)
+class HostForecast:
+    lei: str
+    host: str
+    metrics: HostMetrics
+
+
+@dataclass(frozen=True)
+class SimResponse(Message):
+    """The answer to a :class:`SimRequest`, on its response topic with its correlation data.
+
+    ``ok`` false: ``error`` says why (``reason`` is machine-readable) and nothing else is set.
+    ``state_ts`` is the newest sample the answer is based on; ``hosts`` and ``tasks`` what it saw.
+    """
+
+    id: str
+    ok: bool
+    kind: str = ""
+    reason: str = ""
+    error: str = ""
+    state_ts: float = 0.0
+    hosts: int = 0
+    tasks: int = 0
+    verdicts: tuple[DecisionVerdict, ...] = ()
+    forecast: tuple[HostForecast, ...] = ()
+    simulator: str = ""

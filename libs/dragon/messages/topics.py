@@ -27,6 +27,21 @@ def fault_event_json(lei: str, host: str) -> str:
     return f"{ROOT}/faults-json/{lei}/{host}"
 
 
+def all_host_samples() -> str:
+    """Filter for every host sample of every LEI this broker sees (its own and bridged ones)."""
+    return f"{ROOT}/+/hosts/+/sample"
+
+
+def sim_request(lei: str) -> str:
+    """Co-simulation requests to this LEI's simulator (MQTT v5 request/response)."""
+    return f"{ROOT}/{lei}/sim/request"
+
+
+def sim_responses(lei: str) -> str:
+    """The prefix of the response topics the simulator answers on: ``<prefix>/<requester>``."""
+    return f"{ROOT}/{lei}/sim/response"
+
+
 def inject(lei: str, host: str) -> str:
     return f"{ROOT}/{lei}/inject/{host}"
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dragon.collector.config import CollectorConfig
 from dragon.config import env_names
 from dragon.detector.config import DetectorConfig
+from dragon.simulator.config import SimulatorConfig
 
-CONFIG_CLASSES: tuple[type, ...] = (CollectorConfig, DetectorConfig)
+CONFIG_CLASSES: tuple[type, ...] = (CollectorConfig, DetectorConfig, SimulatorConfig)
 
 
 def known_env_names() -> set[str]:

@@ -111,6 +111,7 @@ class Outcome:
     aec: np.ndarray  # normalised average power, [0, 1]
     slo_violations: np.ndarray  # share of placed tasks over their SLO, [0, 1]
     anomalous: np.ndarray  # N_{t+1}, hosts predicted anomalous
+    anomalous_hosts: np.ndarray  # (B, m) which ones
     migration_s: np.ndarray  # total migration time, seconds
     overhead: np.ndarray  # O_t
     qos: np.ndarray  # α·ART + β·AEC
@@ -157,7 +158,8 @@ class CoSimulator:
         cpu = usage[..., fed.cpu] / fed.capacity[:, fed.cpu]  # (B, m) utilisation
         art, slo = self._response(tables, placement, cpu)
         aec = fed.power_w(cpu).mean(axis=1) / fed.full_w.max()
-        anomalous = self.judge(usage).sum(axis=1)
+        anomalous_hosts = self.judge(usage)
+        anomalous = anomalous_hosts.sum(axis=1)
         tasks = np.arange(decisions.shape[1])
         moved = tables.migration_s[tasks, np.maximum(decisions, 0)]  # (B, p)
         migration_s = np.where(decisions != UNPLACED, moved, 0.0).sum(axis=1)
@@ -165,7 +167,7 @@ class CoSimulator:
         w = self.weights
         qos = w.alpha * art + w.beta * aec
         fitness = qos + w.delta1 * anomalous / fed.hosts + w.delta2 * overhead
-        return Outcome(usage, art, aec, slo, anomalous, migration_s, overhead, qos, fitness)
+        return Outcome(usage, art, aec, slo, anomalous, anomalous_hosts, migration_s, overhead, qos, fitness)
 
     def record_migration(self, seconds: float) -> None:
         """A migration that was carried out (or chosen) took this long: it may set a new scale for O_t."""

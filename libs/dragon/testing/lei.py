@@ -143,20 +143,30 @@ class LeiStack:
         self, name: str, env: Mapping[str, str] | None = None, volumes: Mapping[str, str] | None = None
     ) -> DockerContainer:
         """``volumes`` maps host paths to container paths, mounted read-only (a checkpoint, say)."""
-        container = DockerContainer(DETECTOR_IMAGE).with_network(self.network)
-        all_env = {
-            **self._service_env("detector"),
-            "DRAGON_REDIS_URL": "redis://redis:6379/0",
-            "DRAGON_REDIS_PASSWORD_FILE": "/secrets/redis.password",
-            "DRAGON_INSTANCE": f"{name}-{random_tokens.token_hex(3)}",
-            **(env or {}),
-        }
-        for key, value in all_env.items():
-            container = container.with_env(key, value)
+        container = DockerContainer(DETECTOR_IMAGE)
         for host_path, container_path in (volumes or {}).items():
             container = container.with_volume_mapping(host_path, container_path, "ro")
+        redis_env = {
+            "DRAGON_REDIS_URL": "redis://redis:6379/0",
+            "DRAGON_REDIS_PASSWORD_FILE": "/secrets/redis.password",
+        }
+        instance = {"DRAGON_INSTANCE": f"{name}-{random_tokens.token_hex(3)}"}
+        return self._start_service(name, container, "detector", {**redis_env, **instance, **(env or {})})
+
+    def start_simulator(self, name: str, env: Mapping[str, str] | None = None) -> DockerContainer:
+        """The simulator runs from the detector image (it needs numpy, not torch, but ships with it)."""
+        container = DockerContainer(DETECTOR_IMAGE).with_command("dragon-simulator")
+        return self._start_service(name, container, "simulator", {"DRAGON_INSTANCE": name, **(env or {})})
+
+    def _start_service(
+        self, name: str, container: DockerContainer, user: str, env: Mapping[str, str]
+    ) -> DockerContainer:
+        """Start a broker-side service as MQTT ``user``, with the secrets, once it has connected."""
+        for key, value in {**self._service_env(user), **env}.items():
+            container = container.with_env(key, value)
         container = (
-            container.with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
+            container.with_network(self.network)
+            .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
             .with_kwargs(group_add=SECRETS_GROUP)
             .waiting_for(LogMessageWaitStrategy("mqtt_connected").with_startup_timeout(STARTUP_TIMEOUT_S))
         )

@@ -21,6 +21,7 @@ class Received:
     retain: bool
     content_type: str
     at: float  # time.time() on arrival
+    correlation_data: bytes = b""
 
 
 class Listener:
@@ -59,9 +60,12 @@ class Listener:
     def _on_message(self, client, userdata, message) -> None:
         props = message.properties
         content_type = getattr(props, "ContentType", "") if props is not None else ""
+        correlation = bytes(getattr(props, "CorrelationData", b"") or b"") if props is not None else b""
         with self._cond:
             self.messages.append(
-                Received(message.topic, bytes(message.payload), bool(message.retain), content_type, time.time())
+                Received(
+                    message.topic, bytes(message.payload), bool(message.retain), content_type, time.time(), correlation
+                )
             )
             self._cond.notify_all()
 
@@ -83,8 +87,18 @@ class Listener:
                 self._cond.wait(remaining)
 
 
-def publish(settings: MqttSettings, topic: str, payload: bytes, content_type: str = "") -> None:
-    """Publish one QoS 1 message and wait until the broker has it."""
+def publish(
+    settings: MqttSettings,
+    topic: str,
+    payload: bytes,
+    content_type: str = "",
+    response_topic: str = "",
+    correlation_data: bytes = b"",
+) -> None:
+    """Publish one QoS 1 message and wait until the broker has it.
+
+    ``response_topic`` and ``correlation_data`` make it an MQTT v5 request.
+    """
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
@@ -92,10 +106,13 @@ def publish(settings: MqttSettings, topic: str, payload: bytes, content_type: st
     client.username_pw_set(settings.username, settings.password)
     client.connect(settings.host, settings.port, keepalive=10)
     client.loop_start()
-    props = None
+    props = Properties(PacketTypes.PUBLISH)
     if content_type:
-        props = Properties(PacketTypes.PUBLISH)
         props.ContentType = content_type
+    if response_topic:
+        props.ResponseTopic = response_topic
+    if correlation_data:
+        props.CorrelationData = correlation_data
     info = client.publish(topic, payload, qos=1, properties=props)
     info.wait_for_publish(timeout=10)
     client.disconnect()

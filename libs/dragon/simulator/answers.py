@@ -1,0 +1,83 @@
+"""Answering a co-simulation request from a snapshot: ids to indices, outcomes to messages."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dragon.messages.schemas import (
+    HOST_METRICS,
+    DecisionVerdict,
+    HostForecast,
+    HostMetrics,
+    SimRequest,
+    SimResponse,
+    TaskMove,
+)
+from dragon.sim.qos import CoSimulator, Outcome
+from dragon.sim.twin import UNPLACED
+from dragon.simulator.view import Snapshot
+
+
+class RequestError(ValueError):
+    """A request that cannot be answered; ``reason`` is machine-readable, the message says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def decision_array(snapshot: Snapshot, moves: tuple[TaskMove, ...]) -> np.ndarray:
+    """One decision as target host indices per task (``UNPLACED`` = stays); unknown ids are refused."""
+    decision = np.full(len(snapshot.tasks), UNPLACED)
+    for move in moves:
+        try:
+            task, host = snapshot.task_index(move.task), snapshot.host_index(move.lei, move.host)
+        except KeyError as exc:
+            raise RequestError("unknown", str(exc.args[0])) from None
+        if decision[task] != UNPLACED:
+            raise RequestError("invalid", f"task {move.task!r} is moved twice in one decision")
+        decision[task] = host
+    return decision
+
+
+def answer(request: SimRequest, snapshot: Snapshot, sim: CoSimulator, max_decisions: int) -> SimResponse:
+    """The response to a valid request, or RequestError."""
+    if len(request.decisions) > max_decisions:
+        raise RequestError("too_many", f"{len(request.decisions)} decisions; at most {max_decisions} per request")
+    decisions = (
+        np.stack([decision_array(snapshot, moves) for moves in request.decisions])
+        if request.decisions
+        else np.full((1, len(snapshot.tasks)), UNPLACED)
+    )
+    outcome = sim.evaluate(snapshot.state, decisions)
+    common = dict(id=request.id, ok=True, kind=request.kind, state_ts=snapshot.ts)
+    common.update(hosts=len(snapshot.hosts), tasks=len(snapshot.tasks))
+    if request.kind == "next_window":
+        return SimResponse(**common, forecast=forecast(snapshot, outcome.usage[0]))
+    return SimResponse(**common, verdicts=tuple(verdict(snapshot, outcome, row) for row in range(len(decisions))))
+
+
+def verdict(snapshot: Snapshot, outcome: Outcome, row: int) -> DecisionVerdict:
+    flagged = np.flatnonzero(outcome.anomalous_hosts[row])
+    return DecisionVerdict(
+        fitness=float(outcome.fitness[row]),
+        qos=float(outcome.qos[row]),
+        art=float(outcome.art[row]),
+        aec=float(outcome.aec[row]),
+        slo_violations=float(outcome.slo_violations[row]),
+        anomalous_hosts=tuple("/".join(snapshot.hosts[index]) for index in flagged),
+        migration_s=float(outcome.migration_s[row]),
+        overhead=float(outcome.overhead[row]),
+    )
+
+
+def forecast(snapshot: Snapshot, usage: np.ndarray) -> tuple[HostForecast, ...]:
+    """Each host's predicted metrics (m, n) as messages."""
+    return tuple(
+        HostForecast(lei, host, HostMetrics(**dict(zip(HOST_METRICS, map(float, row), strict=True))))
+        for (lei, host), row in zip(snapshot.hosts, usage, strict=True)
+    )
+
+
+def error_response(request_id: str, reason: str, message: str, simulator: str) -> SimResponse:
+    return SimResponse(id=request_id, ok=False, reason=reason, error=message[:256], simulator=simulator)

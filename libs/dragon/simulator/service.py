@@ -1,0 +1,149 @@
+"""The simulator service: answers co-simulation requests over MQTT v5 request/response.
+
+It keeps the federation's current state from every host sample this broker carries, so a
+request names only what it asks about: candidate decisions (``evaluate``) or a schedule change
+(``next_window``). The answer goes to the request's response topic with its correlation data.
+
+Every request gets an answer: a malformed, oversized or unanswerable one gets ``ok: false``
+with the reason. The only requests left unanswered are those that name no response topic, or
+one outside ``dragon/<lei>/sim/response/``: there is nowhere safe to answer, so they are
+logged and counted (the broker's ACL allows the simulator to publish nowhere else).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import structlog
+
+from dragon.messages import codec, topics
+from dragon.messages.codec import DecodeError
+from dragon.messages.schemas import HostSample, SimRequest, SimResponse
+from dragon.mqtt import Counters, Incoming, MqttClient
+from dragon.service.lifecycle import Lifecycle
+from dragon.sim.federation import Link
+from dragon.sim.qos import CoSimulator, FitnessWeights, ServiceModel
+from dragon.sim.twin import TwinParams
+from dragon.simulator.answers import RequestError, answer, error_response
+from dragon.simulator.config import SimulatorConfig
+from dragon.simulator.view import FederationView, Snapshot
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "simulator"
+HEARTBEAT_S = 5.0
+
+
+class Simulator:
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.lei = config.common.service.lei
+        self.instance = config.common.service.instance_id
+        self.lifecycle = Lifecycle(config.common.service.health_file)
+        self.counters = Counters()
+        self.response_prefix = topics.sim_responses(self.lei) + "/"
+        self.view = FederationView(
+            config.stale_intervals,
+            config.background_samples,
+            lan=Link(config.lan_latency_s, config.lan_bandwidth_bps),
+            wan=Link(config.wan_latency_s, config.wan_bandwidth_bps),
+        )
+        self.longest_migration_s = 0.0
+
+    # --- lifecycle --------------------------------------------------------------
+    def run(self) -> None:
+        self.lifecycle.install_signal_handlers()
+        self.init_mqtt()
+        self.start_mqtt()
+        try:
+            self.beat_until_stopped()
+        finally:
+            self.shutdown()
+
+    def init_mqtt(self) -> None:
+        self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
+        self.mqtt.subscribe_batch(topics.all_host_samples(), self.on_samples, qos=1)
+        self.mqtt.subscribe(topics.sim_request(self.lei), self.on_request, qos=1)
+
+    def start_mqtt(self) -> None:
+        self.mqtt.start()
+        log.info("simulator_started", lei=self.lei, requests=topics.sim_request(self.lei))
+
+    def beat_until_stopped(self) -> None:
+        while not self.lifecycle.stop.wait(HEARTBEAT_S):
+            self.lifecycle.healthy(self.mqtt.connected)
+
+    def shutdown(self) -> None:
+        self.lifecycle.clear()
+        self.mqtt.stop()
+        log.info("simulator_stopped", counters=self.counters.snapshot())
+
+    # --- state ------------------------------------------------------------------
+    def on_samples(self, batch: list[Incoming]) -> None:
+        for incoming in batch:
+            sample = self.mqtt.decode_or_drop(HostSample, incoming)
+            if sample is not None:
+                self.view.observe(sample)
+
+    # --- requests ---------------------------------------------------------------
+    def on_request(self, incoming: Incoming) -> None:
+        self.counters.add("requests")
+        if not incoming.response_topic.startswith(self.response_prefix):
+            self.counters.add("requests_unanswerable")
+            log.warning("sim_request_without_usable_response_topic", response_topic=incoming.response_topic[:200])
+            return
+        started = time.perf_counter()
+        response = self.respond(incoming)
+        json = incoming.content_type == codec.JSON or incoming.payload[:1] == b"{"
+        self.mqtt.publish_message(
+            incoming.response_topic, response, qos=1, json=json, correlation_data=incoming.correlation_data
+        )
+        self.counters.add("answered" if response.ok else f"refused_{response.reason}")
+        log.info(
+            "sim_request_answered",
+            id=response.id,
+            ok=response.ok,
+            reason=response.reason or None,
+            kind=response.kind or None,
+            decisions=len(response.verdicts),
+            ms=round((time.perf_counter() - started) * 1e3, 2),
+        )
+
+    def respond(self, incoming: Incoming) -> SimResponse:
+        """The answer to one request: a result, or an error response saying why there is none."""
+        try:
+            request = codec.decode(
+                SimRequest, incoming.payload, self.config.common.mqtt.max_payload_bytes, incoming.content_type
+            )
+        except DecodeError as exc:
+            self.mqtt.drop(incoming, exc)
+            return error_response("", exc.reason, str(exc), self.instance)
+        try:
+            snapshot = self.view.snapshot(time.time())
+        except ValueError as exc:
+            return error_response(request.id, "no_state", str(exc), self.instance)
+        try:
+            response = answer(request, snapshot, self.simulator_for(snapshot), self.config.max_decisions)
+        except RequestError as exc:
+            return error_response(request.id, exc.reason, str(exc), self.instance)
+        if len(codec.encode(response)) > self.config.common.mqtt.max_payload_bytes:
+            message = "the answer exceeds the payload limit: ask about fewer decisions per request"
+            return error_response(request.id, "too_large", message, self.instance)
+        return SimResponse(**{**response.__dict__, "simulator": self.instance})
+
+    def simulator_for(self, snapshot: Snapshot) -> CoSimulator:
+        """The co-simulator of the federation as it is now (hosts come and go between requests)."""
+        cfg = self.config
+        params = TwinParams(
+            snapshot.background,
+            np.full(snapshot.background.shape[1], cfg.move_gain),
+            np.full(snapshot.background.shape[1], cfg.relax),
+        )
+        return CoSimulator(
+            snapshot.federation,
+            params,
+            FitnessWeights(cfg.alpha, cfg.beta, cfg.delta1, cfg.delta2),
+            ServiceModel(cfg.service_time_s, slo_factor=cfg.slo_factor, overload=cfg.overload),
+            longest_migration_s=self.longest_migration_s,
+        )

@@ -1,0 +1,153 @@
+"""What the simulator knows of the federation now: W^M_t and S_t, kept from the host samples.
+
+Every sample the broker carries (its own LEI's and, through bridges, the other LEIs') updates
+its host's newest usage and the tasks running there. A snapshot turns that into the arrays the
+co-simulator takes: hosts ordered by (LEI, host), a task's placement from the newest sample
+that lists it, a host's background from its lowest recent usage, and each task's home LEI (the
+LEI it was first seen in: its users' requests still enter there after it moves).
+
+Nothing here needs persisting: after a restart the next interval's samples rebuild it, except
+the home LEIs of tasks that moved before the restart, which then count as at home where they
+run (docs/simulator.md).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dragon.messages.schemas import HOST_METRICS, HostSample
+from dragon.sim.federation import RPI4B_4GB, Federation, Link, PowerProfile
+from dragon.sim.qos import FederationState
+from dragon.sim.twin import task_demand
+
+# cpu, ram and swap are fractions of the host's capacity; disk and network rates have no ceiling.
+CAPACITY = np.array([1.0 if name in {"cpu", "ram", "swap"} else np.inf for name in HOST_METRICS])
+CPU = HOST_METRICS.index("cpu")
+HostKey = tuple[str, str]  # (lei, host)
+
+
+@dataclass
+class HostRecord:
+    ts: float
+    interval_s: float
+    usage: np.ndarray  # (n,) newest metrics
+    tasks: dict[str, tuple[float, float]]  # task id -> (cpu share of the host, ram bytes)
+    recent: deque = field(default_factory=deque)  # recent usage vectors, for the background
+
+
+@dataclass(frozen=True, eq=False)  # numpy fields
+class Snapshot:
+    """The federation as of ``ts``: index maps for hosts and tasks, and the co-simulator's inputs."""
+
+    ts: float
+    hosts: tuple[HostKey, ...]
+    tasks: tuple[str, ...]
+    federation: Federation
+    state: FederationState
+    background: np.ndarray  # (m, n)
+
+    def host_index(self, lei: str, host: str) -> int:
+        try:
+            return self.hosts.index((lei, host))
+        except ValueError:
+            raise KeyError(f"host {lei}/{host} is not in the federation's current state") from None
+
+    def task_index(self, task: str) -> int:
+        try:
+            return self.tasks.index(task)
+        except ValueError:
+            raise KeyError(f"task {task!r} is not running in the federation's current state") from None
+
+
+class FederationView:
+    """The newest sample of every host, turned into snapshots on request."""
+
+    def __init__(
+        self,
+        stale_intervals: float,
+        background_samples: int,
+        lan: Link,
+        wan: Link,
+        power: PowerProfile = RPI4B_4GB,
+    ) -> None:
+        self.stale_intervals = stale_intervals
+        self.background_samples = background_samples
+        self.lan, self.wan, self.power = lan, wan, power
+        self._hosts: dict[HostKey, HostRecord] = {}
+        self._home_lei: dict[str, str] = {}
+
+    def observe(self, sample: HostSample) -> None:
+        """Take a sample in; an older one than the host's newest is ignored (redelivery, reordering)."""
+        key = (sample.lei, sample.host)
+        record = self._hosts.get(key)
+        if record is not None and sample.ts <= record.ts:
+            return
+        usage = np.array(sample.metrics.vector(), dtype=np.float64)
+        tasks = {task.id: (task.cpu, task.ram_bytes) for task in sample.tasks}
+        if record is None:
+            record = self._hosts[key] = HostRecord(sample.ts, sample.interval_s, usage, tasks)
+        record.ts, record.interval_s, record.usage, record.tasks = sample.ts, sample.interval_s, usage, tasks
+        record.recent.append(usage)
+        while len(record.recent) > self.background_samples:
+            record.recent.popleft()
+        for task in tasks:
+            self._home_lei.setdefault(task, sample.lei)
+
+    def snapshot(self, now: float) -> Snapshot:
+        """The fresh hosts and their tasks; ValueError when no host is fresh."""
+        fresh = sorted(key for key, rec in self._hosts.items() if now - rec.ts <= self.stale_intervals * rec.interval_s)
+        if not fresh:
+            raise ValueError("no host has reported recently: the simulator has no state to simulate")
+        records = [self._hosts[key] for key in fresh]
+        federation = self._federation([lei for lei, _ in fresh])
+        usage = np.stack([rec.usage for rec in records])
+        background = np.stack([np.min(np.stack(rec.recent), axis=0) for rec in records])
+        placement, measured, ram_bytes = self._tasks(records)
+        task_ids = tuple(placement)
+        place = np.array([placement[task] for task in task_ids], dtype=int)
+        measured_rows = np.array([measured[task] for task in task_ids]).reshape(len(task_ids), len(HOST_METRICS))
+        home = [
+            self._home_of(task, federation.lei_of_host[host], federation.leis)
+            for task, host in zip(task_ids, place, strict=True)
+        ]
+        state = FederationState(
+            usage,
+            place,
+            task_demand(usage, place, background, measured_rows),
+            np.array([ram_bytes[task] for task in task_ids], dtype=np.float64),
+            np.array(home, dtype=int),
+        )
+        return Snapshot(max(rec.ts for rec in records), tuple(fresh), task_ids, federation, state, background)
+
+    def _federation(self, lei_of_host: list[str]) -> Federation:
+        """Hosts of the samples' LEIs; an LEI's first host by name stands for its broker (requests enter there)."""
+        brokers = [lei_of_host.index(lei) for lei in dict.fromkeys(lei_of_host)]
+        m = len(lei_of_host)
+        capacity = np.tile(CAPACITY, (m, 1))
+        return Federation(
+            tuple(lei_of_host), tuple(brokers), capacity, HOST_METRICS, (self.power,) * m, lan=self.lan, wan=self.wan
+        )
+
+    def _tasks(self, records: list[HostRecord]) -> tuple[dict[str, int], dict[str, np.ndarray], dict[str, float]]:
+        """Each task's host index (the newest sample listing it wins), measured demand and memory."""
+        placement: dict[str, int] = {}
+        seen_at: dict[str, float] = {}
+        measured: dict[str, np.ndarray] = {}
+        ram: dict[str, float] = {}
+        for index, rec in enumerate(records):
+            for task, (cpu, ram_bytes) in rec.tasks.items():
+                if task in seen_at and seen_at[task] >= rec.ts:
+                    continue
+                placement[task], seen_at[task], ram[task] = index, rec.ts, ram_bytes
+                row = np.full(len(HOST_METRICS), np.nan)
+                row[CPU] = cpu  # measured per task; the rest is the host's excess, shared (twin.task_demand)
+                measured[task] = row
+        return placement, measured, ram
+
+    def _home_of(self, task: str, current_lei: str, leis: tuple[str, ...]) -> int:
+        """Index in ``leis`` of the LEI the task was first seen in, if it is one of them; else of where it runs."""
+        home = self._home_lei.get(task, current_lei)
+        return leis.index(home if home in leis else current_lei)

@@ -1,0 +1,137 @@
+"""The simulator service's state and answers, without MQTT: samples in, snapshots and responses out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dragon.messages import codec
+from dragon.messages.schemas import HostMetrics, HostSample, SimRequest, SimResponse, TaskMove, TaskUsage
+from dragon.sim.federation import EDGE_WAN, GIGABIT_LAN
+from dragon.sim.qos import CoSimulator
+from dragon.sim.twin import UNPLACED, TwinParams
+from dragon.simulator.answers import RequestError, answer, decision_array
+from dragon.simulator.view import FederationView
+
+pytestmark = pytest.mark.unit
+
+NOW = 1_800_000_000.0
+
+
+def sample(lei: str, host: str, cpu: float, tasks=(), ts: float = NOW, ram: float = 0.3) -> HostSample:
+    metrics = HostMetrics(cpu=cpu, ram=ram, swap=0.0, disk_read=0.0, disk_write=1e3, net_rx=1e4, net_tx=1e4)
+    usage = tuple(TaskUsage(id=t, name=t, cpu=c, ram_bytes=100e6) for t, c in tasks)
+    return HostSample(lei=lei, host=host, ts=ts, seq=1, interval_s=1.0, metrics=metrics, tasks=usage)
+
+
+def two_lei_view() -> FederationView:
+    """LEI a: h1 overloaded by tasks t1, t2; h2 idle. LEI b: h3 idle, h4 running t3."""
+    view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
+    view.observe(sample("a", "h1", 0.1, ts=NOW - 5))  # an idle moment: h1's background
+    view.observe(sample("a", "h1", 0.95, [("t1", 0.5), ("t2", 0.35)]))
+    view.observe(sample("a", "h2", 0.05))
+    view.observe(sample("b", "h3", 0.05))
+    view.observe(sample("b", "h4", 0.3, [("t3", 0.25)]))
+    return view
+
+
+def simulator_of(snapshot) -> CoSimulator:
+    n = snapshot.background.shape[1]
+    return CoSimulator(snapshot.federation, TwinParams(snapshot.background, np.ones(n), np.zeros(n)))
+
+
+def test_a_snapshot_orders_hosts_by_lei_and_places_tasks_where_they_were_last_seen():
+    snap = two_lei_view().snapshot(NOW)
+    assert snap.hosts == (("a", "h1"), ("a", "h2"), ("b", "h3"), ("b", "h4"))
+    assert snap.tasks == ("t1", "t2", "t3")
+    assert snap.state.placement.tolist() == [0, 0, 3]
+    assert snap.federation.lei_of_host == ("a", "a", "b", "b") and snap.federation.brokers == (0, 2)
+    assert snap.state.demand[:, 0].tolist() == [0.5, 0.35, 0.25]  # measured per-task cpu
+    assert snap.background[0, 0] == pytest.approx(0.1)
+
+
+def test_stale_hosts_are_left_out_and_an_empty_view_is_an_error():
+    view = two_lei_view()
+    assert len(view.snapshot(NOW + 2.5).hosts) == 4
+    assert view.snapshot(NOW + 2.5).ts == NOW
+    with pytest.raises(ValueError, match="no host has reported"):
+        view.snapshot(NOW + 10)
+
+
+def test_a_task_that_moved_counts_where_its_newest_sample_lists_it_and_keeps_its_home_lei():
+    view = two_lei_view()
+    view.observe(sample("a", "h1", 0.6, [("t2", 0.35)], ts=NOW + 1))
+    view.observe(sample("b", "h3", 0.55, [("t1", 0.5)], ts=NOW + 1))
+    snap = view.snapshot(NOW + 1)
+    assert snap.state.placement[snap.task_index("t1")] == snap.host_index("b", "h3")
+    assert snap.federation.leis[snap.state.home_lei[snap.task_index("t1")]] == "a"
+
+
+def test_an_older_sample_never_replaces_a_newer_one():
+    view = two_lei_view()
+    view.observe(sample("a", "h2", 0.9, ts=NOW - 1))
+    assert view.snapshot(NOW).state.usage[1, 0] == pytest.approx(0.05)
+
+
+def test_evaluate_answers_every_decision_and_moving_off_the_overloaded_host_clears_it():
+    snap = two_lei_view().snapshot(NOW)
+    request = SimRequest(id="r1", kind="evaluate", decisions=((), (TaskMove("t1", "b", "h3"),)))
+    response = answer(request, snap, simulator_of(snap), max_decisions=8)
+    assert response.ok and response.id == "r1" and (response.hosts, response.tasks) == (4, 3)
+    stay, move = response.verdicts
+    assert stay.anomalous_hosts == ("a/h1",) and move.anomalous_hosts == ()
+    assert stay.migration_s == 0 and move.migration_s > 0
+    assert move.fitness < stay.fitness
+    assert codec.decode(SimResponse, codec.encode(response), 65536) == response  # it fits its own schema
+
+
+def test_next_window_forecasts_every_host_under_the_moves():
+    snap = two_lei_view().snapshot(NOW)
+    request = SimRequest(id="r2", kind="next_window", decisions=((TaskMove("t1", "a", "h2"),),))
+    response = answer(request, snap, simulator_of(snap), max_decisions=8)
+    by_host = {(f.lei, f.host): f.metrics for f in response.forecast}
+    assert by_host[("a", "h1")].cpu == pytest.approx(0.45)
+    assert by_host[("a", "h2")].cpu == pytest.approx(0.55)
+    assert by_host[("b", "h4")].cpu == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    ("moves", "reason", "message"),
+    [
+        ((TaskMove("nope", "b", "h3"),), "unknown", "task 'nope'"),
+        ((TaskMove("t1", "c", "h9"),), "unknown", "host c/h9"),
+        ((TaskMove("t1", "b", "h3"), TaskMove("t1", "b", "h4")), "invalid", "moved twice"),
+    ],
+)
+def test_decisions_naming_what_is_not_there_are_refused_with_the_reason(moves, reason, message):
+    snap = two_lei_view().snapshot(NOW)
+    with pytest.raises(RequestError, match=message) as refused:
+        decision_array(snap, moves)
+    assert refused.value.reason == reason
+
+
+def test_too_many_decisions_are_refused():
+    snap = two_lei_view().snapshot(NOW)
+    request = SimRequest(id="r3", kind="evaluate", decisions=((),) * 5)
+    with pytest.raises(RequestError, match="at most 4") as refused:
+        answer(request, snap, simulator_of(snap), max_decisions=4)
+    assert refused.value.reason == "too_many"
+
+
+def test_an_empty_decision_stays_put():
+    snap = two_lei_view().snapshot(NOW)
+    assert decision_array(snap, ()).tolist() == [UNPLACED] * 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"id": "x", "kind": "evaluate"}, "needs decisions"),
+        ({"id": "x", "kind": "explode"}, "kind must be"),
+        ({"id": "", "kind": "next_window"}, "1-64"),
+        ({"id": "x", "kind": "next_window", "decisions": [[], []]}, "one decision"),
+    ],
+)
+def test_sim_requests_are_validated(fields, message):
+    with pytest.raises(ValueError, match=message):
+        SimRequest.from_dict({"v": 1, **fields})
