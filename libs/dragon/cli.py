@@ -11,10 +11,10 @@ import uuid
 from pathlib import Path
 
 from dragon import secrets
-from dragon.config import settings_table
+from dragon.config import ConfigError, settings_table
 from dragon.messages import codec, topics
 from dragon.messages.schemas import FAULT_KINDS, FaultEvent, FaultInjection, InjectionEvent
-from dragon.settings import MqttSettings
+from dragon.settings import MqttSettings, check_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lei", required=True, help="id of this LEI")
     p.add_argument("--hosts", required=True, help="comma-separated host ids the collector publishes for")
     p.add_argument("--force", action="store_true", help="replace existing passwords")
+    p.add_argument("--peers", default="", help="comma-separated ids of the other LEIs whose brokers bridge to this one")
     p.set_defaults(handler=_secrets)
+
+    p = commands.add_parser("bridge", help="write the Mosquitto bridge from this LEI's broker to a peer's")
+    p.add_argument("--lei", required=True, help="id of this LEI")
+    p.add_argument("--peer", required=True, help="id of the peer LEI")
+    p.add_argument("--address", required=True, help="the peer broker's host:port, as this broker reaches it")
+    p.add_argument("--peer-password-file", type=Path, required=True, help="the peer's secrets/bridge.password")
+    p.add_argument("--out", type=Path, required=True, help="file to write (e.g. compose/bridges/<peer>.conf)")
+    p.set_defaults(handler=_bridge)
 
     mqtt_help = (
         "broker connection: DRAGON_MQTT_HOST, DRAGON_MQTT_PORT, DRAGON_MQTT_USERNAME, DRAGON_MQTT_PASSWORD(_FILE)"
@@ -54,8 +63,29 @@ def main(argv: list[str] | None = None) -> int:
 
 def _secrets(args) -> int:
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
-    written = secrets.generate(args.dir, args.lei, hosts, force=args.force)
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    try:
+        for peer in peers:
+            check_id("--peers", peer)
+    except ConfigError as exc:
+        print(f"dragon secrets: {exc}", file=sys.stderr)
+        return 2
+    written = secrets.generate(args.dir, args.lei, hosts, force=args.force, peers=peers)
     print(json.dumps({"dir": str(args.dir), "written": written}))
+    return 0
+
+
+def _bridge(args) -> int:
+    try:
+        for name, value in (("--lei", args.lei), ("--peer", args.peer)):
+            check_id(name, value)
+    except ConfigError as exc:
+        print(f"dragon bridge: {exc}", file=sys.stderr)
+        return 2
+    conf = secrets.bridge_conf(args.lei, args.peer, args.address, args.peer_password_file.read_text().strip())
+    args.out.write_text(conf)
+    secrets.share_with_services(args.out)  # it holds the peer's bridge password
+    print(json.dumps({"written": str(args.out)}))
     return 0
 
 

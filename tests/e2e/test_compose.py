@@ -12,9 +12,9 @@ import docker
 import pytest
 
 from dragon.messages import codec
-from dragon.messages.schemas import FaultEvent
+from dragon.messages.schemas import FaultEvent, SimRequest, SimResponse
 from dragon.settings import MqttSettings
-from dragon.testing.listener import Listener
+from dragon.testing.listener import Listener, publish
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +82,7 @@ def wait_healthy(compose, services: set[str]) -> None:
 
 def test_compose_up_protects_emulated_hosts(deployment):
     compose, lei, settings = deployment
-    services = {"mosquitto", "redis", "collector", "detector"}
+    services = {"mosquitto", "redis", "collector", "detector", "simulator", "planner"}
     wait_healthy(compose, services)
     assert container_states(compose)["secrets"]["ExitCode"] == 0
 
@@ -99,3 +99,22 @@ def test_compose_up_protects_emulated_hosts(deployment):
 
     states = container_states(compose)
     assert all(states[s]["Health"] == "healthy" for s in services), states
+    assert_the_simulator_sees_the_lei(lei, settings)
+
+
+def assert_the_simulator_sees_the_lei(lei: str, settings: dict) -> None:
+    """The deployed simulator answers a request with the LEI's hosts and demo tasks."""
+    operator = MqttSettings(
+        host="127.0.0.1",
+        port=int(settings["MQTT_PORT"]),
+        username="operator",
+        password=(settings["SECRETS_DIR"] / "operator.password").read_text().strip(),
+    )
+    response_topic = f"dragon/{lei}/sim/response/e2e"
+    with Listener(operator, [response_topic]) as listener:
+        request = codec.encode(SimRequest(id="e2e", kind="next_window"))
+        publish(operator, f"dragon/{lei}/sim/request", request, codec.MSGPACK, response_topic, b"e2e")
+        (message,) = listener.wait_for(lambda m: True, 30)
+    response = codec.decode(SimResponse, message.payload, 1 << 20, message.content_type)
+    assert response.ok, response.error
+    assert {f.host for f in response.forecast} == {"h1", "h2"} and response.tasks >= 2

@@ -51,3 +51,61 @@ def test_acl_gives_the_collector_only_its_hosts():
     assert "topic write dragon/lei1/hosts/h2/sample" in collector
     assert "hosts/+/sample" not in collector
     assert "faults" not in collector
+
+
+def acl_block(acl: str, user: str) -> list[str]:
+    """The ACL lines of one user (up to the next blank line)."""
+    block = acl.split(f"user {user}\n", 1)[1].split("\n\n", 1)[0]
+    return block.splitlines()
+
+
+def test_the_bridge_user_may_only_bring_in_its_peers_topics_and_take_this_leis():
+    bridge = acl_block(secrets.acl("lei1", ["h1"], peers=["lei2"]), "bridge")
+    assert "topic write dragon/lei2/hosts/+/sample" in bridge
+    assert "topic write dragon/fed/lei2/decision" in bridge
+    assert "topic read dragon/lei1/hosts/+/sample" in bridge
+    assert not any(line.startswith("topic write") and "lei1" in line for line in bridge)
+    no_peers = acl_block(secrets.acl("lei1", ["h1"]), "bridge")
+    assert not any(line.startswith("topic write") for line in no_peers)
+
+
+def test_the_simulator_and_planner_answer_and_decide_only_for_their_own_lei():
+    acl = secrets.acl("lei1", ["h1"], peers=["lei2"])
+    writes = [line for line in acl_block(acl, "simulator") + acl_block(acl, "planner") if "write" in line]
+    assert writes == [
+        "topic write dragon/lei1/sim/response/+",
+        "topic readwrite dragon/simulator/+/available",
+        "topic write dragon/fed/lei1/decision",
+        "topic readwrite dragon/planner/+/available",
+    ]
+
+
+def test_a_bridge_file_carries_each_lei_its_own_direction():
+    conf = secrets.bridge_conf("lei1", "lei2", "broker2.example:1883", "s3cret")
+    lines = conf.splitlines()
+    assert "address broker2.example:1883" in lines and "remote_password s3cret" in lines
+    assert "topic dragon/lei1/hosts/+/sample out 1" in lines
+    assert "topic dragon/lei2/hosts/+/sample in 1" in lines
+    assert "topic dragon/fed/lei2/decision in 1" in lines
+    assert not any(" both " in line for line in lines)  # no loops between brokers
+    with pytest.raises(ValueError, match="itself"):
+        secrets.bridge_conf("lei1", "lei1", "x:1", "p")
+
+
+def test_a_lei_cannot_be_its_own_peer(tmp_path):
+    with pytest.raises(ValueError, match="own peer"):
+        secrets.generate(tmp_path, "lei1", ["h1"], peers=["lei1"])
+
+
+def test_dragon_bridge_writes_the_file_readable_by_the_broker_only(tmp_path, capsys):
+    from dragon.cli import main
+
+    (tmp_path / "bridge.password").write_text("peerpass\n")
+    out = tmp_path / "lei2.conf"
+    args = ["bridge", "--lei", "lei1", "--peer", "lei2", "--address", "b2:1883"]
+    assert main([*args, "--peer-password-file", str(tmp_path / "bridge.password"), "--out", str(out)]) == 0
+    assert "remote_password peerpass" in out.read_text()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    bad = ["bridge", "--lei", "lei1", "--peer", "le/i2", "--address", "b2:1883"]
+    assert main([*bad, "--peer-password-file", str(tmp_path / "bridge.password"), "--out", str(out)]) == 2
+    assert "--peer" in capsys.readouterr().err

@@ -226,3 +226,53 @@ class SimResponse(Message):
     verdicts: tuple[DecisionVerdict, ...] = ()
     forecast: tuple[HostForecast, ...] = ()
     simulator: str = ""
+
+
+PLAN_MODES: tuple[str, ...] = ("dragon", "dragon+")
+
+
+@dataclass(frozen=True)
+class PlannedMove:
+    """A task to migrate: from ``source_lei``/``source_host`` to ``target_lei``/``target_host``."""
+
+    task: str
+    source_lei: str
+    source_host: str
+    target_lei: str
+    target_host: str
+    migration_s: float
+
+
+@dataclass(frozen=True)
+class PlanDecision(Message):
+    """``dragon/fed/<lei>/decision`` — a broker's preemptive migration decision M_t* (Alg. 2, 3).
+
+    ``moves`` is the whole federation's decision as this broker played it (fictitious play);
+    this broker carries out only those whose ``source_lei`` is its own ``lei``. ``fitness`` and
+    ``qos`` are the co-simulator's predictions for the decision, ``fitness_unmoved`` for moving
+    nothing. ``isolated``: no peer LEI was heard from recently, so the broker planned for its own
+    LEI alone, moving tasks between its own hosts; ``stale_leis`` names the peers it lost.
+    """
+
+    id: str
+    lei: str
+    ts: float
+    mode: str
+    look_ahead: int
+    moves: tuple[PlannedMove, ...]
+    faulty_hosts: tuple[str, ...]
+    fitness: float
+    fitness_unmoved: float
+    qos: float
+    art: float
+    aec: float
+    predicted_anomalous: int
+    decision_ms: float
+    isolated: bool
+    leis: tuple[str, ...]
+    stale_leis: tuple[str, ...] = ()
+    planner: str = ""
+
+    def check(self) -> None:
+        require(self.mode in PLAN_MODES, f"PlanDecision.mode must be one of {', '.join(PLAN_MODES)}")
+        require(self.look_ahead >= 1, "PlanDecision.look_ahead must be at least 1")

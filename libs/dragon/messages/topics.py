@@ -42,6 +42,16 @@ def sim_responses(lei: str) -> str:
     return f"{ROOT}/{lei}/sim/response"
 
 
+def all_host_health() -> str:
+    """Filter for the retained verdict of every host of every LEI this broker sees."""
+    return f"{ROOT}/+/hosts/+/health"
+
+
+def fed_decision(lei: str) -> str:
+    """A broker's migration decision, shared with the federation (bridged)."""
+    return f"{ROOT}/fed/{lei}/decision"
+
+
 def inject(lei: str, host: str) -> str:
     return f"{ROOT}/{lei}/inject/{host}"
 

@@ -77,23 +77,37 @@ class Plan:
         return [(int(j), int(h)) for j, h in enumerate(self.decision) if h != UNPLACED]
 
 
-class Neighbourhood:
-    """The moves of sec. V-B over one federation state, drawn for many decisions at once."""
+def groups_of(sim: CoSimulator, within_lei: bool = False) -> np.ndarray:
+    """The group of each host that a migration must leave: its LEI (the paper), or the host itself.
 
-    def __init__(self, sim: CoSimulator, state: FederationState, rng: np.random.Generator):
-        fed = sim.federation
+    ``within_lei`` is for a broker cut off from its peers: with only its own LEI to plan for, it
+    moves tasks between its own hosts, so every host is a group of its own.
+    """
+    return np.arange(sim.federation.hosts) if within_lei else sim.federation.lei_index
+
+
+class Neighbourhood:
+    """The moves of sec. V-B over one federation state, drawn for many decisions at once.
+
+    The code says LEI for the groups a migration must leave (``groups_of``): LEIs by default.
+    """
+
+    def __init__(
+        self, sim: CoSimulator, state: FederationState, rng: np.random.Generator, groups: np.ndarray | None = None
+    ):
+        groups = sim.federation.lei_index if groups is None else groups
         self.rng = rng
-        self.lei_of_host = fed.lei_index
-        self.leis = len(fed.leis)
-        sizes = np.bincount(fed.lei_index, minlength=self.leis)
+        self.lei_of_host = groups
+        self.leis = int(groups.max()) + 1
+        sizes = np.bincount(groups, minlength=self.leis)
         self.lei_sizes = sizes
         # hosts_by_lei[l, i]: the i-th host of LEI l (rows padded; only i < lei_sizes[l] is drawn)
         self.hosts_by_lei = np.zeros((self.leis, sizes.max()), dtype=int)
         for lei in range(self.leis):
-            self.hosts_by_lei[lei, : sizes[lei]] = np.flatnonzero(fed.lei_index == lei)
+            self.hosts_by_lei[lei, : sizes[lei]] = np.flatnonzero(groups == lei)
         self.placement = state.placement
         self.movable = np.flatnonzero(state.placement != UNPLACED)  # a task not running cannot migrate
-        self.home = np.where(state.placement != UNPLACED, fed.lei_index[np.maximum(state.placement, 0)], -1)
+        self.home = np.where(state.placement != UNPLACED, groups[np.maximum(state.placement, 0)], -1)
 
     def start(self, faulty_hosts: np.ndarray, share: float = 1.0) -> np.ndarray:
         """Line 10: tasks on faulty hosts go to random hosts of other LEIs, each with chance ``share``."""
@@ -159,11 +173,15 @@ def anneal(
     faulty_hosts: np.ndarray,
     config: AnnealingConfig | None = None,
     rng: np.random.Generator | None = None,
+    groups: np.ndarray | None = None,
 ) -> Plan:
-    """DRAGON's decision M_t*: simulated annealing from random migrations off ``faulty_hosts``."""
+    """DRAGON's decision M_t*: simulated annealing from random migrations off ``faulty_hosts``.
+
+    ``groups`` (``groups_of``) says what a migration must leave: the task's LEI by default.
+    """
     config = config or AnnealingConfig()
     rng = rng or np.random.default_rng()
-    moves = Neighbourhood(sim, state, rng)
+    moves = Neighbourhood(sim, state, rng, groups)
     stay = np.full(len(state.placement), UNPLACED)
     faulty_hosts = np.asarray(faulty_hosts, dtype=int)
     chains = np.stack([moves.start(faulty_hosts, config.start_share) for _ in range(config.chains)])
@@ -200,14 +218,14 @@ def plan_of(sim: CoSimulator, state: FederationState, decision: np.ndarray, eval
     return Plan(decision, float(outcome.fitness[0]), outcome, evaluations + 1)
 
 
-def exhaustive(sim: CoSimulator, state: FederationState, batch: int = 4096) -> Plan:
+def exhaustive(sim: CoSimulator, state: FederationState, batch: int = 4096, groups: np.ndarray | None = None) -> Plan:
     """The optimum over every decision of the neighbourhood's space: each running task stays or
     goes to any host of another LEI. (1 + hosts outside its LEI)^tasks decisions: small cases only.
     """
-    fed = sim.federation
+    groups = sim.federation.lei_index if groups is None else groups
     options = []
     for host in state.placement:
-        away = [] if host == UNPLACED else np.flatnonzero(fed.lei_index != fed.lei_index[host]).tolist()
+        away = [] if host == UNPLACED else np.flatnonzero(groups != groups[host]).tolist()
         options.append([UNPLACED, *away])
     best, best_fitness, evaluations = None, np.inf, 0
     combos = itertools.product(*options)

@@ -26,9 +26,14 @@ def merge(merged: np.ndarray, decision: np.ndarray) -> np.ndarray:
     return np.where(decision != UNPLACED, decision, merged)
 
 
-def only_across_leis(sim: CoSimulator, state: FederationState, decision: np.ndarray) -> np.ndarray:
-    """Drop the moves whose target lies in the task's own LEI at ``state``: they are not migrations."""
-    lei = sim.federation.lei_index
+def only_across_leis(
+    sim: CoSimulator, state: FederationState, decision: np.ndarray, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """Drop the moves whose target lies in the task's own LEI at ``state``: they are not migrations.
+
+    ``groups`` as for ``anneal``: with every host its own group, only moves to the same host go.
+    """
+    lei = sim.federation.lei_index if groups is None else groups
     running = state.placement != UNPLACED
     home = np.where(running, lei[np.maximum(state.placement, 0)], -1)
     target = np.where(decision != UNPLACED, lei[np.maximum(decision, 0)], -2)
@@ -42,6 +47,7 @@ def look_ahead(
     steps: int = DEFAULT_STEPS,
     config: AnnealingConfig | None = None,
     rng: np.random.Generator | None = None,
+    groups: np.ndarray | None = None,
 ) -> Plan:
     """DRAGON+ with ``steps`` look-ahead intervals; its plan's fitness is M+'s on the current state."""
     if steps < 1:
@@ -51,11 +57,11 @@ def look_ahead(
     future, faulty = state, np.asarray(faulty_hosts, dtype=int)
     horizon, evaluations = [], 0
     for _ in range(steps):
-        plan = anneal(sim, future, faulty, config, rng)
+        plan = anneal(sim, future, faulty, config, rng, groups)
         merged = merge(merged, plan.decision)
         horizon.append(plan.fitness)
         evaluations += plan.evaluations
         future = future.after(plan.outcome.usage[0], future.apply(plan.decision[None, :])[0])
-        faulty = np.flatnonzero(sim.judge(plan.outcome.usage)[0])
-    final = plan_of(sim, state, only_across_leis(sim, state, merged), evaluations)
+        faulty = np.flatnonzero(plan.outcome.anomalous_hosts[0])
+    final = plan_of(sim, state, only_across_leis(sim, state, merged, groups), evaluations)
     return Plan(final.decision, final.fitness, final.outcome, final.evaluations, tuple(horizon))

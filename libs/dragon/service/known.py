@@ -9,9 +9,10 @@ from __future__ import annotations
 from dragon.collector.config import CollectorConfig
 from dragon.config import env_names
 from dragon.detector.config import DetectorConfig
+from dragon.planner.config import PlannerConfig
 from dragon.simulator.config import SimulatorConfig
 
-CONFIG_CLASSES: tuple[type, ...] = (CollectorConfig, DetectorConfig, SimulatorConfig)
+CONFIG_CLASSES: tuple[type, ...] = (CollectorConfig, DetectorConfig, SimulatorConfig, PlannerConfig)
 
 
 def known_env_names() -> set[str]:

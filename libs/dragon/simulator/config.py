@@ -11,8 +11,9 @@ MAX_DECISIONS = 1024  # what one request's list can hold (dragon.messages.schema
 
 
 @dataclass(frozen=True)
-class SimulatorConfig:
-    common: CommonConfig = section(CommonConfig)
+class CoSimSettings:
+    """The co-simulator's model of the federation; the simulator and the planner share it."""
+
     stale_intervals: float = setting(
         "DRAGON_SIM_STALE_INTERVALS", 3.0, "a host whose newest sample is older than this is left out", "intervals"
     )
@@ -45,9 +46,6 @@ class SimulatorConfig:
     lan_bandwidth_bps: float = setting("DRAGON_SIM_LAN_BANDWIDTH", 125e6, "bandwidth inside an LEI", "bytes/s")
     wan_latency_s: float = setting("DRAGON_SIM_WAN_LATENCY", 0.010, "one-way latency between brokers", "s")
     wan_bandwidth_bps: float = setting("DRAGON_SIM_WAN_BANDWIDTH", 12.5e6, "bandwidth between brokers", "bytes/s")
-    max_decisions: int = setting(
-        "DRAGON_SIM_MAX_DECISIONS", 256, "decisions one evaluate request may carry", "decisions"
-    )
 
     def validate(self) -> None:
         if self.stale_intervals <= 0 or self.background_samples < 1:
@@ -60,5 +58,16 @@ class SimulatorConfig:
             raise ConfigError("DRAGON_SIM_SERVICE_TIME > 0, DRAGON_SIM_SLO_FACTOR > 1 and DRAGON_SIM_OVERLOAD > 0")
         if min(self.lan_bandwidth_bps, self.wan_bandwidth_bps) <= 0 or min(self.lan_latency_s, self.wan_latency_s) < 0:
             raise ConfigError("link bandwidths must be positive and latencies not negative")
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    common: CommonConfig = section(CommonConfig)
+    cosim: CoSimSettings = section(CoSimSettings)
+    max_decisions: int = setting(
+        "DRAGON_SIM_MAX_DECISIONS", 256, "decisions one evaluate request may carry", "decisions"
+    )
+
+    def validate(self) -> None:
         if not 1 <= self.max_decisions <= MAX_DECISIONS:
             raise ConfigError(f"DRAGON_SIM_MAX_DECISIONS must be between 1 and {MAX_DECISIONS}")

@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import structlog
 
 from dragon.messages import codec, topics
 from dragon.messages.codec import DecodeError
-from dragon.messages.schemas import HostSample, SimRequest, SimResponse
+from dragon.messages.schemas import SimRequest, SimResponse
 from dragon.mqtt import Counters, Incoming, MqttClient
 from dragon.service.lifecycle import Lifecycle
-from dragon.sim.federation import Link
-from dragon.sim.qos import CoSimulator, FitnessWeights, ServiceModel
-from dragon.sim.twin import TwinParams
 from dragon.simulator.answers import RequestError, answer, error_response
 from dragon.simulator.config import SimulatorConfig
-from dragon.simulator.view import FederationView, Snapshot
+from dragon.simulator.view import co_simulator, follow_samples, view_from
 
 log = structlog.get_logger(__name__)
 
@@ -43,13 +39,7 @@ class Simulator:
         self.lifecycle = Lifecycle(config.common.service.health_file)
         self.counters = Counters()
         self.response_prefix = topics.sim_responses(self.lei) + "/"
-        self.view = FederationView(
-            config.stale_intervals,
-            config.background_samples,
-            lan=Link(config.lan_latency_s, config.lan_bandwidth_bps),
-            wan=Link(config.wan_latency_s, config.wan_bandwidth_bps),
-        )
-        self.longest_migration_s = 0.0
+        self.view = view_from(config.cosim)
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -63,7 +53,7 @@ class Simulator:
 
     def init_mqtt(self) -> None:
         self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
-        self.mqtt.subscribe_batch(topics.all_host_samples(), self.on_samples, qos=1)
+        follow_samples(self.mqtt, self.view)
         self.mqtt.subscribe(topics.sim_request(self.lei), self.on_request, qos=1)
 
     def start_mqtt(self) -> None:
@@ -78,13 +68,6 @@ class Simulator:
         self.lifecycle.clear()
         self.mqtt.stop()
         log.info("simulator_stopped", counters=self.counters.snapshot())
-
-    # --- state ------------------------------------------------------------------
-    def on_samples(self, batch: list[Incoming]) -> None:
-        for incoming in batch:
-            sample = self.mqtt.decode_or_drop(HostSample, incoming)
-            if sample is not None:
-                self.view.observe(sample)
 
     # --- requests ---------------------------------------------------------------
     def on_request(self, incoming: Incoming) -> None:
@@ -124,26 +107,10 @@ class Simulator:
         except ValueError as exc:
             return error_response(request.id, "no_state", str(exc), self.instance)
         try:
-            response = answer(request, snapshot, self.simulator_for(snapshot), self.config.max_decisions)
+            response = answer(request, snapshot, co_simulator(self.config.cosim, snapshot), self.config.max_decisions)
         except RequestError as exc:
             return error_response(request.id, exc.reason, str(exc), self.instance)
         if len(codec.encode(response)) > self.config.common.mqtt.max_payload_bytes:
             message = "the answer exceeds the payload limit: ask about fewer decisions per request"
             return error_response(request.id, "too_large", message, self.instance)
         return SimResponse(**{**response.__dict__, "simulator": self.instance})
-
-    def simulator_for(self, snapshot: Snapshot) -> CoSimulator:
-        """The co-simulator of the federation as it is now (hosts come and go between requests)."""
-        cfg = self.config
-        params = TwinParams(
-            snapshot.background,
-            np.full(snapshot.background.shape[1], cfg.move_gain),
-            np.full(snapshot.background.shape[1], cfg.relax),
-        )
-        return CoSimulator(
-            snapshot.federation,
-            params,
-            FitnessWeights(cfg.alpha, cfg.beta, cfg.delta1, cfg.delta2),
-            ServiceModel(cfg.service_time_s, slo_factor=cfg.slo_factor, overload=cfg.overload),
-            longest_migration_s=self.longest_migration_s,
-        )

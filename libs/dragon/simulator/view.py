@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dragon.messages import topics
 from dragon.messages.schemas import HOST_METRICS, HostSample
+from dragon.mqtt import Incoming, MqttClient
 from dragon.sim.federation import RPI4B_4GB, Federation, Link, PowerProfile
-from dragon.sim.qos import FederationState
-from dragon.sim.twin import task_demand
+from dragon.sim.qos import CoSimulator, FederationState, FitnessWeights, ServiceModel
+from dragon.sim.twin import TwinParams, task_demand
+from dragon.simulator.config import CoSimSettings
 
 # cpu, ram and swap are fractions of the host's capacity; disk and network rates have no ceiling.
 CAPACITY = np.array([1.0 if name in {"cpu", "ram", "swap"} else np.inf for name in HOST_METRICS])
@@ -96,6 +99,10 @@ class FederationView:
         for task in tasks:
             self._home_lei.setdefault(task, sample.lei)
 
+    def known_leis(self) -> set[str]:
+        """Every LEI a sample ever came from, fresh or not."""
+        return {lei for lei, _ in self._hosts}
+
     def snapshot(self, now: float) -> Snapshot:
         """The fresh hosts and their tasks; ValueError when no host is fresh."""
         fresh = sorted(key for key, rec in self._hosts.items() if now - rec.ts <= self.stale_intervals * rec.interval_s)
@@ -151,3 +158,38 @@ class FederationView:
         """Index in ``leis`` of the LEI the task was first seen in, if it is one of them; else of where it runs."""
         home = self._home_lei.get(task, current_lei)
         return leis.index(home if home in leis else current_lei)
+
+
+def follow_samples(mqtt: MqttClient, view: FederationView) -> None:
+    """Feed ``view`` every host sample of every LEI the broker carries (before ``mqtt.start()``)."""
+
+    def on_samples(batch: list[Incoming]) -> None:
+        for incoming in batch:
+            sample = mqtt.decode_or_drop(HostSample, incoming)
+            if sample is not None:
+                view.observe(sample)
+
+    mqtt.subscribe_batch(topics.all_host_samples(), on_samples, qos=1)
+
+
+def view_from(settings: CoSimSettings) -> FederationView:
+    """The view a service keeps, with the links of its settings."""
+    return FederationView(
+        settings.stale_intervals,
+        settings.background_samples,
+        lan=Link(settings.lan_latency_s, settings.lan_bandwidth_bps),
+        wan=Link(settings.wan_latency_s, settings.wan_bandwidth_bps),
+    )
+
+
+def co_simulator(settings: CoSimSettings, snapshot: Snapshot, longest_migration_s: float = 0.0) -> CoSimulator:
+    """The co-simulator of the federation as a snapshot shows it (hosts come and go between snapshots)."""
+    metrics = snapshot.background.shape[1]
+    params = TwinParams(snapshot.background, np.full(metrics, settings.move_gain), np.full(metrics, settings.relax))
+    return CoSimulator(
+        snapshot.federation,
+        params,
+        FitnessWeights(settings.alpha, settings.beta, settings.delta1, settings.delta2),
+        ServiceModel(settings.service_time_s, slo_factor=settings.slo_factor, overload=settings.overload),
+        longest_migration_s=longest_migration_s,
+    )

@@ -49,6 +49,7 @@ class LeiStack:
         self.lei = lei
         self.hosts = hosts
         self.secrets_dir = workdir / "secrets"
+        self.bridges_dir = workdir / "bridges"  # Mosquitto's include_dir: bridges to peer brokers
         self.mosquitto_conf = mosquitto_conf
         self.network = Network()
         self.containers: dict[str, DockerContainer] = {}
@@ -56,8 +57,10 @@ class LeiStack:
         require_images(self.docker, (MOSQUITTO_IMAGE, REDIS_IMAGE, COLLECTOR_IMAGE, DETECTOR_IMAGE))
 
     # --- brokers ----------------------------------------------------------------
-    def start_brokers(self) -> None:
-        secrets.generate(self.secrets_dir, self.lei, self.hosts)
+    def start_brokers(self, peers: tuple[str, ...] = ()) -> None:
+        secrets.generate(self.secrets_dir, self.lei, self.hosts, peers=peers)
+        self.bridges_dir.mkdir(parents=True, exist_ok=True)
+        self.bridges_dir.chmod(0o755)
         self.network.create()
         self.containers["mosquitto"] = self._mosquitto().start()
         self.containers["redis"] = self._redis().start()
@@ -70,6 +73,7 @@ class LeiStack:
             .with_exposed_ports(1883)
             .with_volume_mapping(str(self.mosquitto_conf), "/mosquitto/config/mosquitto.conf", "ro")
             .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
+            .with_volume_mapping(str(self.bridges_dir), "/mosquitto/bridges", "ro")
             .with_kwargs(group_add=SECRETS_GROUP)
             .waiting_for(
                 LogMessageWaitStrategy(r"mosquitto version \d+\.\d+\.\d+ running").with_startup_timeout(
@@ -129,6 +133,31 @@ class LeiStack:
             socket_timeout=5,
         )
 
+    def bridge_to(self, peer: LeiStack) -> None:
+        """Bridge this LEI's broker to ``peer``'s, as `dragon bridge` would, over their :meth:`join_wan` network.
+
+        Call before :meth:`start_brokers` of this stack, after the peer's; the peer's secrets
+        must list this LEI among its peers.
+        """
+        conf = secrets.bridge_conf(self.lei, peer.lei, "mosquitto-" + peer.lei + ":1883", peer.password("bridge"))
+        self.bridges_dir.mkdir(parents=True, exist_ok=True)
+        path = self.bridges_dir / f"{peer.lei}.conf"
+        path.write_text(conf)
+        path.chmod(0o644)  # read by the mosquitto user of the container; a test secret only
+
+    def join_wan(self, wan: str) -> None:
+        """Put this broker on the federation's network ``wan`` as ``mosquitto-<lei>``, where bridges find it.
+
+        ``wan`` should be an internal network: Docker never routes a container's default gateway
+        (and so its published ports) through one, so leaving it cannot cut the test's own access.
+        """
+        mosquitto = self.containers["mosquitto"].get_wrapped_container()
+        self.docker.networks.get(wan).connect(mosquitto, aliases=[f"mosquitto-{self.lei}"])
+
+    def leave_wan(self, wan: str) -> None:
+        """Take this broker off the federation's network: a WAN outage, as both ends of its bridges see it."""
+        self.docker.networks.get(wan).disconnect(self.containers["mosquitto"].get_wrapped_container())
+
     # --- services -----------------------------------------------------------------
     def _service_env(self, user: str) -> dict[str, str]:
         return {
@@ -152,6 +181,11 @@ class LeiStack:
         }
         instance = {"DRAGON_INSTANCE": f"{name}-{random_tokens.token_hex(3)}"}
         return self._start_service(name, container, "detector", {**redis_env, **instance, **(env or {})})
+
+    def start_planner(self, name: str, env: Mapping[str, str] | None = None) -> DockerContainer:
+        """The planner runs from the detector image, like the simulator."""
+        container = DockerContainer(DETECTOR_IMAGE).with_command("dragon-planner")
+        return self._start_service(name, container, "planner", {"DRAGON_INSTANCE": name, **(env or {})})
 
     def start_simulator(self, name: str, env: Mapping[str, str] | None = None) -> DockerContainer:
         """The simulator runs from the detector image (it needs numpy, not torch, but ships with it)."""

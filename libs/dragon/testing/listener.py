@@ -52,6 +52,11 @@ class Listener:
     def __exit__(self, *exc) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        # The callbacks are bound methods of this listener, which holds the client: a cycle that
+        # only the garbage collector frees, finalising paho's wake-up socket pair before paho can
+        # close it (an "unclosed socket" ResourceWarning, an error under our warning filters).
+        # Breaking the cycle lets reference counting run paho's own clean-up right away.
+        self.client.on_connect = self.client.on_message = self.client.on_subscribe = None
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if not reason_code.is_failure:
@@ -94,6 +99,7 @@ def publish(
     content_type: str = "",
     response_topic: str = "",
     correlation_data: bytes = b"",
+    retain: bool = False,
 ) -> None:
     """Publish one QoS 1 message and wait until the broker has it.
 
@@ -113,7 +119,7 @@ def publish(
         props.ResponseTopic = response_topic
     if correlation_data:
         props.CorrelationData = correlation_data
-    info = client.publish(topic, payload, qos=1, properties=props)
+    info = client.publish(topic, payload, qos=1, retain=retain, properties=props)
     info.wait_for_publish(timeout=10)
     client.disconnect()
     client.loop_stop()

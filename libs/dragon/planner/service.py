@@ -1,0 +1,147 @@
+"""The planner service: fictitious play across brokers (DRAGON Alg. 2 and 3).
+
+Every broker runs one. It keeps W^M_t, the state of the whole federation, from the host samples
+its broker carries (its own LEI's, and the other LEIs' through the Mosquitto bridges), and the
+detectors' verdicts from the retained health topics. While a host of its own LEI is faulty it
+decides, every ``DRAGON_PLANNER_INTERVAL``, the preemptive migrations of the whole federation
+by simulated annealing on the co-simulator's fitness, in process (thousands of evaluations per
+decision cannot each cross MQTT), and publishes the decision on ``dragon/fed/<lei>/decision``.
+Each broker carries out only the moves of its own LEI's tasks (the migrator issue).
+
+A broker that has heard from no peer LEI for ``DRAGON_SIM_STALE_INTERVALS`` intervals is cut
+off: it plans for its own LEI alone, moving tasks between its own hosts, and says so
+(``isolated``, ``stale_leis``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import structlog
+
+from dragon.messages import topics
+from dragon.messages.schemas import HostHealth
+from dragon.mqtt import Counters, Incoming, MqttClient
+from dragon.planner.annealing import AnnealingConfig, anneal, groups_of
+from dragon.planner.config import PlannerConfig
+from dragon.planner.decisions import PlanContext, decision_message
+from dragon.planner.lookahead import look_ahead
+from dragon.service.lifecycle import Lifecycle
+from dragon.sim.twin import UNPLACED
+from dragon.simulator.view import Snapshot, co_simulator, follow_samples, view_from
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "planner"
+
+
+class Planner:
+    def __init__(self, config: PlannerConfig) -> None:
+        self.config = config
+        self.lei = config.common.service.lei
+        self.instance = config.common.service.instance_id
+        self.lifecycle = Lifecycle(config.common.service.health_file)
+        self.counters = Counters()
+        self.view = view_from(config.cosim)
+        self.health: dict[tuple[str, str], HostHealth] = {}
+        self.longest_migration_s = 0.0
+        self.annealing = AnnealingConfig(chains=config.chains, steps=config.steps)
+
+    # --- lifecycle --------------------------------------------------------------
+    def run(self) -> None:
+        self.lifecycle.install_signal_handlers()
+        self.init_mqtt()
+        self.start_mqtt()
+        try:
+            self.plan_until_stopped()
+        finally:
+            self.shutdown()
+
+    def init_mqtt(self) -> None:
+        self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
+        follow_samples(self.mqtt, self.view)
+        self.mqtt.subscribe(topics.all_host_health(), self.on_health, qos=1)
+
+    def start_mqtt(self) -> None:
+        self.mqtt.start()
+        log.info("planner_started", lei=self.lei, mode=self.config.mode, look_ahead=self.config.look_ahead)
+
+    def plan_until_stopped(self) -> None:
+        while not self.lifecycle.stop.wait(self.config.interval_s):
+            self.lifecycle.healthy(self.mqtt.connected)
+            try:
+                self.plan_once(time.time())
+            except Exception:
+                # A bad state must not stop the planner: the next interval tries again.
+                self.counters.add("plan_errors")
+                log.exception("plan_failed")
+
+    def shutdown(self) -> None:
+        self.lifecycle.clear()
+        self.mqtt.stop()
+        log.info("planner_stopped", counters=self.counters.snapshot())
+
+    # --- what the broker carries ---------------------------------------------------
+    def on_health(self, incoming: Incoming) -> None:
+        verdict = self.mqtt.decode_or_drop(HostHealth, incoming)
+        if verdict is not None:
+            self.health[(verdict.lei, verdict.host)] = verdict
+
+    # --- deciding -------------------------------------------------------------------
+    def faulty(self, now: float) -> list[tuple[str, str]]:
+        """Hosts whose newest verdict, recent enough to act on, is a fault."""
+        max_age = self.config.health_max_age_s
+        return sorted(key for key, v in self.health.items() if v.label == 1 and now - v.ts <= max_age)
+
+    def plan_once(self, now: float):
+        """Decide and publish if a host of this LEI is faulty; the decision, or None."""
+        faulty = self.faulty(now)
+        if not any(lei == self.lei for lei, _ in faulty):
+            return None
+        try:
+            snapshot = self.view.snapshot(now)
+        except ValueError:
+            snapshot = None
+        if snapshot is None or self.lei not in snapshot.federation.leis:
+            self.counters.add("plan_skipped_own_lei_silent")
+            log.warning("plan_skipped", reason="no recent sample from this LEI's hosts")
+            return None
+        decision = self.decide(snapshot, faulty, now)
+        self.mqtt.publish_message(topics.fed_decision(self.lei), decision, qos=1)
+        self.counters.add("decisions")
+        log.info(
+            "decision_published",
+            id=decision.id,
+            moves=len(decision.moves),
+            fitness=round(decision.fitness, 4),
+            unmoved=round(decision.fitness_unmoved, 4),
+            ms=round(decision.decision_ms, 1),
+            isolated=decision.isolated,
+        )
+        return decision
+
+    def decide(self, snapshot: Snapshot, faulty: list[tuple[str, str]], now: float):
+        started = time.perf_counter()
+        peers = [lei for lei in snapshot.federation.leis if lei != self.lei]
+        isolated = not peers
+        sim = co_simulator(self.config.cosim, snapshot, self.longest_migration_s)
+        groups = groups_of(sim, within_lei=isolated)
+        faulty_index = np.array([snapshot.hosts.index(key) for key in faulty if key in snapshot.hosts], dtype=int)
+        rng = np.random.default_rng(None if self.config.seed < 0 else self.config.seed)
+        if self.config.look_ahead == 1:
+            plan = anneal(sim, snapshot.state, faulty_index, self.annealing, rng, groups)
+        else:
+            plan = look_ahead(sim, snapshot.state, faulty_index, self.config.look_ahead, self.annealing, rng, groups)
+        unmoved = float(sim.evaluate(snapshot.state, np.full((1, len(snapshot.tasks)), UNPLACED)).fitness[0])
+        self.longest_migration_s = max(self.longest_migration_s, float(plan.outcome.migration_s[0]))
+        context = PlanContext(
+            lei=self.lei,
+            planner=self.instance,
+            mode=self.config.mode,
+            look_ahead=self.config.look_ahead,
+            faulty_hosts=tuple(f"{lei}/{host}" for lei, host in faulty),
+            isolated=isolated,
+            stale_leis=tuple(sorted(self.view.known_leis() - set(snapshot.federation.leis))),
+        )
+        return decision_message(plan, snapshot, context, unmoved, now, (time.perf_counter() - started) * 1e3)

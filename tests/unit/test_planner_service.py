@@ -1,0 +1,87 @@
+"""The planner service's decisions, without a broker: samples and verdicts in, PlanDecision out."""
+
+from __future__ import annotations
+
+import pytest
+
+from dragon import config
+from dragon.messages import codec
+from dragon.messages.schemas import HostHealth, HostMetrics, HostSample, PlanDecision, TaskUsage
+from dragon.planner.config import PlannerConfig
+from dragon.planner.service import Planner
+
+pytestmark = pytest.mark.unit
+
+NOW = 1_800_000_000.0
+
+
+def planner(**env: str) -> Planner:
+    settings = {"DRAGON_LEI": "a", "DRAGON_PLANNER_SEED": "0", **env}
+    return Planner(config.load(PlannerConfig, settings))
+
+
+def sample(lei: str, host: str, cpu: float, tasks=(), ts: float = NOW) -> HostSample:
+    metrics = HostMetrics(cpu=cpu, ram=0.3, swap=0.0, disk_read=0.0, disk_write=0.0, net_rx=0.0, net_tx=0.0)
+    usage = tuple(TaskUsage(id=t, name=t, cpu=c, ram_bytes=80e6) for t, c in tasks)
+    return HostSample(lei=lei, host=host, ts=ts, seq=1, interval_s=1.0, metrics=metrics, tasks=usage)
+
+
+def feed(p: Planner, with_peer: bool = True, peer_ts: float = NOW) -> None:
+    """LEI a: h1 overloaded by t1, t2 and judged faulty, h2 lightly loaded by t3. LEI b: h3, h4 idle."""
+    p.view.observe(sample("a", "h1", 0.1, ts=NOW - 30))
+    p.view.observe(sample("a", "h1", 0.97, [("t1", 0.5), ("t2", 0.42)]))
+    p.view.observe(sample("a", "h2", 0.3, [("t3", 0.2)]))
+    if with_peer:
+        p.view.observe(sample("b", "h3", 0.05, ts=peer_ts))
+        p.view.observe(sample("b", "h4", 0.05, ts=peer_ts))
+    p.health[("a", "h1")] = HostHealth("a", "h1", NOW - 1, score=2.0, threshold=1.0, label=1, mode="observed")
+
+
+def test_a_faulty_host_gets_a_task_moved_to_the_other_lei():
+    p = planner()
+    feed(p)
+    decision = p.decide(p.view.snapshot(NOW), p.faulty(NOW), NOW)
+    assert decision.moves, "nothing moved off the overloaded host"
+    assert all(m.source_lei == "a" and m.source_host == "h1" and m.target_lei == "b" for m in decision.moves)
+    assert all(m.migration_s > 0 for m in decision.moves)
+    assert decision.fitness < decision.fitness_unmoved
+    assert decision.predicted_anomalous == 0
+    assert (decision.mode, decision.look_ahead, decision.isolated) == ("dragon", 1, False)
+    assert decision.faulty_hosts == ("a/h1",) and decision.leis == ("a", "b")
+    assert codec.decode(PlanDecision, codec.encode(decision), 65536) == decision
+
+
+def test_cut_off_from_its_peers_a_broker_plans_within_its_own_lei_and_says_so():
+    p = planner()
+    feed(p, peer_ts=NOW - 60)  # b's samples stopped a minute ago: the bridge is down
+    decision = p.decide(p.view.snapshot(NOW), p.faulty(NOW), NOW)
+    assert decision.isolated and decision.stale_leis == ("b",) and decision.leis == ("a",)
+    assert decision.moves and all(m.target_lei == "a" and m.target_host == "h2" for m in decision.moves)
+    assert decision.predicted_anomalous == 0 and decision.fitness < decision.fitness_unmoved
+
+
+def test_dragon_plus_is_chosen_by_the_look_ahead():
+    p = planner(DRAGON_PLANNER_LOOKAHEAD="5")
+    feed(p)
+    decision = p.decide(p.view.snapshot(NOW), p.faulty(NOW), NOW)
+    assert (decision.mode, decision.look_ahead) == ("dragon+", 5)
+    assert decision.moves and all(m.target_lei == "b" for m in decision.moves)
+
+
+def test_no_decision_without_a_recent_fault_in_its_own_lei():
+    p = planner()
+    feed(p)
+    p.health[("a", "h1")] = HostHealth("a", "h1", NOW - 600, score=2.0, threshold=1.0, label=1, mode="observed")
+    assert p.faulty(NOW) == []
+    p.health[("b", "h3")] = HostHealth("b", "h3", NOW, score=2.0, threshold=1.0, label=1, mode="observed")
+    assert p.faulty(NOW) == [("b", "h3")]
+    assert p.plan_once(NOW) is None  # b's own planner handles b's fault
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [({"DRAGON_PLANNER_LOOKAHEAD": "0"}, "LOOKAHEAD"), ({"DRAGON_PLANNER_INTERVAL": "0"}, "INTERVAL")],
+)
+def test_planner_settings_are_checked(env, message):
+    with pytest.raises(config.ConfigError, match=message):
+        planner(**env)
