@@ -77,21 +77,32 @@ def test_annealing_is_never_predicted_worse_than_doing_nothing():
 @pytest.mark.parametrize("seed", range(8))
 def test_annealing_comes_within_two_percent_of_the_exhaustive_optimum(seed):
     sim, state = small_case(seed)
-    optimum = exhaustive(sim, state)
-    assert optimum.evaluations == 5**5 + 1  # each task: stay, or one of the 4 hosts of other LEIs
     faulty = np.flatnonzero(sim.judge(state.usage[None])[0])
+    optimum = exhaustive(sim, state, avoid=faulty)
+    assert exhaustive(sim, state).evaluations == 5**5 + 1  # each task: stay, or one of the 4 hosts of other LEIs
     plan = anneal(sim, state, faulty, rng=np.random.default_rng(seed))
     assert plan.fitness <= optimum.fitness * 1.02
 
 
 def test_annealing_finds_the_optimum_of_a_larger_case_with_a_fraction_of_the_evaluations():
     sim, state = small_case(seed=12, tasks=7)
-    optimum = exhaustive(sim, state)
-    assert optimum.moves, "a case where doing nothing is best would test nothing"
     faulty = np.flatnonzero(sim.judge(state.usage[None])[0])
+    optimum = exhaustive(sim, state, avoid=faulty)
+    assert optimum.moves, "a case where doing nothing is best would test nothing"
     plan = anneal(sim, state, faulty, rng=np.random.default_rng(0))
     assert plan.fitness <= optimum.fitness * 1.02
     assert plan.evaluations < optimum.evaluations / 10  # 5^7 = 78,125 decisions
+
+
+def test_no_task_is_ever_moved_onto_a_faulty_host():
+    for seed in range(10):
+        sim, state = small_case(seed)
+        faulty = np.array([seed % 6, (seed + 3) % 6])
+        plan = anneal(sim, state, faulty, AnnealingConfig(steps=40), np.random.default_rng(seed))
+        assert not set(faulty) & {host for _, host in plan.moves}
+    moves = Neighbourhood(sim, state, np.random.default_rng(0), avoid=np.array([2, 3, 4, 5]))
+    start = moves.start(np.array([0, 1]))  # LEI 0's hosts are faulty, every other LEI's hosts avoided
+    assert (start == UNPLACED).all()
 
 
 def test_annealing_with_one_lei_has_nowhere_to_go():

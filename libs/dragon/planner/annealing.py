@@ -5,6 +5,9 @@ paper, a decision only moves a task to *another LEI*; the receiving broker's sch
 the host there, which the co-simulator needs, so a move names a host of the target LEI.
 
 - Start: every task on a faulty host is sent to a random host of another LEI (line 10).
+- No task is ever sent onto a faulty host: migrations leave ω. The co-simulator's own judge only
+  sees predicted overload, so without this a host the detector flags for, say, a disk attack
+  looked like a fine target (seen in the two-LEI demo).
 - Neighbour (sec. V-B): either a task not in the decision is sent to another LEI, or a task
   in it is sent to a different LEI than the one it was planned for. Its own LEI is one of those,
   and sending a task back to its own LEI means it stays: otherwise no decision could ever
@@ -28,6 +31,8 @@ import numpy as np
 
 from dragon.sim.qos import CoSimulator, FederationState, Outcome
 from dragon.sim.twin import UNPLACED
+
+NO_HOSTS = np.zeros(0, dtype=int)
 
 
 @dataclass(frozen=True)
@@ -93,18 +98,25 @@ class Neighbourhood:
     """
 
     def __init__(
-        self, sim: CoSimulator, state: FederationState, rng: np.random.Generator, groups: np.ndarray | None = None
+        self,
+        sim: CoSimulator,
+        state: FederationState,
+        rng: np.random.Generator,
+        groups: np.ndarray | None = None,
+        avoid: np.ndarray = NO_HOSTS,
     ):
+        """``avoid``: hosts no task may be moved onto (the faulty ones: migrations leave them)."""
         groups = sim.federation.lei_index if groups is None else groups
         self.rng = rng
         self.lei_of_host = groups
         self.leis = int(groups.max()) + 1
-        sizes = np.bincount(groups, minlength=self.leis)
+        targets = np.setdiff1d(np.arange(len(groups)), avoid)
+        sizes = np.bincount(groups[targets], minlength=self.leis)
         self.lei_sizes = sizes
-        # hosts_by_lei[l, i]: the i-th host of LEI l (rows padded; only i < lei_sizes[l] is drawn)
-        self.hosts_by_lei = np.zeros((self.leis, sizes.max()), dtype=int)
+        # hosts_by_lei[l, i]: the i-th target host of LEI l (rows padded; only i < lei_sizes[l] is drawn)
+        self.hosts_by_lei = np.zeros((self.leis, max(int(sizes.max()), 1)), dtype=int)
         for lei in range(self.leis):
-            self.hosts_by_lei[lei, : sizes[lei]] = np.flatnonzero(groups == lei)
+            self.hosts_by_lei[lei, : sizes[lei]] = targets[groups[targets] == lei]
         self.placement = state.placement
         self.movable = np.flatnonzero(state.placement != UNPLACED)  # a task not running cannot migrate
         self.home = np.where(state.placement != UNPLACED, groups[np.maximum(state.placement, 0)], -1)
@@ -164,7 +176,8 @@ class Neighbourhood:
         other = self.rng.integers(0, np.maximum(self.leis - 1 - distinct, 1))
         other = other + (other >= low)
         other = np.minimum(other + (distinct.astype(bool) & (other >= high)), self.leis - 1)
-        return self.hosts_by_lei[other, (self.rng.random(len(other)) * self.lei_sizes[other]).astype(int)]
+        hosts = self.hosts_by_lei[other, (self.rng.random(len(other)) * self.lei_sizes[other]).astype(int)]
+        return np.where(self.lei_sizes[other] > 0, hosts, UNPLACED)  # an LEI with no host to take it: stay
 
 
 def anneal(
@@ -181,9 +194,9 @@ def anneal(
     """
     config = config or AnnealingConfig()
     rng = rng or np.random.default_rng()
-    moves = Neighbourhood(sim, state, rng, groups)
-    stay = np.full(len(state.placement), UNPLACED)
     faulty_hosts = np.asarray(faulty_hosts, dtype=int)
+    moves = Neighbourhood(sim, state, rng, groups, avoid=faulty_hosts)
+    stay = np.full(len(state.placement), UNPLACED)
     chains = np.stack([moves.start(faulty_hosts, config.start_share) for _ in range(config.chains)])
     scores = sim.evaluate(state, np.vstack([chains, stay[None, :]])).fitness
     fitness, evaluations = scores[:-1], len(scores)
@@ -218,14 +231,21 @@ def plan_of(sim: CoSimulator, state: FederationState, decision: np.ndarray, eval
     return Plan(decision, float(outcome.fitness[0]), outcome, evaluations + 1)
 
 
-def exhaustive(sim: CoSimulator, state: FederationState, batch: int = 4096, groups: np.ndarray | None = None) -> Plan:
-    """The optimum over every decision of the neighbourhood's space: each running task stays or
-    goes to any host of another LEI. (1 + hosts outside its LEI)^tasks decisions: small cases only.
+def exhaustive(
+    sim: CoSimulator,
+    state: FederationState,
+    batch: int = 4096,
+    groups: np.ndarray | None = None,
+    avoid: np.ndarray = NO_HOSTS,
+) -> Plan:
+    """The optimum over every decision of the neighbourhood's space: each running task stays or goes
+    to any host of another LEI but those in ``avoid``. (1 + such hosts)^tasks decisions: small cases only.
     """
     groups = sim.federation.lei_index if groups is None else groups
+    allowed = ~np.isin(np.arange(len(groups)), avoid)
     options = []
     for host in state.placement:
-        away = [] if host == UNPLACED else np.flatnonzero(groups != groups[host]).tolist()
+        away = [] if host == UNPLACED else np.flatnonzero((groups != groups[host]) & allowed).tolist()
         options.append([UNPLACED, *away])
     best, best_fitness, evaluations = None, np.inf, 0
     combos = itertools.product(*options)
