@@ -115,6 +115,13 @@ def test_each_broker_publishes_its_decision_to_the_federation(federation):
     assert any(m.source_lei == b.lei and m.target_lei == a.lei for m in from_b.moves)
 
 
+def test_a_restarted_planner_rebuilds_the_federation_and_decides_again(federation):
+    a, b, _ = federation
+    a.restart("planner-a", wait_for="planner_started")
+    decision = next_decision(a, a, lambda d: not d.isolated)  # samples and retained verdicts rebuild its state
+    assert set(decision.leis) == {a.lei, b.lei} and decision.moves
+
+
 def test_cutting_the_bridge_leaves_each_broker_planning_on_its_own(federation):
     a, b, wan = federation
     a.leave_wan(wan)

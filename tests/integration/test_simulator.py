@@ -65,14 +65,19 @@ def request(kind: str, *decisions) -> bytes:
     return codec.encode(SimRequest(id=f"r-{tokens.token_hex(3)}", kind=kind, decisions=tuple(decisions)))
 
 
-def test_the_simulator_answers_with_the_state_it_keeps_from_the_samples(stack):
+def answer_once_both_hosts_are_seen(stack: LeiStack) -> SimResponse:
+    """Send samples and ask until the simulator has both hosts (it subscribes once connected)."""
     deadline = time.monotonic() + ANSWER_TIMEOUT_S
-    while True:  # the simulator subscribes once connected: send until it has seen both hosts
+    while True:
         publish_samples(stack)
         response, _, _ = ask(stack, request("next_window"))
         if response.ok and response.hosts == 2 or time.monotonic() > deadline:
-            break
+            return response
         time.sleep(0.5)
+
+
+def test_the_simulator_answers_with_the_state_it_keeps_from_the_samples(stack):
+    response = answer_once_both_hosts_are_seen(stack)
     assert response.ok, response.error
     assert (response.hosts, response.tasks) == (2, 2)
     assert {(f.host, round(f.metrics.cpu, 2)) for f in response.forecast} == {("h1", 0.95), ("h2", 0.05)}
@@ -120,3 +125,9 @@ def test_a_request_about_an_unknown_task_is_refused_with_the_reason(stack):
     publish_samples(stack)
     response, _, _ = ask(stack, request("evaluate", (TaskMove("ghost", stack.lei, "h2"),)))
     assert not response.ok and response.reason == "unknown" and "ghost" in response.error
+
+
+def test_a_restarted_simulator_answers_again_from_the_next_samples(stack):
+    stack.restart("simulator", wait_for="simulator_started")
+    response = answer_once_both_hosts_are_seen(stack)
+    assert response.ok and (response.hosts, response.tasks) == (2, 2), response.error
