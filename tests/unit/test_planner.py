@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dragon.planner.annealing import AnnealingConfig, Neighbourhood, anneal, exhaustive
-from dragon.planner.lookahead import look_ahead, merge, only_across_leis
+from dragon.planner.lookahead import look_ahead, merge, merged_candidates, only_across_leis
 from dragon.sim.federation import Federation
 from dragon.sim.qos import CoSimulator, FederationState
 from dragon.sim.scenarios import random_scenario
@@ -127,6 +127,27 @@ def test_moves_back_into_a_tasks_own_lei_are_dropped():
     sim, state = overloaded_lei_case()  # hosts 0, 1 in LEI a; 2, 3 in LEI b
     decision = np.array([0, 2, UNPLACED, 3])
     assert only_across_leis(sim, state, decision).tolist() == [UNPLACED, 2, UNPLACED, 3]
+
+
+def test_a_task_a_later_step_brings_home_can_still_go_where_an_earlier_step_sent_it():
+    sim, state = overloaded_lei_case()  # tasks 0-2 on host 1 (LEI a), task 3 on host 0 (LEI a)
+    merged = np.array([0, 2, UNPLACED, UNPLACED])  # step 1 sent task 0 to host 2 (b), step 2 to host 0 (home)
+    last_across = np.array([2, 2, UNPLACED, UNPLACED])
+    literal, fallback = merged_candidates(sim, state, merged, last_across, None)
+    assert literal.tolist() == [UNPLACED, 2, UNPLACED, UNPLACED]  # Alg. 2 drops the move home: task 0 stays on 1
+    assert fallback.tolist() == [2, 2, UNPLACED, UNPLACED]
+
+
+def test_dragon_plus_never_moves_a_task_onto_a_host_the_detectors_flagged():
+    for seed in range(12):
+        sim, state = random_scenario(16, 40, seed)
+        overloaded = np.flatnonzero(sim.judge(state.usage[None])[0])
+        quiet = np.argsort(state.usage[:, 0])[:2]  # flagged for what the overload judge cannot see
+        flagged = np.union1d(overloaded, quiet)
+        plan = look_ahead(
+            sim, state, flagged, steps=5, config=AnnealingConfig(steps=40), rng=np.random.default_rng(seed)
+        )
+        assert not set(flagged) & {host for _, host in plan.moves}, seed
 
 
 def test_dragon_plus_with_one_step_is_dragon():

@@ -28,12 +28,12 @@ def sample(lei: str, host: str, cpu: float, tasks=(), ts: float = NOW) -> HostSa
 
 def feed(p: Planner, with_peer: bool = True, peer_ts: float = NOW) -> None:
     """LEI a: h1 overloaded by t1, t2 and judged faulty, h2 lightly loaded by t3. LEI b: h3, h4 idle."""
-    p.view.observe(sample("a", "h1", 0.1, ts=NOW - 30))
-    p.view.observe(sample("a", "h1", 0.97, [("t1", 0.5), ("t2", 0.42)]))
-    p.view.observe(sample("a", "h2", 0.3, [("t3", 0.2)]))
+    p.view.observe(sample("a", "h1", 0.1, ts=NOW - 30), NOW)
+    p.view.observe(sample("a", "h1", 0.97, [("t1", 0.5), ("t2", 0.42)]), NOW)
+    p.view.observe(sample("a", "h2", 0.3, [("t3", 0.2)]), NOW)
     if with_peer:
-        p.view.observe(sample("b", "h3", 0.05, ts=peer_ts))
-        p.view.observe(sample("b", "h4", 0.05, ts=peer_ts))
+        p.view.observe(sample("b", "h3", 0.05, ts=peer_ts), NOW)
+        p.view.observe(sample("b", "h4", 0.05, ts=peer_ts), NOW)
     p.health[("a", "h1")] = HostHealth("a", "h1", NOW - 1, score=2.0, threshold=1.0, label=1, mode="observed")
 
 
@@ -85,3 +85,15 @@ def test_no_decision_without_a_recent_fault_in_its_own_lei():
 def test_planner_settings_are_checked(env, message):
     with pytest.raises(config.ConfigError, match=message):
         planner(**env)
+
+
+def test_a_redelivered_older_verdict_does_not_replace_a_newer_one():
+    from dragon.mqtt import Incoming
+
+    p = planner()
+    p.init_mqtt()  # the client is made, not connected: on_health decodes with it
+    newer = HostHealth("a", "h1", NOW, score=0.1, threshold=1.0, label=0, mode="observed")
+    older = HostHealth("a", "h1", NOW - 5, score=2.0, threshold=1.0, label=1, mode="observed")
+    for verdict in (newer, older):
+        p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(verdict), 1, False, codec.MSGPACK))
+    assert p.health[("a", "h1")] == newer and p.faulty(NOW) == []

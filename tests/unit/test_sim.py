@@ -267,3 +267,16 @@ def test_malformed_decisions_are_refused_with_the_reason(decisions, message):
 
 def test_power_profile_of_the_default_host_is_the_pi_4b():
     assert (RPI4B_4GB.idle_w, RPI4B_4GB.full_w) == (2.7, 6.4)
+
+
+def test_placing_a_task_that_runs_nowhere_yet_is_not_a_migration():
+    sim = CoSimulator(two_leis(), moving_only())
+    st = state([[0.1, GIB]] * 4, [UNPLACED, 1], [[0.1, 0.1 * GIB], [0.1, 0.1 * GIB]], home_lei=[0, 0])
+    outcome = sim.evaluate(st, np.array([[3, UNPLACED]]))
+    assert outcome.migration_s[0] == 0.0 and outcome.overhead[0] == 0.0
+
+
+def test_a_state_cannot_change_under_the_co_simulators_cache():
+    st = busy_host_state()
+    with pytest.raises(ValueError, match="read-only"):
+        st.placement[0] = 3

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from dragon.messages import codec
-from dragon.messages.schemas import HostMetrics, HostSample, SimRequest, SimResponse, TaskMove, TaskUsage
+from dragon.messages.schemas import (
+    DecisionVerdict,
+    HostMetrics,
+    HostSample,
+    SimRequest,
+    SimResponse,
+    TaskMove,
+    TaskUsage,
+)
 from dragon.sim.federation import EDGE_WAN, GIGABIT_LAN
 from dragon.sim.qos import CoSimulator
 from dragon.sim.twin import UNPLACED, TwinParams
@@ -27,11 +35,11 @@ def sample(lei: str, host: str, cpu: float, tasks=(), ts: float = NOW, ram: floa
 def two_lei_view() -> FederationView:
     """LEI a: h1 overloaded by tasks t1, t2; h2 idle. LEI b: h3 idle, h4 running t3."""
     view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
-    view.observe(sample("a", "h1", 0.1, ts=NOW - 5))  # an idle moment: h1's background
-    view.observe(sample("a", "h1", 0.95, [("t1", 0.5), ("t2", 0.35)]))
-    view.observe(sample("a", "h2", 0.05))
-    view.observe(sample("b", "h3", 0.05))
-    view.observe(sample("b", "h4", 0.3, [("t3", 0.25)]))
+    view.observe(sample("a", "h1", 0.1, ts=NOW - 5), NOW)  # an idle moment: h1's background
+    view.observe(sample("a", "h1", 0.95, [("t1", 0.5), ("t2", 0.35)]), NOW)
+    view.observe(sample("a", "h2", 0.05), NOW)
+    view.observe(sample("b", "h3", 0.05), NOW)
+    view.observe(sample("b", "h4", 0.3, [("t3", 0.25)]), NOW)
     return view
 
 
@@ -60,8 +68,8 @@ def test_stale_hosts_are_left_out_and_an_empty_view_is_an_error():
 
 def test_a_task_that_moved_counts_where_its_newest_sample_lists_it_and_keeps_its_home_lei():
     view = two_lei_view()
-    view.observe(sample("a", "h1", 0.6, [("t2", 0.35)], ts=NOW + 1))
-    view.observe(sample("b", "h3", 0.55, [("t1", 0.5)], ts=NOW + 1))
+    view.observe(sample("a", "h1", 0.6, [("t2", 0.35)], ts=NOW + 1), NOW)
+    view.observe(sample("b", "h3", 0.55, [("t1", 0.5)], ts=NOW + 1), NOW)
     snap = view.snapshot(NOW + 1)
     assert snap.state.placement[snap.task_index("t1")] == snap.host_index("b", "h3")
     assert snap.federation.leis[snap.state.home_lei[snap.task_index("t1")]] == "a"
@@ -69,7 +77,7 @@ def test_a_task_that_moved_counts_where_its_newest_sample_lists_it_and_keeps_its
 
 def test_an_older_sample_never_replaces_a_newer_one():
     view = two_lei_view()
-    view.observe(sample("a", "h2", 0.9, ts=NOW - 1))
+    view.observe(sample("a", "h2", 0.9, ts=NOW - 1), NOW)
     assert view.snapshot(NOW).state.usage[1, 0] == pytest.approx(0.05)
 
 
@@ -135,3 +143,66 @@ def test_an_empty_decision_stays_put():
 def test_sim_requests_are_validated(fields, message):
     with pytest.raises(ValueError, match=message):
         SimRequest.from_dict({"v": 1, **fields})
+
+
+def test_a_sample_from_the_future_is_refused_and_hides_nothing():
+    view = two_lei_view()
+    assert not view.observe(sample("a", "h2", 0.8, ts=NOW + 3600), NOW)
+    assert view.observe(sample("a", "h2", 0.2, ts=NOW + 1), NOW + 1)
+    assert view.snapshot(NOW + 1).state.usage[1, 0] == pytest.approx(0.2)
+
+
+def test_hosts_gone_for_an_hour_are_forgotten_with_their_tasks_home_leis():
+    view = two_lei_view()
+    later = NOW + 3700
+    view.observe(sample("b", "h3", 0.1, ts=later), later)
+    snap = view.snapshot(later)
+    assert snap.hosts == (("b", "h3"),) and view.known_leis() == {"b"}
+    assert view._home_lei == {}  # t1..t3 ran on hosts now forgotten
+
+
+def test_an_overflowing_simulation_is_refused_not_answered_with_infinities():
+    view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
+    huge = HostMetrics(cpu=0.5, ram=0.3, swap=0.0, disk_read=1.7e308, disk_write=0.0, net_rx=0.0, net_tx=0.0)
+    task = (TaskUsage(id="t1", name="t1", cpu=0.1, ram_bytes=1e6),)
+    view.observe(sample("a", "h1", 0.1, ts=NOW - 5), NOW)  # h1's background: no disk reads
+    view.observe(HostSample("a", "h1", NOW, 1, 1.0, huge, task), NOW)  # t1 reads 1.7e308 B/s, so it seems
+    view.observe(HostSample("a", "h2", NOW, 1, 1.0, huge, ()), NOW)
+    snap = view.snapshot(NOW)
+    request = SimRequest(id="r", kind="next_window", decisions=((TaskMove("t1", "a", "h2"),),))
+    with pytest.raises(RequestError, match="overflowed"):
+        answer(request, snap, simulator_of(snap), max_decisions=8)
+
+
+def simulator_service():
+    from dragon import config
+    from dragon.simulator.config import SimulatorConfig
+    from dragon.simulator.service import Simulator
+
+    return Simulator(config.load(SimulatorConfig, {"DRAGON_LEI": "a", "DRAGON_INSTANCE": "sim-1"}))
+
+
+@pytest.mark.parametrize(
+    ("topic", "ok"),
+    [
+        ("dragon/a/sim/response/me", True),
+        ("dragon/a/sim/response/#", False),
+        ("dragon/a/sim/response/+", False),
+        ("dragon/b/sim/response/me", False),
+        ("dragon/a/migrations/commands", False),
+        ("", False),
+    ],
+)
+def test_answers_go_only_to_one_topic_under_the_response_prefix(topic, ok):
+    assert simulator_service().answerable(topic) is ok
+
+
+def test_the_size_limit_is_checked_on_the_bytes_actually_sent():
+    service = simulator_service()
+    verdict = DecisionVerdict(0.51234567, 0.41234567, 0.31234567, 0.61234567, 0.0, ("a/h1",), 0.0123456, 0.0123456)
+    big = SimResponse(id="r", ok=True, kind="evaluate", verdicts=(verdict,) * 400)
+    packed, as_json = len(codec.encode(big)), len(codec.encode_json(big))
+    assert packed <= 65536 < as_json  # the JSON rendering is the one over the limit
+    response, payload = service.encoded(big, as_json=True)
+    assert not response.ok and response.reason == "too_large" and len(payload) < 65536
+    assert service.encoded(big, as_json=False)[0].ok

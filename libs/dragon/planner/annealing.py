@@ -187,15 +187,18 @@ def anneal(
     config: AnnealingConfig | None = None,
     rng: np.random.Generator | None = None,
     groups: np.ndarray | None = None,
+    avoid: np.ndarray | None = None,
 ) -> Plan:
     """DRAGON's decision M_t*: simulated annealing from random migrations off ``faulty_hosts``.
 
     ``groups`` (``groups_of``) says what a migration must leave: the task's LEI by default.
+    ``avoid``: hosts no task may be moved onto; the faulty hosts by default.
     """
     config = config or AnnealingConfig()
     rng = rng or np.random.default_rng()
     faulty_hosts = np.asarray(faulty_hosts, dtype=int)
-    moves = Neighbourhood(sim, state, rng, groups, avoid=faulty_hosts)
+    avoid = faulty_hosts if avoid is None else np.asarray(avoid, dtype=int)
+    moves = Neighbourhood(sim, state, rng, groups, avoid=avoid)
     stay = np.full(len(state.placement), UNPLACED)
     chains = np.stack([moves.start(faulty_hosts, config.start_share) for _ in range(config.chains)])
     scores = sim.evaluate(state, np.vstack([chains, stay[None, :]])).fitness

@@ -53,15 +53,37 @@ def look_ahead(
     if steps < 1:
         raise ValueError(f"look-ahead needs at least one step, got {steps}")
     rng = rng or np.random.default_rng()
-    merged = np.full(len(state.placement), UNPLACED)
-    future, faulty = state, np.asarray(faulty_hosts, dtype=int)
+    flagged = np.asarray(faulty_hosts, dtype=int)  # what the detectors said: never a target, at any step
+    merged, last_across = np.full(len(state.placement), UNPLACED), np.full(len(state.placement), UNPLACED)
+    future, faulty = state, flagged
     horizon, evaluations = [], 0
     for _ in range(steps):
-        plan = anneal(sim, future, faulty, config, rng, groups)
+        plan = anneal(sim, future, faulty, config, rng, groups, avoid=np.union1d(flagged, faulty))
         merged = merge(merged, plan.decision)
+        last_across = merge(last_across, only_across_leis(sim, state, plan.decision, groups))
         horizon.append(plan.fitness)
         evaluations += plan.evaluations
         future = future.after(plan.outcome.usage[0], future.apply(plan.decision[None, :])[0])
         faulty = np.flatnonzero(plan.outcome.anomalous_hosts[0])
-    final = plan_of(sim, state, only_across_leis(sim, state, merged, groups), evaluations)
+    final = best_of(sim, state, merged_candidates(sim, state, merged, last_across, groups), evaluations)
     return Plan(final.decision, final.fitness, final.outcome, final.evaluations, tuple(horizon))
+
+
+def merged_candidates(
+    sim: CoSimulator, state: FederationState, merged: np.ndarray, last_across: np.ndarray, groups: np.ndarray | None
+) -> np.ndarray:
+    """M+ as Alg. 3 merges it, and M+ with every task that a later step brought home sent instead
+    to the last LEI an earlier step chose for it (2, p).
+
+    Alg. 2 drops moves that end in the task's own LEI, so a task sent away at step 1 and back home
+    at step 2 would stay where it is, on a host it was sent away from: no step chose that.
+    """
+    literal = only_across_leis(sim, state, merged, groups)
+    fallback = np.where(literal == UNPLACED, last_across, literal)
+    return np.stack([literal, fallback])
+
+
+def best_of(sim: CoSimulator, state: FederationState, candidates: np.ndarray, evaluations: int) -> Plan:
+    """The candidate decision (one per row) the co-simulator predicts best on ``state``."""
+    best = int(sim.evaluate(state, candidates).fitness.argmin())
+    return plan_of(sim, state, candidates[best], evaluations + len(candidates))

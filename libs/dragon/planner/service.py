@@ -45,7 +45,6 @@ class Planner:
         self.counters = Counters()
         self.view = view_from(config.cosim)
         self.health: dict[tuple[str, str], HostHealth] = {}
-        self.longest_migration_s = 0.0
         self.annealing = AnnealingConfig(chains=config.chains, steps=config.steps)
 
     # --- lifecycle --------------------------------------------------------------
@@ -85,7 +84,10 @@ class Planner:
     # --- what the broker carries ---------------------------------------------------
     def on_health(self, incoming: Incoming) -> None:
         verdict = self.mqtt.decode_or_drop(HostHealth, incoming)
-        if verdict is not None:
+        if verdict is None:
+            return
+        known = self.health.get((verdict.lei, verdict.host))
+        if known is None or verdict.ts >= known.ts:  # a redelivered older verdict must not win
             self.health[(verdict.lei, verdict.host)] = verdict
 
     # --- deciding -------------------------------------------------------------------
@@ -125,7 +127,7 @@ class Planner:
         started = time.perf_counter()
         peers = [lei for lei in snapshot.federation.leis if lei != self.lei]
         isolated = not peers
-        sim = co_simulator(self.config.cosim, snapshot, self.longest_migration_s)
+        sim = co_simulator(self.config.cosim, snapshot)
         groups = groups_of(sim, within_lei=isolated)
         faulty_index = np.array([snapshot.hosts.index(key) for key in faulty if key in snapshot.hosts], dtype=int)
         rng = np.random.default_rng(None if self.config.seed < 0 else self.config.seed)
@@ -134,7 +136,6 @@ class Planner:
         else:
             plan = look_ahead(sim, snapshot.state, faulty_index, self.config.look_ahead, self.annealing, rng, groups)
         unmoved = float(sim.evaluate(snapshot.state, np.full((1, len(snapshot.tasks)), UNPLACED)).fitness[0])
-        self.longest_migration_s = max(self.longest_migration_s, float(plan.outcome.migration_s[0]))
         context = PlanContext(
             lei=self.lei,
             planner=self.instance,

@@ -89,6 +89,9 @@ class FederationState:
             raise ValueError(f"usage (m, n) and demand (p, n) disagree: {self.usage.shape}, {self.demand.shape}")
         if self.ram_bytes.shape != (p,) or self.home_lei.shape != (p,):
             raise ValueError(f"ram_bytes and home_lei need one entry per task ({p})")
+        # The co-simulator caches per-state tables by identity: a state must not change under it.
+        for array in (self.usage, self.placement, self.demand, self.ram_bytes, self.home_lei):
+            array.flags.writeable = False
 
     def after(self, usage: np.ndarray, placement: np.ndarray) -> FederationState:
         """The state one interval on: the predicted usage (m, n) under the new placement (p,).
@@ -186,7 +189,8 @@ class CoSimulator:
         entry = np.asarray(fed.brokers)[state.home_lei]  # (p,) where each task's requests arrive
         latency, _ = fed.path(np.broadcast_to(entry[:, None], (p, m)), hosts)
         source = np.broadcast_to(state.placement[:, None], (p, m))
-        migration = fed.migration_time(state.ram_bytes[:, None], source, hosts)
+        migration = fed.migration_time(state.ram_bytes[:, None], np.maximum(source, 0), hosts)
+        migration = np.where(source == UNPLACED, 0.0, migration)  # placing a new task is not a migration
         current_load = scatter_tasks(state.demand, state.placement[None, :], m)[0]
         return StateTables(state, current_load, 2 * latency, migration, self._worst_migration_s(state))
 

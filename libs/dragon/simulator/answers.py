@@ -49,7 +49,11 @@ def answer(request: SimRequest, snapshot: Snapshot, sim: CoSimulator, max_decisi
         if request.decisions
         else np.full((1, len(snapshot.tasks)), UNPLACED)
     )
-    outcome = sim.evaluate(snapshot.state, decisions)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+        outcome = sim.evaluate(snapshot.state, decisions)
+    if not (np.isfinite(outcome.usage).all() and np.isfinite(outcome.fitness).all()):
+        # Finite but absurd sample values (1e308 bytes/s) can overflow; our schemas carry finite numbers only.
+        raise RequestError("invalid", "the simulation overflowed: a host reports values too large to simulate")
     common = dict(id=request.id, ok=True, kind=request.kind, state_ts=snapshot.ts)
     common.update(hosts=len(snapshot.hosts), tasks=len(snapshot.tasks))
     if request.kind == "next_window":

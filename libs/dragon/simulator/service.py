@@ -13,6 +13,7 @@ logged and counted (the broker's ACL allows the simulator to publish nowhere els
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import structlog
 
@@ -72,15 +73,20 @@ class Simulator:
     # --- requests ---------------------------------------------------------------
     def on_request(self, incoming: Incoming) -> None:
         self.counters.add("requests")
-        if not incoming.response_topic.startswith(self.response_prefix):
+        if not self.answerable(incoming.response_topic):
             self.counters.add("requests_unanswerable")
             log.warning("sim_request_without_usable_response_topic", response_topic=incoming.response_topic[:200])
             return
         started = time.perf_counter()
-        response = self.respond(incoming)
-        json = incoming.content_type == codec.JSON or incoming.payload[:1] == b"{"
-        self.mqtt.publish_message(
-            incoming.response_topic, response, qos=1, json=json, correlation_data=incoming.correlation_data
+        as_json = incoming.content_type == codec.JSON or incoming.payload[:1] == b"{"
+        response, payload = self.encoded(self.respond(incoming), as_json)
+        content_type = codec.JSON if as_json else codec.MSGPACK
+        self.mqtt.publish(
+            incoming.response_topic,
+            payload,
+            qos=1,
+            content_type=content_type,
+            correlation_data=incoming.correlation_data,
         )
         self.counters.add("answered" if response.ok else f"refused_{response.reason}")
         log.info(
@@ -92,6 +98,24 @@ class Simulator:
             decisions=len(response.verdicts),
             ms=round((time.perf_counter() - started) * 1e3, 2),
         )
+
+    def answerable(self, response_topic: str) -> bool:
+        """A response topic under our prefix, naming one topic (paho refuses to publish to a wildcard)."""
+        return response_topic.startswith(self.response_prefix) and not set("+#") & set(response_topic)
+
+    def encoded(self, response: SimResponse, as_json: bool) -> tuple[SimResponse, bytes]:
+        """The response and the exact bytes to send; an answer that cannot be sent becomes an error."""
+        encode = codec.encode_json if as_json else codec.encode
+        try:
+            payload = encode(response)
+        except ValueError:  # JSON has no infinity: a forecast overflowed (absurd sample values)
+            response = error_response(response.id, "invalid", "the answer holds non-finite numbers", self.instance)
+            return response, encode(response)
+        if len(payload) > self.config.common.mqtt.max_payload_bytes:
+            message = "the answer exceeds the payload limit: ask about fewer decisions per request"
+            response = error_response(response.id, "too_large", message, self.instance)
+            payload = encode(response)
+        return response, payload
 
     def respond(self, incoming: Incoming) -> SimResponse:
         """The answer to one request: a result, or an error response saying why there is none."""
@@ -110,7 +134,4 @@ class Simulator:
             response = answer(request, snapshot, co_simulator(self.config.cosim, snapshot), self.config.max_decisions)
         except RequestError as exc:
             return error_response(request.id, exc.reason, str(exc), self.instance)
-        if len(codec.encode(response)) > self.config.common.mqtt.max_payload_bytes:
-            message = "the answer exceeds the payload limit: ask about fewer decisions per request"
-            return error_response(request.id, "too_large", message, self.instance)
-        return SimResponse(**{**response.__dict__, "simulator": self.instance})
+        return replace(response, simulator=self.instance)

@@ -13,10 +13,12 @@ run (docs/simulator.md).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+import structlog
 
 from dragon.messages import topics
 from dragon.messages.schemas import HOST_METRICS, HostSample
@@ -26,10 +28,14 @@ from dragon.sim.qos import CoSimulator, FederationState, FitnessWeights, Service
 from dragon.sim.twin import TwinParams, task_demand
 from dragon.simulator.config import CoSimSettings
 
+log = structlog.get_logger(__name__)
+
 # cpu, ram and swap are fractions of the host's capacity; disk and network rates have no ceiling.
 CAPACITY = np.array([1.0 if name in {"cpu", "ram", "swap"} else np.inf for name in HOST_METRICS])
 CPU = HOST_METRICS.index("cpu")
 HostKey = tuple[str, str]  # (lei, host)
+FUTURE_TOLERANCE_S = 10.0  # clock skew a sample's timestamp may show (at least 3 intervals)
+FORGET_AFTER_S = 3600.0  # a host silent this long has left the federation
 
 
 @dataclass
@@ -82,12 +88,19 @@ class FederationView:
         self._hosts: dict[HostKey, HostRecord] = {}
         self._home_lei: dict[str, str] = {}
 
-    def observe(self, sample: HostSample) -> None:
-        """Take a sample in; an older one than the host's newest is ignored (redelivery, reordering)."""
+    def observe(self, sample: HostSample, now: float) -> bool:
+        """Take a sample in; False if it is refused.
+
+        An older one than the host's newest is ignored (redelivery, reordering). One stamped in
+        the future is refused: kept, it would hide every real sample of its host until that time
+        (a collector whose clock was wrong, then corrected).
+        """
+        if sample.ts > now + max(FUTURE_TOLERANCE_S, 3 * sample.interval_s):
+            return False
         key = (sample.lei, sample.host)
         record = self._hosts.get(key)
         if record is not None and sample.ts <= record.ts:
-            return
+            return True
         usage = np.array(sample.metrics.vector(), dtype=np.float64)
         tasks = {task.id: (task.cpu, task.ram_bytes) for task in sample.tasks}
         if record is None:
@@ -98,6 +111,7 @@ class FederationView:
             record.recent.popleft()
         for task in tasks:
             self._home_lei.setdefault(task, sample.lei)
+        return True
 
     def known_leis(self) -> set[str]:
         """Every LEI a sample ever came from, fresh or not."""
@@ -105,6 +119,7 @@ class FederationView:
 
     def snapshot(self, now: float) -> Snapshot:
         """The fresh hosts and their tasks; ValueError when no host is fresh."""
+        self._forget(now)
         fresh = sorted(key for key, rec in self._hosts.items() if now - rec.ts <= self.stale_intervals * rec.interval_s)
         if not fresh:
             raise ValueError("no host has reported recently: the simulator has no state to simulate")
@@ -138,6 +153,14 @@ class FederationView:
             tuple(lei_of_host), tuple(brokers), capacity, HOST_METRICS, (self.power,) * m, lan=self.lan, wan=self.wan
         )
 
+    def _forget(self, now: float) -> None:
+        """Drop hosts silent for FORGET_AFTER_S, and the home LEIs of tasks no host runs any more."""
+        for key in [key for key, rec in self._hosts.items() if now - rec.ts > FORGET_AFTER_S]:
+            del self._hosts[key]
+        running = {task for rec in self._hosts.values() for task in rec.tasks}
+        for task in [task for task in self._home_lei if task not in running]:
+            del self._home_lei[task]
+
     def _tasks(self, records: list[HostRecord]) -> tuple[dict[str, int], dict[str, np.ndarray], dict[str, float]]:
         """Each task's host index (the newest sample listing it wins), measured demand and memory."""
         placement: dict[str, int] = {}
@@ -164,10 +187,14 @@ def follow_samples(mqtt: MqttClient, view: FederationView) -> None:
     """Feed ``view`` every host sample of every LEI the broker carries (before ``mqtt.start()``)."""
 
     def on_samples(batch: list[Incoming]) -> None:
+        now = time.time()
         for incoming in batch:
             sample = mqtt.decode_or_drop(HostSample, incoming)
-            if sample is not None:
-                view.observe(sample)
+            if sample is not None and not view.observe(sample, now):
+                mqtt.counters.add("dropped_future")
+                log.warning(
+                    "sample_from_the_future", lei=sample.lei, host=sample.host, ahead_s=round(sample.ts - now, 1)
+                )
 
     mqtt.subscribe_batch(topics.all_host_samples(), on_samples, qos=1)
 
