@@ -206,3 +206,15 @@ def test_the_size_limit_is_checked_on_the_bytes_actually_sent():
     response, payload = service.encoded(big, as_json=True)
     assert not response.ok and response.reason == "too_large" and len(payload) < 65536
     assert service.encoded(big, as_json=False)[0].ok
+
+
+def test_forecasts_stop_at_the_hosts_disk_and_network_throughput():
+    view = FederationView(3, 10, GIGABIT_LAN, EDGE_WAN, disk_bps=45e6, net_bps=125e6)
+    busy = HostMetrics(cpu=0.5, ram=0.3, swap=0.0, disk_read=40e6, disk_write=0.0, net_rx=100e6, net_tx=0.0)
+    view.observe(sample("a", "h1", 0.1, ts=NOW - 5), NOW)
+    view.observe(HostSample("a", "h1", NOW, 1, 1.0, busy, (TaskUsage("t1", "t1", 0.4, 1e6),)), NOW)
+    view.observe(HostSample("a", "h2", NOW, 1, 1.0, busy, ()), NOW)
+    snap = view.snapshot(NOW)
+    request = SimRequest(id="r", kind="next_window", decisions=((TaskMove("t1", "a", "h2"),),))
+    (_, h2) = answer(request, snap, simulator_of(snap), max_decisions=8).forecast
+    assert (h2.metrics.disk_read, h2.metrics.net_rx) == (45e6, 125e6)  # 80 MB/s and 200 MB/s cannot happen

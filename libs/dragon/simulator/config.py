@@ -42,8 +42,16 @@ class CoSimSettings:
     overload: float = setting(
         "DRAGON_SIM_OVERLOAD", 0.9, "a host predicted above this share of its CPU or RAM counts as anomalous"
     )
+    disk_bandwidth_bps: float = setting(
+        "DRAGON_SIM_DISK_BANDWIDTH",
+        45e6,
+        "a host's disk throughput, per direction (a Pi 4's SD card reads about 45 MB/s); predictions stop there",
+        "bytes/s",
+    )
     lan_latency_s: float = setting("DRAGON_SIM_LAN_LATENCY", 0.0005, "one-way latency inside an LEI", "s")
-    lan_bandwidth_bps: float = setting("DRAGON_SIM_LAN_BANDWIDTH", 125e6, "bandwidth inside an LEI", "bytes/s")
+    lan_bandwidth_bps: float = setting(
+        "DRAGON_SIM_LAN_BANDWIDTH", 125e6, "bandwidth inside an LEI, also each host's network throughput", "bytes/s"
+    )
     wan_latency_s: float = setting("DRAGON_SIM_WAN_LATENCY", 0.010, "one-way latency between brokers", "s")
     wan_bandwidth_bps: float = setting("DRAGON_SIM_WAN_BANDWIDTH", 12.5e6, "bandwidth between brokers", "bytes/s")
 
@@ -56,7 +64,10 @@ class CoSimSettings:
             raise ConfigError("the fitness weights DRAGON_SIM_ALPHA/BETA/DELTA1/DELTA2 must not be negative")
         if self.service_time_s <= 0 or self.slo_factor <= 1 or not 0 < self.overload:
             raise ConfigError("DRAGON_SIM_SERVICE_TIME > 0, DRAGON_SIM_SLO_FACTOR > 1 and DRAGON_SIM_OVERLOAD > 0")
-        if min(self.lan_bandwidth_bps, self.wan_bandwidth_bps) <= 0 or min(self.lan_latency_s, self.wan_latency_s) < 0:
+        if (
+            min(self.lan_bandwidth_bps, self.wan_bandwidth_bps, self.disk_bandwidth_bps) <= 0
+            or min(self.lan_latency_s, self.wan_latency_s) < 0
+        ):
             raise ConfigError("link bandwidths must be positive and latencies not negative")
 
 

@@ -30,8 +30,7 @@ from dragon.simulator.config import CoSimSettings
 
 log = structlog.get_logger(__name__)
 
-# cpu, ram and swap are fractions of the host's capacity; disk and network rates have no ceiling.
-CAPACITY = np.array([1.0 if name in {"cpu", "ram", "swap"} else np.inf for name in HOST_METRICS])
+FRACTIONS = {"cpu", "ram", "swap"}  # of the host's capacity; the other metrics are bytes per second
 CPU = HOST_METRICS.index("cpu")
 HostKey = tuple[str, str]  # (lei, host)
 FUTURE_TOLERANCE_S = 10.0  # clock skew a sample's timestamp may show (at least 3 intervals)
@@ -81,7 +80,12 @@ class FederationView:
         lan: Link,
         wan: Link,
         power: PowerProfile = RPI4B_4GB,
+        disk_bps: float = np.inf,
+        net_bps: float = np.inf,
     ) -> None:
+        """``disk_bps`` and ``net_bps``: each host's disk and network throughput, per direction."""
+        ceilings = {"disk_read": disk_bps, "disk_write": disk_bps, "net_rx": net_bps, "net_tx": net_bps}
+        self.capacity = np.array([1.0 if name in FRACTIONS else ceilings[name] for name in HOST_METRICS])
         self.stale_intervals = stale_intervals
         self.background_samples = background_samples
         self.lan, self.wan, self.power = lan, wan, power
@@ -148,7 +152,7 @@ class FederationView:
         """Hosts of the samples' LEIs; an LEI's first host by name stands for its broker (requests enter there)."""
         brokers = [lei_of_host.index(lei) for lei in dict.fromkeys(lei_of_host)]
         m = len(lei_of_host)
-        capacity = np.tile(CAPACITY, (m, 1))
+        capacity = np.tile(self.capacity, (m, 1))
         return Federation(
             tuple(lei_of_host), tuple(brokers), capacity, HOST_METRICS, (self.power,) * m, lan=self.lan, wan=self.wan
         )
@@ -206,6 +210,8 @@ def view_from(settings: CoSimSettings) -> FederationView:
         settings.background_samples,
         lan=Link(settings.lan_latency_s, settings.lan_bandwidth_bps),
         wan=Link(settings.wan_latency_s, settings.wan_bandwidth_bps),
+        disk_bps=settings.disk_bandwidth_bps,
+        net_bps=settings.lan_bandwidth_bps,  # a host's network interface is its LAN link
     )
 
 
