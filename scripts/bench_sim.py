@@ -59,6 +59,7 @@ def calibration_check(data: Path) -> dict:
                     "ratio": float(twin[f] / persistence[f]),
                     "move_gain": float(params.move_gain[f]),
                     "relax": float(params.relax[f]),
+                    "drift_median": float(np.median(params.drift[:, f])),
                 }
                 for f, metric in enumerate(trace.feature_names)
             },
@@ -122,7 +123,8 @@ def main() -> None:
         for metric, row in result["metrics"].items():
             print(
                 f"  {metric:5s} twin MAE {row['twin_mae']:10.4f}  persistence {row['persistence_mae']:10.4f}"
-                f"  ratio {row['ratio']:.3f}  (lambda {row['move_gain']:.3f}, rho {row['relax']:.3f})"
+                f"  ratio {row['ratio']:.3f}  (lambda {row['move_gain']:.3f}, rho {row['relax']:.3f},"
+                f" drift {row['drift_median']:.4g})"
             )
     for hosts in (16, 64, 256):
         row = throughput(hosts, args.batch, args.repeats, seconds=1.0)

@@ -280,3 +280,17 @@ def test_a_state_cannot_change_under_the_co_simulators_cache():
     st = busy_host_state()
     with pytest.raises(ValueError, match="read-only"):
         st.placement[0] = 3
+
+
+def test_calibration_follows_a_steady_drift_only_where_there_is_one():
+    hosts, schedule = synthetic_trace(move_gain=0.7, relax=0.0, seed=2)
+    hosts = hosts.copy()
+    hosts[..., 1] += 0.002 * np.arange(len(hosts))[:, None]  # metric 1 creeps up: storage filling
+    params = calibrate(hosts[:200], schedule[:200])
+    assert params.drift[:, 1] == pytest.approx(0.002, abs=0.001)
+    assert params.drift[:, 0] == pytest.approx(0.0, abs=1e-3)
+    flat = TwinParams(params.background, params.move_gain, params.relax)
+    with_drift = forecast_error(params, hosts[200:], schedule[200:])
+    without = forecast_error(flat, hosts[200:], schedule[200:])
+    assert with_drift[1] < 0.99 * without[1]
+    assert with_drift[0] == pytest.approx(without[0], rel=0.01)

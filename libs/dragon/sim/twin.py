@@ -13,12 +13,13 @@ per metric, clipped to [0, capacity]. d_j is task j's usage where the collector 
 tasks on it. λ (the share of a task's demand that follows it) and ρ are fitted per metric on a
 trace, within [0, 1] so that the twin stays physical, to the least mean absolute error of its
 one-step forecasts (:func:`calibrate`); λ = ρ = 0 is the persistence forecast W_{t+1} = W_t,
-so a calibrated twin is never worse than persistence on the trace it was fitted to.
+so a calibrated twin is never worse than persistence on the trace it was fitted to. A host's
+steady drift (its median change per interval) is added where it helps the fit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -42,11 +43,16 @@ def scatter_tasks(values: np.ndarray, placement: np.ndarray, hosts: int) -> np.n
 
 @dataclass(frozen=True, eq=False)  # numpy fields
 class TwinParams:
-    """The calibrated twin: each host's background (m, n), and λ and ρ per metric (n,)."""
+    """The calibrated twin: each host's background (m, n), λ and ρ per metric (n,), and drift (m, n).
+
+    ``drift`` is a host's steady change per interval (storage filling up, a slow leak); zero
+    unless a calibration found that following it forecasts better.
+    """
 
     background: np.ndarray  # (m, n) usage with no task
     move_gain: np.ndarray  # (n,) λ
     relax: np.ndarray  # (n,) ρ
+    drift: np.ndarray | None = None  # (m, n) per interval
 
     @classmethod
     def persistence(cls, hosts: int, metrics: int) -> TwinParams:
@@ -104,6 +110,8 @@ def next_usage(
     """Ŵ_{t+1} (B, m, n) for each of B next placements (B, p), from W_t's last row (m, n)."""
     moved = moved_demand(demand, placement, next_placements, usage.shape[0], current_load)
     predicted = usage + params.move_gain * moved + params.relax * (params.background - usage)
+    if params.drift is not None:
+        predicted = predicted + params.drift
     return np.clip(predicted, 0.0, capacity)
 
 
@@ -168,7 +176,25 @@ def calibrate(hosts: np.ndarray, schedule: np.ndarray, capacity: np.ndarray | fl
     capacity = np.asarray(capacity, dtype=np.float64)
     coarse = _best_gains(hosts, moves, relaxation, capacity, np.full((2, hosts.shape[2]), 0.5), step=0.1)
     move_gain, relax = _best_gains(hosts, moves, relaxation, capacity, coarse, step=0.01)
-    return TwinParams(background, move_gain, relax)
+    fitted = TwinParams(background, move_gain, relax)
+    return replace(fitted, drift=_best_drift(fitted, hosts, schedule, capacity))
+
+
+DRIFT_SHARES = (0.0, 0.5, 1.0)
+
+
+def _best_drift(params: TwinParams, hosts: np.ndarray, schedule: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Each host's median change per interval, times the share in DRIFT_SHARES that forecasts best, per metric.
+
+    The median is the constant step with the least absolute error; the share lets a metric
+    whose changes have no trend keep none (on rpi16-testbed the disk, storage in use, has one).
+    """
+    median_step = np.median(np.diff(hosts, axis=0), axis=0)  # (m, n)
+    errors = [
+        forecast_error(replace(params, drift=share * median_step), hosts, schedule, capacity) for share in DRIFT_SHARES
+    ]
+    best = np.asarray(DRIFT_SHARES)[np.argmin(np.stack(errors), axis=0)]  # (n,)
+    return best * median_step
 
 
 def forecast_error(
