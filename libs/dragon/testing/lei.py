@@ -42,6 +42,21 @@ def require_images(client: docker.DockerClient, images: tuple[str, ...]) -> None
             raise MissingImage(f"image {image} is missing: run scripts/build-images.sh first") from None
 
 
+def standalone_redis(password: str) -> DockerContainer:
+    """A Redis container with a password and nothing else (use as a context manager)."""
+    return (
+        DockerContainer(REDIS_IMAGE)
+        .with_exposed_ports(6379)
+        .with_command(["redis-server", "--requirepass", password])
+        .waiting_for(ExecWaitStrategy(["redis-cli", "-a", password, "--no-auth-warning", "ping"]))
+    )
+
+
+def redis_client_of(server: DockerContainer, password: str) -> redis.Redis:
+    """A client of a started :func:`standalone_redis` through its mapped port."""
+    return redis.Redis(server.get_container_host_ip(), int(server.get_exposed_port(6379)), password=password)
+
+
 class LeiStack:
     """Start with :meth:`start_brokers`, then add collectors/detectors; :meth:`stop` removes everything."""
 

@@ -1,0 +1,102 @@
+"""The migration journal in Redis: one record per move, written before each step is taken.
+
+A move is a hash ``dragon:<lei>:migration:<id>``; the ids of moves not finished yet are in the
+set ``dragon:<lei>:migrations:open``. ``step`` names the step the mover was about to take (or
+the end it reached), so a migrator killed at any point finds, on restart, every move in flight
+and how far it got; :mod:`dragon.migrator.moves` then completes or rolls it back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from enum import Enum
+
+import redis
+
+
+class Step(str, Enum):
+    PLANNED = "planned"
+    CREATING = "creating"  # the target container is being created
+    STARTING = "starting"  # ... started, and awaited until running (healthy, if it has a healthcheck)
+    REMOVING_SOURCE = "removing_source"  # the target runs: the source is being stopped and removed
+    RENAMING = "renaming"  # the target takes the task's name
+    DONE = "done"
+    ROLLED_BACK = "rolled_back"  # the target was removed; the task runs on its source as before
+    FAILED = "failed"  # the move could not start (e.g. the container does not exist)
+
+
+FINAL = {Step.DONE, Step.ROLLED_BACK, Step.FAILED}
+
+
+@dataclass(frozen=True)
+class Move:
+    """One task's move: the container ``task`` (id) named ``name``, from ``source_host`` to ``target_host``."""
+
+    id: str
+    task: str
+    name: str
+    source_host: str
+    target_host: str
+    mode: str = "restart"
+    step: Step = Step.PLANNED
+    target_id: str = ""
+    error: str = ""
+    updated: float = 0.0
+
+
+class Journal:
+    """Moves of one LEI in Redis."""
+
+    def __init__(self, client: redis.Redis, lei: str) -> None:
+        self.redis = client
+        self.prefix = f"dragon:{lei}:migration:"
+        self.open_key = f"dragon:{lei}:migrations:open"
+
+    def begin(self, move: Move) -> Move | None:
+        """Record a new move; None if its id is known already (a duplicate command is a no-op)."""
+        key = self.prefix + move.id
+        if not self.redis.hsetnx(key, "step", Step.PLANNED.value):
+            return None
+        recorded = replace(move, step=Step.PLANNED, updated=time.time())
+        self._write(recorded)
+        return recorded
+
+    def record(self, move: Move, step: Step, **changes: str) -> Move:
+        """Write the move's next step (and any changed fields) before it is taken."""
+        recorded = replace(move, step=step, updated=time.time(), **changes)
+        self._write(recorded)
+        return recorded
+
+    def get(self, move_id: str) -> Move | None:
+        fields = self.redis.hgetall(self.prefix + move_id)
+        if not fields:
+            return None
+        data = {key.decode(): value.decode() for key, value in fields.items()}
+        return Move(
+            id=data["id"],
+            task=data["task"],
+            name=data["name"],
+            source_host=data["source_host"],
+            target_host=data["target_host"],
+            mode=data.get("mode", "restart"),
+            step=Step(data["step"]),
+            target_id=data.get("target_id", ""),
+            error=data.get("error", ""),
+            updated=float(data.get("updated", 0.0)),
+        )
+
+    def open_moves(self) -> list[Move]:
+        """Every move not finished, oldest first."""
+        moves = [self.get(member.decode()) for member in self.redis.smembers(self.open_key)]
+        return sorted((m for m in moves if m is not None), key=lambda m: m.updated)
+
+    def _write(self, move: Move) -> None:
+        fields = {key: (value.value if isinstance(value, Step) else str(value)) for key, value in asdict(move).items()}
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.prefix + move.id, mapping=fields)
+        if move.step in FINAL:
+            pipe.srem(self.open_key, move.id)
+        else:
+            pipe.sadd(self.open_key, move.id)
+        pipe.execute()

@@ -1,0 +1,145 @@
+"""Restart moves of real task containers between two emulated hosts, journalled in a real Redis,
+with the migrator "killed" after every step and recovered: the task always runs exactly once.
+
+Needs the Docker daemon, root (the emulated hosts are cgroups) and the local images.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as tokens
+
+import docker
+import pytest
+
+from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
+from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
+from dragon.migrator.journal import Journal, Step
+from dragon.migrator.moves import RestartMover
+from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
+
+pytestmark = pytest.mark.integration
+
+HOSTS = (EmulatedHostSpec("h1", cpus=0.5, memory_mb=256), EmulatedHostSpec("h2", cpus=0.5, memory_mb=256))
+SLEEPER = ["python3", "-c", "import time\nwhile True: time.sleep(1)"]
+
+
+class Killed(Exception):
+    """The migrator dies here."""
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    if os.geteuid() != 0:
+        pytest.skip("emulated hosts are cgroups: root only")
+    client = docker.from_env()
+    lei = EmulatedLei(client, f"mv{tokens.token_hex(3)}", image=COLLECTOR_IMAGE)
+    try:
+        for spec in HOSTS:
+            lei.ensure_host(spec)
+        lei.ensure_network()
+        yield lei
+    finally:
+        # Tasks first: their cgroups and network endpoints keep the hosts from being removed.
+        for container in client.containers.list(all=True, filters={"label": f"{LEI_LABEL}={lei.lei}"}):
+            container.remove(force=True)
+        lei.remove_all()
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def journal(emulated):
+    password = tokens.token_urlsafe(12)
+    server = standalone_redis(password)
+    with server:
+        client = redis_client_of(server, password)
+        yield Journal(client, emulated.lei)
+        client.close()
+
+
+def mover(emulated, journal, **kwargs) -> RestartMover:
+    return RestartMover(emulated._client, journal, lambda host: emulated.cgroup(host).cgroup_parent, **kwargs)
+
+
+def start_task(emulated, healthcheck: dict | None = None):
+    """A task container on h1, as a user would run one: labelled, limited, configured."""
+    return emulated._client.containers.run(
+        COLLECTOR_IMAGE,
+        SLEEPER,
+        name=f"dragon-{emulated.lei}-task-{tokens.token_hex(3)}",
+        detach=True,
+        labels={TASK_LABEL: "true", LEI_LABEL: emulated.lei, HOST_LABEL: "h1", "app": "demo"},
+        environment={"APP_MODE": "edge"},
+        cgroup_parent=emulated.cgroup("h1").cgroup_parent,
+        network=emulated.network,
+        mem_limit="64m",
+        healthcheck=healthcheck,
+    )
+
+
+def running_copies(emulated, name: str) -> list:
+    """Every running container of the task: the original name or a move's temporary one."""
+    candidates = emulated._client.containers.list(filters={"label": f"{LEI_LABEL}={emulated.lei}"})
+    return [c for c in candidates if c.name == name or c.name.startswith(f"{name}-mv-")]
+
+
+def test_a_running_task_moves_to_its_target_host_with_its_configuration(emulated, journal):
+    task = start_task(emulated)
+    move = mover(emulated, journal).move("move-1", task.id, "h2")
+    assert move.step == Step.DONE and move.source_host == "h1"
+    (moved,) = running_copies(emulated, task.name)
+    assert moved.id != task.id and moved.name == task.name
+    assert moved.attrs["HostConfig"]["CgroupParent"] == emulated.cgroup("h2").cgroup_parent
+    assert moved.labels[HOST_LABEL] == "h2" and moved.labels["app"] == "demo"
+    assert "APP_MODE=edge" in moved.attrs["Config"]["Env"]
+    assert moved.attrs["Config"]["Cmd"] == SLEEPER
+    assert moved.attrs["HostConfig"]["Memory"] == 64 * 1024 * 1024
+    assert emulated.network in moved.attrs["NetworkSettings"]["Networks"]
+    with pytest.raises(docker.errors.NotFound):
+        emulated._client.containers.get(task.id)
+
+
+def test_a_duplicate_command_is_a_no_op(emulated, journal):
+    task = start_task(emulated)
+    first = mover(emulated, journal).move("move-dup", task.id, "h2")
+    again = mover(emulated, journal).move("move-dup", first.target_id, "h1")
+    assert again.step == Step.DONE and again.target_host == "h2"
+    (running,) = running_copies(emulated, task.name)
+    assert running.labels[HOST_LABEL] == "h2"
+
+
+def test_a_command_for_a_missing_container_fails_with_the_reason(emulated, journal):
+    move = mover(emulated, journal).move("move-missing", "no-such-task", "h2")
+    assert move.step == Step.FAILED and "no such container" in move.error
+    assert all(m.id != "move-missing" for m in journal.open_moves())
+
+
+@pytest.mark.parametrize(
+    "killed_after", [Step.PLANNED, Step.CREATING, Step.STARTING, Step.REMOVING_SOURCE, Step.RENAMING]
+)
+def test_a_migrator_killed_after_any_step_leaves_the_task_running_exactly_once(emulated, journal, killed_after):
+    task = start_task(emulated)
+
+    def die(step: Step) -> None:
+        if step == killed_after:
+            raise Killed(step)
+
+    move_id = f"move-kill-{killed_after.value}"
+    with pytest.raises(Killed):
+        mover(emulated, journal, after_step=die).move(move_id, task.id, "h2")
+    (recovered,) = [m for m in mover(emulated, journal).recover() if m.id == move_id]
+    expected = Step.ROLLED_BACK if killed_after == Step.PLANNED else Step.DONE
+    assert recovered.step == expected, recovered
+    (running,) = running_copies(emulated, task.name)
+    assert running.name == task.name
+    assert running.labels[HOST_LABEL] == ("h1" if expected == Step.ROLLED_BACK else "h2")
+    assert all(m.id != move_id for m in journal.open_moves())
+
+
+def test_a_target_that_never_becomes_healthy_is_rolled_back(emulated, journal):
+    never = {"test": ["CMD", "false"], "interval": 500_000_000, "retries": 1}
+    task = start_task(emulated, healthcheck=never)
+    move = mover(emulated, journal, start_timeout_s=4).move("move-unhealthy", task.id, "h2")
+    assert move.step == Step.ROLLED_BACK and "healthy" in move.error
+    (running,) = running_copies(emulated, task.name)
+    assert running.id == task.id and running.labels[HOST_LABEL] == "h1"
