@@ -87,6 +87,8 @@ def test_a_running_task_moves_to_its_target_host_with_its_configuration(emulated
     task = start_task(emulated)
     move = mover(emulated, journal).move("move-1", task.id, "h2")
     assert move.step == Step.DONE and move.source_host == "h1"
+    steps = [step for step, _ in journal.get("move-1").timings]  # each step's duration, journalled
+    assert steps == ["creating", "starting", "removing_source", "renaming"]
     (moved,) = running_copies(emulated, task.name)
     assert moved.id != task.id and moved.name == task.name
     assert moved.attrs["HostConfig"]["CgroupParent"] == emulated.cgroup("h2").cgroup_parent
@@ -143,3 +145,14 @@ def test_a_target_that_never_becomes_healthy_is_rolled_back(emulated, journal):
     assert move.step == Step.ROLLED_BACK and "healthy" in move.error
     (running,) = running_copies(emulated, task.name)
     assert running.id == task.id and running.labels[HOST_LABEL] == "h1"
+
+
+def test_a_crashed_task_is_restarted_on_its_target(emulated, journal):
+    task = start_task(emulated)
+    task.kill()  # crash-like: the container died (DRAGON sec. V-B: such tasks are restarted)
+    task.reload()
+    assert task.status == "exited"
+    move = mover(emulated, journal).move("move-crashed", task.id, "h2")
+    assert move.step == Step.DONE
+    (running,) = running_copies(emulated, task.name)
+    assert running.labels[HOST_LABEL] == "h2"

@@ -8,6 +8,7 @@ and how far it got; :mod:`dragon.migrator.moves` then completes or rolls it back
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
@@ -43,6 +44,7 @@ class Move:
     target_id: str = ""
     error: str = ""
     updated: float = 0.0
+    timings: tuple[tuple[str, float], ...] = ()  # (step, seconds) of each step taken so far
 
 
 class Journal:
@@ -84,6 +86,7 @@ class Journal:
             target_id=data.get("target_id", ""),
             error=data.get("error", ""),
             updated=float(data.get("updated", 0.0)),
+            timings=tuple((step, float(seconds)) for step, seconds in json.loads(data.get("timings", "[]"))),
         )
 
     def open_moves(self) -> list[Move]:
@@ -93,6 +96,7 @@ class Journal:
 
     def _write(self, move: Move) -> None:
         fields = {key: (value.value if isinstance(value, Step) else str(value)) for key, value in asdict(move).items()}
+        fields["timings"] = json.dumps(move.timings)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.prefix + move.id, mapping=fields)
         if move.step in FINAL:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import docker.errors
@@ -104,17 +105,22 @@ class RestartMover:
         return self._run(move, source)
 
     def _run(self, move: Move, source: Any) -> Move:
-        move = self.journal.record(move, Step.CREATING)
         kwargs = creation_kwargs(source, move.target_host, self.cgroup_parent_of(move.target_host), move.id)
-        target = self.docker.containers.create(**kwargs)
-        self.after_step(Step.CREATING)
-        move = self.journal.record(move, Step.STARTING, target_id=target.id)
+        move, target = self._step(move, Step.CREATING, lambda: self.docker.containers.create(**kwargs))
         try:
-            self._start(target)
+            move, _ = self._step(move, Step.STARTING, lambda: self._start(target), target_id=target.id)
         except MoveError as exc:
-            return self._roll_back(move, str(exc))
-        self.after_step(Step.STARTING)
+            return self._roll_back(self.journal.get(move.id) or move, str(exc))
         return self._finish(move)
+
+    def _step(self, move: Move, step: Step, action: Callable[[], Any], **changes: str) -> tuple[Move, Any]:
+        """Journal ``step``, take it, and keep how long it took (written with the next step)."""
+        move = self.journal.record(move, step, **changes)
+        started = time.perf_counter()
+        result = action()
+        move = replace(move, timings=(*move.timings, (step.value, round(time.perf_counter() - started, 4))))
+        self.after_step(step)
+        return move, result
 
     def _start(self, target: Any) -> None:
         """Start ``target`` and wait until it runs (and is healthy, if it has a healthcheck)."""
@@ -133,16 +139,22 @@ class RestartMover:
 
     def _finish(self, move: Move) -> Move:
         """The target runs: remove the source, give the target the task's name."""
-        move = self.journal.record(move, Step.REMOVING_SOURCE)
-        self._remove(move.task)
-        self.after_step(Step.REMOVING_SOURCE)
-        move = self.journal.record(move, Step.RENAMING)
-        target = self.docker.containers.get(move.target_id)
-        if target.name != move.name:
-            target.rename(move.name)
-        self.after_step(Step.RENAMING)
-        log.info("move_done", id=move.id, task=move.name, source=move.source_host, target=move.target_host)
+        move, _ = self._step(move, Step.REMOVING_SOURCE, lambda: self._remove(move.task))
+        move, _ = self._step(move, Step.RENAMING, lambda: self._rename(move.target_id, move.name))
+        log.info(
+            "move_done",
+            id=move.id,
+            task=move.name,
+            source=move.source_host,
+            target=move.target_host,
+            steps=move.timings,
+        )
         return self.journal.record(move, Step.DONE)
+
+    def _rename(self, container_id: str, name: str) -> None:
+        target = self.docker.containers.get(container_id)
+        if target.name != name:
+            target.rename(name)
 
     def _roll_back(self, move: Move, error: str) -> Move:
         """The target never ran: remove it; the task runs on its source as before."""
