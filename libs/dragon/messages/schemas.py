@@ -276,3 +276,28 @@ class PlanDecision(Message):
     def check(self) -> None:
         require(self.mode in PLAN_MODES, f"PlanDecision.mode must be one of {', '.join(PLAN_MODES)}")
         require(self.look_ahead >= 1, "PlanDecision.look_ahead must be at least 1")
+
+
+@dataclass(frozen=True)
+class MigrationCommand(Message):
+    """``dragon/<lei>/migrations/commands`` — move ``task`` of this LEI to ``target_host`` of ``target_lei``.
+
+    ``id`` makes the command idempotent (the migrator's journal refuses a known id); ``ts`` lets
+    a stale command be refused; ``signature`` is HMAC-SHA256 over the other fields with the key
+    the planner and the migrator share (``dragon.migrator.commands``), so a command is accepted
+    only from a holder of the key, whatever the broker lets through.
+    """
+
+    id: str
+    lei: str
+    task: str
+    target_lei: str
+    target_host: str
+    ts: float
+    issuer: str
+    signature: str = ""
+
+    def check(self) -> None:
+        require(0 < len(self.id) <= 64, "MigrationCommand.id must be 1-64 characters")
+        require(len(self.task) > 0 and len(self.target_host) > 0, "MigrationCommand needs a task and a target host")
+        require(self.ts > 0, "MigrationCommand.ts must be an epoch time in seconds")
