@@ -218,3 +218,41 @@ def test_forecasts_stop_at_the_hosts_disk_and_network_throughput():
     request = SimRequest(id="r", kind="next_window", decisions=((TaskMove("t1", "a", "h2"),),))
     (_, h2) = answer(request, snap, simulator_of(snap), max_decisions=8).forecast
     assert (h2.metrics.disk_read, h2.metrics.net_rx) == (45e6, 125e6)  # 80 MB/s and 200 MB/s cannot happen
+
+
+def test_values_beyond_a_hosts_capacity_are_taken_at_capacity():
+    view = FederationView(3, 10, GIGABIT_LAN, EDGE_WAN, disk_bps=45e6, net_bps=125e6)
+    absurd = HostMetrics(cpu=3.5, ram=0.3, swap=0.0, disk_read=1.7e308, disk_write=0.0, net_rx=0.0, net_tx=0.0)
+    view.observe(HostSample("a", "h1", NOW, 1, 1.0, absurd, (TaskUsage("t1", "t1", 3.0, 1e6),)), NOW)
+    snap = view.snapshot(NOW)
+    assert snap.state.usage[0, 0] == 1.0 and snap.state.usage[0, 3] == 45e6
+    assert snap.state.demand[0, 0] == 1.0
+
+
+def test_samples_may_arrive_while_another_thread_takes_snapshots():
+    import sys
+    import threading
+
+    view = two_lei_view()
+    stop, errors = threading.Event(), []
+
+    def feed() -> None:
+        step = 0
+        while not stop.is_set():
+            step += 1
+            view.observe(sample("a", f"n{step % 50}", 0.2, [(f"x{step}", 0.1)], ts=NOW + step * 1e-6), NOW + 1)
+
+    feeder = threading.Thread(target=feed)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, so an unguarded race shows
+    feeder.start()
+    try:
+        for _ in range(300):
+            view.snapshot(NOW + 1)
+    except Exception as exc:  # a dict or deque changed size during iteration, before the lock
+        errors.append(exc)
+    finally:
+        stop.set()
+        feeder.join()
+        sys.setswitchinterval(interval)
+    assert errors == []

@@ -15,6 +15,7 @@ off: it plans for its own LEI alone, moving tasks between its own hosts, and say
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -45,6 +46,7 @@ class Planner:
         self.counters = Counters()
         self.view = view_from(config.cosim)
         self.health: dict[tuple[str, str], HostHealth] = {}
+        self._health_lock = threading.Lock()  # verdicts arrive on the MQTT worker, plans run on the main thread
         self.annealing = AnnealingConfig(chains=config.chains, steps=config.steps)
 
     # --- lifecycle --------------------------------------------------------------
@@ -86,15 +88,17 @@ class Planner:
         verdict = self.mqtt.decode_or_drop(HostHealth, incoming)
         if verdict is None:
             return
-        known = self.health.get((verdict.lei, verdict.host))
-        if known is None or verdict.ts >= known.ts:  # a redelivered older verdict must not win
-            self.health[(verdict.lei, verdict.host)] = verdict
+        with self._health_lock:
+            known = self.health.get((verdict.lei, verdict.host))
+            if known is None or verdict.ts >= known.ts:  # a redelivered older verdict must not win
+                self.health[(verdict.lei, verdict.host)] = verdict
 
     # --- deciding -------------------------------------------------------------------
     def faulty(self, now: float) -> list[tuple[str, str]]:
         """Hosts whose newest verdict, recent enough to act on, is a fault."""
         max_age = self.config.health_max_age_s
-        return sorted(key for key, v in self.health.items() if v.label == 1 and now - v.ts <= max_age)
+        with self._health_lock:
+            return sorted(key for key, v in self.health.items() if v.label == 1 and now - v.ts <= max_age)
 
     def plan_once(self, now: float):
         """Decide and publish if a host of this LEI is faulty; the decision, or None."""

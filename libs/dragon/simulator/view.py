@@ -13,6 +13,7 @@ run (docs/simulator.md).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -91,6 +92,8 @@ class FederationView:
         self.lan, self.wan, self.power = lan, wan, power
         self._hosts: dict[HostKey, HostRecord] = {}
         self._home_lei: dict[str, str] = {}
+        # Samples arrive on the MQTT worker thread while the planner snapshots on its own.
+        self._lock = threading.Lock()
 
     def observe(self, sample: HostSample, now: float) -> bool:
         """Take a sample in; False if it is refused.
@@ -101,12 +104,19 @@ class FederationView:
         """
         if sample.ts > now + max(FUTURE_TOLERANCE_S, 3 * sample.interval_s):
             return False
+        # What a host cannot do is not simulated either: a value above capacity (a clock glitch,
+        # a 1e308 byte rate) would otherwise overflow the twin's sums.
+        usage = np.minimum(np.array(sample.metrics.vector(), dtype=np.float64), self.capacity)
+        tasks = {task.id: (min(task.cpu, 1.0), task.ram_bytes) for task in sample.tasks}
+        with self._lock:
+            self._remember(sample, usage, tasks)
+        return True
+
+    def _remember(self, sample: HostSample, usage: np.ndarray, tasks: dict[str, tuple[float, float]]) -> None:
         key = (sample.lei, sample.host)
         record = self._hosts.get(key)
         if record is not None and sample.ts <= record.ts:
-            return True
-        usage = np.array(sample.metrics.vector(), dtype=np.float64)
-        tasks = {task.id: (task.cpu, task.ram_bytes) for task in sample.tasks}
+            return
         if record is None:
             record = self._hosts[key] = HostRecord(sample.ts, sample.interval_s, usage, tasks)
         record.ts, record.interval_s, record.usage, record.tasks = sample.ts, sample.interval_s, usage, tasks
@@ -115,14 +125,18 @@ class FederationView:
             record.recent.popleft()
         for task in tasks:
             self._home_lei.setdefault(task, sample.lei)
-        return True
 
     def known_leis(self) -> set[str]:
         """Every LEI a sample ever came from, fresh or not."""
-        return {lei for lei, _ in self._hosts}
+        with self._lock:
+            return {lei for lei, _ in self._hosts}
 
     def snapshot(self, now: float) -> Snapshot:
         """The fresh hosts and their tasks; ValueError when no host is fresh."""
+        with self._lock:
+            return self._snapshot(now)
+
+    def _snapshot(self, now: float) -> Snapshot:
         self._forget(now)
         fresh = sorted(key for key, rec in self._hosts.items() if now - rec.ts <= self.stale_intervals * rec.interval_s)
         if not fresh:
