@@ -69,3 +69,28 @@ def wait_until_scoring(stack: LeiStack) -> None:
 
 def health_of(message) -> HostHealth:
     return codec.decode(HostHealth, message.payload, 65536, message.content_type)
+
+
+@contextmanager
+def bridged_brokers(tmp_path_factory, repo: Path, prefix: str) -> Iterator[tuple[LeiStack, LeiStack, str]]:
+    """Two LEIs' brokers (A: h1, h2; B: h3, h4), A's bridged to B's as `dragon bridge` would do it.
+
+    They share an internal network, the "WAN": internal, so taking a broker off it never touches
+    the ports the test reaches it on. Yields both stacks and the WAN's name; removes everything.
+    """
+    conf = repo / "compose" / "mosquitto" / "broker.conf"
+    suffix = tokens.token_hex(3)
+    a = LeiStack(f"{prefix}a{suffix}", ["h1", "h2"], tmp_path_factory.mktemp(f"{prefix}a"), conf)
+    b = LeiStack(f"{prefix}b{suffix}", ["h3", "h4"], tmp_path_factory.mktemp(f"{prefix}b"), conf)
+    wan = a.docker.networks.create(f"dragon-wan-{suffix}", internal=True)
+    try:
+        b.start_brokers(peers=(a.lei,))
+        a.bridge_to(b)
+        a.start_brokers(peers=(b.lei,))
+        a.join_wan(wan.name)
+        b.join_wan(wan.name)
+        yield a, b, wan.name
+    finally:
+        a.stop()
+        b.stop()
+        wan.remove()

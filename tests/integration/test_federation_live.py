@@ -17,10 +17,9 @@ import pytest
 
 from dragon.messages import codec, topics
 from dragon.messages.schemas import FaultInjection, PlanDecision
-from dragon.testing.lei import LeiStack
 from dragon.testing.listener import Listener, publish
 
-from .conftest import COLLECTOR_ENV, DETECTOR_ENV, wait_until_scoring
+from .conftest import COLLECTOR_ENV, DETECTOR_ENV, bridged_brokers, wait_until_scoring
 
 pytestmark = pytest.mark.integration
 
@@ -30,17 +29,7 @@ DECISION_TIMEOUT_S = 60
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, repo):
-    conf = repo / "compose" / "mosquitto" / "broker.conf"
-    suffix = tokens.token_hex(3)
-    a = LeiStack(f"la{suffix}", ["h1", "h2"], tmp_path_factory.mktemp("la"), conf)
-    b = LeiStack(f"lb{suffix}", ["h3", "h4"], tmp_path_factory.mktemp("lb"), conf)
-    wan = a.docker.networks.create(f"dragon-wan-{suffix}", internal=True)
-    try:
-        b.start_brokers(peers=(a.lei,))
-        a.bridge_to(b)
-        a.start_brokers(peers=(b.lei,))
-        a.join_wan(wan.name)
-        b.join_wan(wan.name)
+    with bridged_brokers(tmp_path_factory, repo, "l") as (a, b, _):
         b.start_collector("collector", COLLECTOR_ENV)
         a.start_collector("collector", COLLECTOR_ENV)
         a.start_detector("detector", DETECTOR_ENV)
@@ -48,10 +37,6 @@ def federation(tmp_path_factory, repo):
         a.start_planner("planner", PLANNER_ENV)
         b.start_planner("planner", PLANNER_ENV)
         yield a, b
-    finally:
-        a.stop()
-        b.stop()
-        wan.remove()
 
 
 def test_a_real_fault_in_one_lei_moves_its_task_to_the_other(federation):

@@ -7,7 +7,6 @@ planners are the real ones.
 
 from __future__ import annotations
 
-import secrets as tokens
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from dragon.messages import codec, topics
 from dragon.messages.schemas import HostHealth, HostMetrics, HostSample, PlanDecision, TaskUsage
 from dragon.testing.lei import LeiStack
 from dragon.testing.listener import Listener, publish
+
+from .conftest import bridged_brokers
 
 pytestmark = pytest.mark.integration
 
@@ -67,26 +68,11 @@ def reporting(stack: LeiStack, hot: str, cool: str) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, repo):
-    conf = repo / "compose" / "mosquitto" / "broker.conf"
-    suffix = tokens.token_hex(3)
-    a = LeiStack(f"fa{suffix}", ["h1", "h2"], tmp_path_factory.mktemp("fa"), conf)
-    b = LeiStack(f"fb{suffix}", ["h3", "h4"], tmp_path_factory.mktemp("fb"), conf)
-    # The brokers' WAN: internal, so leaving it never touches the ports the test reaches them on.
-    wan = a.docker.networks.create(f"dragon-wan-{suffix}", internal=True)
-    try:
-        b.start_brokers(peers=(a.lei,))
-        a.bridge_to(b)
-        a.start_brokers(peers=(b.lei,))
-        a.join_wan(wan.name)
-        b.join_wan(wan.name)
+    with bridged_brokers(tmp_path_factory, repo, "f") as (a, b, wan):
         a.start_planner("planner-a", PLANNER_ENV)
         b.start_planner("planner-b", PLANNER_ENV)
         with reporting(a, hot="h1", cool="h2"), reporting(b, hot="h3", cool="h4"):
-            yield a, b, wan.name
-    finally:
-        a.stop()
-        b.stop()
-        wan.remove()
+            yield a, b, wan
 
 
 def next_decision(stack: LeiStack, of: LeiStack, predicate=lambda d: True) -> PlanDecision:

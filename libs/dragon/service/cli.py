@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from dragon import config, logs
 from dragon.config import ConfigError
@@ -40,3 +41,33 @@ def print_config(cfg) -> int:
 
 def setup_logging(cfg, service: str) -> None:
     logs.configure(cfg.common.service.log_level, service=service)
+
+
+def run_service(
+    argv: list[str] | None,
+    prog: str,
+    description: str,
+    config_class: type,
+    health_max_age_s: Callable[[Any], float],
+    start: Callable[[Any], None],
+) -> int:
+    """The whole entry point of a service without subcommands.
+
+    ``--help``, ``--check-config`` and ``--healthcheck`` answer without starting anything;
+    otherwise logging is set up and ``start(config)`` runs the service (import the service module
+    inside it, so that ``--help`` stays fast and light).
+    """
+    from dragon.service.known import known_env_names  # every service's settings: imports them all
+    from dragon.service.lifecycle import health_check
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = load_or_exit(config_class, known_env_names())
+    if args.check_config:
+        return print_config(cfg)
+    if args.healthcheck:
+        return health_check(cfg.common.service.health_file, health_max_age_s(cfg))
+    setup_logging(cfg, prog.removeprefix("dragon-"))
+    start(cfg)
+    return 0
