@@ -256,3 +256,15 @@ def test_samples_may_arrive_while_another_thread_takes_snapshots():
         feeder.join()
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+def test_a_hosts_background_is_the_minimum_of_its_last_samples():
+    from dragon.simulator.view import HostRecord
+
+    rng = np.random.default_rng(5)
+    record, history = HostRecord(0.0, 1.0, np.zeros(3), {}), []
+    for _ in range(500):
+        usage = np.round(rng.uniform(0, 1, 3), 1)  # rounded: many ties, as constant metrics give
+        history.append(usage)
+        record.add(usage, keep=40)
+        assert np.array_equal(record.background, np.min(history[-40:], axis=0))

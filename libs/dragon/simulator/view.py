@@ -44,7 +44,28 @@ class HostRecord:
     interval_s: float
     usage: np.ndarray  # (n,) newest metrics
     tasks: dict[str, tuple[float, float]]  # task id -> (cpu share of the host, ram bytes)
-    recent: deque = field(default_factory=deque)  # recent usage vectors, for the background
+    background: np.ndarray | None = None  # element-wise minimum of the last samples' usage
+    seen: int = 0  # samples taken in
+    # Per metric, (sample number, value) with increasing values: the front is the window's minimum.
+    minima: list[deque] = field(default_factory=list)
+
+    def add(self, usage: np.ndarray, keep: int) -> None:
+        """Take ``usage`` in and keep the minimum of the last ``keep`` samples, per metric.
+
+        Every snapshot needs every host's background: taking the minimum over 360 stored vectors
+        per host was 95 % of a 256-host snapshot (50 ms). A monotonic queue per metric keeps it
+        in amortised constant time per sample instead.
+        """
+        if not self.minima:
+            self.minima = [deque() for _ in usage]
+        self.seen += 1
+        for queue, value in zip(self.minima, usage.tolist(), strict=True):
+            while queue and queue[-1][1] >= value:
+                queue.pop()
+            queue.append((self.seen, value))
+            if queue[0][0] <= self.seen - keep:
+                queue.popleft()
+        self.background = np.array([queue[0][1] for queue in self.minima])
 
 
 @dataclass(frozen=True, eq=False)  # numpy fields
@@ -120,9 +141,7 @@ class FederationView:
         if record is None:
             record = self._hosts[key] = HostRecord(sample.ts, sample.interval_s, usage, tasks)
         record.ts, record.interval_s, record.usage, record.tasks = sample.ts, sample.interval_s, usage, tasks
-        record.recent.append(usage)
-        while len(record.recent) > self.background_samples:
-            record.recent.popleft()
+        record.add(usage, self.background_samples)
         for task in tasks:
             self._home_lei.setdefault(task, sample.lei)
 
@@ -144,7 +163,7 @@ class FederationView:
         records = [self._hosts[key] for key in fresh]
         federation = self._federation([lei for lei, _ in fresh])
         usage = np.stack([rec.usage for rec in records])
-        background = np.stack([np.min(np.stack(rec.recent), axis=0) for rec in records])
+        background = np.stack([rec.background for rec in records])
         placement, measured, ram_bytes = self._tasks(records)
         task_ids = tuple(placement)
         place = np.array([placement[task] for task in task_ids], dtype=int)
