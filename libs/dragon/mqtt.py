@@ -9,7 +9,9 @@ What it adds to paho:
   every successful connect; a refused connect is logged and never treated as
   connected;
 * availability: a retained ``online`` on connect and a Last Will ``offline``,
-  and ``on_connected`` hooks through which a service republishes its state;
+  and ``on_connected`` hooks through which a service republishes its state; what a
+  service can do (say, the migrator's CRIU support) rides on the ``online``
+  message as MQTT v5 user properties (:meth:`MqttClient.advertise`);
 * dispatch by topic filter to handlers that run on one worker thread, not on
   paho's network thread, so slow work never starves keep-alives. QoS 1
   messages are acknowledged only after their handler returned, so a crash
@@ -106,6 +108,7 @@ class MqttClient:
         self._subscriptions: list[tuple[str, int]] = []
         self._handlers: list[tuple[str, BatchHandler]] = []
         self._on_connected: list[Callable[[], None]] = []
+        self._capabilities: dict[str, str] = {}
         self._work: queue.Queue[paho.MQTTMessage | None] = queue.Queue(maxsize=settings.receive_maximum)
         self._connected = threading.Event()
         self._stopping = threading.Event()
@@ -143,6 +146,10 @@ class MqttClient:
     def on_connected(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` (on the worker thread) after every successful connect."""
         self._on_connected.append(hook)
+
+    def advertise(self, capabilities: dict[str, str]) -> None:
+        """Carry ``capabilities`` as user properties on the retained ``online`` (call before ``start``)."""
+        self._capabilities = dict(capabilities)
 
     def start(self) -> None:
         self._worker = threading.Thread(target=self._work_loop, name=f"{self.service}-mqtt-worker", daemon=True)
@@ -250,7 +257,7 @@ class MqttClient:
         log.info("mqtt_connected", host=self.settings.host, session_present=bool(flags.session_present))
         if self._subscriptions:
             client.subscribe([(f, paho.SubscribeOptions(qos=q)) for f, q in self._subscriptions])
-        client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
+        client.publish(self.availability_topic, ONLINE, qos=1, retain=True, properties=self._online_properties())
         self._connected.set()
         self._work.put(_RECONNECTED)
 
@@ -263,6 +270,13 @@ class MqttClient:
         # Blocks while the queue is full: paho stops reading the socket until the worker
         # catches up (see the module docstring). Writes wait too, for about one batch.
         self._work.put(message)
+
+    def _online_properties(self) -> Properties | None:
+        if not self._capabilities:
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = list(self._capabilities.items())
+        return props
 
     # --- worker thread ---------------------------------------------------------
     def _work_loop(self) -> None:

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from dragon.collector.emulation import EmulatedLei
+from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
 from dragon.messages import codec
 from dragon.messages.schemas import HostHealth
-from dragon.testing.lei import LeiStack
+from dragon.testing.lei import COLLECTOR_IMAGE, LeiStack
 from dragon.testing.listener import Listener
 
 SAMPLE_INTERVAL_S = 0.5
@@ -31,6 +33,7 @@ DETECTOR_ENV = {
     "DRAGON_DETECTOR_TRAIN_EPOCHS": "40",
 }
 MODEL_READY_TIMEOUT_S = 120
+SLEEPER = ["python3", "-c", "import time\nwhile True: time.sleep(1)"]
 
 
 @contextmanager
@@ -94,3 +97,25 @@ def bridged_brokers(tmp_path_factory, repo: Path, prefix: str) -> Iterator[tuple
         a.stop()
         b.stop()
         wan.remove()
+
+
+def start_task(emulated: EmulatedLei, command: list[str] = SLEEPER, healthcheck: dict | None = None):
+    """A task container on h1 of ``emulated``, as a user would run one: labelled, limited, configured."""
+    return emulated._client.containers.run(
+        COLLECTOR_IMAGE,
+        command,
+        name=f"dragon-{emulated.lei}-task-{tokens.token_hex(3)}",
+        detach=True,
+        labels={TASK_LABEL: "true", LEI_LABEL: emulated.lei, HOST_LABEL: "h1", "app": "demo"},
+        environment={"APP_MODE": "edge"},
+        cgroup_parent=emulated.cgroup("h1").cgroup_parent,
+        network=emulated.network,
+        mem_limit="64m",
+        healthcheck=healthcheck,
+    )
+
+
+def running_copies(emulated: EmulatedLei, name: str) -> list:
+    """Every running container of the task: the original name or a move's temporary one."""
+    candidates = emulated._client.containers.list(filters={"label": f"{LEI_LABEL}={emulated.lei}"})
+    return [c for c in candidates if c.name == name or c.name.startswith(f"{name}-mv-")]

@@ -13,15 +13,16 @@ import docker
 import pytest
 
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
-from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
+from dragon.collector.injector import HOST_LABEL, LEI_LABEL
 from dragon.migrator.journal import Journal, Step
 from dragon.migrator.moves import RestartMover
 from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
 
+from .conftest import SLEEPER, running_copies, start_task
+
 pytestmark = pytest.mark.integration
 
 HOSTS = (EmulatedHostSpec("h1", cpus=0.5, memory_mb=256), EmulatedHostSpec("h2", cpus=0.5, memory_mb=256))
-SLEEPER = ["python3", "-c", "import time\nwhile True: time.sleep(1)"]
 
 
 class Killed(Exception):
@@ -58,29 +59,7 @@ def journal(emulated):
 
 
 def mover(emulated, journal, **kwargs) -> RestartMover:
-    return RestartMover(emulated._client, journal, lambda host: emulated.cgroup(host).cgroup_parent, **kwargs)
-
-
-def start_task(emulated, healthcheck: dict | None = None):
-    """A task container on h1, as a user would run one: labelled, limited, configured."""
-    return emulated._client.containers.run(
-        COLLECTOR_IMAGE,
-        SLEEPER,
-        name=f"dragon-{emulated.lei}-task-{tokens.token_hex(3)}",
-        detach=True,
-        labels={TASK_LABEL: "true", LEI_LABEL: emulated.lei, HOST_LABEL: "h1", "app": "demo"},
-        environment={"APP_MODE": "edge"},
-        cgroup_parent=emulated.cgroup("h1").cgroup_parent,
-        network=emulated.network,
-        mem_limit="64m",
-        healthcheck=healthcheck,
-    )
-
-
-def running_copies(emulated, name: str) -> list:
-    """Every running container of the task: the original name or a move's temporary one."""
-    candidates = emulated._client.containers.list(filters={"label": f"{LEI_LABEL}={emulated.lei}"})
-    return [c for c in candidates if c.name == name or c.name.startswith(f"{name}-mv-")]
+    return RestartMover(emulated._client, journal, lambda lei, host: emulated.cgroup(host).cgroup_parent, **kwargs)
 
 
 def test_a_running_task_moves_to_its_target_host_with_its_configuration(emulated, journal):
@@ -112,7 +91,7 @@ def test_a_duplicate_command_is_a_no_op(emulated, journal):
 
 def test_a_command_for_a_missing_container_fails_with_the_reason(emulated, journal):
     move = mover(emulated, journal).move("move-missing", "no-such-task", "h2")
-    assert move.step == Step.FAILED and "no such container" in move.error
+    assert move.step == Step.FAILED and "no task container" in move.error
     assert all(m.id != "move-missing" for m in journal.open_moves())
 
 

@@ -1,4 +1,5 @@
-"""Migration commands: accepted only signed with the shared key, for this LEI, and fresh."""
+"""Migration commands: issued by the planner one per task at a time; accepted only signed with the
+shared key, for this LEI, and fresh."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from dataclasses import replace
 import pytest
 
 from dragon.messages import codec
-from dragon.messages.schemas import MigrationCommand
+from dragon.messages.schemas import MigrationCommand, MigrationEvent, PlanDecision, PlannedMove
 from dragon.migrator.commands import CommandRefused, sign, verify
+from dragon.planner.commanding import CommandIssuer
 
 pytestmark = pytest.mark.unit
 
@@ -42,3 +44,71 @@ def test_commands_are_refused_with_the_reason(cmd, key, now, reason):
     with pytest.raises(CommandRefused) as refused:
         verify(cmd, key, "lei1", now, max_age_s=60)
     assert refused.value.reason == reason
+
+
+def decision(*moves: PlannedMove, decision_id: str = "d" * 32) -> PlanDecision:
+    return PlanDecision(
+        id=decision_id,
+        lei="lei1",
+        ts=NOW,
+        mode="dragon",
+        look_ahead=1,
+        moves=moves,
+        faulty_hosts=("lei1/h1",),
+        fitness=0.1,
+        fitness_unmoved=0.3,
+        qos=0.1,
+        art=0.1,
+        aec=0.1,
+        predicted_anomalous=0,
+        decision_ms=5.0,
+        isolated=False,
+        leis=("lei1", "lei2"),
+    )
+
+
+OURS = PlannedMove("web", "lei1", "h1", "lei2", "h4", 0.3)
+THEIRS = PlannedMove("db", "lei2", "h3", "lei1", "h2", 0.3)
+
+
+def issuer() -> CommandIssuer:
+    return CommandIssuer("lei1", "planner-1", KEY, pending_timeout_s=120, cooldown_s=60)
+
+
+def answer(command: MigrationCommand, outcome: str, ts: float) -> MigrationEvent:
+    return MigrationEvent(id=command.id, lei="lei1", task=command.task, outcome=outcome, ts=ts)
+
+
+def test_only_this_leis_moves_become_commands_signed_with_the_key():
+    (sent,) = issuer().commands_for(decision(OURS, THEIRS), NOW)
+    assert (sent.task, sent.target_lei, sent.target_host, sent.issuer) == ("web", "lei2", "h4", "planner-1")
+    verify(sent, KEY, "lei1", NOW, max_age_s=30)
+
+
+def test_a_task_is_not_commanded_again_while_its_command_is_pending():
+    planner = issuer()
+    (first,) = planner.commands_for(decision(OURS), NOW)
+    assert planner.commands_for(decision(OURS, decision_id="e" * 32), NOW + 10) == []  # the same plan, next interval
+    assert planner.pending() == {"web": first.id}
+    (again,) = planner.commands_for(decision(OURS, decision_id="f" * 32), NOW + 121)  # unanswered: timed out
+    assert again.id != first.id
+
+
+def test_after_a_move_the_task_rests_for_the_cooldown_but_a_rollback_frees_it_at_once():
+    planner = issuer()
+    (first,) = planner.commands_for(decision(OURS), NOW)
+    assert planner.settle(answer(first, "done", NOW + 1))
+    assert planner.commands_for(decision(OURS, decision_id="e" * 32), NOW + 30) == []
+    assert len(planner.commands_for(decision(OURS, decision_id="f" * 32), NOW + 62)) == 1
+    other = issuer()
+    (rolled,) = other.commands_for(decision(OURS), NOW)
+    assert other.settle(answer(rolled, "rolled_back", NOW + 1))
+    assert len(other.commands_for(decision(OURS, decision_id="e" * 32), NOW + 2)) == 1
+
+
+def test_an_answer_to_someone_elses_command_settles_nothing():
+    planner = issuer()
+    (sent,) = planner.commands_for(decision(OURS), NOW)
+    stranger = MigrationEvent(id="other", lei="lei1", task="web", outcome="done", ts=NOW)
+    assert not planner.settle(stranger)
+    assert planner.pending() == {"web": sent.id}

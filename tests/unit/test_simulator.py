@@ -10,9 +10,11 @@ from dragon.messages.schemas import (
     DecisionVerdict,
     HostMetrics,
     HostSample,
+    Schedule,
     SimRequest,
     SimResponse,
     TaskMove,
+    TaskPlacement,
     TaskUsage,
 )
 from dragon.sim.federation import EDGE_WAN, GIGABIT_LAN
@@ -73,6 +75,20 @@ def test_a_task_that_moved_counts_where_its_newest_sample_lists_it_and_keeps_its
     snap = view.snapshot(NOW + 1)
     assert snap.state.placement[snap.task_index("t1")] == snap.host_index("b", "h3")
     assert snap.federation.leis[snap.state.home_lei[snap.task_index("t1")]] == "a"
+
+
+def test_a_schedule_newer_than_the_samples_places_a_moved_task_at_once():
+    view = two_lei_view()
+    moved = Schedule(lei="a", ts=NOW + 1, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 0.5),))
+    view.observe_schedule(moved)
+    assert view.snapshot(NOW + 1).state.placement.tolist() == [1, 0, 3]  # t1 on h2 before h2 reports it
+
+
+def test_a_schedule_older_than_the_samples_changes_nothing():
+    view = two_lei_view()
+    old = Schedule(lei="a", ts=NOW, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW - 60),))
+    view.observe_schedule(old)  # t1 ran on h2 once; h1's newer sample lists it: it moved back
+    assert view.snapshot(NOW).state.placement.tolist() == [0, 0, 3]
 
 
 def test_an_older_sample_never_replaces_a_newer_one():

@@ -76,8 +76,33 @@ def test_the_simulator_and_planner_answer_and_decide_only_for_their_own_lei():
         "topic write dragon/lei1/sim/response/+",
         "topic readwrite dragon/simulator/+/available",
         "topic write dragon/fed/lei1/decision",
+        "topic write dragon/lei1/migrations/commands",
         "topic readwrite dragon/planner/+/available",
     ]
+
+
+def test_only_the_planner_may_command_the_migrator_which_may_only_report():
+    acl = secrets.acl("lei1", ["h1"], peers=["lei2"])
+    commanders = [
+        user
+        for user in secrets.MQTT_USERS
+        if "dragon/lei1/migrations/commands" in "\n".join(line for line in acl_block(acl, user) if "write" in line)
+    ]
+    assert commanders == ["planner"]
+    migrator = acl_block(acl, "migrator")
+    assert "topic read dragon/lei1/migrations/commands" in migrator
+    assert [line for line in migrator if "write" in line] == [
+        "topic write dragon/lei1/migrations/events",
+        "topic readwrite dragon/lei1/tasks",
+        "topic readwrite dragon/migrator/+/available",
+    ]
+
+
+def test_the_migration_key_is_generated_with_the_passwords(tmp_path):
+    secrets.generate(tmp_path, "lei1", ["h1"])
+    key = (tmp_path / "migration.key").read_text().strip()
+    assert len(key) >= 32
+    assert "migrator:$7$" in (tmp_path / "passwd").read_text()
 
 
 def test_a_bridge_file_carries_each_lei_its_own_direction():
@@ -87,6 +112,8 @@ def test_a_bridge_file_carries_each_lei_its_own_direction():
     assert "topic dragon/lei1/hosts/+/sample out 1" in lines
     assert "topic dragon/lei2/hosts/+/sample in 1" in lines
     assert "topic dragon/fed/lei2/decision in 1" in lines
+    assert "topic dragon/lei1/tasks out 1" in lines  # a move is seen by the peers' planners at once
+    assert not any("migrations" in line for line in lines)  # commands never cross brokers
     assert not any(" both " in line for line in lines)  # no loops between brokers
     with pytest.raises(ValueError, match="itself"):
         secrets.bridge_conf("lei1", "lei1", "x:1", "p")

@@ -110,12 +110,9 @@ class EmulatedLei:
         """Demo task containers ``<lei>-<host>-demo<i>`` for i < count, running; returns them."""
         self.ensure_network()
         cgroup = self.cgroup(spec.name)
-        labels = [
-            f"{TASK_LABEL}=true",
-            f"{LEI_LABEL}={self.lei}",
-            f"{HOST_LABEL}={spec.name}",
-            f"{MANAGED_LABEL}={MANAGER}",
-        ]
+        # By name, wherever it runs now: the migrator may have moved a demo task to another host
+        # (or LEI); it keeps its name, and starting a second copy would fail on that name anyway.
+        labels = [f"{TASK_LABEL}=true", f"{MANAGED_LABEL}={MANAGER}"]
         existing = {c.name: c for c in self._client.containers.list(all=True, filters={"label": labels})}
         tasks = []
         for index in range(count):

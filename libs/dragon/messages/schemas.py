@@ -301,3 +301,70 @@ class MigrationCommand(Message):
         require(0 < len(self.id) <= 64, "MigrationCommand.id must be 1-64 characters")
         require(len(self.task) > 0 and len(self.target_host) > 0, "MigrationCommand needs a task and a target host")
         require(self.ts > 0, "MigrationCommand.ts must be an epoch time in seconds")
+
+
+MIGRATION_OUTCOMES: tuple[str, ...] = ("done", "rolled_back", "failed", "refused")
+
+
+@dataclass(frozen=True)
+class StepDuration:
+    step: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class MigrationEvent(Message):
+    """``dragon/<lei>/migrations/events`` — what the migrator did with command ``id``.
+
+    ``outcome``: ``done`` (the task runs on the target), ``rolled_back`` (it runs on its source as
+    before), ``failed`` (nothing was moved, e.g. no such task) or ``refused`` (the command was not
+    carried out: ``reason`` says why — unsigned, bad_signature, wrong_lei, stale, future,
+    duplicate, busy, unknown_host, malformed). ``mode`` is the kind of move and ``mode_reason``
+    why it was chosen; ``steps`` each journal step's duration. ``recovered``: finished by a
+    migrator that restarted after being stopped mid-move.
+    """
+
+    id: str
+    lei: str
+    task: str
+    outcome: str
+    ts: float
+    source_host: str = ""
+    target_lei: str = ""
+    target_host: str = ""
+    mode: str = ""
+    mode_reason: str = ""
+    reason: str = ""
+    error: str = ""
+    steps: tuple[StepDuration, ...] = ()
+    total_s: float = 0.0
+    recovered: bool = False
+    migrator: str = ""
+
+    def check(self) -> None:
+        outcomes = ", ".join(MIGRATION_OUTCOMES)
+        require(self.outcome in MIGRATION_OUTCOMES, f"MigrationEvent.outcome must be one of {outcomes}")
+
+
+@dataclass(frozen=True)
+class TaskPlacement:
+    """Task ``task`` runs in container ``container`` on host ``host``, there since ``since``."""
+
+    task: str
+    container: str
+    host: str
+    since: float
+
+
+@dataclass(frozen=True)
+class Schedule(Message):
+    """``dragon/<lei>/tasks`` (retained) — the LEI's schedule S_t as its migrator knows it.
+
+    Republished after every move, so the planner and the simulator see a move at once rather
+    than at the hosts' next samples; ``since`` of a moved task is when it started on its host.
+    """
+
+    lei: str
+    ts: float
+    tasks: tuple[TaskPlacement, ...]
+    migrator: str = ""

@@ -52,6 +52,26 @@ def fed_decision(lei: str) -> str:
     return f"{ROOT}/fed/{lei}/decision"
 
 
+def migration_commands(lei: str) -> str:
+    """Signed migration commands to this LEI's migrator (from its planner)."""
+    return f"{ROOT}/{lei}/migrations/commands"
+
+
+def migration_events(lei: str) -> str:
+    """What the migrator did with each command: moved, rolled back, failed or refused."""
+    return f"{ROOT}/{lei}/migrations/events"
+
+
+def schedule(lei: str) -> str:
+    """The LEI's current schedule S_t (task -> host), retained; republished after every move."""
+    return f"{ROOT}/{lei}/tasks"
+
+
+def all_schedules() -> str:
+    """Filter for the schedule of every LEI this broker sees."""
+    return f"{ROOT}/+/tasks"
+
+
 def inject(lei: str, host: str) -> str:
     return f"{ROOT}/{lei}/inject/{host}"
 

@@ -39,6 +39,7 @@ class Move:
     name: str
     source_host: str
     target_host: str
+    target_lei: str = ""
     mode: str = "restart"
     step: Step = Step.PLANNED
     target_id: str = ""
@@ -52,6 +53,7 @@ class Journal:
 
     def __init__(self, client: redis.Redis, lei: str) -> None:
         self.redis = client
+        self.lei = lei
         self.prefix = f"dragon:{lei}:migration:"
         self.open_key = f"dragon:{lei}:migrations:open"
 
@@ -81,6 +83,7 @@ class Journal:
             name=data["name"],
             source_host=data["source_host"],
             target_host=data["target_host"],
+            target_lei=data.get("target_lei", ""),
             mode=data.get("mode", "restart"),
             step=Step(data["step"]),
             target_id=data.get("target_id", ""),

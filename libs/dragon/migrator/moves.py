@@ -23,7 +23,8 @@ from typing import Any
 import docker.errors
 import structlog
 
-from dragon.collector.injector import HOST_LABEL
+from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
+from dragon.collector.probes import TASK_ID_LABEL
 from dragon.migrator.journal import FINAL, Journal, Move, Step
 
 log = structlog.get_logger(__name__)
@@ -36,10 +37,25 @@ class MoveError(RuntimeError):
     """A move that cannot be carried out; the journal says why."""
 
 
-def creation_kwargs(source: Any, target_host: str, cgroup_parent: str, move_id: str) -> dict[str, Any]:
-    """``containers.create`` arguments reproducing ``source`` on ``target_host``."""
+def task_id_of(container: Any) -> str:
+    """The task a container runs: its ``dragon.task.id`` label, else its name (as the collector reports it)."""
+    return container.labels.get(TASK_ID_LABEL) or container.name
+
+
+def creation_kwargs(source: Any, target_lei: str, target_host: str, cgroup_parent: str, move_id: str) -> dict[str, Any]:
+    """``containers.create`` arguments reproducing ``source`` on ``target_host`` of ``target_lei``.
+
+    The target keeps the task's id (``dragon.task.id``), so that while both copies exist, and
+    after, every service sees one task that changed hosts, not a new one.
+    """
     config, host = source.attrs["Config"], source.attrs["HostConfig"]
-    labels = {**(config.get("Labels") or {}), HOST_LABEL: target_host, MOVE_LABEL: move_id}
+    labels = {
+        **(config.get("Labels") or {}),
+        TASK_ID_LABEL: task_id_of(source),
+        LEI_LABEL: target_lei,
+        HOST_LABEL: target_host,
+        MOVE_LABEL: move_id,
+    }
     networks = list((source.attrs.get("NetworkSettings", {}).get("Networks") or {}).keys())
     kwargs: dict[str, Any] = {
         "image": config["Image"],
@@ -67,7 +83,8 @@ def creation_kwargs(source: Any, target_host: str, cgroup_parent: str, move_id: 
 class RestartMover:
     """Carries out restart moves on one Docker engine and recovers the ones left in flight.
 
-    ``cgroup_parent_of(host)`` names a host's parent cgroup. ``after_step`` (tests) is called
+    Only containers labelled as DRAGON tasks of the journal's LEI are moved.
+    ``cgroup_parent_of(lei, host)`` names a host's parent cgroup. ``after_step`` (tests) is called
     after each step's action, before the next step is journalled: raising there is a kill at
     that point.
     """
@@ -76,7 +93,7 @@ class RestartMover:
         self,
         client: Any,
         journal: Journal,
-        cgroup_parent_of: Callable[[str], str],
+        cgroup_parent_of: Callable[[str, str], str],
         after_step: Callable[[Step], None] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
@@ -87,25 +104,44 @@ class RestartMover:
         self.start_timeout_s = start_timeout_s
 
     # --- one move -------------------------------------------------------------------
-    def move(self, move_id: str, task: str, target_host: str) -> Move:
-        """Move container ``task`` (id or name) to ``target_host``; a known ``move_id`` is a no-op."""
+    def move(self, move_id: str, task: str, target_host: str, target_lei: str = "") -> Move:
+        """Move ``task`` (its task id, container name or id) to ``target_host`` of ``target_lei``
+        (default: this LEI); a known ``move_id`` is a no-op that returns the move as recorded."""
         known = self.journal.get(move_id)
         if known is not None:
             log.info("move_duplicate", id=move_id, step=known.step.value)
             return known
-        try:
-            source = self.docker.containers.get(task)
-        except docker.errors.NotFound:
-            failed = Move(move_id, task, task, "", target_host, step=Step.FAILED, error="no such container")
+        target_lei = target_lei or self.journal.lei
+        found = self.locate(task)
+        if len(found) != 1:
+            error = (
+                f"no task container {task!r} of LEI {self.journal.lei}"
+                if not found
+                else (f"task {task!r} matches {len(found)} containers: {', '.join(c.name for c in found)}")
+            )
+            failed = Move(move_id, task, task, "", target_host, target_lei=target_lei, step=Step.FAILED, error=error)
             self.journal.begin(failed)
-            return self.journal.record(failed, Step.FAILED, error="no such container")
-        move = Move(move_id, source.id, source.name, source.labels.get(HOST_LABEL, ""), target_host)
+            return self.journal.record(failed, Step.FAILED, error=error)
+        (source,) = found
+        source_host = source.labels.get(HOST_LABEL, "")
+        move = Move(move_id, source.id, source.name, source_host, target_host, target_lei=target_lei)
         move = self.journal.begin(move) or self.journal.get(move_id)
         self.after_step(Step.PLANNED)
         return self._run(move, source)
 
+    def locate(self, task: str) -> list[Any]:
+        """This LEI's containers of ``task``: by task id, else by container name or id.
+
+        A container that is not labelled as a DRAGON task of this LEI is never touched.
+        """
+        labels = [f"{TASK_LABEL}=true", f"{LEI_LABEL}={self.journal.lei}"]
+        candidates = self.docker.containers.list(all=True, filters={"label": labels})
+        by_task = [c for c in candidates if task_id_of(c) == task]
+        return by_task or [c for c in candidates if c.name == task or c.id.startswith(task)]
+
     def _run(self, move: Move, source: Any) -> Move:
-        kwargs = creation_kwargs(source, move.target_host, self.cgroup_parent_of(move.target_host), move.id)
+        cgroup_parent = self.cgroup_parent_of(move.target_lei, move.target_host)
+        kwargs = creation_kwargs(source, move.target_lei, move.target_host, cgroup_parent, move.id)
         move, target = self._step(move, Step.CREATING, lambda: self.docker.containers.create(**kwargs))
         try:
             move, _ = self._step(move, Step.STARTING, lambda: self._start(target), target_id=target.id)
@@ -123,8 +159,10 @@ class RestartMover:
         return move, result
 
     def _start(self, target: Any) -> None:
-        """Start ``target`` and wait until it runs (and is healthy, if it has a healthcheck)."""
-        target.start()
+        """Start ``target`` unless it runs, and wait until it runs (and is healthy, if it has a healthcheck)."""
+        target.reload()
+        if target.status != "running":
+            target.start()
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             target.reload()
@@ -181,6 +219,13 @@ class RestartMover:
         """Complete or roll back every move in flight; returns them as they ended."""
         return [self._recover(move) for move in self.journal.open_moves() if move.step not in FINAL]
 
+    def settle(self, move_id: str) -> Move:
+        """Complete or roll back move ``move_id`` now (after an error midway); as it ended."""
+        move = self.journal.get(move_id)
+        if move is None:
+            raise MoveError(f"move {move_id} is not in the journal")
+        return move if move.step in FINAL else self._recover(move)
+
     def _recover(self, move: Move) -> Move:
         """A move left in flight: completed if its target runs or can be started, else rolled back."""
         target = self._target_of(move)
@@ -188,8 +233,7 @@ class RestartMover:
             return self._roll_back(move, f"interrupted at {move.step.value}, before the target existed")
         move = self.journal.record(move, move.step, target_id=target.id)
         try:
-            if not self._running(target):
-                self._start(target)
+            self._start(target)
         except MoveError as exc:
             if self._exists(move.task):
                 return self._roll_back(move, str(exc))
@@ -200,10 +244,6 @@ class RestartMover:
     def _target_of(self, move: Move) -> Any | None:
         found = self.docker.containers.list(all=True, filters={"label": f"{MOVE_LABEL}={move.id}"})
         return found[0] if found else None
-
-    def _running(self, container: Any) -> bool:
-        container.reload()
-        return container.status == "running"
 
     def _exists(self, container_id: str) -> bool:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dragon.config import ConfigError, section, setting
+from dragon.migrator.config import CommandSettings
 from dragon.settings import CommonConfig
 from dragon.simulator.config import CoSimSettings
 
@@ -13,6 +14,7 @@ from dragon.simulator.config import CoSimSettings
 class PlannerConfig:
     common: CommonConfig = section(CommonConfig)
     cosim: CoSimSettings = section(CoSimSettings)
+    commands: CommandSettings = section(CommandSettings)
     interval_s: float = setting(
         "DRAGON_PLANNER_INTERVAL", 10.0, "how often the planner decides while a host of its LEI is faulty", "s"
     )
@@ -27,6 +29,15 @@ class PlannerConfig:
         "DRAGON_PLANNER_STEPS", 150, "simulated annealing: steps per chain, plus 4 per task on a faulty host"
     )
     seed: int = setting("DRAGON_PLANNER_SEED", -1, "seed of the annealing (-1: a fresh one per decision)")
+    move_cooldown_s: float = setting(
+        "DRAGON_PLANNER_MOVE_COOLDOWN", 60.0, "a task moved is not commanded to move again for this long", "s"
+    )
+    command_timeout_s: float = setting(
+        "DRAGON_PLANNER_COMMAND_TIMEOUT",
+        120.0,
+        "a task whose command the migrator has not answered may be commanded again after this long",
+        "s",
+    )
 
     def validate(self) -> None:
         if self.interval_s <= 0 or self.health_max_age_s <= 0:
@@ -35,6 +46,10 @@ class PlannerConfig:
             raise ConfigError("DRAGON_PLANNER_LOOKAHEAD must be between 1 and 20")
         if self.chains < 1 or self.steps < 1:
             raise ConfigError("DRAGON_PLANNER_CHAINS and DRAGON_PLANNER_STEPS must be at least 1")
+        if self.move_cooldown_s < 0 or self.command_timeout_s <= 0:
+            raise ConfigError(
+                "DRAGON_PLANNER_MOVE_COOLDOWN must not be negative, DRAGON_PLANNER_COMMAND_TIMEOUT positive"
+            )
 
     @property
     def mode(self) -> str:

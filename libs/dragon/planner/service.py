@@ -6,7 +6,9 @@ detectors' verdicts from the retained health topics. While a host of its own LEI
 decides, every ``DRAGON_PLANNER_INTERVAL``, the preemptive migrations of the whole federation
 by simulated annealing on the co-simulator's fitness, in process (thousands of evaluations per
 decision cannot each cross MQTT), and publishes the decision on ``dragon/fed/<lei>/decision``.
-Each broker carries out only the moves of its own LEI's tasks (the migrator issue).
+Each broker carries out only the moves of its own LEI's tasks: with the migration key, the
+planner sends them to its migrator as signed commands (:mod:`dragon.planner.commanding`) and
+follows the migrator's events and the schedule it republishes after every move.
 
 A broker that has heard from no peer LEI for ``DRAGON_SIM_STALE_INTERVALS`` intervals is cut
 off: it plans for its own LEI alone, moving tasks between its own hosts, and says so
@@ -22,15 +24,16 @@ import numpy as np
 import structlog
 
 from dragon.messages import topics
-from dragon.messages.schemas import HostHealth
+from dragon.messages.schemas import HostHealth, MigrationEvent, PlanDecision
 from dragon.mqtt import Counters, Incoming, MqttClient
 from dragon.planner.annealing import AnnealingConfig, anneal, groups_of
+from dragon.planner.commanding import CommandIssuer
 from dragon.planner.config import PlannerConfig
 from dragon.planner.decisions import PlanContext, decision_message
 from dragon.planner.lookahead import look_ahead
 from dragon.service.lifecycle import Lifecycle
 from dragon.sim.twin import UNPLACED
-from dragon.simulator.view import Snapshot, co_simulator, follow_samples, view_from
+from dragon.simulator.view import Snapshot, co_simulator, follow_samples, follow_schedules, view_from
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +51,13 @@ class Planner:
         self.health: dict[tuple[str, str], HostHealth] = {}
         self._health_lock = threading.Lock()  # verdicts arrive on the MQTT worker, plans run on the main thread
         self.annealing = AnnealingConfig(chains=config.chains, steps=config.steps)
+        self.issuer = (
+            CommandIssuer(
+                self.lei, self.instance, config.commands.key_bytes, config.command_timeout_s, config.move_cooldown_s
+            )
+            if config.commands.key
+            else None
+        )
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -62,11 +72,19 @@ class Planner:
     def init_mqtt(self) -> None:
         self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
         follow_samples(self.mqtt, self.view)
+        follow_schedules(self.mqtt, self.view)
         self.mqtt.subscribe(topics.all_host_health(), self.on_health, qos=1)
+        self.mqtt.subscribe(topics.migration_events(self.lei), self.on_migration_event, qos=1)
 
     def start_mqtt(self) -> None:
         self.mqtt.start()
-        log.info("planner_started", lei=self.lei, mode=self.config.mode, look_ahead=self.config.look_ahead)
+        log.info(
+            "planner_started",
+            lei=self.lei,
+            mode=self.config.mode,
+            look_ahead=self.config.look_ahead,
+            commands=self.issuer is not None,
+        )
 
     def plan_until_stopped(self) -> None:
         while not self.lifecycle.stop.wait(self.config.interval_s):
@@ -92,6 +110,14 @@ class Planner:
             known = self.health.get((verdict.lei, verdict.host))
             if known is None or verdict.ts >= known.ts:  # a redelivered older verdict must not win
                 self.health[(verdict.lei, verdict.host)] = verdict
+
+    def on_migration_event(self, incoming: Incoming) -> None:
+        event = self.mqtt.decode_or_drop(MigrationEvent, incoming)
+        if event is not None and self.issuer is not None and self.issuer.settle(event):
+            self.counters.add(f"commands_{event.outcome}")
+            log.info(
+                "command_answered", id=event.id, task=event.task, outcome=event.outcome, reason=event.reason or None
+            )
 
     # --- deciding -------------------------------------------------------------------
     def faulty(self, now: float) -> list[tuple[str, str]]:
@@ -125,7 +151,19 @@ class Planner:
             ms=round(decision.decision_ms, 1),
             isolated=decision.isolated,
         )
+        self.command(decision, now)
         return decision
+
+    def command(self, decision: PlanDecision, now: float) -> None:
+        """Send this LEI's moves of ``decision`` to its migrator (with the key; else deciding is all)."""
+        if self.issuer is None:
+            return
+        for command in self.issuer.commands_for(decision, now):
+            self.mqtt.publish_message(topics.migration_commands(self.lei), command, qos=1)
+            self.counters.add("commands")
+            log.info(
+                "command_sent", id=command.id, task=command.task, target=f"{command.target_lei}/{command.target_host}"
+            )
 
     def decide(self, snapshot: Snapshot, faulty: list[tuple[str, str]], now: float):
         started = time.perf_counter()

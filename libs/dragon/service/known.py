@@ -9,10 +9,11 @@ from __future__ import annotations
 from dragon.collector.config import CollectorConfig
 from dragon.config import env_names
 from dragon.detector.config import DetectorConfig
+from dragon.migrator.config import MigratorConfig
 from dragon.planner.config import PlannerConfig
 from dragon.simulator.config import SimulatorConfig
 
-CONFIG_CLASSES: tuple[type, ...] = (CollectorConfig, DetectorConfig, SimulatorConfig, PlannerConfig)
+CONFIG_CLASSES: tuple[type, ...] = (CollectorConfig, DetectorConfig, SimulatorConfig, PlannerConfig, MigratorConfig)
 
 
 def known_env_names() -> set[str]:

@@ -24,7 +24,7 @@ from dragon.mqtt import Counters, Incoming, MqttClient
 from dragon.service.lifecycle import Lifecycle
 from dragon.simulator.answers import RequestError, answer, error_response
 from dragon.simulator.config import SimulatorConfig
-from dragon.simulator.view import co_simulator, follow_samples, view_from
+from dragon.simulator.view import co_simulator, follow_samples, follow_schedules, view_from
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +55,7 @@ class Simulator:
     def init_mqtt(self) -> None:
         self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
         follow_samples(self.mqtt, self.view)
+        follow_schedules(self.mqtt, self.view)
         self.mqtt.subscribe(topics.sim_request(self.lei), self.on_request, qos=1)
 
     def start_mqtt(self) -> None:

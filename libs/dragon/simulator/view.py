@@ -1,7 +1,9 @@
 """What the simulator knows of the federation now: W^M_t and S_t, kept from the host samples.
 
 Every sample the broker carries (its own LEI's and, through bridges, the other LEIs') updates
-its host's newest usage and the tasks running there. A snapshot turns that into the arrays the
+its host's newest usage and the tasks running there; every LEI's schedule, which its migrator
+republishes after each move, places a moved task on its new host before the next samples show
+it there. A snapshot turns that into the arrays the
 co-simulator takes: hosts ordered by (LEI, host), a task's placement from the newest sample
 that lists it, a host's background from its lowest recent usage, and each task's home LEI (the
 LEI it was first seen in: its users' requests still enter there after it moves).
@@ -22,7 +24,7 @@ import numpy as np
 import structlog
 
 from dragon.messages import topics
-from dragon.messages.schemas import HOST_METRICS, HostSample
+from dragon.messages.schemas import HOST_METRICS, HostSample, Schedule
 from dragon.mqtt import Incoming, MqttClient
 from dragon.sim.federation import RPI4B_4GB, Federation, Link, PowerProfile
 from dragon.sim.qos import CoSimulator, FederationState, FitnessWeights, ServiceModel
@@ -113,6 +115,7 @@ class FederationView:
         self.lan, self.wan, self.power = lan, wan, power
         self._hosts: dict[HostKey, HostRecord] = {}
         self._home_lei: dict[str, str] = {}
+        self._scheduled: dict[str, dict[str, tuple[str, float]]] = {}  # lei -> task -> (host, since)
         # Samples arrive on the MQTT worker thread while the planner snapshots on its own.
         self._lock = threading.Lock()
 
@@ -145,6 +148,12 @@ class FederationView:
         for task in tasks:
             self._home_lei.setdefault(task, sample.lei)
 
+    def observe_schedule(self, schedule: Schedule) -> None:
+        """Take an LEI's schedule in: where each of its tasks runs, and since when."""
+        placements = {p.task: (p.host, p.since) for p in schedule.tasks}
+        with self._lock:
+            self._scheduled[schedule.lei] = placements
+
     def known_leis(self) -> set[str]:
         """Every LEI a sample ever came from, fresh or not."""
         with self._lock:
@@ -165,6 +174,7 @@ class FederationView:
         usage = np.stack([rec.usage for rec in records])
         background = np.stack([rec.background for rec in records])
         placement, measured, ram_bytes = self._tasks(records)
+        self._apply_schedules(placement, fresh)
         task_ids = tuple(placement)
         place = np.array([placement[task] for task in task_ids], dtype=int)
         measured_rows = np.array([measured[task] for task in task_ids]).reshape(len(task_ids), len(HOST_METRICS))
@@ -214,6 +224,22 @@ class FederationView:
                 measured[task] = row
         return placement, measured, ram
 
+    def _apply_schedules(self, placement: dict[str, int], fresh: list[HostKey]) -> None:
+        """Place each task where its LEI's schedule says, when the schedule is newer than the samples.
+
+        A task whose container started on its host after the newest sample that listed it
+        elsewhere has moved there: its usage travels with it until the host's samples list it.
+        """
+        index = {key: i for i, key in enumerate(fresh)}
+        for lei, tasks in self._scheduled.items():
+            for task, (host, since) in tasks.items():
+                target = index.get((lei, host))
+                if task not in placement or target is None or target == placement[task]:
+                    continue
+                listed_at = self._hosts[fresh[placement[task]]].ts
+                if since > listed_at:
+                    placement[task] = target
+
     def _home_of(self, task: str, current_lei: str, leis: tuple[str, ...]) -> int:
         """Index in ``leis`` of the LEI the task was first seen in, if it is one of them; else of where it runs."""
         home = self._home_lei.get(task, current_lei)
@@ -234,6 +260,17 @@ def follow_samples(mqtt: MqttClient, view: FederationView) -> None:
                 )
 
     mqtt.subscribe_batch(topics.all_host_samples(), on_samples, qos=1)
+
+
+def follow_schedules(mqtt: MqttClient, view: FederationView) -> None:
+    """Feed ``view`` the schedule of every LEI the broker carries (before ``mqtt.start()``)."""
+
+    def on_schedule(incoming: Incoming) -> None:
+        schedule = mqtt.decode_or_drop(Schedule, incoming)
+        if schedule is not None:
+            view.observe_schedule(schedule)
+
+    mqtt.subscribe(topics.all_schedules(), on_schedule, qos=1)
 
 
 def view_from(settings: CoSimSettings) -> FederationView:

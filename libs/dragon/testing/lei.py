@@ -26,6 +26,7 @@ MOSQUITTO_IMAGE = "dragon-mosquitto:local"
 REDIS_IMAGE = "dragon-redis:local"
 COLLECTOR_IMAGE = "dragon-collector:local"
 DETECTOR_IMAGE = "dragon-detector:local"
+MIGRATOR_IMAGE = "dragon-migrator:local"
 SECRETS_GROUP = [str(secrets.SECRETS_GID)]
 STARTUP_TIMEOUT_S = 60
 
@@ -206,6 +207,26 @@ class LeiStack:
         """The simulator runs from the detector image (it needs numpy, not torch, but ships with it)."""
         container = DockerContainer(DETECTOR_IMAGE).with_command("dragon-simulator")
         return self._start_service(name, container, "simulator", {"DRAGON_INSTANCE": name, **(env or {})})
+
+    def start_migrator(self, name: str, env: Mapping[str, str] | None = None) -> DockerContainer:
+        """The migrator, with the Docker socket, the hosts' cgroups (read-only) and the migration key."""
+        require_images(self.docker, (MIGRATOR_IMAGE,))
+        container = (
+            DockerContainer(MIGRATOR_IMAGE)
+            .with_volume_mapping("/var/run/docker.sock", "/var/run/docker.sock", "rw")
+            .with_volume_mapping("/sys/fs/cgroup", "/host/sys/fs/cgroup", "ro")
+        )
+        migrator_env = {
+            "DRAGON_REDIS_URL": "redis://redis:6379/0",
+            "DRAGON_REDIS_PASSWORD_FILE": "/secrets/redis.password",
+            "DRAGON_MIGRATION_KEY_FILE": "/secrets/migration.key",
+            "DRAGON_CGROUP_ROOT": "/host/sys/fs/cgroup",
+            "DRAGON_INSTANCE": name,
+        }
+        return self._start_service(name, container, "migrator", {**migrator_env, **(env or {})})
+
+    def migration_key(self) -> bytes:
+        return (self.secrets_dir / "migration.key").read_text().strip().encode()
 
     def _start_service(
         self, name: str, container: DockerContainer, user: str, env: Mapping[str, str]

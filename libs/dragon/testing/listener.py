@@ -22,6 +22,7 @@ class Received:
     content_type: str
     at: float  # time.time() on arrival
     correlation_data: bytes = b""
+    user_properties: tuple[tuple[str, str], ...] = ()
 
 
 class Listener:
@@ -66,12 +67,18 @@ class Listener:
         props = message.properties
         content_type = getattr(props, "ContentType", "") if props is not None else ""
         correlation = bytes(getattr(props, "CorrelationData", b"") or b"") if props is not None else b""
+        user_properties = tuple(getattr(props, "UserProperty", []) or []) if props is not None else ()
+        received = Received(
+            message.topic,
+            bytes(message.payload),
+            bool(message.retain),
+            content_type,
+            time.time(),
+            correlation,
+            user_properties,
+        )
         with self._cond:
-            self.messages.append(
-                Received(
-                    message.topic, bytes(message.payload), bool(message.retain), content_type, time.time(), correlation
-                )
-            )
+            self.messages.append(received)
             self._cond.notify_all()
 
     def matching(self, predicate: Callable[[Received], bool]) -> list[Received]:

@@ -1,0 +1,72 @@
+"""The migrator's configuration (see the table in README.md), and the command key it shares with the planner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dragon.config import ConfigError, section, setting
+from dragon.settings import CommonConfig, RedisSettings
+
+CRIU_MODES = ("auto", "off")
+
+
+@dataclass(frozen=True)
+class CommandSettings:
+    """What signs and bounds a migration command; the planner and the migrator read the same."""
+
+    key: str = setting(
+        "DRAGON_MIGRATION_KEY",
+        "",
+        "key signing migration commands (HMAC-SHA256), shared by the planner and the migrator; "
+        "without it the planner issues no commands and the migrator does not start",
+        secret=True,
+    )
+    max_age_s: float = setting(
+        "DRAGON_MIGRATION_MAX_AGE", 30.0, "a migration command older than this is refused as stale", "s"
+    )
+
+    def validate(self) -> None:
+        if self.max_age_s <= 0:
+            raise ConfigError("DRAGON_MIGRATION_MAX_AGE must be positive")
+
+    @property
+    def key_bytes(self) -> bytes:
+        return self.key.encode()
+
+
+@dataclass(frozen=True)
+class MigratorConfig:
+    common: CommonConfig = section(CommonConfig)
+    redis: RedisSettings = section(RedisSettings)
+    commands: CommandSettings = section(CommandSettings)
+    cgroup_root: str = setting("DRAGON_CGROUP_ROOT", "/sys/fs/cgroup", "where the host's cgroupfs is mounted")
+    start_timeout_s: float = setting(
+        "DRAGON_MIGRATOR_START_TIMEOUT",
+        60.0,
+        "a moved task that is not running (and healthy, if it has a healthcheck) this long after its start "
+        "is rolled back",
+        "s",
+    )
+    criu: str = setting(
+        "DRAGON_MIGRATOR_CRIU", "auto", "auto: probe the engine for checkpoint/restore at start-up; off: never use it"
+    )
+    probe_image: str = setting(
+        "DRAGON_MIGRATOR_PROBE_IMAGE", "dragon-collector:local", "local image of the throw-away CRIU probe container"
+    )
+    schedule_interval_s: float = setting(
+        "DRAGON_MIGRATOR_SCHEDULE_INTERVAL",
+        30.0,
+        "the schedule is republished this often besides after every move (tasks started or stopped by others)",
+        "s",
+    )
+
+    def validate(self) -> None:
+        if not self.commands.key:
+            raise ConfigError(
+                "DRAGON_MIGRATION_KEY (or DRAGON_MIGRATION_KEY_FILE) must be set: the migrator carries out "
+                "signed commands only (`dragon secrets` writes migration.key)"
+            )
+        if self.criu not in CRIU_MODES:
+            raise ConfigError(f"DRAGON_MIGRATOR_CRIU={self.criu!r} must be one of {', '.join(CRIU_MODES)}")
+        if self.start_timeout_s <= 0 or self.schedule_interval_s <= 0:
+            raise ConfigError("DRAGON_MIGRATOR_START_TIMEOUT and DRAGON_MIGRATOR_SCHEDULE_INTERVAL must be positive")

@@ -1,0 +1,237 @@
+"""The migrator service: carries out this LEI's signed migration commands on real containers.
+
+Commands arrive on ``dragon/<lei>/migrations/commands`` (the broker lets only the planner
+publish there); each is checked (signature, LEI, age, id not seen before, task not moving
+already, target host known) and carried out as a journalled restart move (CRIU where the
+engine can; the probe at start-up says whether it can). Every command gets one event on
+``dragon/<lei>/migrations/events``, and after every move the schedule ``dragon/<lei>/tasks``
+(retained) is republished, so the planner and the simulator see the new S_t at once.
+
+Moves run one at a time on the MQTT worker thread, and a command is acknowledged only once its
+move has ended: a migrator killed mid-move gets the command again after restart, by which time
+the recovery of the moves in flight (before it takes any command) has finished that move, so
+the command is refused as a duplicate and the task runs exactly once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import docker
+import docker.errors
+import redis
+import structlog
+
+from dragon.collector.cgroups import CgroupHost, emulated_host_path
+from dragon.messages import topics
+from dragon.messages.schemas import MigrationCommand, MigrationEvent, StepDuration
+from dragon.migrator import criu
+from dragon.migrator.commands import CommandRefused, verify
+from dragon.migrator.config import MigratorConfig
+from dragon.migrator.journal import Journal, Move, Step
+from dragon.migrator.moves import MoveError, RestartMover
+from dragon.migrator.schedule import current_schedule
+from dragon.mqtt import Counters, Incoming, MqttClient, Unprocessed
+from dragon.service.lifecycle import Lifecycle
+from dragon.store import connect
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "migrator"
+HEARTBEAT_S = 5.0
+TEXT_LIMIT = 250  # message strings are at most 256 characters (dragon.messages.schema)
+OUTCOME_OF_STEP = {Step.DONE: "done", Step.ROLLED_BACK: "rolled_back", Step.FAILED: "failed"}
+
+
+class Migrator:
+    def __init__(self, config: MigratorConfig) -> None:
+        self.config = config
+        self.lei = config.common.service.lei
+        self.instance = config.common.service.instance_id
+        self.lifecycle = Lifecycle(config.common.service.health_file)
+        self.counters = Counters()
+        # Moves (MQTT worker) and schedule refreshes (main thread) share the Docker client.
+        self._docker_lock = threading.Lock()
+
+    # --- lifecycle --------------------------------------------------------------
+    def run(self) -> None:
+        self.lifecycle.install_signal_handlers()
+        self.init_redis()
+        self.init_docker()
+        recovered = self.recover_moves()
+        self.init_mqtt()
+        self.start_mqtt(recovered)
+        try:
+            self.beat_until_stopped()
+        finally:
+            self.shutdown()
+
+    def init_redis(self) -> None:
+        self.redis = connect(self.config.redis)
+        self.journal = Journal(self.redis, self.lei)
+
+    def init_docker(self) -> None:
+        self.docker = docker.from_env()
+        self.mover = RestartMover(
+            self.docker, self.journal, self.cgroup_parent_of, start_timeout_s=self.config.start_timeout_s
+        )
+        self.criu = criu.probe(self.docker, self.config.probe_image, enabled=self.config.criu == "auto")
+        log.info("criu_probed", available=self.criu.available, reason=self.criu.reason)
+
+    def recover_moves(self) -> list[Move]:
+        """Finish every move a previous migrator left in flight, before any new command is taken."""
+        moves = self.mover.recover()
+        for move in moves:
+            log.info("move_recovered", id=move.id, task=move.name, step=move.step.value, error=move.error or None)
+        return moves
+
+    def init_mqtt(self) -> None:
+        self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
+        self.mqtt.advertise(self.criu.capabilities())
+        self.mqtt.subscribe(topics.migration_commands(self.lei), self.on_command, qos=1)
+        self.mqtt.on_connected(self.publish_schedule)
+
+    def start_mqtt(self, recovered: list[Move]) -> None:
+        self.mqtt.start()
+        for move in recovered:  # queued by paho until the connection is up
+            self.publish_event(self.event_of(move, recovered=True))
+        log.info(
+            "migrator_started", lei=self.lei, commands=topics.migration_commands(self.lei), criu=self.criu.available
+        )
+
+    def beat_until_stopped(self) -> None:
+        next_schedule = time.monotonic() + self.config.schedule_interval_s
+        while not self.lifecycle.stop.wait(HEARTBEAT_S):
+            self.lifecycle.healthy(self.mqtt.connected and self.redis_reachable())
+            if time.monotonic() >= next_schedule:
+                next_schedule = time.monotonic() + self.config.schedule_interval_s
+                self.publish_schedule()
+
+    def redis_reachable(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+
+    def shutdown(self) -> None:
+        self.lifecycle.clear()
+        self.mqtt.stop()
+        self.docker.close()
+        self.redis.close()
+        log.info("migrator_stopped", counters=self.counters.snapshot())
+
+    # --- hosts ----------------------------------------------------------------------
+    def cgroup_parent_of(self, lei: str, host: str) -> str:
+        return CgroupHost(emulated_host_path(lei, host), self.config.cgroup_root).cgroup_parent
+
+    def host_exists(self, lei: str, host: str) -> bool:
+        """An emulated host exists once its collector made its cgroup (with its limits)."""
+        return CgroupHost(emulated_host_path(lei, host), self.config.cgroup_root).exists()
+
+    # --- commands ---------------------------------------------------------------------
+    def on_command(self, incoming: Incoming) -> None:
+        self.counters.add("commands")
+        command = self.mqtt.decode_or_drop(MigrationCommand, incoming)
+        if command is None:
+            return
+        try:
+            self.check(command, time.time())
+        except CommandRefused as exc:
+            self.refuse(command, exc)
+            return
+        try:
+            move = self.carry_out(command)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The journal is the only guarantee we have: no journal, no move. The command stays
+            # unacknowledged and comes again after the next reconnect.
+            self.counters.add("journal_unavailable")
+            log.error("journal_unavailable", id=command.id, error=str(exc))
+            raise Unprocessed from exc
+        self.publish_event(self.event_of(move, task=command.task))
+        self.publish_schedule()
+
+    def check(self, command: MigrationCommand, now: float) -> None:
+        """Raise CommandRefused unless ``command`` may be carried out now."""
+        verify(command, self.config.commands.key_bytes, self.lei, now, self.config.commands.max_age_s)
+        known = self.journal.get(command.id)
+        if known is not None:
+            raise CommandRefused(
+                "duplicate", f"command {command.id} was taken already (its move is {known.step.value})"
+            )
+        busy = [m for m in self.journal.open_moves() if command.task in (m.name, m.task)]
+        if busy:
+            raise CommandRefused("busy", f"task {command.task} is being moved by command {busy[0].id}")
+        if not self.host_exists(command.target_lei, command.target_host):
+            raise CommandRefused("unknown_host", f"no host {command.target_lei}/{command.target_host} on this engine")
+
+    def carry_out(self, command: MigrationCommand) -> Move:
+        """The journalled move; a Docker error midway is settled at once (completed or rolled back)."""
+        with self._docker_lock:
+            try:
+                return self.mover.move(command.id, command.task, command.target_host, command.target_lei)
+            except (docker.errors.DockerException, MoveError) as exc:
+                self.counters.add("move_errors")
+                log.error("move_interrupted", id=command.id, task=command.task, error=str(exc))
+                return self.mover.settle(command.id)
+
+    def refuse(self, command: MigrationCommand, refusal: CommandRefused) -> None:
+        self.counters.add(f"refused_{refusal.reason}")
+        log.warning("command_refused", id=command.id, task=command.task, reason=refusal.reason, error=str(refusal))
+        self.publish_event(
+            MigrationEvent(
+                id=command.id,
+                lei=self.lei,
+                task=command.task,
+                outcome="refused",
+                ts=time.time(),
+                target_lei=command.target_lei,
+                target_host=command.target_host,
+                reason=refusal.reason,
+                error=str(refusal)[:TEXT_LIMIT],
+                migrator=self.instance,
+            )
+        )
+
+    # --- what we say ----------------------------------------------------------------
+    def event_of(self, move: Move, task: str = "", recovered: bool = False) -> MigrationEvent:
+        """The event of a move that ended; ``task`` as the command named it (default: the container's name)."""
+        steps = tuple(StepDuration(step, seconds) for step, seconds in move.timings)
+        return MigrationEvent(
+            id=move.id,
+            lei=self.lei,
+            task=task or move.name,
+            outcome=OUTCOME_OF_STEP.get(move.step, "failed"),
+            ts=time.time(),
+            source_host=move.source_host,
+            target_lei=move.target_lei,
+            target_host=move.target_host,
+            mode=move.mode,
+            mode_reason=self.mode_reason(),
+            reason="" if move.step == Step.DONE else move.step.value,
+            error=move.error[:TEXT_LIMIT],
+            steps=steps,
+            total_s=round(sum(s.seconds for s in steps), 4),
+            recovered=recovered,
+            migrator=self.instance,
+        )
+
+    def mode_reason(self) -> str:
+        """Why this mode (the probe's whole answer is on the availability topic)."""
+        if self.criu.available:
+            return "restart move: CRIU moves are not built yet (docs/migrator.md)"
+        return f"restart move: no CRIU on this engine ({self.criu.reason})"[:TEXT_LIMIT]
+
+    def publish_event(self, event: MigrationEvent) -> None:
+        self.counters.add(f"moves_{event.outcome}")
+        self.mqtt.publish_message(topics.migration_events(self.lei), event, qos=1)
+
+    def publish_schedule(self) -> None:
+        try:
+            with self._docker_lock:
+                schedule = current_schedule(self.docker, self.lei, time.time(), self.instance)
+        except docker.errors.DockerException as exc:
+            self.counters.add("schedule_errors")
+            log.warning("schedule_unavailable", error=str(exc))
+            return
+        self.mqtt.publish_message(topics.schedule(self.lei), schedule, qos=1, retain=True)

@@ -1,0 +1,78 @@
+"""From decisions to migration commands: the moves of this LEI's tasks, signed, one per task at a time.
+
+The planner decides every interval while a host is faulty, and until the move has happened
+its decisions name the same moves again. A task is therefore commanded again only once its
+last command was answered (an event from the migrator) or went unanswered for
+``pending_timeout_s``, and not within ``cooldown_s`` of its last move: a task must not shuttle
+between hosts faster than its samples can show where it landed.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from dragon.messages.schemas import MigrationCommand, MigrationEvent, PlanDecision
+from dragon.migrator.commands import sign
+
+
+@dataclass(frozen=True)
+class Issued:
+    command_id: str
+    ts: float
+
+
+class CommandIssuer:
+    """Signed commands for the moves of ``lei``'s tasks, and what is still pending."""
+
+    def __init__(self, lei: str, issuer: str, key: bytes, pending_timeout_s: float, cooldown_s: float) -> None:
+        self.lei = lei
+        self.issuer = issuer
+        self.key = key
+        self.pending_timeout_s = pending_timeout_s
+        self.cooldown_s = cooldown_s
+        self._pending: dict[str, Issued] = {}  # task -> its unanswered command
+        self._moved_at: dict[str, float] = {}  # task -> when its last move was done
+        self._lock = threading.Lock()  # events arrive on the MQTT worker, decisions on the main thread
+
+    def commands_for(self, decision: PlanDecision, now: float) -> list[MigrationCommand]:
+        """Commands for the moves of ``decision`` that start in this LEI and whose task is free."""
+        commands = []
+        with self._lock:
+            for index, move in enumerate(decision.moves):
+                if move.source_lei != self.lei or self._busy(move.task, now):
+                    continue
+                command = MigrationCommand(
+                    id=f"{decision.id[:48]}-{index}",
+                    lei=self.lei,
+                    task=move.task,
+                    target_lei=move.target_lei,
+                    target_host=move.target_host,
+                    ts=now,
+                    issuer=self.issuer,
+                )
+                commands.append(sign(command, self.key))
+                self._pending[move.task] = Issued(command.id, now)
+        return commands
+
+    def settle(self, event: MigrationEvent) -> bool:
+        """Take the migrator's answer in; True if it answered one of our pending commands."""
+        with self._lock:
+            pending = self._pending.get(event.task)
+            if pending is None or pending.command_id != event.id:
+                return False
+            del self._pending[event.task]
+            if event.outcome == "done":
+                self._moved_at[event.task] = event.ts
+            return True
+
+    def pending(self) -> dict[str, str]:
+        """Task -> id of its unanswered command."""
+        with self._lock:
+            return {task: issued.command_id for task, issued in self._pending.items()}
+
+    def _busy(self, task: str, now: float) -> bool:
+        pending = self._pending.get(task)
+        if pending is not None and now - pending.ts < self.pending_timeout_s:
+            return True
+        return now - self._moved_at.get(task, -float("inf")) < self.cooldown_s

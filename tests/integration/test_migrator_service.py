@@ -1,0 +1,215 @@
+"""The migrator service on a real LEI: Mosquitto with its ACL, Redis, two emulated hosts and real task
+containers. Commands are published as the planner would (signed with the LEI's migration key);
+the migrator's events and schedule are read as any tool would. It is also killed (SIGKILL) in
+the middle of a move and restarted.
+
+Needs the Docker daemon, root (the emulated hosts are cgroups) and the local images.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as tokens
+import time
+import uuid
+
+import docker
+import pytest
+
+from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
+from dragon.collector.injector import HOST_LABEL, LEI_LABEL
+from dragon.messages import codec, topics
+from dragon.messages.schemas import MigrationCommand, MigrationEvent, Schedule
+from dragon.migrator.commands import sign
+from dragon.migrator.moves import MOVE_LABEL
+from dragon.testing.lei import COLLECTOR_IMAGE, LeiStack
+from dragon.testing.listener import Listener, Received, publish
+
+from .conftest import SLEEPER, running_copies, start_task
+
+pytestmark = pytest.mark.integration
+
+HOSTS = (EmulatedHostSpec("h1", cpus=0.5, memory_mb=256), EmulatedHostSpec("h2", cpus=0.5, memory_mb=256))
+# Healthy only 4 s after it starts: the move waits in its "starting" step, where the test kills the migrator.
+SLOW_TO_START = ["sh", "-c", "sleep 4; touch /tmp/ready; exec sleep 3600"]
+READY = {"test": ["CMD", "test", "-f", "/tmp/ready"], "interval": 500_000_000, "retries": 60}
+EVENT_TIMEOUT_S = 30
+
+
+@pytest.fixture(scope="module")
+def lei(tmp_path_factory, repo):
+    if os.geteuid() != 0:
+        pytest.skip("emulated hosts are cgroups: root only")
+    stack = LeiStack(
+        lei=f"mig{tokens.token_hex(3)}",
+        hosts=[spec.name for spec in HOSTS],
+        workdir=tmp_path_factory.mktemp("migrator"),
+        mosquitto_conf=repo / "compose" / "mosquitto" / "broker.conf",
+    )
+    emulated = EmulatedLei(stack.docker, stack.lei, image=COLLECTOR_IMAGE, network=stack.network.name)
+    try:
+        stack.start_brokers()
+        for spec in HOSTS:
+            emulated.ensure_host(spec)
+        stack.start_migrator("migrator")
+        yield stack, emulated
+    finally:
+        # Tasks first: they hold the hosts' cgroups and the stack's network.
+        for container in stack.docker.containers.list(all=True, filters={"label": f"{LEI_LABEL}={stack.lei}"}):
+            container.remove(force=True)
+        stack.stop()
+        emulated.remove_all()
+
+
+@pytest.fixture
+def watch(lei):
+    stack, emulated = lei
+    filters = [topics.migration_events(stack.lei), topics.schedule(stack.lei), "dragon/migrator/+/available"]
+    with Listener(stack.mqtt_settings("viewer"), filters) as listener:
+        yield listener
+
+
+def command(stack: LeiStack, task: str, target_host: str = "h2", key: bytes | None = None, **changes):
+    fields = dict(
+        id=uuid.uuid4().hex,
+        lei=stack.lei,
+        task=task,
+        target_lei=stack.lei,
+        target_host=target_host,
+        ts=time.time(),
+        issuer="test-planner",
+    )
+    return sign(MigrationCommand(**{**fields, **changes}), key if key is not None else stack.migration_key())
+
+
+def send(stack: LeiStack, cmd: MigrationCommand, user: str = "planner") -> None:
+    publish(stack.mqtt_settings(user), topics.migration_commands(stack.lei), codec.encode(cmd), codec.MSGPACK)
+
+
+def event_for(listener: Listener, command_id: str, predicate=lambda e: True) -> MigrationEvent:
+    def matches(message: Received) -> bool:
+        if not message.topic.endswith("/migrations/events"):
+            return False
+        event = codec.decode(MigrationEvent, message.payload, 65536, message.content_type)
+        return event.id == command_id and predicate(event)
+
+    (message, *_) = listener.wait_for(matches, EVENT_TIMEOUT_S)
+    return codec.decode(MigrationEvent, message.payload, 65536, message.content_type)
+
+
+def test_a_signed_command_moves_the_task_and_the_event_and_schedule_say_so(lei, watch):
+    stack, emulated = lei
+    task = start_task(emulated)
+    sent = command(stack, task.name)
+    send(stack, sent)
+    event = event_for(watch, sent.id)
+    assert event.outcome == "done", event
+    assert (event.source_host, event.target_host, event.mode) == ("h1", "h2", "restart")
+    assert [s.step for s in event.steps] == ["creating", "starting", "removing_source", "renaming"]
+    assert event.total_s > 0 and "restart move" in event.mode_reason
+    (moved,) = running_copies(emulated, task.name)
+    assert moved.labels[HOST_LABEL] == "h2" and moved.labels["app"] == "demo"
+    assert moved.attrs["HostConfig"]["CgroupParent"] == emulated.cgroup("h2").cgroup_parent
+    assert "APP_MODE=edge" in moved.attrs["Config"]["Env"]
+
+    def lists_the_move(message: Received) -> bool:
+        if not message.topic.endswith("/tasks"):
+            return False
+        schedule = codec.decode(Schedule, message.payload, 65536, message.content_type)
+        return any(p.task == task.name and p.host == "h2" and p.since >= sent.ts for p in schedule.tasks)
+
+    watch.wait_for(lists_the_move, EVENT_TIMEOUT_S)
+
+
+def test_the_migrator_advertises_whether_criu_works_here(lei, watch):
+    (online,) = watch.wait_for(lambda m: m.topic.endswith("/available") and m.payload == b"online", EVENT_TIMEOUT_S)
+    capabilities = dict(online.user_properties)
+    assert capabilities["criu"] in {"available", "unavailable"} and capabilities["criu_reason"]
+
+
+def test_a_duplicate_command_is_refused_and_moves_nothing(lei, watch):
+    stack, emulated = lei
+    task = start_task(emulated)
+    sent = command(stack, task.name)
+    send(stack, sent)
+    assert event_for(watch, sent.id).outcome == "done"
+    send(stack, sent)
+    refused = event_for(watch, sent.id, lambda e: e.outcome == "refused")
+    assert refused.reason == "duplicate"
+    (running,) = running_copies(emulated, task.name)
+    assert running.labels[HOST_LABEL] == "h2"
+
+
+def test_unauthorised_commands_are_refused_by_the_broker_or_the_migrator(lei, watch):
+    stack, emulated = lei
+    task = start_task(emulated)
+    by_operator = command(stack, task.name)
+    send(stack, by_operator, user="operator")  # the ACL lets only the planner publish commands
+    forged = command(stack, task.name, key=b"not the migration key")
+    send(stack, forged)  # the planner's login, but not the key
+    stale = command(stack, task.name, ts=time.time() - 3600)
+    send(stack, stale)
+    assert event_for(watch, forged.id).reason == "bad_signature"
+    assert event_for(watch, stale.id).reason == "stale"
+    # Commands are taken in order: the operator's, sent first, never reached the migrator.
+    assert not watch.matching(lambda m: by_operator.id.encode() in m.payload)
+    (running,) = running_copies(emulated, task.name)
+    assert running.id == task.id and running.labels[HOST_LABEL] == "h1"
+
+
+def test_commands_for_a_missing_task_or_host_get_an_error_event(lei, watch):
+    stack, emulated = lei
+    missing = command(stack, "no-such-task")
+    send(stack, missing)
+    failed = event_for(watch, missing.id)
+    assert failed.outcome == "failed" and "no task container" in failed.error
+    task = start_task(emulated)
+    nowhere = command(stack, task.name, target_host="h9")
+    send(stack, nowhere)
+    assert event_for(watch, nowhere.id).reason == "unknown_host"
+
+
+def test_a_migrator_killed_mid_move_finishes_it_after_restart_and_the_task_runs_once(lei, watch):
+    stack, emulated = lei
+    task = start_task(emulated, SLOW_TO_START, READY)
+    sent = command(stack, task.name)
+    send(stack, sent)
+    wait_for_target(stack, sent.id)  # created and starting: the target waits to become healthy
+    migrator = stack.containers["migrator"].get_wrapped_container()
+    migrator.kill()
+    assert len(running_copies(emulated, task.name)) == 2  # caught mid-move: source and target both run
+    migrator.start()
+    recovered = event_for(watch, sent.id, lambda e: e.recovered)
+    assert recovered.outcome == "done", recovered
+    # The command, never acknowledged, comes again: by then it is a duplicate.
+    assert event_for(watch, sent.id, lambda e: e.outcome == "refused").reason == "duplicate"
+    (running,) = running_copies(emulated, task.name)
+    assert running.name == task.name and running.labels[HOST_LABEL] == "h2"
+
+
+def wait_for_target(stack: LeiStack, move_id: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stack.docker.containers.list(filters={"label": f"{MOVE_LABEL}={move_id}"}):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"move {move_id} created no target within {timeout} s")
+
+
+def test_only_dragon_tasks_of_this_lei_are_ever_touched(lei, watch):
+    stack, emulated = lei
+    bystander = stack.docker.containers.run(
+        COLLECTOR_IMAGE,
+        SLEEPER,
+        name=f"bystander-{tokens.token_hex(3)}",
+        detach=True,
+        labels={LEI_LABEL: stack.lei, HOST_LABEL: "h1"},  # on the host, but not a DRAGON task
+        cgroup_parent=emulated.cgroup("h1").cgroup_parent,
+    )
+    sent = command(stack, bystander.name)
+    send(stack, sent)
+    assert event_for(watch, sent.id).outcome == "failed"
+    bystander.reload()
+    assert bystander.status == "running"
+    with pytest.raises(docker.errors.NotFound):
+        stack.docker.containers.get(f"{bystander.name}-mv-{sent.id[:12]}")
