@@ -12,7 +12,7 @@ import docker
 import pytest
 
 from dragon.messages import codec
-from dragon.messages.schemas import FaultEvent, SimRequest, SimResponse
+from dragon.messages.schemas import FaultEvent, Schedule, SimRequest, SimResponse
 from dragon.settings import MqttSettings
 from dragon.testing.listener import Listener, publish
 
@@ -82,17 +82,11 @@ def wait_healthy(compose, services: set[str]) -> None:
 
 def test_compose_up_protects_emulated_hosts(deployment):
     compose, lei, settings = deployment
-    services = {"mosquitto", "redis", "collector", "detector", "simulator", "planner"}
+    services = {"mosquitto", "redis", "collector", "detector", "simulator", "planner", "migrator"}
     wait_healthy(compose, services)
     assert container_states(compose)["secrets"]["ExitCode"] == 0
 
-    viewer = MqttSettings(
-        host="127.0.0.1",
-        port=int(settings["MQTT_PORT"]),
-        username="viewer",
-        password=(settings["SECRETS_DIR"] / "viewer.password").read_text().strip(),
-    )
-    with Listener(viewer, [f"dragon/faults/{lei}/+"]) as listener:
+    with Listener(mqtt_as("viewer", settings), [f"dragon/faults/{lei}/+"]) as listener:
         (message,) = listener.wait_for(lambda m: True, EVENT_TIMEOUT_S)[:1]
     event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
     assert event.lei == lei and event.host in {"h1", "h2"} and event.type == "start"
@@ -100,16 +94,30 @@ def test_compose_up_protects_emulated_hosts(deployment):
     states = container_states(compose)
     assert all(states[s]["Health"] == "healthy" for s in services), states
     assert_the_simulator_sees_the_lei(lei, settings)
+    assert_the_migrator_keeps_the_schedule(lei, settings)
+
+
+def mqtt_as(user: str, settings: dict) -> MqttSettings:
+    return MqttSettings(
+        host="127.0.0.1",
+        port=int(settings["MQTT_PORT"]),
+        username=user,
+        password=(settings["SECRETS_DIR"] / f"{user}.password").read_text().strip(),
+    )
+
+
+def assert_the_migrator_keeps_the_schedule(lei: str, settings: dict) -> None:
+    """The deployed migrator keeps the retained schedule: both demo tasks, each on a host of the LEI."""
+    with Listener(mqtt_as("viewer", settings), [f"dragon/{lei}/tasks"]) as listener:
+        (message,) = listener.wait_for(lambda m: True, 30)[:1]
+    schedule = codec.decode(Schedule, message.payload, 65536, message.content_type)
+    assert schedule.lei == lei and len(schedule.tasks) == 2
+    assert {p.host for p in schedule.tasks} <= {"h1", "h2"}
 
 
 def assert_the_simulator_sees_the_lei(lei: str, settings: dict) -> None:
     """The deployed simulator answers a request with the LEI's hosts and demo tasks."""
-    operator = MqttSettings(
-        host="127.0.0.1",
-        port=int(settings["MQTT_PORT"]),
-        username="operator",
-        password=(settings["SECRETS_DIR"] / "operator.password").read_text().strip(),
-    )
+    operator = mqtt_as("operator", settings)
     response_topic = f"dragon/{lei}/sim/response/e2e"
     with Listener(operator, [response_topic]) as listener:
         request = codec.encode(SimRequest(id="e2e", kind="next_window"))
