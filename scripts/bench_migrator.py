@@ -1,11 +1,18 @@
 """Benchmark the restart move: from the command to the task running on its target, and to done.
 
 Two emulated hosts (cgroups of this machine), a small task container (a Python sleeper, 64 MiB
-limit) moved back and forth ``--moves`` times, journalled in a throwaway Redis container. The
-time to "running on target" is when the target container runs (after the STARTING step), the
-time to done includes removing the source and renaming the target.
+limit) moved back and forth ``--moves`` times. Two ways:
+
+- ``--path mover`` (default): the mover called in process, journalled in a throwaway Redis
+  container. "Running on target" is when the target container runs (after the STARTING step);
+  "done" includes removing the source and renaming the target.
+- ``--path mqtt``: the whole service path. A real LEI's Mosquitto (with its ACL) and Redis, the
+  ``dragon-migrator:local`` container; each command is signed and published as the planner
+  would, and timed until its event arrives. "Running on target" is the event's time minus the
+  durations of the two steps after the target ran (same clock: one machine).
 
     TESTCONTAINERS_RYUK_DISABLED=true .venv/bin/python scripts/bench_migrator.py --moves 10
+    TESTCONTAINERS_RYUK_DISABLED=true .venv/bin/python scripts/bench_migrator.py --moves 10 --path mqtt
 """
 
 from __future__ import annotations
@@ -14,41 +21,37 @@ import argparse
 import json
 import secrets as tokens
 import statistics
+import tempfile
 import time
+import uuid
+from pathlib import Path
 
 import docker
 
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
+from dragon.messages import codec, topics
+from dragon.messages.schemas import MigrationCommand, MigrationEvent
+from dragon.migrator.commands import sign
 from dragon.migrator.journal import Journal, Step
 from dragon.migrator.moves import RestartMover
-from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
+from dragon.testing.lei import COLLECTOR_IMAGE, LeiStack, redis_client_of, standalone_redis
+from dragon.testing.listener import Listener, publish
+
+REPO = Path(__file__).resolve().parents[1]
+HOSTS = ("h1", "h2")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--moves", type=int, default=10, help="moves to time (default 10)")
+    parser.add_argument("--path", choices=("mover", "mqtt"), default="mover", help="what to time (see above)")
     parser.add_argument("--out", help="write the figures as JSON here too")
     args = parser.parse_args()
 
-    client = docker.from_env()
-    lei = EmulatedLei(client, f"bm{tokens.token_hex(3)}", image=COLLECTOR_IMAGE)
-    password = tokens.token_urlsafe(12)
-    server = standalone_redis(password)
-    try:
-        for host in ("h1", "h2"):
-            lei.ensure_host(EmulatedHostSpec(host, cpus=0.5, memory_mb=256))
-        lei.ensure_network()
-        with server:
-            store = redis_client_of(server, password)
-            report = time_moves(client, lei, Journal(store, lei.lei), args.moves)
-    finally:
-        # Tasks first: their cgroups and network endpoints keep the hosts from being removed.
-        for container in client.containers.list(all=True, filters={"label": f"{LEI_LABEL}={lei.lei}"}):
-            container.remove(force=True)
-        lei.remove_all()
+    report = bench_mover(args.moves) if args.path == "mover" else bench_mqtt(args.moves)
     print(
-        f"restart move of a small task, {args.moves} moves: running on target p50"
+        f"restart move of a small task ({args.path}), {args.moves} moves: running on target p50"
         f" {report['to_running_s_median']:.2f} s (max {report['to_running_s_max']:.2f}), done p50"
         f" {report['to_done_s_median']:.2f} s (max {report['to_done_s_max']:.2f})"
     )
@@ -57,8 +60,49 @@ def main() -> None:
             json.dump(report, out, indent=2)
 
 
-def time_moves(client, lei: EmulatedLei, journal: Journal, moves: int) -> dict:
-    task = client.containers.run(
+def bench_mover(moves: int) -> dict:
+    client = docker.from_env()
+    lei = EmulatedLei(client, f"bm{tokens.token_hex(3)}", image=COLLECTOR_IMAGE)
+    password = tokens.token_urlsafe(12)
+    server = standalone_redis(password)
+    try:
+        ensure_hosts(lei)
+        lei.ensure_network()
+        with server:
+            store = redis_client_of(server, password)
+            return time_moves(client, lei, Journal(store, lei.lei), moves)
+    finally:
+        remove_tasks_and_hosts(lei)
+
+
+def bench_mqtt(moves: int) -> dict:
+    with tempfile.TemporaryDirectory() as workdir:
+        stack = LeiStack(f"bq{tokens.token_hex(3)}", list(HOSTS), Path(workdir), REPO / "compose/mosquitto/broker.conf")
+        lei = EmulatedLei(stack.docker, stack.lei, image=COLLECTOR_IMAGE, network=stack.network.name)
+        try:
+            stack.start_brokers()
+            ensure_hosts(lei)
+            stack.start_migrator("migrator")
+            return time_commands(stack, lei, moves)
+        finally:
+            remove_tasks_and_hosts(lei, before=stack.stop)
+
+
+def ensure_hosts(lei: EmulatedLei) -> None:
+    for host in HOSTS:
+        lei.ensure_host(EmulatedHostSpec(host, cpus=0.5, memory_mb=256))
+
+
+def remove_tasks_and_hosts(lei: EmulatedLei, before=lambda: None) -> None:
+    # Tasks first: their cgroups and network endpoints keep the hosts and networks from being removed.
+    for container in lei._client.containers.list(all=True, filters={"label": f"{LEI_LABEL}={lei.lei}"}):
+        container.remove(force=True)
+    before()
+    lei.remove_all()
+
+
+def start_task(client, lei: EmulatedLei):
+    return client.containers.run(
         COLLECTOR_IMAGE,
         ["python3", "-c", "import time\nwhile True: time.sleep(1)"],
         name=f"dragon-{lei.lei}-task",
@@ -68,12 +112,49 @@ def time_moves(client, lei: EmulatedLei, journal: Journal, moves: int) -> dict:
         network=lei.network,
         mem_limit="64m",
     )
+
+
+def summary(moves: int, to_running: list[float], to_done: list[float]) -> dict:
+    return {
+        "moves": moves,
+        "to_running_s": to_running,
+        "to_done_s": to_done,
+        "to_running_s_median": statistics.median(to_running),
+        "to_running_s_max": max(to_running),
+        "to_done_s_median": statistics.median(to_done),
+        "to_done_s_max": max(to_done),
+    }
+
+
+def time_commands(stack: LeiStack, lei: EmulatedLei, moves: int) -> dict:
+    task = start_task(stack.docker, lei)
+    to_running, to_done, host = [], [], "h1"
+    planner = stack.mqtt_settings("planner")
+    with Listener(stack.mqtt_settings("viewer"), [topics.migration_events(stack.lei)]) as events:
+        for _ in range(moves):
+            host = "h2" if host == "h1" else "h1"
+            command = MigrationCommand(uuid.uuid4().hex, stack.lei, task.name, stack.lei, host, time.time(), "bench")
+            command = sign(command, stack.migration_key())
+            sent = time.time()
+            publish(planner, topics.migration_commands(stack.lei), codec.encode(command), codec.MSGPACK)
+            (message,) = events.wait_for(lambda m, c=command.id: c.encode() in m.payload, 60)[:1]
+            event = codec.decode(MigrationEvent, message.payload, 65536, message.content_type)
+            if event.outcome != "done":
+                raise RuntimeError(f"command {command.id} ended {event.outcome}: {event.reason} {event.error}")
+            after_running = sum(s.seconds for s in event.steps if s.step in {"removing_source", "renaming"})
+            to_running.append(event.ts - after_running - sent)
+            to_done.append(message.at - sent)
+    return summary(moves, to_running, to_done)
+
+
+def time_moves(client, lei: EmulatedLei, journal: Journal, moves: int) -> dict:
+    task = start_task(client, lei)
     marks: dict[Step, float] = {}
 
     def mark(step: Step) -> None:
         marks[step] = time.perf_counter()
 
-    mover = RestartMover(client, journal, lambda host: lei.cgroup(host).cgroup_parent, after_step=mark)
+    mover = RestartMover(client, journal, lambda _lei, host: lei.cgroup(host).cgroup_parent, after_step=mark)
     to_running, to_done, current, host = [], [], task.id, "h1"
     for index in range(moves):
         host = "h2" if host == "h1" else "h1"
@@ -86,15 +167,7 @@ def time_moves(client, lei: EmulatedLei, journal: Journal, moves: int) -> dict:
         to_running.append(marks[Step.STARTING] - started)
         to_done.append(done - started)
         current = move.target_id
-    return {
-        "moves": moves,
-        "to_running_s": to_running,
-        "to_done_s": to_done,
-        "to_running_s_median": statistics.median(to_running),
-        "to_running_s_max": max(to_running),
-        "to_done_s_median": statistics.median(to_done),
-        "to_done_s_max": max(to_done),
-    }
+    return summary(moves, to_running, to_done)
 
 
 if __name__ == "__main__":
