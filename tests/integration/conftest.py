@@ -99,8 +99,11 @@ def bridged_brokers(tmp_path_factory, repo: Path, prefix: str) -> Iterator[tuple
         wan.remove()
 
 
-def start_task(emulated: EmulatedLei, command: list[str] = SLEEPER, healthcheck: dict | None = None):
-    """A task container on h1 of ``emulated``, as a user would run one: labelled, limited, configured."""
+def start_task(emulated: EmulatedLei, command: list[str] = SLEEPER, healthcheck: dict | None = None, **options):
+    """A task container on h1 of ``emulated``, as a user would run one: labelled, limited, configured.
+
+    ``options``: more ``containers.run`` arguments (volumes, mounts...).
+    """
     return emulated._client.containers.run(
         COLLECTOR_IMAGE,
         command,
@@ -112,6 +115,7 @@ def start_task(emulated: EmulatedLei, command: list[str] = SLEEPER, healthcheck:
         network=emulated.network,
         mem_limit="64m",
         healthcheck=healthcheck,
+        **options,
     )
 
 

@@ -10,10 +10,12 @@ import os
 import secrets as tokens
 
 import docker
+import docker.types
 import pytest
 
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL
+from dragon.migrator.engines import Engines
 from dragon.migrator.journal import Journal, Step
 from dragon.migrator.moves import RestartMover
 from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
@@ -59,7 +61,7 @@ def journal(emulated):
 
 
 def mover(emulated, journal, **kwargs) -> RestartMover:
-    return RestartMover(emulated._client, journal, lambda lei, host: emulated.cgroup(host).cgroup_parent, **kwargs)
+    return RestartMover(Engines(emulated._client, str(emulated.cgroup_root)), journal, **kwargs)
 
 
 def test_a_running_task_moves_to_its_target_host_with_its_configuration(emulated, journal):
@@ -135,3 +137,23 @@ def test_a_crashed_task_is_restarted_on_its_target(emulated, journal):
     assert move.step == Step.DONE
     (running,) = running_copies(emulated, task.name)
     assert running.labels[HOST_LABEL] == "h2"
+
+
+def test_a_move_keeps_every_network_and_mounted_volume(emulated, journal):
+    client = emulated._client
+    second = client.networks.create(f"{emulated.network}-b", labels={LEI_LABEL: emulated.lei})
+    volume = f"{emulated.lei}-state"
+    task = start_task(emulated, mounts=[docker.types.Mount("/state", volume, type="volume")])
+    try:
+        second.connect(task)
+        assert mover(emulated, journal).move("move-wired", task.name, "h2").step == Step.DONE
+        (moved,) = running_copies(emulated, task.name)
+        assert set(moved.attrs["NetworkSettings"]["Networks"]) == {emulated.network, second.name}
+        assert [(m["Type"], m["Name"], m["Destination"]) for m in moved.attrs["Mounts"]] == [
+            ("volume", volume, "/state")
+        ]
+    finally:
+        for container in running_copies(emulated, task.name):
+            container.remove(force=True)
+        second.remove()
+        client.volumes.get(volume).remove(force=True)

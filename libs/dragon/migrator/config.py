@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dragon.config import ConfigError, section, setting
+from dragon.migrator.engines import parse_endpoints
 from dragon.settings import CommonConfig, RedisSettings
 
 CRIU_MODES = ("auto", "off")
@@ -40,6 +41,15 @@ class MigratorConfig:
     redis: RedisSettings = section(RedisSettings)
     commands: CommandSettings = section(CommandSettings)
     cgroup_root: str = setting("DRAGON_CGROUP_ROOT", "/sys/fs/cgroup", "where the host's cgroupfs is mounted")
+    endpoints: str = setting(
+        "DRAGON_MIGRATOR_ENDPOINTS",
+        "",
+        "hosts with their own Docker engine, as host=url pairs (lei/host=url for another LEI's host; url: "
+        "unix://, tcp:// or ssh://); other hosts are emulated hosts of the local engine",
+    )
+    tls_dir: str = setting(
+        "DRAGON_MIGRATOR_TLS_DIR", "", "ca.pem, cert.pem and key.pem for tcp:// endpoints (empty: plain tcp)"
+    )
     start_timeout_s: float = setting(
         "DRAGON_MIGRATOR_START_TIMEOUT",
         60.0,
@@ -66,6 +76,10 @@ class MigratorConfig:
                 "DRAGON_MIGRATION_KEY (or DRAGON_MIGRATION_KEY_FILE) must be set: the migrator carries out "
                 "signed commands only (`dragon secrets` writes migration.key)"
             )
+        try:
+            parse_endpoints(self.endpoints, self.common.service.lei)
+        except ValueError as exc:
+            raise ConfigError(f"DRAGON_MIGRATOR_ENDPOINTS: {exc}") from None
         if self.criu not in CRIU_MODES:
             raise ConfigError(f"DRAGON_MIGRATOR_CRIU={self.criu!r} must be one of {', '.join(CRIU_MODES)}")
         if self.start_timeout_s <= 0 or self.schedule_interval_s <= 0:

@@ -18,6 +18,7 @@ import redis
 
 class Step(str, Enum):
     PLANNED = "planned"
+    TRANSFERRING = "transferring"  # to another machine: its image and volume data are copied there
     CREATING = "creating"  # the target container is being created
     STARTING = "starting"  # ... started, and awaited until running (healthy, if it has a healthcheck)
     REMOVING_SOURCE = "removing_source"  # the target runs: the source is being stopped and removed

@@ -1,11 +1,13 @@
 """The restart move: a task container recreated on its target host, started, and only then removed
 from its source; and the recovery that completes or rolls back every move a killed migrator left.
 
-Hosts here are emulated hosts of one Docker engine (a parent cgroup per host, as the collector
-makes them): a move recreates the container under the target host's cgroup parent with the same
-image, command, environment, labels (the host label updated), limits, network and volumes, so
-volume data stays where it is. Reaching hosts through their own engines (tcp with TLS, ssh) and
-CRIU moves are the next parts of issue 5.
+A move recreates the container on the target host with the same image, command, environment,
+labels (host and LEI updated), limits, networks and volumes. Between emulated hosts of one
+engine (:mod:`dragon.migrator.engines`) the target goes under the target host's parent cgroup
+and volume data stays where it is. To a machine with its own engine, the image and the named
+volumes' data are copied first (:mod:`dragon.migrator.transfer`); a task with named volumes is
+stopped before its data is copied, so the copy is consistent, and started again if the move
+rolls back. Bind mounts cannot follow a task to another machine: such a move fails, untouched.
 
 Each step is written to the :class:`~dragon.migrator.journal.Journal` before it is taken.
 Recovery trusts Docker's state over the journal's: a move whose target runs is completed (the
@@ -21,10 +23,13 @@ from dataclasses import replace
 from typing import Any
 
 import docker.errors
+import docker.types
 import structlog
 
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
 from dragon.collector.probes import TASK_ID_LABEL
+from dragon.migrator import transfer
+from dragon.migrator.engines import Engine, Engines
 from dragon.migrator.journal import FINAL, Journal, Move, Step
 
 log = structlog.get_logger(__name__)
@@ -42,7 +47,9 @@ def task_id_of(container: Any) -> str:
     return container.labels.get(TASK_ID_LABEL) or container.name
 
 
-def creation_kwargs(source: Any, target_lei: str, target_host: str, cgroup_parent: str, move_id: str) -> dict[str, Any]:
+def creation_kwargs(
+    source: Any, target_lei: str, target_host: str, cgroup_parent: str | None, move_id: str
+) -> dict[str, Any]:
     """``containers.create`` arguments reproducing ``source`` on ``target_host`` of ``target_lei``.
 
     The target keeps the task's id (``dragon.task.id``), so that while both copies exist, and
@@ -56,7 +63,6 @@ def creation_kwargs(source: Any, target_lei: str, target_host: str, cgroup_paren
         HOST_LABEL: target_host,
         MOVE_LABEL: move_id,
     }
-    networks = list((source.attrs.get("NetworkSettings", {}).get("Networks") or {}).keys())
     kwargs: dict[str, Any] = {
         "image": config["Image"],
         "command": config.get("Cmd"),
@@ -74,32 +80,41 @@ def creation_kwargs(source: Any, target_lei: str, target_host: str, cgroup_paren
         "cpu_period": host.get("CpuPeriod") or None,
         "restart_policy": host.get("RestartPolicy") or None,
         "volumes": host.get("Binds") or None,
-        "network": networks[0] if networks and networks[0] not in {"bridge", "host", "none"} else None,
+        "mounts": [
+            docker.types.Mount(m["Target"], m.get("Source"), type=m.get("Type", "volume"), read_only=m.get("ReadOnly"))
+            for m in host.get("Mounts") or []
+        ]
+        or None,
+        "network": user_networks(source)[0] if user_networks(source) else None,
         "name": f"{source.name}-mv-{move_id[:12]}",
     }
     return {key: value for key, value in kwargs.items() if value is not None}
 
 
-class RestartMover:
-    """Carries out restart moves on one Docker engine and recovers the ones left in flight.
+def user_networks(container: Any) -> list[str]:
+    """The user-defined networks the container is on (not Docker's default bridge, host or none)."""
+    networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
+    return [name for name in networks if name not in {"bridge", "host", "none"}]
 
-    Only containers labelled as DRAGON tasks of the journal's LEI are moved.
-    ``cgroup_parent_of(lei, host)`` names a host's parent cgroup. ``after_step`` (tests) is called
-    after each step's action, before the next step is journalled: raising there is a kill at
-    that point.
+
+class RestartMover:
+    """Carries out restart moves and recovers the ones left in flight.
+
+    Only containers labelled as DRAGON tasks of the journal's LEI are moved. ``engines`` says
+    which Docker engine reaches each host and which parent cgroup an emulated host has.
+    ``after_step`` (tests) is called after each step's action, before the next step is
+    journalled: raising there is a kill at that point.
     """
 
     def __init__(
         self,
-        client: Any,
+        engines: Engines,
         journal: Journal,
-        cgroup_parent_of: Callable[[str, str], str],
         after_step: Callable[[Step], None] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
-        self.docker = client
+        self.engines = engines
         self.journal = journal
-        self.cgroup_parent_of = cgroup_parent_of
         self.after_step = after_step or (lambda step: None)
         self.start_timeout_s = start_timeout_s
 
@@ -114,40 +129,70 @@ class RestartMover:
         target_lei = target_lei or self.journal.lei
         found = self.locate(task)
         if len(found) != 1:
+            names = ", ".join(c.name for c in found)
             error = (
-                f"no task container {task!r} of LEI {self.journal.lei}"
-                if not found
-                else (f"task {task!r} matches {len(found)} containers: {', '.join(c.name for c in found)}")
+                f"task {task!r} matches {len(found)} containers: {names}"
+                if found
+                else (f"no task container {task!r} of LEI {self.journal.lei}")
             )
-            failed = Move(move_id, task, task, "", target_host, target_lei=target_lei, step=Step.FAILED, error=error)
-            self.journal.begin(failed)
-            return self.journal.record(failed, Step.FAILED, error=error)
+            return self._fail(Move(move_id, task, task, "", target_host, target_lei=target_lei), error)
         (source,) = found
-        source_host = source.labels.get(HOST_LABEL, "")
-        move = Move(move_id, source.id, source.name, source_host, target_host, target_lei=target_lei)
+        move = Move(
+            move_id, source.id, source.name, source.labels.get(HOST_LABEL, ""), target_host, target_lei=target_lei
+        )
+        if self._crosses_engines(move):
+            try:
+                transfer.check_portable(source)
+            except transfer.TransferError as exc:
+                return self._fail(move, str(exc))
         move = self.journal.begin(move) or self.journal.get(move_id)
         self.after_step(Step.PLANNED)
         return self._run(move, source)
 
     def locate(self, task: str) -> list[Any]:
-        """This LEI's containers of ``task``: by task id, else by container name or id.
+        """This LEI's containers of ``task``, on any of its engines: by task id, else by name or id.
 
         A container that is not labelled as a DRAGON task of this LEI is never touched.
         """
         labels = [f"{TASK_LABEL}=true", f"{LEI_LABEL}={self.journal.lei}"]
-        candidates = self.docker.containers.list(all=True, filters={"label": labels})
+        candidates = [
+            container
+            for engine in self.engines.of_lei(self.journal.lei)
+            for container in engine.client.containers.list(all=True, filters={"label": labels})
+        ]
         by_task = [c for c in candidates if task_id_of(c) == task]
         return by_task or [c for c in candidates if c.name == task or c.id.startswith(task)]
 
     def _run(self, move: Move, source: Any) -> Move:
-        cgroup_parent = self.cgroup_parent_of(move.target_lei, move.target_host)
+        target_engine = self._target_engine(move)
+        if self._crosses_engines(move):
+            move, _ = self._step(move, Step.TRANSFERRING, lambda: self._transfer(source, target_engine))
+        cgroup_parent = self.engines.cgroup_parent(move.target_lei, move.target_host)
         kwargs = creation_kwargs(source, move.target_lei, move.target_host, cgroup_parent, move.id)
-        move, target = self._step(move, Step.CREATING, lambda: self.docker.containers.create(**kwargs))
+        move, target = self._step(move, Step.CREATING, lambda: self._create(target_engine, source, kwargs))
         try:
             move, _ = self._step(move, Step.STARTING, lambda: self._start(target), target_id=target.id)
         except MoveError as exc:
             return self._roll_back(self.journal.get(move.id) or move, str(exc))
         return self._finish(move)
+
+    def _transfer(self, source: Any, target_engine: Engine) -> None:
+        """The image and the named volumes' data, to the target's engine; the task stops first if it has volumes."""
+        source_engine = self._source_engine_of(source)
+        transfer.ensure_image(source_engine.client, target_engine.client, source)
+        if transfer.named_volumes(source):
+            source.stop()  # a consistent copy; the roll-back starts it again
+            transfer.copy_volumes(source_engine.client, target_engine.client, source, source.attrs["Image"])
+
+    def _create(self, engine: Engine, source: Any, kwargs: dict[str, Any]) -> Any:
+        """Create the target; connect it to the source's other networks that exist on its engine."""
+        networks = [n for n in user_networks(source) if _has_network(engine.client, n)]
+        if "network" in kwargs and kwargs["network"] not in networks:
+            del kwargs["network"]  # another machine without that network: Docker's default bridge
+        target = engine.client.containers.create(**kwargs)
+        for network in networks[1:]:
+            engine.client.networks.get(network).connect(target)
+        return target
 
     def _step(self, move: Move, step: Step, action: Callable[[], Any], **changes: str) -> tuple[Move, Any]:
         """Journal ``step``, take it, and keep how long it took (written with the next step)."""
@@ -177,29 +222,30 @@ class RestartMover:
 
     def _finish(self, move: Move) -> Move:
         """The target runs: remove the source, give the target the task's name."""
-        move, _ = self._step(move, Step.REMOVING_SOURCE, lambda: self._remove(move.task))
-        move, _ = self._step(move, Step.RENAMING, lambda: self._rename(move.target_id, move.name))
+        source, target = self._source_engine(move), self._target_engine(move)
+        move, _ = self._step(move, Step.REMOVING_SOURCE, lambda: _remove(source, move.task))
+        move, _ = self._step(move, Step.RENAMING, lambda: _rename(target, move.target_id, move.name))
         log.info(
             "move_done",
             id=move.id,
             task=move.name,
             source=move.source_host,
-            target=move.target_host,
+            target=f"{move.target_lei}/{move.target_host}",
             steps=move.timings,
         )
         return self.journal.record(move, Step.DONE)
 
-    def _rename(self, container_id: str, name: str) -> None:
-        target = self.docker.containers.get(container_id)
-        if target.name != name:
-            target.rename(name)
+    def _fail(self, move: Move, error: str) -> Move:
+        """A move that cannot start: journalled as failed, nothing touched."""
+        self.journal.begin(move)
+        return self.journal.record(move, Step.FAILED, error=error)
 
     def _roll_back(self, move: Move, error: str) -> Move:
         """The target never ran: remove it; the task runs on its source as before."""
         if move.target_id:
-            self._remove(move.target_id)
+            _remove(self._target_engine(move), move.target_id)
         try:
-            source = self.docker.containers.get(move.task)
+            source = self._source_engine(move).client.containers.get(move.task)
             if source.status != "running":
                 source.start()
         except docker.errors.NotFound:
@@ -207,12 +253,18 @@ class RestartMover:
         log.warning("move_rolled_back", id=move.id, task=move.name, error=error)
         return self.journal.record(move, Step.ROLLED_BACK, error=error)
 
-    def _remove(self, container_id: str) -> None:
-        try:
-            container = self.docker.containers.get(container_id)
-        except docker.errors.NotFound:
-            return
-        container.remove(force=True)
+    # --- engines ----------------------------------------------------------------------
+    def _source_engine(self, move: Move) -> Engine:
+        return self.engines.of(self.journal.lei, move.source_host)
+
+    def _source_engine_of(self, container: Any) -> Engine:
+        return self.engines.of(self.journal.lei, container.labels.get(HOST_LABEL, ""))
+
+    def _target_engine(self, move: Move) -> Engine:
+        return self.engines.of(move.target_lei or self.journal.lei, move.target_host)
+
+    def _crosses_engines(self, move: Move) -> bool:
+        return self._source_engine(move).name != self._target_engine(move).name
 
     # --- after a crash --------------------------------------------------------------------
     def recover(self) -> list[Move]:
@@ -235,19 +287,43 @@ class RestartMover:
         try:
             self._start(target)
         except MoveError as exc:
-            if self._exists(move.task):
+            if _exists(self._source_engine(move), move.task):
                 return self._roll_back(move, str(exc))
             # Never reached by a move of ours (the source goes only once the target runs): left open.
             raise MoveError(f"move {move.id}: the source is gone and the target will not run: {exc}") from exc
         return self._finish(move)
 
     def _target_of(self, move: Move) -> Any | None:
-        found = self.docker.containers.list(all=True, filters={"label": f"{MOVE_LABEL}={move.id}"})
+        engine = self._target_engine(move)
+        found = engine.client.containers.list(all=True, filters={"label": f"{MOVE_LABEL}={move.id}"})
         return found[0] if found else None
 
-    def _exists(self, container_id: str) -> bool:
-        try:
-            self.docker.containers.get(container_id)
-        except docker.errors.NotFound:
-            return False
-        return True
+
+def _has_network(client: Any, name: str) -> bool:
+    try:
+        client.networks.get(name)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+def _rename(engine: Engine, container_id: str, name: str) -> None:
+    target = engine.client.containers.get(container_id)
+    if target.name != name:
+        target.rename(name)
+
+
+def _remove(engine: Engine, container_id: str) -> None:
+    try:
+        container = engine.client.containers.get(container_id)
+    except docker.errors.NotFound:
+        return
+    container.remove(force=True)
+
+
+def _exists(engine: Engine, container_id: str) -> bool:
+    try:
+        engine.client.containers.get(container_id)
+    except docker.errors.NotFound:
+        return False
+    return True

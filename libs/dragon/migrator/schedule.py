@@ -10,8 +10,8 @@ from dragon.messages.schemas import Schedule, TaskPlacement
 from dragon.migrator.moves import task_id_of
 
 
-def current_schedule(client: Any, lei: str, now: float, migrator: str = "") -> Schedule:
-    """Every running DRAGON task container of ``lei`` with its host, ordered by task."""
+def current_schedule(clients: list[Any], lei: str, now: float, migrator: str = "") -> Schedule:
+    """Every running DRAGON task container of ``lei`` on the engines of ``clients``, with its host, by task."""
     labels = [f"{TASK_LABEL}=true", f"{LEI_LABEL}={lei}"]
     placements = [
         TaskPlacement(
@@ -20,6 +20,7 @@ def current_schedule(client: Any, lei: str, now: float, migrator: str = "") -> S
             host=container.labels.get(HOST_LABEL, ""),
             since=started_at(container.attrs["State"].get("StartedAt", "")),
         )
+        for client in clients
         for container in client.containers.list(filters={"label": labels, "status": "running"})
     ]
     return Schedule(lei=lei, ts=now, tasks=tuple(sorted(placements, key=lambda p: p.task)), migrator=migrator)

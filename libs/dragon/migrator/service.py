@@ -23,12 +23,12 @@ import docker.errors
 import redis
 import structlog
 
-from dragon.collector.cgroups import CgroupHost, emulated_host_path
 from dragon.messages import topics
 from dragon.messages.schemas import MigrationCommand, MigrationEvent, StepDuration
 from dragon.migrator import criu
 from dragon.migrator.commands import CommandRefused, verify
 from dragon.migrator.config import MigratorConfig
+from dragon.migrator.engines import Engines, parse_endpoints
 from dragon.migrator.journal import Journal, Move, Step
 from dragon.migrator.moves import MoveError, RestartMover
 from dragon.migrator.schedule import current_schedule
@@ -73,9 +73,9 @@ class Migrator:
 
     def init_docker(self) -> None:
         self.docker = docker.from_env()
-        self.mover = RestartMover(
-            self.docker, self.journal, self.cgroup_parent_of, start_timeout_s=self.config.start_timeout_s
-        )
+        endpoints = parse_endpoints(self.config.endpoints, self.lei)
+        self.engines = Engines(self.docker, self.config.cgroup_root, endpoints, self.config.tls_dir)
+        self.mover = RestartMover(self.engines, self.journal, start_timeout_s=self.config.start_timeout_s)
         self.criu = criu.probe(self.docker, self.config.probe_image, enabled=self.config.criu == "auto")
         log.info("criu_probed", available=self.criu.available, reason=self.criu.reason)
 
@@ -117,17 +117,10 @@ class Migrator:
     def shutdown(self) -> None:
         self.lifecycle.clear()
         self.mqtt.stop()
+        self.engines.close()
         self.docker.close()
         self.redis.close()
         log.info("migrator_stopped", counters=self.counters.snapshot())
-
-    # --- hosts ----------------------------------------------------------------------
-    def cgroup_parent_of(self, lei: str, host: str) -> str:
-        return CgroupHost(emulated_host_path(lei, host), self.config.cgroup_root).cgroup_parent
-
-    def host_exists(self, lei: str, host: str) -> bool:
-        """An emulated host exists once its collector made its cgroup (with its limits)."""
-        return CgroupHost(emulated_host_path(lei, host), self.config.cgroup_root).exists()
 
     # --- commands ---------------------------------------------------------------------
     def on_command(self, incoming: Incoming) -> None:
@@ -162,8 +155,8 @@ class Migrator:
         busy = [m for m in self.journal.open_moves() if command.task in (m.name, m.task)]
         if busy:
             raise CommandRefused("busy", f"task {command.task} is being moved by command {busy[0].id}")
-        if not self.host_exists(command.target_lei, command.target_host):
-            raise CommandRefused("unknown_host", f"no host {command.target_lei}/{command.target_host} on this engine")
+        if not self.engines.exists(command.target_lei, command.target_host):
+            raise CommandRefused("unknown_host", f"no host {command.target_lei}/{command.target_host} is reachable")
 
     def carry_out(self, command: MigrationCommand) -> Move:
         """The journalled move; a Docker error midway is settled at once (completed or rolled back)."""
@@ -229,7 +222,8 @@ class Migrator:
     def publish_schedule(self) -> None:
         try:
             with self._docker_lock:
-                schedule = current_schedule(self.docker, self.lei, time.time(), self.instance)
+                clients = [engine.client for engine in self.engines.of_lei(self.lei)]
+                schedule = current_schedule(clients, self.lei, time.time(), self.instance)
         except docker.errors.DockerException as exc:
             self.counters.add("schedule_errors")
             log.warning("schedule_unavailable", error=str(exc))

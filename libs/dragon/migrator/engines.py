@@ -1,0 +1,109 @@
+"""Where each host's containers run: the Docker engine that reaches it, and its parent cgroup.
+
+Two kinds of host, mixed freely in one LEI:
+
+- an **emulated host** (the default): a parent cgroup of the broker's own engine, made by the
+  collector (``dragon/<lei>/<host>``); a container moves there by ``--cgroup-parent``;
+- a **machine with its own engine**, from ``DRAGON_MIGRATOR_ENDPOINTS``: ``host=url`` pairs
+  (``lei/host=url`` for another LEI's host), where url is ``unix:///path/docker.sock``,
+  ``tcp://address:2376`` (with TLS from ``DRAGON_MIGRATOR_TLS_DIR``: ca.pem, cert.pem, key.pem,
+  Docker's own layout) or ``ssh://user@address`` (through the ``ssh`` client).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import docker.tls
+import requests
+
+from dragon.collector.cgroups import CgroupHost, emulated_host_path
+
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A Docker engine: ``name`` (its URL, or ``local``) and its client."""
+
+    name: str
+    client: Any
+
+
+def parse_endpoints(text: str, lei: str) -> dict[tuple[str, str], str]:
+    """``h1=unix:///x.sock,lei2/h3=tcp://a:2376`` as {(lei, host): url}; ValueError when malformed."""
+    endpoints = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, url = item.partition("=")
+        if not sep or not url.strip():
+            raise ValueError(f"endpoint {item!r} is not host=url")
+        host_lei, _, host = key.strip().rpartition("/")
+        if not url.startswith(("unix://", "tcp://", "ssh://")):
+            raise ValueError(f"endpoint {item!r}: the url must start with unix://, tcp:// or ssh://")
+        endpoints[(host_lei or lei, host)] = url.strip()
+    return endpoints
+
+
+class Engines:
+    """The engines of the hosts a migrator may move tasks between."""
+
+    def __init__(
+        self,
+        local: Any,
+        cgroup_root: str,
+        endpoints: dict[tuple[str, str], str] | None = None,
+        tls_dir: str = "",
+    ) -> None:
+        self.local = Engine(LOCAL, local)
+        self.cgroup_root = cgroup_root
+        self.endpoints = dict(endpoints or {})
+        self.tls_dir = tls_dir
+        self._clients: dict[str, Engine] = {}
+
+    def of(self, lei: str, host: str) -> Engine:
+        url = self.endpoints.get((lei, host))
+        if url is None:
+            return self.local
+        if url not in self._clients:
+            self._clients[url] = Engine(url, self._connect(url))
+        return self._clients[url]
+
+    def cgroup_parent(self, lei: str, host: str) -> str | None:
+        """An emulated host's parent cgroup; None for a machine with its own engine."""
+        if (lei, host) in self.endpoints:
+            return None
+        return CgroupHost(emulated_host_path(lei, host), self.cgroup_root).cgroup_parent
+
+    def exists(self, lei: str, host: str) -> bool:
+        """An emulated host exists once its cgroup does (Docker would make a missing one, with no
+        limits); a machine, when its engine answers."""
+        if (lei, host) not in self.endpoints:
+            return CgroupHost(emulated_host_path(lei, host), self.cgroup_root).exists()
+        try:
+            return bool(self.of(lei, host).client.ping())
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return False
+
+    def of_lei(self, lei: str) -> list[Engine]:
+        """Every engine where ``lei``'s tasks may run: the local one and its machines'."""
+        engines = [self.local] + [self.of(*key) for key in sorted(self.endpoints) if key[0] == lei]
+        return list({engine.name: engine for engine in engines}.values())
+
+    def close(self) -> None:
+        for engine in self._clients.values():
+            engine.client.close()
+
+    def _connect(self, url: str) -> Any:
+        if url.startswith("tcp://") and self.tls_dir:
+            tls_dir = Path(self.tls_dir)
+            tls = docker.tls.TLSConfig(
+                client_cert=(str(tls_dir / "cert.pem"), str(tls_dir / "key.pem")),
+                ca_cert=str(tls_dir / "ca.pem"),
+                verify=True,
+            )
+            return docker.DockerClient(base_url=url.replace("tcp://", "https://", 1), tls=tls)
+        return docker.DockerClient(base_url=url, use_ssh_client=url.startswith("ssh://"))
