@@ -35,7 +35,7 @@ from dragon.messages.schemas import MigrationCommand, MigrationEvent
 from dragon.migrator.commands import sign
 from dragon.migrator.engines import Engines
 from dragon.migrator.journal import Journal, Step
-from dragon.migrator.moves import RestartMover
+from dragon.migrator.moves import Mover
 from dragon.testing.lei import COLLECTOR_IMAGE, LeiStack, redis_client_of, standalone_redis
 from dragon.testing.listener import Listener, publish
 
@@ -155,7 +155,7 @@ def time_moves(client, lei: EmulatedLei, journal: Journal, moves: int) -> dict:
     def mark(step: Step) -> None:
         marks[step] = time.perf_counter()
 
-    mover = RestartMover(Engines(client, str(lei.cgroup_root)), journal, after_step=mark)
+    mover = Mover(Engines(client, str(lei.cgroup_root)), journal, after_step=mark)
     to_running, to_done, current, host = [], [], task.id, "h1"
     for index in range(moves):
         host = "h2" if host == "h1" else "h1"

@@ -1,6 +1,7 @@
 """Moves between an emulated host of the broker's engine and a machine with its own Docker engine
-(a second dockerd on this machine, its image store empty): the image and the named volume's data
-travel with the task; a bind mount cannot; a move stopped midway is rolled back.
+(a second dockerd on this machine, its image store empty, reached over tcp with mutual TLS):
+the image and the named volume's data travel with the task; a bind mount cannot; a move
+stopped midway is rolled back.
 
 Needs the Docker daemon, root (a second dockerd; the emulated hosts are cgroups) and the images.
 """
@@ -17,7 +18,7 @@ from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL
 from dragon.migrator.engines import Engines
 from dragon.migrator.journal import Journal, Step
-from dragon.migrator.moves import RestartMover
+from dragon.migrator.moves import Mover
 from dragon.testing.engine import EngineUnavailable, second_engine
 from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
 
@@ -42,12 +43,12 @@ def world(tmp_path_factory):
     lei = EmulatedLei(local, f"eng{tokens.token_hex(3)}", image=COLLECTOR_IMAGE)
     password = tokens.token_urlsafe(12)
     try:
-        with second_engine(tmp_path_factory.mktemp("far")) as url, standalone_redis(password) as server:
-            far = docker.DockerClient(base_url=url)
+        with second_engine(tmp_path_factory.mktemp("far")) as engine, standalone_redis(password) as server:
+            far = docker.DockerClient(base_url=engine.unix_url)
             lei.ensure_host(EmulatedHostSpec("h1", cpus=0.5, memory_mb=256))
             lei.ensure_network()
             far.networks.create(lei.network, driver="bridge")  # the task's network exists there too
-            engines = Engines(local, str(lei.cgroup_root), {(lei.lei, "far"): url})
+            engines = Engines(local, str(lei.cgroup_root), {(lei.lei, "far"): engine.tls_url}, engine.tls_dir)
             store = redis_client_of(server, password)
             yield lei, far, engines, Journal(store, lei.lei)
             for container in far.containers.list(all=True):
@@ -72,7 +73,7 @@ def greeting(container) -> str:
 def test_a_task_moves_to_another_machine_with_its_image_and_volume_data_and_back(world):
     lei, far, engines, journal = world
     task = start_task(lei, GREETER, volumes={f"{lei.lei}-data": {"bind": "/data", "mode": "rw"}})
-    mover = RestartMover(engines, journal)
+    mover = Mover(engines, journal)
     move = mover.move("to-far", task.name, "far")
     assert move.step == Step.DONE, move.error
     assert [step for step, _ in move.timings][0] == "transferring"
@@ -94,7 +95,7 @@ def test_a_task_moves_to_another_machine_with_its_image_and_volume_data_and_back
 def test_a_bind_mount_cannot_leave_its_machine_and_nothing_is_touched(world, tmp_path):
     lei, far, engines, journal = world
     task = start_task(lei, GREETER, volumes={str(tmp_path): {"bind": "/data", "mode": "rw"}})
-    move = RestartMover(engines, journal).move("bound", task.name, "far")
+    move = Mover(engines, journal).move("bound", task.name, "far")
     assert move.step == Step.FAILED and "bind mounts" in move.error
     task.reload()
     assert task.status == "running" and far.containers.list(all=True, filters={"name": task.name}) == []
@@ -109,10 +110,10 @@ def test_a_move_killed_while_transferring_is_rolled_back_and_the_stopped_task_re
             raise Killed(step)
 
     with pytest.raises(Killed):
-        RestartMover(engines, journal, after_step=die).move("killed", task.name, "far")
+        Mover(engines, journal, after_step=die).move("killed", task.name, "far")
     task.reload()
     assert task.status == "exited"  # stopped for a consistent copy of its volume
-    (recovered,) = [m for m in RestartMover(engines, journal).recover() if m.id == "killed"]
+    (recovered,) = [m for m in Mover(engines, journal).recover() if m.id == "killed"]
     assert recovered.step == Step.ROLLED_BACK
     task.reload()
     assert task.status == "running" and far.containers.list(all=True, filters={"name": task.name}) == []

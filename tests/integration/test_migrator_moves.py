@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets as tokens
+import time
 
 import docker
 import docker.types
@@ -15,9 +16,10 @@ import pytest
 
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL
+from dragon.migrator import criu
 from dragon.migrator.engines import Engines
 from dragon.migrator.journal import Journal, Step
-from dragon.migrator.moves import RestartMover
+from dragon.migrator.moves import Mover
 from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
 
 from .conftest import SLEEPER, running_copies, start_task
@@ -60,8 +62,8 @@ def journal(emulated):
         client.close()
 
 
-def mover(emulated, journal, **kwargs) -> RestartMover:
-    return RestartMover(Engines(emulated._client, str(emulated.cgroup_root)), journal, **kwargs)
+def mover(emulated, journal, **kwargs) -> Mover:
+    return Mover(Engines(emulated._client, str(emulated.cgroup_root)), journal, **kwargs)
 
 
 def test_a_running_task_moves_to_its_target_host_with_its_configuration(emulated, journal):
@@ -157,3 +159,38 @@ def test_a_move_keeps_every_network_and_mounted_volume(emulated, journal):
             container.remove(force=True)
         second.remove()
         client.volumes.get(volume).remove(force=True)
+
+
+# Counts in memory, printing each number: restored from a checkpoint it goes on counting; restarted it
+# would begin at 1 again.
+COUNTER = ["python3", "-u", "-c", "import time\ni = 0\nwhile True:\n    i += 1\n    print(i)\n    time.sleep(0.2)"]
+
+
+@pytest.fixture(scope="module")
+def criu_support(emulated):
+    return criu.probe(emulated._client, COLLECTOR_IMAGE)
+
+
+def test_a_criu_move_carries_the_tasks_memory(emulated, journal, criu_support):
+    if not criu_support.available:
+        pytest.skip(f"CRIU does not work on this engine: {criu_support.reason}")
+    task = start_task(emulated, COUNTER)
+    time.sleep(2)  # about ten numbers counted
+    move = mover(emulated, journal, criu=criu_support).move("move-criu", task.name, "h2")
+    assert (move.step, move.mode) == (Step.DONE, "criu"), move
+    (moved,) = running_copies(emulated, task.name)
+    time.sleep(1)
+    first = int(moved.logs().decode().split()[0])
+    assert first > 5, "the restored task began counting again: its memory was not carried"
+
+
+def test_where_the_checkpoint_fails_the_move_falls_back_to_a_restart(emulated, journal, criu_support):
+    if criu_support.available:
+        pytest.skip("CRIU works on this engine: its checkpoints do not fail")
+    task = start_task(emulated)
+    believed = criu.CriuSupport(True, "the probe said yes, then the kernel said no")
+    move = mover(emulated, journal, criu=believed).move("move-criu-fallback", task.name, "h2")
+    assert (move.step, move.mode) == (Step.DONE, "restart"), move
+    assert move.mode_reason.startswith("restart move: the CRIU checkpoint failed")
+    (running,) = running_copies(emulated, task.name)
+    assert running.labels[HOST_LABEL] == "h2"

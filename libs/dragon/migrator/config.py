@@ -60,6 +60,11 @@ class MigratorConfig:
     criu: str = setting(
         "DRAGON_MIGRATOR_CRIU", "auto", "auto: probe the engine for checkpoint/restore at start-up; off: never use it"
     )
+    docker_root: str = setting(
+        "DRAGON_MIGRATOR_DOCKER_ROOT",
+        "",
+        "the engine's data root as the migrator sees it, for CRIU checkpoints (empty: what the engine reports)",
+    )
     probe_image: str = setting(
         "DRAGON_MIGRATOR_PROBE_IMAGE", "dragon-collector:local", "local image of the throw-away CRIU probe container"
     )

@@ -11,7 +11,9 @@ move event (``mode_reason``).
 from __future__ import annotations
 
 import secrets
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker.errors
@@ -43,12 +45,12 @@ def probe(client: Any, image: str, enabled: bool = True) -> CriuSupport:
             image, PROBE_COMMAND, detach=True, name=f"dragon-criu-probe-{secrets.token_hex(4)}", network_mode="none"
         )
     except docker.errors.DockerException as exc:
-        return CriuSupport(False, f"the probe container could not start: {_first_line(exc)}")
+        return CriuSupport(False, f"the probe container could not start: {first_line(exc)}")
     try:
         create_checkpoint(client, container.id, "probe", leave_running=True)
         return CriuSupport(True, "a running probe container was checkpointed")
     except docker.errors.APIError as exc:
-        return CriuSupport(False, f"checkpointing a probe container failed: {_first_line(exc)}")
+        return CriuSupport(False, f"checkpointing a probe container failed: {first_line(exc)}")
     finally:
         container.remove(force=True)
 
@@ -62,6 +64,23 @@ def create_checkpoint(client: Any, container_id: str, name: str, leave_running: 
     api._raise_for_status(response)
 
 
-def _first_line(exc: Exception) -> str:
+def start_from_checkpoint(client: Any, container_id: str, name: str) -> None:
+    """``POST /containers/{id}/start?checkpoint=name``: restore the checkpoint's processes."""
+    api = client.api
+    api._raise_for_status(api._post(api._url("/containers/{0}/start", container_id), params={"checkpoint": name}))
+
+
+def copy_checkpoint(docker_root: str, source_id: str, target_id: str, name: str) -> None:
+    """Put the source's checkpoint into the *target's own* checkpoints directory.
+
+    Restoring from a custom ``--checkpoint-dir`` is broken in Docker (moby#37344); a checkpoint
+    restores only from the container's own directory, and the Engine API cannot copy one there.
+    """
+    containers = Path(docker_root) / "containers"
+    shutil.copytree(containers / source_id / "checkpoints" / name, containers / target_id / "checkpoints" / name)
+
+
+def first_line(exc: Exception) -> str:
+    """The first line of a Docker error's explanation (CRIU's are long)."""
     text = getattr(exc, "explanation", None) or str(exc)
     return str(text).strip().splitlines()[0][:300] if str(text).strip() else type(exc).__name__

@@ -24,6 +24,7 @@ import requests
 from dragon.collector.cgroups import CgroupHost, emulated_host_path
 
 LOCAL = "local"
+PROBE_API_VERSION = "1.24"  # any version: only used to ask the engine for its own
 
 
 @dataclass(frozen=True)
@@ -105,5 +106,25 @@ class Engines:
                 ca_cert=str(tls_dir / "ca.pem"),
                 verify=True,
             )
-            return docker.DockerClient(base_url=url.replace("tcp://", "https://", 1), tls=tls)
+            return _tls_client(url.replace("tcp://", "https://", 1), tls)
         return docker.DockerClient(base_url=url, use_ssh_client=url.startswith("ssh://"))
+
+
+def _tls_client(url: str, tls: docker.tls.TLSConfig) -> Any:
+    """A client that trusts our CA only.
+
+    requests prefers REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) from the environment to the CA the
+    session was given (psf/requests#3829), so the engine's certificate would be checked against
+    the system's CAs and refused. Clients here ignore the environment; the API version is asked
+    first (without a version prefix, which every engine serves) since the SDK's own "auto" asks
+    before we can switch the environment off.
+    """
+    probe = docker.APIClient(base_url=url, tls=tls, version=PROBE_API_VERSION)
+    probe.trust_env = False
+    try:
+        version = probe.version(api_version=False)["ApiVersion"]
+    finally:
+        probe.close()
+    client = docker.DockerClient(base_url=url, tls=tls, version=version)
+    client.api.trust_env = False
+    return client

@@ -19,6 +19,7 @@ import redis
 class Step(str, Enum):
     PLANNED = "planned"
     TRANSFERRING = "transferring"  # to another machine: its image and volume data are copied there
+    CHECKPOINTING = "checkpointing"  # CRIU: the source's memory checkpointed (it stops), its files committed
     CREATING = "creating"  # the target container is being created
     STARTING = "starting"  # ... started, and awaited until running (healthy, if it has a healthcheck)
     REMOVING_SOURCE = "removing_source"  # the target runs: the source is being stopped and removed
@@ -42,6 +43,7 @@ class Move:
     target_host: str
     target_lei: str = ""
     mode: str = "restart"
+    mode_reason: str = ""
     step: Step = Step.PLANNED
     target_id: str = ""
     error: str = ""
@@ -86,6 +88,7 @@ class Journal:
             target_host=data["target_host"],
             target_lei=data.get("target_lei", ""),
             mode=data.get("mode", "restart"),
+            mode_reason=data.get("mode_reason", ""),
             step=Step(data["step"]),
             target_id=data.get("target_id", ""),
             error=data.get("error", ""),

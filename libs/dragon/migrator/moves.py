@@ -28,7 +28,8 @@ import structlog
 
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
 from dragon.collector.probes import TASK_ID_LABEL
-from dragon.migrator import transfer
+from dragon.migrator import criu, transfer
+from dragon.migrator.criu import CriuSupport
 from dragon.migrator.engines import Engine, Engines
 from dragon.migrator.journal import FINAL, Journal, Move, Step
 
@@ -97,13 +98,15 @@ def user_networks(container: Any) -> list[str]:
     return [name for name in networks if name not in {"bridge", "host", "none"}]
 
 
-class RestartMover:
+class Mover:
     """Carries out restart moves and recovers the ones left in flight.
 
     Only containers labelled as DRAGON tasks of the journal's LEI are moved. ``engines`` says
     which Docker engine reaches each host and which parent cgroup an emulated host has.
-    ``after_step`` (tests) is called after each step's action, before the next step is
-    journalled: raising there is a kill at that point.
+    ``criu`` is what the start-up probe found: with it, moves on one engine checkpoint the
+    task's processes and restore them on the target (:meth:`_run_criu`). ``after_step`` (tests)
+    is called after each step's action, before the next step is journalled: raising there is a
+    kill at that point.
     """
 
     def __init__(
@@ -112,11 +115,15 @@ class RestartMover:
         journal: Journal,
         after_step: Callable[[Step], None] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
+        criu: CriuSupport | None = None,
+        docker_root: str = "",
     ) -> None:
         self.engines = engines
         self.journal = journal
         self.after_step = after_step or (lambda step: None)
         self.start_timeout_s = start_timeout_s
+        self.criu = criu or CriuSupport(False, "not probed")
+        self.docker_root = docker_root
 
     # --- one move -------------------------------------------------------------------
     def move(self, move_id: str, task: str, target_host: str, target_lei: str = "") -> Move:
@@ -130,16 +137,16 @@ class RestartMover:
         found = self.locate(task)
         if len(found) != 1:
             names = ", ".join(c.name for c in found)
-            error = (
-                f"task {task!r} matches {len(found)} containers: {names}"
-                if found
-                else (f"no task container {task!r} of LEI {self.journal.lei}")
-            )
+            error = f"no task container {task!r} of LEI {self.journal.lei}"
+            if found:
+                error = f"task {task!r} matches {len(found)} containers: {names}"
             return self._fail(Move(move_id, task, task, "", target_host, target_lei=target_lei), error)
         (source,) = found
         move = Move(
             move_id, source.id, source.name, source.labels.get(HOST_LABEL, ""), target_host, target_lei=target_lei
         )
+        mode, mode_reason = self._mode(move, source)
+        move = replace(move, mode=mode, mode_reason=mode_reason)
         if self._crosses_engines(move):
             try:
                 transfer.check_portable(source)
@@ -163,18 +170,73 @@ class RestartMover:
         by_task = [c for c in candidates if task_id_of(c) == task]
         return by_task or [c for c in candidates if c.name == task or c.id.startswith(task)]
 
+    def _mode(self, move: Move, source: Any) -> tuple[str, str]:
+        """CRIU where it can work, else the restart move; and why."""
+        if not self.criu.available:
+            return "restart", f"restart move: no CRIU on this engine ({self.criu.reason})"
+        if self._crosses_engines(move):
+            return "restart", "restart move: a checkpoint cannot be copied between engines through the Engine API"
+        if source.status != "running":
+            return "restart", "restart move: the task is not running (crash-like: restarted on the target)"
+        return "criu", "CRIU move: the engine checkpointed a probe container at start-up"
+
     def _run(self, move: Move, source: Any) -> Move:
+        if move.mode == "criu":
+            return self._run_criu(move, source)
         target_engine = self._target_engine(move)
         if self._crosses_engines(move):
             move, _ = self._step(move, Step.TRANSFERRING, lambda: self._transfer(source, target_engine))
-        cgroup_parent = self.engines.cgroup_parent(move.target_lei, move.target_host)
-        kwargs = creation_kwargs(source, move.target_lei, move.target_host, cgroup_parent, move.id)
+        kwargs = creation_kwargs(source, move.target_lei, move.target_host, self._cgroup_parent(move), move.id)
         move, target = self._step(move, Step.CREATING, lambda: self._create(target_engine, source, kwargs))
         try:
             move, _ = self._step(move, Step.STARTING, lambda: self._start(target), target_id=target.id)
         except MoveError as exc:
             return self._roll_back(self.journal.get(move.id) or move, str(exc))
         return self._finish(move)
+
+    def _run_criu(self, move: Move, source: Any) -> Move:
+        """Checkpoint the source (it stops) and commit its files; create the target from them and
+        restore the checkpoint there. A failed checkpoint falls back to the restart move (the
+        source still runs); a failed restore starts the target afresh from the source's files."""
+        engine, checkpoint = self._source_engine(move), f"dragon-{move.id[:24]}"
+        try:
+            move, image = self._step(move, Step.CHECKPOINTING, lambda: self._checkpoint(engine, source, checkpoint))
+        except docker.errors.APIError as exc:
+            reason = f"restart move: the CRIU checkpoint failed ({criu.first_line(exc)})"[:250]
+            move = self.journal.record(move, Step.PLANNED, mode="restart", mode_reason=reason)
+            source.reload()
+            return self._run(move, source)
+        kwargs = creation_kwargs(source, move.target_lei, move.target_host, self._cgroup_parent(move), move.id)
+        kwargs["image"] = image.id
+        move, target = self._step(move, Step.CREATING, lambda: self._create(engine, source, kwargs))
+        try:
+            move, fallback = self._step(
+                move, Step.STARTING, lambda: self._restore(engine, move, target, checkpoint), target_id=target.id
+            )
+        except MoveError as exc:
+            return self._roll_back(self.journal.get(move.id) or move, str(exc))
+        return self._finish(replace(move, mode_reason=fallback or move.mode_reason))
+
+    def _checkpoint(self, engine: Engine, source: Any, name: str) -> Any:
+        """The source's processes to a checkpoint (it stops), then its files to an image."""
+        criu.create_checkpoint(engine.client, source.id, name, leave_running=False)
+        return source.commit(repository="dragon-move", tag=name, conf={"Labels": {MOVE_LABEL: name}})
+
+    def _restore(self, engine: Engine, move: Move, target: Any, name: str) -> str:
+        """Start the target from the checkpoint, or else afresh; the reason for the latter, or ""."""
+        root = self.docker_root or engine.client.info()["DockerRootDir"]
+        fallback = ""
+        try:
+            criu.copy_checkpoint(root, move.task, target.id, name)
+            criu.start_from_checkpoint(engine.client, target.id, name)
+        except (OSError, docker.errors.APIError) as exc:
+            fallback = f"CRIU restore failed ({criu.first_line(exc)}): the task restarted from its files"[:250]
+            log.warning("criu_restore_failed", id=move.id, task=move.name, error=str(exc)[:300])
+        self._start(target)
+        return fallback
+
+    def _cgroup_parent(self, move: Move) -> str | None:
+        return self.engines.cgroup_parent(move.target_lei, move.target_host)
 
     def _transfer(self, source: Any, target_engine: Engine) -> None:
         """The image and the named volumes' data, to the target's engine; the task stops first if it has volumes."""

@@ -30,7 +30,7 @@ from dragon.migrator.commands import CommandRefused, verify
 from dragon.migrator.config import MigratorConfig
 from dragon.migrator.engines import Engines, parse_endpoints
 from dragon.migrator.journal import Journal, Move, Step
-from dragon.migrator.moves import MoveError, RestartMover
+from dragon.migrator.moves import MoveError, Mover
 from dragon.migrator.schedule import current_schedule
 from dragon.mqtt import Counters, Incoming, MqttClient, Unprocessed
 from dragon.service.lifecycle import Lifecycle
@@ -75,9 +75,15 @@ class Migrator:
         self.docker = docker.from_env()
         endpoints = parse_endpoints(self.config.endpoints, self.lei)
         self.engines = Engines(self.docker, self.config.cgroup_root, endpoints, self.config.tls_dir)
-        self.mover = RestartMover(self.engines, self.journal, start_timeout_s=self.config.start_timeout_s)
         self.criu = criu.probe(self.docker, self.config.probe_image, enabled=self.config.criu == "auto")
         log.info("criu_probed", available=self.criu.available, reason=self.criu.reason)
+        self.mover = Mover(
+            self.engines,
+            self.journal,
+            start_timeout_s=self.config.start_timeout_s,
+            criu=self.criu,
+            docker_root=self.config.docker_root,
+        )
 
     def recover_moves(self) -> list[Move]:
         """Finish every move a previous migrator left in flight, before any new command is taken."""
@@ -200,7 +206,7 @@ class Migrator:
             target_lei=move.target_lei,
             target_host=move.target_host,
             mode=move.mode,
-            mode_reason=self.mode_reason(),
+            mode_reason=move.mode_reason,
             reason="" if move.step == Step.DONE else move.step.value,
             error=move.error[:TEXT_LIMIT],
             steps=steps,
@@ -208,12 +214,6 @@ class Migrator:
             recovered=recovered,
             migrator=self.instance,
         )
-
-    def mode_reason(self) -> str:
-        """Why this mode (the probe's whole answer is on the availability topic)."""
-        if self.criu.available:
-            return "restart move: CRIU moves are not built yet (docs/migrator.md)"
-        return f"restart move: no CRIU on this engine ({self.criu.reason})"[:TEXT_LIMIT]
 
     def publish_event(self, event: MigrationEvent) -> None:
         self.counters.add(f"moves_{event.outcome}")

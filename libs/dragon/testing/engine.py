@@ -3,17 +3,21 @@
 ``dockerd`` with its own data root, exec root, socket and default bridge (an interface of its
 own) and no iptables rules, so it cannot disturb the machine's own engine. Not ``--bridge=none``:
 dockerd then deletes ``docker0``, the default bridge of the machine's own engine (seen here).
-Its image store starts empty, like a freshly installed edge device's.
+Its image store starts empty, like a freshly installed edge device's. It also listens on
+``tcp://127.0.0.1:<port>`` with mutual TLS (a throw-away CA made with ``openssl``), the way a
+remote edge device's engine is reached.
 """
 
 from __future__ import annotations
 
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -25,34 +29,48 @@ PROBE_API_VERSION = "1.41"  # Docker 20.10; later engines still serve it
 
 
 class EngineUnavailable(RuntimeError):
-    """No second engine can run here (not root, or no dockerd)."""
+    """No second engine can run here (not root, or no dockerd, ip or openssl)."""
+
+
+@dataclass(frozen=True)
+class SecondEngine:
+    unix_url: str
+    tls_url: str  # tcp://127.0.0.1:<port>, mutual TLS
+    tls_dir: str  # the client's ca.pem, cert.pem and key.pem (Docker's layout)
 
 
 @contextmanager
-def second_engine(workdir: Path) -> Iterator[str]:
-    """Run a second dockerd under ``workdir``; yield its ``unix://`` URL; stop it and remove its data."""
+def second_engine(workdir: Path) -> Iterator[SecondEngine]:
+    """Run a second dockerd under ``workdir``; yield how to reach it; stop it and remove its data."""
     dockerd = shutil.which("dockerd")
     if dockerd is None:
         raise EngineUnavailable("dockerd is not installed")
     workdir.mkdir(parents=True, exist_ok=True)
+    tls_dir = make_certificates(workdir / "tls")
+    port = free_port()
     bridge = own_bridge()
-    socket = workdir / "docker.sock"
+    sock = workdir / "docker.sock"
     log = (workdir / "dockerd.log").open("w")
     command = [
         dockerd,
         f"--data-root={workdir / 'root'}",
         f"--exec-root={workdir / 'exec'}",
         f"--pidfile={workdir / 'dockerd.pid'}",
-        f"--host=unix://{socket}",
+        f"--host=unix://{sock}",
+        f"--host=tcp://127.0.0.1:{port}",
+        "--tlsverify",
+        f"--tlscacert={tls_dir / 'ca.pem'}",
+        f"--tlscert={tls_dir / 'server-cert.pem'}",
+        f"--tlskey={tls_dir / 'server-key.pem'}",
         f"--bridge={bridge}",
         "--iptables=false",
         "--ip6tables=false",
     ]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"unix://{socket}"
+    url = f"unix://{sock}"
     try:
         _wait_until_up(url, process, workdir)
-        yield url
+        yield SecondEngine(url, f"tcp://127.0.0.1:{port}", str(tls_dir))
     finally:
         process.terminate()
         try:
@@ -63,6 +81,34 @@ def second_engine(workdir: Path) -> Iterator[str]:
         log.close()
         shutil.rmtree(workdir / "root", ignore_errors=True)
         subprocess.run(["ip", "link", "delete", bridge], capture_output=True)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def make_certificates(directory: Path) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as Docker's TLS expects."""
+    if shutil.which("openssl") is None:
+        raise EngineUnavailable("openssl is not installed")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    new_key = ["req", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+    _openssl(directory, [*new_key, "-x509", "-keyout", "ca-key.pem", "-out", "ca.pem", "-subj", "/CN=ca"])
+    for role, key, cert in (("server", "server-key.pem", "server-cert.pem"), ("client", "key.pem", "cert.pem")):
+        _openssl(directory, [*new_key, "-keyout", key, "-out", f"{role}.csr", "-subj", f"/CN={role}"])
+        ca = ["-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial"]
+        _openssl(directory, ["x509", "-req", "-in", f"{role}.csr", *ca, "-out", cert, "-extfile", f"{role}.ext"])
+    return directory
+
+
+def _openssl(directory: Path, arguments: list[str]) -> None:
+    done = subprocess.run(["openssl", *arguments], cwd=directory, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise EngineUnavailable(f"openssl {arguments[0]}: {done.stderr.strip()[-300:]}")
 
 
 def own_bridge() -> str:
@@ -89,7 +135,7 @@ def _wait_until_up(url: str, process: subprocess.Popen, workdir: Path) -> None:
         if process.poll() is not None:
             raise EngineUnavailable(f"dockerd exited: {(workdir / 'dockerd.log').read_text()[-2000:]}")
         # Only once the socket exists: a failed connect leaks its socket inside docker-py.
-        if (workdir / "docker.sock").exists() and _answers(url):
+        if Path(url.removeprefix("unix://")).exists() and _answers(url):
             return
         time.sleep(0.3)
     raise EngineUnavailable(f"dockerd did not answer within {START_TIMEOUT_S} s")

@@ -1,0 +1,55 @@
+"""The migrator's settings: the key it must have, the hosts' engines, Docker's times."""
+
+from __future__ import annotations
+
+import pytest
+
+from dragon import config
+from dragon.config import ConfigError
+from dragon.migrator.config import MigratorConfig
+from dragon.migrator.engines import Engines, parse_endpoints
+from dragon.migrator.schedule import started_at
+
+pytestmark = pytest.mark.unit
+
+
+def load(**env: str) -> MigratorConfig:
+    return config.load(MigratorConfig, environ={"DRAGON_MIGRATION_KEY": "k" * 32, **env})
+
+
+def test_the_migrator_does_not_start_without_the_command_key():
+    with pytest.raises(ConfigError, match="DRAGON_MIGRATION_KEY"):
+        config.load(MigratorConfig, environ={})
+    assert load().commands.key_bytes == b"k" * 32
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DRAGON_MIGRATOR_ENDPOINTS": "pi7"}, "host=url"),
+        ({"DRAGON_MIGRATOR_ENDPOINTS": "pi7=http://x"}, "unix://, tcp:// or ssh://"),
+        ({"DRAGON_MIGRATOR_CRIU": "maybe"}, "auto, off"),
+        ({"DRAGON_MIGRATION_MAX_AGE": "0"}, "positive"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_reason(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load(**env)
+
+
+def test_endpoints_name_hosts_of_this_lei_or_another():
+    endpoints = parse_endpoints("pi7=tcp://10.0.0.7:2376, lei2/pi9=ssh://dragon@10.0.0.9", "lei1")
+    assert endpoints == {("lei1", "pi7"): "tcp://10.0.0.7:2376", ("lei2", "pi9"): "ssh://dragon@10.0.0.9"}
+
+
+def test_an_emulated_host_has_a_parent_cgroup_and_a_machine_none():
+    engines = Engines(local=None, cgroup_root="/sys/fs/cgroup", endpoints={("lei1", "pi7"): "tcp://10.0.0.7:2376"})
+    assert engines.cgroup_parent("lei1", "h1") == "/dragon/lei1/h1"
+    assert engines.cgroup_parent("lei1", "pi7") is None
+    assert engines.of("lei1", "h1").name == "local"
+
+
+def test_dockers_nanosecond_times_become_epoch_seconds():
+    assert started_at("2026-12-02T17:11:52.5Z") == pytest.approx(1796231512.5)
+    assert started_at("2026-12-02T17:11:52.123456789Z") == pytest.approx(1796231512.123456789)
+    assert started_at("0001-01-01T00:00:00Z") == 0.0  # never started
