@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Build the five local images the project runs and tests with:
+# Build the seven local images the project runs and tests with:
 #   dragon-collector:local   services/collector/Dockerfile  (core deps only, small)
 #   dragon-detector:local    services/detector/Dockerfile   (core + model extra: numpy, torch CPU)
+#   dragon-simulator:local   services/simulator/Dockerfile  (the detector image, another command)
+#   dragon-planner:local     services/planner/Dockerfile    (the detector image, another command)
 #   dragon-migrator:local    services/migrator/Dockerfile   (the collector image, another command)
 #   dragon-mosquitto:local   compose/mosquitto/Dockerfile
 #   dragon-redis:local       compose/redis/Dockerfile
@@ -16,7 +18,7 @@
 # Stale images of ours (old tags replaced by a rebuild; they carry a dragon.image label) are
 # removed by id; nothing else on the shared daemon is touched.
 #
-# Env: BASE_IMAGE, DRAGON_IMAGES="collector detector migrator mosquitto redis" (subset to build),
+# Env: BASE_IMAGE, DRAGON_IMAGES="collector detector simulator planner migrator mosquitto redis" (subset),
 #      NO_CACHE=1 (docker build --no-cache).
 set -euo pipefail
 
@@ -86,11 +88,11 @@ build_image() {  # name dockerfile context staged(yes: deps + app stages, tagged
     TIMES[$name]=$((SECONDS - t))
 }
 
-IMAGES="${DRAGON_IMAGES:-collector detector migrator mosquitto redis}"
+IMAGES="${DRAGON_IMAGES:-collector detector simulator planner migrator mosquitto redis}"
 for name in $IMAGES; do
     case $name in
         collector|detector) build_image "$name" "services/$name/Dockerfile" . yes ;;
-        migrator)           build_image "$name" "services/$name/Dockerfile" "services/$name" no ;;
+        simulator|planner|migrator) build_image "$name" "services/$name/Dockerfile" "services/$name" no ;;
         mosquitto|redis)    build_image "$name" "compose/$name/Dockerfile" "compose/$name" no ;;
         *) die "unknown image '$name' in DRAGON_IMAGES" ;;
     esac

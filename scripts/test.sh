@@ -20,7 +20,8 @@ bash "$ROOT/scripts/setup-venv.sh"
 export TESTCONTAINERS_RYUK_DISABLED=true
 
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-    for img in dragon-collector:local dragon-detector:local dragon-migrator:local dragon-mosquitto:local dragon-redis:local; do
+    for img in collector detector simulator planner migrator mosquitto redis; do
+        img="dragon-$img:local"
         docker image inspect "$img" >/dev/null 2>&1 \
             || echo "test.sh: WARNING: image $img is missing; run scripts/build-images.sh" >&2
     done

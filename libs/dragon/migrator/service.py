@@ -206,7 +206,7 @@ class Migrator:
             target_lei=move.target_lei,
             target_host=move.target_host,
             mode=move.mode,
-            mode_reason=move.mode_reason,
+            mode_reason=move.mode_reason[:TEXT_LIMIT],
             reason="" if move.step == Step.DONE else move.step.value,
             error=move.error[:TEXT_LIMIT],
             steps=steps,

@@ -27,6 +27,8 @@ REDIS_IMAGE = "dragon-redis:local"
 COLLECTOR_IMAGE = "dragon-collector:local"
 DETECTOR_IMAGE = "dragon-detector:local"
 MIGRATOR_IMAGE = "dragon-migrator:local"
+SIMULATOR_IMAGE = "dragon-simulator:local"
+PLANNER_IMAGE = "dragon-planner:local"
 SECRETS_GROUP = [str(secrets.SECRETS_GID)]
 STARTUP_TIMEOUT_S = 60
 
@@ -199,13 +201,13 @@ class LeiStack:
         return self._start_service(name, container, "detector", {**redis_env, **instance, **(env or {})})
 
     def start_planner(self, name: str, env: Mapping[str, str] | None = None) -> DockerContainer:
-        """The planner runs from the detector image, like the simulator."""
-        container = DockerContainer(DETECTOR_IMAGE).with_command("dragon-planner")
+        require_images(self.docker, (PLANNER_IMAGE,))
+        container = DockerContainer(PLANNER_IMAGE)
         return self._start_service(name, container, "planner", {"DRAGON_INSTANCE": name, **(env or {})})
 
     def start_simulator(self, name: str, env: Mapping[str, str] | None = None) -> DockerContainer:
-        """The simulator runs from the detector image (it needs numpy, not torch, but ships with it)."""
-        container = DockerContainer(DETECTOR_IMAGE).with_command("dragon-simulator")
+        require_images(self.docker, (SIMULATOR_IMAGE,))
+        container = DockerContainer(SIMULATOR_IMAGE)
         return self._start_service(name, container, "simulator", {"DRAGON_INSTANCE": name, **(env or {})})
 
     def start_migrator(self, name: str, env: Mapping[str, str] | None = None) -> DockerContainer:
