@@ -27,7 +27,8 @@ def test_the_migrator_does_not_start_without_the_command_key():
     ("env", "message"),
     [
         ({"DRAGON_MIGRATOR_ENDPOINTS": "pi7"}, "host=url"),
-        ({"DRAGON_MIGRATOR_ENDPOINTS": "pi7=http://x"}, "unix://, tcp:// or ssh://"),
+        ({"DRAGON_MIGRATOR_ENDPOINTS": "pi7=http://x"}, "unix:// or tcp://"),
+        ({"DRAGON_MIGRATOR_ENDPOINTS": "pi7=ssh://dragon@pi7"}, "use tcp:// with TLS"),
         ({"DRAGON_MIGRATOR_CRIU": "maybe"}, "auto, off"),
         ({"DRAGON_MIGRATION_MAX_AGE": "0"}, "positive"),
     ],
@@ -38,8 +39,8 @@ def test_bad_settings_are_refused_with_the_reason(env, message):
 
 
 def test_endpoints_name_hosts_of_this_lei_or_another():
-    endpoints = parse_endpoints("pi7=tcp://10.0.0.7:2376, lei2/pi9=ssh://dragon@10.0.0.9", "lei1")
-    assert endpoints == {("lei1", "pi7"): "tcp://10.0.0.7:2376", ("lei2", "pi9"): "ssh://dragon@10.0.0.9"}
+    endpoints = parse_endpoints("pi7=tcp://10.0.0.7:2376, lei2/pi9=unix:///run/pi9.sock", "lei1")
+    assert endpoints == {("lei1", "pi7"): "tcp://10.0.0.7:2376", ("lei2", "pi9"): "unix:///run/pi9.sock"}
 
 
 def test_an_emulated_host_has_a_parent_cgroup_and_a_machine_none():

@@ -45,7 +45,7 @@ class MigratorConfig:
         "DRAGON_MIGRATOR_ENDPOINTS",
         "",
         "hosts with their own Docker engine, as host=url pairs (lei/host=url for another LEI's host; url: "
-        "unix://, tcp:// or ssh://); other hosts are emulated hosts of the local engine",
+        "unix:// or tcp://); other hosts are emulated hosts of the local engine",
     )
     tls_dir: str = setting(
         "DRAGON_MIGRATOR_TLS_DIR", "", "ca.pem, cert.pem and key.pem for tcp:// endpoints (empty: plain tcp)"

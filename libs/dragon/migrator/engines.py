@@ -7,7 +7,11 @@ Two kinds of host, mixed freely in one LEI:
 - a **machine with its own engine**, from ``DRAGON_MIGRATOR_ENDPOINTS``: ``host=url`` pairs
   (``lei/host=url`` for another LEI's host), where url is ``unix:///path/docker.sock``,
   ``tcp://address:2376`` (with TLS from ``DRAGON_MIGRATOR_TLS_DIR``: ca.pem, cert.pem, key.pem,
-  Docker's own layout) or ``ssh://user@address`` (through the ``ssh`` client).
+  Docker's own layout).
+
+Not ``ssh://``: the docker SDK reaches an engine over ssh through paramiko or the ``ssh`` binary
+and its keys, none of which the migrator's image carries; mutual TLS is Docker's own way to
+open an engine to the network, and needs nothing but three files.
 """
 
 from __future__ import annotations
@@ -43,8 +47,10 @@ def parse_endpoints(text: str, lei: str) -> dict[tuple[str, str], str]:
         if not sep or not url.strip():
             raise ValueError(f"endpoint {item!r} is not host=url")
         host_lei, _, host = key.strip().rpartition("/")
-        if not url.startswith(("unix://", "tcp://", "ssh://")):
-            raise ValueError(f"endpoint {item!r}: the url must start with unix://, tcp:// or ssh://")
+        if url.startswith("ssh://"):
+            raise ValueError(f"endpoint {item!r}: ssh:// is not supported, use tcp:// with TLS (docs/migrator.md)")
+        if not url.startswith(("unix://", "tcp://")):
+            raise ValueError(f"endpoint {item!r}: the url must start with unix:// or tcp://")
         endpoints[(host_lei or lei, host)] = url.strip()
     return endpoints
 
@@ -107,7 +113,7 @@ class Engines:
                 verify=True,
             )
             return _tls_client(url.replace("tcp://", "https://", 1), tls)
-        return docker.DockerClient(base_url=url, use_ssh_client=url.startswith("ssh://"))
+        return docker.DockerClient(base_url=url)
 
 
 def _tls_client(url: str, tls: docker.tls.TLSConfig) -> Any:
