@@ -194,3 +194,28 @@ def test_where_the_checkpoint_fails_the_move_falls_back_to_a_restart(emulated, j
     assert move.mode_reason.startswith("restart move: the CRIU checkpoint failed")
     (running,) = running_copies(emulated, task.name)
     assert running.labels[HOST_LABEL] == "h2"
+
+
+def forget(journal: Journal, move_id: str) -> None:
+    """Redis came back without the move's records (a restart that lost its last writes)."""
+    journal.redis.delete(journal.prefix + move_id)
+    journal.redis.srem(journal.open_key, move_id)
+
+
+@pytest.mark.parametrize(("killed_after", "expected"), [(Step.STARTING, "h1"), (Step.REMOVING_SOURCE, "h2")])
+def test_a_move_the_journal_lost_is_settled_by_dockers_state(emulated, journal, killed_after, expected):
+    task = start_task(emulated)
+
+    def die(step: Step) -> None:
+        if step == killed_after:
+            raise Killed(step)
+
+    move_id = f"move-lost-{killed_after.value}"
+    with pytest.raises(Killed):
+        mover(emulated, journal, after_step=die).move(move_id, task.name, "h2")
+    forget(journal, move_id)
+    assert mover(emulated, journal).recover() == []  # the journal knows of nothing in flight
+    (settled,) = [m for m in mover(emulated, journal).sweep() if m.id == move_id]
+    assert settled.step == (Step.ROLLED_BACK if expected == "h1" else Step.DONE)
+    (running,) = running_copies(emulated, task.name)
+    assert running.name == task.name and running.labels[HOST_LABEL] == expected

@@ -100,6 +100,10 @@ class Engines:
         engines = [self.local] + [self.of(*key) for key in sorted(self.endpoints) if key[0] == lei]
         return list({engine.name: engine for engine in engines}.values())
 
+    def all(self) -> list[Engine]:
+        """The engines of every configured machine, of any LEI."""
+        return [self.of(lei, host) for lei, host in sorted(self.endpoints)]
+
     def close(self) -> None:
         for engine in self._clients.values():
             engine.client.close()

@@ -36,6 +36,7 @@ from dragon.migrator.journal import FINAL, Journal, Move, Step
 log = structlog.get_logger(__name__)
 
 MOVE_LABEL = "dragon.move"  # on a target container: the move that created it
+MOVE_LEI_LABEL = "dragon.move.lei"  # ... and the LEI whose migrator made it
 START_TIMEOUT_S = 60.0
 
 
@@ -63,6 +64,7 @@ def creation_kwargs(
         LEI_LABEL: target_lei,
         HOST_LABEL: target_host,
         MOVE_LABEL: move_id,
+        MOVE_LEI_LABEL: (config.get("Labels") or {}).get(LEI_LABEL, ""),
     }
     kwargs: dict[str, Any] = {
         "image": config["Image"],
@@ -87,9 +89,14 @@ def creation_kwargs(
         ]
         or None,
         "network": user_networks(source)[0] if user_networks(source) else None,
-        "name": f"{source.name}-mv-{move_id[:12]}",
+        "name": temporary_name(source.name, move_id),
     }
     return {key: value for key, value in kwargs.items() if value is not None}
+
+
+def temporary_name(name: str, move_id: str) -> str:
+    """A target's name until the move is done (then it takes the task's name)."""
+    return f"{name}-mv-{move_id[:12]}"
 
 
 def user_networks(container: Any) -> list[str]:
@@ -354,6 +361,40 @@ class Mover:
             # Never reached by a move of ours (the source goes only once the target runs): left open.
             raise MoveError(f"move {move.id}: the source is gone and the target will not run: {exc}") from exc
         return self._finish(move)
+
+    def sweep(self) -> list[Move]:
+        """Settle the moves Docker shows in flight but the journal does not (its last writes were
+        lost: Redis restarted without them), by Docker's state alone: a target still under its
+        temporary name is removed if its task still has another container (started again if it
+        had been stopped), else started and given the task's name. Call after :meth:`recover`."""
+        open_ids = {move.id for move in self.journal.open_moves()}
+        engines = {engine.name: engine for engine in [self.engines.local, *self.engines.all()]}
+        settled = []
+        for engine in engines.values():
+            labels = [MOVE_LABEL, f"{MOVE_LEI_LABEL}={self.journal.lei}"]
+            for target in engine.client.containers.list(all=True, filters={"label": labels}):
+                move_id = target.labels[MOVE_LABEL]
+                if move_id not in open_ids and target.name.endswith(temporary_name("", move_id)):
+                    settled.append(self._settle_orphan(engine, target, move_id))
+        return settled
+
+    def _settle_orphan(self, engine: Engine, target: Any, move_id: str) -> Move:
+        task = task_id_of(target)
+        name = target.name.removesuffix(temporary_name("", move_id))
+        target_host, target_lei = target.labels.get(HOST_LABEL, ""), target.labels.get(LEI_LABEL, "")
+        move = Move(move_id, "", name, "", target_host, target_lei=target_lei)
+        sources = [c for c in self.locate(task) if c.id != target.id]
+        note = "the journal had lost this move: settled by Docker's state"
+        if sources:
+            target.remove(force=True)
+            if sources[0].status != "running":
+                sources[0].start()
+            log.warning("orphan_target_removed", id=move_id, task=task, container=target.name)
+            return replace(move, task=sources[0].id, step=Step.ROLLED_BACK, error=note)
+        self._start(target)
+        target.rename(name)
+        log.warning("orphan_target_kept", id=move_id, task=task, container=name)
+        return replace(move, task=target.id, target_id=target.id, step=Step.DONE, error=note)
 
     def _target_of(self, move: Move) -> Any | None:
         engine = self._target_engine(move)

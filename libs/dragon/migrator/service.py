@@ -51,8 +51,9 @@ class Migrator:
         self.instance = config.common.service.instance_id
         self.lifecycle = Lifecycle(config.common.service.health_file)
         self.counters = Counters()
-        # Moves (MQTT worker) and schedule refreshes (main thread) share the Docker client.
+        # Moves (MQTT worker) and schedule refreshes and settling (main thread) share the Docker client.
         self._docker_lock = threading.Lock()
+        self._interrupted: set[str] = set()  # ids of moves cut short by Redis going away
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -86,8 +87,9 @@ class Migrator:
         )
 
     def recover_moves(self) -> list[Move]:
-        """Finish every move a previous migrator left in flight, before any new command is taken."""
-        moves = self.mover.recover()
+        """Finish every move a previous migrator left in flight, before any new command is taken:
+        those in the journal, then those only Docker still shows (the journal lost them)."""
+        moves = self.mover.recover() + self.mover.sweep()
         for move in moves:
             log.info("move_recovered", id=move.id, task=move.name, step=move.step.value, error=move.error or None)
         return moves
@@ -109,7 +111,10 @@ class Migrator:
     def beat_until_stopped(self) -> None:
         next_schedule = time.monotonic() + self.config.schedule_interval_s
         while not self.lifecycle.stop.wait(HEARTBEAT_S):
-            self.lifecycle.healthy(self.mqtt.connected and self.redis_reachable())
+            redis_ok = self.redis_reachable()
+            self.lifecycle.healthy(self.mqtt.connected and redis_ok)
+            if redis_ok and self._interrupted:
+                self.settle_interrupted()
             if time.monotonic() >= next_schedule:
                 next_schedule = time.monotonic() + self.config.schedule_interval_s
                 self.publish_schedule()
@@ -136,19 +141,34 @@ class Migrator:
             return
         try:
             self.check(command, time.time())
+            move = self.carry_out(command)
         except CommandRefused as exc:
             self.refuse(command, exc)
             return
-        try:
-            move = self.carry_out(command)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # The journal is the only guarantee we have: no journal, no move. The command stays
-            # unacknowledged and comes again after the next reconnect.
+            # No journal, no move: the command stays unacknowledged (it comes again after the next
+            # reconnect) and a move it may have begun is settled as soon as Redis answers again.
             self.counters.add("journal_unavailable")
             log.error("journal_unavailable", id=command.id, error=str(exc))
+            with self._docker_lock:
+                self._interrupted.add(command.id)
             raise Unprocessed from exc
         self.publish_event(self.event_of(move, task=command.task))
         self.publish_schedule()
+
+    def settle_interrupted(self) -> None:
+        """Moves cut short by Redis going away: completed or rolled back now that it answers."""
+        with self._docker_lock:
+            for move_id in sorted(self._interrupted):
+                try:
+                    moves = [self.mover.settle(move_id)]
+                except MoveError:  # not in the journal: never begun, or Redis came back without it
+                    moves = self.mover.sweep()
+                except (redis.ConnectionError, redis.TimeoutError):
+                    return  # still away: the next beat tries again
+                self._interrupted.discard(move_id)
+                for move in moves:
+                    self.publish_event(self.event_of(move, recovered=True))
 
     def check(self, command: MigrationCommand, now: float) -> None:
         """Raise CommandRefused unless ``command`` may be carried out now."""
