@@ -14,6 +14,7 @@ from dragon.collector.emulation import EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
 from dragon.messages import codec
 from dragon.messages.schemas import HostHealth
+from dragon.migrator.journal import Step
 from dragon.testing.lei import COLLECTOR_IMAGE, LeiStack
 from dragon.testing.listener import Listener
 
@@ -97,6 +98,20 @@ def bridged_brokers(tmp_path_factory, repo: Path, prefix: str) -> Iterator[tuple
         a.stop()
         b.stop()
         wan.remove()
+
+
+class Killed(Exception):
+    """The migrator dies here."""
+
+
+def dying_after(killed_after: Step):
+    """An ``after_step`` hook: the migrator dies right after taking ``killed_after``."""
+
+    def die(step: Step) -> None:
+        if step == killed_after:
+            raise Killed(step)
+
+    return die
 
 
 def start_task(emulated: EmulatedLei, command: list[str] = SLEEPER, healthcheck: dict | None = None, **options):

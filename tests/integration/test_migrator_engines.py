@@ -22,16 +22,12 @@ from dragon.migrator.moves import Mover
 from dragon.testing.engine import EngineUnavailable, second_engine
 from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
 
-from .conftest import start_task
+from .conftest import Killed, dying_after, start_task
 
 pytestmark = pytest.mark.integration
 
 # Writes its greeting into the volume once, then keeps running: the data must survive the move.
 GREETER = ["sh", "-c", "[ -f /data/greeting ] || echo hello from h1 > /data/greeting; exec sleep 3600"]
-
-
-class Killed(Exception):
-    """The migrator dies here."""
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +101,8 @@ def test_a_move_killed_while_transferring_is_rolled_back_and_the_stopped_task_re
     lei, far, engines, journal = world
     task = start_task(lei, GREETER, volumes={f"{lei.lei}-data2": {"bind": "/data", "mode": "rw"}})
 
-    def die(step: Step) -> None:
-        if step == Step.TRANSFERRING:
-            raise Killed(step)
-
     with pytest.raises(Killed):
-        Mover(engines, journal, after_step=die).move("killed", task.name, "far")
+        Mover(engines, journal, after_step=dying_after(Step.TRANSFERRING)).move("killed", task.name, "far")
     task.reload()
     assert task.status == "exited"  # stopped for a consistent copy of its volume
     (recovered,) = [m for m in Mover(engines, journal).recover() if m.id == "killed"]

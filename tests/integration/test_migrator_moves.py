@@ -22,15 +22,11 @@ from dragon.migrator.journal import Journal, Step
 from dragon.migrator.moves import Mover
 from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
 
-from .conftest import SLEEPER, running_copies, start_task
+from .conftest import SLEEPER, Killed, dying_after, running_copies, start_task
 
 pytestmark = pytest.mark.integration
 
 HOSTS = (EmulatedHostSpec("h1", cpus=0.5, memory_mb=256), EmulatedHostSpec("h2", cpus=0.5, memory_mb=256))
-
-
-class Killed(Exception):
-    """The migrator dies here."""
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +101,9 @@ def test_a_command_for_a_missing_container_fails_with_the_reason(emulated, journ
 def test_a_migrator_killed_after_any_step_leaves_the_task_running_exactly_once(emulated, journal, killed_after):
     task = start_task(emulated)
 
-    def die(step: Step) -> None:
-        if step == killed_after:
-            raise Killed(step)
-
     move_id = f"move-kill-{killed_after.value}"
     with pytest.raises(Killed):
-        mover(emulated, journal, after_step=die).move(move_id, task.id, "h2")
+        mover(emulated, journal, after_step=dying_after(killed_after)).move(move_id, task.id, "h2")
     (recovered,) = [m for m in mover(emulated, journal).recover() if m.id == move_id]
     expected = Step.ROLLED_BACK if killed_after == Step.PLANNED else Step.DONE
     assert recovered.step == expected, recovered
@@ -206,13 +198,9 @@ def forget(journal: Journal, move_id: str) -> None:
 def test_a_move_the_journal_lost_is_settled_by_dockers_state(emulated, journal, killed_after, expected):
     task = start_task(emulated)
 
-    def die(step: Step) -> None:
-        if step == killed_after:
-            raise Killed(step)
-
     move_id = f"move-lost-{killed_after.value}"
     with pytest.raises(Killed):
-        mover(emulated, journal, after_step=die).move(move_id, task.name, "h2")
+        mover(emulated, journal, after_step=dying_after(killed_after)).move(move_id, task.name, "h2")
     forget(journal, move_id)
     assert mover(emulated, journal).recover() == []  # the journal knows of nothing in flight
     (settled,) = [m for m in mover(emulated, journal).sweep() if m.id == move_id]
