@@ -12,7 +12,8 @@ Writes into one directory:
   the sample topics of the hosts it samples;
 * ``redis.password`` and ``redis.conf`` (``requirepass``), for Redis and its clients;
 * ``migration.key`` — the key with which the planner signs migration commands and the
-  migrator checks them (a second gate behind the ACL: only the planner may publish commands).
+  migrator checks them (a second gate behind the ACL: only the planner may publish commands);
+  readable by its own group (``MIGRATION_GID``), which only the planner and migrator join.
 
 Existing files are kept, so running it again never changes a password that
 services already use; ``--force`` makes new ones.
@@ -41,6 +42,9 @@ MQTT_USERS = (
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 uses for $7$
 # Services in the compose file run with this group so they can read the secrets.
 SECRETS_GID = 10001
+# ... and the planner and migrator with this one too: only they may read the migration key.
+MIGRATION_GID = 10002
+MIGRATION_KEY = "migration.key"
 
 
 def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
@@ -176,7 +180,7 @@ def generate(
     for user in MQTT_USERS:
         passwords[user] = _keep_or_make(directory / f"{user}.password", force, written)
     redis_password = _keep_or_make(directory / "redis.password", force, written)
-    _keep_or_make(directory / "migration.key", force, written)
+    _keep_or_make(directory / MIGRATION_KEY, force, written)
     passwd = directory / "passwd"
     if written or not passwd.is_file():
         # Hashes are salted afresh, so rewrite them only when a password changed.
@@ -209,6 +213,8 @@ def _write(path: Path, text: str, written: list[str]) -> None:
 def _share_with_services(directory: Path) -> None:
     for path in [directory, *directory.iterdir()]:
         share_with_services(path)
+    if os.geteuid() == 0:
+        os.chown(directory / MIGRATION_KEY, 0, MIGRATION_GID)
 
 
 def share_with_services(path: Path) -> None:

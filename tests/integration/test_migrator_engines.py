@@ -109,3 +109,15 @@ def test_a_move_killed_while_transferring_is_rolled_back_and_the_stopped_task_re
     assert recovered.step == Step.ROLLED_BACK
     task.reload()
     assert task.status == "running" and far.containers.list(all=True, filters={"name": task.name}) == []
+
+
+def test_a_volume_name_taken_on_the_other_machine_is_never_overwritten(world):
+    lei, far, engines, journal = world
+    volume = f"{lei.lei}-shared"
+    far.volumes.create(volume)  # another task's data there
+    task = start_task(lei, GREETER, volumes={volume: {"bind": "/data", "mode": "rw"}})
+    move = Mover(engines, journal).move("taken", task.name, "far")
+    assert move.step == Step.FAILED and "same name" in move.error
+    task.reload()
+    assert task.status == "running"
+    far.volumes.get(volume).remove()

@@ -207,3 +207,13 @@ def test_a_move_the_journal_lost_is_settled_by_dockers_state(emulated, journal, 
     assert settled.step == (Step.ROLLED_BACK if expected == "h1" else Step.DONE)
     (running,) = running_copies(emulated, task.name)
     assert running.name == task.name and running.labels[HOST_LABEL] == expected
+
+
+def test_an_anonymous_volume_keeps_its_data_through_a_move(emulated, journal):
+    writer = ["sh", "-c", "[ -f /state/mark ] || echo kept > /state/mark; exec sleep 3600"]
+    task = start_task(emulated, writer, volumes=["/state"])  # like an image's VOLUME: Docker names it
+    (volume,) = [m["Name"] for m in task.attrs["Mounts"] if m["Type"] == "volume"]
+    assert mover(emulated, journal).move("move-anonymous", task.name, "h2").step == Step.DONE
+    (moved,) = running_copies(emulated, task.name)
+    assert [m["Name"] for m in moved.attrs["Mounts"] if m["Type"] == "volume"] == [volume]
+    assert moved.exec_run(["cat", "/state/mark"]).output.decode().strip() == "kept"

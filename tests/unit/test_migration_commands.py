@@ -38,6 +38,7 @@ def test_a_signed_fresh_command_for_this_lei_is_accepted_and_survives_the_wire()
         (sign(command(lei="lei2"), KEY), KEY, NOW, "wrong_lei"),
         (sign(command(), KEY), KEY, NOW + 61, "stale"),
         (sign(command(ts=NOW + 3600), KEY), KEY, NOW, "future"),
+        (replace(command(), signature="é" * 64), KEY, NOW, "bad_signature"),  # not even ASCII
     ],
 )
 def test_commands_are_refused_with_the_reason(cmd, key, now, reason):
@@ -94,21 +95,34 @@ def test_a_task_is_not_commanded_again_while_its_command_is_pending():
     assert again.id != first.id
 
 
-def test_after_a_move_the_task_rests_for_the_cooldown_but_a_rollback_frees_it_at_once():
+@pytest.mark.parametrize("outcome", ["done", "rolled_back", "failed"])
+def test_after_any_answer_the_task_rests_for_the_cooldown(outcome):
     planner = issuer()
     (first,) = planner.commands_for(decision(OURS), NOW)
-    assert planner.settle(answer(first, "done", NOW + 1))
+    assert planner.settle(answer(first, outcome, NOW + 1))
     assert planner.commands_for(decision(OURS, decision_id="e" * 32), NOW + 30) == []
     assert len(planner.commands_for(decision(OURS, decision_id="f" * 32), NOW + 62)) == 1
-    other = issuer()
-    (rolled,) = other.commands_for(decision(OURS), NOW)
-    assert other.settle(answer(rolled, "rolled_back", NOW + 1))
-    assert len(other.commands_for(decision(OURS, decision_id="e" * 32), NOW + 2)) == 1
+
+
+def test_a_late_done_for_a_command_given_up_on_still_rests_the_task():
+    planner = issuer()
+    (first,) = planner.commands_for(decision(OURS), NOW)
+    (second,) = planner.commands_for(decision(OURS, decision_id="e" * 32), NOW + 121)  # the first timed out
+    assert not planner.settle(answer(first, "done", NOW + 122))  # not the pending one...
+    assert planner.pending() == {"web": second.id}
+    assert planner.settle(answer(second, "refused", NOW + 123))
+    assert planner.commands_for(decision(OURS, decision_id="f" * 32), NOW + 130) == []  # ...but it moved
 
 
 def test_an_answer_to_someone_elses_command_settles_nothing():
     planner = issuer()
     (sent,) = planner.commands_for(decision(OURS), NOW)
-    stranger = MigrationEvent(id="other", lei="lei1", task="web", outcome="done", ts=NOW)
+    stranger = MigrationEvent(id="other", lei="lei1", task="web", outcome="refused", ts=NOW)
     assert not planner.settle(stranger)
     assert planner.pending() == {"web": sent.id}
+
+
+@pytest.mark.parametrize("target_host", ["..", "h1/../../x", "h 1", ""])
+def test_a_command_naming_a_host_that_is_not_a_plain_id_is_malformed(target_host):
+    with pytest.raises(codec.DecodeError, match="target_host"):
+        codec.decode(MigrationCommand, codec.encode(command(target_host=target_host)), 65536)

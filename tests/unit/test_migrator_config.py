@@ -29,6 +29,7 @@ def test_the_migrator_does_not_start_without_the_command_key():
         ({"DRAGON_MIGRATOR_ENDPOINTS": "pi7"}, "host=url"),
         ({"DRAGON_MIGRATOR_ENDPOINTS": "pi7=http://x"}, "unix:// or tcp://"),
         ({"DRAGON_MIGRATOR_ENDPOINTS": "pi7=ssh://dragon@pi7"}, "use tcp:// with TLS"),
+        ({"DRAGON_MIGRATOR_ENDPOINTS": "pi7=tcp://10.0.0.7:2376"}, "DRAGON_MIGRATOR_TLS_DIR"),  # no plain tcp
         ({"DRAGON_MIGRATOR_CRIU": "maybe"}, "auto, off"),
         ({"DRAGON_MIGRATION_MAX_AGE": "0"}, "positive"),
     ],

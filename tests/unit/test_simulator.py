@@ -91,6 +91,13 @@ def test_a_schedule_older_than_the_samples_changes_nothing():
     assert view.snapshot(NOW).state.placement.tolist() == [0, 0, 3]
 
 
+def test_an_older_schedule_never_replaces_a_newer_one():
+    view = two_lei_view()
+    view.observe_schedule(Schedule(lei="a", ts=NOW + 2, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 1),)))
+    view.observe_schedule(Schedule(lei="a", ts=NOW + 1, tasks=()))  # redelivered late
+    assert view.snapshot(NOW + 2).state.placement.tolist() == [1, 0, 3]
+
+
 def test_an_older_sample_never_replaces_a_newer_one():
     view = two_lei_view()
     view.observe(sample("a", "h2", 0.9, ts=NOW - 1), NOW)

@@ -1,5 +1,6 @@
 import base64
 import hashlib
+import os
 import stat
 
 import pytest
@@ -98,10 +99,14 @@ def test_only_the_planner_may_command_the_migrator_which_may_only_report():
     ]
 
 
-def test_the_migration_key_is_generated_with_the_passwords(tmp_path):
+def test_the_migration_key_is_generated_with_the_passwords_for_its_own_group(tmp_path):
     secrets.generate(tmp_path, "lei1", ["h1"])
     key = (tmp_path / "migration.key").read_text().strip()
     assert len(key) >= 32
+    assert stat.S_IMODE((tmp_path / "migration.key").stat().st_mode) == 0o640
+    if os.geteuid() == 0:  # only root may give files away
+        assert (tmp_path / "migration.key").stat().st_gid == secrets.MIGRATION_GID
+        assert (tmp_path / "detector.password").stat().st_gid == secrets.SECRETS_GID
     assert "migrator:$7$" in (tmp_path / "passwd").read_text()
 
 

@@ -299,8 +299,15 @@ class MigrationCommand(Message):
 
     def check(self) -> None:
         require(0 < len(self.id) <= 64, "MigrationCommand.id must be 1-64 characters")
-        require(len(self.task) > 0 and len(self.target_host) > 0, "MigrationCommand needs a task and a target host")
+        require(len(self.task) > 0, "MigrationCommand needs a task")
+        for name in ("lei", "target_lei", "target_host"):  # they become cgroup paths and topic levels
+            value = getattr(self, name)
+            require(_plain_id(value), f"MigrationCommand.{name} must be 1-64 characters without / + # $ : . or spaces")
         require(self.ts > 0, "MigrationCommand.ts must be an epoch time in seconds")
+
+
+def _plain_id(value: str) -> bool:
+    return 0 < len(value) <= 64 and not any(ch in value for ch in "/+#$ :") and value not in {".", ".."}
 
 
 MIGRATION_OUTCOMES: tuple[str, ...] = ("done", "rolled_back", "failed", "refused")

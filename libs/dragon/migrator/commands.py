@@ -45,7 +45,7 @@ def verify(command: MigrationCommand, key: bytes, lei: str, now: float, max_age_
     if not command.signature:
         raise CommandRefused("unsigned", f"command {command.id} carries no signature")
     expected = hmac.new(key, canonical(command), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, command.signature):
+    if not hmac.compare_digest(expected.encode(), command.signature.encode()):  # str compare: ASCII only
         raise CommandRefused("bad_signature", f"command {command.id} is not signed with the migration key")
     if command.lei != lei:
         raise CommandRefused("wrong_lei", f"command {command.id} is for LEI {command.lei!r}, not {lei!r}")

@@ -82,9 +82,12 @@ class MigratorConfig:
                 "signed commands only (`dragon secrets` writes migration.key)"
             )
         try:
-            parse_endpoints(self.endpoints, self.common.service.lei)
+            endpoints = parse_endpoints(self.endpoints, self.common.service.lei)
         except ValueError as exc:
             raise ConfigError(f"DRAGON_MIGRATOR_ENDPOINTS: {exc}") from None
+        if any(url.startswith("tcp://") for url in endpoints.values()) and not self.tls_dir:
+            # A Docker engine on plain tcp is root on that machine for anyone who can reach it.
+            raise ConfigError("tcp:// endpoints need DRAGON_MIGRATOR_TLS_DIR (mutual TLS): plain tcp is refused")
         if self.criu not in CRIU_MODES:
             raise ConfigError(f"DRAGON_MIGRATOR_CRIU={self.criu!r} must be one of {', '.join(CRIU_MODES)}")
         if self.start_timeout_s <= 0 or self.schedule_interval_s <= 0:

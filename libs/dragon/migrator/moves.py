@@ -24,6 +24,7 @@ from typing import Any
 
 import docker.errors
 import docker.types
+import requests
 import structlog
 
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
@@ -42,6 +43,11 @@ START_TIMEOUT_S = 60.0
 
 class MoveError(RuntimeError):
     """A move that cannot be carried out; the journal says why."""
+
+
+# What an engine can raise: the SDK does not wrap requests' connection errors and timeouts.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+COMMIT_REPOSITORY = "dragon-move"  # CRIU moves commit the source's files to images named so
 
 
 def task_id_of(container: Any) -> str:
@@ -82,16 +88,38 @@ def creation_kwargs(
         "cpu_quota": host.get("CpuQuota") or None,
         "cpu_period": host.get("CpuPeriod") or None,
         "restart_policy": host.get("RestartPolicy") or None,
-        "volumes": host.get("Binds") or None,
-        "mounts": [
-            docker.types.Mount(m["Target"], m.get("Source"), type=m.get("Type", "volume"), read_only=m.get("ReadOnly"))
-            for m in host.get("Mounts") or []
-        ]
-        or None,
+        "volumes": binds_of(source) or None,
+        "mounts": mounts_of(source) or None,
         "network": user_networks(source)[0] if user_networks(source) else None,
         "name": temporary_name(source.name, move_id),
     }
     return {key: value for key, value in kwargs.items() if value is not None}
+
+
+def binds_of(container: Any) -> list[str]:
+    """``-v source:destination[:mode]`` binds; a bare ``-v /path`` (an anonymous volume) is a mount."""
+    return [bind for bind in container.attrs["HostConfig"].get("Binds") or [] if ":" in bind]
+
+
+def mounts_of(container: Any) -> list[docker.types.Mount]:
+    """``--mount`` mounts, and the volumes Docker made for it (an image's VOLUME, ``-v /path``).
+
+    The latter are in neither ``Binds`` nor ``HostConfig.Mounts``: left out, the target would get
+    fresh empty ones. Named here, the target mounts the same volume (or, on another engine, the
+    copy of it)."""
+    mounts = [
+        docker.types.Mount(m["Target"], m.get("Source"), type=m.get("Type", "volume"), read_only=m.get("ReadOnly"))
+        for m in container.attrs["HostConfig"].get("Mounts") or []
+    ]
+    covered = {m["Target"] for m in mounts} | {bind.split(":")[1] for bind in binds_of(container)}
+    for mount in container.attrs.get("Mounts") or []:
+        if mount.get("Type") == "volume" and mount["Destination"] not in covered:
+            mounts.append(
+                docker.types.Mount(
+                    mount["Destination"], mount["Name"], type="volume", read_only=not mount.get("RW", True)
+                )
+            )
+    return mounts
 
 
 def temporary_name(name: str, move_id: str) -> str:
@@ -154,9 +182,11 @@ class Mover:
         )
         mode, mode_reason = self._mode(move, source)
         move = replace(move, mode=mode, mode_reason=mode_reason)
+        if (move.target_lei, move.target_host) == (self.journal.lei, move.source_host):
+            return self._fail(move, f"task {task!r} runs on {target_host} already")
         if self._crosses_engines(move):
             try:
-                transfer.check_portable(source)
+                transfer.check_portable(source, self._target_engine(move).client)
             except transfer.TransferError as exc:
                 return self._fail(move, str(exc))
         move = self.journal.begin(move) or self.journal.get(move_id)
@@ -168,21 +198,26 @@ class Mover:
 
         A container that is not labelled as a DRAGON task of this LEI is never touched.
         """
-        labels = [f"{TASK_LABEL}=true", f"{LEI_LABEL}={self.journal.lei}"]
-        candidates = [
-            container
-            for engine in self.engines.of_lei(self.journal.lei)
-            for container in engine.client.containers.list(all=True, filters={"label": labels})
-        ]
+        candidates = [c for engine in self.engines.of_lei(self.journal.lei) for c in self._tasks_on(engine)]
         by_task = [c for c in candidates if task_id_of(c) == task]
-        return by_task or [c for c in candidates if c.name == task or c.id.startswith(task)]
+        by_id = [c for c in candidates if len(task) >= 12 and c.id.startswith(task)]  # a short id is ambiguous
+        return by_task or [c for c in candidates if c.name == task] or by_id
+
+    def _tasks_on(self, engine: Engine) -> list[Any]:
+        """This LEI's task containers on ``engine``; none if it is out of reach (logged)."""
+        labels = [f"{TASK_LABEL}=true", f"{LEI_LABEL}={self.journal.lei}"]
+        try:
+            return engine.client.containers.list(all=True, filters={"label": labels})
+        except ENGINE_ERRORS as exc:
+            log.error("engine_unreachable", engine=engine.name, error=str(exc)[:300])
+            return []
 
     def _mode(self, move: Move, source: Any) -> tuple[str, str]:
         """CRIU where it can work, else the restart move; and why."""
         if not self.criu.available:
             return "restart", f"restart move: no CRIU on this engine ({self.criu.reason})"
-        if self._crosses_engines(move):
-            return "restart", "restart move: a checkpoint cannot be copied between engines through the Engine API"
+        if self._crosses_engines(move) or self._source_engine(move).name != self.engines.local.name:
+            return "restart", "restart move: checkpoints are copied on the broker's own engine only"
         if source.status != "running":
             return "restart", "restart move: the task is not running (crash-like: restarted on the target)"
         return "criu", "CRIU move: the engine checkpointed a probe container at start-up"
@@ -214,7 +249,7 @@ class Mover:
             source.reload()
             return self._run(move, source)
         kwargs = creation_kwargs(source, move.target_lei, move.target_host, self._cgroup_parent(move), move.id)
-        kwargs["image"] = image.id
+        kwargs["image"] = f"{COMMIT_REPOSITORY}:{checkpoint}"  # by tag: removed with the last container using it
         move, target = self._step(move, Step.CREATING, lambda: self._create(engine, source, kwargs))
         try:
             move, fallback = self._step(
@@ -227,7 +262,7 @@ class Mover:
     def _checkpoint(self, engine: Engine, source: Any, name: str) -> Any:
         """The source's processes to a checkpoint (it stops), then its files to an image."""
         criu.create_checkpoint(engine.client, source.id, name, leave_running=False)
-        return source.commit(repository="dragon-move", tag=name, conf={"Labels": {MOVE_LABEL: name}})
+        return source.commit(repository=COMMIT_REPOSITORY, tag=name, conf={"Labels": {MOVE_LABEL: name}})
 
     def _restore(self, engine: Engine, move: Move, target: Any, name: str) -> str:
         """Start the target from the checkpoint, or else afresh; the reason for the latter, or ""."""
@@ -256,8 +291,9 @@ class Mover:
     def _create(self, engine: Engine, source: Any, kwargs: dict[str, Any]) -> Any:
         """Create the target; connect it to the source's other networks that exist on its engine."""
         networks = [n for n in user_networks(source) if _has_network(engine.client, n)]
-        if "network" in kwargs and kwargs["network"] not in networks:
-            del kwargs["network"]  # another machine without that network: Docker's default bridge
+        kwargs.pop("network", None)
+        if networks:  # else (another machine without them) Docker's default bridge
+            kwargs["network"] = networks[0]
         target = engine.client.containers.create(**kwargs)
         for network in networks[1:]:
             engine.client.networks.get(network).connect(target)
@@ -292,7 +328,7 @@ class Mover:
     def _finish(self, move: Move) -> Move:
         """The target runs: remove the source, give the target the task's name."""
         source, target = self._source_engine(move), self._target_engine(move)
-        move, _ = self._step(move, Step.REMOVING_SOURCE, lambda: _remove(source, move.task))
+        move, _ = self._step(move, Step.REMOVING_SOURCE, lambda: self._remove_source(source, move))
         move, _ = self._step(move, Step.RENAMING, lambda: _rename(target, move.target_id, move.name))
         log.info(
             "move_done",
@@ -310,17 +346,51 @@ class Mover:
         return self.journal.record(move, Step.FAILED, error=error)
 
     def _roll_back(self, move: Move, error: str) -> Move:
-        """The target never ran: remove it; the task runs on its source as before."""
-        if move.target_id:
-            _remove(self._target_engine(move), move.target_id)
-        try:
-            source = self._source_engine(move).client.containers.get(move.task)
+        """The target never ran: remove it; the task runs on its source as before.
+
+        Only a container that carries this move's label is removed, and only a DRAGON task of
+        this LEI is started: the journal is data in Redis, not proof of what a container is.
+        """
+        target = self._target_of(move)
+        if target is not None:
+            target.remove(force=True)
+        source = self._own_task(self._source_engine(move), move.task)
+        if source is None:
+            error += "; and the source container is gone"
+        else:
+            if self._crosses_engines(move):  # volumes made on the target for the copy (free before it)
+                for volume, _ in transfer.named_volumes(source):
+                    _remove_if_unused(self._target_engine(move).client.volumes, volume)
             if source.status != "running":
                 source.start()
-        except docker.errors.NotFound:
-            error += "; and the source container is gone"
         log.warning("move_rolled_back", id=move.id, task=move.name, error=error)
         return self.journal.record(move, Step.ROLLED_BACK, error=error)
+
+    def _remove_source(self, engine: Engine, move: Move) -> None:
+        """Remove the source container; after a move between engines, also its named volumes
+        (their data went with the task) and a CRIU move's commit image, unless still in use."""
+        container = self._own_task(engine, move.task)
+        if container is None:
+            return
+        leftovers = transfer.named_volumes(container) if self._crosses_engines(move) else []
+        image = container.attrs["Config"]["Image"]
+        container.remove(force=True)
+        for volume, _ in leftovers:
+            _remove_if_unused(engine.client.volumes, volume)
+        if image.startswith(f"{COMMIT_REPOSITORY}:"):
+            _remove_if_unused(engine.client.images, image)
+
+    def _own_task(self, engine: Engine, container_id: str) -> Any | None:
+        """The container, if it is a DRAGON task of this LEI; None if it is gone or is not one."""
+        try:
+            container = engine.client.containers.get(container_id)
+        except docker.errors.NotFound:
+            return None
+        labels = container.labels
+        if labels.get(TASK_LABEL) != "true" or labels.get(LEI_LABEL) != self.journal.lei:
+            log.error("not_a_task_of_this_lei", container=container.name, id=container_id)
+            return None
+        return container
 
     # --- engines ----------------------------------------------------------------------
     def _source_engine(self, move: Move) -> Engine:
@@ -337,8 +407,17 @@ class Mover:
 
     # --- after a crash --------------------------------------------------------------------
     def recover(self) -> list[Move]:
-        """Complete or roll back every move in flight; returns them as they ended."""
-        return [self._recover(move) for move in self.journal.open_moves() if move.step not in FINAL]
+        """Complete or roll back every move in flight; returns them as they ended.
+
+        A move that cannot be settled now (an engine out of reach) stays open, for the next try.
+        """
+        settled = []
+        for move in self.journal.open_moves():
+            try:
+                settled.append(self._recover(move))
+            except ENGINE_ERRORS as exc:
+                log.error("move_not_recovered", id=move.id, task=move.name, error=str(exc)[:300])
+        return settled
 
     def settle(self, move_id: str) -> Move:
         """Complete or roll back move ``move_id`` now (after an error midway); as it ended."""
@@ -358,8 +437,9 @@ class Mover:
         except MoveError as exc:
             if _exists(self._source_engine(move), move.task):
                 return self._roll_back(move, str(exc))
-            # Never reached by a move of ours (the source goes only once the target runs): left open.
-            raise MoveError(f"move {move.id}: the source is gone and the target will not run: {exc}") from exc
+            # The source went (the target had run) and the target has stopped since: it is the
+            # task's only container, so it takes the task's name, as a task that stopped would.
+            move = replace(move, error=f"the target stopped after the source was removed: {exc}")
         return self._finish(move)
 
     def sweep(self) -> list[Move]:
@@ -372,7 +452,12 @@ class Mover:
         settled = []
         for engine in engines.values():
             labels = [MOVE_LABEL, f"{MOVE_LEI_LABEL}={self.journal.lei}"]
-            for target in engine.client.containers.list(all=True, filters={"label": labels}):
+            try:
+                targets = engine.client.containers.list(all=True, filters={"label": labels})
+            except ENGINE_ERRORS as exc:
+                log.error("engine_unreachable", engine=engine.name, error=str(exc)[:300])
+                continue
+            for target in targets:
                 move_id = target.labels[MOVE_LABEL]
                 if move_id not in open_ids and target.name.endswith(temporary_name("", move_id)):
                     settled.append(self._settle_orphan(engine, target, move_id))
@@ -410,18 +495,21 @@ def _has_network(client: Any, name: str) -> bool:
     return True
 
 
+def _remove_if_unused(collection: Any, name: str) -> None:
+    """Remove a volume or image unless something still uses it (Docker refuses: 409)."""
+    try:
+        collection.get(name).remove()
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:
+            raise
+
+
 def _rename(engine: Engine, container_id: str, name: str) -> None:
     target = engine.client.containers.get(container_id)
     if target.name != name:
         target.rename(name)
-
-
-def _remove(engine: Engine, container_id: str) -> None:
-    try:
-        container = engine.client.containers.get(container_id)
-    except docker.errors.NotFound:
-        return
-    container.remove(force=True)
 
 
 def _exists(engine: Engine, container_id: str) -> bool:

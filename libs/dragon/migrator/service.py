@@ -19,7 +19,6 @@ import threading
 import time
 
 import docker
-import docker.errors
 import redis
 import structlog
 
@@ -30,8 +29,9 @@ from dragon.migrator.commands import CommandRefused, verify
 from dragon.migrator.config import MigratorConfig
 from dragon.migrator.engines import Engines, parse_endpoints
 from dragon.migrator.journal import Journal, Move, Step
-from dragon.migrator.moves import MoveError, Mover
+from dragon.migrator.moves import ENGINE_ERRORS, MoveError, Mover
 from dragon.migrator.schedule import current_schedule
+from dragon.migrator.transfer import TransferError
 from dragon.mqtt import Counters, Incoming, MqttClient, Unprocessed
 from dragon.service.lifecycle import Lifecycle
 from dragon.store import connect
@@ -153,7 +153,8 @@ class Migrator:
             with self._docker_lock:
                 self._interrupted.add(command.id)
             raise Unprocessed from exc
-        self.publish_event(self.event_of(move, task=command.task))
+        if move is not None:
+            self.publish_event(self.event_of(move, task=command.task))
         self.publish_schedule()
 
     def settle_interrupted(self) -> None:
@@ -164,8 +165,8 @@ class Migrator:
                     moves = [self.mover.settle(move_id)]
                 except MoveError:  # not in the journal: never begun, or Redis came back without it
                     moves = self.mover.sweep()
-                except (redis.ConnectionError, redis.TimeoutError):
-                    return  # still away: the next beat tries again
+                except (redis.ConnectionError, redis.TimeoutError, *ENGINE_ERRORS):
+                    return  # still out of reach: the next beat tries again
                 self._interrupted.discard(move_id)
                 for move in moves:
                     self.publish_event(self.event_of(move, recovered=True))
@@ -178,21 +179,28 @@ class Migrator:
             raise CommandRefused(
                 "duplicate", f"command {command.id} was taken already (its move is {known.step.value})"
             )
-        busy = [m for m in self.journal.open_moves() if command.task in (m.name, m.task)]
+        containers = {container.id for container in self.mover.locate(command.task)}
+        busy = [m for m in self.journal.open_moves() if m.task in containers or command.task == m.name]
         if busy:
             raise CommandRefused("busy", f"task {command.task} is being moved by command {busy[0].id}")
         if not self.engines.exists(command.target_lei, command.target_host):
             raise CommandRefused("unknown_host", f"no host {command.target_lei}/{command.target_host} is reachable")
 
-    def carry_out(self, command: MigrationCommand) -> Move:
-        """The journalled move; a Docker error midway is settled at once (completed or rolled back)."""
+    def carry_out(self, command: MigrationCommand) -> Move | None:
+        """The journalled move; one an engine error cut short is settled at once (completed or
+        rolled back), or, with the engine out of reach, as soon as it answers (None for now)."""
         with self._docker_lock:
             try:
                 return self.mover.move(command.id, command.task, command.target_host, command.target_lei)
-            except (docker.errors.DockerException, MoveError) as exc:
+            except (*ENGINE_ERRORS, MoveError, TransferError) as exc:
                 self.counters.add("move_errors")
-                log.error("move_interrupted", id=command.id, task=command.task, error=str(exc))
+                log.error("move_interrupted", id=command.id, task=command.task, error=str(exc)[:300])
+            try:
                 return self.mover.settle(command.id)
+            except ENGINE_ERRORS as exc:
+                log.error("move_not_settled", id=command.id, error=str(exc)[:300])
+                self._interrupted.add(command.id)
+                return None
 
     def refuse(self, command: MigrationCommand, refusal: CommandRefused) -> None:
         self.counters.add(f"refused_{refusal.reason}")
@@ -244,7 +252,7 @@ class Migrator:
             with self._docker_lock:
                 clients = [engine.client for engine in self.engines.of_lei(self.lei)]
                 schedule = current_schedule(clients, self.lei, time.time(), self.instance)
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             self.counters.add("schedule_errors")
             log.warning("schedule_unavailable", error=str(exc))
             return

@@ -26,11 +26,16 @@ def named_volumes(container: Any) -> list[tuple[str, str]]:
     return [(m["Name"], m["Destination"]) for m in container.attrs.get("Mounts") or [] if m.get("Type") == "volume"]
 
 
-def check_portable(container: Any) -> None:
-    """Raise TransferError if the container uses what cannot leave its machine (bind mounts)."""
+def check_portable(container: Any, target: Any) -> None:
+    """Raise TransferError unless the container can move to the ``target`` engine: no bind mounts
+    (they stay on their machine), and none of its volumes' names taken there (copying into a
+    volume some other container there may use would overwrite its data)."""
     binds = [m["Source"] for m in container.attrs.get("Mounts") or [] if m.get("Type") == "bind"]
     if binds:
         raise TransferError(f"bind mounts stay on their machine: {', '.join(binds)}")
+    taken = [volume for volume, _ in named_volumes(container) if _exists(target.volumes, volume)]
+    if taken:
+        raise TransferError(f"the target machine has volumes of the same name already: {', '.join(taken)}")
 
 
 def ensure_image(source: Any, target: Any, container: Any) -> bool:
@@ -43,7 +48,9 @@ def ensure_image(source: Any, target: Any, container: Any) -> bool:
         pass
     name = container.attrs["Config"]["Image"]  # the tag it was run from, so the copy carries it
     reference = name if _same_image(source, name, image_id) else image_id
-    target.api.load_image(source.api.get_image(reference, chunk_size=CHUNK))
+    for status in target.api.load_image(source.api.get_image(reference, chunk_size=CHUNK)):
+        if "error" in status or "errorDetail" in status:
+            raise TransferError(f"the target engine could not load {reference}: {status.get('error', status)}")
     log.info("image_copied", image=reference)
     return True
 
@@ -52,10 +59,7 @@ def copy_volumes(source: Any, target: Any, container: Any, image: str) -> list[s
     """Copy each named volume's files to a volume of the same name on the target engine."""
     copied = []
     for volume, _ in named_volumes(container):
-        try:
-            target.volumes.get(volume)
-        except docker.errors.NotFound:
-            target.volumes.create(volume)
+        target.volumes.create(volume)  # checked free before the move began (check_portable)
         reader = source.containers.create(image, ["true"], volumes={volume: {"bind": "/volume", "mode": "ro"}})
         writer = target.containers.create(image, ["true"], volumes={volume: {"bind": "/volume", "mode": "rw"}})
         try:
@@ -66,6 +70,14 @@ def copy_volumes(source: Any, target: Any, container: Any, image: str) -> list[s
             writer.remove(force=True)
         copied.append(volume)
     return copied
+
+
+def _exists(collection: Any, name: str) -> bool:
+    try:
+        collection.get(name)
+    except docker.errors.NotFound:
+        return False
+    return True
 
 
 def _same_image(client: Any, name: str, image_id: str) -> bool:

@@ -3,8 +3,9 @@
 The planner decides every interval while a host is faulty, and until the move has happened
 its decisions name the same moves again. A task is therefore commanded again only once its
 last command was answered (an event from the migrator) or went unanswered for
-``pending_timeout_s``, and not within ``cooldown_s`` of its last move: a task must not shuttle
-between hosts faster than its samples can show where it landed.
+``pending_timeout_s``, and not within ``cooldown_s`` of the last answer about it: a task must not
+shuttle between hosts faster than its samples can show where it landed, and a move that failed
+(rolled back: the task ran on, perhaps restarted) is not retried at once.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class CommandIssuer:
         self.pending_timeout_s = pending_timeout_s
         self.cooldown_s = cooldown_s
         self._pending: dict[str, Issued] = {}  # task -> its unanswered command
-        self._moved_at: dict[str, float] = {}  # task -> when its last move was done
+        self._rests_since: dict[str, float] = {}  # task -> when the migrator last answered about it
         self._lock = threading.Lock()  # events arrive on the MQTT worker, decisions on the main thread
 
     def commands_for(self, decision: PlanDecision, now: float) -> list[MigrationCommand]:
@@ -56,14 +57,17 @@ class CommandIssuer:
         return commands
 
     def settle(self, event: MigrationEvent) -> bool:
-        """Take the migrator's answer in; True if it answered one of our pending commands."""
+        """Take the migrator's answer in; True if it answered our pending command.
+
+        Any answer about a task starts its rest, even one to a command we had given up on (a
+        late ``done``: the task has moved, whatever we sent since).
+        """
         with self._lock:
+            self._rests_since[event.task] = max(event.ts, self._rests_since.get(event.task, 0.0))
             pending = self._pending.get(event.task)
             if pending is None or pending.command_id != event.id:
                 return False
             del self._pending[event.task]
-            if event.outcome == "done":
-                self._moved_at[event.task] = event.ts
             return True
 
     def pending(self) -> dict[str, str]:
@@ -75,4 +79,4 @@ class CommandIssuer:
         pending = self._pending.get(task)
         if pending is not None and now - pending.ts < self.pending_timeout_s:
             return True
-        return now - self._moved_at.get(task, -float("inf")) < self.cooldown_s
+        return now - self._rests_since.get(task, -float("inf")) < self.cooldown_s

@@ -24,6 +24,7 @@ import numpy as np
 import structlog
 
 from dragon.messages import topics
+from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import HOST_METRICS, HostSample, Schedule
 from dragon.mqtt import Incoming, MqttClient
 from dragon.sim.federation import RPI4B_4GB, Federation, Link, PowerProfile
@@ -116,6 +117,7 @@ class FederationView:
         self._hosts: dict[HostKey, HostRecord] = {}
         self._home_lei: dict[str, str] = {}
         self._scheduled: dict[str, dict[str, tuple[str, float]]] = {}  # lei -> task -> (host, since)
+        self._schedule_ts: dict[str, float] = {}  # lei -> its newest schedule's ts
         # Samples arrive on the MQTT worker thread while the planner snapshots on its own.
         self._lock = threading.Lock()
 
@@ -149,10 +151,13 @@ class FederationView:
             self._home_lei.setdefault(task, sample.lei)
 
     def observe_schedule(self, schedule: Schedule) -> None:
-        """Take an LEI's schedule in: where each of its tasks runs, and since when."""
+        """Take an LEI's schedule in: where each of its tasks runs, and since when (an older one
+        than the LEI's newest, redelivered or reordered, is ignored)."""
         placements = {p.task: (p.host, p.since) for p in schedule.tasks}
         with self._lock:
-            self._scheduled[schedule.lei] = placements
+            if schedule.ts >= self._schedule_ts.get(schedule.lei, 0.0):
+                self._scheduled[schedule.lei] = placements
+                self._schedule_ts[schedule.lei] = schedule.ts
 
     def known_leis(self) -> set[str]:
         """Every LEI a sample ever came from, fresh or not."""
@@ -267,8 +272,14 @@ def follow_schedules(mqtt: MqttClient, view: FederationView) -> None:
 
     def on_schedule(incoming: Incoming) -> None:
         schedule = mqtt.decode_or_drop(Schedule, incoming)
-        if schedule is not None:
-            view.observe_schedule(schedule)
+        if schedule is None:
+            return
+        if topics.schedule(schedule.lei) != incoming.topic:
+            # A peer's bridge may write its own LEI's topics only (ACL): one LEI's schedule must
+            # not pose as another's.
+            mqtt.drop(incoming, DecodeError("schema", "the schedule's lei does not match its topic"))
+            return
+        view.observe_schedule(schedule)
 
     mqtt.subscribe(topics.all_schedules(), on_schedule, qos=1)
 

@@ -30,6 +30,7 @@ MIGRATOR_IMAGE = "dragon-migrator:local"
 SIMULATOR_IMAGE = "dragon-simulator:local"
 PLANNER_IMAGE = "dragon-planner:local"
 SECRETS_GROUP = [str(secrets.SECRETS_GID)]
+KEY_HOLDERS = [str(secrets.SECRETS_GID), str(secrets.MIGRATION_GID)]  # the planner and the migrator
 STARTUP_TIMEOUT_S = 60
 
 
@@ -234,12 +235,13 @@ class LeiStack:
         self, name: str, container: DockerContainer, user: str, env: Mapping[str, str]
     ) -> DockerContainer:
         """Start a broker-side service as MQTT ``user``, with the secrets, once it has connected."""
+        groups = KEY_HOLDERS if user in {"planner", "migrator"} else SECRETS_GROUP
         for key, value in {**self._service_env(user), **env}.items():
             container = container.with_env(key, value)
         container = (
             container.with_network(self.network)
             .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
-            .with_kwargs(group_add=SECRETS_GROUP)
+            .with_kwargs(group_add=groups)
             .waiting_for(LogMessageWaitStrategy("mqtt_connected").with_startup_timeout(STARTUP_TIMEOUT_S))
         )
         self.containers[name] = container.start()
