@@ -86,7 +86,7 @@ def bridged_brokers(tmp_path_factory, repo: Path, prefix: str) -> Iterator[tuple
     suffix = tokens.token_hex(3)
     a = LeiStack(f"{prefix}a{suffix}", ["h1", "h2"], tmp_path_factory.mktemp(f"{prefix}a"), conf)
     b = LeiStack(f"{prefix}b{suffix}", ["h3", "h4"], tmp_path_factory.mktemp(f"{prefix}b"), conf)
-    wan = a.docker.networks.create(f"dragon-wan-{suffix}", internal=True)
+    wan = a.docker.networks.create(f"dragon-wan-{suffix}", internal=True, labels={"dragon.test": "true"})
     try:
         b.start_brokers(peers=(a.lei,))
         a.bridge_to(b)

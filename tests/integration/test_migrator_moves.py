@@ -17,7 +17,7 @@ import pytest
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL
 from dragon.migrator import criu
-from dragon.migrator.engines import Engines
+from dragon.migrator.engines import Engines, EngineUnreachable
 from dragon.migrator.journal import Journal, Step
 from dragon.migrator.moves import Mover
 from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
@@ -135,7 +135,7 @@ def test_a_crashed_task_is_restarted_on_its_target(emulated, journal):
 
 def test_a_move_keeps_every_network_and_mounted_volume(emulated, journal):
     client = emulated._client
-    second = client.networks.create(f"{emulated.network}-b", labels={LEI_LABEL: emulated.lei})
+    second = client.networks.create(f"{emulated.network}-b", labels={LEI_LABEL: emulated.lei, "dragon.test": "true"})
     volume = f"{emulated.lei}-state"
     task = start_task(emulated, mounts=[docker.types.Mount("/state", volume, type="volume")])
     try:
@@ -217,3 +217,20 @@ def test_an_anonymous_volume_keeps_its_data_through_a_move(emulated, journal):
     (moved,) = running_copies(emulated, task.name)
     assert [m["Name"] for m in moved.attrs["Mounts"] if m["Type"] == "volume"] == [volume]
     assert moved.exec_run(["cat", "/state/mark"]).output.decode().strip() == "kept"
+
+
+def test_a_record_half_written_by_an_older_migrator_does_not_block_its_move(emulated, journal):
+    journal.redis.hset(journal.prefix + "move-half", "step", "planned")  # Redis failed after the first write
+    assert journal.get("move-half") is None
+    task = start_task(emulated)
+    assert mover(emulated, journal).move("move-half", task.name, "h2").step == Step.DONE
+
+
+def test_a_machine_out_of_reach_stops_nothing_but_its_own_moves(emulated, journal):
+    engines = Engines(emulated._client, str(emulated.cgroup_root), {(emulated.lei, "gone"): "unix:///nonexistent.sock"})
+    task = start_task(emulated)
+    mover_ = Mover(engines, journal)
+    assert mover_.sweep() == [] and not engines.exists(emulated.lei, "gone")
+    assert mover_.move("move-despite-gone", task.name, "h2").step == Step.DONE  # its tasks are just not seen
+    with pytest.raises(EngineUnreachable):
+        mover_.locate(task.name, strict=True)  # "none there" cannot be told from "out of reach"

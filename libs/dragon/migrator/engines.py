@@ -16,6 +16,7 @@ open an engine to the network, and needs nothing but three files.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,21 @@ import docker
 import docker.errors
 import docker.tls
 import requests
+import structlog
 
 from dragon.collector.cgroups import CgroupHost, emulated_host_path
 
+log = structlog.get_logger(__name__)
+
 LOCAL = "local"
+# What an engine can raise: the SDK does not wrap requests' connection errors and timeouts.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+class EngineUnreachable(RuntimeError):
+    """A machine's engine does not answer (its client cannot even be made)."""
+
+
 PROBE_API_VERSION = "1.24"  # any version: only used to ask the engine for its own
 
 
@@ -70,14 +82,20 @@ class Engines:
         self.endpoints = dict(endpoints or {})
         self.tls_dir = tls_dir
         self._clients: dict[str, Engine] = {}
+        self._lock = threading.Lock()  # clients are made on first use, from the MQTT worker or the main thread
 
     def of(self, lei: str, host: str) -> Engine:
+        """The engine of ``lei``/``host``; EngineUnreachable if its client cannot be made now."""
         url = self.endpoints.get((lei, host))
         if url is None:
             return self.local
-        if url not in self._clients:
-            self._clients[url] = Engine(url, self._connect(url))
-        return self._clients[url]
+        with self._lock:
+            if url not in self._clients:
+                try:
+                    self._clients[url] = Engine(url, self._connect(url))
+                except ENGINE_ERRORS as exc:
+                    raise EngineUnreachable(f"the engine at {url} does not answer: {exc}") from exc
+            return self._clients[url]
 
     def cgroup_parent(self, lei: str, host: str) -> str | None:
         """An emulated host's parent cgroup; None for a machine with its own engine."""
@@ -92,23 +110,39 @@ class Engines:
             return CgroupHost(emulated_host_path(lei, host), self.cgroup_root).exists()
         try:
             return bool(self.of(lei, host).client.ping())
-        except (docker.errors.DockerException, requests.exceptions.RequestException):
+        except (*ENGINE_ERRORS, EngineUnreachable):
             return False
 
-    def of_lei(self, lei: str) -> list[Engine]:
-        """Every engine where ``lei``'s tasks may run: the local one and its machines'."""
-        engines = [self.local] + [self.of(*key) for key in sorted(self.endpoints) if key[0] == lei]
-        return list({engine.name: engine for engine in engines}.values())
+    def of_lei(self, lei: str, strict: bool = False) -> list[Engine]:
+        """Every engine where ``lei``'s tasks may run: the local one and its machines'. One that
+        does not answer is left out (logged), or, ``strict``, raises EngineUnreachable."""
+        return self._reachable([key for key in sorted(self.endpoints) if key[0] == lei], strict)
 
-    def all(self) -> list[Engine]:
-        """The engines of every configured machine, of any LEI."""
-        return [self.of(lei, host) for lei, host in sorted(self.endpoints)]
+    def all(self, strict: bool = False) -> list[Engine]:
+        """The local engine and every configured machine's, of any LEI (see :meth:`of_lei`)."""
+        return self._reachable(sorted(self.endpoints), strict)
+
+    def _reachable(self, hosts: list[tuple[str, str]], strict: bool) -> list[Engine]:
+        engines = {LOCAL: self.local}
+        for lei, host in hosts:
+            try:
+                engine = self.of(lei, host)
+            except EngineUnreachable as exc:
+                if strict:
+                    raise
+                log.error("engine_unreachable", host=f"{lei}/{host}", error=str(exc)[:300])
+                continue
+            engines[engine.name] = engine
+        return list(engines.values())
 
     def close(self) -> None:
         for engine in self._clients.values():
             engine.client.close()
 
     def _connect(self, url: str) -> Any:
+        if url.startswith("unix://") and not Path(url.removeprefix("unix://")).exists():
+            # Checked first: docker-py leaks the socket of a failed first connection.
+            raise docker.errors.DockerException(f"no socket at {url}")
         if url.startswith("tcp://") and self.tls_dir:
             tls_dir = Path(self.tls_dir)
             tls = docker.tls.TLSConfig(

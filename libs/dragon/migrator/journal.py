@@ -31,6 +31,14 @@ class Step(str, Enum):
 
 FINAL = {Step.DONE, Step.ROLLED_BACK, Step.FAILED}
 
+# KEYS: the move's hash, the set of open moves; ARGV: the move's id, then field, value, ...
+BEGIN = """
+if redis.call('HEXISTS', KEYS[1], 'id') == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Move:
@@ -59,14 +67,18 @@ class Journal:
         self.lei = lei
         self.prefix = f"dragon:{lei}:migration:"
         self.open_key = f"dragon:{lei}:migrations:open"
+        self._begin = client.register_script(BEGIN)
 
     def begin(self, move: Move) -> Move | None:
-        """Record a new move; None if its id is known already (a duplicate command is a no-op)."""
-        key = self.prefix + move.id
-        if not self.redis.hsetnx(key, "step", Step.PLANNED.value):
-            return None
+        """Record a new move; None if its id is known already (a duplicate command is a no-op).
+
+        One script, so a record is never half written: Redis failing between a first and a
+        second write would leave a record without its fields, refused as known but unreadable.
+        """
         recorded = replace(move, step=Step.PLANNED, updated=time.time())
-        self._write(recorded)
+        fields = [item for pair in self._fields(recorded).items() for item in pair]
+        if not self._begin(keys=[self.prefix + move.id, self.open_key], args=[move.id, *fields]):
+            return None
         return recorded
 
     def record(self, move: Move, step: Step, **changes: str) -> Move:
@@ -80,6 +92,8 @@ class Journal:
         if not fields:
             return None
         data = {key.decode(): value.decode() for key, value in fields.items()}
+        if "id" not in data:
+            return None  # a record half written by an older migrator: never begun
         return Move(
             id=data["id"],
             task=data["task"],
@@ -101,11 +115,14 @@ class Journal:
         moves = [self.get(member.decode()) for member in self.redis.smembers(self.open_key)]
         return sorted((m for m in moves if m is not None), key=lambda m: m.updated)
 
-    def _write(self, move: Move) -> None:
+    def _fields(self, move: Move) -> dict[str, str]:
         fields = {key: (value.value if isinstance(value, Step) else str(value)) for key, value in asdict(move).items()}
         fields["timings"] = json.dumps(move.timings)
+        return fields
+
+    def _write(self, move: Move) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.prefix + move.id, mapping=fields)
+        pipe.hset(self.prefix + move.id, mapping=self._fields(move))
         if move.step in FINAL:
             pipe.srem(self.open_key, move.id)
         else:

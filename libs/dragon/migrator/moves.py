@@ -17,6 +17,7 @@ removed, the source started if it had been stopped). Either way the task runs ex
 
 from __future__ import annotations
 
+import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -24,14 +25,13 @@ from typing import Any
 
 import docker.errors
 import docker.types
-import requests
 import structlog
 
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
 from dragon.collector.probes import TASK_ID_LABEL
-from dragon.migrator import criu, transfer
+from dragon.migrator import criu, engines, transfer
 from dragon.migrator.criu import CriuSupport
-from dragon.migrator.engines import Engine, Engines
+from dragon.migrator.engines import Engine, Engines, EngineUnreachable
 from dragon.migrator.journal import FINAL, Journal, Move, Step
 
 log = structlog.get_logger(__name__)
@@ -45,8 +45,9 @@ class MoveError(RuntimeError):
     """A move that cannot be carried out; the journal says why."""
 
 
-# What an engine can raise: the SDK does not wrap requests' connection errors and timeouts.
-ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+# What reaching an engine can raise: the SDK's errors, requests' (it does not wrap connection
+# errors and timeouts), and a machine whose client cannot be made.
+ENGINE_ERRORS = (*engines.ENGINE_ERRORS, EngineUnreachable)
 COMMIT_REPOSITORY = "dragon-move"  # CRIU moves commit the source's files to images named so
 
 
@@ -107,13 +108,20 @@ def mounts_of(container: Any) -> list[docker.types.Mount]:
     The latter are in neither ``Binds`` nor ``HostConfig.Mounts``: left out, the target would get
     fresh empty ones. Named here, the target mounts the same volume (or, on another engine, the
     copy of it)."""
+    made = {posixpath.normpath(m["Destination"]): m.get("Name") for m in container.attrs.get("Mounts") or []}
     mounts = [
-        docker.types.Mount(m["Target"], m.get("Source"), type=m.get("Type", "volume"), read_only=m.get("ReadOnly"))
+        docker.types.Mount(
+            m["Target"],
+            m.get("Source") or made.get(posixpath.normpath(m["Target"])),  # an anonymous --mount volume
+            type=m.get("Type", "volume"),
+            read_only=m.get("ReadOnly"),
+        )
         for m in container.attrs["HostConfig"].get("Mounts") or []
     ]
-    covered = {m["Target"] for m in mounts} | {bind.split(":")[1] for bind in binds_of(container)}
+    covered = {posixpath.normpath(m["Target"]) for m in mounts}
+    covered |= {posixpath.normpath(bind.split(":")[1]) for bind in binds_of(container)}
     for mount in container.attrs.get("Mounts") or []:
-        if mount.get("Type") == "volume" and mount["Destination"] not in covered:
+        if mount.get("Type") == "volume" and posixpath.normpath(mount["Destination"]) not in covered:
             mounts.append(
                 docker.types.Mount(
                     mount["Destination"], mount["Name"], type="volume", read_only=not mount.get("RW", True)
@@ -193,22 +201,26 @@ class Mover:
         self.after_step(Step.PLANNED)
         return self._run(move, source)
 
-    def locate(self, task: str) -> list[Any]:
+    def locate(self, task: str, strict: bool = False) -> list[Any]:
         """This LEI's containers of ``task``, on any of its engines: by task id, else by name or id.
 
-        A container that is not labelled as a DRAGON task of this LEI is never touched.
+        A container that is not labelled as a DRAGON task of this LEI is never touched. An engine
+        out of reach is skipped (logged); ``strict``, it raises: "none found" must then mean none.
         """
-        candidates = [c for engine in self.engines.of_lei(self.journal.lei) for c in self._tasks_on(engine)]
+        reachable = self.engines.of_lei(self.journal.lei, strict)
+        candidates = [c for engine in reachable for c in self._tasks_on(engine, strict)]
         by_task = [c for c in candidates if task_id_of(c) == task]
         by_id = [c for c in candidates if len(task) >= 12 and c.id.startswith(task)]  # a short id is ambiguous
         return by_task or [c for c in candidates if c.name == task] or by_id
 
-    def _tasks_on(self, engine: Engine) -> list[Any]:
-        """This LEI's task containers on ``engine``; none if it is out of reach (logged)."""
+    def _tasks_on(self, engine: Engine, strict: bool = False) -> list[Any]:
+        """This LEI's task containers on ``engine``; none if it is out of reach (logged), unless ``strict``."""
         labels = [f"{TASK_LABEL}=true", f"{LEI_LABEL}={self.journal.lei}"]
         try:
             return engine.client.containers.list(all=True, filters={"label": labels})
         except ENGINE_ERRORS as exc:
+            if strict:
+                raise
             log.error("engine_unreachable", engine=engine.name, error=str(exc)[:300])
             return []
 
@@ -312,7 +324,10 @@ class Mover:
         """Start ``target`` unless it runs, and wait until it runs (and is healthy, if it has a healthcheck)."""
         target.reload()
         if target.status != "running":
-            target.start()
+            try:
+                target.start()
+            except docker.errors.APIError as exc:  # refused (say, the runtime failed): not an outage
+                raise MoveError(f"the engine would not start the target: {criu.first_line(exc)}") from exc
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             target.reload()
@@ -444,13 +459,14 @@ class Mover:
 
     def sweep(self) -> list[Move]:
         """Settle the moves Docker shows in flight but the journal does not (its last writes were
-        lost: Redis restarted without them), by Docker's state alone: a target still under its
+        lost: Redis restarted without them), by Docker's state: a target still under its
         temporary name is removed if its task still has another container (started again if it
-        had been stopped), else started and given the task's name. Call after :meth:`recover`."""
+        had been stopped), else started and given the task's name. Each is journalled first, so
+        a crash midway is recovered like any move. One that cannot be settled now (an engine out
+        of reach) is left for the next sweep. Call after :meth:`recover`."""
         open_ids = {move.id for move in self.journal.open_moves()}
-        engines = {engine.name: engine for engine in [self.engines.local, *self.engines.all()]}
         settled = []
-        for engine in engines.values():
+        for engine in self.engines.all():
             labels = [MOVE_LABEL, f"{MOVE_LEI_LABEL}={self.journal.lei}"]
             try:
                 targets = engine.client.containers.list(all=True, filters={"label": labels})
@@ -459,27 +475,37 @@ class Mover:
                 continue
             for target in targets:
                 move_id = target.labels[MOVE_LABEL]
-                if move_id not in open_ids and target.name.endswith(temporary_name("", move_id)):
-                    settled.append(self._settle_orphan(engine, target, move_id))
+                if move_id in open_ids or not target.name.endswith(temporary_name("", move_id)):
+                    continue
+                try:
+                    settled.append(self._settle_orphan(target, move_id))
+                except (*ENGINE_ERRORS, MoveError) as exc:
+                    log.error("orphan_not_settled", id=move_id, container=target.name, error=str(exc)[:300])
         return settled
 
-    def _settle_orphan(self, engine: Engine, target: Any, move_id: str) -> Move:
-        task = task_id_of(target)
-        name = target.name.removesuffix(temporary_name("", move_id))
-        target_host, target_lei = target.labels.get(HOST_LABEL, ""), target.labels.get(LEI_LABEL, "")
-        move = Move(move_id, "", name, "", target_host, target_lei=target_lei)
-        sources = [c for c in self.locate(task) if c.id != target.id]
-        note = "the journal had lost this move: settled by Docker's state"
+    def _settle_orphan(self, target: Any, move_id: str) -> Move:
+        sources = [c for c in self.locate(task_id_of(target), strict=True) if c.id != target.id]
+        labels = target.labels
+        move = Move(
+            move_id,
+            sources[0].id if sources else target.id,
+            target.name.removesuffix(temporary_name("", move_id)),
+            sources[0].labels.get(HOST_LABEL, "") if sources else labels.get(HOST_LABEL, ""),
+            labels.get(HOST_LABEL, ""),
+            target_lei=labels.get(LEI_LABEL, ""),
+            step=Step.STARTING,
+            target_id=target.id,
+            error="the journal had lost this move: settled by Docker's state",
+        )
+        move = self.journal.record(move, Step.STARTING)
         if sources:
-            target.remove(force=True)
-            if sources[0].status != "running":
-                sources[0].start()
-            log.warning("orphan_target_removed", id=move_id, task=task, container=target.name)
-            return replace(move, task=sources[0].id, step=Step.ROLLED_BACK, error=note)
-        self._start(target)
-        target.rename(name)
-        log.warning("orphan_target_kept", id=move_id, task=task, container=name)
-        return replace(move, task=target.id, target_id=target.id, step=Step.DONE, error=note)
+            return self._roll_back(move, move.error)
+        try:
+            self._start(target)
+        except MoveError as exc:  # the task's only container: it keeps it, stopped, as a stopped task would
+            move = replace(move, error=f"{move.error}; the target does not run: {exc}")
+        move, _ = self._step(move, Step.RENAMING, lambda: _rename(self._target_engine(move), target.id, move.name))
+        return self.journal.record(move, Step.DONE)
 
     def _target_of(self, move: Move) -> Any | None:
         engine = self._target_engine(move)
@@ -508,8 +534,15 @@ def _remove_if_unused(collection: Any, name: str) -> None:
 
 def _rename(engine: Engine, container_id: str, name: str) -> None:
     target = engine.client.containers.get(container_id)
-    if target.name != name:
+    if target.name == name:
+        return
+    try:
         target.rename(name)
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:
+            raise
+        # Another container of that name on the target's engine: the task runs under its temporary name.
+        log.warning("task_name_taken", container=target.name, name=name)
 
 
 def _exists(engine: Engine, container_id: str) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import docker
 import redis
@@ -53,7 +54,7 @@ class Migrator:
         self.counters = Counters()
         # Moves (MQTT worker) and schedule refreshes and settling (main thread) share the Docker client.
         self._docker_lock = threading.Lock()
-        self._interrupted: set[str] = set()  # ids of moves cut short by Redis going away
+        self._interrupted: dict[str, str] = {}  # moves cut short (Redis or an engine away): id -> task as commanded
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -151,7 +152,7 @@ class Migrator:
             self.counters.add("journal_unavailable")
             log.error("journal_unavailable", id=command.id, error=str(exc))
             with self._docker_lock:
-                self._interrupted.add(command.id)
+                self._interrupted[command.id] = command.task
             raise Unprocessed from exc
         if move is not None:
             self.publish_event(self.event_of(move, task=command.task))
@@ -160,16 +161,19 @@ class Migrator:
     def settle_interrupted(self) -> None:
         """Moves cut short by Redis going away: completed or rolled back now that it answers."""
         with self._docker_lock:
-            for move_id in sorted(self._interrupted):
+            for move_id, task in sorted(self._interrupted.items()):
                 try:
-                    moves = [self.mover.settle(move_id)]
+                    moves = [(self.mover.settle(move_id), task)]
                 except MoveError:  # not in the journal: never begun, or Redis came back without it
-                    moves = self.mover.sweep()
-                except (redis.ConnectionError, redis.TimeoutError, *ENGINE_ERRORS):
-                    return  # still out of reach: the next beat tries again
-                self._interrupted.discard(move_id)
-                for move in moves:
-                    self.publish_event(self.event_of(move, recovered=True))
+                    moves = [(move, "") for move in self.mover.sweep()]
+                except (redis.ConnectionError, redis.TimeoutError):
+                    return  # Redis away again: the next beat tries again
+                except ENGINE_ERRORS as exc:
+                    log.warning("move_not_settled_yet", id=move_id, error=str(exc)[:300])
+                    continue  # that engine is still out of reach; the others go on
+                del self._interrupted[move_id]
+                for move, named in moves:
+                    self.publish_event(self.event_of(move, task=named, recovered=True))
 
     def check(self, command: MigrationCommand, now: float) -> None:
         """Raise CommandRefused unless ``command`` may be carried out now."""
@@ -179,7 +183,8 @@ class Migrator:
             raise CommandRefused(
                 "duplicate", f"command {command.id} was taken already (its move is {known.step.value})"
             )
-        containers = {container.id for container in self.mover.locate(command.task)}
+        with self._docker_lock:
+            containers = {container.id for container in self.mover.locate(command.task)}
         busy = [m for m in self.journal.open_moves() if m.task in containers or command.task == m.name]
         if busy:
             raise CommandRefused("busy", f"task {command.task} is being moved by command {busy[0].id}")
@@ -195,11 +200,15 @@ class Migrator:
             except (*ENGINE_ERRORS, MoveError, TransferError) as exc:
                 self.counters.add("move_errors")
                 log.error("move_interrupted", id=command.id, task=command.task, error=str(exc)[:300])
+                cause = str(exc)[:200]
             try:
                 return self.mover.settle(command.id)
+            except MoveError:  # not journalled: it failed before it began (say, checking the target's volumes)
+                failed = Move(command.id, command.task, command.task, "", command.target_host, command.target_lei)
+                return replace(failed, step=Step.FAILED, error=f"the move could not begin: {cause}")
             except ENGINE_ERRORS as exc:
                 log.error("move_not_settled", id=command.id, error=str(exc)[:300])
-                self._interrupted.add(command.id)
+                self._interrupted[command.id] = command.task
                 return None
 
     def refuse(self, command: MigrationCommand, refusal: CommandRefused) -> None:
@@ -250,7 +259,8 @@ class Migrator:
     def publish_schedule(self) -> None:
         try:
             with self._docker_lock:
-                clients = [engine.client for engine in self.engines.of_lei(self.lei)]
+                # Strict: with one of the LEI's engines out of reach a schedule would show its tasks gone.
+                clients = [engine.client for engine in self.engines.of_lei(self.lei, strict=True)]
                 schedule = current_schedule(clients, self.lei, time.time(), self.instance)
         except ENGINE_ERRORS as exc:
             self.counters.add("schedule_errors")
