@@ -13,7 +13,15 @@ from pathlib import Path
 from dragon import secrets
 from dragon.config import ConfigError, settings_table
 from dragon.messages import codec, topics
-from dragon.messages.schemas import FAULT_KINDS, FaultEvent, FaultInjection, InjectionEvent
+from dragon.messages.schemas import (
+    FAULT_KINDS,
+    FaultEvent,
+    FaultInjection,
+    InjectionEvent,
+    MigrationEvent,
+    PlanDecision,
+    Schedule,
+)
 from dragon.settings import MqttSettings, check_id
 
 
@@ -42,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p = commands.add_parser("watch", help="print fault events (and injections) as JSON lines", description=mqtt_help)
     p.add_argument("--lei", default="+", help="LEI to watch (default: all)")
-    p.add_argument("--count", type=int, default=0, help="exit after this many events (0: run until Ctrl-C)")
+    p.add_argument(
+        "--moves", action="store_true", help="also the planner's decisions, the migrator's events and the schedule"
+    )
+    p.add_argument("--count", type=int, default=0, help="exit after this many messages (0: run until Ctrl-C)")
     p.add_argument("--timeout", type=float, default=0, help="exit with status 1 after this many seconds")
     p.set_defaults(handler=_watch)
 
@@ -115,6 +126,29 @@ def _all_known() -> set[str]:
     return known_env_names()
 
 
+# Topic endings of what ``dragon watch`` follows, and their schemas (anything else: a fault event).
+WATCHED = (
+    ("/injections", InjectionEvent),
+    ("/decision", PlanDecision),
+    ("/migrations/events", MigrationEvent),
+    ("/tasks", Schedule),
+)
+
+
+def watched_topics(lei: str, moves: bool) -> list[str]:
+    """What ``dragon watch`` follows: fault events and injections; with ``moves``, what moves tasks."""
+    faults = [topics.fault_event(lei, "+"), topics.injections(lei)]
+    return faults + ([topics.fed_decision(lei), topics.migration_events(lei), topics.schedule(lei)] if moves else [])
+
+
+def schema_of(topic: str) -> type:
+    """The message schema of a topic ``dragon watch`` follows."""
+    for suffix, schema in WATCHED:
+        if topic.endswith(suffix):
+            return schema
+    return FaultEvent
+
+
 def _watch(args) -> int:
     settings = _mqtt_settings()
     client = _client(settings)
@@ -126,11 +160,11 @@ def _watch(args) -> int:
             print(f"connection refused: {reason_code}", file=sys.stderr)
             done.set()
             return
-        client.subscribe([(f"dragon/faults/{args.lei}/+", 1), (f"dragon/{args.lei}/injections", 1)])
+        client.subscribe([(topic, 1) for topic in watched_topics(args.lei, args.moves)])
 
     def on_message(client, userdata, message):
         nonlocal seen
-        schema = InjectionEvent if message.topic.endswith("/injections") else FaultEvent
+        schema = schema_of(message.topic)
         content_type = getattr(message.properties, "ContentType", "") if message.properties else ""
         try:
             event = codec.decode(schema, message.payload, settings.max_payload_bytes, content_type)
@@ -138,10 +172,9 @@ def _watch(args) -> int:
             print(json.dumps({"topic": message.topic, "undecodable": exc.reason}), flush=True)
             return
         print(json.dumps({"topic": message.topic, **event.to_dict()}), flush=True)
-        if schema is FaultEvent:
-            seen += 1
-            if args.count and seen >= args.count:
-                done.set()
+        seen += 1
+        if args.count and seen >= args.count:
+            done.set()
 
     client.on_connect = on_connect
     client.on_message = on_message

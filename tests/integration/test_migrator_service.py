@@ -8,8 +8,11 @@ Needs the Docker daemon, root (the emulated hosts are cgroups) and the local ima
 
 from __future__ import annotations
 
+import json
 import os
 import secrets as tokens
+import subprocess
+import sys
 import time
 import uuid
 
@@ -213,3 +216,30 @@ def test_only_dragon_tasks_of_this_lei_are_ever_touched(lei, watch):
     assert bystander.status == "running"
     with pytest.raises(docker.errors.NotFound):
         stack.docker.containers.get(f"{bystander.name}-mv-{sent.id[:12]}")
+
+
+def test_dragon_watch_shows_the_moves_decoded(lei, watch):
+    stack, emulated = lei
+    task = start_task(emulated)
+    viewer = stack.mqtt_settings("viewer")
+    env = {
+        **os.environ,
+        "DRAGON_MQTT_HOST": viewer.host,
+        "DRAGON_MQTT_PORT": str(viewer.port),
+        "DRAGON_MQTT_USERNAME": "viewer",
+        "DRAGON_MQTT_PASSWORD": viewer.password,
+    }
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "dragon.cli", "watch", "--lei", stack.lei, "--moves", "--count", "3", "--timeout", "60"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    first = watcher.stdout.readline()  # the retained schedule: it has subscribed
+    sent = command(stack, task.name)
+    send(stack, sent)
+    out, _ = watcher.communicate(timeout=90)
+    lines = [json.loads(line) for line in [first, *out.splitlines()]]
+    assert watcher.returncode == 0, out
+    assert any(line["topic"].endswith("/migrations/events") and line["id"] == sent.id for line in lines)
+    assert any(line["topic"].endswith("/tasks") and line["tasks"] for line in lines)
