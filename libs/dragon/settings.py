@@ -64,10 +64,17 @@ class ServiceSettings:
             raise ConfigError(f"DRAGON_LOG_LEVEL={self.log_level!r} must be debug, info, warning or error")
 
 
+PLAIN_ID_RULE = "1-64 characters without '/', '+', '#', '$', ':' or spaces, and not '.' or '..'"
+
+
+def is_plain_id(value: str) -> bool:
+    """Ids become MQTT topic levels, Redis key parts and cgroup path components: keep them plain."""
+    return 0 < len(value) <= 64 and not any(ch in value for ch in "/+#$ :") and value not in {".", ".."}
+
+
 def _check_topic_level(name: str, value: str) -> None:
-    """Ids become MQTT topic levels and Redis key parts: keep them plain."""
-    if not value or any(ch in value for ch in "/+#$ :") or len(value) > 64:
-        raise ConfigError(f"{name}={value!r} must be 1-64 characters without '/', '+', '#', '$', ':' or spaces")
+    if not is_plain_id(value):
+        raise ConfigError(f"{name}={value!r} must be {PLAIN_ID_RULE}")
 
 
 check_id = _check_topic_level

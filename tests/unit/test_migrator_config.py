@@ -32,6 +32,7 @@ def test_the_migrator_does_not_start_without_the_command_key():
         ({"DRAGON_MIGRATOR_ENDPOINTS": "pi7=tcp://10.0.0.7:2376"}, "DRAGON_MIGRATOR_TLS_DIR"),  # no plain tcp
         ({"DRAGON_MIGRATOR_CRIU": "maybe"}, "auto, off"),
         ({"DRAGON_MIGRATION_MAX_AGE": "0"}, "positive"),
+        ({"DRAGON_LEI": ".."}, "not '.' or '..'"),  # ids become cgroup paths too
     ],
 )
 def test_bad_settings_are_refused_with_the_reason(env, message):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dragon.messages.schema import Message, require
+from dragon.settings import PLAIN_ID_RULE, is_plain_id
 
 # Order matters: it is the feature axis of every window and model.
 HOST_METRICS: tuple[str, ...] = ("cpu", "ram", "swap", "disk_read", "disk_write", "net_rx", "net_tx")
@@ -301,13 +302,8 @@ class MigrationCommand(Message):
         require(0 < len(self.id) <= 64, "MigrationCommand.id must be 1-64 characters")
         require(len(self.task) > 0, "MigrationCommand needs a task")
         for name in ("lei", "target_lei", "target_host"):  # they become cgroup paths and topic levels
-            value = getattr(self, name)
-            require(_plain_id(value), f"MigrationCommand.{name} must be 1-64 characters without / + # $ : . or spaces")
+            require(is_plain_id(getattr(self, name)), f"MigrationCommand.{name} must be {PLAIN_ID_RULE}")
         require(self.ts > 0, "MigrationCommand.ts must be an epoch time in seconds")
-
-
-def _plain_id(value: str) -> bool:
-    return 0 < len(value) <= 64 and not any(ch in value for ch in "/+#$ :") and value not in {".", ".."}
 
 
 MIGRATION_OUTCOMES: tuple[str, ...] = ("done", "rolled_back", "failed", "refused")
