@@ -5,6 +5,7 @@ import pytest
 
 from dragon.messages import codec, topics
 from dragon.messages.codec import DecodeError
+from dragon.messages.schema import MAX_STR, clip
 from dragon.messages.schemas import (
     FaultEvent,
     FaultInjection,
@@ -145,3 +146,9 @@ def test_topics_are_built_and_parsed_in_one_place():
     assert topics.host_of(topics.inject("lei1", "h2")) == "h2"
     with pytest.raises(ValueError):
         topics.host_of("dragon/faults/lei1/h1")
+
+
+def test_clip_cuts_free_text_to_what_a_message_string_may_hold_and_says_so():
+    assert clip("short") == "short"
+    long = clip("x" * 1000)
+    assert len(long) == MAX_STR and long.endswith("…")

@@ -139,6 +139,11 @@ def _scalar(hint: Any, value: Any, path: str) -> Any:
     raise SchemaError(f"{path}: expected {hint.__name__}, got {type(value).__name__}")
 
 
+def clip(text: str) -> str:
+    """Free text (an error, a reason) cut to what a message string may hold, marked as cut."""
+    return text if len(text) <= MAX_STR else text[: MAX_STR - 1] + "…"
+
+
 def require(condition: bool, message: str) -> None:
     """Raise SchemaError(message) unless ``condition``; for ``check()`` bodies."""
     if not condition:

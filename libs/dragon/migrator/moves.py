@@ -256,7 +256,7 @@ class Mover:
         try:
             move, image = self._step(move, Step.CHECKPOINTING, lambda: self._checkpoint(engine, source, checkpoint))
         except docker.errors.APIError as exc:
-            reason = f"restart move: the CRIU checkpoint failed ({criu.first_line(exc)})"[:250]
+            reason = f"restart move: the CRIU checkpoint failed ({criu.first_line(exc)})"
             move = self.journal.record(move, Step.PLANNED, mode="restart", mode_reason=reason)
             source.reload()
             return self._run(move, source)
@@ -284,7 +284,7 @@ class Mover:
             criu.copy_checkpoint(root, move.task, target.id, name)
             criu.start_from_checkpoint(engine.client, target.id, name)
         except (OSError, docker.errors.APIError) as exc:
-            fallback = f"CRIU restore failed ({criu.first_line(exc)}): the task restarted from its files"[:250]
+            fallback = f"CRIU restore failed ({criu.first_line(exc)}): the task restarted from its files"
             log.warning("criu_restore_failed", id=move.id, task=move.name, error=str(exc)[:300])
         self._start(target)
         return fallback

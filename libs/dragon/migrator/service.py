@@ -24,6 +24,7 @@ import redis
 import structlog
 
 from dragon.messages import topics
+from dragon.messages.schema import clip
 from dragon.messages.schemas import MigrationCommand, MigrationEvent, StepDuration
 from dragon.migrator import criu
 from dragon.migrator.commands import CommandRefused, verify
@@ -41,7 +42,6 @@ log = structlog.get_logger(__name__)
 
 SERVICE = "migrator"
 HEARTBEAT_S = 5.0
-TEXT_LIMIT = 250  # message strings are at most 256 characters (dragon.messages.schema)
 OUTCOME_OF_STEP = {Step.DONE: "done", Step.ROLLED_BACK: "rolled_back", Step.FAILED: "failed"}
 
 
@@ -200,7 +200,7 @@ class Migrator:
             except (*ENGINE_ERRORS, MoveError, TransferError) as exc:
                 self.counters.add("move_errors")
                 log.error("move_interrupted", id=command.id, task=command.task, error=str(exc)[:300])
-                cause = str(exc)[:200]
+                cause = str(exc)
             try:
                 return self.mover.settle(command.id)
             except MoveError:  # not journalled: it failed before it began (say, checking the target's volumes)
@@ -224,7 +224,7 @@ class Migrator:
                 target_lei=command.target_lei,
                 target_host=command.target_host,
                 reason=refusal.reason,
-                error=str(refusal)[:TEXT_LIMIT],
+                error=clip(str(refusal)),
                 migrator=self.instance,
             )
         )
@@ -243,9 +243,9 @@ class Migrator:
             target_lei=move.target_lei,
             target_host=move.target_host,
             mode=move.mode,
-            mode_reason=move.mode_reason[:TEXT_LIMIT],
+            mode_reason=clip(move.mode_reason),
             reason="" if move.step == Step.DONE else move.step.value,
-            error=move.error[:TEXT_LIMIT],
+            error=clip(move.error),
             steps=steps,
             total_s=round(sum(s.seconds for s in steps), 4),
             recovered=recovered,

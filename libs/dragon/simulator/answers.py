@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dragon.messages.schema import clip
 from dragon.messages.schemas import (
     HOST_METRICS,
     DecisionVerdict,
@@ -84,4 +85,4 @@ def forecast(snapshot: Snapshot, usage: np.ndarray) -> tuple[HostForecast, ...]:
 
 
 def error_response(request_id: str, reason: str, message: str, simulator: str) -> SimResponse:
-    return SimResponse(id=request_id, ok=False, reason=reason, error=message[:256], simulator=simulator)
+    return SimResponse(id=request_id, ok=False, reason=reason, error=clip(message), simulator=simulator)
