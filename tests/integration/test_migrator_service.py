@@ -243,3 +243,19 @@ def test_dragon_watch_shows_the_moves_decoded(lei, watch):
     assert watcher.returncode == 0, out
     assert any(line["topic"].endswith("/migrations/events") and line["id"] == sent.id for line in lines)
     assert any(line["topic"].endswith("/tasks") and line["tasks"] for line in lines)
+
+
+def test_a_migrator_restarted_while_redis_is_down_waits_for_it_then_serves(lei, watch):
+    """Last in this module: it stops Redis. The journal must be there before any move is taken."""
+    stack, emulated = lei
+    redis_server = stack.containers["redis"].get_wrapped_container()
+    redis_server.stop(timeout=5)
+    try:
+        stack.restart("migrator", wait_for="redis_unavailable_retrying")
+    finally:
+        redis_server.start()
+    stack.restart_wait("migrator", "migrator_started")
+    task = start_task(emulated)
+    sent = command(stack, task.name)
+    send(stack, sent)
+    assert event_for(watch, sent.id).outcome == "done"

@@ -36,7 +36,7 @@ from dragon.migrator.schedule import current_schedule
 from dragon.migrator.transfer import TransferError
 from dragon.mqtt import Counters, Incoming, MqttClient, Unprocessed
 from dragon.service.lifecycle import Lifecycle
-from dragon.store import connect
+from dragon.store import StopRequested, connect, retry_until
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +61,10 @@ class Migrator:
         self.lifecycle.install_signal_handlers()
         self.init_redis()
         self.init_docker()
-        recovered = self.recover_moves()
+        try:
+            recovered = self.recover_moves()
+        except StopRequested:  # stopped while Redis was away: nothing was started yet
+            return
         self.init_mqtt()
         self.start_mqtt(recovered)
         try:
@@ -90,7 +93,7 @@ class Migrator:
     def recover_moves(self) -> list[Move]:
         """Finish every move a previous migrator left in flight, before any new command is taken:
         those in the journal, then those only Docker still shows (the journal lost them)."""
-        moves = self.mover.recover() + self.mover.sweep()
+        moves = retry_until(lambda: self.mover.recover() + self.mover.sweep(), self.lifecycle.stop, "recover_moves")
         for move in moves:
             log.info("move_recovered", id=move.id, task=move.name, step=move.step.value, error=move.error or None)
         return moves
@@ -118,7 +121,7 @@ class Migrator:
                 self.settle_interrupted()
             if time.monotonic() >= next_schedule:
                 next_schedule = time.monotonic() + self.config.schedule_interval_s
-                self.publish_schedule()
+                self.publish_schedule(wait=False)
 
     def redis_reachable(self) -> bool:
         try:
@@ -159,21 +162,32 @@ class Migrator:
         self.publish_schedule()
 
     def settle_interrupted(self) -> None:
-        """Moves cut short by Redis going away: completed or rolled back now that it answers."""
-        with self._docker_lock:
-            for move_id, task in sorted(self._interrupted.items()):
-                try:
-                    moves = [(self.mover.settle(move_id), task)]
-                except MoveError:  # not in the journal: never begun, or Redis came back without it
-                    moves = [(move, "") for move in self.mover.sweep()]
-                except (redis.ConnectionError, redis.TimeoutError):
-                    return  # Redis away again: the next beat tries again
-                except ENGINE_ERRORS as exc:
-                    log.warning("move_not_settled_yet", id=move_id, error=str(exc)[:300])
-                    continue  # that engine is still out of reach; the others go on
-                del self._interrupted[move_id]
-                for move, named in moves:
-                    self.publish_event(self.event_of(move, task=named, recovered=True))
+        """Moves cut short by Redis going away: completed or rolled back now that it answers.
+
+        From the heartbeat: while a move runs (it may take minutes: an image copied to another
+        machine) this beat skips, rather than wait and leave the health marker untouched.
+        """
+        if not self._docker_lock.acquire(blocking=False):
+            return
+        try:
+            self._settle_interrupted()
+        finally:
+            self._docker_lock.release()
+
+    def _settle_interrupted(self) -> None:
+        for move_id, task in sorted(self._interrupted.items()):
+            try:
+                moves = [(self.mover.settle(move_id), task)]
+            except MoveError:  # not in the journal: never begun, or Redis came back without it
+                moves = [(move, "") for move in self.mover.sweep()]
+            except (redis.ConnectionError, redis.TimeoutError):
+                return  # Redis away again: the next beat tries again
+            except ENGINE_ERRORS as exc:
+                log.warning("move_not_settled_yet", id=move_id, error=str(exc)[:300])
+                continue  # that engine is still out of reach; the others go on
+            del self._interrupted[move_id]
+            for move, named in moves:
+                self.publish_event(self.event_of(move, task=named, recovered=True))
 
     def check(self, command: MigrationCommand, now: float) -> None:
         """Raise CommandRefused unless ``command`` may be carried out now."""
@@ -256,14 +270,19 @@ class Migrator:
         self.counters.add(f"moves_{event.outcome}")
         self.mqtt.publish_message(topics.migration_events(self.lei), event, qos=1)
 
-    def publish_schedule(self) -> None:
+    def publish_schedule(self, wait: bool = True) -> None:
+        """Republish the schedule; without ``wait`` (the heartbeat), not while a move runs: the
+        move republishes it when it ends."""
+        if not self._docker_lock.acquire(blocking=wait):
+            return
         try:
-            with self._docker_lock:
-                # Strict: with one of the LEI's engines out of reach a schedule would show its tasks gone.
-                clients = [engine.client for engine in self.engines.of_lei(self.lei, strict=True)]
-                schedule = current_schedule(clients, self.lei, time.time(), self.instance)
+            # Strict: with one of the LEI's engines out of reach a schedule would show its tasks gone.
+            clients = [engine.client for engine in self.engines.of_lei(self.lei, strict=True)]
+            schedule = current_schedule(clients, self.lei, time.time(), self.instance)
         except ENGINE_ERRORS as exc:
             self.counters.add("schedule_errors")
             log.warning("schedule_unavailable", error=str(exc))
             return
+        finally:
+            self._docker_lock.release()
         self.mqtt.publish_message(topics.schedule(self.lei), schedule, qos=1, retain=True)

@@ -72,6 +72,7 @@ class LeiStack:
         self.mosquitto_conf = mosquitto_conf
         self.network = Network()
         self.containers: dict[str, DockerContainer] = {}
+        self._restarted_at: dict[str, int] = {}  # container name -> when restart() restarted it
         self.docker = docker.from_env()
         require_images(self.docker, (MOSQUITTO_IMAGE, REDIS_IMAGE, COLLECTOR_IMAGE, DETECTOR_IMAGE))
 
@@ -275,8 +276,14 @@ class LeiStack:
     def restart(self, name: str, wait_for: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
         """Restart a container in place (SIGTERM, then start) and wait for a log line."""
         container = self.containers[name].get_wrapped_container()
-        since = int(time.time())
+        self._restarted_at[name] = since = int(time.time())
         container.restart(timeout=10)
+        self.restart_wait(name, wait_for, timeout, since)
+
+    def restart_wait(self, name: str, wait_for: str, timeout: float = STARTUP_TIMEOUT_S, since: int = 0) -> None:
+        """Wait for a log line of ``name`` since its last :meth:`restart`."""
+        container = self.containers[name].get_wrapped_container()
+        since = since or self._restarted_at.get(name, 0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if wait_for.encode() in container.logs(since=since):
