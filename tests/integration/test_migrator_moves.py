@@ -18,7 +18,7 @@ from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL
 from dragon.migrator import criu
 from dragon.migrator.engines import Engines, EngineUnreachable
-from dragon.migrator.journal import Journal, Step
+from dragon.migrator.journal import FINISHED_KEPT_S, Journal, Step
 from dragon.migrator.moves import Mover
 from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
 
@@ -234,3 +234,13 @@ def test_a_machine_out_of_reach_stops_nothing_but_its_own_moves(emulated, journa
     assert mover_.move("move-despite-gone", task.name, "h2").step == Step.DONE  # its tasks are just not seen
     with pytest.raises(EngineUnreachable):
         mover_.locate(task.name, strict=True)  # "none there" cannot be told from "out of reach"
+
+
+def test_a_finished_moves_record_expires_an_open_ones_does_not(emulated, journal):
+    task = start_task(emulated)
+    mover(emulated, journal).move("move-expiring", task.name, "h2")
+    assert 0 < journal.redis.ttl(journal.prefix + "move-expiring") <= FINISHED_KEPT_S
+    with pytest.raises(Killed):
+        mover(emulated, journal, after_step=dying_after(Step.STARTING)).move("move-open", task.name, "h1")
+    assert journal.redis.ttl(journal.prefix + "move-open") == -1  # kept until it is settled
+    mover(emulated, journal).recover()

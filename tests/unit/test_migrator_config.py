@@ -31,7 +31,8 @@ def test_the_migrator_does_not_start_without_the_command_key():
         ({"DRAGON_MIGRATOR_ENDPOINTS": "pi7=ssh://dragon@pi7"}, "use tcp:// with TLS"),
         ({"DRAGON_MIGRATOR_ENDPOINTS": "pi7=tcp://10.0.0.7:2376"}, "DRAGON_MIGRATOR_TLS_DIR"),  # no plain tcp
         ({"DRAGON_MIGRATOR_CRIU": "maybe"}, "auto, off"),
-        ({"DRAGON_MIGRATION_MAX_AGE": "0"}, "positive"),
+        ({"DRAGON_MIGRATION_MAX_AGE": "0"}, "between 0 and 3600"),
+        ({"DRAGON_MIGRATION_MAX_AGE": "100000"}, "between 0 and 3600"),  # records of moves go after a day
         ({"DRAGON_LEI": ".."}, "not '.' or '..'"),  # ids become cgroup paths too
     ],
 )

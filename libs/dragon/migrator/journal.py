@@ -30,6 +30,10 @@ class Step(str, Enum):
 
 
 FINAL = {Step.DONE, Step.ROLLED_BACK, Step.FAILED}
+# A finished move's record is kept this long (to refuse its command again, and to look at), then
+# Redis drops it: one record per move would otherwise grow for ever. A command older than
+# DRAGON_MIGRATION_MAX_AGE is refused as stale anyway, and that age must stay well below this.
+FINISHED_KEPT_S = 86_400
 
 # KEYS: the move's hash, the set of open moves; ARGV: the move's id, then field, value, ...
 BEGIN = """
@@ -125,6 +129,7 @@ class Journal:
         pipe.hset(self.prefix + move.id, mapping=self._fields(move))
         if move.step in FINAL:
             pipe.srem(self.open_key, move.id)
+            pipe.expire(self.prefix + move.id, FINISHED_KEPT_S)
         else:
             pipe.sadd(self.open_key, move.id)
         pipe.execute()
