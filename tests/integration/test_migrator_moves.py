@@ -19,7 +19,7 @@ from dragon.collector.injector import HOST_LABEL, LEI_LABEL
 from dragon.migrator import criu
 from dragon.migrator.engines import Engines, EngineUnreachable
 from dragon.migrator.journal import FINISHED_KEPT_S, Journal, Step
-from dragon.migrator.moves import Mover
+from dragon.migrator.moves import Mover, TaskBusy
 from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
 
 from .conftest import SLEEPER, Killed, dying_after, running_copies, start_task
@@ -243,4 +243,14 @@ def test_a_finished_moves_record_expires_an_open_ones_does_not(emulated, journal
     with pytest.raises(Killed):
         mover(emulated, journal, after_step=dying_after(Step.STARTING)).move("move-open", task.name, "h1")
     assert journal.redis.ttl(journal.prefix + "move-open") == -1  # kept until it is settled
+    mover(emulated, journal).recover()
+
+
+def test_a_task_in_a_move_not_settled_yet_is_busy(emulated, journal):
+    task = start_task(emulated)
+    with pytest.raises(Killed):
+        mover(emulated, journal, after_step=dying_after(Step.CREATING)).move("move-first", task.name, "h2")
+    with pytest.raises(TaskBusy, match="move-first"):
+        mover(emulated, journal).move("move-second", task.name, "h2")
+    assert journal.get("move-second") is None  # refused before it began
     mover(emulated, journal).recover()

@@ -45,6 +45,10 @@ class MoveError(RuntimeError):
     """A move that cannot be carried out; the journal says why."""
 
 
+class TaskBusy(MoveError):
+    """The task is in a move not settled yet (another replica's, or one cut short): not journalled."""
+
+
 # What reaching an engine can raise: the SDK's errors, requests' (it does not wrap connection
 # errors and timeouts), and a machine whose client cannot be made.
 ENGINE_ERRORS = (*engines.ENGINE_ERRORS, EngineUnreachable)
@@ -135,6 +139,12 @@ def temporary_name(name: str, move_id: str) -> str:
     return f"{name}-mv-{move_id[:12]}"
 
 
+def in_flight(container: Any) -> bool:
+    """A move's target that has not taken its task's name yet."""
+    move_id = container.labels.get(MOVE_LABEL)
+    return bool(move_id) and container.name.endswith(temporary_name("", move_id))
+
+
 def user_networks(container: Any) -> list[str]:
     """The user-defined networks the container is on (not Docker's default bridge, host or none)."""
     networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
@@ -185,6 +195,9 @@ class Mover:
                 error = f"task {task!r} matches {len(found)} containers: {names}"
             return self._fail(Move(move_id, task, task, "", target_host, target_lei=target_lei), error)
         (source,) = found
+        busy = [m.id for m in self.journal.open_moves() if m.task == source.id]
+        if busy:
+            raise TaskBusy(f"task {task} is being moved by command {busy[0]}")
         move = Move(
             move_id, source.id, source.name, source.labels.get(HOST_LABEL, ""), target_host, target_lei=target_lei
         )
@@ -208,7 +221,8 @@ class Mover:
         out of reach is skipped (logged); ``strict``, it raises: "none found" must then mean none.
         """
         reachable = self.engines.of_lei(self.journal.lei, strict)
-        candidates = [c for engine in reachable for c in self._tasks_on(engine, strict)]
+        # A move's target still under its temporary name is not (yet) the task: its source is.
+        candidates = [c for engine in reachable for c in self._tasks_on(engine, strict) if not in_flight(c)]
         by_task = [c for c in candidates if task_id_of(c) == task]
         by_id = [c for c in candidates if len(task) >= 12 and c.id.startswith(task)]  # a short id is ambiguous
         return by_task or [c for c in candidates if c.name == task] or by_id
@@ -475,7 +489,7 @@ class Mover:
                 continue
             for target in targets:
                 move_id = target.labels[MOVE_LABEL]
-                if move_id in open_ids or not target.name.endswith(temporary_name("", move_id)):
+                if move_id in open_ids or not in_flight(target):
                     continue
                 try:
                     settled.append(self._settle_orphan(target, move_id))

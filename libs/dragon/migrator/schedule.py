@@ -7,7 +7,7 @@ from typing import Any
 
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
 from dragon.messages.schemas import Schedule, TaskPlacement
-from dragon.migrator.moves import task_id_of
+from dragon.migrator.moves import in_flight, task_id_of
 
 
 def current_schedule(clients: list[Any], lei: str, now: float, migrator: str = "") -> Schedule:
@@ -22,6 +22,7 @@ def current_schedule(clients: list[Any], lei: str, now: float, migrator: str = "
         )
         for client in clients
         for container in client.containers.list(filters={"label": labels, "status": "running"})
+        if not in_flight(container)  # while a move runs, the task is still where its source is
     ]
     return Schedule(lei=lei, ts=now, tasks=tuple(sorted(placements, key=lambda p: p.task)), migrator=migrator)
 

@@ -31,7 +31,7 @@ from dragon.migrator.commands import CommandRefused, verify
 from dragon.migrator.config import MigratorConfig
 from dragon.migrator.engines import Engines, parse_endpoints
 from dragon.migrator.journal import Journal, Move, Step
-from dragon.migrator.moves import ENGINE_ERRORS, MoveError, Mover
+from dragon.migrator.moves import ENGINE_ERRORS, MoveError, Mover, TaskBusy
 from dragon.migrator.schedule import current_schedule
 from dragon.migrator.transfer import TransferError
 from dragon.mqtt import Counters, Incoming, MqttClient, Unprocessed
@@ -197,11 +197,6 @@ class Migrator:
             raise CommandRefused(
                 "duplicate", f"command {command.id} was taken already (its move is {known.step.value})"
             )
-        with self._docker_lock:
-            containers = {container.id for container in self.mover.locate(command.task)}
-        busy = [m for m in self.journal.open_moves() if m.task in containers or command.task == m.name]
-        if busy:
-            raise CommandRefused("busy", f"task {command.task} is being moved by command {busy[0].id}")
         if not self.engines.exists(command.target_lei, command.target_host):
             raise CommandRefused("unknown_host", f"no host {command.target_lei}/{command.target_host} is reachable")
 
@@ -211,6 +206,8 @@ class Migrator:
         with self._docker_lock:
             try:
                 return self.mover.move(command.id, command.task, command.target_host, command.target_lei)
+            except TaskBusy as exc:
+                raise CommandRefused("busy", str(exc)) from exc
             except (*ENGINE_ERRORS, MoveError, TransferError) as exc:
                 self.counters.add("move_errors")
                 log.error("move_interrupted", id=command.id, task=command.task, error=str(exc)[:300])
