@@ -245,6 +245,21 @@ def test_dragon_watch_shows_the_moves_decoded(lei, watch):
     assert any(line["topic"].endswith("/tasks") and line["tasks"] for line in lines)
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [b"\xc1", b'{"v": 1, "id": "x"}', b"\x00" * 70_000],
+    ids=["not-msgpack", "missing-fields", "oversized"],
+)
+def test_a_malformed_command_is_dropped_and_the_migrator_keeps_serving(lei, watch, payload):
+    stack, emulated = lei
+    publish(stack.mqtt_settings("planner"), topics.migration_commands(stack.lei), payload, codec.MSGPACK)
+    task = start_task(emulated)
+    sent = command(stack, task.name)
+    send(stack, sent)
+    assert event_for(watch, sent.id).outcome == "done"
+    assert "message_dropped" in stack.logs("migrator")
+
+
 def test_a_migrator_restarted_while_redis_is_down_waits_for_it_then_serves(lei, watch):
     """Last in this module: it stops Redis. The journal must be there before any move is taken."""
     stack, emulated = lei
