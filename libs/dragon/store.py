@@ -218,6 +218,14 @@ def _unpack(member: bytes) -> tuple[float, list[float]]:
     return sample.ts, sample.vector
 
 
+def rows_until(history: Sequence[tuple[float, list[float]]], ts: float) -> list[list[float]] | None:
+    """The rows of ``history`` ((ts, row), oldest first) up to the one taken at ``ts``; None if absent."""
+    for index in range(len(history) - 1, -1, -1):
+        if history[index][0] == ts:
+            return [row for _, row in history[: index + 1]]
+    return None
+
+
 def padded_window(samples: Sequence[Sequence[float]], k: int) -> list[list[float]]:
     """The last ``k`` rows of ``samples``, replication-padded at the front (eq. 1)."""
     if not samples:

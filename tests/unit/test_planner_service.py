@@ -34,7 +34,9 @@ def feed(p: Planner, with_peer: bool = True, peer_ts: float = NOW) -> None:
     if with_peer:
         p.view.observe(sample("b", "h3", 0.05, ts=peer_ts), NOW)
         p.view.observe(sample("b", "h4", 0.05, ts=peer_ts), NOW)
-    p.health[("a", "h1")] = HostHealth("a", "h1", NOW - 1, score=2.0, threshold=1.0, label=1, mode="observed")
+    p.health[("a", "h1", "observed")] = HostHealth(
+        "a", "h1", NOW - 1, score=2.0, threshold=1.0, label=1, mode="observed"
+    )
 
 
 def test_a_faulty_host_gets_a_task_moved_to_the_other_lei():
@@ -71,9 +73,11 @@ def test_dragon_plus_is_chosen_by_the_look_ahead():
 def test_no_decision_without_a_recent_fault_in_its_own_lei():
     p = planner()
     feed(p)
-    p.health[("a", "h1")] = HostHealth("a", "h1", NOW - 600, score=2.0, threshold=1.0, label=1, mode="observed")
+    p.health[("a", "h1", "observed")] = HostHealth(
+        "a", "h1", NOW - 600, score=2.0, threshold=1.0, label=1, mode="observed"
+    )
     assert p.faulty(NOW) == []
-    p.health[("b", "h3")] = HostHealth("b", "h3", NOW, score=2.0, threshold=1.0, label=1, mode="observed")
+    p.health[("b", "h3", "observed")] = HostHealth("b", "h3", NOW, score=2.0, threshold=1.0, label=1, mode="observed")
     assert p.faulty(NOW) == [("b", "h3")]
     assert p.plan_once(NOW) is None  # b's own planner handles b's fault
 
@@ -96,4 +100,19 @@ def test_a_redelivered_older_verdict_does_not_replace_a_newer_one():
     older = HostHealth("a", "h1", NOW - 5, score=2.0, threshold=1.0, label=1, mode="observed")
     for verdict in (newer, older):
         p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(verdict), 1, False, codec.MSGPACK))
-    assert p.health[("a", "h1")] == newer and p.faulty(NOW) == []
+    assert p.health[("a", "h1", "observed")] == newer and p.faulty(NOW) == []
+
+
+def test_a_predicted_fault_counts_and_an_observed_normal_verdict_does_not_hide_it():
+    from dragon.mqtt import Incoming
+
+    p = planner()
+    p.init_mqtt()
+    observed = HostHealth("a", "h1", NOW, score=0.1, threshold=1.0, label=0, mode="observed")
+    predicted = HostHealth("a", "h1", NOW - 0.5, score=2.0, threshold=1.0, label=1, mode="predicted")
+    p.on_health(Incoming("dragon/a/hosts/h1/health/predicted", codec.encode(predicted), 1, False, codec.MSGPACK))
+    p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(observed), 1, False, codec.MSGPACK))
+    assert p.faulty(NOW) == [("a", "h1")]
+    calm = HostHealth("a", "h1", NOW, score=0.1, threshold=1.0, label=0, mode="predicted")
+    p.on_health(Incoming("dragon/a/hosts/h1/health/predicted", codec.encode(calm), 1, False, codec.MSGPACK))
+    assert p.faulty(NOW) == []

@@ -8,6 +8,7 @@ import pytest
 from dragon.messages import codec
 from dragon.messages.schemas import (
     DecisionVerdict,
+    ForecastSample,
     HostMetrics,
     HostSample,
     Schedule,
@@ -21,6 +22,7 @@ from dragon.sim.federation import EDGE_WAN, GIGABIT_LAN
 from dragon.sim.qos import CoSimulator
 from dragon.sim.twin import UNPLACED, TwinParams
 from dragon.simulator.answers import RequestError, answer, decision_array
+from dragon.simulator.forecasting import forecast_samples
 from dragon.simulator.view import FederationView
 
 pytestmark = pytest.mark.unit
@@ -291,3 +293,50 @@ def test_a_hosts_background_is_the_minimum_of_its_last_samples():
         history.append(usage)
         record.add(usage, keep=40)
         assert np.array_equal(record.background, np.min(history[-40:], axis=0))
+
+
+# --- forecasts for the detector's predicted mode ------------------------------------------------
+def test_without_a_move_a_hosts_forecast_is_its_newest_sample_one_interval_on():
+    snap = two_lei_view().snapshot(NOW)
+    forecasts = forecast_samples(snap, simulator_of(snap), "a", schedule_ts=0.0, simulator="sim-1")
+    assert [(f.lei, f.host) for f in forecasts] == [("a", "h1"), ("a", "h2")]  # its own LEI only
+    h1, h2 = forecasts
+    assert (h1.ts, h1.based_on_ts, h1.for_ts) == (NOW, NOW, NOW + 1.0)
+    assert h1.metrics.cpu == pytest.approx(0.95) and h2.metrics.cpu == pytest.approx(0.05)
+    assert h1.tasks == ("t1", "t2") and h2.tasks == () and h1.simulator == "sim-1"
+    assert codec.decode(ForecastSample, codec.encode(h1), 65536) == h1
+
+
+def test_a_move_the_samples_do_not_show_yet_is_in_the_forecast_of_both_hosts():
+    view = two_lei_view()
+    view.observe_schedule(Schedule(lei="a", ts=NOW + 0.6, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 0.5),)))
+    snap = view.snapshot(NOW + 0.6)
+    assert snap.pending_moves().tolist() == [1, UNPLACED, UNPLACED]  # t1 -> h2 (index 1)
+    h1, h2 = forecast_samples(snap, simulator_of(snap), "a", schedule_ts=view.schedule_ts("a"))
+    assert h2.metrics.cpu == pytest.approx(0.05 + 0.5)  # t1's measured demand arrives on h2
+    assert h1.metrics.cpu == pytest.approx(0.95 - 0.5)  # and leaves h1
+    assert h2.tasks == ("t1",) and h1.tasks == ("t2",)
+    # Newer than the forecast of the same samples before the move, so a consumer takes it.
+    assert h2.ts == NOW + 0.6 and h2.based_on_ts == NOW
+
+
+def test_forecasts_of_only_the_hosts_asked_for_and_of_no_other_lei():
+    view = two_lei_view()
+    snap = view.snapshot(NOW)
+    assert [f.host for f in forecast_samples(snap, simulator_of(snap), "a", 0.0, hosts={"h2"})] == ["h2"]
+    assert forecast_samples(snap, simulator_of(snap), "c", 0.0) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (dict(ts=NOW - 1), "precede"),
+        (dict(for_ts=NOW), "follow"),
+        (dict(metrics=HostMetrics(2.0 * 4, 0, 0, 0, 0, 0, 0)), "fraction"),
+        (dict(metrics=HostMetrics(0.1, 0, 0, -1.0, 0, 0, 0)), "negative"),
+    ],
+)
+def test_forecast_samples_are_validated(fields, message):
+    good = dict(lei="a", host="h1", ts=NOW, based_on_ts=NOW, for_ts=NOW + 1, metrics=HostMetrics(0.1, 0, 0, 0, 0, 0, 0))
+    with pytest.raises(ValueError, match=message):
+        ForecastSample.from_dict(ForecastSample(**(good | fields)).to_dict())

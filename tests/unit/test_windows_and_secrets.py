@@ -60,6 +60,15 @@ def acl_block(acl: str, user: str) -> list[str]:
     return block.splitlines()
 
 
+def writers(acl: str, topic: str) -> list[str]:
+    """The users whose ACL lets them publish on ``topic``."""
+    return [
+        user
+        for user in secrets.MQTT_USERS
+        if any("write" in line and line.endswith(f" {topic}") for line in acl_block(acl, user))
+    ]
+
+
 def test_the_bridge_user_may_only_bring_in_its_peers_topics_and_take_this_leis():
     bridge = acl_block(secrets.acl("lei1", ["h1"], peers=["lei2"]), "bridge")
     assert "topic write dragon/lei2/hosts/+/sample" in bridge
@@ -75,6 +84,7 @@ def test_the_simulator_and_planner_answer_and_decide_only_for_their_own_lei():
     writes = [line for line in acl_block(acl, "simulator") + acl_block(acl, "planner") if "write" in line]
     assert writes == [
         "topic write dragon/lei1/sim/response/+",
+        "topic write dragon/lei1/hosts/+/forecast",
         "topic readwrite dragon/simulator/+/available",
         "topic write dragon/fed/lei1/decision",
         "topic write dragon/lei1/migrations/commands",
@@ -84,12 +94,7 @@ def test_the_simulator_and_planner_answer_and_decide_only_for_their_own_lei():
 
 def test_only_the_planner_may_command_the_migrator_which_may_only_report():
     acl = secrets.acl("lei1", ["h1"], peers=["lei2"])
-    commanders = [
-        user
-        for user in secrets.MQTT_USERS
-        if "dragon/lei1/migrations/commands" in "\n".join(line for line in acl_block(acl, user) if "write" in line)
-    ]
-    assert commanders == ["planner"]
+    assert writers(acl, "dragon/lei1/migrations/commands") == ["planner"]
     migrator = acl_block(acl, "migrator")
     assert "topic read dragon/lei1/migrations/commands" in migrator
     assert [line for line in migrator if "write" in line] == [
@@ -118,10 +123,19 @@ def test_a_bridge_file_carries_each_lei_its_own_direction():
     assert "topic dragon/lei2/hosts/+/sample in 1" in lines
     assert "topic dragon/fed/lei2/decision in 1" in lines
     assert "topic dragon/lei1/tasks out 1" in lines  # a move is seen by the peers' planners at once
+    # Both modes' verdicts, so a peer's planner also plans on the faults a forecast predicts.
+    assert "topic dragon/lei2/hosts/+/health/# in 1" in lines
     assert not any("migrations" in line for line in lines)  # commands never cross brokers
     assert not any(" both " in line for line in lines)  # no loops between brokers
     with pytest.raises(ValueError, match="itself"):
         secrets.bridge_conf("lei1", "lei1", "x:1", "p")
+
+
+def test_only_the_simulator_forecasts_and_only_the_detector_judges_forecasts():
+    acl = secrets.acl("lei1", ["h1"], peers=["lei2"])
+    assert writers(acl, "dragon/lei1/hosts/+/forecast") == ["simulator"]
+    assert "topic read dragon/lei1/hosts/+/forecast" in acl_block(acl, "detector")
+    assert "topic write dragon/lei1/hosts/+/health/#" in acl_block(acl, "detector")
 
 
 def test_a_lei_cannot_be_its_own_peer(tmp_path):

@@ -56,10 +56,15 @@ class Transition:
     faulty_since: float | None
 
 
+def verdict_keys(lei: str, mode: str) -> str:
+    """The prefix of one verdict mode's Redis keys: a forecast's verdicts never touch the observed ones."""
+    return f"dragon:{lei}" if mode == "observed" else f"dragon:{lei}:{mode}"
+
+
 class HostFaultState:
-    def __init__(self, client: redis.Redis, lei: str, clear_windows: int) -> None:
+    def __init__(self, client: redis.Redis, lei: str, clear_windows: int, mode: str = "observed") -> None:
         self._client = client
-        self._lei = lei
+        self._prefix = f"{verdict_keys(lei, mode)}:fault:"
         self._clear = clear_windows
         self._script = client.register_script(_TRANSITION)
 
@@ -75,7 +80,7 @@ class HostFaultState:
         """
         pipe = self._client.pipeline(transaction=True)
         for host, window_ts, label in verdicts:
-            key = f"dragon:{self._lei}:fault:{host}"
+            key = f"{self._prefix}{host}"
             self._script(keys=[key], args=[label, repr(window_ts), self._clear], client=pipe)
         return [_transition(kind, since) for kind, since in pipe.execute()]
 
@@ -87,7 +92,7 @@ class HostFaultState:
         """
         pipe = self._client.pipeline(transaction=False)
         for host in hosts:
-            pipe.hget(f"dragon:{self._lei}:fault:{host}", "clean_streak")
+            pipe.hget(f"{self._prefix}{host}", "clean_streak")
         return {host: int(value or 0) for host, value in zip(hosts, pipe.execute(), strict=True)}
 
 

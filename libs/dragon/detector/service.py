@@ -6,6 +6,11 @@ Every replica receives every sample on a persistent subscription and stores it
 and the model live in Redis, so any replica can take over any host. The replica
 scoring a host also watches the model's confidence on its normal windows and
 fine-tunes the model when it drops (``learning.FineTuner``).
+
+Predicted mode (DRAGON Alg. 2 line 4): the simulator forecasts each host's next sample; the
+replica scoring the host judges W_t followed by that forecast the same way, with a fault state
+and threshold of their own, and publishes ``mode: predicted`` verdicts and events. Forecasts
+never enter the windows, the training record or fine-tuning.
 """
 
 from __future__ import annotations
@@ -31,16 +36,46 @@ from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
-from dragon.messages.schemas import FaultEvent, HostHealth, HostSample, MetricContribution
+from dragon.messages.schemas import (
+    VERDICT_MODES,
+    FaultEvent,
+    ForecastSample,
+    HostHealth,
+    HostSample,
+    MetricContribution,
+)
 from dragon.mqtt import Counters, Incoming, MqttClient, Unprocessed
 from dragon.service.lifecycle import Lifecycle
-from dragon.store import StopRequested, WindowStore, connect, padded_window, retry_until
+from dragon.store import StopRequested, WindowStore, connect, padded_window, retry_until, rows_until
 
 log = structlog.get_logger(__name__)
 
 SERVICE = "detector"
 EVENT_NAMESPACE = uuid.UUID("6c1f7a52-3f0e-4d8e-9a52-0b5a4d1d2a10")
 MODEL_CHECK_INTERVAL_S = 5.0
+# A forecast follows its sample within milliseconds: its W_t ends among the host's newest samples.
+FORECAST_HISTORY_SLACK = 8
+
+
+@dataclass(frozen=True)
+class Judged:
+    """What a verdict is about: ``ts`` orders a host's verdicts, ``window_ts`` is the window's end.
+
+    Observed, both are the sample's time; predicted, ``ts`` is the forecast's and ``window_ts`` the
+    time it forecasts.
+    """
+
+    host: str
+    ts: float
+    window_ts: float
+
+    @classmethod
+    def sample(cls, sample: HostSample) -> Judged:
+        return cls(sample.host, sample.ts, sample.ts)
+
+    @classmethod
+    def forecast(cls, forecast: ForecastSample) -> Judged:
+        return cls(forecast.host, forecast.ts, forecast.for_ts)
 
 
 @dataclass(frozen=True)
@@ -64,8 +99,9 @@ class Detector:
         self._scorer_lock = threading.Lock()
         self._last_model_check = 0.0
         self._unusable_model: str | None = None
-        self._health: dict[str, HostHealth] = {}  # last verdict per host, republished on reconnect
+        self._health: dict[tuple[str, str], HostHealth] = {}  # last verdict per (host, mode), republished on reconnect
         self.tuner: FineTuner | None = None
+        self._scope_warned = ""
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -84,8 +120,9 @@ class Detector:
     def init_redis(self) -> None:
         self.redis = connect(self.config.redis)
         self.windows = WindowStore(self.redis, self.lei, self.config.history)
-        self.faults = HostFaultState(self.redis, self.lei, self.config.clear_windows)
-        self.thresholds = ThresholdStore(self.redis, self.lei)
+        clear = self.config.clear_windows
+        self.faults = {mode: HostFaultState(self.redis, self.lei, clear, mode) for mode in VERDICT_MODES}
+        self.thresholds = {mode: ThresholdStore(self.redis, self.lei, mode) for mode in VERDICT_MODES}
         self.models = ModelStore(self.redis, self.lei, self.config.model_dir)
         self.membership = Membership(self.redis, self.lei, self.instance)
 
@@ -144,6 +181,8 @@ class Detector:
     def init_mqtt(self) -> None:
         self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
         self.mqtt.subscribe_batch(topics.host_samples(self.lei), self.on_samples, qos=1)
+        if self.config.predicted:
+            self.mqtt.subscribe_batch(topics.host_forecasts(self.lei), self.on_forecasts, qos=1)
         self.mqtt.on_connected(self.republish_state)
 
     def start_mqtt(self) -> None:
@@ -217,17 +256,64 @@ class Detector:
             if self.scorer is not None and owned:
                 judge = {"host": self._score, "lei": self._score_lei}[self.scorer.scope]
                 scored = retry_until(lambda: judge(owned), self.lifecycle.stop, "score")
-                transitions = self._publish(scored.verdicts)
+                judged = [(Judged.sample(sample), verdict) for sample, verdict in scored.verdicts]
+                transitions = self._publish(judged, "observed")
                 self._observe_confidence(scored, transitions)
         except StopRequested as exc:
             raise Unprocessed(str(exc)) from None
 
-    def _decode(self, message: Incoming) -> HostSample | None:
-        sample = self.mqtt.decode_or_drop(HostSample, message)
-        if sample is not None and (sample.lei != self.lei or topics.host_of(message.topic) != sample.host):
+    # --- forecasts (predicted mode) -------------------------------------------------
+    def on_forecasts(self, batch: list[Incoming]) -> None:
+        forecasts = [f for f in (self._decode(m, ForecastSample) for m in batch) if f is not None]
+        if not forecasts:
+            return
+        try:
+            retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
+            owned = [f for f in forecasts if self.membership.owns(f.host)]
+            if self.scorer is None or not owned:
+                return
+            if self.scorer.scope != "host":
+                # A joint model judges an LEI step with every host's window, tasks and schedule;
+                # a forecast gives one host's next row. Not judged, and said so once per model.
+                self._not_predicting(len(owned))
+                return
+            judged = retry_until(lambda: self._score_forecasts(owned), self.lifecycle.stop, "score_forecasts")
+            self._publish(judged, "predicted")
+        except StopRequested as exc:
+            raise Unprocessed(str(exc)) from None
+
+    def _score_forecasts(self, forecasts: list[ForecastSample]) -> list[tuple[Judged, Verdict]]:
+        """Eq. 13 with W_{t+1} the forecast: W_t is the host's window up to the sample it starts from."""
+        scorer = self.scorer
+        k = scorer.window
+        history = self.windows.recent_many(list({f.host for f in forecasts}), k + FORECAST_HISTORY_SLACK)
+        judged, prev, nxt = [], [], []
+        for forecast in forecasts:
+            rows = rows_until(history[forecast.host], forecast.based_on_ts)
+            if rows is None:
+                # Its sample is not stored (yet, or any more): nothing to judge it against.
+                self.counters.add("forecasts_without_window")
+                continue
+            judged.append(Judged.forecast(forecast))
+            prev.append(padded_window(rows, k))
+            nxt.append(padded_window([*rows, forecast.metrics.vector()], k))
+        if not judged:
+            return []
+        prev_w, next_w = np.asarray(prev, dtype=np.float32), np.asarray(nxt, dtype=np.float32)
+        return list(zip(judged, self._judge(scorer, judged, prev_w, next_w, "predicted"), strict=True))
+
+    def _not_predicting(self, count: int) -> None:
+        self.counters.add("forecasts_not_judged_scope_lei", count)
+        if self._scope_warned != self.scorer.model_id:
+            self._scope_warned = self.scorer.model_id
+            log.warning("forecasts_not_judged", reason="the served model judges the whole LEI (scope lei)")
+
+    def _decode(self, message: Incoming, schema: type[HostSample | ForecastSample] = HostSample):
+        decoded = self.mqtt.decode_or_drop(schema, message)
+        if decoded is not None and (decoded.lei != self.lei or topics.host_of(message.topic) != decoded.host):
             self.mqtt.drop(message, DecodeError("schema", "lei/host in the payload do not match the topic"))
             return None
-        return sample
+        return decoded
 
     def _store(self, samples: list[HostSample]) -> None:
         rows = [(s.host, s.ts, s.seq, s.metrics.vector(), {t.id: t.cpu for t in s.tasks}) for s in samples]
@@ -243,25 +329,27 @@ class Detector:
         history = self.windows.recent_many(list(by_host), k + 1 + max(len(v) for v in by_host.values()))
         hosts, prev, nxt, order = [], [], [], []
         for host, host_samples in by_host.items():
-            stamps = [ts for ts, _ in history[host]]
-            rows = [row for _, row in history[host]]
             for sample in host_samples:
-                if sample.ts not in stamps:
+                rows = rows_until(history[host], sample.ts)
+                if rows is None:
                     continue  # already trimmed away: far older than the history
-                i = stamps.index(sample.ts)
                 hosts.append(host)
-                nxt.append(padded_window(rows[: i + 1], k))
-                prev.append(padded_window(rows[: max(i, 1)], k))
+                nxt.append(padded_window(rows, k))
+                prev.append(padded_window(rows[:-1] or rows, k))
                 order.append(sample)
         if not order:
             return Scored([], np.empty(0), np.empty(0))
-        states = self._threshold_states(scorer, hosts)
-        stamps = [sample.ts for sample in order]
         prev_w, next_w = np.asarray(prev, dtype=np.float32), np.asarray(nxt, dtype=np.float32)
-        verdicts = scorer.score(hosts, stamps, prev_w, next_w, states)
-        if states is not None:
-            self.thresholds.save(states)
+        verdicts = self._judge(scorer, [Judged.sample(sample) for sample in order], prev_w, next_w, "observed")
         return Scored(list(zip(order, verdicts, strict=True)), prev_w, next_w)
+
+    def _judge(self, scorer: Scorer, judged: list[Judged], prev: np.ndarray, nxt: np.ndarray, mode: str):
+        """Scores and labels of windows, each by its host's threshold of ``mode`` (streaming: learnt from)."""
+        states = self._threshold_states(scorer, [j.host for j in judged], mode)
+        verdicts = scorer.score([j.host for j in judged], [j.ts for j in judged], prev, nxt, states)
+        if states is not None:
+            self.thresholds[mode].save(states)
+        return verdicts
 
     def _score_lei(self, samples: list[HostSample]) -> Scored:
         """Judge each sample with every host of the LEI at its step, their tasks, schedule and graph."""
@@ -276,15 +364,15 @@ class Detector:
             log.warning("samples_not_judged", count=len(samples) - len(judged), scope="lei")
         if not judged:
             return Scored([], np.empty(0), np.empty(0))
-        states = self._threshold_states(scorer, [step.hosts[h] for step, h in judged])
+        states = self._threshold_states(scorer, [step.hosts[h] for step, h in judged], "observed")
         verdicts = [pair for step in scorer.score_steps(steps, states) for pair in step]
         if states is not None:
-            self.thresholds.save(states)
+            self.thresholds["observed"].save(states)
         prev_w = np.asarray([step.prev[h] for step, h in judged], dtype=np.float32)
         next_w = np.asarray([step.next[h] for step, h in judged], dtype=np.float32)
         return Scored(verdicts, prev_w, next_w, steps)
 
-    def _threshold_states(self, scorer: Scorer, hosts: list[str]) -> dict[str, HostThreshold] | None:
+    def _threshold_states(self, scorer: Scorer, hosts: list[str], mode: str) -> dict[str, HostThreshold] | None:
         """The hosts' streaming thresholds (None: static), read once per batch and written once after.
 
         No lock: each host is scored by one replica at a time (membership.py), so nobody else
@@ -292,20 +380,20 @@ class Detector:
         """
         if not scorer.streaming:
             return None
-        stored = self.thresholds.load(list(dict.fromkeys(hosts)))
+        stored = self.thresholds[mode].load(list(dict.fromkeys(hosts)))
         return {host: scorer.resume(host, state) for host, state in stored.items()}
 
-    def _publish(self, verdicts: list[tuple[HostSample, Verdict]]) -> list[Transition]:
-        updates = [(sample.host, sample.ts, verdict.label) for sample, verdict in verdicts]
-        transitions = retry_until(lambda: self.faults.update_many(updates), self.lifecycle.stop, "fault_state")
-        for (sample, verdict), transition in zip(verdicts, transitions, strict=True):
+    def _publish(self, verdicts: list[tuple[Judged, Verdict]], mode: str) -> list[Transition]:
+        updates = [(judged.host, judged.ts, verdict.label) for judged, verdict in verdicts]
+        transitions = retry_until(lambda: self.faults[mode].update_many(updates), self.lifecycle.stop, "fault_state")
+        for (judged, verdict), transition in zip(verdicts, transitions, strict=True):
             if transition.kind == "stale":
-                self.counters.add("stale_windows")
+                self.counters.add("stale_windows" if mode == "observed" else f"stale_{mode}")
                 continue
-            self._publish_health(sample, verdict, transition)
+            self._publish_health(judged, verdict, transition, mode)
             if transition.kind in {"start", "end"}:
-                self._publish_event(sample, verdict, transition.kind)
-        self.counters.add("windows_scored", len(verdicts))
+                self._publish_event(judged, verdict, transition.kind, mode)
+        self.counters.add("windows_scored" if mode == "observed" else f"{mode}_scored", len(verdicts))
         return transitions
 
     def _observe_confidence(self, scored: Scored, transitions: list[Transition]) -> None:
@@ -328,19 +416,19 @@ class Detector:
         hosts = [sample.host for sample, _ in scored.verdicts]
         self.tuner.observe(self.scorer, hosts, scored.prev, scored.next, normal)
 
-    def _publish_health(self, sample: HostSample, verdict: Verdict, transition: Transition) -> None:
+    def _publish_health(self, judged: Judged, verdict: Verdict, transition: Transition, mode: str) -> None:
         health = HostHealth(
             lei=self.lei,
-            host=sample.host,
-            ts=sample.ts,
+            host=judged.host,
+            ts=judged.ts,
             score=verdict.score,
             threshold=verdict.threshold,
             label=verdict.label,
-            mode="observed",
+            mode=mode,
             faulty_since=transition.faulty_since,
         )
-        self._health[sample.host] = health
-        self.mqtt.publish_message(topics.host_health(self.lei, sample.host), health, qos=0, retain=True)
+        self._health[(judged.host, mode)] = health
+        self.mqtt.publish_message(topics.host_health(self.lei, judged.host, mode), health, qos=0, retain=True)
 
     def republish_state(self) -> None:
         """After a reconnect, restore the retained verdicts of the hosts we own.
@@ -348,34 +436,37 @@ class Detector:
         A broker that lost its retained messages (no persistence, a new node) shows the
         current state again at once instead of after the next sample of every host.
         """
-        for host, health in list(self._health.items()):
+        for (host, mode), health in list(self._health.items()):
             if self.membership.owns(host):
-                self.mqtt.publish_message(topics.host_health(self.lei, host), health, retain=True)
+                self.mqtt.publish_message(topics.host_health(self.lei, host, mode), health, retain=True)
 
-    def _publish_event(self, sample: HostSample, verdict: Verdict, kind: str) -> None:
+    def _publish_event(self, judged: Judged, verdict: Verdict, kind: str, mode: str) -> None:
+        # Observed ids are unchanged from before predicted mode, so a consumer's deduplication holds.
+        name = f"{self.lei}/{judged.host}/{judged.ts!r}/{kind}" + ("" if mode == "observed" else f"/{mode}")
         event = FaultEvent(
-            event_id=str(uuid.uuid5(EVENT_NAMESPACE, f"{self.lei}/{sample.host}/{sample.ts!r}/{kind}")),
+            event_id=str(uuid.uuid5(EVENT_NAMESPACE, name)),
             type=kind,
             lei=self.lei,
-            host=sample.host,
+            host=judged.host,
             ts=time.time(),
-            window_ts=sample.ts,
+            window_ts=judged.window_ts,
             score=verdict.score,
             threshold=verdict.threshold,
             label=1 if kind == "start" else 0,
-            mode="observed",
+            mode=mode,
             top_metrics=tuple(MetricContribution(m, c) for m, c in verdict.top_metrics),
             model_id=self.scorer.model_id,
             detector=self.instance,
         )
-        self.mqtt.publish_message(topics.fault_event(self.lei, sample.host), event)
+        self.mqtt.publish_message(topics.fault_event(self.lei, judged.host), event)
         if self.config.json_mirror:
-            self.mqtt.publish_message(topics.fault_event_json(self.lei, sample.host), event, json=True)
-        self.counters.add(f"events_{kind}")
+            self.mqtt.publish_message(topics.fault_event_json(self.lei, judged.host), event, json=True)
+        self.counters.add(f"events_{kind}" if mode == "observed" else f"events_{mode}_{kind}")
         log.info(
             "fault_event",
             type=kind,
-            host=sample.host,
+            mode=mode,
+            host=judged.host,
             score=round(verdict.score, 4),
             threshold=round(verdict.threshold, 4),
         )

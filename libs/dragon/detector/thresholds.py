@@ -1,7 +1,8 @@
 """Per-host streaming POT thresholds in Redis, shared by every detector replica.
 
 Each host's :class:`~dragon.detector.pot.StreamingPot` is kept in one hash per LEI,
-``dragon:<lei>:pot``, field host -> msgpack of :class:`HostThreshold`. A batch of windows
+``dragon:<lei>:pot`` (``dragon:<lei>:predicted:pot`` for forecasts), field host -> msgpack of
+:class:`HostThreshold`. A batch of windows
 reads the states of its hosts in one round trip, learns from its scores in memory and writes
 them back in one. A restarted detector, or another replica taking a host over, continues
 from there rather than from the checkpoint. Which model a state was calibrated for is kept
@@ -18,6 +19,7 @@ import msgpack
 import redis
 import structlog
 
+from dragon.detector.health import verdict_keys
 from dragon.detector.pot import StreamingPot
 from dragon.records import check_known_keys
 
@@ -54,9 +56,9 @@ class HostThreshold:
 
 
 class ThresholdStore:
-    def __init__(self, client: redis.Redis, lei: str) -> None:
+    def __init__(self, client: redis.Redis, lei: str, mode: str = "observed") -> None:
         self._client = client
-        self._key = f"dragon:{lei}:pot"
+        self._key = f"{verdict_keys(lei, mode)}:pot"
 
     def load(self, hosts: Sequence[str]) -> dict[str, HostThreshold | None]:
         """The stored state of each host (None: none yet, or unreadable), in one round trip."""

@@ -10,6 +10,9 @@ from dragon.settings import PLAIN_ID_RULE, is_plain_id
 # Order matters: it is the feature axis of every window and model.
 HOST_METRICS: tuple[str, ...] = ("cpu", "ram", "swap", "disk_read", "disk_write", "net_rx", "net_tx")
 FAULT_KINDS: tuple[str, ...] = ("cpu", "memory", "disk", "flood")
+# How a verdict was reached: on the window a sample closed, or on the co-simulator's forecast of
+# the next one (eq. 13 with W_{t+1} <- Sim(W_t, S_t), Alg. 2 line 4).
+VERDICT_MODES: tuple[str, ...] = ("observed", "predicted")
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class FaultEvent(Message):
 
     def check(self) -> None:
         require(self.type in {"start", "end"}, "FaultEvent.type must be start or end")
-        require(self.mode in {"observed", "predicted"}, "FaultEvent.mode must be observed or predicted")
+        require(self.mode in VERDICT_MODES, "FaultEvent.mode must be observed or predicted")
         require(self.label in {0, 1}, "FaultEvent.label must be 0 or 1")
 
 
@@ -117,6 +120,9 @@ class HostHealth(Message):
     label: int
     mode: str
     faulty_since: float | None = None
+
+    def check(self) -> None:
+        require(self.mode in VERDICT_MODES, "HostHealth.mode must be observed or predicted")
 
 
 @dataclass(frozen=True)
@@ -206,6 +212,36 @@ class HostForecast:
     lei: str
     host: str
     metrics: HostMetrics
+
+
+@dataclass(frozen=True)
+class ForecastSample(Message):
+    """``dragon/<lei>/hosts/<host>/forecast`` — simulator → detector: the host's next sample as the
+    co-simulator predicts it under the LEI's current schedule (Sim(W_t, S_t), eq. 12).
+
+    ``based_on_ts`` is the newest observed sample of the host the forecast starts from (the end
+    of W_t); ``for_ts`` the time it forecasts (one interval later). ``ts`` is the newest input it
+    used — that sample's time, or the LEI schedule's when a move came later — so every simulator
+    replica stamps the same forecast alike and a consumer can drop the older of two. ``tasks``
+    are the task ids the forecast places on the host.
+    """
+
+    lei: str
+    host: str
+    ts: float
+    based_on_ts: float
+    for_ts: float
+    metrics: HostMetrics
+    tasks: tuple[str, ...] = ()
+    simulator: str = ""
+
+    def check(self) -> None:
+        require(self.based_on_ts > 0 and self.ts >= self.based_on_ts, "ForecastSample.ts must not precede based_on_ts")
+        require(self.for_ts > self.based_on_ts, "ForecastSample.for_ts must follow based_on_ts")
+        for name in HOST_METRICS:
+            require(getattr(self.metrics, name) >= 0, f"ForecastSample.metrics.{name} must not be negative")
+        for name in ("cpu", "ram", "swap"):
+            require(getattr(self.metrics, name) <= 4.0, f"ForecastSample.metrics.{name} is a fraction of capacity")
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,20 @@ def host_samples(lei: str) -> str:
     return f"{ROOT}/{lei}/hosts/+/sample"
 
 
-def host_health(lei: str, host: str) -> str:
-    return f"{ROOT}/{lei}/hosts/{host}/health"
+def host_health(lei: str, host: str, mode: str = "observed") -> str:
+    """The retained verdict of a host: ``.../health`` observed, ``.../health/predicted`` on the forecast."""
+    base = f"{ROOT}/{lei}/hosts/{host}/health"
+    return base if mode == "observed" else f"{base}/{mode}"
+
+
+def host_forecast(lei: str, host: str) -> str:
+    """The co-simulator's forecast of the host's next sample (predicted mode)."""
+    return f"{ROOT}/{lei}/hosts/{host}/forecast"
+
+
+def host_forecasts(lei: str) -> str:
+    """Filter for every host forecast of an LEI."""
+    return f"{ROOT}/{lei}/hosts/+/forecast"
 
 
 def fault_event(lei: str, host: str) -> str:
@@ -43,8 +55,8 @@ def sim_responses(lei: str) -> str:
 
 
 def all_host_health() -> str:
-    """Filter for the retained verdict of every host of every LEI this broker sees."""
-    return f"{ROOT}/+/hosts/+/health"
+    """Filter for the retained verdicts, observed and predicted, of every host of every LEI this broker sees."""
+    return f"{ROOT}/+/hosts/+/health/#"
 
 
 def fed_decision(lei: str) -> str:

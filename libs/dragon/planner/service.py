@@ -48,7 +48,7 @@ class Planner:
         self.lifecycle = Lifecycle(config.common.service.health_file)
         self.counters = Counters()
         self.view = view_from(config.cosim)
-        self.health: dict[tuple[str, str], HostHealth] = {}
+        self.health: dict[tuple[str, str, str], HostHealth] = {}  # (lei, host, mode) -> newest verdict
         self._health_lock = threading.Lock()  # verdicts arrive on the MQTT worker, plans run on the main thread
         self.annealing = AnnealingConfig(chains=config.chains, steps=config.steps)
         self.issuer = (
@@ -106,10 +106,11 @@ class Planner:
         verdict = self.mqtt.decode_or_drop(HostHealth, incoming)
         if verdict is None:
             return
+        key = (verdict.lei, verdict.host, verdict.mode)
         with self._health_lock:
-            known = self.health.get((verdict.lei, verdict.host))
+            known = self.health.get(key)
             if known is None or verdict.ts >= known.ts:  # a redelivered older verdict must not win
-                self.health[(verdict.lei, verdict.host)] = verdict
+                self.health[key] = verdict
 
     def on_migration_event(self, incoming: Incoming) -> None:
         event = self.mqtt.decode_or_drop(MigrationEvent, incoming)
@@ -121,10 +122,17 @@ class Planner:
 
     # --- deciding -------------------------------------------------------------------
     def faulty(self, now: float) -> list[tuple[str, str]]:
-        """Hosts whose newest verdict, recent enough to act on, is a fault."""
+        """Hosts whose newest verdict of either mode, recent enough to act on, is a fault.
+
+        A fault the forecast predicts counts as one observed (Alg. 2 lines 4-9): moving tasks
+        before the host is overloaded is what makes the migrations preemptive.
+        """
         max_age = self.config.health_max_age_s
         with self._health_lock:
-            return sorted(key for key, v in self.health.items() if v.label == 1 and now - v.ts <= max_age)
+            faulty = {
+                (lei, host) for (lei, host, _), v in self.health.items() if v.label == 1 and now - v.ts <= max_age
+            }
+        return sorted(faulty)
 
     def plan_once(self, now: float):
         """Decide and publish if a host of this LEI is faulty; the decision, or None."""

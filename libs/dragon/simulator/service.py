@@ -1,4 +1,5 @@
-"""The simulator service: answers co-simulation requests over MQTT v5 request/response.
+"""The simulator service: answers co-simulation requests over MQTT v5 request/response, and
+forecasts each host of its LEI's next sample for the detector's predicted mode.
 
 It keeps the federation's current state from every host sample this broker carries, so a
 request names only what it asks about: candidate decisions (``evaluate``) or a schedule change
@@ -19,11 +20,12 @@ import structlog
 
 from dragon.messages import codec, topics
 from dragon.messages.codec import DecodeError
-from dragon.messages.schemas import SimRequest, SimResponse
+from dragon.messages.schemas import HostSample, Schedule, SimRequest, SimResponse
 from dragon.mqtt import Counters, Incoming, MqttClient
 from dragon.service.lifecycle import Lifecycle
 from dragon.simulator.answers import RequestError, answer, error_response
 from dragon.simulator.config import SimulatorConfig
+from dragon.simulator.forecasting import forecast_samples
 from dragon.simulator.view import co_simulator, follow_samples, follow_schedules, view_from
 
 log = structlog.get_logger(__name__)
@@ -54,8 +56,8 @@ class Simulator:
 
     def init_mqtt(self) -> None:
         self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
-        follow_samples(self.mqtt, self.view)
-        follow_schedules(self.mqtt, self.view)
+        follow_samples(self.mqtt, self.view, then=self.on_samples_taken)
+        follow_schedules(self.mqtt, self.view, then=self.on_schedule_taken)
         self.mqtt.subscribe(topics.sim_request(self.lei), self.on_request, qos=1)
 
     def start_mqtt(self) -> None:
@@ -70,6 +72,29 @@ class Simulator:
         self.lifecycle.clear()
         self.mqtt.stop()
         log.info("simulator_stopped", counters=self.counters.snapshot())
+
+    # --- forecasts (predicted mode) --------------------------------------------------
+    def on_samples_taken(self, samples: list[HostSample]) -> None:
+        """Forecast the next sample of each of our hosts that just reported."""
+        own = {sample.host for sample in samples if sample.lei == self.lei}
+        if own:
+            self.publish_forecasts(own)
+
+    def on_schedule_taken(self, schedule: Schedule) -> None:
+        """A move in our LEI changes what every host of it will see next: forecast them all again."""
+        if schedule.lei == self.lei:
+            self.publish_forecasts(None)
+
+    def publish_forecasts(self, hosts: set[str] | None) -> None:
+        try:
+            snapshot = self.view.snapshot(time.time())
+        except ValueError:
+            return  # no fresh host: nothing to forecast from
+        sim = co_simulator(self.config.cosim, snapshot)
+        schedule_ts = self.view.schedule_ts(self.lei)
+        for forecast in forecast_samples(snapshot, sim, self.lei, schedule_ts, hosts, self.instance):
+            self.mqtt.publish_message(topics.host_forecast(self.lei, forecast.host), forecast, qos=1)
+            self.counters.add("forecasts")
 
     # --- requests ---------------------------------------------------------------
     def on_request(self, incoming: Incoming) -> None:

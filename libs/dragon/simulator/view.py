@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +30,7 @@ from dragon.messages.schemas import HOST_METRICS, HostSample, Schedule
 from dragon.mqtt import Incoming, MqttClient
 from dragon.sim.federation import RPI4B_4GB, Federation, Link, PowerProfile
 from dragon.sim.qos import CoSimulator, FederationState, FitnessWeights, ServiceModel
-from dragon.sim.twin import TwinParams, task_demand
+from dragon.sim.twin import UNPLACED, TwinParams, task_demand
 from dragon.simulator.config import CoSimSettings
 
 log = structlog.get_logger(__name__)
@@ -73,7 +74,12 @@ class HostRecord:
 
 @dataclass(frozen=True, eq=False)  # numpy fields
 class Snapshot:
-    """The federation as of ``ts``: index maps for hosts and tasks, and the co-simulator's inputs."""
+    """The federation as of ``ts``: index maps for hosts and tasks, and the co-simulator's inputs.
+
+    ``state`` places each task where its LEI's schedule says; ``sampled`` where the samples
+    show it. They differ for a task that moved after its hosts' newest samples, and the
+    difference is a move whose effect no sample shows yet (:meth:`pending_moves`).
+    """
 
     ts: float
     hosts: tuple[HostKey, ...]
@@ -81,6 +87,9 @@ class Snapshot:
     federation: Federation
     state: FederationState
     background: np.ndarray  # (m, n)
+    sampled: FederationState
+    sampled_at: tuple[float, ...]  # (m,) each host's newest sample
+    intervals_s: tuple[float, ...]  # (m,) each host's sample interval
 
     def host_index(self, lei: str, host: str) -> int:
         try:
@@ -93,6 +102,11 @@ class Snapshot:
             return self.tasks.index(task)
         except ValueError:
             raise KeyError(f"task {task!r} is not running in the federation's current state") from None
+
+    def pending_moves(self) -> np.ndarray:
+        """The schedule's moves the samples do not show yet, as a decision (p,) on ``sampled``."""
+        moved = self.state.placement != self.sampled.placement
+        return np.where(moved, self.state.placement, UNPLACED)
 
 
 class FederationView:
@@ -179,22 +193,39 @@ class FederationView:
         usage = np.stack([rec.usage for rec in records])
         background = np.stack([rec.background for rec in records])
         placement, measured, ram_bytes = self._tasks(records)
-        self._apply_schedules(placement, fresh)
         task_ids = tuple(placement)
+        sampled_place = np.array([placement[task] for task in task_ids], dtype=int)
+        self._apply_schedules(placement, fresh)
         place = np.array([placement[task] for task in task_ids], dtype=int)
         measured_rows = np.array([measured[task] for task in task_ids]).reshape(len(task_ids), len(HOST_METRICS))
         home = [
             self._home_of(task, federation.lei_of_host[host], federation.leis)
             for task, host in zip(task_ids, place, strict=True)
         ]
-        state = FederationState(
-            usage,
-            place,
-            task_demand(usage, place, background, measured_rows),
-            np.array([ram_bytes[task] for task in task_ids], dtype=np.float64),
-            np.array(home, dtype=int),
+        ram = np.array([ram_bytes[task] for task in task_ids], dtype=np.float64)
+
+        def state_for(placed: np.ndarray) -> FederationState:
+            demand = task_demand(usage, placed, background, measured_rows)
+            return FederationState(usage, placed, demand, ram, np.array(home, dtype=int))
+
+        state = state_for(place)
+        sampled = state if np.array_equal(place, sampled_place) else state_for(sampled_place)
+        return Snapshot(
+            max(rec.ts for rec in records),
+            tuple(fresh),
+            task_ids,
+            federation,
+            state,
+            background,
+            sampled,
+            tuple(rec.ts for rec in records),
+            tuple(rec.interval_s for rec in records),
         )
-        return Snapshot(max(rec.ts for rec in records), tuple(fresh), task_ids, federation, state, background)
+
+    def schedule_ts(self, lei: str) -> float:
+        """When the LEI's newest schedule was published (0 if none was seen)."""
+        with self._lock:
+            return self._schedule_ts.get(lei, 0.0)
 
     def _federation(self, lei_of_host: list[str]) -> Federation:
         """Hosts of the samples' LEIs; an LEI's first host by name stands for its broker (requests enter there)."""
@@ -251,24 +282,33 @@ class FederationView:
         return leis.index(home if home in leis else current_lei)
 
 
-def follow_samples(mqtt: MqttClient, view: FederationView) -> None:
-    """Feed ``view`` every host sample of every LEI the broker carries (before ``mqtt.start()``)."""
+def follow_samples(
+    mqtt: MqttClient, view: FederationView, then: Callable[[list[HostSample]], None] | None = None
+) -> None:
+    """Feed ``view`` every host sample of every LEI the broker carries (before ``mqtt.start()``);
+    ``then`` gets the samples of each batch that were taken in."""
 
     def on_samples(batch: list[Incoming]) -> None:
         now = time.time()
+        taken = []
         for incoming in batch:
             sample = mqtt.decode_or_drop(HostSample, incoming)
-            if sample is not None and not view.observe(sample, now):
-                mqtt.counters.add("dropped_future")
-                log.warning(
-                    "sample_from_the_future", lei=sample.lei, host=sample.host, ahead_s=round(sample.ts - now, 1)
-                )
+            if sample is None:
+                continue
+            if view.observe(sample, now):
+                taken.append(sample)
+                continue
+            mqtt.counters.add("dropped_future")
+            log.warning("sample_from_the_future", lei=sample.lei, host=sample.host, ahead_s=round(sample.ts - now, 1))
+        if then is not None and taken:
+            then(taken)
 
     mqtt.subscribe_batch(topics.all_host_samples(), on_samples, qos=1)
 
 
-def follow_schedules(mqtt: MqttClient, view: FederationView) -> None:
-    """Feed ``view`` the schedule of every LEI the broker carries (before ``mqtt.start()``)."""
+def follow_schedules(mqtt: MqttClient, view: FederationView, then: Callable[[Schedule], None] | None = None) -> None:
+    """Feed ``view`` the schedule of every LEI the broker carries (before ``mqtt.start()``);
+    ``then`` gets each schedule taken in."""
 
     def on_schedule(incoming: Incoming) -> None:
         schedule = mqtt.decode_or_drop(Schedule, incoming)
@@ -280,6 +320,8 @@ def follow_schedules(mqtt: MqttClient, view: FederationView) -> None:
             mqtt.drop(incoming, DecodeError("schema", "the schedule's lei does not match its topic"))
             return
         view.observe_schedule(schedule)
+        if then is not None:
+            then(schedule)
 
     mqtt.subscribe(topics.all_schedules(), on_schedule, qos=1)
 

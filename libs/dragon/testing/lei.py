@@ -272,6 +272,13 @@ class LeiStack:
         self.containers[name] = container.start()
         return container
 
+    def stop_service(self, name: str) -> None:
+        """Stop and remove one service, leaving the rest of the LEI running."""
+        try:
+            self.containers.pop(name).stop()
+        except docker.errors.NotFound:
+            pass
+
     # --- faults of the infrastructure ----------------------------------------------
     def restart(self, name: str, wait_for: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
         """Restart a container in place (SIGTERM, then start) and wait for a log line."""

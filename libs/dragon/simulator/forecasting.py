@@ -1,0 +1,56 @@
+"""Predicted mode's input: each host's next sample as the co-simulator forecasts it.
+
+Alg. 2 line 4 scores W_{t+1} <- Sim(W_t, S_t) instead of waiting for the window to happen. The
+forecast starts from what the samples show (``Snapshot.sampled``) and applies the moves of the
+LEI's schedule that no sample shows yet: right after the migrator moves a task onto a host, the
+host's forecast carries the task's demand before the host's next sample does, and the detector
+can flag the host before it is overloaded (docs/messages.md, "Predicted mode").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import numpy as np
+
+from dragon.messages.schemas import HOST_METRICS, ForecastSample, HostMetrics
+from dragon.sim.qos import CoSimulator
+from dragon.simulator.view import Snapshot
+
+
+def forecast_samples(
+    snapshot: Snapshot,
+    sim: CoSimulator,
+    lei: str,
+    schedule_ts: float,
+    hosts: Collection[str] | None = None,
+    simulator: str = "",
+) -> list[ForecastSample]:
+    """The next sample of each of ``lei``'s hosts in the snapshot (of ``hosts`` only, if given).
+
+    ``schedule_ts`` is the time of the LEI's newest schedule: a forecast made because of a move
+    is stamped with it, so it is newer than the forecast of the same sample before the move. A
+    host whose forecast is not finite (absurd sample values overflowing the sums) is left out.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        usage = sim.evaluate(snapshot.sampled, snapshot.pending_moves()[None, :]).usage[0]
+    placement = snapshot.state.placement
+    found = []
+    for index, (host_lei, host) in enumerate(snapshot.hosts):
+        if host_lei != lei or (hosts is not None and host not in hosts) or not np.isfinite(usage[index]).all():
+            continue
+        based_on = snapshot.sampled_at[index]
+        tasks = tuple(task for task, at in zip(snapshot.tasks, placement, strict=True) if at == index)
+        found.append(
+            ForecastSample(
+                lei=lei,
+                host=host,
+                ts=max(based_on, schedule_ts),
+                based_on_ts=based_on,
+                for_ts=based_on + snapshot.intervals_s[index],
+                metrics=HostMetrics(**dict(zip(HOST_METRICS, map(float, usage[index]), strict=True))),
+                tasks=tasks,
+                simulator=simulator,
+            )
+        )
+    return found

@@ -1,0 +1,81 @@
+"""Predicted mode in a real LEI: the simulator forecasts each host's next sample from what the
+collector measured, and the detector judges W_t followed by that forecast (DRAGON Alg. 2 line 4)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dragon.messages import codec, topics
+from dragon.messages.schemas import FaultEvent, ForecastSample
+from dragon.testing.listener import Listener
+
+from .conftest import health_of
+from .test_faults import inject
+
+pytestmark = pytest.mark.integration
+
+SIMULATOR = "simulator-predicted"
+FORECAST_TIMEOUT_S = 30
+EVENT_BOUND_S = 30
+
+
+@pytest.fixture(scope="module")
+def forecasting(lei):
+    """The shared LEI with a simulator for this module only: other modules expect observed events alone."""
+    lei.start_simulator(SIMULATOR)
+    try:
+        yield lei
+    finally:
+        lei.stop_service(SIMULATOR)
+
+
+def predicted_health(lei) -> str:
+    return f"dragon/{lei.lei}/hosts/+/health/predicted"
+
+
+def test_every_host_gets_forecasts_and_predicted_verdicts_of_its_own(forecasting):
+    lei = forecasting
+    with Listener(lei.mqtt_settings(), [topics.host_forecasts(lei.lei), predicted_health(lei)]) as listener:
+        for host in lei.hosts:
+            (message, *_) = listener.wait_for(lambda m, h=host: m.topic == topics.host_forecast(lei.lei, h), 30)
+            forecast = codec.decode(ForecastSample, message.payload, 65536, message.content_type)
+            assert (forecast.lei, forecast.host, forecast.simulator) == (lei.lei, host, SIMULATOR)
+            assert forecast.for_ts > forecast.based_on_ts and 0 <= forecast.metrics.cpu <= 1
+            (verdict, *_) = listener.wait_for(
+                lambda m, h=host: m.topic == topics.host_health(lei.lei, h, "predicted"), FORECAST_TIMEOUT_S
+            )
+            health = health_of(verdict)
+            assert (health.host, health.mode, health.label) == (host, "predicted", 0), health
+    # Forecasts have their own fault state and threshold, and never enter the windows.
+    client = lei.redis_client()
+    assert client.exists(*(f"dragon:{lei.lei}:predicted:fault:{host}" for host in lei.hosts)) == len(lei.hosts)
+    assert sorted(h.decode() for h in client.hkeys(f"dragon:{lei.lei}:predicted:pot")) == sorted(lei.hosts)
+    assert sorted(h.decode() for h in client.smembers(f"dragon:{lei.lei}:hosts")) == sorted(lei.hosts)
+
+
+def test_a_cpu_hog_is_also_flagged_in_predicted_mode_and_the_healthy_host_is_not(forecasting):
+    lei = forecasting
+    with Listener(lei.mqtt_settings(), [f"dragon/faults/{lei.lei}/+"]) as listener:
+        inject(lei, "h1", "cpu", duration_s=20)
+
+        def predicted_start(message, host="h1") -> bool:
+            if message.topic != topics.fault_event(lei.lei, host):
+                return False
+            event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
+            return event.mode == "predicted" and event.type == "start"
+
+        (message, *_) = listener.wait_for(predicted_start, EVENT_BOUND_S)
+        event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
+        assert event.score >= event.threshold and event.label == 1
+        assert "cpu" in [c.metric for c in event.top_metrics], event.top_metrics
+        time.sleep(3)  # a late false alarm on the healthy host would show up now
+        assert not listener.matching(lambda m: predicted_start(m, "h2"))
+        # The same fault observed is a separate event, with an id of its own.
+        observed = [
+            codec.decode(FaultEvent, m.payload, 65536, m.content_type)
+            for m in listener.matching(lambda m: m.topic == topics.fault_event(lei.lei, "h1"))
+        ]
+        assert {e.mode for e in observed if e.type == "start"} == {"observed", "predicted"}
+        assert len({e.event_id for e in observed}) == len(observed)
