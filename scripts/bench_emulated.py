@@ -10,6 +10,11 @@ detector's fault events with the collector's injection reports:
   it ran (up to ``--grace`` seconds after it ended); delay is from its start to that window;
 - false starts: every other ``start`` event (another host, or outside every injection).
 
+With ``--predicted`` a simulator runs too, and the detector's predicted-mode events (on the
+simulator's forecasts) are scored the same way, beside the observed ones; ``published_s`` is
+from a fault's start to the first event's publication, which compares the two modes fairly
+(a predicted event's window is the forecast's, one interval ahead).
+
 It prints one JSON line per scope, then a table. Needs Docker and the images
 (scripts/build-images.sh); set TESTCONTAINERS_RYUK_DISABLED=true where Ryuk cannot be pulled.
 
@@ -60,6 +65,8 @@ def start_lei(scope: str, args, workdir: Path) -> LeiStack:
             "DRAGON_RANDOM_FAULTS_PER_HOUR": "0",
         },
     )
+    if args.predicted:
+        stack.start_simulator("simulator")
     stack.start_detector(
         "detector",
         {
@@ -107,15 +114,17 @@ def run_scope(scope: str, args) -> dict:
                 time.sleep(args.duration + args.gap)
             phase_end = time.time()
             messages = listener.matching(lambda m: True)
-        return {"scope": scope, "model_ready_s": round(model_ready_s, 1)} | evaluate(
-            messages, stack.lei, phase_start, phase_end, args.grace
-        )
+        result = {"scope": scope, "model_ready_s": round(model_ready_s, 1)}
+        result |= evaluate(messages, stack.lei, phase_start, phase_end, args.grace, "observed")
+        if args.predicted:
+            result["predicted"] = evaluate(messages, stack.lei, phase_start, phase_end, args.grace, "predicted")
+        return result
     finally:
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: float) -> dict:
+def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: float, mode: str) -> dict:
     injections, starts = [], []
     for message in messages:
         if message.topic == topics.injections(lei):
@@ -124,20 +133,21 @@ def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: fl
                 injections.append(event)
         else:
             event = codec.decode(FaultEvent, message.payload, MAX_PAYLOAD, message.content_type)
-            if event.type == "start" and event.window_ts >= phase_start:
+            if event.type == "start" and event.mode == mode and event.window_ts >= phase_start:
                 starts.append(event)
 
     def during(event: FaultEvent, injection: InjectionEvent) -> bool:
         return injection.started_at <= event.window_ts <= injection.ends_at + grace
 
     per_kind: dict[str, list[int]] = {kind: [0, 0] for kind in KINDS}  # found, injected
-    delays, matched = [], set()
+    delays, published, matched = [], [], set()
     for injection in injections:
         hits = [e for e in starts if e.host == injection.host and during(e, injection)]
         per_kind[injection.kind][1] += 1
         if hits:
             per_kind[injection.kind][0] += 1
             delays.append(min(e.window_ts for e in hits) - injection.started_at)
+            published.append(min(e.ts for e in hits) - injection.started_at)
             matched.update(id(e) for e in hits)
     false_starts = [e for e in starts if id(e) not in matched]
     quiet_hours = (phase_end - phase_start) / 3600.0
@@ -147,6 +157,7 @@ def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: fl
         "found_by_kind": {kind: f"{found}/{total}" for kind, (found, total) in per_kind.items() if total},
         "delay_s_median": round(float(np.median(delays)), 1) if delays else None,
         "delay_s_max": round(float(np.max(delays)), 1) if delays else None,
+        "published_s_median": round(float(np.median(published)), 2) if published else None,
         "false_starts": len(false_starts),
         "false_starts_per_hour": round(len(false_starts) / quiet_hours, 1),
         "false_start_hosts": sorted(e.host for e in false_starts),
@@ -168,6 +179,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=90.0, help="normal operation learnt from, s (default: 90)")
     parser.add_argument("--epochs", type=int, default=40, help="training epochs of the on-line model (default: 40)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault sequence (default: 0)")
+    parser.add_argument(
+        "--predicted", action="store_true", help="run a simulator too and score the predicted-mode events as well"
+    )
     parser.add_argument("--out", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.hosts < 2 or args.faults < 1:
@@ -181,12 +195,16 @@ def main() -> None:
         results.append(result)
     print()
     print("scope  found/injected  by kind                                    delay s med/max  false starts (/h)")
-    for r in results:
-        kinds = ", ".join(f"{k} {v}" for k, v in r["found_by_kind"].items())
-        print(
-            f"{r['scope']:>5}  {r['found']:>5}/{r['injected']:<8}  {kinds:<42}  "
-            f"{r['delay_s_median']}/{r['delay_s_max']:<10}  {r['false_starts']} ({r['false_starts_per_hour']})"
-        )
+    for result in results:
+        for label, r in [(result["scope"], result), (f"{result['scope']} predicted", result.get("predicted"))]:
+            if r is None:
+                continue
+            kinds = ", ".join(f"{k} {v}" for k, v in r["found_by_kind"].items())
+            print(
+                f"{label:>5}  {r['found']:>5}/{r['injected']:<8}  {kinds:<42}  "
+                f"{r['delay_s_median']}/{r['delay_s_max']:<10}  {r['false_starts']} ({r['false_starts_per_hour']})  "
+                f"published after {r['published_s_median']} s"
+            )
     if args.out:
         args.out.write_text(
             json.dumps({"started": when, "args": vars(args) | {"out": str(args.out)}, "results": results}, indent=2)

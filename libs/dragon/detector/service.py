@@ -410,7 +410,8 @@ class Detector:
         ]
         if scored.steps:
             hosts = sorted({host for step in scored.steps for host in step.hosts})
-            clean = retry_until(lambda: self.faults.clean_streaks(hosts), self.lifecycle.stop, "clean_streaks")
+            faults = self.faults["observed"]
+            clean = retry_until(lambda: faults.clean_streaks(hosts), self.lifecycle.stop, "clean_streaks")
             self.tuner.observe_steps(self.scorer, scored.steps, normal, clean)
             return
         hosts = [sample.host for sample, _ in scored.verdicts]
