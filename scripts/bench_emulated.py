@@ -193,6 +193,11 @@ def main() -> None:
         result = run_scope(scope, args)
         print(json.dumps(result), flush=True)
         results.append(result)
+    if args.out:
+        args.out.write_text(
+            json.dumps({"started": when, "args": vars(args) | {"out": str(args.out)}, "results": results}, indent=2)
+            + "\n"
+        )
     print()
     print("scope  found/injected  by kind                                    delay s med/max  false starts (/h)")
     for result in results:
@@ -200,16 +205,12 @@ def main() -> None:
             if r is None:
                 continue
             kinds = ", ".join(f"{k} {v}" for k, v in r["found_by_kind"].items())
+            delays = f"{r['delay_s_median']}/{r['delay_s_max']}"  # None where nothing was found
             print(
                 f"{label:>5}  {r['found']:>5}/{r['injected']:<8}  {kinds:<42}  "
-                f"{r['delay_s_median']}/{r['delay_s_max']:<10}  {r['false_starts']} ({r['false_starts_per_hour']})  "
+                f"{delays:<15}  {r['false_starts']} ({r['false_starts_per_hour']})  "
                 f"published after {r['published_s_median']} s"
             )
-    if args.out:
-        args.out.write_text(
-            json.dumps({"started": when, "args": vars(args) | {"out": str(args.out)}, "results": results}, indent=2)
-            + "\n"
-        )
 
 
 if __name__ == "__main__":

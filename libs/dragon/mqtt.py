@@ -322,7 +322,11 @@ class MqttClient:
                 self.counters.add("unrouted")
             else:
                 routed[index].append(incoming)
-        for index, messages in routed.items():
+        # Handlers run in subscription order, not in the order their first message came: a
+        # service subscribes what others depend on first (the detector stores samples before
+        # it judges the forecasts made from them, whichever arrived first in the batch).
+        for index in sorted(routed):
+            messages = routed[index]
             filter_, handler = self._handlers[index]
             try:
                 handler(messages)

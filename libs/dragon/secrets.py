@@ -71,7 +71,8 @@ def acl(lei: str, hosts: Sequence[str], peers: Sequence[str] = ()) -> str:
         "user detector",
         f"topic read dragon/{lei}/hosts/+/sample",
         f"topic read dragon/{lei}/hosts/+/forecast",
-        f"topic write dragon/{lei}/hosts/+/health/#",
+        f"topic write dragon/{lei}/hosts/+/health",
+        f"topic write dragon/{lei}/hosts/+/health/predicted",
         f"topic write dragon/faults/{lei}/+",
         f"topic write dragon/faults-json/{lei}/+",
         "topic readwrite dragon/detector/+/available",
@@ -167,7 +168,8 @@ def bridge_conf(lei: str, peer: str, address: str, remote_password: str) -> str:
 def _bridge_lines(peer: str) -> list[str]:
     return [
         f"topic write dragon/{peer}/hosts/+/sample",
-        f"topic write dragon/{peer}/hosts/+/health/#",
+        f"topic write dragon/{peer}/hosts/+/health",
+        f"topic write dragon/{peer}/hosts/+/health/predicted",
         f"topic write dragon/{peer}/tasks",
         f"topic write dragon/fed/{peer}/decision",
     ]

@@ -7,11 +7,13 @@ import time
 
 import pytest
 
+from dragon.collector.emulation import EmulatedLei
 from dragon.messages import codec, topics
-from dragon.messages.schemas import FaultEvent, ForecastSample
-from dragon.testing.listener import Listener
+from dragon.messages.schemas import FaultEvent, ForecastSample, HostSample, Schedule, TaskPlacement
+from dragon.testing.lei import COLLECTOR_IMAGE
+from dragon.testing.listener import Listener, publish
 
-from .conftest import health_of
+from .conftest import health_of, start_task
 from .test_faults import inject
 
 pytestmark = pytest.mark.integration
@@ -19,6 +21,7 @@ pytestmark = pytest.mark.integration
 SIMULATOR = "simulator-predicted"
 FORECAST_TIMEOUT_S = 30
 EVENT_BOUND_S = 30
+BURNER = ["python3", "-c", "while True: pass"]
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +36,13 @@ def forecasting(lei):
 
 def predicted_health(lei) -> str:
     return f"dragon/{lei.lei}/hosts/+/health/predicted"
+
+
+def is_start(lei, message, host: str, mode: str) -> bool:
+    if message.topic != topics.fault_event(lei.lei, host):
+        return False
+    event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
+    return event.mode == mode and event.type == "start"
 
 
 def test_every_host_gets_forecasts_and_predicted_verdicts_of_its_own(forecasting):
@@ -60,18 +70,12 @@ def test_a_cpu_hog_is_also_flagged_in_predicted_mode_and_the_healthy_host_is_not
     with Listener(lei.mqtt_settings(), [f"dragon/faults/{lei.lei}/+"]) as listener:
         inject(lei, "h1", "cpu", duration_s=20)
 
-        def predicted_start(message, host="h1") -> bool:
-            if message.topic != topics.fault_event(lei.lei, host):
-                return False
-            event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
-            return event.mode == "predicted" and event.type == "start"
-
-        (message, *_) = listener.wait_for(predicted_start, EVENT_BOUND_S)
+        (message, *_) = listener.wait_for(lambda m: is_start(lei, m, "h1", "predicted"), EVENT_BOUND_S)
         event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
         assert event.score >= event.threshold and event.label == 1
         assert "cpu" in [c.metric for c in event.top_metrics], event.top_metrics
         time.sleep(3)  # a late false alarm on the healthy host would show up now
-        assert not listener.matching(lambda m: predicted_start(m, "h2"))
+        assert not listener.matching(lambda m: is_start(lei, m, "h2", "predicted"))
         # The same fault observed is a separate event, with an id of its own.
         observed = [
             codec.decode(FaultEvent, m.payload, 65536, m.content_type)
@@ -79,3 +83,34 @@ def test_a_cpu_hog_is_also_flagged_in_predicted_mode_and_the_healthy_host_is_not
         ]
         assert {e.mode for e in observed if e.type == "start"} == {"observed", "predicted"}
         assert len({e.event_id for e in observed}) == len(observed)
+
+
+def test_a_busy_task_announced_on_a_quiet_host_is_flagged_there_before_the_host_runs_it(forecasting):
+    """The proactive case: the schedule says a CPU-bound task now runs on h2. The forecast of h2
+    carries the task's measured demand at once, so h2 is flagged in predicted mode while its own
+    samples, which never show the task (it stays on h1), stay normal."""
+    lei = forecasting
+    emulated = EmulatedLei(lei.docker, lei.lei, image=COLLECTOR_IMAGE, network=lei.network.name)
+    burner = start_task(emulated, BURNER)
+    schedule_topic = topics.schedule(lei.lei)
+    migrator = lei.mqtt_settings("migrator")
+    try:
+        with Listener(lei.mqtt_settings(), [topics.host_sample(lei.lei, "h1")]) as samples:
+
+            def busy_on_h1(message) -> bool:
+                sample = codec.decode(HostSample, message.payload, 65536, message.content_type)
+                return any(t.name == burner.name and t.cpu > 0.3 for t in sample.tasks)
+
+            (message, *_) = samples.wait_for(busy_on_h1, FORECAST_TIMEOUT_S)
+        task = next(t for t in codec.decode(HostSample, message.payload, 65536).tasks if t.name == burner.name)
+        with Listener(lei.mqtt_settings(), [f"dragon/faults/{lei.lei}/+"]) as listener:
+            now = time.time()
+            moved = Schedule(lei=lei.lei, ts=now, tasks=(TaskPlacement(task.id, burner.id, "h2", since=now),))
+            publish(migrator, schedule_topic, codec.encode(moved), codec.MSGPACK)
+            (message, *_) = listener.wait_for(lambda m: is_start(lei, m, "h2", "predicted"), EVENT_BOUND_S)
+            event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
+            assert event.top_metrics[0].metric == "cpu", event.top_metrics
+            time.sleep(3)
+            assert not listener.matching(lambda m: is_start(lei, m, "h2", "observed"))
+    finally:
+        burner.remove(force=True)

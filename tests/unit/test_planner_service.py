@@ -116,3 +116,14 @@ def test_a_predicted_fault_counts_and_an_observed_normal_verdict_does_not_hide_i
     calm = HostHealth("a", "h1", NOW, score=0.1, threshold=1.0, label=0, mode="predicted")
     p.on_health(Incoming("dragon/a/hosts/h1/health/predicted", codec.encode(calm), 1, False, codec.MSGPACK))
     assert p.faulty(NOW) == []
+
+
+def test_a_verdict_whose_topic_names_another_host_or_mode_is_dropped():
+    from dragon.mqtt import Incoming
+
+    p = planner()
+    p.init_mqtt()
+    faulty = HostHealth("a", "h1", NOW, score=2.0, threshold=1.0, label=1, mode="predicted")
+    for topic in ("dragon/a/hosts/h1/health", "dragon/a/hosts/h2/health/predicted"):
+        p.on_health(Incoming(topic, codec.encode(faulty), 1, False, codec.MSGPACK))
+    assert p.faulty(NOW) == [] and p.counters.snapshot().get("dropped_schema") == 2

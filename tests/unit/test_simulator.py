@@ -309,8 +309,9 @@ def test_without_a_move_a_hosts_forecast_is_its_newest_sample_one_interval_on():
 
 def test_a_move_the_samples_do_not_show_yet_is_in_the_forecast_of_both_hosts():
     view = two_lei_view()
-    view.observe_schedule(Schedule(lei="a", ts=NOW + 0.6, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 0.5),)))
-    snap = view.snapshot(NOW + 0.6)
+    moved = Schedule(lei="a", ts=NOW + 0.6, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 0.5),))
+    view.observe_schedule(moved, now=NOW + 0.7)
+    snap = view.snapshot(NOW + 0.7)
     assert snap.pending_moves().tolist() == [1, UNPLACED, UNPLACED]  # t1 -> h2 (index 1)
     h1, h2 = forecast_samples(snap, simulator_of(snap), "a", schedule_ts=view.schedule_ts("a"))
     assert h2.metrics.cpu == pytest.approx(0.05 + 0.5)  # t1's measured demand arrives on h2
@@ -340,3 +341,22 @@ def test_forecast_samples_are_validated(fields, message):
     good = dict(lei="a", host="h1", ts=NOW, based_on_ts=NOW, for_ts=NOW + 1, metrics=HostMetrics(0.1, 0, 0, 0, 0, 0, 0))
     with pytest.raises(ValueError, match=message):
         ForecastSample.from_dict(ForecastSample(**(good | fields)).to_dict())
+
+
+def test_a_schedule_stamped_ahead_of_our_clock_stamps_forecasts_no_later_than_it_arrived():
+    view = two_lei_view()
+    view.observe_schedule(Schedule(lei="a", ts=NOW + 3600, tasks=()), now=NOW + 1)
+    assert view.schedule_ts("a") == NOW + 1 and view.schedule_ts("b") == 0.0
+
+
+def test_next_window_answers_the_forecast_the_detector_gets_with_the_requested_moves_on_top():
+    view = two_lei_view()
+    view.observe_schedule(Schedule(lei="a", ts=NOW + 1, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 0.5),)))
+    snap = view.snapshot(NOW + 1)
+    sim = simulator_of(snap)
+    published = {f.host: f.metrics for f in forecast_samples(snap, sim, "a", 0.0)}
+    plain = answer(SimRequest(id="r", kind="next_window"), snap, sim, max_decisions=8)
+    assert {f.host: f.metrics for f in plain.forecast if f.lei == "a"} == published
+    t2_too = SimRequest(id="r", kind="next_window", decisions=((TaskMove("t2", "a", "h2"),),))
+    by_host = {f.host: f.metrics.cpu for f in answer(t2_too, snap, sim, max_decisions=8).forecast}
+    assert by_host["h2"] == pytest.approx(0.05 + 0.5 + 0.35) and by_host["h1"] == pytest.approx(0.1)

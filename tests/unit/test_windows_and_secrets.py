@@ -135,7 +135,7 @@ def test_only_the_simulator_forecasts_and_only_the_detector_judges_forecasts():
     acl = secrets.acl("lei1", ["h1"], peers=["lei2"])
     assert writers(acl, "dragon/lei1/hosts/+/forecast") == ["simulator"]
     assert "topic read dragon/lei1/hosts/+/forecast" in acl_block(acl, "detector")
-    assert "topic write dragon/lei1/hosts/+/health/#" in acl_block(acl, "detector")
+    assert writers(acl, "dragon/lei1/hosts/+/health/predicted") == ["detector"]
 
 
 def test_a_lei_cannot_be_its_own_peer(tmp_path):

@@ -19,7 +19,9 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import redis
@@ -53,6 +55,8 @@ log = structlog.get_logger(__name__)
 SERVICE = "detector"
 EVENT_NAMESPACE = uuid.UUID("6c1f7a52-3f0e-4d8e-9a52-0b5a4d1d2a10")
 MODEL_CHECK_INTERVAL_S = 5.0
+T = TypeVar("T")
+ThresholdStates = dict[str, HostThreshold] | None  # per host; None: the model's static threshold
 # A forecast follows its sample within milliseconds: its W_t ends among the host's newest samples.
 FORECAST_HISTORY_SLACK = 8
 
@@ -344,9 +348,15 @@ class Detector:
         return Scored(list(zip(order, verdicts, strict=True)), prev_w, next_w)
 
     def _judge(self, scorer: Scorer, judged: list[Judged], prev: np.ndarray, nxt: np.ndarray, mode: str):
-        """Scores and labels of windows, each by its host's threshold of ``mode`` (streaming: learnt from)."""
-        states = self._threshold_states(scorer, [j.host for j in judged], mode)
-        verdicts = scorer.score([j.host for j in judged], [j.ts for j in judged], prev, nxt, states)
+        """Scores and labels of windows, each by its host's threshold of ``mode``."""
+        hosts, stamps = [j.host for j in judged], [j.ts for j in judged]
+        return self._thresholded(scorer, hosts, mode, lambda states: scorer.score(hosts, stamps, prev, nxt, states))
+
+    def _thresholded(self, scorer: Scorer, hosts: list[str], mode: str, judge: Callable[[ThresholdStates], T]) -> T:
+        """``judge(states)`` with the hosts' streaming thresholds of ``mode`` (None: static), read
+        once before and written once after (they learn from the scores)."""
+        states = self._threshold_states(scorer, hosts, mode)
+        verdicts = judge(states)
         if states is not None:
             self.thresholds[mode].save(states)
         return verdicts
@@ -364,15 +374,14 @@ class Detector:
             log.warning("samples_not_judged", count=len(samples) - len(judged), scope="lei")
         if not judged:
             return Scored([], np.empty(0), np.empty(0))
-        states = self._threshold_states(scorer, [step.hosts[h] for step, h in judged], "observed")
-        verdicts = [pair for step in scorer.score_steps(steps, states) for pair in step]
-        if states is not None:
-            self.thresholds["observed"].save(states)
+        hosts = [step.hosts[h] for step, h in judged]
+        per_step = self._thresholded(scorer, hosts, "observed", lambda states: scorer.score_steps(steps, states))
+        verdicts = [pair for step in per_step for pair in step]
         prev_w = np.asarray([step.prev[h] for step, h in judged], dtype=np.float32)
         next_w = np.asarray([step.next[h] for step, h in judged], dtype=np.float32)
         return Scored(verdicts, prev_w, next_w, steps)
 
-    def _threshold_states(self, scorer: Scorer, hosts: list[str], mode: str) -> dict[str, HostThreshold] | None:
+    def _threshold_states(self, scorer: Scorer, hosts: list[str], mode: str) -> ThresholdStates:
         """The hosts' streaming thresholds (None: static), read once per batch and written once after.
 
         No lock: each host is scored by one replica at a time (membership.py), so nobody else

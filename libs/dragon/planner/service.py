@@ -24,6 +24,7 @@ import numpy as np
 import structlog
 
 from dragon.messages import topics
+from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import HostHealth, MigrationEvent, PlanDecision
 from dragon.mqtt import Counters, Incoming, MqttClient
 from dragon.planner.annealing import AnnealingConfig, anneal, groups_of
@@ -105,6 +106,10 @@ class Planner:
     def on_health(self, incoming: Incoming) -> None:
         verdict = self.mqtt.decode_or_drop(HostHealth, incoming)
         if verdict is None:
+            return
+        if incoming.topic != topics.host_health(verdict.lei, verdict.host, verdict.mode):
+            # Filed under the topic's host and mode or not at all: a verdict must not pose as another's.
+            self.mqtt.drop(incoming, DecodeError("schema", "the verdict's lei, host or mode does not match its topic"))
             return
         key = (verdict.lei, verdict.host, verdict.mode)
         with self._health_lock:

@@ -6,16 +6,15 @@ import numpy as np
 
 from dragon.messages.schema import clip
 from dragon.messages.schemas import (
-    HOST_METRICS,
     DecisionVerdict,
     HostForecast,
-    HostMetrics,
     SimRequest,
     SimResponse,
     TaskMove,
 )
 from dragon.sim.qos import CoSimulator, Outcome
 from dragon.sim.twin import UNPLACED
+from dragon.simulator.forecasting import host_metrics, next_usage
 from dragon.simulator.view import Snapshot
 
 
@@ -50,16 +49,23 @@ def answer(request: SimRequest, snapshot: Snapshot, sim: CoSimulator, max_decisi
         if request.decisions
         else np.full((1, len(snapshot.tasks)), UNPLACED)
     )
-    with np.errstate(over="ignore", invalid="ignore"):  # checked just below
-        outcome = sim.evaluate(snapshot.state, decisions)
-    if not (np.isfinite(outcome.usage).all() and np.isfinite(outcome.fitness).all()):
-        # Finite but absurd sample values (1e308 bytes/s) can overflow; our schemas carry finite numbers only.
-        raise RequestError("invalid", "the simulation overflowed: a host reports values too large to simulate")
     common = dict(id=request.id, ok=True, kind=request.kind, state_ts=snapshot.ts)
     common.update(hosts=len(snapshot.hosts), tasks=len(snapshot.tasks))
     if request.kind == "next_window":
-        return SimResponse(**common, forecast=forecast(snapshot, outcome.usage[0]))
+        # The same forecast the detector gets (forecasting.py), with the request's moves on top.
+        usage = next_usage(snapshot, sim, decisions[0])
+        check_finite(usage)
+        return SimResponse(**common, forecast=forecast(snapshot, usage))
+    with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+        outcome = sim.evaluate(snapshot.state, decisions)
+    check_finite(outcome.usage, outcome.fitness)
     return SimResponse(**common, verdicts=tuple(verdict(snapshot, outcome, row) for row in range(len(decisions))))
+
+
+def check_finite(*arrays: np.ndarray) -> None:
+    """Finite but absurd sample values (1e308 bytes/s) can overflow; our schemas carry finite numbers only."""
+    if not all(np.isfinite(array).all() for array in arrays):
+        raise RequestError("invalid", "the simulation overflowed: a host reports values too large to simulate")
 
 
 def verdict(snapshot: Snapshot, outcome: Outcome, row: int) -> DecisionVerdict:
@@ -79,8 +85,7 @@ def verdict(snapshot: Snapshot, outcome: Outcome, row: int) -> DecisionVerdict:
 def forecast(snapshot: Snapshot, usage: np.ndarray) -> tuple[HostForecast, ...]:
     """Each host's predicted metrics (m, n) as messages."""
     return tuple(
-        HostForecast(lei, host, HostMetrics(**dict(zip(HOST_METRICS, map(float, row), strict=True))))
-        for (lei, host), row in zip(snapshot.hosts, usage, strict=True)
+        HostForecast(lei, host, host_metrics(row)) for (lei, host), row in zip(snapshot.hosts, usage, strict=True)
     )
 
 

@@ -15,7 +15,27 @@ import numpy as np
 
 from dragon.messages.schemas import HOST_METRICS, ForecastSample, HostMetrics
 from dragon.sim.qos import CoSimulator
+from dragon.sim.twin import UNPLACED
 from dragon.simulator.view import Snapshot
+
+
+def next_usage(snapshot: Snapshot, sim: CoSimulator, decision: np.ndarray | None = None) -> np.ndarray:
+    """Every host's next usage (m, n): the schedule's moves no sample shows yet, and ``decision``'s.
+
+    ``decision`` (p,) moves tasks on top of the schedule (``UNPLACED``: as scheduled). Starts
+    from where the samples show each task, so a move counts as demand leaving one host and
+    arriving on another. Not finite where absurd sample values overflow the sums.
+    """
+    moves = snapshot.pending_moves()
+    if decision is not None:
+        moves = np.where(decision != UNPLACED, decision, moves)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return sim.evaluate(snapshot.sampled, moves[None, :]).usage[0]
+
+
+def host_metrics(row: np.ndarray) -> HostMetrics:
+    """One host's usage row, in ``HOST_METRICS`` order, as a message field."""
+    return HostMetrics(**dict(zip(HOST_METRICS, map(float, row), strict=True)))
 
 
 def forecast_samples(
@@ -32,8 +52,7 @@ def forecast_samples(
     is stamped with it, so it is newer than the forecast of the same sample before the move. A
     host whose forecast is not finite (absurd sample values overflowing the sums) is left out.
     """
-    with np.errstate(over="ignore", invalid="ignore"):
-        usage = sim.evaluate(snapshot.sampled, snapshot.pending_moves()[None, :]).usage[0]
+    usage = next_usage(snapshot, sim)
     placement = snapshot.state.placement
     found = []
     for index, (host_lei, host) in enumerate(snapshot.hosts):
@@ -48,7 +67,7 @@ def forecast_samples(
                 ts=max(based_on, schedule_ts),
                 based_on_ts=based_on,
                 for_ts=based_on + snapshot.intervals_s[index],
-                metrics=HostMetrics(**dict(zip(HOST_METRICS, map(float, usage[index]), strict=True))),
+                metrics=host_metrics(usage[index]),
                 tasks=tasks,
                 simulator=simulator,
             )

@@ -81,9 +81,9 @@ class Simulator:
             self.publish_forecasts(own)
 
     def on_schedule_taken(self, schedule: Schedule) -> None:
-        """A move in our LEI changes what every host of it will see next: forecast them all again."""
-        if schedule.lei == self.lei:
-            self.publish_forecasts(None)
+        """A move changes what the hosts will see next: forecast ours again (a peer LEI's schedule
+        may move a task off or onto one of them)."""
+        self.publish_forecasts(None)
 
     def publish_forecasts(self, hosts: set[str] | None) -> None:
         try:
@@ -91,7 +91,7 @@ class Simulator:
         except ValueError:
             return  # no fresh host: nothing to forecast from
         sim = co_simulator(self.config.cosim, snapshot)
-        schedule_ts = self.view.schedule_ts(self.lei)
+        schedule_ts = max(self.view.schedule_ts(lei) for lei in self.view.known_leis() | {self.lei})
         for forecast in forecast_samples(snapshot, sim, self.lei, schedule_ts, hosts, self.instance):
             self.mqtt.publish_message(topics.host_forecast(self.lei, forecast.host), forecast, qos=1)
             self.counters.add("forecasts")

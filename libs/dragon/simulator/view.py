@@ -132,6 +132,7 @@ class FederationView:
         self._home_lei: dict[str, str] = {}
         self._scheduled: dict[str, dict[str, tuple[str, float]]] = {}  # lei -> task -> (host, since)
         self._schedule_ts: dict[str, float] = {}  # lei -> its newest schedule's ts
+        self._schedule_at: dict[str, float] = {}  # lei -> the same, capped at when it arrived
         # Samples arrive on the MQTT worker thread while the planner snapshots on its own.
         self._lock = threading.Lock()
 
@@ -164,14 +165,18 @@ class FederationView:
         for task in tasks:
             self._home_lei.setdefault(task, sample.lei)
 
-    def observe_schedule(self, schedule: Schedule) -> None:
+    def observe_schedule(self, schedule: Schedule, now: float | None = None) -> None:
         """Take an LEI's schedule in: where each of its tasks runs, and since when (an older one
         than the LEI's newest, redelivered or reordered, is ignored)."""
         placements = {p.task: (p.host, p.since) for p in schedule.tasks}
+        received = time.time() if now is None else now
         with self._lock:
             if schedule.ts >= self._schedule_ts.get(schedule.lei, 0.0):
                 self._scheduled[schedule.lei] = placements
                 self._schedule_ts[schedule.lei] = schedule.ts
+                # The migrator's clock may run ahead of ours: what forecasts are stamped with
+                # must not lie in the future, or every later forecast would look older.
+                self._schedule_at[schedule.lei] = min(schedule.ts, received)
 
     def known_leis(self) -> set[str]:
         """Every LEI a sample ever came from, fresh or not."""
@@ -223,9 +228,9 @@ class FederationView:
         )
 
     def schedule_ts(self, lei: str) -> float:
-        """When the LEI's newest schedule was published (0 if none was seen)."""
+        """When the LEI's newest schedule was published, at the latest when it arrived (0: none seen)."""
         with self._lock:
-            return self._schedule_ts.get(lei, 0.0)
+            return self._schedule_at.get(lei, 0.0)
 
     def _federation(self, lei_of_host: list[str]) -> Federation:
         """Hosts of the samples' LEIs; an LEI's first host by name stands for its broker (requests enter there)."""

@@ -1,0 +1,39 @@
+"""How a batch of received messages reaches the handlers (no broker: the batch is handed in)."""
+
+from __future__ import annotations
+
+import paho.mqtt.client as paho
+import pytest
+
+from dragon.mqtt import Counters, MqttClient
+from dragon.settings import MqttSettings
+
+pytestmark = pytest.mark.unit
+
+
+def message(topic: str) -> paho.MQTTMessage:
+    received = paho.MQTTMessage(mid=1, topic=topic.encode())
+    received.payload, received.qos = b"x", 0
+    return received
+
+
+def test_handlers_run_in_subscription_order_whatever_arrived_first():
+    """The detector subscribes samples before forecasts: a forecast that came first in a batch
+    must still be judged after the sample it was made from is stored."""
+    client = MqttClient(MqttSettings(), "test", "t-1", Counters())
+    calls: list[tuple[str, list[str]]] = []
+    client.subscribe_batch("dragon/a/hosts/+/sample", lambda batch: calls.append(("samples", [m.topic for m in batch])))
+    client.subscribe_batch(
+        "dragon/a/hosts/+/forecast", lambda batch: calls.append(("forecasts", [m.topic for m in batch]))
+    )
+    client._dispatch(
+        [
+            message("dragon/a/hosts/h1/forecast"),
+            message("dragon/a/hosts/h2/sample"),
+            message("dragon/a/hosts/h2/forecast"),
+        ]
+    )
+    assert calls == [
+        ("samples", ["dragon/a/hosts/h2/sample"]),
+        ("forecasts", ["dragon/a/hosts/h1/forecast", "dragon/a/hosts/h2/forecast"]),
+    ]
