@@ -22,7 +22,7 @@ from dragon.sim.federation import EDGE_WAN, GIGABIT_LAN
 from dragon.sim.qos import CoSimulator
 from dragon.sim.twin import UNPLACED, TwinParams
 from dragon.simulator.answers import RequestError, answer, decision_array
-from dragon.simulator.forecasting import forecast_samples
+from dragon.simulator.forecasting import forecast_samples, stamped
 from dragon.simulator.view import FederationView
 
 pytestmark = pytest.mark.unit
@@ -360,3 +360,20 @@ def test_next_window_answers_the_forecast_the_detector_gets_with_the_requested_m
     t2_too = SimRequest(id="r", kind="next_window", decisions=((TaskMove("t2", "a", "h2"),),))
     by_host = {f.host: f.metrics.cpu for f in answer(t2_too, snap, sim, max_decisions=8).forecast}
     assert by_host["h2"] == pytest.approx(0.05 + 0.5 + 0.35) and by_host["h1"] == pytest.approx(0.1)
+
+
+def test_a_forecast_revised_for_a_move_is_newer_than_the_one_it_replaces():
+    """The schedule came before h2's newest sample: its forecast would carry the same stamp as the
+    one already sent for that sample, and be dropped as stale by the detector."""
+    view = two_lei_view()
+    snap = view.snapshot(NOW)
+    last: dict[str, float] = {}
+    first = stamped(forecast_samples(snap, simulator_of(snap), "a", 0.0), last, revised=False)
+    view.observe_schedule(Schedule(lei="a", ts=NOW - 0.2, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW - 0.1),)))
+    snap = view.snapshot(NOW)
+    again = forecast_samples(snap, simulator_of(snap), "a", view.schedule_ts("a"))
+    assert [f.ts for f in again] == [f.ts for f in first]  # the same stamp: the revision would be lost
+    revised = stamped(again, last, revised=True)
+    assert all(r.ts > f.ts for r, f in zip(revised, first, strict=True))
+    # A redelivered sample's forecast is not a revision: it keeps its (stale) stamp.
+    assert stamped(first, last, revised=False)[0].ts == NOW

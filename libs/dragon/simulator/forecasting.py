@@ -9,7 +9,8 @@ can flag the host before it is overloaded (docs/messages.md, "Predicted mode").
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, MutableMapping
+from dataclasses import replace
 
 import numpy as np
 
@@ -73,3 +74,26 @@ def forecast_samples(
             )
         )
     return found
+
+
+REVISION_STEP_S = 1e-3  # a revised forecast is stamped this much after the one it replaces
+
+
+def stamped(
+    forecasts: list[ForecastSample], last_ts: MutableMapping[str, float], revised: bool
+) -> list[ForecastSample]:
+    """The forecasts, each revised one stamped after its host's last forecast; ``last_ts`` updated.
+
+    A forecast made again because a schedule changed starts from the same samples as the one
+    before it; when the schedule is stamped before the host's newest sample, both would carry
+    that sample's time, and the detector would drop the revision (the one that knows of the
+    move) as stale. A forecast from a new sample keeps its own stamp.
+    """
+    out = []
+    for forecast in forecasts:
+        last = last_ts.get(forecast.host, 0.0)
+        if revised and forecast.ts <= last:
+            forecast = replace(forecast, ts=last + REVISION_STEP_S)
+        last_ts[forecast.host] = max(last, forecast.ts)
+        out.append(forecast)
+    return out

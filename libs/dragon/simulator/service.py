@@ -25,7 +25,7 @@ from dragon.mqtt import Counters, Incoming, MqttClient
 from dragon.service.lifecycle import Lifecycle
 from dragon.simulator.answers import RequestError, answer, error_response
 from dragon.simulator.config import SimulatorConfig
-from dragon.simulator.forecasting import forecast_samples
+from dragon.simulator.forecasting import forecast_samples, stamped
 from dragon.simulator.view import co_simulator, follow_samples, follow_schedules, view_from
 
 log = structlog.get_logger(__name__)
@@ -43,6 +43,7 @@ class Simulator:
         self.counters = Counters()
         self.response_prefix = topics.sim_responses(self.lei) + "/"
         self.view = view_from(config.cosim)
+        self._last_forecast_ts: dict[str, float] = {}  # host -> ts of its newest forecast (MQTT worker only)
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -78,21 +79,24 @@ class Simulator:
         """Forecast the next sample of each of our hosts that just reported."""
         own = {sample.host for sample in samples if sample.lei == self.lei}
         if own:
-            self.publish_forecasts(own)
+            self.publish_forecasts(own, revised=False)
 
     def on_schedule_taken(self, schedule: Schedule) -> None:
         """A move changes what the hosts will see next: forecast ours again (a peer LEI's schedule
         may move a task off or onto one of them)."""
-        self.publish_forecasts(None)
+        self.publish_forecasts(None, revised=True)
 
-    def publish_forecasts(self, hosts: set[str] | None) -> None:
+    def publish_forecasts(self, hosts: set[str] | None, revised: bool) -> None:
+        """Forecast ``hosts`` (None: all of our LEI's) and publish the forecasts; ``revised``: they
+        replace earlier ones made from the same samples (a schedule changed), see :func:`stamped`."""
         try:
             snapshot = self.view.snapshot(time.time())
         except ValueError:
             return  # no fresh host: nothing to forecast from
         sim = co_simulator(self.config.cosim, snapshot)
         schedule_ts = max(self.view.schedule_ts(lei) for lei in self.view.known_leis() | {self.lei})
-        for forecast in forecast_samples(snapshot, sim, self.lei, schedule_ts, hosts, self.instance):
+        forecasts = forecast_samples(snapshot, sim, self.lei, schedule_ts, hosts, self.instance)
+        for forecast in stamped(forecasts, self._last_forecast_ts, revised):
             self.mqtt.publish_message(topics.host_forecast(self.lei, forecast.host), forecast, qos=1)
             self.counters.add("forecasts")
 
