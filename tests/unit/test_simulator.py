@@ -86,6 +86,21 @@ def test_a_schedule_newer_than_the_samples_places_a_moved_task_at_once():
     assert view.snapshot(NOW + 1).state.placement.tolist() == [1, 0, 3]  # t1 on h2 before h2 reports it
 
 
+def test_a_moved_tasks_load_leaves_its_old_host_in_the_state_the_planner_plans_from():
+    view = two_lei_view()
+    moved = Schedule(lei="a", ts=NOW + 1, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 0.5),))
+    view.observe_schedule(moved, now=NOW + 1)
+    snap = view.snapshot(NOW + 1)
+    assert snap.state.usage[:2, 0].tolist() == pytest.approx([0.95 - 0.5, 0.05 + 0.5])
+    assert snap.sampled.usage[:2, 0].tolist() == pytest.approx([0.95, 0.05])  # what was measured
+    assert snap.state.demand[:, 0].tolist() == pytest.approx([0.5, 0.35, 0.25])  # measured where it ran
+    # Planning from it, moving nothing forecasts what the detector's forecast says.
+    unmoved = simulator_of(snap).evaluate(snap.state, np.full((1, 3), UNPLACED)).usage[0]
+    assert unmoved[:2, 0].tolist() == pytest.approx(
+        [f.metrics.cpu for f in forecast_samples(snap, simulator_of(snap), "a", 0.0)]
+    )
+
+
 def test_a_schedule_older_than_the_samples_changes_nothing():
     view = two_lei_view()
     old = Schedule(lei="a", ts=NOW, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW - 60),))

@@ -30,7 +30,7 @@ from dragon.messages.schemas import HOST_METRICS, HostSample, Schedule
 from dragon.mqtt import Incoming, MqttClient
 from dragon.sim.federation import RPI4B_4GB, Federation, Link, PowerProfile
 from dragon.sim.qos import CoSimulator, FederationState, FitnessWeights, ServiceModel
-from dragon.sim.twin import UNPLACED, TwinParams, task_demand
+from dragon.sim.twin import UNPLACED, TwinParams, moved_demand, task_demand
 from dragon.simulator.config import CoSimSettings
 
 log = structlog.get_logger(__name__)
@@ -76,9 +76,10 @@ class HostRecord:
 class Snapshot:
     """The federation as of ``ts``: index maps for hosts and tasks, and the co-simulator's inputs.
 
-    ``state`` places each task where its LEI's schedule says; ``sampled`` where the samples
-    show it. They differ for a task that moved after its hosts' newest samples, and the
-    difference is a move whose effect no sample shows yet (:meth:`pending_moves`).
+    ``sampled`` places each task where the samples show it, with the usage they measured;
+    ``state`` where its LEI's schedule says, with those moves' demand carried to the new hosts
+    (what the planner plans from). They differ for a task that moved after its hosts' newest
+    samples: a move whose effect no sample shows yet (:meth:`pending_moves`).
     """
 
     ts: float
@@ -121,13 +122,16 @@ class FederationView:
         power: PowerProfile = RPI4B_4GB,
         disk_bps: float = np.inf,
         net_bps: float = np.inf,
+        move_gain: float = 1.0,
     ) -> None:
-        """``disk_bps`` and ``net_bps``: each host's disk and network throughput, per direction."""
+        """``disk_bps`` and ``net_bps``: each host's disk and network throughput, per direction;
+        ``move_gain``: the twin's λ, the share of a task's demand that follows it to a new host."""
         ceilings = {"disk_read": disk_bps, "disk_write": disk_bps, "net_rx": net_bps, "net_tx": net_bps}
         self.capacity = np.array([1.0 if name in FRACTIONS else ceilings[name] for name in HOST_METRICS])
         self.stale_intervals = stale_intervals
         self.background_samples = background_samples
         self.lan, self.wan, self.power = lan, wan, power
+        self.move_gain = move_gain
         self._hosts: dict[HostKey, HostRecord] = {}
         self._home_lei: dict[str, str] = {}
         self._scheduled: dict[str, dict[str, tuple[str, float]]] = {}  # lei -> task -> (host, since)
@@ -213,8 +217,8 @@ class FederationView:
             demand = task_demand(usage, placed, background, measured_rows)
             return FederationState(usage, placed, demand, ram, np.array(home, dtype=int))
 
-        state = state_for(place)
-        sampled = state if np.array_equal(place, sampled_place) else state_for(sampled_place)
+        sampled = state_for(sampled_place)
+        state = sampled if np.array_equal(place, sampled_place) else self._after_moves(sampled, place)
         return Snapshot(
             max(rec.ts for rec in records),
             tuple(fresh),
@@ -226,6 +230,18 @@ class FederationView:
             tuple(rec.ts for rec in records),
             tuple(rec.interval_s for rec in records),
         )
+
+    def _after_moves(self, sampled: FederationState, place: np.ndarray) -> FederationState:
+        """``sampled`` with the schedule's moves that no sample shows yet carried out.
+
+        A moved task's demand (measured where it ran) leaves its old host's usage and arrives
+        on its new host's, as the twin moves it. Placing the task on its new host with the
+        hosts' pre-move usage would show its load on the host it left and not where it runs:
+        for an interval the planner would see the old host as loaded as before the move.
+        """
+        moved = moved_demand(sampled.demand, sampled.placement, place[None, :], len(sampled.usage))[0]
+        usage = np.clip(sampled.usage + self.move_gain * moved, 0.0, self.capacity)
+        return sampled.after(usage, place)
 
     def schedule_ts(self, lei: str) -> float:
         """When the LEI's newest schedule was published, at the latest when it arrived (0: none seen)."""
@@ -340,6 +356,7 @@ def view_from(settings: CoSimSettings) -> FederationView:
         wan=Link(settings.wan_latency_s, settings.wan_bandwidth_bps),
         disk_bps=settings.disk_bandwidth_bps,
         net_bps=settings.lan_bandwidth_bps,  # a host's network interface is its LAN link
+        move_gain=settings.move_gain,
     )
 
 
