@@ -389,7 +389,15 @@ class Detector:
         """
         if not scorer.streaming:
             return None
-        stored = self.thresholds[mode].load(list(dict.fromkeys(hosts)))
+        unique = list(dict.fromkeys(hosts))
+        stored = self.thresholds[mode].load(unique)
+        if mode != "observed":
+            # A host's first forecasts start from what its observed threshold has learnt (the
+            # same model and score), not from the model's calibration: that one has not seen
+            # this LEI's normal variation yet and alarms more until it has.
+            fresh = [host for host in unique if stored[host] is None]
+            if fresh:
+                stored |= self.thresholds["observed"].load(fresh)
         return {host: scorer.resume(host, state) for host, state in stored.items()}
 
     def _publish(self, verdicts: list[tuple[Judged, Verdict]], mode: str) -> list[Transition]:
