@@ -13,7 +13,6 @@ from dragon.messages.schemas import (
     FaultEvent,
     ForecastSample,
     HostSample,
-    InjectionEvent,
     Schedule,
     TaskPlacement,
 )
@@ -21,7 +20,7 @@ from dragon.testing.lei import COLLECTOR_IMAGE
 from dragon.testing.listener import Listener, publish
 
 from .conftest import health_of, start_task
-from .test_faults import inject
+from .test_faults import finished, inject
 
 pytestmark = pytest.mark.integration
 
@@ -46,13 +45,6 @@ def forecasting(lei):
 
 def predicted_health(lei) -> str:
     return f"dragon/{lei.lei}/hosts/+/health/predicted"
-
-
-def finished(message, injection: str) -> bool:
-    if not message.topic.endswith("/injections"):
-        return False
-    event = codec.decode(InjectionEvent, message.payload, 65536, message.content_type)
-    return event.id == injection and event.status != "started"
 
 
 def is_start(lei, message, host: str, mode: str) -> bool:
