@@ -26,7 +26,7 @@ def test_second_order_steps_beat_adam_on_a_badly_scaled_problem():
         opt = make([x])
 
         def closure():
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss = 0.5 * (a * (x - c) ** 2).sum()
             if not isinstance(opt, AdaHessian):
                 loss.backward()

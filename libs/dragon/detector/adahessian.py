@@ -10,6 +10,8 @@ entries whatever its position in the batch, so its step, and the fault score it 
 not depend on which other samples were batched with it. With independent samples the Hessian
 has no cross-sample blocks, and the estimate stays unbiased for each one.
 
+Like :class:`dragon.detector.optim.Adam` it does not build on ``torch.optim`` (that module says why).
+
 Use: ``optimizer.step(closure)`` where ``closure()`` returns the loss *without* calling
 ``backward``: the optimizer takes the gradient itself with ``autograd.grad(create_graph=True)``
 (the Hessian-vector product needs its graph), which avoids the parameter↔gradient reference
@@ -18,14 +20,18 @@ cycle that ``backward(create_graph=True)`` creates.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 from torch import Tensor
 
+from dragon.detector.optim import Optimizer
 
-class AdaHessian(torch.optim.Optimizer):
+
+class AdaHessian(Optimizer):
     def __init__(
         self,
-        params,
+        params: Iterable[Tensor],
         lr: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-4,
@@ -35,8 +41,10 @@ class AdaHessian(torch.optim.Optimizer):
     ) -> None:
         if lr <= 0 or eps <= 0 or not 0 < hessian_power <= 1 or shared_dims < 0:
             raise ValueError("AdaHessian needs lr > 0, eps > 0, 0 < hessian_power <= 1 and shared_dims >= 0")
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "hessian_power": hessian_power}
-        super().__init__(params, defaults)
+        super().__init__(params, lr)
+        self.betas = betas
+        self.eps = eps
+        self.hessian_power = hessian_power
         self._generator = generator
         self._shared_dims = shared_dims
 
@@ -49,34 +57,31 @@ class AdaHessian(torch.optim.Optimizer):
     def _hessian_diagonals(self, params: list[Tensor], grads: tuple[Tensor, ...]) -> list[Tensor]:
         """Hutchinson's estimate |v ⊙ Hv| for each parameter, one Rademacher draw."""
         probes = [self._probe(p) for p in params]
-        products = torch.autograd.grad(grads, params, grad_outputs=probes)
+        # Hv as the gradient of g . v, not grad(g, grad_outputs=v): the same numbers, but torch
+        # imports sympy (33 MB of modules, measured) the first time grad_outputs is a tensor.
+        probed = sum((g * v).sum() for g, v in zip(grads, probes, strict=True))
+        products = torch.autograd.grad(probed, params)
         return [(hv * v).abs() for hv, v in zip(products, probes, strict=True)]
 
-    def step(self, closure):  # noqa: D102 - torch.optim.Optimizer's contract, closure required
-        params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+    def step(self, closure: Callable[[], Tensor]) -> Tensor:
+        """One step on the loss ``closure()`` returns; the parameters that need no gradient stay put."""
+        params = [p for p in self.params if p.requires_grad]
         with torch.enable_grad():
             loss = closure()
             grads = torch.autograd.grad(loss, params, create_graph=True)
             diagonals = self._hessian_diagonals(params, grads)
         with torch.no_grad():
-            for group in self.param_groups:
-                beta1, beta2 = group["betas"]
-                for p in group["params"]:
-                    if p.requires_grad:
-                        i = next(j for j, q in enumerate(params) if q is p)
-                        self._update(p, grads[i].detach(), diagonals[i], group, beta1, beta2)
+            for p, grad, diagonal in zip(params, grads, diagonals, strict=True):
+                self._update(p, grad.detach(), diagonal)
         return loss.detach()
 
-    def _update(self, p: Tensor, grad: Tensor, diagonal: Tensor, group: dict, beta1: float, beta2: float) -> None:
-        state = self.state[p]
-        if not state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_hessian_diag_sq"] = torch.zeros_like(p)
+    def _update(self, p: Tensor, grad: Tensor, diagonal: Tensor) -> None:
+        beta1, beta2 = self.betas
+        state = self._state(p, "exp_hessian_diag_sq")
         state["step"] += 1
         state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
         state["exp_hessian_diag_sq"].mul_(beta2).addcmul_(diagonal, diagonal, value=1 - beta2)
         first = state["exp_avg"] / (1 - beta1 ** state["step"])
         second = state["exp_hessian_diag_sq"] / (1 - beta2 ** state["step"])
-        denominator = second.sqrt().pow(group["hessian_power"]).add_(group["eps"])
-        p.sub_(group["lr"] * first / denominator)
+        denominator = second.sqrt().pow(self.hessian_power).add_(self.eps)
+        p.sub_(self.lr * first / denominator)

@@ -27,7 +27,7 @@ import numpy as np
 import structlog
 import torch
 
-from dragon.detector.gon import EVAL_BATCH, Discriminator, GonConfig, fault_scores, make_windows
+from dragon.detector.gon import SCORE_BATCH, Discriminator, GonConfig, fault_scores, make_windows
 from dragon.detector.scaling import DATASET_MIN_SPAN, MinMaxScaler
 from dragon.detector.train import train_from_series
 from dragon.records import check_known_keys
@@ -275,8 +275,8 @@ class GonModel:
         previous = torch.cat([p for p, _ in pairs])  # (sum T, k, n)
         windows = torch.cat([w for _, w in pairs])
         scores, contributions = [], []
-        for start in range(0, windows.shape[0], EVAL_BATCH):
-            part = slice(start, start + EVAL_BATCH)
+        for start in range(0, windows.shape[0], SCORE_BATCH):
+            part = slice(start, start + SCORE_BATCH)
             s, c = fault_scores(self.model, previous[part], windows[part], self.cfg)
             scores.append(s)
             contributions.append(c)

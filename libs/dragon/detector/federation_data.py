@@ -41,7 +41,7 @@ from dragon.detector.federation_model import (
     HostsInContext,
     SingleHostDiscriminator,
 )
-from dragon.detector.gon import EVAL_BATCH, GonConfig, fault_scores, make_windows
+from dragon.detector.gon import SCORE_BATCH, GonConfig, fault_scores, make_windows
 from dragon.detector.train import DatasetError, load_npy
 
 # Host windows per minibatch when a sample is a whole federation: the per-host model's minibatch.
@@ -219,8 +219,8 @@ def federation_fault_scores(
     model.eval()
     federation = federation_of(model)
     scores, contributions = [], []
-    for first in range(start, len(data), EVAL_BATCH):
-        now = torch.arange(first, min(first + EVAL_BATCH, len(data)))
+    for first in range(start, len(data), SCORE_BATCH):
+        now = torch.arange(first, min(first + SCORE_BATCH, len(data)))
         before = (now - 1).clamp_min(0)
         view = HostsInContext(federation, data.tasks[before], data.schedule[now], data.graph)
         s, c = fault_scores(view, data.hosts[before], data.hosts[now], cfg)  # (B, m), (B, m, n)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from dragon.detector.checkpoint import Checkpoint
 from dragon.detector.gon import GonConfig, SeriesWindows, WindowSet, evaluate_gon, fault_scores, gon_loss
 from dragon.detector.lei import LeiBatch, LeiStep, by_shape
+from dragon.detector.optim import Adam
 from dragon.detector.train import calibrated_checkpoint
 
 if TYPE_CHECKING:  # the scorer imports nothing from here; only the annotation needs it
@@ -272,7 +273,7 @@ def _evaluate(model: nn.Module, groups: Sequence[TuningGroup], cfg: GonConfig) -
 
 def _adam_steps(model: nn.Module, groups: Sequence[TuningGroup], cfg: GonConfig, steps: int, lr: float) -> None:
     """``steps`` Adam steps on the GON loss of every window at once; leaves ``model`` in eval."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    opt = Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     total = sum(group.windows for group in groups)
     model.train()
     for _ in range(steps):
@@ -280,7 +281,7 @@ def _adam_steps(model: nn.Module, groups: Sequence[TuningGroup], cfg: GonConfig,
             gon_loss(*group.real.batch(model, torch.arange(len(group.real))), cfg)[0] * (group.windows / total)
             for group in groups
         )
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dragon.detector.adahessian import AdaHessian
+from dragon.detector.optim import Adam, Optimizer
 
 
 class Climbable(Protocol):
@@ -46,9 +47,8 @@ def cosine_restarts(step: int, restart_every: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * phase))
 
 
-def _schedule(optimizer: torch.optim.Optimizer, lr: float, restart_every: int, step: int) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr * cosine_restarts(step, restart_every)
+def _schedule(optimizer: Optimizer, lr: float, restart_every: int, step: int) -> None:
+    optimizer.lr = lr * cosine_restarts(step, restart_every)
 
 
 def _neg_log_d(model: Climbable, z: Tensor) -> Tensor:
@@ -56,10 +56,10 @@ def _neg_log_d(model: Climbable, z: Tensor) -> Tensor:
 
 
 def _adam_ascent(model: Climbable, z: Tensor, steps: int, lr: float, restart_every: int, box) -> None:
-    opt = torch.optim.Adam([z], lr=lr)
+    opt = Adam([z], lr=lr)
     for step in range(steps):
         _schedule(opt, lr, restart_every, step)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         _neg_log_d(model, z).backward()
         opt.step()
         _project(z, box)

@@ -33,12 +33,19 @@ from tqdm import tqdm
 from dragon.detector.config import SCOPES
 from dragon.detector.federation_model import DimensionsAsHosts, FederationConfig, SingleHostDiscriminator
 from dragon.detector.generation import ASCENTS, Climbable, generate
+from dragon.detector.optim import Adam
 from dragon.records import check_known_keys
 
 log = structlog.get_logger(__name__)
 
-# Windows per forward pass when scoring or validating; bounds memory, not results.
-EVAL_BATCH = 512
+# Windows generated at once when scoring. It bounds memory, not results: every window of a
+# batch gets the same Hutchinson probe, so its score does not depend on its batch. The double
+# backward keeps a few dozen copies of a batch alive: at 512 windows of 10 x 55 that took about
+# 25 MB more than at 128, which costs more calls instead (docs/benchmarks.md, "Detector memory").
+SCORE_BATCH = 128
+# Windows per batch of the validation loss. The loss is summed batch by batch, so this changes
+# its rounding, and with it, sometimes, the epoch early stopping keeps: fixed so results are.
+VALIDATION_BATCH = 512
 
 
 # What a checkpoint written before a GonConfig field existed was trained with.
@@ -293,8 +300,8 @@ def score_series(model: nn.Module, cfg: GonConfig, series: np.ndarray) -> tuple[
     windows = torch.from_numpy(make_windows(series, cfg.window))  # (T, k, n)
     previous = torch.cat([windows[:1], windows[:-1]])  # (T, k, n)
     scores, contributions = [], []
-    for start in range(0, windows.shape[0], EVAL_BATCH):
-        part = slice(start, start + EVAL_BATCH)
+    for start in range(0, windows.shape[0], SCORE_BATCH):
+        part = slice(start, start + SCORE_BATCH)
         s, c = fault_scores(model, previous[part], windows[part], cfg)
         scores.append(s)
         contributions.append(c)
@@ -353,8 +360,8 @@ def evaluate_gon(model: nn.Module, windows: Tensor | WindowSet, cfg: GonConfig) 
     model.eval()
     data = as_window_set(windows)
     total = d_real = d_gen = 0.0
-    for start in range(0, len(data), EVAL_BATCH):
-        view, real = data.batch(model, torch.arange(start, min(start + EVAL_BATCH, len(data))))
+    for start in range(0, len(data), VALIDATION_BATCH):
+        view, real = data.batch(model, torch.arange(start, min(start + VALIDATION_BATCH, len(data))))
         loss, real_logits, fake_logits = gon_loss(view, real, cfg)
         total += loss.item() * real.shape[0]
         # Per window: the mean over its logits (one, or one per host or dimension).
@@ -364,16 +371,14 @@ def evaluate_gon(model: nn.Module, windows: Tensor | WindowSet, cfg: GonConfig) 
     return {"loss": total / count, "d_real": d_real / count, "d_gen": d_gen / count}
 
 
-def _train_epoch(
-    model: nn.Module, opt: torch.optim.Optimizer, data: WindowSet, order: np.ndarray, cfg: GonConfig
-) -> float:
+def _train_epoch(model: nn.Module, opt: Adam, data: WindowSet, order: np.ndarray, cfg: GonConfig) -> float:
     """One pass of Algorithm 1 over shuffled minibatches; returns the mean training loss."""
     model.train()
     total = 0.0
     for start in range(0, len(order), cfg.batch_size):
         view, real = data.batch(model, torch.from_numpy(order[start : start + cfg.batch_size]))
         loss, _, _ = gon_loss(view, real, cfg)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
         total += loss.item() * real.shape[0]
@@ -416,7 +421,7 @@ def train_gon(
         model = build_discriminator(cfg)
     rng = np.random.default_rng(cfg.seed)
     train_idx, val_idx = _split(len(data), cfg.val_fraction)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: dict[str, Any] = {"train_loss": [], "val_loss": [], "val_d_real": [], "val_d_gen": []}
     best_loss, best_state, best_epoch = float("inf"), copy.deepcopy(model.state_dict()), 0
     started = time.perf_counter()
