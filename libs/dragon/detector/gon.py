@@ -40,8 +40,10 @@ log = structlog.get_logger(__name__)
 
 # Windows generated at once when scoring. It bounds memory, not results: every window of a
 # batch gets the same Hutchinson probe, so its score does not depend on its batch. The double
-# backward keeps a few dozen copies of a batch alive: at 512 windows of 10 x 55 that took about
-# 25 MB more than at 128, which costs more calls instead (docs/benchmarks.md, "Detector memory").
+# backward keeps a few dozen copies of a batch alive: on FTSAD-55 (windows of 10 x 55) the
+# bench's peak was 300 / 288 / 285 MiB with 512 / 256 / 128 windows, for 0.2-0.3 s more over
+# 2,264 test steps at 128; streaming scores one step at a time (docs/benchmarks.md, "Detector
+# memory").
 SCORE_BATCH = 128
 # Windows per batch of the validation loss. The loss is summed batch by batch, so this changes
 # its rounding, and with it, sometimes, the epoch early stopping keeps: fixed so results are.
