@@ -17,15 +17,17 @@ from .conftest import health_of
 pytestmark = pytest.mark.integration
 
 
-def stored_states(lei) -> dict[str, HostThreshold | None]:
-    return ThresholdStore(lei.redis_client(), lei.lei).load(lei.hosts)
+def stored_states(lei, mode: str = "observed") -> dict[str, HostThreshold | None]:
+    return ThresholdStore(lei.redis_client(), lei.lei, mode).load(lei.hosts)
 
 
-def wait_until_learnt(lei, beyond: dict[str, int], timeout: float = 30.0) -> dict[str, HostThreshold]:
-    """Poll Redis until every host's state counts more than ``beyond[host]`` normal windows."""
+def wait_until_learnt(
+    lei, beyond: dict[str, int], timeout: float = 30.0, mode: str = "observed"
+) -> dict[str, HostThreshold]:
+    """Poll Redis until every host's state (of ``mode``'s verdicts) counts more than ``beyond[host]`` normal windows."""
     deadline = time.monotonic() + timeout
     while True:
-        states = stored_states(lei)
+        states = stored_states(lei, mode)
         if all(s is not None and s.pot.tail.n > beyond[h] for h, s in states.items()):
             return states
         if time.monotonic() > deadline:

@@ -21,6 +21,7 @@ from dragon.testing.listener import Listener, publish
 
 from .conftest import health_of, start_task
 from .test_faults import finished, inject
+from .test_pot_state import stored_states, wait_until_learnt
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +32,7 @@ BURNER = ["python3", "-c", "while True: pass"]
 HOG_S = 12
 VERDICTS_PER_HOST = 10
 MAX_QUIET_ALARM_SHARE = 0.2
+LEARN_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +108,28 @@ def test_a_cpu_hog_is_also_flagged_in_predicted_mode_and_the_healthy_host_mostly
         assert len({e.event_id for e in observed}) == len(observed)
         # The next test needs h1's CPU to itself.
         listener.wait_for(lambda m: finished(m, command.id), HOG_S + EVENT_BOUND_S)
+
+
+def test_predicted_thresholds_and_fault_states_survive_a_redis_restart(forecasting):
+    """Redis restarts while forecasts are judged: each host's predicted threshold continues from
+    what it had learnt (not from the model's calibration), and predicted verdicts flow again."""
+    lei = forecasting
+    learnt = wait_until_learnt(lei, {host: 0 for host in lei.hosts}, LEARN_TIMEOUT_S, mode="predicted")
+    lei.restart("redis", "Ready to accept connections")
+    resumed = stored_states(lei, "predicted")  # a new client: the restarted container's port has changed
+    for host in lei.hosts:
+        assert resumed[host] is not None and resumed[host].model_id == learnt[host].model_id
+        assert resumed[host].pot.tail.n >= learnt[host].pot.tail.n, (host, resumed[host], learnt[host])
+    assert lei.redis_client().exists(*(f"dragon:{lei.lei}:predicted:fault:{host}" for host in lei.hosts)) == len(
+        lei.hosts
+    )
+    with Listener(lei.mqtt_settings(), [predicted_health(lei)]) as listener:
+        for host in lei.hosts:
+            listener.wait_for(
+                lambda m, h=host: m.topic == topics.host_health(lei.lei, h, "predicted") and not m.retain,
+                LEARN_TIMEOUT_S,
+            )
+    wait_until_learnt(lei, {host: s.pot.tail.n for host, s in resumed.items()}, LEARN_TIMEOUT_S, mode="predicted")
 
 
 def test_a_busy_task_announced_on_a_quiet_host_is_flagged_there_before_the_host_runs_it(forecasting):
