@@ -12,6 +12,7 @@ the weights), then times, over ``--calls`` calls after 3 warm-up calls:
 It prints one JSON line per case, then a table of medians and 99th percentiles in ms.
 
     python scripts/bench_lei_step.py --hosts 16 64 256 --threads 1
+    python scripts/bench_lei_step.py --hosts 16 --hessian-every 5   # AdaHessian's delayed Hessian update
 """
 
 from __future__ import annotations
@@ -72,7 +73,14 @@ def timed(action, calls: int) -> list[float]:
 
 def run_case(hosts: int, topology: bool, args) -> dict:
     history = synthetic_history(hosts, HISTORY, args.seed)
-    cfg = GonConfig(n_features=len(HOST_METRICS), epochs=2, scope="lei", topology=topology, seed=args.seed)
+    cfg = GonConfig(
+        n_features=len(HOST_METRICS),
+        epochs=2,
+        scope="lei",
+        topology=topology,
+        seed=args.seed,
+        gen_hessian_every=args.hessian_every,
+    )
     checkpoint = train_from_lei(lei_trace(history, HOST_METRICS), cfg, min_span=min_span(), pot_q=1e-3, pot_level=0.9)
     scorer = Scorer(checkpoint)
     samples = as_samples(history, HISTORY - 1)
@@ -87,6 +95,7 @@ def run_case(hosts: int, topology: bool, args) -> dict:
         "hosts": hosts,
         "tasks": len(steps[0].tasks),
         "topology": topology,
+        "hessian_every": args.hessian_every,
         "assemble_ms_p50": ms(assemble, 0.5),
         "assemble_ms_p99": ms(assemble, 0.99),
         "score_ms_p50": ms(score, 0.5),
@@ -104,10 +113,16 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="timed calls per case (default: 200)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: 1, as a Pi core)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic LEI and the model (default: 0)")
+    parser.add_argument(
+        "--hessian-every",
+        type=int,
+        default=1,
+        help="AdaHessian estimates the Hessian diagonal every this many generation steps (default: 1)",
+    )
     parser.add_argument("--out", help="also write the results to this JSON file")
     args = parser.parse_args()
-    if min(args.hosts) < 1 or args.calls < 1 or args.threads < 1:
-        parser.error("--hosts, --calls and --threads must be positive")
+    if min(args.hosts) < 1 or min(args.calls, args.threads, args.hessian_every) < 1:
+        parser.error("--hosts, --calls, --threads and --hessian-every must be positive")
     configure(level="warning", json=True)
     torch.set_num_threads(args.threads)
     results = []

@@ -96,3 +96,43 @@ def test_a_shared_probe_makes_each_sample_independent_of_its_batch():
 def test_shared_dims_must_not_be_negative():
     with pytest.raises(ValueError, match="shared_dims"):
         AdaHessian([torch.zeros(2, requires_grad=True)], shared_dims=-1)
+
+
+def test_a_delayed_hessian_update_estimates_every_k_steps_and_reuses_the_estimate_between():
+    def run(every: int) -> tuple[torch.Tensor, int]:
+        x = torch.ones(3, requires_grad=True)
+        opt = AdaHessian([x], lr=0.1, generator=torch.Generator().manual_seed(7), hessian_every=every)
+        estimate = opt._hessian_diagonals
+        estimates = []
+        opt._hessian_diagonals = lambda *args: estimates.append(1) or estimate(*args)
+        for _ in range(7):
+            opt.step(lambda: (x**4).sum() + (x[0] * x[1]) ** 2)
+        return x.detach(), len(estimates)
+
+    (every_step, seven), (delayed, three) = run(1), run(3)
+    assert (seven, three) == (7, 3)  # steps 0, 3 and 6
+    assert not torch.equal(every_step, delayed)  # this Hessian changes as x moves, so reuse shows
+
+
+def test_with_a_constant_hessian_a_delayed_update_takes_the_same_steps():
+    # For a separable quadratic Hutchinson's estimate is exact and never changes: reusing it is free.
+    a = torch.tensor([1e-2, 1.0, 10.0, 100.0])
+    c = torch.tensor([3.0, -2.0, 0.5, 1.0])
+
+    def run(every: int) -> torch.Tensor:
+        x = torch.zeros(4, requires_grad=True)
+        opt = AdaHessian([x], lr=0.3, generator=torch.Generator().manual_seed(0), hessian_every=every)
+        for _ in range(20):
+            opt.step(lambda: 0.5 * (a * (x - c) ** 2).sum())
+        return x.detach()
+
+    assert torch.equal(run(5), run(1))
+
+
+def test_hessian_every_must_be_positive():
+    with pytest.raises(ValueError, match="hessian_every"):
+        AdaHessian([torch.zeros(2, requires_grad=True)], hessian_every=0)
+    from dragon.detector.gon import GonConfig
+
+    with pytest.raises(ValueError, match="gen_hessian_every"):
+        GonConfig(n_features=3, gen_hessian_every=0)

@@ -38,15 +38,21 @@ class AdaHessian(Optimizer):
         hessian_power: float = 1.0,
         generator: torch.Generator | None = None,
         shared_dims: int = 0,
+        hessian_every: int = 1,
     ) -> None:
-        if lr <= 0 or eps <= 0 or not 0 < hessian_power <= 1 or shared_dims < 0:
-            raise ValueError("AdaHessian needs lr > 0, eps > 0, 0 < hessian_power <= 1 and shared_dims >= 0")
+        if lr <= 0 or eps <= 0 or not 0 < hessian_power <= 1 or shared_dims < 0 or hessian_every < 1:
+            raise ValueError(
+                "AdaHessian needs lr > 0, eps > 0, 0 < hessian_power <= 1, shared_dims >= 0 and hessian_every >= 1"
+            )
         super().__init__(params, lr)
         self.betas = betas
         self.eps = eps
         self.hessian_power = hessian_power
+        self.hessian_every = hessian_every
         self._generator = generator
         self._shared_dims = shared_dims
+        self._steps = 0
+        self._diagonals: list[Tensor] = []  # the newest estimate, reused between estimates
 
     def _probe(self, p: Tensor) -> Tensor:
         """Rademacher ±1 of p's shape, the same along p's first ``shared_dims`` axes."""
@@ -64,14 +70,22 @@ class AdaHessian(Optimizer):
         return [(hv * v).abs() for hv, v in zip(products, probes, strict=True)]
 
     def step(self, closure: Callable[[], Tensor]) -> Tensor:
-        """One step on the loss ``closure()`` returns; the parameters that need no gradient stay put."""
+        """One step on the loss ``closure()`` returns; the parameters that need no gradient stay put.
+
+        The Hessian diagonal is estimated at the first step and then every ``hessian_every``
+        steps; in between the newest estimate enters the moving average again (AdaHessian's
+        "delayed Hessian update", Yao et al. sec. 3.3), and a step costs one gradient.
+        """
         params = [p for p in self.params if p.requires_grad]
+        estimate = self._steps % self.hessian_every == 0 or len(self._diagonals) != len(params)
         with torch.enable_grad():
             loss = closure()
-            grads = torch.autograd.grad(loss, params, create_graph=True)
-            diagonals = self._hessian_diagonals(params, grads)
+            grads = torch.autograd.grad(loss, params, create_graph=estimate)
+            if estimate:
+                self._diagonals = self._hessian_diagonals(params, grads)
+        self._steps += 1
         with torch.no_grad():
-            for p, grad, diagonal in zip(params, grads, diagonals, strict=True):
+            for p, grad, diagonal in zip(params, grads, self._diagonals, strict=True):
                 self._update(p, grad.detach(), diagonal)
         return loss.detach()
 

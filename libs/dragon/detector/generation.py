@@ -55,7 +55,10 @@ def _neg_log_d(model: Climbable, z: Tensor) -> Tensor:
     return -F.logsigmoid(model.logits(z)).sum()
 
 
-def _adam_ascent(model: Climbable, z: Tensor, steps: int, lr: float, restart_every: int, box) -> None:
+def _adam_ascent(
+    model: Climbable, z: Tensor, steps: int, lr: float, restart_every: int, box, hessian_every: int
+) -> None:
+    # First-order: there is no Hessian estimate, so hessian_every means nothing here.
     opt = Adam([z], lr=lr)
     for step in range(steps):
         _schedule(opt, lr, restart_every, step)
@@ -65,7 +68,9 @@ def _adam_ascent(model: Climbable, z: Tensor, steps: int, lr: float, restart_eve
         _project(z, box)
 
 
-def _adahessian_ascent(model: Climbable, z: Tensor, steps: int, lr: float, restart_every: int, box) -> None:
+def _adahessian_ascent(
+    model: Climbable, z: Tensor, steps: int, lr: float, restart_every: int, box, hessian_every: int
+) -> None:
     # A fixed seed for the Hutchinson probes keeps generation, and so every score, deterministic.
     # One probe for every window of the batch (and every host of a federation): a window's score
     # must not depend on its position in the batch. With a probe per position, the same FTSAD-1
@@ -73,7 +78,8 @@ def _adahessian_ascent(model: Climbable, z: Tensor, steps: int, lr: float, resta
     # hosts of one federation interact, so for them the shared probe adds D's cross-host terms
     # of the same coordinate to the diagonal estimate; in exchange, renumbering hosts
     # renumbers their scores and nothing else.
-    opt = AdaHessian([z], lr=lr, generator=torch.Generator().manual_seed(0), shared_dims=z.dim() - 2)
+    probes = torch.Generator().manual_seed(0)
+    opt = AdaHessian([z], lr=lr, generator=probes, shared_dims=z.dim() - 2, hessian_every=hessian_every)
     for step in range(steps):
         _schedule(opt, lr, restart_every, step)
         opt.step(lambda: _neg_log_d(model, z))
@@ -86,7 +92,7 @@ def _project(z: Tensor, box: tuple[float, float] | None) -> None:
             z.clamp_(*box)
 
 
-Ascent = Callable[[Climbable, Tensor, int, float, int, tuple[float, float] | None], None]
+Ascent = Callable[[Climbable, Tensor, int, float, int, tuple[float, float] | None, int], None]
 # How Z climbs log D(Z): AdaHessian's second-order step (eq. 5) or first-order Adam (eq. 3).
 ASCENTS: dict[str, Ascent] = {"adahessian": _adahessian_ascent, "adam": _adam_ascent}
 
@@ -99,8 +105,11 @@ def generate(
     optimizer: str = "adahessian",
     restart_every: int = 0,
     box: tuple[float, float] | None = None,
+    hessian_every: int = 1,
 ) -> Tensor:
     """Z* from Z = z0 by ``steps`` steps maximising log D(Z) with ``optimizer``.
+
+    ``hessian_every`` > 1 lets AdaHessian reuse its Hessian estimate between estimates.
 
     The model's weights are frozen for the ascent (no gradient flows into them) and their
     ``requires_grad`` flags are restored afterwards. Works under ``torch.no_grad()`` too.
@@ -116,7 +125,7 @@ def generate(
             z = z0.detach().clone()
             _project(z, box)
             z.requires_grad_(True)
-            ascent(model, z, steps, lr, restart_every, box)
+            ascent(model, z, steps, lr, restart_every, box, hessian_every)
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)

@@ -97,6 +97,10 @@ class GonConfig:
     - ``gen_optimizer`` ``adahessian`` with ``gen_restart_every`` 5 and ``gen_lr`` 0.05 over
       Adam: 0.896 / 0.819 vs 0.893 / 0.788 on FTSAD-1, 0.926 / 0.647 vs 0.916 / 0.615 on
       FTSAD-25; with ``gen_lr`` 0.01 it was worse than Adam on both.
+    - ``gen_hessian_every`` 1, the paper's AdaHessian. Estimating the Hessian every 5 steps (the
+      AdaHessian paper's "delayed update") made a 16-host joint step 17-35 % cheaper but
+      halved PR-AUC on the rpi16 testbed (0.234 -> 0.112 with topology, 0.379 -> 0.179
+      without, 3 seeds; docs/detector-quality.md), so it stays an option for measuring.
     """
 
     n_features: int  # n, metrics per time step
@@ -109,6 +113,7 @@ class GonConfig:
     gen_lr: float = 0.05  # step size of that ascent, in scaled units
     gen_optimizer: str = "adahessian"  # or "adam" (generation.ASCENTS); older checkpoints mean adam
     gen_restart_every: int = 5  # cosine annealing cycle of the ascent, in steps (0: constant step size)
+    gen_hessian_every: int = 1  # AdaHessian: a new Hessian estimate every this many steps (delayed update)
     gen_box: bool = True  # keep generated windows inside the scaled training range [0, 1]
     gen_init: str = "window"  # start the ascent from the window itself (sec. IV-C) or from "noise"
     score_rows: str = "last"  # eq. 13 over the whole window, or over its last row only
@@ -126,7 +131,7 @@ class GonConfig:
     patience: int = 8  # epochs without a better validation loss before stopping
 
     def __post_init__(self) -> None:
-        positive = ("n_features", "window", "hidden", "layers", "epochs", "batch_size", "patience")
+        positive = ("n_features", "window", "hidden", "layers", "epochs", "batch_size", "patience", "gen_hessian_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"GonConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -245,7 +250,9 @@ def generate_from(model: nn.Module, windows: Tensor, cfg: GonConfig) -> Tensor:
         noise = torch.Generator().manual_seed(cfg.seed)
         windows = torch.rand(windows.shape, generator=noise, dtype=windows.dtype)
     box = (0.0, 1.0) if cfg.gen_box else None
-    return generate(model, windows, cfg.gen_steps, cfg.gen_lr, cfg.gen_optimizer, cfg.gen_restart_every, box)
+    return generate(
+        model, windows, cfg.gen_steps, cfg.gen_lr, cfg.gen_optimizer, cfg.gen_restart_every, box, cfg.gen_hessian_every
+    )
 
 
 @torch.no_grad()
