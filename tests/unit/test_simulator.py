@@ -392,3 +392,6 @@ def test_a_forecast_revised_for_a_move_is_newer_than_the_one_it_replaces():
     assert all(r.ts > f.ts for r, f in zip(revised, first, strict=True))
     # A redelivered sample's forecast is not a revision: it keeps its (stale) stamp.
     assert stamped(first, last, revised=False)[0].ts == NOW
+    # A restarted simulator has forgotten what it sent: its revision still comes after it.
+    after_restart = stamped(again, {}, revised=True)
+    assert all(r.ts > f.ts for r, f in zip(after_restart, first, strict=True))

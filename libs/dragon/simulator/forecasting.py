@@ -87,13 +87,15 @@ def stamped(
     A forecast made again because a schedule changed starts from the same samples as the one
     before it; when the schedule is stamped before the host's newest sample, both would carry
     that sample's time, and the detector would drop the revision (the one that knows of the
-    move) as stale. A forecast from a new sample keeps its own stamp.
+    move) as stale. So a revision is always stamped after its samples' own forecast, even when
+    ``last_ts`` does not know that forecast (a restarted simulator sent it before the restart).
+    A forecast from a new sample keeps its own stamp.
     """
     out = []
     for forecast in forecasts:
         last = last_ts.get(forecast.host, 0.0)
-        if revised and forecast.ts <= last:
-            forecast = replace(forecast, ts=last + REVISION_STEP_S)
+        if revised:
+            forecast = replace(forecast, ts=max(forecast.ts, last) + REVISION_STEP_S)
         last_ts[forecast.host] = max(last, forecast.ts)
         out.append(forecast)
     return out
