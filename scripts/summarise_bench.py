@@ -29,7 +29,7 @@ COSTS = (  # heading, key, digits
     ("train s", "train_s", 1),
     ("step ms p50", "step_latency_ms_p50", 2),
     ("step ms p99", "step_latency_ms_p99", 2),
-    ("peak RSS MB", "peak_rss_mb", 0),
+    ("peak RSS MiB", "peak_rss_mb", 0),
 )
 COLUMNS = {
     "bench": (

@@ -52,7 +52,7 @@ class AdaHessian(Optimizer):
         self._generator = generator
         self._shared_dims = shared_dims
         self._steps = 0
-        self._diagonals: list[Tensor] = []  # the newest estimate, reused between estimates
+        self._diagonals: dict[Tensor, Tensor] = {}  # each parameter's newest estimate, reused between estimates
 
     def _probe(self, p: Tensor) -> Tensor:
         """Rademacher ±1 of p's shape, the same along p's first ``shared_dims`` axes."""
@@ -64,7 +64,7 @@ class AdaHessian(Optimizer):
         """Hutchinson's estimate |v ⊙ Hv| for each parameter, one Rademacher draw."""
         probes = [self._probe(p) for p in params]
         # Hv as the gradient of g . v, not grad(g, grad_outputs=v): the same numbers, but torch
-        # imports sympy (33 MB of modules, measured) the first time grad_outputs is a tensor.
+        # imports sympy (33 MiB of modules, measured) the first time grad_outputs is a tensor.
         probed = sum((g * v).sum() for g, v in zip(grads, probes, strict=True))
         products = torch.autograd.grad(probed, params)
         return [(hv * v).abs() for hv, v in zip(products, probes, strict=True)]
@@ -77,16 +77,16 @@ class AdaHessian(Optimizer):
         "delayed Hessian update", Yao et al. sec. 3.3), and a step costs one gradient.
         """
         params = [p for p in self.params if p.requires_grad]
-        estimate = self._steps % self.hessian_every == 0 or len(self._diagonals) != len(params)
+        estimate = self._steps % self.hessian_every == 0 or any(p not in self._diagonals for p in params)
         with torch.enable_grad():
             loss = closure()
             grads = torch.autograd.grad(loss, params, create_graph=estimate)
             if estimate:
-                self._diagonals = self._hessian_diagonals(params, grads)
+                self._diagonals = dict(zip(params, self._hessian_diagonals(params, grads), strict=True))
         self._steps += 1
         with torch.no_grad():
-            for p, grad, diagonal in zip(params, grads, self._diagonals, strict=True):
-                self._update(p, grad.detach(), diagonal)
+            for p, grad in zip(params, grads, strict=True):
+                self._update(p, grad.detach(), self._diagonals[p])
         return loss.detach()
 
     def _update(self, p: Tensor, grad: Tensor, diagonal: Tensor) -> None:

@@ -38,8 +38,9 @@ from dragon.records import check_known_keys
 
 log = structlog.get_logger(__name__)
 
-# Windows generated at once when scoring. It bounds memory, not results: every window of a
-# batch gets the same Hutchinson probe, so its score does not depend on its batch. The double
+# Windows generated at once when scoring. It bounds memory; a window's score depends on its
+# batch only through float rounding (about 1e-6; every window of a batch gets the same
+# Hutchinson probe), and 128 and 512 give identical scores on the FTSAD sets. The double
 # backward keeps a few dozen copies of a batch alive: on FTSAD-55 (windows of 10 x 55) the
 # bench's peak was 300 / 288 / 285 MiB with 512 / 256 / 128 windows, for 0.2-0.3 s more over
 # 2,264 test steps at 128; streaming scores one step at a time (docs/benchmarks.md, "Detector
@@ -98,8 +99,8 @@ class GonConfig:
       Adam: 0.896 / 0.819 vs 0.893 / 0.788 on FTSAD-1, 0.926 / 0.647 vs 0.916 / 0.615 on
       FTSAD-25; with ``gen_lr`` 0.01 it was worse than Adam on both.
     - ``gen_hessian_every`` 1, the paper's AdaHessian. Estimating the Hessian every 5 steps (the
-      AdaHessian paper's "delayed update") made a 16-host joint step 17-35 % cheaper but
-      halved PR-AUC on the rpi16 testbed (0.234 -> 0.112 with topology, 0.379 -> 0.179
+      AdaHessian paper's "delayed update", in training and scoring alike) made a 16-host joint
+      step 17-35 % cheaper but halved PR-AUC on the rpi16 testbed (0.234 -> 0.112 with topology, 0.379 -> 0.179
       without, 3 seeds; docs/detector-quality.md), so it stays an option for measuring.
     """
 

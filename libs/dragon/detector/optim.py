@@ -2,7 +2,7 @@
 
 Why not ``torch.optim``: building its first optimiser imports TorchDynamo and, through it,
 sympy, about 70 MB of Python modules that the detector never uses (measured with the bench:
-docs/benchmarks.md, "Memory without torch.optim"). On a 4 GB edge device that is a third of the
+docs/benchmarks.md, "Detector memory"). On a 4 GB edge device that is a third of the
 detector's own memory. An update rule is a few lines; :class:`Adam` repeats the operations of
 ``torch.optim.Adam`` on the CPU (its single-tensor path) one for one, so training gives the same
 numbers bit for bit (tests/unit/test_optim.py checks it).
