@@ -336,6 +336,22 @@ def test_a_move_the_samples_do_not_show_yet_is_in_the_forecast_of_both_hosts():
     assert h2.ts == NOW + 0.6 and h2.based_on_ts == NOW
 
 
+def test_a_task_its_new_host_reports_first_leaves_the_old_hosts_forecast_at_once():
+    """t1 moved from h1 to h2; h2 reported it before h1 sampled again. h1's newest sample still
+    carries t1's load, which must not count twice."""
+    view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
+    view.observe(sample("a", "h1", 0.1, ts=NOW - 5), NOW)  # background: cpu 0.1, ram 0.3
+    view.observe(sample("a", "h1", 0.95, [("t1", 0.5), ("t2", 0.35)], ram=0.7), NOW)
+    view.observe(sample("a", "h2", 0.55, [("t1", 0.5)], ts=NOW + 0.5, ram=0.5), NOW + 0.5)
+    snap = view.snapshot(NOW + 0.5)
+    h1, h2 = forecast_samples(snap, simulator_of(snap), "a", schedule_ts=0.0)
+    assert h1.metrics.cpu == pytest.approx(0.95 - 0.5) and h1.tasks == ("t2",)
+    # Not measured per task: t1 takes its share of h1's excess over background, (0.7 - 0.3) / 2.
+    assert h1.metrics.ram == pytest.approx(0.7 - 0.2)
+    assert (h2.metrics.cpu, h2.metrics.ram) == pytest.approx((0.55, 0.5)) and h2.tasks == ("t1",)
+    assert snap.sampled.usage[snap.host_index("a", "h1"), 0] == pytest.approx(0.45)  # the planner's view too
+
+
 def test_forecasts_of_only_the_hosts_asked_for_and_of_no_other_lei():
     view = two_lei_view()
     snap = view.snapshot(NOW)

@@ -199,9 +199,9 @@ class FederationView:
             raise ValueError("no host has reported recently: the simulator has no state to simulate")
         records = [self._hosts[key] for key in fresh]
         federation = self._federation([lei for lei, _ in fresh])
-        usage = np.stack([rec.usage for rec in records])
         background = np.stack([rec.background for rec in records])
         placement, measured, ram_bytes = self._tasks(records)
+        usage = _without_departed(records, placement, background)
         task_ids = tuple(placement)
         sampled_place = np.array([placement[task] for task in task_ids], dtype=int)
         self._apply_schedules(placement, fresh)
@@ -371,3 +371,24 @@ def co_simulator(settings: CoSimSettings, snapshot: Snapshot, longest_migration_
         ServiceModel(settings.service_time_s, slo_factor=settings.slo_factor, overload=settings.overload),
         longest_migration_s=longest_migration_s,
     )
+
+
+def _without_departed(records: list[HostRecord], placement: dict[str, int], background: np.ndarray) -> np.ndarray:
+    """Each host's newest usage (m, n) without the tasks a newer sample shows running elsewhere.
+
+    When a moved task's new host reports it before its old host samples again, the old host's
+    newest sample still carries the task's load; forecasting and planning from it would see the
+    task on both hosts for an interval. Its measured CPU leaves the old host, and so does its
+    share of the old host's excess over background in the metrics not measured per task (the
+    split ``twin.task_demand`` makes).
+    """
+    usage = np.stack([rec.usage for rec in records])  # (m, n)
+    for index, rec in enumerate(records):
+        departed = [cpu for task, (cpu, _) in rec.tasks.items() if placement[task] != index]
+        if not departed:
+            continue
+        share = np.maximum(usage[index] - background[index], 0.0) / len(rec.tasks)  # (n,) per listed task
+        gone = share * len(departed)
+        gone[CPU] = sum(departed)
+        usage[index] = np.maximum(usage[index] - gone, 0.0)
+    return usage
