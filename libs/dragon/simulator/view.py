@@ -276,9 +276,7 @@ class FederationView:
                 if task in seen_at and seen_at[task] >= rec.ts:
                     continue
                 placement[task], seen_at[task], ram[task] = index, rec.ts, ram_bytes
-                row = np.full(len(HOST_METRICS), np.nan)
-                row[CPU] = cpu  # measured per task; the rest is the host's excess, shared (twin.task_demand)
-                measured[task] = row
+                measured[task] = _measured_row(cpu)
         return placement, measured, ram
 
     def _apply_schedules(self, placement: dict[str, int], fresh: list[HostKey]) -> None:
@@ -378,17 +376,24 @@ def _without_departed(records: list[HostRecord], placement: dict[str, int], back
 
     When a moved task's new host reports it before its old host samples again, the old host's
     newest sample still carries the task's load; forecasting and planning from it would see the
-    task on both hosts for an interval. Its measured CPU leaves the old host, and so does its
-    share of the old host's excess over background in the metrics not measured per task (the
-    split ``twin.task_demand`` makes).
+    task on both hosts for an interval. The task's demand there, as ``twin.task_demand`` splits
+    it (its measured CPU, its share of the host's excess in the other metrics), leaves that host.
     """
     usage = np.stack([rec.usage for rec in records])  # (m, n)
     for index, rec in enumerate(records):
-        departed = [cpu for task, (cpu, _) in rec.tasks.items() if placement[task] != index]
-        if not departed:
+        departed = [placement[task] != index for task in rec.tasks]
+        if not any(departed):
             continue
-        share = np.maximum(usage[index] - background[index], 0.0) / len(rec.tasks)  # (n,) per listed task
-        gone = share * len(departed)
-        gone[CPU] = sum(departed)
-        usage[index] = np.maximum(usage[index] - gone, 0.0)
+        # Each task's demand on this host as its own sample saw it: the host alone, all its tasks.
+        measured = np.stack([_measured_row(cpu) for cpu, _ in rec.tasks.values()])
+        alone = np.zeros(len(rec.tasks), dtype=int)
+        demand = task_demand(usage[index : index + 1], alone, background[index : index + 1], measured)
+        usage[index] = np.maximum(usage[index] - demand[departed].sum(axis=0), 0.0)
     return usage
+
+
+def _measured_row(cpu: float) -> np.ndarray:
+    """A task's measured demand (n,): its CPU; NaN where only the host's excess, shared, is known."""
+    row = np.full(len(HOST_METRICS), np.nan)
+    row[CPU] = cpu
+    return row
