@@ -1,8 +1,9 @@
 """A detector judging the whole LEI at once (DRAGON_DETECTOR_SCOPE=lei) in a real emulated LEI.
 
 It learns D(G, W, S) from the hosts' normal operation with their tasks and schedule, then a real
-CPU hog in one host must become a fault event for that host and no other, and a replica whose
-confidence gate is forced open fine-tunes the model on whole LEI steps.
+CPU hog in one host must become a fault event for that host and no other, observed and, with a
+simulator forecasting, predicted; and a replica whose confidence gate is forced open fine-tunes
+the model on whole LEI steps.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import time
 import pytest
 
 from dragon.detector.modelstore import ModelStore
-from dragon.messages import topics
+from dragon.messages import codec, topics
+from dragon.messages.schemas import FaultEvent
 from dragon.testing.listener import Listener
 
 from .conftest import DETECTOR_ENV, health_of, running_lei
-from .test_faults import EVENT_BOUND_S, events, inject, watch
+from .test_faults import EVENT_BOUND_S, events, finished, inject, watch
 from .test_online_finetune import FINE_TUNE_TIMEOUT_S, FORCED_ENV
+from .test_predicted import FORECAST_TIMEOUT_S, is_start
 from .test_robustness import fresh_health
 
 pytestmark = pytest.mark.integration
@@ -67,6 +70,31 @@ def test_a_cpu_hog_is_a_fault_of_that_host_and_the_healthy_hosts_stay_normal(lei
         during = [v for v in verdicts if v.host != "h2" and v.ts >= event.window_ts]
         assert len(during) >= 2 * 5, "the healthy hosts were not judged while h2 was faulty"
         assert sum(v.label for v in during) <= MAX_HEALTHY_ALARM_SHARE * len(during), during
+
+
+def test_forecasts_are_judged_in_the_whole_lei_and_a_cpu_hog_is_flagged_in_predicted_mode(lei_scope):
+    """Predicted mode with a joint model: each forecast is judged in the LEI at the step it starts
+    from (lei.forecast_steps), with verdicts, a threshold and events of its own."""
+    lei = lei_scope.lei
+    lei_scope.start_simulator("simulator-lei")
+    try:
+        filters = [f"dragon/{lei}/hosts/+/health/predicted", f"dragon/faults/{lei}/+", topics.injections(lei)]
+        with Listener(lei_scope.mqtt_settings(), filters) as listener:
+            for host in HOSTS:
+                listener.wait_for(
+                    lambda m, h=host: m.topic == topics.host_health(lei, h, "predicted") and not m.retain,
+                    FORECAST_TIMEOUT_S,
+                )
+            command = inject(lei_scope, "h1", "cpu", duration_s=15)
+            (message, *_) = listener.wait_for(lambda m: is_start(lei_scope, m, "h1", "predicted"), EVENT_BOUND_S)
+            event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
+            assert event.score >= event.threshold and event.window_ts > event.ts - EVENT_BOUND_S
+            assert "cpu" in [c.metric for c in event.top_metrics], event.top_metrics
+            listener.wait_for(lambda m: finished(m, command.id), 15 + EVENT_BOUND_S)  # h1 is quiet again
+    finally:
+        lei_scope.stop_service("simulator-lei")
+    client = lei_scope.redis_client()
+    assert sorted(h.decode() for h in client.hkeys(f"dragon:{lei}:predicted:pot")) == HOSTS
 
 
 def test_an_lei_model_trains_offline_from_what_the_lei_recorded(lei_scope):

@@ -12,10 +12,18 @@ from dragon.detector.config import DetectorConfig
 from dragon.detector.finetune import ConfidenceGate
 from dragon.detector.gon import GonConfig
 from dragon.detector.learning import FineTuner, min_span
-from dragon.detector.lei import LeiTrace, history_needed, lei_trace, steps_to_judge, task_rows, train_from_lei
+from dragon.detector.lei import (
+    LeiTrace,
+    forecast_steps,
+    history_needed,
+    lei_trace,
+    steps_to_judge,
+    task_rows,
+    train_from_lei,
+)
 from dragon.detector.scaling import MinMaxScaler
 from dragon.detector.scorer import Scorer
-from dragon.messages.schemas import HOST_METRICS, HostMetrics, HostSample, TaskUsage
+from dragon.messages.schemas import HOST_METRICS, ForecastSample, HostMetrics, HostSample, TaskUsage
 from dragon.store import StoredSample, _stored
 
 from .test_finetune import FakeModels
@@ -177,6 +185,73 @@ def test_a_step_scores_the_same_alone_or_batched_with_others(lei_model):
     together = [v.score for step in scorer.score_steps(steps) for _, v in step]
     alone = [v.score for step in steps for _, v in scorer.score_steps([step])[0]]
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-7)
+
+
+# --- predicted mode --------------------------------------------------------------------------------
+def forecast(host: str, based_on: StoredSample, vector: list[float], tasks: tuple[str, ...] = ()) -> ForecastSample:
+    """The simulator's forecast of ``host``'s next sample, one interval after ``based_on``."""
+    return ForecastSample(
+        "lei", host, based_on.ts, based_on.ts, based_on.ts + 1.0, HostMetrics(*vector), tasks, "sim-a"
+    )
+
+
+def until(history: dict[str, list[StoredSample]], end: int) -> dict[str, list[StoredSample]]:
+    return {host: samples[:end] for host, samples in history.items()}
+
+
+def test_a_forecast_that_comes_true_scores_as_the_sample_it_forecast(lei_model):
+    """The forecast of h1's last sample, made from the step before, is judged exactly as that sample."""
+    scorer, history = lei_model
+    came = history["h1"][-1]
+    tasks = tuple(came.tasks)
+    (ahead,) = forecast_steps([forecast("h1", history["h1"][-2], came.vector, tasks)], until(history, -1), K)
+    (step,) = steps_to_judge([as_sample("h1", came)], history, K)
+    np.testing.assert_allclose(ahead.prev, step.prev)
+    np.testing.assert_allclose(ahead.next[1], step.next[1])
+    np.testing.assert_allclose(ahead.task_prev, step.task_prev)
+    np.testing.assert_array_equal(ahead.schedule, step.schedule)
+    ((judged, predicted),) = scorer.score_steps([ahead])[0]
+    ((_, observed),) = scorer.score_steps([step])[0]
+    assert isinstance(judged, ForecastSample) and judged.host == "h1"
+    assert predicted.score == pytest.approx(observed.score, rel=1e-5, abs=1e-7)
+
+
+def test_the_forecasts_of_one_step_share_it_and_score_as_they_would_alone(lei_model):
+    scorer, history = lei_model
+    base = until(history, -1)
+    forecasts = [forecast(h, base[h][-1], history[h][-1].vector, tuple(history[h][-1].tasks)) for h in HOSTS]
+    (together,) = forecast_steps(forecasts, base, K)
+    assert [(h, f.host) for h, f in together.judged] == [(0, "h0"), (1, "h1"), (2, "h2")]
+    scores = [v.score for _, v in scorer.score_steps([together])[0]]
+    alone = [scorer.score_steps(forecast_steps([f], base, K))[0][0][1].score for f in forecasts]
+    np.testing.assert_allclose(scores, alone, rtol=1e-5, atol=1e-7)
+
+
+def test_a_forecast_places_the_tasks_it_names_on_its_host():
+    history = recorded(20)
+    # The migrator moved t2 from h1 to h2; t9 started and no sample has measured it yet.
+    (step,) = forecast_steps([forecast("h2", history["h2"][-1], [0.3] * 7, ("t2", "t9"))], history, K)
+    assert step.tasks == ("t0", "t1", "t2")
+    np.testing.assert_array_equal(step.schedule, [[1, 0, 0], [1, 0, 0], [0, 0, 1]])
+    np.testing.assert_allclose(step.next[2, -1], [0.3] * 7)
+    np.testing.assert_allclose(step.next[2, :-1], step.prev[2, 1:])  # W_t shifted by the forecast
+    np.testing.assert_allclose(step.next[:2], step.prev[:2])  # hosts without a forecast are context
+    # t2's window is its measured share on h1 up to the step, where the samples saw it.
+    np.testing.assert_allclose(step.task_prev[2], [history["h1"][i].tasks["t2"] for i in range(-K, 0)])
+
+
+def test_a_forecast_rise_is_flagged_on_its_host_and_a_forecast_without_its_sample_is_not_judged(lei_model):
+    scorer, history = lei_model
+    base = until(history, -1)
+    rising = list(history["h2"][-1].vector)
+    rising[0] += 0.6  # h2's cpu, with no task placed there to explain it
+    forecasts = [forecast(h, base[h][-1], history[h][-1].vector, tuple(history[h][-1].tasks)) for h in ("h0", "h1")]
+    (step,) = forecast_steps([*forecasts, forecast("h2", base["h2"][-1], rising)], base, K)
+    labels = {f.host: v.label for f, v in scorer.score_steps([step])[0]}
+    assert labels == {"h0": 0, "h1": 0, "h2": 1}
+    unknown = forecast("h0", StoredSample(T0 - 50.0, [0.1] * 7, {}), [0.1] * 7)
+    assert forecast_steps([unknown], base, K) == []
+    assert history_needed([unknown], K) == (T0 - 50.0 + 0.5, K + 3)
 
 
 # --- storage ---------------------------------------------------------------------------------------

@@ -69,8 +69,8 @@ class DetectorConfig:
     predicted: bool = setting(
         "DRAGON_DETECTOR_PREDICTED",
         True,
-        "scope host: also judge the simulator's forecast of each host's next sample (predicted mode, DRAGON "
-        "Alg. 2 line 4): verdicts on dragon/<lei>/hosts/<host>/health/predicted, events with mode predicted",
+        "also judge the simulator's forecast of each host's next sample (predicted mode, DRAGON Alg. 2 "
+        "line 4): verdicts on dragon/<lei>/hosts/<host>/health/predicted, events with mode predicted",
     )
     json_mirror: bool = setting(
         "DRAGON_FAULTS_JSON", True, "also publish every fault event as JSON on dragon/faults-json/<lei>/<host>"

@@ -8,6 +8,8 @@ builds
 
 - :func:`steps_to_judge`: for the samples a replica must judge, the LEI as it stood at each of
   their steps (:class:`LeiStep`), which :meth:`~dragon.detector.scorer.Scorer.score_steps` scores;
+- :func:`forecast_steps`: the same for the simulator's forecasts (predicted mode): the LEI at the
+  step a forecast starts from, with the forecast as its host's next window;
 - :func:`lei_trace`: the LEI's recorded history as a :class:`FederationTrace` plus each task
   slot's usage, which :func:`train_from_lei` learns a model from.
 
@@ -56,7 +58,7 @@ from dragon.detector.federation_model import FederationGraph, HostsInContext
 from dragon.detector.gon import GonConfig, train_gon
 from dragon.detector.scaling import MinMaxScaler
 from dragon.detector.train import calibrated_checkpoint, training_meta
-from dragon.messages.schemas import HostSample
+from dragon.messages.schemas import ForecastSample, HostSample
 from dragon.store import StoredSample, padded_window
 
 log = structlog.get_logger(__name__)
@@ -79,7 +81,8 @@ class LeiStep:
     task_prev: np.ndarray  # (p, k) each task's cpu share over its host's W_{t-1}
     task_next: np.ndarray  # (p, k) and over its host's W_t
     schedule: np.ndarray  # (p, m) S_t: one-hot task -> host
-    judged: tuple[tuple[int, HostSample], ...]  # (host index, sample) to judge, a host at most once
+    # (host index, what to judge): its sample, or a forecast (forecast_steps); a host at most once
+    judged: tuple[tuple[int, HostSample | ForecastSample], ...]
 
     @property
     def shape_key(self) -> tuple[int, int, int]:
@@ -156,6 +159,22 @@ def task_rows(task_cpu: np.ndarray, scaler: MinMaxScaler, feature_names: Sequenc
 
 
 # --- judging -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Due:
+    """Something to judge at a step: a host's sample, or a forecast that starts from one."""
+
+    host: str
+    ts: float  # the stored sample it is, or the one it starts from
+    interval_s: float
+    item: HostSample | ForecastSample
+
+
+def _due(item: HostSample | ForecastSample) -> _Due:
+    if isinstance(item, ForecastSample):
+        return _Due(item.host, item.based_on_ts, item.for_ts - item.based_on_ts, item)
+    return _Due(item.host, item.ts, item.interval_s, item)
+
+
 def steps_to_judge(
     samples: Sequence[HostSample],
     history: Mapping[str, Sequence[StoredSample]],
@@ -168,67 +187,117 @@ def steps_to_judge(
     samples before the oldest sample to judge. A sample missing from its host's history (trimmed
     away long ago) is not judged.
     """
-    steps = [_step(group, history, k, broker_host) for group in _by_step(samples)]
+    steps = [_step(group, history, k, broker_host) for group in _by_step([_due(s) for s in samples])]
     return [step for step in steps if step.judged]
 
 
-def _by_step(samples: Sequence[HostSample]) -> list[list[HostSample]]:
-    """Samples grouped into steps: taken within half an interval of the step's first, one per host."""
-    groups: list[list[HostSample]] = []
+def forecast_steps(
+    forecasts: Sequence[ForecastSample],
+    history: Mapping[str, Sequence[StoredSample]],
+    k: int,
+    broker_host: str = "",
+) -> list[LeiStep]:
+    """The LEI at the step each forecast starts from, the forecast in its host's W_{t+1} (predicted mode).
+
+    Alg. 2 lines 4-6 for a whole LEI: Ŵ_{t+1} is generated from every host's W_t (their
+    windows up to the step's samples) with the tasks' windows over W_t and the schedule the
+    forecasts give: a task a forecast places on its host is on that host in S (the move the
+    simulator applied), the others stay where the samples show them. Generation does not read
+    W_{t+1}, so the forecasts of one step share one step and score as they would alone; the
+    hosts without a forecast are context (their W_{t+1} is their W_t, and their score is not
+    used). A task only a forecast names has no measured usage to make a window of and is left
+    out of S; its demand is in the forecast's metrics. A forecast whose sample is not in
+    ``history`` is not judged. Each step's ``judged`` holds the forecasts.
+    """
+    steps = [_forecast_step(group, history, k, broker_host) for group in _by_step([_due(f) for f in forecasts])]
+    return [step for step in steps if step.judged]
+
+
+def _by_step(due: Sequence[_Due]) -> list[list[_Due]]:
+    """Items grouped into steps: taken within half an interval of the step's first, one per host."""
+    groups: list[list[_Due]] = []
     hosts: set[str] = set()  # hosts of the newest group: a set, as a group may hold hundreds
-    for sample in sorted(samples, key=lambda s: (s.ts, s.host)):
+    for item in sorted(due, key=lambda d: (d.ts, d.host)):
         group = groups[-1] if groups else None
-        if group is None or sample.ts - group[0].ts > group[0].interval_s / 2 or sample.host in hosts:
-            groups.append([sample])
-            hosts = {sample.host}
+        if group is None or item.ts - group[0].ts > group[0].interval_s / 2 or item.host in hosts:
+            groups.append([item])
+            hosts = {item.host}
         else:
-            group.append(sample)
-            hosts.add(sample.host)
+            group.append(item)
+            hosts.add(item.host)
     return groups
 
 
-def history_needed(samples: Sequence[HostSample], k: int) -> tuple[float, int]:
-    """How much stored history judging ``samples`` needs: (up to which time, samples per host).
+def history_needed(items: Sequence[HostSample | ForecastSample], k: int) -> tuple[float, int]:
+    """How much stored history judging ``items`` needs: (up to which time, samples per host).
 
     Each host's newest samples up to the batch's last step: k + 1 before its oldest step make
     that step's windows, and then about one per step the batch spans. A batch can span steps in
-    two ways, so both count: as many samples of one host as it holds (a backlog or flood, where
-    samples come faster than the interval) and the batch's time span in intervals.
+    two ways, so both count: as many items of one host as it holds (a backlog or flood, where
+    samples come faster than the interval) and the batch's time span in intervals. A forecast
+    counts at the sample it starts from.
     """
-    until = max(s.ts + s.interval_s / 2 for s in samples)
+    due = [_due(item) for item in items]
+    until = max(d.ts + d.interval_s / 2 for d in due)
     per_host: dict[str, int] = {}
-    for s in samples:
-        per_host[s.host] = per_host.get(s.host, 0) + 1
-    interval = min(s.interval_s for s in samples)
-    span = math.ceil((max(s.ts for s in samples) - min(s.ts for s in samples)) / interval)
+    for d in due:
+        per_host[d.host] = per_host.get(d.host, 0) + 1
+    interval = min(d.interval_s for d in due)
+    span = math.ceil((max(d.ts for d in due) - min(d.ts for d in due)) / interval)
     return until, k + 2 + max(per_host.values()) + span
 
 
-def _step(group: list[HostSample], history: Mapping[str, Sequence[StoredSample]], k: int, broker: str) -> LeiStep:
+def _members(
+    group: list[_Due], history: Mapping[str, Sequence[StoredSample]]
+) -> tuple[list[str], list[int], list[tuple[int, _Due]]]:
+    """The LEI's hosts at a step, each one's newest sample then, and the group's items with their host."""
     interval = group[0].interval_s
-    until = max(s.ts for s in group) + interval / 2
-    to_judge = {s.host: s for s in group}
+    until = max(d.ts for d in group) + interval / 2
+    due = {d.host: d for d in group}
     hosts, index, judged = [], [], []
     for host in sorted(history):
-        stored = history[host]
-        stamps = [s.ts for s in stored]
-        sample = to_judge.get(host)
-        if sample is not None and sample.ts in stamps:
-            i = stamps.index(sample.ts)
-            judged.append((len(hosts), sample))
+        stamps = [s.ts for s in history[host]]
+        item = due.get(host)
+        if item is not None and item.ts in stamps:
+            i = stamps.index(item.ts)
+            judged.append((len(hosts), item))
         else:
             i = bisect_right(stamps, until) - 1  # the host's newest sample at this step
             if i < 0 or until - stamps[i] > (STALE_INTERVALS + 0.5) * interval:
                 continue
         hosts.append(host)
         index.append(i)
+    return hosts, index, judged
+
+
+def _step(group: list[_Due], history: Mapping[str, Sequence[StoredSample]], k: int, broker: str) -> LeiStep:
+    hosts, index, judged = _members(group, history)
     rows = [[s.vector for s in history[h]] for h in hosts]
     prev = np.asarray([padded_window(r[: max(i, 1)], k) for r, i in zip(rows, index, strict=True)])
     nxt = np.asarray([padded_window(r[: i + 1], k) for r, i in zip(rows, index, strict=True)])
     tasks, task_prev, task_next, schedule = _placement([history[h] for h in hosts], index, k)
-    return LeiStep(
-        tuple(hosts), broker_index(hosts, broker), prev, nxt, tasks, task_prev, task_next, schedule, tuple(judged)
-    )
+    on_hosts = tuple((h, d.item) for h, d in judged)
+    broker_at = broker_index(hosts, broker)
+    return LeiStep(tuple(hosts), broker_at, prev, nxt, tasks, task_prev, task_next, schedule, on_hosts)
+
+
+def _forecast_step(group: list[_Due], history: Mapping[str, Sequence[StoredSample]], k: int, broker: str) -> LeiStep:
+    hosts, index, judged = _members(group, history)
+    rows = [[s.vector for s in history[h]] for h in hosts]
+    now = np.asarray([padded_window(r[: i + 1], k) for r, i in zip(rows, index, strict=True)])  # W_t
+    ahead = now.copy()  # W_{t+1}: the forecast's row after W_t where there is one
+    for h, d in judged:
+        ahead[h] = padded_window([*rows[h][: index[h] + 1], d.item.metrics.vector()], k)
+    tasks, _, task_now, schedule = _placement([history[h] for h in hosts], index, k)
+    for h, d in judged:
+        for task in d.item.tasks:
+            if task in tasks:
+                j = tasks.index(task)
+                schedule[j] = 0.0
+                schedule[j, h] = 1.0
+    on_hosts = tuple((h, d.item) for h, d in judged)
+    broker_at = broker_index(hosts, broker)
+    return LeiStep(tuple(hosts), broker_at, now, ahead, tasks, task_now, task_now, schedule, on_hosts)
 
 
 def _placement(

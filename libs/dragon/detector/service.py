@@ -31,7 +31,7 @@ from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DetectorConfig
 from dragon.detector.health import HostFaultState, Transition
 from dragon.detector.learning import FineTuner, OnlineLearner
-from dragon.detector.lei import LeiStep, history_needed, steps_to_judge
+from dragon.detector.lei import LeiStep, forecast_steps, history_needed, steps_to_judge
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
@@ -105,7 +105,6 @@ class Detector:
         self._unusable_model: str | None = None
         self._health: dict[tuple[str, str], HostHealth] = {}  # last verdict per (host, mode), republished on reconnect
         self.tuner: FineTuner | None = None
-        self._scope_warned = ""
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -276,12 +275,8 @@ class Detector:
             owned = [f for f in forecasts if self.membership.owns(f.host)]
             if self.scorer is None or not owned:
                 return
-            if self.scorer.scope != "host":
-                # A joint model judges an LEI step with every host's window, tasks and schedule;
-                # a forecast gives one host's next row. Not judged, and said so once per model.
-                self._not_predicting(len(owned))
-                return
-            judged = retry_until(lambda: self._score_forecasts(owned), self.lifecycle.stop, "score_forecasts")
+            judge = {"host": self._score_forecasts, "lei": self._score_lei_forecasts}[self.scorer.scope]
+            judged = retry_until(lambda: judge(owned), self.lifecycle.stop, "score_forecasts")
             self._publish(judged, "predicted")
         except StopRequested as exc:
             raise Unprocessed(str(exc)) from None
@@ -305,12 +300,6 @@ class Detector:
             return []
         prev_w, next_w = np.asarray(prev, dtype=np.float32), np.asarray(nxt, dtype=np.float32)
         return list(zip(judged, self._judge(scorer, judged, prev_w, next_w, "predicted"), strict=True))
-
-    def _not_predicting(self, count: int) -> None:
-        self.counters.add("forecasts_not_judged_scope_lei", count)
-        if self._scope_warned != self.scorer.model_id:
-            self._scope_warned = self.scorer.model_id
-            log.warning("forecasts_not_judged", reason="the served model judges the whole LEI (scope lei)")
 
     def _decode(self, message: Incoming, schema: type[HostSample | ForecastSample] = HostSample):
         decoded = self.mqtt.decode_or_drop(schema, message)
@@ -363,9 +352,7 @@ class Detector:
 
     def _score_lei(self, samples: list[HostSample]) -> Scored:
         """Judge each sample with every host of the LEI at its step, their tasks, schedule and graph."""
-        scorer = self.scorer
-        history = self.windows.samples_until(*history_needed(samples, scorer.window))
-        steps = steps_to_judge(samples, history, scorer.window, self.config.broker_host)
+        steps, per_step = self._judge_steps(samples, steps_to_judge, "observed")
         judged = [(step, h) for step in steps for h, _ in step.judged]
         if len(judged) < len(samples):
             # Only a sample already trimmed from Redis (far older than the history kept) is not
@@ -374,12 +361,29 @@ class Detector:
             log.warning("samples_not_judged", count=len(samples) - len(judged), scope="lei")
         if not judged:
             return Scored([], np.empty(0), np.empty(0))
-        hosts = [step.hosts[h] for step, h in judged]
-        per_step = self._thresholded(scorer, hosts, "observed", lambda states: scorer.score_steps(steps, states))
         verdicts = [pair for step in per_step for pair in step]
         prev_w = np.asarray([step.prev[h] for step, h in judged], dtype=np.float32)
         next_w = np.asarray([step.next[h] for step, h in judged], dtype=np.float32)
         return Scored(verdicts, prev_w, next_w, steps)
+
+    def _score_lei_forecasts(self, forecasts: list[ForecastSample]) -> list[tuple[Judged, Verdict]]:
+        """Eq. 13 over the whole LEI with each forecast in its host's W_{t+1} (lei.forecast_steps)."""
+        _, per_step = self._judge_steps(forecasts, forecast_steps, "predicted")
+        judged = [(Judged.forecast(forecast), verdict) for step in per_step for forecast, verdict in step]
+        if len(judged) < len(forecasts):
+            # Its sample is not stored (yet, or any more): nothing to judge it against.
+            self.counters.add("forecasts_without_window", len(forecasts) - len(judged))
+        return judged
+
+    def _judge_steps(self, items: list, build_steps: Callable, mode: str) -> tuple[list[LeiStep], list[list]]:
+        """The LEI steps ``build_steps`` makes of ``items`` from the stored history, and their verdicts."""
+        scorer = self.scorer
+        history = self.windows.samples_until(*history_needed(items, scorer.window))
+        steps = build_steps(items, history, scorer.window, self.config.broker_host)
+        hosts = [step.hosts[h] for step in steps for h, _ in step.judged]
+        if not hosts:
+            return steps, []
+        return steps, self._thresholded(scorer, hosts, mode, lambda states: scorer.score_steps(steps, states))
 
     def _threshold_states(self, scorer: Scorer, hosts: list[str], mode: str) -> ThresholdStates:
         """The hosts' streaming thresholds (None: static), read once per batch and written once after.
