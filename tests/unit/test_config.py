@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -54,6 +56,20 @@ def test_bad_or_unknown_values_name_the_variable(env, fragment):
 
 def test_variables_of_other_services_are_accepted_when_known():
     config.load(Outer, {"DRAGON_OTHER": "x"}, known={"DRAGON_OTHER"})
+
+
+def test_knowing_every_service_s_settings_imports_none_of_their_heavy_libraries():
+    """Every service reads every service's variable names to accept them (known_env_names). The
+    detector's process paid about 12 MiB for the Docker SDK when the migrator's settings did."""
+    program = """
+import sys
+from dragon.service.known import known_env_names
+known_env_names()
+print(sorted(name for name in ("docker", "requests", "torch", "paho") if name in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_secret_is_read_from_file_and_redacted(tmp_path):

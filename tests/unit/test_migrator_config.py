@@ -6,8 +6,8 @@ import pytest
 
 from dragon import config
 from dragon.config import ConfigError
-from dragon.migrator.config import MigratorConfig
-from dragon.migrator.engines import Engines, parse_endpoints
+from dragon.migrator.config import MigratorConfig, parse_endpoints
+from dragon.migrator.engines import Engines
 from dragon.migrator.schedule import started_at
 
 pytestmark = pytest.mark.unit

@@ -5,10 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dragon.config import ConfigError, section, setting
-from dragon.migrator.engines import parse_endpoints
 from dragon.settings import CommonConfig, RedisSettings
 
 CRIU_MODES = ("auto", "off")
+
+
+def parse_endpoints(text: str, lei: str) -> dict[tuple[str, str], str]:
+    """``h1=unix:///x.sock,lei2/h3=tcp://a:2376`` as {(lei, host): url}; ValueError when malformed."""
+    endpoints = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, url = item.partition("=")
+        if not sep or not url.strip():
+            raise ValueError(f"endpoint {item!r} is not host=url")
+        host_lei, _, host = key.strip().rpartition("/")
+        if url.startswith("ssh://"):
+            raise ValueError(f"endpoint {item!r}: ssh:// is not supported, use tcp:// with TLS (docs/migrator.md)")
+        if not url.startswith(("unix://", "tcp://")):
+            raise ValueError(f"endpoint {item!r}: the url must start with unix:// or tcp://")
+        endpoints[(host_lei or lei, host)] = url.strip()
+    return endpoints
 
 
 @dataclass(frozen=True)

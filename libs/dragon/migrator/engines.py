@@ -51,22 +51,6 @@ class Engine:
     client: Any
 
 
-def parse_endpoints(text: str, lei: str) -> dict[tuple[str, str], str]:
-    """``h1=unix:///x.sock,lei2/h3=tcp://a:2376`` as {(lei, host): url}; ValueError when malformed."""
-    endpoints = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, url = item.partition("=")
-        if not sep or not url.strip():
-            raise ValueError(f"endpoint {item!r} is not host=url")
-        host_lei, _, host = key.strip().rpartition("/")
-        if url.startswith("ssh://"):
-            raise ValueError(f"endpoint {item!r}: ssh:// is not supported, use tcp:// with TLS (docs/migrator.md)")
-        if not url.startswith(("unix://", "tcp://")):
-            raise ValueError(f"endpoint {item!r}: the url must start with unix:// or tcp://")
-        endpoints[(host_lei or lei, host)] = url.strip()
-    return endpoints
-
-
 class Engines:
     """The engines of the hosts a migrator may move tasks between."""
 

@@ -28,8 +28,8 @@ from dragon.messages.schema import clip
 from dragon.messages.schemas import MigrationCommand, MigrationEvent, StepDuration
 from dragon.migrator import criu
 from dragon.migrator.commands import CommandRefused, verify
-from dragon.migrator.config import MigratorConfig
-from dragon.migrator.engines import Engines, parse_endpoints
+from dragon.migrator.config import MigratorConfig, parse_endpoints
+from dragon.migrator.engines import Engines
 from dragon.migrator.journal import Journal, Move, Step
 from dragon.migrator.moves import ENGINE_ERRORS, MoveError, Mover, TaskBusy
 from dragon.migrator.schedule import current_schedule
