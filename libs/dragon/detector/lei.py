@@ -71,7 +71,7 @@ TASK_METRIC = "cpu"
 
 @dataclass(frozen=True, eq=False)  # numpy fields
 class LeiStep:
-    """The LEI at one step, as D(G, W, S) judges it, and which of its hosts' samples to judge."""
+    """The LEI at one step, as D(G, W, S) judges it, and which of its hosts' samples (or forecasts) to judge."""
 
     hosts: tuple[str, ...]  # the m hosts of the LEI at this step, in name order
     broker: int  # index of the broker host (the graph's centre)

@@ -19,7 +19,7 @@ from dragon.detector.gon import fault_scores
 from dragon.detector.lei import LeiBatch, LeiStep, by_shape
 from dragon.detector.pot import StreamingPot
 from dragon.detector.thresholds import HostThreshold
-from dragon.messages.schemas import HOST_METRICS, HostSample
+from dragon.messages.schemas import HOST_METRICS, ForecastSample, HostSample
 
 log = structlog.get_logger(__name__)
 
@@ -119,12 +119,12 @@ class Scorer:
 
     def score_steps(
         self, steps: Sequence[LeiStep], states: Mapping[str, HostThreshold] | None = None
-    ) -> list[list[tuple[HostSample, Verdict]]]:
-        """Judge the samples of each LEI step with D(G, W, S) over all hosts of the step (scope ``lei``).
+    ) -> list[list[tuple[HostSample | ForecastSample, Verdict]]]:
+        """Judge the samples (or forecasts) of each LEI step with D(G, W, S) over all hosts of the step (scope ``lei``).
 
         Steps of one shape (hosts, tasks, broker) are generated in one batch; verdicts are then
         given step by step in the order of ``steps``, so each host's streaming threshold sees
-        its windows in time order. Returns one list of (sample, verdict) per step.
+        its windows in time order. Returns one list of (sample or forecast, verdict) per step.
         """
         scored: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # step -> scores (m,), shares (m, n)
         for batch in by_shape(steps):
