@@ -37,6 +37,8 @@ HOSTS = (EmulatedHostSpec("h1", cpus=0.5, memory_mb=256), EmulatedHostSpec("h2",
 SLOW_TO_START = ["sh", "-c", "sleep 4; touch /tmp/ready; exec sleep 3600"]
 READY = {"test": ["CMD", "test", "-f", "/tmp/ready"], "interval": 500_000_000, "retries": 60}
 EVENT_TIMEOUT_S = 30
+# The unchanged schedule's republish, out of the tests' reach: a schedule within seconds comes from a change.
+QUIET_SCHEDULE = {"DRAGON_MIGRATOR_SCHEDULE_INTERVAL": "3600"}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def lei(tmp_path_factory, repo):
         stack.start_brokers()
         for spec in HOSTS:
             emulated.ensure_host(spec)
-        stack.start_migrator("migrator")
+        stack.start_migrator("migrator", QUIET_SCHEDULE)
         yield stack, emulated
     finally:
         # Tasks first: they hold the hosts' cgroups and the stack's network.
@@ -122,6 +124,27 @@ def test_a_signed_command_moves_the_task_and_the_event_and_schedule_say_so(lei, 
         return any(p.task == task.name and p.host == "h2" and p.since >= sent.ts for p in schedule.tasks)
 
     watch.wait_for(lists_the_move, EVENT_TIMEOUT_S)
+
+
+def test_tasks_others_start_or_stop_show_in_the_schedule_within_seconds(lei, watch):
+    """Not only moves change the schedule: a task a user starts or removes by hand counts at once."""
+    stack, emulated = lei
+
+    def schedule_after(since: float, container_id: str, listed: bool):
+        def matches(message: Received) -> bool:
+            if not message.topic.endswith("/tasks") or message.at < since:
+                return False
+            schedule = codec.decode(Schedule, message.payload, 65536, message.content_type)
+            return any(p.container == container_id[:12] and p.host == "h1" for p in schedule.tasks) == listed
+
+        return matches
+
+    started = time.time()
+    task = start_task(emulated)
+    watch.wait_for(schedule_after(started, task.id, listed=True), 12)
+    removed = time.time()
+    task.remove(force=True)
+    watch.wait_for(schedule_after(removed, task.id, listed=False), 12)
 
 
 def test_the_migrator_advertises_whether_criu_works_here(lei, watch):

@@ -25,7 +25,7 @@ import structlog
 
 from dragon.messages import topics
 from dragon.messages.schema import clip
-from dragon.messages.schemas import MigrationCommand, MigrationEvent, StepDuration
+from dragon.messages.schemas import MigrationCommand, MigrationEvent, StepDuration, TaskPlacement
 from dragon.migrator import criu
 from dragon.migrator.commands import CommandRefused, verify
 from dragon.migrator.config import MigratorConfig, parse_endpoints
@@ -55,6 +55,7 @@ class Migrator:
         # Moves (MQTT worker) and schedule refreshes and settling (main thread) share the Docker client.
         self._docker_lock = threading.Lock()
         self._interrupted: dict[str, str] = {}  # moves cut short (Redis or an engine away): id -> task as commanded
+        self._published_tasks: tuple[TaskPlacement, ...] | None = None  # the schedule last published, to spot changes
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -119,9 +120,12 @@ class Migrator:
             self.lifecycle.healthy(self.mqtt.connected and redis_ok)
             if redis_ok and self._interrupted:
                 self.settle_interrupted()
-            if time.monotonic() >= next_schedule:
+            # Every beat looks at Docker, so tasks others start or stop show within seconds; the
+            # interval republishes an unchanged schedule too, for tools that missed the retained one.
+            due = time.monotonic() >= next_schedule
+            if due:
                 next_schedule = time.monotonic() + self.config.schedule_interval_s
-                self.publish_schedule(wait=False)
+            self.publish_schedule(wait=False, changed_only=not due)
 
     def redis_reachable(self) -> bool:
         try:
@@ -267,19 +271,23 @@ class Migrator:
         self.counters.add(f"moves_{event.outcome}")
         self.mqtt.publish_message(topics.migration_events(self.lei), event, qos=1)
 
-    def publish_schedule(self, wait: bool = True) -> None:
-        """Republish the schedule; without ``wait`` (the heartbeat), not while a move runs: the
-        move republishes it when it ends."""
+    def publish_schedule(self, wait: bool = True, changed_only: bool = False) -> None:
+        """Republish the schedule (with ``changed_only``, only if its tasks differ from the last one
+        published); without ``wait`` (the heartbeat), not while a move runs: the move republishes
+        it when it ends."""
         if not self._docker_lock.acquire(blocking=wait):
             return
         try:
             # Strict: with one of the LEI's engines out of reach a schedule would show its tasks gone.
             clients = [engine.client for engine in self.engines.of_lei(self.lei, strict=True)]
             schedule = current_schedule(clients, self.lei, time.time(), self.instance)
+            if changed_only and schedule.tasks == self._published_tasks:
+                return
+            # Under the lock, so two threads cannot publish their schedules in the wrong order.
+            self.mqtt.publish_message(topics.schedule(self.lei), schedule, qos=1, retain=True)
+            self._published_tasks = schedule.tasks
         except ENGINE_ERRORS as exc:
             self.counters.add("schedule_errors")
             log.warning("schedule_unavailable", error=str(exc))
-            return
         finally:
             self._docker_lock.release()
-        self.mqtt.publish_message(topics.schedule(self.lei), schedule, qos=1, retain=True)
