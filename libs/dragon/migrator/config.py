@@ -88,7 +88,7 @@ class MigratorConfig:
     schedule_interval_s: float = setting(
         "DRAGON_MIGRATOR_SCHEDULE_INTERVAL",
         30.0,
-        "an unchanged schedule is republished this often; a changed one (a move, tasks others start or stop) within 5 s",
+        "an unchanged schedule is republished this often; a changed one (moves, tasks others start or stop) sooner",
         "s",
     )
 

@@ -56,6 +56,7 @@ class Migrator:
         self._docker_lock = threading.Lock()
         self._interrupted: dict[str, str] = {}  # moves cut short (Redis or an engine away): id -> task as commanded
         self._published_tasks: tuple[TaskPlacement, ...] | None = None  # the schedule last published, to spot changes
+        self._engines_answered = True  # did the last look at the engines work? If not, look only when due
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -122,10 +123,13 @@ class Migrator:
                 self.settle_interrupted()
             # Every beat looks at Docker, so tasks others start or stop show within seconds; the
             # interval republishes an unchanged schedule too, for tools that missed the retained one.
+            # After a failed look (an engine out of reach can take the SDK's timeout to say so, all
+            # under the Docker lock) only the interval looks again, so commands do not wait behind it.
             due = time.monotonic() >= next_schedule
             if due:
                 next_schedule = time.monotonic() + self.config.schedule_interval_s
-            self.publish_schedule(wait=False, changed_only=not due)
+            if due or self._engines_answered:
+                self.publish_schedule(wait=False, changed_only=not due)
 
     def redis_reachable(self) -> bool:
         try:
@@ -281,12 +285,14 @@ class Migrator:
             # Strict: with one of the LEI's engines out of reach a schedule would show its tasks gone.
             clients = [engine.client for engine in self.engines.of_lei(self.lei, strict=True)]
             schedule = current_schedule(clients, self.lei, time.time(), self.instance)
+            self._engines_answered = True
             if changed_only and schedule.tasks == self._published_tasks:
                 return
             # Under the lock, so two threads cannot publish their schedules in the wrong order.
             self.mqtt.publish_message(topics.schedule(self.lei), schedule, qos=1, retain=True)
             self._published_tasks = schedule.tasks
         except ENGINE_ERRORS as exc:
+            self._engines_answered = False
             self.counters.add("schedule_errors")
             log.warning("schedule_unavailable", error=str(exc))
         finally:
