@@ -240,6 +240,18 @@ def test_a_forecast_places_the_tasks_it_names_on_its_host():
     np.testing.assert_allclose(step.task_prev[2], [history["h1"][i].tasks["t2"] for i in range(-K, 0)])
 
 
+def test_a_task_a_forecast_leaves_out_comes_off_its_host_alone_or_with_the_forecast_that_names_it():
+    """t2 moved from h1 to h2: h1's forecast, judged without h2's, already shows h1 without t2."""
+    history = recorded(20)
+    h1_without_t2 = forecast("h1", history["h1"][-1], [0.3] * 7, ())
+    (alone,) = forecast_steps([h1_without_t2], history, K)
+    np.testing.assert_array_equal(alone.schedule, [[1, 0, 0], [1, 0, 0], [0, 0, 0]])
+    h2_with_t2 = forecast("h2", history["h2"][-1], [0.3] * 7, ("t2",))
+    for order in ([h1_without_t2, h2_with_t2], [h2_with_t2, h1_without_t2]):
+        (together,) = forecast_steps(order, history, K)
+        np.testing.assert_array_equal(together.schedule, [[1, 0, 0], [1, 0, 0], [0, 0, 1]])
+
+
 def test_a_forecast_rise_is_flagged_on_its_host_and_a_forecast_without_its_sample_is_not_judged(lei_model):
     scorer, history = lei_model
     base = until(history, -1)

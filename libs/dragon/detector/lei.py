@@ -201,13 +201,16 @@ def forecast_steps(
 
     Alg. 2 lines 4-6 for a whole LEI: Ŵ_{t+1} is generated from every host's W_t (their
     windows up to the step's samples) with the tasks' windows over W_t and the schedule the
-    forecasts give: a task a forecast places on its host is on that host in S (the move the
-    simulator applied), the others stay where the samples show them. Generation does not read
-    W_{t+1}, so the forecasts of one step share one step and score as they would alone; the
-    hosts without a forecast are context (their W_{t+1} is their W_t, and their score is not
-    used). A task only a forecast names has no measured usage to make a window of and is left
-    out of S; its demand is in the forecast's metrics. A forecast whose sample is not in
-    ``history`` is not judged. Each step's ``judged`` holds the forecasts.
+    forecasts give: on a forecast's host S holds exactly the tasks the forecast names (the
+    move the simulator applied: a task that left is an empty slot unless another forecast of
+    the step places it), elsewhere the tasks stay where the samples show them. Generation
+    (from W_t, the default) does not read W_{t+1}, so the forecasts of one step share one
+    step; each host's own placement is the same as if its forecast were judged alone, and only
+    where a task that left it went (context) can differ. The hosts without a forecast are
+    context (their W_{t+1} is their W_t, and their score is not used). A task only a forecast
+    names has no measured usage to make a window of and is left out of S; its demand is in
+    the forecast's metrics. A forecast whose sample is not in ``history`` is not judged. Each
+    step's ``judged`` holds the forecasts.
     """
     steps = [_forecast_step(group, history, k, broker_host) for group in _by_step([_due(f) for f in forecasts])]
     return [step for step in steps if step.judged]
@@ -290,11 +293,13 @@ def _forecast_step(group: list[_Due], history: Mapping[str, Sequence[StoredSampl
         ahead[h] = padded_window([*rows[h][: index[h] + 1], d.item.metrics.vector()], k)
     tasks, _, task_now, schedule = _placement([history[h] for h in hosts], index, k)
     for h, d in judged:
-        for task in d.item.tasks:
-            if task in tasks:
-                j = tasks.index(task)
+        named = set(d.item.tasks)
+        for j, task in enumerate(tasks):
+            if task in named:
                 schedule[j] = 0.0
                 schedule[j, h] = 1.0
+            elif schedule[j, h]:
+                schedule[j, h] = 0.0  # moved away: an empty slot, unless another forecast names it
     on_hosts = tuple((h, d.item) for h, d in judged)
     broker_at = broker_index(hosts, broker)
     return LeiStep(tuple(hosts), broker_at, now, ahead, tasks, task_now, task_now, schedule, on_hosts)
