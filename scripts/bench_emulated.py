@@ -8,6 +8,8 @@ detector's fault events with the collector's injection reports:
 
 - found: an injection is found when a ``start`` event names its host with a window taken while
   it ran (up to ``--grace`` seconds after it ended); delay is from its start to that window;
+- missed: a fault without such a start; those whose host was already flagged when they began
+  (by a start no ``end`` had closed) are counted as ``missed_already_flagged``;
 - false starts: every other ``start`` event (another host, or outside every injection). Those
   whose window falls while a fault runs on another host are counted apart ("beside a fault"):
   the emulated hosts share the machine's cores and disk, so a neighbour's hog can really slow
@@ -128,7 +130,7 @@ def run_scope(scope: str, args) -> dict:
 
 
 def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: float, mode: str) -> dict:
-    injections, starts = [], []
+    injections, starts, faults = [], [], []
     for message in messages:
         if message.topic == topics.injections(lei):
             event = codec.decode(InjectionEvent, message.payload, MAX_PAYLOAD, message.content_type)
@@ -136,8 +138,10 @@ def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: fl
                 injections.append(event)
         else:
             event = codec.decode(FaultEvent, message.payload, MAX_PAYLOAD, message.content_type)
-            if event.type == "start" and event.mode == mode and event.window_ts >= phase_start:
-                starts.append(event)
+            if event.mode == mode:
+                faults.append(event)  # starts and ends, for which host was flagged when
+                if event.type == "start" and event.window_ts >= phase_start:
+                    starts.append(event)
 
     def during(event: FaultEvent, injection: InjectionEvent) -> bool:
         return injection.started_at <= event.window_ts <= injection.ends_at + grace
@@ -153,6 +157,7 @@ def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: fl
             published.append(min(e.ts for e in hits) - injection.started_at)
             matched.update(id(e) for e in hits)
     false_starts = [e for e in starts if id(e) not in matched]
+    missed = [i for i in injections if not any(e.host == i.host and during(e, i) for e in starts)]
     beside = {id(e): i.kind for e in false_starts for i in injections if i.host != e.host and during(e, i)}
     quiet_hours = (phase_end - phase_start) / 3600.0
     return {
@@ -166,11 +171,19 @@ def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: fl
         "false_starts_per_hour": round(len(false_starts) / quiet_hours, 1),
         "false_start_hosts": sorted(e.host for e in false_starts),
         "false_starts_beside_a_fault": len(beside),
+        # A missed fault whose host was already flagged when it began: no new start could come.
+        "missed_already_flagged": sum(flagged_at(faults, i.host, i.started_at) for i in missed),
         "false_start_list": [
             {"host": e.host, "at_s": round(e.window_ts - phase_start, 1), "beside": beside.get(id(e))}
             for e in sorted(false_starts, key=lambda e: e.window_ts)
         ],
     }
+
+
+def flagged_at(faults: list[FaultEvent], host: str, at: float) -> bool:
+    """Whether ``host``'s newest fault event with a window up to ``at`` is a ``start``."""
+    before = [e for e in faults if e.host == host and e.window_ts <= at]
+    return bool(before) and max(before, key=lambda e: e.window_ts).type == "start"
 
 
 def main() -> None:
@@ -222,6 +235,7 @@ def main() -> None:
                 f"{label:>5}  {r['found']:>5}/{r['injected']:<8}  {kinds:<42}  "
                 f"{delays:<15}  {r['false_starts']} ({r['false_starts_per_hour']}), "
                 f"{r['false_starts_beside_a_fault']} beside a fault  "
+                f"missed while already flagged {r['missed_already_flagged']}  "
                 f"published after {r['published_s_median']} s"
             )
 
