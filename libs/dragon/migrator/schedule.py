@@ -21,7 +21,9 @@ def current_schedule(clients: list[Any], lei: str, now: float, migrator: str = "
             since=started_at(container.attrs["State"].get("StartedAt", "")),
         )
         for client in clients
-        for container in client.containers.list(filters={"label": labels, "status": "running"})
+        # A container removed between the list and its inspection (a move, a user) is simply gone,
+        # not an engine failure that would hold the schedule back until the next interval.
+        for container in client.containers.list(filters={"label": labels, "status": "running"}, ignore_removed=True)
         if not in_flight(container)  # while a move runs, the task is still where its source is
     ]
     return Schedule(lei=lei, ts=now, tasks=tuple(sorted(placements, key=lambda p: p.task)), migrator=migrator)
