@@ -147,7 +147,7 @@ def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: fl
         return injection.started_at <= event.window_ts <= injection.ends_at + grace
 
     per_kind: dict[str, list[int]] = {kind: [0, 0] for kind in KINDS}  # found, injected
-    delays, published, matched = [], [], set()
+    delays, published, matched, missed = [], [], set(), []
     for injection in injections:
         hits = [e for e in starts if e.host == injection.host and during(e, injection)]
         per_kind[injection.kind][1] += 1
@@ -156,8 +156,9 @@ def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: fl
             delays.append(min(e.window_ts for e in hits) - injection.started_at)
             published.append(min(e.ts for e in hits) - injection.started_at)
             matched.update(id(e) for e in hits)
+        else:
+            missed.append(injection)
     false_starts = [e for e in starts if id(e) not in matched]
-    missed = [i for i in injections if not any(e.host == i.host and during(e, i) for e in starts)]
     beside = {id(e): i.kind for e in false_starts for i in injections if i.host != e.host and during(e, i)}
     quiet_hours = (phase_end - phase_start) / 3600.0
     return {
