@@ -11,9 +11,11 @@ from dragon.detector.federation_model import (
     FederationConfig,
     FederationDiscriminator,
     FederationGraph,
+    HostsInContext,
     MetaPaths,
     generate_hosts,
 )
+from dragon.detector.generation import generate
 
 pytestmark = pytest.mark.unit
 
@@ -195,8 +197,9 @@ def test_graph_embedding_crosses_leis_only_along_a_path_of_three_edges(path_leng
     changed = w_hosts.clone()
     changed[:, WORKER_B] += 1.0
     with torch.no_grad():
-        before = model.host_topology(model.encode(w_hosts, w_tasks, schedule)[0], graph_of_leis())
-        after = model.host_topology(model.encode(changed, w_tasks, schedule)[0], graph_of_leis())
+        around = model.surroundings(w_tasks, schedule, graph_of_leis())
+        before = model.host_topology(model.encode(w_hosts, around)[0], around).view(len(w_hosts), 6, -1)
+        after = model.host_topology(model.encode(changed, around)[0], around).view(len(w_hosts), 6, -1)
     assert (not torch.allclose(before[:, WORKER_A], after[:, WORKER_A])) == reaches
 
 
@@ -268,3 +271,39 @@ def test_config_round_trip_and_validation() -> None:
             small_config(**bad)
     with pytest.raises(ValueError, match="topology"):
         small_config(topology="yes")
+
+
+class _Unfrozen:
+    """A federation's D without ``frozen()``: the ascent then recomputes the surroundings every step."""
+
+    def __init__(self, view: HostsInContext) -> None:
+        self.view = view
+
+    def parameters(self):
+        return self.view.parameters()
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.view.logits(z)
+
+
+@pytest.mark.parametrize(("topology", "m", "p"), [(True, 6, 4), (False, 6, 4), (True, 6, 0), (True, 1, 0)])
+def test_surroundings_encoded_once_give_the_same_logits_and_the_same_generated_windows(
+    topology: bool, m: int, p: int
+) -> None:
+    cfg = small_config(topology=topology)
+    model = FederationDiscriminator(cfg)
+    w_hosts, w_tasks, schedule = inputs(cfg, m, p, batch=3)
+    graph = graph_of_leis() if m == 6 else FederationGraph.build(["lei"], [0])
+    view = HostsInContext(model, w_tasks, schedule, graph)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    frozen = view.frozen()
+    assert not any(t.requires_grad for t in (frozen.around.task_windows, frozen.around.host_schedules))
+    assert torch.equal(frozen.logits(w_hosts), view.logits(w_hosts))
+    for param in model.parameters():
+        param.requires_grad_(True)
+
+    once = generate(view, w_hosts, steps=4, lr=0.05, optimizer="adahessian")
+    every_step = generate(_Unfrozen(view), w_hosts, steps=4, lr=0.05, optimizer="adahessian")
+    assert torch.equal(once, every_step)
+    assert not torch.equal(once, w_hosts)

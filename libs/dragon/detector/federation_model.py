@@ -224,13 +224,26 @@ class GraphConvolution(nn.Module):
         self.steps = nn.ModuleList(nn.Linear(hidden, hidden, bias=False) for _ in range(convolutions))
         self.merge = _feed_forward(channels * hidden, hidden)
 
-    def forward(self, nodes: Tensor, paths: Tensor) -> Tensor:
-        """Host features (B, m, d_in) over meta-paths (C, m, m) -> ``E_H`` (B, m, h)."""
-        e = torch.tanh(self.embed(nodes))  # (B, m, h)
-        e = e.unsqueeze(1).expand(-1, paths.shape[0], -1, -1)  # (B, C, m, h)
-        for step in self.steps:
-            e = F.leaky_relu(paths @ step(e), NEGATIVE_SLOPE)  # (B, C, m, h)
-        return self.merge(e.transpose(1, 2).flatten(2))  # (B, m, C*h) -> (B, m, h)
+    def forward(self, nodes: Tensor, paths: Tensor, batch: int) -> Tensor:
+        """Host rows (B*m, d_in) over meta-paths (C, m, m) -> ``E_H`` rows (B*m, h).
+
+        Rows are 2-D and every product an explicit ``mm``/``bmm``: a generation step runs this
+        forward, backward and backward again (AdaHessian), and each reshape a 3-D ``Linear``
+        or a broadcasting ``matmul`` adds is a node in all three passes.
+        """
+        channels, m = paths.shape[:2]
+        h = self.embed.out_features
+        e = torch.tanh(self.embed(nodes))  # (B*m, h)
+        # The first step's W^q is the same for every channel: apply it once, then propagate
+        # over the channels' adjacencies stacked one above the other.
+        stacked = paths.reshape(channels * m, m).expand(batch, -1, -1)  # (B, C*m, m)
+        e = F.leaky_relu(torch.bmm(stacked, self.steps[0](e).view(batch, m, h)), NEGATIVE_SLOPE)  # (B, C*m, h)
+        per_channel = paths.expand(batch, -1, -1, -1).reshape(batch * channels, m, m)  # (B*C, m, m)
+        for step in self.steps[1:]:
+            e = step(e.view(-1, h)).view(batch * channels, m, h)
+            e = F.leaky_relu(torch.bmm(per_channel, e), NEGATIVE_SLOPE)  # (B*C, m, h)
+        merged = e.view(batch, channels, m, h).transpose(1, 2).reshape(batch * m, channels * h)
+        return self.merge(merged)  # (B*m, h)
 
 
 class HostAttention(nn.Module):
@@ -247,9 +260,34 @@ class HostAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(hidden)
 
     def forward(self, topology: Tensor, nodes: Tensor) -> Tensor:
-        """``E_H`` (B, m, h) and node encodings (B, m+p, 2h) -> each host's context (B, m, 2h)."""
-        scores = self.query(topology) @ self.key(nodes).transpose(1, 2) * self.scale  # (B, m, m+p)
-        return scores.softmax(dim=-1) @ nodes  # (B, m, 2h)
+        """``E_H`` rows (B*m, h) and node encodings (B, m+p, 2h) -> each host's context rows (B*m, 2h)."""
+        batch, count, width = nodes.shape
+        queries = self.query(topology).view(batch, -1, self.query.out_features)  # (B, m, h)
+        keys = self.key(nodes.view(-1, width)).view(batch, count, -1)  # (B, m+p, h)
+        scores = torch.bmm(queries, keys.transpose(1, 2)) * self.scale  # (B, m, m+p)
+        return torch.bmm(scores.softmax(dim=-1), nodes).view(-1, width)  # (B*m, 2h)
+
+
+@dataclass(frozen=True, eq=False)
+class Surroundings:
+    """What D reads besides the host windows, encoded once: the same for every Z an ascent tries.
+
+    A generation step evaluates D ten times on the same tasks, schedule and graph; the task
+    encodings, the hosts' schedule encodings and the meta-path graphs depend on those and
+    on the weights only, so :meth:`FederationDiscriminator.surroundings` computes them once
+    while the weights are frozen. Rows are ``(B*m, ·)`` for hosts, ``(B*p, ·)`` for tasks.
+    """
+
+    batch: int
+    hosts: int
+    schedule: Tensor  # (B, p, m) S
+    task_windows: Tensor  # (B*p, h) E_W of every task
+    host_schedules: Tensor  # (B*m, h) E_S of every host
+    paths: Tensor | None  # (C, m, m) meta-path adjacencies; None without the graph part
+
+    @property
+    def tasks(self) -> int:
+        return int(self.schedule.shape[1])
 
 
 class FederationDiscriminator(nn.Module):
@@ -267,8 +305,10 @@ class FederationDiscriminator(nn.Module):
 
     def _build(self, cfg: FederationConfig) -> None:
         h, flat = cfg.hidden, cfg.window * cfg.n_features
-        self.host_window = nn.Sequential(nn.Flatten(start_dim=2), _feed_forward(flat, h))
-        self.task_window = nn.Sequential(nn.Flatten(start_dim=2), _feed_forward(flat, h))
+        # Flatten(start_dim=1) leaves the (rows, k*n) windows the encoders get as they are;
+        # it stays so that saved weights keep their names (host_window.1.0.weight, ...).
+        self.host_window = nn.Sequential(nn.Flatten(start_dim=1), _feed_forward(flat, h))
+        self.task_window = nn.Sequential(nn.Flatten(start_dim=1), _feed_forward(flat, h))
         self.host_schedule = _feed_forward(h + 1, h)  # mean task encoding and log(1 + tasks)
         self.task_schedule = _feed_forward(h, h)  # encoding of the task's host
         if cfg.topology:
@@ -279,21 +319,50 @@ class FederationDiscriminator(nn.Module):
         else:
             self.head = _head(2 * h, h)
 
-    def encode(self, w_hosts: Tensor, w_tasks: Tensor, schedule: Tensor) -> tuple[Tensor, Tensor]:
-        """``[E_W, E_S]`` of every host (B, m, 2h) and every task (B, p, 2h)."""
-        ew_hosts = self.host_window(w_hosts)  # (B, m, h)
-        ew_tasks = self.task_window(w_tasks)  # (B, p, h)
+    def surroundings(self, w_tasks: Tensor, schedule: Tensor, graph: FederationGraph) -> Surroundings:
+        """Encode the tasks ``w_tasks`` (B, p, k, n), the schedule (B, p, m) one-hot rows and ``graph``."""
+        self._check_surroundings(w_tasks, schedule, graph)
+        (batch, tasks, hosts), h, flat = schedule.shape, self.cfg.hidden, self.cfg.window * self.cfg.n_features
+        task_windows = self.task_window(w_tasks.reshape(batch * tasks, flat))  # (B*p, h); p may be 0
         placed = schedule.transpose(1, 2)  # (B, m, p)
         load = placed.sum(dim=-1, keepdim=True)  # (B, m, 1) tasks on each host
-        mean_task = placed @ ew_tasks / load.clamp_min(1.0)  # (B, m, h); zeros on an idle host
-        es_hosts = self.host_schedule(torch.cat([mean_task, torch.log1p(load)], dim=-1))  # (B, m, h)
-        es_tasks = self.task_schedule(schedule @ ew_hosts)  # (B, p, h)
-        return torch.cat([ew_hosts, es_hosts], dim=-1), torch.cat([ew_tasks, es_tasks], dim=-1)
+        mean_task = placed @ task_windows.view(batch, tasks, h) / load.clamp_min(1.0)  # (B, m, h); 0 when idle
+        host_schedules = self.host_schedule(torch.cat([mean_task, torch.log1p(load)], dim=-1).view(batch * hosts, -1))
+        # One host and no task: the attention's softmax over one node is 1 whatever the query,
+        # so the context is the host itself and the graph part need not run.
+        graph_part = self.cfg.topology and hosts + tasks > 1
+        paths = self.meta_paths(graph.edge_types().to(schedule)) if graph_part else None  # (C, m, m)
+        return Surroundings(batch, hosts, schedule, task_windows, host_schedules, paths)
 
-    def host_topology(self, hosts: Tensor, graph: FederationGraph) -> Tensor:
-        """``E_H`` (B, m, h): host encodings (B, m, 2h) convolved over the meta-path graphs."""
-        paths = self.meta_paths(graph.edge_types().to(hosts))  # (C, m, m)
-        return self.convolution(hosts, paths)
+    def encode(self, w_hosts: Tensor, around: Surroundings) -> tuple[Tensor, Tensor]:
+        """``[E_W, E_S]`` rows of every host (B*m, 2h) and every task (B*p, 2h)."""
+        k, n, h = self.cfg.window, self.cfg.n_features, self.cfg.hidden
+        b, m, p = around.batch, around.hosts, around.tasks
+        if w_hosts.shape != (b, m, k, n):
+            raise ValueError(f"expected host windows {(b, m, k, n)}, got {tuple(w_hosts.shape)}")
+        host_windows = self.host_window(w_hosts.reshape(b * m, k * n))  # (B*m, h) E_W
+        task_schedules = self.task_schedule((around.schedule @ host_windows.view(b, m, h)).view(b * p, h))
+        hosts = torch.cat([host_windows, around.host_schedules], dim=-1)  # (B*m, 2h)
+        return hosts, torch.cat([around.task_windows, task_schedules], dim=-1)  # (B*p, 2h)
+
+    def host_topology(self, hosts: Tensor, around: Surroundings) -> Tensor:
+        """``E_H`` rows (B*m, h): host rows (B*m, 2h) convolved over the meta-path graphs."""
+        if around.paths is None:
+            raise ValueError("no graph part: the model has no topology, or the federation is one host without tasks")
+        return self.convolution(hosts, around.paths, around.batch)
+
+    def logits_within(self, w_hosts: Tensor, around: Surroundings) -> Tensor:
+        """Pre-sigmoid score (B, m) of each host window of ``w_hosts`` (B, m, k, n) in ``around``."""
+        b, m, p, h = around.batch, around.hosts, around.tasks, self.cfg.hidden
+        hosts, tasks = self.encode(w_hosts, around)  # (B*m, 2h), (B*p, 2h)
+        if not self.cfg.topology:
+            return self.head(hosts).view(b, m)
+        if around.paths is None:
+            context = hosts  # one node: see surroundings()
+        else:
+            nodes = torch.cat([hosts.view(b, m, 2 * h), tasks.view(b, p, 2 * h)], dim=1)  # (B, m+p, 2h)
+            context = self.attention(self.host_topology(hosts, around), nodes)  # (B*m, 2h)
+        return self.head(torch.cat([context, hosts], dim=-1)).view(b, m)
 
     def logits(self, w_hosts: Tensor, w_tasks: Tensor, schedule: Tensor, graph: FederationGraph) -> Tensor:
         """Pre-sigmoid score of each host, (B, m); training and ascent use it for stable logs.
@@ -301,33 +370,20 @@ class FederationDiscriminator(nn.Module):
         ``w_hosts`` (B, m, k, n), ``w_tasks`` (B, p, k, n) with p >= 0, ``schedule`` (B, p, m)
         one-hot rows (task -> host), ``graph`` over the same m hosts.
         """
-        self._check(w_hosts, w_tasks, schedule, graph)
-        hosts, tasks = self.encode(w_hosts, w_tasks, schedule)  # (B, m, 2h), (B, p, 2h)
-        if not self.cfg.topology:
-            return self.head(hosts).squeeze(-1)  # (B, m)
-        nodes = torch.cat([hosts, tasks], dim=1)  # (B, m+p, 2h)
-        if nodes.shape[1] == 1:
-            # One host and no task: the attention's softmax over one node is 1 whatever the
-            # query, so the context is the host itself and the graph part need not run.
-            context = nodes  # (B, 1, 2h)
-        else:
-            context = self.attention(self.host_topology(hosts, graph), nodes)  # (B, m, 2h)
-        return self.head(torch.cat([context, hosts], dim=-1)).squeeze(-1)  # (B, m)
+        return self.logits_within(w_hosts, self.surroundings(w_tasks, schedule, graph))
 
     def forward(self, w_hosts: Tensor, w_tasks: Tensor, schedule: Tensor, graph: FederationGraph) -> Tensor:
         return torch.sigmoid(self.logits(w_hosts, w_tasks, schedule, graph))  # (B, m)
 
-    def _check(self, w_hosts: Tensor, w_tasks: Tensor, schedule: Tensor, graph: FederationGraph) -> None:
+    def _check_surroundings(self, w_tasks: Tensor, schedule: Tensor, graph: FederationGraph) -> None:
         k, n = self.cfg.window, self.cfg.n_features
-        if w_hosts.dim() != 4 or w_hosts.shape[2:] != (k, n):
-            raise ValueError(f"expected host windows (B, m, {k}, {n}), got {tuple(w_hosts.shape)}")
-        b, m = w_hosts.shape[:2]
-        if w_tasks.dim() != 4 or w_tasks.shape[0] != b or w_tasks.shape[2:] != (k, n):
-            raise ValueError(f"expected task windows ({b}, p, {k}, {n}), got {tuple(w_tasks.shape)}")
-        if schedule.shape != (b, w_tasks.shape[1], m):
-            raise ValueError(f"expected schedule ({b}, {w_tasks.shape[1]}, {m}), got {tuple(schedule.shape)}")
+        if schedule.dim() != 3:
+            raise ValueError(f"expected a schedule (B, p, m), got {tuple(schedule.shape)}")
+        b, p, m = schedule.shape
+        if w_tasks.shape != (b, p, k, n):
+            raise ValueError(f"expected task windows {(b, p, k, n)} for the schedule, got {tuple(w_tasks.shape)}")
         if graph.hosts != m:
-            raise ValueError(f"graph has {graph.hosts} hosts, windows have {m}")
+            raise ValueError(f"graph has {graph.hosts} hosts, the schedule has {m}")
 
 
 class HostsInContext:
@@ -350,6 +406,28 @@ class HostsInContext:
 
     def logits(self, z: Tensor) -> Tensor:
         return self.model.logits(z, self.w_tasks, self.schedule, self.graph)  # (B, m)
+
+    def frozen(self) -> FrozenHostsInContext:
+        """The same function with the tasks, schedule and graph encoded once (see :class:`Surroundings`).
+
+        Valid only while the weights do not change: ``generate`` asks for it after freezing them.
+        """
+        with torch.no_grad():
+            return FrozenHostsInContext(self.model, self.model.surroundings(self.w_tasks, self.schedule, self.graph))
+
+
+class FrozenHostsInContext:
+    """:class:`HostsInContext` whose surroundings were encoded once, under frozen weights."""
+
+    def __init__(self, model: FederationDiscriminator, around: Surroundings) -> None:
+        self.model = model
+        self.around = around
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.model.parameters()
+
+    def logits(self, z: Tensor) -> Tensor:
+        return self.model.logits_within(z, self.around)  # (B, m)
 
 
 def generate_hosts(

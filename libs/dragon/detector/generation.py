@@ -16,14 +16,16 @@ oscillating around the optimum at a fixed step size. ``restart_every = 0`` keeps
 
 Any model works that offers ``parameters()`` and ``logits(z)``, the per-sample (or per-host)
 pre-sigmoid scores; the loss is their summed ``-log sigmoid``, so each sample's ascent ignores
-the others.
+the others. A model whose logits read more than ``z`` (D of a federation reads tasks, schedule
+and graph too) may also offer ``frozen()``: the same function with what does not depend on
+``z`` computed once, which the ascent then climbs instead.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,17 @@ class Climbable(Protocol):
     def parameters(self) -> Iterator[nn.Parameter]: ...
 
     def logits(self, z: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class Freezable(Climbable, Protocol):
+    def frozen(self) -> Climbable:
+        """The same ``logits``, with the parts that do not depend on ``z`` computed once.
+
+        Valid only while the weights stay as they are; :func:`generate` calls it after
+        freezing them.
+        """
+        ...
 
 
 def cosine_restarts(step: int, restart_every: int) -> float:
@@ -125,7 +138,8 @@ def generate(
             z = z0.detach().clone()
             _project(z, box)
             z.requires_grad_(True)
-            ascent(model, z, steps, lr, restart_every, box, hessian_every)
+            climbed = model.frozen() if isinstance(model, Freezable) else model
+            ascent(climbed, z, steps, lr, restart_every, box, hessian_every)
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
