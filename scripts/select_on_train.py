@@ -7,6 +7,9 @@ sec. V-B: a CPU, memory, disk or network hog raises a host's utilisation): segme
 ``--min-length``..``--max-length`` steps in which a random subset of the dimensions rises by
 a random fraction of the scaled range. Each candidate scores the tail (with the fit part as
 history) and is rated by ROC-AUC and PR-AUC against the injected segments, over several seeds.
+With ``--pot-q``, POT is also fitted on the candidate's scores of the fit part (as the bench
+fits it on the training scores) at each risk q, and the tail's alarms at that threshold are
+rated by point-wise F1 and the PA%K area: this chooses q on training data too.
 
 Candidates are ``NAME=MODEL[:key=value,...]``, with the parameters of ``dragon-detector
 bench --param``. Example:
@@ -32,6 +35,7 @@ import torch
 from dragon.detector import metrics
 from dragon.detector.baselines import create_model
 from dragon.detector.bench_cli import parse_params
+from dragon.detector.pot import DEFAULT_LEVEL, fit_pot
 from dragon.detector.train import load_dataset_dir
 from dragon.logs import configure
 
@@ -86,24 +90,37 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "pr_auc": round(metrics.average_precision(scores, truth), 4),
                 "fit_s": round(fit_s, 2),
             }
+            if args.pot_q:
+                row |= at_pot_thresholds(model.score(fit_part)[0], scores, truth, args.pot_q)
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
 
 
+def at_pot_thresholds(fit_scores: np.ndarray, scores: np.ndarray, truth: np.ndarray, risks: list[float]) -> dict:
+    """F1 and PA%K area of the alarms at the POT threshold fitted on ``fit_scores``, for each risk q."""
+    rated = {}
+    for q in risks:
+        alarms = scores >= fit_pot(fit_scores, q=q, level=DEFAULT_LEVEL).z_q
+        rated[f"f1_q{q:g}"] = round(metrics.precision_recall_f1(alarms, truth).f1, 4)
+        rated[f"f1_pa_k_auc_q{q:g}"] = round(metrics.f1_pa_k_auc(alarms, truth), 4)
+    return rated
+
+
 def table(rows: list[dict]) -> str:
+    rated = [key for key in rows[0] if key in ("roc_auc", "pr_auc") or key.startswith(("f1_q", "f1_pa_k_auc_q"))]
     lines = [
-        "| candidate | ROC-AUC mean (min-max) | PR-AUC mean (min-max) | fit s (median) |",
-        "| --- | --- | --- | --- |",
+        "| candidate | " + " | ".join(f"{key} mean (min-max)" for key in rated) + " | fit s (median) |",
+        "| --- |" + " --- |" * (len(rated) + 1),
     ]
     for name in dict.fromkeys(row["candidate"] for row in rows):
         mine = [row for row in rows if row["candidate"] == name]
         cells = []
-        for key in ("roc_auc", "pr_auc"):
+        for key in rated:
             values = [row[key] for row in mine]
             cells.append(f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})")
         fit = statistics.median(row["fit_s"] for row in mine)
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {fit:.1f} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {fit:.1f} |")
     return "\n".join(lines)
 
 
@@ -118,6 +135,13 @@ def main() -> None:
     parser.add_argument("--faults", type=int, default=8, help="fault segments injected per seed (default: 8)")
     parser.add_argument("--min-length", type=int, default=1, help="shortest fault, steps (default: 1)")
     parser.add_argument("--max-length", type=int, default=10, help="longest fault, steps (default: 10)")
+    parser.add_argument(
+        "--pot-q",
+        type=float,
+        nargs="+",
+        default=[],
+        help="also rate the alarms at the POT threshold for each of these risks q (e.g. 1e-2 1e-3 1e-4)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON")
     args = parser.parse_args()
