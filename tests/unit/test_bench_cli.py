@@ -12,6 +12,7 @@ import pytest
 import structlog
 
 from dragon.detector.cli import main
+from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q
 
 pytestmark = pytest.mark.unit
 
@@ -63,7 +64,7 @@ def test_bench_writes_every_metric_the_scores_and_a_plot(tmp_path, capsys, model
     for key in FINITE:
         assert isinstance(report[key], int | float) and math.isfinite(report[key]), key
     assert set(PARAMS) <= set(report["params"]) and report["params"]["model"] == model
-    assert report["params"]["pot"]["q"] == 1e-4 and report["params"]["pot"]["level"] == 0.98
+    assert report["params"]["pot"]["q"] == DEFAULT_Q and report["params"]["pot"]["level"] == DEFAULT_LEVEL
     assert report["params"]["test_shape"] == [80, 3]
     scores = np.load(tmp_path / "out" / "result.scores.npy")
     assert scores.shape == (80,) and np.isfinite(scores).all()

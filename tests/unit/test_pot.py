@@ -71,11 +71,11 @@ def test_quantile_is_continuous_at_gamma_zero() -> None:
     ],
 )
 def test_degenerate_scores_give_a_finite_threshold_above_t(scores: np.ndarray, method: str) -> None:
-    state = fit_pot(scores)
+    state = fit_pot(scores, q=1e-4)
     assert state.method == method
     assert math.isfinite(state.z_q) and state.z_q > state.t
     assert math.isfinite(state.gamma) and math.isfinite(state.sigma)
-    assert label(float(scores.max()), state) == 0  # q = 1e-4 is beyond every calibration point
+    assert label(float(scores.max()), state) == 0  # q = 1e-4 < 1/n is beyond every calibration point
 
 
 def test_label_is_one_at_and_above_the_threshold() -> None:

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q
+
 PROG = "dragon-detector bench"
 # The keys of dragon.detector.gon.ABLATIONS, named here so --help does not import torch (a test
 # keeps the two equal).
@@ -33,10 +35,8 @@ def add_bench_parser(commands) -> None:
         models="a model registered in dragon.detector.baselines: gon (default), zscore, pca, random; "
         "an unknown name lists the registered ones",
     )
-    parser.add_argument("--pot-q", type=float, help="POT risk q (default: dragon.detector.pot.DEFAULT_Q, 1e-4)")
-    parser.add_argument(
-        "--pot-level", type=float, help="POT initial quantile (default: dragon.detector.pot.DEFAULT_LEVEL, 0.98)"
-    )
+    parser.add_argument("--pot-q", type=float, help=f"POT risk q (default: {DEFAULT_Q:g})")
+    parser.add_argument("--pot-level", type=float, help=f"POT initial quantile (default: {DEFAULT_LEVEL:g})")
     parser.add_argument(
         "--pot-mode",
         default="static",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dragon.config import ConfigError, section, setting
+from dragon.detector.pot import DEFAULT_Q
 from dragon.settings import CommonConfig, RedisSettings
 
 POT_MODES = ("static", "spot", "dspot")
@@ -54,7 +55,7 @@ class DetectorConfig:
         "each host's window and schedule encoding (better and 3x cheaper on the rpi16 traces, "
         "docs/detector-quality.md)",
     )
-    pot_q: float = setting("DRAGON_POT_Q", 1e-3, "POT risk q: the false-alarm probability the threshold aims at")
+    pot_q: float = setting("DRAGON_POT_Q", DEFAULT_Q, "POT risk q: the false-alarm probability the threshold aims at")
     pot_level: float = setting("DRAGON_POT_LEVEL", 0.98, "POT initial quantile of the calibration scores")
     pot_mode: str = setting(
         "DRAGON_POT_MODE",

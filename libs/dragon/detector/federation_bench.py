@@ -57,15 +57,12 @@ from dragon.detector.federation_data import (
     schedule_changed,
 )
 from dragon.detector.gon import GonConfig, train_gon
-from dragon.detector.pot import DEFAULT_LEVEL, PotState, fit_pot
+from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, PotState, fit_pot
 from dragon.detector.scaling import DATASET_MIN_SPAN, MinMaxScaler
 from dragon.detector.svgplot import write_host_heatmap_svg
 
 log = structlog.get_logger(__name__)
 
-# The service's POT risk (DRAGON_POT_Q): a trace of 140 training intervals of 16 hosts gives
-# 2,240 training scores, too few to extrapolate the FTSAD bench's 1e-4 (docs/design.md).
-FEDERATION_POT_Q = 1e-3
 LATENCY_WARMUP = 3
 
 
@@ -189,7 +186,7 @@ class FederationBenchConfig:
     faults: int = 6  # injected fault segments in the test part
     fault_lengths: tuple[int, int] = (1, 5)  # intervals per fault, inclusive
     fault_rise: tuple[float, float] = (0.2, 0.8)  # rise as a fraction of the metric's training span
-    pot_q: float = FEDERATION_POT_Q
+    pot_q: float = DEFAULT_Q
     pot_level: float = DEFAULT_LEVEL
     latency_samples: int = 50  # single-interval scoring calls timed (all hosts of the federation at once)
 

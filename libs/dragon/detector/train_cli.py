@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 
 from dragon.config import ConfigError
+from dragon.detector.pot import DEFAULT_Q
 from dragon.detector.scaling import DATASET_MIN_SPAN
 
 
@@ -37,7 +38,7 @@ def add_train_parser(commands) -> None:
     parser.add_argument("--window", type=int, default=10, help="window length k (default: 10)")
     parser.add_argument("--epochs", type=int, default=60, help="maximum epochs; early stopping may end sooner")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and minibatch order (default: 0)")
-    parser.add_argument("--pot-q", type=float, default=1e-3, help="POT risk q (default: 1e-3)")
+    parser.add_argument("--pot-q", type=float, default=DEFAULT_Q, help=f"POT risk q (default: {DEFAULT_Q:g})")
     parser.add_argument("--pot-level", type=float, default=0.98, help="POT initial quantile (default: 0.98)")
     parser.add_argument(
         "--min-span",
