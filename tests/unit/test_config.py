@@ -65,7 +65,7 @@ def test_knowing_every_service_s_settings_imports_none_of_their_heavy_libraries(
 import sys
 from dragon.service.known import known_env_names
 known_env_names()
-print(sorted(name for name in ("docker", "requests", "torch", "paho") if name in sys.modules))
+print(sorted(name for name in ("docker", "requests", "torch", "paho", "numpy") if name in sys.modules))
 """
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

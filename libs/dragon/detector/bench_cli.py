@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q
+from dragon.detector.config import DEFAULT_LEVEL, DEFAULT_Q
 
 PROG = "dragon-detector bench"
 # The keys of dragon.detector.gon.ABLATIONS, named here so --help does not import torch (a test

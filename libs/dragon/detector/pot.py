@@ -19,7 +19,7 @@ the threshold, not how far); with those the likelihood has no Grimshaw reduction
 by Nelder-Mead (:func:`censored_mle`).
 
 Parameters: the GON and DRAGON papers use risk ``q = 1e-4`` and a "low quantile" of 0.07 for
-FTSAD. We default to ``q = 1e-3`` (:data:`DEFAULT_Q` says why). The "low quantile" wording
+FTSAD. We default to ``q = 1e-3`` (``dragon.detector.config.DEFAULT_Q`` says why). The "low quantile" wording
 comes from OmniAnomaly's POT code, which thresholds the *lower* tail of a log-likelihood; for
 fault scores, where the upper tail matters, the equivalent is ``level = 0.93``. The GON
 authors' own code initialises at 0.98-0.9999 on FTSAD. We default to ``level = 0.98``: about
@@ -38,17 +38,11 @@ from typing import Any
 import numpy as np
 import structlog
 
+from dragon.detector.config import DEFAULT_LEVEL, DEFAULT_Q
 from dragon.records import check_known_keys
 
 log = structlog.get_logger(__name__)
 
-# The risk q everywhere the project fits POT (the service, `dragon-detector train`, both benches).
-# The DRAGON and GON papers use 1e-4; chosen on training data only (scripts/select_on_train.py
-# --pot-q, docs/detector-quality.md "The POT risk"), 1e-3 cost the GON at most 0.006 F1 against it
-# on FTSAD-25/55's held-out training tails and gained 0.15 on FTSAD-1's, whose 600 training
-# scores are too few to extrapolate to a 1-in-10,000 event.
-DEFAULT_Q = 1e-3
-DEFAULT_LEVEL = 0.98
 # Fewer peaks than this and a two-parameter GPD fit is noise: fit the exponential tail instead.
 MIN_PEAKS = 10
 # With no peak at all (constant or tied scores), z_q = t + FALLBACK_MARGIN * |t| + FALLBACK_EPS.

@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 
 from dragon.config import ConfigError
-from dragon.detector.pot import DEFAULT_Q
+from dragon.detector.config import DEFAULT_Q
 from dragon.detector.scaling import DATASET_MIN_SPAN
 
 
