@@ -13,7 +13,8 @@ detector's fault events with the collector's injection reports:
 - false starts: every other ``start`` event (another host, or outside every injection). Those
   whose window falls while a fault runs on another host are counted apart ("beside a fault"):
   the emulated hosts share the machine's cores and disk, so a neighbour's hog can really slow
-  them, and these are interference as much as false alarms; the rest came in quiet.
+  them, and these are interference as much as false alarms; the rest came in quiet. Each is
+  listed with its two top metrics and the seconds since the last fault (on any host) ended.
 
 With ``--predicted`` a simulator runs too, and the detector's predicted-mode events (on the
 simulator's forecasts) are scored the same way, beside the observed ones; ``published_s`` is
@@ -175,10 +176,22 @@ def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: fl
         # A missed fault whose host was already flagged when it began: no new start could come.
         "missed_already_flagged": sum(flagged_at(faults, i.host, i.started_at) for i in missed),
         "false_start_list": [
-            {"host": e.host, "at_s": round(e.window_ts - phase_start, 1), "beside": beside.get(id(e))}
+            {
+                "host": e.host,
+                "at_s": round(e.window_ts - phase_start, 1),
+                "beside": beside.get(id(e)),
+                "after_a_fault_s": seconds_since_a_fault_ended(injections, e.window_ts),
+                "top_metrics": [c.metric for c in e.top_metrics[:2]],
+            }
             for e in sorted(false_starts, key=lambda e: e.window_ts)
         ],
     }
+
+
+def seconds_since_a_fault_ended(injections: list[InjectionEvent], at: float) -> float | None:
+    """Seconds from the newest injection (on any host) that ended before ``at``; None before the first."""
+    ended = [i.ends_at for i in injections if i.ends_at <= at]
+    return round(at - max(ended), 1) if ended else None
 
 
 def flagged_at(faults: list[FaultEvent], host: str, at: float) -> bool:
