@@ -14,7 +14,8 @@ detector's fault events with the collector's injection reports:
   whose window falls while a fault runs on another host are counted apart ("beside a fault"):
   the emulated hosts share the machine's cores and disk, so a neighbour's hog can really slow
   them, and these are interference as much as false alarms; the rest came in quiet. Each is
-  listed with its two top metrics and the seconds since the last fault (on any host) ended.
+  listed with its two top metrics, the seconds since the last fault (on any host) ended, its
+  score and threshold, the host's median threshold over the 30 s before, and its model.
 
 With ``--predicted`` a simulator runs too, and the detector's predicted-mode events (on the
 simulator's forecasts) are scored the same way, beside the observed ones; ``published_s`` is
@@ -43,7 +44,7 @@ import numpy as np
 
 from dragon.logs import configure
 from dragon.messages import codec, topics
-from dragon.messages.schemas import FaultEvent, FaultInjection, InjectionEvent
+from dragon.messages.schemas import FaultEvent, FaultInjection, HostHealth, InjectionEvent
 from dragon.testing.lei import LeiStack
 from dragon.testing.listener import Listener, publish
 
@@ -112,7 +113,7 @@ def run_scope(scope: str, args) -> dict:
         wait_until_scoring(stack, timeout=args.warmup + 300)
         model_ready_s = time.time() - started
         time.sleep(args.gap)  # the first verdicts settle before the first fault
-        filters = [f"dragon/faults/{stack.lei}/+", topics.injections(stack.lei)]
+        filters = [f"dragon/faults/{stack.lei}/+", topics.injections(stack.lei), topics.host_health(stack.lei, "+")]
         with Listener(stack.mqtt_settings(), filters) as listener:
             phase_start = time.time()
             for host, kind in fault_schedule(args):
@@ -132,11 +133,15 @@ def run_scope(scope: str, args) -> dict:
 
 def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: float, mode: str) -> dict:
     injections, starts, faults = [], [], []
+    thresholds: dict[str, list[tuple[float, float]]] = {}  # host -> (ts, threshold) of its observed verdicts
     for message in messages:
         if message.topic == topics.injections(lei):
             event = codec.decode(InjectionEvent, message.payload, MAX_PAYLOAD, message.content_type)
             if event.status == "started":
                 injections.append(event)
+        elif message.topic.endswith("/health"):
+            health = codec.decode(HostHealth, message.payload, MAX_PAYLOAD, message.content_type)
+            thresholds.setdefault(health.host, []).append((health.ts, health.threshold))
         else:
             event = codec.decode(FaultEvent, message.payload, MAX_PAYLOAD, message.content_type)
             if event.mode == mode:
@@ -175,6 +180,8 @@ def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: fl
         "false_starts_beside_a_fault": len(beside),
         # A missed fault whose host was already flagged when it began: no new start could come.
         "missed_already_flagged": sum(flagged_at(faults, i.host, i.started_at) for i in missed),
+        # The model behind each event, in order of first use: a fine-tune serves a new one.
+        "models": list(dict.fromkeys(e.model_id[:12] for e in sorted(faults, key=lambda e: e.ts))),
         "false_start_list": [
             {
                 "host": e.host,
@@ -182,10 +189,20 @@ def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: fl
                 "beside": beside.get(id(e)),
                 "after_a_fault_s": seconds_since_a_fault_ended(injections, e.window_ts),
                 "top_metrics": [c.metric for c in e.top_metrics[:2]],
+                "score": round(e.score, 4),
+                "threshold": round(e.threshold, 4),
+                "threshold_30s_before": median_threshold(thresholds.get(e.host, []), e.window_ts - 30, e.window_ts - 1),
+                "model": e.model_id[:12],
             }
             for e in sorted(false_starts, key=lambda e: e.window_ts)
         ],
     }
+
+
+def median_threshold(verdicts: list[tuple[float, float]], since: float, until: float) -> float | None:
+    """Median threshold of a host's verdicts stamped in [since, until]; None without any."""
+    values = [threshold for ts, threshold in verdicts if since <= ts <= until]
+    return round(float(np.median(values)), 4) if values else None
 
 
 def seconds_since_a_fault_ended(injections: list[InjectionEvent], at: float) -> float | None:
