@@ -49,7 +49,6 @@ class Freezable(Climbable, Protocol):
         Valid only while the weights stay as they are; :func:`generate` calls it after
         freezing them.
         """
-        ...
 
 
 def cosine_restarts(step: int, restart_every: int) -> float:

@@ -19,8 +19,8 @@ the threshold, not how far); with those the likelihood has no Grimshaw reduction
 by Nelder-Mead (:func:`censored_mle`).
 
 Parameters: the GON and DRAGON papers use risk ``q = 1e-4`` and a "low quantile" of 0.07 for
-FTSAD. We default to ``q = 1e-3`` (``dragon.detector.config.DEFAULT_Q`` says why). The "low quantile" wording
-comes from OmniAnomaly's POT code, which thresholds the *lower* tail of a log-likelihood; for
+FTSAD. We default to ``q = 1e-3`` (``dragon.detector.config.DEFAULT_Q`` says why). The "low
+quantile" wording comes from OmniAnomaly's POT code, which thresholds the *lower* tail of a log-likelihood; for
 fault scores, where the upper tail matters, the equivalent is ``level = 0.93``. The GON
 authors' own code initialises at 0.98-0.9999 on FTSAD. We default to ``level = 0.98``: about
 2% of the calibration points are peaks (43 on FTSAD-55's 2158 training points, enough for a

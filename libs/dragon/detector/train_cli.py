@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 
 from dragon.config import ConfigError
-from dragon.detector.config import DEFAULT_Q
+from dragon.detector.config import DEFAULT_LEVEL, DEFAULT_Q
 from dragon.detector.scaling import DATASET_MIN_SPAN
 
 
@@ -39,7 +39,9 @@ def add_train_parser(commands) -> None:
     parser.add_argument("--epochs", type=int, default=60, help="maximum epochs; early stopping may end sooner")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and minibatch order (default: 0)")
     parser.add_argument("--pot-q", type=float, default=DEFAULT_Q, help=f"POT risk q (default: {DEFAULT_Q:g})")
-    parser.add_argument("--pot-level", type=float, default=0.98, help="POT initial quantile (default: 0.98)")
+    parser.add_argument(
+        "--pot-level", type=float, default=DEFAULT_LEVEL, help=f"POT initial quantile (default: {DEFAULT_LEVEL:g})"
+    )
     parser.add_argument(
         "--min-span",
         type=float,
