@@ -4,6 +4,7 @@ emulated hosts and a detector that learns from their first seconds of normal ope
 from __future__ import annotations
 
 import secrets as tokens
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from dragon.collector.emulation import EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
-from dragon.messages import codec
+from dragon.messages import codec, topics
 from dragon.messages.schemas import HostHealth
 from dragon.migrator.journal import Step
 from dragon.testing.lei import COLLECTOR_IMAGE, LeiStack
@@ -73,6 +74,24 @@ def wait_until_scoring(stack: LeiStack) -> None:
 
 def health_of(message) -> HostHealth:
     return codec.decode(HostHealth, message.payload, 65536, message.content_type)
+
+
+def fresh_health(lei, host: str, timeout: float = 30.0, quiet: bool = False, mode: str = "observed") -> None:
+    """Wait for a ``mode`` health verdict of ``host`` computed from a sample taken after now.
+
+    ``quiet``: one that is normal with no fault in force, so that a fault injected next starts
+    an event of its own (a false alarm still open would swallow its start).
+    """
+    now = time.time()
+
+    def fresh(message) -> bool:
+        if message.retain or message.at <= now:
+            return False
+        verdict = health_of(message)
+        return not quiet or (verdict.label == 0 and verdict.faulty_since is None)
+
+    with Listener(lei.mqtt_settings(), [topics.host_health(lei.lei, host, mode)]) as listener:
+        listener.wait_for(fresh, timeout)
 
 
 @contextmanager

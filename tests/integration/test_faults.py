@@ -12,7 +12,7 @@ from dragon.messages import codec, topics
 from dragon.messages.schemas import FaultEvent, FaultInjection, InjectionEvent
 from dragon.testing.listener import Listener, publish
 
-from .conftest import health_of
+from .conftest import fresh_health, health_of
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +60,7 @@ def watch(lei) -> Listener:
 
 
 def test_cpu_hog_yields_a_fault_event_for_that_host_only(lei):
+    fresh_health(lei, "h1", timeout=60.0, quiet=True)  # no false alarm still open to swallow the start
     with watch(lei) as listener:
         command = inject(lei, "h1", "cpu", duration_s=20)
         started = listener.wait_for(lambda m: m.topic == topics.injections(lei.lei), 15)

@@ -9,7 +9,7 @@ import pytest
 from dragon.detector.membership import owner
 from dragon.detector.modelstore import ModelStore
 
-from .test_robustness import fresh_health
+from .conftest import fresh_health
 
 pytestmark = pytest.mark.integration
 

@@ -10,19 +10,12 @@ import pytest
 from dragon.messages import codec, topics
 from dragon.messages.schemas import FaultEvent
 from dragon.store import WindowStore
-from dragon.testing.listener import Listener, publish
+from dragon.testing.listener import publish
 
-from .conftest import SAMPLE_INTERVAL_S
+from .conftest import SAMPLE_INTERVAL_S, fresh_health
 from .test_faults import inject, watch
 
 pytestmark = pytest.mark.integration
-
-
-def fresh_health(lei, host: str, timeout: float = 30.0) -> None:
-    """Wait for a health verdict of ``host`` computed from a sample taken after now."""
-    now = time.time()
-    with Listener(lei.mqtt_settings(), [topics.host_health(lei.lei, host)]) as listener:
-        listener.wait_for(lambda m: not m.retain and m.at > now, timeout)
 
 
 def test_garbage_oversized_and_wrong_shape_payloads_are_dropped(lei):
