@@ -92,6 +92,16 @@ def test_service_configs_validate_their_ranges():
         config.load(DetectorConfig, {"DRAGON_LEI": "a/b"}, known=known_env_names())
     with pytest.raises(ConfigError, match="psutil"):
         config.load(CollectorConfig, {"DRAGON_COLLECTOR_PROBE": "psutil"}, known=known_env_names())
+    with pytest.raises(ConfigError, match="DRAGON_DETECTOR_FAULT_SCORE"):
+        config.load(DetectorConfig, {"DRAGON_DETECTOR_FAULT_SCORE": "unreal"}, known=known_env_names())
+
+
+def test_the_fault_score_setting_reaches_the_model_learnt_on_line():
+    from dragon.detector.learning import gon_config
+
+    settings = config.load(DetectorConfig, {"DRAGON_DETECTOR_FAULT_SCORE": "excess+unreal"}, known=known_env_names())
+    assert gon_config(settings).fault_score == "excess+unreal"
+    assert gon_config(config.load(DetectorConfig, {}, known=known_env_names())).fault_score == "excess"
 
 
 def test_settings_table_lists_every_variable_once():

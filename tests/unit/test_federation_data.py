@@ -13,9 +13,11 @@ from dragon.detector.federation_data import (
     FederationWindows,
     equal_leis,
     federation_fault_scores,
+    federation_of,
     load_federation_dir,
     schedule_changed,
 )
+from dragon.detector.federation_model import HostsInContext
 from dragon.detector.gon import GonConfig, build_discriminator, train_gon
 from dragon.detector.train import DatasetError
 
@@ -154,6 +156,23 @@ def test_joint_training_and_scores_are_finite_deterministic_and_shaped():
     np.testing.assert_array_equal(scores, again)
     sums = contributions.sum(axis=2)
     assert np.allclose(sums[scores > 0], 1.0) and np.allclose(sums[scores == 0], 0.0)
+
+
+def test_excess_plus_unreal_adds_each_hosts_minus_log_d_in_its_federation():
+    trace = trace_of(12)
+    cfg = GonConfig(**SMALL)
+    both = replace(cfg, fault_score="excess+unreal")
+    model = build_discriminator(cfg).eval()
+    data = windows_of(trace, cfg.window)
+    excess, shares = federation_fault_scores(model, cfg, data, start=1)
+    scores, contributions = federation_fault_scores(model, both, data, start=1)
+    now = torch.arange(1, len(data))
+    view = HostsInContext(federation_of(model), data.tasks[now - 1], data.schedule[now], data.graph)
+    with torch.no_grad():
+        minus_log_d = -torch.nn.functional.logsigmoid(view.logits(data.hosts[now])).double().numpy()  # (T, m)
+    assert minus_log_d.shape == (11, HOSTS)
+    np.testing.assert_allclose(scores, excess + minus_log_d, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(contributions, shares)
 
 
 def test_joint_scores_follow_the_hosts_when_they_are_renumbered():

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from dragon.detector.config import FAULT_SCORES
 from dragon.detector.generation import generate
 from dragon.detector.gon import (
+    SCORE_TERMS,
     Discriminator,
     GonConfig,
     build_discriminator,
@@ -142,6 +144,28 @@ def test_fault_score_grows_with_an_upward_spike_and_names_its_feature() -> None:
     dipped = predicted.clone()
     dipped[:, -1, 2] -= 1.0  # a fall in utilisation is not a fault (ReLU in eq. 13)
     assert fault_scores(model, prev, dipped, cfg)[0].item() == 0.0
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "dragon", "dragon_dimensions"])
+def test_excess_plus_unreal_adds_minus_log_d_of_the_arrived_window_and_keeps_the_excess_shares(architecture) -> None:
+    excess_only = small_config(architecture=architecture)
+    both = small_config(architecture=architecture, fault_score="excess+unreal")
+    model = build_discriminator(both).eval()
+    prev, arrived = torch.rand(2, 6, both.window, both.n_features)
+    excess, shares = fault_scores(model, prev, arrived, excess_only)
+    scores, contributions = fault_scores(model, prev, arrived, both)
+    with torch.no_grad():
+        minus_log_d = -torch.log(torch.sigmoid(model.logits(arrived)))
+    minus_log_d = minus_log_d.reshape(6, -1).sum(dim=-1)  # dragon_dimensions: one D per dimension
+    assert scores.shape == (6,) and (minus_log_d > 0).all()
+    torch.testing.assert_close(scores, excess + minus_log_d)
+    assert torch.equal(contributions, shares)  # -log D names no metric
+
+
+def test_fault_scores_are_the_ones_the_settings_name() -> None:
+    assert tuple(SCORE_TERMS) == FAULT_SCORES
+    with pytest.raises(ValueError, match="fault_score"):
+        small_config(fault_score="unreal")
 
 
 def test_training_is_deterministic_for_a_seed_and_leaves_global_rng_alone() -> None:

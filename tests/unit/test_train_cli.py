@@ -19,7 +19,21 @@ def test_train_writes_a_checkpoint_that_loads(tmp_path, capsys):
     checkpoint = Checkpoint.load(out)
     assert printed["model_id"] == checkpoint.model_id
     assert checkpoint.feature_names == ("f0", "f1", "f2")
-    assert checkpoint.config.window == 5
+    assert checkpoint.config.window == 5 and checkpoint.config.fault_score == "excess"
+
+
+def test_train_saves_the_fault_score_asked_for_and_its_threshold_includes_it(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "train.npy", rng.uniform(0, 1, size=(120, 3)))
+    thresholds = {}
+    for score in ("excess", "excess+unreal"):
+        out = tmp_path / f"{score}.pt"
+        args = ["train", "--data", str(tmp_path), "--out", str(out), "--epochs", "2", "--window", "5", "--quiet"]
+        assert main([*args, "--fault-score", score]) == 0
+        thresholds[score] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["threshold"]
+        assert Checkpoint.load(out).config.fault_score == score
+    # The same seed trains the same D; -log D > 0 raises every training score, so the threshold.
+    assert thresholds["excess+unreal"] > thresholds["excess"]
 
 
 def test_train_refuses_a_malformed_data_set_with_a_clear_message(tmp_path, capsys):

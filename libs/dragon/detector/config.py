@@ -10,6 +10,9 @@ from dragon.settings import CommonConfig, RedisSettings
 POT_MODES = ("static", "spot", "dspot")
 # What a model judges at once (GonConfig.scope): one host's window, or the whole LEI.
 SCOPES = ("host", "lei")
+# What a fault score is made of (GonConfig.fault_score, dragon.detector.gon.SCORE_TERMS): eq. 13's
+# excess over the generated window, or that plus -log D of the window that arrived.
+FAULT_SCORES = ("excess", "excess+unreal")
 MAX_POT_DEPTH = 1000
 MAX_FINETUNE_WINDOWS = 4096  # one full-batch step; also bounds the windows kept in memory
 # POT's risk q and initial quantile, for the service, `dragon-detector train` and both benches
@@ -61,6 +64,13 @@ class DetectorConfig:
         "scope lei: learn with the graph transformer, convolutions and attention (eq. 7-10); off, the head reads "
         "each host's window and schedule encoding (better and 3x cheaper on the rpi16 traces, "
         "docs/detector-quality.md)",
+    )
+    fault_score: str = setting(
+        "DRAGON_DETECTOR_FAULT_SCORE",
+        "excess",
+        "what a model learnt on-line scores: excess (eq. 13, how far the window rises above the generated one) "
+        "or excess+unreal (plus -log D of the window, MAD-GAN's DR-score; docs/detector-quality.md); a served "
+        "model keeps the score it was trained with",
     )
     pot_q: float = setting("DRAGON_POT_Q", DEFAULT_Q, "POT risk q: the false-alarm probability the threshold aims at")
     pot_level: float = setting("DRAGON_POT_LEVEL", DEFAULT_LEVEL, "POT initial quantile of the calibration scores")
@@ -128,6 +138,8 @@ class DetectorConfig:
             raise ConfigError(f"DRAGON_POT_DEPTH must be between 1 and {MAX_POT_DEPTH}")
         if self.scope not in SCOPES:
             raise ConfigError(f"DRAGON_DETECTOR_SCOPE must be one of {', '.join(SCOPES)}")
+        if self.fault_score not in FAULT_SCORES:
+            raise ConfigError(f"DRAGON_DETECTOR_FAULT_SCORE must be one of {', '.join(FAULT_SCORES)}")
         if self.clear_windows < 1:
             raise ConfigError("DRAGON_FAULT_CLEAR_WINDOWS must be at least 1")
         if self.finetune_min_interval_s < 0:

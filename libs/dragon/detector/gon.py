@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dragon.detector.config import SCOPES
+from dragon.detector.config import FAULT_SCORES, SCOPES
 from dragon.detector.federation_model import DimensionsAsHosts, FederationConfig, SingleHostDiscriminator
 from dragon.detector.generation import ASCENTS, Climbable, generate
 from dragon.detector.optim import Adam
@@ -61,6 +61,7 @@ SAVED_BEFORE_THE_KEY: dict[str, Any] = {
     "gen_box": False,
     "gen_init": "window",
     "scope": "host",
+    "fault_score": "excess",
 }
 
 
@@ -118,6 +119,7 @@ class GonConfig:
     gen_box: bool = True  # keep generated windows inside the scaled training range [0, 1]
     gen_init: str = "window"  # start the ascent from the window itself (sec. IV-C) or from "noise"
     score_rows: str = "last"  # eq. 13 over the whole window, or over its last row only
+    fault_score: str = "excess"  # eq. 13 alone, or "excess+unreal": plus -log D(W_{t+1}) (SCORE_TERMS)
     generate_from: str = "previous"  # score against Ŵ generated from W_t ("previous") or W_{t+1} ("current")
     # What D judges at once (SCOPES): one host's window, or every host of an LEI with their tasks,
     # schedule and graph (dragon.detector.lei). The same weights can do either, but a model is
@@ -148,6 +150,8 @@ class GonConfig:
             raise ValueError(f"GonConfig.generate_from must be 'previous' or 'current', got {self.generate_from!r}")
         if self.score_rows not in ("window", "last"):
             raise ValueError(f"GonConfig.score_rows must be 'window' or 'last', got {self.score_rows!r}")
+        if self.fault_score not in FAULT_SCORES:
+            raise ValueError(f"GonConfig.fault_score must be one of {sorted(FAULT_SCORES)}, got {self.fault_score!r}")
         if self.gen_init not in ("window", "noise"):
             raise ValueError(f"GonConfig.gen_init must be 'window' or 'noise', got {self.gen_init!r}")
         if self.scope not in SCOPES:
@@ -256,9 +260,26 @@ def generate_from(model: nn.Module, windows: Tensor, cfg: GonConfig) -> Tensor:
     )
 
 
+def unrealness(model: Climbable, windows: Tensor) -> Tensor:
+    """-log D(W) of each window (or host): how unreal D finds the window that arrived, in nats."""
+    return F.softplus(-model.logits(windows))
+
+
+# What each fault score (config.FAULT_SCORES) adds to eq. 13's excess. "excess+unreal" is the
+# DR-score of MAD-GAN (Li et al., ICANN 2019) with equal weights: the residual against the
+# generated window plus the discriminator's own verdict on the window that arrived. The excess
+# sees a rise above what D finds plausible; -log D also sees a window D finds odd whose values
+# stay below that, e.g. an unusual shape inside the training range.
+SCORE_TERMS: dict[str, tuple[Callable[[Climbable, Tensor], Tensor], ...]] = {
+    "excess": (),
+    "excess+unreal": (unrealness,),
+}
+
+
 @torch.no_grad()
 def fault_scores(model: Climbable, prev_windows: Tensor, next_windows: Tensor, cfg: GonConfig) -> tuple[Tensor, Tensor]:
-    """Fault score f = ||ReLU(W_{t+1} - Ŵ_{t+1})|| (eq. 13) and each feature's share of it.
+    """Fault score f = ||ReLU(W_{t+1} - Ŵ_{t+1})|| (eq. 13), plus the terms of ``cfg.fault_score``, and each
+    feature's share of the excess.
 
     Ŵ_{t+1} is generated from W_t (``cfg.generate_from == "previous"``, eq. 13 as written: a
     prediction) or from W_{t+1} itself (``"current"``: the nearest window D finds plausible, a
@@ -268,7 +289,8 @@ def fault_scores(model: Climbable, prev_windows: Tensor, next_windows: Tensor, c
     (``model`` is then D seen as a function of the host windows, :class:`~dragon.detector.
     federation_data.FederationWindows`). ``contributions[..., j]`` is feature j's share of f²,
     so it sums to 1 when f > 0 and is all zeros when f == 0; it ranks the metrics behind an
-    alarm. Returns scores (B,) or (B, m) and contributions (B, n) or (B, m, n).
+    alarm (-log D names no metric: it is one verdict on the whole window).
+    Returns scores (B,) or (B, m) and contributions (B, n) or (B, m, n).
     """
     start = prev_windows if cfg.generate_from == "previous" else next_windows
     predicted = generate_from(model, start, cfg)  # (..., k, n)
@@ -279,7 +301,12 @@ def fault_scores(model: Climbable, prev_windows: Tensor, next_windows: Tensor, c
     total = per_feature.sum(dim=-1)  # (...)
     shares = per_feature / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(-1)  # (..., n)
     contributions = torch.where(total.unsqueeze(-1) > 0, shares, torch.zeros_like(shares))
-    return total.sqrt(), contributions
+    score = total.sqrt()
+    for term in SCORE_TERMS[cfg.fault_score]:
+        # Summed per window or host: a D that judges each dimension apart (dragon_dimensions)
+        # says how unreal the window is as the sum of its dimensions' -log D.
+        score = score + term(model, next_windows).reshape(*score.shape, -1).sum(dim=-1)
+    return score, contributions
 
 
 def make_windows(series: np.ndarray, k: int) -> np.ndarray:

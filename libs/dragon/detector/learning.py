@@ -138,6 +138,7 @@ def gon_config(config: DetectorConfig, **overrides: Any) -> GonConfig:
         window=config.window,
         epochs=config.train_epochs,
         scope=config.scope,
+        fault_score=config.fault_score,
         # The graph part means something only over many hosts; per host, keep the default.
         topology=config.topology if config.scope == "lei" else GonConfig.topology,
         **overrides,

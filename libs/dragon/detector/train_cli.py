@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 
 from dragon.config import ConfigError
-from dragon.detector.config import DEFAULT_LEVEL, DEFAULT_Q
+from dragon.detector.config import DEFAULT_LEVEL, DEFAULT_Q, FAULT_SCORES
 from dragon.detector.scaling import DATASET_MIN_SPAN
 
 
@@ -38,6 +38,13 @@ def add_train_parser(commands) -> None:
     parser.add_argument("--window", type=int, default=10, help="window length k (default: 10)")
     parser.add_argument("--epochs", type=int, default=60, help="maximum epochs; early stopping may end sooner")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and minibatch order (default: 0)")
+    parser.add_argument(
+        "--fault-score",
+        choices=FAULT_SCORES,
+        default=FAULT_SCORES[0],
+        help="excess: eq. 13, how far a window rises above the generated one; excess+unreal: plus -log D of "
+        "the window (MAD-GAN's DR-score, docs/detector-quality.md) (default: excess)",
+    )
     parser.add_argument("--pot-q", type=float, default=DEFAULT_Q, help=f"POT risk q (default: {DEFAULT_Q:g})")
     parser.add_argument(
         "--pot-level", type=float, default=DEFAULT_LEVEL, help=f"POT initial quantile (default: {DEFAULT_LEVEL:g})"
@@ -77,7 +84,13 @@ def run_train(args) -> int:
         else:
             train, _, _ = load_dataset_dir(args.data)
             names = [f"f{i}" for i in range(train.shape[1])]
-            cfg = GonConfig(n_features=len(names), window=args.window, epochs=args.epochs, seed=args.seed)
+            cfg = GonConfig(
+                n_features=len(names),
+                window=args.window,
+                epochs=args.epochs,
+                seed=args.seed,
+                fault_score=args.fault_score,
+            )
             checkpoint = train_from_series(
                 train,
                 names,
@@ -118,7 +131,9 @@ def _from_redis(args):
     from dragon.store import WindowStore, connect
 
     settings = config.load(DetectorConfig, known=known_env_names())
-    settings = replace(settings, scope=args.scope, window=args.window, train_epochs=args.epochs)
+    settings = replace(
+        settings, scope=args.scope, window=args.window, train_epochs=args.epochs, fault_score=args.fault_score
+    )
     lei = settings.common.service.lei
     store = WindowStore(connect(settings.redis), lei, settings.history)
     history = {host: store.all_stored(host) for host in store.hosts()}
