@@ -103,6 +103,10 @@ class GonConfig:
       AdaHessian paper's "delayed update", in training and scoring alike) made a 16-host joint
       step 17-35 % cheaper but halved PR-AUC on the rpi16 testbed (0.234 -> 0.112 with topology, 0.379 -> 0.179
       without, 3 seeds; docs/detector-quality.md), so it stays an option for measuring.
+    - ``fault_score`` ``excess``, eq. 13 alone. ``excess+unreal`` (plus -log D of the arrived
+      window) ranked FTSAD-1's synthetic faults better (0.978 / 0.923 vs 0.952 / 0.908) and tied
+      on FTSAD-25/55, but its alarms at the POT threshold were worse on FTSAD-55 (F1 0.929 vs
+      0.994): not clear enough to replace the paper's score, so it is an option.
     """
 
     n_features: int  # n, metrics per time step
