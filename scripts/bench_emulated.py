@@ -45,7 +45,7 @@ import numpy as np
 from dragon.logs import configure
 from dragon.messages import codec, topics
 from dragon.messages.schemas import FaultEvent, FaultInjection, HostHealth, InjectionEvent
-from dragon.testing.lei import LeiStack
+from dragon.testing.lei import LeiStack, environment_items
 from dragon.testing.listener import Listener, publish
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,6 +82,7 @@ def start_lei(scope: str, args, workdir: Path) -> LeiStack:
             "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES": str(int(args.warmup / args.interval * 0.8)),
             "DRAGON_DETECTOR_TRAIN_EPOCHS": str(args.epochs),
             "DRAGON_DETECTOR_BROKER_HOST": hosts[0],
+            **args.detector_env,
         },
     )
     return stack
@@ -235,10 +236,21 @@ def main() -> None:
     parser.add_argument(
         "--predicted", action="store_true", help="run a simulator too and score the predicted-mode events as well"
     )
+    parser.add_argument(
+        "--detector-env",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="extra environment of the detector, repeatable (e.g. DRAGON_DETECTOR_FAULT_SCORE=excess+unreal)",
+    )
     parser.add_argument("--out", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.hosts < 2 or args.faults < 1:
         parser.error("--hosts must be at least 2 and --faults at least 1")
+    try:
+        args.detector_env = environment_items(args.detector_env)
+    except ValueError as exc:
+        parser.error(f"--detector-env: {exc}")
     configure(level="warning", json=True)
     when = datetime.now(UTC).isoformat(timespec="seconds")
     results = []

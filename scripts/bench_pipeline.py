@@ -60,7 +60,7 @@ from dragon.messages.schemas import HOST_METRICS, FaultEvent, HostHealth, HostMe
 from dragon.settings import MqttSettings
 from dragon.store import StoredSample
 from dragon.testing import lei as lei_images
-from dragon.testing.lei import LeiStack
+from dragon.testing.lei import LeiStack, environment_items
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = (lei_images.MOSQUITTO_IMAGE, lei_images.REDIS_IMAGE, lei_images.COLLECTOR_IMAGE, lei_images.DETECTOR_IMAGE)
@@ -685,9 +685,10 @@ def parse_args() -> argparse.Namespace:
         help="extra environment of the detector container, repeatable (e.g. OMP_NUM_THREADS=1)",
     )
     args = parser.parse_args()
-    if any("=" not in item for item in args.detector_env):
-        parser.error("--detector-env takes KEY=VALUE")
-    args.detector_env = dict(item.split("=", 1) for item in args.detector_env)
+    try:
+        args.detector_env = environment_items(args.detector_env)
+    except ValueError as exc:
+        parser.error(f"--detector-env: {exc}")
     if args.spikes < 0 or args.spikes > min(args.hosts) // 2:
         parser.error("--spikes must be between 0 and half the smallest host count")
     return args

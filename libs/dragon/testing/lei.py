@@ -46,6 +46,14 @@ def require_images(client: docker.DockerClient, images: tuple[str, ...]) -> None
             raise MissingImage(f"image {image} is missing: run scripts/build-images.sh first") from None
 
 
+def environment_items(items: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` command-line items (a benchmark's ``--detector-env``) as a container environment."""
+    malformed = [item for item in items if "=" not in item or item.startswith("=")]
+    if malformed:
+        raise ValueError(f"expected KEY=VALUE, got {', '.join(malformed)}")
+    return dict(item.split("=", 1) for item in items)
+
+
 def standalone_redis(password: str) -> DockerContainer:
     """A Redis container with a password and nothing else (use as a context manager)."""
     return (
