@@ -69,8 +69,8 @@ class DetectorConfig:
         "DRAGON_DETECTOR_FAULT_SCORE",
         "excess",
         "what a model learnt on-line scores: excess (eq. 13, how far the window rises above the generated one) "
-        "or excess+unreal (plus -log D of the window, MAD-GAN's DR-score; docs/detector-quality.md); a served "
-        "model keeps the score it was trained with",
+        "or excess+unreal (plus -log D of the window, MAD-GAN's DR-score: better on FTSAD and rpi16, worse with "
+        "DRAGON_DETECTOR_TOPOLOGY, docs/detector-quality.md); a served model keeps the score it was trained with",
     )
     pot_q: float = setting("DRAGON_POT_Q", DEFAULT_Q, "POT risk q: the false-alarm probability the threshold aims at")
     pot_level: float = setting("DRAGON_POT_LEVEL", DEFAULT_LEVEL, "POT initial quantile of the calibration scores")
