@@ -160,6 +160,7 @@ def test_joint_training_and_scores_are_finite_deterministic_and_shaped():
 
 def test_excess_plus_unreal_adds_each_hosts_minus_log_d_in_its_federation():
     trace = trace_of(12)
+    trace.hosts[6:, 0] = 0.0  # host 0 idles: nothing of it rises above a generated window, -log D alone scores
     cfg = GonConfig(**SMALL)
     both = replace(cfg, fault_score="excess+unreal")
     model = build_discriminator(cfg).eval()
@@ -172,7 +173,10 @@ def test_excess_plus_unreal_adds_each_hosts_minus_log_d_in_its_federation():
         minus_log_d = -torch.nn.functional.logsigmoid(view.logits(data.hosts[now])).double().numpy()  # (T, m)
     assert minus_log_d.shape == (11, HOSTS)
     np.testing.assert_allclose(scores, excess + minus_log_d, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(contributions, shares)
+    scored = excess > 0
+    assert scored.any() and not scored.all()  # both kinds of alarm are checked
+    np.testing.assert_array_equal(contributions[scored], shares[scored])  # the excess names its metrics
+    np.testing.assert_allclose(contributions[~scored].sum(axis=-1), 1.0, rtol=1e-5)  # -log D's gradient names them
 
 
 def test_joint_scores_follow_the_hosts_when_they_are_renumbered():

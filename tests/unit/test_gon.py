@@ -159,7 +159,26 @@ def test_excess_plus_unreal_adds_minus_log_d_of_the_arrived_window_and_keeps_the
     minus_log_d = minus_log_d.reshape(6, -1).sum(dim=-1)  # dragon_dimensions: one D per dimension
     assert scores.shape == (6,) and (minus_log_d > 0).all()
     torch.testing.assert_close(scores, excess + minus_log_d)
-    assert torch.equal(contributions, shares)  # -log D names no metric
+    assert torch.equal(contributions[excess > 0], shares[excess > 0])  # the excess names its metrics
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "dragon", "dragon_dimensions"])
+def test_an_alarm_of_minus_log_d_alone_names_the_metrics_its_gradient_on_the_new_row_points_at(architecture) -> None:
+    cfg = small_config(architecture=architecture, fault_score="excess+unreal", gen_box=True, score_rows="last")
+    model = build_discriminator(cfg).eval()
+    prev, arrived = torch.rand(2, 4, cfg.window, cfg.n_features, generator=torch.Generator().manual_seed(0))
+    arrived[:2] = 0.0  # nothing rises above a generated window kept inside [0, 1]: no excess
+    arrived[2:, -1] = 1.5  # above it on every metric
+    excess, _ = fault_scores(
+        model, prev, arrived, small_config(architecture=architecture, gen_box=True, score_rows="last")
+    )
+    _, contributions = fault_scores(model, prev, arrived, cfg)
+    assert (excess[:2] == 0).all() and (excess[2:] > 0).all()
+    silent = arrived[:2].clone().requires_grad_(True)
+    (-torch.nn.functional.logsigmoid(model.logits(silent))).sum().backward()
+    expected = silent.grad[:, -1, :].square()
+    torch.testing.assert_close(contributions[:2], expected / expected.sum(dim=-1, keepdim=True))
+    torch.testing.assert_close(contributions.sum(dim=-1), torch.ones(4))
 
 
 def test_fault_scores_are_the_ones_the_settings_name() -> None:

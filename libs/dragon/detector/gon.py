@@ -274,7 +274,8 @@ def unrealness(model: Climbable, windows: Tensor) -> Tensor:
 # generated window plus the discriminator's own verdict on the window that arrived. The excess
 # sees a rise above what D finds plausible; -log D also sees a window D finds odd whose values
 # stay below that, e.g. an unusual shape inside the training range.
-SCORE_TERMS: dict[str, tuple[Callable[[Climbable, Tensor], Tensor], ...]] = {
+ScoreTerm = Callable[[Climbable, Tensor], Tensor]  # windows (..., k, n) -> a value per window or dimension
+SCORE_TERMS: dict[str, tuple[ScoreTerm, ...]] = {
     "excess": (),
     "excess+unreal": (unrealness,),
 }
@@ -292,25 +293,68 @@ def fault_scores(model: Climbable, prev_windows: Tensor, next_windows: Tensor, c
     Windows are (B, k, n), or (B, m, k, n) for the m hosts of a federation judged together
     (``model`` is then D seen as a function of the host windows, :class:`~dragon.detector.
     federation_data.FederationWindows`). ``contributions[..., j]`` is feature j's share of f²,
-    so it sums to 1 when f > 0 and is all zeros when f == 0; it ranks the metrics behind an
-    alarm (-log D names no metric: it is one verdict on the whole window).
+    so it sums to 1 when f > 0; it ranks the metrics behind an alarm. Where the excess is 0 and
+    only the added terms score (-log D is one verdict on the whole window and names no metric
+    itself), the shares are those of the terms' gradient (:func:`term_shares`); all zeros when
+    nothing scores.
     Returns scores (B,) or (B, m) and contributions (B, n) or (B, m, n).
     """
     start = prev_windows if cfg.generate_from == "previous" else next_windows
     predicted = generate_from(model, start, cfg)  # (..., k, n)
     excess = F.relu(next_windows - predicted)  # (..., k, n)
-    if cfg.score_rows == "last":
-        excess = excess[..., -1:, :]  # (..., 1, n): the row the new sample brought
-    per_feature = excess.square().sum(dim=-2)  # (..., n)
+    per_feature = scored_rows(excess, cfg).square().sum(dim=-2)  # (..., n)
     total = per_feature.sum(dim=-1)  # (...)
-    shares = per_feature / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(-1)  # (..., n)
-    contributions = torch.where(total.unsqueeze(-1) > 0, shares, torch.zeros_like(shares))
-    score = total.sqrt()
-    for term in SCORE_TERMS[cfg.fault_score]:
-        # Summed per window or host: a D that judges each dimension apart (dragon_dimensions)
-        # says how unreal the window is as the sum of its dimensions' -log D.
-        score = score + term(model, next_windows).reshape(*score.shape, -1).sum(dim=-1)
-    return score, contributions
+    contributions = shares_of(per_feature)
+    terms = SCORE_TERMS[cfg.fault_score]
+    if not terms:
+        return total.sqrt(), contributions
+    added = summed_terms(terms, model, next_windows, total.shape)
+    silent = (total == 0) & (added > 0)  # scored by the added terms alone
+    if silent.any():
+        contributions = torch.where(
+            silent.unsqueeze(-1), term_shares(terms, model, next_windows, silent, cfg), contributions
+        )
+    return total.sqrt() + added, contributions
+
+
+def scored_rows(windows: Tensor, cfg: GonConfig) -> Tensor:
+    """The rows of (..., k, n) windows the score reads: all k, or the last (the new sample's)."""
+    return windows[..., -1:, :] if cfg.score_rows == "last" else windows
+
+
+def shares_of(per_feature: Tensor) -> Tensor:
+    """Each feature's share of non-negative (..., n) amounts; all zeros where they sum to 0."""
+    total = per_feature.sum(dim=-1, keepdim=True)
+    shares = per_feature / total.clamp_min(torch.finfo(total.dtype).tiny)
+    return torch.where(total > 0, shares, torch.zeros_like(shares))
+
+
+def summed_terms(terms: tuple[ScoreTerm, ...], model: Climbable, windows: Tensor, shape: torch.Size) -> Tensor:
+    """The added score terms of each window or host, shaped like the excess score.
+
+    Summed per window or host: a D that judges each dimension apart (dragon_dimensions) says how
+    unreal the window is as the sum of its dimensions' -log D.
+    """
+    return sum(term(model, windows).reshape(*shape, -1).sum(dim=-1) for term in terms)
+
+
+def term_shares(
+    terms: tuple[ScoreTerm, ...], model: Climbable, windows: Tensor, judged: Tensor, cfg: GonConfig
+) -> Tensor:
+    """Each feature's share of the squared gradient of the added terms on the scored rows.
+
+    The metrics the verdict is most sensitive to on the row that arrived name the alarm that
+    -log D raised alone. The terms of the ``judged`` windows (or hosts) are summed before one
+    backward pass; in a federation a host's gradient then also carries the terms of its judged
+    peers through attention, not separated from its own (one pass instead of one per host).
+    Windows with no excess are common on a quiet host, so with these terms most steps pay this
+    one forward and backward pass of D, next to the tens that generation takes.
+    """
+    with torch.enable_grad():
+        arrived = windows.detach().requires_grad_(True)
+        added = summed_terms(terms, model, arrived, judged.shape)
+        (gradient,) = torch.autograd.grad(added[judged].sum(), arrived)
+    return shares_of(scored_rows(gradient, cfg).square().sum(dim=-2))
 
 
 def make_windows(series: np.ndarray, k: int) -> np.ndarray:
