@@ -144,11 +144,15 @@ class Collector:
             self.lifecycle.stop.wait(max(0.0, next_tick - time.monotonic()))
 
     def sample_once(self) -> None:
-        now = time.time()
+        now = time.time()  # one time stamp per tick: a LEI's samples of a tick line up
         self._seq += 1
         for probe in self.probes:
             try:
-                metrics = probe.read(now)
+                # Rates over each probe's own read times: a probe that refreshes its container
+                # list (a Docker call, up to hundreds of ms under load) delays the probes after
+                # it, and the tick's time would stretch their interval by that delay, then
+                # shrink the next one by as much.
+                metrics = probe.read(time.time())
                 tasks = probe.tasks()
             except Exception:
                 # A vanished cgroup or a Docker hiccup must not stop the other hosts.

@@ -1,0 +1,67 @@
+"""The collector's tick: one time stamp for a LEI's samples, rates over each probe's own reads."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dragon import config
+from dragon.collector.config import CollectorConfig
+from dragon.collector.service import Collector
+from dragon.messages.schemas import HostMetrics, HostSample
+
+pytestmark = pytest.mark.unit
+
+STALL_S = 0.3  # what a Docker call of one probe can take under load
+GAP_S = 0.2
+
+
+class ClockRateProbe:
+    """A host whose counter is the wall clock: read over a true interval, its rate is 1.
+
+    ``stall_s`` on the first read stands for a probe refreshing its container list after its
+    counters (``HostContainers.refresh_if_stale``), which delays the probes read after it.
+    """
+
+    def __init__(self, host: str, stall_s: float = 0.0) -> None:
+        self.host = host
+        self._stall_s = stall_s
+        self._last: tuple[float, float] | None = None  # (now given, counter read)
+
+    def read(self, now: float) -> HostMetrics:
+        counter = time.time()
+        rate = 0.0
+        if self._last is not None:
+            rate = (counter - self._last[1]) / (now - self._last[0])
+        self._last = (now, counter)
+        time.sleep(self._stall_s)
+        self._stall_s = 0.0
+        return HostMetrics(cpu=min(rate, 4.0), ram=0.0, swap=0.0, disk_read=0, disk_write=0, net_rx=0, net_tx=0)
+
+    def tasks(self) -> tuple:
+        return ()
+
+
+class Published:
+    def __init__(self) -> None:
+        self.samples: list[HostSample] = []
+
+    def publish_message(self, topic: str, message: HostSample, **_options) -> None:
+        self.samples.append(message)
+
+
+def test_a_probe_delayed_by_the_one_before_still_measures_its_rates_over_its_own_interval() -> None:
+    collector = Collector(config.load(CollectorConfig, {"DRAGON_COLLECTOR_HOSTS": "h1,h2"}))
+    collector.probes = [ClockRateProbe("h1", stall_s=STALL_S), ClockRateProbe("h2")]
+    collector.mqtt = published = Published()
+
+    collector.sample_once()  # h1 stalls after its read: h2 is read STALL_S late
+    time.sleep(GAP_S)
+    collector.sample_once()  # no stall: h2 read on time, GAP_S after its late first read
+
+    first, second = published.samples[:2], published.samples[2:]
+    assert [s.host for s in second] == ["h1", "h2"]
+    assert len({s.ts for s in first}) == 1 and len({s.ts for s in second}) == 1  # a tick's samples line up
+    # Over the tick's times h2's rate would read GAP_S / (STALL_S + GAP_S) = 0.4.
+    assert [s.metrics.cpu for s in second] == pytest.approx([1.0, 1.0], abs=0.05)
