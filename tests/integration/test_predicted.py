@@ -132,8 +132,10 @@ def test_predicted_thresholds_survive_a_redis_restart(forecasting):
 def test_a_busy_task_announced_on_a_quiet_host_is_flagged_there_before_the_host_runs_it(forecasting):
     """The proactive case: the schedule says a CPU-bound task now runs on h2. The forecast of h2
     carries the task's measured demand at once, so h2 is flagged in predicted mode while its own
-    samples, which never show the task (it stays on h1), raise no CPU alarm. (An unrelated false
-    start of h2 in observed mode, from its memory's noise, can still fall in these seconds.)"""
+    samples, which observed mode judges, never show the task (it stays on h1). Observed events
+    of h2 are not asserted on: its demo task's uneven bursts (a second without one, then one
+    with two) raise a cpu-led false start now and then, and one can fall into these seconds
+    (CI failed once on one)."""
     lei = forecasting
     emulated = EmulatedLei(lei.docker, lei.lei, image=COLLECTOR_IMAGE, network=lei.network.name)
     burner = start_task(emulated, BURNER)
@@ -163,11 +165,8 @@ def test_a_busy_task_announced_on_a_quiet_host_is_flagged_there_before_the_host_
                 codec.decode(HostSample, m.payload, 65536, m.content_type)
                 for m in listener.matching(lambda m: m.topic == topics.host_sample(lei.lei, "h2"))
             ]
+            # What observed mode judges on h2 never carries the task nor its load.
             assert h2_samples and not any(t.name == burner.name for s in h2_samples for t in s.tasks)
-            observed = [
-                codec.decode(FaultEvent, m.payload, 65536, m.content_type)
-                for m in listener.matching(lambda m: is_start(lei, m, "h2", "observed"))
-            ]
-            assert not [e for e in observed if e.top_metrics[:1] and e.top_metrics[0].metric == "cpu"], observed
+            assert max(s.metrics.cpu for s in h2_samples) < task.cpu / 2, (task.cpu, h2_samples)
     finally:
         burner.remove(force=True)
