@@ -16,6 +16,7 @@ detector's fault events with the collector's injection reports:
   them, and these are interference as much as false alarms; the rest came in quiet. Each is
   listed with its two top metrics, the seconds since the last fault (on any host) ended, its
   score and threshold, the host's median threshold over the 30 s before, and its model.
+  ``--faults 0`` is a quiet run of ``--gap`` seconds: every start is a false start.
 
 With ``--predicted`` a simulator runs too, and the detector's predicted-mode events (on the
 simulator's forecasts) are scored the same way, beside the observed ones; ``published_s`` is
@@ -120,6 +121,8 @@ def run_scope(scope: str, args) -> dict:
             for host, kind in fault_schedule(args):
                 inject(stack, host, kind, args.duration)
                 time.sleep(args.duration + args.gap)
+            if not args.faults:
+                time.sleep(args.gap)  # a quiet run: every start is a false start
             phase_end = time.time()
             messages = listener.matching(lambda m: True)
         result = {"scope": scope, "model_ready_s": round(model_ready_s, 1)}
@@ -225,9 +228,13 @@ def main() -> None:
     )
     parser.add_argument("--scopes", nargs="+", choices=("host", "lei"), default=["host", "lei"])
     parser.add_argument("--hosts", type=int, default=3, help="emulated hosts (default: 3)")
-    parser.add_argument("--faults", type=int, default=12, help="faults injected, one at a time (default: 12)")
+    parser.add_argument(
+        "--faults", type=int, default=12, help="faults injected, one at a time (default: 12; 0: a quiet run of --gap s)"
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="seconds each fault lasts (default: 20)")
-    parser.add_argument("--gap", type=float, default=25.0, help="quiet seconds after each fault (default: 25)")
+    parser.add_argument(
+        "--gap", type=float, default=25.0, help="quiet seconds after each fault, or of a quiet run (default: 25)"
+    )
     parser.add_argument("--grace", type=float, default=5.0, help="seconds after a fault a start still counts")
     parser.add_argument("--interval", type=float, default=1.0, help="sampling interval in s (default: 1)")
     parser.add_argument("--warmup", type=float, default=90.0, help="normal operation learnt from, s (default: 90)")
@@ -245,8 +252,8 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
-    if args.hosts < 2 or args.faults < 1:
-        parser.error("--hosts must be at least 2 and --faults at least 1")
+    if args.hosts < 2 or args.faults < 0 or args.gap <= 0:
+        parser.error("--hosts must be at least 2, --faults at least 0 and --gap positive")
     try:
         args.detector_env = environment_items(args.detector_env)
     except ValueError as exc:
