@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import redis
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.wait_strategies import ExecWaitStrategy
 
-from dragon.detector.health import HostFaultState
+from dragon.detector.health import HostFaultState, unjudged
 from dragon.detector.pot import StreamingPot
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.store import WindowStore, padded_window
 from dragon.testing.lei import REDIS_IMAGE
 
 pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class Window:
+    host: str
+    ts: float
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +98,16 @@ def test_two_replicas_applying_the_same_window_publish_it_once(client):
     first, second = HostFaultState(client, "t4", 3), HostFaultState(client, "t4", 3)
     assert first.update("h9", 10.0, 1).kind == "start"
     assert second.update("h9", 10.0, 1).kind == "stale"
+
+
+def test_any_replica_reads_the_newest_window_judged_per_host_and_drops_what_is_not_newer(client):
+    first, second = HostFaultState(client, "t7", 3, mode="predicted"), HostFaultState(client, "t7", 3, mode="predicted")
+    first.update_many([("h1", 10.0, 0), ("h1", 11.5, 1)])
+    last = second.last_judged(["h1", "h2"])
+    assert last == {"h1": 11.5, "h2": None}
+    copies = [Window("h1", 11.5), Window("h1", 12.0), Window("h1", 12.0), Window("h2", 3.0), Window("h1", 11.0)]
+    assert unjudged(copies, last) == [Window("h1", 12.0), Window("h2", 3.0)]
+    assert HostFaultState(client, "t7", 3).last_judged(["h1"]) == {"h1": None}  # observed verdicts are apart
 
 
 def calls(client, command: str) -> int:

@@ -12,7 +12,9 @@ may be learnt from (:meth:`HostFaultState.clean_streaks`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import redis
 
@@ -84,6 +86,15 @@ class HostFaultState:
             self._script(keys=[key], args=[label, repr(window_ts), self._clear], client=pipe)
         return [_transition(kind, since) for kind, since in pipe.execute()]
 
+    def last_judged(self, hosts: list[str]) -> dict[str, float | None]:
+        """The newest window time applied per host (None: never judged); any window no newer is stale."""
+        pipe = self._client.pipeline(transaction=False)
+        for host in hosts:
+            pipe.hget(f"{self._prefix}{host}", "ts")
+        return {
+            host: None if value is None else float(value) for host, value in zip(hosts, pipe.execute(), strict=True)
+        }
+
     def clean_streaks(self, hosts: list[str]) -> dict[str, int]:
         """Windows in a row each host was judged normal with no fault in force, by any replica.
 
@@ -100,3 +111,30 @@ def _transition(kind: bytes | str, since: bytes | str) -> Transition:
     kind = kind.decode() if isinstance(kind, bytes) else kind
     since = since.decode() if isinstance(since, bytes) else since
     return Transition(kind, float(since) if since else None)
+
+
+class HostWindow(Protocol):
+    """Anything judged as one host's window at one time (a sample, a forecast)."""
+
+    host: str
+    ts: float
+
+
+W = TypeVar("W", bound=HostWindow)
+
+
+def unjudged(windows: Sequence[W], last_judged: Mapping[str, float | None]) -> list[W]:
+    """The windows newer than their host's last judged one, each (host, ts) once, in order.
+
+    The fault state would find the others stale after they were judged; dropping them first
+    saves their generation, the costly part of judging.
+    """
+    seen: set[tuple[str, float]] = set()
+    fresh = []
+    for window in windows:
+        last = last_judged.get(window.host)
+        key = (window.host, window.ts)
+        if (last is None or window.ts > last) and key not in seen:
+            seen.add(key)
+            fresh.append(window)
+    return fresh

@@ -29,7 +29,7 @@ import structlog
 
 from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DetectorConfig
-from dragon.detector.health import HostFaultState, Transition
+from dragon.detector.health import HostFaultState, Transition, unjudged
 from dragon.detector.learning import FineTuner, OnlineLearner
 from dragon.detector.lei import LeiStep, forecast_steps, history_needed, steps_to_judge
 from dragon.detector.membership import Membership
@@ -272,7 +272,7 @@ class Detector:
             return
         try:
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
-            owned = [f for f in forecasts if self.membership.owns(f.host)]
+            owned = self._unjudged_forecasts([f for f in forecasts if self.membership.owns(f.host)])
             if self.scorer is None or not owned:
                 return
             judge = {"host": self._score_forecasts, "lei": self._score_lei_forecasts}[self.scorer.scope]
@@ -280,6 +280,17 @@ class Detector:
             self._publish(judged, "predicted")
         except StopRequested as exc:
             raise Unprocessed(str(exc)) from None
+
+    def _unjudged_forecasts(self, forecasts: list[ForecastSample]) -> list[ForecastSample]:
+        """Every simulator replica forecasts every host, stamping its forecasts alike: judge one copy."""
+        if not forecasts:
+            return forecasts
+        hosts = sorted({f.host for f in forecasts})
+        last = retry_until(lambda: self.faults["predicted"].last_judged(hosts), self.lifecycle.stop, "last_judged")
+        fresh = unjudged(forecasts, last)
+        if len(fresh) < len(forecasts):
+            self.counters.add("forecasts_already_judged", len(forecasts) - len(fresh))
+        return fresh
 
     def _score_forecasts(self, forecasts: list[ForecastSample]) -> list[tuple[Judged, Verdict]]:
         """Eq. 13 with W_{t+1} the forecast: W_t is the host's window up to the sample it starts from."""
