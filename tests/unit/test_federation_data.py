@@ -164,11 +164,13 @@ def test_excess_plus_unreal_adds_each_hosts_minus_log_d_in_its_federation():
     cfg = GonConfig(**SMALL)
     both = replace(cfg, fault_score="excess+unreal")
     model = build_discriminator(cfg).eval()
-    data = windows_of(trace, cfg.window)
+    usage = np.random.default_rng(0).random((12, SLOTS, FEATURES)).astype(np.float32)  # tasks' windows differ
+    data = FederationWindows.from_scaled(trace.hosts.astype(np.float32), trace.schedule, trace.graph, cfg.window, usage)
     excess, shares = federation_fault_scores(model, cfg, data, start=1)
     scores, contributions = federation_fault_scores(model, both, data, start=1)
     now = torch.arange(1, len(data))
-    view = HostsInContext(federation_of(model), data.tasks[now - 1], data.schedule[now], data.graph)
+    # -log D judges W_t in its own context (the tasks' windows over W_t), as D learnt real windows
+    view = HostsInContext(federation_of(model), data.tasks[now], data.schedule[now], data.graph)
     with torch.no_grad():
         minus_log_d = -torch.nn.functional.logsigmoid(view.logits(data.hosts[now])).double().numpy()  # (T, m)
     assert minus_log_d.shape == (11, HOSTS)

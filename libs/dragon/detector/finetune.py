@@ -181,7 +181,7 @@ def lei_groups(checkpoint: Checkpoint, steps: Sequence[LeiStep]) -> list[TuningG
         batch = LeiBatch.of([steps[i] for i in index], scaler, checkpoint.feature_names)
 
         def scores(model: nn.Module, batch: LeiBatch = batch) -> Tensor:
-            return fault_scores(batch.judging(model), batch.prev, batch.next, cfg)[0].flatten()
+            return fault_scores(batch.judging(model), batch.prev, batch.next, cfg, batch.arrived(model))[0].flatten()
 
         groups.append(TuningGroup(batch.real(), scores, int(batch.next.shape[0] * batch.next.shape[1])))
     return groups

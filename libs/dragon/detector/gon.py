@@ -282,7 +282,9 @@ SCORE_TERMS: dict[str, tuple[ScoreTerm, ...]] = {
 
 
 @torch.no_grad()
-def fault_scores(model: Climbable, prev_windows: Tensor, next_windows: Tensor, cfg: GonConfig) -> tuple[Tensor, Tensor]:
+def fault_scores(
+    model: Climbable, prev_windows: Tensor, next_windows: Tensor, cfg: GonConfig, arrived_by: Climbable | None = None
+) -> tuple[Tensor, Tensor]:
     """Fault score f = ||ReLU(W_{t+1} - Ŵ_{t+1})|| (eq. 13), plus the terms of ``cfg.fault_score``, and each
     feature's share of the excess.
 
@@ -297,6 +299,9 @@ def fault_scores(model: Climbable, prev_windows: Tensor, next_windows: Tensor, c
     only the added terms score (-log D is one verdict on the whole window and names no metric
     itself), the shares are those of the terms' gradient (:func:`term_shares`); all zeros when
     nothing scores.
+    ``arrived_by`` is D as it judges the arrived windows for those terms, in their own context
+    (in a federation the tasks' windows over W_{t+1}, as D learnt real windows); by default
+    ``model``, the context generation used.
     Returns scores (B,) or (B, m) and contributions (B, n) or (B, m, n).
     """
     start = prev_windows if cfg.generate_from == "previous" else next_windows
@@ -308,11 +313,12 @@ def fault_scores(model: Climbable, prev_windows: Tensor, next_windows: Tensor, c
     terms = SCORE_TERMS[cfg.fault_score]
     if not terms:
         return total.sqrt(), contributions
-    added = summed_terms(terms, model, next_windows, total.shape)
+    judge = model if arrived_by is None else arrived_by
+    added = summed_terms(terms, judge, next_windows, total.shape)
     silent = (total == 0) & (added > 0)  # scored by the added terms alone
     if silent.any():
         contributions = torch.where(
-            silent.unsqueeze(-1), term_shares(terms, model, next_windows, silent, cfg), contributions
+            silent.unsqueeze(-1), term_shares(terms, judge, next_windows, silent, cfg), contributions
         )
     return total.sqrt() + added, contributions
 

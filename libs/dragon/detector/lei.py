@@ -130,6 +130,10 @@ class LeiBatch:
         """D as eq. 13 uses it for Ŵ_t generated from W_{t-1}: the tasks' previous windows, S_t."""
         return HostsInContext(federation_of(model), self.tasks_prev, self.schedule, self.graph)
 
+    def arrived(self, model: nn.Module) -> HostsInContext:
+        """D as it judges the true windows W_t themselves: the tasks' windows over W_t, S_t."""
+        return HostsInContext(federation_of(model), self.tasks_next, self.schedule, self.graph)
+
     def real(self) -> FederationWindows:
         """The true windows W_t with their own context, as Algorithm 1 (and eq. 19) learns from them."""
         return FederationWindows(self.next, self.tasks_next, self.schedule, self.graph)

@@ -144,7 +144,9 @@ class Scorer:
     def _score_batch(self, steps: Sequence[LeiStep]) -> tuple[np.ndarray, np.ndarray]:
         """Eq. 13 for every host of steps of one shape: scores (B, m) and shares (B, m, n)."""
         batch = LeiBatch.of(steps, self.scaler, self.checkpoint.feature_names)
-        scores, shares = fault_scores(batch.judging(self.model), batch.prev, batch.next, self.config)
+        scores, shares = fault_scores(
+            batch.judging(self.model), batch.prev, batch.next, self.config, batch.arrived(self.model)
+        )
         return scores.double().numpy(), shares.double().numpy()
 
     def _scaled(self, windows: np.ndarray) -> torch.Tensor:
