@@ -3,6 +3,7 @@ emulated hosts and a detector that learns from their first seconds of normal ope
 
 from __future__ import annotations
 
+import json
 import secrets as tokens
 import time
 from collections.abc import Iterator
@@ -74,6 +75,12 @@ def wait_until_scoring(stack: LeiStack) -> None:
 
 def health_of(message) -> HostHealth:
     return codec.decode(HostHealth, message.payload, 65536, message.content_type)
+
+
+def last_counters(lei, service: str) -> dict[str, int]:
+    """The counters a service logged when it last stopped (its ``*_stopping`` line)."""
+    lines = [json.loads(line) for line in lei.logs(service).splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("event") == f"{service}_stopping"][-1]["counters"]
 
 
 def fresh_health(lei, host: str, timeout: float = 30.0, quiet: bool = False, mode: str = "observed") -> None:

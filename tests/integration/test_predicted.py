@@ -3,7 +3,6 @@ collector measured, and the detector judges W_t followed by that forecast (DRAGO
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -20,7 +19,7 @@ from dragon.messages.schemas import (
 from dragon.testing.lei import COLLECTOR_IMAGE
 from dragon.testing.listener import Listener, publish
 
-from .conftest import fresh_health, health_of, start_task
+from .conftest import fresh_health, health_of, last_counters, start_task
 from .test_faults import finished, inject
 from .test_pot_state import stored_states, wait_until_learnt
 
@@ -178,12 +177,6 @@ def test_a_busy_task_announced_on_a_quiet_host_is_flagged_there_before_the_host_
         burner.remove(force=True)
 
 
-def last_counters(lei, service: str) -> dict[str, int]:
-    """The counters a service logged when it last stopped (its ``*_stopping`` line)."""
-    lines = [json.loads(line) for line in lei.logs(service).splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("event") == f"{service}_stopping"][-1]["counters"]
-
-
 def test_a_second_simulator_replica_adds_no_judging(forecasting):
     """Scaled simulators forecast every host alike: the detector judges one copy of each and drops
     the others before generating (its counters are logged when it stops)."""
@@ -201,4 +194,4 @@ def test_a_second_simulator_replica_adds_no_judging(forecasting):
         lei.stop_service(SECOND_SIMULATOR)
     lei.restart("detector", "mqtt_connected")
     counters = last_counters(lei, "detector")
-    assert counters.get("forecasts_already_judged", 0) >= SECOND_FORECASTS / 2, counters
+    assert counters.get("predicted_already_judged", 0) >= SECOND_FORECASTS / 2, counters

@@ -8,11 +8,11 @@ import msgpack
 import pytest
 
 from dragon.messages import codec, topics
-from dragon.messages.schemas import FaultEvent
+from dragon.messages.schemas import FaultEvent, HostSample
 from dragon.store import WindowStore
-from dragon.testing.listener import publish
+from dragon.testing.listener import Listener, publish
 
-from .conftest import SAMPLE_INTERVAL_S, fresh_health
+from .conftest import SAMPLE_INTERVAL_S, fresh_health, health_of, last_counters
 from .test_faults import inject, watch
 
 pytestmark = pytest.mark.integration
@@ -30,6 +30,22 @@ def test_garbage_oversized_and_wrong_shape_payloads_are_dropped(lei):
     for reason in ("malformed", "oversized", "schema", "version"):
         assert f'"reason": "{reason}"' in logs, f"no drop logged for {reason}"
     assert "mqtt_handler_failed" not in logs
+
+
+def test_a_sample_delivered_again_after_it_was_judged_is_not_judged_again(lei):
+    """A broker redelivers what was not acknowledged before a restart: the copy is dropped before
+    its generation (the counter is logged when the detector stops) and publishes nothing."""
+    with Listener(lei.mqtt_settings(), [topics.host_sample(lei.lei, "h1")]) as samples:
+        (message, *_) = samples.wait_for(lambda m: True, 10)
+    judged_ts = codec.decode(HostSample, message.payload, 65536, message.content_type).ts
+    fresh_health(lei, "h1")  # judged, and a newer one too
+    with Listener(lei.mqtt_settings(), [topics.host_health(lei.lei, "h1")]) as health:
+        publish(lei.mqtt_settings("collector"), topics.host_sample(lei.lei, "h1"), message.payload, codec.MSGPACK)
+        health.wait_for(lambda m: not m.retain and health_of(m).ts > judged_ts, 10)
+        time.sleep(2 * SAMPLE_INTERVAL_S)
+        assert not [m for m in health.matching(lambda m: not m.retain) if health_of(m).ts == judged_ts]
+    lei.restart("detector", "mqtt_connected")
+    assert last_counters(lei, "detector").get("windows_already_judged", 0) >= 1
 
 
 def test_mosquitto_restart_loses_no_sample(lei):

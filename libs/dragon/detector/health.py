@@ -120,10 +120,10 @@ class HostWindow(Protocol):
     ts: float
 
 
-W = TypeVar("W", bound=HostWindow)
+HostWindowT = TypeVar("HostWindowT", bound=HostWindow)
 
 
-def unjudged(windows: Sequence[W], last_judged: Mapping[str, float | None]) -> list[W]:
+def unjudged(windows: Sequence[HostWindowT], last_judged: Mapping[str, float | None]) -> list[HostWindowT]:
     """The windows newer than their host's last judged one, each (host, ts) once, in order.
 
     The fault state would find the others stale after they were judged; dropping them first

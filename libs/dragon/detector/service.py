@@ -29,7 +29,7 @@ import structlog
 
 from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DetectorConfig
-from dragon.detector.health import HostFaultState, Transition, unjudged
+from dragon.detector.health import HostFaultState, HostWindowT, Transition, unjudged
 from dragon.detector.learning import FineTuner, OnlineLearner
 from dragon.detector.lei import LeiStep, forecast_steps, history_needed, steps_to_judge
 from dragon.detector.membership import Membership
@@ -255,7 +255,7 @@ class Detector:
         try:
             self._store(samples)
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
-            owned = [s for s in samples if self.membership.owns(s.host)]
+            owned = self._unjudged([s for s in samples if self.membership.owns(s.host)], "observed")
             if self.scorer is not None and owned:
                 judge = {"host": self._score, "lei": self._score_lei}[self.scorer.scope]
                 scored = retry_until(lambda: judge(owned), self.lifecycle.stop, "score")
@@ -272,7 +272,7 @@ class Detector:
             return
         try:
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
-            owned = self._unjudged_forecasts([f for f in forecasts if self.membership.owns(f.host)])
+            owned = self._unjudged([f for f in forecasts if self.membership.owns(f.host)], "predicted")
             if self.scorer is None or not owned:
                 return
             judge = {"host": self._score_forecasts, "lei": self._score_lei_forecasts}[self.scorer.scope]
@@ -281,15 +281,20 @@ class Detector:
         except StopRequested as exc:
             raise Unprocessed(str(exc)) from None
 
-    def _unjudged_forecasts(self, forecasts: list[ForecastSample]) -> list[ForecastSample]:
-        """Every simulator replica forecasts every host, stamping its forecasts alike: judge one copy."""
-        if not forecasts:
-            return forecasts
-        hosts = sorted({f.host for f in forecasts})
-        last = retry_until(lambda: self.faults["predicted"].last_judged(hosts), self.lifecycle.stop, "last_judged")
-        fresh = unjudged(forecasts, last)
-        if len(fresh) < len(forecasts):
-            self.counters.add("forecasts_already_judged", len(forecasts) - len(fresh))
+    def _unjudged(self, items: list[HostWindowT], mode: str) -> list[HostWindowT]:
+        """The samples or forecasts not judged yet in ``mode``, each once: the rest would only be
+        found stale after their generation. Every simulator replica forecasts every host and
+        stamps its forecasts alike; a broker redelivers samples not acknowledged before a restart.
+        """
+        if not items:
+            return items
+        hosts = sorted({item.host for item in items})
+        last = retry_until(lambda: self.faults[mode].last_judged(hosts), self.lifecycle.stop, "last_judged")
+        fresh = unjudged(items, last)
+        if len(fresh) < len(items):
+            self.counters.add(
+                "windows_already_judged" if mode == "observed" else f"{mode}_already_judged", len(items) - len(fresh)
+            )
         return fresh
 
     def _score_forecasts(self, forecasts: list[ForecastSample]) -> list[tuple[Judged, Verdict]]:
