@@ -83,22 +83,32 @@ def last_counters(lei, service: str) -> dict[str, int]:
     return [line for line in lines if line.get("event") == f"{service}_stopping"][-1]["counters"]
 
 
-def fresh_health(lei, host: str, timeout: float = 30.0, quiet: bool = False, mode: str = "observed") -> None:
-    """Wait for a ``mode`` health verdict of ``host`` computed from a sample taken after now.
+def fresh_health(
+    lei, host: str, timeout: float = 30.0, quiet: bool = False, modes: tuple[str, ...] = ("observed",)
+) -> None:
+    """Wait until ``host``'s latest verdict in each of ``modes`` was computed from a sample taken after now.
 
-    ``quiet``: one that is normal with no fault in force, so that a fault injected next starts
-    an event of its own (a false alarm still open would swallow its start).
+    ``quiet``: and each of those latest verdicts is normal with no fault in force, at one moment,
+    so that a fault injected next starts an event of its own in every mode (a false alarm still
+    open would swallow its start).
     """
     now = time.time()
-
-    def fresh(message) -> bool:
-        if message.retain or message.at <= now:
-            return False
-        verdict = health_of(message)
-        return not quiet or (verdict.label == 0 and verdict.faulty_since is None)
-
-    with Listener(lei.mqtt_settings(), [topics.host_health(lei.lei, host, mode)]) as listener:
-        listener.wait_for(fresh, timeout)
+    topic_modes = {topics.host_health(lei.lei, host, mode): mode for mode in modes}
+    deadline = time.monotonic() + timeout
+    with Listener(lei.mqtt_settings(), list(topic_modes)) as listener:
+        while True:
+            latest = {
+                topic_modes[m.topic]: health_of(m) for m in listener.matching(lambda m: not m.retain and m.at > now)
+            }
+            if len(latest) == len(modes) and (
+                not quiet or all(v.label == 0 and v.faulty_since is None for v in latest.values())
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{host}: no {'quiet ' if quiet else ''}verdict in {modes} within {timeout} s: {latest}"
+                )
+            time.sleep(0.1)
 
 
 @contextmanager
