@@ -13,7 +13,7 @@ from dragon.store import WindowStore
 from dragon.testing.listener import Listener, publish
 
 from .conftest import SAMPLE_INTERVAL_S, fresh_health, health_of, last_counters
-from .test_faults import inject, watch
+from .test_faults import finished, inject, watch
 
 pytestmark = pytest.mark.integration
 
@@ -78,17 +78,23 @@ def assert_no_gap(store: WindowStore, since: float) -> None:
 
 
 def test_two_detectors_publish_one_event_per_fault(lei):
+    fresh_health(lei, "h2", timeout=60.0, quiet=True)  # no false alarm still open to swallow the start
     lei.start_detector("detector-2", {"DRAGON_DETECTOR_WARMUP": "20"})
-    with watch(lei) as listener:
-        inject(lei, "h2", "cpu", duration_s=15)
-        listener.wait_for(lambda m: m.topic == topics.fault_event(lei.lei, "h2") and b"start" in m.payload, 30)
-        time.sleep(8)
-        starts = [
-            codec.decode(FaultEvent, m.payload, 65536, m.content_type)
-            for m in listener.matching(lambda m: m.topic == topics.fault_event(lei.lei, "h2"))
-        ]
-        starts = [e for e in starts if e.type == "start"]
-    assert len(starts) == 1, starts
-    # Both replicas took part: each one scored windows (the shared subscription splits samples).
-    for name in ("detector", "detector-2"):
-        assert '"model_serving"' in lei.logs(name)
+    try:
+        with watch(lei) as listener:
+            command = inject(lei, "h2", "cpu", duration_s=15)
+            listener.wait_for(lambda m: m.topic == topics.fault_event(lei.lei, "h2") and b"start" in m.payload, 30)
+            time.sleep(8)
+            starts = [
+                codec.decode(FaultEvent, m.payload, 65536, m.content_type)
+                for m in listener.matching(lambda m: m.topic == topics.fault_event(lei.lei, "h2"))
+            ]
+            starts = [e for e in starts if e.type == "start"]
+            # Modules after this one share the LEI: they need h2's CPU to itself.
+            listener.wait_for(lambda m: finished(m, command.id), 30)
+        assert len(starts) == 1, starts
+        # Both replicas took part: each one scored windows (the shared subscription splits samples).
+        for name in ("detector", "detector-2"):
+            assert '"model_serving"' in lei.logs(name)
+    finally:
+        lei.stop_service("detector-2")  # and one detector, as the LEI had before this test
