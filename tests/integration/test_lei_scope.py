@@ -86,6 +86,8 @@ def test_forecasts_are_judged_in_the_whole_lei_and_a_cpu_hog_is_flagged_in_predi
                     lambda m, h=host: m.topic == topics.host_health(lei, h, "predicted") and not m.retain,
                     FORECAST_TIMEOUT_S,
                 )
+            # A predicted false start of h1 still open would swallow the hog's start: wait it out.
+            fresh_health(lei_scope, "h1", timeout=60.0, quiet=True, modes=("predicted",))
             command = inject(lei_scope, "h1", "cpu", duration_s=15)
             (message, *_) = listener.wait_for(lambda m: is_start(lei_scope, m, "h1", "predicted"), EVENT_BOUND_S)
             event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
