@@ -27,6 +27,7 @@ import numpy as np
 
 from dragon.detector.bench import load_benchmark
 from dragon.detector.metrics import segments
+from dragon.records import markdown_table
 
 COLUMNS = (
     "data",
@@ -64,19 +65,13 @@ def evidence(data: Path) -> dict[str, object]:
     return {key: round(float(v), 4) if isinstance(v, float | np.floating) else v for key, v in values.items()}
 
 
-def markdown(results: list[dict[str, object]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(result[key]) for key in COLUMNS) + " |" for result in results]
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="+", type=Path, help="folders with train.npy, test.npy, labels.npy")
     parser.add_argument("--json", action="store_true", help="one JSON object a line instead of a Markdown table")
     args = parser.parse_args()
     results = [evidence(folder) for folder in args.data]
-    print("\n".join(json.dumps(result) for result in results) if args.json else markdown(results))
+    print("\n".join(json.dumps(result) for result in results) if args.json else markdown_table(COLUMNS, results))
 
 
 if __name__ == "__main__":

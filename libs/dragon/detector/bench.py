@@ -118,7 +118,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     _check_output(scores, contributions, test.shape)
     thresholds = THRESHOLDS[cfg.pot_mode](pot, train_scores, scores, cfg)  # (T',)
     latencies = step_latencies_ms(model, train, test, cfg.latency_samples)
-    truth = labels.reshape(len(labels), -1).any(axis=1)
+    truth = metrics.step_truth(labels)
     params = _params(cfg, model, pot, train, test, labels) | {"latency_samples": len(latencies)}
     report = {
         **quality(scores, contributions, labels, thresholds),
@@ -187,7 +187,7 @@ def quality(
 
     ``threshold`` is one value or one per step (streaming POT).
     """
-    truth = labels.reshape(len(labels), -1).any(axis=1)
+    truth = metrics.step_truth(labels)
     predicted = scores >= threshold
     point = metrics.precision_recall_f1(predicted, truth)
     adjusted = metrics.point_adjusted_prf(predicted, truth)

@@ -41,6 +41,11 @@ class Delay:
     missed: int  # segments never flagged; excluded from the median
 
 
+def step_truth(labels: np.ndarray) -> np.ndarray:
+    """Per-step truth (T',) bool from labels of shape (T',) or (T', D): a step is anomalous when any dimension is."""
+    return np.asarray(labels).reshape(len(labels), -1).any(axis=1)
+
+
 def segments(truth: np.ndarray) -> np.ndarray:
     """Labelled segments as ``[start, stop)`` rows, (S, 2) int: maximal runs of True."""
     edges = np.diff(np.r_[0, np.asarray(truth, dtype=np.int8), 0])
