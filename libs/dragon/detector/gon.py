@@ -314,13 +314,13 @@ def fault_scores(
     if not terms:
         return total.sqrt(), contributions
     judge = model if arrived_by is None else arrived_by
-    added = summed_terms(terms, judge, next_windows, total.shape)
+    with torch.enable_grad():  # one forward pass of D serves the terms and, if needed, their gradient
+        arrived = next_windows.detach().requires_grad_(True)
+        added = summed_terms(terms, judge, arrived, total.shape)
     silent = (total == 0) & (added > 0)  # scored by the added terms alone
     if silent.any():
-        contributions = torch.where(
-            silent.unsqueeze(-1), term_shares(terms, judge, next_windows, silent, cfg), contributions
-        )
-    return total.sqrt() + added, contributions
+        contributions = torch.where(silent.unsqueeze(-1), term_shares(added, arrived, silent, cfg), contributions)
+    return total.sqrt() + added.detach(), contributions
 
 
 def scored_rows(windows: Tensor, cfg: GonConfig) -> Tensor:
@@ -344,21 +344,18 @@ def summed_terms(terms: tuple[ScoreTerm, ...], model: Climbable, windows: Tensor
     return sum(term(model, windows).reshape(*shape, -1).sum(dim=-1) for term in terms)
 
 
-def term_shares(
-    terms: tuple[ScoreTerm, ...], model: Climbable, windows: Tensor, judged: Tensor, cfg: GonConfig
-) -> Tensor:
+def term_shares(added: Tensor, arrived: Tensor, judged: Tensor, cfg: GonConfig) -> Tensor:
     """Each feature's share of the squared gradient of the added terms on the scored rows.
 
-    The metrics the verdict is most sensitive to on the row that arrived name the alarm that
-    -log D raised alone. The terms of the ``judged`` windows (or hosts) are summed before one
-    backward pass; in a federation a host's gradient then also carries the terms of its judged
-    peers through attention, not separated from its own (one pass instead of one per host).
-    Windows with no excess are common on a quiet host, so with these terms most steps pay this
-    one forward and backward pass of D, next to the tens that generation takes.
+    ``added`` are the terms computed from ``arrived`` with autograd on. The metrics the verdict
+    is most sensitive to on the row that arrived name the alarm that -log D raised alone. The
+    terms of the ``judged`` windows (or hosts) are summed before one backward pass; in a
+    federation a host's gradient then also carries the terms of its judged peers through
+    attention, not separated from its own (one pass instead of one per host). Windows with no
+    excess are common on a quiet host, so with these terms most steps pay this backward pass of
+    D, next to the tens of passes that generation takes.
     """
     with torch.enable_grad():
-        arrived = windows.detach().requires_grad_(True)
-        added = summed_terms(terms, model, arrived, judged.shape)
         (gradient,) = torch.autograd.grad(added[judged].sum(), arrived)
     return shares_of(scored_rows(gradient, cfg).square().sum(dim=-2))
 
