@@ -24,6 +24,9 @@ What it adds to paho:
   the broker's persistent queue, where it belongs;
 * batch handlers receive every message that is waiting at once (up to
   ``MAX_BATCH``), so a service can amortise Redis round trips and model calls;
+* counters: what the service counts (drops by reason, handler errors, its own work) is
+  published retained on ``dragon/<service>/<instance>/counters`` while it changes and on a
+  clean stop, so an operator sees drops as they happen, not only in the log;
 * a handler that raises is logged with its topic and counted; the loop goes on.
   A handler that raises :class:`Unprocessed` leaves its messages unacknowledged,
   so the broker delivers them again after a reconnect.
@@ -35,6 +38,7 @@ import collections
 import queue
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -48,6 +52,7 @@ from paho.mqtt.properties import Properties
 from dragon.messages import codec, topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schema import Message
+from dragon.messages.schemas import ServiceCounters
 from dragon.settings import MqttSettings
 
 log = structlog.get_logger(__name__)
@@ -105,6 +110,9 @@ class MqttClient:
         self.instance = instance
         self.counters = counters or Counters()
         self.availability_topic = topics.availability(service, instance)
+        self.counters_topic = topics.service_counters(service, instance)
+        self._started_ts = time.time()
+        self._published_counters: dict[str, int] | None = None
         self._subscriptions: list[tuple[str, int]] = []
         self._handlers: list[tuple[str, BatchHandler]] = []
         self._on_connected: list[Callable[[], None]] = []
@@ -154,6 +162,9 @@ class MqttClient:
     def start(self) -> None:
         self._worker = threading.Thread(target=self._work_loop, name=f"{self.service}-mqtt-worker", daemon=True)
         self._worker.start()
+        if self.settings.counters_interval_s > 0:
+            reporter = threading.Thread(target=self._report_counters, name=f"{self.service}-counters", daemon=True)
+            reporter.start()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry_s
         props.ReceiveMaximum = self.settings.receive_maximum
@@ -170,6 +181,7 @@ class MqttClient:
         """Say ``offline``, disconnect cleanly (no Last Will) and stop the worker."""
         self._stopping.set()
         if self._connected.is_set():
+            self.publish_counters(wait_s=2)
             self._client.publish(self.availability_topic, OFFLINE, qos=1, retain=True).wait_for_publish(timeout=2)
         self._client.disconnect()
         self._client.loop_stop()
@@ -201,7 +213,7 @@ class MqttClient:
         retain: bool = False,
         content_type: str | None = None,
         correlation_data: bytes = b"",
-    ) -> None:
+    ) -> paho.MQTTMessageInfo:
         """Publish; QoS 1 messages are queued by paho while disconnected and sent on reconnect."""
         props = None
         if content_type or correlation_data:
@@ -214,6 +226,25 @@ class MqttClient:
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             self.counters.add("publish_failed")
             log.warning("mqtt_publish_failed", topic=topic, rc=paho.error_string(info.rc))
+        return info
+
+    def publish_counters(self, wait_s: float = 0.0) -> None:
+        """Publish the counters (retained) if they changed since the last time; ``wait_s``: wait for the broker."""
+        snapshot = self.counters.snapshot()
+        if snapshot == self._published_counters:
+            return
+        report = ServiceCounters(self.service, self.instance, time.time(), self._started_ts, snapshot)
+        info = self.publish(self.counters_topic, codec.encode_json(report), qos=1, retain=True, content_type=codec.JSON)
+        if info.rc == paho.MQTT_ERR_SUCCESS:
+            self._published_counters = snapshot
+            if wait_s > 0:
+                info.wait_for_publish(timeout=wait_s)
+
+    def _report_counters(self) -> None:
+        """Every ``counters_interval_s``, while connected: the counters, if they changed."""
+        while not self._stopping.wait(self.settings.counters_interval_s):
+            if self._connected.is_set():
+                self.publish_counters()
 
     def publish_message(
         self,
@@ -258,6 +289,7 @@ class MqttClient:
         if self._subscriptions:
             client.subscribe([(f, paho.SubscribeOptions(qos=q)) for f, q in self._subscriptions])
         client.publish(self.availability_topic, ONLINE, qos=1, retain=True, properties=self._online_properties())
+        self._published_counters = None  # a broker that lost its retained messages gets them again
         self._connected.set()
         self._work.put(_RECONNECTED)
 

@@ -32,6 +32,12 @@ class MqttSettings:
         "unacknowledged QoS 1 messages the broker may send us at once; also the bound of our own receive queue",
         "messages",
     )
+    counters_interval_s: float = setting(
+        "DRAGON_COUNTERS_INTERVAL",
+        10.0,
+        "how often a service publishes its counters (retained) while they change; 0: only when it stops",
+        "s",
+    )
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,9 @@ emulated hosts and a detector that learns from their first seconds of normal ope
 
 from __future__ import annotations
 
-import json
 import secrets as tokens
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from dragon.collector.emulation import EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
 from dragon.messages import codec, topics
-from dragon.messages.schemas import HostHealth
+from dragon.messages.schemas import HostHealth, ServiceCounters
 from dragon.migrator.journal import Step
 from dragon.testing.lei import COLLECTOR_IMAGE, LeiStack
 from dragon.testing.listener import Listener
@@ -77,10 +76,25 @@ def health_of(message) -> HostHealth:
     return codec.decode(HostHealth, message.payload, 65536, message.content_type)
 
 
-def last_counters(lei, service: str) -> dict[str, int]:
-    """The counters a service logged when it last stopped (its ``*_stopping`` line)."""
-    lines = [json.loads(line) for line in lei.logs(service).splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("event") == f"{service}_stopping"][-1]["counters"]
+# A service publishes its counters every DRAGON_COUNTERS_INTERVAL (10 s by default) while they change.
+COUNTERS_BOUND_S = 25
+
+
+def live_counters(lei, service: str, enough: Callable[[dict[str, int]], bool] = lambda c: True) -> dict[str, int]:
+    """The counters the ``service`` container publishes (retained), once ``enough`` holds for them."""
+    instance = lei.containers[service].env["DRAGON_INSTANCE"]
+    topic = topics.service_counters(service, instance)
+
+    def counters_of(message) -> dict[str, int]:
+        return codec.decode(ServiceCounters, message.payload, 65536, message.content_type).counters
+
+    with Listener(lei.mqtt_settings("viewer"), [topic]) as listener:
+        try:
+            (message, *_) = listener.wait_for(lambda m: enough(counters_of(m)), COUNTERS_BOUND_S)
+        except TimeoutError:
+            seen = [counters_of(m) for m in listener.matching(lambda m: True)]
+            raise AssertionError(f"{service}'s counters never held what was expected: {seen[-1:]}") from None
+    return counters_of(message)
 
 
 def fresh_health(

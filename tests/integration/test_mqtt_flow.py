@@ -15,9 +15,11 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from dragon.messages import topics
+from dragon.messages import codec, topics
+from dragon.messages.schemas import ServiceCounters
 from dragon.mqtt import Incoming, MqttClient
 from dragon.testing.lei import LeiStack
+from dragon.testing.listener import Listener
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +91,34 @@ def test_a_flood_waits_in_the_broker_not_in_the_client(brokers):
         client.stop()
     assert sorted(consumer.payloads, key=int) == [str(i).encode() for i in range(FLOOD)]
     assert consumer.most_queued <= RECEIVE_MAXIMUM
+
+
+def test_counters_are_published_retained_while_they_change_and_on_stop(brokers):
+    """What a service counts reaches operators (read-only ``viewer``) without a restart."""
+    settings = dataclasses.replace(brokers.mqtt_settings("detector"), counters_interval_s=0.5)
+    client = MqttClient(settings, "detector", "counterstest")
+    topic = topics.service_counters("detector", "counterstest")
+
+    def counters(message) -> ServiceCounters:
+        return codec.decode(ServiceCounters, message.payload, 65536, message.content_type)
+
+    with Listener(brokers.mqtt_settings("viewer"), [topic]) as listener:
+        client.start()
+        try:
+            assert client.wait_connected(15)
+            client.counters.add("dropped_malformed", 2)
+            (first, *_) = listener.wait_for(lambda m: counters(m).counters == {"dropped_malformed": 2}, 5)
+            published = len(listener.matching(lambda m: True))  # an empty report may have come first
+            time.sleep(4 * settings.counters_interval_s)  # unchanged: nothing new
+            assert len(listener.matching(lambda m: True)) == published
+            client.counters.add("windows_scored", 5)
+        finally:
+            client.stop()  # publishes what changed since, before going offline
+        listener.wait_for(lambda m: counters(m).counters == {"dropped_malformed": 2, "windows_scored": 5}, 5)
+    report = counters(first)
+    assert (report.service, report.instance, first.content_type) == ("detector", "counterstest", codec.JSON)
+    assert report.started_ts <= report.ts <= time.time()
+    # Retained: a tool that subscribes later still gets the last counters.
+    with Listener(brokers.mqtt_settings("viewer"), [topic]) as late:
+        (message, *_) = late.wait_for(lambda m: m.retain, 5)
+        assert counters(message).counters == {"dropped_malformed": 2, "windows_scored": 5}

@@ -86,9 +86,11 @@ def test_the_simulator_and_planner_answer_and_decide_only_for_their_own_lei():
         "topic write dragon/lei1/sim/response/+",
         "topic write dragon/lei1/hosts/+/forecast",
         "topic readwrite dragon/simulator/+/available",
+        "topic write dragon/simulator/+/counters",
         "topic write dragon/fed/lei1/decision",
         "topic write dragon/lei1/migrations/commands",
         "topic readwrite dragon/planner/+/available",
+        "topic write dragon/planner/+/counters",
     ]
 
 
@@ -101,6 +103,7 @@ def test_only_the_planner_may_command_the_migrator_which_may_only_report():
         "topic write dragon/lei1/migrations/events",
         "topic readwrite dragon/lei1/tasks",
         "topic readwrite dragon/migrator/+/available",
+        "topic write dragon/migrator/+/counters",
     ]
 
 

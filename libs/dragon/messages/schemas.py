@@ -407,3 +407,24 @@ class Schedule(Message):
     ts: float
     tasks: tuple[TaskPlacement, ...]
     migrator: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceCounters(Message):
+    """``dragon/<service>/<instance>/counters`` (retained, JSON) — what one service instance has
+    counted since it started: messages dropped by reason, windows judged, handler errors…
+
+    Published every ``DRAGON_COUNTERS_INTERVAL`` seconds while they change, and on a clean stop,
+    so an operator sees drops as they happen; they restart from zero with the instance
+    (``started_ts`` tells a restart from a quiet spell).
+    """
+
+    service: str
+    instance: str
+    ts: float
+    started_ts: float
+    counters: dict[str, int]
+
+    def check(self) -> None:
+        for name, value in self.counters.items():
+            require(value >= 0, f"ServiceCounters.counters[{name!r}] must not be negative")

@@ -96,6 +96,16 @@ def availability(service: str, instance: str) -> str:
     return f"{ROOT}/{service}/{instance}/available"
 
 
+def service_counters(service: str, instance: str) -> str:
+    """One service instance's counters (retained): what it dropped, judged, failed…"""
+    return f"{ROOT}/{service}/{instance}/counters"
+
+
+def all_service_counters() -> str:
+    """Filter for the counters of every service instance on this broker."""
+    return f"{ROOT}/+/+/counters"
+
+
 def host_of(topic: str) -> str:
     """The host level of ``dragon/<lei>/hosts/<host>/...`` or ``dragon/<lei>/inject/<host>``."""
     parts = topic.split("/")
