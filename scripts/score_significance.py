@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dragon.detector import metrics, significance
+from dragon.detector.svgplot import Interval, write_intervals_svg
 from dragon.records import markdown_table
 
 COLUMNS = (
@@ -54,6 +55,8 @@ def rows(data: Path, score_files: list[Path], max_shifts: int) -> list[dict[str,
                 "metric": metric_name,
                 "observed": round(chance.observed, 3),
                 "chance_95": f"{chance.null_low:.3f}–{chance.null_high:.3f}",
+                "chance_low": round(chance.null_low, 3),
+                "chance_high": round(chance.null_high, 3),
                 "p_chance": round(chance.p_value, 3),
                 "minus_reference": "",
                 "difference_95": "",
@@ -71,6 +74,18 @@ def rows(data: Path, score_files: list[Path], max_shifts: int) -> list[dict[str,
     return found
 
 
+def panels(results: list[dict[str, object]], alpha: float) -> dict[str, list[Interval]]:
+    """The rows as the plot's panels: one per metric, one interval per score."""
+    found: dict[str, list[Interval]] = {}
+    for row in results:
+        significant = float(row["p_chance"]) < alpha
+        interval = Interval(
+            str(row["score"]), float(row["observed"]), float(row["chance_low"]), float(row["chance_high"]), significant
+        )
+        found.setdefault(str(row["metric"]), []).append(interval)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="folder with labels.npy (FTSAD layout)")
@@ -79,8 +94,12 @@ def main() -> None:
     )
     parser.add_argument("--max-shifts", type=int, default=1000, help="evenly spaced label shifts to try (default 1000)")
     parser.add_argument("--json", action="store_true", help="one JSON object a line instead of a Markdown table")
+    parser.add_argument("--plot", type=Path, help="also draw each score against chance, per metric, as SVG")
+    parser.add_argument("--alpha", type=float, default=0.05, help="p below which a dot is filled (default 0.05)")
     args = parser.parse_args()
     results = rows(args.data, args.scores, args.max_shifts)
+    if args.plot:
+        write_intervals_svg(args.plot, panels(results, args.alpha), f"{args.data.name}: each score against chance")
     print("\n".join(json.dumps(result) for result in results) if args.json else markdown_table(COLUMNS, results))
 
 

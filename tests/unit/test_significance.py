@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from xml.etree import ElementTree
+
 import numpy as np
 import pytest
 
 from dragon.detector import metrics, significance
+from dragon.detector.svgplot import Interval, write_intervals_svg
 from dragon.records import markdown_table
 
 pytestmark = pytest.mark.unit
@@ -74,3 +77,22 @@ def test_result_rows_print_as_a_markdown_table_of_the_chosen_columns():
         "| zscore | 0.25 |",
         "| gon | 0.5 |",
     ]
+
+
+def test_the_plot_has_one_bar_and_one_dot_per_score_and_metric_filled_where_it_stands_out(tmp_path):
+    panels = {
+        "roc_auc": [Interval("zscore", 0.84, 0.34, 0.66, True), Interval("gon", 0.47, 0.45, 0.53, False)],
+        "pr_auc": [Interval("zscore", 0.75, 0.09, 0.30, True), Interval("gon", 0.33, 0.30, 0.36, False)],
+    }
+    path = tmp_path / "significance.svg"
+    write_intervals_svg(path, panels, "FTSAD-25 & co")
+    svg = ElementTree.parse(path).getroot()  # well-formed, the title's "&" escaped
+    dots = svg.findall("{http://www.w3.org/2000/svg}circle")
+    assert len(dots) == 4 and [d.get("fill") for d in dots].count("#d6604d") == 2
+    bars = [line for line in svg.findall("{http://www.w3.org/2000/svg}line") if line.get("stroke-width") == "8"]
+    assert len(bars) == 4
+    # A dot lies inside its bar when the observed value is inside the chance range.
+    gon_roc_bar, gon_roc_dot = bars[1], dots[1]
+    assert float(gon_roc_bar.get("x1")) < float(gon_roc_dot.get("cx")) < float(gon_roc_bar.get("x2"))
+    with pytest.raises(ValueError, match="nothing to plot"):
+        write_intervals_svg(tmp_path / "empty.svg", {}, "empty")

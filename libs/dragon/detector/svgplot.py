@@ -129,3 +129,63 @@ def _blend(low: str, high: str, share: float) -> str:
     share = min(max(share, 0.0), 1.0)
     a, b = (tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in (low, high))
     return "#" + "".join(f"{round(x + (y - x) * share):02x}" for x, y in zip(a, b, strict=True))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One row of :func:`write_intervals_svg`: a value against the range chance gives it."""
+
+    label: str
+    observed: float
+    low: float
+    high: float
+    significant: bool
+
+
+def write_intervals_svg(path: str | Path, panels: dict[str, Sequence[Interval]], title: str) -> None:
+    """One panel per metric, one row per score: the chance range as a grey bar, the observed value
+    as a dot, filled red where it stands out of chance (``significant``), hollow where it does not.
+
+    Every panel spans 0..1 (ROC-AUC, PR-AUC); the rows of all panels are in the same order.
+    """
+    rows = max((len(intervals) for intervals in panels.values()), default=0)
+    if rows == 0:
+        raise ValueError("nothing to plot: no intervals")
+    label_w, panel_w, row_h, top = 150, 220, 24, 56
+    width = label_w + len(panels) * (panel_w + MARGIN // 2) + MARGIN // 2
+    height = top + rows * row_h + 30
+    parts = []
+    for p, (metric, intervals) in enumerate(panels.items()):
+        left = label_w + p * (panel_w + MARGIN // 2)
+
+        def px(value: float, left: int = left) -> float:
+            return left + panel_w * min(max(value, 0.0), 1.0)
+
+        parts.append(f'<text x="{left + panel_w / 2:.0f}" y="{top - 8}" text-anchor="middle">{escape(metric)}</text>')
+        for tick in (0.0, 0.5, 1.0):
+            parts.append(
+                f'<line x1="{px(tick):.1f}" x2="{px(tick):.1f}" y1="{top}" y2="{top + rows * row_h}" stroke="#ddd"/>'
+                f'<text x="{px(tick):.1f}" y="{top + rows * row_h + 14}" text-anchor="middle">{tick:g}</text>'
+            )
+        for r, interval in enumerate(intervals):
+            y = top + (r + 0.5) * row_h
+            fill = "#d6604d" if interval.significant else "white"
+            parts.append(
+                f'<line x1="{px(interval.low):.1f}" x2="{px(interval.high):.1f}" y1="{y:.1f}" y2="{y:.1f}" '
+                f'stroke="#aaa" stroke-width="8"/>'
+                f'<circle cx="{px(interval.observed):.1f}" cy="{y:.1f}" r="4.5" fill="{fill}" stroke="#b2182b"/>'
+            )
+    first = next(iter(panels.values()))
+    labels = "".join(
+        f'<text x="{label_w - 8}" y="{top + (r + 0.5) * row_h + 4:.1f}" text-anchor="end">{escape(i.label)}</text>'
+        for r, i in enumerate(first)
+    )
+    Path(path).write_text(
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">'
+        f'<rect width="{width}" height="{height}" fill="white"/>{"".join(parts)}{labels}'
+        f'<text x="8" y="18">{escape(title)}</text>'
+        '<text x="8" y="34" font-size="11">grey: 95 % of what shifted labels give; dot: the true labels '
+        "(filled: above chance)</text>"
+        "</svg>\n"
+    )
