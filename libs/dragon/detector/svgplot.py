@@ -152,11 +152,12 @@ def write_intervals_svg(path: str | Path, panels: dict[str, Sequence[Interval]],
     if rows == 0:
         raise ValueError("nothing to plot: no intervals")
     label_w, panel_w, row_h, top = 150, 220, 24, 56
-    width = label_w + len(panels) * (panel_w + MARGIN // 2) + MARGIN // 2
+    gap = MARGIN  # between panels, so one's "1" and the next one's "0" do not meet
+    width = label_w + len(panels) * (panel_w + gap)
     height = top + rows * row_h + 30
     parts = []
     for p, (metric, intervals) in enumerate(panels.items()):
-        left = label_w + p * (panel_w + MARGIN // 2)
+        left = label_w + p * (panel_w + gap)
 
         def px(value: float, left: int = left) -> float:
             return left + panel_w * min(max(value, 0.0), 1.0)
