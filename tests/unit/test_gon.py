@@ -76,6 +76,10 @@ def test_config_round_trip_and_validation() -> None:
         small_config(window=0)
     with pytest.raises(ValueError):
         small_config(val_fraction=1.0)
+    # Depth is a setting of the mlp D only: refused, not silently ignored, for the paper's D.
+    assert small_config(architecture="mlp", layers=3).layers == 3
+    with pytest.raises(ValueError, match="'mlp' only"):
+        small_config(architecture="dragon", layers=3)
 
 
 def test_make_windows_pads_by_repeating_the_first_row() -> None:

@@ -38,6 +38,8 @@ from dragon.records import check_known_keys
 
 log = structlog.get_logger(__name__)
 
+MLP_LAYERS = 2  # hidden layers of the first GON's D (architecture "mlp")
+
 # Windows generated at once when scoring. It bounds memory; a window's score depends on its
 # batch only through float rounding (about 1e-6; every window of a batch gets the same
 # Hutchinson probe), and 128 and 512 give identical scores on the FTSAD sets. The double
@@ -112,7 +114,7 @@ class GonConfig:
     n_features: int  # n, metrics per time step
     window: int = 10  # k, time steps per window (eq. 1)
     hidden: int = 64  # width of each hidden layer of D
-    layers: int = 2  # number of hidden layers of D
+    layers: int = MLP_LAYERS  # hidden layers of D, architecture "mlp" only (the dragon D's structure is the paper's)
     architecture: str = "dragon"  # how D is built (ARCHITECTURES); older checkpoints mean mlp
     topology: bool = True  # dragon architecture: graph transformer + attention (False: Fig. 10 ablation)
     gen_steps: int = 10  # steps of the ascent on log D(Z)
@@ -160,6 +162,9 @@ class GonConfig:
             raise ValueError(f"GonConfig.gen_init must be 'window' or 'noise', got {self.gen_init!r}")
         if self.scope not in SCOPES:
             raise ValueError(f"GonConfig.scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.layers != MLP_LAYERS and self.architecture != "mlp":
+            # Refused rather than ignored: a setting that changes nothing misleads whoever measures it.
+            raise ValueError(f"GonConfig.layers sets the depth of architecture 'mlp' only, not {self.architecture!r}")
         if self.scope == "lei" and self.architecture != "dragon":
             raise ValueError("GonConfig.scope 'lei' needs architecture 'dragon' (D over hosts, tasks and schedule)")
         if self.gen_restart_every < 0:
