@@ -80,6 +80,8 @@ def test_config_round_trip_and_validation() -> None:
     assert small_config(architecture="mlp", layers=3).layers == 3
     with pytest.raises(ValueError, match="'mlp' only"):
         small_config(architecture="dragon", layers=3)
+    with pytest.raises(ValueError, match="has none"):
+        small_config(architecture="mlp", topology=False)
 
 
 def test_make_windows_pads_by_repeating_the_first_row() -> None:

@@ -165,6 +165,8 @@ class GonConfig:
         if self.layers != MLP_LAYERS and self.architecture != "mlp":
             # Refused rather than ignored: a setting that changes nothing misleads whoever measures it.
             raise ValueError(f"GonConfig.layers sets the depth of architecture 'mlp' only, not {self.architecture!r}")
+        if not self.topology and self.architecture == "mlp":
+            raise ValueError("GonConfig.topology=False removes the dragon D's graph attention; 'mlp' has none")
         if self.scope == "lei" and self.architecture != "dragon":
             raise ValueError("GonConfig.scope 'lei' needs architecture 'dragon' (D over hosts, tasks and schedule)")
         if self.gen_restart_every < 0:
