@@ -12,7 +12,7 @@ import docker
 import pytest
 
 from dragon.messages import codec
-from dragon.messages.schemas import FaultEvent, Schedule, SimRequest, SimResponse
+from dragon.messages.schemas import FaultEvent, Schedule, ServiceCounters, SimRequest, SimResponse
 from dragon.settings import MqttSettings
 from dragon.testing.listener import Listener, publish
 
@@ -95,6 +95,7 @@ def test_compose_up_protects_emulated_hosts(deployment):
     assert all(states[s]["Health"] == "healthy" for s in services), states
     assert_the_simulator_sees_the_lei(lei, settings)
     assert_the_migrator_keeps_the_schedule(lei, settings)
+    assert_every_service_reports_its_counters(settings, services - {"mosquitto", "redis"})
 
 
 def mqtt_as(user: str, settings: dict) -> MqttSettings:
@@ -134,3 +135,14 @@ def assert_the_simulator_sees_the_lei(lei: str, settings: dict) -> None:
     response = codec.decode(SimResponse, message.payload, 1 << 20, message.content_type)
     assert response.ok, response.error
     assert {f.host for f in response.forecast} == {"h1", "h2"} and response.tasks >= 2
+
+
+def assert_every_service_reports_its_counters(settings: dict, services: set[str]) -> None:
+    """Each deployed service publishes its counters, as the generated ACL lets it; viewer reads them."""
+
+    def service_of(message) -> str:
+        return codec.decode(ServiceCounters, message.payload, 65536, message.content_type).service
+
+    with Listener(mqtt_as("viewer", settings), ["dragon/+/+/counters"]) as listener:
+        for service in services:
+            listener.wait_for(lambda m, s=service: service_of(m) == s, 30)
