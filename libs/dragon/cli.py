@@ -21,6 +21,7 @@ from dragon.messages.schemas import (
     MigrationEvent,
     PlanDecision,
     Schedule,
+    ServiceCounters,
 )
 from dragon.settings import MqttSettings, check_id
 
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lei", default="+", help="LEI to watch (default: all)")
     p.add_argument(
         "--moves", action="store_true", help="also the planner's decisions, the migrator's events and the schedule"
+    )
+    p.add_argument(
+        "--counters", action="store_true", help="also each service's counters on this broker (drops, work, errors)"
     )
     p.add_argument("--count", type=int, default=0, help="exit after this many messages (0: run until Ctrl-C)")
     p.add_argument("--timeout", type=float, default=0, help="exit with status 1 after this many seconds")
@@ -132,13 +136,16 @@ WATCHED = (
     ("/decision", PlanDecision),
     ("/migrations/events", MigrationEvent),
     ("/tasks", Schedule),
+    ("/counters", ServiceCounters),
 )
 
 
-def watched_topics(lei: str, moves: bool) -> list[str]:
-    """What ``dragon watch`` follows: fault events and injections; with ``moves``, what moves tasks."""
+def watched_topics(lei: str, moves: bool, counters: bool = False) -> list[str]:
+    """What ``dragon watch`` follows: fault events and injections; with ``moves``, what moves tasks;
+    with ``counters``, every service's counters (they are per broker, not per LEI)."""
     faults = [topics.fault_event(lei, "+"), topics.injections(lei)]
-    return faults + ([topics.fed_decision(lei), topics.migration_events(lei), topics.schedule(lei)] if moves else [])
+    moving = [topics.fed_decision(lei), topics.migration_events(lei), topics.schedule(lei)] if moves else []
+    return faults + moving + ([topics.all_service_counters()] if counters else [])
 
 
 def schema_of(topic: str) -> type:
@@ -160,7 +167,7 @@ def _watch(args) -> int:
             print(f"connection refused: {reason_code}", file=sys.stderr)
             done.set()
             return
-        client.subscribe([(topic, 1) for topic in watched_topics(args.lei, args.moves)])
+        client.subscribe([(topic, 1) for topic in watched_topics(args.lei, args.moves, args.counters)])
 
     def on_message(client, userdata, message):
         nonlocal seen

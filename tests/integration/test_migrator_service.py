@@ -241,20 +241,24 @@ def test_only_dragon_tasks_of_this_lei_are_ever_touched(lei, watch):
         stack.docker.containers.get(f"{bystander.name}-mv-{sent.id[:12]}")
 
 
-def test_dragon_watch_shows_the_moves_decoded(lei, watch):
-    stack, emulated = lei
-    task = start_task(emulated)
+def viewer_env(stack) -> dict[str, str]:
+    """The environment ``dragon watch`` reads its broker and read-only user from."""
     viewer = stack.mqtt_settings("viewer")
-    env = {
+    return {
         **os.environ,
         "DRAGON_MQTT_HOST": viewer.host,
         "DRAGON_MQTT_PORT": str(viewer.port),
         "DRAGON_MQTT_USERNAME": "viewer",
         "DRAGON_MQTT_PASSWORD": viewer.password,
     }
+
+
+def test_dragon_watch_shows_the_moves_decoded(lei, watch):
+    stack, emulated = lei
+    task = start_task(emulated)
     watcher = subprocess.Popen(
         [sys.executable, "-m", "dragon.cli", "watch", "--lei", stack.lei, "--moves", "--count", "3", "--timeout", "60"],
-        env=env,
+        env=viewer_env(stack),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -266,6 +270,17 @@ def test_dragon_watch_shows_the_moves_decoded(lei, watch):
     assert watcher.returncode == 0, out
     assert any(line["topic"].endswith("/migrations/events") and line["id"] == sent.id for line in lines)
     assert any(line["topic"].endswith("/tasks") and line["tasks"] for line in lines)
+
+
+def test_dragon_watch_shows_the_services_counters(lei):
+    stack, _ = lei
+    # An LEI id no one uses: only the counters, which are per broker, can arrive.
+    command = [sys.executable, "-m", "dragon.cli", "watch", "--lei", "nobody", "--counters", "--count", "1"]
+    done = subprocess.run([*command, "--timeout", "30"], env=viewer_env(stack), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (line,) = [json.loads(text) for text in done.stdout.splitlines()]
+    assert line["topic"].endswith("/counters") and line["service"] in line["topic"]
+    assert isinstance(line["counters"], dict)
 
 
 @pytest.mark.parametrize(

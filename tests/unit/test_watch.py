@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from dragon.cli import schema_of, watched_topics
-from dragon.messages.schemas import FaultEvent, InjectionEvent, MigrationEvent, PlanDecision, Schedule
+from dragon.messages.schemas import (
+    FaultEvent,
+    InjectionEvent,
+    MigrationEvent,
+    PlanDecision,
+    Schedule,
+    ServiceCounters,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -17,6 +24,7 @@ def test_watch_follows_faults_and_injections_and_with_moves_what_moves_tasks():
         "dragon/+/migrations/events",
         "dragon/+/tasks",
     ]
+    assert watched_topics("lei1", moves=False, counters=True)[2:] == ["dragon/+/+/counters"]
 
 
 @pytest.mark.parametrize(
@@ -27,6 +35,7 @@ def test_watch_follows_faults_and_injections_and_with_moves_what_moves_tasks():
         ("dragon/fed/lei1/decision", PlanDecision),
         ("dragon/lei1/migrations/events", MigrationEvent),
         ("dragon/lei1/tasks", Schedule),
+        ("dragon/detector/detector-1/counters", ServiceCounters),
     ],
 )
 def test_each_watched_topic_is_read_with_its_schema(topic, schema):
