@@ -187,7 +187,7 @@ def test_a_second_simulator_replica_adds_no_judging(forecasting):
     """Scaled simulators forecast every host alike: the detector judges one copy of each and drops
     the others before generating (as its published counters say)."""
     lei = forecasting
-    before = live_counters(lei, "detector").get("predicted_already_judged", 0)
+    before = live_counters(lei, "detector").get("predicted_windows_already_judged", 0)
     lei.start_simulator(SECOND_SIMULATOR)
     try:
         with Listener(lei.mqtt_settings(), [topics.host_forecasts(lei.lei)]) as listener:
@@ -199,4 +199,5 @@ def test_a_second_simulator_replica_adds_no_judging(forecasting):
             listener.wait_for(from_second, FORECAST_TIMEOUT_S, count=SECOND_FORECASTS)
     finally:
         lei.stop_service(SECOND_SIMULATOR)
-    live_counters(lei, "detector", lambda c: c.get("predicted_already_judged", 0) >= before + SECOND_FORECASTS / 2)
+    dropped = "predicted_windows_already_judged"
+    live_counters(lei, "detector", lambda c: c.get(dropped, 0) >= before + SECOND_FORECASTS / 2)

@@ -92,6 +92,12 @@ class Scored:
     steps: list[LeiStep] = field(default_factory=list)  # scope lei: the LEI steps the verdicts come from
 
 
+def mode_counter(mode: str, name: str) -> str:
+    """A counter's name in ``mode``: observed keeps ``name``, other modes prefix it (``predicted_windows_scored``),
+    so the counters an operator reads (``dragon/detector/<instance>/counters``) follow one rule."""
+    return name if mode == "observed" else f"{mode}_{name}"
+
+
 class Detector:
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
@@ -292,9 +298,7 @@ class Detector:
         last = retry_until(lambda: self.faults[mode].last_judged(hosts), self.lifecycle.stop, "last_judged")
         fresh = unjudged(items, last)
         if len(fresh) < len(items):
-            self.counters.add(
-                "windows_already_judged" if mode == "observed" else f"{mode}_already_judged", len(items) - len(fresh)
-            )
+            self.counters.add(mode_counter(mode, "windows_already_judged"), len(items) - len(fresh))
         return fresh
 
     def _score_forecasts(self, forecasts: list[ForecastSample]) -> list[tuple[Judged, Verdict]]:
@@ -425,12 +429,12 @@ class Detector:
         transitions = retry_until(lambda: self.faults[mode].update_many(updates), self.lifecycle.stop, "fault_state")
         for (judged, verdict), transition in zip(verdicts, transitions, strict=True):
             if transition.kind == "stale":
-                self.counters.add("stale_windows" if mode == "observed" else f"stale_{mode}")
+                self.counters.add(mode_counter(mode, "stale_windows"))
                 continue
             self._publish_health(judged, verdict, transition, mode)
             if transition.kind in {"start", "end"}:
                 self._publish_event(judged, verdict, transition.kind, mode)
-        self.counters.add("windows_scored" if mode == "observed" else f"{mode}_scored", len(verdicts))
+        self.counters.add(mode_counter(mode, "windows_scored"), len(verdicts))
         return transitions
 
     def _observe_confidence(self, scored: Scored, transitions: list[Transition]) -> None:
@@ -499,7 +503,7 @@ class Detector:
         self.mqtt.publish_message(topics.fault_event(self.lei, judged.host), event)
         if self.config.json_mirror:
             self.mqtt.publish_message(topics.fault_event_json(self.lei, judged.host), event, json=True)
-        self.counters.add(f"events_{kind}" if mode == "observed" else f"events_{mode}_{kind}")
+        self.counters.add(mode_counter(mode, f"events_{kind}"))
         log.info(
             "fault_event",
             type=kind,
