@@ -23,7 +23,7 @@ REQUIRED = (
 ).split()
 # Undefined only in cases these tests avoid (no detected segment, 1-D labels).
 FINITE = [key for key in REQUIRED if key != "params"]
-PARAMS = "model model_config seed pot data train_shape test_shape labels_shape".split()
+PARAMS = "model model_config seed pot data train_shape test_shape labels_shape torch torch_cpu_capability".split()
 TINY_GON = ["--param", "epochs=2", "--param", "window=4", "--param", "hidden=8", "--param", "gen_steps=2"]
 
 

@@ -284,12 +284,22 @@ def _params(
         "test_shape": list(test.shape),
         "labels_shape": list(labels.shape),
         "latency_warmup": LATENCY_WARMUP,
+        **run_environment(),
+    }
+
+
+def run_environment() -> dict[str, Any]:
+    """Where and when a benchmark ran: what its timings, and its scores, depend on besides the data."""
+    return {
         "torch_threads": torch.get_num_threads(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
         "load_average_1m": round(os.getloadavg()[0], 2),  # the machine is shared: timings depend on it
         "python": platform.python_version(),
         "torch": str(torch.__version__),
+        # The vector instructions torch's CPU kernels use (AVX2, AVX512…): sums come out in another
+        # order on another CPU, so a trained model, and its scores, differ a little between machines.
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 

@@ -32,12 +32,9 @@ training data (docs/detector-quality.md).
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,7 +43,7 @@ import structlog
 import torch
 
 from dragon.detector.baselines import GonModel, create_model
-from dragon.detector.bench import BenchResult, costs, quality
+from dragon.detector.bench import BenchResult, costs, quality, run_environment
 from dragon.detector.federation_data import (
     FederationTrace,
     FederationWindows,
@@ -329,11 +326,7 @@ def _params(
         "train_steps": train.steps,
         "test_steps": test.steps,
         "latency_calls": latency_calls,
-        "torch_threads": torch.get_num_threads(),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()}",
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "torch": str(torch.__version__),
+        **run_environment(),
     }
 
 
