@@ -133,6 +133,14 @@ def _leaf_fields(cls: type) -> Iterable[dataclasses.Field]:
             yield field
 
 
+def default_of(cls: type, name: str) -> Any:
+    """The default of setting ``name`` of ``cls``: for tools that run a service's logic outside it."""
+    for field in dataclasses.fields(cls):
+        if field.name == name and not field.metadata.get("section"):
+            return field.default
+    raise KeyError(f"{cls.__name__} has no setting {name!r}")
+
+
 def env_names(cls: type) -> list[str]:
     """Every environment variable that ``cls`` reads."""
     return [field.metadata["env"] for field in _leaf_fields(cls)]

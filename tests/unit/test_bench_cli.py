@@ -80,6 +80,27 @@ def test_zscore_finds_the_planted_fault(tmp_path) -> None:
     assert report["roc_auc"] > 0.95 and report["hit_rate_100"] == 1.0 and report["ndcg_100"] == 1.0
 
 
+def test_online_fine_tunes_as_the_service_does_and_reports_each_fine_tune(tmp_path) -> None:
+    out, data = tmp_path / "r.json", make_dataset(tmp_path / "data")
+    assert bench(data, out, "--model", "gon", *TINY_GON, "--online", "--online-interval", "7") == 0
+    report = json.loads(out.read_text())
+    assert isinstance(report["fine_tunes"], list)
+    assert report["params"]["online"]["min_interval_steps"] == 7 and report["params"]["online"]["reference"] == 60
+    assert report["roc_auc_relative"] is not None and np.load(tmp_path / "r.scores.npy").shape == (80,)
+
+
+def test_online_refuses_a_model_that_cannot_fine_tune(tmp_path, capsys) -> None:
+    assert bench(make_dataset(tmp_path / "data"), tmp_path / "r.json", "--model", "zscore", "--online") == 2
+    assert "--online" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+
+
+def test_with_one_static_threshold_the_relative_aucs_are_the_raw_ones(tmp_path) -> None:
+    out = tmp_path / "r.json"
+    assert bench(make_dataset(tmp_path / "data"), out, "--model", "zscore") == 0
+    report = json.loads(out.read_text())
+    assert (report["roc_auc_relative"], report["pr_auc_relative"]) == (report["roc_auc"], report["pr_auc"])
+
+
 def test_one_dimensional_labels_leave_the_diagnosis_metrics_null(tmp_path) -> None:
     out = tmp_path / "r.json"
     data = make_dataset(tmp_path / "data", per_dimension=False)

@@ -10,7 +10,7 @@ import torch
 
 from dragon.detector.checkpoint import Checkpoint
 from dragon.detector.config import DetectorConfig
-from dragon.detector.finetune import ConfidenceGate, confidence, fine_tune
+from dragon.detector.finetune import CleanStreaks, ConfidenceGate, confidence, fine_tune
 from dragon.detector.gon import GonConfig, evaluate_gon, fault_scores, make_windows
 from dragon.detector.health import Transition
 from dragon.detector.learning import FineTuner, min_span
@@ -139,6 +139,16 @@ def test_gate_reset_starts_a_new_reference():
 
 
 # --- fine_tune -------------------------------------------------------------------------------
+
+
+def test_a_window_is_clean_once_a_whole_window_of_verdicts_was_normal():
+    streaks = CleanStreaks()
+    verdicts = [True, True, True, False, True, True, True, True]
+    assert [streaks.update("h1", normal, window=3) for normal in verdicts] == [
+        False, False, True, False, False, False, True, True,
+    ]  # fmt: skip
+    assert streaks.update("h2", True, window=3) is False  # each host counts its own
+    assert streaks.update("h1", True, window=10) is False  # the window of the model now served
 
 
 def scaled(checkpoint: Checkpoint, windows: np.ndarray) -> torch.Tensor:

@@ -27,7 +27,10 @@ import numpy as np
 import structlog
 import torch
 
+from dragon.detector.checkpoint import DEFAULT_HOST, Checkpoint
 from dragon.detector.gon import SCORE_BATCH, Discriminator, GonConfig, fault_scores, make_windows
+from dragon.detector.online import OnlineRun, OnlineSettings, score_online
+from dragon.detector.pot import PotState
 from dragon.detector.scaling import DATASET_MIN_SPAN, MinMaxScaler
 from dragon.detector.train import train_from_series
 from dragon.records import check_known_keys
@@ -244,6 +247,7 @@ class GonModel:
         # Built once now so a bad parameter fails before any data is loaded.
         self.context = GonConfig.from_dict({"n_features": 1, **self.overrides}).window
         self.cfg: GonConfig | None = None  # set by fit, when the data fix n_features
+        self.checkpoint: Checkpoint | None = None  # set by fit; what on-line scoring fine-tunes
         self.model: Discriminator | None = None
         self.scaler: MinMaxScaler | None = None
         self.training_log: dict[str, Any] = {}  # epochs run, best epoch, losses
@@ -253,9 +257,9 @@ class GonModel:
         parts = [_checked(part) for part in ([train] if isinstance(train, np.ndarray) else train)]
         self.cfg = GonConfig.from_dict({"n_features": parts[0].shape[1], **self.overrides})
         names = [f"dim{j}" for j in range(parts[0].shape[1])]
-        checkpoint = train_from_series(parts, names, self.cfg, min_span=self.min_span, source="bench")
-        self.model, self.scaler = checkpoint.build_model(), checkpoint.scaler()
-        self.training_log = checkpoint.meta["history"]
+        self.checkpoint = train_from_series(parts, names, self.cfg, min_span=self.min_span, source="bench")
+        self.model, self.scaler = self.checkpoint.build_model(), self.checkpoint.scaler()
+        self.training_log = self.checkpoint.meta["history"]
 
     def score(self, series: np.ndarray, history: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         scores, contributions = self.score_many([series], [history])
@@ -286,13 +290,41 @@ class GonModel:
             np.split(torch.cat(contributions).double().numpy(), cuts),
         )
 
+    def score_online(
+        self,
+        series: np.ndarray,
+        history: np.ndarray | None,
+        settings: OnlineSettings | None = None,
+        pot: PotState | None = None,
+    ) -> OnlineRun:
+        """Score ``series`` one step at a time as the service does, fine-tuning when its gate fires.
+
+        ``pot`` is the threshold the caller fitted on the training scores (the bench's risk and
+        level); by default the one training fitted. The trained model is not changed:
+        fine-tuning works on copies (``online.score_online``).
+        """
+        if self.checkpoint is None:
+            raise RuntimeError("GonModel.score_online before fit")
+        checkpoint = self.checkpoint
+        if pot is not None:
+            checkpoint = dataclasses.replace(checkpoint, pot={DEFAULT_HOST: pot.to_dict()})
+        previous, windows = self._window_pairs(series, history, scaled=False)  # raw, as the service sees them
+        return score_online(checkpoint, previous, windows, settings)
+
     def _windows(self, series: np.ndarray, history: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """W_{t-1} and W_t (T, k, n) of every step of ``series``, its history filling the first windows."""
+        """W_{t-1} and W_t (T, k, n) of every step of ``series``, scaled, its history filling the first windows."""
+        previous, windows = self._window_pairs(series, history, scaled=True)
+        return torch.from_numpy(previous), torch.from_numpy(windows)
+
+    def _window_pairs(
+        self, series: np.ndarray, history: np.ndarray | None, scaled: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """W_{t-1} and W_t (T, k, n) float32 of every step of ``series``, scaled or in the data's units."""
         series = _checked(series, self.cfg.n_features)
         prefix = _tail(history, self.context, self.cfg.n_features)
-        full = self.scaler.transform(np.concatenate([prefix, series])).astype(np.float32)  # (P+T, n)
-        windows = torch.from_numpy(make_windows(full, self.cfg.window))  # (P+T, k, n)
-        previous = torch.cat([windows[:1], windows[:-1]])  # (P+T, k, n)
+        full = np.concatenate([prefix, series])  # (P+T, n)
+        windows = make_windows(self.scaler.transform(full).astype(np.float32) if scaled else full, self.cfg.window)
+        previous = np.concatenate([windows[:1], windows[:-1]])  # (P+T, k, n)
         # Only the series' own windows are generated: one scored step costs one window.
         return previous[len(prefix) :], windows[len(prefix) :]  # (T, k, n) each
 

@@ -27,6 +27,7 @@ included, and ``anon_rss_mb`` the memory it allocated itself, read at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -47,6 +48,8 @@ import torch
 
 from dragon.detector import metrics
 from dragon.detector.baselines import AnomalyModel, create_model
+from dragon.detector.config import ONLINE_MIN_INTERVAL_STEPS
+from dragon.detector.online import OnlineSettings
 from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, PotState, dspot_thresholds, fit_pot, spot_thresholds
 from dragon.detector.svgplot import Frame
 from dragon.detector.train import DatasetError, load_dataset_dir
@@ -74,6 +77,8 @@ class BenchConfig:
     latency_samples: int = 200  # single-step scoring calls timed for the latency percentiles
     pot_mode: str = "static"  # a key of THRESHOLDS: static POT, streaming SPOT or drift-aware DSPOT
     dspot_depth: int = 20  # DSPOT: normal scores in the moving average
+    online: bool = False  # score step by step and fine-tune as the service does (dragon.detector.online)
+    online_interval: int = ONLINE_MIN_INTERVAL_STEPS  # on-line: at least this many steps between fine-tunes
 
     def __post_init__(self) -> None:
         if self.pot_mode not in THRESHOLDS:
@@ -85,6 +90,8 @@ class BenchConfig:
             raise ValueError(
                 f"POT needs 0 < level < 1 and 0 < q < 1 - level, got q={self.pot_q}, level={self.pot_level}"
             )
+        if self.online:
+            online_settings(self)  # its checks, before training
 
 
 @dataclass
@@ -111,12 +118,20 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     """Run the protocol of the module docstring and return the report with the test scores."""
     train, test, labels = load_benchmark(cfg.data)
     model = create_model(cfg.model, seed=cfg.seed, **cfg.params)
+    if cfg.online and not hasattr(model, "score_online"):
+        raise ValueError(f"--online fine-tunes the model as the service does: model {cfg.model!r} cannot")
     pot, train_scores, train_s = fit_and_calibrate(model, train, cfg)
     started = time.perf_counter()
-    scores, contributions = model.score(test, history=train)
+    if cfg.online:
+        run = model.score_online(test, train, online_settings(cfg), pot)
+        scores, contributions, fine_tunes = run.scores, run.contributions, run.fine_tunes
+    else:
+        scores, contributions = model.score(test, history=train)
+        fine_tunes = None
     test_s = time.perf_counter() - started
     _check_output(scores, contributions, test.shape)
-    thresholds = THRESHOLDS[cfg.pot_mode](pot, train_scores, scores, cfg)  # (T',)
+    # (T',): on-line, each step's threshold came with its verdict; else POT's rule over the scores.
+    thresholds = run.thresholds if cfg.online else THRESHOLDS[cfg.pot_mode](pot, train_scores, scores, cfg)
     latencies = step_latencies_ms(model, train, test, cfg.latency_samples)
     truth = metrics.step_truth(labels)
     params = _params(cfg, model, pot, train, test, labels) | {"latency_samples": len(latencies)}
@@ -125,10 +140,16 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         "threshold": float(thresholds[-1]),
         "threshold_initial": pot.z_q,
         **costs(train_s, test_s, latencies),
+        "fine_tunes": fine_tunes,
         "params": params,
     }
     log.info("bench_done", model=cfg.model, data=cfg.data, roc_auc=report["roc_auc"], pr_auc=report["pr_auc"])
     return BenchResult(report=report, scores=scores, truth=truth)
+
+
+def online_settings(cfg: BenchConfig) -> OnlineSettings:
+    """The service's fine-tuning defaults, with this run's interval and threshold mode."""
+    return OnlineSettings(min_interval_steps=cfg.online_interval, pot_mode=cfg.pot_mode, dspot_depth=cfg.dspot_depth)
 
 
 def fit_and_calibrate(model: AnomalyModel, train: np.ndarray, cfg: BenchConfig) -> tuple[PotState, np.ndarray, float]:
@@ -203,6 +224,7 @@ def quality(
         "f1_pa_k_auc": metrics.f1_pa_k_auc(predicted, truth),
         "roc_auc": metrics.roc_auc(scores, truth),
         "pr_auc": metrics.average_precision(scores, truth),
+        **relative_aucs(scores, truth, threshold),
         "f1_best_diagnostic": metrics.best_f1(scores, truth),
         "detection_delay_steps": delay.median_steps,
         "segments_detected": delay.detected,
@@ -214,6 +236,23 @@ def quality(
         "anomaly_rate": float(truth.mean()),
     }
     return {key: _json_number(value) for key, value in values.items()}
+
+
+def relative_aucs(scores: np.ndarray, truth: np.ndarray, threshold: float | np.ndarray) -> dict[str, float | None]:
+    """ROC-AUC and PR-AUC of score / threshold in force: what an alarm compares, where the threshold moves.
+
+    A streaming threshold or a fine-tuned model changes the scale scores are judged on during the
+    series; the raw scores' AUCs then also rate how comparable the scales are. With one static
+    threshold these equal ``roc_auc`` and ``pr_auc``. None where a threshold is not positive.
+    """
+    threshold = np.broadcast_to(np.asarray(threshold, dtype=np.float64), scores.shape)
+    if not (threshold > 0).all():
+        return {"roc_auc_relative": None, "pr_auc_relative": None}
+    relative = scores / threshold
+    return {
+        "roc_auc_relative": metrics.roc_auc(relative, truth),
+        "pr_auc_relative": metrics.average_precision(relative, truth),
+    }
 
 
 def costs(train_s: float, test_s: float, latencies_ms: np.ndarray) -> dict[str, float]:
@@ -279,6 +318,7 @@ def _params(
             "method": pot.method,
             "n_peaks": pot.n_peaks,
         },
+        "online": dataclasses.asdict(online_settings(cfg)) if cfg.online else None,
         "data": str(Path(cfg.data).resolve()),
         "train_shape": list(train.shape),
         "test_shape": list(test.shape),

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dragon.detector.config import DEFAULT_LEVEL, DEFAULT_Q
+from dragon.detector.config import DEFAULT_LEVEL, DEFAULT_Q, ONLINE_MIN_INTERVAL_STEPS
 
 PROG = "dragon-detector bench"
 # The keys of dragon.detector.gon.ABLATIONS, named here so --help does not import torch (a test
@@ -44,6 +44,20 @@ def add_bench_parser(commands) -> None:
         help="static POT threshold, or streaming SPOT / drift-aware DSPOT updated as test scores arrive",
     )
     parser.add_argument("--dspot-depth", type=int, default=20, help="DSPOT moving-average depth (default: 20)")
+    parser.add_argument(
+        "--online",
+        action="store_true",
+        help="score test.npy one step at a time as the detector service does: fine-tune the model (eq. 19) "
+        "when its confidence on windows judged normal drops, and recalibrate POT (gon only)",
+    )
+    parser.add_argument(
+        "--online-interval",
+        type=int,
+        default=ONLINE_MIN_INTERVAL_STEPS,
+        metavar="STEPS",
+        help=f"--online: at least this many steps between fine-tunes (default: {ONLINE_MIN_INTERVAL_STEPS}, the "
+        "service's 600 s at FTSAD's 10 s per sample)",
+    )
     parser.add_argument("--plot", metavar="PATH", help="draw scores, threshold and labelled segments (.svg, or .png)")
     parser.add_argument(
         "--latency-samples", type=int, default=200, help="single-step scoring calls timed (default: 200)"
@@ -110,6 +124,8 @@ def run_bench_command(args) -> int:
             latency_samples=args.latency_samples,
             pot_mode=args.pot_mode,
             dspot_depth=args.dspot_depth,
+            online=args.online,
+            online_interval=args.online_interval,
             **{key: value for key, value in pot.items() if value is not None},
         )
         result = run_bench(cfg)

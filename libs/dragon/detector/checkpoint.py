@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from dragon.detector.gon import GonConfig, build_discriminator
-from dragon.detector.pot import PotState
+from dragon.detector.pot import PotState, StreamingPot
 from dragon.detector.scaling import MinMaxScaler
 
 FORMAT = "dragon-detector-checkpoint"
@@ -103,6 +104,17 @@ class Checkpoint:
     def pot_state(self, host: str = DEFAULT_HOST) -> PotState:
         """The host's own POT state if it has one, else the default."""
         return PotState.from_dict(self.pot.get(host, self.pot[DEFAULT_HOST]))
+
+    def streaming_pot(self, host: str = DEFAULT_HOST, depth: int = 0) -> StreamingPot:
+        """Where ``host``'s streaming threshold starts under this model: SPOT, or DSPOT if ``depth`` > 0.
+
+        DSPOT starts from the newest training scores (``calibration_tail``), its drift-free form.
+        A new object each call.
+        """
+        pot = self.pot_state(host)
+        if not depth:
+            return StreamingPot(pot)
+        return StreamingPot.calibrate(np.asarray(self.calibration_tail), q=pot.q, level=pot.level, depth=depth)
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temporary file, then rename) so a reader never sees half a file."""

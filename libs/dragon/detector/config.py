@@ -23,6 +23,9 @@ MAX_FINETUNE_WINDOWS = 4096  # one full-batch step; also bounds the windows kept
 # FTSAD-1's, whose 600 training scores are too few to extrapolate to a 1-in-10,000 event.
 DEFAULT_Q = 1e-3
 DEFAULT_LEVEL = 0.98
+# `dragon-detector bench --online`: the least steps between two fine-tunes, the service's
+# DRAGON_FINETUNE_MIN_INTERVAL (600 s) at FTSAD's sampling interval (10 s).
+ONLINE_MIN_INTERVAL_STEPS = 60
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,24 @@ class ConfidenceGate:
         return drifted
 
 
+class CleanStreaks:
+    """Which judged windows are clean enough to learn from: the last ``window`` of the host all normal.
+
+    A window judged normal just after a fault still holds rows of it, so it is learnt from only
+    once the host has had a whole window of normal verdicts in a row. Streaks belong to the
+    data, not to a model: they carry on when a new model is served.
+    """
+
+    def __init__(self) -> None:
+        self._normal_in_a_row: dict[str, int] = {}
+
+    def update(self, host: str, normal: bool, window: int) -> bool:
+        """Count one verdict of ``host``; True when its newest ``window`` verdicts were all normal."""
+        streak = self._normal_in_a_row.get(host, 0) + 1 if normal else 0
+        self._normal_in_a_row[host] = streak
+        return streak >= window
+
+
 @dataclass(frozen=True)
 class TuningGroup:
     """Normal windows of one shape: the true windows D learns from, and their eq. 13 scores."""

@@ -25,6 +25,7 @@ import structlog
 from dragon.detector.checkpoint import Checkpoint
 from dragon.detector.config import DetectorConfig
 from dragon.detector.finetune import (
+    CleanStreaks,
     ConfidenceGate,
     TuningGroup,
     confidence,
@@ -202,7 +203,7 @@ class FineTuner:
         self._normal: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=config.finetune_windows)
         # LEI steps in which every host was clean, newest last, at most finetune_windows host windows.
         self._steps: deque[LeiStep] = deque()
-        self._streak: dict[str, int] = {}  # normal windows in a row, per host
+        self._streaks = CleanStreaks()
         self._model_id: str | None = None
         self._thread: threading.Thread | None = None
 
@@ -252,10 +253,7 @@ class FineTuner:
 
     def _judged(self, scorer: Scorer, host: str, value: float, is_normal: bool) -> bool:
         """Count one judged window of ``host``; True when it is clean enough to learn from."""
-        self._streak[host] = self._streak.get(host, 0) + 1 if is_normal else 0
-        # Only once the last k windows of the host were all normal: a window closed just
-        # after a fault still holds rows of it.
-        clean = self._streak[host] >= scorer.window
+        clean = self._streaks.update(host, is_normal, scorer.window)
         self.gate.observe(host, value, clean)
         return clean
 

@@ -81,11 +81,7 @@ class Scorer:
 
     def calibration(self, host: str) -> StreamingPot:
         """Where ``host``'s streaming threshold starts under this model (a new object each call)."""
-        pot = self.checkpoint.pot_state(host)
-        if not self.drift_depth:
-            return StreamingPot(pot)
-        tail = np.asarray(self.checkpoint.calibration_tail)
-        return StreamingPot.calibrate(tail, q=pot.q, level=pot.level, depth=self.drift_depth)
+        return self.checkpoint.streaming_pot(host, self.drift_depth)
 
     def resume(self, host: str, stored: HostThreshold | None) -> HostThreshold:
         """``stored`` if it was calibrated for this model and mode, else a restart from calibration."""

@@ -1,0 +1,84 @@
+"""Scoring a series as the service does (dragon.detector.online): fine-tunes swap the model mid-series."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dragon.detector.baselines import GonModel, create_model
+from dragon.detector.online import OnlineSettings
+
+pytestmark = pytest.mark.unit
+
+TINY = {"epochs": 2, "window": 4, "hidden": 8, "gen_steps": 2}
+NEVER = 10**9  # steps between fine-tunes: none happens
+
+
+def sinusoids(t: int, seed: int, level: float = 0.5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    steps = np.arange(t)[:, None]
+    return level + 0.3 * np.sin(2 * np.pi * steps / 20 + np.arange(2)) + 0.02 * rng.standard_normal((t, 2))
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[GonModel, np.ndarray, np.ndarray]:
+    train = sinusoids(150, seed=0)
+    test = np.concatenate([sinusoids(60, seed=1), sinusoids(60, seed=2, level=0.6)])  # then a heavier load
+    model = create_model("gon", seed=0, **TINY)
+    model.fit(train)
+    return model, train, test
+
+
+def test_without_a_fine_tune_the_online_scores_are_the_static_ones(trained) -> None:
+    model, train, test = trained
+    run = model.score_online(test, train, OnlineSettings(min_interval_steps=NEVER))
+    static, _ = model.score(test, history=train)
+    assert run.fine_tunes == []
+    # Windows scaled after windowing here, before it in score(): equal up to float32 rounding.
+    np.testing.assert_allclose(run.scores, static, rtol=1e-4, atol=1e-5)
+    assert (run.thresholds == model.checkpoint.pot_state().z_q).all()
+    assert run.contributions.shape == test.shape
+
+
+def test_a_fine_tune_swaps_the_model_and_restarts_its_threshold(trained) -> None:
+    model, train, test = trained
+    served = model.checkpoint.model_id
+    # Floor = the highest reference confidence: the gate fires as soon as it may.
+    run = model.score_online(test, train, OnlineSettings(reference=3, quantile=1.0, min_interval_steps=20))
+    static, _ = model.score(test, history=train)
+    assert len(run.fine_tunes) >= 2
+    first, second = run.fine_tunes[0]["step"], run.fine_tunes[1]["step"]
+    assert second - first >= 20
+    assert (run.thresholds[: first + 1] == model.checkpoint.pot_state().z_q).all()
+    assert (run.thresholds[first + 1 : second + 1] == run.fine_tunes[0]["threshold"]).all()
+    assert np.allclose(run.scores[: first + 1], static[: first + 1], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(run.scores[first + 1 :], static[first + 1 :], rtol=1e-4, atol=1e-5)
+    assert 2 <= run.fine_tunes[0]["windows"] <= first + 1
+    assert model.checkpoint.model_id == served  # fine-tunes worked on copies
+
+
+def test_the_same_seed_gives_the_same_online_run(trained) -> None:
+    model, train, test = trained
+    settings = OnlineSettings(reference=3, quantile=1.0, min_interval_steps=20)
+    first, again = (model.score_online(test, train, settings) for _ in range(2))
+    np.testing.assert_array_equal(first.scores, again.scores)
+    assert [t["step"] for t in first.fine_tunes] == [t["step"] for t in again.fine_tunes]
+
+
+def test_spot_moves_the_threshold_between_fine_tunes(trained) -> None:
+    model, train, test = trained
+    run = model.score_online(test, train, OnlineSettings(min_interval_steps=NEVER, pot_mode="spot"))
+    assert run.fine_tunes == [] and len(np.unique(run.thresholds)) > 1
+
+
+@pytest.mark.parametrize(
+    "bad", [{"pot_mode": "median"}, {"reference": 2}, {"windows": 1}, {"steps": 0}, {"min_interval_steps": -1}]
+)
+def test_settings_refuse_what_the_service_would(bad) -> None:
+    with pytest.raises(ValueError):
+        OnlineSettings(**bad)
+
+
+def test_online_scoring_needs_a_trained_model() -> None:
+    with pytest.raises(RuntimeError, match="before fit"):
+        create_model("gon", seed=0, **TINY).score_online(sinusoids(10, seed=0), None)
