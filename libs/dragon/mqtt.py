@@ -27,6 +27,11 @@ What it adds to paho:
 * counters: what the service counts (drops by reason, handler errors, its own work) is
   published retained on ``dragon/<service>/<instance>/counters`` while it changes and on a
   clean stop, so an operator sees drops as they happen, not only in the log;
+* retained state expires (MQTT v5 Message Expiry): every re-created container is a new
+  instance, and the broker would otherwise keep each one's ``offline`` and counters for ever.
+  A running instance republishes its counters now and then even when they do not change, and
+  they expire a few of those periods later, so they vanish soon after a crash; what an
+  instance leaves when it stops or dies (``offline``, its last counters) stays a day;
 * a handler that raises is logged with its topic and counted; the loop goes on.
   A handler that raises :class:`Unprocessed` leaves its messages unacknowledged,
   so the broker delivers them again after a reconnect.
@@ -35,6 +40,7 @@ What it adds to paho:
 from __future__ import annotations
 
 import collections
+import math
 import queue
 import ssl
 import threading
@@ -58,6 +64,12 @@ from dragon.settings import MqttSettings
 log = structlog.get_logger(__name__)
 
 ONLINE = b"online"
+# A running instance republishes unchanged counters every this many counter intervals, and they
+# expire after COUNTERS_EXPIRY_REFRESHES such periods: 100 s and 300 s at the default 10 s.
+COUNTERS_REFRESH_INTERVALS = 10
+COUNTERS_EXPIRY_REFRESHES = 3
+# How long the broker keeps what a stopped or dead instance left: its offline and last counters.
+GONE_RETAINED_S = 86400
 OFFLINE = b"offline"
 
 
@@ -113,6 +125,7 @@ class MqttClient:
         self.counters_topic = topics.service_counters(service, instance)
         self._started_ts = time.time()
         self._published_counters: dict[str, int] | None = None
+        self._counters_published_at = 0.0  # time.monotonic() of the last counters published
         self._subscriptions: list[tuple[str, int]] = []
         self._handlers: list[tuple[str, BatchHandler]] = []
         self._on_connected: list[Callable[[], None]] = []
@@ -135,7 +148,9 @@ class MqttClient:
             client.username_pw_set(self.settings.username, self.settings.password)
         if self.settings.tls:
             client.tls_set(ca_certs=self.settings.ca_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
+        will = Properties(PacketTypes.WILLMESSAGE)
+        will.MessageExpiryInterval = GONE_RETAINED_S
+        client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True, properties=will)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
@@ -181,8 +196,9 @@ class MqttClient:
         """Say ``offline``, disconnect cleanly (no Last Will) and stop the worker."""
         self._stopping.set()
         if self._connected.is_set():
-            self.publish_counters(wait_s=2)
-            self._client.publish(self.availability_topic, OFFLINE, qos=1, retain=True).wait_for_publish(timeout=2)
+            self.publish_counters(wait_s=2, final=True)
+            offline = self.publish(self.availability_topic, OFFLINE, retain=True, expiry_s=GONE_RETAINED_S)
+            offline.wait_for_publish(timeout=2)
         self._client.disconnect()
         self._client.loop_stop()
         if self._worker is not None:
@@ -213,35 +229,57 @@ class MqttClient:
         retain: bool = False,
         content_type: str | None = None,
         correlation_data: bytes = b"",
+        expiry_s: int | None = None,
     ) -> paho.MQTTMessageInfo:
-        """Publish; QoS 1 messages are queued by paho while disconnected and sent on reconnect."""
+        """Publish; QoS 1 messages are queued by paho while disconnected and sent on reconnect.
+
+        ``expiry_s``: the broker drops the message (a retained one too) after that many seconds.
+        """
         props = None
-        if content_type or correlation_data:
+        if content_type or correlation_data or expiry_s:
             props = Properties(PacketTypes.PUBLISH)
             if content_type:
                 props.ContentType = content_type
             if correlation_data:
                 props.CorrelationData = correlation_data
+            if expiry_s:
+                props.MessageExpiryInterval = expiry_s
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             self.counters.add("publish_failed")
             log.warning("mqtt_publish_failed", topic=topic, rc=paho.error_string(info.rc))
         return info
 
-    def publish_counters(self, wait_s: float = 0.0) -> None:
-        """Publish the counters (retained) if they changed since the last time; ``wait_s``: wait for the broker."""
+    def publish_counters(self, wait_s: float = 0.0, final: bool = False) -> None:
+        """Publish the counters (retained) if they changed or are due for a refresh; ``wait_s``: wait for the broker.
+
+        ``final``: the instance is stopping; publish them anyway, to be kept as long as its ``offline``.
+        """
         snapshot = self.counters.snapshot()
-        if snapshot == self._published_counters:
+        refresh_s = COUNTERS_REFRESH_INTERVALS * self.settings.counters_interval_s
+        due = time.monotonic() - self._counters_published_at >= refresh_s
+        if snapshot == self._published_counters and not (due or final):
             return
         report = ServiceCounters(self.service, self.instance, time.time(), self._started_ts, snapshot)
-        info = self.publish(self.counters_topic, codec.encode_json(report), qos=1, retain=True, content_type=codec.JSON)
+        expiry_s = (
+            GONE_RETAINED_S if final or not refresh_s else max(1, math.ceil(COUNTERS_EXPIRY_REFRESHES * refresh_s))
+        )
+        info = self.publish(
+            self.counters_topic,
+            codec.encode_json(report),
+            qos=1,
+            retain=True,
+            content_type=codec.JSON,
+            expiry_s=expiry_s,
+        )
         if info.rc == paho.MQTT_ERR_SUCCESS:
             self._published_counters = snapshot
+            self._counters_published_at = time.monotonic()
             if wait_s > 0:
                 info.wait_for_publish(timeout=wait_s)
 
     def _report_counters(self) -> None:
-        """Every ``counters_interval_s``, while connected: the counters, if they changed."""
+        """Every ``counters_interval_s``, while connected: the counters, if they changed or are due."""
         while not self._stopping.wait(self.settings.counters_interval_s):
             if self._connected.is_set():
                 self.publish_counters()

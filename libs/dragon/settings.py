@@ -35,7 +35,8 @@ class MqttSettings:
     counters_interval_s: float = setting(
         "DRAGON_COUNTERS_INTERVAL",
         10.0,
-        "how often a service publishes its counters (retained) while they change; 0: only when it stops",
+        "how often a service publishes its counters (retained) while they change, and refreshes them every "
+        "10 such intervals (they expire after 30, so a dead instance's vanish); 0: only when it stops",
         "s",
     )
 

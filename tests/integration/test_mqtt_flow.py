@@ -8,6 +8,9 @@ flood waits in the broker's persistent queue, not in the service's memory.
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -17,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from dragon.messages import codec, topics
 from dragon.messages.schemas import ServiceCounters
-from dragon.mqtt import Incoming, MqttClient
+from dragon.mqtt import GONE_RETAINED_S, Incoming, MqttClient
 from dragon.testing.lei import LeiStack
 from dragon.testing.listener import Listener
 
@@ -109,16 +112,62 @@ def test_counters_are_published_retained_while_they_change_and_on_stop(brokers):
             client.counters.add("dropped_malformed", 2)
             (first, *_) = listener.wait_for(lambda m: counters(m).counters == {"dropped_malformed": 2}, 5)
             published = len(listener.matching(lambda m: True))  # an empty report may have come first
-            time.sleep(4 * settings.counters_interval_s)  # unchanged: nothing new
+            time.sleep(4 * settings.counters_interval_s)  # unchanged, and no refresh due yet: nothing new
             assert len(listener.matching(lambda m: True)) == published
             client.counters.add("windows_scored", 5)
         finally:
             client.stop()  # publishes what changed since, before going offline
-        listener.wait_for(lambda m: counters(m).counters == {"dropped_malformed": 2, "windows_scored": 5}, 5)
+        (last, *_) = listener.wait_for(
+            lambda m: counters(m).counters == {"dropped_malformed": 2, "windows_scored": 5}, 5
+        )
     report = counters(first)
     assert (report.service, report.instance, first.content_type) == ("detector", "counterstest", codec.JSON)
     assert report.started_ts <= report.ts <= time.time()
+    # A running instance's counters expire unless refreshed (30 intervals); its last ones stay a day.
+    assert 0 < first.expiry_s <= 30 * settings.counters_interval_s
+    assert GONE_RETAINED_S - 60 < last.expiry_s <= GONE_RETAINED_S
     # Retained: a tool that subscribes later still gets the last counters.
     with Listener(brokers.mqtt_settings("viewer"), [topic]) as late:
         (message, *_) = late.wait_for(lambda m: m.retain, 5)
         assert counters(message).counters == {"dropped_malformed": 2, "windows_scored": 5}
+
+
+# A service that dies: it is killed with SIGKILL, so it sends no DISCONNECT and no last counters.
+CRASHING_SERVICE = """
+import json, sys, time
+from dragon.mqtt import MqttClient
+from dragon.settings import MqttSettings
+client = MqttClient(MqttSettings(**json.loads(sys.argv[1])), "detector", "crashtest")
+client.counters.add("windows_scored", 3)
+client.start()
+client.wait_connected(15)
+time.sleep(600)
+"""
+
+
+def test_a_dead_instance_leaves_offline_for_a_day_and_its_counters_expire(brokers):
+    """Every re-created container is a new instance: what a dead one leaves must not stay for ever."""
+    settings = dataclasses.replace(brokers.mqtt_settings("detector"), counters_interval_s=0.2)  # refresh 2 s
+    counters_topic = topics.service_counters("detector", "crashtest")
+    availability = topics.availability("detector", "crashtest")
+    service = subprocess.Popen([sys.executable, "-c", CRASHING_SERVICE, json.dumps(dataclasses.asdict(settings))])
+    try:
+        with Listener(brokers.mqtt_settings("viewer"), [counters_topic, availability]) as listener:
+            # Unchanged counters are refreshed while the instance runs, each with a short expiry.
+            refreshed = listener.wait_for(lambda m: m.topic == counters_topic, 15, count=2)
+            assert all(0 < m.expiry_s <= 6 for m in refreshed)
+            reports = [codec.decode(ServiceCounters, m.payload, 65536, m.content_type) for m in refreshed]
+            assert reports[0].counters == reports[1].counters == {"windows_scored": 3}
+            assert reports[0].ts < reports[1].ts  # the same counts, published again
+            service.kill()
+            (offline, *_) = listener.wait_for(lambda m: m.topic == availability and m.payload == b"offline", 10)
+            assert GONE_RETAINED_S - 60 < offline.expiry_s <= GONE_RETAINED_S
+            died = time.time()
+    finally:
+        service.kill()
+        service.wait(10)
+    time.sleep(max(0.0, died + 7 - time.time()))  # past the last refresh's 6 s
+    with Listener(brokers.mqtt_settings("viewer"), [counters_topic, availability]) as late:
+        late.wait_for(lambda m: m.topic == availability, 5)  # the will: retained, for a day
+        time.sleep(1)
+        assert late.matching(lambda m: m.topic == counters_topic) == []  # expired on the broker

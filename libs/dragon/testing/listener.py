@@ -23,6 +23,7 @@ class Received:
     at: float  # time.time() on arrival
     correlation_data: bytes = b""
     user_properties: tuple[tuple[str, str], ...] = ()
+    expiry_s: int | None = None  # MQTT v5 Message Expiry Interval left, as the broker forwarded it
 
 
 class Listener:
@@ -68,6 +69,7 @@ class Listener:
         content_type = getattr(props, "ContentType", "") if props is not None else ""
         correlation = bytes(getattr(props, "CorrelationData", b"") or b"") if props is not None else b""
         user_properties = tuple(getattr(props, "UserProperty", []) or []) if props is not None else ()
+        expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
         received = Received(
             message.topic,
             bytes(message.payload),
@@ -76,6 +78,7 @@ class Listener:
             time.time(),
             correlation,
             user_properties,
+            expiry,
         )
         with self._cond:
             self.messages.append(received)
