@@ -40,6 +40,17 @@ COLUMNS = {
         ("PA%K AUC", "f1_pa_k_auc", 3),
         *COSTS,
     ),
+    # dragon-detector bench --online: also the AUCs of score / threshold and the fine-tunes per run
+    "online": (
+        ("ROC-AUC", "roc_auc", 3),
+        ("PR-AUC", "pr_auc", 3),
+        ("ROC-AUC rel.", "roc_auc_relative", 3),
+        ("PR-AUC rel.", "pr_auc_relative", 3),
+        ("F1", "f1", 3),
+        ("F1-PA", "f1_pa", 3),
+        ("PA%K AUC", "f1_pa_k_auc", 3),
+        ("fine-tunes", lambda report: None if report.get("fine_tunes") is None else len(report["fine_tunes"]), 1),
+    ),
     # dragon-detector bench-federation: quality per (interval, host) cell, false alarms by placement
     "federation": (
         ("ROC-AUC", "roc_auc", 3),
@@ -71,13 +82,19 @@ def cell(values: list[float], digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.pstdev(values):.{digits}f}"
 
 
+def _values(results: list[dict], key) -> list[float]:
+    """The defined values of ``key`` (a report key, or a function of the report) over ``results``."""
+    values = (key(r) if callable(key) else r.get(key) for r in results)
+    return [value for value in values if value is not None]
+
+
 def table(groups: dict[str, list[dict]], columns=COLUMNS["bench"]) -> str:
     lines = [
         "| data-model | runs | " + " | ".join(heading for heading, _, _ in columns) + " |",
         "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |",
     ]
     for group, results in groups.items():
-        cells = [cell([r[key] for r in results if r.get(key) is not None], digits) for _, key, digits in columns]
+        cells = [cell(_values(results, key), digits) for _, key, digits in columns]
         lines.append(f"| {group} | {len(results)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -86,7 +103,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, nargs="+", help="bench result files <DATA>-<NAME>-s<SEED>.json")
     parser.add_argument(
-        "--columns", choices=sorted(COLUMNS), default="bench", help="bench (default) or bench-federation results"
+        "--columns",
+        choices=sorted(COLUMNS),
+        default="bench",
+        help="bench (default), bench --online (online) or bench-federation (federation) results",
     )
     args = parser.parse_args()
     print(table(load(args.results), COLUMNS[args.columns]))
