@@ -31,30 +31,21 @@ COSTS = (  # heading, key, digits
     ("step ms p99", "step_latency_ms_p99", 2),
     ("peak RSS MiB", "peak_rss_mb", 0),
 )
+AUCS = (("ROC-AUC", "roc_auc", 3), ("PR-AUC", "pr_auc", 3))
+AT_THRESHOLD = (("F1", "f1", 3), ("F1-PA", "f1_pa", 3), ("PA%K AUC", "f1_pa_k_auc", 3))
 COLUMNS = {
-    "bench": (
-        ("ROC-AUC", "roc_auc", 3),
-        ("PR-AUC", "pr_auc", 3),
-        ("F1", "f1", 3),
-        ("F1-PA", "f1_pa", 3),
-        ("PA%K AUC", "f1_pa_k_auc", 3),
-        *COSTS,
-    ),
+    "bench": (*AUCS, *AT_THRESHOLD, *COSTS),
     # dragon-detector bench --online: also the AUCs of score / threshold and the fine-tunes per run
     "online": (
-        ("ROC-AUC", "roc_auc", 3),
-        ("PR-AUC", "pr_auc", 3),
+        *AUCS,
         ("ROC-AUC rel.", "roc_auc_relative", 3),
         ("PR-AUC rel.", "pr_auc_relative", 3),
-        ("F1", "f1", 3),
-        ("F1-PA", "f1_pa", 3),
-        ("PA%K AUC", "f1_pa_k_auc", 3),
+        *AT_THRESHOLD,
         ("fine-tunes", lambda report: None if report.get("fine_tunes") is None else len(report["fine_tunes"]), 1),
     ),
     # dragon-detector bench-federation: quality per (interval, host) cell, false alarms by placement
     "federation": (
-        ("ROC-AUC", "roc_auc", 3),
-        ("PR-AUC", "pr_auc", 3),
+        *AUCS,
         ("F1", "f1", 3),
         ("HitRate@100%", "hit_rate_100", 3),
         ("false alarms, placement changed", "false_alarm_rate_placement_changed", 4),
