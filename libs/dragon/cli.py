@@ -148,6 +148,22 @@ def watched_topics(lei: str, moves: bool, counters: bool = False) -> list[str]:
     return faults + moving + ([topics.all_service_counters()] if counters else [])
 
 
+class RepeatedCounters:
+    """Says which counters a service republished unchanged (the refresh that keeps them from
+    expiring on the broker), so ``dragon watch`` shows counts when they change, not every refresh."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, dict[str, int]]] = {}
+
+    def __call__(self, topic: str, message: object) -> bool:
+        if not isinstance(message, ServiceCounters):
+            return False
+        seen = (message.started_ts, message.counters)
+        repeated = self._last.get(topic) == seen
+        self._last[topic] = seen
+        return repeated
+
+
 def schema_of(topic: str) -> type:
     """The message schema of a topic ``dragon watch`` follows."""
     for suffix, schema in WATCHED:
@@ -161,6 +177,7 @@ def _watch(args) -> int:
     client = _client(settings)
     seen = 0
     done = threading.Event()
+    repeated = RepeatedCounters()
 
     def on_connect(client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
@@ -177,6 +194,8 @@ def _watch(args) -> int:
             event = codec.decode(schema, message.payload, settings.max_payload_bytes, content_type)
         except codec.DecodeError as exc:
             print(json.dumps({"topic": message.topic, "undecodable": exc.reason}), flush=True)
+            return
+        if repeated(message.topic, event):
             return
         print(json.dumps({"topic": message.topic, **event.to_dict()}), flush=True)
         seen += 1

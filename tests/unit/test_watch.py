@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dragon.cli import schema_of, watched_topics
+from dragon.cli import RepeatedCounters, schema_of, watched_topics
 from dragon.messages.schemas import (
     FaultEvent,
     InjectionEvent,
@@ -40,3 +40,15 @@ def test_watch_follows_faults_and_injections_and_with_moves_what_moves_tasks():
 )
 def test_each_watched_topic_is_read_with_its_schema(topic, schema):
     assert schema_of(topic) is schema
+
+
+def test_counters_republished_unchanged_are_shown_once():
+    repeated = RepeatedCounters()
+    counters = ServiceCounters("detector", "d1", ts=10.0, started_ts=1.0, counters={"windows_scored": 3})
+    topic = "dragon/detector/d1/counters"
+    assert repeated(topic, counters) is False
+    assert repeated(topic, ServiceCounters("detector", "d1", 110.0, 1.0, {"windows_scored": 3})) is True  # refresh
+    assert repeated("dragon/detector/d2/counters", counters) is False  # another instance
+    assert repeated(topic, ServiceCounters("detector", "d1", 120.0, 1.0, {"windows_scored": 4})) is False
+    assert repeated(topic, ServiceCounters("detector", "d1", 130.0, 125.0, {"windows_scored": 4})) is False  # restarted
+    assert repeated("dragon/faults/lei1/h1", object()) is False  # anything else is always shown
