@@ -11,6 +11,10 @@ numbers are comparable:
 4. compare with ``labels.npy``. Test labels are used for measuring and nothing else: no
    setting, threshold or early stop ever looks at them.
 
+With ``online`` (``--online``), step 3 is what the service does instead: the test series is
+judged one step at a time and the model fine-tuned when its confidence gate fires
+(:mod:`dragon.detector.online`); each fine-tune is listed in the report.
+
 A time step is anomalous when any of its label dimensions is 1. Threshold-free quality of the
 raw scores (ROC-AUC, PR-AUC) comes first; F1 at the POT threshold, PA%K and point-adjusted F1
 (which flatters any detector on long segments) follow. HitRate@100% and NDCG@100% rank the
@@ -20,9 +24,10 @@ pick its threshold, so it is reported to separate score quality from POT's choic
 never be used to choose anything.
 
 Costs: ``train_s`` covers fit, scoring the training series and the POT fit; ``test_s`` scores
-the whole test series in one call; the step latencies time one step (one window) at a time,
-as a streaming detector would; ``peak_rss_mb`` is the whole process's peak, mapped libraries
-included, and ``anon_rss_mb`` the memory it allocated itself, read at the end.
+the whole test series in one call (on-line: one step at a time, fine-tunes included); the step
+latencies time one step (one window) at a time, as a streaming detector would;
+``peak_rss_mb`` is the whole process's peak, mapped libraries included, and ``anon_rss_mb`` the
+memory it allocated itself, read at the end.
 """
 
 from __future__ import annotations
