@@ -15,7 +15,10 @@ detector's fault events with the collector's injection reports:
   the emulated hosts share the machine's cores and disk, so a neighbour's hog can really slow
   them, and these are interference as much as false alarms; the rest came in quiet. Each is
   listed with its two top metrics, the seconds since the last fault (on any host) ended, its
-  score and threshold, the host's median threshold over the 30 s before, and its model.
+  score and threshold, the host's median threshold over the 30 s before, its model, and which
+  of the host's metrics lay outside the range the model was trained on (the served
+  checkpoint's scaler bounds, from Redis) in the sample that closed the window, by how many
+  spans: a host drifting out of what the warm-up saw looks like that.
   ``--faults 0`` is a quiet run of ``--gap`` seconds: every start is a false start.
 
 With ``--predicted`` a simulator runs too, and the detector's predicted-mode events (on the
@@ -38,14 +41,17 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from dragon.detector.modelstore import ModelStore
 from dragon.logs import configure
 from dragon.messages import codec, topics
-from dragon.messages.schemas import FaultEvent, FaultInjection, HostHealth, InjectionEvent
+from dragon.messages.schemas import HOST_METRICS, FaultEvent, FaultInjection, HostHealth, InjectionEvent
+from dragon.store import WindowStore
 from dragon.testing.lei import LeiStack, environment_items
 from dragon.testing.listener import Listener, publish
 
@@ -125,17 +131,50 @@ def run_scope(scope: str, args) -> dict:
                 time.sleep(args.gap)  # a quiet run: every start is a false start
             phase_end = time.time()
             messages = listener.matching(lambda m: True)
+        outside = outside_training_range(stack)
         result = {"scope": scope, "model_ready_s": round(model_ready_s, 1)}
-        result |= evaluate(messages, stack.lei, phase_start, phase_end, args.grace, "observed")
+        result |= evaluate(messages, stack.lei, phase_start, phase_end, args.grace, "observed", outside)
         if args.predicted:
-            result["predicted"] = evaluate(messages, stack.lei, phase_start, phase_end, args.grace, "predicted")
+            result["predicted"] = evaluate(
+                messages, stack.lei, phase_start, phase_end, args.grace, "predicted", outside
+            )
         return result
     finally:
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: float, mode: str) -> dict:
+def outside_training_range(stack: LeiStack) -> Callable[[str, float], dict[str, float]]:
+    """``(host, ts) -> {metric: spans}``: how far the host's sample at ``ts`` lay outside the served
+    model's scaler bounds (negative: below), from the checkpoint and the samples kept in Redis."""
+    client = stack.redis_client()
+    checkpoint = ModelStore(client, stack.lei, model_dir="").fetch()
+    samples = WindowStore(client, stack.lei, history=2)
+    stored = {host: samples.all_stored(host) for host in stack.hosts}
+    if checkpoint is None:
+        return lambda host, ts: {}
+    lo, hi = np.asarray(checkpoint.lo), np.asarray(checkpoint.hi)
+
+    def outside(host: str, ts: float) -> dict[str, float]:
+        sample = next((s for s in stored.get(host, []) if abs(s.ts - ts) < 1e-6), None)
+        if sample is None:
+            return {}
+        scaled = (np.asarray(sample.vector) - lo) / (hi - lo)
+        beyond = np.where(scaled > 1, scaled - 1, np.where(scaled < 0, scaled, 0.0))
+        return {name: round(float(v), 3) for name, v in zip(HOST_METRICS, beyond, strict=True) if v}
+
+    return outside
+
+
+def evaluate(
+    messages,
+    lei: str,
+    phase_start: float,
+    phase_end: float,
+    grace: float,
+    mode: str,
+    outside: Callable[[str, float], dict[str, float]] = lambda host, ts: {},
+) -> dict:
     injections, starts, faults = [], [], []
     thresholds: dict[str, list[tuple[float, float]]] = {}  # host -> (ts, threshold) of its observed verdicts
     for message in messages:
@@ -197,6 +236,7 @@ def evaluate(messages, lei: str, phase_start: float, phase_end: float, grace: fl
                 "threshold": round(e.threshold, 4),
                 "threshold_30s_before": median_threshold(thresholds.get(e.host, []), e.window_ts - 30, e.window_ts - 1),
                 "model": e.model_id[:12],
+                "outside_training_range": outside(e.host, e.window_ts),
             }
             for e in sorted(false_starts, key=lambda e: e.window_ts)
         ],
