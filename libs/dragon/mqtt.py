@@ -30,8 +30,8 @@ What it adds to paho:
 * retained state expires (MQTT v5 Message Expiry): every re-created container is a new
   instance, and the broker would otherwise keep each one's ``offline`` and counters for ever.
   A running instance republishes its counters now and then even when they do not change, and
-  they expire a few of those periods later, so they vanish soon after a crash; what an
-  instance leaves when it stops or dies (``offline``, its last counters) stays a day;
+  they expire a few of those periods later, so they vanish soon after a crash; ``offline``
+  (clean stop or Last Will) and the counters published on a clean stop stay a day;
 * a handler that raises is logged with its topic and counted; the loop goes on.
   A handler that raises :class:`Unprocessed` leaves its messages unacknowledged,
   so the broker delivers them again after a reconnect.
@@ -70,6 +70,7 @@ COUNTERS_REFRESH_INTERVALS = 10
 COUNTERS_EXPIRY_REFRESHES = 3
 # How long the broker keeps what a stopped or dead instance left: its offline and last counters.
 GONE_RETAINED_S = 86400
+MAX_EXPIRY_S = 2**32 - 1  # MQTT v5's Message Expiry Interval is a four-byte integer
 OFFLINE = b"offline"
 
 
@@ -126,6 +127,9 @@ class MqttClient:
         self._started_ts = time.time()
         self._published_counters: dict[str, int] | None = None
         self._counters_published_at = 0.0  # time.monotonic() of the last counters published
+        # The reporter thread and stop() both publish counters: one at a time, so the reporter's
+        # short-lived copy can never reach the broker after stop()'s final one.
+        self._counters_lock = threading.Lock()
         self._subscriptions: list[tuple[str, int]] = []
         self._handlers: list[tuple[str, BatchHandler]] = []
         self._on_connected: list[Callable[[], None]] = []
@@ -255,28 +259,39 @@ class MqttClient:
 
         ``final``: the instance is stopping; publish them anyway, to be kept as long as its ``offline``.
         """
-        snapshot = self.counters.snapshot()
-        refresh_s = COUNTERS_REFRESH_INTERVALS * self.settings.counters_interval_s
-        due = time.monotonic() - self._counters_published_at >= refresh_s
-        if snapshot == self._published_counters and not (due or final):
-            return
-        report = ServiceCounters(self.service, self.instance, time.time(), self._started_ts, snapshot)
-        expiry_s = (
-            GONE_RETAINED_S if final or not refresh_s else max(1, math.ceil(COUNTERS_EXPIRY_REFRESHES * refresh_s))
-        )
-        info = self.publish(
-            self.counters_topic,
-            codec.encode_json(report),
-            qos=1,
-            retain=True,
-            content_type=codec.JSON,
-            expiry_s=expiry_s,
-        )
-        if info.rc == paho.MQTT_ERR_SUCCESS:
+        with self._counters_lock:
+            if self._stopping.is_set() and not final:
+                return  # stop() publishes the last ones
+            snapshot = self.counters.snapshot()
+            due = time.monotonic() - self._counters_published_at >= self._refresh_s
+            if snapshot == self._published_counters and not (due or final):
+                return
+            report = ServiceCounters(self.service, self.instance, time.time(), self._started_ts, snapshot)
+            info = self.publish(
+                self.counters_topic,
+                codec.encode_json(report),
+                qos=1,
+                retain=True,
+                content_type=codec.JSON,
+                expiry_s=self._counters_expiry_s(final),
+            )
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                return
             self._published_counters = snapshot
             self._counters_published_at = time.monotonic()
-            if wait_s > 0:
-                info.wait_for_publish(timeout=wait_s)
+        if wait_s > 0:
+            info.wait_for_publish(timeout=wait_s)
+
+    @property
+    def _refresh_s(self) -> float:
+        """How often unchanged counters are published again, so they do not expire (0: never)."""
+        return COUNTERS_REFRESH_INTERVALS * self.settings.counters_interval_s
+
+    def _counters_expiry_s(self, final: bool) -> int:
+        """A day for the last counters of a clean stop (or without refreshes); else a few refreshes."""
+        if final or not self._refresh_s:
+            return GONE_RETAINED_S
+        return min(MAX_EXPIRY_S, max(1, math.ceil(COUNTERS_EXPIRY_REFRESHES * self._refresh_s)))
 
     def _report_counters(self) -> None:
         """Every ``counters_interval_s``, while connected: the counters, if they changed or are due."""
