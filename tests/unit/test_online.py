@@ -82,3 +82,12 @@ def test_settings_refuse_what_the_service_would(bad) -> None:
 def test_online_scoring_needs_a_trained_model() -> None:
     with pytest.raises(RuntimeError, match="before fit"):
         create_model("gon", seed=0, **TINY).score_online(sinusoids(10, seed=0), None)
+
+
+def test_dspot_falls_back_to_spot_after_a_fine_tune_on_few_windows(trained) -> None:
+    """A fine-tune learnt from ~10 windows has ~10 calibration scores: too few for DSPOT of depth 30."""
+    model, train, test = trained
+    settings = OnlineSettings(reference=3, quantile=1.0, min_interval_steps=20, pot_mode="dspot", dspot_depth=30)
+    run = model.score_online(test, train, settings)
+    assert run.fine_tunes and run.fine_tunes[0]["windows"] <= 30
+    assert np.isfinite(run.thresholds).all()

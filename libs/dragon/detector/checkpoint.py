@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 import torch
 from torch import Tensor, nn
 
 from dragon.detector.gon import GonConfig, build_discriminator
 from dragon.detector.pot import PotState, StreamingPot
 from dragon.detector.scaling import MinMaxScaler
+
+log = structlog.get_logger(__name__)
 
 FORMAT = "dragon-detector-checkpoint"
 VERSION = 1
@@ -105,11 +108,27 @@ class Checkpoint:
         """The host's own POT state if it has one, else the default."""
         return PotState.from_dict(self.pot.get(host, self.pot[DEFAULT_HOST]))
 
+    def usable_drift_depth(self, depth: int) -> int:
+        """``depth`` if DSPOT can start from this checkpoint's calibration scores, else 0 (SPOT).
+
+        DSPOT calibrates on more than ``depth`` of the newest calibration scores: checkpoints
+        written before that field have none, and a fine-tune learnt from few windows has few.
+        """
+        if depth and len(self.calibration_tail) <= depth:
+            log.warning(
+                "dspot_needs_calibration_scores_using_spot",
+                model_id=self.model_id,
+                calibration_scores=len(self.calibration_tail),
+                depth=depth,
+            )
+            return 0
+        return depth
+
     def streaming_pot(self, host: str = DEFAULT_HOST, depth: int = 0) -> StreamingPot:
         """Where ``host``'s streaming threshold starts under this model: SPOT, or DSPOT if ``depth`` > 0.
 
-        DSPOT starts from the newest training scores (``calibration_tail``), its drift-free form.
-        A new object each call.
+        DSPOT starts from the newest training scores (``calibration_tail``), its drift-free form;
+        pass a depth :meth:`usable_drift_depth` allows. A new object each call.
         """
         pot = self.pot_state(host)
         if not depth:

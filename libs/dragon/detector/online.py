@@ -80,7 +80,7 @@ def _threshold_of(checkpoint: Checkpoint, settings: OnlineSettings) -> _StaticTh
     if settings.pot_mode == "static":
         return _StaticThreshold(checkpoint.pot_state().z_q)
     depth = settings.dspot_depth if settings.pot_mode == "dspot" else 0
-    return checkpoint.streaming_pot(DEFAULT_HOST, depth)
+    return checkpoint.streaming_pot(DEFAULT_HOST, checkpoint.usable_drift_depth(depth))  # SPOT if too few scores
 
 
 def score_online(

@@ -53,16 +53,7 @@ class Scorer:
         self.scaler = checkpoint.scaler()
         self._thresholds: dict[str, float] = {}
         self.streaming = pot_mode != "static"
-        self.drift_depth = pot_depth if pot_mode == "dspot" else 0  # 0: SPOT
-        if self.drift_depth and len(checkpoint.calibration_tail) <= self.drift_depth:
-            # DSPOT calibrates on the newest training scores: checkpoints older than that field lack them.
-            log.warning(
-                "dspot_needs_calibration_scores_using_spot",
-                model_id=self.model_id,
-                calibration_scores=len(checkpoint.calibration_tail),
-                depth=self.drift_depth,
-            )
-            self.drift_depth = 0
+        self.drift_depth = checkpoint.usable_drift_depth(pot_depth if pot_mode == "dspot" else 0)  # 0: SPOT
 
     @property
     def window(self) -> int:
