@@ -144,21 +144,22 @@ def run_scope(scope: str, args) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def outside_training_range(stack: LeiStack) -> Callable[[str, float], dict[str, float]]:
+def outside_training_range(stack: LeiStack) -> Callable[[str, float], dict[str, float] | None]:
     """``(host, ts) -> {metric: spans}``: how far the host's sample at ``ts`` lay outside the served
-    model's scaler bounds (negative: below), from the checkpoint and the samples kept in Redis."""
+    model's scaler bounds (negative: below), from the checkpoint and the samples kept in Redis;
+    ``{}`` when every metric was inside, None when the sample or the model was not found."""
     client = stack.redis_client()
     checkpoint = ModelStore(client, stack.lei, model_dir="").fetch()
     samples = WindowStore(client, stack.lei, history=2)
     stored = {host: samples.all_stored(host) for host in stack.hosts}
     if checkpoint is None:
-        return lambda host, ts: {}
+        return lambda host, ts: None
     lo, hi = np.asarray(checkpoint.lo), np.asarray(checkpoint.hi)
 
-    def outside(host: str, ts: float) -> dict[str, float]:
+    def outside(host: str, ts: float) -> dict[str, float] | None:
         sample = next((s for s in stored.get(host, []) if abs(s.ts - ts) < 1e-6), None)
         if sample is None:
-            return {}
+            return None
         scaled = (np.asarray(sample.vector) - lo) / (hi - lo)
         beyond = np.where(scaled > 1, scaled - 1, np.where(scaled < 0, scaled, 0.0))
         return {name: round(float(v), 3) for name, v in zip(HOST_METRICS, beyond, strict=True) if v}
@@ -173,7 +174,7 @@ def evaluate(
     phase_end: float,
     grace: float,
     mode: str,
-    outside: Callable[[str, float], dict[str, float]] = lambda host, ts: {},
+    outside: Callable[[str, float], dict[str, float] | None] = lambda host, ts: None,
 ) -> dict:
     injections, starts, faults = [], [], []
     thresholds: dict[str, list[tuple[float, float]]] = {}  # host -> (ts, threshold) of its observed verdicts
