@@ -15,11 +15,13 @@ pytestmark = pytest.mark.integration
 
 FINE_TUNE_TIMEOUT_S = 60
 # Forced open: fine-tune as soon as the mean confidence of a host's newest 2 normal windows is
-# below the largest of its first 6 under the model, at once after the model starts serving.
+# below the largest of its first 6 under the model, at once after the model starts serving, and
+# with a store of 12 clean windows that is full long before POT's 500 at level 0.98.
 FORCED_ENV = {
     "DRAGON_FINETUNE_MIN_INTERVAL": "0",
     "DRAGON_FINETUNE_QUANTILE": "1.0",
     "DRAGON_FINETUNE_REFERENCE": "6",
+    "DRAGON_FINETUNE_WINDOWS": "12",
     "DRAGON_FINETUNE_STEPS": "3",
 }
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from dragon.detector.checkpoint import Checkpoint
+from dragon.detector.checkpoint import DEFAULT_HOST, Checkpoint
 from dragon.detector.config import DetectorConfig
-from dragon.detector.finetune import CleanStreaks, ConfidenceGate, confidence, fine_tune
+from dragon.detector.finetune import CleanStreaks, ConfidenceGate, confidence, enough_to_recalibrate, fine_tune
 from dragon.detector.gon import GonConfig, evaluate_gon, fault_scores, make_windows
 from dragon.detector.health import Transition
 from dragon.detector.learning import FineTuner, min_span
@@ -242,7 +243,8 @@ class FakeModels:
 
 
 def tuner_with(models: FakeModels) -> FineTuner:
-    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_quantile=1.0, finetune_windows=64, finetune_steps=2)
+    # Two windows kept: the store is full, so a fine-tune need not wait for enough to fit POT on.
+    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_quantile=1.0, finetune_windows=2, finetune_steps=2)
     tuner = FineTuner(config, models, "replica-a", "lei-test")
     # Reference: one window; fire when the newest normal window is less confident than it.
     tuner.gate = ConfidenceGate(0.0, 1.0, reference=1, recent=1)
@@ -274,6 +276,26 @@ def test_fine_tuner_publishes_a_model_tuned_on_normal_windows_only(checkpoint, d
     assert tuned.meta["fine_tune"]["windows"] == 2  # the reference and the last one, nothing near the fault
     assert models.unlocked == 1
     assert scorer.model_id == checkpoint.model_id  # the served model is replaced by the service, not here
+
+
+def test_a_fine_tune_waits_for_windows_enough_to_give_pot_its_peaks(checkpoint):
+    assert checkpoint.pot_state().level == 0.98  # MIN_PEAKS (10) / 0.02 = 500 windows
+    assert not enough_to_recalibrate(checkpoint, 499, full=False)
+    assert enough_to_recalibrate(checkpoint, 500, full=False)
+    assert enough_to_recalibrate(checkpoint, 20, full=True)  # all that DRAGON_FINETUNE_WINDOWS keeps
+    level_90 = dataclasses.replace(checkpoint, pot={DEFAULT_HOST: checkpoint.pot_state().to_dict() | {"level": 0.9}})
+    assert [enough_to_recalibrate(level_90, n, full=False) for n in (99, 100)] == [False, True]
+
+
+def test_fine_tuner_with_room_for_more_waits_until_pot_can_be_fitted(checkpoint, drifted):
+    scorer = Scorer(checkpoint)
+    prev, nxt = by_confidence(scorer, *drifted)
+    models = FakeModels(checkpoint.model_id)
+    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_quantile=1.0, finetune_steps=2)  # 1024 kept
+    tuner = FineTuner(config, models, "replica-a", "lei-test")
+    tuner.gate = ConfidenceGate(0.0, 1.0, reference=1, recent=1)  # open: the wait is under test
+    tuner.observe(scorer, ["h1"] * len(nxt), prev, nxt, [True] * len(nxt))
+    assert len(tuner._normal) < 500 and tuner._thread is None
 
 
 def test_fine_tuner_does_nothing_without_the_lock(checkpoint, drifted):

@@ -291,7 +291,8 @@ class OpenGate(ConfidenceGate):
 def test_a_lei_model_is_fine_tuned_on_steps_where_every_host_was_clean(lei_model):
     scorer, history = lei_model
     models = FakeModels(scorer.model_id)
-    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
+    # Room for two steps of three hosts: once two are kept, a fine-tune need not wait for more.
+    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=6, finetune_steps=2)
     tuner = FineTuner(config, models, "replica-a", "lei-test")
     tuner.gate = OpenGate(0.0, 1.0, reference=1, recent=1)
     times = range(-8, 0)

@@ -7,6 +7,7 @@ import pytest
 
 from dragon.detector.baselines import GonModel, create_model
 from dragon.detector.online import OnlineSettings
+from dragon.detector.pot import fit_pot
 
 pytestmark = pytest.mark.unit
 
@@ -44,7 +45,7 @@ def test_a_fine_tune_swaps_the_model_and_restarts_its_threshold(trained) -> None
     model, train, test = trained
     served = model.checkpoint.model_id
     # Floor = the highest reference confidence: the gate fires as soon as it may.
-    run = model.score_online(test, train, OnlineSettings(reference=3, quantile=1.0, min_interval_steps=20))
+    run = model.score_online(test, train, OnlineSettings(reference=3, quantile=1.0, min_interval_steps=20, windows=10))
     static, _ = model.score(test, history=train)
     assert len(run.fine_tunes) >= 2
     first, second = run.fine_tunes[0]["step"], run.fine_tunes[1]["step"]
@@ -53,13 +54,23 @@ def test_a_fine_tune_swaps_the_model_and_restarts_its_threshold(trained) -> None
     assert (run.thresholds[first + 1 : second + 1] == run.fine_tunes[0]["threshold"]).all()
     assert np.allclose(run.scores[: first + 1], static[: first + 1], rtol=1e-4, atol=1e-5)
     assert not np.allclose(run.scores[first + 1 :], static[first + 1 :], rtol=1e-4, atol=1e-5)
-    assert 2 <= run.fine_tunes[0]["windows"] <= first + 1
+    assert run.fine_tunes[0]["windows"] == 10  # the store full: fewer than POT's 500 at level 0.98, all there are
     assert model.checkpoint.model_id == served  # fine-tunes worked on copies
+
+
+def test_a_fine_tune_waits_for_windows_enough_to_fit_pot_on(trained) -> None:
+    model, train, test = trained
+    open_gate = {"reference": 3, "quantile": 1.0, "min_interval_steps": 20}
+    # POT at level 0.98 needs 500 windows for 10 peaks: the 120 steps of the test never give them.
+    assert model.score_online(test, train, OnlineSettings(**open_gate)).fine_tunes == []
+    level_80 = fit_pot(model.score(train)[0], level=0.8)  # 50 windows give it 10 peaks: it may start sooner
+    run = model.score_online(test, train, OnlineSettings(**open_gate), pot=level_80)
+    assert run.fine_tunes and run.fine_tunes[0]["windows"] >= 50
 
 
 def test_the_same_seed_gives_the_same_online_run(trained) -> None:
     model, train, test = trained
-    settings = OnlineSettings(reference=3, quantile=1.0, min_interval_steps=20)
+    settings = OnlineSettings(reference=3, quantile=1.0, min_interval_steps=20, windows=10)
     first, again = (model.score_online(test, train, settings) for _ in range(2))
     np.testing.assert_array_equal(first.scores, again.scores)
     assert [t["step"] for t in first.fine_tunes] == [t["step"] for t in again.fine_tunes]
@@ -87,7 +98,9 @@ def test_online_scoring_needs_a_trained_model() -> None:
 def test_dspot_falls_back_to_spot_after_a_fine_tune_on_few_windows(trained) -> None:
     """A fine-tune learnt from ~10 windows has ~10 calibration scores: too few for DSPOT of depth 30."""
     model, train, test = trained
-    settings = OnlineSettings(reference=3, quantile=1.0, min_interval_steps=20, pot_mode="dspot", dspot_depth=30)
+    settings = OnlineSettings(
+        reference=3, quantile=1.0, min_interval_steps=20, windows=10, pot_mode="dspot", dspot_depth=30
+    )
     run = model.score_online(test, train, settings)
     assert run.fine_tunes and run.fine_tunes[0]["windows"] <= 30
     assert np.isfinite(run.thresholds).all()

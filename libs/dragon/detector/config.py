@@ -122,8 +122,9 @@ class DetectorConfig:
     )
     finetune_windows: int = setting(
         "DRAGON_FINETUNE_WINDOWS",
-        256,
-        "newest normal windows a fine-tune learns from and recalibrates POT on",
+        1024,
+        "newest normal windows a fine-tune learns from and recalibrates POT on; a fine-tune waits for enough "
+        "of them to give POT 10 peaks (500 at level 0.98), or for this many",
         "windows",
     )
     finetune_steps: int = setting("DRAGON_FINETUNE_STEPS", 10, "Adam steps of one fine-tune", "steps")

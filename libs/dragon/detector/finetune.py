@@ -16,6 +16,7 @@ Shapes: ``B`` windows, ``k`` window length, ``n`` features.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from dragon.detector.checkpoint import Checkpoint
 from dragon.detector.gon import GonConfig, SeriesWindows, WindowSet, evaluate_gon, fault_scores, gon_loss
 from dragon.detector.lei import LeiBatch, LeiStep, by_shape
 from dragon.detector.optim import Adam
+from dragon.detector.pot import MIN_PEAKS
 from dragon.detector.train import calibrated_checkpoint
 
 if TYPE_CHECKING:  # the scorer imports nothing from here; only the annotation needs it
@@ -168,6 +170,20 @@ class CleanStreaks:
         streak = self._normal_in_a_row.get(host, 0) + 1 if normal else 0
         self._normal_in_a_row[host] = streak
         return streak >= window
+
+
+def enough_to_recalibrate(checkpoint: Checkpoint, windows: int, full: bool) -> bool:
+    """Whether ``windows`` kept clean windows are enough for a fine-tune of ``checkpoint`` to start.
+
+    A fine-tune recalibrates POT on the new model's scores of the windows it learnt from. Below
+    ``MIN_PEAKS / (1 - level)`` of them (500 at the default level 0.98) the tail has fewer than
+    ``MIN_PEAKS`` peaks and POT falls back to an exponential tail: a threshold extrapolated from
+    a handful of scores, which on FTSAD-1 moved the alarms more than the fine-tune moved the
+    model (docs/detector-quality.md). So a fine-tune waits for that many, or until the store of
+    clean windows is ``full`` (DRAGON_FINETUNE_WINDOWS set lower than that).
+    """
+    needed = math.ceil(MIN_PEAKS / (1.0 - checkpoint.pot_state().level) - 1e-9)  # 1e-9: 10 / 0.02 is 500.000...04
+    return full or windows >= needed
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from dragon.detector.finetune import (
     ConfidenceGate,
     TuningGroup,
     confidence,
+    enough_to_recalibrate,
     fine_tune_groups,
     host_groups,
     lei_confidence,
@@ -214,7 +215,8 @@ class FineTuner:
         for i, (host, value, is_normal) in enumerate(zip(hosts, values.tolist(), normal, strict=True)):
             if self._judged(scorer, host, value, is_normal):
                 self._normal.append((prev[i], nxt[i]))
-        if len(self._normal) >= 2:
+        full = len(self._normal) == self._normal.maxlen
+        if enough_to_recalibrate(scorer.checkpoint, len(self._normal), full):
             prev_w, next_w = stacked(self._normal)
             self._fire_if_drifted(scorer, lambda checkpoint: host_groups(checkpoint, prev_w, next_w))
 
@@ -241,7 +243,10 @@ class FineTuner:
                 self._steps.append(step)
                 while sum(len(s.hosts) for s in self._steps) > self.config.finetune_windows:
                     self._steps.popleft()
-        if len(self._steps) >= 2:
+        windows = sum(len(s.hosts) for s in self._steps)
+        # Full: another step as large as the newest would push the oldest out.
+        full = bool(self._steps) and windows + len(self._steps[-1].hosts) > self.config.finetune_windows
+        if len(self._steps) >= 2 and enough_to_recalibrate(scorer.checkpoint, windows, full):
             kept = list(self._steps)
             self._fire_if_drifted(scorer, lambda checkpoint: lei_groups(checkpoint, kept))
 

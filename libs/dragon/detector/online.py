@@ -26,7 +26,7 @@ import torch
 from dragon.config import default_of
 from dragon.detector.checkpoint import DEFAULT_HOST, Checkpoint
 from dragon.detector.config import ONLINE_MIN_INTERVAL_STEPS, POT_MODES, DetectorConfig
-from dragon.detector.finetune import CleanStreaks, ConfidenceGate, confidence, fine_tune
+from dragon.detector.finetune import CleanStreaks, ConfidenceGate, confidence, enough_to_recalibrate, fine_tune
 from dragon.detector.gon import fault_scores
 from dragon.detector.pot import StreamingPot
 
@@ -90,8 +90,9 @@ def score_online(
 
     After each step: the verdict (score >= threshold in force) extends or breaks the series'
     clean streak; a clean window's confidence D(W_t) feeds the gate and the window joins the
-    newest ``settings.windows``; when the gate fires, the model is fine-tuned on those and
-    judges from the next step on, with a threshold restarted from its recalibration.
+    newest ``settings.windows``; when the gate fires, once enough are kept to recalibrate POT
+    on, the model is fine-tuned on those and judges from the next step on, with a threshold
+    restarted from its recalibration.
     """
     settings = settings or OnlineSettings()
     if prev.shape != nxt.shape or prev.ndim != 3:
@@ -113,7 +114,7 @@ def score_online(
         gate.observe(DEFAULT_HOST, float(confidence(model, window.numpy())[0]), is_clean)
         if is_clean:
             clean.append(step)
-        if len(clean) >= 2 and gate.check():
+        if enough_to_recalibrate(checkpoint, len(clean), len(clean) == clean.maxlen) and gate.check():
             started = time.perf_counter()
             learnt = np.asarray(clean)
             checkpoint = fine_tune(checkpoint, prev[learnt], nxt[learnt], steps=settings.steps, source="bench")
