@@ -104,3 +104,14 @@ def test_dspot_falls_back_to_spot_after_a_fine_tune_on_few_windows(trained) -> N
     run = model.score_online(test, train, settings)
     assert run.fine_tunes and run.fine_tunes[0]["windows"] <= 30
     assert np.isfinite(run.thresholds).all()
+
+
+def test_a_fine_tune_reports_the_threshold_the_new_model_first_judged_against(trained) -> None:
+    model, train, test = trained
+    settings = OnlineSettings(
+        reference=3, quantile=1.0, min_interval_steps=20, windows=10, pot_mode="dspot", dspot_depth=3
+    )
+    run = model.score_online(test, train, settings)
+    assert run.fine_tunes
+    for tune in run.fine_tunes:  # DSPOT's drift included, not the recalibration's z_q alone
+        assert tune["threshold"] == run.thresholds[tune["step"] + 1]

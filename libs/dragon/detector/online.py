@@ -63,7 +63,8 @@ class OnlineRun:
     scores: np.ndarray  # (T,) eq. 13 (or the configured fault score) under the model serving at each step
     contributions: np.ndarray  # (T, n) each feature's share of the score
     thresholds: np.ndarray  # (T,) the threshold each step was judged against
-    fine_tunes: list[dict[str, Any]] = field(default_factory=list)  # step, windows, seconds, threshold
+    # step, windows, seconds, and the threshold the new model first judged against (None after the last step)
+    fine_tunes: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _StaticThreshold:
@@ -125,7 +126,8 @@ def score_online(
                     "step": step,
                     "windows": len(learnt),
                     "seconds": round(time.perf_counter() - started, 3),
-                    "threshold": checkpoint.pot_state().z_q,
                 }
             )
+    for tune in run.fine_tunes:  # the threshold the new model first judged against: DSPOT adds its drift
+        tune["threshold"] = float(run.thresholds[tune["step"] + 1]) if tune["step"] + 1 < len(nxt) else None
     return run
