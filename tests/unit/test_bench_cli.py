@@ -80,13 +80,28 @@ def test_zscore_finds_the_planted_fault(tmp_path) -> None:
     assert report["roc_auc"] > 0.95 and report["hit_rate_100"] == 1.0 and report["ndcg_100"] == 1.0
 
 
-def test_online_fine_tunes_as_the_service_does_and_reports_each_fine_tune(tmp_path) -> None:
+def test_online_reports_its_settings_and_a_list_of_fine_tunes(tmp_path) -> None:
+    # 80 steps are too few for a fine-tune here (60 reference windows, then 500 to refit POT on):
+    # test_online.py makes fine-tunes happen; this checks the command's wiring and report.
     out, data = tmp_path / "r.json", make_dataset(tmp_path / "data")
     assert bench(data, out, "--model", "gon", *TINY_GON, "--online", "--online-interval", "7") == 0
     report = json.loads(out.read_text())
     assert isinstance(report["fine_tunes"], list)
     assert report["params"]["online"]["min_interval_steps"] == 7 and report["params"]["online"]["reference"] == 60
     assert report["roc_auc_relative"] is not None and np.load(tmp_path / "r.scores.npy").shape == (80,)
+
+
+def test_online_judges_against_the_threshold_the_bench_fitted_with_its_risk(tmp_path) -> None:
+    data = make_dataset(tmp_path / "data")
+    reports = {}
+    for name, extra in {"off": [], "on": ["--online"], "on-1e-4": ["--online", "--pot-q", "1e-4"]}.items():
+        risk = ["--pot-q", "1e-2"] if name != "on-1e-4" else []
+        gon = ["--model", "gon", *TINY_GON, "--param", "fault_score=excess+unreal"]  # no ties at 0: a real tail
+        assert bench(data, tmp_path / f"{name}.json", *gon, *risk, *extra) == 0
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert reports["on"]["fine_tunes"] == []  # so the threshold in force is the one fitted on training scores
+    assert reports["on"]["threshold"] == reports["off"]["threshold"]
+    assert reports["on-1e-4"]["threshold"] > reports["on"]["threshold"]  # a smaller risk, a higher threshold
 
 
 def test_online_refuses_a_model_that_cannot_fine_tune(tmp_path, capsys) -> None:
