@@ -10,7 +10,7 @@ import redis
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.wait_strategies import ExecWaitStrategy
 
-from dragon.detector.health import HostFaultState, unjudged
+from dragon.detector.health import FaultHysteresis, HostFaultState, unjudged
 from dragon.detector.pot import StreamingPot
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.store import WindowStore, padded_window
@@ -92,6 +92,17 @@ def test_clean_streaks_count_normal_windows_with_no_fault_in_force_for_every_rep
     assert streaks == [1, 2, 3, 0, 0, 0, 1, 2]
     state.update("h1", 2.5, 0)  # a stale window changes nothing
     assert other.clean_streaks(["h1", "never-seen"]) == {"h1": 2, "never-seen": 0}
+
+
+def test_the_replay_in_memory_keeps_the_scripts_clean_streaks(client):
+    """FaultHysteresis (what `bench --online` learns by) counts what the service's script counts."""
+    labels = np.random.default_rng(3).random(400) < 0.15  # alarms now and then, some in runs
+    for clear in (1, 3):
+        state, replay, run = HostFaultState(client, f"t-replay-{clear}", clear), FaultHysteresis(clear), 0
+        for ts, label in enumerate(labels.astype(int), start=1):
+            state.update("h1", float(ts), int(label))
+            run = run + 1 if replay.update(int(label)) else 0
+            assert state.clean_streaks(["h1"])["h1"] == run, (clear, ts)
 
 
 def test_two_replicas_applying_the_same_window_publish_it_once(client):

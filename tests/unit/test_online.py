@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dragon.detector.baselines import GonModel, create_model
+from dragon.detector.health import FaultHysteresis
 from dragon.detector.online import OnlineSettings
 from dragon.detector.pot import fit_pot
 
@@ -83,7 +84,15 @@ def test_spot_moves_the_threshold_between_fine_tunes(trained) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"pot_mode": "median"}, {"reference": 2}, {"windows": 1}, {"steps": 0}, {"min_interval_steps": -1}]
+    "bad",
+    [
+        {"pot_mode": "median"},
+        {"reference": 2},
+        {"windows": 1},
+        {"steps": 0},
+        {"min_interval_steps": -1},
+        {"clear_windows": 0},
+    ],
 )
 def test_settings_refuse_what_the_service_would(bad) -> None:
     with pytest.raises(ValueError):
@@ -115,3 +124,23 @@ def test_a_fine_tune_reports_the_threshold_the_new_model_first_judged_against(tr
     assert run.fine_tunes
     for tune in run.fine_tunes:  # DSPOT's drift included, not the recalibration's z_q alone
         assert tune["threshold"] == run.thresholds[tune["step"] + 1]
+
+
+def test_a_fault_ends_only_after_clear_windows_normal_verdicts_before_windows_count_again() -> None:
+    faults = FaultHysteresis(clear_windows=2)
+    labels = [0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0]
+    assert [faults.update(label) for label in labels] == [1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1]
+
+
+def test_the_replay_learns_only_once_a_fault_has_ended(trained) -> None:
+    model, train, test = trained
+    settings = {"reference": 3, "quantile": 1.0, "min_interval_steps": 20, "windows": 10}
+    quick, slow = (
+        model.score_online(test, train, OnlineSettings(**settings, clear_windows=clear)) for clear in (1, 40)
+    )
+    first_alarm = int(np.argmax(slow.scores >= slow.thresholds))  # the heavier load, at step 60
+    assert 0 < first_alarm
+    assert any(tune["step"] > first_alarm for tune in quick.fine_tunes)
+    # A fault that needs 40 normal windows to end, then k clean ones: nothing is learnt before that.
+    hold = first_alarm + 40 + TINY["window"]
+    assert not any(first_alarm < tune["step"] <= hold for tune in slow.fine_tunes)

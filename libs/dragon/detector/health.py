@@ -107,6 +107,32 @@ class HostFaultState:
         return {host: int(value or 0) for host, value in zip(hosts, pipe.execute(), strict=True)}
 
 
+class FaultHysteresis:
+    """The transition script's rule for one host, in memory, for a replay that has no Redis.
+
+    An alarm opens a fault; it ends after ``clear_windows`` normal windows in a row, the one
+    that ends it still part of it. :meth:`update` says whether a window was normal with no
+    fault in force: what the script counts in ``clean_streak`` and the service learns from.
+    """
+
+    def __init__(self, clear_windows: int) -> None:
+        if clear_windows < 1:
+            raise ValueError(f"clear_windows must be at least 1, got {clear_windows}")
+        self._clear = clear_windows
+        self._faulty = False
+        self._normal_streak = 0
+
+    def update(self, label: int) -> bool:
+        if label:
+            self._faulty, self._normal_streak = True, 0
+            return False
+        if self._faulty:
+            self._normal_streak += 1
+            self._faulty = self._normal_streak < self._clear
+            return False
+        return True
+
+
 def _transition(kind: bytes | str, since: bytes | str) -> Transition:
     kind = kind.decode() if isinstance(kind, bytes) else kind
     since = since.decode() if isinstance(since, bytes) else since

@@ -28,6 +28,7 @@ from dragon.detector.checkpoint import DEFAULT_HOST, Checkpoint
 from dragon.detector.config import ONLINE_MIN_INTERVAL_STEPS, POT_MODES, DetectorConfig
 from dragon.detector.finetune import CleanStreaks, ConfidenceGate, confidence, enough_to_recalibrate, fine_tune
 from dragon.detector.gon import fault_scores
+from dragon.detector.health import FaultHysteresis
 from dragon.detector.pot import StreamingPot
 
 
@@ -46,13 +47,21 @@ class OnlineSettings:
     min_interval_steps: int = ONLINE_MIN_INTERVAL_STEPS  # at least this many steps between fine-tunes
     pot_mode: str = "static"  # static POT, streaming SPOT or drift-aware DSPOT, restarted by each new model
     dspot_depth: int = 20
+    clear_windows: int = _service_default("clear_windows")  # normal windows in a row before a fault ends
 
     def __post_init__(self) -> None:
         if self.pot_mode not in POT_MODES:
             raise ValueError(f"pot_mode must be one of {list(POT_MODES)}, got {self.pot_mode!r}")
-        if self.reference < 3 or self.windows < 2 or self.steps < 1 or self.min_interval_steps < 0:
+        if (
+            self.reference < 3
+            or self.windows < 2
+            or self.steps < 1
+            or self.min_interval_steps < 0
+            or self.clear_windows < 1
+        ):
             raise ValueError(
-                "online fine-tuning needs reference >= 3, windows >= 2, steps >= 1, min_interval_steps >= 0"
+                "online fine-tuning needs reference >= 3, windows >= 2, steps >= 1, min_interval_steps >= 0, "
+                "clear_windows >= 1"
             )
 
 
@@ -89,11 +98,13 @@ def score_online(
 ) -> OnlineRun:
     """Judge raw window pairs (W_{t-1}, W_t), (T, k, n) each, in order, fine-tuning as the service does.
 
-    After each step: the verdict (score >= threshold in force) extends or breaks the series'
-    clean streak; a clean window's confidence D(W_t) feeds the gate and the window joins the
-    newest ``settings.windows``; when the gate fires, once enough are kept to recalibrate POT
-    on, the model is fine-tuned on those and judges from the next step on, with a threshold
-    restarted from its recalibration.
+    After each step: the verdict (score >= threshold in force) opens a fault, or after
+    ``settings.clear_windows`` normal ones ends it, as the service's fault state does; a normal
+    verdict with no fault in force extends the series' clean streak, anything else breaks it; a
+    clean window's confidence D(W_t) feeds the gate and the window joins the newest
+    ``settings.windows``; when the gate fires, once enough are kept to recalibrate POT on, the
+    model is fine-tuned on those and judges from the next step on, with a threshold restarted
+    from its recalibration.
     """
     settings = settings or OnlineSettings()
     if prev.shape != nxt.shape or prev.ndim != 3:
@@ -102,7 +113,8 @@ def score_online(
     gate = ConfidenceGate(
         settings.min_interval_steps, settings.quantile, reference=settings.reference, clock=lambda: step
     )
-    streaks, clean = CleanStreaks(), deque(maxlen=settings.windows)  # clean: step indices
+    faults, streaks = FaultHysteresis(settings.clear_windows), CleanStreaks()
+    clean: deque[int] = deque(maxlen=settings.windows)  # step indices
     run = OnlineRun(np.zeros(len(nxt)), np.zeros((len(nxt), nxt.shape[2])), np.zeros(len(nxt)))
     model, scaler, threshold = checkpoint.build_model(), checkpoint.scaler(), _threshold_of(checkpoint, settings)
     for step in range(len(nxt)):
@@ -111,7 +123,8 @@ def score_online(
         score, share = fault_scores(model, before, window, checkpoint.config)
         run.scores[step], run.contributions[step] = float(score[0]), share[0].double().numpy()
         run.thresholds[step], alarm = threshold.update(run.scores[step])
-        is_clean = streaks.update(DEFAULT_HOST, not alarm, checkpoint.config.window)
+        no_fault = faults.update(int(alarm))  # normal, and no fault in force (it ends after clear_windows)
+        is_clean = streaks.update(DEFAULT_HOST, no_fault, checkpoint.config.window)
         gate.observe(DEFAULT_HOST, float(confidence(model, window.numpy())[0]), is_clean)
         if is_clean:
             clean.append(step)
