@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from dragon.detector import learning
 from dragon.detector.checkpoint import DEFAULT_HOST, Checkpoint
 from dragon.detector.config import DetectorConfig
 from dragon.detector.finetune import CleanStreaks, ConfidenceGate, confidence, enough_to_recalibrate, fine_tune
@@ -242,9 +243,16 @@ class FakeModels:
         return True
 
 
-def tuner_with(models: FakeModels) -> FineTuner:
-    # Two windows kept: the store is full, so a fine-tune need not wait for enough to fit POT on.
-    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_quantile=1.0, finetune_windows=2, finetune_steps=2)
+@pytest.fixture
+def two_windows_suffice(monkeypatch):
+    """Let a fine-tune start on two windows: what is learnt is under test, not how many POT needs."""
+    monkeypatch.setattr(learning, "enough_to_recalibrate", lambda checkpoint, windows, full: windows >= 2)
+
+
+def tuner_with(models: FakeModels, windows: int = 64) -> FineTuner:
+    config = DetectorConfig(
+        finetune_min_interval_s=0.0, finetune_quantile=1.0, finetune_windows=windows, finetune_steps=2
+    )
     tuner = FineTuner(config, models, "replica-a", "lei-test")
     # Reference: one window; fire when the newest normal window is less confident than it.
     tuner.gate = ConfidenceGate(0.0, 1.0, reference=1, recent=1)
@@ -257,7 +265,7 @@ def by_confidence(scorer: Scorer, prev: np.ndarray, nxt: np.ndarray) -> tuple[np
     return prev[order], nxt[order]
 
 
-def test_fine_tuner_publishes_a_model_tuned_on_normal_windows_only(checkpoint, drifted):
+def test_fine_tuner_publishes_a_model_tuned_on_normal_windows_only(checkpoint, drifted, two_windows_suffice):
     scorer = Scorer(checkpoint)
     prev, nxt = by_confidence(scorer, *drifted)
     models = FakeModels(checkpoint.model_id)
@@ -298,7 +306,19 @@ def test_fine_tuner_with_room_for_more_waits_until_pot_can_be_fitted(checkpoint,
     assert len(tuner._normal) < 500 and tuner._thread is None
 
 
-def test_fine_tuner_does_nothing_without_the_lock(checkpoint, drifted):
+def test_fine_tuner_starts_once_pot_has_its_windows_before_the_store_is_full(checkpoint, drifted):
+    scorer = Scorer(checkpoint)
+    prev, nxt = by_confidence(scorer, *drifted)
+    models = FakeModels(checkpoint.model_id)
+    tuner = tuner_with(models, windows=1024)  # the default store: 501 windows do not fill it
+    # 504 copies of the most confident window, then the least confident: 501 clean ones in all.
+    order = [0] * (WINDOW + 499) + [len(nxt) - 1]
+    tuner.observe(scorer, ["h1"] * len(order), prev[order], nxt[order], [True] * len(order))
+    tuner._thread.join(timeout=60)
+    assert models.published[0].meta["fine_tune"]["windows"] == 500 + 1
+
+
+def test_fine_tuner_does_nothing_without_the_lock(checkpoint, drifted, two_windows_suffice):
     scorer = Scorer(checkpoint)
     prev, nxt = by_confidence(scorer, *drifted)
     models = FakeModels(checkpoint.model_id, lock_free=False)

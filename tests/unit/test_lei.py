@@ -7,6 +7,8 @@ from dataclasses import replace
 import msgpack
 import numpy as np
 import pytest
+import structlog
+import structlog.testing
 
 from dragon.detector.config import DetectorConfig
 from dragon.detector.finetune import ConfidenceGate
@@ -314,7 +316,8 @@ def test_a_lei_model_is_fine_tuned_on_steps_where_every_host_was_clean(lei_model
 
 def test_a_step_is_kept_only_when_every_host_in_it_is_clean_whoever_judged_it(lei_model):
     scorer, history = lei_model
-    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
+    # Room for two steps of three hosts: the store is full, so only the gate can hold the fine-tune back.
+    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=6, finetune_steps=2)
     tuner = FineTuner(config, FakeModels(scorer.model_id), "replica-a", "lei-test")
     tuner.gate = OpenGate(0.0, 1.0, reference=1, recent=1)
     # This replica judges h0 only; h2 belongs to another replica, which saw it faulty lately.
@@ -323,6 +326,20 @@ def test_a_step_is_kept_only_when_every_host_in_it_is_clean_whoever_judged_it(le
     # Two later steps in the batch: at the first step h2 may have had only K - 1 clean windows.
     assert [step.judged[0][1].ts for step in tuner._steps] == [history["h0"][i].ts for i in (-2, -1)]
     assert tuner._thread is None  # h0's own windows are too few yet (3 < k) for the gate to fire
+
+
+def test_a_store_too_small_for_two_steps_of_this_lei_says_so_once(lei_model):
+    scorer, history = lei_model
+    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=5, finetune_steps=2)  # < 2 x 3 hosts
+    tuner = FineTuner(config, FakeModels(scorer.model_id), "replica-a", "lei-test")
+    tuner.gate = OpenGate(0.0, 1.0, reference=1, recent=1)
+    steps = steps_to_judge([as_sample(host, history[host][i]) for i in (-2, -1) for host in HOSTS], history, K)
+    with structlog.testing.capture_logs() as logs:
+        for step in steps:
+            tuner.observe_steps(scorer, [step], [True] * 3, dict.fromkeys(HOSTS, 20))
+    warnings = [entry for entry in logs if entry["event"] == "finetune_windows_too_few_for_this_lei"]
+    assert len(warnings) == 1 and warnings[0]["needed"] == 6
+    assert len(tuner._steps) <= 1 and tuner._thread is None
 
 
 def test_history_needed_grows_with_the_steps_a_batch_spans_not_with_its_hosts():

@@ -175,14 +175,16 @@ class CleanStreaks:
 def enough_to_recalibrate(checkpoint: Checkpoint, windows: int, full: bool) -> bool:
     """Whether ``windows`` kept clean windows are enough for a fine-tune of ``checkpoint`` to start.
 
-    A fine-tune recalibrates POT on the new model's scores of the windows it learnt from. Below
-    ``MIN_PEAKS / (1 - level)`` of them (500 at the default level 0.98) the tail has fewer than
-    ``MIN_PEAKS`` peaks and POT falls back to an exponential tail: a threshold extrapolated from
+    A fine-tune recalibrates POT on the new model's scores of the windows it learnt from. With
+    ``n`` scores, about ``n (1 - level)`` lie above the level quantile; below ``MIN_PEAKS`` of
+    them POT falls back to an exponential tail, and with a few it extrapolates a threshold from
     a handful of scores, which on FTSAD-1 moved the alarms more than the fine-tune moved the
-    model (docs/detector-quality.md). So a fine-tune waits for that many, or until the store of
-    clean windows is ``full`` (DRAGON_FINETUNE_WINDOWS set lower than that).
+    model (docs/detector-quality.md). So a fine-tune waits for ``MIN_PEAKS / (1 - level)``
+    windows (500 at the default level 0.98), or until the store of clean windows is ``full``
+    (DRAGON_FINETUNE_WINDOWS set lower than that).
     """
-    needed = math.ceil(MIN_PEAKS / (1.0 - checkpoint.pot_state().level) - 1e-9)  # 1e-9: 10 / 0.02 is 500.000...04
+    # - 1e-9: 1 - level is inexact in floating point (10 / (1 - 0.9) is 100.00000000000003).
+    needed = math.ceil(MIN_PEAKS / (1.0 - checkpoint.pot_state().level) - 1e-9)
     return full or windows >= needed
 
 

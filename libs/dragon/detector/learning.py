@@ -204,6 +204,7 @@ class FineTuner:
         self._normal: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=config.finetune_windows)
         # LEI steps in which every host was clean, newest last, at most finetune_windows host windows.
         self._steps: deque[LeiStep] = deque()
+        self._warned_small_store = False
         self._streaks = CleanStreaks()
         self._model_id: str | None = None
         self._thread: threading.Thread | None = None
@@ -217,8 +218,8 @@ class FineTuner:
                 self._normal.append((prev[i], nxt[i]))
         full = len(self._normal) == self._normal.maxlen
         if enough_to_recalibrate(scorer.checkpoint, len(self._normal), full):
-            prev_w, next_w = stacked(self._normal)
-            self._fire_if_drifted(scorer, lambda checkpoint: host_groups(checkpoint, prev_w, next_w))
+            kept = list(self._normal)  # stacked only if the gate fires: not on every scored batch
+            self._fire_if_drifted(scorer, lambda checkpoint: host_groups(checkpoint, *stacked(kept)))
 
     def observe_steps(
         self, scorer: Scorer, steps: Sequence[LeiStep], normal: Sequence[bool], clean: Mapping[str, int]
@@ -240,6 +241,7 @@ class FineTuner:
             later = len(steps) - 1 - index
             fresh_and_clean = all(clean.get(host, 0) - later >= scorer.window for host in step.hosts)
             if all(step_normal) and fresh_and_clean:
+                self._warn_if_store_too_small(step)
                 self._steps.append(step)
                 while sum(len(s.hosts) for s in self._steps) > self.config.finetune_windows:
                     self._steps.popleft()
@@ -249,6 +251,17 @@ class FineTuner:
         if len(self._steps) >= 2 and enough_to_recalibrate(scorer.checkpoint, windows, full):
             kept = list(self._steps)
             self._fire_if_drifted(scorer, lambda checkpoint: lei_groups(checkpoint, kept))
+
+    def _warn_if_store_too_small(self, step: LeiStep) -> None:
+        """Once: a store that cannot hold two steps of this LEI never fine-tunes (one needs two)."""
+        if 2 * len(step.hosts) > self.config.finetune_windows and not self._warned_small_store:
+            self._warned_small_store = True
+            log.warning(
+                "finetune_windows_too_few_for_this_lei",
+                finetune_windows=self.config.finetune_windows,
+                hosts_per_step=len(step.hosts),
+                needed=2 * len(step.hosts),
+            )
 
     def _follow(self, scorer: Scorer) -> None:
         if scorer.model_id != self._model_id:
