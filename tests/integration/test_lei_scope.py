@@ -126,5 +126,7 @@ def test_a_lei_model_is_fine_tuned_on_line_by_the_replica_that_judges_the_lei(le
     report = tuned.meta["fine_tune"]
     assert report["samples"] >= 2 and report["windows"] > report["samples"], report
     assert '"model_fine_tuned"' in lei_scope.logs("tuner")
+    # The steps it learnt from were written through to Redis, for a replica that restarts.
+    assert lei_scope.redis_client().zcard(f"dragon:{lei_scope.lei}:finetune:steps") >= 2
     for host in HOSTS:
         fresh_health(lei_scope, host)  # judging goes on with the tuned model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -24,6 +25,17 @@ FORCED_ENV = {
     "DRAGON_FINETUNE_WINDOWS": "12",
     "DRAGON_FINETUNE_STEPS": "3",
 }
+
+
+def log_lines(logs: str) -> list[dict]:
+    """The service's structured log lines (JSON), skipping anything else it printed."""
+    lines = []
+    for text in logs.splitlines():
+        try:
+            lines.append(json.loads(text))
+        except json.JSONDecodeError:
+            continue
+    return lines
 
 
 def instance_owning_a_host(members: list[str], hosts: list[str]) -> str:
@@ -59,15 +71,17 @@ def test_forced_fine_tune_publishes_a_new_model_and_scoring_continues(lei, tmp_p
         for host in lei.hosts:
             fresh_health(lei, host, timeout=30)
 
+        # The clean windows the fine-tune learnt from were written through to Redis.
+        assert client.zcard(f"dragon:{lei.lei}:finetune:windows") >= 2
+
         # A replica configured with the original checkpoint that (re)starts now must serve the
-        # LEI's fine-tuned descendant, not publish the original over it.
+        # LEI's fine-tuned descendant, not publish the original over it, and start with the
+        # LEI's kept clean windows instead of waiting for new ones.
         tmp_path.chmod(0o755)
         original.save(tmp_path / "original.pt")
         (tmp_path / "original.pt").chmod(0o644)
         lei.start_detector(
-            "configured",
-            {"DRAGON_DETECTOR_CHECKPOINT": "/models/original.pt", "DRAGON_FINETUNE": "false"},
-            volumes={str(tmp_path): "/models"},
+            "configured", {"DRAGON_DETECTOR_CHECKPOINT": "/models/original.pt"}, volumes={str(tmp_path): "/models"}
         )
         deadline = time.monotonic() + 20
         while '"model_serving"' not in lei.logs("configured") and time.monotonic() < deadline:
@@ -75,11 +89,16 @@ def test_forced_fine_tune_publishes_a_new_model_and_scoring_continues(lei, tmp_p
         assert '"serving_fine_tuned_descendant"' in lei.logs("configured")
         assert models.current_id() != original.model_id
         assert models.fetch().meta["base_model_id"] == original.model_id
+        lines = log_lines(lei.logs("configured"))
+        (restored,) = [line for line in lines if line["event"] == "finetune_windows_restored"]
+        assert restored["windows"] >= 2
     finally:
         for name in ("finetuner", "configured"):
             container = lei.containers.pop(name, None)
             if container is not None:
                 container.stop()
-        # Give the rest of the session the model it had, so their thresholds are the usual ones.
+        # Give the rest of the session the model it had, so their thresholds are the usual ones,
+        # and no kept windows from this test's forced fine-tunes.
         models.publish(original)
+        client.delete(f"dragon:{lei.lei}:finetune:windows", f"dragon:{lei.lei}:finetune:steps")
         client.close()

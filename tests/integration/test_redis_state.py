@@ -1,18 +1,28 @@
-"""Windows, fault state and streaming thresholds against a real Redis (the dragon-redis image)."""
+"""Windows, fault state, streaming thresholds and kept clean windows against a real Redis (the dragon-redis image)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgpack
 import numpy as np
 import pytest
 import redis
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.wait_strategies import ExecWaitStrategy
 
+from dragon.detector.config import DetectorConfig
+from dragon.detector.gon import GonConfig, make_windows
 from dragon.detector.health import FaultHysteresis, HostFaultState, unjudged
+from dragon.detector.keptwindows import KeptWindows
+from dragon.detector.learning import FineTuner, min_span
+from dragon.detector.lei import LeiStep
+from dragon.detector.modelstore import ModelStore
 from dragon.detector.pot import StreamingPot
+from dragon.detector.scorer import Scorer
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
+from dragon.detector.train import train_from_series
+from dragon.messages.schemas import HOST_METRICS
 from dragon.store import WindowStore, padded_window
 from dragon.testing.lei import REDIS_IMAGE
 
@@ -143,3 +153,80 @@ def test_streaming_thresholds_live_in_one_hash_read_and_written_in_one_call_each
 def test_an_unreadable_threshold_state_counts_as_none(client):
     client.hset("dragon:t6:pot", mapping={"h1": b"\xc1 not msgpack", "h2": b"\x81\xa1x\x01"})
     assert ThresholdStore(client, "t6").load(["h1", "h2"]) == {"h1": None, "h2": None}
+
+
+def pair(value: float, k: int = 3, n: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((k, n), value), np.full((k, n), value + 0.5)
+
+
+def lei_step(value: float, hosts: int = 2, tasks: int = 1, k: int = 3, n: int = 2) -> LeiStep:
+    rng = np.random.default_rng(int(value))
+    return LeiStep(
+        hosts=tuple(f"h{i}" for i in range(hosts)),
+        broker=0,
+        prev=rng.random((hosts, k, n)),
+        next=rng.random((hosts, k, n)) + value,
+        tasks=tuple(f"t{i}" for i in range(tasks)),
+        task_prev=rng.random((tasks, k)),
+        task_next=rng.random((tasks, k)),
+        schedule=np.eye(tasks, hosts),
+        judged=(),
+    )
+
+
+def test_kept_pairs_round_trip_exactly_once_each_newest_kept(client):
+    kept = KeptWindows(client, "kw1", capacity=4)
+    kept.keep_pairs([pair(1.0), pair(2.0)])
+    kept.keep_pairs([pair(2.0), pair(1 / 3), pair(4.0)])  # pair(2.0) again: a redelivery
+    kept.keep_pairs([pair(5.0)])
+    restored = kept.pairs()
+    assert [p[0][0, 0] for p in restored] == [2.0, 1 / 3, 4.0, 5.0]  # the oldest, 1.0, made room
+    for got, want in zip(restored[:2], [pair(2.0), pair(1 / 3)], strict=True):
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert KeptWindows(client, "kw-other", capacity=4).pairs() == []
+
+
+def test_kept_steps_round_trip_and_fill_the_capacity_in_host_windows(client):
+    kept = KeptWindows(client, "kw2", capacity=5)  # two steps of two hosts fit, a third does not
+    steps = [lei_step(v) for v in (1.0, 2.0, 3.0)]
+    kept.keep_steps(steps[:1])
+    kept.keep_steps(steps[1:])
+    restored = kept.steps()
+    assert len(restored) == 2
+    for got, want in zip(restored, steps[1:], strict=True):
+        assert (got.hosts, got.broker, got.tasks, got.judged) == (want.hosts, want.broker, want.tasks, ())
+        for name in ("prev", "next", "task_prev", "task_next", "schedule"):
+            assert np.array_equal(getattr(got, name), getattr(want, name)), name
+
+
+def test_an_unreadable_kept_window_is_skipped(client):
+    kept = KeptWindows(client, "kw3", capacity=4)
+    kept.keep_pairs([pair(1.0)])
+    client.zadd("dragon:kw3:finetune:windows", {b"\xc1 not msgpack": 0.0, msgpack.packb([[[2], b"x"]]): 0.5})
+    assert [p[0][0, 0] for p in kept.pairs()] == [1.0]
+
+
+def test_a_replica_that_starts_restores_the_clean_windows_another_kept(client):
+    k = 4
+    cfg = GonConfig(n_features=len(HOST_METRICS), window=k, hidden=8, gen_steps=2, epochs=2)
+    rng = np.random.default_rng(0)
+    series = 0.5 + 0.1 * rng.standard_normal((120, len(HOST_METRICS)))
+    scorer = Scorer(train_from_series(series, HOST_METRICS, cfg, min_span=min_span(), source="test"))
+    config = DetectorConfig(window=k, finetune_windows=64)
+    models = ModelStore(client, "kw4", "")
+
+    def replica(name: str) -> FineTuner:
+        return FineTuner(config, models, name, "kw4", KeptWindows(client, "kw4", config.finetune_windows))
+
+    first = replica("a")
+    windows = make_windows(series[-30:], k).astype(np.float64)
+    first.observe(scorer, ["h1"] * (len(windows) - 1), windows[:-1], windows[1:], [True] * (len(windows) - 1))
+    assert len(first._normal) == len(windows) - k  # a window counts once k verdicts in a row were normal
+    KeptWindows(client, "kw4", 64).keep_pairs([pair(9.0, k=k + 1, n=len(HOST_METRICS))])  # another window length
+
+    second = replica("b")
+    second.restore()
+    second.restore()  # idempotent: a retry after a lost connection does not double them
+    assert [len(second._normal), second.gate.check()] == [len(first._normal), []]
+    for (p, n), (q, m) in zip(second._normal, first._normal, strict=True):
+        assert np.array_equal(p, q) and np.array_equal(n, m)

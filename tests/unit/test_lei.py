@@ -361,3 +361,17 @@ def test_a_step_with_a_window_not_judged_normal_is_not_learnt_from(lei_model):
     assert list(tuner._steps) == []
     tuner.observe_steps(scorer, [step], [True, True, True], dict.fromkeys(HOSTS, 20))
     assert list(tuner._steps) == [step]
+
+
+def test_kept_steps_stay_when_a_new_model_is_served(lei_model):
+    scorer, history = lei_model
+    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
+    tuner = FineTuner(config, FakeModels(scorer.model_id), "replica-a", "lei-test")
+    first, second = steps_to_judge([as_sample(host, history[host][i]) for i in (-2, -1) for host in HOSTS], history, K)
+    tuner.observe_steps(scorer, [first], [True] * 3, dict.fromkeys(HOSTS, 20))
+    weights = {name: tensor.clone() for name, tensor in scorer.checkpoint.state_dict.items()}
+    next(iter(weights.values())).add_(1e-3)  # other weights: another model, as a fine-tuned one is
+    newer = Scorer(replace(scorer.checkpoint, state_dict=weights))
+    assert newer.model_id != scorer.model_id
+    tuner.observe_steps(newer, [second], [True] * 3, dict.fromkeys(HOSTS, 20))
+    assert [step.judged[0][1].ts for step in tuner._steps] == [history["h0"][i].ts for i in (-2, -1)]

@@ -37,6 +37,7 @@ from dragon.detector.finetune import (
     stacked,
 )
 from dragon.detector.gon import GonConfig
+from dragon.detector.keptwindows import HostPair, KeptWindows
 from dragon.detector.lei import LeiStep, lei_trace, train_from_lei
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import Scorer
@@ -190,13 +191,18 @@ class FineTuner:
     ``requires_grad`` on the model it climbs, so the scorer's model must never be shared with
     another thread). The model-training lock in Redis lets one replica fine-tune at a time, and
     the result replaces the current model only if that is still the model it was tuned from.
+    With ``kept``, every clean window kept is also written to Redis, and :meth:`restore` loads
+    them back when the replica starts (``keptwindows.py``).
     """
 
-    def __init__(self, config: DetectorConfig, models: ModelStore, instance: str, lei: str) -> None:
+    def __init__(
+        self, config: DetectorConfig, models: ModelStore, instance: str, lei: str, kept: KeptWindows | None = None
+    ) -> None:
         self.config = config
         self.models = models
         self.instance = instance
         self.lei = lei
+        self.kept = kept
         self.gate = ConfidenceGate(
             config.finetune_min_interval_s, config.finetune_quantile, reference=config.finetune_reference
         )
@@ -209,13 +215,40 @@ class FineTuner:
         self._model_id: str | None = None
         self._thread: threading.Thread | None = None
 
+    def restore(self) -> None:
+        """Load the LEI's clean windows kept in Redis, those of the configured window shape.
+
+        A replica that starts learns on from where the LEI was instead of waiting for hundreds
+        of clean windows again. Idempotent, so it can be retried while Redis is away.
+        """
+        if self.kept is None:
+            return
+        shape = (self.config.window, len(HOST_METRICS))
+        pairs, steps = self.kept.pairs(), self.kept.steps()
+        fitting_pairs = [pair for pair in pairs if pair[1].shape == shape]
+        fitting_steps = [step for step in steps if step.next.shape[1:] == shape]
+        self._normal.clear()
+        self._normal.extend(fitting_pairs)
+        self._steps.clear()
+        for step in fitting_steps:
+            self._append_step(step)
+        log.info(
+            "finetune_windows_restored",
+            windows=len(self._normal),
+            steps=len(self._steps),
+            other_shape=len(pairs) - len(fitting_pairs) + len(steps) - len(fitting_steps),
+        )
+
     def observe(self, scorer: Scorer, hosts: list[str], prev: np.ndarray, nxt: np.ndarray, normal: list[bool]) -> None:
         """Windows (B, k, n) the scorer just judged, in raw units; ``normal[i]``: judged normal, host not in a fault."""
         self._follow(scorer)
         values = confidence(scorer.model, scorer.scaler.transform(nxt))  # (B,)
+        new_pairs: list[HostPair] = []
         for i, (host, value, is_normal) in enumerate(zip(hosts, values.tolist(), normal, strict=True)):
             if self._judged(scorer, host, value, is_normal):
-                self._normal.append((prev[i], nxt[i]))
+                new_pairs.append((prev[i], nxt[i]))
+        self._normal.extend(new_pairs)
+        self._write_through(lambda: self.kept.keep_pairs(new_pairs), len(new_pairs))
         full = len(self._normal) == self._normal.maxlen
         if enough_to_recalibrate(scorer.checkpoint, len(self._normal), full):
             kept = list(self._normal)  # stacked only if the gate fires: not on every scored batch
@@ -234,6 +267,7 @@ class FineTuner:
         """
         self._follow(scorer)
         flags = iter(normal)
+        new_steps: list[LeiStep] = []
         for index, (step, values) in enumerate(zip(steps, lei_confidence(scorer, steps), strict=True)):
             step_normal = [next(flags) for _ in step.judged]  # a redelivered (stale) window is not normal
             for (h, sample), is_normal in zip(step.judged, step_normal, strict=True):
@@ -242,15 +276,29 @@ class FineTuner:
             fresh_and_clean = all(clean.get(host, 0) - later >= scorer.window for host in step.hosts)
             if all(step_normal) and fresh_and_clean:
                 self._warn_if_store_too_small(step)
-                self._steps.append(step)
-                while sum(len(s.hosts) for s in self._steps) > self.config.finetune_windows:
-                    self._steps.popleft()
+                self._append_step(step)
+                new_steps.append(step)
+        self._write_through(lambda: self.kept.keep_steps(new_steps), sum(len(step.hosts) for step in new_steps))
         windows = sum(len(s.hosts) for s in self._steps)
         # Full: another step as large as the newest would push the oldest out.
         full = bool(self._steps) and windows + len(self._steps[-1].hosts) > self.config.finetune_windows
         if len(self._steps) >= 2 and enough_to_recalibrate(scorer.checkpoint, windows, full):
             kept = list(self._steps)
             self._fire_if_drifted(scorer, lambda checkpoint: lei_groups(checkpoint, kept))
+
+    def _append_step(self, step: LeiStep) -> None:
+        self._steps.append(step)
+        while sum(len(s.hosts) for s in self._steps) > self.config.finetune_windows:
+            self._steps.popleft()
+
+    def _write_through(self, write: Callable[[], None], windows: int) -> None:
+        """Write newly kept windows to Redis; without Redis they stay kept in memory only."""
+        if self.kept is None or windows == 0:
+            return
+        try:
+            write()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("kept_windows_not_written", windows=windows, error=str(exc))
 
     def _warn_if_store_too_small(self, step: LeiStep) -> None:
         """Once: a store that cannot hold two steps of this LEI never fine-tunes (one needs two)."""
@@ -266,8 +314,9 @@ class FineTuner:
     def _follow(self, scorer: Scorer) -> None:
         if scorer.model_id != self._model_id:
             self._model_id = scorer.model_id
-            self.gate.reset()  # a new model: a new reference, and the interval starts again
-            self._steps.clear()  # LEI steps hold no model state, but the hosts in them may differ
+            # A new model: a new reference, and the interval starts again. The kept windows
+            # stay: they are the LEI's normal operation, whichever model judged them.
+            self.gate.reset()
 
     def _judged(self, scorer: Scorer, host: str, value: float, is_normal: bool) -> bool:
         """Count one judged window of ``host``; True when it is clean enough to learn from."""

@@ -30,6 +30,7 @@ import structlog
 from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DetectorConfig
 from dragon.detector.health import HostFaultState, HostWindowT, Transition, unjudged
+from dragon.detector.keptwindows import KeptWindows
 from dragon.detector.learning import FineTuner, OnlineLearner
 from dragon.detector.lei import LeiStep, forecast_steps, history_needed, steps_to_judge
 from dragon.detector.membership import Membership
@@ -185,7 +186,9 @@ class Detector:
 
     def init_fine_tuner(self) -> None:
         if self.config.finetune:
-            self.tuner = FineTuner(self.config, self.models, self.instance, self.lei)
+            kept = KeptWindows(self.redis, self.lei, self.config.finetune_windows)
+            self.tuner = FineTuner(self.config, self.models, self.instance, self.lei, kept)
+            retry_until(self.tuner.restore, self.lifecycle.stop, "restore_kept_windows")
 
     def init_mqtt(self) -> None:
         self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)

@@ -1,0 +1,140 @@
+"""The clean windows a replica keeps for fine-tuning, written through to Redis.
+
+A fine-tune waits for hundreds of clean windows (``finetune.enough_to_recalibrate``: 500 at the
+default POT level), which at one sample every few seconds is most of an hour of normal
+operation. Kept only in memory, a restarted detector would start that wait again; so each
+kept window is also written to Redis and a replica that starts loads them back
+(:meth:`FineTuner.restore <dragon.detector.learning.FineTuner.restore>`).
+
+Two sorted sets per LEI, oldest first (score: when the window was kept):
+
+- ``dragon:<lei>:finetune:windows``: one member per host window pair (W_t, W_{t+1}), raw units;
+- ``dragon:<lei>:finetune:steps``: one member per LEI step, the model's inputs only.
+
+A member is the msgpack of the arrays themselves, so a window kept twice (a redelivery, or two
+replicas keeping the same LEI step) stays one member. Each set is trimmed to the newest
+``DRAGON_FINETUNE_WINDOWS`` host windows (for steps: that many divided by the hosts of the
+step just kept). Every replica of the LEI writes to the same sets, so a replica that restarts
+loads the clean windows of every host of the LEI, not only of those it scored before.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import msgpack
+import numpy as np
+import redis
+import structlog
+
+from dragon.detector.lei import LeiStep
+
+log = structlog.get_logger(__name__)
+
+HostPair = tuple[np.ndarray, np.ndarray]  # (W_t, W_{t+1}) of one host, (k, n) each
+T = TypeVar("T")
+
+
+class KeptWindows:
+    def __init__(self, client: redis.Redis, lei: str, capacity: int) -> None:
+        self._client = client
+        self._windows_key = f"dragon:{lei}:finetune:windows"
+        self._steps_key = f"dragon:{lei}:finetune:steps"
+        self.capacity = capacity
+
+    def keep_pairs(self, pairs: Sequence[HostPair]) -> None:
+        """Add host window pairs, newest last, and drop the oldest beyond the capacity."""
+        if pairs:
+            self._keep(self._windows_key, [_pack_pair(pair) for pair in pairs], self.capacity)
+
+    def keep_steps(self, steps: Sequence[LeiStep]) -> None:
+        """Add LEI steps, newest last; the set keeps as many steps as fit the capacity in host windows."""
+        if steps:
+            most = max(1, self.capacity // len(steps[-1].hosts))
+            self._keep(self._steps_key, [_pack_step(step) for step in steps], most)
+
+    def pairs(self) -> list[HostPair]:
+        """Every kept pair, oldest first; unreadable members are skipped with a log line."""
+        return _readable(self._client.zrange(self._windows_key, 0, -1), _unpack_pair, "pair")
+
+    def steps(self) -> list[LeiStep]:
+        """Every kept LEI step, oldest first, with nothing to judge (``judged`` is empty)."""
+        return _readable(self._client.zrange(self._steps_key, 0, -1), _unpack_step, "step")
+
+    def _keep(self, key: str, members: list[bytes], most: int) -> None:
+        # One score per call, a little apart per member, so the order within a batch survives.
+        now = time.time()
+        scores = {member: now + i * 1e-6 for i, member in enumerate(members)}
+        pipe = self._client.pipeline(transaction=True)
+        pipe.zadd(key, scores)
+        pipe.zremrangebyrank(key, 0, -(most + 1))
+        pipe.execute()
+
+
+def _array(a: np.ndarray) -> list:
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    return [list(a.shape), a.tobytes()]
+
+
+def _from(packed: list) -> np.ndarray:
+    shape, data = packed
+    return np.frombuffer(data, dtype=np.float64).reshape(shape).copy()
+
+
+def _pack_pair(pair: HostPair) -> bytes:
+    prev, nxt = pair
+    return msgpack.packb([_array(prev), _array(nxt)])
+
+
+def _unpack_pair(member: bytes) -> HostPair:
+    prev, nxt = msgpack.unpackb(member)
+    pair = _from(prev), _from(nxt)
+    if pair[0].shape != pair[1].shape or pair[0].ndim != 2:
+        raise ValueError(f"a kept pair must be two (k, n) windows, got {pair[0].shape} and {pair[1].shape}")
+    return pair
+
+
+def _pack_step(step: LeiStep) -> bytes:
+    return msgpack.packb(
+        {
+            "hosts": list(step.hosts),
+            "broker": step.broker,
+            "prev": _array(step.prev),
+            "next": _array(step.next),
+            "tasks": list(step.tasks),
+            "task_prev": _array(step.task_prev),
+            "task_next": _array(step.task_next),
+            "schedule": _array(step.schedule),
+        }
+    )
+
+
+def _unpack_step(member: bytes) -> LeiStep:
+    d = msgpack.unpackb(member)
+    step = LeiStep(
+        hosts=tuple(d["hosts"]),
+        broker=int(d["broker"]),
+        prev=_from(d["prev"]),
+        next=_from(d["next"]),
+        tasks=tuple(d["tasks"]),
+        task_prev=_from(d["task_prev"]),
+        task_next=_from(d["task_next"]),
+        schedule=_from(d["schedule"]),
+        judged=(),
+    )
+    m, p = len(step.hosts), len(step.tasks)
+    if step.prev.shape != step.next.shape or step.prev.shape[0] != m or step.schedule.shape != (p, m):
+        raise ValueError(f"a kept step of {m} hosts and {p} tasks has windows {step.prev.shape}")
+    return step
+
+
+def _readable(members: list[bytes], unpack: Callable[[bytes], T], what: str) -> list[T]:
+    kept: list[T] = []
+    for member in members:
+        try:
+            kept.append(unpack(member))
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+            log.warning("kept_window_unreadable_skipped", kind=what, error=str(exc))
+    return kept
