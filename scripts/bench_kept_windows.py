@@ -1,4 +1,4 @@
-"""What writing the fine-tuner's clean windows through to Redis costs (``dragon.detector.keptwindows``).
+"""What writing the fine-tuner's clean windows through to Redis costs (``dragon.detector.tunerstate``).
 
 Against a running Redis (``--redis-url``; it writes under an LEI id of its own and deletes it
 afterwards), it times over ``--calls`` calls:
@@ -22,7 +22,7 @@ import uuid
 import numpy as np
 import redis
 
-from dragon.detector.keptwindows import KeptWindows
+from dragon.detector.tunerstate import KeptWindows
 
 
 def percentiles(times_s: list[float]) -> str:

@@ -14,7 +14,6 @@ from testcontainers.core.wait_strategies import ExecWaitStrategy
 from dragon.detector.config import DetectorConfig
 from dragon.detector.gon import GonConfig, make_windows
 from dragon.detector.health import FaultHysteresis, HostFaultState, unjudged
-from dragon.detector.keptwindows import KeptWindows
 from dragon.detector.learning import FineTuner, min_span
 from dragon.detector.lei import LeiStep
 from dragon.detector.modelstore import ModelStore
@@ -22,6 +21,7 @@ from dragon.detector.pot import StreamingPot
 from dragon.detector.scorer import Scorer
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.train import train_from_series
+from dragon.detector.tunerstate import GateFloors, KeptWindows, TunerState
 from dragon.messages.schemas import HOST_METRICS
 from dragon.store import WindowStore, padded_window
 from dragon.testing.lei import REDIS_IMAGE
@@ -212,11 +212,11 @@ def test_a_replica_that_starts_restores_the_clean_windows_another_kept(client):
     rng = np.random.default_rng(0)
     series = 0.5 + 0.1 * rng.standard_normal((120, len(HOST_METRICS)))
     scorer = Scorer(train_from_series(series, HOST_METRICS, cfg, min_span=min_span(), source="test"))
-    config = DetectorConfig(window=k, finetune_windows=64)
+    config = DetectorConfig(window=k, finetune_windows=64, finetune_reference=10)
     models = ModelStore(client, "kw4", "")
 
     def replica(name: str) -> FineTuner:
-        return FineTuner(config, models, name, "kw4", KeptWindows(client, "kw4", config.finetune_windows))
+        return FineTuner(config, models, name, "kw4", TunerState.in_redis(client, "kw4", config.finetune_windows))
 
     first = replica("a")
     windows = make_windows(series[-30:], k).astype(np.float64)
@@ -227,6 +227,21 @@ def test_a_replica_that_starts_restores_the_clean_windows_another_kept(client):
     second = replica("b")
     second.restore()
     second.restore()  # idempotent: a retry after a lost connection does not double them
-    assert [len(second._normal), second.gate.check()] == [len(first._normal), []]
+    assert len(second._normal) == len(first._normal)
     for (p, n), (q, m) in zip(second._normal, first._normal, strict=True):
         assert np.array_equal(p, q) and np.array_equal(n, m)
+    # The gate's floor, measured on the first replica's reference windows, counts after a
+    # restart under the same model: one more window and the second replica judges by it.
+    assert first.gate.floor("h1") is not None
+    second.observe(scorer, ["h1"], windows[-2:-1], windows[-1:], [True])
+    assert second.gate.floor("h1") == first.gate.floor("h1")
+
+
+def test_gate_floors_count_only_under_the_model_they_were_measured_with(client):
+    floors = GateFloors(client, "kw5")
+    floors.save("model-a", {"h1": 0.75, "h2": 0.5})
+    floors.save("model-b", {"h2": 0.25})  # h2 measured again under a newer model
+    client.hset("dragon:kw5:finetune:floors", "h3", b"\xc1 not msgpack")
+    assert floors.load("model-a") == {"h1": 0.75}
+    assert floors.load("model-b") == {"h2": 0.25}
+    assert floors.load("model-c") == {}

@@ -140,6 +140,21 @@ def test_gate_reset_starts_a_new_reference():
     assert gate.check() == []
 
 
+def test_gate_hands_out_each_new_floor_once_and_adopts_a_stored_one():
+    gate = fed_gate(stable(59))
+    assert gate.new_floors() == {}  # the reference is not complete yet
+    gate.observe("h1", 0.6, normal=True)
+    floor = gate.floor("h1")
+    assert gate.new_floors() == {"h1": floor} and gate.new_floors() == {}
+    # A restarted replica adopts the floor instead of measuring a new reference: 20 recent
+    # windows and it judges, and the adopted floor is not handed out again as new.
+    restarted = ConfidenceGate(0.0, 0.01, reference=60, recent=20)
+    restarted.adopt_floor("h1", floor)
+    for value in stable(20, seed=1) - 0.1:
+        restarted.observe("h1", value, normal=True)
+    assert restarted.check() == ["h1"] and restarted.new_floors() == {}
+
+
 # --- fine_tune -------------------------------------------------------------------------------
 
 

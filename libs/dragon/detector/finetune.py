@@ -115,19 +115,33 @@ class ConfidenceGate:
     def reset(self) -> None:
         """Forget every host and start the interval again: call it when a new model is served."""
         self._hosts: dict[str, _HostConfidence] = {}
+        self._new_floors: dict[str, float] = {}
         self._since = self._clock()
 
     def observe(self, host: str, value: float, normal: bool) -> None:
         """D(W) of one true window of ``host``; windows not judged ``normal`` are ignored."""
         if not normal:
             return
-        state = self._hosts.setdefault(host, _HostConfidence(recent=deque(maxlen=self._recent)))
+        state = self._host(host)
         if state.floor is None:
             state.reference.append(float(value))
             if len(state.reference) == self._reference:
                 state.floor = float(np.quantile(state.reference, self.quantile))
+                self._new_floors[host] = state.floor
             return
         state.recent.append(float(value))
+
+    def adopt_floor(self, host: str, floor: float) -> None:
+        """Take a floor measured earlier under the same model (before a restart) instead of a new reference."""
+        self._host(host).floor = float(floor)
+
+    def new_floors(self) -> dict[str, float]:
+        """The floors completed since the last call, to be kept for a restart."""
+        floors, self._new_floors = self._new_floors, {}
+        return floors
+
+    def _host(self, host: str) -> _HostConfidence:
+        return self._hosts.setdefault(host, _HostConfidence(recent=deque(maxlen=self._recent)))
 
     def mean_recent(self, host: str) -> float | None:
         state = self._hosts.get(host)

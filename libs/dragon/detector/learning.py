@@ -37,11 +37,11 @@ from dragon.detector.finetune import (
     stacked,
 )
 from dragon.detector.gon import GonConfig
-from dragon.detector.keptwindows import HostPair, KeptWindows
 from dragon.detector.lei import LeiStep, lei_trace, train_from_lei
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import Scorer
 from dragon.detector.train import train_from_series
+from dragon.detector.tunerstate import HostPair, TunerState
 from dragon.messages.schemas import HOST_METRICS
 from dragon.store import StoredSample, WindowStore
 
@@ -191,18 +191,18 @@ class FineTuner:
     ``requires_grad`` on the model it climbs, so the scorer's model must never be shared with
     another thread). The model-training lock in Redis lets one replica fine-tune at a time, and
     the result replaces the current model only if that is still the model it was tuned from.
-    With ``kept``, every clean window kept is also written to Redis, and :meth:`restore` loads
-    them back when the replica starts (``keptwindows.py``).
+    With ``state``, the clean windows kept and the gate's floors are also written to Redis, and
+    come back when the replica starts (:meth:`restore`, ``tunerstate.py``).
     """
 
     def __init__(
-        self, config: DetectorConfig, models: ModelStore, instance: str, lei: str, kept: KeptWindows | None = None
+        self, config: DetectorConfig, models: ModelStore, instance: str, lei: str, state: TunerState | None = None
     ) -> None:
         self.config = config
         self.models = models
         self.instance = instance
         self.lei = lei
-        self.kept = kept
+        self.state = state
         self.gate = ConfidenceGate(
             config.finetune_min_interval_s, config.finetune_quantile, reference=config.finetune_reference
         )
@@ -221,10 +221,10 @@ class FineTuner:
         A replica that starts learns on from where the LEI was instead of waiting for hundreds
         of clean windows again. Idempotent, so it can be retried while Redis is away.
         """
-        if self.kept is None:
+        if self.state is None:
             return
         shape = (self.config.window, len(HOST_METRICS))
-        pairs, steps = self.kept.pairs(), self.kept.steps()
+        pairs, steps = self.state.kept.pairs(), self.state.kept.steps()
         fitting_pairs = [pair for pair in pairs if pair[1].shape == shape]
         fitting_steps = [step for step in steps if step.next.shape[1:] == shape]
         self._normal.clear()
@@ -248,7 +248,8 @@ class FineTuner:
             if self._judged(scorer, host, value, is_normal):
                 new_pairs.append((prev[i], nxt[i]))
         self._normal.extend(new_pairs)
-        self._write_through(lambda: self.kept.keep_pairs(new_pairs), len(new_pairs))
+        self._persist(lambda state: state.kept.keep_pairs(new_pairs), windows=len(new_pairs))
+        self._persist_new_floors(scorer)
         full = len(self._normal) == self._normal.maxlen
         if enough_to_recalibrate(scorer.checkpoint, len(self._normal), full):
             kept = list(self._normal)  # stacked only if the gate fires: not on every scored batch
@@ -278,7 +279,8 @@ class FineTuner:
                 self._warn_if_store_too_small(step)
                 self._append_step(step)
                 new_steps.append(step)
-        self._write_through(lambda: self.kept.keep_steps(new_steps), sum(len(step.hosts) for step in new_steps))
+        self._persist(lambda state: state.kept.keep_steps(new_steps), windows=sum(len(s.hosts) for s in new_steps))
+        self._persist_new_floors(scorer)
         windows = sum(len(s.hosts) for s in self._steps)
         # Full: another step as large as the newest would push the oldest out.
         full = bool(self._steps) and windows + len(self._steps[-1].hosts) > self.config.finetune_windows
@@ -291,14 +293,27 @@ class FineTuner:
         while sum(len(s.hosts) for s in self._steps) > self.config.finetune_windows:
             self._steps.popleft()
 
-    def _write_through(self, write: Callable[[], None], windows: int) -> None:
-        """Write newly kept windows to Redis; without Redis they stay kept in memory only."""
-        if self.kept is None or windows == 0:
+    def _persist(self, write: Callable[[TunerState], None], **what: int) -> None:
+        """Write to Redis what a restart should find; without Redis it stays in memory only."""
+        if self.state is None or not any(what.values()):
             return
         try:
-            write()
+            write(self.state)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("kept_windows_not_written", windows=windows, error=str(exc))
+            log.warning("finetune_state_not_written", error=str(exc), **what)
+
+    def _persist_new_floors(self, scorer: Scorer) -> None:
+        floors = self.gate.new_floors()
+        self._persist(lambda state: state.floors.save(scorer.model_id, floors), floors=len(floors))
+
+    def _stored_floors(self, model_id: str) -> dict[str, float]:
+        if self.state is None:
+            return {}
+        try:
+            return self.state.floors.load(model_id)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("gate_floors_not_read", error=str(exc))
+            return {}
 
     def _warn_if_store_too_small(self, step: LeiStep) -> None:
         """Once: a store that cannot hold two steps of this LEI never fine-tunes (one needs two)."""
@@ -315,8 +330,14 @@ class FineTuner:
         if scorer.model_id != self._model_id:
             self._model_id = scorer.model_id
             # A new model: a new reference, and the interval starts again. The kept windows
-            # stay: they are the LEI's normal operation, whichever model judged them.
+            # stay: they are the LEI's normal operation, whichever model judged them. Floors
+            # measured under this model before a restart count again.
             self.gate.reset()
+            floors = self._stored_floors(scorer.model_id)
+            for host, floor in floors.items():
+                self.gate.adopt_floor(host, floor)
+            if floors:
+                log.info("gate_floors_restored", model_id=scorer.model_id, hosts=len(floors))
 
     def _judged(self, scorer: Scorer, host: str, value: float, is_normal: bool) -> bool:
         """Count one judged window of ``host``; True when it is clean enough to learn from."""

@@ -30,13 +30,13 @@ import structlog
 from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DetectorConfig
 from dragon.detector.health import HostFaultState, HostWindowT, Transition, unjudged
-from dragon.detector.keptwindows import KeptWindows
 from dragon.detector.learning import FineTuner, OnlineLearner
 from dragon.detector.lei import LeiStep, forecast_steps, history_needed, steps_to_judge
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
+from dragon.detector.tunerstate import TunerState
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import (
@@ -186,8 +186,8 @@ class Detector:
 
     def init_fine_tuner(self) -> None:
         if self.config.finetune:
-            kept = KeptWindows(self.redis, self.lei, self.config.finetune_windows)
-            self.tuner = FineTuner(self.config, self.models, self.instance, self.lei, kept)
+            state = TunerState.in_redis(self.redis, self.lei, self.config.finetune_windows)
+            self.tuner = FineTuner(self.config, self.models, self.instance, self.lei, state)
             retry_until(self.tuner.restore, self.lifecycle.stop, "restore_kept_windows")
 
     def init_mqtt(self) -> None:

@@ -1,27 +1,31 @@
-"""The clean windows a replica keeps for fine-tuning, written through to Redis.
+"""What the fine-tuner learns from and judges by, written through to Redis to outlive a restart.
 
 A fine-tune waits for hundreds of clean windows (``finetune.enough_to_recalibrate``: 500 at the
 default POT level), which at one sample every few seconds is most of an hour of normal
-operation. Kept only in memory, a restarted detector would start that wait again; so each
-kept window is also written to Redis and a replica that starts loads them back
-(:meth:`FineTuner.restore <dragon.detector.learning.FineTuner.restore>`).
+operation, and the confidence gate judges each host against a floor measured on its first
+clean windows under the model. Kept only in memory, a restarted detector would start both
+again, and measure the floor on a model that may already be stale. So the replica writes them
+to Redis as it goes and loads them back when it starts
+(:meth:`FineTuner.restore <dragon.detector.learning.FineTuner.restore>`):
 
-Two sorted sets per LEI, oldest first (score: when the window was kept):
+- ``dragon:<lei>:finetune:windows``: a sorted set, one member per host window pair
+  (W_t, W_{t+1}) in raw units, oldest first (score: when it was kept);
+- ``dragon:<lei>:finetune:steps``: the same for LEI steps, the model's inputs only;
+- ``dragon:<lei>:finetune:floors``: a hash, host -> msgpack ``[model_id, floor]``.
 
-- ``dragon:<lei>:finetune:windows``: one member per host window pair (W_t, W_{t+1}), raw units;
-- ``dragon:<lei>:finetune:steps``: one member per LEI step, the model's inputs only.
-
-A member is the msgpack of the arrays themselves, so a window kept twice (a redelivery, or two
-replicas keeping the same LEI step) stays one member. Each set is trimmed to the newest
-``DRAGON_FINETUNE_WINDOWS`` host windows (for steps: that many divided by the hosts of the
-step just kept). Every replica of the LEI writes to the same sets, so a replica that restarts
-loads the clean windows of every host of the LEI, not only of those it scored before.
+A member of the sorted sets is the msgpack of the arrays themselves, so a window kept twice (a
+redelivery, or two replicas keeping the same LEI step) stays one member. Each set is trimmed to
+the newest ``DRAGON_FINETUNE_WINDOWS`` host windows (for steps: that many divided by the hosts
+of the step just kept). Every replica of the LEI writes to the same sets, so a replica that
+restarts loads the clean windows of every host of the LEI, not only of those it scored before.
+A floor counts only under the model it was measured with.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import msgpack
@@ -138,3 +142,39 @@ def _readable(members: list[bytes], unpack: Callable[[bytes], T], what: str) -> 
         except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
             log.warning("kept_window_unreadable_skipped", kind=what, error=str(exc))
     return kept
+
+
+class GateFloors:
+    """Each host's confidence floor under the model it was measured with (``ConfidenceGate``)."""
+
+    def __init__(self, client: redis.Redis, lei: str) -> None:
+        self._client = client
+        self._key = f"dragon:{lei}:finetune:floors"
+
+    def save(self, model_id: str, floors: dict[str, float]) -> None:
+        if floors:
+            self._client.hset(self._key, mapping={h: msgpack.packb([model_id, f]) for h, f in floors.items()})
+
+    def load(self, model_id: str) -> dict[str, float]:
+        """The floors measured under ``model_id``; those of other models, or unreadable, are left out."""
+        floors = {}
+        for host, data in self._client.hgetall(self._key).items():
+            try:
+                measured_under, floor = msgpack.unpackb(data)
+                if measured_under == model_id:
+                    floors[host.decode()] = float(floor)
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                log.warning("gate_floor_unreadable_skipped", host=host.decode(errors="replace"), error=str(exc))
+        return floors
+
+
+@dataclass(frozen=True)
+class TunerState:
+    """A replica's fine-tuning state in Redis: the clean windows kept and the gate's floors."""
+
+    kept: KeptWindows
+    floors: GateFloors
+
+    @classmethod
+    def in_redis(cls, client: redis.Redis, lei: str, capacity: int) -> TunerState:
+        return cls(KeptWindows(client, lei, capacity), GateFloors(client, lei))
