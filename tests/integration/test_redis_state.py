@@ -237,11 +237,13 @@ def test_a_replica_that_starts_restores_the_clean_windows_another_kept(client):
     assert second.gate.floor("h1") == first.gate.floor("h1")
 
 
-def test_gate_floors_count_only_under_the_model_they_were_measured_with(client):
+def test_gate_floors_count_only_under_the_model_and_gate_settings_they_were_measured_with(client):
     floors = GateFloors(client, "kw5")
-    floors.save("model-a", {"h1": 0.75, "h2": 0.5})
-    floors.save("model-b", {"h2": 0.25})  # h2 measured again under a newer model
+    floors.save("model-a", "q1", {"h1": 0.75, "h2": 0.5, "h4": 0.125})
+    floors.save("model-b", "q1", {"h2": 0.25})  # h2 measured again under a newer model
+    floors.save("model-a", "q2", {"h4": 0.0625})  # h4 by a replica whose gate measures otherwise
     client.hset("dragon:kw5:finetune:floors", "h3", b"\xc1 not msgpack")
-    assert floors.load("model-a") == {"h1": 0.75}
-    assert floors.load("model-b") == {"h2": 0.25}
-    assert floors.load("model-c") == {}
+    assert floors.load("model-a", "q1") == {"h1": 0.75}
+    assert floors.load("model-b", "q1") == {"h2": 0.25}
+    assert floors.load("model-a", "q2") == {"h4": 0.0625}
+    assert floors.load("model-c", "q1") == {}

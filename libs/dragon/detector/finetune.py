@@ -131,6 +131,11 @@ class ConfidenceGate:
             return
         state.recent.append(float(value))
 
+    @property
+    def how_measured(self) -> str:
+        """What a floor depends on besides the model: only a gate measuring the same way may adopt it."""
+        return f"quantile={self.quantile!r},reference={self._reference}"
+
     def adopt_floor(self, host: str, floor: float) -> None:
         """Take a floor measured earlier under the same model (before a restart) instead of a new reference."""
         self._host(host).floor = float(floor)

@@ -303,14 +303,14 @@ class FineTuner:
             log.warning("finetune_state_not_written", error=str(exc), **what)
 
     def _persist_new_floors(self, scorer: Scorer) -> None:
-        floors = self.gate.new_floors()
-        self._persist(lambda state: state.floors.save(scorer.model_id, floors), floors=len(floors))
+        floors, how = self.gate.new_floors(), self.gate.how_measured
+        self._persist(lambda state: state.floors.save(scorer.model_id, how, floors), floors=len(floors))
 
     def _stored_floors(self, model_id: str) -> dict[str, float]:
         if self.state is None:
             return {}
         try:
-            return self.state.floors.load(model_id)
+            return self.state.floors.load(model_id, self.gate.how_measured)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("gate_floors_not_read", error=str(exc))
             return {}
@@ -331,7 +331,7 @@ class FineTuner:
             self._model_id = scorer.model_id
             # A new model: a new reference, and the interval starts again. The kept windows
             # stay: they are the LEI's normal operation, whichever model judged them. Floors
-            # measured under this model before a restart count again.
+            # measured under this model by a gate like ours (before a restart) count again.
             self.gate.reset()
             floors = self._stored_floors(scorer.model_id)
             for host, floor in floors.items():

@@ -11,14 +11,15 @@ to Redis as it goes and loads them back when it starts
 - ``dragon:<lei>:finetune:windows``: a sorted set, one member per host window pair
   (W_t, W_{t+1}) in raw units, oldest first (score: when it was kept);
 - ``dragon:<lei>:finetune:steps``: the same for LEI steps, the model's inputs only;
-- ``dragon:<lei>:finetune:floors``: a hash, host -> msgpack ``[model_id, floor]``.
+- ``dragon:<lei>:finetune:floors``: a hash, host -> msgpack ``[model_id, how_measured, floor]``.
 
 A member of the sorted sets is the msgpack of the arrays themselves, so a window kept twice (a
 redelivery, or two replicas keeping the same LEI step) stays one member. Each set is trimmed to
 the newest ``DRAGON_FINETUNE_WINDOWS`` host windows (for steps: that many divided by the hosts
 of the step just kept). Every replica of the LEI writes to the same sets, so a replica that
 restarts loads the clean windows of every host of the LEI, not only of those it scored before.
-A floor counts only under the model it was measured with.
+A floor counts only under the model it was measured with, by a gate of the same quantile and
+reference length (``ConfidenceGate.how_measured``).
 """
 
 from __future__ import annotations
@@ -145,23 +146,24 @@ def _readable(members: list[bytes], unpack: Callable[[bytes], T], what: str) -> 
 
 
 class GateFloors:
-    """Each host's confidence floor under the model it was measured with (``ConfidenceGate``)."""
+    """Each host's confidence floor, with the model and gate settings it was measured under (``ConfidenceGate``)."""
 
     def __init__(self, client: redis.Redis, lei: str) -> None:
         self._client = client
         self._key = f"dragon:{lei}:finetune:floors"
 
-    def save(self, model_id: str, floors: dict[str, float]) -> None:
+    def save(self, model_id: str, how_measured: str, floors: dict[str, float]) -> None:
         if floors:
-            self._client.hset(self._key, mapping={h: msgpack.packb([model_id, f]) for h, f in floors.items()})
+            mapping = {host: msgpack.packb([model_id, how_measured, floor]) for host, floor in floors.items()}
+            self._client.hset(self._key, mapping=mapping)
 
-    def load(self, model_id: str) -> dict[str, float]:
-        """The floors measured under ``model_id``; those of other models, or unreadable, are left out."""
+    def load(self, model_id: str, how_measured: str) -> dict[str, float]:
+        """The floors measured under ``model_id`` by a gate measuring ``how_measured``; others are left out."""
         floors = {}
         for host, data in self._client.hgetall(self._key).items():
             try:
-                measured_under, floor = msgpack.unpackb(data)
-                if measured_under == model_id:
+                measured_model, measured_how, floor = msgpack.unpackb(data)
+                if (measured_model, measured_how) == (model_id, how_measured):
                     floors[host.decode()] = float(floor)
             except (ValueError, TypeError, msgpack.UnpackException) as exc:
                 log.warning("gate_floor_unreadable_skipped", host=host.decode(errors="replace"), error=str(exc))
