@@ -117,14 +117,15 @@ class DetectorConfig:
     finetune_reference: int = setting(
         "DRAGON_FINETUNE_REFERENCE",
         60,
-        "the first normal windows of each host under a model, whose confidence is the reference",
+        "the first normal windows of each host under a model, whose confidence is the reference (its floor is "
+        "kept in Redis, so a restart under the same model keeps it)",
         "windows",
     )
     finetune_windows: int = setting(
         "DRAGON_FINETUNE_WINDOWS",
         1024,
-        "newest normal windows a fine-tune learns from and recalibrates POT on; a fine-tune waits for enough "
-        "of them to give POT 10 peaks (500 at level 0.98), or for this many",
+        "newest normal windows a fine-tune learns from and recalibrates POT on, kept in Redis across restarts; "
+        "a fine-tune waits for enough of them to give POT 10 peaks (500 at level 0.98), or for this many",
         "windows",
     )
     finetune_steps: int = setting("DRAGON_FINETUNE_STEPS", 10, "Adam steps of one fine-tune", "steps")
