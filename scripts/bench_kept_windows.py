@@ -45,18 +45,21 @@ def main() -> None:
     kept = KeptWindows(client, lei, args.capacity)
     rng = np.random.default_rng(0)
 
+    hosts = [f"h{i}" for i in range(args.hosts)]
+
     def batch() -> list[tuple[np.ndarray, np.ndarray]]:
+        # float32, as the service keeps a host's raw windows
         shape = (args.window, args.features)
-        return [(rng.random(shape) * 1e6, rng.random(shape) * 1e6) for _ in range(args.hosts)]
+        return [(rng.random(shape, dtype=np.float32) * 1e6, rng.random(shape, dtype=np.float32) * 1e6) for _ in hosts]
 
     try:
         while len(kept.pairs()) < args.capacity:  # fill it first: the service's steady state
-            kept.keep_pairs(batch())
+            kept.keep_pairs(hosts, batch())
         writes, reads = [], []
         for _ in range(args.calls):
             pairs = batch()
             started = time.perf_counter()
-            kept.keep_pairs(pairs)
+            kept.keep_pairs(hosts, pairs)
             writes.append(time.perf_counter() - started)
         for _ in range(max(1, args.calls // 10)):
             started = time.perf_counter()
@@ -67,7 +70,7 @@ def main() -> None:
         print(f"restore ({len(restored)} pairs): {percentiles(reads)}")
         print(f"memory in Redis: {memory / 2**20:.2f} MiB for {len(restored)} pairs")
     finally:
-        client.delete(f"dragon:{lei}:finetune:windows", f"dragon:{lei}:finetune:steps")
+        client.delete(*(f"dragon:{lei}:finetune:{key}" for key in ("windows", "steps", "order")))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 import redis
+import structlog.testing
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.wait_strategies import ExecWaitStrategy
 
@@ -174,16 +175,31 @@ def lei_step(value: float, hosts: int = 2, tasks: int = 1, k: int = 3, n: int = 
     )
 
 
-def test_kept_pairs_round_trip_exactly_once_each_newest_kept(client):
+def keep(kept: KeptWindows, *values: float, host: str = "h1") -> None:
+    kept.keep_pairs([host] * len(values), [pair(v) for v in values])
+
+
+def test_kept_pairs_round_trip_exactly_once_each_in_its_first_place_newest_kept(client):
     kept = KeptWindows(client, "kw1", capacity=4)
-    kept.keep_pairs([pair(1.0), pair(2.0)])
-    kept.keep_pairs([pair(2.0), pair(1 / 3), pair(4.0)])  # pair(2.0) again: a redelivery
-    kept.keep_pairs([pair(5.0)])
+    keep(kept, 1.0, 2.0)
+    keep(kept, 1 / 3, 1.0, 4.0)  # 1.0 again: a redelivery, which keeps its first place
+    keep(kept, 5.0)
     restored = kept.pairs()
     assert [p[0][0, 0] for p in restored] == [2.0, 1 / 3, 4.0, 5.0]  # the oldest, 1.0, made room
     for got, want in zip(restored[:2], [pair(2.0), pair(1 / 3)], strict=True):
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     assert KeptWindows(client, "kw-other", capacity=4).pairs() == []
+
+
+def test_equal_windows_of_two_hosts_are_two_and_a_float32_window_stays_float32(client):
+    kept = KeptWindows(client, "kw6", capacity=8)
+    keep(kept, 7.0, host="h1")
+    keep(kept, 7.0, host="h2")
+    window = np.arange(6, dtype=np.float32).reshape(3, 2) / 3
+    kept.keep_pairs(["h1"], [(window, window + 1)])
+    restored = kept.pairs()
+    assert len(restored) == 3
+    assert restored[-1][0].dtype == np.float32 and np.array_equal(restored[-1][0], window)
 
 
 def test_kept_steps_round_trip_and_fill_the_capacity_in_host_windows(client):
@@ -201,47 +217,76 @@ def test_kept_steps_round_trip_and_fill_the_capacity_in_host_windows(client):
 
 def test_an_unreadable_kept_window_is_skipped(client):
     kept = KeptWindows(client, "kw3", capacity=4)
-    kept.keep_pairs([pair(1.0)])
+    keep(kept, 1.0)
     client.zadd("dragon:kw3:finetune:windows", {b"\xc1 not msgpack": 0.0, msgpack.packb([[[2], b"x"]]): 0.5})
     assert [p[0][0, 0] for p in kept.pairs()] == [1.0]
 
 
-def test_a_replica_that_starts_restores_the_clean_windows_another_kept(client):
-    k = 4
-    cfg = GonConfig(n_features=len(HOST_METRICS), window=k, hidden=8, gen_steps=2, epochs=2)
-    rng = np.random.default_rng(0)
-    series = 0.5 + 0.1 * rng.standard_normal((120, len(HOST_METRICS)))
+@pytest.fixture(scope="module")
+def host_scorer() -> tuple[Scorer, np.ndarray]:
+    """A small host model of window 4 and the raw windows of its last 30 samples."""
+    cfg = GonConfig(n_features=len(HOST_METRICS), window=4, hidden=8, gen_steps=2, epochs=2)
+    series = 0.5 + 0.1 * np.random.default_rng(0).standard_normal((120, len(HOST_METRICS)))
     scorer = Scorer(train_from_series(series, HOST_METRICS, cfg, min_span=min_span(), source="test"))
-    config = DetectorConfig(window=k, finetune_windows=64, finetune_reference=10)
-    models = ModelStore(client, "kw4", "")
+    return scorer, make_windows(series[-30:], 4).astype(np.float32)
 
-    def replica(name: str) -> FineTuner:
-        return FineTuner(config, models, name, "kw4", TunerState.in_redis(client, "kw4", config.finetune_windows))
 
-    first = replica("a")
-    windows = make_windows(series[-30:], k).astype(np.float64)
+def replica(client, lei: str, name: str, **settings) -> FineTuner:
+    config = DetectorConfig(**({"window": 4, "finetune_windows": 64, "finetune_reference": 10} | settings))
+    models = ModelStore(client, lei, "")
+    return FineTuner(config, models, name, lei, TunerState.in_redis(client, lei, config.finetune_windows))
+
+
+def test_a_replica_that_starts_restores_the_clean_windows_another_kept(client, host_scorer):
+    scorer, windows = host_scorer
+    k, n = scorer.window, len(HOST_METRICS)
+    first = replica(client, "kw4", "a")
     first.observe(scorer, ["h1"] * (len(windows) - 1), windows[:-1], windows[1:], [True] * (len(windows) - 1))
     assert len(first._normal) == len(windows) - k  # a window counts once k verdicts in a row were normal
-    KeptWindows(client, "kw4", 64).keep_pairs([pair(9.0, k=k + 1, n=len(HOST_METRICS))])  # another window length
+    other_length = KeptWindows(client, "kw4", 64)  # kept under a model of another window length
+    other_length.keep_pairs(["h9"], [pair(9.0, k=k + 1, n=n)])
+    other_length.keep_steps([lei_step(1.0, k=k, n=n), lei_step(2.0, k=k + 1, n=n)])
 
-    second = replica("b")
+    second = replica(client, "kw4", "b")
     second.restore()
     second.restore()  # idempotent: a retry after a lost connection does not double them
-    assert len(second._normal) == len(first._normal)
-    for (p, n), (q, m) in zip(second._normal, first._normal, strict=True):
-        assert np.array_equal(p, q) and np.array_equal(n, m)
-    # The gate's floor, measured on the first replica's reference windows, counts after a
-    # restart under the same model: one more window and the second replica judges by it.
+    assert (len(second._normal), len(second._steps)) == (len(first._normal) + 1, 2)
+    # Scoring with the served model drops what it cannot take, and the gate's floor, measured
+    # on the first replica's reference windows, counts under the same model after a restart.
     assert first.gate.floor("h1") is not None
     second.observe(scorer, ["h1"], windows[-2:-1], windows[-1:], [True])
+    assert [step.next.shape[1] for step in second._steps] == [k]
+    assert len(second._normal) == len(first._normal)
+    for (p, n_), (q, m) in zip(second._normal, first._normal, strict=True):
+        assert np.array_equal(p, q) and np.array_equal(n_, m)
     assert second.gate.floor("h1") == first.gate.floor("h1")
+
+
+def test_a_redis_that_refuses_leaves_the_state_in_memory_and_scoring_goes_on(client, host_scorer):
+    scorer, windows = host_scorer
+    client.set("dragon:kw7:finetune:windows", "not a sorted set")  # every call on it: WRONGTYPE
+    tuner = replica(client, "kw7", "a")
+    with structlog.testing.capture_logs() as logs:
+        tuner.restore()
+        tuner.observe(scorer, ["h1"] * 8, windows[:8], windows[1:9], [True] * 8)
+    events = [entry["event"] for entry in logs]
+    assert "finetune_windows_not_restored" in events and "finetune_state_not_written" in events
+    assert len(tuner._normal) == 8 - scorer.window + 1
+
+
+def test_the_first_floor_of_a_host_under_a_model_stays(client):
+    floors = GateFloors(client, "kw8")
+    assert floors.settle("model-a", "q1", {"h1": 0.75}) == {"h1": 0.75}
+    # A replica that took h1 over measured a later, lower floor: the first one is in force.
+    assert floors.settle("model-a", "q1", {"h1": 0.25, "h2": 0.5}) == {"h1": 0.75, "h2": 0.5}
+    assert floors.load("model-a", "q1") == {"h1": 0.75, "h2": 0.5}
 
 
 def test_gate_floors_count_only_under_the_model_and_gate_settings_they_were_measured_with(client):
     floors = GateFloors(client, "kw5")
-    floors.save("model-a", "q1", {"h1": 0.75, "h2": 0.5, "h4": 0.125})
-    floors.save("model-b", "q1", {"h2": 0.25})  # h2 measured again under a newer model
-    floors.save("model-a", "q2", {"h4": 0.0625})  # h4 by a replica whose gate measures otherwise
+    floors.settle("model-a", "q1", {"h1": 0.75, "h2": 0.5, "h4": 0.125})
+    floors.settle("model-b", "q1", {"h2": 0.25})  # h2 measured again under a newer model
+    floors.settle("model-a", "q2", {"h4": 0.0625})  # h4 by a replica whose gate measures otherwise
     client.hset("dragon:kw5:finetune:floors", "h3", b"\xc1 not msgpack")
     assert floors.load("model-a", "q1") == {"h1": 0.75}
     assert floors.load("model-b", "q1") == {"h2": 0.25}

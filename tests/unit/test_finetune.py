@@ -145,7 +145,9 @@ def test_gate_hands_out_each_new_floor_once_and_adopts_a_stored_one():
     assert gate.new_floors() == {}  # the reference is not complete yet
     gate.observe("h1", 0.6, normal=True)
     floor = gate.floor("h1")
-    assert gate.new_floors() == {"h1": floor} and gate.new_floors() == {}
+    assert gate.new_floors() == {"h1": floor} == gate.new_floors()  # until it is stored
+    gate.floors_stored(["h1"])
+    assert gate.new_floors() == {}
     # A restarted replica adopts the floor instead of measuring a new reference: 20 recent
     # windows and it judges, and the adopted floor is not handed out again as new.
     restarted = ConfidenceGate(0.0, 0.01, reference=60, recent=20)

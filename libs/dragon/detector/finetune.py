@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -141,9 +141,13 @@ class ConfidenceGate:
         self._host(host).floor = float(floor)
 
     def new_floors(self) -> dict[str, float]:
-        """The floors completed since the last call, to be kept for a restart."""
-        floors, self._new_floors = self._new_floors, {}
-        return floors
+        """The floors completed and not stored yet (:meth:`floors_stored`), to be kept for a restart."""
+        return dict(self._new_floors)
+
+    def floors_stored(self, hosts: Iterable[str]) -> None:
+        """The floors of ``hosts`` were stored: :meth:`new_floors` no longer hands them out."""
+        for host in hosts:
+            self._new_floors.pop(host, None)
 
     def _host(self, host: str) -> _HostConfidence:
         return self._hosts.setdefault(host, _HostConfidence(recent=deque(maxlen=self._recent)))

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import redis
@@ -46,6 +46,7 @@ from dragon.messages.schemas import HOST_METRICS
 from dragon.store import StoredSample, WindowStore
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 CHECK_INTERVAL_S = 2.0
 RETRY_AFTER_FAILURE_S = 60.0  # after a record that could not make a model: gather more first
@@ -191,8 +192,9 @@ class FineTuner:
     ``requires_grad`` on the model it climbs, so the scorer's model must never be shared with
     another thread). The model-training lock in Redis lets one replica fine-tune at a time, and
     the result replaces the current model only if that is still the model it was tuned from.
-    With ``state``, the clean windows kept and the gate's floors are also written to Redis, and
-    come back when the replica starts (:meth:`restore`, ``tunerstate.py``).
+    With ``state``, the clean windows kept and the gate's floors are also written to Redis: the
+    windows come back when the replica starts (:meth:`restore`), the floors of the served model
+    whenever a model starts being served (``_follow``), see ``tunerstate.py``.
     """
 
     def __init__(
@@ -216,39 +218,38 @@ class FineTuner:
         self._thread: threading.Thread | None = None
 
     def restore(self) -> None:
-        """Load the LEI's clean windows kept in Redis, those of the configured window shape.
+        """Load the LEI's clean windows kept in Redis; those the served model cannot take go at :meth:`_follow`.
 
         A replica that starts learns on from where the LEI was instead of waiting for hundreds
-        of clean windows again. Idempotent, so it can be retried while Redis is away.
+        of clean windows again. Idempotent, so it can be retried while Redis is away (connection
+        errors are the caller's to retry); any other Redis error starts with nothing kept.
         """
         if self.state is None:
             return
-        shape = (self.config.window, len(HOST_METRICS))
-        pairs, steps = self.state.kept.pairs(), self.state.kept.steps()
-        fitting_pairs = [pair for pair in pairs if pair[1].shape == shape]
-        fitting_steps = [step for step in steps if step.next.shape[1:] == shape]
+        try:
+            pairs, steps = self.state.kept.pairs(), self.state.kept.steps()
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except redis.RedisError as exc:
+            log.error("finetune_windows_not_restored", error=str(exc))
+            return
         self._normal.clear()
-        self._normal.extend(fitting_pairs)
+        self._normal.extend(pairs)
         self._steps.clear()
-        for step in fitting_steps:
+        for step in steps:
             self._append_step(step)
-        log.info(
-            "finetune_windows_restored",
-            windows=len(self._normal),
-            steps=len(self._steps),
-            other_shape=len(pairs) - len(fitting_pairs) + len(steps) - len(fitting_steps),
-        )
+        log.info("finetune_windows_restored", windows=len(self._normal), steps=len(self._steps))
 
     def observe(self, scorer: Scorer, hosts: list[str], prev: np.ndarray, nxt: np.ndarray, normal: list[bool]) -> None:
         """Windows (B, k, n) the scorer just judged, in raw units; ``normal[i]``: judged normal, host not in a fault."""
         self._follow(scorer)
         values = confidence(scorer.model, scorer.scaler.transform(nxt))  # (B,)
-        new_pairs: list[HostPair] = []
+        new_pairs: list[tuple[str, HostPair]] = []
         for i, (host, value, is_normal) in enumerate(zip(hosts, values.tolist(), normal, strict=True)):
             if self._judged(scorer, host, value, is_normal):
-                new_pairs.append((prev[i], nxt[i]))
-        self._normal.extend(new_pairs)
-        self._persist(lambda state: state.kept.keep_pairs(new_pairs), windows=len(new_pairs))
+                new_pairs.append((host, (prev[i], nxt[i])))
+        self._normal.extend(pair for _, pair in new_pairs)
+        self._persist(lambda state: state.kept.keep_pairs(*zip(*new_pairs, strict=True)), windows=len(new_pairs))
         self._persist_new_floors(scorer)
         full = len(self._normal) == self._normal.maxlen
         if enough_to_recalibrate(scorer.checkpoint, len(self._normal), full):
@@ -293,27 +294,50 @@ class FineTuner:
         while sum(len(s.hosts) for s in self._steps) > self.config.finetune_windows:
             self._steps.popleft()
 
-    def _persist(self, write: Callable[[TunerState], None], **what: int) -> None:
-        """Write to Redis what a restart should find; without Redis it stays in memory only."""
+    def _persist(self, write: Callable[[TunerState], T], **what: int) -> T | None:
+        """Write to Redis what a restart should find; None when it could not (it stays in memory only).
+
+        Best effort: any Redis error (away, out of memory, read-only) is logged, never raised
+        into the scoring thread.
+        """
         if self.state is None or not any(what.values()):
-            return
+            return None
         try:
-            write(self.state)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return write(self.state)
+        except redis.RedisError as exc:
             log.warning("finetune_state_not_written", error=str(exc), **what)
+            return None
 
     def _persist_new_floors(self, scorer: Scorer) -> None:
+        """Store the floors just measured; where another was stored first under this model, adopt it."""
         floors, how = self.gate.new_floors(), self.gate.how_measured
-        self._persist(lambda state: state.floors.save(scorer.model_id, how, floors), floors=len(floors))
+        in_force = self._persist(lambda state: state.floors.settle(scorer.model_id, how, floors), floors=len(floors))
+        if in_force is None:
+            return  # not stored: handed out again with the next batch
+        for host, floor in in_force.items():
+            self.gate.adopt_floor(host, floor)
+        self.gate.floors_stored(in_force)
 
     def _stored_floors(self, model_id: str) -> dict[str, float]:
         if self.state is None:
             return {}
         try:
             return self.state.floors.load(model_id, self.gate.how_measured)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:
             log.warning("gate_floors_not_read", error=str(exc))
             return {}
+
+    def _drop_other_shapes(self, scorer: Scorer) -> None:
+        """Forget kept windows of another window length or metric count than the served model's."""
+        shape = (scorer.window, len(scorer.checkpoint.feature_names))
+        pairs = [pair for pair in self._normal if pair[1].shape == shape]
+        steps = [step for step in self._steps if step.next.shape[1:] == shape]
+        dropped = len(self._normal) - len(pairs) + len(self._steps) - len(steps)
+        if dropped:
+            self._normal.clear()
+            self._normal.extend(pairs)
+            self._steps = deque(steps)
+            log.info("kept_windows_of_another_shape_dropped", dropped=dropped, window=shape[0], metrics=shape[1])
 
     def _warn_if_store_too_small(self, step: LeiStep) -> None:
         """Once: a store that cannot hold two steps of this LEI never fine-tunes (one needs two)."""
@@ -333,6 +357,7 @@ class FineTuner:
             # stay: they are the LEI's normal operation, whichever model judged them. Floors
             # measured under this model by a gate like ours (before a restart) count again.
             self.gate.reset()
+            self._drop_other_shapes(scorer)
             floors = self._stored_floors(scorer.model_id)
             for host, floor in floors.items():
                 self.gate.adopt_floor(host, floor)

@@ -9,22 +9,26 @@ to Redis as it goes and loads them back when it starts
 (:meth:`FineTuner.restore <dragon.detector.learning.FineTuner.restore>`):
 
 - ``dragon:<lei>:finetune:windows``: a sorted set, one member per host window pair
-  (W_t, W_{t+1}) in raw units, oldest first (score: when it was kept);
+  (W_t, W_{t+1}) in raw units and the window's own dtype, with its host, oldest first;
 - ``dragon:<lei>:finetune:steps``: the same for LEI steps, the model's inputs only;
+- ``dragon:<lei>:finetune:order``: the counter that orders both (not a replica's clock, so
+  replicas whose clocks disagree still trim the oldest);
 - ``dragon:<lei>:finetune:floors``: a hash, host -> msgpack ``[model_id, how_measured, floor]``.
 
-A member of the sorted sets is the msgpack of the arrays themselves, so a window kept twice (a
-redelivery, or two replicas keeping the same LEI step) stays one member. Each set is trimmed to
-the newest ``DRAGON_FINETUNE_WINDOWS`` host windows (for steps: that many divided by the hosts
-of the step just kept). Every replica of the LEI writes to the same sets, so a replica that
-restarts loads the clean windows of every host of the LEI, not only of those it scored before.
-A floor counts only under the model it was measured with, by a gate of the same quantile and
-reference length (``ConfidenceGate.how_measured``).
+A member of the sorted sets is the msgpack of the host and arrays themselves, so a window kept
+twice (a redelivery, or two replicas keeping the same LEI step) stays one member in its first
+place, while equal windows of two hosts are two. (Equal windows of one idle host are one too:
+a host whose metrics do not move adds nothing to learn.) Each write trims its set to the newest
+``DRAGON_FINETUNE_WINDOWS`` host windows of the replica writing (for steps: that many divided
+by the hosts of the step just kept), so replicas of an LEI should share that setting. Every
+replica of the LEI writes to the same sets, so a replica that restarts loads the clean windows
+of every host of the LEI, not only of those it scored before. A floor counts only under the
+model it was measured with, by a gate of the same quantile and reference length
+(``ConfidenceGate.how_measured``), and the first one stored for a host under a model stays.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -42,17 +46,33 @@ HostPair = tuple[np.ndarray, np.ndarray]  # (W_t, W_{t+1}) of one host, (k, n) e
 T = TypeVar("T")
 
 
+# Add members (ARGV[2..]) newest last, ordered by a counter in Redis rather than any replica's
+# clock; a member already there keeps its place (NX). Then keep the newest ARGV[1].
+_KEEP = """
+local added = #ARGV - 1
+local last = redis.call('INCRBY', KEYS[2], added)
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'NX', last - added + i - 1, ARGV[i])
+end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[1]) + 1))
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
 class KeptWindows:
     def __init__(self, client: redis.Redis, lei: str, capacity: int) -> None:
         self._client = client
         self._windows_key = f"dragon:{lei}:finetune:windows"
         self._steps_key = f"dragon:{lei}:finetune:steps"
+        self._order_key = f"dragon:{lei}:finetune:order"
+        self._script = client.register_script(_KEEP)
         self.capacity = capacity
 
-    def keep_pairs(self, pairs: Sequence[HostPair]) -> None:
-        """Add host window pairs, newest last, and drop the oldest beyond the capacity."""
+    def keep_pairs(self, hosts: Sequence[str], pairs: Sequence[HostPair]) -> None:
+        """Add the pairs of ``hosts`` (one each), newest last, and drop the oldest beyond the capacity."""
         if pairs:
-            self._keep(self._windows_key, [_pack_pair(pair) for pair in pairs], self.capacity)
+            members = [_pack_pair(host, pair) for host, pair in zip(hosts, pairs, strict=True)]
+            self._keep(self._windows_key, members, self.capacity)
 
     def keep_steps(self, steps: Sequence[LeiStep]) -> None:
         """Add LEI steps, newest last; the set keeps as many steps as fit the capacity in host windows."""
@@ -69,32 +89,35 @@ class KeptWindows:
         return _readable(self._client.zrange(self._steps_key, 0, -1), _unpack_step, "step")
 
     def _keep(self, key: str, members: list[bytes], most: int) -> None:
-        # One score per call, a little apart per member, so the order within a batch survives.
-        now = time.time()
-        scores = {member: now + i * 1e-6 for i, member in enumerate(members)}
-        pipe = self._client.pipeline(transaction=True)
-        pipe.zadd(key, scores)
-        pipe.zremrangebyrank(key, 0, -(most + 1))
-        pipe.execute()
+        self._script(keys=[key, self._order_key], args=[most, *members])
+
+
+# Raw windows are stored in their own dtype, so a restored window equals the kept one bit for bit.
+_DTYPES = {np.dtype(np.float32).str, np.dtype(np.float64).str}
 
 
 def _array(a: np.ndarray) -> list:
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    return [list(a.shape), a.tobytes()]
+    a = np.ascontiguousarray(a)
+    if a.dtype.str not in _DTYPES:
+        a = a.astype(np.float64)
+    return [list(a.shape), a.dtype.str, a.tobytes()]
 
 
 def _from(packed: list) -> np.ndarray:
-    shape, data = packed
-    return np.frombuffer(data, dtype=np.float64).reshape(shape).copy()
+    shape, dtype, data = packed
+    if dtype not in _DTYPES:
+        raise ValueError(f"a kept window of dtype {dtype!r}")
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
 
 
-def _pack_pair(pair: HostPair) -> bytes:
+def _pack_pair(host: str, pair: HostPair) -> bytes:
+    # The host is part of the member: two hosts with equal windows are two windows.
     prev, nxt = pair
-    return msgpack.packb([_array(prev), _array(nxt)])
+    return msgpack.packb([host, _array(prev), _array(nxt)])
 
 
 def _unpack_pair(member: bytes) -> HostPair:
-    prev, nxt = msgpack.unpackb(member)
+    _host, prev, nxt = msgpack.unpackb(member)
     pair = _from(prev), _from(nxt)
     if pair[0].shape != pair[1].shape or pair[0].ndim != 2:
         raise ValueError(f"a kept pair must be two (k, n) windows, got {pair[0].shape} and {pair[1].shape}")
@@ -130,7 +153,15 @@ def _unpack_step(member: bytes) -> LeiStep:
         judged=(),
     )
     m, p = len(step.hosts), len(step.tasks)
-    if step.prev.shape != step.next.shape or step.prev.shape[0] != m or step.schedule.shape != (p, m):
+    k = step.next.shape[1] if step.next.ndim == 3 else -1
+    if (
+        step.prev.shape != step.next.shape
+        or step.next.ndim != 3
+        or step.next.shape[0] != m
+        or step.task_prev.shape != (p, k)
+        or step.task_next.shape != (p, k)
+        or step.schedule.shape != (p, m)
+    ):
         raise ValueError(f"a kept step of {m} hosts and {p} tasks has windows {step.prev.shape}")
     return step
 
@@ -152,22 +183,46 @@ class GateFloors:
         self._client = client
         self._key = f"dragon:{lei}:finetune:floors"
 
-    def save(self, model_id: str, how_measured: str, floors: dict[str, float]) -> None:
-        if floors:
-            mapping = {host: msgpack.packb([model_id, how_measured, floor]) for host, floor in floors.items()}
-            self._client.hset(self._key, mapping=mapping)
+    def settle(self, model_id: str, how_measured: str, floors: dict[str, float]) -> dict[str, float]:
+        """Store each floor unless one measured the same way under the same model is stored; the floors in force.
+
+        The first floor of a host under a model wins: a replica that takes the host over later
+        measures its reference on a model that may have gone stale since, and adopts the stored one.
+        """
+        if not floors:
+            return {}
+        hosts = list(floors)
+        stored = dict(zip(hosts, self._client.hmget(self._key, hosts), strict=True))
+        in_force, new = {}, {}
+        for host, floor in floors.items():
+            earlier = _floor_of(host, stored[host], model_id, how_measured)
+            in_force[host] = floor if earlier is None else earlier
+            if earlier is None:
+                new[host] = msgpack.packb([model_id, how_measured, floor])
+        if new:
+            self._client.hset(self._key, mapping=new)
+        return in_force
 
     def load(self, model_id: str, how_measured: str) -> dict[str, float]:
         """The floors measured under ``model_id`` by a gate measuring ``how_measured``; others are left out."""
         floors = {}
         for host, data in self._client.hgetall(self._key).items():
-            try:
-                measured_model, measured_how, floor = msgpack.unpackb(data)
-                if (measured_model, measured_how) == (model_id, how_measured):
-                    floors[host.decode()] = float(floor)
-            except (ValueError, TypeError, msgpack.UnpackException) as exc:
-                log.warning("gate_floor_unreadable_skipped", host=host.decode(errors="replace"), error=str(exc))
+            floor = _floor_of(host.decode(errors="replace"), data, model_id, how_measured)
+            if floor is not None:
+                floors[host.decode()] = floor
         return floors
+
+
+def _floor_of(host: str, data: bytes | None, model_id: str, how_measured: str) -> float | None:
+    """A stored floor if it was measured under ``model_id`` by a gate measuring ``how_measured``."""
+    if data is None:
+        return None
+    try:
+        measured_model, measured_how, floor = msgpack.unpackb(data)
+        return float(floor) if (measured_model, measured_how) == (model_id, how_measured) else None
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        log.warning("gate_floor_unreadable_skipped", host=host, error=str(exc))
+        return None
 
 
 @dataclass(frozen=True)
