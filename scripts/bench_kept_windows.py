@@ -70,7 +70,7 @@ def main() -> None:
         print(f"restore ({len(restored)} pairs): {percentiles(reads)}")
         print(f"memory in Redis: {memory / 2**20:.2f} MiB for {len(restored)} pairs")
     finally:
-        client.delete(*(f"dragon:{lei}:finetune:{key}" for key in ("windows", "steps", "order")))
+        client.delete(*(f"dragon:{lei}:finetune:{key}" for key in ("windows", "steps")))
 
 
 if __name__ == "__main__":

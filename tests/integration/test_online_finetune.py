@@ -100,5 +100,5 @@ def test_forced_fine_tune_publishes_a_new_model_and_scoring_continues(lei, tmp_p
         # Give the rest of the session the model it had, so their thresholds are the usual ones,
         # and no kept windows from this test's forced fine-tunes.
         models.publish(original)
-        client.delete(*(f"dragon:{lei.lei}:finetune:{key}" for key in ("windows", "steps", "order", "floors")))
+        client.delete(*(f"dragon:{lei.lei}:finetune:{key}" for key in ("windows", "steps", "floors")))
         client.close()

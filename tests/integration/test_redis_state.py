@@ -191,6 +191,16 @@ def test_kept_pairs_round_trip_exactly_once_each_in_its_first_place_newest_kept(
     assert KeptWindows(client, "kw-other", capacity=4).pairs() == []
 
 
+def test_new_windows_count_on_from_the_newest_score_in_the_set_whatever_wrote_it(client):
+    kept = KeptWindows(client, "kw9", capacity=2)
+    keep(kept, 1.0)
+    (member,) = client.zrange("dragon:kw9:finetune:windows", 0, -1)
+    client.zadd("dragon:kw9:finetune:windows", {member: 1.7e9})  # as a writer scoring by its clock left it
+    keep(kept, 2.0)
+    keep(kept, 3.0)
+    assert [p[0][0, 0] for p in kept.pairs()] == [2.0, 3.0]
+
+
 def test_equal_windows_of_two_hosts_are_two_and_a_float32_window_stays_float32(client):
     kept = KeptWindows(client, "kw6", capacity=8)
     keep(kept, 7.0, host="h1")
@@ -272,6 +282,19 @@ def test_a_redis_that_refuses_leaves_the_state_in_memory_and_scoring_goes_on(cli
     events = [entry["event"] for entry in logs]
     assert "finetune_windows_not_restored" in events and "finetune_state_not_written" in events
     assert len(tuner._normal) == 8 - scorer.window + 1
+
+
+def test_a_replica_that_measures_a_floor_stored_first_by_another_adopts_that_one(client, host_scorer):
+    scorer, windows = host_scorer
+    k = scorer.window
+    second = replica(client, "kw10", "b")
+    second.observe(scorer, ["h1"], windows[:1], windows[1:2], [True])  # serving, no floor stored yet
+    first = replica(client, "kw10", "a")
+    first.observe(scorer, ["h1"] * 20, windows[:20], windows[1:21], [True] * 20)
+    # The second measures its reference on later windows: another floor, but the first one stays.
+    second.observe(scorer, ["h1"] * (k + 9), windows[-k - 10 : -1], windows[-k - 9 :], [True] * (k + 9))
+    assert first.gate.floor("h1") is not None and second.gate.floor("h1") == first.gate.floor("h1")
+    assert GateFloors(client, "kw10").load(scorer.model_id, second.gate.how_measured) == {"h1": first.gate.floor("h1")}
 
 
 def test_the_first_floor_of_a_host_under_a_model_stays(client):

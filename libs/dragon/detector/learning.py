@@ -249,6 +249,7 @@ class FineTuner:
             if self._judged(scorer, host, value, is_normal):
                 new_pairs.append((host, (prev[i], nxt[i])))
         self._normal.extend(pair for _, pair in new_pairs)
+        # _persist calls nothing when there is nothing new (zip of no pairs would give no arguments).
         self._persist(lambda state: state.kept.keep_pairs(*zip(*new_pairs, strict=True)), windows=len(new_pairs))
         self._persist_new_floors(scorer)
         full = len(self._normal) == self._normal.maxlen
@@ -336,7 +337,8 @@ class FineTuner:
         if dropped:
             self._normal.clear()
             self._normal.extend(pairs)
-            self._steps = deque(steps)
+            self._steps.clear()
+            self._steps.extend(steps)
             log.info("kept_windows_of_another_shape_dropped", dropped=dropped, window=shape[0], metrics=shape[1])
 
     def _warn_if_store_too_small(self, step: LeiStep) -> None:

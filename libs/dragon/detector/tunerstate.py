@@ -9,10 +9,10 @@ to Redis as it goes and loads them back when it starts
 (:meth:`FineTuner.restore <dragon.detector.learning.FineTuner.restore>`):
 
 - ``dragon:<lei>:finetune:windows``: a sorted set, one member per host window pair
-  (W_t, W_{t+1}) in raw units and the window's own dtype, with its host, oldest first;
+  (W_t, W_{t+1}) in raw units and the window's own dtype, with its host, oldest first (scores
+  count on from the set's newest, not from a replica's clock, so replicas whose clocks
+  disagree still trim the oldest);
 - ``dragon:<lei>:finetune:steps``: the same for LEI steps, the model's inputs only;
-- ``dragon:<lei>:finetune:order``: the counter that orders both (not a replica's clock, so
-  replicas whose clocks disagree still trim the oldest);
 - ``dragon:<lei>:finetune:floors``: a hash, host -> msgpack ``[model_id, how_measured, floor]``.
 
 A member of the sorted sets is the msgpack of the host and arrays themselves, so a window kept
@@ -46,13 +46,13 @@ HostPair = tuple[np.ndarray, np.ndarray]  # (W_t, W_{t+1}) of one host, (k, n) e
 T = TypeVar("T")
 
 
-# Add members (ARGV[2..]) newest last, ordered by a counter in Redis rather than any replica's
-# clock; a member already there keeps its place (NX). Then keep the newest ARGV[1].
+# Add members (ARGV[2..]) newest last, scored on from the set's own newest score rather than
+# any replica's clock; a member already there keeps its place (NX). Then keep the newest ARGV[1].
 _KEEP = """
-local added = #ARGV - 1
-local last = redis.call('INCRBY', KEYS[2], added)
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+local base = newest and tonumber(newest) or 0
 for i = 2, #ARGV do
-  redis.call('ZADD', KEYS[1], 'NX', last - added + i - 1, ARGV[i])
+  redis.call('ZADD', KEYS[1], 'NX', base + i - 1, ARGV[i])
 end
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[1]) + 1))
 return redis.call('ZCARD', KEYS[1])
@@ -64,7 +64,6 @@ class KeptWindows:
         self._client = client
         self._windows_key = f"dragon:{lei}:finetune:windows"
         self._steps_key = f"dragon:{lei}:finetune:steps"
-        self._order_key = f"dragon:{lei}:finetune:order"
         self._script = client.register_script(_KEEP)
         self.capacity = capacity
 
@@ -89,7 +88,7 @@ class KeptWindows:
         return _readable(self._client.zrange(self._steps_key, 0, -1), _unpack_step, "step")
 
     def _keep(self, key: str, members: list[bytes], most: int) -> None:
-        self._script(keys=[key, self._order_key], args=[most, *members])
+        self._script(keys=[key], args=[most, *members])
 
 
 # Raw windows are stored in their own dtype, so a restored window equals the kept one bit for bit.
@@ -155,7 +154,8 @@ def _unpack_step(member: bytes) -> LeiStep:
     m, p = len(step.hosts), len(step.tasks)
     k = step.next.shape[1] if step.next.ndim == 3 else -1
     if (
-        step.prev.shape != step.next.shape
+        not 0 <= step.broker < m
+        or step.prev.shape != step.next.shape
         or step.next.ndim != 3
         or step.next.shape[0] != m
         or step.task_prev.shape != (p, k)
@@ -206,10 +206,11 @@ class GateFloors:
     def load(self, model_id: str, how_measured: str) -> dict[str, float]:
         """The floors measured under ``model_id`` by a gate measuring ``how_measured``; others are left out."""
         floors = {}
-        for host, data in self._client.hgetall(self._key).items():
-            floor = _floor_of(host.decode(errors="replace"), data, model_id, how_measured)
+        for field, data in self._client.hgetall(self._key).items():
+            host = field.decode(errors="replace")
+            floor = _floor_of(host, data, model_id, how_measured)
             if floor is not None:
-                floors[host.decode()] = floor
+                floors[host] = floor
         return floors
 
 
