@@ -24,8 +24,8 @@ import torch
 
 from dragon.detector import metrics
 from dragon.detector.baselines import create_model
-from dragon.detector.bench import load_benchmark
-from dragon.detector.pot import PotState, StreamingPot, fit_pot
+from dragon.detector.bench import BenchConfig, fit_and_calibrate, load_benchmark
+from dragon.detector.pot import PotState, StreamingPot
 
 
 def lagged_spot_thresholds(state: PotState, scores: np.ndarray, lag: int) -> np.ndarray:
@@ -63,11 +63,10 @@ def main() -> None:
     train, test, labels = load_benchmark(args.data)
     truth = metrics.step_truth(labels)
     for seed in args.seeds:
-        model = create_model(args.model, seed=seed)
-        model.fit(train)
-        train_scores, _ = model.score(train)
+        cfg = BenchConfig(data=args.data, model=args.model, seed=seed)  # the bench's POT risk and level
+        model = create_model(cfg.model, seed=cfg.seed)
+        state, _, _ = fit_and_calibrate(model, train, cfg)
         scores, _ = model.score(test, history=train)
-        state = fit_pot(train_scores, q=1e-3, level=0.98)
         row = {"data": args.data, "model": args.model, "seed": seed}
         row["roc_auc"] = round(metrics.roc_auc(scores, truth), 4)
         for lag in args.lags:
