@@ -225,11 +225,14 @@ def test_kept_steps_round_trip_and_fill_the_capacity_in_host_windows(client):
             assert np.array_equal(getattr(got, name), getattr(want, name)), name
 
 
-def test_an_unreadable_kept_window_is_skipped(client):
+def test_unreadable_kept_windows_are_removed_with_one_log_line(client):
     kept = KeptWindows(client, "kw3", capacity=4)
     keep(kept, 1.0)
     client.zadd("dragon:kw3:finetune:windows", {b"\xc1 not msgpack": 0.0, msgpack.packb([[[2], b"x"]]): 0.5})
-    assert [p[0][0, 0] for p in kept.pairs()] == [1.0]
+    with structlog.testing.capture_logs() as logs:
+        assert [p[0][0, 0] for p in kept.pairs()] == [1.0]
+    assert [(e["event"], e["count"]) for e in logs] == [("kept_windows_unreadable_removed", 2)]
+    assert client.zcard("dragon:kw3:finetune:windows") == 1
 
 
 @pytest.fixture(scope="module")

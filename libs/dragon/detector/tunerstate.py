@@ -80,12 +80,32 @@ class KeptWindows:
             self._keep(self._steps_key, [_pack_step(step) for step in steps], most)
 
     def pairs(self) -> list[HostPair]:
-        """Every kept pair, oldest first; unreadable members are skipped with a log line."""
-        return _readable(self._client.zrange(self._windows_key, 0, -1), _unpack_pair, "pair")
+        """Every kept pair, oldest first; unreadable members are removed, with one log line."""
+        return self._readable(self._windows_key, _unpack_pair)
 
     def steps(self) -> list[LeiStep]:
         """Every kept LEI step, oldest first, with nothing to judge (``judged`` is empty)."""
-        return _readable(self._client.zrange(self._steps_key, 0, -1), _unpack_step, "step")
+        return self._readable(self._steps_key, _unpack_step)
+
+    def _readable(self, key: str, unpack: Callable[[bytes], T]) -> list[T]:
+        """Decode every member of ``key``; drop those that cannot be (another format, corrupt).
+
+        They could never be learnt from, and left in place they would be reported again at
+        every restart until newer windows pushed them out.
+        """
+        kept: list[T] = []
+        unreadable: list[bytes] = []
+        error = ""
+        for member in self._client.zrange(key, 0, -1):
+            try:
+                kept.append(unpack(member))
+            except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+                unreadable.append(member)
+                error = error or str(exc)
+        if unreadable:
+            self._client.zrem(key, *unreadable)
+            log.warning("kept_windows_unreadable_removed", key=key, count=len(unreadable), first_error=error)
+        return kept
 
     def _keep(self, key: str, members: list[bytes], most: int) -> None:
         self._script(keys=[key], args=[most, *members])
@@ -164,16 +184,6 @@ def _unpack_step(member: bytes) -> LeiStep:
     ):
         raise ValueError(f"a kept step of {m} hosts and {p} tasks has windows {step.prev.shape}")
     return step
-
-
-def _readable(members: list[bytes], unpack: Callable[[bytes], T], what: str) -> list[T]:
-    kept: list[T] = []
-    for member in members:
-        try:
-            kept.append(unpack(member))
-        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
-            log.warning("kept_window_unreadable_skipped", kind=what, error=str(exc))
-    return kept
 
 
 class GateFloors:
