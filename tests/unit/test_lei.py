@@ -375,3 +375,15 @@ def test_kept_steps_stay_when_a_new_model_is_served(lei_model):
     assert newer.model_id != scorer.model_id
     tuner.observe_steps(newer, [second], [True] * 3, dict.fromkeys(HOSTS, 20))
     assert [step.judged[0][1].ts for step in tuner._steps] == [history["h0"][i].ts for i in (-2, -1)]
+
+
+def test_a_lei_model_forgets_kept_host_pairs_and_steps_of_another_window_length(lei_model):
+    scorer, history = lei_model
+    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
+    tuner = FineTuner(config, FakeModels(scorer.model_id), "replica-a", "lei-test")
+    first, second = steps_to_judge([as_sample(host, history[host][i]) for i in (-2, -1) for host in HOSTS], history, K)
+    shorter = replace(first, prev=first.prev[:, 1:], next=first.next[:, 1:])  # kept under a model of k - 1
+    tuner._steps.extend([shorter, first])  # as restored from Redis
+    tuner._normal.append((first.prev[0], first.next[0]))  # a host pair: for a model of single hosts
+    tuner.observe_steps(scorer, [second], [True] * 3, dict.fromkeys(HOSTS, 20))
+    assert list(tuner._steps) == [first, second] and len(tuner._normal) == 0

@@ -329,10 +329,12 @@ class FineTuner:
             return {}
 
     def _drop_other_shapes(self, scorer: Scorer) -> None:
-        """Forget kept windows of another window length or metric count than the served model's."""
+        """Forget kept windows the served model cannot learn from: of the other scope (pairs for a
+        model of the LEI, steps for one of single hosts), or of another window length or metric count."""
         shape = (scorer.window, len(scorer.checkpoint.feature_names))
-        pairs = [pair for pair in self._normal if pair[1].shape == shape]
-        steps = [step for step in self._steps if step.next.shape[1:] == shape]
+        by_host, by_lei = scorer.scope == "host", scorer.scope == "lei"
+        pairs = [pair for pair in self._normal if by_host and pair[1].shape == shape]
+        steps = [step for step in self._steps if by_lei and step.next.shape[1:] == shape]
         dropped = len(self._normal) - len(pairs) + len(self._steps) - len(steps)
         if dropped:
             self._normal.clear()
