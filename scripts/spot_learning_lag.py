@@ -1,13 +1,13 @@
-"""Diagnostic: SPOT that learns a score only once ``lag`` later windows passed without an alarm.
+"""Measure SPOT's learning lag: F1 and PA%K area at the threshold, for several lags at once.
 
-SPOT (``dragon.detector.pot.StreamingPot``) learns every score below its threshold as it
-arrives. The first steps of a fault often score just under the threshold before its first
-alarm; learnt as peaks, they raise the threshold the rest of the fault is judged by. Holding
-each score back for ``lag`` windows, and dropping the held ones when an alarm comes, keeps
-that onset out of the tail. This script measures what that would change, with the bench's
-protocol (fit on train.npy, POT on the training scores, q 1e-3, level 0.98), for each model
-and seed: the point-wise F1 and PA%K area at SPOT's threshold for each lag. It reads the test
-labels to measure only; nothing is chosen on them. Not what the service does (yet).
+SPOT (``dragon.detector.pot.StreamingPot``) with ``lag`` > 0 learns a normal score only once
+``lag`` later scores passed without an alarm, and an alarm drops the held ones: the first steps
+of a fault often score just under the threshold before its first alarm, and learnt as peaks
+they would raise the threshold the rest of the fault is judged by. ``dragon-detector bench
+--pot-mode spot --pot-lag N`` measures one lag; this script fits each model once (the bench's
+protocol: fit on train.npy, POT on the training scores, q 1e-3, level 0.98) and rates the
+test scores at SPOT's threshold for every lag given, for each model and seed: point-wise F1
+and the PA%K area. It reads the test labels to measure only; nothing is chosen on them.
 
     .venv/bin/python scripts/spot_learning_lag.py --data ../shared/data/FTSAD-1 --seeds 0 1 2 3 4
     .venv/bin/python scripts/spot_learning_lag.py --data ../shared/data/FTSAD-1 --model zscore
@@ -17,36 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import deque
 
-import numpy as np
 import torch
 
 from dragon.detector import metrics
 from dragon.detector.baselines import create_model
 from dragon.detector.bench import BenchConfig, fit_and_calibrate, load_benchmark
-from dragon.detector.pot import PotState, StreamingPot
-
-
-def lagged_spot_thresholds(state: PotState, scores: np.ndarray, lag: int) -> np.ndarray:
-    """The threshold in force at each step when SPOT learns each normal score ``lag`` windows late.
-
-    An alarm goes to SPOT at once (it learns an alarm as a censored excess, never as a value)
-    and drops the scores still held: they may be the fault's onset. ``lag`` 0 is plain SPOT.
-    """
-    pot = StreamingPot(state)
-    held: deque[float] = deque()
-    thresholds = np.empty(len(scores))
-    for i, score in enumerate(np.asarray(scores, dtype=np.float64)):
-        thresholds[i] = pot.threshold
-        if lag == 0 or score >= thresholds[i]:
-            held.clear()
-            pot.update(float(score))
-            continue
-        held.append(float(score))
-        if len(held) > lag:
-            pot.update(held.popleft())
-    return thresholds
+from dragon.detector.pot import spot_thresholds
 
 
 def main() -> None:
@@ -70,7 +47,7 @@ def main() -> None:
         row = {"data": args.data, "model": args.model, "seed": seed}
         row["roc_auc"] = round(metrics.roc_auc(scores, truth), 4)
         for lag in args.lags:
-            alarms = scores >= lagged_spot_thresholds(state, scores, lag)
+            alarms = scores >= spot_thresholds(state, scores, lag=lag)
             row[f"f1_lag{lag}"] = round(metrics.precision_recall_f1(alarms, truth).f1, 4)
             row[f"pa_k_auc_lag{lag}"] = round(metrics.f1_pa_k_auc(alarms, truth), 4)
         print(json.dumps(row), flush=True)

@@ -12,6 +12,7 @@ import pytest
 import structlog
 
 from dragon.detector.cli import main
+from dragon.detector.config import DEFAULT_POT_LAG
 from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q
 
 pytestmark = pytest.mark.unit
@@ -201,7 +202,18 @@ def test_streaming_pot_modes_run_and_are_recorded(tmp_path, mode):
         np.save(tmp_path / f"{name}.npy", array)
     result = run_bench(BenchConfig(data=str(tmp_path), model="zscore", pot_mode=mode, latency_samples=5))
     assert result.report["params"]["pot"]["mode"] == mode
+    assert result.report["params"]["pot"]["lag"] == DEFAULT_POT_LAG
     assert result.report["recall"] > 0.5 and np.isfinite(result.report["threshold"])
+
+
+def test_the_pot_lag_is_passed_on_recorded_and_checked(tmp_path, capsys) -> None:
+    data, out = make_dataset(tmp_path / "data"), tmp_path / "r.json"
+    assert bench(data, out, "--model", "zscore", "--pot-mode", "spot", "--pot-lag", "3") == 0
+    assert json.loads(out.read_text())["params"]["pot"]["lag"] == 3
+    assert bench(data, out, "--model", "zscore") == 0
+    assert json.loads(out.read_text())["params"]["pot"]["lag"] is None  # the static threshold learns nothing
+    assert bench(data, out, "--model", "zscore", "--pot-mode", "spot", "--pot-lag", "-1") == 2
+    assert "pot_lag" in capsys.readouterr().err
 
 
 def test_an_ablation_is_the_gon_with_the_paper_s_setting_changed(tmp_path) -> None:

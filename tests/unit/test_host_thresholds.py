@@ -104,6 +104,16 @@ def test_a_state_restarts_when_the_model_or_the_mode_changes(checkpoint: Checkpo
     assert dspot.resume("h1", learnt).pot.depth == DEPTH
 
 
+def test_the_configured_lag_reaches_the_state_and_a_state_under_another_lag_restarts(checkpoint) -> None:
+    lagged = Scorer(checkpoint, "spot", DEPTH, pot_lag=4)
+    state = lagged.resume("h1", None)
+    assert state.pot.lag == 4 and state.pot.tail == checkpoint.pot_state("h1")
+    state.judge(1.0, 0.0)
+    assert state.pot.held == (0.0,) and lagged.resume("h1", state) is state  # same rule: continue
+    restarted = Scorer(checkpoint, "spot", DEPTH, pot_lag=0).resume("h1", state)
+    assert restarted is not state and restarted.pot == StreamingPot(checkpoint.pot_state("h1"))
+
+
 @pytest.mark.parametrize("mode", ["spot", "dspot"])
 def test_each_window_is_judged_by_the_threshold_in_force_and_learnt_in_order(checkpoint, mode) -> None:
     scorer = Scorer(checkpoint, mode, DEPTH)
@@ -158,3 +168,6 @@ def test_pot_mode_defaults_to_spot_and_bad_values_are_refused() -> None:
         config.load(DetectorConfig, {"DRAGON_POT_MODE": "adaptive"})
     with pytest.raises(ConfigError, match="DRAGON_POT_DEPTH"):
         config.load(DetectorConfig, {"DRAGON_POT_DEPTH": "0"})
+    assert cfg.pot_lag == 10 and config.load(DetectorConfig, {"DRAGON_POT_LAG": "0"}).pot_lag == 0
+    with pytest.raises(ConfigError, match="DRAGON_POT_LAG"):
+        config.load(DetectorConfig, {"DRAGON_POT_LAG": "-1"})

@@ -231,3 +231,58 @@ def test_n_ages_with_the_peaks_it_was_counted_with() -> None:
     assert len(stream.tail.peaks) == 200
     assert stream.tail.n < (2_000 + 40_000 - alarms) / 2
     assert stream.threshold > stream.tail.t
+
+
+@pytest.mark.parametrize("seed", range(3))  # one stream per distribution
+def test_until_an_alarm_a_lagged_stream_is_the_plain_stream_lag_scores_late(seed: int) -> None:
+    calibration, stream = random_stream(seed, 800), random_stream(seed + 3, 2_000, outliers=3)
+    state = fit_pot(calibration, q=1e-3, level=0.98)
+    plain = spot_thresholds(state, stream)
+    assert np.array_equal(spot_thresholds(state, stream, lag=0), plain)
+    for lag in (1, 10):
+        lagged = spot_thresholds(state, stream, lag=lag)
+        first_alarm = int(np.argmax((stream >= plain) | (stream >= lagged)))
+        assert first_alarm > 100  # the comparison below covers a stretch with peaks in it
+        assert np.array_equal(lagged[lag:first_alarm], plain[: first_alarm - lag])
+        assert np.all(lagged[:lag] == state.z_q)  # nothing learnt while the first scores are held
+
+
+def test_the_onset_of_a_fault_held_back_does_not_raise_the_threshold_the_fault_is_judged_by() -> None:
+    rng = np.random.default_rng(6)
+    calibration, normal = rng.exponential(size=600), rng.exponential(size=300)
+    onset_and_fault = np.concatenate([np.linspace(0.8, 0.99, 8), np.full(20, 1.01)])  # times the threshold
+    judged = {}
+    for lag in (0, 10):
+        stream = StreamingPot.calibrate(calibration, q=1e-3, level=0.98, lag=lag)
+        stream.run(normal)
+        before = stream.threshold
+        alarms = [stream.update(float(score))[1] for score in onset_and_fault * before]
+        judged[lag] = (sum(alarms), stream.threshold / before)
+    # Learnt at once, eight onset peaks lift the bar above the fault (no alarm at all).
+    assert judged[0][0] == 0 and judged[0][1] > 1.01
+    # Held back, they are dropped by the first alarm: the whole fault is flagged.
+    assert judged[10][0] == 20 and 0.99 < judged[10][1] <= 1.0
+
+
+def test_a_lagged_stationary_stream_keeps_its_alarm_rate() -> None:
+    # Each alarm drops up to ``lag`` normal scores; on a stationary stream that must not thin the tail.
+    rng = np.random.default_rng(0)
+    stream = StreamingPot.calibrate(rng.exponential(size=5_000), q=1e-3, level=0.98, lag=10)
+    alarms = np.array([stream.update(float(score))[1] for score in rng.exponential(size=90_000)])
+    assert alarms.reshape(3, -1).mean(axis=1)[-1] < 2.5e-3
+    assert stream.threshold == pytest.approx(-math.log(1e-3), rel=0.1)
+
+
+def test_held_scores_round_trip_and_a_state_written_before_the_lag_loads_as_lag_zero() -> None:
+    rng = np.random.default_rng(7)
+    stream = StreamingPot.calibrate(rng.exponential(size=800), q=1e-3, level=0.98, depth=5, lag=4)
+    stream.run(rng.exponential(size=50))
+    assert len(stream.held) == 4
+    restored = StreamingPot.from_dict(msgpack.unpackb(msgpack.packb(stream.to_dict())))
+    assert restored == stream
+    rest = rng.exponential(size=300)
+    assert np.array_equal(restored.run(rest), stream.run(rest))
+    old = {key: value for key, value in stream.to_dict().items() if key not in ("lag", "held")}
+    assert StreamingPot.from_dict(old).lag == 0
+    with pytest.raises(ValueError, match="lag"):
+        StreamingPot.from_dict(stream.to_dict() | {"lag": 2})  # more held than the lag allows

@@ -53,7 +53,7 @@ import torch
 
 from dragon.detector import metrics
 from dragon.detector.baselines import AnomalyModel, create_model
-from dragon.detector.config import ONLINE_MIN_INTERVAL_STEPS
+from dragon.detector.config import DEFAULT_POT_LAG, ONLINE_MIN_INTERVAL_STEPS
 from dragon.detector.online import OnlineSettings
 from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, PotState, dspot_thresholds, fit_pot, spot_thresholds
 from dragon.detector.svgplot import Frame
@@ -82,12 +82,15 @@ class BenchConfig:
     latency_samples: int = 200  # single-step scoring calls timed for the latency percentiles
     pot_mode: str = "static"  # a key of THRESHOLDS: static POT, streaming SPOT or drift-aware DSPOT
     dspot_depth: int = 20  # DSPOT: normal scores in the moving average
+    pot_lag: int = DEFAULT_POT_LAG  # SPOT/DSPOT: normal scores learnt this many scores late (0: at once)
     online: bool = False  # score step by step and fine-tune as the service does (dragon.detector.online)
     online_interval: int = ONLINE_MIN_INTERVAL_STEPS  # on-line: at least this many steps between fine-tunes
 
     def __post_init__(self) -> None:
         if self.pot_mode not in THRESHOLDS:
             raise ValueError(f"pot_mode must be one of {sorted(THRESHOLDS)}, got {self.pot_mode!r}")
+        if self.pot_lag < 0:
+            raise ValueError(f"pot_lag must be >= 0, got {self.pot_lag}")
         if self.latency_samples < 1:
             raise ValueError(f"latency_samples must be >= 1, got {self.latency_samples}")
         # fit_pot checks these too, but only after training: fail before it instead.
@@ -154,7 +157,9 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
 
 def online_settings(cfg: BenchConfig) -> OnlineSettings:
     """The service's fine-tuning defaults, with this run's interval and threshold mode."""
-    return OnlineSettings(min_interval_steps=cfg.online_interval, pot_mode=cfg.pot_mode, dspot_depth=cfg.dspot_depth)
+    return OnlineSettings(
+        min_interval_steps=cfg.online_interval, pot_mode=cfg.pot_mode, dspot_depth=cfg.dspot_depth, pot_lag=cfg.pot_lag
+    )
 
 
 def fit_and_calibrate(model: AnomalyModel, train: np.ndarray, cfg: BenchConfig) -> tuple[PotState, np.ndarray, float]:
@@ -175,9 +180,9 @@ def fit_and_calibrate(model: AnomalyModel, train: np.ndarray, cfg: BenchConfig) 
 # streaming modes) the test scores seen *before* that step — never the labels.
 THRESHOLDS: dict[str, Callable[[PotState, np.ndarray, np.ndarray, BenchConfig], np.ndarray]] = {
     "static": lambda pot, train_scores, scores, cfg: np.full(len(scores), pot.z_q),
-    "spot": lambda pot, train_scores, scores, cfg: spot_thresholds(pot, scores),
+    "spot": lambda pot, train_scores, scores, cfg: spot_thresholds(pot, scores, lag=cfg.pot_lag),
     "dspot": lambda pot, train_scores, scores, cfg: dspot_thresholds(
-        train_scores, scores, cfg.dspot_depth, cfg.pot_q, cfg.pot_level
+        train_scores, scores, cfg.dspot_depth, cfg.pot_q, cfg.pot_level, cfg.pot_lag
     ),
 }
 
@@ -317,6 +322,7 @@ def _params(
         "pot": {
             "mode": cfg.pot_mode,
             "dspot_depth": cfg.dspot_depth if cfg.pot_mode == "dspot" else None,
+            "lag": cfg.pot_lag if cfg.pot_mode != "static" else None,
             "q": pot.q,
             "level": pot.level,
             "t": pot.t,

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dragon.detector.config import DEFAULT_LEVEL, DEFAULT_Q, ONLINE_MIN_INTERVAL_STEPS
+from dragon.detector.config import DEFAULT_LEVEL, DEFAULT_POT_LAG, DEFAULT_Q, ONLINE_MIN_INTERVAL_STEPS
 
 PROG = "dragon-detector bench"
 # The keys of dragon.detector.gon.ABLATIONS, named here so --help does not import torch (a test
@@ -44,6 +44,14 @@ def add_bench_parser(commands) -> None:
         help="static POT threshold, or streaming SPOT / drift-aware DSPOT updated as test scores arrive",
     )
     parser.add_argument("--dspot-depth", type=int, default=20, help="DSPOT moving-average depth (default: 20)")
+    parser.add_argument(
+        "--pot-lag",
+        type=int,
+        default=DEFAULT_POT_LAG,
+        metavar="STEPS",
+        help=f"SPOT/DSPOT learn a normal score only once this many later scores passed without an alarm, which "
+        f"drops the held ones (the service's DRAGON_POT_LAG; default: {DEFAULT_POT_LAG}; 0 learns at once)",
+    )
     parser.add_argument(
         "--online",
         action="store_true",
@@ -124,6 +132,7 @@ def run_bench_command(args) -> int:
             latency_samples=args.latency_samples,
             pot_mode=args.pot_mode,
             dspot_depth=args.dspot_depth,
+            pot_lag=args.pot_lag,
             online=args.online,
             online_interval=args.online_interval,
             **{key: value for key, value in pot.items() if value is not None},

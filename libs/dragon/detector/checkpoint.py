@@ -124,16 +124,18 @@ class Checkpoint:
             return 0
         return depth
 
-    def streaming_pot(self, host: str = DEFAULT_HOST, depth: int = 0) -> StreamingPot:
+    def streaming_pot(self, host: str = DEFAULT_HOST, depth: int = 0, lag: int = 0) -> StreamingPot:
         """Where ``host``'s streaming threshold starts under this model: SPOT, or DSPOT if ``depth`` > 0.
 
         DSPOT starts from the newest training scores (``calibration_tail``), its drift-free form;
-        pass a depth :meth:`usable_drift_depth` allows. A new object each call.
+        pass a depth :meth:`usable_drift_depth` allows. ``lag``: see :class:`StreamingPot`. A new
+        object each call.
         """
         pot = self.pot_state(host)
         if not depth:
-            return StreamingPot(pot)
-        return StreamingPot.calibrate(np.asarray(self.calibration_tail), q=pot.q, level=pot.level, depth=depth)
+            return StreamingPot(pot, lag=lag)
+        tail = np.asarray(self.calibration_tail)
+        return StreamingPot.calibrate(tail, q=pot.q, level=pot.level, depth=depth, lag=lag)
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temporary file, then rename) so a reader never sees half a file."""

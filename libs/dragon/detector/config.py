@@ -23,6 +23,14 @@ MAX_FINETUNE_WINDOWS = 4096  # one full-batch step; also bounds the windows kept
 # FTSAD-1's, whose 600 training scores are too few to extrapolate to a 1-in-10,000 event.
 DEFAULT_Q = 1e-3
 DEFAULT_LEVEL = 0.98
+# SPOT/DSPOT learn a normal score only once this many later scores passed without an alarm
+# (dragon.detector.pot.StreamingPot.lag), so a fault's onset, scoring just under the threshold
+# before its first alarm, is not learnt as peaks that lift the bar the fault is judged by. One
+# window length k: a score whose window overlaps a fault's first sample is then never learnt
+# if the fault raises an alarm within the window. Set by that reasoning, not tuned; measured
+# in docs/detector-quality.md ("Learning a score only once its window is behind").
+DEFAULT_POT_LAG = 10
+MAX_POT_LAG = 1000
 # `dragon-detector bench --online`: the least steps between two fine-tunes, the service's
 # DRAGON_FINETUNE_MIN_INTERVAL (600 s) at FTSAD's sampling interval (10 s).
 ONLINE_MIN_INTERVAL_STEPS = 60
@@ -84,6 +92,13 @@ class DetectorConfig:
         "or dspot (spot on scores minus a moving average, follows slow drift)",
     )
     pot_depth: int = setting("DRAGON_POT_DEPTH", 20, "dspot: normal scores in the moving average", "samples")
+    pot_lag: int = setting(
+        "DRAGON_POT_LAG",
+        DEFAULT_POT_LAG,
+        "spot/dspot: learn a normal window only once this many later ones passed without an alarm (an alarm "
+        "drops the held ones: they may be the fault's onset); 0 learns at once",
+        "windows",
+    )
     clear_windows: int = setting(
         "DRAGON_FAULT_CLEAR_WINDOWS", 3, "normal windows in a row before a fault ends (hysteresis)", "windows"
     )
@@ -141,6 +156,8 @@ class DetectorConfig:
             raise ConfigError(f"DRAGON_POT_MODE must be one of {', '.join(POT_MODES)}")
         if not 1 <= self.pot_depth <= MAX_POT_DEPTH:
             raise ConfigError(f"DRAGON_POT_DEPTH must be between 1 and {MAX_POT_DEPTH}")
+        if not 0 <= self.pot_lag <= MAX_POT_LAG:
+            raise ConfigError(f"DRAGON_POT_LAG must be between 0 and {MAX_POT_LAG}")
         if self.scope not in SCOPES:
             raise ConfigError(f"DRAGON_DETECTOR_SCOPE must be one of {', '.join(SCOPES)}")
         if self.fault_score not in FAULT_SCORES:

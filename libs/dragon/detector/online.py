@@ -47,6 +47,7 @@ class OnlineSettings:
     min_interval_steps: int = ONLINE_MIN_INTERVAL_STEPS  # at least this many steps between fine-tunes
     pot_mode: str = "static"  # static POT, streaming SPOT or drift-aware DSPOT, restarted by each new model
     dspot_depth: int = 20
+    pot_lag: int = _service_default("pot_lag")  # spot/dspot: normal scores learnt this many scores late
     clear_windows: int = _service_default("clear_windows")  # normal windows in a row before a fault ends
 
     def __post_init__(self) -> None:
@@ -58,10 +59,11 @@ class OnlineSettings:
             or self.steps < 1
             or self.min_interval_steps < 0
             or self.clear_windows < 1
+            or self.pot_lag < 0
         ):
             raise ValueError(
                 "online fine-tuning needs reference >= 3, windows >= 2, steps >= 1, min_interval_steps >= 0, "
-                "clear_windows >= 1"
+                "clear_windows >= 1, pot_lag >= 0"
             )
 
 
@@ -90,7 +92,8 @@ def _threshold_of(checkpoint: Checkpoint, settings: OnlineSettings) -> _StaticTh
     if settings.pot_mode == "static":
         return _StaticThreshold(checkpoint.pot_state().z_q)
     depth = settings.dspot_depth if settings.pot_mode == "dspot" else 0
-    return checkpoint.streaming_pot(DEFAULT_HOST, checkpoint.usable_drift_depth(depth))  # SPOT if too few scores
+    depth = checkpoint.usable_drift_depth(depth)  # SPOT if too few scores
+    return checkpoint.streaming_pot(DEFAULT_HOST, depth, settings.pot_lag)
 
 
 def score_online(

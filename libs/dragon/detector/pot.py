@@ -381,8 +381,11 @@ class StreamingPot:
     :meth:`update` judges one score against the threshold in force and learns from it unless it
     is an alarm. ``tail`` is the POT fit in force with its peaks and ``n``; in DSPOT it is fitted
     on drift-free scores, each score minus the mean of the ``depth`` normal scores before it
-    (``recent``), so a slow rise of normal operation moves the threshold with it. Serialises to
-    plain floats, ints and lists, so a service can keep one per host in Redis.
+    (``recent``), so a slow rise of normal operation moves the threshold with it. With ``lag``
+    > 0 a normal score is learnt only once ``lag`` later scores passed without an alarm
+    (``held``): the first steps of a fault often score just under the threshold, and learnt as
+    peaks they would raise the bar the rest of the fault is judged by. Serialises to plain
+    floats, ints and lists, so a service can keep one per host in Redis.
     """
 
     tail: PotState
@@ -394,23 +397,28 @@ class StreamingPot:
     allowance: float = 0.0
     # Censored alarms owed to ageing: the tail forgets them at the rate it forgets peaks (_refit).
     ageing: float = 0.0
+    lag: int = 0  # normal scores wait this many later scores before they are learnt; 0 learns at once
+    held: tuple[float, ...] = ()  # normal scores not yet learnt, oldest first; an alarm drops them
 
     def __post_init__(self) -> None:
         self.recent = tuple(float(score) for score in self.recent)
+        self.held = tuple(float(score) for score in self.held)
         if self.depth < 0 or len(self.recent) != self.depth:
             raise ValueError(f"depth must be >= 0 with as many recent scores, got {self.depth} and {len(self.recent)}")
+        if self.lag < 0 or len(self.held) > self.lag:
+            raise ValueError(f"lag must be >= 0 with at most as many held scores, got {self.lag} and {len(self.held)}")
         if self.max_peaks < 1:
             raise ValueError(f"max_peaks must be at least 1, got {self.max_peaks}")
 
     @classmethod
     def calibrate(
-        cls, scores: np.ndarray, q: float = DEFAULT_Q, level: float = DEFAULT_LEVEL, depth: int = 0
+        cls, scores: np.ndarray, q: float = DEFAULT_Q, level: float = DEFAULT_LEVEL, depth: int = 0, lag: int = 0
     ) -> StreamingPot:
         """Fit on calibration scores; DSPOT fits their drift-free form and averages their last ``depth``."""
         scores = np.asarray(scores, dtype=np.float64).ravel()
         if not depth:
-            return cls(fit_pot(scores, q=q, level=level))
-        return cls(fit_pot(drift_removed(scores, depth), q=q, level=level), depth, tuple(scores[-depth:]))
+            return cls(fit_pot(scores, q=q, level=level), lag=lag)
+        return cls(fit_pot(drift_removed(scores, depth), q=q, level=level), depth, tuple(scores[-depth:]), lag=lag)
 
     @property
     def drift(self) -> float:
@@ -425,9 +433,9 @@ class StreamingPot:
     def update(self, score: float) -> tuple[float, bool]:
         """Judge ``score``, then learn from it; returns (threshold in force, alarm).
 
-        A normal score counts in ``n`` and enters the moving average; if it exceeds ``t`` (after
-        drift removal) it is a new peak and the tail is refitted on the newest ``max_peaks``
-        peaks, otherwise z_q only moves with ``n``.
+        A normal score joins the held ones (with ``lag`` 0 it is learnt at once); the oldest
+        held score is learnt once more than ``lag`` are held (:meth:`_learn`). An alarm drops the
+        held scores: they may be the fault's onset.
 
         An alarm (``score >= threshold``) is not learnt from as a value, so a long fault never
         raises the bar to its own level. Leaving every alarm out, though, biases a long
@@ -439,17 +447,29 @@ class StreamingPot:
         right-censored excesses: known to reach the threshold, not how far. A fault's alarms
         beyond that allowance are ignored, so a fault of a thousand windows adds about one.
         """
-        drift = self.drift
         tail = self.tail
-        threshold = drift + tail.z_q
+        threshold = self.drift + tail.z_q
         self.allowance = min(MAX_ALLOWANCE, self.allowance + tail.q)
         if score >= threshold:
+            self.held = ()
             if self.allowance >= 1.0 and tail.method != "no_peaks":
                 self.allowance -= 1.0
                 self._refit(tail.n + 1, tail.peaks, (*tail.censored, tail.z_q - tail.t))
             return threshold, True
+        self.held = (*self.held, float(score))
+        if len(self.held) > self.lag:
+            self._learn(self.held[0])
+            self.held = self.held[1:]
+        return threshold, False
+
+    def _learn(self, score: float) -> None:
+        """Count one normal score in ``n`` and the moving average; a new peak if it exceeds ``t``.
+
+        A peak refits the tail on the newest ``max_peaks`` peaks; otherwise z_q only moves with ``n``.
+        """
+        drift, tail = self.drift, self.tail
         if self.depth:
-            self.recent = (*self.recent[1:], float(score))
+            self.recent = (*self.recent[1:], score)
         n, excess = tail.n + 1, score - drift
         if excess > tail.t:
             self._refit(n, (*tail.peaks, excess - tail.t), tail.censored)
@@ -459,7 +479,6 @@ class StreamingPot:
             # One more normal score lowers the tail probability of every peak: move z_q with n.
             z_q = gpd_quantile(tail.t, tail.gamma, tail.sigma, tail.q, n, tail.tail_count)
             self.tail = dataclasses.replace(tail, n=n, z_q=z_q)
-        return threshold, False
 
     def _refit(self, n: int, peaks: tuple[float, ...], censored: tuple[float, ...]) -> None:
         """Refit the tail on the newest ``max_peaks`` peaks and censored alarms, out of ``n`` scores."""
@@ -490,6 +509,8 @@ class StreamingPot:
             "max_peaks": self.max_peaks,
             "allowance": self.allowance,
             "ageing": self.ageing,
+            "lag": self.lag,
+            "held": list(self.held),
         }
 
     @classmethod
@@ -498,13 +519,14 @@ class StreamingPot:
         return cls(**(dict(data) | {"tail": PotState.from_dict(data["tail"])}))
 
 
-def spot_thresholds(state: PotState, scores: np.ndarray, max_peaks: int = MAX_STREAM_PEAKS) -> np.ndarray:
+def spot_thresholds(state: PotState, scores: np.ndarray, max_peaks: int = MAX_STREAM_PEAKS, lag: int = 0) -> np.ndarray:
     """SPOT (Siffer et al. 2017, streaming part): the threshold in force at each step.
 
     ``state`` comes from :func:`fit_pot` on calibration (training) scores; see
-    :meth:`StreamingPot.update` for the rule. Uses only past scores, never labels. Returns (T,).
+    :meth:`StreamingPot.update` for the rule and ``lag``. Uses only past scores, never labels.
+    Returns (T,).
     """
-    return StreamingPot(state, max_peaks=max_peaks).run(scores)
+    return StreamingPot(state, max_peaks=max_peaks, lag=lag).run(scores)
 
 
 def drift_removed(scores: np.ndarray, depth: int) -> np.ndarray:
@@ -518,7 +540,12 @@ def drift_removed(scores: np.ndarray, depth: int) -> np.ndarray:
 
 
 def dspot_thresholds(
-    calibration: np.ndarray, scores: np.ndarray, depth: int, q: float = DEFAULT_Q, level: float = DEFAULT_LEVEL
+    calibration: np.ndarray,
+    scores: np.ndarray,
+    depth: int,
+    q: float = DEFAULT_Q,
+    level: float = DEFAULT_LEVEL,
+    lag: int = 0,
 ) -> np.ndarray:
     """DSPOT (Siffer et al. 2017): SPOT on scores minus a moving average of recent normal scores.
 
@@ -526,4 +553,4 @@ def dspot_thresholds(
     rises), so only sudden rises count. Alarms do not enter the average. Returns the
     threshold in the original score units at each step (moving average + drift-free z_q).
     """
-    return StreamingPot.calibrate(calibration, q, level, depth).run(scores)
+    return StreamingPot.calibrate(calibration, q, level, depth, lag).run(scores)

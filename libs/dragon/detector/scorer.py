@@ -41,7 +41,7 @@ class Verdict:
 class Scorer:
     """Holds one model; ``score`` takes raw (unscaled) windows of many hosts at once."""
 
-    def __init__(self, checkpoint: Checkpoint, pot_mode: str = "static", pot_depth: int = 0) -> None:
+    def __init__(self, checkpoint: Checkpoint, pot_mode: str = "static", pot_depth: int = 0, pot_lag: int = 0) -> None:
         if tuple(checkpoint.feature_names) != HOST_METRICS:
             raise IncompatibleModel(
                 f"checkpoint features {list(checkpoint.feature_names)} differ from host metrics {list(HOST_METRICS)}"
@@ -54,6 +54,7 @@ class Scorer:
         self._thresholds: dict[str, float] = {}
         self.streaming = pot_mode != "static"
         self.drift_depth = checkpoint.usable_drift_depth(pot_depth if pot_mode == "dspot" else 0)  # 0: SPOT
+        self.pot_lag = pot_lag  # streaming: normal scores learnt this many scores late
 
     @property
     def window(self) -> int:
@@ -72,20 +73,24 @@ class Scorer:
 
     def calibration(self, host: str) -> StreamingPot:
         """Where ``host``'s streaming threshold starts under this model (a new object each call)."""
-        return self.checkpoint.streaming_pot(host, self.drift_depth)
+        return self.checkpoint.streaming_pot(host, self.drift_depth, self.pot_lag)
 
     def resume(self, host: str, stored: HostThreshold | None) -> HostThreshold:
         """``stored`` if it was calibrated for this model and mode, else a restart from calibration."""
-        if stored is not None and stored.model_id == self.model_id and stored.pot.depth == self.drift_depth:
+        if stored is not None and stored.model_id == self.model_id and self._same_rule(stored.pot):
             return stored
         log.info(
             "pot_state_calibrated",
             host=host,
             model_id=self.model_id,
             depth=self.drift_depth,
+            lag=self.pot_lag,
             previous_model_id=stored.model_id if stored else None,
         )
         return HostThreshold(self.model_id, self.calibration(host))
+
+    def _same_rule(self, pot: StreamingPot) -> bool:
+        return pot.depth == self.drift_depth and pot.lag == self.pot_lag
 
     def score(
         self,

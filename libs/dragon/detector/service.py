@@ -227,7 +227,7 @@ class Detector:
 
     # --- model ----------------------------------------------------------------------
     def _serve(self, checkpoint: Checkpoint) -> None:
-        scorer = Scorer(checkpoint, self.config.pot_mode, self.config.pot_depth)
+        scorer = Scorer(checkpoint, self.config.pot_mode, self.config.pot_depth, self.config.pot_lag)
         self.windows.save_bounds(checkpoint.feature_names, checkpoint.lo, checkpoint.hi, scorer.model_id)
         with self._scorer_lock:
             self.scorer = scorer
