@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import msgpack
@@ -199,6 +200,22 @@ def test_new_windows_count_on_from_the_newest_score_in_the_set_whatever_wrote_it
     keep(kept, 2.0)
     keep(kept, 3.0)
     assert [p[0][0, 0] for p in kept.pairs()] == [2.0, 3.0]
+
+
+def test_kept_windows_are_forgotten_when_none_was_kept_for_keep_for_and_kept_until_trimmed_without_it(client):
+    forgetting, lasting = KeptWindows(client, "kw10", 4, keep_for_s=3.0), KeptWindows(client, "kw11", 4)
+    for kept in (forgetting, lasting):
+        keep(kept, 1.0)
+        kept.keep_steps([lei_step(1.0)])
+    assert 0 < client.pttl("dragon:kw10:finetune:windows") <= 3000
+    assert 0 < client.pttl("dragon:kw10:finetune:steps") <= 3000
+    assert client.pttl("dragon:kw11:finetune:windows") == -1  # no expiry
+    time.sleep(1.8)
+    keep(forgetting, 2.0)  # a write restarts the clock of its set
+    time.sleep(1.8)  # margins of 0.6 s (steps gone) and 1.2 s (windows still there)
+    assert [p[0][0, 0] for p in forgetting.pairs()] == [1.0, 2.0] and forgetting.steps() == []
+    time.sleep(1.8)
+    assert forgetting.pairs() == [] and len(lasting.pairs()) == 1 and len(lasting.steps()) == 1
 
 
 def test_equal_windows_of_two_hosts_are_two_and_a_float32_window_stays_float32(client):

@@ -143,6 +143,13 @@ class DetectorConfig:
         "a fine-tune waits for enough of them to give POT 10 peaks (500 at level 0.98), or for this many",
         "windows",
     )
+    finetune_keep_for_s: float = setting(
+        "DRAGON_FINETUNE_KEEP_FOR",
+        86400.0,
+        "the kept normal windows are forgotten when no detector of the LEI has kept one for this long, so a "
+        "detector back after a long outage does not learn from the operation of days ago; 0: never",
+        "s",
+    )
     finetune_steps: int = setting("DRAGON_FINETUNE_STEPS", 10, "Adam steps of one fine-tune", "steps")
 
     def validate(self) -> None:
@@ -172,5 +179,7 @@ class DetectorConfig:
             raise ConfigError("DRAGON_FINETUNE_REFERENCE must be at least 3")
         if not 2 <= self.finetune_windows <= MAX_FINETUNE_WINDOWS:
             raise ConfigError(f"DRAGON_FINETUNE_WINDOWS must be between 2 and {MAX_FINETUNE_WINDOWS}")
+        if self.finetune_keep_for_s < 0:
+            raise ConfigError("DRAGON_FINETUNE_KEEP_FOR must not be negative")
         if self.finetune_steps < 1:
             raise ConfigError("DRAGON_FINETUNE_STEPS must be at least 1")

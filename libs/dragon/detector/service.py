@@ -186,7 +186,9 @@ class Detector:
 
     def init_fine_tuner(self) -> None:
         if self.config.finetune:
-            state = TunerState.in_redis(self.redis, self.lei, self.config.finetune_windows)
+            state = TunerState.in_redis(
+                self.redis, self.lei, self.config.finetune_windows, self.config.finetune_keep_for_s
+            )
             self.tuner = FineTuner(self.config, self.models, self.instance, self.lei, state)
             retry_until(self.tuner.restore, self.lifecycle.stop, "restore_kept_windows")
 

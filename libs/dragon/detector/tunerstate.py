@@ -12,7 +12,8 @@ to Redis as it goes and loads them back when it starts
   (W_t, W_{t+1}) in raw units and the window's own dtype, with its host, oldest first (scores
   count on from the set's newest, not from a replica's clock, so replicas whose clocks
   disagree still trim the oldest);
-- ``dragon:<lei>:finetune:steps``: the same for LEI steps, the model's inputs only;
+- ``dragon:<lei>:finetune:steps``: the same for LEI steps, the model's inputs only (both sets
+  expire ``DRAGON_FINETUNE_KEEP_FOR`` after their last write);
 - ``dragon:<lei>:finetune:floors``: a hash, host -> msgpack ``[model_id, how_measured, floor]``.
 
 A member of the sorted sets is the msgpack of the host and arrays themselves, so a window kept
@@ -46,26 +47,39 @@ HostPair = tuple[np.ndarray, np.ndarray]  # (W_t, W_{t+1}) of one host, (k, n) e
 T = TypeVar("T")
 
 
-# Add members (ARGV[2..]) newest last, scored on from the set's own newest score rather than
-# any replica's clock; a member already there keeps its place (NX). Then keep the newest ARGV[1].
+# Add members (ARGV[3..]) newest last, scored on from the set's own newest score rather than
+# any replica's clock; a member already there keeps its place (NX). Then keep the newest ARGV[1],
+# and let the whole set expire ARGV[2] ms after this write (0: never).
 _KEEP = """
 local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
 local base = newest and tonumber(newest) or 0
-for i = 2, #ARGV do
-  redis.call('ZADD', KEYS[1], 'NX', base + i - 1, ARGV[i])
+for i = 3, #ARGV do
+  redis.call('ZADD', KEYS[1], 'NX', base + i - 2, ARGV[i])
 end
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[1]) + 1))
+if tonumber(ARGV[2]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return redis.call('ZCARD', KEYS[1])
 """
 
 
 class KeptWindows:
-    def __init__(self, client: redis.Redis, lei: str, capacity: int) -> None:
+    """The clean windows of an LEI, newest ``capacity`` host windows, gone ``keep_for_s`` after the last write.
+
+    While clean windows keep coming, the sets hold the newest ``capacity``; only when none has
+    come for ``keep_for_s`` (every detector of the LEI down, or every host faulty) are they
+    forgotten, so a detector back after a long outage does not learn from the operation of
+    days ago.
+    """
+
+    def __init__(self, client: redis.Redis, lei: str, capacity: int, keep_for_s: float = 0.0) -> None:
         self._client = client
         self._windows_key = f"dragon:{lei}:finetune:windows"
         self._steps_key = f"dragon:{lei}:finetune:steps"
         self._script = client.register_script(_KEEP)
         self.capacity = capacity
+        self._keep_for_ms = round(keep_for_s * 1000)  # 0: kept until trimmed
 
     def keep_pairs(self, hosts: Sequence[str], pairs: Sequence[HostPair]) -> None:
         """Add the pairs of ``hosts`` (one each), newest last, and drop the oldest beyond the capacity."""
@@ -108,7 +122,7 @@ class KeptWindows:
         return kept
 
     def _keep(self, key: str, members: list[bytes], most: int) -> None:
-        self._script(keys=[key], args=[most, *members])
+        self._script(keys=[key], args=[most, self._keep_for_ms, *members])
 
 
 # Raw windows are stored in their own dtype, so a restored window equals the kept one bit for bit.
@@ -244,5 +258,5 @@ class TunerState:
     floors: GateFloors
 
     @classmethod
-    def in_redis(cls, client: redis.Redis, lei: str, capacity: int) -> TunerState:
-        return cls(KeptWindows(client, lei, capacity), GateFloors(client, lei))
+    def in_redis(cls, client: redis.Redis, lei: str, capacity: int, keep_for_s: float = 0.0) -> TunerState:
+        return cls(KeptWindows(client, lei, capacity, keep_for_s), GateFloors(client, lei))
