@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -203,13 +204,13 @@ def test_new_windows_count_on_from_the_newest_score_in_the_set_whatever_wrote_it
 
 
 def test_kept_windows_are_forgotten_when_none_was_kept_for_keep_for_and_kept_until_trimmed_without_it(client):
-    forgetting, lasting = KeptWindows(client, "kw10", 4, keep_for_s=3.0), KeptWindows(client, "kw11", 4)
+    forgetting, lasting = KeptWindows(client, "kw-expiring", 4, keep_for_s=3.0), KeptWindows(client, "kw-lasting", 4)
     for kept in (forgetting, lasting):
         keep(kept, 1.0)
         kept.keep_steps([lei_step(1.0)])
-    assert 0 < client.pttl("dragon:kw10:finetune:windows") <= 3000
-    assert 0 < client.pttl("dragon:kw10:finetune:steps") <= 3000
-    assert client.pttl("dragon:kw11:finetune:windows") == -1  # no expiry
+    assert 0 < client.pttl("dragon:kw-expiring:finetune:windows") <= 3000
+    assert 0 < client.pttl("dragon:kw-expiring:finetune:steps") <= 3000
+    assert client.pttl("dragon:kw-lasting:finetune:windows") == -1  # no expiry
     time.sleep(1.8)
     keep(forgetting, 2.0)  # a write restarts the clock of its set
     time.sleep(1.8)  # margins of 0.6 s (steps gone) and 1.2 s (windows still there)
@@ -324,6 +325,23 @@ def test_the_first_floor_of_a_host_under_a_model_stays(client):
     # A replica that took h1 over measured a later, lower floor: the first one is in force.
     assert floors.settle("model-a", "q1", {"h1": 0.25, "h2": 0.5}) == {"h1": 0.75, "h2": 0.5}
     assert floors.load("model-a", "q1") == {"h1": 0.75, "h2": 0.5}
+
+
+def test_two_replicas_settling_the_same_hosts_at_once_agree_with_redis_on_every_floor(client):
+    hosts = [f"h{i}" for i in range(300)]
+    in_force: dict[str, dict[str, float]] = {}
+
+    def settle_one_by_one(replica: str, floor: float) -> None:
+        floors = GateFloors(client, "kw-race")
+        in_force[replica] = {host: floors.settle("model-a", "q1", {host: floor})[host] for host in hosts}
+
+    replicas = [threading.Thread(target=settle_one_by_one, args=args) for args in (("a", 0.25), ("b", 0.75))]
+    for thread in replicas:
+        thread.start()
+    for thread in replicas:
+        thread.join()
+    # Read and write apart, both replicas read "no floor" for some hosts and the later write won.
+    assert in_force["a"] == in_force["b"] == GateFloors(client, "kw-race").load("model-a", "q1")
 
 
 def test_gate_floors_count_only_under_the_model_and_gate_settings_they_were_measured_with(client):

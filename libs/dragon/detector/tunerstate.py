@@ -212,20 +212,27 @@ class GateFloors:
 
         The first floor of a host under a model wins: a replica that takes the host over later
         measures its reference on a model that may have gone stale since, and adopts the stored one.
+        Read and write are one transaction (WATCH, retried if another replica wrote in between),
+        so two replicas settling one host at once end up with the same floor.
         """
         if not floors:
             return {}
         hosts = list(floors)
-        stored = dict(zip(hosts, self._client.hmget(self._key, hosts), strict=True))
-        in_force, new = {}, {}
-        for host, floor in floors.items():
-            earlier = _floor_of(host, stored[host], model_id, how_measured)
-            in_force[host] = floor if earlier is None else earlier
-            if earlier is None:
-                new[host] = msgpack.packb([model_id, how_measured, floor])
-        if new:
-            self._client.hset(self._key, mapping=new)
-        return in_force
+
+        def first_floors_win(pipe: redis.client.Pipeline) -> dict[str, float]:
+            stored = dict(zip(hosts, pipe.hmget(self._key, hosts), strict=True))
+            in_force, new = {}, {}
+            for host, floor in floors.items():
+                earlier = _floor_of(host, stored[host], model_id, how_measured)
+                in_force[host] = floor if earlier is None else earlier
+                if earlier is None:
+                    new[host] = msgpack.packb([model_id, how_measured, floor])
+            pipe.multi()
+            if new:
+                pipe.hset(self._key, mapping=new)
+            return in_force
+
+        return self._client.transaction(first_floors_win, self._key, value_from_callable=True)
 
     def load(self, model_id: str, how_measured: str) -> dict[str, float]:
         """The floors measured under ``model_id`` by a gate measuring ``how_measured``; others are left out."""
