@@ -13,7 +13,7 @@ import torch
 from dragon import config
 from dragon.config import ConfigError
 from dragon.detector.checkpoint import Checkpoint
-from dragon.detector.config import DetectorConfig
+from dragon.detector.config import DEFAULT_POT_LAG, DetectorConfig
 from dragon.detector.gon import GonConfig, score_series
 from dragon.detector.pot import StreamingPot
 from dragon.detector.scorer import Scorer
@@ -79,7 +79,7 @@ def test_spot_starts_from_the_checkpoint_fit(checkpoint: Checkpoint) -> None:
     scorer = Scorer(checkpoint, "spot", DEPTH)
     state = scorer.resume("h1", None)
     assert state.model_id == checkpoint.model_id and state.ts is None
-    assert state.pot == StreamingPot(checkpoint.pot_state("h1"))
+    assert state.pot == StreamingPot(checkpoint.pot_state("h1"), lag=DEFAULT_POT_LAG)  # the service's rule
 
 
 def test_dspot_calibrates_on_the_checkpoint_scores_with_its_own_depth(checkpoint: Checkpoint) -> None:
@@ -91,7 +91,7 @@ def test_dspot_calibrates_on_the_checkpoint_scores_with_its_own_depth(checkpoint
 def test_dspot_falls_back_to_spot_without_calibration_scores(old_checkpoint: Checkpoint) -> None:
     scorer = Scorer(old_checkpoint, "dspot", DEPTH)
     assert scorer.drift_depth == 0
-    assert scorer.resume("h1", None).pot == StreamingPot(old_checkpoint.pot_state("h1"))
+    assert scorer.resume("h1", None).pot == StreamingPot(old_checkpoint.pot_state("h1"), lag=DEFAULT_POT_LAG)
 
 
 def test_a_state_restarts_when_the_model_or_the_mode_changes(checkpoint: Checkpoint) -> None:
@@ -112,11 +112,12 @@ def test_the_configured_lag_reaches_the_state_and_a_state_under_another_lag_rest
     assert state.pot.held == (0.0,) and lagged.resume("h1", state) is state  # same rule: continue
     restarted = Scorer(checkpoint, "spot", DEPTH, pot_lag=0).resume("h1", state)
     assert restarted is not state and restarted.pot == StreamingPot(checkpoint.pot_state("h1"))
+    assert "lag" not in restarted.pot.to_dict()  # a lag-0 state reads as before the lag, also to older code
 
 
 @pytest.mark.parametrize("mode", ["spot", "dspot"])
 def test_each_window_is_judged_by_the_threshold_in_force_and_learnt_in_order(checkpoint, mode) -> None:
-    scorer = Scorer(checkpoint, mode, DEPTH)
+    scorer = Scorer(checkpoint, mode, DEPTH, pot_lag=0)  # learnt at once, so n counts them
     prev, nxt = windows(6, seed=2)
     hosts, stamps = ["h1", "h2"] * 3, [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
     states = {host: scorer.resume(host, None) for host in ("h1", "h2")}
@@ -141,7 +142,7 @@ def test_static_mode_keeps_the_checkpoint_threshold(checkpoint: Checkpoint) -> N
 
 
 def test_a_window_already_learnt_from_is_judged_but_not_learnt_again(checkpoint: Checkpoint) -> None:
-    state = Scorer(checkpoint, "spot").resume("h1", None)
+    state = Scorer(checkpoint, "spot", pot_lag=0).resume("h1", None)  # learnt at once, so n counts them
     state.judge(10.0, 0.0)
     before = state.to_dict()
     threshold, alarm = state.judge(10.0, 0.0)  # the same window, redelivered

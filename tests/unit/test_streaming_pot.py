@@ -255,13 +255,44 @@ def test_the_onset_of_a_fault_held_back_does_not_raise_the_threshold_the_fault_i
     for lag in (0, 10):
         stream = StreamingPot.calibrate(calibration, q=1e-3, level=0.98, lag=lag)
         stream.run(normal)
-        before = stream.threshold
+        before, n, censored = stream.threshold, stream.tail.n, len(stream.tail.censored)
         alarms = [stream.update(float(score))[1] for score in onset_and_fault * before]
-        judged[lag] = (sum(alarms), stream.threshold / before)
+        stream.run(np.full(lag + 1, 0.01))  # after the fault
+        learnt = stream.tail.n - n - (len(stream.tail.censored) - censored)
+        onset_peaks = set(np.round(onset_and_fault[:8] * before - stream.tail.t, 9)) & set(
+            np.round(stream.tail.peaks, 9)
+        )
+        judged[lag] = (sum(alarms), stream.threshold / before, learnt, len(onset_peaks))
     # Learnt at once, eight onset peaks lift the bar above the fault (no alarm at all).
-    assert judged[0][0] == 0 and judged[0][1] > 1.01
-    # Held back, they are dropped by the first alarm: the whole fault is flagged.
+    assert judged[0][0] == 0 and judged[0][1] > 1.01 and judged[0][3] == 8
+    # Held back, they are dropped by the first alarm with the two normal scores before them: the
+    # whole fault is flagged, and what was learnt is the eight normal scores the onset pushed out
+    # of the held ones and the first score after the fault.
     assert judged[10][0] == 20 and 0.99 < judged[10][1] <= 1.0
+    assert judged[10][2] == 8 + 1 and judged[10][3] == 0
+
+
+def test_normal_scores_between_two_close_alarms_are_learnt_at_the_second() -> None:
+    stream = StreamingPot.calibrate(np.random.default_rng(8).exponential(size=600), q=1e-3, level=0.98, lag=10)
+    stream.run(np.full(10, 0.01))
+    n, alarm = stream.tail.n, 10 * stream.threshold
+    stream.run(np.array([alarm, 0.01, 0.02, 0.03]))  # the first alarm comes after 10 normal scores
+    assert stream.held == (0.01, 0.02, 0.03) and stream.tail.n == n  # the first ten were dropped
+    stream.update(alarm)
+    assert stream.held == () and stream.tail.n == n + 3
+
+
+@pytest.mark.parametrize(("depth", "rise"), [(0, 5.0), (20, 6.0)])
+def test_a_level_that_moved_for_good_is_learnt_as_without_the_lag(depth: int, rise: float) -> None:
+    # Dropping the held scores at every alarm, the alarms of the new level kept SPOT and DSPOT
+    # from learning it (DSPOT, a rise of 6: 19 alarms instead of 2).
+    alarms = {}
+    for lag in (0, 10):
+        rng = np.random.default_rng(0)
+        stream = StreamingPot.calibrate(rng.exponential(size=2_000), q=1e-3, level=0.98, depth=depth, lag=lag)
+        stream.run(rng.exponential(size=1_000))
+        alarms[lag] = sum(stream.update(float(score))[1] for score in rng.exponential(size=3_000) + rise)
+    assert alarms[10] <= 1.1 * alarms[0] + 5, alarms
 
 
 def test_a_lagged_stationary_stream_keeps_its_alarm_rate() -> None:

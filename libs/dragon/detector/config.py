@@ -23,14 +23,15 @@ MAX_FINETUNE_WINDOWS = 4096  # one full-batch step; also bounds the windows kept
 # FTSAD-1's, whose 600 training scores are too few to extrapolate to a 1-in-10,000 event.
 DEFAULT_Q = 1e-3
 DEFAULT_LEVEL = 0.98
-# SPOT/DSPOT learn a normal score only once this many later scores passed without an alarm
-# (dragon.detector.pot.StreamingPot.lag), so a fault's onset, scoring just under the threshold
-# before its first alarm, is not learnt as peaks that lift the bar the fault is judged by. One
-# window length k: a score whose window overlaps a fault's first sample is then never learnt
-# if the fault raises an alarm within the window. Set by that reasoning, not tuned; measured
-# in docs/detector-quality.md ("Learning a score only once its window is behind").
+# SPOT/DSPOT learn each normal score this many scores late, and the first alarm after a quiet
+# spell drops those not yet learnt (dragon.detector.pot.StreamingPot.lag), so a fault's onset,
+# scoring just under the threshold before its first alarm, is not learnt as peaks that lift the
+# bar the fault is judged by. One window length k (DRAGON_WINDOW's default): if a fault's first
+# alarm comes within k windows of its first sample, no score before that alarm whose window
+# held a faulty sample is learnt. Set by that reasoning, not tuned; measured in
+# docs/detector-quality.md ("Learning a score only once its window is behind").
 DEFAULT_POT_LAG = 10
-MAX_POT_LAG = 1000
+MAX_POT_LAG = 100  # its held scores are rewritten to Redis with every batch
 # `dragon-detector bench --online`: the least steps between two fine-tunes, the service's
 # DRAGON_FINETUNE_MIN_INTERVAL (600 s) at FTSAD's sampling interval (10 s).
 ONLINE_MIN_INTERVAL_STEPS = 60
@@ -88,15 +89,16 @@ class DetectorConfig:
     pot_mode: str = setting(
         "DRAGON_POT_MODE",
         "spot",
-        "threshold of each host: static (the model's), spot (streaming POT, learns from every normal window) "
+        "threshold of each host: static (the model's), spot (streaming POT, learns from each normal window) "
         "or dspot (spot on scores minus a moving average, follows slow drift)",
     )
     pot_depth: int = setting("DRAGON_POT_DEPTH", 20, "dspot: normal scores in the moving average", "samples")
     pot_lag: int = setting(
         "DRAGON_POT_LAG",
         DEFAULT_POT_LAG,
-        "spot/dspot: learn a normal window only once this many later ones passed without an alarm (an alarm "
-        "drops the held ones: they may be the fault's onset); 0 learns at once",
+        "spot/dspot: learn each normal window this many windows late, and not at all if a fault's first alarm "
+        "comes before (it may be the fault's onset); one window length at the default DRAGON_WINDOW, change "
+        "them together; 0 learns at once",
         "windows",
     )
     clear_windows: int = setting(

@@ -382,10 +382,10 @@ class StreamingPot:
     is an alarm. ``tail`` is the POT fit in force with its peaks and ``n``; in DSPOT it is fitted
     on drift-free scores, each score minus the mean of the ``depth`` normal scores before it
     (``recent``), so a slow rise of normal operation moves the threshold with it. With ``lag``
-    > 0 a normal score is learnt only once ``lag`` later scores passed without an alarm
-    (``held``): the first steps of a fault often score just under the threshold, and learnt as
-    peaks they would raise the bar the rest of the fault is judged by. Serialises to plain
-    floats, ints and lists, so a service can keep one per host in Redis.
+    > 0 a normal score is learnt ``lag`` scores late (``held`` until then), and the first alarm
+    after a quiet spell drops what is held: the first steps of a fault often score just under
+    the threshold, and learnt as peaks they would raise the bar the rest of the fault is judged
+    by. Serialises to plain floats, ints and lists, so a service can keep one per host in Redis.
     """
 
     tail: PotState
@@ -398,7 +398,7 @@ class StreamingPot:
     # Censored alarms owed to ageing: the tail forgets them at the rate it forgets peaks (_refit).
     ageing: float = 0.0
     lag: int = 0  # normal scores wait this many later scores before they are learnt; 0 learns at once
-    held: tuple[float, ...] = ()  # normal scores not yet learnt, oldest first; an alarm drops them
+    held: tuple[float, ...] = ()  # normal scores not yet learnt, oldest first (see update)
 
     def __post_init__(self) -> None:
         self.recent = tuple(float(score) for score in self.recent)
@@ -434,8 +434,12 @@ class StreamingPot:
         """Judge ``score``, then learn from it; returns (threshold in force, alarm).
 
         A normal score joins the held ones (with ``lag`` 0 it is learnt at once); the oldest
-        held score is learnt once more than ``lag`` are held (:meth:`_learn`). An alarm drops the
-        held scores: they may be the fault's onset.
+        held score is learnt once more than ``lag`` are held (:meth:`_learn`). An alarm after at
+        least ``lag`` normal scores in a row drops the held ones: they may be the onset of the
+        fault it opens. An alarm after fewer learns them at once: they lie between two alarms,
+        as plain SPOT would have learnt them, so a level that has moved for good and alarms every
+        few scores is learnt as without the lag (dropping them at every alarm, DSPOT after a
+        rise of 7 in an Exp(1) stream no longer followed it).
 
         An alarm (``score >= threshold``) is not learnt from as a value, so a long fault never
         raises the bar to its own level. Leaving every alarm out, though, biases a long
@@ -447,14 +451,19 @@ class StreamingPot:
         right-censored excesses: known to reach the threshold, not how far. A fault's alarms
         beyond that allowance are ignored, so a fault of a thousand windows adds about one.
         """
-        tail = self.tail
-        threshold = self.drift + tail.z_q
-        self.allowance = min(MAX_ALLOWANCE, self.allowance + tail.q)
+        z_q = self.tail.z_q
+        threshold = self.drift + z_q
+        self.allowance = min(MAX_ALLOWANCE, self.allowance + self.tail.q)
         if score >= threshold:
+            if len(self.held) < self.lag:
+                for held in self.held:
+                    self._learn(held)
             self.held = ()
+            tail = self.tail
             if self.allowance >= 1.0 and tail.method != "no_peaks":
                 self.allowance -= 1.0
-                self._refit(tail.n + 1, tail.peaks, (*tail.censored, tail.z_q - tail.t))
+                # Censored at the threshold it crossed, z_q - t, even if learning moved z_q since.
+                self._refit(tail.n + 1, tail.peaks, (*tail.censored, z_q - tail.t))
             return threshold, True
         self.held = (*self.held, float(score))
         if len(self.held) > self.lag:
@@ -509,9 +518,11 @@ class StreamingPot:
             "max_peaks": self.max_peaks,
             "allowance": self.allowance,
             "ageing": self.ageing,
-            "lag": self.lag,
-            "held": list(self.held),
-        }
+        } | self._lag_fields()
+
+    def _lag_fields(self) -> dict[str, Any]:
+        # Left out at lag 0, so such a state reads as before the lag existed, also to older code.
+        return {"lag": self.lag, "held": list(self.held)} if self.lag else {}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StreamingPot:

@@ -15,6 +15,7 @@ import structlog
 import torch
 
 from dragon.detector.checkpoint import Checkpoint
+from dragon.detector.config import DEFAULT_POT_LAG
 from dragon.detector.gon import fault_scores
 from dragon.detector.lei import LeiBatch, LeiStep, by_shape
 from dragon.detector.pot import StreamingPot
@@ -41,7 +42,9 @@ class Verdict:
 class Scorer:
     """Holds one model; ``score`` takes raw (unscaled) windows of many hosts at once."""
 
-    def __init__(self, checkpoint: Checkpoint, pot_mode: str = "static", pot_depth: int = 0, pot_lag: int = 0) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, pot_mode: str = "static", pot_depth: int = 0, pot_lag: int = DEFAULT_POT_LAG
+    ) -> None:
         if tuple(checkpoint.feature_names) != HOST_METRICS:
             raise IncompatibleModel(
                 f"checkpoint features {list(checkpoint.feature_names)} differ from host metrics {list(HOST_METRICS)}"
@@ -90,6 +93,7 @@ class Scorer:
         return HostThreshold(self.model_id, self.calibration(host))
 
     def _same_rule(self, pot: StreamingPot) -> bool:
+        """Whether ``pot`` follows this scorer's streaming rule (DSPOT depth and learning lag)."""
         return pot.depth == self.drift_depth and pot.lag == self.pot_lag
 
     def score(
