@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
@@ -213,6 +212,7 @@ def test_kept_windows_are_forgotten_when_none_was_kept_for_keep_for_and_kept_unt
     assert client.pttl("dragon:kw-lasting:finetune:windows") == -1  # no expiry
     time.sleep(1.8)
     keep(forgetting, 2.0)  # a write restarts the clock of its set
+    assert client.pttl("dragon:kw-expiring:finetune:windows") > 2000
     time.sleep(1.8)  # margins of 0.6 s (steps gone) and 1.2 s (windows still there)
     assert [p[0][0, 0] for p in forgetting.pairs()] == [1.0, 2.0] and forgetting.steps() == []
     time.sleep(1.8)
@@ -327,21 +327,42 @@ def test_the_first_floor_of_a_host_under_a_model_stays(client):
     assert floors.load("model-a", "q1") == {"h1": 0.75, "h2": 0.5}
 
 
-def test_two_replicas_settling_the_same_hosts_at_once_agree_with_redis_on_every_floor(client):
-    hosts = [f"h{i}" for i in range(300)]
-    in_force: dict[str, dict[str, float]] = {}
+def client_after_whose_first_read_a_rival_settles(client, lei: str, rival_floor: float) -> redis.Redis:
+    """A client of the same Redis; right after its first HMGET another replica settles h1's floor.
 
-    def settle_one_by_one(replica: str, floor: float) -> None:
-        floors = GateFloors(client, "kw-race")
-        in_force[replica] = {host: floors.settle("model-a", "q1", {host: floor})[host] for host in hosts}
+    The interleaving two replicas hit only by chance, forced: whether the floors are read
+    directly or inside a transaction, the rival writes between the read and the write.
+    """
+    rival, fired = GateFloors(client, lei), []
 
-    replicas = [threading.Thread(target=settle_one_by_one, args=args) for args in (("a", 0.25), ("b", 0.75))]
-    for thread in replicas:
-        thread.start()
-    for thread in replicas:
-        thread.join()
-    # Read and write apart, both replicas read "no floor" for some hosts and the later write won.
-    assert in_force["a"] == in_force["b"] == GateFloors(client, "kw-race").load("model-a", "q1")
+    def rival_settles_once() -> None:
+        if not fired:
+            fired.append(True)
+            rival.settle("model-a", "q1", {"h1": rival_floor})
+
+    class Pipeline(redis.client.Pipeline):
+        def hmget(self, *args, **kwargs):
+            read = super().hmget(*args, **kwargs)
+            rival_settles_once()
+            return read
+
+    class Client(redis.Redis):
+        def hmget(self, *args, **kwargs):
+            read = super().hmget(*args, **kwargs)
+            rival_settles_once()
+            return read
+
+        def pipeline(self, transaction=True, shard_hint=None):
+            return Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+    return Client(connection_pool=client.connection_pool)
+
+
+def test_a_floor_settled_by_another_replica_between_the_read_and_the_write_is_the_one_in_force(client):
+    racing = GateFloors(client_after_whose_first_read_a_rival_settles(client, "kw-race", 0.75), "kw-race")
+    # Read and write apart, this replica read "no floor", wrote 0.25 over the rival's and used it.
+    assert racing.settle("model-a", "q1", {"h1": 0.25}) == {"h1": 0.75}
+    assert GateFloors(client, "kw-race").load("model-a", "q1") == {"h1": 0.75}
 
 
 def test_gate_floors_count_only_under_the_model_and_gate_settings_they_were_measured_with(client):

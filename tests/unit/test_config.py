@@ -94,8 +94,9 @@ def test_service_configs_validate_their_ranges():
         config.load(CollectorConfig, {"DRAGON_COLLECTOR_PROBE": "psutil"}, known=known_env_names())
     with pytest.raises(ConfigError, match="DRAGON_DETECTOR_FAULT_SCORE"):
         config.load(DetectorConfig, {"DRAGON_DETECTOR_FAULT_SCORE": "unreal"}, known=known_env_names())
-    with pytest.raises(ConfigError, match="DRAGON_FINETUNE_KEEP_FOR"):
-        config.load(DetectorConfig, {"DRAGON_FINETUNE_KEEP_FOR": "-1"}, known=known_env_names())
+    for keep_for in ("-1", "0.0001", "nan", "inf", "1e300"):
+        with pytest.raises(ConfigError, match="DRAGON_FINETUNE_KEEP_FOR"):
+            config.load(DetectorConfig, {"DRAGON_FINETUNE_KEEP_FOR": keep_for}, known=known_env_names())
 
 
 def test_the_fault_score_setting_reaches_the_model_learnt_on_line():

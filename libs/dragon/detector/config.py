@@ -15,6 +15,7 @@ SCOPES = ("host", "lei")
 FAULT_SCORES = ("excess", "excess+unreal")
 MAX_POT_DEPTH = 1000
 MAX_FINETUNE_WINDOWS = 4096  # one full-batch step; also bounds the windows kept in memory
+MAX_FINETUNE_KEEP_FOR_S = 365 * 86400.0  # a year: beyond it, say 0 (kept until trimmed)
 # POT's risk q and initial quantile, for the service, `dragon-detector train` and both benches
 # (dragon.detector.pot takes them as its defaults; they live here so that knowing the settings
 # imports no numpy). The DRAGON and GON papers use q = 1e-4. Chosen on training data only
@@ -181,7 +182,10 @@ class DetectorConfig:
             raise ConfigError("DRAGON_FINETUNE_REFERENCE must be at least 3")
         if not 2 <= self.finetune_windows <= MAX_FINETUNE_WINDOWS:
             raise ConfigError(f"DRAGON_FINETUNE_WINDOWS must be between 2 and {MAX_FINETUNE_WINDOWS}")
-        if self.finetune_keep_for_s < 0:
-            raise ConfigError("DRAGON_FINETUNE_KEEP_FOR must not be negative")
+        if not (self.finetune_keep_for_s == 0 or 1 <= self.finetune_keep_for_s <= MAX_FINETUNE_KEEP_FOR_S):
+            # NaN fails both comparisons; below 1 s the expiry would round to "never" or expire at once.
+            raise ConfigError(
+                f"DRAGON_FINETUNE_KEEP_FOR must be 0 (never) or between 1 and {MAX_FINETUNE_KEEP_FOR_S:g} s"
+            )
         if self.finetune_steps < 1:
             raise ConfigError("DRAGON_FINETUNE_STEPS must be at least 1")

@@ -68,9 +68,9 @@ class KeptWindows:
     """The clean windows of an LEI, newest ``capacity`` host windows, gone ``keep_for_s`` after the last write.
 
     While clean windows keep coming, the sets hold the newest ``capacity``; only when none has
-    come for ``keep_for_s`` (every detector of the LEI down, or every host faulty) are they
-    forgotten, so a detector back after a long outage does not learn from the operation of
-    days ago.
+    come for ``keep_for_s`` (every detector of the LEI down, or no clean window: for LEI steps,
+    one host in a fault is enough) is a set forgotten, so a detector back after a long outage does
+    not learn from the operation of days ago.
     """
 
     def __init__(self, client: redis.Redis, lei: str, capacity: int, keep_for_s: float = 0.0) -> None:
