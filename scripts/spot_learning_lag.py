@@ -1,10 +1,10 @@
 """Measure SPOT's learning lag: F1 and PA%K area at the threshold, for several lags at once.
 
-SPOT (``dragon.detector.pot.StreamingPot``) with ``lag`` > 0 learns a normal score only once
-``lag`` later scores passed without an alarm, and an alarm drops the held ones: the first steps
-of a fault often score just under the threshold before its first alarm, and learnt as peaks
-they would raise the threshold the rest of the fault is judged by. ``dragon-detector bench
---pot-mode spot --pot-lag N`` measures one lag; this script fits each model once (the bench's
+SPOT (``dragon.detector.pot.StreamingPot``) with ``lag`` > 0 learns each normal score ``lag``
+scores late, and the first alarm after at least ``lag`` normal scores drops those not yet
+learnt: the first steps of a fault often score just under the threshold before its first
+alarm, and learnt as peaks they would raise the threshold the rest of the fault is judged by.
+``dragon-detector bench --pot-mode spot --pot-lag N`` measures one lag; this script fits each model once (the bench's
 protocol: fit on train.npy, POT on the training scores, q 1e-3, level 0.98) and rates the
 test scores at SPOT's threshold for every lag given, for each model and seed: point-wise F1
 and the PA%K area. It reads the test labels to measure only; nothing is chosen on them.

@@ -49,8 +49,9 @@ def add_bench_parser(commands) -> None:
         type=int,
         default=DEFAULT_POT_LAG,
         metavar="STEPS",
-        help=f"SPOT/DSPOT learn a normal score only once this many later scores passed without an alarm, which "
-        f"drops the held ones (the service's DRAGON_POT_LAG; default: {DEFAULT_POT_LAG}; 0 learns at once)",
+        help=f"SPOT/DSPOT learn each normal score this many scores late, and the first alarm after at least that "
+        f"many normal scores drops those not yet learnt, the fault's likely onset (the service's DRAGON_POT_LAG; "
+        f"default: {DEFAULT_POT_LAG}; 0 learns at once)",
     )
     parser.add_argument(
         "--online",
