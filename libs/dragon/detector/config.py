@@ -97,9 +97,9 @@ class DetectorConfig:
     pot_lag: int = setting(
         "DRAGON_POT_LAG",
         DEFAULT_POT_LAG,
-        "spot/dspot: learn each normal window this many windows late, and not at all if a fault's first alarm "
-        "comes before (it may be the fault's onset); one window length at the default DRAGON_WINDOW, change "
-        "them together; 0 learns at once",
+        "spot/dspot: learn each normal window this many windows late; an alarm after at least this many normal "
+        "windows in a row drops those not yet learnt (they may be the fault's onset); one window length at the "
+        "default DRAGON_WINDOW, change them together; 0 learns at once",
         "windows",
     )
     clear_windows: int = setting(
