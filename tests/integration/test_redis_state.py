@@ -23,7 +23,7 @@ from dragon.detector.pot import StreamingPot
 from dragon.detector.scorer import Scorer
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.train import train_from_series
-from dragon.detector.tunerstate import GateFloors, KeptWindows, TunerState
+from dragon.detector.tunerstate import SETTLE_ATTEMPTS, GateFloors, KeptWindows, TunerState
 from dragon.messages.schemas import HOST_METRICS
 from dragon.store import WindowStore, padded_window
 from dragon.testing.lei import REDIS_IMAGE
@@ -363,6 +363,31 @@ def test_a_floor_settled_by_another_replica_between_the_read_and_the_write_is_th
     # Read and write apart, this replica read "no floor", wrote 0.25 over the rival's and used it.
     assert racing.settle("model-a", "q1", {"h1": 0.25}) == {"h1": 0.75}
     assert GateFloors(client, "kw-race").load("model-a", "q1") == {"h1": 0.75}
+
+
+def test_settling_floors_gives_up_when_another_replica_writes_during_every_attempt(client):
+    reads = []
+
+    class Pipeline(redis.client.Pipeline):
+        def hmget(self, *args, **kwargs):
+            read = super().hmget(*args, **kwargs)
+            reads.append(read)
+            if len(reads) > 50:  # the old code retried for ever: fail here, not hang
+                raise AssertionError("settle did not give up")
+            client.hset("dragon:kw-busy:finetune:floors", "other", len(reads))  # a rival's write, each time
+            return read
+
+    class Client(redis.Redis):
+        def pipeline(self, transaction=True, shard_hint=None):
+            return Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+    busy = GateFloors(Client(connection_pool=client.connection_pool), "kw-busy")
+    with pytest.raises(redis.WatchError, match=f"{SETTLE_ATTEMPTS} attempts"):
+        busy.settle("model-a", "q1", {"h1": 0.25})
+    assert len(reads) == SETTLE_ATTEMPTS
+    assert GateFloors(client, "kw-busy").load("model-a", "q1") == {}  # nothing half-written
+    # The next batch, with no rival, stores it.
+    assert GateFloors(client, "kw-busy").settle("model-a", "q1", {"h1": 0.25}) == {"h1": 0.25}
 
 
 def test_gate_floors_count_only_under_the_model_and_gate_settings_they_were_measured_with(client):

@@ -126,6 +126,9 @@ class KeptWindows:
 
 
 # Raw windows are stored in their own dtype, so a restored window equals the kept one bit for bit.
+# Tries of GateFloors.settle when other replicas write the floors between its read and its write:
+# a conflict needs two replicas settling at once (once per host and model), so one retry is rare.
+SETTLE_ATTEMPTS = 5
 _DTYPES = {np.dtype(np.float32).str, np.dtype(np.float64).str}
 
 
@@ -212,27 +215,40 @@ class GateFloors:
 
         The first floor of a host under a model wins: a replica that takes the host over later
         measures its reference on a model that may have gone stale since, and adopts the stored one.
-        Read and write are one transaction (WATCH, retried if another replica wrote in between),
-        so two replicas settling one host at once end up with the same floor.
+        Read and write are one transaction (WATCH, tried again if another replica wrote in
+        between), so two replicas settling one host at once end up with the same floor. After
+        ``SETTLE_ATTEMPTS`` conflicts in a row it gives up with ``redis.WatchError``: the caller
+        keeps the floors and offers them again with its next batch, instead of spinning here.
         """
         if not floors:
             return {}
+        for _ in range(SETTLE_ATTEMPTS):
+            with self._client.pipeline() as pipe:
+                try:
+                    pipe.watch(self._key)
+                    in_force = self._first_floors_win(pipe, model_id, how_measured, floors)
+                    pipe.execute()
+                    return in_force
+                except redis.WatchError:
+                    continue
+        raise redis.WatchError(f"{self._key}: another replica wrote during each of {SETTLE_ATTEMPTS} attempts")
+
+    def _first_floors_win(
+        self, pipe: redis.client.Pipeline, model_id: str, how_measured: str, floors: dict[str, float]
+    ) -> dict[str, float]:
+        """Read the stored floors (watched), queue the new ones; the floors in force if the write goes through."""
         hosts = list(floors)
-
-        def first_floors_win(pipe: redis.client.Pipeline) -> dict[str, float]:
-            stored = dict(zip(hosts, pipe.hmget(self._key, hosts), strict=True))
-            in_force, new = {}, {}
-            for host, floor in floors.items():
-                earlier = _floor_of(host, stored[host], model_id, how_measured)
-                in_force[host] = floor if earlier is None else earlier
-                if earlier is None:
-                    new[host] = msgpack.packb([model_id, how_measured, floor])
-            pipe.multi()
-            if new:
-                pipe.hset(self._key, mapping=new)
-            return in_force
-
-        return self._client.transaction(first_floors_win, self._key, value_from_callable=True)
+        stored = dict(zip(hosts, pipe.hmget(self._key, hosts), strict=True))
+        in_force, new = {}, {}
+        for host, floor in floors.items():
+            earlier = _floor_of(host, stored[host], model_id, how_measured)
+            in_force[host] = floor if earlier is None else earlier
+            if earlier is None:
+                new[host] = msgpack.packb([model_id, how_measured, floor])
+        pipe.multi()
+        if new:
+            pipe.hset(self._key, mapping=new)
+        return in_force
 
     def load(self, model_id: str, how_measured: str) -> dict[str, float]:
         """The floors measured under ``model_id`` by a gate measuring ``how_measured``; others are left out."""
