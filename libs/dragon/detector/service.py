@@ -189,7 +189,7 @@ class Detector:
             state = TunerState.in_redis(
                 self.redis, self.lei, self.config.finetune_windows, self.config.finetune_keep_for_s
             )
-            self.tuner = FineTuner(self.config, self.models, self.instance, self.lei, state)
+            self.tuner = FineTuner(self.config, self.models, self.instance, self.lei, state, self.counters)
             retry_until(self.tuner.restore, self.lifecycle.stop, "restore_kept_windows")
 
     def init_mqtt(self) -> None:
