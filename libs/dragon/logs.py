@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 
 import structlog
 
@@ -38,3 +40,26 @@ def configure(level: str = "info", service: str = "", json: bool = True) -> None
     logging.basicConfig(
         level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
     )
+
+
+class EveryInterval:
+    """Lets a line that may repeat with every message (Redis away, say) through at most once per ``interval_s``.
+
+    The first occurrence passes at once; :meth:`due` says how many were held back since the one
+    before, so the line that passes can say so.
+    """
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: float | None = None
+        self._held_back = 0
+
+    def due(self) -> int | None:
+        """None: hold this one back. Otherwise it passes, and this many were held back before it."""
+        now = self._clock()
+        if self._last is not None and now - self._last < self.interval_s:
+            self._held_back += 1
+            return None
+        held_back, self._last, self._held_back = self._held_back, now, 0
+        return held_back

@@ -300,10 +300,22 @@ def test_a_redis_that_refuses_leaves_the_state_in_memory_and_scoring_goes_on(cli
     tuner = replica(client, "kw7", "a")
     with structlog.testing.capture_logs() as logs:
         tuner.restore()
-        tuner.observe(scorer, ["h1"] * 8, windows[:8], windows[1:9], [True] * 8)
+        for i in range(8):  # one scored batch each: from the k-th on, each keeps a window
+            tuner.observe(scorer, ["h1"], windows[i : i + 1], windows[i + 1 : i + 2], [True])
     events = [entry["event"] for entry in logs]
-    assert "finetune_windows_not_restored" in events and "finetune_state_not_written" in events
-    assert len(tuner._normal) == 8 - scorer.window + 1
+    assert "finetune_windows_not_restored" in events
+    failed = 8 - scorer.window + 1
+    assert len(tuner._normal) == failed
+    # Not a line per batch: one, and a counter of every write that failed.
+    assert events.count("finetune_state_not_written") == 1
+    assert tuner.counters.snapshot()["finetune_state_not_written"] == failed
+    client.delete("dragon:kw7:finetune:windows")  # Redis takes writes again
+    with structlog.testing.capture_logs() as logs:
+        tuner.observe(scorer, ["h1"], windows[8:9], windows[9:10], [True])
+    assert [(e["event"], e.get("failed_writes")) for e in logs if "written" in e["event"]] == [
+        ("finetune_state_written_again", failed)
+    ]
+    assert client.zcard("dragon:kw7:finetune:windows") == 1
 
 
 def test_a_replica_that_measures_a_floor_stored_first_by_another_adopts_that_one(client, host_scorer):

@@ -43,6 +43,7 @@ from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import Scorer
 from dragon.detector.train import train_from_series
 from dragon.detector.tunerstate import HostPair, TunerState
+from dragon.logs import EveryInterval
 from dragon.messages.schemas import HOST_METRICS
 from dragon.mqtt import Counters
 from dragon.store import StoredSample, WindowStore
@@ -53,6 +54,7 @@ T = TypeVar("T")
 Grouping = Callable[[Checkpoint, list[Any]], list[TuningGroup]]
 
 CHECK_INTERVAL_S = 2.0
+WRITE_WARNING_INTERVAL_S = 60.0  # at most one finetune_state_not_written line this often
 RETRY_AFTER_FAILURE_S = 60.0  # after a record that could not make a model: gather more first
 # Smallest span of each metric for min-max scaling, in the sample's units: fractions for
 # cpu/ram/swap, bytes/s for I/O. A metric that barely moved while learning would otherwise
@@ -217,7 +219,10 @@ class FineTuner:
         self.instance = instance
         self.lei = lei
         self.state = state
-        self.counters = counters or Counters()  # fine_tunes_served / fine_tunes_not_served
+        self.counters = counters or Counters()  # fine_tunes_served / _not_served, finetune_state_not_written
+        # While Redis refuses writes, every scored batch would log one: one line a minute instead.
+        self._write_warnings = EveryInterval(WRITE_WARNING_INTERVAL_S)
+        self._failed_writes = 0
         self.gate = ConfidenceGate(
             config.finetune_min_interval_s, config.finetune_quantile, reference=config.finetune_reference
         )
@@ -316,10 +321,18 @@ class FineTuner:
         if self.state is None or not any(what.values()):
             return None
         try:
-            return write(self.state)
+            written = write(self.state)
         except redis.RedisError as exc:
-            log.warning("finetune_state_not_written", error=str(exc), **what)
+            self.counters.add("finetune_state_not_written")
+            self._failed_writes += 1
+            held_back = self._write_warnings.due()
+            if held_back is not None:
+                log.warning("finetune_state_not_written", error=str(exc), similar_held_back=held_back, **what)
             return None
+        if self._failed_writes:
+            log.info("finetune_state_written_again", failed_writes=self._failed_writes)
+            self._failed_writes = 0
+        return written
 
     def _persist_new_floors(self, scorer: Scorer) -> None:
         """Store the floors just measured; where another was stored first under this model, adopt it."""
