@@ -22,7 +22,6 @@ import json
 import re
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 NAME = re.compile(r"^(?P<group>.+)-s(?P<seed>\d+)\.json$")
@@ -34,14 +33,6 @@ COSTS = (  # heading, key, digits
 )
 AUCS = (("ROC-AUC", "roc_auc", 3), ("PR-AUC", "pr_auc", 3))
 AT_THRESHOLD = (("F1", "f1", 3), ("F1-PA", "f1_pa", 3), ("PA%K AUC", "f1_pa_k_auc", 3))
-
-
-def _fine_tunes(report: dict, counted: Callable[[dict], bool] = lambda tune: True) -> int | None:
-    """How many fine-tunes an on-line run made (that ``counted`` accepts); None for a static run."""
-    tunes = report.get("fine_tunes")
-    return None if tunes is None else sum(1 for tune in tunes if counted(tune))
-
-
 COLUMNS = {
     "bench": (*AUCS, *AT_THRESHOLD, *COSTS),
     # dragon-detector bench --online: also the AUCs of score / threshold and the fine-tunes per run
@@ -50,9 +41,7 @@ COLUMNS = {
         ("ROC-AUC rel.", "roc_auc_relative", 3),
         ("PR-AUC rel.", "pr_auc_relative", 3),
         *AT_THRESHOLD,
-        ("fine-tunes", _fine_tunes, 1),
-        # Reports from before fine-tunes were judged on held-out windows served every one.
-        ("served", lambda report: _fine_tunes(report, lambda tune: tune.get("served", True)), 1),
+        ("fine-tunes", lambda report: None if report.get("fine_tunes") is None else len(report["fine_tunes"]), 1),
     ),
     # dragon-detector bench-federation: quality per (interval, host) cell, false alarms by placement
     "federation": (

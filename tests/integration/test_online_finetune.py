@@ -24,9 +24,6 @@ FORCED_ENV = {
     "DRAGON_FINETUNE_REFERENCE": "6",
     "DRAGON_FINETUNE_WINDOWS": "12",
     "DRAGON_FINETUNE_STEPS": "3",
-    # Serve every fine-tune: that one is made and served is under test here; whether it helped on
-    # held-out windows is judged by the unit tests (test_finetune.py), on a model whose outcome is known.
-    "DRAGON_FINETUNE_HOLDOUT": "0",
 }
 
 

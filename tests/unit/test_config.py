@@ -97,12 +97,6 @@ def test_service_configs_validate_their_ranges():
     for keep_for in ("-1", "0.0001", "nan", "inf", "1e300"):
         with pytest.raises(ConfigError, match="DRAGON_FINETUNE_KEEP_FOR"):
             config.load(DetectorConfig, {"DRAGON_FINETUNE_KEEP_FOR": keep_for}, known=known_env_names())
-    for holdout in ("-0.1", "0.51", "nan", "inf"):
-        with pytest.raises(ConfigError, match="DRAGON_FINETUNE_HOLDOUT"):
-            config.load(DetectorConfig, {"DRAGON_FINETUNE_HOLDOUT": holdout}, known=known_env_names())
-    for holdout in ("0", "0.5"):  # 0: serve every fine-tune; 0.5: learn from half
-        loaded = config.load(DetectorConfig, {"DRAGON_FINETUNE_HOLDOUT": holdout}, known=known_env_names())
-        assert loaded.finetune_holdout == float(holdout)
 
 
 def test_the_fault_score_setting_reaches_the_model_learnt_on_line():

@@ -45,9 +45,8 @@ def test_without_a_fine_tune_the_online_scores_are_the_static_ones(trained) -> N
 def test_a_fine_tune_swaps_the_model_and_restarts_its_threshold(trained) -> None:
     model, train, test = trained
     served = model.checkpoint.model_id
-    # Floor = the highest reference confidence: the gate fires as soon as it may; every fine-tune served.
-    settings = OnlineSettings(reference=3, quantile=1.0, min_interval_steps=20, windows=10, holdout=0.0)
-    run = model.score_online(test, train, settings)
+    # Floor = the highest reference confidence: the gate fires as soon as it may.
+    run = model.score_online(test, train, OnlineSettings(reference=3, quantile=1.0, min_interval_steps=20, windows=10))
     static, _ = model.score(test, history=train)
     assert len(run.fine_tunes) >= 2
     first, second = run.fine_tunes[0]["step"], run.fine_tunes[1]["step"]
@@ -67,22 +66,7 @@ def test_a_fine_tune_waits_for_windows_enough_to_fit_pot_on(trained) -> None:
     assert model.score_online(test, train, OnlineSettings(**open_gate)).fine_tunes == []
     level_80 = fit_pot(model.score(train)[0], level=0.8)  # 50 windows give it 10 peaks: it may start sooner
     run = model.score_online(test, train, OnlineSettings(**open_gate), pot=level_80)
-    assert run.fine_tunes and run.fine_tunes[0]["windows"] + run.fine_tunes[0]["held_out"] >= 50
-
-
-def test_a_fine_tune_that_did_not_help_on_the_newest_windows_is_not_served(trained) -> None:
-    model, train, test = trained
-    # Half of the 20 kept windows held out; the fine-tunes of this run are reported, served or not.
-    run = model.score_online(
-        test, train, OnlineSettings(reference=3, quantile=1.0, min_interval_steps=20, holdout=0.5, windows=20)
-    )
-    assert all((tune["windows"], tune["held_out"]) == (10, 10) for tune in run.fine_tunes)
-    assert run.fine_tunes[0]["served"]
-    kept = next(i for i, tune in enumerate(run.fine_tunes) if not tune["served"])
-    before, rejected = run.fine_tunes[kept - 1 : kept + 1]
-    # The model and threshold serving before it judge on: a static threshold does not move.
-    assert rejected["threshold"] == before["threshold"] != model.checkpoint.pot_state().z_q
-    assert (run.thresholds[before["step"] + 1 :] == before["threshold"]).all()
+    assert run.fine_tunes and run.fine_tunes[0]["windows"] >= 50
 
 
 def test_the_same_seed_gives_the_same_online_run(trained) -> None:
@@ -150,7 +134,7 @@ def test_a_fault_ends_only_after_clear_windows_normal_verdicts_before_windows_co
 
 def test_the_replay_learns_only_once_a_fault_has_ended(trained) -> None:
     model, train, test = trained
-    settings = {"reference": 3, "quantile": 1.0, "min_interval_steps": 20, "windows": 10, "holdout": 0.0}
+    settings = {"reference": 3, "quantile": 1.0, "min_interval_steps": 20, "windows": 10}
     quick, slow = (
         model.score_online(test, train, OnlineSettings(**settings, clear_windows=clear)) for clear in (1, 40)
     )

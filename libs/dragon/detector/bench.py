@@ -53,7 +53,7 @@ import torch
 
 from dragon.detector import metrics
 from dragon.detector.baselines import AnomalyModel, create_model
-from dragon.detector.config import DEFAULT_FINETUNE_HOLDOUT, DEFAULT_POT_LAG, ONLINE_MIN_INTERVAL_STEPS
+from dragon.detector.config import DEFAULT_POT_LAG, ONLINE_MIN_INTERVAL_STEPS
 from dragon.detector.online import OnlineSettings
 from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, PotState, dspot_thresholds, fit_pot, spot_thresholds
 from dragon.detector.svgplot import Frame
@@ -85,7 +85,6 @@ class BenchConfig:
     pot_lag: int = DEFAULT_POT_LAG  # SPOT/DSPOT: normal scores learnt this many scores late (0: at once)
     online: bool = False  # score step by step and fine-tune as the service does (dragon.detector.online)
     online_interval: int = ONLINE_MIN_INTERVAL_STEPS  # on-line: at least this many steps between fine-tunes
-    online_holdout: float = DEFAULT_FINETUNE_HOLDOUT  # on-line: newest share of the kept windows judging a fine-tune
 
     def __post_init__(self) -> None:
         if self.pot_mode not in THRESHOLDS:
@@ -157,13 +156,9 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
 
 
 def online_settings(cfg: BenchConfig) -> OnlineSettings:
-    """The service's fine-tuning defaults, with this run's interval, hold-out and threshold mode."""
+    """The service's fine-tuning defaults, with this run's interval and threshold mode."""
     return OnlineSettings(
-        min_interval_steps=cfg.online_interval,
-        holdout=cfg.online_holdout,
-        pot_mode=cfg.pot_mode,
-        dspot_depth=cfg.dspot_depth,
-        pot_lag=cfg.pot_lag,
+        min_interval_steps=cfg.online_interval, pot_mode=cfg.pot_mode, dspot_depth=cfg.dspot_depth, pot_lag=cfg.pot_lag
     )
 
 

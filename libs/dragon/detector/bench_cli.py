@@ -13,13 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dragon.detector.config import (
-    DEFAULT_FINETUNE_HOLDOUT,
-    DEFAULT_LEVEL,
-    DEFAULT_POT_LAG,
-    DEFAULT_Q,
-    ONLINE_MIN_INTERVAL_STEPS,
-)
+from dragon.detector.config import DEFAULT_LEVEL, DEFAULT_POT_LAG, DEFAULT_Q, ONLINE_MIN_INTERVAL_STEPS
 
 PROG = "dragon-detector bench"
 # The keys of dragon.detector.gon.ABLATIONS, named here so --help does not import torch (a test
@@ -72,15 +66,6 @@ def add_bench_parser(commands) -> None:
         metavar="STEPS",
         help=f"--online: at least this many steps between fine-tunes (default: {ONLINE_MIN_INTERVAL_STEPS}, the "
         "service's 600 s at FTSAD's 10 s per sample)",
-    )
-    parser.add_argument(
-        "--online-holdout",
-        type=float,
-        default=DEFAULT_FINETUNE_HOLDOUT,
-        metavar="SHARE",
-        help=f"--online: the newest share of the kept windows a fine-tune does not learn from; it is served only "
-        f"if its loss on them is lower (the service's DRAGON_FINETUNE_HOLDOUT; default: {DEFAULT_FINETUNE_HOLDOUT}; "
-        "0 serves every fine-tune)",
     )
     parser.add_argument("--plot", metavar="PATH", help="draw scores, threshold and labelled segments (.svg, or .png)")
     parser.add_argument(
@@ -151,7 +136,6 @@ def run_bench_command(args) -> int:
             pot_lag=args.pot_lag,
             online=args.online,
             online_interval=args.online_interval,
-            online_holdout=args.online_holdout,
             **{key: value for key, value in pot.items() if value is not None},
         )
         result = run_bench(cfg)

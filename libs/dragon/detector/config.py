@@ -16,11 +16,6 @@ FAULT_SCORES = ("excess", "excess+unreal")
 MAX_POT_DEPTH = 1000
 MAX_FINETUNE_WINDOWS = 4096  # one full-batch step; also bounds the windows kept in memory
 MAX_FINETUNE_KEEP_FOR_S = 365 * 86400.0  # a year: beyond it, say 0 (kept until trimmed)
-# A fine-tune learns from the older kept windows and is served only if its GON loss on the newest
-# fifth, held out, is lower than the served model's: a chronological validation split, as training's
-# (GonConfig.val_fraction is 0.2 too). 0.5 at most: a fine-tune learns from at least half of them.
-DEFAULT_FINETUNE_HOLDOUT = 0.2
-MAX_FINETUNE_HOLDOUT = 0.5
 # POT's risk q and initial quantile, for the service, `dragon-detector train` and both benches
 # (dragon.detector.pot takes them as its defaults; they live here so that knowing the settings
 # imports no numpy). The DRAGON and GON papers use q = 1e-4. Chosen on training data only
@@ -159,13 +154,6 @@ class DetectorConfig:
         "s",
     )
     finetune_steps: int = setting("DRAGON_FINETUNE_STEPS", 10, "Adam steps of one fine-tune", "steps")
-    finetune_holdout: float = setting(
-        "DRAGON_FINETUNE_HOLDOUT",
-        DEFAULT_FINETUNE_HOLDOUT,
-        "share of the kept normal windows, the newest, that a fine-tune does not learn from but is judged on: "
-        "the fine-tuned model is served only if its GON loss on them is lower than the served model's; "
-        "0: serve every fine-tune",
-    )
 
     def validate(self) -> None:
         if not 2 <= self.window <= 256:
@@ -201,5 +189,3 @@ class DetectorConfig:
             )
         if self.finetune_steps < 1:
             raise ConfigError("DRAGON_FINETUNE_STEPS must be at least 1")
-        if not 0 <= self.finetune_holdout <= MAX_FINETUNE_HOLDOUT:  # NaN fails too
-            raise ConfigError(f"DRAGON_FINETUNE_HOLDOUT must be between 0 and {MAX_FINETUNE_HOLDOUT}")

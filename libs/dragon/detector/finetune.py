@@ -9,9 +9,7 @@ L = log D(W_{t+1}) + log(1 - D(Ŵ_{t+1})).
 - :class:`ConfidenceGate` watches D on each host's true windows judged normal (a window in a
   fault is never learnt from, so a fault cannot become normal) and says when to fine-tune.
 - :func:`fine_tune` takes a few Adam steps of eq. 19 on a copy of the model, recalibrates POT
-  on the new model's scores of the kept windows and returns a new :class:`Checkpoint`, with
-  whether it helped: the newest kept windows are held out, and a fine-tune whose loss on them
-  is not lower than the served model's did not help (:class:`FineTuned`).
+  on the new model's scores of the same windows and returns a new :class:`Checkpoint`.
 
 Shapes: ``B`` windows, ``k`` window length, ``n`` features.
 """
@@ -24,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
@@ -32,15 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from dragon.detector.checkpoint import Checkpoint
-from dragon.detector.gon import (
-    GonConfig,
-    SeriesWindows,
-    WindowSet,
-    chronological_split,
-    evaluate_gon,
-    fault_scores,
-    gon_loss,
-)
+from dragon.detector.gon import GonConfig, SeriesWindows, WindowSet, evaluate_gon, fault_scores, gon_loss
 from dragon.detector.lei import LeiBatch, LeiStep, by_shape
 from dragon.detector.optim import Adam
 from dragon.detector.pot import MIN_PEAKS
@@ -50,7 +40,6 @@ if TYPE_CHECKING:  # the scorer imports nothing from here; only the annotation n
     from dragon.detector.scorer import Scorer
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 # Adam step size of fine-tuning: CAROL fine-tunes its GON with 1e-4 (weight decay 1e-5, which
 # GonConfig.weight_decay already is). GonConfig.lr (1e-3) is for training from scratch.
@@ -233,16 +222,12 @@ class TuningGroup:
 
 def host_groups(checkpoint: Checkpoint, prev: np.ndarray, nxt: np.ndarray) -> list[TuningGroup]:
     """Raw pairs (W_t, W_{t+1}) of single hosts, (B, k, n), for a model of scope ``host``."""
-    _check_pairs(prev, nxt)
+    if prev.shape != nxt.shape or prev.ndim != 3 or len(prev) < 2:
+        raise ValueError(f"expected two arrays of at least 2 windows (B, k, n), got {prev.shape} and {nxt.shape}")
     cfg, scaler = checkpoint.config, checkpoint.scaler()
     prev_t = torch.as_tensor(scaler.transform(prev), dtype=torch.float32)  # (B, k, n)
     next_t = torch.as_tensor(scaler.transform(nxt), dtype=torch.float32)  # (B, k, n)
     return [TuningGroup(SeriesWindows(next_t), lambda model: fault_scores(model, prev_t, next_t, cfg)[0], len(nxt))]
-
-
-def _check_pairs(prev: np.ndarray, nxt: np.ndarray) -> None:
-    if prev.shape != nxt.shape or prev.ndim != 3 or len(prev) < 2:
-        raise ValueError(f"expected two arrays of at least 2 windows (B, k, n), got {prev.shape} and {nxt.shape}")
 
 
 def lei_groups(checkpoint: Checkpoint, steps: Sequence[LeiStep]) -> list[TuningGroup]:
@@ -261,47 +246,6 @@ def lei_groups(checkpoint: Checkpoint, steps: Sequence[LeiStep]) -> list[TuningG
     return groups
 
 
-@dataclass(frozen=True)
-class FineTuned:
-    """A fine-tune's new checkpoint, and whether it helped on windows it did not learn from.
-
-    ``evaluation`` is the GON loss, D(real) and D(generated) of the model before and after
-    (``meta["fine_tune"]``): on the held-out windows when some were held out, else on the
-    windows learnt from.
-    """
-
-    checkpoint: Checkpoint
-
-    @property
-    def evaluation(self) -> dict[str, Any]:
-        return self.checkpoint.meta["fine_tune"]
-
-    @property
-    def helped(self) -> bool:
-        """Whether the loss on the held-out windows fell: the yardstick of training's early stopping.
-
-        With nothing held out there is nothing to judge by, and the fine-tune counts as helping
-        (as every fine-tune did before windows were held out).
-        """
-        report = self.evaluation
-        return not report["held_out"] or report["after"]["loss"] < report["before"]["loss"]
-
-
-def held_out_split(kept: Sequence[T], fraction: float) -> tuple[list[T], list[T]]:
-    """Kept windows or steps, oldest first -> those to learn from, and the newest ``fraction`` held out.
-
-    Held out chronologically, as training's validation split is (``gon.chronological_split``):
-    neighbouring windows share all rows but one. Nothing is held out when ``fraction`` is 0 or
-    when fewer than two would be left on either side.
-    """
-    if fraction <= 0:
-        return list(kept), []
-    learn, held = chronological_split(len(kept), fraction)
-    if len(learn) < 2 or len(held) < 2:
-        return list(kept), []
-    return [kept[i] for i in learn], [kept[i] for i in held]
-
-
 def fine_tune(
     checkpoint: Checkpoint,
     prev: np.ndarray,
@@ -309,57 +253,43 @@ def fine_tune(
     *,
     steps: int,
     lr: float = FINE_TUNE_LR,
-    holdout: float = 0.0,
     source: str = "",
-) -> FineTuned:
-    """``checkpoint``'s model fine-tuned on recent normal windows of single hosts (eq. 19).
+) -> Checkpoint:
+    """A new checkpoint: ``checkpoint``'s model fine-tuned on recent normal windows of single hosts (eq. 19).
 
     ``prev`` and ``nxt`` are raw (unscaled) windows W_t and W_{t+1}, (B, k, n), of normal
-    operation, oldest first; the newest ``holdout`` of them judge whether it helped. See
-    :func:`fine_tune_groups`.
+    operation; see :func:`fine_tune_groups`.
     """
-    _check_pairs(prev, nxt)
-    learn, held = held_out_split(range(len(nxt)), holdout)
-    return fine_tune_groups(
-        checkpoint,
-        host_groups(checkpoint, prev[learn], nxt[learn]),
-        held_out=host_groups(checkpoint, prev[held], nxt[held]) if held else (),
-        steps=steps,
-        lr=lr,
-        source=source,
-    )
+    return fine_tune_groups(checkpoint, host_groups(checkpoint, prev, nxt), steps=steps, lr=lr, source=source)
 
 
 def fine_tune_groups(
     checkpoint: Checkpoint,
     groups: Sequence[TuningGroup],
     *,
-    held_out: Sequence[TuningGroup] = (),
     steps: int,
     lr: float = FINE_TUNE_LR,
     source: str = "",
-) -> FineTuned:
-    """``checkpoint``'s model fine-tuned on ``groups`` of normal windows (eq. 19), judged on ``held_out``.
+) -> Checkpoint:
+    """A new checkpoint: ``checkpoint``'s model fine-tuned on ``groups`` of normal windows (eq. 19).
 
     D is rebuilt from the checkpoint's weights, so the model a scorer serves is never touched.
-    ``steps`` Adam steps (``lr``, ``GonConfig.weight_decay``) on all windows of ``groups`` at
-    once minimise BCE(D(W_{t+1}), 1) + BCE(D(Ŵ), 0), i.e. maximise eq. 19, with Ŵ generated
-    from W_{t+1} as in training (``gon.gon_loss``). The model before and after is evaluated on
-    ``held_out`` (or, with none, on ``groups``). POT is then fitted on the new model's fault
-    scores of every window, learnt and held out, with the checkpoint's risk and level. Config,
-    features and scaler bounds are kept; the metadata names the model fine-tuned from.
+    ``steps`` Adam steps (``lr``, ``GonConfig.weight_decay``) on all windows at once minimise
+    BCE(D(W_{t+1}), 1) + BCE(D(Ŵ), 0), i.e. maximise eq. 19, with Ŵ generated from W_{t+1} as
+    in training (``gon.gon_loss``). POT is then fitted on the new model's fault scores of the
+    same windows, with the checkpoint's risk and level. Config, features and scaler bounds are
+    kept; the metadata names the model fine-tuned from.
     """
     if steps < 1:
         raise ValueError(f"fine-tuning needs at least one step, got {steps}")
     started = time.perf_counter()
     cfg = checkpoint.config
     model = checkpoint.build_model()  # a fresh copy of the weights
-    judged_on = held_out or groups
-    before = _evaluate(model, judged_on, cfg)
+    before = _evaluate(model, groups, cfg)
     _adam_steps(model, groups, cfg, steps, lr)
-    after = _evaluate(model, judged_on, cfg)
+    after = _evaluate(model, groups, cfg)
     with torch.no_grad():
-        scores = torch.cat([group.scores(model) for group in (*groups, *held_out)]).double().numpy()
+        scores = torch.cat([group.scores(model) for group in groups]).double().numpy()
     base = checkpoint.pot_state()
     seconds = time.perf_counter() - started
     meta = {
@@ -371,9 +301,8 @@ def fine_tune_groups(
         # checkpoint keeps serving its descendant after a restart (service.init_model).
         "base_model_id": checkpoint.meta.get("base_model_id", checkpoint.model_id),
         "fine_tune": {
-            "windows": sum(group.windows for group in groups),  # host windows learnt from
+            "windows": sum(group.windows for group in groups),  # host windows
             "samples": sum(len(group.real) for group in groups),  # single windows or LEI steps
-            "held_out": sum(group.windows for group in held_out),  # host windows before/after are of
             "steps": int(steps),
             "lr": float(lr),
             "seconds": round(seconds, 3),
@@ -381,7 +310,7 @@ def fine_tune_groups(
             "after": after,
         },
     }
-    tuned = calibrated_checkpoint(
+    return calibrated_checkpoint(
         model,
         cfg,
         checkpoint.feature_names,
@@ -392,7 +321,6 @@ def fine_tune_groups(
         pot_level=base.level,
         meta=meta,
     )
-    return FineTuned(tuned)
 
 
 def _evaluate(model: nn.Module, groups: Sequence[TuningGroup], cfg: GonConfig) -> dict[str, float]:

@@ -480,7 +480,7 @@ def _train_epoch(model: nn.Module, opt: Adam, data: WindowSet, order: np.ndarray
     return total / len(order)
 
 
-def chronological_split(n_windows: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def _split(n_windows: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Chronological split: the last windows are held out.
 
     Neighbouring windows share k-1 rows, so a random split would leak nearly identical
@@ -515,7 +515,7 @@ def train_gon(
         torch.manual_seed(cfg.seed)
         model = build_discriminator(cfg)
     rng = np.random.default_rng(cfg.seed)
-    train_idx, val_idx = chronological_split(len(data), cfg.val_fraction)
+    train_idx, val_idx = _split(len(data), cfg.val_fraction)
     opt = Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: dict[str, Any] = {"train_loss": [], "val_loss": [], "val_d_real": [], "val_d_gen": []}
     best_loss, best_state, best_epoch = float("inf"), copy.deepcopy(model.state_dict()), 0

@@ -31,7 +31,6 @@ from dragon.detector.finetune import (
     confidence,
     enough_to_recalibrate,
     fine_tune_groups,
-    held_out_split,
     host_groups,
     lei_confidence,
     lei_groups,
@@ -50,8 +49,6 @@ from dragon.store import StoredSample, WindowStore
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-# Makes kept windows (host pairs) or LEI steps, oldest first, into what a fine-tune of a model learns from.
-Grouping = Callable[[Checkpoint, list[Any]], list[TuningGroup]]
 
 CHECK_INTERVAL_S = 2.0
 WRITE_WARNING_INTERVAL_S = 60.0  # at most one finetune_state_not_written line this often
@@ -197,9 +194,7 @@ class FineTuner:
     background thread on a model rebuilt from the checkpoint's weights (generation toggles
     ``requires_grad`` on the model it climbs, so the scorer's model must never be shared with
     another thread). The model-training lock in Redis lets one replica fine-tune at a time, and
-    the result replaces the current model only if it helped (a lower loss on the newest kept
-    windows, held out from learning: ``DRAGON_FINETUNE_HOLDOUT``) and if the current model is
-    still the one it was tuned from.
+    the result replaces the current model only if that is still the model it was tuned from.
     With ``state``, the clean windows kept and the gate's floors are also written to Redis: the
     windows come back when the replica starts (:meth:`restore`), the floors of the served model
     whenever a model starts being served (``_follow``), see ``tunerstate.py``.
@@ -219,7 +214,7 @@ class FineTuner:
         self.instance = instance
         self.lei = lei
         self.state = state
-        self.counters = counters or Counters()  # fine_tunes_served / _not_served, finetune_state_not_written
+        self.counters = counters or Counters()  # fine_tunes_served, finetune_state_not_written
         # While Redis refuses writes, every scored batch would log one: one line a minute instead.
         self._write_warnings = EveryInterval(WRITE_WARNING_INTERVAL_S)
         self._failed_writes = 0
@@ -272,8 +267,8 @@ class FineTuner:
         self._persist_new_floors(scorer)
         full = len(self._normal) == self._normal.maxlen
         if enough_to_recalibrate(scorer.checkpoint, len(self._normal), full):
-            # Stacked only if the gate fires: not on every scored batch.
-            self._fire_if_drifted(scorer, list(self._normal), lambda model, pairs: host_groups(model, *stacked(pairs)))
+            kept = list(self._normal)  # stacked only if the gate fires: not on every scored batch
+            self._fire_if_drifted(scorer, lambda checkpoint: host_groups(checkpoint, *stacked(kept)))
 
     def observe_steps(
         self, scorer: Scorer, steps: Sequence[LeiStep], normal: Sequence[bool], clean: Mapping[str, int]
@@ -305,7 +300,8 @@ class FineTuner:
         # Full: another step as large as the newest would push the oldest out.
         full = bool(self._steps) and windows + len(self._steps[-1].hosts) > self.config.finetune_windows
         if len(self._steps) >= 2 and enough_to_recalibrate(scorer.checkpoint, windows, full):
-            self._fire_if_drifted(scorer, list(self._steps), lei_groups)
+            kept = list(self._steps)
+            self._fire_if_drifted(scorer, lambda checkpoint: lei_groups(checkpoint, kept))
 
     def _append_step(self, step: LeiStep) -> None:
         self._steps.append(step)
@@ -399,8 +395,7 @@ class FineTuner:
         self.gate.observe(host, value, clean)
         return clean
 
-    def _fire_if_drifted(self, scorer: Scorer, kept: list[Any], groups: Grouping) -> None:
-        """Fine-tune on ``kept`` (windows or steps, oldest first, made into ``groups``) if the gate fires."""
+    def _fire_if_drifted(self, scorer: Scorer, groups: Callable[[Checkpoint], list[TuningGroup]]) -> None:
         drifted = self.gate.check()
         if not drifted or self.busy:
             return
@@ -412,7 +407,7 @@ class FineTuner:
             floor={h: round(self.gate.floor(h), 4) for h in drifted},
         )
         self._thread = threading.Thread(
-            target=self._run, args=(scorer.checkpoint, kept, groups), name="detector-finetune", daemon=True
+            target=self._run, args=(scorer.checkpoint, groups), name="detector-finetune", daemon=True
         )
         self._thread.start()
 
@@ -420,7 +415,7 @@ class FineTuner:
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _run(self, checkpoint: Checkpoint, kept: list[Any], groups: Grouping) -> None:
+    def _run(self, checkpoint: Checkpoint, groups: Callable[[Checkpoint], list[TuningGroup]]) -> None:
         try:
             if not self.models.try_lock(self.instance):
                 log.info("fine_tune_skipped_lock_held", model_id=checkpoint.model_id)
@@ -429,8 +424,7 @@ class FineTuner:
             log.warning("fine_tune_skipped_redis", error=str(exc))
             return
         try:
-            learn, held = held_out_split(kept, self.config.finetune_holdout)
-            self._fine_tune(checkpoint, groups(checkpoint, learn), groups(checkpoint, held) if held else [])
+            self._fine_tune(checkpoint, groups(checkpoint))
         except Exception:  # a background thread: log, never die silently; the gate fires again later
             log.exception("fine_tune_failed", model_id=checkpoint.model_id)
         finally:
@@ -439,37 +433,24 @@ class FineTuner:
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # the lock expires on its own (LOCK_TTL_S)
 
-    def _fine_tune(self, checkpoint: Checkpoint, groups: list[TuningGroup], held_out: list[TuningGroup]) -> None:
+    def _fine_tune(self, checkpoint: Checkpoint, groups: list[TuningGroup]) -> None:
         started = time.perf_counter()
-        outcome = fine_tune_groups(
-            checkpoint, groups, held_out=held_out, steps=self.config.finetune_steps, source=f"redis:{self.lei}"
-        )
+        tuned = fine_tune_groups(checkpoint, groups, steps=self.config.finetune_steps, source=f"redis:{self.lei}")
         tune_s = time.perf_counter() - started
-        tuned, report = outcome.checkpoint, outcome.evaluation
-        if not outcome.helped:
-            # The served model stays; the gate keeps its floors and fires again after its interval.
-            self.counters.add("fine_tunes_not_served")
-            log.info("fine_tune_did_not_help", fine_tuned_from=checkpoint.model_id, **_evaluation_fields(report))
-            return
         if not self.models.replace(tuned, checkpoint.model_id):
             log.info("fine_tuned_model_discarded_newer_model", fine_tuned_from=checkpoint.model_id)
             return
         self.counters.add("fine_tunes_served")
+        report = tuned.meta["fine_tune"]
         log.info(
             "model_fine_tuned",
             model_id=tuned.model_id,
             fine_tuned_from=checkpoint.model_id,
+            windows=report["windows"],
             steps=report["steps"],
             seconds=round(tune_s, 3),
             publish_seconds=round(time.perf_counter() - started - tune_s, 3),
+            d_real=(round(report["before"]["d_real"], 4), round(report["after"]["d_real"], 4)),
+            d_gen=(round(report["before"]["d_gen"], 4), round(report["after"]["d_gen"], 4)),
             threshold=round(tuned.pot_state().z_q, 4),
-            **_evaluation_fields(report),
         )
-
-
-def _evaluation_fields(report: Mapping[str, Any]) -> dict[str, Any]:
-    """A fine-tune's windows and its loss, D(real) and D(generated) before and after, for a log line."""
-    fields: dict[str, Any] = {"windows": report["windows"], "held_out": report["held_out"]}
-    for key in ("loss", "d_real", "d_gen"):
-        fields[key] = (round(report["before"][key], 4), round(report["after"][key], 4))
-    return fields

@@ -44,7 +44,6 @@ class OnlineSettings:
     quantile: float = _service_default("finetune_quantile")  # the gate's floor: this quantile of the reference
     windows: int = _service_default("finetune_windows")  # newest clean windows a fine-tune learns from
     steps: int = _service_default("finetune_steps")  # Adam steps of one fine-tune
-    holdout: float = _service_default("finetune_holdout")  # newest share of the windows judging a fine-tune
     min_interval_steps: int = ONLINE_MIN_INTERVAL_STEPS  # at least this many steps between fine-tunes
     pot_mode: str = "static"  # static POT, streaming SPOT or drift-aware DSPOT, restarted by each new model
     dspot_depth: int = 20
@@ -61,11 +60,10 @@ class OnlineSettings:
             or self.min_interval_steps < 0
             or self.clear_windows < 1
             or self.pot_lag < 0
-            or not 0 <= self.holdout < 1
         ):
             raise ValueError(
                 "online fine-tuning needs reference >= 3, windows >= 2, steps >= 1, min_interval_steps >= 0, "
-                "clear_windows >= 1, pot_lag >= 0, 0 <= holdout < 1"
+                "clear_windows >= 1, pot_lag >= 0"
             )
 
 
@@ -76,8 +74,7 @@ class OnlineRun:
     scores: np.ndarray  # (T,) eq. 13 (or the configured fault score) under the model serving at each step
     contributions: np.ndarray  # (T, n) each feature's share of the score
     thresholds: np.ndarray  # (T,) the threshold each step was judged against
-    # step, windows learnt and held out, seconds, whether it was served (it helped on the held-out windows),
-    # and the threshold the model judged against at the next step (None after the last step)
+    # step, windows, seconds, and the threshold the new model first judged against (None after the last step)
     fine_tunes: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -109,8 +106,8 @@ def score_online(
     verdict with no fault in force extends the series' clean streak, anything else breaks it; a
     clean window's confidence D(W_t) feeds the gate and the window joins the newest
     ``settings.windows``; when the gate fires, once enough are kept to recalibrate POT on, the
-    model is fine-tuned on those but the newest ``settings.holdout`` and, if its loss on those
-    fell, judges from the next step on, with a threshold restarted from its recalibration.
+    model is fine-tuned on those and judges from the next step on, with a threshold restarted
+    from its recalibration.
     """
     settings = settings or OnlineSettings()
     if prev.shape != nxt.shape or prev.ndim != 3:
@@ -137,19 +134,13 @@ def score_online(
         if enough_to_recalibrate(checkpoint, len(clean), len(clean) == clean.maxlen) and gate.check():
             started = time.perf_counter()
             learnt = np.asarray(clean)
-            outcome = fine_tune(
-                checkpoint, prev[learnt], nxt[learnt], steps=settings.steps, holdout=settings.holdout, source="bench"
-            )
-            if outcome.helped:  # as the service: otherwise the model serving stays, gate and threshold too
-                checkpoint = outcome.checkpoint
-                model, threshold = checkpoint.build_model(), _threshold_of(checkpoint, settings)
-                gate.reset()
+            checkpoint = fine_tune(checkpoint, prev[learnt], nxt[learnt], steps=settings.steps, source="bench")
+            model, threshold = checkpoint.build_model(), _threshold_of(checkpoint, settings)
+            gate.reset()
             run.fine_tunes.append(
                 {
                     "step": step,
-                    "windows": outcome.evaluation["windows"],
-                    "held_out": outcome.evaluation["held_out"],
-                    "served": outcome.helped,
+                    "windows": len(learnt),
                     "seconds": round(time.perf_counter() - started, 3),
                 }
             )
