@@ -55,6 +55,10 @@ class EveryInterval:
         self._last: float | None = None
         self._held_back = 0
 
+    def reset(self) -> None:
+        """The trouble is over: the next occurrence passes at once, as a first one does."""
+        self._last, self._held_back = None, 0
+
     def due(self) -> int | None:
         """None: hold this one back. Otherwise it passes, and this many were held back before it."""
         now = self._clock()

@@ -80,9 +80,14 @@ def health_of(message) -> HostHealth:
 COUNTERS_BOUND_S = 25
 
 
-def live_counters(lei, service: str, enough: Callable[[dict[str, int]], bool] = lambda c: True) -> dict[str, int]:
-    """The counters the ``service`` container publishes (retained), once ``enough`` holds for them."""
-    instance = lei.containers[service].env["DRAGON_INSTANCE"]
+def live_counters(
+    lei, service: str, enough: Callable[[dict[str, int]], bool] = lambda c: True, container: str | None = None
+) -> dict[str, int]:
+    """The counters a ``service`` container publishes (retained), once ``enough`` holds for them.
+
+    ``container``: the name the stack started it under, when not the service's (a second detector).
+    """
+    instance = lei.containers[container or service].env["DRAGON_INSTANCE"]
     topic = topics.service_counters(service, instance)
 
     def counters_of(message) -> dict[str, int]:

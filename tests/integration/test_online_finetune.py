@@ -10,7 +10,7 @@ import pytest
 from dragon.detector.membership import owner
 from dragon.detector.modelstore import ModelStore
 
-from .conftest import fresh_health
+from .conftest import fresh_health, live_counters
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +67,8 @@ def test_forced_fine_tune_publishes_a_new_model_and_scoring_continues(lei, tmp_p
         assert tuned.meta["fine_tune"]["windows"] >= 2
         assert tuned.gon == original.gon and (tuned.lo, tuned.hi) == (original.lo, original.hi)
         assert '"model_fine_tuned"' in lei.logs("finetuner")
+        # Operators see it on the replica's counters topic.
+        live_counters(lei, "detector", lambda c: c.get("fine_tunes_served", 0) >= 1, container="finetuner")
         # Scoring goes on: every host gets fresh verdicts.
         for host in lei.hosts:
             fresh_health(lei, host, timeout=30)

@@ -7,6 +7,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import redis
+import structlog.testing
 import torch
 
 from dragon.detector import learning
@@ -19,6 +21,7 @@ from dragon.detector.learning import FineTuner, min_span
 from dragon.detector.scorer import Scorer, Verdict
 from dragon.detector.service import Detector, Scored
 from dragon.detector.train import train_from_series
+from dragon.logs import EveryInterval
 from dragon.messages.schemas import HOST_METRICS
 
 pytestmark = pytest.mark.unit
@@ -334,6 +337,71 @@ def test_fine_tuner_starts_once_pot_has_its_windows_before_the_store_is_full(che
     tuner.observe(scorer, ["h1"] * len(order), prev[order], nxt[order], [True] * len(order))
     tuner._thread.join(timeout=60)
     assert models.published[0].meta["fine_tune"]["windows"] == 500 + 1
+
+
+def test_a_fine_tune_discarded_for_a_newer_model_is_not_counted_as_served(checkpoint, drifted, two_windows_suffice):
+    scorer = Scorer(checkpoint)
+    prev, nxt = by_confidence(scorer, *drifted)
+    models = FakeModels("a-newer-model")  # another replica published since: replace refuses
+    tuner = tuner_with(models)
+    tuner.observe(scorer, ["h1"] * WINDOW, prev[:WINDOW], nxt[:WINDOW], [True] * WINDOW)
+    tuner.observe(scorer, ["h1"], prev[-1:], nxt[-1:], [True])
+    tuner._thread.join(timeout=60)
+    assert models.published == [] and tuner.counters.snapshot() == {}
+
+
+class RefusingState:
+    """A TunerState whose Redis refuses the kept windows while ``refusing``, and whose floors are contended."""
+
+    def __init__(self) -> None:
+        self.refusing = True
+        self.kept_pairs = 0
+        self.kept = SimpleNamespace(keep_pairs=self._keep_pairs)
+        self.floors = SimpleNamespace(settle=self._settle, load=lambda model_id, how: {})
+
+    def _keep_pairs(self, hosts, pairs) -> None:
+        if self.refusing:
+            raise redis.ConnectionError("Redis is away")
+        self.kept_pairs += len(pairs)
+
+    def _settle(self, model_id, how, floors) -> dict[str, float]:
+        raise redis.WatchError("the floors changed during each of 5 attempts")
+
+
+def test_refused_writes_are_counted_each_and_logged_once_a_minute(checkpoint, drifted):
+    scorer = Scorer(checkpoint)
+    prev, nxt = drifted
+    now = [0.0]
+    state = RefusingState()
+    tuner = FineTuner(DetectorConfig(), FakeModels(checkpoint.model_id), "replica-a", "lei-test", state)
+    tuner._write_warnings = EveryInterval(60.0, clock=lambda: now[0])
+    tuner.gate = ConfidenceGate(0.0, 1.0, reference=1, recent=1)  # a floor after the first clean window
+
+    def one_window(i: int, t: float) -> list[str]:
+        now[0] = t
+        with structlog.testing.capture_logs() as logs:
+            tuner.observe(scorer, ["h1"], prev[i : i + 1], nxt[i : i + 1], [True])
+        return [entry["event"] for entry in logs]
+
+    for i in range(WINDOW - 1):  # not clean yet: nothing to write
+        assert one_window(i, 0.0) == []
+    # Clean from here: each window is a write Redis refuses. The first is logged at once...
+    first = one_window(WINDOW - 1, 1.0)
+    assert first.count("finetune_state_not_written") == 1
+    # ...with the floor it just measured, whose settling other replicas' writes kept from going
+    # through: counted apart, not as a refusal.
+    assert "finetune_state_contended" in first
+    assert [one_window(i, t).count("finetune_state_not_written") for i, t in ((5, 30), (6, 59))] == [0, 0]
+    assert one_window(7, 61.0).count("finetune_state_not_written") == 1  # a minute on
+    counts = tuner.counters.snapshot()
+    assert counts["finetune_state_not_written"] == 4
+    assert counts["finetune_state_contended"] == 4  # the floor is offered again with every batch
+    # Redis takes writes again: said once, and the next outage is logged at once.
+    state.refusing = False
+    assert "finetune_state_written_again" in one_window(8, 62.0)
+    assert state.kept_pairs == 1
+    state.refusing = True
+    assert one_window(9, 63.0).count("finetune_state_not_written") == 1
 
 
 def test_fine_tuner_does_nothing_without_the_lock(checkpoint, drifted, two_windows_suffice):

@@ -214,7 +214,8 @@ class FineTuner:
         self.instance = instance
         self.lei = lei
         self.state = state
-        self.counters = counters or Counters()  # fine_tunes_served, finetune_state_not_written
+        # fine_tunes_served, finetune_state_not_written, finetune_state_contended
+        self.counters = counters if counters is not None else Counters()
         # While Redis refuses writes, every scored batch would log one: one line a minute instead.
         self._write_warnings = EveryInterval(WRITE_WARNING_INTERVAL_S)
         self._failed_writes = 0
@@ -311,13 +312,18 @@ class FineTuner:
     def _persist(self, write: Callable[[TunerState], T], **what: int) -> T | None:
         """Write to Redis what a restart should find; None when it could not (it stays in memory only).
 
-        Best effort: any Redis error (away, out of memory, read-only) is logged, never raised
-        into the scoring thread.
+        Best effort, never raised into the scoring thread: a write Redis refuses (away, out of
+        memory, read-only) is counted and logged at most once a minute; one that other replicas'
+        writes kept from going through (``GateFloors.settle`` giving up) is counted apart.
         """
         if self.state is None or not any(what.values()):
             return None
         try:
             written = write(self.state)
+        except redis.WatchError as exc:
+            self.counters.add("finetune_state_contended")
+            log.info("finetune_state_contended", error=str(exc), **what)
+            return None
         except redis.RedisError as exc:
             self.counters.add("finetune_state_not_written")
             self._failed_writes += 1
@@ -328,6 +334,7 @@ class FineTuner:
         if self._failed_writes:
             log.info("finetune_state_written_again", failed_writes=self._failed_writes)
             self._failed_writes = 0
+            self._write_warnings.reset()  # the next outage's first line comes at once
         return written
 
     def _persist_new_floors(self, scorer: Scorer) -> None:
@@ -450,6 +457,7 @@ class FineTuner:
             steps=report["steps"],
             seconds=round(tune_s, 3),
             publish_seconds=round(time.perf_counter() - started - tune_s, 3),
+            loss=(round(report["before"]["loss"], 4), round(report["after"]["loss"], 4)),
             d_real=(round(report["before"]["d_real"], 4), round(report["after"]["d_real"], 4)),
             d_gen=(round(report["before"]["d_gen"], 4), round(report["after"]["d_gen"], 4)),
             threshold=round(tuned.pot_state().z_q, 4),

@@ -126,9 +126,6 @@ class KeptWindows:
 
 
 # Raw windows are stored in their own dtype, so a restored window equals the kept one bit for bit.
-# Tries of GateFloors.settle when other replicas write the floors between its read and its write:
-# a conflict needs two replicas settling at once (once per host and model), so one retry is rare.
-SETTLE_ATTEMPTS = 5
 _DTYPES = {np.dtype(np.float32).str, np.dtype(np.float64).str}
 
 
@@ -203,6 +200,12 @@ def _unpack_step(member: bytes) -> LeiStep:
     return step
 
 
+# Tries of GateFloors.settle when the floors hash changes between its read and its write. Each
+# conflict means another replica's write went through, so N replicas settling at once need at
+# most N - 1 retries; more than that is a replica writing in a loop, not to be chased.
+SETTLE_ATTEMPTS = 5
+
+
 class GateFloors:
     """Each host's confidence floor, with the model and gate settings it was measured under (``ConfidenceGate``)."""
 
@@ -231,7 +234,10 @@ class GateFloors:
                     return in_force
                 except redis.WatchError:
                     continue
-        raise redis.WatchError(f"{self._key}: another replica wrote during each of {SETTLE_ATTEMPTS} attempts")
+        # redis-py also reports a connection lost while watching as a WatchError.
+        raise redis.WatchError(
+            f"{self._key}: the floors changed, or the connection dropped, during each of {SETTLE_ATTEMPTS} attempts"
+        )
 
     def _first_floors_win(
         self, pipe: redis.client.Pipeline, model_id: str, how_measured: str, floors: dict[str, float]
