@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -118,3 +119,30 @@ def test_settings_table_lists_every_variable_once():
 def test_readme_table_matches_the_code(repo):
     readme = (repo / "README.md").read_text()
     assert config.settings_table(CONFIG_CLASSES) in readme, "README.md is stale: paste `dragon config-table` into it"
+
+
+# compose/broker.yml brings up a demo LEI out of the box; these it sets, on purpose, to other
+# values than the services' own defaults (README, "Set up").
+COMPOSE_DEMO_SETTINGS = {
+    "DRAGON_COLLECTOR_INTERVAL": "a sample every 2 s, so the demo's detector learns within minutes",
+    "DRAGON_RANDOM_FAULTS_PER_HOUR": "random faults on, so fault events appear without a command",
+    "DRAGON_RANDOM_FAULT_DURATION": "shorter faults, to match the shorter sampling interval",
+    "DRAGON_RANDOM_FAULT_DELAY": "the first one after the two minutes of learning",
+    "DRAGON_DETECTOR_WARMUP": "two minutes of normal operation learnt, not five",
+    "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES": "at a sample every 2 s, two minutes hold 60",
+}
+
+
+def test_compose_passes_the_services_own_defaults_except_the_demos(repo):
+    text = (repo / "compose" / "broker.yml").read_text()
+    passed = re.findall(r"\$\{(DRAGON_[A-Z0-9_]+):-([^}]*)\}", text)
+    assert len(passed) > 20, "compose/broker.yml no longer passes settings as ${DRAGON_...:-default}"
+    for env, raw in passed:
+        owners = [cls for cls in CONFIG_CLASSES if env in config.env_names(cls)]
+        assert owners, f"compose/broker.yml passes {env}, which no service reads"
+        given = config.load(owners[0], {env: raw}, known=known_env_names())
+        same = given == config.load(owners[0], {}, known=known_env_names())
+        if env in COMPOSE_DEMO_SETTINGS:
+            assert not same, f"{env} is listed as a demo setting but compose passes the default"
+        else:
+            assert same, f"compose/broker.yml defaults {env} to {raw!r}, the code to something else"
