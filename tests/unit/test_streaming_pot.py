@@ -282,6 +282,22 @@ def test_normal_scores_between_two_close_alarms_are_learnt_at_the_second() -> No
     assert stream.held == () and stream.tail.n == n + 3
 
 
+def test_a_fault_right_after_the_calibration_has_its_onset_dropped_too() -> None:
+    # A new model (or a fine-tuned one) starts from a calibration on normal scores: a quiet spell,
+    # though fewer than ``lag`` scores have been judged since.
+    stream = StreamingPot.calibrate(np.random.default_rng(9).exponential(size=600), q=1e-3, level=0.98, lag=10)
+    n, alarm = stream.tail.n, 10 * stream.threshold
+    onset = 0.95 * stream.threshold
+    stream.run(np.array([0.01, onset, onset]))  # three scores, the fault's first two just under the bar
+    assert stream.quiet and len(stream.held) == 3
+    stream.update(alarm)
+    assert stream.held == () and stream.tail.n == n and not stream.quiet  # the onset was not learnt
+    # From then on as before: an alarm after fewer than ``lag`` normal scores learns them.
+    stream.run(np.array([0.01, 0.02]))
+    stream.update(alarm)
+    assert stream.tail.n == n + 2
+
+
 def test_a_level_that_moved_for_good_is_learnt_by_dspot_as_without_the_lag() -> None:
     # Dropping the held scores at every alarm, the alarms of the new level kept DSPOT from
     # learning it: 172 alarms here instead of 2.
@@ -316,3 +332,18 @@ def test_held_scores_round_trip_and_a_state_written_before_the_lag_loads_as_lag_
     assert StreamingPot.from_dict(old).lag == 0
     with pytest.raises(ValueError, match="lag"):
         StreamingPot.from_dict(stream.to_dict() | {"lag": 2})  # more held than the lag allows
+    with pytest.raises(ValueError, match="quiet"):
+        StreamingPot.from_dict(stream.to_dict() | {"quiet": "yes"})
+
+
+def test_quiet_is_stored_only_while_the_held_scores_do_not_say_it() -> None:
+    stream = StreamingPot.calibrate(np.random.default_rng(10).exponential(size=600), q=1e-3, level=0.98, lag=4)
+    stream.run(np.full(2, 0.01))
+    # Just calibrated: quiet with two held scores, which alone would not say so.
+    assert stream.to_dict()["quiet"] is True
+    assert StreamingPot.from_dict(msgpack.unpackb(msgpack.packb(stream.to_dict()))) == stream
+    stream.run(np.full(2, 0.01))  # four held: they say it, and the state reads as before
+    assert "quiet" not in stream.to_dict()
+    stream.update(10 * stream.threshold)
+    stream.run(np.full(2, 0.01))  # after an alarm, two held: not quiet, as the held scores say
+    assert "quiet" not in stream.to_dict() and not StreamingPot.from_dict(stream.to_dict()).quiet

@@ -98,8 +98,9 @@ class DetectorConfig:
         "DRAGON_POT_LAG",
         DEFAULT_POT_LAG,
         "spot/dspot: learn each normal window this many windows late; an alarm after at least this many normal "
-        "windows in a row drops those not yet learnt (they may be the fault's onset); one window length at the "
-        "default DRAGON_WINDOW, change them together; 0 learns at once",
+        "windows in a row, or the first since the threshold was calibrated, drops those not yet learnt (they may "
+        "be the fault's onset); one window length at the default DRAGON_WINDOW, change them together; 0 learns "
+        "at once",
         "windows",
     )
     clear_windows: int = setting(

@@ -383,7 +383,7 @@ class StreamingPot:
     on drift-free scores, each score minus the mean of the ``depth`` normal scores before it
     (``recent``), so a slow rise of normal operation moves the threshold with it. With ``lag``
     > 0 a normal score is learnt ``lag`` scores late (``held`` until then), and the first alarm
-    after a quiet spell drops what is held: the first steps of a fault often score just under
+    after a quiet spell (``quiet``) drops what is held: the first steps of a fault often score just under
     the threshold, and learnt as peaks they would raise the bar the rest of the fault is judged
     by. Serialises to plain floats, ints and lists, so a service can keep one per host in Redis.
     """
@@ -399,6 +399,9 @@ class StreamingPot:
     ageing: float = 0.0
     lag: int = 0  # normal scores wait this many later scores before they are learnt; 0 learns at once
     held: tuple[float, ...] = ()  # normal scores not yet learnt, oldest first (see update)
+    # Whether the held scores follow a quiet spell: ``lag`` normal scores in a row, or the
+    # calibration itself, whose scores are of normal operation by construction (see update).
+    quiet: bool = True
 
     def __post_init__(self) -> None:
         self.recent = tuple(float(score) for score in self.recent)
@@ -409,6 +412,8 @@ class StreamingPot:
             raise ValueError(f"lag must be >= 0 with at most as many held scores, got {self.lag} and {len(self.held)}")
         if self.max_peaks < 1:
             raise ValueError(f"max_peaks must be at least 1, got {self.max_peaks}")
+        if not isinstance(self.quiet, bool):
+            raise ValueError(f"quiet must be true or false, got {self.quiet!r}")
 
     @classmethod
     def calibrate(
@@ -435,8 +440,9 @@ class StreamingPot:
 
         A normal score joins the held ones (with ``lag`` 0 it is learnt at once); the oldest
         held score is learnt once more than ``lag`` are held (:meth:`_learn`). An alarm after at
-        least ``lag`` normal scores in a row drops the held ones: they may be the onset of the
-        fault it opens. An alarm after fewer learns them at once: they lie between two alarms,
+        least ``lag`` normal scores in a row, or before any alarm since the calibration, drops the
+        held ones: they may be the onset of the fault it opens. An alarm after fewer normal scores
+        since the previous alarm learns them at once: they lie between two alarms,
         as plain SPOT would have learnt them, so a level that has moved for good and alarms every
         few scores is learnt as without the lag (dropping them at every alarm, DSPOT after a
         rise of 6 in an Exp(1) stream raised 172 alarms in 3,000 scores instead of 2).
@@ -455,10 +461,10 @@ class StreamingPot:
         threshold = self.drift + z_q
         self.allowance = min(MAX_ALLOWANCE, self.allowance + self.tail.q)
         if score >= threshold:
-            if len(self.held) < self.lag:
+            if not self.quiet:
                 for held in self.held:
                     self._learn(held)
-            self.held = ()
+            self.held, self.quiet = (), False
             tail = self.tail
             if self.allowance >= 1.0 and tail.method != "no_peaks":
                 self.allowance -= 1.0
@@ -466,6 +472,7 @@ class StreamingPot:
                 self._refit(tail.n + 1, tail.peaks, (*tail.censored, z_q - tail.t))
             return threshold, True
         self.held = (*self.held, float(score))
+        self.quiet = self.quiet or len(self.held) >= self.lag
         if len(self.held) > self.lag:
             self._learn(self.held[0])
             self.held = self.held[1:]
@@ -521,13 +528,22 @@ class StreamingPot:
         } | self._lag_fields()
 
     def _lag_fields(self) -> dict[str, Any]:
-        # Left out at lag 0, so such a state reads as before the lag existed, also to older code.
-        return {"lag": self.lag, "held": list(self.held)} if self.lag else {}
+        # Left out at lag 0, so such a state reads as before the lag existed, also to older code;
+        # ``quiet`` too whenever ``lag`` held scores say it (all but the first scores after a
+        # calibration), so only a state that has just been calibrated is new to older code.
+        if not self.lag:
+            return {}
+        fields: dict[str, Any] = {"lag": self.lag, "held": list(self.held)}
+        if self.quiet != (len(self.held) == self.lag):
+            fields["quiet"] = self.quiet
+        return fields
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StreamingPot:
         check_known_keys(cls, data)
-        return cls(**(dict(data) | {"tail": PotState.from_dict(data["tail"])}))
+        # A state written without ``quiet`` (older code, or lag held scores) says it by ``held``.
+        quiet = data.get("quiet", len(data.get("held", ())) == data.get("lag", 0))
+        return cls(**(dict(data) | {"tail": PotState.from_dict(data["tail"]), "quiet": quiet}))
 
 
 def spot_thresholds(state: PotState, scores: np.ndarray, max_peaks: int = MAX_STREAM_PEAKS, lag: int = 0) -> np.ndarray:
