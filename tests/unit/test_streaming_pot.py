@@ -332,8 +332,9 @@ def test_held_scores_round_trip_and_a_state_written_before_the_lag_loads_as_lag_
     assert StreamingPot.from_dict(old).lag == 0
     with pytest.raises(ValueError, match="lag"):
         StreamingPot.from_dict(stream.to_dict() | {"lag": 2})  # more held than the lag allows
-    with pytest.raises(ValueError, match="quiet"):
-        StreamingPot.from_dict(stream.to_dict() | {"quiet": "yes"})
+    for value in ("yes", 1, None, 1.0):
+        with pytest.raises(ValueError, match="true or false"):
+            StreamingPot.from_dict(stream.to_dict() | {"quiet": value})
 
 
 def test_quiet_is_stored_only_while_the_held_scores_do_not_say_it() -> None:
@@ -347,3 +348,20 @@ def test_quiet_is_stored_only_while_the_held_scores_do_not_say_it() -> None:
     stream.update(10 * stream.threshold)
     stream.run(np.full(2, 0.01))  # after an alarm, two held: not quiet, as the held scores say
     assert "quiet" not in stream.to_dict() and not StreamingPot.from_dict(stream.to_dict()).quiet
+
+
+def test_a_state_written_before_quiet_existed_learns_its_held_scores_at_the_next_alarm() -> None:
+    # The lag's first version wrote no ``quiet``: fewer than ``lag`` held scores meant "learn them".
+    stream = StreamingPot.calibrate(np.random.default_rng(11).exponential(size=600), q=1e-3, level=0.98, lag=10)
+    stream.run(np.full(3, 0.01))
+    old = {key: value for key, value in stream.to_dict().items() if key != "quiet"}
+    restored = StreamingPot.from_dict(old)
+    n = restored.tail.n
+    restored.update(10 * restored.threshold)
+    assert restored.tail.n == n + 3
+
+
+def test_a_lag_zero_state_round_trips_equal_after_an_alarm() -> None:
+    stream = StreamingPot.calibrate(np.random.default_rng(12).exponential(size=600), q=1e-3, level=0.98)
+    stream.update(10 * stream.threshold)
+    assert StreamingPot.from_dict(msgpack.unpackb(msgpack.packb(stream.to_dict()))) == stream

@@ -414,6 +414,8 @@ class StreamingPot:
             raise ValueError(f"max_peaks must be at least 1, got {self.max_peaks}")
         if not isinstance(self.quiet, bool):
             raise ValueError(f"quiet must be true or false, got {self.quiet!r}")
+        # lag held scores are a quiet spell whatever was stored (at lag 0, always: nothing is held).
+        self.quiet = self.quiet or len(self.held) == self.lag
 
     @classmethod
     def calibrate(
@@ -464,7 +466,7 @@ class StreamingPot:
             if not self.quiet:
                 for held in self.held:
                     self._learn(held)
-            self.held, self.quiet = (), False
+            self.held, self.quiet = (), self.lag == 0  # at lag 0 nothing is ever held: trivially quiet
             tail = self.tail
             if self.allowance >= 1.0 and tail.method != "no_peaks":
                 self.allowance -= 1.0
