@@ -140,6 +140,12 @@ def corrupt(file: str, value: np.ndarray):
     return apply
 
 
+def truncate(file: Path) -> None:
+    """Keep the .npy header and half the data, as a copy cut short would."""
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+
+
 MALFORMED = {
     "nan_in_test": ("test.npy", corrupt("test.npy", np.full((80, 3), np.nan))),
     "empty_train": ("train.npy", corrupt("train.npy", np.empty((0, 3)))),
@@ -150,6 +156,8 @@ MALFORMED = {
     "no_labels": ("labels.npy", lambda root: (root / "labels.npy").unlink()),
     "no_test": ("test.npy", lambda root: (root / "test.npy").unlink()),
     "not_npy": ("train.npy", lambda root: (root / "train.npy").write_text("1,2,3\n")),
+    "zero_bytes": ("labels.npy", lambda root: (root / "labels.npy").write_bytes(b"")),
+    "truncated": ("test.npy", lambda root: truncate(root / "test.npy")),
 }
 
 

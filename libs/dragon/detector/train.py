@@ -196,7 +196,7 @@ def load_dataset_dir(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, n
 def _load_array(file: Path) -> np.ndarray:
     try:
         array = np.load(file, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: a file of zero bytes
         raise DatasetError(f"{file}: cannot be read as a .npy array ({exc})") from exc
     if not isinstance(array, np.ndarray):
         raise DatasetError(f"{file}: expected a single .npy array, got {type(array).__name__}")
