@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -197,9 +198,9 @@ def test_a_png_without_matplotlib_asks_for_svg(tmp_path, capsys) -> None:
     assert ".svg" in capsys.readouterr().err and not plot.exists()
 
 
-@pytest.mark.parametrize("mode", ["spot", "dspot"])
+@pytest.mark.parametrize("mode", ["static", "spot", "dspot"])
 def test_streaming_pot_modes_run_and_are_recorded(tmp_path, mode):
-    from dragon.detector.bench import BenchConfig, run_bench
+    from dragon.detector.bench import BenchConfig, run_bench, write_outputs, write_svg
 
     rng = np.random.default_rng(3)
     train, test = rng.normal(size=(300, 2)), rng.normal(size=(200, 2))
@@ -210,8 +211,15 @@ def test_streaming_pot_modes_run_and_are_recorded(tmp_path, mode):
         np.save(tmp_path / f"{name}.npy", array)
     result = run_bench(BenchConfig(data=str(tmp_path), model="zscore", pot_mode=mode, latency_samples=5))
     assert result.report["params"]["pot"]["mode"] == mode
-    assert result.report["params"]["pot"]["lag"] == DEFAULT_POT_LAG
+    assert result.report["params"]["pot"]["lag"] == (None if mode == "static" else DEFAULT_POT_LAG)
     assert result.report["recall"] > 0.5 and np.isfinite(result.report["threshold"])
+    # A streaming threshold moves as the test scores arrive; the static one never does.
+    assert result.thresholds.shape == (200,) and result.report["threshold"] == result.thresholds[-1]
+    assert (len(np.unique(result.thresholds)) > 1) == (mode != "static")
+    # The plot draws the threshold in force at each step: two points for a static one.
+    write_outputs(result, tmp_path / "r.json", str(tmp_path / "plot.svg"), write_svg)
+    (drawn,) = re.findall(r'class="threshold" points="([^"]*)"', (tmp_path / "plot.svg").read_text())
+    assert (len(drawn.split()) == 2) == (mode == "static")
 
 
 def test_the_pot_lag_is_passed_on_recorded_and_checked(tmp_path, capsys) -> None:

@@ -109,6 +109,7 @@ class BenchResult:
     report: dict[str, Any]
     scores: np.ndarray  # (T',)
     truth: np.ndarray  # (T',) bool, any label dimension set
+    thresholds: np.ndarray  # (T',) the threshold in force at each step (one value for a static POT)
 
 
 def load_benchmark(data: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,7 +153,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         "params": params,
     }
     log.info("bench_done", model=cfg.model, data=cfg.data, roc_auc=report["roc_auc"], pr_auc=report["pr_auc"])
-    return BenchResult(report=report, scores=scores, truth=truth)
+    return BenchResult(report=report, scores=scores, truth=truth, thresholds=thresholds)
 
 
 def online_settings(cfg: BenchConfig) -> OnlineSettings:
@@ -373,7 +374,7 @@ def write_outputs(result: BenchResult, out: str | Path, plot: str | None, plotte
         params = result.report["params"]
         title = f"{params['model']} on {Path(params['data']).name}"
         Path(plot).parent.mkdir(parents=True, exist_ok=True)
-        plotter(Path(plot), result.scores, result.report["threshold"], result.truth, title)
+        plotter(Path(plot), result.scores, result.thresholds, result.truth, title)
         files["plot"] = str(plot)
     return files
 
@@ -383,7 +384,7 @@ def scores_path(out: Path) -> Path:
     return out.with_name(f"{out.stem if out.suffix == '.json' else out.name}.scores.npy")
 
 
-Plotter = Callable[[Path, np.ndarray, float, np.ndarray, str], None]
+Plotter = Callable[[Path, np.ndarray, np.ndarray, np.ndarray, str], None]
 
 
 def plotter_for(path: str | None) -> Plotter | None:
@@ -398,15 +399,17 @@ def plotter_for(path: str | None) -> Plotter | None:
     return PLOTTERS[suffix]
 
 
-def write_svg(path: Path, scores: np.ndarray, threshold: float, truth: np.ndarray, title: str) -> None:
+def write_svg(path: Path, scores: np.ndarray, thresholds: np.ndarray, truth: np.ndarray, title: str) -> None:
     """A self-contained SVG: scores on a symmetric log scale, the threshold, labelled segments shaded.
 
     The scale is sign(s) log10(1 + |s|) because scores of one run span many decades (a z-score
     of 1e7 next to a threshold of 5), and a linear axis would flatten everything but the peak.
+    A streaming threshold (SPOT, DSPOT, on-line) is drawn as it moved, step by step.
     """
     steps = len(scores)
     x, y = _envelope(_symlog(scores))
-    lo, hi = min(y.min(), _symlog(threshold)), max(y.max(), _symlog(threshold))
+    t_x, t_y = _envelope(_symlog(thresholds))
+    lo, hi = min(y.min(), t_y.min()), max(y.max(), t_y.max())
     width, height, margin = SVG_WIDTH, SVG_HEIGHT, SVG_MARGIN
     frame = Frame(width, height, margin, steps, lo, hi)
     px, py = frame.x, frame.y
@@ -417,15 +420,20 @@ def write_svg(path: Path, scores: np.ndarray, threshold: float, truth: np.ndarra
         for start, stop in metrics.segments(truth)
     )
     points = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, y, strict=True))
-    t_y = py(_symlog(threshold))
+    if _moves(thresholds):
+        threshold_points = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(t_x, t_y, strict=True))
+        threshold_text = f"threshold per step, {thresholds[-1]:.4g} at the end (dashed)"
+    else:
+        threshold_points = f"{margin},{py(t_y[0]):.1f} {width - margin},{py(t_y[0]):.1f}"
+        threshold_text = f"threshold {thresholds[0]:.4g} (dashed)"
     path.write_text(
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">'
         f'<rect width="{width}" height="{height}" fill="white"/>{shaded}'
         f'<polyline points="{points}" fill="none" stroke="#2166ac" stroke-width="0.8"/>'
-        f'<line x1="{margin}" x2="{width - margin}" y1="{t_y:.1f}" y2="{t_y:.1f}" stroke="#b2182b" '
+        f'<polyline class="threshold" points="{threshold_points}" fill="none" stroke="#b2182b" '
         f'stroke-dasharray="4 3"/>'
-        f'<text x="{margin}" y="20">{escape(title)}: score (symlog), threshold {threshold:.4g} (dashed), '
+        f'<text x="{margin}" y="20">{escape(title)}: score (symlog), {threshold_text}, '
         f"labelled segments shaded</text>"
         f'<text x="{margin}" y="{height - 12}">step 0</text>'
         f'<text x="{width - margin}" y="{height - 12}" text-anchor="end">step {steps - 1}</text>'
@@ -435,7 +443,7 @@ def write_svg(path: Path, scores: np.ndarray, threshold: float, truth: np.ndarra
     )
 
 
-def write_png(path: Path, scores: np.ndarray, threshold: float, truth: np.ndarray, title: str) -> None:
+def write_png(path: Path, scores: np.ndarray, thresholds: np.ndarray, truth: np.ndarray, title: str) -> None:
     """The same plot with matplotlib, which is optional: only used when it is installed."""
     import matplotlib
 
@@ -446,7 +454,10 @@ def write_png(path: Path, scores: np.ndarray, threshold: float, truth: np.ndarra
     for start, stop in metrics.segments(truth):
         ax.axvspan(start, stop - 1, color="#f4a582", alpha=0.4, linewidth=0)
     ax.plot(scores, color="#2166ac", linewidth=0.8)
-    ax.axhline(threshold, color="#b2182b", linestyle="--")
+    if _moves(thresholds):
+        ax.plot(thresholds, color="#b2182b", linestyle="--", drawstyle="steps-post")
+    else:
+        ax.axhline(thresholds[0], color="#b2182b", linestyle="--")
     ax.set_yscale("symlog")
     ax.set_title(title)
     ax.set_xlabel("test step")
@@ -457,6 +468,11 @@ def write_png(path: Path, scores: np.ndarray, threshold: float, truth: np.ndarra
 
 
 PLOTTERS: dict[str, Plotter] = {".svg": write_svg, ".png": write_png}
+
+
+def _moves(thresholds: np.ndarray) -> bool:
+    """Whether the threshold changed during the run (streaming POT) or stayed one value."""
+    return bool(np.any(thresholds != thresholds[0]))
 
 
 def _symlog(values: np.ndarray | float) -> np.ndarray:

@@ -67,7 +67,11 @@ def add_bench_parser(commands) -> None:
         help=f"--online: at least this many steps between fine-tunes (default: {ONLINE_MIN_INTERVAL_STEPS}, the "
         "service's 600 s at FTSAD's 10 s per sample)",
     )
-    parser.add_argument("--plot", metavar="PATH", help="draw scores, threshold and labelled segments (.svg, or .png)")
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="draw scores, the threshold in force at each step and labelled segments (.svg, or .png)",
+    )
     parser.add_argument(
         "--latency-samples", type=int, default=200, help="single-step scoring calls timed (default: 200)"
     )

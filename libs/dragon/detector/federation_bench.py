@@ -264,7 +264,8 @@ def run_federation_bench(cfg: FederationBenchConfig) -> BenchResult:
         "params": _params(cfg, model, pot, trace, train, test, len(latencies)),
     }
     log.info("federation_bench_done", model=cfg.model, roc_auc=report["roc_auc"], pr_auc=report["pr_auc"])
-    return BenchResult(report=report, scores=scores, truth=injected.labels.any(axis=2))
+    thresholds = np.full(len(scores), pot.z_q)  # one static threshold for every host
+    return BenchResult(report=report, scores=scores, truth=injected.labels.any(axis=2), thresholds=thresholds)
 
 
 def _placement_false_alarms(
