@@ -216,6 +216,10 @@ def test_streaming_pot_modes_run_and_are_recorded(tmp_path, mode):
     # A streaming threshold moves as the test scores arrive; the static one never does.
     assert result.thresholds.shape == (200,) and result.report["threshold"] == result.thresholds[-1]
     assert (len(np.unique(result.thresholds)) > 1) == (mode != "static")
+    # The report describes the fit the threshold starts from: DSPOT's is on drift-free scores.
+    pot = result.report["params"]["pot"]
+    assert result.report["threshold_initial"] == result.thresholds[0]
+    assert pot["calibration_scores"] == (300 - 20 if mode == "dspot" else 300)
     # The plot draws the threshold in force at each step: two points for a static one.
     write_outputs(result, tmp_path / "r.json", str(tmp_path / "plot.svg"), write_svg)
     (drawn,) = re.findall(r'class="threshold" points="([^"]*)"', (tmp_path / "plot.svg").read_text())

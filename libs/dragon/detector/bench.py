@@ -55,7 +55,15 @@ from dragon.detector import metrics
 from dragon.detector.baselines import AnomalyModel, create_model
 from dragon.detector.config import DEFAULT_POT_LAG, ONLINE_MIN_INTERVAL_STEPS
 from dragon.detector.online import OnlineSettings
-from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, PotState, dspot_thresholds, fit_pot, spot_thresholds
+from dragon.detector.pot import (
+    DEFAULT_LEVEL,
+    DEFAULT_Q,
+    PotState,
+    StreamingPot,
+    dspot_thresholds,
+    fit_pot,
+    spot_thresholds,
+)
 from dragon.detector.svgplot import Frame
 from dragon.detector.train import DatasetError, load_dataset_dir
 
@@ -143,11 +151,12 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     thresholds = run.thresholds if cfg.online else THRESHOLDS[cfg.pot_mode](pot, train_scores, scores, cfg)
     latencies = step_latencies_ms(model, train, test, cfg.latency_samples)
     truth = metrics.step_truth(labels)
-    params = _params(cfg, model, pot, train, test, labels) | {"latency_samples": len(latencies)}
+    params = _params(cfg, model, starting_fit(pot, train_scores, cfg), train, test, labels)
+    params |= {"latency_samples": len(latencies)}
     report = {
         **quality(scores, contributions, labels, thresholds),
         "threshold": float(thresholds[-1]),
-        "threshold_initial": pot.z_q,
+        "threshold_initial": float(thresholds[0]),
         **costs(train_s, test_s, latencies),
         "fine_tunes": fine_tunes,
         "params": params,
@@ -175,6 +184,13 @@ def fit_and_calibrate(model: AnomalyModel, train: np.ndarray, cfg: BenchConfig) 
     _check_output(train_scores, train_contributions, train.shape)
     pot = fit_pot(train_scores, q=cfg.pot_q, level=cfg.pot_level)
     return pot, train_scores, time.perf_counter() - started
+
+
+def starting_fit(pot: PotState, train_scores: np.ndarray, cfg: BenchConfig) -> PotState:
+    """The POT fit the test's threshold starts from: DSPOT fits the training scores' drift-free form."""
+    if cfg.pot_mode != "dspot":
+        return pot
+    return StreamingPot.calibrate(train_scores, cfg.pot_q, cfg.pot_level, cfg.dspot_depth).tail
 
 
 # The threshold at each test step, from what was learnt on training scores and (for the
@@ -326,6 +342,7 @@ def _params(
             "lag": cfg.pot_lag if cfg.pot_mode != "static" else None,
             "q": pot.q,
             "level": pot.level,
+            "calibration_scores": pot.n,  # training scores the fit is on (for DSPOT, their drift-free form)
             "t": pot.t,
             "method": pot.method,
             "n_peaks": pot.n_peaks,
