@@ -141,6 +141,22 @@ def corrupt(file: str, value: np.ndarray):
     return apply
 
 
+@pytest.mark.parametrize("model", ["gon", "zscore"])
+@pytest.mark.parametrize(("train_steps", "test_steps"), [(3, 4), (6, 1)])
+def test_series_shorter_than_a_window_are_benchmarked(tmp_path, model, train_steps, test_steps) -> None:
+    """Any T: a window (4 steps here) longer than the training or test series is padded, not refused."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(5)
+    np.save(data / "train.npy", rng.random((train_steps, 2)))
+    np.save(data / "test.npy", rng.random((test_steps, 2)))
+    np.save(data / "labels.npy", np.arange(test_steps) >= test_steps // 2)
+    out = tmp_path / "r.json"
+    assert bench(data, out, "--model", model, "--latency-samples", "3", *(TINY_GON if model == "gon" else [])) == 0
+    report = json.loads(out.read_text())
+    assert np.load(tmp_path / "r.scores.npy").shape == (test_steps,) and report["step_latency_ms_p50"] > 0
+
+
 def truncate(file: Path) -> None:
     """Keep the .npy header and half the data, as a copy cut short would."""
     data = file.read_bytes()

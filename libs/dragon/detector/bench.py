@@ -211,21 +211,24 @@ def step_latencies_ms(model: AnomalyModel, train: np.ndarray, test: np.ndarray, 
     per-call overhead behind batching.
     """
     context = model.context
-    full = np.concatenate([train[len(train) - context :], test]) if context else test  # (context + T', D)
-    steps = np.unique(np.linspace(0, len(test) - 1, samples).round().astype(int))
-    for t in steps[:LATENCY_WARMUP]:
-        _score_step(model, full, context, t)
+    # The training rows a test step may look back on: all of them when there are fewer than context.
+    before = train[max(len(train) - context, 0) :] if context else train[:0]
+    full = np.concatenate([before, test])  # (P + T', D)
+    steps = len(before) + np.unique(np.linspace(0, len(test) - 1, samples).round().astype(int))
+    for at in steps[:LATENCY_WARMUP]:
+        _score_step(model, full, context, at)
     latencies = []
-    for t in steps:
+    for at in steps:
         started = time.perf_counter()
-        _score_step(model, full, context, t)
+        _score_step(model, full, context, at)
         latencies.append((time.perf_counter() - started) * 1000.0)
     return np.asarray(latencies)
 
 
-def _score_step(model: AnomalyModel, full: np.ndarray, context: int, t: int) -> None:
-    history = full[t : t + context] if context else None
-    model.score(full[t + context : t + context + 1], history=history)
+def _score_step(model: AnomalyModel, full: np.ndarray, context: int, at: int) -> None:
+    """Score row ``at`` of ``full`` alone, with the ``context`` rows before it (fewer at the start)."""
+    history = full[max(at - context, 0) : at] if context else None
+    model.score(full[at : at + 1], history=history)
 
 
 def quality(
