@@ -13,6 +13,7 @@ from dragon.detector.gon import (
     Discriminator,
     GonConfig,
     build_discriminator,
+    evaluate_gon,
     fault_scores,
     generate_from,
     make_windows,
@@ -335,3 +336,19 @@ def test_a_window_scores_the_same_alone_and_anywhere_in_a_batch() -> None:
         alone, alone_shares = fault_scores(model, previous[t : t + 1], windows[t : t + 1], cfg)
         torch.testing.assert_close(alone[0], batched[t])
         torch.testing.assert_close(alone_shares[0], shares[t])
+
+
+def test_early_stopping_ends_after_patience_epochs_without_progress_and_keeps_the_best_weights(capsys) -> None:
+    # lr 0.05 makes the validation loss bounce: it stops improving long before 40 epochs.
+    cfg = small_config(epochs=40, patience=2, lr=5e-2, batch_size=16, seed=2)
+    windows = make_windows(periodic_series(200), cfg.window)
+    model, history = train_gon(windows, cfg, progress=True)
+    assert history["epochs_run"] == history["best_epoch"] + cfg.patience + 1 < cfg.epochs
+    assert min(history["val_loss"]) == history["best_val_loss"] == history["val_loss"][history["best_epoch"]]
+    # The model returned is the best epoch's, not the last one's: its held-out loss is the best.
+    held_out = torch.from_numpy(windows[-round(len(windows) * cfg.val_fraction) :])  # the newest: validation
+    assert evaluate_gon(model, held_out, cfg)["loss"] == pytest.approx(history["best_val_loss"], rel=1e-6)
+    assert history["val_loss"][-1] > history["best_val_loss"]
+    # progress=True shows a tqdm bar on stderr with the losses of the epoch.
+    bar = capsys.readouterr().err
+    assert "gon:" in bar and f"/{cfg.epochs}" in bar and "train=" in bar and "val=" in bar
