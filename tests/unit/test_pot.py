@@ -34,6 +34,28 @@ def test_threshold_on_exponential_data_is_close_to_the_true_quantile() -> None:
     assert state.n == 20_000 and state.n_peaks == 400 and len(state.peaks) == 400
 
 
+# (draws, distribution, true quantile at q = 1e-3, allowed median relative error): level 0.98
+# leaves 2 % of the draws as peaks, 6 to 20 here; Lomax(4) is a heavy tail (GPD shape 0.25).
+FEW_PEAKS = {
+    "6 peaks, light tail": (300, lambda rng, n: rng.exponential(size=n), math.log(1000), 0.10),
+    "10 peaks, light tail": (500, lambda rng, n: rng.exponential(size=n), math.log(1000), 0.10),
+    "20 peaks, light tail": (1000, lambda rng, n: rng.exponential(size=n), math.log(1000), 0.10),
+    "10 peaks, heavy tail": (500, lambda rng, n: rng.pareto(4.0, size=n), 1000**0.25 - 1, 0.20),
+    "20 peaks, heavy tail": (1000, lambda rng, n: rng.pareto(4.0, size=n), 1000**0.25 - 1, 0.20),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FEW_PEAKS))
+def test_a_tail_of_few_peaks_still_lands_near_the_true_quantile(case: str) -> None:
+    """A short training series leaves few peaks: over 100 draws the threshold must stay near the
+    quantile it estimates (median) and never fall to t or below (the bench's FTSAD-1 has 12)."""
+    draws, sample, truth, tolerance = FEW_PEAKS[case]
+    states = [fit_pot(sample(np.random.default_rng(seed), draws), q=1e-3, level=0.98) for seed in range(100)]
+    thresholds = np.array([state.z_q for state in states])
+    assert np.isfinite(thresholds).all() and all(state.z_q > state.t for state in states)
+    assert np.median(thresholds) == pytest.approx(truth, rel=tolerance)
+
+
 @pytest.mark.parametrize("gamma", [0.2, -0.2])
 def test_grimshaw_recovers_known_gpd_parameters(gamma: float) -> None:
     fitted_gamma, fitted_sigma = grimshaw(gpd_sample(gamma, 1.0, 5_000, seed=1))
@@ -42,7 +64,8 @@ def test_grimshaw_recovers_known_gpd_parameters(gamma: float) -> None:
 
 
 def test_grimshaw_finds_the_likelihood_maximum_that_scipy_computes() -> None:
-    stats = pytest.importorskip("scipy.stats")
+    from scipy import stats  # the reference, a test dependency
+
     peaks = gpd_sample(0.2, 1.0, 2_000, seed=2)
     gamma, sigma = grimshaw(peaks)
     best = stats.genpareto.logpdf(peaks, gamma, scale=sigma).sum()
