@@ -155,8 +155,11 @@ def settings_table(classes: Iterable[type]) -> str:
             if env in seen:
                 continue
             seen.add(env)
-            default = "(generated secret)" if field.metadata["secret"] else _show_default(field.default)
-            rows.append(f"| `{env}` | {default} | {field.metadata['unit']} | {field.metadata['help']} |")
+            default, meaning = _show_default(field.default), field.metadata["help"]
+            if field.metadata["secret"]:
+                default = "(none: a secret)"
+                meaning += f"; or read from the file `{env}_FILE` names, or `{SECRETS_DIR / env.lower()}`"
+            rows.append(f"| `{env}` | {default} | {field.metadata['unit']} | {meaning} |")
     header = "| variable | default | unit | meaning |\n| --- | --- | --- | --- |"
     return "\n".join([header, *rows])
 

@@ -11,9 +11,15 @@ import time
 import docker
 import pytest
 
+from dragon import config
+from dragon.collector.config import CollectorConfig
+from dragon.detector.config import DetectorConfig
 from dragon.messages import codec
 from dragon.messages.schemas import FaultEvent, Schedule, ServiceCounters, SimRequest, SimResponse
+from dragon.migrator.config import MigratorConfig
+from dragon.planner.config import PlannerConfig
 from dragon.settings import MqttSettings
+from dragon.simulator.config import SimulatorConfig
 from dragon.testing.listener import Listener, publish
 
 pytestmark = pytest.mark.e2e
@@ -146,3 +152,52 @@ def assert_every_service_reports_its_counters(settings: dict, services: set[str]
     with Listener(mqtt_as("viewer", settings), ["dragon/+/+/counters"]) as listener:
         for service in services:
             listener.wait_for(lambda m, s=service: service_of(m) == s, 30)
+
+
+# Settings compose fixes for every deployment instead of passing on what compose/.env says; any
+# other setting a service reads must reach it from compose/.env (a setting left out would be
+# silently ignored there: the services reject unknown names, compose does not).
+FIXED_BY_THE_DEPLOYMENT = {
+    "DRAGON_INSTANCE": "each replica names itself after its container, so scaled replicas differ",
+    "DRAGON_HEALTH_FILE": "the images' healthchecks read the default path",
+    "DRAGON_MQTT_HOST": "the broker of this deployment, on its network",
+    "DRAGON_MQTT_PORT": "its plain listener inside the network",
+    "DRAGON_MQTT_TLS": "its plain listener inside the network",
+    "DRAGON_MQTT_CA_FILE": "its plain listener inside the network",
+    "DRAGON_MQTT_USERNAME": "each service has its own user in the generated ACL",
+    "DRAGON_MQTT_PASSWORD": "generated into SECRETS_DIR and passed as a file",
+    "DRAGON_REDIS_URL": "the Redis of this deployment",
+    "DRAGON_REDIS_PASSWORD": "generated into SECRETS_DIR and passed as a file",
+    "DRAGON_MIGRATION_KEY": "generated into SECRETS_DIR and passed as a file",
+    "DRAGON_CGROUP_ROOT": "where the host's cgroup tree is mounted",
+    "DRAGON_PROC_ROOT": "where the host's /proc is mounted",
+    "DRAGON_TASK_NETWORK": "the tasks network this file declares",
+    "DRAGON_DETECTOR_MODEL_DIR": "where the detector-models volume is mounted",
+    "DRAGON_MIGRATOR_DOCKER_ROOT": "the engine's containers folder is mounted at its own path",
+}
+SERVICE_CONFIGS = {
+    "collector": CollectorConfig,
+    "detector": DetectorConfig,
+    "simulator": SimulatorConfig,
+    "planner": PlannerConfig,
+    "migrator": MigratorConfig,
+}
+
+
+def test_every_setting_a_service_reads_can_be_set_in_the_env_file(repo, tmp_path):
+    names = sorted({name for cls in SERVICE_CONFIGS.values() for name in config.env_names(cls)})
+    assert set(FIXED_BY_THE_DEPLOYMENT) <= set(names), "a fixed setting no service reads any more"
+    # A value of its own for each (lower case: DRAGON_LEI also names the compose project).
+    env_file = tmp_path / "every.env"
+    env_file.write_text("".join(f"{name}={name.lower()}\n" for name in names))
+    command = ["docker", "compose", "--env-file", str(env_file), "-f", str(repo / "compose" / "broker.yml")]
+    resolved = subprocess.run([*command, "config", "--format", "json"], capture_output=True, text=True, timeout=60)
+    assert resolved.returncode == 0, resolved.stderr
+    services = json.loads(resolved.stdout)["services"]
+    for service, cls in SERVICE_CONFIGS.items():
+        environment = services[service]["environment"]
+        for name in config.env_names(cls):
+            if name in FIXED_BY_THE_DEPLOYMENT:
+                assert environment.get(name) != name.lower(), f"{service}: {name} is fixed, yet passed on"
+            else:
+                assert environment.get(name) == name.lower(), f"{service} is not passed {name} from the env file"
