@@ -23,7 +23,7 @@ from dragon.messages.schemas import (
     Schedule,
     ServiceCounters,
 )
-from dragon.settings import MqttSettings, check_id
+from dragon.settings import MqttSettings, ServiceSettings, check_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("inject", help="start a real fault inside an emulated host", description=mqtt_help)
     p.add_argument("host", help="emulated host id")
     p.add_argument("kind", choices=FAULT_KINDS, help="fault kind")
-    p.add_argument("--lei", default="lei1", help="LEI of the host (default: lei1)")
+    p.add_argument("--lei", help="LEI of the host (default: $DRAGON_LEI, else lei1)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds (default: 60)")
     p.add_argument("--intensity", type=float, default=1.0, help="0 < intensity <= 1 (default: 1)")
     p.set_defaults(handler=_inject)
@@ -122,6 +122,12 @@ def _mqtt_settings() -> MqttSettings:
     from dragon import config
 
     return config.load(MqttSettings, known=_all_known())
+
+
+def _service_settings() -> ServiceSettings:
+    from dragon import config
+
+    return config.load(ServiceSettings, known=_all_known())
 
 
 def _all_known() -> set[str]:
@@ -224,7 +230,9 @@ def _inject(args) -> int:
     client = _client(settings)
     client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
     client.loop_start()
-    info = client.publish(topics.inject(args.lei, args.host), codec.encode_json(command), qos=1)
+    # The LEI as the services read it (DRAGON_LEI), so one environment serves them and this command.
+    lei = args.lei or _service_settings().lei
+    info = client.publish(topics.inject(lei, args.host), codec.encode_json(command), qos=1)
     info.wait_for_publish(timeout=10)
     client.loop_stop()
     client.disconnect()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -103,3 +106,27 @@ def test_a_viewer_cannot_inject_faults(lei):
         inject(lei, "h2", "cpu", duration_s=5, user="viewer")
         time.sleep(3)
         assert listener.matching(lambda m: m.topic == topics.injections(lei.lei)) == []
+
+
+def test_the_inject_command_reaches_the_lei_its_environment_names(lei):
+    """`dragon inject` as the README shows it: credentials and the LEI from the environment."""
+    settings = lei.mqtt_settings("operator")
+    env = {
+        "PATH": os.environ["PATH"],
+        "DRAGON_LEI": lei.lei,  # not lei1: the command must not fall back to the default
+        "DRAGON_MQTT_HOST": settings.host,
+        "DRAGON_MQTT_PORT": str(settings.port),
+        "DRAGON_MQTT_USERNAME": settings.username,
+        "DRAGON_MQTT_PASSWORD": settings.password,
+    }
+    assert lei.lei != "lei1"
+    with watch(lei) as listener:
+        run = subprocess.run(
+            [sys.executable, "-m", "dragon.cli", "inject", "h2", "cpu", "--duration", "3"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        command = json.loads(run.stdout)
+        (message, *_) = listener.wait_for(lambda m: finished(m, command["id"]), 3 + EVENT_BOUND_S)
+    report = codec.decode(InjectionEvent, message.payload, 65536, message.content_type)
+    assert (report.host, report.kind, report.status) == ("h2", "cpu", "finished"), report
