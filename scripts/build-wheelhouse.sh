@@ -121,8 +121,7 @@ else
         # shellcheck source=scripts/cpu-torch-wheel.sh
         source "$ROOT/scripts/cpu-torch-wheel.sh"
         found=$(cpu_torch_wheel_dir "$torch_ver") \
-            || die "no CPU wheel torch-${torch_ver:-?}+cpu for cp311/x86_64 in PIP_FIND_LINKS or /opt/wheels;" \
-                "refusing to download the CUDA build (set DRAGON_ALLOW_CUDA_TORCH=1 to allow)"
+            || die "$(cpu_torch_wheel_missing "$torch_ver")"
         log "torch: using the CPU wheel in $found"
     fi
 

@@ -15,3 +15,12 @@ cpu_torch_wheel_dir() {
     done
     return 1
 }
+
+# cpu_torch_wheel_missing VERSION: why we stop without that wheel, and how to fetch it once.
+cpu_torch_wheel_missing() {
+    local version=${1:-2.13.0}
+    echo "no CPU wheel torch-${version}+cpu for cp311/x86_64 in PIP_FIND_LINKS or /opt/wheels;" \
+        "refusing to download PyPI's CUDA build (DRAGON_ALLOW_CUDA_TORCH=1 to allow it). Fetch the" \
+        "CPU wheel once: pip download torch==${version} --no-deps" \
+        "--index-url https://download.pytorch.org/whl/cpu -d /opt/wheels"
+}

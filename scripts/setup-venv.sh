@@ -48,8 +48,7 @@ if [[ $(uname -m) == x86_64 && "${DRAGON_ALLOW_CUDA_TORCH:-0}" != 1 ]] \
     # shellcheck source=scripts/cpu-torch-wheel.sh
     source "$ROOT/scripts/cpu-torch-wheel.sh"
     cpu_torch_wheel_dir "$torch_ver" >/dev/null \
-        || die "no CPU wheel torch-${torch_ver:-?}+cpu for cp311/x86_64 in PIP_FIND_LINKS or /opt/wheels;" \
-            "refusing to download PyPI's CUDA build (DRAGON_ALLOW_CUDA_TORCH=1 to allow)"
+        || die "$(cpu_torch_wheel_missing "$torch_ver")"
 fi
 
 t=$SECONDS
