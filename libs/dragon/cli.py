@@ -227,17 +227,56 @@ def _inject(args) -> int:
         id=uuid.uuid4().hex[:12], kind=args.kind, duration_s=args.duration, intensity=args.intensity, ts=time.time()
     )
     command.check()
-    client = _client(settings)
-    client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
-    client.loop_start()
     # The LEI as the services read it (DRAGON_LEI), so one environment serves them and this command.
     lei = args.lei or _service_settings().lei
-    info = client.publish(topics.inject(lei, args.host), codec.encode_json(command), qos=1)
-    info.wait_for_publish(timeout=10)
-    client.loop_stop()
-    client.disconnect()
+    refused = _publish_acknowledged(settings, topics.inject(lei, args.host), codec.encode_json(command))
+    if refused:
+        print(f"dragon inject: {refused}", file=sys.stderr)
+        return 1
     print(json.dumps(command.to_dict()))
-    return 0 if info.is_published() else 1
+    return 0
+
+
+PUBLISH_TIMEOUT_S = 10.0
+
+
+def _publish_acknowledged(settings: MqttSettings, topic: str, payload: bytes) -> str | None:
+    """Publish one QoS 1 message; None once the broker accepted it, else why not.
+
+    The broker acknowledges a publish its ACL denies too, with "Not authorized" as the reason
+    (MQTT v5): without reading it, a command to another LEI's host would vanish silently.
+    """
+    client = _client(settings)
+    outcome: dict[str, str | None] = {}
+    done = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            outcome["refused"] = f"the broker refused the connection as {settings.username!r}: {reason_code}"
+            done.set()
+            return
+        client.publish(topic, payload, qos=1)
+
+    def on_publish(client, userdata, mid, reason_code, properties):
+        if reason_code.is_failure:
+            outcome["refused"] = f"the broker did not accept {topic} from {settings.username!r}: {reason_code}"
+        else:
+            outcome["refused"] = None
+        done.set()
+
+    client.on_connect, client.on_publish = on_connect, on_publish
+    try:
+        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+    except OSError as exc:
+        return f"cannot reach the broker at {settings.host}:{settings.port}: {exc}"
+    client.loop_start()
+    try:
+        if not done.wait(PUBLISH_TIMEOUT_S):
+            return f"no acknowledgement from {settings.host}:{settings.port} within {PUBLISH_TIMEOUT_S:g} s"
+        return outcome["refused"]
+    finally:
+        client.loop_stop()
+        client.disconnect()
 
 
 def _config_table(args) -> int:

@@ -130,3 +130,9 @@ def test_the_inject_command_reaches_the_lei_its_environment_names(lei):
         (message, *_) = listener.wait_for(lambda m: finished(m, command["id"]), 3 + EVENT_BOUND_S)
     report = codec.decode(InjectionEvent, message.payload, 65536, message.content_type)
     assert (report.host, report.kind, report.status) == ("h2", "cpu", "finished"), report
+    # Another LEI's host: the ACL refuses it, and the command says so instead of exiting 0.
+    refused = subprocess.run(
+        [sys.executable, "-m", "dragon.cli", "inject", "h2", "cpu", "--lei", "elsewhere"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "Not authorized" in refused.stderr, refused.stderr
