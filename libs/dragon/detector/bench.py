@@ -55,15 +55,7 @@ from dragon.detector import metrics
 from dragon.detector.baselines import AnomalyModel, create_model
 from dragon.detector.config import DEFAULT_POT_LAG, ONLINE_MIN_INTERVAL_STEPS
 from dragon.detector.online import OnlineSettings
-from dragon.detector.pot import (
-    DEFAULT_LEVEL,
-    DEFAULT_Q,
-    PotState,
-    StreamingPot,
-    dspot_thresholds,
-    fit_pot,
-    spot_thresholds,
-)
+from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, PotState, StreamingPot, fit_pot
 from dragon.detector.svgplot import Frame
 from dragon.detector.train import DatasetError, load_dataset_dir
 
@@ -88,15 +80,15 @@ class BenchConfig:
     pot_q: float = DEFAULT_Q  # POT risk: a normal score exceeds the threshold with this probability
     pot_level: float = DEFAULT_LEVEL  # POT initial quantile of the training scores
     latency_samples: int = 200  # single-step scoring calls timed for the latency percentiles
-    pot_mode: str = "static"  # a key of THRESHOLDS: static POT, streaming SPOT or drift-aware DSPOT
+    pot_mode: str = "static"  # a key of STREAMS: static POT, streaming SPOT or drift-aware DSPOT
     dspot_depth: int = 20  # DSPOT: normal scores in the moving average
     pot_lag: int = DEFAULT_POT_LAG  # SPOT/DSPOT: normal scores learnt this many scores late (0: at once)
     online: bool = False  # score step by step and fine-tune as the service does (dragon.detector.online)
     online_interval: int = ONLINE_MIN_INTERVAL_STEPS  # on-line: at least this many steps between fine-tunes
 
     def __post_init__(self) -> None:
-        if self.pot_mode not in THRESHOLDS:
-            raise ValueError(f"pot_mode must be one of {sorted(THRESHOLDS)}, got {self.pot_mode!r}")
+        if self.pot_mode not in STREAMS:
+            raise ValueError(f"pot_mode must be one of {sorted(STREAMS)}, got {self.pot_mode!r}")
         if self.pot_lag < 0:
             raise ValueError(f"pot_lag must be >= 0, got {self.pot_lag}")
         if self.latency_samples < 1:
@@ -148,15 +140,18 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     test_s = time.perf_counter() - started
     _check_output(scores, contributions, test.shape)
     # (T',): on-line, each step's threshold came with its verdict; else POT's rule over the scores.
-    thresholds = run.thresholds if cfg.online else THRESHOLDS[cfg.pot_mode](pot, train_scores, scores, cfg)
+    if cfg.online:
+        thresholds, starting_fit = run.thresholds, run.starting_fit
+    else:
+        thresholds, starting_fit = offline_thresholds(pot, train_scores, scores, cfg)
     latencies = step_latencies_ms(model, train, test, cfg.latency_samples)
     truth = metrics.step_truth(labels)
-    params = _params(cfg, model, starting_fit(pot, train_scores, cfg), train, test, labels)
+    params = _params(cfg, model, starting_fit, train, test, labels)
     params |= {"latency_samples": len(latencies)}
     report = {
         **quality(scores, contributions, labels, thresholds),
-        "threshold": float(thresholds[-1]),
-        "threshold_initial": float(thresholds[0]),
+        "threshold": _json_number(float(thresholds[-1])),
+        "threshold_initial": _json_number(float(thresholds[0])),
         **costs(train_s, test_s, latencies),
         "fine_tunes": fine_tunes,
         "params": params,
@@ -186,22 +181,30 @@ def fit_and_calibrate(model: AnomalyModel, train: np.ndarray, cfg: BenchConfig) 
     return pot, train_scores, time.perf_counter() - started
 
 
-def starting_fit(pot: PotState, train_scores: np.ndarray, cfg: BenchConfig) -> PotState:
-    """The POT fit the test's threshold starts from: DSPOT fits the training scores' drift-free form."""
-    if cfg.pot_mode != "dspot":
-        return pot
-    return StreamingPot.calibrate(train_scores, cfg.pot_q, cfg.pot_level, cfg.dspot_depth).tail
-
-
-# The threshold at each test step, from what was learnt on training scores and (for the
-# streaming modes) the test scores seen *before* that step — never the labels.
-THRESHOLDS: dict[str, Callable[[PotState, np.ndarray, np.ndarray, BenchConfig], np.ndarray]] = {
-    "static": lambda pot, train_scores, scores, cfg: np.full(len(scores), pot.z_q),
-    "spot": lambda pot, train_scores, scores, cfg: spot_thresholds(pot, scores, lag=cfg.pot_lag),
-    "dspot": lambda pot, train_scores, scores, cfg: dspot_thresholds(
-        train_scores, scores, cfg.dspot_depth, cfg.pot_q, cfg.pot_level, cfg.pot_lag
+# How each threshold mode learns from the test scores it has seen: not at all (static POT), as
+# SPOT from the fit on the training scores, or as DSPOT from a fit on their drift-free form.
+STREAMS: dict[str, Callable[[PotState, np.ndarray, BenchConfig], StreamingPot | None]] = {
+    "static": lambda pot, train_scores, cfg: None,
+    "spot": lambda pot, train_scores, cfg: StreamingPot(pot, lag=cfg.pot_lag),
+    "dspot": lambda pot, train_scores, cfg: StreamingPot.calibrate(
+        train_scores, cfg.pot_q, cfg.pot_level, cfg.dspot_depth, cfg.pot_lag
     ),
 }
+
+
+def offline_thresholds(
+    pot: PotState, train_scores: np.ndarray, scores: np.ndarray, cfg: BenchConfig
+) -> tuple[np.ndarray, PotState]:
+    """The threshold in force at each test step (T',), and the POT fit the first one came from.
+
+    Learnt from the training scores and (streaming) the test scores seen *before* each step,
+    never from the labels.
+    """
+    stream = STREAMS[cfg.pot_mode](pot, train_scores, cfg)
+    if stream is None:
+        return np.full(len(scores), pot.z_q), pot
+    start = stream.tail  # run() refits into new states and leaves this one as it was
+    return stream.run(scores), start
 
 
 def step_latencies_ms(model: AnomalyModel, train: np.ndarray, test: np.ndarray, samples: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from dragon.detector.config import ONLINE_MIN_INTERVAL_STEPS, POT_MODES, Detecto
 from dragon.detector.finetune import CleanStreaks, ConfidenceGate, confidence, enough_to_recalibrate, fine_tune
 from dragon.detector.gon import fault_scores
 from dragon.detector.health import FaultHysteresis
-from dragon.detector.pot import StreamingPot
+from dragon.detector.pot import PotState, StreamingPot
 
 
 def _service_default(name: str) -> Any:
@@ -74,6 +74,7 @@ class OnlineRun:
     scores: np.ndarray  # (T,) eq. 13 (or the configured fault score) under the model serving at each step
     contributions: np.ndarray  # (T, n) each feature's share of the score
     thresholds: np.ndarray  # (T,) the threshold each step was judged against
+    starting_fit: PotState | None = None  # the POT fit the first step's threshold came from
     # step, windows, seconds, and the threshold the new model first judged against (None after the last step)
     fine_tunes: list[dict[str, Any]] = field(default_factory=list)
 
@@ -81,8 +82,8 @@ class OnlineRun:
 class _StaticThreshold:
     """The checkpoint's fitted z_q, with :class:`StreamingPot`'s ``update`` (nothing is learnt)."""
 
-    def __init__(self, z_q: float) -> None:
-        self.z_q = z_q
+    def __init__(self, tail: PotState) -> None:
+        self.tail, self.z_q = tail, tail.z_q
 
     def update(self, score: float) -> tuple[float, bool]:
         return self.z_q, score >= self.z_q
@@ -90,7 +91,7 @@ class _StaticThreshold:
 
 def _threshold_of(checkpoint: Checkpoint, settings: OnlineSettings) -> _StaticThreshold | StreamingPot:
     if settings.pot_mode == "static":
-        return _StaticThreshold(checkpoint.pot_state().z_q)
+        return _StaticThreshold(checkpoint.pot_state())
     depth = settings.dspot_depth if settings.pot_mode == "dspot" else 0
     depth = checkpoint.usable_drift_depth(depth)  # SPOT if too few scores
     return checkpoint.streaming_pot(DEFAULT_HOST, depth, settings.pot_lag)
@@ -120,6 +121,7 @@ def score_online(
     clean: deque[int] = deque(maxlen=settings.windows)  # step indices
     run = OnlineRun(np.zeros(len(nxt)), np.zeros((len(nxt), nxt.shape[2])), np.zeros(len(nxt)))
     model, scaler, threshold = checkpoint.build_model(), checkpoint.scaler(), _threshold_of(checkpoint, settings)
+    run.starting_fit = threshold.tail
     for step in range(len(nxt)):
         window = torch.as_tensor(scaler.transform(nxt[step : step + 1]), dtype=torch.float32)  # (1, k, n)
         before = torch.as_tensor(scaler.transform(prev[step : step + 1]), dtype=torch.float32)
