@@ -21,6 +21,7 @@ cpu_torch_wheel_missing() {
     local version=${1:-2.13.0}
     echo "no CPU wheel torch-${version}+cpu for cp311/x86_64 in PIP_FIND_LINKS or /opt/wheels;" \
         "refusing to download PyPI's CUDA build (DRAGON_ALLOW_CUDA_TORCH=1 to allow it). Fetch the" \
-        "CPU wheel once: pip download torch==${version} --no-deps" \
+        "CPU wheel once: pip download torch==${version} --no-deps --only-binary=:all:" \
+        "--python-version 3.11 --platform manylinux_2_28_x86_64" \
         "--index-url https://download.pytorch.org/whl/cpu -d /opt/wheels"
 }

@@ -23,6 +23,7 @@ from dragon.messages.schemas import (
     Schedule,
     ServiceCounters,
 )
+from dragon.mqtt import NO_MATCHING_SUBSCRIBERS, one_shot_client, publish_once
 from dragon.settings import MqttSettings, ServiceSettings, check_id
 
 
@@ -80,8 +81,11 @@ def _secrets(args) -> int:
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     try:
-        for peer in peers:
-            check_id("--peers", peer)
+        # Each becomes a topic level of an ACL line: a wildcard would open every host's topics.
+        check_id("--lei", args.lei)
+        for name, values in (("--hosts", hosts), ("--peers", peers)):
+            for value in values:
+                check_id(name, value)
     except ConfigError as exc:
         print(f"dragon secrets: {exc}", file=sys.stderr)
         return 2
@@ -102,20 +106,6 @@ def _bridge(args) -> int:
     secrets.share_with_services(args.out)  # it holds the peer's bridge password
     print(json.dumps({"written": str(args.out)}))
     return 0
-
-
-def _client(settings: MqttSettings):
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"dragon-cli-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5
-    )
-    if settings.username:
-        client.username_pw_set(settings.username, settings.password)
-    if settings.tls:
-        client.tls_set(ca_certs=settings.ca_file or None)
-    return client
 
 
 def _mqtt_settings() -> MqttSettings:
@@ -180,7 +170,7 @@ def schema_of(topic: str) -> type:
 
 def _watch(args) -> int:
     settings = _mqtt_settings()
-    client = _client(settings)
+    client = one_shot_client(settings, "dragon-watch")
     seen = 0
     done = threading.Event()
     repeated = RepeatedCounters()
@@ -222,61 +212,31 @@ def _watch(args) -> int:
 
 
 def _inject(args) -> int:
-    settings = _mqtt_settings()
     command = FaultInjection(
         id=uuid.uuid4().hex[:12], kind=args.kind, duration_s=args.duration, intensity=args.intensity, ts=time.time()
     )
-    command.check()
-    # The LEI as the services read it (DRAGON_LEI), so one environment serves them and this command.
-    lei = args.lei or _service_settings().lei
-    refused = _publish_acknowledged(settings, topics.inject(lei, args.host), codec.encode_json(command))
-    if refused:
-        print(f"dragon inject: {refused}", file=sys.stderr)
+    try:
+        command.check()
+        settings = _mqtt_settings()
+        # The LEI as the services read it (DRAGON_LEI), so one environment serves them and this command.
+        lei = args.lei or _service_settings().lei
+        for name, value in (("--lei", lei), ("host", args.host)):
+            check_id(name, value)
+    except (ConfigError, ValueError) as exc:
+        print(f"dragon inject: {exc}", file=sys.stderr)
+        return 2
+    topic = topics.inject(lei, args.host)
+    try:
+        reason = publish_once(settings, topic, codec.encode_json(command))
+    except (ConnectionError, TimeoutError) as exc:
+        print(f"dragon inject: {exc}", file=sys.stderr)
+        return 1
+    if reason.is_failure or reason.value == NO_MATCHING_SUBSCRIBERS:
+        print(f"dragon inject: the broker did not pass {topic} on ({reason}); is the collector of LEI "
+              f"{lei!r} running, and may {settings.username!r} inject there?", file=sys.stderr)  # fmt: skip
         return 1
     print(json.dumps(command.to_dict()))
     return 0
-
-
-PUBLISH_TIMEOUT_S = 10.0
-
-
-def _publish_acknowledged(settings: MqttSettings, topic: str, payload: bytes) -> str | None:
-    """Publish one QoS 1 message; None once the broker accepted it, else why not.
-
-    The broker acknowledges a publish its ACL denies too, with "Not authorized" as the reason
-    (MQTT v5): without reading it, a command to another LEI's host would vanish silently.
-    """
-    client = _client(settings)
-    outcome: dict[str, str | None] = {}
-    done = threading.Event()
-
-    def on_connect(client, userdata, flags, reason_code, properties):
-        if reason_code.is_failure:
-            outcome["refused"] = f"the broker refused the connection as {settings.username!r}: {reason_code}"
-            done.set()
-            return
-        client.publish(topic, payload, qos=1)
-
-    def on_publish(client, userdata, mid, reason_code, properties):
-        if reason_code.is_failure:
-            outcome["refused"] = f"the broker did not accept {topic} from {settings.username!r}: {reason_code}"
-        else:
-            outcome["refused"] = None
-        done.set()
-
-    client.on_connect, client.on_publish = on_connect, on_publish
-    try:
-        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
-    except OSError as exc:
-        return f"cannot reach the broker at {settings.host}:{settings.port}: {exc}"
-    client.loop_start()
-    try:
-        if not done.wait(PUBLISH_TIMEOUT_S):
-            return f"no acknowledgement from {settings.host}:{settings.port} within {PUBLISH_TIMEOUT_S:g} s"
-        return outcome["refused"]
-    finally:
-        client.loop_stop()
-        client.disconnect()
 
 
 def _config_table(args) -> int:

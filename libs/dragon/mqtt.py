@@ -45,6 +45,7 @@ import queue
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -54,6 +55,7 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from dragon.messages import codec, topics
 from dragon.messages.codec import DecodeError
@@ -455,3 +457,65 @@ def _incoming(message: paho.MQTTMessage) -> Incoming:
         response_topic=(getattr(props, "ResponseTopic", "") if props is not None else "") or "",
         correlation_data=bytes((getattr(props, "CorrelationData", b"") if props is not None else b"") or b""),
     )
+
+
+def one_shot_client(settings: MqttSettings, name: str) -> paho.Client:
+    """A plain MQTT v5 client for a short task (a command, a watch): no session, no availability."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5)
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls:
+        client.tls_set(ca_certs=settings.ca_file or None)
+    return client
+
+
+PUBLISH_TIMEOUT_S = 10.0
+NO_MATCHING_SUBSCRIBERS = 0x10  # MQTT v5 PUBACK reason: accepted, but nobody subscribes to the topic
+
+
+def publish_once(
+    settings: MqttSettings,
+    topic: str,
+    payload: bytes,
+    properties: Properties | None = None,
+    retain: bool = False,
+    timeout_s: float = PUBLISH_TIMEOUT_S,
+) -> ReasonCode:
+    """Connect as ``settings``, publish one QoS 1 message, disconnect; returns the broker's PUBACK reason.
+
+    The broker acknowledges a publish its ACL denies too, with "Not authorized" (MQTT v5), and
+    one nobody subscribes to with "No matching subscribers": the caller decides what it needs.
+    Raises ConnectionError when the broker cannot be reached or refuses us, TimeoutError when
+    no acknowledgement comes within ``timeout_s``.
+    """
+    client = one_shot_client(settings, "publish")
+    outcome: dict[str, ReasonCode] = {}
+    done = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties_):
+        if reason_code.is_failure:
+            outcome["refused"] = reason_code
+            done.set()
+        elif "sent" not in outcome:  # once: paho resends an unacknowledged message itself after a reconnect
+            outcome["sent"] = reason_code
+            client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+
+    def on_publish(client, userdata, mid, reason_code, properties_):
+        outcome["acknowledged"] = reason_code
+        done.set()
+
+    client.on_connect, client.on_publish = on_connect, on_publish
+    try:
+        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the broker at {settings.host}:{settings.port}: {exc}") from exc
+    client.loop_start()
+    try:
+        if not done.wait(timeout_s):
+            raise TimeoutError(f"no acknowledgement of {topic} from {settings.host}:{settings.port} in {timeout_s:g} s")
+        if "refused" in outcome:
+            raise ConnectionError(f"the broker refused the connection as {settings.username!r}: {outcome['refused']}")
+        return outcome["acknowledged"]
+    finally:
+        client.loop_stop()
+        client.disconnect()

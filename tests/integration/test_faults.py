@@ -102,8 +102,12 @@ def test_cpu_hog_yields_a_fault_event_for_that_host_only(lei):
 
 
 def test_a_viewer_cannot_inject_faults(lei):
+    command = FaultInjection(id=uuid.uuid4().hex[:12], kind="cpu", duration_s=5, ts=time.time())
     with watch(lei) as listener:
-        inject(lei, "h2", "cpu", duration_s=5, user="viewer")
+        reason = publish(
+            lei.mqtt_settings("viewer"), topics.inject(lei.lei, "h2"), codec.encode(command), codec.MSGPACK
+        )
+        assert reason.is_failure and str(reason) == "Not authorized", reason  # the ACL, not a lost message
         time.sleep(3)
         assert listener.matching(lambda m: m.topic == topics.injections(lei.lei)) == []
 
@@ -136,3 +140,8 @@ def test_the_inject_command_reaches_the_lei_its_environment_names(lei):
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert refused.returncode == 1 and "Not authorized" in refused.stderr, refused.stderr
+    # A host id that is no id (a topic wildcard) is refused before anything is sent.
+    wildcard = subprocess.run(
+        [sys.executable, "-m", "dragon.cli", "inject", "+", "cpu"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert wildcard.returncode == 2 and "host" in wildcard.stderr, wildcard.stderr

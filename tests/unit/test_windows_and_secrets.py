@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from dragon import secrets
+from dragon import cli, secrets
 from dragon.store import padded_window
 
 pytestmark = pytest.mark.unit
@@ -158,3 +158,14 @@ def test_dragon_bridge_writes_the_file_readable_by_the_broker_only(tmp_path, cap
     bad = ["bridge", "--lei", "lei1", "--peer", "le/i2", "--address", "b2:1883"]
     assert main([*bad, "--peer-password-file", str(tmp_path / "bridge.password"), "--out", str(out)]) == 2
     assert "--peer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--hosts", "h1,+"), ("--hosts", "h/1"), ("--lei", "#"), ("--peers", "a+")]
+)
+def test_dragon_secrets_refuses_ids_that_are_not_one_topic_level(tmp_path, capsys, flag, value):
+    """Each id becomes a level of an ACL line: "+" would let the collector write every host's samples."""
+    args = {"--lei": "lei1", "--hosts": "h1", "--peers": ""} | {flag: value}
+    argv = ["secrets", "--dir", str(tmp_path / "s"), *[item for pair in args.items() for item in pair]]
+    assert cli.main(argv) == 2
+    assert flag in capsys.readouterr().err and not (tmp_path / "s").exists()

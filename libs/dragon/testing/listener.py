@@ -10,7 +10,11 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
+from dragon.mqtt import publish_once
 from dragon.settings import MqttSettings
 
 
@@ -110,18 +114,12 @@ def publish(
     response_topic: str = "",
     correlation_data: bytes = b"",
     retain: bool = False,
-) -> None:
-    """Publish one QoS 1 message and wait until the broker has it.
+) -> ReasonCode:
+    """Publish one QoS 1 message and wait until the broker has it; returns the broker's reason code
+    (a test of the ACL reads "Not authorized" there).
 
     ``response_topic`` and ``correlation_data`` make it an MQTT v5 request.
     """
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5)
-    client.username_pw_set(settings.username, settings.password)
-    client.connect(settings.host, settings.port, keepalive=10)
-    client.loop_start()
     props = Properties(PacketTypes.PUBLISH)
     if content_type:
         props.ContentType = content_type
@@ -129,9 +127,4 @@ def publish(
         props.ResponseTopic = response_topic
     if correlation_data:
         props.CorrelationData = correlation_data
-    info = client.publish(topic, payload, qos=1, retain=retain, properties=props)
-    info.wait_for_publish(timeout=10)
-    client.disconnect()
-    client.loop_stop()
-    if not info.is_published():
-        raise TimeoutError(f"could not publish to {topic}")
+    return publish_once(settings, topic, payload, properties=props, retain=retain)
