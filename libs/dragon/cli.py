@@ -206,8 +206,8 @@ def _watch(args) -> int:
         finished = done.wait(args.timeout or None)
     except KeyboardInterrupt:
         finished = True
+    client.disconnect()  # before loop_stop: it wakes the network thread, which would sleep up to 1 s
     client.loop_stop()
-    client.disconnect()
     return 0 if finished and (not args.count or seen >= args.count) else 1
 
 

@@ -517,5 +517,5 @@ def publish_once(
             raise ConnectionError(f"the broker refused the connection as {settings.username!r}: {outcome['refused']}")
         return outcome["acknowledged"]
     finally:
+        client.disconnect()  # first: it wakes the network thread, which loop_stop() then joins at once
         client.loop_stop()
-        client.disconnect()
