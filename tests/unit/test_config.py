@@ -142,12 +142,13 @@ def test_compose_passes_the_services_own_defaults_except_the_demos(repo):
         owners = [cls for cls in CONFIG_CLASSES if env in config.env_names(cls)]
         assert owners, f"compose/broker.yml passes {env}, which no service reads"
         required = {"DRAGON_MIGRATION_KEY": "k"}  # without it the migrator refuses to start
-        given = config.load(owners[0], {**required, env: raw}, known=known_env_names())
-        same = given == config.load(owners[0], required, known=known_env_names())
-        if env in COMPOSE_DEMO_SETTINGS:
-            assert not same, f"{env} is listed as a demo setting but compose passes the default"
-        else:
-            assert same, f"compose/broker.yml defaults {env} to {raw!r}, the code to something else"
+        for owner in owners:  # the simulator's settings are the planner's too, and so on
+            given = config.load(owner, {**required, env: raw}, known=known_env_names())
+            same = given == config.load(owner, required, known=known_env_names())
+            if env in COMPOSE_DEMO_SETTINGS:
+                assert not same, f"{env} is listed as a demo setting but compose passes the default"
+            else:
+                assert same, f"compose/broker.yml defaults {env} to {raw!r}, {owner.__name__} to something else"
 
 
 def test_the_readme_names_every_default_compose_changes_for_the_demo(repo):
