@@ -6,25 +6,22 @@ import argparse
 import json
 import sys
 import threading
-import time
-import uuid
 from pathlib import Path
 
-from dragon import secrets
+from dragon import inject_command, secrets
 from dragon.config import ConfigError, settings_table
 from dragon.messages import codec, topics
 from dragon.messages.schemas import (
     FAULT_KINDS,
     FaultEvent,
-    FaultInjection,
     InjectionEvent,
     MigrationEvent,
     PlanDecision,
     Schedule,
     ServiceCounters,
 )
-from dragon.mqtt import NO_MATCHING_SUBSCRIBERS, one_shot_client, publish_once
-from dragon.settings import MqttSettings, ServiceSettings, check_id
+from dragon.mqtt import one_shot_client
+from dragon.settings import MqttSettings, check_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lei", help="LEI of the host (default: $DRAGON_LEI, else lei1)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds (default: 60)")
     p.add_argument("--intensity", type=float, default=1.0, help="0 < intensity <= 1 (default: 1)")
-    p.set_defaults(handler=_inject)
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=inject_command.DEFAULT_WAIT_S,
+        help="seconds to wait for the collector's answer (default: %(default)g); exit 0 only once the fault started",
+    )
+    p.set_defaults(handler=inject_command.run)
 
     p = commands.add_parser("config-table", help="print every DRAGON_* setting as a Markdown table")
     p.set_defaults(handler=_config_table)
@@ -112,12 +115,6 @@ def _mqtt_settings() -> MqttSettings:
     from dragon import config
 
     return config.load(MqttSettings, known=_all_known())
-
-
-def _service_settings() -> ServiceSettings:
-    from dragon import config
-
-    return config.load(ServiceSettings, known=_all_known())
 
 
 def _all_known() -> set[str]:
@@ -209,34 +206,6 @@ def _watch(args) -> int:
     client.disconnect()  # before loop_stop: it wakes the network thread, which would sleep up to 1 s
     client.loop_stop()
     return 0 if finished and (not args.count or seen >= args.count) else 1
-
-
-def _inject(args) -> int:
-    command = FaultInjection(
-        id=uuid.uuid4().hex[:12], kind=args.kind, duration_s=args.duration, intensity=args.intensity, ts=time.time()
-    )
-    try:
-        command.check()
-        settings = _mqtt_settings()
-        # The LEI as the services read it (DRAGON_LEI), so one environment serves them and this command.
-        lei = args.lei or _service_settings().lei
-        for name, value in (("--lei", lei), ("host", args.host)):
-            check_id(name, value)
-    except (ConfigError, ValueError) as exc:
-        print(f"dragon inject: {exc}", file=sys.stderr)
-        return 2
-    topic = topics.inject(lei, args.host)
-    try:
-        reason = publish_once(settings, topic, codec.encode_json(command))
-    except (ConnectionError, TimeoutError) as exc:
-        print(f"dragon inject: {exc}", file=sys.stderr)
-        return 1
-    if reason.is_failure or reason.value == NO_MATCHING_SUBSCRIBERS:
-        print(f"dragon inject: the broker did not pass {topic} on ({reason}); is the collector of LEI "
-              f"{lei!r} running, and may {settings.username!r} inject there?", file=sys.stderr)  # fmt: skip
-        return 1
-    print(json.dumps(command.to_dict()))
-    return 0
 
 
 def _config_table(args) -> int:

@@ -48,7 +48,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 import structlog
@@ -465,8 +465,19 @@ def one_shot_client(settings: MqttSettings, name: str) -> paho.Client:
     if settings.username:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls:
-        client.tls_set(ca_certs=settings.ca_file or None)
+        try:
+            client.tls_set(ca_certs=settings.ca_file or None)
+        except OSError as exc:  # a CA file missing or unreadable: the settings, not the network
+            raise ValueError(f"DRAGON_MQTT_CA_FILE={settings.ca_file!r}: {exc}") from exc
     return client
+
+
+def connect(client: paho.Client, settings: MqttSettings) -> None:
+    """Open ``client``'s connection to the broker ``settings`` name; ConnectionError when it cannot."""
+    try:
+        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the broker at {settings.host}:{settings.port}: {exc}") from exc
 
 
 PUBLISH_TIMEOUT_S = 10.0
@@ -489,7 +500,7 @@ def publish_once(
     no acknowledgement comes within ``timeout_s``.
     """
     client = one_shot_client(settings, "publish")
-    outcome: dict[str, ReasonCode] = {}
+    outcome: dict[str, Any] = {}
     done = threading.Event()
 
     def on_connect(client, userdata, flags, reason_code, properties_):
@@ -498,23 +509,26 @@ def publish_once(
             done.set()
         elif "sent" not in outcome:  # once: paho resends an unacknowledged message itself after a reconnect
             outcome["sent"] = reason_code
-            client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+            try:
+                client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+            except ValueError as exc:  # a topic with wildcards, a payload too large: raised to the caller
+                outcome["invalid"] = exc
+                done.set()
 
     def on_publish(client, userdata, mid, reason_code, properties_):
         outcome["acknowledged"] = reason_code
         done.set()
 
     client.on_connect, client.on_publish = on_connect, on_publish
-    try:
-        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
-    except OSError as exc:
-        raise ConnectionError(f"cannot reach the broker at {settings.host}:{settings.port}: {exc}") from exc
+    connect(client, settings)
     client.loop_start()
     try:
         if not done.wait(timeout_s):
             raise TimeoutError(f"no acknowledgement of {topic} from {settings.host}:{settings.port} in {timeout_s:g} s")
         if "refused" in outcome:
             raise ConnectionError(f"the broker refused the connection as {settings.username!r}: {outcome['refused']}")
+        if "invalid" in outcome:
+            raise outcome["invalid"]
         return outcome["acknowledged"]
     finally:
         client.disconnect()  # first: it wakes the network thread, which loop_stop() then joins at once

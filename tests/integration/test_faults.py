@@ -112,8 +112,14 @@ def test_a_viewer_cannot_inject_faults(lei):
         assert listener.matching(lambda m: m.topic == topics.injections(lei.lei)) == []
 
 
+def dragon_inject(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "dragon.cli", "inject", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
 def test_the_inject_command_reaches_the_lei_its_environment_names(lei):
-    """`dragon inject` as the README shows it: credentials and the LEI from the environment."""
+    """`dragon inject` as the README shows it: credentials and the LEI from the environment; it
+    exits 0 only once the collector said the fault started, and says why when it did not."""
     settings = lei.mqtt_settings("operator")
     env = {
         "PATH": os.environ["PATH"],
@@ -125,23 +131,19 @@ def test_the_inject_command_reaches_the_lei_its_environment_names(lei):
     }
     assert lei.lei != "lei1"
     with watch(lei) as listener:
-        run = subprocess.run(
-            [sys.executable, "-m", "dragon.cli", "inject", "h2", "cpu", "--duration", "3"],
-            env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        run = dragon_inject(env, "h2", "cpu", "--duration", "3")
         assert run.returncode == 0, run.stderr
-        command = json.loads(run.stdout)
-        (message, *_) = listener.wait_for(lambda m: finished(m, command["id"]), 3 + EVENT_BOUND_S)
+        answer = json.loads(run.stdout)  # the collector's own report
+        assert (answer["host"], answer["status"]) == ("h2", "started"), answer
+        (message, *_) = listener.wait_for(lambda m: finished(m, answer["id"]), 3 + EVENT_BOUND_S)
     report = codec.decode(InjectionEvent, message.payload, 65536, message.content_type)
     assert (report.host, report.kind, report.status) == ("h2", "cpu", "finished"), report
     # Another LEI's host: the ACL refuses it, and the command says so instead of exiting 0.
-    refused = subprocess.run(
-        [sys.executable, "-m", "dragon.cli", "inject", "h2", "cpu", "--lei", "elsewhere"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    refused = dragon_inject(env, "h2", "cpu", "--lei", "elsewhere")
     assert refused.returncode == 1 and "Not authorized" in refused.stderr, refused.stderr
+    # A host no collector of this LEI emulates: nobody answers.
+    unheard = dragon_inject(env, "h9", "cpu", "--wait", "3")
+    assert unheard.returncode == 1 and "no answer" in unheard.stderr, unheard.stderr
     # A host id that is no id (a topic wildcard) is refused before anything is sent.
-    wildcard = subprocess.run(
-        [sys.executable, "-m", "dragon.cli", "inject", "+", "cpu"], env=env, capture_output=True, text=True, timeout=60
-    )
+    wildcard = dragon_inject(env, "+", "cpu")
     assert wildcard.returncode == 2 and "host" in wildcard.stderr, wildcard.stderr

@@ -30,6 +30,9 @@ from dragon.messages.schemas import FAULT_KINDS, FaultInjection, InjectionEvent
 log = structlog.get_logger(__name__)
 
 MIB = 1024 * 1024
+# An injection command older than this is refused (InjectionEvent "rejected"): a fault starts
+# when it is asked for, or not at all.
+MAX_COMMAND_AGE_S = 60.0
 FAULT_LABEL = "dragon.fault"
 FAULT_ID_LABEL = "dragon.fault.id"
 FAULT_KIND_LABEL = "dragon.fault.kind"
@@ -70,6 +73,7 @@ class FaultInjector:
         cgroup_root: str | os.PathLike[str] = DEFAULT_ROOT,
         max_per_host: int = 2,
         overrun_s: float = 30.0,
+        max_age_s: float = MAX_COMMAND_AGE_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = docker_client
@@ -81,6 +85,7 @@ class FaultInjector:
             self._hosts = {name: CgroupHost(emulated_host_path(lei, name), cgroup_root) for name in hosts}
         self.max_per_host = max_per_host
         self.overrun_s = overrun_s
+        self.max_age_s = max_age_s
         self._clock = clock
 
     # --- inject -------------------------------------------------------------------------
@@ -90,6 +95,7 @@ class FaultInjector:
         now = self._clock() if now is None else now
         try:
             fault.check()
+            self._check_age(fault, now)
             options = self._check(host, fault)
             self._start(host, fault, now, options)
         except (_Rejected, SchemaError) as exc:
@@ -131,6 +137,16 @@ class FaultInjector:
             environment={"PYTHONUNBUFFERED": "1"},
             **options,
         )
+
+    def _check_age(self, fault: FaultInjection, now: float) -> None:
+        """Refuse a command that waited too long: the broker keeps the collector's session, so one
+        sent while it was away would otherwise start a fault whenever it comes back."""
+        age = now - fault.ts
+        if fault.ts > 0 and age > self.max_age_s:  # ts 0: the sender did not stamp it
+            raise _Rejected(
+                f"the command is {age:.0f} s old (at most {self.max_age_s:g} s): it waited while the collector "
+                "was away, or the sender's clock is off"
+            )
 
     def _check(self, host: str, fault: FaultInjection) -> dict[str, Any]:
         """Refuse what must not start; return the run options the fault's kind needs."""
