@@ -157,9 +157,10 @@ def test_series_shorter_than_a_window_are_benchmarked(tmp_path, model, train_ste
     assert np.load(tmp_path / "r.scores.npy").shape == (test_steps,) and report["step_latency_ms_p50"] > 0
 
 
-def test_online_dspot_on_a_short_training_series_reports_the_fit_it_used(tmp_path) -> None:
-    """Too few training scores for DSPOT's moving average: on-line, the threshold starts as SPOT
-    (as the service's does), and the report describes that fit, not one it never used."""
+@pytest.mark.parametrize("online", [["--online"], []])
+def test_dspot_on_a_short_training_series_reports_the_fit_it_used(tmp_path, online) -> None:
+    """Too few training scores for DSPOT's moving average: the threshold starts as SPOT (as the
+    service's does), and the report describes that fit, not one it never used."""
     data = tmp_path / "data"
     data.mkdir()
     rng = np.random.default_rng(6)
@@ -167,7 +168,7 @@ def test_online_dspot_on_a_short_training_series_reports_the_fit_it_used(tmp_pat
     np.save(data / "test.npy", rng.random((30, 2)))
     np.save(data / "labels.npy", np.arange(30) >= 20)
     out = tmp_path / "r.json"
-    args = ["--model", "gon", *TINY_GON, "--online", "--pot-mode", "dspot", "--latency-samples", "3"]
+    args = ["--model", "gon", *TINY_GON, *online, "--pot-mode", "dspot", "--latency-samples", "3"]
     assert bench(data, out, *args) == 0
     report = json.loads(out.read_text())
     assert report["params"]["pot"]["calibration_scores"] == 15  # every training score, no drift removed

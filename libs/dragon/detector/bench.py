@@ -55,7 +55,7 @@ from dragon.detector import metrics
 from dragon.detector.baselines import AnomalyModel, create_model
 from dragon.detector.config import DEFAULT_POT_LAG, ONLINE_MIN_INTERVAL_STEPS
 from dragon.detector.online import OnlineSettings
-from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, PotState, StreamingPot, fit_pot
+from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, PotState, StreamingPot, fit_pot, usable_drift_depth
 from dragon.detector.svgplot import Frame
 from dragon.detector.train import DatasetError, load_dataset_dir
 
@@ -186,10 +186,17 @@ def fit_and_calibrate(model: AnomalyModel, train: np.ndarray, cfg: BenchConfig) 
 STREAMS: dict[str, Callable[[PotState, np.ndarray, BenchConfig], StreamingPot | None]] = {
     "static": lambda pot, train_scores, cfg: None,
     "spot": lambda pot, train_scores, cfg: StreamingPot(pot, lag=cfg.pot_lag),
-    "dspot": lambda pot, train_scores, cfg: StreamingPot.calibrate(
-        train_scores, cfg.pot_q, cfg.pot_level, cfg.dspot_depth, cfg.pot_lag
-    ),
+    "dspot": lambda pot, train_scores, cfg: _dspot(train_scores, cfg),
 }
+
+
+def _dspot(train_scores: np.ndarray, cfg: BenchConfig) -> StreamingPot:
+    """DSPOT from the training scores, or SPOT when they are too few for its moving average (as
+    the service does: ``Checkpoint.usable_drift_depth``)."""
+    depth = usable_drift_depth(len(train_scores), cfg.dspot_depth)
+    if depth != cfg.dspot_depth:
+        log.warning("dspot_needs_calibration_scores_using_spot", scores=len(train_scores), depth=cfg.dspot_depth)
+    return StreamingPot.calibrate(train_scores, cfg.pot_q, cfg.pot_level, depth, cfg.pot_lag)
 
 
 def offline_thresholds(

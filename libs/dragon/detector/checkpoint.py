@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from dragon.detector.gon import GonConfig, build_discriminator
-from dragon.detector.pot import PotState, StreamingPot
+from dragon.detector.pot import PotState, StreamingPot, usable_drift_depth
 from dragon.detector.scaling import MinMaxScaler
 
 log = structlog.get_logger(__name__)
@@ -114,15 +114,15 @@ class Checkpoint:
         DSPOT calibrates on more than ``depth`` of the newest calibration scores: checkpoints
         written before that field have none, and a fine-tune learnt from few windows has few.
         """
-        if depth and len(self.calibration_tail) <= depth:
+        usable = usable_drift_depth(len(self.calibration_tail), depth)
+        if usable != depth:
             log.warning(
                 "dspot_needs_calibration_scores_using_spot",
                 model_id=self.model_id,
                 calibration_scores=len(self.calibration_tail),
                 depth=depth,
             )
-            return 0
-        return depth
+        return usable
 
     def streaming_pot(self, host: str = DEFAULT_HOST, depth: int = 0, lag: int = 0) -> StreamingPot:
         """Where ``host``'s streaming threshold starts under this model: SPOT, or DSPOT if ``depth`` > 0.

@@ -558,6 +558,11 @@ def spot_thresholds(state: PotState, scores: np.ndarray, max_peaks: int = MAX_ST
     return StreamingPot(state, max_peaks=max_peaks, lag=lag).run(scores)
 
 
+def usable_drift_depth(calibration_scores: int, depth: int) -> int:
+    """``depth`` if DSPOT can start from that many calibration scores (more than ``depth``), else 0: SPOT."""
+    return depth if calibration_scores > depth else 0
+
+
 def drift_removed(scores: np.ndarray, depth: int) -> np.ndarray:
     """DSPOT's detrending: each score minus the mean of the ``depth`` scores before it."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
