@@ -28,7 +28,8 @@ HEALTHY_WATCH_S = 6
 
 def inject(lei, host: str, kind: str, duration_s: float, user: str = "operator") -> FaultInjection:
     command = FaultInjection(id=uuid.uuid4().hex[:12], kind=kind, duration_s=duration_s, ts=time.time())
-    publish(lei.mqtt_settings(user), topics.inject(lei.lei, host), codec.encode(command), codec.MSGPACK)
+    reason = publish(lei.mqtt_settings(user), topics.inject(lei.lei, host), codec.encode(command), codec.MSGPACK)
+    assert not reason.is_failure, f"the broker refused the injection: {reason}"  # not a 30 s wait for an event
     return command
 
 
