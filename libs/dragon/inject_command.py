@@ -60,7 +60,9 @@ def run(args: Any) -> int:
             EXIT_NOT_STARTED,
         )
     print(json.dumps(answer.to_dict()))
-    return EXIT_STARTED if answer.status == "started" else EXIT_NOT_STARTED
+    if answer.status != "started":
+        return _fail(f"the collector {answer.status} the fault: {answer.reason}", EXIT_NOT_STARTED)
+    return EXIT_STARTED
 
 
 def _send(settings: MqttSettings, lei: str, host: str, command: FaultInjection) -> str | None:
