@@ -31,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("secrets", help="generate MQTT/Redis credentials and the broker ACL (once)")
     p.add_argument("--dir", type=Path, required=True, help="directory to write into (kept out of git)")
     p.add_argument("--lei", required=True, help="id of this LEI")
-    p.add_argument("--hosts", required=True, help="comma-separated host ids the collector publishes for")
+    p.add_argument("--hosts", required=True, help="comma-separated host ids the broker's collector publishes for")
+    p.add_argument(
+        "--remote-hosts",
+        default="",
+        help="comma-separated ids of hosts with a collector of their own: each gets a user collector-<host>",
+    )
     p.add_argument("--force", action="store_true", help="replace existing passwords")
     p.add_argument("--peers", default="", help="comma-separated ids of the other LEIs whose brokers bridge to this one")
     p.set_defaults(handler=_secrets)
@@ -81,20 +86,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _secrets(args) -> int:
-    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
-    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    hosts, remote, peers = (_ids(text) for text in (args.hosts, args.remote_hosts, args.peers))
     try:
         # Each becomes a topic level of an ACL line: a wildcard would open every host's topics.
         check_id("--lei", args.lei)
-        for name, values in (("--hosts", hosts), ("--peers", peers)):
+        for name, values in (("--hosts", hosts), ("--remote-hosts", remote), ("--peers", peers)):
             for value in values:
                 check_id(name, value)
-    except ConfigError as exc:
+        written = secrets.generate(args.dir, args.lei, hosts, force=args.force, peers=peers, remote_hosts=remote)
+    except (ConfigError, ValueError) as exc:
         print(f"dragon secrets: {exc}", file=sys.stderr)
         return 2
-    written = secrets.generate(args.dir, args.lei, hosts, force=args.force, peers=peers)
     print(json.dumps({"dir": str(args.dir), "written": written}))
     return 0
+
+
+def _ids(text: str) -> list[str]:
+    """Comma-separated ids, blanks dropped."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _bridge(args) -> int:

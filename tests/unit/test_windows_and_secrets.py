@@ -54,6 +54,30 @@ def test_acl_gives_the_collector_only_its_hosts():
     assert "faults" not in collector
 
 
+def test_a_host_with_a_collector_of_its_own_gets_a_user_for_its_samples_alone(tmp_path):
+    written = secrets.generate(tmp_path, "lei1", ["h1"], remote_hosts=["pi"])
+    assert "collector-pi.password" in written
+    assert acl_block((tmp_path / "acl").read_text(), "collector-pi") == [
+        "topic write dragon/lei1/hosts/pi/sample",
+        "topic readwrite dragon/collector/+/available",
+        "topic write dragon/collector/+/counters",
+    ]
+    users = [line.split(":")[0] for line in (tmp_path / "passwd").read_text().splitlines()]
+    assert "collector-pi" in users and users.count("collector") == 1
+    # The broker's collector no longer speaks for that host.
+    assert "pi/sample" not in "\n".join(acl_block((tmp_path / "acl").read_text(), "collector"))
+    # Taken off the list, the host loses its login; the other passwords stay as they were.
+    password = (tmp_path / "detector.password").read_text()
+    secrets.generate(tmp_path, "lei1", ["h1"])
+    assert "collector-pi" not in (tmp_path / "passwd").read_text()
+    assert (tmp_path / "detector.password").read_text() == password
+
+
+def test_a_host_is_sampled_by_one_collector_only(tmp_path):
+    with pytest.raises(ValueError, match="choose one"):
+        secrets.generate(tmp_path, "lei1", ["h1", "pi"], remote_hosts=["pi"])
+
+
 def acl_block(acl: str, user: str) -> list[str]:
     """The ACL lines of one user (up to the next blank line)."""
     block = acl.split(f"user {user}\n", 1)[1].split("\n\n", 1)[0]
@@ -161,11 +185,12 @@ def test_dragon_bridge_writes_the_file_readable_by_the_broker_only(tmp_path, cap
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--hosts", "h1,+"), ("--hosts", "h/1"), ("--lei", "#"), ("--peers", "a+")]
+    ("flag", "value"),
+    [("--hosts", "h1,+"), ("--hosts", "h/1"), ("--lei", "#"), ("--peers", "a+"), ("--remote-hosts", "p#")],
 )
 def test_dragon_secrets_refuses_ids_that_are_not_one_topic_level(tmp_path, capsys, flag, value):
     """Each id becomes a level of an ACL line: "+" would let the collector write every host's samples."""
-    args = {"--lei": "lei1", "--hosts": "h1", "--peers": ""} | {flag: value}
+    args = {"--lei": "lei1", "--hosts": "h1", "--peers": "", "--remote-hosts": ""} | {flag: value}
     argv = ["secrets", "--dir", str(tmp_path / "s"), *[item for pair in args.items() for item in pair]]
     assert cli.main(argv) == 2
     assert flag in capsys.readouterr().err and not (tmp_path / "s").exists()

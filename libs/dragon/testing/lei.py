@@ -85,8 +85,8 @@ class LeiStack:
         require_images(self.docker, (MOSQUITTO_IMAGE, REDIS_IMAGE, COLLECTOR_IMAGE, DETECTOR_IMAGE))
 
     # --- brokers ----------------------------------------------------------------
-    def start_brokers(self, peers: tuple[str, ...] = ()) -> None:
-        secrets.generate(self.secrets_dir, self.lei, self.hosts, peers=peers)
+    def start_brokers(self, peers: tuple[str, ...] = (), remote_hosts: tuple[str, ...] = ()) -> None:
+        secrets.generate(self.secrets_dir, self.lei, self.hosts, peers=peers, remote_hosts=remote_hosts)
         self.bridges_dir.mkdir(parents=True, exist_ok=True)
         self.bridges_dir.chmod(0o755)
         self.network.create()

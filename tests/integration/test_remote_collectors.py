@@ -1,0 +1,47 @@
+"""A host with a collector of its own logs in as its own user, which speaks for that host alone."""
+
+from __future__ import annotations
+
+import secrets as tokens
+import time
+
+import pytest
+
+from dragon.messages import codec, topics
+from dragon.messages.schemas import HostMetrics, HostSample
+from dragon.testing.lei import LeiStack
+from dragon.testing.listener import Listener, publish
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def brokers(tmp_path_factory, repo):
+    stack = LeiStack(
+        lei=f"rc{tokens.token_hex(3)}",
+        hosts=["h1"],
+        workdir=tmp_path_factory.mktemp("rc"),
+        mosquitto_conf=repo / "compose" / "mosquitto" / "broker.conf",
+    )
+    try:
+        stack.start_brokers(remote_hosts=("pi",))
+        yield stack
+    finally:
+        stack.stop()
+
+
+def sample_of(lei: str, host: str) -> bytes:
+    return codec.encode(HostSample(lei, host, time.time(), 1, 1.0, HostMetrics(0.2, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0), ()))
+
+
+def test_a_remote_collector_publishes_its_own_host_and_no_other(brokers):
+    lei, own = brokers.lei, brokers.mqtt_settings("collector-pi")
+    with Listener(brokers.mqtt_settings("viewer"), [f"dragon/{lei}/hosts/+/sample"]) as listener:
+        assert not publish(own, topics.host_sample(lei, "pi"), sample_of(lei, "pi"), codec.MSGPACK).is_failure
+        listener.wait_for(lambda m: m.topic == topics.host_sample(lei, "pi"), 10)
+        for host in ("h1", "other"):  # the broker's collector's host, and any other
+            reason = publish(own, topics.host_sample(lei, host), sample_of(lei, host), codec.MSGPACK)
+            assert str(reason) == "Not authorized", (host, reason)
+    # ... nor is the broker's own collector user the remote host's any more.
+    reason = publish(brokers.mqtt_settings("collector"), topics.host_sample(lei, "pi"), sample_of(lei, "pi"))
+    assert str(reason) == "Not authorized", reason
