@@ -24,6 +24,7 @@ from dragon.service.known import known_env_names
 from dragon.settings import MqttSettings, ServiceSettings, check_id
 
 DEFAULT_WAIT_S = 15.0
+MAX_WAIT_S = 3600.0
 EXIT_STARTED, EXIT_NOT_STARTED, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -39,8 +40,8 @@ def run(args: Any) -> int:
         lei = args.lei or load(ServiceSettings, known=known_env_names()).lei
         for name, value in (("--lei", lei), ("host", args.host)):
             check_id(name, value)
-        if args.wait <= 0:
-            raise ValueError(f"--wait must be > 0 seconds, got {args.wait:g}")
+        if not 0 < args.wait <= MAX_WAIT_S:  # also refuses nan; inf would overflow Event.wait
+            raise ValueError(f"--wait must be in (0, {MAX_WAIT_S:g}] seconds, got {args.wait:g}")
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
     try:

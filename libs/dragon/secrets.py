@@ -184,8 +184,9 @@ def _remote_collector_lines(lei: str, host: str) -> list[str]:
     return [
         f"user {remote_collector_user(host)}",
         f"topic write dragon/{lei}/hosts/{host}/sample",
-        "topic readwrite dragon/collector/+/available",
-        "topic write dragon/collector/+/counters",
+        # Its own status only (it runs with DRAGON_INSTANCE=<host>), not the other collectors'.
+        f"topic readwrite dragon/collector/{host}/available",
+        f"topic write dragon/collector/{host}/counters",
         "",
     ]
 
@@ -213,10 +214,14 @@ def generate(
         raise ValueError(f"LEI {lei!r} cannot be its own peer")
     both = sorted(set(hosts) & set(remote_hosts))
     if both:
-        raise ValueError(f"hosts {both} are sampled by the broker's collector and by one of their own: choose one")
+        raise ValueError(
+            f"hosts {both} are sampled by the broker's collector (--hosts) and by one of their own "
+            "(--remote-hosts): choose one"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     passwords = {}
+    _forget_remote_collectors(directory, keep=set(remote_hosts))
     for user in (*MQTT_USERS, *map(remote_collector_user, remote_hosts)):
         passwords[user] = _keep_or_make(directory / f"{user}.password", force, written)
     redis_password = _keep_or_make(directory / "redis.password", force, written)
@@ -238,6 +243,13 @@ def _keep_or_make(path: Path, force: bool, written: list[str]) -> str:
     password = secrets.token_urlsafe(24)
     _write(path, password + "\n", written)
     return password
+
+
+def _forget_remote_collectors(directory: Path, keep: set[str]) -> None:
+    """Delete the passwords of hosts no longer listed: one listed again later gets a new one."""
+    for path in directory.glob(f"{remote_collector_user('*')}.password"):
+        if path.name.removesuffix(".password").removeprefix(remote_collector_user("")) not in keep:
+            path.unlink()
 
 
 def _users_of(passwd: Path) -> set[str]:

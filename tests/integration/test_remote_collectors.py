@@ -45,3 +45,9 @@ def test_a_remote_collector_publishes_its_own_host_and_no_other(brokers):
     # ... nor is the broker's own collector user the remote host's any more.
     reason = publish(brokers.mqtt_settings("collector"), topics.host_sample(lei, "pi"), sample_of(lei, "pi"))
     assert str(reason) == "Not authorized", reason
+
+
+def test_a_remote_collector_reports_its_own_status_and_no_other_collectors(brokers):
+    own = brokers.mqtt_settings("collector-pi")
+    assert not publish(own, "dragon/collector/pi/available", b"online").is_failure
+    assert str(publish(own, "dragon/collector/broker-node/available", b"offline")) == "Not authorized"

@@ -59,8 +59,8 @@ def test_a_host_with_a_collector_of_its_own_gets_a_user_for_its_samples_alone(tm
     assert "collector-pi.password" in written
     assert acl_block((tmp_path / "acl").read_text(), "collector-pi") == [
         "topic write dragon/lei1/hosts/pi/sample",
-        "topic readwrite dragon/collector/+/available",
-        "topic write dragon/collector/+/counters",
+        "topic readwrite dragon/collector/pi/available",
+        "topic write dragon/collector/pi/counters",
     ]
     users = [line.split(":")[0] for line in (tmp_path / "passwd").read_text().splitlines()]
     assert "collector-pi" in users and users.count("collector") == 1
@@ -70,6 +70,7 @@ def test_a_host_with_a_collector_of_its_own_gets_a_user_for_its_samples_alone(tm
     password = (tmp_path / "detector.password").read_text()
     secrets.generate(tmp_path, "lei1", ["h1"])
     assert "collector-pi" not in (tmp_path / "passwd").read_text()
+    assert not (tmp_path / "collector-pi.password").exists()  # listed again later, it gets a new one
     assert (tmp_path / "detector.password").read_text() == password
 
 
@@ -186,7 +187,14 @@ def test_dragon_bridge_writes_the_file_readable_by_the_broker_only(tmp_path, cap
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--hosts", "h1,+"), ("--hosts", "h/1"), ("--lei", "#"), ("--peers", "a+"), ("--remote-hosts", "p#")],
+    [
+        ("--hosts", "h1,+"),
+        ("--hosts", "h/1"),
+        ("--lei", "#"),
+        ("--peers", "a+"),
+        ("--remote-hosts", "p#"),
+        ("--remote-hosts", "h1"),  # also sampled by the broker's collector
+    ],
 )
 def test_dragon_secrets_refuses_ids_that_are_not_one_topic_level(tmp_path, capsys, flag, value):
     """Each id becomes a level of an ACL line: "+" would let the collector write every host's samples."""

@@ -142,7 +142,7 @@ class FaultInjector:
         """Refuse a command that waited too long: the broker keeps the collector's session, so one
         sent while it was away would otherwise start a fault whenever it comes back."""
         age = now - fault.ts
-        if fault.ts > 0 and age > self.max_age_s:  # ts 0: the sender did not stamp it
+        if fault.ts > 0 and abs(age) > self.max_age_s:  # ts 0: the sender did not stamp it
             raise _Rejected(
                 f"the command is {age:.0f} s old (at most {self.max_age_s:g} s): it waited while the collector "
                 "was away, or the sender's clock is off"

@@ -195,7 +195,8 @@ def _dspot(train_scores: np.ndarray, cfg: BenchConfig) -> StreamingPot:
     the service does: ``Checkpoint.usable_drift_depth``)."""
     depth = usable_drift_depth(len(train_scores), cfg.dspot_depth)
     if depth != cfg.dspot_depth:
-        log.warning("dspot_needs_calibration_scores_using_spot", scores=len(train_scores), depth=cfg.dspot_depth)
+        scores = len(train_scores)
+        log.warning("dspot_needs_calibration_scores_using_spot", calibration_scores=scores, depth=cfg.dspot_depth)
     return StreamingPot.calibrate(train_scores, cfg.pot_q, cfg.pot_level, depth, cfg.pot_lag)
 
 
