@@ -57,6 +57,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from dragon.logs import EveryInterval
 from dragon.messages import codec, topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schema import Message
@@ -74,6 +75,7 @@ COUNTERS_EXPIRY_REFRESHES = 3
 GONE_RETAINED_S = 86400
 MAX_EXPIRY_S = 2**32 - 1  # MQTT v5's Message Expiry Interval is a four-byte integer
 OFFLINE = b"offline"
+REFUSAL_LOG_INTERVAL_S = 60.0  # refused publishes are counted each, logged at most once a minute
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class MqttClient:
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
+        self._refusals = EveryInterval(REFUSAL_LOG_INTERVAL_S)
         self._client = self._make_client()
 
     # --- set-up -----------------------------------------------------------------
@@ -161,6 +164,7 @@ class MqttClient:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
+        client.on_publish = self._handle_publish
         return client
 
     def subscribe(self, filter_: str, handler: Handler, qos: int = 1) -> None:
@@ -255,6 +259,16 @@ class MqttClient:
             self.counters.add("publish_failed")
             log.warning("mqtt_publish_failed", topic=topic, rc=paho.error_string(info.rc))
         return info
+
+    def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        """The broker's acknowledgement of a QoS 1 message: a refusal (the ACL, say a collector
+        publishing for a host that is not its own) would otherwise leave the service silent."""
+        if reason_code.is_failure:
+            self.counters.add("publish_refused")
+            held_back = self._refusals.due()
+            if held_back is not None:
+                user, reason = self.settings.username, str(reason_code)
+                log.warning("mqtt_publish_refused", user=user, reason=reason, similar_held_back=held_back)
 
     def publish_counters(self, wait_s: float = 0.0, final: bool = False) -> None:
         """Publish the counters (retained) if they changed or are due for a refresh; ``wait_s``: wait for the broker.

@@ -9,6 +9,7 @@ import pytest
 
 from dragon.messages import codec, topics
 from dragon.messages.schemas import HostMetrics, HostSample
+from dragon.mqtt import MqttClient
 from dragon.testing.lei import LeiStack
 from dragon.testing.listener import Listener, publish
 
@@ -51,3 +52,19 @@ def test_a_remote_collector_reports_its_own_status_and_no_other_collectors(broke
     own = brokers.mqtt_settings("collector-pi")
     assert not publish(own, "dragon/collector/pi/available", b"online").is_failure
     assert str(publish(own, "dragon/collector/broker-node/available", b"offline")) == "Not authorized"
+
+
+def test_a_service_counts_and_logs_the_publishes_the_broker_refuses(brokers, capsys):
+    """A collector whose user may not publish a host's samples must not fall silent unseen."""
+    client = MqttClient(brokers.mqtt_settings("collector-pi"), "collector", "pi")
+    client.start()
+    try:
+        assert client.wait_connected(10)
+        for _ in range(3):
+            client.publish(topics.host_sample(brokers.lei, "h1"), b"x").wait_for_publish(5)
+        client.publish(topics.host_sample(brokers.lei, "pi"), b"x").wait_for_publish(5)
+        assert client.counters.snapshot().get("publish_refused") == 3
+    finally:
+        client.stop()
+    logged = capsys.readouterr()
+    assert (logged.out + logged.err).count("mqtt_publish_refused") == 1  # once a minute, not per message
