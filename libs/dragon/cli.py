@@ -20,7 +20,7 @@ from dragon.messages.schemas import (
     Schedule,
     ServiceCounters,
 )
-from dragon.mqtt import one_shot_client
+from dragon.mqtt import connect, one_shot_client
 from dragon.settings import MqttSettings, check_id
 
 
@@ -175,8 +175,12 @@ def schema_of(topic: str) -> type:
 
 
 def _watch(args) -> int:
-    settings = _mqtt_settings()
-    client = one_shot_client(settings, "dragon-watch")
+    try:
+        settings = _mqtt_settings()
+        client = one_shot_client(settings, "dragon-watch")
+    except (ConfigError, ValueError) as exc:
+        print(f"dragon watch: {exc}", file=sys.stderr)
+        return 2
     seen = 0
     done = threading.Event()
     repeated = RepeatedCounters()
@@ -206,7 +210,11 @@ def _watch(args) -> int:
 
     client.on_connect = on_connect
     client.on_message = on_message
-    client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+    try:
+        connect(client, settings)
+    except ConnectionError as exc:
+        print(f"dragon watch: {exc}", file=sys.stderr)
+        return 1
     client.loop_start()
     try:
         finished = done.wait(args.timeout or None)

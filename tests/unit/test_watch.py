@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dragon.cli import RepeatedCounters, schema_of, watched_topics
+from dragon.cli import RepeatedCounters, main, schema_of, watched_topics
 from dragon.messages.schemas import (
     FaultEvent,
     InjectionEvent,
@@ -52,3 +52,16 @@ def test_counters_republished_unchanged_are_shown_once():
     assert repeated(topic, ServiceCounters("detector", "d1", 120.0, 1.0, {"windows_scored": 4})) is False
     assert repeated(topic, ServiceCounters("detector", "d1", 130.0, 125.0, {"windows_scored": 4})) is False  # restarted
     assert repeated("dragon/faults/lei1/h1", object()) is False  # anything else is always shown
+
+
+def test_watch_and_inject_say_why_they_cannot_reach_the_broker(monkeypatch, capsys):
+    monkeypatch.setenv("DRAGON_MQTT_HOST", "127.0.0.1")
+    monkeypatch.setenv("DRAGON_MQTT_PORT", "1")  # nothing listens on port 1
+    assert main(["watch", "--timeout", "1"]) == 1
+    assert main(["inject", "h1", "cpu", "--wait", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("cannot reach the broker at 127.0.0.1:1") == 2, err
+    monkeypatch.setenv("DRAGON_MQTT_TLS", "true")
+    monkeypatch.setenv("DRAGON_MQTT_CA_FILE", "/no/such/ca.pem")
+    assert main(["watch", "--timeout", "1"]) == 2 and main(["inject", "h1", "cpu"]) == 2
+    assert capsys.readouterr().err.count("DRAGON_MQTT_CA_FILE") == 2
