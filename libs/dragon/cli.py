@@ -21,6 +21,7 @@ from dragon.messages.schemas import (
     ServiceCounters,
 )
 from dragon.mqtt import connect, one_shot_client
+from dragon.service.known import load_from_env
 from dragon.settings import MqttSettings, check_id
 
 
@@ -120,18 +121,6 @@ def _bridge(args) -> int:
     return 0
 
 
-def _mqtt_settings() -> MqttSettings:
-    from dragon import config
-
-    return config.load(MqttSettings, known=_all_known())
-
-
-def _all_known() -> set[str]:
-    from dragon.service.known import known_env_names
-
-    return known_env_names()
-
-
 # Topic endings of what ``dragon watch`` follows, and their schemas (anything else: a fault event).
 WATCHED = (
     ("/injections", InjectionEvent),
@@ -176,7 +165,7 @@ def schema_of(topic: str) -> type:
 
 def _watch(args) -> int:
     try:
-        settings = _mqtt_settings()
+        settings = load_from_env(MqttSettings)
         client = one_shot_client(settings, "dragon-watch")
     except (ConfigError, ValueError) as exc:
         print(f"dragon watch: {exc}", file=sys.stderr)

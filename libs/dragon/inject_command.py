@@ -16,11 +16,11 @@ import time
 import uuid
 from typing import Any
 
-from dragon.config import ConfigError, load
+from dragon.config import ConfigError
 from dragon.messages import codec, topics
 from dragon.messages.schemas import FaultInjection, InjectionEvent
 from dragon.mqtt import NO_MATCHING_SUBSCRIBERS, connect, one_shot_client, publish_once
-from dragon.service.known import known_env_names
+from dragon.service.known import load_from_env
 from dragon.settings import MqttSettings, ServiceSettings, check_id
 
 DEFAULT_WAIT_S = 15.0
@@ -35,9 +35,9 @@ def run(args: Any) -> int:
     )
     try:
         command.check()
-        settings = load(MqttSettings, known=known_env_names())
+        settings = load_from_env(MqttSettings)
         # The LEI as the services read it (DRAGON_LEI), so one environment serves them and this command.
-        lei = args.lei or load(ServiceSettings, known=known_env_names()).lei
+        lei = args.lei or load_from_env(ServiceSettings).lei
         for name, value in (("--lei", lei), ("host", args.host)):
             check_id(name, value)
         if not 0 < args.wait <= MAX_WAIT_S:  # also refuses nan; inf would overflow Event.wait

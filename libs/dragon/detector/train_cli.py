@@ -124,13 +124,12 @@ def run_train(args) -> int:
 
 def _from_redis(args):
     """A checkpoint of what the LEI recorded in Redis (DRAGON_REDIS_*, DRAGON_LEI), of ``args.scope``."""
-    from dragon import config
     from dragon.detector.config import DetectorConfig
     from dragon.detector.learning import gon_config, train_recorded
-    from dragon.service.known import known_env_names
+    from dragon.service.known import load_from_env
     from dragon.store import WindowStore, connect
 
-    settings = config.load(DetectorConfig, known=known_env_names())
+    settings = load_from_env(DetectorConfig)
     settings = replace(
         settings, scope=args.scope, window=args.window, train_epochs=args.epochs, fault_score=args.fault_score
     )
