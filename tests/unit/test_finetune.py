@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,7 +15,14 @@ import torch
 from dragon.detector import learning
 from dragon.detector.checkpoint import DEFAULT_HOST, Checkpoint
 from dragon.detector.config import DetectorConfig
-from dragon.detector.finetune import CleanStreaks, ConfidenceGate, confidence, enough_to_recalibrate, fine_tune
+from dragon.detector.finetune import (
+    CleanStreaks,
+    ConfidenceGate,
+    confidence,
+    enough_to_recalibrate,
+    fine_tune,
+    model_age_s,
+)
 from dragon.detector.gon import GonConfig, evaluate_gon, fault_scores, make_windows
 from dragon.detector.health import Transition
 from dragon.detector.learning import FineTuner, min_span
@@ -119,6 +127,33 @@ def test_gate_respects_the_minimum_interval():
     assert gate.check() == []  # still low, but too soon after the last firing
     clock.now = 200.0
     assert gate.check() == ["h1"]
+
+
+def test_gate_counts_the_interval_from_when_the_model_was_made():
+    clock = Clock()
+    gate = fed_gate(stable(60), clock=clock, min_interval_s=100.0)
+    gate.reset(model_age_s=40.0)  # a restarted replica, serving a model made 40 s ago
+    for value in stable(60):
+        gate.observe("h1", value, normal=True)
+    for value in stable(20, seed=1) - 0.1:
+        gate.observe("h1", value, normal=True)
+    clock.now = 59.0
+    assert gate.check() == []
+    clock.now = 60.0
+    assert gate.check() == ["h1"]
+
+
+def test_model_age_is_read_from_when_it_was_made_and_never_negative(checkpoint):
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+
+    def made(created_at) -> Checkpoint:
+        return dataclasses.replace(checkpoint, meta={**checkpoint.meta, "created_at": created_at})
+
+    assert model_age_s(made("2026-12-06T11:00:00+00:00"), now) == 3600.0
+    assert model_age_s(made("2026-12-06T12:05:00+00:00"), now) == 0.0  # its maker's clock runs ahead
+    for unknown in ("yesterday", "2026-12-06T11:00:00", None):  # unreadable, or no time zone
+        assert model_age_s(made(unknown), now) == 0.0
+    assert model_age_s(dataclasses.replace(checkpoint, meta={}), now) == 0.0
 
 
 def test_gate_ignores_windows_judged_faulty():
@@ -305,6 +340,25 @@ def test_fine_tuner_publishes_a_model_tuned_on_normal_windows_only(checkpoint, d
     assert models.unlocked == 1
     assert tuner.counters.snapshot() == {"fine_tunes_served": 1}  # for the service's counters topic
     assert scorer.model_id == checkpoint.model_id  # the served model is replaced by the service, not here
+
+
+@pytest.mark.parametrize(("made_ago_s", "fires"), [(3600.0, True), (0.0, False)])
+def test_a_replica_that_restarts_counts_the_interval_from_the_models_making(
+    checkpoint, drifted, two_windows_suffice, made_ago_s, fires
+):
+    """Restarts must not put fine-tuning off again and again: a model made an hour ago may be
+    tuned at once by a replica that just started, one made just now not for 600 s."""
+    made = (datetime.now(UTC) - timedelta(seconds=made_ago_s)).isoformat(timespec="seconds")
+    served = dataclasses.replace(checkpoint, meta={**checkpoint.meta, "created_at": made})
+    scorer = Scorer(served)
+    prev, nxt = by_confidence(scorer, *drifted)
+    tuner = tuner_with(FakeModels(served.model_id))
+    tuner.gate = ConfidenceGate(600.0, 1.0, reference=1, recent=1)
+    tuner.observe(scorer, ["h1"] * WINDOW, prev[:WINDOW], nxt[:WINDOW], [True] * WINDOW)
+    tuner.observe(scorer, ["h1"], prev[-1:], nxt[-1:], [True])  # less confident than the reference
+    assert (tuner._thread is not None) == fires
+    if fires:
+        tuner._thread.join(timeout=60)
 
 
 def test_a_fine_tune_waits_for_windows_enough_to_give_pot_its_peaks(checkpoint):

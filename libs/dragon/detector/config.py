@@ -124,7 +124,7 @@ class DetectorConfig:
     finetune_min_interval_s: float = setting(
         "DRAGON_FINETUNE_MIN_INTERVAL",
         600.0,
-        "at least this long after a model starts serving (a fine-tuned one too) before the next fine-tune",
+        "at least this long after a model is made (trained or fine-tuned) before the next fine-tune",
         "s",
     )
     finetune_quantile: float = setting(

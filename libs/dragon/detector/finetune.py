@@ -112,11 +112,16 @@ class ConfidenceGate:
         self._clock = clock
         self.reset()
 
-    def reset(self) -> None:
-        """Forget every host and start the interval again: call it when a new model is served."""
+    def reset(self, model_age_s: float = 0.0) -> None:
+        """Forget every host and start the interval again: call it when a new model is served.
+
+        ``model_age_s`` is how long ago that model was made (:func:`model_age_s`): a replica
+        that restarts, or joins, while the LEI serves a model made earlier counts the interval
+        from the model's making, so restarts do not put fine-tuning off again and again.
+        """
         self._hosts: dict[str, _HostConfidence] = {}
         self._new_floors: dict[str, float] = {}
-        self._since = self._clock()
+        self._since = self._clock() - max(0.0, model_age_s)
 
     def observe(self, host: str, value: float, normal: bool) -> None:
         """D(W) of one true window of ``host``; windows not judged ``normal`` are ignored."""
@@ -175,6 +180,21 @@ class ConfidenceGate:
         if drifted:
             self._since = now
         return drifted
+
+
+def model_age_s(checkpoint: Checkpoint, now: datetime | None = None) -> float:
+    """Seconds since ``checkpoint`` was trained or fine-tuned (its ``created_at``); 0 when unknown.
+
+    ``created_at`` is the wall clock of the replica that made the model: a clock ahead of ours
+    gives a negative age, which counts as 0 (a new model).
+    """
+    try:
+        created = datetime.fromisoformat(str(checkpoint.meta["created_at"]))
+    except (KeyError, ValueError):
+        return 0.0
+    if created.tzinfo is None:
+        return 0.0
+    return max(0.0, ((now or datetime.now(UTC)) - created).total_seconds())
 
 
 class CleanStreaks:

@@ -34,6 +34,7 @@ from dragon.detector.finetune import (
     host_groups,
     lei_confidence,
     lei_groups,
+    model_age_s,
     stacked,
 )
 from dragon.detector.gon import GonConfig
@@ -385,10 +386,11 @@ class FineTuner:
     def _follow(self, scorer: Scorer) -> None:
         if scorer.model_id != self._model_id:
             self._model_id = scorer.model_id
-            # A new model: a new reference, and the interval starts again. The kept windows
-            # stay: they are the LEI's normal operation, whichever model judged them. Floors
-            # measured under this model by a gate like ours (before a restart) count again.
-            self.gate.reset()
+            # A new model: a new reference, and the interval starts again, from when the model
+            # was made. The kept windows stay: they are the LEI's normal operation, whichever
+            # model judged them. Floors measured under this model by a gate like ours (before a
+            # restart) count again.
+            self.gate.reset(model_age_s(scorer.checkpoint))
             self._drop_other_shapes(scorer)
             floors = self._stored_floors(scorer.model_id)
             for host, floor in floors.items():
