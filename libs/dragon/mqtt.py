@@ -156,7 +156,7 @@ class MqttClient:
         if self.settings.username:
             client.username_pw_set(self.settings.username, self.settings.password)
         if self.settings.tls:
-            client.tls_set(ca_certs=self.settings.ca_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            client.tls_set_context(tls_context(self.settings))
         will = Properties(PacketTypes.WILLMESSAGE)
         will.MessageExpiryInterval = GONE_RETAINED_S
         client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True, properties=will)
@@ -479,11 +479,35 @@ def one_shot_client(settings: MqttSettings, name: str) -> paho.Client:
     if settings.username:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls:
-        try:
-            client.tls_set(ca_certs=settings.ca_file or None)
-        except OSError as exc:  # a CA file missing or unreadable: the settings, not the network
-            raise ValueError(f"DRAGON_MQTT_CA_FILE={settings.ca_file!r}: {exc}") from exc
+        client.tls_set_context(tls_context(settings))
     return client
+
+
+class _ClosedOnFailedHandshake(ssl.SSLSocket):
+    """An SSL socket that closes itself when its handshake fails.
+
+    paho wraps the TCP socket, then shakes hands; when the broker's certificate is refused it
+    raises without closing the socket, which a client retrying every few seconds would leave to
+    the garbage collector each time.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """Python's default client context: the broker's certificate must chain to ``ca_file`` (the
+    system's CAs when empty) and name the host we connect to. ValueError for an unreadable CA file."""
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file or None)
+    except (OSError, ssl.SSLError) as exc:  # the settings, not the network
+        raise ValueError(f"DRAGON_MQTT_CA_FILE={settings.ca_file!r}: {exc}") from exc
+    context.sslsocket_class = _ClosedOnFailedHandshake
+    return context
 
 
 def connect(client: paho.Client, settings: MqttSettings) -> None:

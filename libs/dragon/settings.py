@@ -40,6 +40,16 @@ class MqttSettings:
         "s",
     )
 
+    def validate(self) -> None:
+        if self.tls and self.ca_file:
+            try:
+                with open(self.ca_file, "rb") as ca:
+                    pem = ca.read()
+            except OSError as exc:
+                raise ConfigError(f"DRAGON_MQTT_CA_FILE={self.ca_file!r}: {exc.strerror or exc}") from None
+            if b"BEGIN CERTIFICATE" not in pem:
+                raise ConfigError(f"DRAGON_MQTT_CA_FILE={self.ca_file!r} holds no PEM certificate")
+
 
 @dataclass(frozen=True)
 class RedisSettings:

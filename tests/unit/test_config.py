@@ -86,6 +86,16 @@ def test_missing_secret_file_is_an_error(tmp_path):
         config.load(Outer, {"DRAGON_T_SECRET_FILE": str(tmp_path / "nope")})
 
 
+def test_a_tls_ca_file_that_is_missing_or_no_certificate_is_a_configuration_error(tmp_path):
+    not_pem = tmp_path / "ca.crt"
+    not_pem.write_text("not a certificate\n")
+    for ca_file, fragment in ((tmp_path / "nope.crt", "No such file"), (not_pem, "no PEM certificate")):
+        with pytest.raises(ConfigError, match=f"DRAGON_MQTT_CA_FILE=.*{fragment}"):
+            config.load(CollectorConfig, {"DRAGON_MQTT_TLS": "true", "DRAGON_MQTT_CA_FILE": str(ca_file)})
+    # Without TLS the file is not read: a stale setting must not stop a plain deployment.
+    config.load(CollectorConfig, {"DRAGON_MQTT_CA_FILE": str(tmp_path / "nope.crt")})
+
+
 def test_service_configs_validate_their_ranges():
     with pytest.raises(ConfigError, match="DRAGON_COLLECTOR_INTERVAL"):
         config.load(CollectorConfig, {"DRAGON_COLLECTOR_INTERVAL": "0.1"}, known=known_env_names())
