@@ -20,22 +20,24 @@ compose() {  # compose LEI ARGS...
     docker compose --env-file "$FED/$lei.env" -f "$ROOT/compose/broker.yml" "$@"
 }
 
-port_of() { grep -E '^MQTT_PORT=' "$FED/$1.env" | cut -d= -f2; }
+port_of() { grep -E "^$2=" "$FED/$1.env" | cut -d= -f2; }  # port_of LEI MQTT_PORT|MQTT_TLS_PORT
 
 up() {
-    mkdir -p "$FED"/lei{1,2}/{secrets,bridges}
-    # Credentials first: lei1's bridge logs in to lei2's broker with lei2's bridge password.
+    mkdir -p "$FED"/lei{1,2}/{secrets,secrets-ca,bridges}
+    # Credentials first: lei1's bridge logs in to lei2's broker with lei2's bridge password, over
+    # TLS to lei2's published TLS port, trusting lei2's CA.
     compose lei1 run --rm secrets >/dev/null
     compose lei2 run --rm secrets >/dev/null
     docker run --rm --network none -v "$FED:/fed" dragon-collector:local \
-        dragon bridge --lei lei1 --peer lei2 --address "host.docker.internal:$(port_of lei2)" \
-        --peer-password-file /fed/lei2/secrets/bridge.password --out /fed/lei1/bridges/lei2.conf >/dev/null
+        dragon bridge --lei lei1 --peer lei2 --address "host.docker.internal:$(port_of lei2 MQTT_TLS_PORT)" \
+        --peer-password-file /fed/lei2/secrets/bridge.password --peer-ca-file /fed/lei2/secrets/mqtt-ca.crt \
+        --out /fed/lei1/bridges/lei2.conf >/dev/null
     compose lei2 up -d
     compose lei1 up -d
     cat <<MSG
 
 Two LEIs are starting. Decisions of both planners, as lei1's broker carries them (msgpack):
-  mosquitto_sub -h 127.0.0.1 -p $(port_of lei1) -u viewer -P "\$(cat $FED/lei1/secrets/viewer.password)" \\
+  mosquitto_sub -h 127.0.0.1 -p $(port_of lei1 MQTT_PORT) -u viewer -P "\$(cat $FED/lei1/secrets/viewer.password)" \\
       -t 'dragon/fed/+/decision' -v
 Fault events as JSON: -t 'dragon/faults-json/#'. Stop with: $0 down
 MSG

@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from dragon import inject_command, secrets
+from dragon import certificates, inject_command, secrets
 from dragon.config import ConfigError, settings_table
 from dragon.messages import codec, topics
 from dragon.messages.schemas import (
@@ -38,16 +38,40 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated ids of hosts with a collector of their own: each gets a user collector-<host>",
     )
-    p.add_argument("--force", action="store_true", help="replace existing passwords")
+    p.add_argument("--force", action="store_true", help="replace existing passwords and the broker's TLS key")
     p.add_argument("--peers", default="", help="comma-separated ids of the other LEIs whose brokers bridge to this one")
+    p.add_argument(
+        "--broker-names",
+        default="",
+        help="comma-separated DNS names or IP addresses other machines reach the broker by, for its TLS "
+        "certificate (besides " + ", ".join(certificates.DEFAULT_BROKER_NAMES) + ")",
+    )
+    p.add_argument(
+        "--ca-dir",
+        type=Path,
+        help="where the key of the LEI's CA is kept, out of what services mount (default: <dir>-ca beside --dir)",
+    )
     p.set_defaults(handler=_secrets)
 
     p = commands.add_parser("bridge", help="write the Mosquitto bridge from this LEI's broker to a peer's")
     p.add_argument("--lei", required=True, help="id of this LEI")
     p.add_argument("--peer", required=True, help="id of the peer LEI")
-    p.add_argument("--address", required=True, help="the peer broker's host:port, as this broker reaches it")
+    p.add_argument(
+        "--address",
+        required=True,
+        help="the peer broker's host:port as this broker reaches it (its TLS port, 8883, with --peer-ca-file)",
+    )
     p.add_argument("--peer-password-file", type=Path, required=True, help="the peer's secrets/bridge.password")
     p.add_argument("--out", type=Path, required=True, help="file to write (e.g. compose/bridges/<peer>.conf)")
+    over = p.add_mutually_exclusive_group(required=True)
+    over.add_argument(
+        "--peer-ca-file",
+        type=Path,
+        help="the peer's secrets/mqtt-ca.crt: bridge over TLS to the peer's TLS port (copied beside --out)",
+    )
+    over.add_argument(
+        "--plain", action="store_true", help="bridge over plain TCP: the bridge password crosses the network in clear"
+    )
     p.set_defaults(handler=_bridge)
 
     mqtt_help = (
@@ -94,10 +118,22 @@ def _secrets(args) -> int:
         for name, values in (("--hosts", hosts), ("--remote-hosts", remote), ("--peers", peers)):
             for value in values:
                 check_id(name, value)
-        written = secrets.generate(args.dir, args.lei, hosts, force=args.force, peers=peers, remote_hosts=remote)
+        written = secrets.generate(
+            args.dir,
+            args.lei,
+            hosts,
+            force=args.force,
+            peers=peers,
+            remote_hosts=remote,
+            broker_names=_ids(args.broker_names),
+            ca_dir=args.ca_dir,
+        )
     except (ConfigError, ValueError) as exc:
         print(f"dragon secrets: {exc}", file=sys.stderr)
         return 2
+    except certificates.CertificateError as exc:
+        print(f"dragon secrets: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps({"dir": str(args.dir), "written": written}))
     return 0
 
@@ -114,10 +150,28 @@ def _bridge(args) -> int:
     except ConfigError as exc:
         print(f"dragon bridge: {exc}", file=sys.stderr)
         return 2
-    conf = secrets.bridge_conf(args.lei, args.peer, args.address, args.peer_password_file.read_text().strip())
+    try:
+        password = args.peer_password_file.read_text().strip()
+        peer_ca = args.peer_ca_file.read_bytes() if args.peer_ca_file is not None else None
+    except OSError as exc:
+        print(f"dragon bridge: {exc}", file=sys.stderr)
+        return 2
+    written = []
+    ca_file = None
+    if peer_ca is not None:
+        if b"BEGIN CERTIFICATE" not in peer_ca:
+            print(f"dragon bridge: --peer-ca-file {args.peer_ca_file} is not a PEM certificate", file=sys.stderr)
+            return 2
+        copy = args.out.with_name(f"{args.out.stem}.ca.crt")  # not *.conf: Mosquitto's include_dir skips it
+        copy.write_bytes(peer_ca)
+        copy.chmod(0o644)  # a certificate: nothing secret
+        written.append(str(copy))
+        ca_file = f"{secrets.BRIDGES_MOUNT}/{copy.name}"
+    conf = secrets.bridge_conf(args.lei, args.peer, args.address, password, ca_file)
     args.out.write_text(conf)
     secrets.share_with_services(args.out)  # it holds the peer's bridge password
-    print(json.dumps({"written": str(args.out)}))
+    written.append(str(args.out))
+    print(json.dumps({"written": written}))
     return 0
 
 

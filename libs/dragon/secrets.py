@@ -15,9 +15,11 @@ Writes into one directory:
 * ``migration.key`` — the key with which the planner signs migration commands and the
   migrator checks them (a second gate behind the ACL: only the planner may publish commands);
   readable by its own group (``MIGRATION_GID``), which only the planner and migrator join.
+* ``mqtt-ca.crt``, ``mqtt-broker.crt`` and ``mqtt-broker.key`` — the broker's TLS listener, signed
+  by the LEI's own CA, whose key lies in a directory of its own (:mod:`dragon.certificates`).
 
 Existing files are kept, so running it again never changes a password that
-services already use; ``--force`` makes new ones.
+services already use; ``--force`` makes new ones (and a new broker key, under the same CA).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import os
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
+
+from dragon import certificates
 
 MQTT_USERS = (
     "collector",
@@ -46,6 +50,8 @@ SECRETS_GID = 10001
 # ... and the planner and migrator with this one too: only they may read the migration key.
 MIGRATION_GID = 10002
 MIGRATION_KEY = "migration.key"
+# Where Mosquitto finds the bridges' files (compose/broker.yml and the tests mount them there).
+BRIDGES_MOUNT = "/mosquitto/bridges"
 
 
 def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
@@ -146,13 +152,16 @@ def acl(lei: str, hosts: Sequence[str], peers: Sequence[str] = (), remote_hosts:
     return "\n".join(lines)
 
 
-def bridge_conf(lei: str, peer: str, address: str, remote_password: str) -> str:
+def bridge_conf(lei: str, peer: str, address: str, remote_password: str, ca_file: str | None) -> str:
     """Mosquitto config that bridges this LEI's broker to ``peer``'s at ``address`` (host:port).
 
     One side of each pair of brokers holds the bridge; it carries both directions: this LEI's
     samples, verdicts and decisions out, the peer's in. ``remote_password`` is the peer's
     ``bridge.password``. A bridge that drops retries with backoff; the persistent session
     (``cleansession false``) keeps what was queued while the link was down.
+    With ``ca_file`` (the peer's ``mqtt-ca.crt`` as Mosquitto sees it, e.g. under
+    :data:`BRIDGES_MOUNT`) the bridge speaks TLS to the peer's TLS listener and checks that
+    its certificate names ``address``'s host; with None it is plain TCP.
     """
     if lei == peer:
         raise ValueError(f"LEI {lei!r} cannot bridge to itself")
@@ -173,6 +182,7 @@ def bridge_conf(lei: str, peer: str, address: str, remote_password: str) -> str:
         "try_private true",
         "restart_timeout 1 30",
         "notifications false",
+        *([f"bridge_cafile {ca_file}", "bridge_insecure false"] if ca_file is not None else []),
         *[f"topic {pattern.format(lei)} out {qos}" for pattern, qos in shared],
         *[f"topic {pattern.format(peer)} in {qos}" for pattern, qos in shared],
         "",
@@ -208,8 +218,16 @@ def generate(
     force: bool = False,
     peers: Sequence[str] = (),
     remote_hosts: Sequence[str] = (),
+    broker_names: Sequence[str] = (),
+    ca_dir: Path | None = None,
 ) -> list[str]:
-    """Create what is missing in ``directory``; return the names of the files written."""
+    """Create what is missing in ``directory``; return the names of the files written.
+
+    ``broker_names`` are the addresses other machines reach the broker by, besides
+    :data:`certificates.DEFAULT_BROKER_NAMES`; ``ca_dir`` keeps the CA's key, out of what the
+    services mount (default: ``<directory>-ca`` beside it).
+    """
+    names = certificates.broker_names(broker_names)  # a bad name fails before anything is written
     if lei in peers:
         raise ValueError(f"LEI {lei!r} cannot be its own peer")
     both = sorted(set(hosts) & set(remote_hosts))
@@ -233,8 +251,15 @@ def generate(
         _write(passwd, "".join(f"{u}:{mosquitto_hash(p)}\n" for u, p in passwords.items()), written)
     _write(directory / "acl", acl(lei, hosts, peers, remote_hosts), written)
     _write(directory / "redis.conf", f"requirepass {redis_password}\n", written)
+    ca_dir = ca_dir if ca_dir is not None else default_ca_dir(directory)
+    written += certificates.ensure_broker_tls(directory, ca_dir, lei, names, renew=force)
     _share_with_services(directory)
     return written
+
+
+def default_ca_dir(directory: Path) -> Path:
+    """Where the CA's key of the secrets in ``directory`` lives unless told otherwise: beside it."""
+    return directory.parent / f"{directory.name}-ca"
 
 
 def _keep_or_make(path: Path, force: bool, written: list[str]) -> str:

@@ -11,7 +11,7 @@ import time
 import docker
 import pytest
 
-from dragon import config
+from dragon import certificates, config
 from dragon.collector.config import CollectorConfig
 from dragon.detector.config import DetectorConfig
 from dragon.messages import codec
@@ -42,6 +42,8 @@ def deployment(repo, tmp_path):
     settings = {
         "DRAGON_LEI": lei,
         "MQTT_PORT": free_port(),
+        "MQTT_TLS_PORT": free_port(),
+        "BROKER_NAMES": "broker.e2e.test",
         "SECRETS_DIR": tmp_path / "secrets",
         "DRAGON_COLLECTOR_HOSTS": "h1,h2",
         "DRAGON_COLLECTOR_INTERVAL": "0.5",
@@ -92,7 +94,9 @@ def test_compose_up_protects_emulated_hosts(deployment):
     wait_healthy(compose, services)
     assert container_states(compose)["secrets"]["ExitCode"] == 0
 
-    with Listener(mqtt_as("viewer", settings), [f"dragon/faults/{lei}/+"]) as listener:
+    assert_mqtt_is_plain_on_loopback_only_and_tls_for_the_network(compose, settings)
+    # Fault events as a tool on another machine gets them: over TLS, trusting the LEI's CA.
+    with Listener(mqtt_as("viewer", settings, tls=True), [f"dragon/faults/{lei}/+"]) as listener:
         (message,) = listener.wait_for(lambda m: True, EVENT_TIMEOUT_S)[:1]
     event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
     assert event.lei == lei and event.host in {"h1", "h2"} and event.type == "start"
@@ -104,13 +108,29 @@ def test_compose_up_protects_emulated_hosts(deployment):
     assert_every_service_reports_its_counters(settings, services - {"mosquitto", "redis"})
 
 
-def mqtt_as(user: str, settings: dict) -> MqttSettings:
+def mqtt_as(user: str, settings: dict, tls: bool = False) -> MqttSettings:
+    secrets_dir = settings["SECRETS_DIR"]
     return MqttSettings(
-        host="127.0.0.1",
-        port=int(settings["MQTT_PORT"]),
+        host="localhost" if tls else "127.0.0.1",  # a name the broker's certificate holds
+        port=int(settings["MQTT_TLS_PORT" if tls else "MQTT_PORT"]),
         username=user,
-        password=(settings["SECRETS_DIR"] / f"{user}.password").read_text().strip(),
+        password=(secrets_dir / f"{user}.password").read_text().strip(),
+        tls=tls,
+        ca_file=str(secrets_dir / certificates.CA_CERT) if tls else "",
     )
+
+
+def assert_mqtt_is_plain_on_loopback_only_and_tls_for_the_network(compose, settings: dict) -> None:
+    def published(port: int) -> str:
+        return subprocess.run([*compose, "port", "mosquitto", str(port)], check=True, capture_output=True, text=True)
+
+    assert published(1883).stdout.strip() == f"127.0.0.1:{settings['MQTT_PORT']}"
+    tls = published(8883).stdout.strip()
+    assert tls.endswith(f":{settings['MQTT_TLS_PORT']}") and not tls.startswith("127."), tls
+    secrets_dir = settings["SECRETS_DIR"]
+    assert "broker.e2e.test" in certificates.certificate_names(secrets_dir / certificates.BROKER_CERT)
+    # The CA's key is beside the secrets, not in what the services mount.
+    assert (secrets_dir.parent / "secrets-ca" / "ca.key").is_file() and not list(secrets_dir.glob("*ca.key"))
 
 
 def assert_the_migrator_keeps_the_schedule(lei: str, settings: dict) -> None:

@@ -1,7 +1,9 @@
-"""A host with a collector of its own logs in as its own user, which speaks for that host alone."""
+"""A host with a collector of its own logs in as its own user, which speaks for that host alone,
+over the broker's TLS listener, trusting the LEI's CA (compose/mosquitto/broker.conf)."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets as tokens
 import time
 
@@ -26,6 +28,7 @@ def brokers(tmp_path_factory, repo):
     )
     try:
         stack.start_brokers(remote_hosts=("pi",))
+        stack.certify_test_address()
         yield stack
     finally:
         stack.stop()
@@ -48,6 +51,21 @@ def test_a_remote_collector_publishes_its_own_host_and_no_other(brokers):
     assert str(reason) == "Not authorized", reason
 
 
+def test_a_remote_collector_reaches_the_broker_over_tls_trusting_the_lei_ca_only(brokers):
+    lei, over_tls = brokers.lei, brokers.mqtt_settings("collector-pi", tls=True)
+    with Listener(brokers.mqtt_settings("viewer"), [f"dragon/{lei}/hosts/+/sample"]) as listener:
+        assert not publish(over_tls, topics.host_sample(lei, "pi"), sample_of(lei, "pi"), codec.MSGPACK).is_failure
+        listener.wait_for(lambda m: m.topic == topics.host_sample(lei, "pi"), 10)
+    # The same ACL on the TLS listener as on the plain one.
+    assert str(publish(over_tls, topics.host_sample(lei, "h1"), sample_of(lei, "h1"))) == "Not authorized"
+    # A client that trusts only the system's CAs stops before it sends its password.
+    with pytest.raises(ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        publish(dataclasses.replace(over_tls, ca_file=""), topics.host_sample(lei, "pi"), b"x")
+    # Plain MQTT on the TLS port gets nowhere.
+    with pytest.raises((ConnectionError, TimeoutError)):
+        publish(dataclasses.replace(over_tls, tls=False), topics.host_sample(lei, "pi"), b"x")
+
+
 def test_a_remote_collector_reports_its_own_status_and_no_other_collectors(brokers):
     own = brokers.mqtt_settings("collector-pi")
     assert not publish(own, "dragon/collector/pi/available", b"online").is_failure
@@ -55,8 +73,9 @@ def test_a_remote_collector_reports_its_own_status_and_no_other_collectors(broke
 
 
 def test_a_service_counts_and_logs_the_publishes_the_broker_refuses(brokers, capsys):
-    """A collector whose user may not publish a host's samples must not fall silent unseen."""
-    client = MqttClient(brokers.mqtt_settings("collector-pi"), "collector", "pi")
+    """A collector whose user may not publish a host's samples must not fall silent unseen (the
+    service's own client, over TLS as a remote collector connects)."""
+    client = MqttClient(brokers.mqtt_settings("collector-pi", tls=True), "collector", "pi")
     client.start()
     try:
         assert client.wait_connected(10)

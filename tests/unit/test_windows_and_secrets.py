@@ -144,9 +144,11 @@ def test_the_migration_key_is_generated_with_the_passwords_for_its_own_group(tmp
 
 
 def test_a_bridge_file_carries_each_lei_its_own_direction():
-    conf = secrets.bridge_conf("lei1", "lei2", "broker2.example:1883", "s3cret")
+    conf = secrets.bridge_conf("lei1", "lei2", "broker2.example:8883", "s3cret", "/mosquitto/bridges/lei2.ca.crt")
     lines = conf.splitlines()
-    assert "address broker2.example:1883" in lines and "remote_password s3cret" in lines
+    assert "address broker2.example:8883" in lines and "bridge_cafile /mosquitto/bridges/lei2.ca.crt" in lines
+    assert "bridge_insecure false" in lines  # the peer's certificate must name the address's host
+    assert "remote_password s3cret" in lines
     assert "topic dragon/lei1/hosts/+/sample out 1" in lines
     assert "topic dragon/lei2/hosts/+/sample in 1" in lines
     assert "topic dragon/fed/lei2/decision in 1" in lines
@@ -156,7 +158,9 @@ def test_a_bridge_file_carries_each_lei_its_own_direction():
     assert not any("migrations" in line for line in lines)  # commands never cross brokers
     assert not any(" both " in line for line in lines)  # no loops between brokers
     with pytest.raises(ValueError, match="itself"):
-        secrets.bridge_conf("lei1", "lei1", "x:1", "p")
+        secrets.bridge_conf("lei1", "lei1", "x:1", "p", None)
+    plain = secrets.bridge_conf("lei1", "lei2", "broker2.example:1883", "s3cret", None).splitlines()
+    assert not any(line.startswith("bridge_") for line in plain)
 
 
 def test_only_the_simulator_forecasts_and_only_the_detector_judges_forecasts():
@@ -177,12 +181,32 @@ def test_dragon_bridge_writes_the_file_readable_by_the_broker_only(tmp_path, cap
     (tmp_path / "bridge.password").write_text("peerpass\n")
     out = tmp_path / "lei2.conf"
     args = ["bridge", "--lei", "lei1", "--peer", "lei2", "--address", "b2:1883"]
-    assert main([*args, "--peer-password-file", str(tmp_path / "bridge.password"), "--out", str(out)]) == 0
+    assert main([*args, "--peer-password-file", str(tmp_path / "bridge.password"), "--out", str(out), "--plain"]) == 0
     assert "remote_password peerpass" in out.read_text()
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
     bad = ["bridge", "--lei", "lei1", "--peer", "le/i2", "--address", "b2:1883"]
-    assert main([*bad, "--peer-password-file", str(tmp_path / "bridge.password"), "--out", str(out)]) == 2
+    assert main([*bad, "--peer-password-file", str(tmp_path / "bridge.password"), "--out", str(out), "--plain"]) == 2
     assert "--peer" in capsys.readouterr().err
+
+
+def test_dragon_bridge_speaks_tls_to_the_peer_it_trusts_unless_told_plain(tmp_path, capsys):
+    from dragon.cli import main
+
+    peer = tmp_path / "peer-secrets"
+    secrets.generate(peer, "lei2", ["h3"], peers=["lei1"])
+    bridges = tmp_path / "bridges"
+    bridges.mkdir()
+    args = ["bridge", "--lei", "lei1", "--peer", "lei2", "--address", "b2.example:8883"]
+    args += ["--peer-password-file", str(peer / "bridge.password"), "--out", str(bridges / "lei2.conf")]
+    with pytest.raises(SystemExit) as neither:  # secure by default: TLS, or plain said out loud
+        main(args)
+    assert neither.value.code == 2 and "--peer-ca-file" in capsys.readouterr().err
+    assert main([*args, "--peer-ca-file", str(peer / "mqtt-ca.crt")]) == 0
+    assert (bridges / "lei2.ca.crt").read_bytes() == (peer / "mqtt-ca.crt").read_bytes()
+    assert "bridge_cafile /mosquitto/bridges/lei2.ca.crt" in (bridges / "lei2.conf").read_text().splitlines()
+    assert main([*args, "--peer-ca-file", str(peer / "bridge.password")]) == 2  # not a certificate
+    assert main([*args, "--peer-ca-file", str(tmp_path / "missing.crt")]) == 2
+    assert "missing.crt" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

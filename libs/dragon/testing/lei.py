@@ -19,7 +19,7 @@ from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 from testcontainers.core.wait_strategies import ExecWaitStrategy, LogMessageWaitStrategy
 
-from dragon import secrets
+from dragon import certificates, secrets
 from dragon.settings import MqttSettings
 
 MOSQUITTO_IMAGE = "dragon-mosquitto:local"
@@ -32,6 +32,7 @@ PLANNER_IMAGE = "dragon-planner:local"
 SECRETS_GROUP = [str(secrets.SECRETS_GID)]
 KEY_HOLDERS = [str(secrets.SECRETS_GID), str(secrets.MIGRATION_GID)]  # the planner and the migrator
 STARTUP_TIMEOUT_S = 60
+TLS_PORT = 8883  # Mosquitto's TLS listener (compose/mosquitto/broker.conf)
 
 
 class MissingImage(RuntimeError):
@@ -86,7 +87,8 @@ class LeiStack:
 
     # --- brokers ----------------------------------------------------------------
     def start_brokers(self, peers: tuple[str, ...] = (), remote_hosts: tuple[str, ...] = ()) -> None:
-        secrets.generate(self.secrets_dir, self.lei, self.hosts, peers=peers, remote_hosts=remote_hosts)
+        self._peers, self._remote_hosts = peers, remote_hosts
+        self._write_secrets(broker_names=(self.wan_alias,))  # what peers' bridges connect to over TLS
         self.bridges_dir.mkdir(parents=True, exist_ok=True)
         self.bridges_dir.chmod(0o755)
         self.network.create()
@@ -98,10 +100,10 @@ class LeiStack:
             DockerContainer(MOSQUITTO_IMAGE)
             .with_network(self.network)
             .with_network_aliases("mosquitto")
-            .with_exposed_ports(1883)
+            .with_exposed_ports(1883, TLS_PORT)
             .with_volume_mapping(str(self.mosquitto_conf), "/mosquitto/config/mosquitto.conf", "ro")
             .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
-            .with_volume_mapping(str(self.bridges_dir), "/mosquitto/bridges", "ro")
+            .with_volume_mapping(str(self.bridges_dir), secrets.BRIDGES_MOUNT, "ro")
             .with_kwargs(group_add=SECRETS_GROUP)
             .waiting_for(
                 LogMessageWaitStrategy(r"mosquitto version \d+\.\d+\.\d+ running").with_startup_timeout(
@@ -139,17 +141,44 @@ class LeiStack:
             )
         )
 
+    def _write_secrets(self, broker_names: tuple[str, ...]) -> None:
+        secrets.generate(
+            self.secrets_dir,
+            self.lei,
+            self.hosts,
+            peers=self._peers,
+            remote_hosts=self._remote_hosts,
+            broker_names=broker_names,
+        )
+
+    def certify_test_address(self) -> None:
+        """Let this process reach Mosquitto's TLS listener (:meth:`mqtt_settings` with ``tls``).
+
+        It connects to a mapped port on ``get_container_host_ip()``: ``localhost``, which the
+        certificate names, or a gateway's IP when the tests run inside a container, which it
+        does not. Then the broker's certificate is issued again with that address and Mosquitto
+        restarted to read it, as an operator adds a name with ``BROKER_NAMES``.
+        """
+        host = self.containers["mosquitto"].get_container_host_ip()
+        if host in certificates.broker_names([]):
+            return
+        self._write_secrets(broker_names=(self.wan_alias, host))
+        self.restart("mosquitto", "running")
+
     def password(self, user: str) -> str:
         return (self.secrets_dir / f"{user}.password").read_text().strip()
 
-    def mqtt_settings(self, user: str = "operator") -> MqttSettings:
-        """How the test process reaches Mosquitto (mapped port) as ``user``."""
+    def mqtt_settings(self, user: str = "operator", tls: bool = False) -> MqttSettings:
+        """How the test process reaches Mosquitto (mapped port) as ``user``; with ``tls`` its TLS
+        listener (after :meth:`certify_test_address`)."""
         broker = self.containers["mosquitto"]
         return MqttSettings(
             host=broker.get_container_host_ip(),
-            port=int(broker.get_exposed_port(1883)),
+            port=int(broker.get_exposed_port(TLS_PORT if tls else 1883)),
             username=user,
             password=self.password(user),
+            tls=tls,
+            ca_file=str(self.secrets_dir / certificates.CA_CERT) if tls else "",
         )
 
     def redis_client(self) -> redis.Redis:
@@ -167,11 +196,22 @@ class LeiStack:
         Call before :meth:`start_brokers` of this stack, after the peer's; the peer's secrets
         must list this LEI among its peers.
         """
-        conf = secrets.bridge_conf(self.lei, peer.lei, "mosquitto-" + peer.lei + ":1883", peer.password("bridge"))
         self.bridges_dir.mkdir(parents=True, exist_ok=True)
+        peer_ca = self.bridges_dir / f"{peer.lei}.ca.crt"
+        peer_ca.write_bytes((peer.secrets_dir / certificates.CA_CERT).read_bytes())
+        peer_ca.chmod(0o644)
+        address = f"{peer.wan_alias}:{TLS_PORT}"
+        conf = secrets.bridge_conf(
+            self.lei, peer.lei, address, peer.password("bridge"), f"{secrets.BRIDGES_MOUNT}/{peer_ca.name}"
+        )
         path = self.bridges_dir / f"{peer.lei}.conf"
         path.write_text(conf)
         path.chmod(0o644)  # read by the mosquitto user of the container; a test secret only
+
+    @property
+    def wan_alias(self) -> str:
+        """The broker's name on the federation's network (:meth:`join_wan`), which its certificate names."""
+        return f"mosquitto-{self.lei}"
 
     def join_wan(self, wan: str) -> None:
         """Put this broker on the federation's network ``wan`` as ``mosquitto-<lei>``, where bridges find it.
@@ -180,7 +220,7 @@ class LeiStack:
         (and so its published ports) through one, so leaving it cannot cut the test's own access.
         """
         mosquitto = self.containers["mosquitto"].get_wrapped_container()
-        self.docker.networks.get(wan).connect(mosquitto, aliases=[f"mosquitto-{self.lei}"])
+        self.docker.networks.get(wan).connect(mosquitto, aliases=[self.wan_alias])
 
     def leave_wan(self, wan: str) -> None:
         """Take this broker off the federation's network: a WAN outage, as both ends of its bridges see it."""
