@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from dragon.planner.annealing import AnnealingConfig, Neighbourhood, anneal, exhaustive
-from dragon.planner.lookahead import look_ahead, merge, merged_candidates, only_across_leis
+from dragon.planner.lookahead import (
+    horizon_fitness,
+    look_ahead,
+    merge,
+    merged_candidates,
+    only_across_leis,
+    staying,
+)
 from dragon.sim.federation import Federation
 from dragon.sim.qos import CoSimulator, FederationState
 from dragon.sim.scenarios import random_scenario
@@ -165,6 +172,30 @@ def test_dragon_plus_plans_every_step_and_moves_only_across_leis():
     assert len(plan.horizon) == 5
     assert plan.moves and all(sim.federation.lei_of_host[h] == "b" for _, h in plan.moves)
     assert plan.outcome.anomalous[0] == 0
+
+
+@pytest.mark.parametrize("seed", [7, 22, 46, 55, 56])
+def test_dragon_plus_goes_out_only_when_it_pays_back_within_its_horizon(seed):
+    """A calm host flagged (a false alarm) beside real overloads. DRAGON+'s plan may cost more now
+    than staying when the twin predicts it pays back over the look-ahead (seeds 7-55), and is
+    never worse than staying over it: seed 56's merged plan was, and went out until 2026-12-06."""
+    sim, state = random_scenario(6, 8, seed, hosts_per_lei=2, hot_share=0.34, cpu_demand=(0.3, 0.7))
+    calm = np.flatnonzero(~sim.judge(state.usage[None])[0])
+    plan = look_ahead(sim, state, calm[:1], steps=5, rng=np.random.default_rng(seed))
+    chosen, stay = horizon_fitness(sim, state, np.vstack([plan.decision, staying(state)]), steps=5)
+    assert chosen <= stay + 1e-12
+
+
+def test_the_horizon_fitness_is_now_and_then_the_twin_left_alone():
+    sim, state = overloaded_lei_case()
+    decisions = np.vstack([staying(state), [UNPLACED, 2, UNPLACED, UNPLACED]])
+    assert horizon_fitness(sim, state, decisions, steps=1).tolist() == sim.evaluate(state, decisions).fitness.tolist()
+    # Two intervals: the decision now, then nothing more on the state it leads to (no second overhead).
+    now = sim.evaluate(state, decisions)
+    placements = state.apply(decisions)
+    after = [state.after(usage, placement) for usage, placement in zip(now.usage, placements, strict=True)]
+    then = [sim.evaluate(future, staying(future)).fitness[0] for future in after]
+    assert horizon_fitness(sim, state, decisions, steps=2) == pytest.approx((now.fitness + then) / 2)
 
 
 def test_annealing_settings_are_checked():

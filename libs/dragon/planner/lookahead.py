@@ -6,6 +6,13 @@ it (lines 16-20: planned to h_p and then h_q, it goes straight to h_max(p, q), o
 instead of two). A task whose merged host lies in its own LEI stays (Alg. 2 lines 12-14: only
 moves to another LEI are carried out). DRAGON is the special case N = 1.
 
+Which decision goes out is judged over the same N intervals: the merged decision, its variant
+(:func:`merged_candidates`) and doing nothing are each carried out now and followed by no
+further move, and the one with the lowest mean fitness over the co-simulated horizon wins. So a
+plan may cost more now than staying (a migration's overhead) when the twin predicts it pays
+back within the horizon, but never when it does not: annealed steps that answer a fault the
+twin does not confirm (a false alarm, say) do not turn into migrations that only cost.
+
 The underlying scheduler's S_{t+k} is not simulated: between the steps the placement changes
 only by the planned moves.
 """
@@ -65,8 +72,14 @@ def look_ahead(
         evaluations += plan.evaluations
         future = future.after(plan.outcome.usage[0], future.apply(plan.decision[None, :])[0])
         faulty = np.flatnonzero(plan.outcome.anomalous_hosts[0])
-    final = best_of(sim, state, merged_candidates(sim, state, merged, last_across, groups), evaluations)
+    candidates = np.vstack([merged_candidates(sim, state, merged, last_across, groups), staying(state)])
+    final = best_over_horizon(sim, state, candidates, steps, evaluations)
     return Plan(final.decision, final.fitness, final.outcome, final.evaluations, tuple(horizon))
+
+
+def staying(state: FederationState) -> np.ndarray:
+    """The decision that moves nothing, as one row (1, p)."""
+    return np.full((1, len(state.placement)), UNPLACED)
 
 
 def merged_candidates(
@@ -83,7 +96,23 @@ def merged_candidates(
     return np.stack([literal, fallback])
 
 
-def best_of(sim: CoSimulator, state: FederationState, candidates: np.ndarray, evaluations: int) -> Plan:
-    """The candidate decision (one per row) the co-simulator predicts best on ``state``."""
-    best = int(sim.evaluate(state, candidates).fitness.argmin())
-    return plan_of(sim, state, candidates[best], evaluations + len(candidates))
+def horizon_fitness(sim: CoSimulator, state: FederationState, candidates: np.ndarray, steps: int) -> np.ndarray:
+    """Mean fitness (B,) of each candidate decision (B, p) over ``steps`` co-simulated intervals,
+    carried out now and followed by no further move (its migration overhead counts once)."""
+    outcome = sim.evaluate(state, candidates)
+    total = outcome.fitness.astype(float)
+    for row, (usage, placement) in enumerate(zip(outcome.usage, state.apply(candidates), strict=True)):
+        future = state.after(usage, placement)
+        for _ in range(steps - 1):
+            later = sim.evaluate(future, staying(future))
+            total[row] += later.fitness[0]
+            future = future.after(later.usage[0], future.placement)
+    return total / steps
+
+
+def best_over_horizon(
+    sim: CoSimulator, state: FederationState, candidates: np.ndarray, steps: int, evaluations: int
+) -> Plan:
+    """The candidate decision (one per row) with the best :func:`horizon_fitness`, as a plan on ``state``."""
+    best = int(horizon_fitness(sim, state, candidates, steps).argmin())
+    return plan_of(sim, state, candidates[best], evaluations + len(candidates) * steps)
