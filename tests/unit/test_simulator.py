@@ -79,6 +79,17 @@ def test_a_task_that_moved_counts_where_its_newest_sample_lists_it_and_keeps_its
     assert snap.federation.leis[snap.state.home_lei[snap.task_index("t1")]] == "a"
 
 
+def test_a_task_listed_nowhere_while_it_moves_keeps_its_home_lei():
+    """A CRIU move stops the task on its old host before it runs on the new one: a snapshot taken
+    between the two samples sees it nowhere, and must not forget where its users are."""
+    view = two_lei_view()
+    view.observe(sample("a", "h1", 0.45, [("t2", 0.35)], ts=NOW + 1), NOW + 1)  # t1 checkpointed
+    assert "t1" not in view.snapshot(NOW + 1).tasks
+    view.observe(sample("b", "h3", 0.55, [("t1", 0.5)], ts=NOW + 2), NOW + 2)  # restored in LEI b
+    snap = view.snapshot(NOW + 2)
+    assert snap.federation.leis[snap.state.home_lei[snap.task_index("t1")]] == "a"
+
+
 def test_a_schedule_newer_than_the_samples_places_a_moved_task_at_once():
     view = two_lei_view()
     moved = Schedule(lei="a", ts=NOW + 1, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 0.5),))
@@ -198,7 +209,7 @@ def test_hosts_gone_for_an_hour_are_forgotten_with_their_tasks_home_leis():
     view.observe(sample("b", "h3", 0.1, ts=later), later)
     snap = view.snapshot(later)
     assert snap.hosts == (("b", "h3"),) and view.known_leis() == {"b"}
-    assert view._home_lei == {}  # t1..t3 ran on hosts now forgotten
+    assert view._home_lei == {} and view._listed_at == {}  # t1..t3 ran on hosts now forgotten
 
 
 def test_an_overflowing_simulation_is_refused_not_answered_with_infinities():

@@ -134,6 +134,7 @@ class FederationView:
         self.move_gain = move_gain
         self._hosts: dict[HostKey, HostRecord] = {}
         self._home_lei: dict[str, str] = {}
+        self._listed_at: dict[str, float] = {}  # task -> the newest sample that listed it
         self._scheduled: dict[str, dict[str, tuple[str, float]]] = {}  # lei -> task -> (host, since)
         self._schedule_ts: dict[str, float] = {}  # lei -> its newest schedule's ts
         self._schedule_at: dict[str, float] = {}  # lei -> the same, capped at when it arrived
@@ -168,6 +169,7 @@ class FederationView:
         record.add(usage, self.background_samples)
         for task in tasks:
             self._home_lei.setdefault(task, sample.lei)
+            self._listed_at[task] = max(self._listed_at.get(task, 0.0), sample.ts)
 
     def observe_schedule(self, schedule: Schedule, now: float | None = None) -> None:
         """Take an LEI's schedule in: where each of its tasks runs, and since when (an older one
@@ -258,12 +260,19 @@ class FederationView:
         )
 
     def _forget(self, now: float) -> None:
-        """Drop hosts silent for FORGET_AFTER_S, and the home LEIs of tasks no host runs any more."""
+        """Drop hosts silent for FORGET_AFTER_S, and the home LEIs of tasks no host has listed as long.
+
+        Not as soon as no host lists a task: a task in the middle of a move (checkpointed on its
+        old host, not yet restored on its new one) is listed nowhere for a while, and forgetting
+        its home then would make it at home wherever it lands, for good.
+        """
         for key in [key for key, rec in self._hosts.items() if now - rec.ts > FORGET_AFTER_S]:
             del self._hosts[key]
         running = {task for rec in self._hosts.values() for task in rec.tasks}
-        for task in [task for task in self._home_lei if task not in running]:
-            del self._home_lei[task]
+        gone = [task for task, at in self._listed_at.items() if task not in running and now - at > FORGET_AFTER_S]
+        for task in gone:
+            del self._listed_at[task]
+            self._home_lei.pop(task, None)
 
     def _tasks(self, records: list[HostRecord]) -> tuple[dict[str, int], dict[str, np.ndarray], dict[str, float]]:
         """Each task's host index (the newest sample listing it wins), measured demand and memory."""
