@@ -79,6 +79,17 @@ def test_a_task_that_moved_counts_where_its_newest_sample_lists_it_and_keeps_its
     assert snap.federation.leis[snap.state.home_lei[snap.task_index("t1")]] == "a"
 
 
+def test_a_task_two_samples_of_one_instant_list_runs_where_it_uses_more_cpu():
+    """Mid-move, one collector tick may list a task on both hosts: the larger share wins, whatever
+    the hosts' names, as in the detector's schedule (lei._placement)."""
+    for old, new in (("h1", "h2"), ("h2", "h1")):
+        view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
+        view.observe(sample("a", old, 0.1, [("t1", 0.05)]), NOW)  # winding down
+        view.observe(sample("a", new, 0.5, [("t1", 0.45)]), NOW)  # restored, running
+        snap = view.snapshot(NOW)
+        assert snap.state.placement[snap.task_index("t1")] == snap.host_index("a", new), (old, new)
+
+
 def test_a_task_listed_nowhere_while_it_moves_keeps_its_home_lei():
     """A CRIU move stops the task on its old host before it runs on the new one: a snapshot taken
     between the two samples sees it nowhere, and must not forget where its users are."""

@@ -275,16 +275,21 @@ class FederationView:
             self._home_lei.pop(task, None)
 
     def _tasks(self, records: list[HostRecord]) -> tuple[dict[str, int], dict[str, np.ndarray], dict[str, float]]:
-        """Each task's host index (the newest sample listing it wins), measured demand and memory."""
+        """Each task's host index, measured demand and memory.
+
+        The newest sample listing a task wins; between samples of the same instant (two hosts
+        of one collector tick, mid-move), the larger cpu share, as the detector's schedule
+        (``lei._placement``) decides, so both see the task on the same host.
+        """
         placement: dict[str, int] = {}
-        seen_at: dict[str, float] = {}
+        seen: dict[str, tuple[float, float]] = {}  # task -> (sample ts, cpu share) of the winner
         measured: dict[str, np.ndarray] = {}
         ram: dict[str, float] = {}
         for index, rec in enumerate(records):
             for task, (cpu, ram_bytes) in rec.tasks.items():
-                if task in seen_at and seen_at[task] >= rec.ts:
+                if task in seen and seen[task] >= (rec.ts, cpu):
                     continue
-                placement[task], seen_at[task], ram[task] = index, rec.ts, ram_bytes
+                placement[task], seen[task], ram[task] = index, (rec.ts, cpu), ram_bytes
                 measured[task] = _measured_row(cpu)
         return placement, measured, ram
 
