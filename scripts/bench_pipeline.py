@@ -37,7 +37,6 @@ import shutil
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,8 +44,6 @@ from typing import NamedTuple
 
 import docker
 import numpy as np
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -57,6 +54,7 @@ from dragon.detector.train import train_from_series
 from dragon.logs import configure
 from dragon.messages import codec, topics
 from dragon.messages.schemas import HOST_METRICS, FaultEvent, HostHealth, HostMetrics, HostSample, TaskUsage
+from dragon.mqtt import one_shot_client
 from dragon.settings import MqttSettings
 from dragon.store import StoredSample
 from dragon.testing import lei as lei_images
@@ -182,10 +180,7 @@ class SamplePublisher:
         self._props.ContentType = codec.MSGPACK
         self._settings = settings
         self._connected = threading.Event()
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5
-        )
-        self.client.username_pw_set(settings.username, settings.password)
+        self.client = one_shot_client(settings, "bench-pub")
         self.client.max_inflight_messages_set(MAX_UNACKED)
         self.client.on_connect = lambda client, userdata, flags, reason, props: self._connected.set()
         self.client.on_publish = self._on_publish
@@ -314,10 +309,7 @@ def _record(settings: MqttSettings, lei: str, conn, count, ready) -> None:
                 events.append((at, event.host, event.type, event.window_ts))
 
     filters = [f"dragon/{lei}/hosts/+/health", f"dragon/faults/{lei}/+"]
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"bench-rec-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5
-    )
-    client.username_pw_set(settings.username, settings.password)
+    client = one_shot_client(settings, "bench-rec")
     client.on_connect = lambda client, *args: client.subscribe([(f, 1) for f in filters])
     client.on_subscribe = lambda *args: ready.set()
     client.on_message = on_message

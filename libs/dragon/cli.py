@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated ids of hosts with a collector of their own: each gets a user collector-<host>",
     )
-    p.add_argument("--force", action="store_true", help="replace existing passwords and the broker's TLS key")
+    p.add_argument("--force", action="store_true", help="replace existing passwords")
     p.add_argument("--peers", default="", help="comma-separated ids of the other LEIs whose brokers bridge to this one")
     p.add_argument(
         "--broker-names",
@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         "--ca-dir",
         type=Path,
         help="where the key of the LEI's CA is kept, out of what services mount (default: <dir>-ca beside --dir)",
+    )
+    p.add_argument("--renew-cert", action="store_true", help="give the broker a new TLS key and certificate (same CA)")
+    p.add_argument(
+        "--new-ca",
+        action="store_true",
+        help="make a new CA (when its key is lost or it expired): every client then needs the new mqtt-ca.crt",
     )
     p.set_defaults(handler=_secrets)
 
@@ -127,14 +133,20 @@ def _secrets(args) -> int:
             remote_hosts=remote,
             broker_names=_ids(args.broker_names),
             ca_dir=args.ca_dir,
+            renew_cert=args.renew_cert,
+            new_ca=args.new_ca,
         )
+        expires = {
+            "broker_certificate_expires": certificates.expiry(args.dir / certificates.BROKER_CERT),
+            "ca_expires": certificates.expiry(args.dir / certificates.CA_CERT),
+        }
     except (ConfigError, ValueError) as exc:
         print(f"dragon secrets: {exc}", file=sys.stderr)
         return 2
     except certificates.CertificateError as exc:
         print(f"dragon secrets: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"dir": str(args.dir), "written": written}))
+    print(json.dumps({"dir": str(args.dir), "written": written, **expires}))
     return 0
 
 
@@ -156,22 +168,12 @@ def _bridge(args) -> int:
     except OSError as exc:
         print(f"dragon bridge: {exc}", file=sys.stderr)
         return 2
-    written = []
-    ca_file = None
-    if peer_ca is not None:
-        if b"BEGIN CERTIFICATE" not in peer_ca:
-            print(f"dragon bridge: --peer-ca-file {args.peer_ca_file} is not a PEM certificate", file=sys.stderr)
-            return 2
-        copy = args.out.with_name(f"{args.out.stem}.ca.crt")  # not *.conf: Mosquitto's include_dir skips it
-        copy.write_bytes(peer_ca)
-        copy.chmod(0o644)  # a certificate: nothing secret
-        written.append(str(copy))
-        ca_file = f"{secrets.BRIDGES_MOUNT}/{copy.name}"
-    conf = secrets.bridge_conf(args.lei, args.peer, args.address, password, ca_file)
-    args.out.write_text(conf)
-    secrets.share_with_services(args.out)  # it holds the peer's bridge password
-    written.append(str(args.out))
-    print(json.dumps({"written": written}))
+    try:
+        written = secrets.write_bridge(args.out, args.lei, args.peer, args.address, password, peer_ca)
+    except ValueError as exc:
+        print(f"dragon bridge: --peer-ca-file {args.peer_ca_file}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"written": [str(path) for path in written]}))
     return 0
 
 

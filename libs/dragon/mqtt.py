@@ -494,6 +494,8 @@ class _ClosedOnFailedHandshake(ssl.SSLSocket):
     def do_handshake(self, block: bool = False) -> None:
         try:
             super().do_handshake(block)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # a non-blocking handshake not done yet, not a failed one
         except BaseException:
             self.close()
             raise

@@ -19,7 +19,7 @@ Writes into one directory:
   by the LEI's own CA, whose key lies in a directory of its own (:mod:`dragon.certificates`).
 
 Existing files are kept, so running it again never changes a password that
-services already use; ``--force`` makes new ones (and a new broker key, under the same CA).
+services already use; ``--force`` makes new ones.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ SECRETS_GID = 10001
 # ... and the planner and migrator with this one too: only they may read the migration key.
 MIGRATION_GID = 10002
 MIGRATION_KEY = "migration.key"
+# ... and Mosquitto with this one: only it may read the broker's TLS key.
+BROKER_KEY_GID = 10003
 # Where Mosquitto finds the bridges' files (compose/broker.yml and the tests mount them there).
 BRIDGES_MOUNT = "/mosquitto/bridges"
 
@@ -190,6 +192,28 @@ def bridge_conf(lei: str, peer: str, address: str, remote_password: str, ca_file
     return "\n".join(lines)
 
 
+def write_bridge(
+    out: Path, lei: str, peer: str, address: str, remote_password: str, peer_ca: bytes | None
+) -> list[Path]:
+    """Write the bridge file ``out`` (:func:`bridge_conf`) and, for TLS, the peer's CA certificate
+    beside it as ``<stem>.ca.crt`` (Mosquitto's ``include_dir`` reads ``*.conf`` only); return the
+    files written. ValueError when ``peer_ca`` is not a CA certificate to trust."""
+    written = []
+    ca_file = None
+    if peer_ca is not None:
+        problem = certificates.ca_file_problem(peer_ca)
+        if problem is not None:
+            raise ValueError(f"the peer's CA file {problem}")
+        copy = out.with_name(f"{out.stem}.ca.crt")
+        copy.write_bytes(peer_ca)
+        copy.chmod(0o644)  # a certificate: nothing secret
+        written.append(copy)
+        ca_file = f"{BRIDGES_MOUNT}/{copy.name}"
+    out.write_text(bridge_conf(lei, peer, address, remote_password, ca_file))
+    share_with_services(out)  # it holds the peer's bridge password
+    return [*written, out]
+
+
 def _remote_collector_lines(lei: str, host: str) -> list[str]:
     return [
         f"user {remote_collector_user(host)}",
@@ -220,14 +244,20 @@ def generate(
     remote_hosts: Sequence[str] = (),
     broker_names: Sequence[str] = (),
     ca_dir: Path | None = None,
+    renew_cert: bool = False,
+    new_ca: bool = False,
 ) -> list[str]:
     """Create what is missing in ``directory``; return the names of the files written.
 
     ``broker_names`` are the addresses other machines reach the broker by, besides
     :data:`certificates.DEFAULT_BROKER_NAMES`; ``ca_dir`` keeps the CA's key, out of what the
-    services mount (default: ``<directory>-ca`` beside it).
+    services mount (default: ``<directory>-ca`` beside it). ``renew_cert`` gives the broker a
+    new TLS key and certificate, ``new_ca`` a new CA (:func:`certificates.ensure_broker_tls`).
+    Whatever fails, what was written is readable by the services' group only.
     """
     names = certificates.broker_names(broker_names)  # a bad name fails before anything is written
+    ca_dir = ca_dir if ca_dir is not None else default_ca_dir(directory)
+    _check_ca_apart(directory, ca_dir)
     if lei in peers:
         raise ValueError(f"LEI {lei!r} cannot be its own peer")
     both = sorted(set(hosts) & set(remote_hosts))
@@ -236,8 +266,25 @@ def generate(
             f"hosts {both} are sampled by the broker's collector (--hosts) and by one of their own "
             "(--remote-hosts): choose one"
         )
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
+    directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+    written: list[str] = []
+    try:
+        _write_credentials(directory, lei, hosts, force, peers, remote_hosts, written)
+        written += certificates.ensure_broker_tls(directory, ca_dir, lei, names, renew_cert=renew_cert, new_ca=new_ca)
+    finally:
+        _share_with_services(directory)
+    return written
+
+
+def _write_credentials(
+    directory: Path,
+    lei: str,
+    hosts: Sequence[str],
+    force: bool,
+    peers: Sequence[str],
+    remote_hosts: Sequence[str],
+    written: list[str],
+) -> None:
     passwords = {}
     _forget_remote_collectors(directory, keep=set(remote_hosts))
     for user in (*MQTT_USERS, *map(remote_collector_user, remote_hosts)):
@@ -251,10 +298,22 @@ def generate(
         _write(passwd, "".join(f"{u}:{mosquitto_hash(p)}\n" for u, p in passwords.items()), written)
     _write(directory / "acl", acl(lei, hosts, peers, remote_hosts), written)
     _write(directory / "redis.conf", f"requirepass {redis_password}\n", written)
-    ca_dir = ca_dir if ca_dir is not None else default_ca_dir(directory)
-    written += certificates.ensure_broker_tls(directory, ca_dir, lei, names, renew=force)
-    _share_with_services(directory)
-    return written
+
+
+def _check_ca_apart(directory: Path, ca_dir: Path) -> None:
+    """The CA's key must not lie in what every service mounts: not in ``directory``, nor below it.
+
+    With ``SECRETS_DIR=/srv/secrets/`` compose's ``${SECRETS_DIR}-ca`` is ``/srv/secrets/-ca``,
+    inside; the secrets directory never holds a directory of its own, so any is refused.
+    """
+    if ca_dir.resolve().is_relative_to(directory.resolve()):
+        raise ValueError(f"the CA directory {ca_dir} lies inside the secrets directory {directory}")
+    nested = sorted(path.name for path in directory.iterdir() if path.is_dir()) if directory.is_dir() else []
+    if nested:
+        raise ValueError(
+            f"the secrets directory {directory} holds directories ({', '.join(nested)}), which every service "
+            "would read: with SECRETS_DIR ending in '/', the CA's directory lands inside it; move them out"
+        )
 
 
 def default_ca_dir(directory: Path) -> Path:
@@ -288,7 +347,10 @@ def _write(path: Path, text: str, written: list[str]) -> None:
     if path.is_file() and path.read_text() == text:
         return
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
+    tmp.unlink(missing_ok=True)
+    # Owner-only from its first byte; _share_with_services opens it to the services' group.
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(text)
     tmp.replace(path)
     written.append(path.name)
 
@@ -297,7 +359,10 @@ def _share_with_services(directory: Path) -> None:
     for path in [directory, *directory.iterdir()]:
         share_with_services(path)
     if os.geteuid() == 0:
-        os.chown(directory / MIGRATION_KEY, 0, MIGRATION_GID)
+        # The keys only some services need: each to its own group.
+        for name, gid in ((MIGRATION_KEY, MIGRATION_GID), (certificates.BROKER_KEY, BROKER_KEY_GID)):
+            if (directory / name).is_file():
+                os.chown(directory / name, 0, gid)
 
 
 def share_with_services(path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
+from dragon.certificates import ca_file_problem
 from dragon.config import ConfigError, section, setting
 
 
@@ -41,14 +42,17 @@ class MqttSettings:
     )
 
     def validate(self) -> None:
-        if self.tls and self.ca_file:
-            try:
-                with open(self.ca_file, "rb") as ca:
-                    pem = ca.read()
-            except OSError as exc:
-                raise ConfigError(f"DRAGON_MQTT_CA_FILE={self.ca_file!r}: {exc.strerror or exc}") from None
-            if b"BEGIN CERTIFICATE" not in pem:
-                raise ConfigError(f"DRAGON_MQTT_CA_FILE={self.ca_file!r} holds no PEM certificate")
+        if not self.ca_file:
+            return
+        if not self.tls:  # a client set up for TLS but one setting short must not log in in clear
+            raise ConfigError(f"DRAGON_MQTT_CA_FILE={self.ca_file!r} is set but DRAGON_MQTT_TLS is false: set it true")
+        try:
+            with open(self.ca_file, "rb") as ca:
+                problem = ca_file_problem(ca.read())
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+        if problem is not None:
+            raise ConfigError(f"DRAGON_MQTT_CA_FILE={self.ca_file!r}: {problem}")
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,12 @@ memory, with the files ``dragon secrets`` writes: what a remote collector and Mo
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import ssl
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -71,8 +74,8 @@ def test_the_ca_key_stays_out_of_what_services_mount_and_the_broker_key_is_their
     assert stat.S_IMODE(ca_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((ca_dir / "ca.key").stat().st_mode) == 0o600
     assert stat.S_IMODE((directory / certificates.BROKER_KEY).stat().st_mode) == 0o640
-    if os.geteuid() == 0:
-        assert (directory / certificates.BROKER_KEY).stat().st_gid == secrets.SECRETS_GID
+    if os.geteuid() == 0:  # Mosquitto's own group: other services need not read the broker's key
+        assert (directory / certificates.BROKER_KEY).stat().st_gid == secrets.BROKER_KEY_GID
 
 
 def test_running_again_keeps_everything_and_new_names_reissue_the_broker_certificate_only(lei):
@@ -91,14 +94,30 @@ def test_running_again_keeps_everything_and_new_names_reissue_the_broker_certifi
     handshake(directory, "pi.lan")
 
 
-def test_force_gives_the_broker_a_new_key_under_the_same_ca(lei):
-    directory, _ = lei
+def test_renew_cert_gives_the_broker_a_new_key_under_the_same_ca_and_force_does_not(lei):
+    directory, ca_dir = lei
     key = (directory / certificates.BROKER_KEY).read_bytes()
     ca = (directory / certificates.CA_CERT).read_bytes()
-    written = secrets.generate(directory, "lei1", ["h1"], force=True, ca_dir=directory.parent / "secrets-ca")
-    assert certificates.BROKER_KEY in written and certificates.CA_CERT not in written
+    names = ["broker.example", "10.0.0.2"]
+    written = secrets.generate(directory, "lei1", ["h1"], force=True, broker_names=names, ca_dir=ca_dir)
+    assert certificates.BROKER_KEY not in written  # new passwords only: remote hosts keep trusting
+    written = secrets.generate(directory, "lei1", ["h1"], renew_cert=True, broker_names=names, ca_dir=ca_dir)
+    assert written == [certificates.BROKER_KEY, certificates.BROKER_CERT]
     assert (directory / certificates.BROKER_KEY).read_bytes() != key
     assert (directory / certificates.CA_CERT).read_bytes() == ca
+    handshake(directory, "broker.example")
+
+
+def test_a_key_that_does_not_match_its_certificate_is_issued_again(lei):
+    """A crash between renaming the new key and its certificate: Mosquitto could not start."""
+    directory, ca_dir = lei
+    names = ["broker.example", "10.0.0.2"]
+    subprocess.run(
+        ["openssl", "genpkey", *certificates.KEY_ALGORITHM, "-out", str(directory / certificates.BROKER_KEY)]
+    )
+    written = secrets.generate(directory, "lei1", ["h1"], broker_names=names, ca_dir=ca_dir)
+    assert written == [certificates.BROKER_KEY, certificates.BROKER_CERT]
+    handshake(directory, "localhost")
 
 
 def test_a_certificate_near_its_end_is_renewed(tmp_path, monkeypatch):
@@ -113,14 +132,38 @@ def test_a_certificate_near_its_end_is_renewed(tmp_path, monkeypatch):
     assert certificates.ensure_broker_tls(directory, ca_dir, "lei1", certificates.broker_names([])) == []
 
 
-def test_a_ca_near_its_end_is_replaced_and_the_broker_certificate_follows(tmp_path, monkeypatch):
-    directory, ca_dir = tmp_path / "s", tmp_path / "ca"
-    monkeypatch.setattr(certificates, "CA_DAYS", certificates.RENEW_BEFORE_DAYS - 1)
-    certificates.ensure_broker_tls(directory_made(directory), ca_dir, "lei1", certificates.broker_names([]))
-    monkeypatch.setattr(certificates, "CA_DAYS", 3650)
-    written = certificates.ensure_broker_tls(directory, ca_dir, "lei1", certificates.broker_names([]))
+def test_a_lost_ca_is_not_replaced_behind_the_clients_back(lei):
+    """Clients trust mqtt-ca.crt: a new CA would cut every remote collector and peer off at once."""
+    directory, ca_dir = lei
+    (ca_dir / "ca.key").unlink()
+    trusted = (directory / certificates.CA_CERT).read_bytes()
+    with pytest.raises(certificates.CertificateError, match="restore .* or make a new CA with --new-ca"):
+        secrets.generate(directory, "lei1", ["h1"], ca_dir=ca_dir)
+    assert (directory / certificates.CA_CERT).read_bytes() == trusted
+    written = secrets.generate(directory, "lei1", ["h1"], ca_dir=ca_dir, new_ca=True)
     assert written == ["ca.key", "ca.crt", certificates.CA_CERT, certificates.BROKER_KEY, certificates.BROKER_CERT]
     handshake(directory, "localhost")
+
+
+def test_whatever_fails_nothing_written_is_left_readable_by_all(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise certificates.CertificateError("openssl x509 failed: a disk full, say")
+
+    monkeypatch.setattr(certificates, "ensure_broker_tls", fail)
+    with pytest.raises(certificates.CertificateError):
+        secrets.generate(tmp_path / "s", "lei1", ["h1"])
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "s").iterdir()}
+    assert modes and all(mode == 0o640 for mode in modes.values()), modes
+
+
+def test_the_ca_directory_may_not_lie_in_what_the_services_mount(tmp_path):
+    directory = tmp_path / "secrets"
+    with pytest.raises(ValueError, match="inside the secrets directory"):
+        secrets.generate(directory, "lei1", ["h1"], ca_dir=directory / "ca")
+    # SECRETS_DIR=/srv/secrets/ makes compose's ${SECRETS_DIR}-ca /srv/secrets/-ca: a directory inside.
+    (directory / "-ca").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"holds directories \(-ca\)"):
+        secrets.generate(directory, "lei1", ["h1"])
 
 
 def directory_made(path: Path) -> Path:
@@ -137,6 +180,22 @@ def test_broker_names_come_after_the_defaults_once_each_and_bad_ones_are_refused
     for bad in ("two words", "a,b", "-dash.example", "x" * 64, "", "under_score.example"):
         with pytest.raises(ValueError, match="neither a DNS name nor an IP address"):
             certificates.broker_names([bad])
+    with pytest.raises(ValueError, match="zone"):
+        certificates.broker_names(["fe80::1%eth0"])
+
+
+@pytest.mark.parametrize(
+    "printed",
+    [
+        # OpenSSL 3.0 (upper-case hex, as Debian bookworm's prints it) and 1.1.1 (lower case).
+        "X509v3 Subject Alternative Name: \n    DNS:mosquitto, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1\n",
+        "X509v3 Subject Alternative Name:\n    DNS:Mosquitto, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1",
+        "X509v3 Subject Alternative Name: \n    DNS:mosquitto, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:01\n",
+    ],
+)
+def test_the_names_openssl_prints_are_read_in_canonical_form(printed):
+    assert certificates.alt_names_of(printed) == ["127.0.0.1", "::1", "mosquitto"]
+    assert certificates.alt_names_of("") == []
 
 
 def test_dragon_secrets_takes_the_broker_names_and_says_which_is_bad(tmp_path, capsys):
@@ -146,3 +205,7 @@ def test_dragon_secrets_takes_the_broker_names_and_says_which_is_bad(tmp_path, c
     assert main([*args, "--broker-names", "pi.lan, 10.0.0.9"]) == 0
     assert (tmp_path / "s-ca" / "ca.key").is_file()  # beside --dir by default
     handshake(tmp_path / "s", "10.0.0.9")
+    report = json.loads(capsys.readouterr().out)
+    expires = datetime.date.fromisoformat(report["broker_certificate_expires"])
+    assert expires - datetime.date.today() in (datetime.timedelta(days=824), datetime.timedelta(days=825))
+    assert datetime.date.fromisoformat(report["ca_expires"]) > expires

@@ -87,13 +87,18 @@ def test_missing_secret_file_is_an_error(tmp_path):
 
 
 def test_a_tls_ca_file_that_is_missing_or_no_certificate_is_a_configuration_error(tmp_path):
-    not_pem = tmp_path / "ca.crt"
+    not_pem, with_key = tmp_path / "ca.crt", tmp_path / "bundle.pem"
     not_pem.write_text("not a certificate\n")
-    for ca_file, fragment in ((tmp_path / "nope.crt", "No such file"), (not_pem, "no PEM certificate")):
+    with_key.write_text("-----BEGIN CERTIFICATE-----\n...\n-----BEGIN PRIVATE KEY-----\n...\n")
+    cases = ((tmp_path / "nope.crt", "No such file"), (not_pem, "no PEM certificate"), (with_key, "private key"))
+    for ca_file, fragment in cases:
         with pytest.raises(ConfigError, match=f"DRAGON_MQTT_CA_FILE=.*{fragment}"):
             config.load(CollectorConfig, {"DRAGON_MQTT_TLS": "true", "DRAGON_MQTT_CA_FILE": str(ca_file)})
-    # Without TLS the file is not read: a stale setting must not stop a plain deployment.
-    config.load(CollectorConfig, {"DRAGON_MQTT_CA_FILE": str(tmp_path / "nope.crt")})
+
+
+def test_a_ca_file_without_tls_is_an_error_not_a_password_sent_in_clear(tmp_path):
+    with pytest.raises(ConfigError, match="DRAGON_MQTT_TLS is false"):
+        config.load(CollectorConfig, {"DRAGON_MQTT_CA_FILE": str(tmp_path / "ca.crt"), "DRAGON_MQTT_PORT": "8883"})
 
 
 def test_service_configs_validate_their_ranges():

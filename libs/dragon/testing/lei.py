@@ -8,6 +8,7 @@ The test process talks to Mosquitto and Redis through their mapped ports.
 
 from __future__ import annotations
 
+import os
 import secrets as random_tokens
 import time
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ SIMULATOR_IMAGE = "dragon-simulator:local"
 PLANNER_IMAGE = "dragon-planner:local"
 SECRETS_GROUP = [str(secrets.SECRETS_GID)]
 KEY_HOLDERS = [str(secrets.SECRETS_GID), str(secrets.MIGRATION_GID)]  # the planner and the migrator
+BROKER_GROUPS = [str(secrets.SECRETS_GID), str(secrets.BROKER_KEY_GID)]  # Mosquitto reads its TLS key too
 STARTUP_TIMEOUT_S = 60
 TLS_PORT = 8883  # Mosquitto's TLS listener (compose/mosquitto/broker.conf)
 
@@ -104,7 +106,7 @@ class LeiStack:
             .with_volume_mapping(str(self.mosquitto_conf), "/mosquitto/config/mosquitto.conf", "ro")
             .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
             .with_volume_mapping(str(self.bridges_dir), secrets.BRIDGES_MOUNT, "ro")
-            .with_kwargs(group_add=SECRETS_GROUP)
+            .with_kwargs(group_add=BROKER_GROUPS)
             .waiting_for(
                 LogMessageWaitStrategy(r"mosquitto version \d+\.\d+\.\d+ running").with_startup_timeout(
                     STARTUP_TIMEOUT_S
@@ -197,16 +199,16 @@ class LeiStack:
         must list this LEI among its peers.
         """
         self.bridges_dir.mkdir(parents=True, exist_ok=True)
-        peer_ca = self.bridges_dir / f"{peer.lei}.ca.crt"
-        peer_ca.write_bytes((peer.secrets_dir / certificates.CA_CERT).read_bytes())
-        peer_ca.chmod(0o644)
-        address = f"{peer.wan_alias}:{TLS_PORT}"
-        conf = secrets.bridge_conf(
-            self.lei, peer.lei, address, peer.password("bridge"), f"{secrets.BRIDGES_MOUNT}/{peer_ca.name}"
+        written = secrets.write_bridge(
+            self.bridges_dir / f"{peer.lei}.conf",
+            self.lei,
+            peer.lei,
+            f"{peer.wan_alias}:{TLS_PORT}",
+            peer.password("bridge"),
+            (peer.secrets_dir / certificates.CA_CERT).read_bytes(),
         )
-        path = self.bridges_dir / f"{peer.lei}.conf"
-        path.write_text(conf)
-        path.chmod(0o644)  # read by the mosquitto user of the container; a test secret only
+        if os.geteuid() != 0:  # cannot give it to the services' group: let the mosquitto user read it
+            written[-1].chmod(0o644)
 
     @property
     def wan_alias(self) -> str:
