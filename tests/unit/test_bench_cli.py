@@ -259,6 +259,19 @@ def test_streaming_pot_modes_run_and_are_recorded(tmp_path, mode):
     assert (len(drawn.split()) == 2) == (mode == "static")
 
 
+def test_a_long_runs_plot_shows_where_the_threshold_dipped(tmp_path):
+    """Drawn by bucket maxima alone, a threshold that fell for a few steps of 10,000 looked flat."""
+    from dragon.detector.bench import SVG_MAX_POINTS, write_svg
+
+    steps = 5 * SVG_MAX_POINTS
+    thresholds = np.full(steps, 100.0)
+    thresholds[7001:7003] = 1.0  # two steps where alarms came
+    write_svg(tmp_path / "plot.svg", np.ones(steps), thresholds, np.zeros(steps, dtype=int), "dip")
+    (drawn,) = re.findall(r'class="threshold" points="([^"]*)"', (tmp_path / "plot.svg").read_text())
+    heights = {float(point.split(",")[1]) for point in drawn.split()}
+    assert len(drawn.split()) <= SVG_MAX_POINTS and len(heights) == 2  # 100 everywhere, and the dip to 1
+
+
 def test_the_pot_lag_is_passed_on_recorded_and_checked(tmp_path, capsys) -> None:
     data, out = make_dataset(tmp_path / "data"), tmp_path / "r.json"
     assert bench(data, out, "--model", "zscore", "--pot-mode", "spot", "--pot-lag", "3") == 0

@@ -439,7 +439,7 @@ def write_svg(path: Path, scores: np.ndarray, thresholds: np.ndarray, truth: np.
     """
     steps = len(scores)
     x, y = _envelope(_symlog(scores))
-    t_x, t_y = _envelope(_symlog(thresholds))
+    t_x, t_y = _range_envelope(_symlog(thresholds))
     lo, hi = min(y.min(), t_y.min()), max(y.max(), t_y.max())
     width, height, margin = SVG_WIDTH, SVG_HEIGHT, SVG_MARGIN
     frame = Frame(width, height, margin, steps, lo, hi)
@@ -516,8 +516,26 @@ def _unsymlog(value: float) -> float:
 
 
 def _envelope(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """At most SVG_MAX_POINTS (step, value) pairs: the maximum of equal buckets of steps."""
+    """At most SVG_MAX_POINTS (step, value) pairs: the maximum of equal buckets of steps.
+
+    For scores: a peak stays visible however long the run.
+    """
     if len(values) <= SVG_MAX_POINTS:
         return np.arange(len(values), dtype=np.float64), values
     edges = np.linspace(0, len(values), SVG_MAX_POINTS + 1).astype(int)
     return (edges[:-1] + edges[1:] - 1) / 2.0, np.maximum.reduceat(values, edges[:-1])
+
+
+def _range_envelope(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most SVG_MAX_POINTS (step, value) pairs: each bucket's minimum, then its maximum.
+
+    For a threshold: drawn by its maxima alone, one that dipped for a few steps (where alarms
+    came) would look as if it had not; the line now spans each bucket's whole range.
+    """
+    if len(values) <= SVG_MAX_POINTS:
+        return np.arange(len(values), dtype=np.float64), values
+    buckets = SVG_MAX_POINTS // 2
+    edges = np.linspace(0, len(values), buckets + 1).astype(int)
+    centres = (edges[:-1] + edges[1:] - 1) / 2.0
+    lows, highs = np.minimum.reduceat(values, edges[:-1]), np.maximum.reduceat(values, edges[:-1])
+    return np.repeat(centres, 2), np.column_stack([lows, highs]).ravel()
