@@ -111,6 +111,9 @@ def test_task_demand_shares_a_hosts_excess_and_prefers_measured_usage():
     assert demand[0] == pytest.approx([0.5, 1.0])  # measured cpu, shared ram
     assert demand[1] == pytest.approx([0.3, 1.0])  # half of host 0's excess
     assert demand[2] == pytest.approx(demand[:2].mean(axis=0))  # a new task: the mean of the placed ones
+    # One between two hosts (restored, not sampled there yet) keeps what its last sample measured.
+    measured[2, 0] = 0.25
+    assert task_demand(usage, placement, background, measured)[2] == pytest.approx([0.25, 1.0])
 
 
 def test_persistence_predicts_the_same_usage_whatever_the_placement():

@@ -220,7 +220,7 @@ def test_hosts_gone_for_an_hour_are_forgotten_with_their_tasks_home_leis():
     view.observe(sample("b", "h3", 0.1, ts=later), later)
     snap = view.snapshot(later)
     assert snap.hosts == (("b", "h3"),) and view.known_leis() == {"b"}
-    assert view._home_lei == {} and view._listed_at == {}  # t1..t3 ran on hosts now forgotten
+    assert view._home_lei == {} and view._listings == {}  # t1..t3 ran on hosts now forgotten
 
 
 def test_an_overflowing_simulation_is_refused_not_answered_with_infinities():
@@ -356,6 +356,33 @@ def test_a_move_the_samples_do_not_show_yet_is_in_the_forecast_of_both_hosts():
     assert h2.tasks == ("t1",) and h1.tasks == ("t2",)
     # Newer than the forecast of the same samples before the move, so a consumer takes it.
     assert h2.ts == NOW + 0.6 and h2.based_on_ts == NOW
+
+
+def test_a_task_restored_on_its_new_host_counts_there_before_any_sample_lists_it():
+    """Checkpoint/restore stops t1 on h1 before it runs on h2: h1's next sample lists it no more,
+    the migrator's schedule places it on h2, and h2 has not sampled since. Its load must be in
+    the planner's state and in h2's forecast, not missing from both."""
+    view = two_lei_view()
+    view.observe(sample("a", "h1", 0.45, [("t2", 0.35)], ts=NOW + 1), NOW + 1)
+    restored = Schedule(lei="a", ts=NOW + 2, tasks=(TaskPlacement("t1", "c9", "h2", since=NOW + 1.5),))
+    view.observe_schedule(restored, now=NOW + 2)
+    snap = view.snapshot(NOW + 2)
+    t1, h2 = snap.task_index("t1"), snap.host_index("a", "h2")
+    assert snap.sampled.placement[t1] == UNPLACED and snap.state.placement[t1] == h2
+    assert snap.state.usage[h2, 0] == pytest.approx(0.05 + 0.5)  # its measured cpu, carried to h2
+    assert snap.federation.leis[snap.state.home_lei[t1]] == "a"
+    h1_forecast, h2_forecast = forecast_samples(snap, simulator_of(snap), "a", schedule_ts=view.schedule_ts("a"))
+    assert h2_forecast.metrics.cpu == pytest.approx(0.05 + 0.5) and h2_forecast.tasks == ("t1",)
+    assert h1_forecast.metrics.cpu == pytest.approx(0.45) and h1_forecast.tasks == ("t2",)
+
+
+def test_a_task_a_stale_schedule_still_lists_is_not_brought_back():
+    """A task stopped for good: the schedule that placed it is older than its last sample."""
+    view = two_lei_view()
+    view.observe(sample("a", "h1", 0.45, [("t2", 0.35)], ts=NOW + 1), NOW + 1)
+    stale = Schedule(lei="a", ts=NOW + 2, tasks=(TaskPlacement("t1", "c1", "h1", since=NOW - 60),))
+    view.observe_schedule(stale, now=NOW + 2)
+    assert "t1" not in view.snapshot(NOW + 2).tasks
 
 
 def test_a_task_its_new_host_reports_first_leaves_the_old_hosts_forecast_at_once():

@@ -67,7 +67,8 @@ def task_demand(
 
     ``usage`` (m, n) is W_t's last row, ``placement`` (p,) S_t, ``measured`` (p, n) the
     collector's per-task figures with NaN where a metric is not measured per task. A task not
-    placed yet (a new arrival) is given the mean demand of the placed ones.
+    placed yet (a new arrival, or a moved task between two hosts) is given the mean demand of
+    the placed ones where it has no measured figure.
     """
     m = usage.shape[0]
     placed = placement >= 0
@@ -75,10 +76,11 @@ def task_demand(
     excess = np.maximum(usage - background, 0.0) / np.maximum(per_host, 1)[:, None]
     demand = np.zeros((len(placement), usage.shape[1]))
     demand[placed] = excess[placement[placed]]
+    known = ~np.isnan(measured) if measured is not None else np.zeros(demand.shape, dtype=bool)
     if measured is not None:
-        demand = np.where(np.isnan(measured), demand, measured)
+        demand = np.where(known, measured, demand)
     if placed.any() and not placed.all():
-        demand[~placed] = demand[placed].mean(axis=0)
+        demand[~placed] = np.where(known[~placed], demand[~placed], demand[placed].mean(axis=0))
     return demand
 
 

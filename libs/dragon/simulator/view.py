@@ -3,7 +3,8 @@
 Every sample the broker carries (its own LEI's and, through bridges, the other LEIs') updates
 its host's newest usage and the tasks running there; every LEI's schedule, which its migrator
 republishes after each move, places a moved task on its new host before the next samples show
-it there. A snapshot turns that into the arrays the
+it there (one that no sample lists any more, restored from a checkpoint, with the demand its
+last sample measured). A snapshot turns that into the arrays the
 co-simulator takes: hosts ordered by (LEI, host), a task's placement from the newest sample
 that lists it, a host's background from its lowest recent usage, and each task's home LEI (the
 LEI it was first seen in: its users' requests still enter there after it moves).
@@ -40,6 +41,15 @@ CPU = HOST_METRICS.index("cpu")
 HostKey = tuple[str, str]  # (lei, host)
 FUTURE_TOLERANCE_S = 10.0  # clock skew a sample's timestamp may show (at least 3 intervals)
 FORGET_AFTER_S = 3600.0  # a host silent this long has left the federation
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The newest sample that listed a task: when, and the task's cpu share and memory there."""
+
+    ts: float
+    cpu: float
+    ram_bytes: float
 
 
 @dataclass
@@ -134,7 +144,7 @@ class FederationView:
         self.move_gain = move_gain
         self._hosts: dict[HostKey, HostRecord] = {}
         self._home_lei: dict[str, str] = {}
-        self._listed_at: dict[str, float] = {}  # task -> the newest sample that listed it
+        self._listings: dict[str, Listing] = {}  # task -> the newest sample that listed it
         self._scheduled: dict[str, dict[str, tuple[str, float]]] = {}  # lei -> task -> (host, since)
         self._schedule_ts: dict[str, float] = {}  # lei -> its newest schedule's ts
         self._schedule_at: dict[str, float] = {}  # lei -> the same, capped at when it arrived
@@ -167,9 +177,11 @@ class FederationView:
             record = self._hosts[key] = HostRecord(sample.ts, sample.interval_s, usage, tasks)
         record.ts, record.interval_s, record.usage, record.tasks = sample.ts, sample.interval_s, usage, tasks
         record.add(usage, self.background_samples)
-        for task in tasks:
+        for task, (cpu, ram_bytes) in tasks.items():
             self._home_lei.setdefault(task, sample.lei)
-            self._listed_at[task] = max(self._listed_at.get(task, 0.0), sample.ts)
+            listing = self._listings.get(task)
+            if listing is None or sample.ts >= listing.ts:
+                self._listings[task] = Listing(sample.ts, cpu, ram_bytes)
 
     def observe_schedule(self, schedule: Schedule, now: float | None = None) -> None:
         """Take an LEI's schedule in: where each of its tasks runs, and since when (an older one
@@ -204,9 +216,13 @@ class FederationView:
         background = np.stack([rec.background for rec in records])
         placement, measured, ram_bytes = self._tasks(records)
         usage = _without_departed(records, placement, background)
-        task_ids = tuple(placement)
-        sampled_place = np.array([placement[task] for task in task_ids], dtype=int)
+        arriving = self._arriving(placement, fresh)
+        for task in arriving:  # on no host in the samples, with the demand its last sample measured
+            measured[task], ram_bytes[task] = _measured_row(self._listings[task].cpu), self._listings[task].ram_bytes
+        task_ids = (*placement, *arriving)
+        sampled_place = np.array([placement.get(task, UNPLACED) for task in task_ids], dtype=int)
         self._apply_schedules(placement, fresh)
+        placement.update(arriving)
         place = np.array([placement[task] for task in task_ids], dtype=int)
         measured_rows = np.array([measured[task] for task in task_ids]).reshape(len(task_ids), len(HOST_METRICS))
         home = [
@@ -269,9 +285,9 @@ class FederationView:
         for key in [key for key, rec in self._hosts.items() if now - rec.ts > FORGET_AFTER_S]:
             del self._hosts[key]
         running = {task for rec in self._hosts.values() for task in rec.tasks}
-        gone = [task for task, at in self._listed_at.items() if task not in running and now - at > FORGET_AFTER_S]
+        gone = [task for task, seen in self._listings.items() if task not in running and now - seen.ts > FORGET_AFTER_S]
         for task in gone:
-            del self._listed_at[task]
+            del self._listings[task]
             self._home_lei.pop(task, None)
 
     def _tasks(self, records: list[HostRecord]) -> tuple[dict[str, int], dict[str, np.ndarray], dict[str, float]]:
@@ -308,6 +324,22 @@ class FederationView:
                 listed_at = self._hosts[fresh[placement[task]]].ts
                 if since > listed_at:
                     placement[task] = target
+
+    def _arriving(self, placement: dict[str, int], fresh: list[HostKey]) -> dict[str, int]:
+        """Tasks no fresh sample lists that their LEI's schedule places on a fresh host since after the
+        newest sample that listed them: moved (a checkpoint restored, say) and not sampled there yet.
+
+        Without them a task moved by checkpoint/restore, stopped on its old host before it runs on
+        the new one, would be missing from snapshots and forecasts until the new host's next sample.
+        """
+        index = {key: i for i, key in enumerate(fresh)}
+        arriving = {}
+        for lei, tasks in self._scheduled.items():
+            for task, (host, since) in tasks.items():
+                target, listing = index.get((lei, host)), self._listings.get(task)
+                if task not in placement and target is not None and listing is not None and since > listing.ts:
+                    arriving[task] = target
+        return arriving
 
     def _home_of(self, task: str, current_lei: str, leis: tuple[str, ...]) -> int:
         """Index in ``leis`` of the LEI the task was first seen in, if it is one of them; else of where it runs."""
