@@ -131,11 +131,14 @@ def fresh_health(
 
 
 @contextmanager
-def bridged_brokers(tmp_path_factory, repo: Path, prefix: str) -> Iterator[tuple[LeiStack, LeiStack, str]]:
+def bridged_brokers(
+    tmp_path_factory, repo: Path, prefix: str, uncertified: str = ""
+) -> Iterator[tuple[LeiStack, LeiStack, str]]:
     """Two LEIs' brokers (A: h1, h2; B: h3, h4), A's bridged to B's as `dragon bridge` would do it.
 
     They share an internal network, the "WAN": internal, so taking a broker off it never touches
     the ports the test reaches it on. Yields both stacks and the WAN's name; removes everything.
+    ``uncertified``: A dials B by this name, which B has on the WAN but its certificate lacks.
     """
     conf = repo / "compose" / "mosquitto" / "broker.conf"
     suffix = tokens.token_hex(3)
@@ -144,10 +147,10 @@ def bridged_brokers(tmp_path_factory, repo: Path, prefix: str) -> Iterator[tuple
     wan = a.docker.networks.create(f"dragon-wan-{suffix}", internal=True, labels={"dragon.test": "true"})
     try:
         b.start_brokers(peers=(a.lei,))
-        a.bridge_to(b)
+        a.bridge_to(b, dial=uncertified)
         a.start_brokers(peers=(b.lei,))
         a.join_wan(wan.name)
-        b.join_wan(wan.name)
+        b.join_wan(wan.name, also_as=(uncertified,) if uncertified else ())
         yield a, b, wan.name
     finally:
         a.stop()

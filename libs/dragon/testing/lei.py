@@ -192,18 +192,19 @@ class LeiStack:
             socket_timeout=5,
         )
 
-    def bridge_to(self, peer: LeiStack) -> None:
+    def bridge_to(self, peer: LeiStack, dial: str = "") -> None:
         """Bridge this LEI's broker to ``peer``'s, as `dragon bridge` would, over their :meth:`join_wan` network.
 
         Call before :meth:`start_brokers` of this stack, after the peer's; the peer's secrets
-        must list this LEI among its peers.
+        must list this LEI among its peers. ``dial``: the name to reach the peer by, if not the
+        one its certificate holds (:attr:`wan_alias`).
         """
         self.bridges_dir.mkdir(parents=True, exist_ok=True)
         written = secrets.write_bridge(
             self.bridges_dir / f"{peer.lei}.conf",
             self.lei,
             peer.lei,
-            f"{peer.wan_alias}:{TLS_PORT}",
+            f"{dial or peer.wan_alias}:{TLS_PORT}",
             peer.password("bridge"),
             (peer.secrets_dir / certificates.CA_CERT).read_bytes(),
         )
@@ -215,14 +216,14 @@ class LeiStack:
         """The broker's name on the federation's network (:meth:`join_wan`), which its certificate names."""
         return f"mosquitto-{self.lei}"
 
-    def join_wan(self, wan: str) -> None:
+    def join_wan(self, wan: str, also_as: tuple[str, ...] = ()) -> None:
         """Put this broker on the federation's network ``wan`` as ``mosquitto-<lei>``, where bridges find it.
 
         ``wan`` should be an internal network: Docker never routes a container's default gateway
         (and so its published ports) through one, so leaving it cannot cut the test's own access.
         """
         mosquitto = self.containers["mosquitto"].get_wrapped_container()
-        self.docker.networks.get(wan).connect(mosquitto, aliases=[self.wan_alias])
+        self.docker.networks.get(wan).connect(mosquitto, aliases=[self.wan_alias, *also_as])
 
     def leave_wan(self, wan: str) -> None:
         """Take this broker off the federation's network: a WAN outage, as both ends of its bridges see it."""
