@@ -228,6 +228,10 @@ def test_injector_refuses_and_reports_failures(client: Any, lei: EmulatedLei, in
     late = FaultInjection(id="x0", kind="cpu", duration_s=20, intensity=0.1, ts=time.time() - 61)
     stale = injector.inject(IDLE_HOST.name, late)
     assert stale.status == "rejected" and re.search(r"\b6\d s old", stale.reason), stale
+    # A fault the random mode drew a minute ago, started late by a stalled loop, was never queued:
+    # its age is not held against it (here it fails on the host, checked next).
+    drawn = injector.inject("nowhere", late, queued=False)
+    assert drawn.status == "rejected" and drawn.reason.startswith("unknown host"), drawn
     flood = inject(IDLE_HOST.name, "x2", kind="flood")
     assert flood.status == "rejected"
     assert flood.reason == f"no running task with an IP address on host {IDLE_HOST.name!r} to flood"

@@ -90,12 +90,17 @@ class FaultInjector:
 
     # --- inject -------------------------------------------------------------------------
 
-    def inject(self, host: str, fault: FaultInjection, now: float | None = None) -> InjectionEvent:
-        """Start ``fault`` in ``host``; ``started``, or ``rejected``/``failed`` with a reason."""
+    def inject(self, host: str, fault: FaultInjection, now: float | None = None, queued: bool = True) -> InjectionEvent:
+        """Start ``fault`` in ``host``; ``started``, or ``rejected``/``failed`` with a reason.
+
+        ``queued``: the command came through the broker, which may have kept it while the
+        collector was away, so its age is checked; a fault drawn here (random mode) was not.
+        """
         now = self._clock() if now is None else now
         try:
             fault.check()
-            self._check_age(fault, now)
+            if queued:
+                self._check_age(fault, now)
             options = self._check(host, fault)
             self._start(host, fault, now, options)
         except (_Rejected, SchemaError) as exc:

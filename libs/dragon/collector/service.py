@@ -181,7 +181,8 @@ class Collector:
         quiet = time.monotonic() - self._started < self.config.random_fault_delay_s
         if self.random_faults is not None and not quiet:
             for host, command in self.random_faults.due(now):
-                self._publish_injection(self.injector.inject(host, command))
+                # Stamped when it was drawn; a stalled loop may start it late, never too late.
+                self._publish_injection(self.injector.inject(host, command, queued=False))
 
     def on_inject(self, message: Incoming) -> None:
         host = topics.host_of(message.topic)
