@@ -220,7 +220,7 @@ def test_hosts_gone_for_an_hour_are_forgotten_with_their_tasks_home_leis():
     view.observe(sample("b", "h3", 0.1, ts=later), later)
     snap = view.snapshot(later)
     assert snap.hosts == (("b", "h3"),) and view.known_leis() == {"b"}
-    assert view._home_lei == {} and view._listings == {}  # t1..t3 ran on hosts now forgotten
+    assert view._home_lei == {} and view._dropped == {}  # t1..t3 ran on hosts now forgotten
 
 
 def test_an_overflowing_simulation_is_refused_not_answered_with_infinities():
@@ -374,6 +374,33 @@ def test_a_task_restored_on_its_new_host_counts_there_before_any_sample_lists_it
     h1_forecast, h2_forecast = forecast_samples(snap, simulator_of(snap), "a", schedule_ts=view.schedule_ts("a"))
     assert h2_forecast.metrics.cpu == pytest.approx(0.05 + 0.5) and h2_forecast.tasks == ("t1",)
     assert h1_forecast.metrics.cpu == pytest.approx(0.45) and h1_forecast.tasks == ("t2",)
+
+
+def test_a_task_moved_off_a_host_gone_silent_is_brought_back_on_its_new_host():
+    """h4 stopped reporting (it is stale, its last sample still lists t3); LEI b's migrator restored
+    t3 on h3, which has not listed it yet."""
+    view = two_lei_view()
+    for lei, host in (("a", "h1"), ("a", "h2"), ("b", "h3")):
+        view.observe(sample(lei, host, 0.05, ts=NOW + 5), NOW + 5)
+    view.observe_schedule(Schedule(lei="b", ts=NOW + 5, tasks=(TaskPlacement("t3", "c7", "h3", NOW + 4),)))
+    snap = view.snapshot(NOW + 5)
+    assert ("b", "h4") not in snap.hosts
+    assert snap.state.placement[snap.task_index("t3")] == snap.host_index("b", "h3")
+    assert snap.state.demand[snap.task_index("t3"), 0] == pytest.approx(0.25)  # as h4 last measured it
+
+
+def test_a_restored_task_its_new_host_keeps_not_listing_is_let_go():
+    """The schedule placed t1 on h2, but h2 has sampled since, well after t1 started there, without
+    it: the schedule is out of date (its migrator stopped republishing) and t1 no phantom load."""
+    view = two_lei_view()
+    view.observe(sample("a", "h1", 0.45, [("t2", 0.35)], ts=NOW + 1), NOW + 1)
+    view.observe_schedule(Schedule(lei="a", ts=NOW + 2, tasks=(TaskPlacement("t1", "c9", "h2", NOW + 1.5),)))
+    view.observe(sample("a", "h2", 0.05, ts=NOW + 3), NOW + 3)  # within the collector's cache refresh
+    assert "t1" in view.snapshot(NOW + 3).tasks
+    view.observe(sample("a", "h1", 0.45, [("t2", 0.35)], ts=NOW + 9), NOW + 9)
+    view.observe(sample("a", "h2", 0.05, ts=NOW + 9), NOW + 9)
+    snap = view.snapshot(NOW + 9)
+    assert "t1" not in snap.tasks and snap.state.usage[snap.host_index("a", "h2"), 0] == pytest.approx(0.05)
 
 
 def test_a_task_a_stale_schedule_still_lists_is_not_brought_back():

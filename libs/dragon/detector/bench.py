@@ -522,8 +522,8 @@ def _envelope(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     if len(values) <= SVG_MAX_POINTS:
         return np.arange(len(values), dtype=np.float64), values
-    edges = np.linspace(0, len(values), SVG_MAX_POINTS + 1).astype(int)
-    return (edges[:-1] + edges[1:] - 1) / 2.0, np.maximum.reduceat(values, edges[:-1])
+    centres, starts = _buckets(len(values), SVG_MAX_POINTS)
+    return centres, np.maximum.reduceat(values, starts)
 
 
 def _range_envelope(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -534,8 +534,12 @@ def _range_envelope(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     if len(values) <= SVG_MAX_POINTS:
         return np.arange(len(values), dtype=np.float64), values
-    buckets = SVG_MAX_POINTS // 2
-    edges = np.linspace(0, len(values), buckets + 1).astype(int)
-    centres = (edges[:-1] + edges[1:] - 1) / 2.0
-    lows, highs = np.minimum.reduceat(values, edges[:-1]), np.maximum.reduceat(values, edges[:-1])
+    centres, starts = _buckets(len(values), SVG_MAX_POINTS // 2)
+    lows, highs = np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
     return np.repeat(centres, 2), np.column_stack([lows, highs]).ravel()
+
+
+def _buckets(steps: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` equal buckets of ``steps`` steps: each one's centre step and first step."""
+    edges = np.linspace(0, steps, count + 1).astype(int)
+    return (edges[:-1] + edges[1:] - 1) / 2.0, edges[:-1]

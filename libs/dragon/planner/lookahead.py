@@ -73,7 +73,9 @@ def look_ahead(
         future = future.after(plan.outcome.usage[0], future.apply(plan.decision[None, :])[0])
         faulty = np.flatnonzero(plan.outcome.anomalous_hosts[0])
     candidates = np.vstack([merged_candidates(sim, state, merged, last_across, groups), staying(state)])
-    final = best_over_horizon(sim, state, candidates, steps, evaluations)
+    # The two merges are often the same decision, or nothing at all: score each once, in order.
+    _, first = np.unique(candidates, axis=0, return_index=True)
+    final = best_over_horizon(sim, state, candidates[np.sort(first)], steps, evaluations)
     return Plan(final.decision, final.fitness, final.outcome, final.evaluations, tuple(horizon))
 
 

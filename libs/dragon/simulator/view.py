@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import structlog
@@ -41,11 +42,17 @@ CPU = HOST_METRICS.index("cpu")
 HostKey = tuple[str, str]  # (lei, host)
 FUTURE_TOLERANCE_S = 10.0  # clock skew a sample's timestamp may show (at least 3 intervals)
 FORGET_AFTER_S = 3600.0  # a host silent this long has left the federation
+# How long after a task starts on a host that host's samples may still miss it: the collector
+# lists containers from a cache refreshed every 5 s (collector/probes.py), and then it samples.
+ARRIVAL_GRACE_S = 5.0
 
 
-@dataclass(frozen=True)
-class Listing:
-    """The newest sample that listed a task: when, and the task's cpu share and memory there."""
+class Listing(NamedTuple):
+    """The newest sample that listed a task: when, and the task's cpu share and memory there.
+
+    A tuple, compared as one: between two samples of the same instant the larger cpu share
+    wins, as in :meth:`FederationView._tasks`. Made for every task of every sample, so cheap.
+    """
 
     ts: float
     cpu: float
@@ -86,7 +93,8 @@ class HostRecord:
 class Snapshot:
     """The federation as of ``ts``: index maps for hosts and tasks, and the co-simulator's inputs.
 
-    ``sampled`` places each task where the samples show it, with the usage they measured;
+    ``sampled`` places each task where the samples show it (a task restored on a new host
+    that no sample lists yet on none, ``UNPLACED``), with the usage they measured;
     ``state`` where its LEI's schedule says, with those moves' demand carried to the new hosts
     (what the planner plans from). They differ for a task that moved after its hosts' newest
     samples: a move whose effect no sample shows yet (:meth:`pending_moves`).
@@ -144,7 +152,8 @@ class FederationView:
         self.move_gain = move_gain
         self._hosts: dict[HostKey, HostRecord] = {}
         self._home_lei: dict[str, str] = {}
-        self._listings: dict[str, Listing] = {}  # task -> the newest sample that listed it
+        # Task -> the last sample that listed it, kept when its host's next sample no longer does.
+        self._dropped: dict[str, Listing] = {}
         self._scheduled: dict[str, dict[str, tuple[str, float]]] = {}  # lei -> task -> (host, since)
         self._schedule_ts: dict[str, float] = {}  # lei -> its newest schedule's ts
         self._schedule_at: dict[str, float] = {}  # lei -> the same, capped at when it arrived
@@ -175,13 +184,14 @@ class FederationView:
             return
         if record is None:
             record = self._hosts[key] = HostRecord(sample.ts, sample.interval_s, usage, tasks)
+        for task in record.tasks.keys() - tasks.keys():  # gone from this host: moved, or stopped
+            dropped = Listing(record.ts, *record.tasks[task])
+            if task not in self._dropped or dropped > self._dropped[task]:
+                self._dropped[task] = dropped
         record.ts, record.interval_s, record.usage, record.tasks = sample.ts, sample.interval_s, usage, tasks
         record.add(usage, self.background_samples)
-        for task, (cpu, ram_bytes) in tasks.items():
+        for task in tasks:
             self._home_lei.setdefault(task, sample.lei)
-            listing = self._listings.get(task)
-            if listing is None or sample.ts >= listing.ts:
-                self._listings[task] = Listing(sample.ts, cpu, ram_bytes)
 
     def observe_schedule(self, schedule: Schedule, now: float | None = None) -> None:
         """Take an LEI's schedule in: where each of its tasks runs, and since when (an older one
@@ -217,12 +227,12 @@ class FederationView:
         placement, measured, ram_bytes = self._tasks(records)
         usage = _without_departed(records, placement, background)
         arriving = self._arriving(placement, fresh)
-        for task in arriving:  # on no host in the samples, with the demand its last sample measured
-            measured[task], ram_bytes[task] = _measured_row(self._listings[task].cpu), self._listings[task].ram_bytes
+        for task, (_, listing) in arriving.items():  # on no host in the samples: as its last sample measured
+            measured[task], ram_bytes[task] = _measured_row(listing.cpu), listing.ram_bytes
         task_ids = (*placement, *arriving)
         sampled_place = np.array([placement.get(task, UNPLACED) for task in task_ids], dtype=int)
         self._apply_schedules(placement, fresh)
-        placement.update(arriving)
+        placement.update({task: target for task, (target, _) in arriving.items()})
         place = np.array([placement[task] for task in task_ids], dtype=int)
         measured_rows = np.array([measured[task] for task in task_ids]).reshape(len(task_ids), len(HOST_METRICS))
         home = [
@@ -285,10 +295,16 @@ class FederationView:
         for key in [key for key, rec in self._hosts.items() if now - rec.ts > FORGET_AFTER_S]:
             del self._hosts[key]
         running = {task for rec in self._hosts.values() for task in rec.tasks}
-        gone = [task for task, seen in self._listings.items() if task not in running and now - seen.ts > FORGET_AFTER_S]
+        for task in [task for task in self._dropped if task in running]:
+            del self._dropped[task]
+        gone = [
+            task
+            for task in self._home_lei
+            if task not in running and (task not in self._dropped or now - self._dropped[task].ts > FORGET_AFTER_S)
+        ]
         for task in gone:
-            del self._listings[task]
-            self._home_lei.pop(task, None)
+            self._dropped.pop(task, None)
+            del self._home_lei[task]
 
     def _tasks(self, records: list[HostRecord]) -> tuple[dict[str, int], dict[str, np.ndarray], dict[str, float]]:
         """Each task's host index, measured demand and memory.
@@ -325,7 +341,15 @@ class FederationView:
                 if since > listed_at:
                     placement[task] = target
 
-    def _arriving(self, placement: dict[str, int], fresh: list[HostKey]) -> dict[str, int]:
+    def _last_listing(self, task: str) -> Listing | None:
+        """The newest sample that listed ``task``: one its host's next sample dropped it from, or a
+        silent host's, whose newest sample still lists it."""
+        listings = [Listing(rec.ts, *rec.tasks[task]) for rec in self._hosts.values() if task in rec.tasks]
+        if task in self._dropped:
+            listings.append(self._dropped[task])
+        return max(listings, default=None)
+
+    def _arriving(self, placement: dict[str, int], fresh: list[HostKey]) -> dict[str, tuple[int, Listing]]:
         """Tasks no fresh sample lists that their LEI's schedule places on a fresh host since after the
         newest sample that listed them: moved (a checkpoint restored, say) and not sampled there yet.
 
@@ -336,9 +360,19 @@ class FederationView:
         arriving = {}
         for lei, tasks in self._scheduled.items():
             for task, (host, since) in tasks.items():
-                target, listing = index.get((lei, host)), self._listings.get(task)
-                if task not in placement and target is not None and listing is not None and since > listing.ts:
-                    arriving[task] = target
+                target = index.get((lei, host))
+                if task in placement or target is None:
+                    continue
+                listing = self._last_listing(task)
+                # Once the new host has sampled well after the task started there without listing
+                # it, the schedule is out of date (a migrator that stopped republishing it).
+                newest = self._hosts[fresh[target]]
+                if (
+                    listing is not None
+                    and listing.ts < since
+                    and newest.ts <= since + ARRIVAL_GRACE_S + newest.interval_s
+                ):
+                    arriving[task] = (target, listing)
         return arriving
 
     def _home_of(self, task: str, current_lei: str, leis: tuple[str, ...]) -> int:
