@@ -55,11 +55,7 @@ def run(args: Any) -> int:
     except (ConnectionError, TimeoutError) as exc:
         return _fail(str(exc), EXIT_NOT_STARTED)
     if answer is None:
-        return _fail(
-            f"no answer from a collector of LEI {lei!r} within {args.wait:g} s: is {args.host!r} one of its "
-            "emulated hosts, and does its collector inject faults (DRAGON_INJECTOR)?",
-            EXIT_NOT_STARTED,
-        )
+        return _fail(_unanswered(lei, args.host, args.wait, answers.judged_hosts), EXIT_NOT_STARTED)
     print(json.dumps(answer.to_dict()))
     if answer.status != "started":
         return _fail(f"the collector {answer.status} the fault: {answer.reason}", EXIT_NOT_STARTED)
@@ -77,6 +73,14 @@ def _send(settings: MqttSettings, lei: str, host: str, command: FaultInjection) 
     return None
 
 
+def _unanswered(lei: str, host: str, wait_s: float, judged: set[str]) -> str:
+    """Why nobody answered, as far as we can tell: the LEI's retained verdicts name the hosts it has."""
+    message = f"no answer from a collector of LEI {lei!r} within {wait_s:g} s"
+    if judged and host not in judged:
+        return f"{message}: LEI {lei!r} has no host {host!r} (its detector judges {', '.join(sorted(judged))})"
+    return f"{message}: is {host!r} one of its emulated hosts, and does its collector inject faults (DRAGON_INJECTOR)?"
+
+
 def _fail(message: str, code: int) -> int:
     print(f"dragon inject: {message}", file=sys.stderr)
     return code
@@ -87,6 +91,8 @@ class AnswerWatch:
 
     def __init__(self, settings: MqttSettings, lei: str, command_id: str, subscribe_timeout_s: float = 10.0) -> None:
         self._settings, self._topic, self._id = settings, topics.injections(lei), command_id
+        # The LEI's retained verdicts come with the subscription: the hosts its detector judges.
+        self._verdicts, self.judged_hosts = topics.host_verdicts(lei), set[str]()
         self._subscribe_timeout_s = subscribe_timeout_s
         self._subscribed, self._answered = threading.Event(), threading.Event()
         self._answer: InjectionEvent | None = None
@@ -119,7 +125,7 @@ class AnswerWatch:
             self._refused = f"the broker refused the connection as {self._settings.username!r}: {reason_code}"
             self._subscribed.set()
             return
-        client.subscribe(self._topic, qos=1)
+        client.subscribe([(self._topic, 1), (self._verdicts, 0)])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if any(code.is_failure for code in reason_codes):
@@ -127,6 +133,9 @@ class AnswerWatch:
         self._subscribed.set()
 
     def _on_message(self, client, userdata, message) -> None:
+        if message.topic != self._topic:  # a host's retained verdict: only its name is of use
+            self.judged_hosts.add(topics.host_of(message.topic))
+            return
         content_type = getattr(message.properties, "ContentType", "") if message.properties else ""
         try:
             event = codec.decode(InjectionEvent, message.payload, self._settings.max_payload_bytes, content_type)

@@ -20,6 +20,11 @@ def host_health(lei: str, host: str, mode: str = "observed") -> str:
     return base if mode == "observed" else f"{base}/{mode}"
 
 
+def host_verdicts(lei: str) -> str:
+    """Filter for the retained observed verdict of every host of an LEI."""
+    return f"{ROOT}/{lei}/hosts/+/health"
+
+
 def host_forecast(lei: str, host: str) -> str:
     """The co-simulator's forecast of the host's next sample (predicted mode)."""
     return f"{ROOT}/{lei}/hosts/{host}/forecast"
