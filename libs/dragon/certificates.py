@@ -29,7 +29,8 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -128,9 +129,12 @@ def ensure_broker_tls(
 
 def expiry(cert: Path) -> str:
     """When ``cert`` expires, as an ISO 8601 date (UTC)."""
+    return _not_after(cert).date().isoformat()
+
+
+def _not_after(cert: Path) -> datetime:
     text = _openssl("x509", "-in", str(cert), "-noout", "-enddate").stdout.strip()  # notAfter=Mar 11 ... GMT
-    when = datetime.strptime(text.partition("=")[2], "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
-    return when.date().isoformat()
+    return datetime.strptime(text.partition("=")[2], "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
 
 
 def _pair_current(key: Path, cert: Path, days: int) -> bool:
@@ -173,21 +177,21 @@ def _valid_for(cert: Path, days: int) -> bool:
 
 
 def _make_ca(key: Path, cert: Path, lei: str) -> None:
-    new_key, new_cert = _aside(key), _aside(cert)
-    _private_key(new_key)
-    _openssl(
-        "req", "-new", "-x509", "-key", str(new_key), "-out", str(new_cert), "-days", str(CA_DAYS),
-        "-subj", f"/O=DRAGON/CN=DRAGON {lei} broker CA",
-        "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-    )  # fmt: skip
-    _put_in_place(new_key, key, new_cert, cert)
+    with _made_aside(key, cert) as (new_key, new_cert):
+        _private_key(new_key)
+        _openssl(
+            "req", "-new", "-x509", "-key", str(new_key), "-out", str(new_cert), "-days", str(CA_DAYS),
+            "-subj", f"/O=DRAGON/CN=DRAGON {lei} broker CA",
+            "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        )  # fmt: skip
 
 
 def _issue_broker_cert(key: Path, cert: Path, ca_key: Path, ca_cert: Path, lei: str, names: Sequence[str]) -> None:
     alt_names = ",".join(f"IP:{name}" if _ip_address(name) else f"DNS:{name}" for name in names)
-    new_key, new_cert = _aside(key), _aside(cert)
-    with tempfile.TemporaryDirectory() as scratch:
+    # Never beyond the CA's own end: clients would stop trusting it before it expired.
+    days = max(1, min(BROKER_DAYS, (_not_after(ca_cert) - datetime.now(UTC)).days))
+    with _made_aside(key, cert) as (new_key, new_cert), tempfile.TemporaryDirectory() as scratch:
         request, extensions = Path(scratch) / "broker.csr", Path(scratch) / "broker.ext"
         extensions.write_text(
             f"subjectAltName={alt_names}\nbasicConstraints=critical,CA:FALSE\n"
@@ -198,19 +202,26 @@ def _issue_broker_cert(key: Path, cert: Path, ca_key: Path, ca_cert: Path, lei: 
         _openssl("req", "-new", "-key", str(new_key), "-out", str(request), "-subj", f"/O=DRAGON/CN={lei} broker")
         _openssl(
             "x509", "-req", "-in", str(request), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-            "-set_serial", "0x" + secrets.token_hex(16), "-days", str(BROKER_DAYS),
+            "-set_serial", "0x" + secrets.token_hex(16), "-days", str(days),
             "-extfile", str(extensions), "-out", str(new_cert),
         )  # fmt: skip
-    _put_in_place(new_key, key, new_cert, cert)
 
 
-def _aside(path: Path) -> Path:
-    return path.with_name(path.name + ".new")
+@contextmanager
+def _made_aside(key: Path, cert: Path) -> Iterator[tuple[Path, Path]]:
+    """Paths beside ``key`` and ``cert`` to make the new pair in; both renamed into place at the end.
 
-
-def _put_in_place(new_key: Path, key: Path, new_cert: Path, cert: Path) -> None:
-    """Both made, then both renamed. A crash between the two renames leaves a key that does not
-    match its certificate, which the next run finds (:func:`_pair_current`) and issues again."""
+    If making them fails, they are removed: an uncertified key must not linger where the services
+    can read it. A crash between the two renames leaves a key that does not match its
+    certificate, which the next run finds (:func:`_pair_current`) and issues again.
+    """
+    new_key, new_cert = key.with_name(key.name + ".new"), cert.with_name(cert.name + ".new")
+    try:
+        yield new_key, new_cert
+    except BaseException:
+        new_key.unlink(missing_ok=True)
+        new_cert.unlink(missing_ok=True)
+        raise
     new_key.replace(key)
     new_cert.replace(cert)
 

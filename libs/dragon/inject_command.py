@@ -77,7 +77,8 @@ def _unanswered(lei: str, host: str, wait_s: float, judged: set[str]) -> str:
     """Why nobody answered, as far as we can tell: the LEI's retained verdicts name the hosts it has."""
     message = f"no answer from a collector of LEI {lei!r} within {wait_s:g} s"
     if judged and host not in judged:
-        return f"{message}: LEI {lei!r} has no host {host!r} (its detector judges {', '.join(sorted(judged))})"
+        hosts = ", ".join(sorted(judged))
+        return f"{message}: the LEI's detector has verdicts for {hosts}, none for {host!r}: is that one of its hosts?"
     return f"{message}: is {host!r} one of its emulated hosts, and does its collector inject faults (DRAGON_INJECTOR)?"
 
 
@@ -128,7 +129,8 @@ class AnswerWatch:
         client.subscribe([(self._topic, 1), (self._verdicts, 0)])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        if any(code.is_failure for code in reason_codes):
+        # Only the answers matter; an ACL that hides the verdicts leaves the hint out, nothing more.
+        if reason_codes[0].is_failure:
             self._refused = f"the broker refused the subscription to {self._topic}: {reason_codes[0]}"
         self._subscribed.set()
 

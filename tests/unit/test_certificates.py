@@ -209,3 +209,29 @@ def test_dragon_secrets_takes_the_broker_names_and_says_which_is_bad(tmp_path, c
     expires = datetime.date.fromisoformat(report["broker_certificate_expires"])
     assert expires - datetime.date.today() in (datetime.timedelta(days=824), datetime.timedelta(days=825))
     assert datetime.date.fromisoformat(report["ca_expires"]) > expires
+
+
+def test_a_renewal_that_fails_leaves_the_old_pair_and_no_stray_key(lei, monkeypatch):
+    directory, ca_dir = lei
+    old_key = (directory / certificates.BROKER_KEY).read_bytes()
+    real = certificates._openssl
+
+    def signing_fails(*args, check=True):
+        if args[:2] == ("x509", "-req"):
+            raise certificates.CertificateError("openssl x509 failed: disk full")
+        return real(*args, check=check)
+
+    monkeypatch.setattr(certificates, "_openssl", signing_fails)
+    with pytest.raises(certificates.CertificateError):
+        secrets.generate(directory, "lei1", ["h1"], renew_cert=True, ca_dir=ca_dir)
+    assert not list(directory.glob("*.new")) and (directory / certificates.BROKER_KEY).read_bytes() == old_key
+    monkeypatch.undo()
+    handshake(directory, "broker.example")
+
+
+def test_the_broker_certificate_never_outlives_its_ca(tmp_path, monkeypatch):
+    monkeypatch.setattr(certificates, "CA_DAYS", 100)
+    directory = directory_made(tmp_path / "s")
+    certificates.ensure_broker_tls(directory, tmp_path / "ca", "lei1", certificates.broker_names([]))
+    ca_end = certificates.expiry(directory / certificates.CA_CERT)
+    assert certificates.expiry(directory / certificates.BROKER_CERT) <= ca_end

@@ -389,6 +389,21 @@ def test_a_task_moved_off_a_host_gone_silent_is_brought_back_on_its_new_host():
     assert snap.state.demand[snap.task_index("t3"), 0] == pytest.approx(0.25)  # as h4 last measured it
 
 
+def test_a_task_that_stopped_after_its_move_is_not_brought_back_by_a_silent_hosts_old_sample():
+    """t3 moved off h4, which then fell silent still listing it; h3 ran it and then dropped it (it
+    stopped for good). The drop on h3 is t3's last word, not h4's older sample."""
+    view = two_lei_view()
+    for lei, host in (("a", "h1"), ("a", "h2"), ("b", "h3")):
+        view.observe(sample(lei, host, 0.05, ts=NOW + 2), NOW + 2)
+    view.observe_schedule(Schedule(lei="b", ts=NOW + 2, tasks=(TaskPlacement("t3", "c7", "h3", NOW + 2),)))
+    view.observe(sample("b", "h3", 0.65, [("t3", 0.6)], ts=NOW + 4), NOW + 4)
+    view.observe(sample("b", "h3", 0.05, ts=NOW + 5), NOW + 5)  # t3 stopped
+    for at in (NOW + 5, NOW + 6):
+        snap = view.snapshot(at)
+        assert "t3" not in snap.tasks, at
+    assert view._home_lei["t3"] == "b" and view._dropped["t3"].cpu == 0.6
+
+
 def test_a_restored_task_its_new_host_keeps_not_listing_is_let_go():
     """The schedule placed t1 on h2, but h2 has sampled since, well after t1 started there, without
     it: the schedule is out of date (its migrator stopped republishing) and t1 no phantom load."""

@@ -70,7 +70,7 @@ def test_watch_and_inject_say_why_they_cannot_reach_the_broker(monkeypatch, caps
 def test_inject_says_which_hosts_an_lei_has_when_nobody_answered():
     from dragon.inject_command import _unanswered
 
-    assert "LEI 'lei1' has no host 'h9' (its detector judges h1, h2)" in _unanswered("lei1", "h9", 3, {"h2", "h1"})
+    assert "detector has verdicts for h1, h2, none for 'h9'" in _unanswered("lei1", "h9", 3, {"h2", "h1"})
     # A host the LEI has (its collector may not inject), or an LEI whose verdicts we did not see.
     for judged in ({"h1", "h9"}, set()):
         assert "is 'h9' one of its emulated hosts" in _unanswered("lei1", "h9", 3, judged)

@@ -294,8 +294,13 @@ class FederationView:
         """
         for key in [key for key, rec in self._hosts.items() if now - rec.ts > FORGET_AFTER_S]:
             del self._hosts[key]
-        running = {task for rec in self._hosts.values() for task in rec.tasks}
-        for task in [task for task in self._dropped if task in running]:
+        listed_at: dict[str, float] = {}  # task -> the newest sample that lists it, silent hosts' too
+        for rec in self._hosts.values():
+            for task in rec.tasks:
+                listed_at[task] = max(listed_at.get(task, rec.ts), rec.ts)
+        running = set(listed_at)
+        # A drop is history once a newer sample lists the task again; a silent host's older one does not count.
+        for task in [task for task, drop in self._dropped.items() if listed_at.get(task, -np.inf) >= drop.ts]:
             del self._dropped[task]
         gone = [
             task
@@ -363,15 +368,13 @@ class FederationView:
                 target = index.get((lei, host))
                 if task in placement or target is None:
                     continue
-                listing = self._last_listing(task)
                 # Once the new host has sampled well after the task started there without listing
                 # it, the schedule is out of date (a migrator that stopped republishing it).
                 newest = self._hosts[fresh[target]]
-                if (
-                    listing is not None
-                    and listing.ts < since
-                    and newest.ts <= since + ARRIVAL_GRACE_S + newest.interval_s
-                ):
+                if newest.ts > since + ARRIVAL_GRACE_S + newest.interval_s:
+                    continue
+                listing = self._last_listing(task)  # scans every host: after the cheap test
+                if listing is not None and listing.ts < since:
                     arriving[task] = (target, listing)
         return arriving
 
