@@ -48,10 +48,10 @@ ARRIVAL_GRACE_S = 5.0
 
 
 class Listing(NamedTuple):
-    """The newest sample that listed a task: when, and the task's cpu share and memory there.
+    """A sample that listed a task: when, and the task's cpu share and memory there.
 
-    A tuple, compared as one: between two samples of the same instant the larger cpu share
-    wins, as in :meth:`FederationView._tasks`. Made for every task of every sample, so cheap.
+    Compared as a tuple: the newer wins, and between two samples of the same instant the larger
+    cpu share, as in :meth:`FederationView._tasks`.
     """
 
     ts: float
