@@ -259,6 +259,21 @@ def test_streaming_pot_modes_run_and_are_recorded(tmp_path, mode):
     assert (len(drawn.split()) == 2) == (mode == "static")
 
 
+def test_dspot_starts_from_the_newest_training_scores_the_service_keeps(tmp_path, monkeypatch):
+    """The service calibrates DSPOT on its checkpoint's calibration tail (the newest 4,096 training
+    scores): the bench does the same, so a long training series is judged as it will be served."""
+    from dragon.detector import bench as bench_module
+    from dragon.detector.bench import BenchConfig, run_bench
+
+    monkeypatch.setattr(bench_module, "CALIBRATION_TAIL", 100)
+    rng = np.random.default_rng(3)
+    for name, array in (("train", rng.normal(size=(300, 2))), ("test", rng.normal(size=(50, 2)))):
+        np.save(tmp_path / f"{name}.npy", array)
+    np.save(tmp_path / "labels.npy", np.zeros(50, dtype=int))
+    result = run_bench(BenchConfig(data=str(tmp_path), model="zscore", pot_mode="dspot", latency_samples=5))
+    assert result.report["params"]["pot"]["calibration_scores"] == 100 - 20  # the tail, less DSPOT's depth
+
+
 def test_a_long_runs_plot_shows_where_the_threshold_dipped(tmp_path):
     """Drawn by bucket maxima alone, a threshold that fell for a few steps of 10,000 looked flat."""
     from dragon.detector.bench import SVG_MAX_POINTS, write_svg

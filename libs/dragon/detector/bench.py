@@ -57,7 +57,7 @@ from dragon.detector.config import DEFAULT_POT_LAG, ONLINE_MIN_INTERVAL_STEPS
 from dragon.detector.online import OnlineSettings
 from dragon.detector.pot import DEFAULT_LEVEL, DEFAULT_Q, PotState, StreamingPot, fit_pot, usable_drift_depth
 from dragon.detector.svgplot import Frame
-from dragon.detector.train import DatasetError, load_dataset_dir
+from dragon.detector.train import CALIBRATION_TAIL, DatasetError, load_dataset_dir
 
 log = structlog.get_logger(__name__)
 
@@ -191,8 +191,9 @@ STREAMS: dict[str, Callable[[PotState, np.ndarray, BenchConfig], StreamingPot | 
 
 
 def _dspot(train_scores: np.ndarray, cfg: BenchConfig) -> StreamingPot:
-    """DSPOT from the training scores, or SPOT when they are too few for its moving average (as
-    the service does: ``Checkpoint.usable_drift_depth``)."""
+    """DSPOT from the newest training scores the service keeps (``CALIBRATION_TAIL``), or SPOT
+    when they are too few for its moving average (as the service does: ``Checkpoint.usable_drift_depth``)."""
+    train_scores = train_scores[-CALIBRATION_TAIL:]
     depth = usable_drift_depth(len(train_scores), cfg.dspot_depth)
     if depth != cfg.dspot_depth:
         scores = len(train_scores)
