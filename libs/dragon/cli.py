@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from dragon import certificates, inject_command, secrets
-from dragon.config import ConfigError, settings_table
+from dragon.config import ConfigError, comma_list, settings_table
 from dragon.messages import codec, topics
 from dragon.messages.schemas import (
     FAULT_KINDS,
@@ -20,7 +20,7 @@ from dragon.messages.schemas import (
     Schedule,
     ServiceCounters,
 )
-from dragon.mqtt import connect, one_shot_client
+from dragon.mqtt import connect, content_type_of, one_shot_client
 from dragon.service.known import load_from_env
 from dragon.settings import MqttSettings, check_id
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _secrets(args) -> int:
-    hosts, remote, peers = (_ids(text) for text in (args.hosts, args.remote_hosts, args.peers))
+    hosts, remote, peers = (comma_list(text) for text in (args.hosts, args.remote_hosts, args.peers))
     try:
         # Each becomes a topic level of an ACL line: a wildcard would open every host's topics.
         check_id("--lei", args.lei)
@@ -131,7 +131,7 @@ def _secrets(args) -> int:
             force=args.force,
             peers=peers,
             remote_hosts=remote,
-            broker_names=_ids(args.broker_names),
+            broker_names=comma_list(args.broker_names),
             ca_dir=args.ca_dir,
             renew_cert=args.renew_cert,
             new_ca=args.new_ca,
@@ -148,11 +148,6 @@ def _secrets(args) -> int:
         return 1
     print(json.dumps({"dir": str(args.dir), "written": written, **expires}))
     return 0
-
-
-def _ids(text: str) -> list[str]:
-    """Comma-separated ids, blanks dropped."""
-    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _bridge(args) -> int:
@@ -240,7 +235,7 @@ def _watch(args) -> int:
     def on_message(client, userdata, message):
         nonlocal seen
         schema = schema_of(message.topic)
-        content_type = getattr(message.properties, "ContentType", "") if message.properties else ""
+        content_type = content_type_of(message)
         try:
             event = codec.decode(schema, message.payload, settings.max_payload_bytes, content_type)
         except codec.DecodeError as exc:

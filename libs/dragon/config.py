@@ -51,7 +51,8 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(f"expected a boolean (true/false), got {raw!r}")
 
 
-def _parse_str_tuple(raw: str) -> tuple[str, ...]:
+def comma_list(raw: str) -> tuple[str, ...]:
+    """``a, b,,c`` -> ("a", "b", "c"): comma-separated items, blanks dropped."""
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
@@ -60,7 +61,7 @@ _PARSERS: dict[Any, typing.Callable[[str], Any]] = {
     int: int,
     float: float,
     bool: _parse_bool,
-    tuple[str, ...]: _parse_str_tuple,
+    tuple[str, ...]: comma_list,
 }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from dragon.config import ConfigError
 from dragon.messages import codec, topics
 from dragon.messages.schemas import FaultInjection, InjectionEvent
-from dragon.mqtt import NO_MATCHING_SUBSCRIBERS, connect, one_shot_client, publish_once
+from dragon.mqtt import NO_MATCHING_SUBSCRIBERS, connect, content_type_of, one_shot_client, publish_once
 from dragon.service.known import load_from_env
 from dragon.settings import MqttSettings, ServiceSettings, check_id
 
@@ -138,7 +138,7 @@ class AnswerWatch:
         if message.topic != self._topic:  # a host's retained verdict: only its name is of use
             self.judged_hosts.add(topics.host_of(message.topic))
             return
-        content_type = getattr(message.properties, "ContentType", "") if message.properties else ""
+        content_type = content_type_of(message)
         try:
             event = codec.decode(InjectionEvent, message.payload, self._settings.max_payload_bytes, content_type)
         except codec.DecodeError:

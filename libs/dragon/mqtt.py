@@ -153,10 +153,7 @@ class MqttClient:
             protocol=paho.MQTTv5,
             manual_ack=True,
         )
-        if self.settings.username:
-            client.username_pw_set(self.settings.username, self.settings.password)
-        if self.settings.tls:
-            client.tls_set_context(tls_context(self.settings))
+        authenticate(client, self.settings)
         will = Properties(PacketTypes.WILLMESSAGE)
         will.MessageExpiryInterval = GONE_RETAINED_S
         client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True, properties=will)
@@ -459,14 +456,13 @@ _RECONNECTED = paho.MQTTMessage(mid=-1, topic=b"$internal/reconnected")
 
 def _incoming(message: paho.MQTTMessage) -> Incoming:
     props = getattr(message, "properties", None)
-    content_type = getattr(props, "ContentType", "") if props is not None else ""
     user_props = dict(getattr(props, "UserProperty", []) or []) if props is not None else {}
     return Incoming(
         topic=message.topic,
         payload=bytes(message.payload),
         qos=message.qos,
         retain=bool(message.retain),
-        content_type=content_type or "",
+        content_type=content_type_of(message),
         user_properties=user_props,
         response_topic=(getattr(props, "ResponseTopic", "") if props is not None else "") or "",
         correlation_data=bytes((getattr(props, "CorrelationData", b"") if props is not None else b"") or b""),
@@ -476,11 +472,22 @@ def _incoming(message: paho.MQTTMessage) -> Incoming:
 def one_shot_client(settings: MqttSettings, name: str) -> paho.Client:
     """A plain MQTT v5 client for a short task (a command, a watch): no session, no availability."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5)
+    authenticate(client, settings)
+    return client
+
+
+def authenticate(client: paho.Client, settings: MqttSettings) -> None:
+    """The user and password, and TLS when the settings ask for it: every client of ours logs in so."""
     if settings.username:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls:
         client.tls_set_context(tls_context(settings))
-    return client
+
+
+def content_type_of(message: paho.MQTTMessage) -> str:
+    """The MQTT v5 content type of a received message ("" when it has none)."""
+    props = getattr(message, "properties", None)
+    return (getattr(props, "ContentType", "") if props is not None else "") or ""
 
 
 class _ClosedOnFailedHandshake(ssl.SSLSocket):

@@ -11,7 +11,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from dragon.mqtt import one_shot_client, publish_once
+from dragon.mqtt import content_type_of, one_shot_client, publish_once
 from dragon.settings import MqttSettings
 
 
@@ -64,7 +64,7 @@ class Listener:
 
     def _on_message(self, client, userdata, message) -> None:
         props = message.properties
-        content_type = getattr(props, "ContentType", "") if props is not None else ""
+        content_type = content_type_of(message)
         correlation = bytes(getattr(props, "CorrelationData", b"") or b"") if props is not None else b""
         user_properties = tuple(getattr(props, "UserProperty", []) or []) if props is not None else ()
         expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
