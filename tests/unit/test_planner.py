@@ -12,7 +12,6 @@ from dragon.planner.lookahead import (
     merge,
     merged_candidates,
     only_across_leis,
-    staying,
 )
 from dragon.sim.federation import Federation
 from dragon.sim.qos import CoSimulator, FederationState
@@ -182,21 +181,21 @@ def test_dragon_plus_goes_out_only_when_it_pays_back_within_its_horizon(seed):
     sim, state = random_scenario(6, 8, seed, hosts_per_lei=2, hot_share=0.34, cpu_demand=(0.3, 0.7))
     calm = np.flatnonzero(~sim.judge(state.usage[None])[0])
     plan = look_ahead(sim, state, calm[:1], steps=5, rng=np.random.default_rng(seed))
-    chosen, stay = horizon_fitness(sim, state, np.vstack([plan.decision, staying(state)]), steps=5)
+    chosen, stay = horizon_fitness(sim, state, np.vstack([plan.decision, state.unmoved()]), steps=5)
     assert chosen <= stay + 1e-12
     if seed == 7:  # worse now than staying, better over the look-ahead: it goes out (the point of N > 1)
-        assert plan.moves and plan.fitness > sim.evaluate(state, staying(state)).fitness[0]
+        assert plan.moves and plan.fitness > sim.evaluate(state, state.unmoved()).fitness[0]
 
 
 def test_the_horizon_fitness_is_now_and_then_the_twin_left_alone():
     sim, state = overloaded_lei_case()
-    decisions = np.vstack([staying(state), [UNPLACED, 2, UNPLACED, UNPLACED]])
+    decisions = np.vstack([state.unmoved(), [UNPLACED, 2, UNPLACED, UNPLACED]])
     assert horizon_fitness(sim, state, decisions, steps=1).tolist() == sim.evaluate(state, decisions).fitness.tolist()
     # Two intervals: the decision now, then nothing more on the state it leads to (no second overhead).
     now = sim.evaluate(state, decisions)
     placements = state.apply(decisions)
     after = [state.after(usage, placement) for usage, placement in zip(now.usage, placements, strict=True)]
-    then = [sim.evaluate(future, staying(future)).fitness[0] for future in after]
+    then = [sim.evaluate(future, future.unmoved()).fitness[0] for future in after]
     assert horizon_fitness(sim, state, decisions, steps=2) == pytest.approx((now.fitness + then) / 2)
 
 

@@ -199,12 +199,11 @@ def anneal(
     faulty_hosts = np.asarray(faulty_hosts, dtype=int)
     avoid = faulty_hosts if avoid is None else np.asarray(avoid, dtype=int)
     moves = Neighbourhood(sim, state, rng, groups, avoid=avoid)
-    stay = np.full(len(state.placement), UNPLACED)
     chains = np.stack([moves.start(faulty_hosts, config.start_share) for _ in range(config.chains)])
-    scores = sim.evaluate(state, np.vstack([chains, stay[None, :]])).fitness
+    scores = sim.evaluate(state, np.vstack([chains, state.unmoved()])).fitness
     fitness, evaluations = scores[:-1], len(scores)
     best_at = int(scores.argmin())
-    best, best_fitness = np.vstack([chains, stay[None, :]])[best_at].copy(), float(scores[best_at])
+    best, best_fitness = np.vstack([chains, state.unmoved()])[best_at].copy(), float(scores[best_at])
     steps = config.steps + config.steps_per_candidate * int(np.isin(state.placement, faulty_hosts).sum())
     temperature, cooling = None, config.final_temperature_ratio ** (1.0 / steps)
     for _ in range(steps):

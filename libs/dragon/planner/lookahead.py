@@ -72,16 +72,11 @@ def look_ahead(
         evaluations += plan.evaluations
         future = future.after(plan.outcome.usage[0], future.apply(plan.decision[None, :])[0])
         faulty = np.flatnonzero(plan.outcome.anomalous_hosts[0])
-    candidates = np.vstack([merged_candidates(sim, state, merged, last_across, groups), staying(state)])
+    candidates = np.vstack([merged_candidates(sim, state, merged, last_across, groups), state.unmoved()])
     # The two merges are often the same decision, or nothing at all: score each once, in order.
     _, first = np.unique(candidates, axis=0, return_index=True)
     final = best_over_horizon(sim, state, candidates[np.sort(first)], steps, evaluations)
     return Plan(final.decision, final.fitness, final.outcome, final.evaluations, tuple(horizon))
-
-
-def staying(state: FederationState) -> np.ndarray:
-    """The decision that moves nothing, as one row (1, p)."""
-    return np.full((1, len(state.placement)), UNPLACED)
 
 
 def merged_candidates(
@@ -106,7 +101,7 @@ def horizon_fitness(sim: CoSimulator, state: FederationState, candidates: np.nda
     for row, (usage, placement) in enumerate(zip(outcome.usage, state.apply(candidates), strict=True)):
         future = state.after(usage, placement)
         for _ in range(steps - 1):
-            later = sim.evaluate(future, staying(future))
+            later = sim.evaluate(future, future.unmoved())
             total[row] += later.fitness[0]
             future = future.after(later.usage[0], future.placement)
     return total / steps

@@ -33,7 +33,6 @@ from dragon.planner.config import PlannerConfig
 from dragon.planner.decisions import PlanContext, decision_message
 from dragon.planner.lookahead import look_ahead
 from dragon.service.lifecycle import Lifecycle
-from dragon.sim.twin import UNPLACED
 from dragon.simulator.view import Snapshot, co_simulator, follow_samples, follow_schedules, view_from
 
 log = structlog.get_logger(__name__)
@@ -190,7 +189,7 @@ class Planner:
             plan = anneal(sim, snapshot.state, faulty_index, self.annealing, rng, groups)
         else:
             plan = look_ahead(sim, snapshot.state, faulty_index, self.config.look_ahead, self.annealing, rng, groups)
-        unmoved = float(sim.evaluate(snapshot.state, np.full((1, len(snapshot.tasks)), UNPLACED)).fitness[0])
+        unmoved = float(sim.evaluate(snapshot.state, snapshot.state.unmoved()).fitness[0])
         context = PlanContext(
             lei=self.lei,
             planner=self.instance,

@@ -100,6 +100,10 @@ class FederationState:
         """
         return replace(self, usage=usage, placement=placement)
 
+    def unmoved(self) -> np.ndarray:
+        """The decision that moves nothing, as one row (1, p): what every plan is weighed against."""
+        return np.full((1, len(self.placement)), UNPLACED)
+
     def apply(self, decisions: np.ndarray) -> np.ndarray:
         """The placements (B, p) after each decision (B, p): a task's new host, or where it was."""
         return np.where(decisions != UNPLACED, decisions, self.placement)
