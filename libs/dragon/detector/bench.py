@@ -186,19 +186,17 @@ def fit_and_calibrate(model: AnomalyModel, train: np.ndarray, cfg: BenchConfig) 
 STREAMS: dict[str, Callable[[PotState, np.ndarray, BenchConfig], StreamingPot | None]] = {
     "static": lambda pot, train_scores, cfg: None,
     "spot": lambda pot, train_scores, cfg: StreamingPot(pot, lag=cfg.pot_lag),
-    "dspot": lambda pot, train_scores, cfg: _dspot(train_scores, cfg),
+    "dspot": lambda pot, train_scores, cfg: _dspot(pot, train_scores, cfg),
 }
 
 
-def _dspot(train_scores: np.ndarray, cfg: BenchConfig) -> StreamingPot:
-    """DSPOT from the newest training scores the service keeps (``CALIBRATION_TAIL``), or SPOT
-    when they are too few for its moving average (as the service does: ``Checkpoint.usable_drift_depth``)."""
+def _dspot(pot: PotState, train_scores: np.ndarray, cfg: BenchConfig) -> StreamingPot:
+    """DSPOT from the newest training scores the service keeps (``CALIBRATION_TAIL``), or, when
+    they are too few for its moving average, SPOT from the fit on all of them, as the service does."""
     train_scores = train_scores[-CALIBRATION_TAIL:]
-    depth = usable_drift_depth(len(train_scores), cfg.dspot_depth)
-    if depth != cfg.dspot_depth:
-        scores = len(train_scores)
-        log.warning("dspot_needs_calibration_scores_using_spot", calibration_scores=scores, depth=cfg.dspot_depth)
-    return StreamingPot.calibrate(train_scores, cfg.pot_q, cfg.pot_level, depth, cfg.pot_lag)
+    if not usable_drift_depth(len(train_scores), cfg.dspot_depth):
+        return STREAMS["spot"](pot, train_scores, cfg)
+    return StreamingPot.calibrate(train_scores, cfg.pot_q, cfg.pot_level, cfg.dspot_depth, cfg.pot_lag)
 
 
 def offline_thresholds(

@@ -114,15 +114,7 @@ class Checkpoint:
         DSPOT calibrates on more than ``depth`` of the newest calibration scores: checkpoints
         written before that field have none, and a fine-tune learnt from few windows has few.
         """
-        usable = usable_drift_depth(len(self.calibration_tail), depth)
-        if usable != depth:
-            log.warning(
-                "dspot_needs_calibration_scores_using_spot",
-                model_id=self.model_id,
-                calibration_scores=len(self.calibration_tail),
-                depth=depth,
-            )
-        return usable
+        return usable_drift_depth(len(self.calibration_tail), depth, model_id=self.model_id)
 
     def streaming_pot(self, host: str = DEFAULT_HOST, depth: int = 0, lag: int = 0) -> StreamingPot:
         """Where ``host``'s streaming threshold starts under this model: SPOT, or DSPOT if ``depth`` > 0.

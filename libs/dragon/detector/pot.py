@@ -558,9 +558,15 @@ def spot_thresholds(state: PotState, scores: np.ndarray, max_peaks: int = MAX_ST
     return StreamingPot(state, max_peaks=max_peaks, lag=lag).run(scores)
 
 
-def usable_drift_depth(calibration_scores: int, depth: int) -> int:
-    """``depth`` if DSPOT can start from that many calibration scores (more than ``depth``), else 0: SPOT."""
-    return depth if calibration_scores > depth else 0
+def usable_drift_depth(calibration_scores: int, depth: int, **context: object) -> int:
+    """``depth`` if DSPOT can start from that many calibration scores (more than ``depth``), else 0:
+    SPOT, said once in the log with ``context`` (which model, say)."""
+    if calibration_scores > depth or depth == 0:
+        return depth
+    log.warning(
+        "dspot_needs_calibration_scores_using_spot", calibration_scores=calibration_scores, depth=depth, **context
+    )
+    return 0
 
 
 def drift_removed(scores: np.ndarray, depth: int) -> np.ndarray:
