@@ -181,9 +181,18 @@ class CoSimulator:
         self.longest_migration_s = max(self.longest_migration_s, float(seconds))
 
     def _tables_for(self, state: FederationState) -> StateTables:
-        """The tables of ``state``, reused while the same state object is evaluated again."""
-        if self._tables is None or self._tables.state is not state:
+        """The tables of ``state``, reused while states share the arrays they are built from.
+
+        The tables read the tasks' placement, demand, memory and home LEIs, never the hosts'
+        usage: a state one interval on with nothing moved (``FederationState.after``, as
+        DRAGON+'s horizon rolls forward) shares them and is not built again.
+        """
+        cached = self._tables.state if self._tables is not None else None
+        if cached is not state:
             self._check_state(state)
+        if cached is None or not all(
+            getattr(cached, name) is getattr(state, name) for name in ("placement", "demand", "ram_bytes", "home_lei")
+        ):
             self._tables = self._build_tables(state)
         return self._tables
 
