@@ -65,6 +65,8 @@ def test_json_round_trip_and_sniffing_without_content_type():
     [
         (b"\xc1\x00garbage", "malformed"),
         (b"{not json", "malformed"),
+        # JSON nested past the parser's stack, in under 64 KiB.
+        pytest.param(b'{"a":' + b"[" * 25_000 + b"]" * 25_000 + b"}", "malformed", id="nested"),
         (msgpack.packb([1, 2, 3]), "malformed"),
         (b"\x00" * (LIMIT + 1), "oversized"),
         (msgpack.packb({"v": 2}), "version"),
@@ -132,6 +134,8 @@ def test_integers_are_accepted_for_floats():
         {"duration_s": 7200},
         {"intensity": 1.5},
         {"id": ""},
+        {"ts": -5.0},  # the collector's age check would pass it as "not stamped" or as any age
+        {"ts": float("nan")},
     ],
 )
 def test_fault_injection_limits(fields):

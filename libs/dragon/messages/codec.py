@@ -51,7 +51,8 @@ def decode(cls: type[M], payload: bytes, max_bytes: int, content_type: str = "")
             data = msgpack.unpackb(
                 payload, raw=False, strict_map_key=True, max_array_len=4096, max_map_len=256, max_str_len=4096
             )
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    # RecursionError: JSON nested a few thousand deep fits in 64 KiB and overflows the parser's stack.
+    except (ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise DecodeError("malformed", f"{type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict):
         raise DecodeError("malformed", f"expected a map, got {type(data).__name__}")

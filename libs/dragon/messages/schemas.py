@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from dragon.messages.schema import Message, require
@@ -140,6 +141,8 @@ class FaultInjection(Message):
         require(0 < self.duration_s <= 3600, "FaultInjection.duration_s must be in (0, 3600]")
         require(0 < self.intensity <= 1, "FaultInjection.intensity must be in (0, 1]")
         require(0 < len(self.id) <= 64, "FaultInjection.id must be 1-64 characters")
+        # 0: not stamped (not checked for age); anything else an epoch time, or the age check is moot.
+        require(math.isfinite(self.ts) and self.ts >= 0, "FaultInjection.ts must be 0 or an epoch time in seconds")
 
 
 @dataclass(frozen=True)
