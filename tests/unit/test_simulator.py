@@ -382,7 +382,7 @@ def test_a_task_moved_off_a_host_gone_silent_is_brought_back_on_its_new_host():
     view = two_lei_view()
     for lei, host in (("a", "h1"), ("a", "h2"), ("b", "h3")):
         view.observe(sample(lei, host, 0.05, ts=NOW + 5), NOW + 5)
-    view.observe_schedule(Schedule(lei="b", ts=NOW + 5, tasks=(TaskPlacement("t3", "c7", "h3", NOW + 4),)))
+    view.observe_schedule(Schedule(lei="b", ts=NOW + 5, tasks=(TaskPlacement("t3", "c7", "h3", NOW + 4),)), now=NOW + 5)
     snap = view.snapshot(NOW + 5)
     assert ("b", "h4") not in snap.hosts
     assert snap.state.placement[snap.task_index("t3")] == snap.host_index("b", "h3")
@@ -395,7 +395,7 @@ def test_a_task_that_stopped_after_its_move_is_not_brought_back_by_a_silent_host
     view = two_lei_view()
     for lei, host in (("a", "h1"), ("a", "h2"), ("b", "h3")):
         view.observe(sample(lei, host, 0.05, ts=NOW + 2), NOW + 2)
-    view.observe_schedule(Schedule(lei="b", ts=NOW + 2, tasks=(TaskPlacement("t3", "c7", "h3", NOW + 2),)))
+    view.observe_schedule(Schedule(lei="b", ts=NOW + 2, tasks=(TaskPlacement("t3", "c7", "h3", NOW + 2),)), now=NOW + 2)
     view.observe(sample("b", "h3", 0.65, [("t3", 0.6)], ts=NOW + 4), NOW + 4)
     view.observe(sample("b", "h3", 0.05, ts=NOW + 5), NOW + 5)  # t3 stopped
     for at in (NOW + 5, NOW + 6):
@@ -409,13 +409,26 @@ def test_a_restored_task_its_new_host_keeps_not_listing_is_let_go():
     it: the schedule is out of date (its migrator stopped republishing) and t1 no phantom load."""
     view = two_lei_view()
     view.observe(sample("a", "h1", 0.45, [("t2", 0.35)], ts=NOW + 1), NOW + 1)
-    view.observe_schedule(Schedule(lei="a", ts=NOW + 2, tasks=(TaskPlacement("t1", "c9", "h2", NOW + 1.5),)))
+    view.observe_schedule(
+        Schedule(lei="a", ts=NOW + 2, tasks=(TaskPlacement("t1", "c9", "h2", NOW + 1.5),)), now=NOW + 2
+    )
     view.observe(sample("a", "h2", 0.05, ts=NOW + 3), NOW + 3)  # within the collector's cache refresh
     assert "t1" in view.snapshot(NOW + 3).tasks
     view.observe(sample("a", "h1", 0.45, [("t2", 0.35)], ts=NOW + 9), NOW + 9)
     view.observe(sample("a", "h2", 0.05, ts=NOW + 9), NOW + 9)
     snap = view.snapshot(NOW + 9)
     assert "t1" not in snap.tasks and snap.state.usage[snap.host_index("a", "h2"), 0] == pytest.approx(0.05)
+
+
+def test_a_migrator_clock_ahead_of_ours_does_not_keep_a_task_arriving():
+    """Its ``since`` 60 s ahead would hold the grace open for a minute: it counts from the arrival."""
+    view = two_lei_view()
+    view.observe(sample("a", "h1", 0.45, [("t2", 0.35)], ts=NOW + 1), NOW + 1)
+    ahead = Schedule(lei="a", ts=NOW + 62, tasks=(TaskPlacement("t1", "c9", "h2", NOW + 61.5),))
+    view.observe_schedule(ahead, now=NOW + 2)
+    view.observe(sample("a", "h1", 0.45, [("t2", 0.35)], ts=NOW + 12), NOW + 12)
+    view.observe(sample("a", "h2", 0.05, ts=NOW + 12), NOW + 12)
+    assert "t1" not in view.snapshot(NOW + 12).tasks
 
 
 def test_a_task_a_stale_schedule_still_lists_is_not_brought_back():

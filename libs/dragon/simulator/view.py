@@ -371,6 +371,7 @@ class FederationView:
                 # Once the new host has sampled well after the task started there without listing
                 # it, the schedule is out of date (a migrator that stopped republishing it).
                 newest = self._hosts[fresh[target]]
+                since = min(since, self._schedule_at[lei])  # a migrator's clock ahead of ours moves nothing
                 if newest.ts > since + ARRIVAL_GRACE_S + newest.interval_s:
                     continue
                 listing = self._last_listing(task)  # scans every host: after the cheap test
