@@ -34,6 +34,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 CA_CERT = "mqtt-ca.crt"
 BROKER_CERT = "mqtt-broker.crt"
 BROKER_KEY = "mqtt-broker.key"
@@ -108,7 +112,12 @@ def ensure_broker_tls(
     ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca_dir.chmod(0o700)
     ca_key, ca_cert, trusted = ca_dir / CA_KEY_FILE, ca_dir / CA_CERT_FILE, secrets_dir / CA_CERT
+    cert, key = secrets_dir / BROKER_CERT, secrets_dir / BROKER_KEY
     if new_ca or not _pair_current(ca_key, ca_cert, days=0):
+        if trusted.is_file() and not (new_ca or renew_cert) and _broker_cert_current(cert, key, trusted, names):
+            # The broker can go on serving what clients trust; only a new certificate needs the CA.
+            log.warning("mqtt_ca_key_missing", ca_dir=str(ca_dir), broker_certificate_expires=expiry(cert))
+            return []
         if trusted.is_file() and not new_ca:
             raise CertificateError(
                 f"the LEI's CA in {ca_dir} is missing, expired or damaged, and clients trust {trusted}: restore "
@@ -120,7 +129,6 @@ def ensure_broker_tls(
     if not trusted.is_file() or trusted.read_bytes() != ca_cert.read_bytes():
         shutil.copyfile(ca_cert, trusted)
         written.append(CA_CERT)
-    cert, key = secrets_dir / BROKER_CERT, secrets_dir / BROKER_KEY
     if renew_cert or not _broker_cert_current(cert, key, ca_cert, names):
         _issue_broker_cert(key, cert, ca_key, ca_cert, lei, names)
         written += [BROKER_KEY, BROKER_CERT]

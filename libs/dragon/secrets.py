@@ -25,6 +25,7 @@ services already use; ``--force`` makes new ones.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import os
 import secrets
@@ -52,6 +53,7 @@ MIGRATION_GID = 10002
 MIGRATION_KEY = "migration.key"
 # ... and Mosquitto with this one: only it may read the broker's TLS key.
 BROKER_KEY_GID = 10003
+LOCK_FILE = ".dragon-secrets.lock"
 # Where Mosquitto finds the bridges' files (compose/broker.yml and the tests mount them there).
 BRIDGES_MOUNT = "/mosquitto/bridges"
 
@@ -268,11 +270,16 @@ def generate(
         )
     directory.mkdir(mode=0o750, parents=True, exist_ok=True)
     written: list[str] = []
-    try:
-        _write_credentials(directory, lei, hosts, force, peers, remote_hosts, written)
-        written += certificates.ensure_broker_tls(directory, ca_dir, lei, names, renew_cert=renew_cert, new_ca=new_ca)
-    finally:
-        _share_with_services(directory)
+    # Two runs at once (two `up`s) would write the same files aside under the same names.
+    with open(directory / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _write_credentials(directory, lei, hosts, force, peers, remote_hosts, written)
+            written += certificates.ensure_broker_tls(
+                directory, ca_dir, lei, names, renew_cert=renew_cert, new_ca=new_ca
+            )
+        finally:
+            _share_with_services(directory)
     return written
 
 

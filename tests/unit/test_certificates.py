@@ -137,6 +137,10 @@ def test_a_lost_ca_is_not_replaced_behind_the_clients_back(lei):
     directory, ca_dir = lei
     (ca_dir / "ca.key").unlink()
     trusted = (directory / certificates.CA_CERT).read_bytes()
+    # The broker certificate is still good for what clients ask of it: the LEI comes up without the CA.
+    names = ["broker.example", "10.0.0.2"]
+    assert secrets.generate(directory, "lei1", ["h1"], broker_names=names, ca_dir=ca_dir) == []
+    # A certificate to issue (another name) needs the CA: refused, with what to do.
     with pytest.raises(certificates.CertificateError, match="restore .* or make a new CA with --new-ca"):
         secrets.generate(directory, "lei1", ["h1"], ca_dir=ca_dir)
     assert (directory / certificates.CA_CERT).read_bytes() == trusted
