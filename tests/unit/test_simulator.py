@@ -104,7 +104,7 @@ def test_a_task_listed_nowhere_while_it_moves_keeps_its_home_lei():
 def test_a_schedule_newer_than_the_samples_places_a_moved_task_at_once():
     view = two_lei_view()
     moved = Schedule(lei="a", ts=NOW + 1, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 0.5),))
-    view.observe_schedule(moved)
+    view.observe_schedule(moved, now=NOW + 1)
     assert view.snapshot(NOW + 1).state.placement.tolist() == [1, 0, 3]  # t1 on h2 before h2 reports it
 
 
@@ -126,14 +126,16 @@ def test_a_moved_tasks_load_leaves_its_old_host_in_the_state_the_planner_plans_f
 def test_a_schedule_older_than_the_samples_changes_nothing():
     view = two_lei_view()
     old = Schedule(lei="a", ts=NOW, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW - 60),))
-    view.observe_schedule(old)  # t1 ran on h2 once; h1's newer sample lists it: it moved back
+    view.observe_schedule(old, now=NOW)  # t1 ran on h2 once; h1's newer sample lists it: it moved back
     assert view.snapshot(NOW).state.placement.tolist() == [0, 0, 3]
 
 
 def test_an_older_schedule_never_replaces_a_newer_one():
     view = two_lei_view()
-    view.observe_schedule(Schedule(lei="a", ts=NOW + 2, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 1),)))
-    view.observe_schedule(Schedule(lei="a", ts=NOW + 1, tasks=()))  # redelivered late
+    view.observe_schedule(
+        Schedule(lei="a", ts=NOW + 2, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 1),)), now=NOW + 2
+    )
+    view.observe_schedule(Schedule(lei="a", ts=NOW + 1, tasks=()), now=NOW + 2)  # redelivered late
     assert view.snapshot(NOW + 2).state.placement.tolist() == [1, 0, 3]
 
 
@@ -431,6 +433,16 @@ def test_a_migrator_clock_ahead_of_ours_does_not_keep_a_task_arriving():
     assert "t1" not in view.snapshot(NOW + 12).tasks
 
 
+def test_a_migrator_clock_ahead_of_ours_does_not_outvote_a_newer_sample():
+    """A schedule placing t1 on h2 since 60 s ahead counts from its arrival: h1's sample after
+    that still lists t1 (a move that did not happen), and the sample wins."""
+    view = two_lei_view()
+    ahead = Schedule(lei="a", ts=NOW + 62, tasks=(TaskPlacement("t1", "c9", "h2", NOW + 61.5),))
+    view.observe_schedule(ahead, now=NOW + 2)
+    view.observe(sample("a", "h1", 0.95, [("t1", 0.5), ("t2", 0.35)], ts=NOW + 2.5), NOW + 2.5)
+    assert view.snapshot(NOW + 2.5).state.placement.tolist() == [0, 0, 3]
+
+
 def test_a_task_a_stale_schedule_still_lists_is_not_brought_back():
     """A task stopped for good: the schedule that placed it is older than its last sample."""
     view = two_lei_view()
@@ -486,7 +498,9 @@ def test_a_schedule_stamped_ahead_of_our_clock_stamps_forecasts_no_later_than_it
 
 def test_next_window_answers_the_forecast_the_detector_gets_with_the_requested_moves_on_top():
     view = two_lei_view()
-    view.observe_schedule(Schedule(lei="a", ts=NOW + 1, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 0.5),)))
+    view.observe_schedule(
+        Schedule(lei="a", ts=NOW + 1, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 0.5),)), now=NOW + 1
+    )
     snap = view.snapshot(NOW + 1)
     sim = simulator_of(snap)
     published = {f.host: f.metrics for f in forecast_samples(snap, sim, "a", 0.0)}
@@ -504,7 +518,9 @@ def test_a_forecast_revised_for_a_move_is_newer_than_the_one_it_replaces():
     snap = view.snapshot(NOW)
     last: dict[str, float] = {}
     first = stamped(forecast_samples(snap, simulator_of(snap), "a", 0.0), last, revised=False)
-    view.observe_schedule(Schedule(lei="a", ts=NOW - 0.2, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW - 0.1),)))
+    view.observe_schedule(
+        Schedule(lei="a", ts=NOW - 0.2, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW - 0.1),)), now=NOW
+    )
     snap = view.snapshot(NOW)
     again = forecast_samples(snap, simulator_of(snap), "a", view.schedule_ts("a"))
     assert [f.ts for f in again] == [f.ts for f in first]  # the same stamp: the revision would be lost

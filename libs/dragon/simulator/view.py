@@ -226,14 +226,13 @@ class FederationView:
         background = np.stack([rec.background for rec in records])
         placement, measured, ram_bytes = self._tasks(records)
         usage = _without_departed(records, placement, background)
-        arriving = self._arriving(placement, fresh)
+        moved, arriving = self._scheduled_moves(placement, fresh)
         for task, (_, listing) in arriving.items():  # on no host in the samples: as its last sample measured
             measured[task], ram_bytes[task] = _measured_row(listing.cpu), listing.ram_bytes
         task_ids = (*placement, *arriving)
         sampled_place = np.array([placement.get(task, UNPLACED) for task in task_ids], dtype=int)
-        self._apply_schedules(placement, fresh)
-        placement.update({task: target for task, (target, _) in arriving.items()})
-        place = np.array([placement[task] for task in task_ids], dtype=int)
+        scheduled = placement | moved | {task: target for task, (target, _) in arriving.items()}
+        place = np.array([scheduled[task] for task in task_ids], dtype=int)
         measured_rows = np.array([measured[task] for task in task_ids]).reshape(len(task_ids), len(HOST_METRICS))
         home = [
             self._home_of(task, federation.lei_of_host[host], federation.leis)
@@ -330,21 +329,47 @@ class FederationView:
                 measured[task] = _measured_row(cpu)
         return placement, measured, ram
 
-    def _apply_schedules(self, placement: dict[str, int], fresh: list[HostKey]) -> None:
-        """Place each task where its LEI's schedule says, when the schedule is newer than the samples.
+    def _scheduled_moves(
+        self, placement: dict[str, int], fresh: list[HostKey]
+    ) -> tuple[dict[str, int], dict[str, tuple[int, Listing]]]:
+        """Where the LEIs' schedules place tasks that the samples do not show there yet.
 
-        A task whose container started on its host after the newest sample that listed it
-        elsewhere has moved there: its usage travels with it until the host's samples list it.
+        Returns the tasks a fresh sample lists elsewhere that moved (each one's new host), and
+        the tasks no fresh sample lists that are arriving (each one's new host and its last
+        listing). Both count from when the task started on its new host, capped at when its
+        schedule arrived: a migrator's clock ahead of ours moves nothing.
         """
         index = {key: i for i, key in enumerate(fresh)}
+        moved: dict[str, int] = {}
+        arriving: dict[str, tuple[int, Listing]] = {}
         for lei, tasks in self._scheduled.items():
             for task, (host, since) in tasks.items():
                 target = index.get((lei, host))
-                if task not in placement or target is None or target == placement[task]:
+                if target is None or placement.get(task) == target:
                     continue
-                listed_at = self._hosts[fresh[placement[task]]].ts
-                if since > listed_at:
-                    placement[task] = target
+                since = min(since, self._schedule_at[lei])
+                if task in placement:
+                    # Started on its new host after the newest sample that listed it elsewhere: its
+                    # usage travels with it until the new host's samples list it.
+                    if since > self._hosts[fresh[placement[task]]].ts:
+                        moved[task] = target
+                elif (listing := self._arrival(task, self._hosts[fresh[target]], since)) is not None:
+                    arriving[task] = (target, listing)
+        return moved, arriving
+
+    def _arrival(self, task: str, target: HostRecord, since: float) -> Listing | None:
+        """The last listing of a task that no fresh sample lists, if it is arriving on ``target``
+        since ``since``: moved (a checkpoint restored, say) and not sampled there yet.
+
+        Without it a task moved by checkpoint/restore, stopped on its old host before it runs on
+        the new one, would be missing from snapshots and forecasts until the new host's next sample.
+        """
+        # Once the new host has sampled well after the task started there without listing it,
+        # the schedule is out of date (a migrator that stopped republishing it).
+        if target.ts > since + ARRIVAL_GRACE_S + target.interval_s:
+            return None
+        listing = self._last_listing(task)  # scans every host: after the cheap test
+        return listing if listing is not None and listing.ts < since else None
 
     def _last_listing(self, task: str) -> Listing | None:
         """The newest sample that listed ``task``: one its host's next sample dropped it from, or a
@@ -353,31 +378,6 @@ class FederationView:
         if task in self._dropped:
             listings.append(self._dropped[task])
         return max(listings, default=None)
-
-    def _arriving(self, placement: dict[str, int], fresh: list[HostKey]) -> dict[str, tuple[int, Listing]]:
-        """Tasks no fresh sample lists that their LEI's schedule places on a fresh host since after the
-        newest sample that listed them: moved (a checkpoint restored, say) and not sampled there yet.
-
-        Without them a task moved by checkpoint/restore, stopped on its old host before it runs on
-        the new one, would be missing from snapshots and forecasts until the new host's next sample.
-        """
-        index = {key: i for i, key in enumerate(fresh)}
-        arriving = {}
-        for lei, tasks in self._scheduled.items():
-            for task, (host, since) in tasks.items():
-                target = index.get((lei, host))
-                if task in placement or target is None:
-                    continue
-                # Once the new host has sampled well after the task started there without listing
-                # it, the schedule is out of date (a migrator that stopped republishing it).
-                newest = self._hosts[fresh[target]]
-                since = min(since, self._schedule_at[lei])  # a migrator's clock ahead of ours moves nothing
-                if newest.ts > since + ARRIVAL_GRACE_S + newest.interval_s:
-                    continue
-                listing = self._last_listing(task)  # scans every host: after the cheap test
-                if listing is not None and listing.ts < since:
-                    arriving[task] = (target, listing)
-        return arriving
 
     def _home_of(self, task: str, current_lei: str, leis: tuple[str, ...]) -> int:
         """Index in ``leis`` of the LEI the task was first seen in, if it is one of them; else of where it runs."""
