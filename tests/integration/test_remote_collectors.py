@@ -8,11 +8,15 @@ import secrets as tokens
 import time
 
 import pytest
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
+from dragon import certificates
+from dragon.collector.probes import HOST_LABEL, LEI_LABEL, TASK_ID_LABEL, TASK_LABEL
 from dragon.messages import codec, topics
 from dragon.messages.schemas import HostMetrics, HostSample
 from dragon.mqtt import MqttClient
-from dragon.testing.lei import LeiStack
+from dragon.testing.lei import COLLECTOR_IMAGE, STARTUP_TIMEOUT_S, LeiStack
 from dragon.testing.listener import Listener, publish
 
 pytestmark = pytest.mark.integration
@@ -87,3 +91,75 @@ def test_a_service_counts_and_logs_the_publishes_the_broker_refuses(brokers, cap
         client.stop()
     logged = capsys.readouterr()
     assert (logged.out + logged.err).count("mqtt_publish_refused") == 1  # once a minute, not per message
+
+
+# README, "Use your own hosts": the collector image on a host of the LEI, as `docker run` starts it.
+REMOTE_RUN = {
+    "pid_mode": "host",  # the machine's processes, and its network counters (/proc/1/net/dev)
+    "cgroupns": "host",  # its tasks' cgroup files by their real paths
+}
+REMOTE_VOLUMES = (
+    ("/var/run/docker.sock", "/var/run/docker.sock", "rw"),  # which containers are this host's tasks
+    ("/proc", "/host/proc", "ro"),
+    ("/sys/fs/cgroup", "/host/sys/fs/cgroup", "ro"),
+)
+
+
+def remote_collector(brokers: LeiStack, host: str) -> DockerContainer:
+    """The collector of a real host that is not the broker's, over TLS with its own user, the way
+    the README's `docker run` starts it (the broker is `mosquitto` on the stack's network)."""
+    env = {
+        "DRAGON_LEI": brokers.lei,
+        "DRAGON_COLLECTOR_HOSTS": host,
+        "DRAGON_INSTANCE": host,
+        "DRAGON_COLLECTOR_PROBE": "psutil",
+        "DRAGON_EMULATE": "false",
+        "DRAGON_INJECTOR": "false",
+        "DRAGON_COLLECTOR_INTERVAL": "1",
+        "DRAGON_PROC_ROOT": "/host/proc",
+        "DRAGON_CGROUP_ROOT": "/host/sys/fs/cgroup",
+        "DRAGON_MQTT_HOST": "mosquitto",
+        "DRAGON_MQTT_PORT": "8883",
+        "DRAGON_MQTT_TLS": "true",
+        "DRAGON_MQTT_CA_FILE": "/secrets/mqtt-ca.crt",
+        "DRAGON_MQTT_USERNAME": f"collector-{host}",
+        "DRAGON_MQTT_PASSWORD_FILE": "/secrets/collector.password",
+    }
+    container = DockerContainer(COLLECTOR_IMAGE).with_network(brokers.network)
+    for key, value in env.items():
+        container = container.with_env(key, value)
+    for source, target, mode in REMOTE_VOLUMES:
+        container = container.with_volume_mapping(source, target, mode)
+    password = brokers.secrets_dir / f"collector-{host}.password"
+    return (
+        container.with_volume_mapping(str(password), "/secrets/collector.password", "ro")
+        .with_volume_mapping(str(brokers.secrets_dir / certificates.CA_CERT), "/secrets/mqtt-ca.crt", "ro")
+        .with_kwargs(**REMOTE_RUN)
+        .waiting_for(LogMessageWaitStrategy("mqtt_connected").with_startup_timeout(STARTUP_TIMEOUT_S))
+    )
+
+
+def test_the_collector_image_on_a_remote_host_samples_the_machine_and_its_labelled_tasks(brokers):
+    lei = brokers.lei
+    labels = {TASK_LABEL: "true", HOST_LABEL: "pi", LEI_LABEL: lei, TASK_ID_LABEL: "pi-task"}
+    task = brokers.docker.containers.run(
+        COLLECTOR_IMAGE,
+        ["python3", "-m", "dragon.collector.workloads", "cpu", "--intensity", "0.3", "--duration", "120"],
+        labels=labels,
+        detach=True,
+        network_mode="none",
+    )
+    collector = remote_collector(brokers, "pi")
+    try:
+        with Listener(brokers.mqtt_settings("viewer"), [topics.host_sample(lei, "pi")]) as listener:
+            collector.start()
+
+            def busy_with_its_task(message) -> bool:
+                sample = codec.decode(HostSample, message.payload, 65536, message.content_type)
+                shares = {usage.id: usage.cpu for usage in sample.tasks}
+                return sample.metrics.cpu > 0 and sample.metrics.ram > 0 and shares.get("pi-task", 0.0) > 0.05
+
+            listener.wait_for(busy_with_its_task, 30)
+    finally:
+        task.remove(force=True)
+        collector.stop()
