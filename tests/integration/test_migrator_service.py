@@ -19,12 +19,16 @@ import uuid
 import docker
 import pytest
 
+from dragon import config
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL
 from dragon.messages import codec, topics
 from dragon.messages.schemas import MigrationCommand, MigrationEvent, Schedule
 from dragon.migrator.commands import sign
+from dragon.migrator.config import MigratorConfig
+from dragon.migrator.journal import Move, Step
 from dragon.migrator.moves import MOVE_LABEL
+from dragon.migrator.service import Migrator
 from dragon.testing.lei import COLLECTOR_IMAGE, LeiStack
 from dragon.testing.listener import Listener, Received, publish
 
@@ -175,10 +179,13 @@ def test_unauthorised_commands_are_refused_by_the_broker_or_the_migrator(lei, wa
     send(stack, forged)  # the planner's login, but not the key
     stale = command(stack, task.name, ts=time.time() - 3600)
     send(stack, stale)
-    assert event_for(watch, forged.id).reason == "bad_signature"
     assert event_for(watch, stale.id).reason == "stale"
-    # Commands are taken in order: the operator's, sent first, never reached the migrator.
+    # Commands are taken in order: the operator's, sent first, never reached the migrator; the
+    # forged one did, and is logged and counted but not answered (its id and task are the
+    # sender's choice, and the planner rests a task an event names).
     assert not watch.matching(lambda m: by_operator.id.encode() in m.payload)
+    assert not watch.matching(lambda m: forged.id.encode() in m.payload)
+    assert f'"id": "{forged.id}"' in stack.logs("migrator") and '"reason": "bad_signature"' in stack.logs("migrator")
     (running,) = running_copies(emulated, task.name)
     assert running.id == task.id and running.labels[HOST_LABEL] == "h1"
 
@@ -312,3 +319,50 @@ def test_a_migrator_restarted_while_redis_is_down_waits_for_it_then_serves(lei, 
     sent = command(stack, task.name)
     send(stack, sent)
     assert event_for(watch, sent.id).outcome == "done"
+
+
+def in_process_migrator(stack: LeiStack, workdir, **env: str):
+    """A migrator in this process on the stack's broker and Redis, for what the container hides."""
+    redis_server, broker = stack.containers["redis"], stack.mqtt_settings("migrator")
+    environ = {
+        "DRAGON_LEI": stack.lei,
+        "DRAGON_INSTANCE": "in-process",
+        "DRAGON_MQTT_HOST": broker.host,
+        "DRAGON_MQTT_PORT": str(broker.port),
+        "DRAGON_MQTT_USERNAME": "migrator",
+        "DRAGON_MQTT_PASSWORD": broker.password,
+        "DRAGON_REDIS_URL": f"redis://{redis_server.get_container_host_ip()}:{redis_server.get_exposed_port(6379)}/0",
+        "DRAGON_REDIS_PASSWORD": stack.password("redis"),
+        "DRAGON_MIGRATION_KEY": stack.migration_key().decode(),
+        "DRAGON_MIGRATOR_CRIU": "off",
+        "DRAGON_HEALTH_FILE": str(workdir / "healthy"),
+        **env,
+    }
+    return Migrator(config.load(MigratorConfig, environ))
+
+
+def test_a_move_an_engine_out_of_reach_left_open_at_start_up_is_settled_once_it_answers(lei, watch, tmp_path):
+    """Recovery at start-up cannot settle a move whose target machine is away; the heartbeat must,
+    once it answers, or the task stays busy (and its source stopped, if it had been) for good."""
+    stack, emulated = lei
+    task = start_task(emulated)
+    socket = tmp_path / "pi.sock"  # the machine "pi": away until its engine's socket appears
+    migrator = in_process_migrator(stack, tmp_path, DRAGON_MIGRATOR_ENDPOINTS=f"pi=unix://{socket}")
+    migrator.init_redis()
+    left = Move(uuid.uuid4().hex, task.id, task.name, "h1", "pi", target_lei=stack.lei)
+    migrator.journal.begin(left)
+    migrator.journal.record(left, Step.CREATING)  # killed while creating the target on "pi"
+    migrator.init_docker()
+    try:
+        assert migrator.recover_moves() == []  # "pi" is out of reach: nothing settled yet
+        migrator.init_mqtt()
+        migrator.start_mqtt([])
+        os.symlink("/var/run/docker.sock", socket)  # "pi" answers again
+        migrator.settle_interrupted()
+        event = event_for(watch, left.id)
+        assert (event.outcome, event.recovered) == ("rolled_back", True)
+        assert migrator.journal.get(left.id).step == Step.ROLLED_BACK
+    finally:
+        migrator.shutdown()
+    (running,) = running_copies(emulated, task.name)
+    assert running.id == task.id

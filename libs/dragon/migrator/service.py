@@ -42,6 +42,8 @@ log = structlog.get_logger(__name__)
 
 SERVICE = "migrator"
 HEARTBEAT_S = 5.0
+# Refusals of commands nobody authorised are logged and counted, not answered.
+UNAUTHENTICATED = frozenset({"unsigned", "bad_signature"})
 OUTCOME_OF_STEP = {Step.DONE: "done", Step.ROLLED_BACK: "rolled_back", Step.FAILED: "failed"}
 
 
@@ -98,6 +100,9 @@ class Migrator:
         moves = retry_until(lambda: self.mover.recover() + self.mover.sweep(), self.lifecycle.stop, "recover_moves")
         for move in moves:
             log.info("move_recovered", id=move.id, task=move.name, step=move.step.value, error=move.error or None)
+        # Those an engine out of reach left open: the heartbeat settles them once it answers.
+        unsettled = retry_until(self.journal.open_moves, self.lifecycle.stop, "recover_moves")
+        self._interrupted.update({move.id: move.name for move in unsettled})
         return moves
 
     def init_mqtt(self) -> None:
@@ -185,9 +190,7 @@ class Migrator:
     def _settle_interrupted(self) -> None:
         for move_id, task in sorted(self._interrupted.items()):
             try:
-                moves = [(self.mover.settle(move_id), task)]
-            except MoveError:  # not in the journal: never begun, or Redis came back without it
-                moves = [(move, "") for move in self.mover.sweep()]
+                moves = self._settle_one(move_id, task)
             except (redis.ConnectionError, redis.TimeoutError):
                 return  # Redis away again: the next beat tries again
             except ENGINE_ERRORS as exc:
@@ -196,6 +199,15 @@ class Migrator:
             del self._interrupted[move_id]
             for move, named in moves:
                 self.publish_event(self.event_of(move, task=named, recovered=True))
+
+    def _settle_one(self, move_id: str, task: str) -> list[tuple[Move, str]]:
+        """The move settled, with the task as commanded; or, when the journal does not know it
+        (never begun, or Redis came back without it), whatever Docker shows in flight."""
+        try:
+            return [(self.mover.settle(move_id), task)]
+        except MoveError:
+            pass
+        return [(move, "") for move in self.mover.sweep()]
 
     def check(self, command: MigrationCommand, now: float) -> None:
         """Raise CommandRefused unless ``command`` may be carried out now."""
@@ -233,6 +245,10 @@ class Migrator:
     def refuse(self, command: MigrationCommand, refusal: CommandRefused) -> None:
         self.counters.add(f"refused_{refusal.reason}")
         log.warning("command_refused", id=command.id, task=command.task, reason=refusal.reason, error=str(refusal))
+        if refusal.reason in UNAUTHENTICATED:
+            # No event: its id and task are whatever the sender chose, and the planner takes an
+            # event about a task as the answer to its own command, resting that task.
+            return
         self.publish_event(
             MigrationEvent(
                 id=command.id,
