@@ -147,6 +147,7 @@ def assert_the_migrator_keeps_the_schedule(lei: str, settings: dict) -> None:
         (message,) = listener.wait_for(lambda m: len(schedule_of(m).tasks) == 2, 15)[:1]
     schedule = schedule_of(message)
     assert schedule.lei == lei
+    assert schedule.migrator == lei  # a fixed instance name: its MQTT session outlives the container
     assert {p.host for p in schedule.tasks} <= {"h1", "h2"}
 
 

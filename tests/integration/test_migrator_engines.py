@@ -16,9 +16,10 @@ import pytest
 
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL
+from dragon.migrator import transfer
 from dragon.migrator.engines import Engines
 from dragon.migrator.journal import Journal, Step
-from dragon.migrator.moves import Mover
+from dragon.migrator.moves import Mover, moved_name
 from dragon.testing.engine import EngineUnavailable, second_engine
 from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
 
@@ -121,3 +122,23 @@ def test_a_volume_name_taken_on_the_other_machine_is_never_overwritten(world):
     task.reload()
     assert task.status == "running"
     far.volumes.get(volume).remove()
+
+
+def test_a_name_taken_on_the_target_machine_fails_the_move_before_and_is_sidestepped_after(world):
+    lei, far, engines, journal = world
+    task = start_task(lei)
+    transfer.ensure_image(engines.local.client, far, task)
+    squatter = far.containers.create(COLLECTOR_IMAGE, ["true"], name=task.name)
+    move = Mover(engines, journal).move("name-taken", task.name, "far")
+    assert move.step == Step.FAILED and "named" in move.error, move
+    squatter.remove()
+
+    def squat(step: Step) -> None:  # another container takes the name while the move runs
+        if step == Step.REMOVING_SOURCE:
+            far.containers.create(COLLECTOR_IMAGE, ["true"], name=task.name)
+
+    move = Mover(engines, journal, after_step=squat).move("name-taken-later", task.name, "far")
+    assert move.step == Step.DONE, move
+    # Under a name of its own, not the temporary one: the task is found, not taken for a move in flight.
+    (found,) = Mover(engines, journal).locate(task.name)
+    assert found.name == moved_name(task.name, "name-taken-later") and found.status == "running"

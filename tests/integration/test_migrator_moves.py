@@ -18,7 +18,7 @@ from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL
 from dragon.migrator import criu
 from dragon.migrator.engines import Engines, EngineUnreachable
-from dragon.migrator.journal import FINISHED_KEPT_S, Journal, Step
+from dragon.migrator.journal import FINISHED_KEPT_S, Journal, Move, Step
 from dragon.migrator.moves import Mover, TaskBusy
 from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
 
@@ -105,7 +105,8 @@ def test_a_migrator_killed_after_any_step_leaves_the_task_running_exactly_once(e
     with pytest.raises(Killed):
         mover(emulated, journal, after_step=dying_after(killed_after)).move(move_id, task.id, "h2")
     (recovered,) = [m for m in mover(emulated, journal).recover() if m.id == move_id]
-    expected = Step.ROLLED_BACK if killed_after == Step.PLANNED else Step.DONE
+    # Cut short while its target was being made (it may lack a network yet): rolled back.
+    expected = Step.ROLLED_BACK if killed_after in {Step.PLANNED, Step.CREATING} else Step.DONE
     assert recovered.step == expected, recovered
     (running,) = running_copies(emulated, task.name)
     assert running.name == task.name
@@ -120,6 +121,38 @@ def test_a_target_that_never_becomes_healthy_is_rolled_back(emulated, journal):
     assert move.step == Step.ROLLED_BACK and "healthy" in move.error
     (running,) = running_copies(emulated, task.name)
     assert running.id == task.id and running.labels[HOST_LABEL] == "h1"
+
+
+# Runs once: a second start (the move's target, which shares the volume) exits at once.
+ONLY_ONCE = ["sh", "-c", "if [ -e /data/started ]; then sleep 0.3; exit 3; fi; touch /data/started; exec sleep 3600"]
+
+
+def test_a_target_that_exits_right_after_it_starts_is_rolled_back(emulated, journal):
+    volume = f"{emulated.lei}-once"
+    task = start_task(emulated, ONLY_ONCE, volumes={volume: {"bind": "/data", "mode": "rw"}})
+    try:
+        while task.exec_run(["test", "-e", "/data/started"]).exit_code != 0:
+            time.sleep(0.1)
+        move = mover(emulated, journal).move("move-exits-at-once", task.id, "h2")
+        assert move.step == Step.ROLLED_BACK and "right after it started" in move.error, move
+        (running,) = running_copies(emulated, task.name)
+        assert running.id == task.id and running.labels[HOST_LABEL] == "h1"
+    finally:
+        task.remove(force=True)
+        emulated._client.volumes.get(volume).remove(force=True)
+
+
+def test_a_move_cut_short_before_its_target_existed_is_rolled_back_while_that_machine_is_away(emulated, journal):
+    engines = Engines(emulated._client, str(emulated.cgroup_root), {(emulated.lei, "gone"): "unix:///nonexistent.sock"})
+    task = start_task(emulated)
+    task.stop(timeout=1)  # as a move to another machine stops a task with volumes to copy them
+    move = Move("move-to-gone", task.id, task.name, "h1", "gone", target_lei=emulated.lei)
+    journal.begin(move)
+    journal.record(move, Step.TRANSFERRING)
+    (settled,) = [m for m in Mover(engines, journal).recover() if m.id == move.id]
+    assert settled.step == Step.ROLLED_BACK, settled
+    task.reload()
+    assert task.status == "running"
 
 
 def test_a_crashed_task_is_restarted_on_its_target(emulated, journal):

@@ -81,6 +81,10 @@ class Engines:
                     raise EngineUnreachable(f"the engine at {url} does not answer: {exc}") from exc
             return self._clients[url]
 
+    def name_of(self, lei: str, host: str) -> str:
+        """The name of ``lei``/``host``'s engine (as :attr:`Engine.name`), without reaching it."""
+        return self.endpoints.get((lei, host), LOCAL)
+
     def cgroup_parent(self, lei: str, host: str) -> str | None:
         """An emulated host's parent cgroup; None for a machine with its own engine."""
         if (lei, host) in self.endpoints:
@@ -156,3 +160,12 @@ def _tls_client(url: str, tls: docker.tls.TLSConfig) -> Any:
     client = docker.DockerClient(base_url=url, tls=tls, version=version)
     client.api.trust_env = False
     return client
+
+
+def found(collection: Any, key: str) -> bool:
+    """Whether an engine's containers, networks, volumes or images hold ``key`` (a name or id)."""
+    try:
+        collection.get(key)
+    except docker.errors.NotFound:
+        return False
+    return True

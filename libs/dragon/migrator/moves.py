@@ -31,7 +31,7 @@ from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
 from dragon.collector.probes import TASK_ID_LABEL
 from dragon.migrator import criu, engines, transfer
 from dragon.migrator.criu import CriuSupport
-from dragon.migrator.engines import Engine, Engines, EngineUnreachable
+from dragon.migrator.engines import Engine, Engines, EngineUnreachable, found
 from dragon.migrator.journal import FINAL, Journal, Move, Step
 
 log = structlog.get_logger(__name__)
@@ -39,6 +39,11 @@ log = structlog.get_logger(__name__)
 MOVE_LABEL = "dragon.move"  # on a target container: the move that created it
 MOVE_LEI_LABEL = "dragon.move.lei"  # ... and the LEI whose migrator made it
 START_TIMEOUT_S = 60.0
+# A target must keep running this long, not restarted, before its source is removed: a task that
+# fails at once (a file the restart move did not carry, say) has exited by then.
+RUNNING_HOLD_S = 1.5
+# Steps before the target is created: recovery rolls such a move back without asking its engine.
+BEFORE_TARGET = frozenset({Step.PLANNED, Step.TRANSFERRING, Step.CHECKPOINTING})
 
 
 class MoveError(RuntimeError):
@@ -170,11 +175,13 @@ class Mover:
         start_timeout_s: float = START_TIMEOUT_S,
         criu: CriuSupport | None = None,
         docker_root: str = "",
+        running_hold_s: float = RUNNING_HOLD_S,
     ) -> None:
         self.engines = engines
         self.journal = journal
         self.after_step = after_step or (lambda step: None)
         self.start_timeout_s = start_timeout_s
+        self.running_hold_s = running_hold_s
         self.criu = criu or CriuSupport(False, "not probed")
         self.docker_root = docker_root
 
@@ -206,8 +213,11 @@ class Mover:
         if (move.target_lei, move.target_host) == (self.journal.lei, move.source_host):
             return self._fail(move, f"task {task!r} runs on {target_host} already")
         if self._crosses_engines(move):
+            target_client = self._target_engine(move).client
+            if found(target_client.containers, source.name):
+                return self._fail(move, f"the target machine has a container named {source.name} already")
             try:
-                transfer.check_portable(source, self._target_engine(move).client)
+                transfer.check_portable(source, target_client)
             except transfer.TransferError as exc:
                 return self._fail(move, str(exc))
         move = self.journal.begin(move) or self.journal.get(move_id)
@@ -316,7 +326,7 @@ class Mover:
 
     def _create(self, engine: Engine, source: Any, kwargs: dict[str, Any]) -> Any:
         """Create the target; connect it to the source's other networks that exist on its engine."""
-        networks = [n for n in user_networks(source) if _has_network(engine.client, n)]
+        networks = [n for n in user_networks(source) if found(engine.client.networks, n)]
         kwargs.pop("network", None)
         if networks:  # else (another machine without them) Docker's default bridge
             kwargs["network"] = networks[0]
@@ -350,15 +360,26 @@ class Mover:
                 raise MoveError(f"the target container exited with code {state.get('ExitCode')}")
             health = (state.get("Health") or {}).get("Status")
             if state["Status"] == "running" and health in (None, "healthy"):
-                return
+                return self._hold(target, state["StartedAt"])
             time.sleep(0.1)
         raise MoveError(f"the target container was not running and healthy within {self.start_timeout_s:.0f} s")
+
+    def _hold(self, target: Any, started_at: str) -> None:
+        """Raise MoveError unless ``target`` keeps running, not restarted, for ``running_hold_s``."""
+        until = time.monotonic() + self.running_hold_s
+        while time.monotonic() < until:
+            time.sleep(0.1)
+            target.reload()
+            state = target.attrs["State"]
+            if state["Status"] != "running" or state["StartedAt"] != started_at:
+                code = state.get("ExitCode")
+                raise MoveError(f"the target container stopped right after it started (exit code {code})")
 
     def _finish(self, move: Move) -> Move:
         """The target runs: remove the source, give the target the task's name."""
         source, target = self._source_engine(move), self._target_engine(move)
         move, _ = self._step(move, Step.REMOVING_SOURCE, lambda: self._remove_source(source, move))
-        move, _ = self._step(move, Step.RENAMING, lambda: _rename(target, move.target_id, move.name))
+        move, _ = self._step(move, Step.RENAMING, lambda: _rename(target, move.target_id, move.name, move.id))
         log.info(
             "move_done",
             id=move.id,
@@ -380,20 +401,30 @@ class Mover:
         Only a container that carries this move's label is removed, and only a DRAGON task of
         this LEI is started: the journal is data in Redis, not proof of what a container is.
         """
-        target = self._target_of(move)
+        # Before the target was created its machine need not answer: the source starts regardless.
+        target = None if move.step in BEFORE_TARGET else self._target_of(move)
         if target is not None:
             target.remove(force=True)
         source = self._own_task(self._source_engine(move), move.task)
         if source is None:
             error += "; and the source container is gone"
         else:
-            if self._crosses_engines(move):  # volumes made on the target for the copy (free before it)
-                for volume, _ in transfer.named_volumes(source):
-                    _remove_if_unused(self._target_engine(move).client.volumes, volume)
             if source.status != "running":
                 source.start()
+            if self._crosses_engines(move):
+                self._remove_copied_volumes(move, source)
         log.warning("move_rolled_back", id=move.id, task=move.name, error=error)
         return self.journal.record(move, Step.ROLLED_BACK, error=error)
+
+    def _remove_copied_volumes(self, move: Move, source: Any) -> None:
+        """The volumes made on the target's machine for the copy (free once the target is gone);
+        left there, logged, while that machine is out of reach."""
+        try:
+            volumes = self._target_engine(move).client.volumes
+            for volume, _ in transfer.named_volumes(source):
+                _remove_if_unused(volumes, volume)
+        except ENGINE_ERRORS as exc:
+            log.warning("copied_volumes_left", id=move.id, target=move.target_host, error=str(exc)[:300])
 
     def _remove_source(self, engine: Engine, move: Move) -> None:
         """Remove the source container; after a move between engines, also its named volumes
@@ -432,7 +463,8 @@ class Mover:
         return self.engines.of(move.target_lei or self.journal.lei, move.target_host)
 
     def _crosses_engines(self, move: Move) -> bool:
-        return self._source_engine(move).name != self._target_engine(move).name
+        source = self.engines.name_of(self.journal.lei, move.source_host)
+        return source != self.engines.name_of(move.target_lei or self.journal.lei, move.target_host)
 
     # --- after a crash --------------------------------------------------------------------
     def recover(self) -> list[Move]:
@@ -456,7 +488,14 @@ class Mover:
         return move if move.step in FINAL else self._recover(move)
 
     def _recover(self, move: Move) -> Move:
-        """A move left in flight: completed if its target runs or can be started, else rolled back."""
+        """A move left in flight: completed if its target was made whole and runs or can be
+        started, else rolled back.
+
+        One cut short while its target was being created is rolled back whatever Docker shows:
+        the target may lack a network it was still to join, and its source never stopped for it.
+        """
+        if move.step in BEFORE_TARGET or move.step == Step.CREATING:
+            return self._roll_back(move, f"interrupted at {move.step.value}, before the target was made")
         target = self._target_of(move)
         if target is None:
             return self._roll_back(move, f"interrupted at {move.step.value}, before the target existed")
@@ -464,7 +503,7 @@ class Mover:
         try:
             self._start(target)
         except MoveError as exc:
-            if _exists(self._source_engine(move), move.task):
+            if found(self._source_engine(move).client.containers, move.task):
                 return self._roll_back(move, str(exc))
             # The source went (the target had run) and the target has stopped since: it is the
             # task's only container, so it takes the task's name, as a task that stopped would.
@@ -518,21 +557,14 @@ class Mover:
             self._start(target)
         except MoveError as exc:  # the task's only container: it keeps it, stopped, as a stopped task would
             move = replace(move, error=f"{move.error}; the target does not run: {exc}")
-        move, _ = self._step(move, Step.RENAMING, lambda: _rename(self._target_engine(move), target.id, move.name))
+        engine = self._target_engine(move)
+        move, _ = self._step(move, Step.RENAMING, lambda: _rename(engine, target.id, move.name, move.id))
         return self.journal.record(move, Step.DONE)
 
     def _target_of(self, move: Move) -> Any | None:
         engine = self._target_engine(move)
         found = engine.client.containers.list(all=True, filters={"label": f"{MOVE_LABEL}={move.id}"})
         return found[0] if found else None
-
-
-def _has_network(client: Any, name: str) -> bool:
-    try:
-        client.networks.get(name)
-    except docker.errors.NotFound:
-        return False
-    return True
 
 
 def _remove_if_unused(collection: Any, name: str) -> None:
@@ -546,22 +578,21 @@ def _remove_if_unused(collection: Any, name: str) -> None:
             raise
 
 
-def _rename(engine: Engine, container_id: str, name: str) -> None:
+def _rename(engine: Engine, container_id: str, name: str, move_id: str) -> None:
+    """Give the target the task's name; if another container took it meanwhile, a name of its own
+    that is not the temporary one, or the task would count as in flight, and be missed, for good."""
     target = engine.client.containers.get(container_id)
-    if target.name == name:
+    if name in (target.name, moved_name(name, move_id)):
         return
     try:
         target.rename(name)
     except docker.errors.APIError as exc:
         if exc.status_code != 409:
             raise
-        # Another container of that name on the target's engine: the task runs under its temporary name.
-        log.warning("task_name_taken", container=target.name, name=name)
+        log.warning("task_name_taken", container=target.name, name=name, instead=moved_name(name, move_id))
+        target.rename(moved_name(name, move_id))
 
 
-def _exists(engine: Engine, container_id: str) -> bool:
-    try:
-        engine.client.containers.get(container_id)
-    except docker.errors.NotFound:
-        return False
-    return True
+def moved_name(name: str, move_id: str) -> str:
+    """A moved task's name when its own was taken on the target's engine."""
+    return f"{name}-moved-{move_id[:12]}"

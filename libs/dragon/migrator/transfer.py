@@ -12,6 +12,8 @@ from typing import Any
 import docker.errors
 import structlog
 
+from dragon.migrator.engines import found
+
 log = structlog.get_logger(__name__)
 
 CHUNK = 1 << 20
@@ -33,7 +35,7 @@ def check_portable(container: Any, target: Any) -> None:
     binds = [m["Source"] for m in container.attrs.get("Mounts") or [] if m.get("Type") == "bind"]
     if binds:
         raise TransferError(f"bind mounts stay on their machine: {', '.join(binds)}")
-    taken = [volume for volume, _ in named_volumes(container) if _exists(target.volumes, volume)]
+    taken = [volume for volume, _ in named_volumes(container) if found(target.volumes, volume)]
     if taken:
         raise TransferError(f"the target machine has volumes of the same name already: {', '.join(taken)}")
 
@@ -70,14 +72,6 @@ def copy_volumes(source: Any, target: Any, container: Any, image: str) -> list[s
             writer.remove(force=True)
         copied.append(volume)
     return copied
-
-
-def _exists(collection: Any, name: str) -> bool:
-    try:
-        collection.get(name)
-    except docker.errors.NotFound:
-        return False
-    return True
 
 
 def _same_image(client: Any, name: str, image_id: str) -> bool:
