@@ -13,6 +13,7 @@ import pytest
 
 from dragon.collector.emulation import EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
+from dragon.collector.probes import TASK_ID_LABEL
 from dragon.messages import codec, topics
 from dragon.messages.schemas import HostHealth, ServiceCounters
 from dragon.migrator.journal import Step
@@ -172,17 +173,25 @@ def dying_after(killed_after: Step):
     return die
 
 
-def start_task(emulated: EmulatedLei, command: list[str] = SLEEPER, healthcheck: dict | None = None, **options):
+def start_task(
+    emulated: EmulatedLei,
+    command: list[str] = SLEEPER,
+    healthcheck: dict | None = None,
+    task_id: str = "",
+    **options,
+):
     """A task container on h1 of ``emulated``, as a user would run one: labelled, limited, configured.
 
+    ``task_id``: its ``dragon.task.id`` (none: the task is known by the container's name).
     ``options``: more ``containers.run`` arguments (volumes, mounts...).
     """
+    labels = {TASK_LABEL: "true", LEI_LABEL: emulated.lei, HOST_LABEL: "h1", "app": "demo"}
     return emulated._client.containers.run(
         COLLECTOR_IMAGE,
         command,
         name=f"dragon-{emulated.lei}-task-{tokens.token_hex(3)}",
         detach=True,
-        labels={TASK_LABEL: "true", LEI_LABEL: emulated.lei, HOST_LABEL: "h1", "app": "demo"},
+        labels=labels | ({TASK_ID_LABEL: task_id} if task_id else {}),
         environment={"APP_MODE": "edge"},
         cgroup_parent=emulated.cgroup("h1").cgroup_parent,
         network=emulated.network,

@@ -204,8 +204,9 @@ def test_commands_for_a_missing_task_or_host_get_an_error_event(lei, watch):
 
 def test_a_migrator_killed_mid_move_finishes_it_after_restart_and_the_task_runs_once(lei, watch):
     stack, emulated = lei
-    task = start_task(emulated, SLOW_TO_START, READY)
-    sent = command(stack, task.name)
+    task_id = f"web-{tokens.token_hex(3)}"
+    task = start_task(emulated, SLOW_TO_START, READY, task_id=task_id)
+    sent = command(stack, task_id)  # as the planner names it, from the samples
     send(stack, sent)
     wait_for_target(stack, sent.id)  # created and starting: the target waits to become healthy
     migrator = stack.containers["migrator"].get_wrapped_container()
@@ -214,6 +215,7 @@ def test_a_migrator_killed_mid_move_finishes_it_after_restart_and_the_task_runs_
     migrator.start()
     recovered = event_for(watch, sent.id, lambda e: e.recovered)
     assert recovered.outcome == "done", recovered
+    assert recovered.task == task_id  # the planner's name for the task, whose command this answers
     # The command, never acknowledged, comes again: by then it is a duplicate.
     assert event_for(watch, sent.id, lambda e: e.outcome == "refused").reason == "duplicate"
     (running,) = running_copies(emulated, task.name)

@@ -61,6 +61,7 @@ class Move:
     error: str = ""
     updated: float = 0.0
     timings: tuple[tuple[str, float], ...] = ()  # (step, seconds) of each step taken so far
+    task_id: str = ""  # the task as samples and the planner name it (``dragon.task.id``, else ``name``)
 
 
 class Journal:
@@ -112,6 +113,7 @@ class Journal:
             error=data.get("error", ""),
             updated=float(data.get("updated", 0.0)),
             timings=tuple((step, float(seconds)) for step, seconds in json.loads(data.get("timings", "[]"))),
+            task_id=data.get("task_id", ""),
         )
 
     def open_moves(self) -> list[Move]:

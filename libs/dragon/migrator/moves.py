@@ -205,9 +205,8 @@ class Mover:
         busy = [m.id for m in self.journal.open_moves() if m.task == source.id]
         if busy:
             raise TaskBusy(f"task {task} is being moved by command {busy[0]}")
-        move = Move(
-            move_id, source.id, source.name, source.labels.get(HOST_LABEL, ""), target_host, target_lei=target_lei
-        )
+        source_host = source.labels.get(HOST_LABEL, "")
+        move = Move(move_id, source.id, source.name, source_host, target_host, target_lei, task_id=task_id_of(source))
         mode, mode_reason = self._mode(move, source)
         move = replace(move, mode=mode, mode_reason=mode_reason)
         if (move.target_lei, move.target_host) == (self.journal.lei, move.source_host):
@@ -549,6 +548,7 @@ class Mover:
             step=Step.STARTING,
             target_id=target.id,
             error="the journal had lost this move: settled by Docker's state",
+            task_id=task_id_of(target),
         )
         move = self.journal.record(move, Step.STARTING)
         if sources:

@@ -266,12 +266,13 @@ class Migrator:
 
     # --- what we say ----------------------------------------------------------------
     def event_of(self, move: Move, task: str = "", recovered: bool = False) -> MigrationEvent:
-        """The event of a move that ended; ``task`` as the command named it (default: the container's name)."""
+        """The event of a move that ended; ``task`` as the command named it (default: the task's
+        id, which the planner's commands use, else the container's name)."""
         steps = tuple(StepDuration(step, seconds) for step, seconds in move.timings)
         return MigrationEvent(
             id=move.id,
             lei=self.lei,
-            task=task or move.name,
+            task=task or move.task_id or move.name,
             outcome=OUTCOME_OF_STEP.get(move.step, "failed"),
             ts=time.time(),
             source_host=move.source_host,
