@@ -96,6 +96,8 @@ M = TypeVar("M", bound=Message)
 Handler = Callable[[Incoming], None]
 BatchHandler = Callable[[list[Incoming]], None]
 MAX_BATCH = 256
+# How long stop() waits for the batch in hand (a handler waiting on Redis gives up on the stop).
+WORKER_STOP_S = 10.0
 
 
 class Unprocessed(Exception):
@@ -143,6 +145,7 @@ class MqttClient:
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
         self._refusals = EveryInterval(REFUSAL_LOG_INTERVAL_S)
+        self._queue_full = EveryInterval(REFUSAL_LOG_INTERVAL_S)
         self._client = self._make_client()
 
     # --- set-up -----------------------------------------------------------------
@@ -154,6 +157,8 @@ class MqttClient:
             manual_ack=True,
         )
         authenticate(client, self.settings)
+        # A broker away for a day would otherwise grow our memory by every message meant for it.
+        client.max_queued_messages_set(self.settings.max_queued)
         will = Properties(PacketTypes.WILLMESSAGE)
         will.MessageExpiryInterval = GONE_RETAINED_S
         client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True, properties=will)
@@ -200,20 +205,37 @@ class MqttClient:
         self._client.loop_start()
 
     def stop(self) -> None:
-        """Say ``offline``, disconnect cleanly (no Last Will) and stop the worker."""
+        """Let the worker finish its batch, say ``offline``, disconnect cleanly (no Last Will).
+
+        The batch in hand is finished while the connection is up, so what it publishes (a fault
+        event whose transition it has just recorded) reaches the broker; the messages still
+        queued are left unacknowledged, and the broker delivers them again to the next session.
+        """
         self._stopping.set()
+        if self._worker is not None:
+            try:
+                self._work.put_nowait(None)  # wakes an idle worker; a busy one sees _stopping
+            except queue.Full:
+                pass
+            self._worker.join(timeout=WORKER_STOP_S)
+            if self._worker.is_alive():
+                log.warning("mqtt_worker_not_stopping", queued=self._work.qsize())
+        self._discard_queued()  # unblocks paho's thread if a full queue held it
         if self._connected.is_set():
+            # Sent after the batch's publishes, so its acknowledgement comes after theirs.
             self.publish_counters(wait_s=2, final=True)
             offline = self.publish(self.availability_topic, OFFLINE, retain=True, expiry_s=GONE_RETAINED_S)
             offline.wait_for_publish(timeout=2)
         self._client.disconnect()
         self._client.loop_stop()
-        if self._worker is not None:
+
+    def _discard_queued(self) -> None:
+        """Drop what the worker will not take: unacknowledged, it comes again after a restart."""
+        while True:
             try:
-                self._work.put(None, timeout=5)  # a full queue drains unless the worker is stuck
-            except queue.Full:
-                log.warning("mqtt_worker_not_draining", queued=self._work.qsize())
-            self._worker.join(timeout=5)
+                self._work.get_nowait()
+            except queue.Empty:
+                return
 
     @property
     def connected(self) -> bool:
@@ -252,7 +274,12 @@ class MqttClient:
             if expiry_s:
                 props.MessageExpiryInterval = expiry_s
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            self.counters.add("publish_queue_full")
+            held_back = self._queue_full.due()
+            if held_back is not None:
+                log.warning("mqtt_publish_queue_full", queued=self.settings.max_queued, similar_held_back=held_back)
+        elif info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             self.counters.add("publish_failed")
             log.warning("mqtt_publish_failed", topic=topic, rc=paho.error_string(info.rc))
         return info
@@ -367,7 +394,8 @@ class MqttClient:
     def _handle_message(self, client, userdata, message: paho.MQTTMessage) -> None:
         # Blocks while the queue is full: paho stops reading the socket until the worker
         # catches up (see the module docstring). Writes wait too, for about one batch.
-        self._work.put(message)
+        if not self._stopping.is_set():  # else left unacknowledged, for the next session
+            self._work.put(message)
 
     def _online_properties(self) -> Properties | None:
         if not self._capabilities:
@@ -381,7 +409,7 @@ class MqttClient:
         pending: list[paho.MQTTMessage | None] = []  # a control item met while filling a batch
         while True:
             message = pending.pop() if pending else self._work.get()
-            if message is None:
+            if message is None or self._stopping.is_set():
                 return
             if message is _RECONNECTED:
                 self._run_hooks()

@@ -33,6 +33,13 @@ class MqttSettings:
         "unacknowledged QoS 1 messages the broker may send us at once; also the bound of our own receive queue",
         "messages",
     )
+    max_queued: int = setting(
+        "DRAGON_MQTT_MAX_QUEUED",
+        20000,
+        "QoS 1 messages we keep for the broker while it is away (about 8 KiB of memory each); beyond it new "
+        "ones are dropped and counted (publish_queue_full); 0: no bound",
+        "messages",
+    )
     counters_interval_s: float = setting(
         "DRAGON_COUNTERS_INTERVAL",
         10.0,

@@ -64,12 +64,25 @@ def retry_until(action: Callable[[], T], stop: threading.Event, what: str, max_d
         try:
             return action()
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-            failures += 1
-            if failures == 1 or failures % 20 == 0:
-                log.warning("redis_unavailable_retrying", what=what, error=str(exc), failures=failures)
+            event, error = "redis_unavailable_retrying", exc
+        except redis.ResponseError as exc:
+            if not refuses_writes_for_now(exc):
+                raise
+            event, error = "redis_refusing_writes_retrying", exc
+        failures += 1
+        if failures == 1 or failures % 20 == 0:
+            log.warning(event, what=what, error=str(error), failures=failures)
         if stop.wait(delay):
             raise StopRequested(what)
         delay = min(max_delay, delay * 2)
+
+
+def refuses_writes_for_now(exc: redis.ResponseError) -> bool:
+    """Redis answers but will not write until an operator or its own recovery frees it: out of
+    memory (``maxmemory``), read-only, or unable to persist (``MISCONF``: a full disk). Dropping
+    the write would lose what it carries, so it is retried like an outage."""
+    refused = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+    return isinstance(exc, refused) or str(exc).startswith("MISCONF")
 
 
 class StopRequested(Exception):
@@ -156,6 +169,7 @@ class WindowStore:
         backlog of samples (a flood, a replay) costs what the batch needs, not all it spans.
         """
         hosts = self.hosts()
+        count = min(count, self.history)  # no host keeps more
         pipe = self.client.pipeline(transaction=False)
         for host in hosts:
             pipe.zrevrangebyscore(self._key(host), until_ts, "-inf", start=0, num=count)

@@ -174,3 +174,41 @@ def test_a_dead_instance_leaves_offline_for_a_day_and_its_counters_expire(broker
         late.wait_for(lambda m: m.topic == availability, 5)  # the will: retained, for a day
         time.sleep(1)
         assert late.matching(lambda m: m.topic == counters_topic) == []  # expired on the broker
+
+
+def test_a_stopping_client_finishes_its_batch_and_leaves_the_rest_to_its_next_session(brokers):
+    """What the batch in hand publishes (a fault event whose transition it recorded) goes out
+    before the client disconnects; what it had not begun comes again to the next session."""
+    lei, sent = brokers.lei, [str(i).encode() for i in range(20)]
+    settings = dataclasses.replace(brokers.mqtt_settings("detector"), receive_maximum=4)
+    handled: list[bytes] = []
+    began = threading.Event()
+    client = MqttClient(settings, "detector", "stoptest")
+
+    def slow(batch: list[Incoming]) -> None:
+        began.set()
+        time.sleep(1.0)  # stop() is called meanwhile
+        handled.extend(m.payload for m in batch)
+        client.publish(topics.fault_event(lei, "h1"), b"answer to " + batch[-1].payload)
+
+    client.subscribe_batch(topics.host_samples(lei), slow, qos=1)
+    with Listener(brokers.mqtt_settings("viewer"), [topics.fault_event(lei, "h1")]) as listener:
+        client.start()
+        assert client.wait_connected(15)
+        time.sleep(0.5)  # the subscription is in place
+        flood(brokers.mqtt_settings("collector"), topics.host_sample(lei, "h1"), len(sent))
+        assert began.wait(10)
+        client.stop()
+        listener.wait_for(lambda m: m.payload == b"answer to " + handled[-1], 5)
+    assert 0 < len(handled) < len(sent)
+    rest: list[bytes] = []
+    again = MqttClient(settings, "detector", "stoptest")  # the same instance: its session
+    again.subscribe_batch(topics.host_samples(lei), lambda batch: rest.extend(m.payload for m in batch), qos=1)
+    again.start()
+    try:
+        deadline = time.monotonic() + 15
+        while set(handled) | set(rest) != set(sent) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        again.stop()
+    assert set(handled) | set(rest) == set(sent)

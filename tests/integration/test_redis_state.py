@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.train import train_from_series
 from dragon.detector.tunerstate import SETTLE_ATTEMPTS, GateFloors, KeptWindows, TunerState
 from dragon.messages.schemas import HOST_METRICS
-from dragon.store import WindowStore, padded_window
+from dragon.store import WindowStore, padded_window, retry_until
 from dragon.testing.lei import REDIS_IMAGE
 
 pytestmark = pytest.mark.integration
@@ -412,3 +413,24 @@ def test_gate_floors_count_only_under_the_model_and_gate_settings_they_were_meas
     assert floors.load("model-b", "q1") == {"h2": 0.25}
     assert floors.load("model-a", "q2") == {"h4": 0.0625}
     assert floors.load("model-c", "q1") == {}
+
+
+def test_a_write_redis_refuses_for_now_waits_until_it_is_taken_not_dropped(client):
+    """At maxmemory (or read-only, or unable to persist) Redis answers with an error: the write is
+    retried until Redis takes it again, as during an outage, not given up (and its data lost)."""
+    store = WindowStore(client, "oom", history=10)
+    client.config_set("maxmemory", "1")  # below what is used: every write is refused
+    written = threading.Event()
+
+    def write() -> None:
+        retry_until(lambda: store.append("h1", 1.0, 1, [0.5] * 7), threading.Event(), "append")
+        written.set()
+
+    worker = threading.Thread(target=write)
+    try:
+        worker.start()
+        assert not written.wait(1.0), "a write was taken at maxmemory"
+    finally:
+        client.config_set("maxmemory", "0")  # an operator frees memory
+    assert written.wait(10) and store.count("h1") == 1
+    worker.join(5)

@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from dragon.messages import codec, topics
-from dragon.messages.schemas import FaultEvent, HostSample
+from dragon.messages.schemas import FaultEvent, HostMetrics, HostSample
 from dragon.store import WindowStore
 from dragon.testing.listener import Listener, publish
 
@@ -18,7 +18,8 @@ from .test_faults import finished, inject, watch
 pytestmark = pytest.mark.integration
 
 
-DROP_REASONS = ("malformed", "oversized", "schema", "version")
+DROP_REASONS = ("malformed", "oversized", "schema", "version", "future")
+A_YEAR_S = 365 * 86400.0
 
 
 def test_garbage_oversized_and_wrong_shape_payloads_are_dropped(lei):
@@ -29,6 +30,12 @@ def test_garbage_oversized_and_wrong_shape_payloads_are_dropped(lei):
     publish(collector, sample_topic, b"\x00" * 200_000)
     publish(collector, sample_topic, msgpack.packb({"v": 1, "lei": lei.lei, "host": "h1", "ts": "yesterday"}))
     publish(collector, sample_topic, msgpack.packb({"v": 9}))
+    # Well formed, but from a year ahead: judged, it would make h1's real windows look judged already.
+    ahead = HostSample(lei.lei, "h1", time.time() + A_YEAR_S, 1, 1.0, HostMetrics(0.1, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0))
+    publish(collector, sample_topic, codec.encode(ahead), codec.MSGPACK)
+    # A rate no disk reaches (float32 overflows on it).
+    flood = HostSample(lei.lei, "h1", time.time(), 2, 1.0, HostMetrics(0.1, 0.1, 0.0, 1e300, 0.0, 0.0, 0.0))
+    publish(collector, sample_topic, codec.encode(flood), codec.MSGPACK)
     fresh_health(lei, "h1")
     logs = lei.logs("detector")
     for reason in DROP_REASONS:

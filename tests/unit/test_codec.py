@@ -105,6 +105,13 @@ def _with(path: list[str], value) -> bytes:
         (["tasks"], [{"id": "a", "name": "b", "cpu": 0.1, "ram_bytes": -1.0}]),
         (["tasks"], [{"id": "", "name": "b", "cpu": 0.1, "ram_bytes": 1.0}]),
         (["interval_s"], 0),
+        (["interval_s"], 1e-300),  # would ask the store for 1e300 samples per host
+        (["interval_s"], 1e9),
+        (["seq"], -1),
+        (["seq"], 2**63),  # msgpack cannot store it again
+        (["metrics", "disk_read"], 1e300),  # inf in float32
+        (["metrics", "net_tx"], 2e12),
+        (["tasks"], [{"id": "a", "name": "b", "cpu": 0.1, "ram_bytes": 1e300}]),
     ],
 )
 def test_wrong_shapes_are_schema_errors(path, value):
@@ -156,3 +163,11 @@ def test_clip_cuts_free_text_to_what_a_message_string_may_hold_and_says_so():
     assert clip("short") == "short"
     long = clip("x" * 1000)
     assert len(long) == MAX_STR and long.endswith("…")
+
+
+def test_a_sample_stamped_further_ahead_than_clock_skew_is_told_apart():
+    now = 1.8e9
+    assert not sample(ts=now + 9.0, interval_s=2.0).ahead_of(now)  # within 10 s
+    assert sample(ts=now + 11.0, interval_s=2.0).ahead_of(now)
+    assert not sample(ts=now + 29.0, interval_s=10.0).ahead_of(now)  # within 3 intervals
+    assert sample(ts=now + 31.0, interval_s=10.0).ahead_of(now)

@@ -37,3 +37,11 @@ def test_handlers_run_in_subscription_order_whatever_arrived_first():
         ("samples", ["dragon/a/hosts/h2/sample"]),
         ("forecasts", ["dragon/a/hosts/h1/forecast", "dragon/a/hosts/h2/forecast"]),
     ]
+
+
+def test_messages_for_a_broker_that_is_away_are_kept_up_to_a_bound_then_dropped_and_counted():
+    """A broker away for a day must not grow a collector's memory by every sample meant for it."""
+    client = MqttClient(MqttSettings(port=1, max_queued=10), "test", "t-queue", Counters())  # nothing listens
+    infos = [client.publish("dragon/a/hosts/h1/sample", b"x") for _ in range(25)]
+    assert [info.rc for info in infos].count(paho.MQTT_ERR_QUEUE_SIZE) == 15
+    assert client.counters.snapshot()["publish_queue_full"] == 15

@@ -328,8 +328,15 @@ class Detector:
 
     def _decode(self, message: Incoming, schema: type[HostSample | ForecastSample] = HostSample):
         decoded = self.mqtt.decode_or_drop(schema, message)
-        if decoded is not None and (decoded.lei != self.lei or topics.host_of(message.topic) != decoded.host):
+        if decoded is None:
+            return None
+        if decoded.lei != self.lei or topics.host_of(message.topic) != decoded.host:
             self.mqtt.drop(message, DecodeError("schema", "lei/host in the payload do not match the topic"))
+            return None
+        if decoded.ahead_of(time.time()):
+            # Judged, it would make every real window of its host look judged already, until then.
+            ahead = f"stamped {decoded.ts - time.time():.0f} s ahead of this detector's clock"
+            self.mqtt.drop(message, DecodeError("future", ahead))
             return None
         return decoded
 

@@ -22,7 +22,8 @@ M = TypeVar("M", bound=Message)
 
 
 class DecodeError(ValueError):
-    """A payload was refused. ``reason`` is one of: oversized, malformed, schema, version."""
+    """A payload was refused. ``reason`` is one of: oversized, malformed, schema, version, future
+    (stamped further ahead than clock skew explains)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

@@ -14,6 +14,20 @@ FAULT_KINDS: tuple[str, ...] = ("cpu", "memory", "disk", "flood")
 # How a verdict was reached: on the window a sample closed, or on the co-simulator's forecast of
 # the next one (eq. 13 with W_{t+1} <- Sim(W_t, S_t), Alg. 2 line 4).
 VERDICT_MODES: tuple[str, ...] = ("observed", "predicted")
+# Bounds a real sample stays far within. Beyond them a value is a glitch or forged, and the
+# models' float32 arithmetic would overflow (1e300 bytes/s is inf in float32).
+MAX_RATE_BPS = 1e12  # bytes per second: no disk or link of an edge device comes near
+MAX_RAM_BYTES = 1e15
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.01, 86_400.0
+MAX_SEQ = 2**63 - 1  # msgpack's signed range
+# How far a sample's clock may run ahead of a receiver's (at least 3 of its intervals). Further
+# ahead it is refused: kept, it would hide every real sample of its host until that time.
+FUTURE_TOLERANCE_S = 10.0
+
+
+def stamped_ahead(ts: float, interval_s: float, now: float) -> bool:
+    """Whether a message stamped ``ts`` lies further in the future than clock skew explains."""
+    return ts > now + max(FUTURE_TOLERANCE_S, 3 * interval_s)
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,15 @@ class HostMetrics:
 
     def vector(self) -> list[float]:
         return [getattr(self, name) for name in HOST_METRICS]
+
+    def check(self, where: str) -> None:
+        """Raise ValueError unless every value is one a host can show (see :data:`MAX_RATE_BPS`)."""
+        for name in HOST_METRICS:
+            require(getattr(self, name) >= 0, f"{where}.metrics.{name} must not be negative")
+        for name in ("cpu", "ram", "swap"):
+            require(getattr(self, name) <= 4.0, f"{where}.metrics.{name} is a fraction of capacity")
+        for name in ("disk_read", "disk_write", "net_rx", "net_tx"):
+            require(getattr(self, name) <= MAX_RATE_BPS, f"{where}.metrics.{name} is above {MAX_RATE_BPS:.0e} B/s")
 
 
 @dataclass(frozen=True)
@@ -59,19 +82,20 @@ class HostSample(Message):
     tasks: tuple[TaskUsage, ...] = ()
 
     def check(self) -> None:
-        require(self.interval_s > 0, "HostSample.interval_s must be positive")
+        require(MIN_INTERVAL_S <= self.interval_s <= MAX_INTERVAL_S, "HostSample.interval_s must be in 0.01 s..1 day")
         require(self.ts > 0, "HostSample.ts must be an epoch time in seconds")
-        for name in HOST_METRICS:
-            value = getattr(self.metrics, name)
-            require(value >= 0, f"HostSample.metrics.{name} must not be negative")
-        for name in ("cpu", "ram", "swap"):
-            require(getattr(self.metrics, name) <= 4.0, f"HostSample.metrics.{name} is a fraction of capacity")
+        require(0 <= self.seq <= MAX_SEQ, "HostSample.seq must be a non-negative 64-bit integer")
+        self.metrics.check("HostSample")
         # Task usage feeds the detector's model of the LEI (task windows): an out-of-range share
         # would be a huge scaled input.
         for task in self.tasks:
             require(0.0 <= task.cpu <= 4.0, "HostSample.tasks[].cpu is a fraction of the host's capacity")
-            require(task.ram_bytes >= 0, "HostSample.tasks[].ram_bytes must not be negative")
+            require(0 <= task.ram_bytes <= MAX_RAM_BYTES, "HostSample.tasks[].ram_bytes must be in 0..1e15")
             require(len(task.id) > 0, "HostSample.tasks[].id must not be empty")
+
+    def ahead_of(self, now: float) -> bool:
+        """Stamped further in the future than clock skew explains (:func:`stamped_ahead`)."""
+        return stamped_ahead(self.ts, self.interval_s, now)
 
 
 @dataclass(frozen=True)
@@ -241,10 +265,11 @@ class ForecastSample(Message):
     def check(self) -> None:
         require(self.based_on_ts > 0 and self.ts >= self.based_on_ts, "ForecastSample.ts must not precede based_on_ts")
         require(self.for_ts > self.based_on_ts, "ForecastSample.for_ts must follow based_on_ts")
-        for name in HOST_METRICS:
-            require(getattr(self.metrics, name) >= 0, f"ForecastSample.metrics.{name} must not be negative")
-        for name in ("cpu", "ram", "swap"):
-            require(getattr(self.metrics, name) <= 4.0, f"ForecastSample.metrics.{name} is a fraction of capacity")
+        self.metrics.check("ForecastSample")
+
+    def ahead_of(self, now: float) -> bool:
+        """Stamped further in the future than clock skew explains (:func:`stamped_ahead`)."""
+        return stamped_ahead(self.ts, self.for_ts - self.based_on_ts, now)
 
 
 @dataclass(frozen=True)

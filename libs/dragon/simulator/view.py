@@ -40,7 +40,6 @@ log = structlog.get_logger(__name__)
 FRACTIONS = {"cpu", "ram", "swap"}  # of the host's capacity; the other metrics are bytes per second
 CPU = HOST_METRICS.index("cpu")
 HostKey = tuple[str, str]  # (lei, host)
-FUTURE_TOLERANCE_S = 10.0  # clock skew a sample's timestamp may show (at least 3 intervals)
 FORGET_AFTER_S = 3600.0  # a host silent this long has left the federation
 # How long after a task starts on a host that host's samples may still miss it: the collector
 # lists containers from a cache refreshed every 5 s (collector/probes.py), and then it samples.
@@ -167,7 +166,7 @@ class FederationView:
         the future is refused: kept, it would hide every real sample of its host until that time
         (a collector whose clock was wrong, then corrected).
         """
-        if sample.ts > now + max(FUTURE_TOLERANCE_S, 3 * sample.interval_s):
+        if sample.ahead_of(now):
             return False
         # What a host cannot do is not simulated either: a value above capacity (a clock glitch,
         # a 1e308 byte rate) would otherwise overflow the twin's sums.
