@@ -347,12 +347,11 @@ class MqttClient:
         retain: bool = False,
         json: bool = False,
         correlation_data: bytes = b"",
-    ) -> None:
+    ) -> paho.MQTTMessageInfo:
         """Publish a schema object as msgpack (or JSON) with its MQTT v5 content type."""
         if json:
-            self.publish(topic, codec.encode_json(message), qos, retain, codec.JSON, correlation_data)
-        else:
-            self.publish(topic, codec.encode(message), qos, retain, codec.MSGPACK, correlation_data)
+            return self.publish(topic, codec.encode_json(message), qos, retain, codec.JSON, correlation_data)
+        return self.publish(topic, codec.encode(message), qos, retain, codec.MSGPACK, correlation_data)
 
     def decode_or_drop(self, cls: type[M], incoming: Incoming) -> M | None:
         """Validate a payload at the edge: a bad one is logged once, counted and dropped."""

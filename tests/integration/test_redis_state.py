@@ -118,6 +118,19 @@ def test_the_replay_in_memory_keeps_the_scripts_clean_streaks(client):
             assert state.clean_streaks(["h1"])["h1"] == run, (clear, ts)
 
 
+def test_a_transition_keeps_its_event_in_the_outbox_until_it_is_sent(client):
+    state, other = HostFaultState(client, "t-outbox", clear_windows=1), HostFaultState(client, "t-outbox", 1)
+    verdicts = [("h1", 1.0, 0), ("h1", 2.0, 1), ("h1", 3.0, 1), ("h1", 4.0, 0)]
+    events = [("e1", b"end?"), ("e2", b"start"), ("e3", b"start?"), ("e4", b"end")]
+    assert [t.kind for t in state.update_many(verdicts, events)] == ["", "start", "", "end"]
+    assert other.outbox() == {"e2": b"start", "e4": b"end"}  # only the transitions', for any replica
+    # The same window again (a retry after a lost reply) is stale, and its event stays to be sent.
+    assert state.update_many([("h1", 4.0, 0)], [("e4", b"end")])[0].kind == "stale"
+    other.sent(["e2"])
+    assert state.outbox() == {"e4": b"end"}
+    assert HostFaultState(client, "t-outbox", 1, mode="predicted").outbox() == {}  # each mode its own
+
+
 def test_two_replicas_applying_the_same_window_publish_it_once(client):
     first, second = HostFaultState(client, "t4", 3), HostFaultState(client, "t4", 3)
     assert first.update("h9", 10.0, 1).kind == "start"

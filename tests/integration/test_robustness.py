@@ -7,6 +7,7 @@ import time
 import msgpack
 import pytest
 
+from dragon.detector.health import HostFaultState
 from dragon.messages import codec, topics
 from dragon.messages.schemas import FaultEvent, HostMetrics, HostSample
 from dragon.store import WindowStore
@@ -113,3 +114,26 @@ def test_two_detectors_publish_one_event_per_fault(lei):
             assert '"model_serving"' in lei.logs(name)
     finally:
         lei.stop_service("detector-2")  # and one detector, as the LEI had before this test
+
+
+def test_a_fault_event_whose_sender_died_before_the_broker_had_it_is_sent_again(lei):
+    """A replica records the transition, then dies before its event reaches the broker (or the
+    Redis reply is lost): the event waits in the outbox, and the host's owner sends it again."""
+    host, event_id = "h-lost", f"lost-{time.time_ns()}"
+    event = FaultEvent(
+        event_id, "start", lei.lei, host, time.time() - 60, time.time() - 60, 3.0, 1.0, 1, "observed", (), "m", "gone"
+    )
+    with Listener(lei.mqtt_settings(), [topics.fault_event(lei.lei, host)]) as listener:
+        state = HostFaultState(lei.redis_client(), lei.lei, clear_windows=3)
+        assert state.update_many([(host, event.window_ts, 1)], [(event_id, codec.encode(event))])[0].kind == "start"
+        (message, *_) = listener.wait_for(lambda m: True, 20)  # within a sweep (10 s) of the outbox
+    sent = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
+    assert (sent.event_id, sent.type, sent.host) == (event_id, "start", host)
+    deadline = time.monotonic() + 10
+    while event_id in state.outbox() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert event_id not in state.outbox()  # acknowledged by the broker: sent once
+    # The real hosts' events (of the faults before) left the outbox as soon as the broker had them.
+    waiting = [codec.decode(FaultEvent, payload, 65536, codec.MSGPACK) for payload in state.outbox().values()]
+    assert all(time.time() - event.ts < 30 for event in waiting), waiting
+    live_counters(lei, "detector", lambda c: c.get("events_sent_again", 0) >= 1)

@@ -8,6 +8,12 @@ A fault ends only after ``clear_windows`` normal windows in a row, so a score
 hovering around the threshold does not flap. The script also counts each host's clean windows
 in a row (normal, no fault in force), which tells any replica whether a host's recent windows
 may be learnt from (:meth:`HostFaultState.clean_streaks`).
+
+The event a transition publishes is written by the same script into the LEI's outbox (one hash
+per verdict mode, event id -> payload) and taken out once the broker has acknowledged it, so an
+event whose transition is recorded is never lost: a replica that dies before the broker has it,
+or a Redis reply lost after the script ran, leaves it there for the host's owner to publish again
+(:meth:`HostFaultState.outbox`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,13 @@ from typing import Protocol, TypeVar
 
 import redis
 
+# KEYS: the host's state, the outbox; ARGV: label, window ts, clear windows, and the event a
+# transition would publish (its id and payload; empty: none to keep).
 _TRANSITION = """
+local function changed(kind, since)
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], ARGV[5]) end
+  return {kind, since}
+end
 local faulty = redis.call('HGET', KEYS[1], 'faulty')
 local last = redis.call('HGET', KEYS[1], 'ts')
 local ts = tonumber(ARGV[2])
@@ -30,7 +42,7 @@ if ARGV[1] == '1' then
   redis.call('HSET', KEYS[1], 'normal_streak', 0, 'clean_streak', 0)
   if faulty ~= '1' then
     redis.call('HSET', KEYS[1], 'faulty', '1', 'since', ARGV[2])
-    return {'start', ARGV[2]}
+    return changed('start', ARGV[2])
   end
   return {'', redis.call('HGET', KEYS[1], 'since') or ''}
 end
@@ -41,7 +53,7 @@ if faulty == '1' then
   if streak >= tonumber(ARGV[3]) then
     redis.call('HSET', KEYS[1], 'faulty', '0')
     redis.call('HDEL', KEYS[1], 'since')
-    return {'end', since}
+    return changed('end', since)
   end
   return {'', since}
 end
@@ -67,24 +79,39 @@ class HostFaultState:
     def __init__(self, client: redis.Redis, lei: str, clear_windows: int, mode: str = "observed") -> None:
         self._client = client
         self._prefix = f"{verdict_keys(lei, mode)}:fault:"
+        self._outbox_key = f"{verdict_keys(lei, mode)}:outbox"
         self._clear = clear_windows
         self._script = client.register_script(_TRANSITION)
 
     def update(self, host: str, window_ts: float, label: int) -> Transition:
         return self.update_many([(host, window_ts, label)])[0]
 
-    def update_many(self, verdicts: list[tuple[str, float, int]]) -> list[Transition]:
+    def update_many(
+        self, verdicts: list[tuple[str, float, int]], events: Sequence[tuple[str, bytes]] = ()
+    ) -> list[Transition]:
         """Apply ``(host, window_ts, label)`` verdicts in order, in one round trip.
 
+        ``events`` (one per verdict, if given): the ``(event id, payload)`` its transition would
+        publish; a start or an end keeps it in the outbox until :meth:`sent` takes it out.
         MULTI/EXEC makes the batch all-or-nothing, so retrying it after a lost connection
         never finds half of it applied (which would turn those windows ``stale`` and drop
         their events).
         """
+        events = events or [("", b"")] * len(verdicts)
         pipe = self._client.pipeline(transaction=True)
-        for host, window_ts, label in verdicts:
-            key = f"{self._prefix}{host}"
-            self._script(keys=[key], args=[label, repr(window_ts), self._clear], client=pipe)
+        for (host, window_ts, label), (event_id, payload) in zip(verdicts, events, strict=True):
+            keys = [f"{self._prefix}{host}", self._outbox_key]
+            self._script(keys=keys, args=[label, repr(window_ts), self._clear, event_id, payload], client=pipe)
         return [_transition(kind, since) for kind, since in pipe.execute()]
+
+    def outbox(self) -> dict[str, bytes]:
+        """The events of recorded transitions the broker has not acknowledged yet: id -> payload."""
+        return {key.decode(): value for key, value in self._client.hgetall(self._outbox_key).items()}
+
+    def sent(self, event_ids: Sequence[str]) -> None:
+        """Take events the broker acknowledged (or refused for good) out of the outbox."""
+        if event_ids:
+            self._client.hdel(self._outbox_key, *event_ids)
 
     def last_judged(self, hosts: list[str]) -> dict[str, float | None]:
         """The newest window time applied per host (None: never judged); any window no newer is stale."""

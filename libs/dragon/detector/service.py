@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
+import paho.mqtt.client as paho
 import redis
 import structlog
 
@@ -37,7 +38,7 @@ from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.tunerstate import TunerState
-from dragon.messages import topics
+from dragon.messages import codec, topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import (
     VERDICT_MODES,
@@ -60,6 +61,14 @@ T = TypeVar("T")
 ThresholdStates = dict[str, HostThreshold] | None  # per host; None: the model's static threshold
 # A forecast follows its sample within milliseconds: its W_t ends among the host's newest samples.
 FORECAST_HISTORY_SLACK = 8
+# The outbox of fault events (health.py): looked through this often for events the broker never
+# got; one is sent again once it is this old (its own sender had time to get its acknowledgement),
+# and given up, logged, after a day.
+OUTBOX_SWEEP_S = 10.0
+OUTBOX_RESEND_AFTER_S = 30.0
+OUTBOX_KEEP_S = 86_400.0
+MAX_EVENT_BYTES = 65_536
+QUEUED = (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)  # paho has the message (to send now or on reconnect)
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,10 @@ class Detector:
         self._last_model_check = 0.0
         self._unusable_model: str | None = None
         self._health: dict[tuple[str, str], HostHealth] = {}  # last verdict per (host, mode), republished on reconnect
+        # Events sent and not acknowledged by the broker yet: (mode, event id, paho's receipt).
+        self._unacknowledged: list[tuple[str, str, paho.MQTTMessageInfo]] = []
+        self._outbox_lock = threading.Lock()  # the worker sends events, the main thread settles them
+        self._outbox_swept_at = 0.0
         self.tuner: FineTuner | None = None
 
     # --- lifecycle --------------------------------------------------------------
@@ -209,7 +222,13 @@ class Detector:
 
     def wait(self) -> None:
         while not self.lifecycle.stop.wait(1.0):
-            self.lifecycle.healthy(self.mqtt.connected and self._heartbeat())
+            alive = self._heartbeat()
+            self.lifecycle.healthy(self.mqtt.connected and alive)
+            if alive:
+                try:
+                    self.settle_outbox(time.time())
+                except (redis.ConnectionError, redis.TimeoutError):
+                    pass  # the next beat tries again
 
     def shutdown(self) -> None:
         log.info("detector_stopping", counters=self.counters.snapshot())
@@ -218,7 +237,11 @@ class Detector:
             self.membership.leave()  # hand our hosts over at once, not after the heartbeat expires
         except (redis.ConnectionError, redis.TimeoutError):
             pass
-        self.mqtt.stop()
+        self.mqtt.stop()  # the last batch's events are acknowledged by now
+        try:
+            self._take_acknowledged()
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass  # they stay in the outbox: the hosts' next owner sends them again
 
     def _heartbeat(self) -> bool:
         try:
@@ -438,14 +461,20 @@ class Detector:
 
     def _publish(self, verdicts: list[tuple[Judged, Verdict]], mode: str) -> list[Transition]:
         updates = [(judged.host, judged.ts, verdict.label) for judged, verdict in verdicts]
-        transitions = retry_until(lambda: self.faults[mode].update_many(updates), self.lifecycle.stop, "fault_state")
-        for (judged, verdict), transition in zip(verdicts, transitions, strict=True):
+        # The event a verdict would publish goes with it, so its transition keeps it in the outbox.
+        events = self._possible_events(verdicts, mode)
+        outbox = [("", b"") if event is None else (event.event_id, codec.encode(event)) for event in events]
+        faults = self.faults[mode]
+        transitions = retry_until(lambda: faults.update_many(updates, outbox), self.lifecycle.stop, "fault_state")
+        for (judged, verdict), event, transition in zip(verdicts, events, transitions, strict=True):
             if transition.kind == "stale":
                 self.counters.add(mode_counter(mode, "stale_windows"))
                 continue
             self._publish_health(judged, verdict, transition, mode)
             if transition.kind in {"start", "end"}:
-                self._publish_event(judged, verdict, transition.kind, mode)
+                # None: our view of the host was out of date (another replica changed its state):
+                # sent, but not kept in the outbox.
+                self._send_event(event or self._event_of(judged, verdict, mode))
         self.counters.add(mode_counter(mode, "windows_scored"), len(verdicts))
         return transitions
 
@@ -494,10 +523,35 @@ class Detector:
             if self.membership.owns(host):
                 self.mqtt.publish_message(topics.host_health(self.lei, host, mode), health, retain=True)
 
-    def _publish_event(self, judged: Judged, verdict: Verdict, kind: str, mode: str) -> None:
+    def _possible_events(self, verdicts: list[tuple[Judged, Verdict]], mode: str) -> list[FaultEvent | None]:
+        """The event each verdict would publish, for the verdicts that may change their host's state.
+
+        An alarm on a host in a fault, or a normal window on a host with none, changes nothing, and
+        most windows are such: they are not encoded (tens of microseconds each). A host's state is
+        its last verdict here, unknown for a host this replica has not judged yet.
+        """
+        faulty = {host: self._faulty(host, mode) for host in {judged.host for judged, _ in verdicts}}
+        events: list[FaultEvent | None] = []
+        for judged, verdict in verdicts:
+            state = faulty[judged.host]
+            changes = state is None or bool(verdict.label) != state
+            events.append(self._event_of(judged, verdict, mode) if changes else None)
+            if verdict.label:
+                faulty[judged.host] = True  # a later normal window of the batch may end it
+        return events
+
+    def _faulty(self, host: str, mode: str) -> bool | None:
+        """Whether ``host`` has a fault in force by its last verdict here (None: none yet)."""
+        health = self._health.get((host, mode))
+        return None if health is None else health.faulty_since is not None
+
+    def _event_of(self, judged: Judged, verdict: Verdict, mode: str) -> FaultEvent:
+        """The event this verdict publishes if it changes its host's state: a start if it is an
+        alarm, else an end."""
+        kind = "start" if verdict.label else "end"
         # Observed ids are unchanged from before predicted mode, so a consumer's deduplication holds.
         name = f"{self.lei}/{judged.host}/{judged.ts!r}/{kind}" + ("" if mode == "observed" else f"/{mode}")
-        event = FaultEvent(
+        return FaultEvent(
             event_id=str(uuid.uuid5(EVENT_NAMESPACE, name)),
             type=kind,
             lei=self.lei,
@@ -512,15 +566,60 @@ class Detector:
             model_id=self.scorer.model_id,
             detector=self.instance,
         )
-        self.mqtt.publish_message(topics.fault_event(self.lei, judged.host), event)
+
+    def _send_event(self, event: FaultEvent, again: bool = False) -> None:
+        """Publish a fault event (and its JSON mirror); it leaves the outbox once the broker has it."""
+        info = self.mqtt.publish_message(topics.fault_event(self.lei, event.host), event)
+        with self._outbox_lock:
+            self._unacknowledged.append((event.mode, event.event_id, info))
         if self.config.json_mirror:
-            self.mqtt.publish_message(topics.fault_event_json(self.lei, judged.host), event, json=True)
-        self.counters.add(mode_counter(mode, f"events_{kind}"))
+            self.mqtt.publish_message(topics.fault_event_json(self.lei, event.host), event, json=True)
+        self.counters.add(mode_counter(event.mode, "events_sent_again" if again else f"events_{event.type}"))
         log.info(
             "fault_event",
-            type=kind,
-            mode=mode,
-            host=judged.host,
-            score=round(verdict.score, 4),
-            threshold=round(verdict.threshold, 4),
+            type=event.type,
+            mode=event.mode,
+            host=event.host,
+            score=round(event.score, 4),
+            threshold=round(event.threshold, 4),
+            again=again or None,
         )
+
+    def settle_outbox(self, now: float) -> None:
+        """Take the events the broker has acknowledged out of the outbox; and, every
+        ``OUTBOX_SWEEP_S``, send again those of our hosts it never got (their sender died, or a
+        Redis reply was lost after the transition was recorded)."""
+        waiting = self._take_acknowledged()
+        if now - self._outbox_swept_at < OUTBOX_SWEEP_S:
+            return
+        self._outbox_swept_at = now
+        for faults in self.faults.values():
+            for event_id, payload in faults.outbox().items():
+                if event_id not in waiting:
+                    self._send_again(faults, event_id, payload, now)
+
+    def _take_acknowledged(self) -> set[str]:
+        """Take acknowledged events out of the outbox; returns the ids still waiting for the broker."""
+        with self._outbox_lock:
+            acknowledged = [(mode, event_id) for mode, event_id, info in self._unacknowledged if info.is_published()]
+            # One paho could not queue (its queue full) is not waited for: the sweep sends it again.
+            self._unacknowledged = [
+                entry for entry in self._unacknowledged if not entry[2].is_published() and entry[2].rc in QUEUED
+            ]
+            waiting = {event_id for _, event_id, _ in self._unacknowledged}
+        for mode, faults in self.faults.items():
+            faults.sent([event_id for m, event_id in acknowledged if m == mode])
+        return waiting
+
+    def _send_again(self, faults: HostFaultState, event_id: str, payload: bytes, now: float) -> None:
+        try:
+            event = codec.decode(FaultEvent, payload, MAX_EVENT_BYTES, codec.MSGPACK)
+        except DecodeError as exc:
+            log.error("outbox_event_unreadable", event_id=event_id, error=str(exc))
+            faults.sent([event_id])
+            return
+        if now - event.ts > OUTBOX_KEEP_S:
+            log.error("outbox_event_expired", event_id=event_id, host=event.host, type=event.type, ts=event.ts)
+            faults.sent([event_id])
+        elif now - event.ts >= OUTBOX_RESEND_AFTER_S and self.membership.owns(event.host):
+            self._send_event(event, again=True)
