@@ -46,7 +46,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -96,6 +96,8 @@ M = TypeVar("M", bound=Message)
 Handler = Callable[[Incoming], None]
 BatchHandler = Callable[[list[Incoming]], None]
 MAX_BATCH = 256
+# Acknowledgements kept of untracked messages, for a tracked one acknowledged before it was tracked.
+RECENT_ACKS = 1024
 # How long stop() waits for the batch in hand (a handler waiting on Redis gives up on the stop).
 WORKER_STOP_S = 10.0
 
@@ -146,6 +148,13 @@ class MqttClient:
         self._worker: threading.Thread | None = None
         self._refusals = EveryInterval(REFUSAL_LOG_INTERVAL_S)
         self._queue_full = EveryInterval(REFUSAL_LOG_INTERVAL_S)
+        # Acknowledgements of tracked publishes (:meth:`publish`'s ``token``), collected on paho's
+        # thread, taken by :meth:`acknowledged`. paho's own receipt cannot say it: a message
+        # queued while disconnected keeps its error code after it has been sent and acknowledged.
+        self._tracked: dict[int, Hashable] = {}  # mid -> token
+        self._recent_acks: collections.deque[int] = collections.deque(maxlen=RECENT_ACKS)  # untracked mids
+        self._acked: collections.deque[Hashable] = collections.deque()
+        self._track_lock = threading.Lock()
         self._client = self._make_client()
 
     # --- set-up -----------------------------------------------------------------
@@ -225,7 +234,8 @@ class MqttClient:
             # Sent after the batch's publishes, so its acknowledgement comes after theirs.
             self.publish_counters(wait_s=2, final=True)
             offline = self.publish(self.availability_topic, OFFLINE, retain=True, expiry_s=GONE_RETAINED_S)
-            offline.wait_for_publish(timeout=2)
+            if offline.rc == paho.MQTT_ERR_SUCCESS:  # not when paho's queue is full
+                offline.wait_for_publish(timeout=2)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -259,10 +269,13 @@ class MqttClient:
         content_type: str | None = None,
         correlation_data: bytes = b"",
         expiry_s: int | None = None,
+        token: Hashable | None = None,
     ) -> paho.MQTTMessageInfo:
         """Publish; QoS 1 messages are queued by paho while disconnected and sent on reconnect.
 
         ``expiry_s``: the broker drops the message (a retained one too) after that many seconds.
+        ``token``: :meth:`acknowledged` returns it once the broker has acknowledged the message
+        (or refused it: either way it has it), however long that takes.
         """
         props = None
         if content_type or correlation_data or expiry_s:
@@ -274,6 +287,8 @@ class MqttClient:
             if expiry_s:
                 props.MessageExpiryInterval = expiry_s
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if token is not None and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            self._track(info.mid, token)
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             self.counters.add("publish_queue_full")
             held_back = self._queue_full.due()
@@ -284,9 +299,29 @@ class MqttClient:
             log.warning("mqtt_publish_failed", topic=topic, rc=paho.error_string(info.rc))
         return info
 
+    def _track(self, mid: int, token: Hashable) -> None:
+        with self._track_lock:
+            if mid in self._recent_acks:  # acknowledged before publish() returned
+                self._acked.append(token)
+            else:
+                self._tracked[mid] = token
+
+    def acknowledged(self) -> list[Hashable]:
+        """The tokens of tracked publishes acknowledged since the last call."""
+        taken = []
+        while self._acked:
+            taken.append(self._acked.popleft())
+        return taken
+
     def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
         """The broker's acknowledgement of a QoS 1 message: a refusal (the ACL, say a collector
         publishing for a host that is not its own) would otherwise leave the service silent."""
+        with self._track_lock:
+            token = self._tracked.pop(mid, None)
+            if token is None:
+                self._recent_acks.append(mid)
+            else:
+                self._acked.append(token)
         if reason_code.is_failure:
             self.counters.add("publish_refused")
             held_back = self._refusals.due()
@@ -347,11 +382,14 @@ class MqttClient:
         retain: bool = False,
         json: bool = False,
         correlation_data: bytes = b"",
+        token: Hashable | None = None,
     ) -> paho.MQTTMessageInfo:
-        """Publish a schema object as msgpack (or JSON) with its MQTT v5 content type."""
+        """Publish a schema object as msgpack (or JSON) with its MQTT v5 content type; ``token``: as :meth:`publish`."""
         if json:
-            return self.publish(topic, codec.encode_json(message), qos, retain, codec.JSON, correlation_data)
-        return self.publish(topic, codec.encode(message), qos, retain, codec.MSGPACK, correlation_data)
+            payload, content_type = codec.encode_json(message), codec.JSON
+        else:
+            payload, content_type = codec.encode(message), codec.MSGPACK
+        return self.publish(topic, payload, qos, retain, content_type, correlation_data, token=token)
 
     def decode_or_drop(self, cls: type[M], incoming: Incoming) -> M | None:
         """Validate a payload at the edge: a bad one is logged once, counted and dropped."""
@@ -387,6 +425,9 @@ class MqttClient:
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
+        with self._track_lock:
+            # No acknowledgement comes while away, and message ids wrap: an old one must not match.
+            self._recent_acks.clear()
         if not self._stopping.is_set():
             log.warning("mqtt_disconnected", reason=str(reason_code))
 

@@ -82,7 +82,8 @@ def refuses_writes_for_now(exc: redis.ResponseError) -> bool:
     memory (``maxmemory``), read-only, or unable to persist (``MISCONF``: a full disk). Dropping
     the write would lose what it carries, so it is retried like an outage."""
     refused = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
-    return isinstance(exc, refused) or str(exc).startswith("MISCONF")
+    # Anywhere in the text: redis-py prefixes a pipeline's errors with the command that failed.
+    return isinstance(exc, refused) or "MISCONF" in str(exc)
 
 
 class StopRequested(Exception):

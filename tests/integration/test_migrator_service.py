@@ -347,11 +347,12 @@ def test_a_move_an_engine_out_of_reach_left_open_at_start_up_is_settled_once_it_
     """Recovery at start-up cannot settle a move whose target machine is away; the heartbeat must,
     once it answers, or the task stays busy (and its source stopped, if it had been) for good."""
     stack, emulated = lei
-    task = start_task(emulated)
+    task_id = f"web-{tokens.token_hex(3)}"
+    task = start_task(emulated, task_id=task_id)
     socket = tmp_path / "pi.sock"  # the machine "pi": away until its engine's socket appears
     migrator = in_process_migrator(stack, tmp_path, DRAGON_MIGRATOR_ENDPOINTS=f"pi=unix://{socket}")
     migrator.init_redis()
-    left = Move(uuid.uuid4().hex, task.id, task.name, "h1", "pi", target_lei=stack.lei)
+    left = Move(uuid.uuid4().hex, task.id, task.name, "h1", "pi", target_lei=stack.lei, task_id=task_id)
     migrator.journal.begin(left)
     migrator.journal.record(left, Step.CREATING)  # killed while creating the target on "pi"
     migrator.init_docker()
@@ -362,7 +363,7 @@ def test_a_move_an_engine_out_of_reach_left_open_at_start_up_is_settled_once_it_
         os.symlink("/var/run/docker.sock", socket)  # "pi" answers again
         migrator.settle_interrupted()
         event = event_for(watch, left.id)
-        assert (event.outcome, event.recovered) == ("rolled_back", True)
+        assert (event.outcome, event.recovered, event.task) == ("rolled_back", True, task_id)
         assert migrator.journal.get(left.id).step == Step.ROLLED_BACK
     finally:
         migrator.shutdown()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from dragon.mqtt import Counters, MqttClient
 from dragon.settings import MqttSettings
@@ -45,3 +47,25 @@ def test_messages_for_a_broker_that_is_away_are_kept_up_to_a_bound_then_dropped_
     infos = [client.publish("dragon/a/hosts/h1/sample", b"x") for _ in range(25)]
     assert [info.rc for info in infos].count(paho.MQTT_ERR_QUEUE_SIZE) == 15
     assert client.counters.snapshot()["publish_queue_full"] == 15
+
+
+def puback(client: MqttClient, mid: int) -> None:
+    """What paho's network thread calls when the broker acknowledges message ``mid``."""
+    client._handle_publish(None, None, mid, ReasonCode(PacketTypes.PUBACK, "Success"), None)
+
+
+def test_a_tracked_publish_is_reported_once_the_broker_acknowledges_it_even_if_queued_while_away():
+    """paho's receipt keeps MQTT_ERR_NO_CONN for a message queued while disconnected, after it was
+    sent and acknowledged: the client reports acknowledgements itself."""
+    client = MqttClient(MqttSettings(port=1), "test", "t-track", Counters())  # nothing listens
+    queued = client.publish("dragon/faults/a/h1", b"start", token="e1")
+    untracked = client.publish("dragon/a/hosts/h1/health", b"h")
+    assert queued.rc == paho.MQTT_ERR_NO_CONN and client.acknowledged() == []
+    puback(client, untracked.mid)
+    puback(client, queued.mid)  # sent after the reconnect, acknowledged
+    assert client.acknowledged() == ["e1"] and client.acknowledged() == []
+    # Acknowledged before publish() had returned: still reported.
+    early = client._client._mid_generate() + 1
+    puback(client, early)
+    assert client.publish("dragon/faults/a/h2", b"end", token="e2").mid == early
+    assert client.acknowledged() == ["e2"]

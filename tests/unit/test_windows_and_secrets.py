@@ -4,9 +4,10 @@ import os
 import stat
 
 import pytest
+import redis
 
 from dragon import cli, secrets
-from dragon.store import padded_window
+from dragon.store import padded_window, refuses_writes_for_now
 
 pytestmark = pytest.mark.unit
 
@@ -226,3 +227,18 @@ def test_dragon_secrets_refuses_ids_that_are_not_one_topic_level(tmp_path, capsy
     argv = ["secrets", "--dir", str(tmp_path / "s"), *[item for pair in args.items() for item in pair]]
     assert cli.main(argv) == 2
     assert flag in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "error, for_now",
+    [
+        (redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), True),
+        (redis.exceptions.ReadOnlyError("You can't write against a read only replica."), True),
+        (redis.ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's unable to persist"), True),
+        # As redis-py reports an error inside a pipeline (MULTI/EXEC): the command comes first.
+        (redis.ResponseError("Command # 1 (ZADD k 1 m) of pipeline caused error: MISCONF Redis is unable"), True),
+        (redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
+    ],
+)
+def test_redis_refusing_writes_for_now_is_told_from_a_bad_command(error, for_now):
+    assert refuses_writes_for_now(error) == for_now

@@ -120,10 +120,14 @@ class Detector:
         self._last_model_check = 0.0
         self._unusable_model: str | None = None
         self._health: dict[tuple[str, str], HostHealth] = {}  # last verdict per (host, mode), republished on reconnect
-        # Events sent and not acknowledged by the broker yet: (mode, event id, paho's receipt).
-        self._unacknowledged: list[tuple[str, str, paho.MQTTMessageInfo]] = []
+        # Events on their way, which the outbox sweep must not send again: those whose transition
+        # is being recorded (id -> mode), and those paho has, not acknowledged yet (id -> mode).
+        self._recording: dict[str, str] = {}
+        self._unacknowledged: dict[str, str] = {}
+        self._acknowledged: dict[str, str] = {}  # acknowledged, still to be taken out of the outbox
         self._outbox_lock = threading.Lock()  # the worker sends events, the main thread settles them
         self._outbox_swept_at = 0.0
+        self._last_judged: dict[str, dict[str, float | None]] = {}  # mode -> host -> newest window in Redis
         self.tuner: FineTuner | None = None
 
     # --- lifecycle --------------------------------------------------------------
@@ -222,8 +226,9 @@ class Detector:
 
     def wait(self) -> None:
         while not self.lifecycle.stop.wait(1.0):
-            alive = self._heartbeat()
-            self.lifecycle.healthy(self.mqtt.connected and alive)
+            # Cut off from the broker, a replica stops beating, so the others take its hosts over.
+            alive = self.mqtt.connected and self._heartbeat()
+            self.lifecycle.healthy(alive)
             if alive:
                 try:
                     self.settle_outbox(time.time())
@@ -324,6 +329,7 @@ class Detector:
             return items
         hosts = sorted({item.host for item in items})
         last = retry_until(lambda: self.faults[mode].last_judged(hosts), self.lifecycle.stop, "last_judged")
+        self._last_judged[mode] = last  # tells whether our last verdict of a host is still its state
         fresh = unjudged(items, last)
         if len(fresh) < len(items):
             self.counters.add(mode_counter(mode, "windows_already_judged"), len(items) - len(fresh))
@@ -465,7 +471,27 @@ class Detector:
         events = self._possible_events(verdicts, mode)
         outbox = [("", b"") if event is None else (event.event_id, codec.encode(event)) for event in events]
         faults = self.faults[mode]
-        transitions = retry_until(lambda: faults.update_many(updates, outbox), self.lifecycle.stop, "fault_state")
+        recording = {event_id: mode for event_id, _ in outbox if event_id}
+        with self._outbox_lock:
+            self._recording |= recording
+        try:
+            transitions = retry_until(lambda: faults.update_many(updates, outbox), self.lifecycle.stop, "fault_state")
+            self._send_transitions(verdicts, events, transitions, mode)
+        finally:
+            with self._outbox_lock:
+                for event_id in recording:
+                    self._recording.pop(event_id, None)
+        self.counters.add(mode_counter(mode, "windows_scored"), len(verdicts))
+        return transitions
+
+    def _send_transitions(
+        self,
+        verdicts: list[tuple[Judged, Verdict]],
+        events: list[FaultEvent | None],
+        transitions: list[Transition],
+        mode: str,
+    ) -> None:
+        """Publish each verdict's health, and the event of each one that started or ended a fault."""
         for (judged, verdict), event, transition in zip(verdicts, events, transitions, strict=True):
             if transition.kind == "stale":
                 self.counters.add(mode_counter(mode, "stale_windows"))
@@ -475,8 +501,6 @@ class Detector:
                 # None: our view of the host was out of date (another replica changed its state):
                 # sent, but not kept in the outbox.
                 self._send_event(event or self._event_of(judged, verdict, mode))
-        self.counters.add(mode_counter(mode, "windows_scored"), len(verdicts))
-        return transitions
 
     def _observe_confidence(self, scored: Scored, transitions: list[Transition]) -> None:
         """Feed the fine-tuner the windows just judged; only normal windows of hosts not in a fault count.
@@ -541,9 +565,12 @@ class Detector:
         return events
 
     def _faulty(self, host: str, mode: str) -> bool | None:
-        """Whether ``host`` has a fault in force by its last verdict here (None: none yet)."""
+        """Whether ``host`` has a fault in force by our last verdict of it; None if we have none,
+        or if another replica has judged it since (the newest window in Redis is not ours)."""
         health = self._health.get((host, mode))
-        return None if health is None else health.faulty_since is not None
+        if health is None or self._last_judged.get(mode, {}).get(host) != health.ts:
+            return None
+        return health.faulty_since is not None
 
     def _event_of(self, judged: Judged, verdict: Verdict, mode: str) -> FaultEvent:
         """The event this verdict publishes if it changes its host's state: a start if it is an
@@ -569,9 +596,13 @@ class Detector:
 
     def _send_event(self, event: FaultEvent, again: bool = False) -> None:
         """Publish a fault event (and its JSON mirror); it leaves the outbox once the broker has it."""
-        info = self.mqtt.publish_message(topics.fault_event(self.lei, event.host), event)
-        with self._outbox_lock:
-            self._unacknowledged.append((event.mode, event.event_id, info))
+        with self._outbox_lock:  # before its acknowledgement can come
+            self._unacknowledged[event.event_id] = event.mode
+        token = (event.mode, event.event_id)
+        info = self.mqtt.publish_message(topics.fault_event(self.lei, event.host), event, token=token)
+        if info.rc not in QUEUED:  # paho's queue is full: the sweep sends it again
+            with self._outbox_lock:
+                self._unacknowledged.pop(event.event_id, None)
         if self.config.json_mirror:
             self.mqtt.publish_message(topics.fault_event_json(self.lei, event.host), event, json=True)
         self.counters.add(mode_counter(event.mode, "events_sent_again" if again else f"events_{event.type}"))
@@ -599,17 +630,19 @@ class Detector:
                     self._send_again(faults, event_id, payload, now)
 
     def _take_acknowledged(self) -> set[str]:
-        """Take acknowledged events out of the outbox; returns the ids still waiting for the broker."""
+        """Take acknowledged events out of the outbox; returns the ids of the events on their way."""
         with self._outbox_lock:
-            acknowledged = [(mode, event_id) for mode, event_id, info in self._unacknowledged if info.is_published()]
-            # One paho could not queue (its queue full) is not waited for: the sweep sends it again.
-            self._unacknowledged = [
-                entry for entry in self._unacknowledged if not entry[2].is_published() and entry[2].rc in QUEUED
-            ]
-            waiting = {event_id for _, event_id, _ in self._unacknowledged}
+            for mode, event_id in self.mqtt.acknowledged():
+                self._unacknowledged.pop(event_id, None)
+                self._acknowledged[event_id] = mode  # until Redis has taken it out of the outbox
+            on_their_way = set(self._unacknowledged) | set(self._recording)
+            acknowledged = dict(self._acknowledged)
         for mode, faults in self.faults.items():
-            faults.sent([event_id for m, event_id in acknowledged if m == mode])
-        return waiting
+            faults.sent([event_id for event_id, m in acknowledged.items() if m == mode])
+        with self._outbox_lock:
+            for event_id in acknowledged:
+                self._acknowledged.pop(event_id, None)
+        return on_their_way
 
     def _send_again(self, faults: HostFaultState, event_id: str, payload: bytes, now: float) -> None:
         try:

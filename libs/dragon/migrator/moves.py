@@ -194,14 +194,14 @@ class Mover:
             log.info("move_duplicate", id=move_id, step=known.step.value)
             return known
         target_lei = target_lei or self.journal.lei
-        found = self.locate(task)
-        if len(found) != 1:
-            names = ", ".join(c.name for c in found)
+        containers = self.locate(task)
+        if len(containers) != 1:
+            names = ", ".join(c.name for c in containers)
             error = f"no task container {task!r} of LEI {self.journal.lei}"
-            if found:
-                error = f"task {task!r} matches {len(found)} containers: {names}"
+            if containers:
+                error = f"task {task!r} matches {len(containers)} containers: {names}"
             return self._fail(Move(move_id, task, task, "", target_host, target_lei=target_lei), error)
-        (source,) = found
+        (source,) = containers
         busy = [m.id for m in self.journal.open_moves() if m.task == source.id]
         if busy:
             raise TaskBusy(f"task {task} is being moved by command {busy[0]}")

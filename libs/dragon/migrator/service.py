@@ -102,7 +102,7 @@ class Migrator:
             log.info("move_recovered", id=move.id, task=move.name, step=move.step.value, error=move.error or None)
         # Those an engine out of reach left open: the heartbeat settles them once it answers.
         unsettled = retry_until(self.journal.open_moves, self.lifecycle.stop, "recover_moves")
-        self._interrupted.update({move.id: move.name for move in unsettled})
+        self._interrupted.update({move.id: "" for move in unsettled})  # "": their events name the task by its id
         return moves
 
     def init_mqtt(self) -> None:
