@@ -4,12 +4,12 @@ Two emulated hosts (cgroups of this machine), a small task container (a Python s
 limit) moved back and forth ``--moves`` times. Two ways:
 
 - ``--path mover`` (default): the mover called in process, journalled in a throwaway Redis
-  container. "Running on target" is when the target container runs (after the STARTING step);
-  "done" includes removing the source and renaming the target.
+  container. "Running on target" is when the target container started (Docker's
+  ``State.StartedAt``; one machine, one clock); "done" includes the hold that checks it keeps
+  running (``moves.RUNNING_HOLD_S``), removing the source and renaming the target.
 - ``--path mqtt``: the whole service path. A real LEI's Mosquitto (with its ACL) and Redis, the
   ``dragon-migrator:local`` container; each command is signed and published as the planner
-  would, and timed until its event arrives. "Running on target" is the event's time minus the
-  durations of the two steps after the target ran (same clock: one machine).
+  would, and timed until its event arrives ("done"); "running on target" as above.
 - ``--path engine``: between emulated host h1 and a machine with its own engine (a second
   dockerd on this machine, reached over tcp with mutual TLS, its image store empty): the first
   move copies the task's image there; the later ones find it.
@@ -28,6 +28,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import docker
@@ -171,8 +172,7 @@ def time_commands(stack: LeiStack, lei: EmulatedLei, moves: int) -> dict:
             event = codec.decode(MigrationEvent, message.payload, 65536, message.content_type)
             if event.outcome != "done":
                 raise RuntimeError(f"command {command.id} ended {event.outcome}: {event.reason} {event.error}")
-            after_running = sum(s.seconds for s in event.steps if s.step in {"removing_source", "renaming"})
-            to_running.append(event.ts - after_running - sent)
+            to_running.append(started_at(stack.docker, task.name) - sent)
             to_done.append(message.at - sent)
     return summary(moves, to_running, to_done)
 
@@ -182,24 +182,26 @@ def time_moves(
 ) -> dict:
     """Move the task back and forth between ``hosts``, starting on the first."""
     task = start_task(client, lei)
-    marks: dict[Step, float] = {}
-
-    def mark(step: Step) -> None:
-        marks[step] = time.perf_counter()
-
-    mover = Mover(engines or Engines(client, str(lei.cgroup_root)), journal, after_step=mark)
+    engines = engines or Engines(client, str(lei.cgroup_root))
+    mover = Mover(engines, journal)
     to_running, to_done = [], []
     for index in range(moves):
         host = hosts[(index + 1) % 2]
-        marks.clear()
-        started = time.perf_counter()
+        sent = time.time()
         move = mover.move(f"bench-{index}", task.name, host)
-        done = time.perf_counter()
+        done = time.time()
         if move.step != Step.DONE:
             raise RuntimeError(f"move {index} ended {move.step.value}: {move.error}")
-        to_running.append(marks[Step.STARTING] - started)
-        to_done.append(done - started)
+        to_running.append(started_at(engines.of(lei.lei, host).client, task.name) - sent)
+        to_done.append(done - sent)
     return summary(moves, to_running, to_done)
+
+
+def started_at(client, name: str) -> float:
+    """When the container now named ``name`` (the move's target) started, in epoch seconds."""
+    stamp = client.containers.get(name).attrs["State"]["StartedAt"]  # RFC 3339, nanoseconds, UTC
+    seconds, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{seconds}.{(fraction + '000000')[:6]}+00:00").timestamp()
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ BatchHandler = Callable[[list[Incoming]], None]
 MAX_BATCH = 256
 # Acknowledgements kept of untracked messages, for a tracked one acknowledged before it was tracked.
 RECENT_ACKS = 1024
+# PUBACK reason codes that refuse a message for good (not authorised, topic name invalid, payload
+# format invalid); others (over quota, unspecified) may go another time.
+PERMANENT_REFUSALS = frozenset({0x87, 0x90, 0x99})
 # How long stop() waits for the batch in hand (a handler waiting on Redis gives up on the stop).
 WORKER_STOP_S = 10.0
 
@@ -153,7 +156,7 @@ class MqttClient:
         # queued while disconnected keeps its error code after it has been sent and acknowledged.
         self._tracked: dict[int, Hashable] = {}  # mid -> token
         self._recent_acks: collections.deque[int] = collections.deque(maxlen=RECENT_ACKS)  # untracked mids
-        self._acked: collections.deque[Hashable] = collections.deque()
+        self._acked: collections.deque[tuple[Hashable, bool]] = collections.deque()  # (token, final)
         self._track_lock = threading.Lock()
         self._client = self._make_client()
 
@@ -274,8 +277,8 @@ class MqttClient:
         """Publish; QoS 1 messages are queued by paho while disconnected and sent on reconnect.
 
         ``expiry_s``: the broker drops the message (a retained one too) after that many seconds.
-        ``token``: :meth:`acknowledged` returns it once the broker has acknowledged the message
-        (or refused it: either way it has it), however long that takes.
+        ``token``: :meth:`acknowledged` returns it once the broker has answered the message,
+        however long that takes.
         """
         props = None
         if content_type or correlation_data or expiry_s:
@@ -301,13 +304,16 @@ class MqttClient:
 
     def _track(self, mid: int, token: Hashable) -> None:
         with self._track_lock:
-            if mid in self._recent_acks:  # acknowledged before publish() returned
-                self._acked.append(token)
+            if mid in self._recent_acks:  # acknowledged before publish() returned (as taken)
+                self._recent_acks.remove(mid)
+                self._acked.append((token, True))
             else:
                 self._tracked[mid] = token
 
-    def acknowledged(self) -> list[Hashable]:
-        """The tokens of tracked publishes acknowledged since the last call."""
+    def acknowledged(self) -> list[tuple[Hashable, bool]]:
+        """The tracked publishes the broker answered since the last call: (token, final). Final:
+        it took the message, or refused it for good (not authorised, say); not final: it refused
+        it for now (over its quota), and the message may be sent again."""
         taken = []
         while self._acked:
             taken.append(self._acked.popleft())
@@ -316,12 +322,13 @@ class MqttClient:
     def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
         """The broker's acknowledgement of a QoS 1 message: a refusal (the ACL, say a collector
         publishing for a host that is not its own) would otherwise leave the service silent."""
+        final = not reason_code.is_failure or reason_code.value in PERMANENT_REFUSALS
         with self._track_lock:
             token = self._tracked.pop(mid, None)
             if token is None:
                 self._recent_acks.append(mid)
             else:
-                self._acked.append(token)
+                self._acked.append((token, final))
         if reason_code.is_failure:
             self.counters.add("publish_refused")
             held_back = self._refusals.due()

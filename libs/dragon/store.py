@@ -63,18 +63,29 @@ def retry_until(action: Callable[[], T], stop: threading.Event, what: str, max_d
     while True:
         try:
             return action()
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-            event, error = "redis_unavailable_retrying", exc
-        except redis.ResponseError as exc:
-            if not refuses_writes_for_now(exc):
+        except redis.RedisError as exc:
+            if not unavailable_for_now(exc):
                 raise
-            event, error = "redis_refusing_writes_retrying", exc
+            error = exc
         failures += 1
         if failures == 1 or failures % 20 == 0:
+            event = (
+                "redis_refusing_writes_retrying"
+                if isinstance(error, redis.ResponseError)
+                else "redis_unavailable_retrying"
+            )
             log.warning(event, what=what, error=str(error), failures=failures)
         if stop.wait(delay):
             raise StopRequested(what)
         delay = min(max_delay, delay * 2)
+
+
+def unavailable_for_now(exc: redis.RedisError) -> bool:
+    """Redis is away (restarting, loading, out of reach) or refuses writes for now: what a caller
+    retries, or skips until the next beat, rather than fail on."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)):
+        return True
+    return isinstance(exc, redis.ResponseError) and refuses_writes_for_now(exc)
 
 
 def refuses_writes_for_now(exc: redis.ResponseError) -> bool:

@@ -49,9 +49,9 @@ def test_messages_for_a_broker_that_is_away_are_kept_up_to_a_bound_then_dropped_
     assert client.counters.snapshot()["publish_queue_full"] == 15
 
 
-def puback(client: MqttClient, mid: int) -> None:
-    """What paho's network thread calls when the broker acknowledges message ``mid``."""
-    client._handle_publish(None, None, mid, ReasonCode(PacketTypes.PUBACK, "Success"), None)
+def puback(client: MqttClient, mid: int, reason: str = "Success") -> None:
+    """What paho's network thread calls when the broker answers message ``mid``."""
+    client._handle_publish(None, None, mid, ReasonCode(PacketTypes.PUBACK, reason), None)
 
 
 def test_a_tracked_publish_is_reported_once_the_broker_acknowledges_it_even_if_queued_while_away():
@@ -63,9 +63,14 @@ def test_a_tracked_publish_is_reported_once_the_broker_acknowledges_it_even_if_q
     assert queued.rc == paho.MQTT_ERR_NO_CONN and client.acknowledged() == []
     puback(client, untracked.mid)
     puback(client, queued.mid)  # sent after the reconnect, acknowledged
-    assert client.acknowledged() == ["e1"] and client.acknowledged() == []
+    assert client.acknowledged() == [("e1", True)] and client.acknowledged() == []
     # Acknowledged before publish() had returned: still reported.
     early = client._client._mid_generate() + 1
     puback(client, early)
     assert client.publish("dragon/faults/a/h2", b"end", token="e2").mid == early
-    assert client.acknowledged() == ["e2"]
+    assert client.acknowledged() == [("e2", True)]
+    # Refused: for good (not authorised), or for now (over the broker's quota), to be sent again.
+    refused, over_quota = (client.publish("dragon/faults/a/h3", b"x", token=t) for t in ("e3", "e4"))
+    puback(client, refused.mid, "Not authorized")
+    puback(client, over_quota.mid, "Quota exceeded")
+    assert client.acknowledged() == [("e3", True), ("e4", False)]

@@ -38,6 +38,7 @@ from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.tunerstate import TunerState
+from dragon.logs import EveryInterval
 from dragon.messages import codec, topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import (
@@ -50,7 +51,15 @@ from dragon.messages.schemas import (
 )
 from dragon.mqtt import Counters, Incoming, MqttClient, Unprocessed
 from dragon.service.lifecycle import Lifecycle
-from dragon.store import StopRequested, WindowStore, connect, padded_window, retry_until, rows_until
+from dragon.store import (
+    StopRequested,
+    WindowStore,
+    connect,
+    padded_window,
+    retry_until,
+    rows_until,
+    unavailable_for_now,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +76,8 @@ FORECAST_HISTORY_SLACK = 8
 OUTBOX_SWEEP_S = 10.0
 OUTBOX_RESEND_AFTER_S = 30.0
 OUTBOX_KEEP_S = 86_400.0
+# An event sent and not answered this long is sent again by the sweep (a lost answer, a long outage).
+ACKNOWLEDGEMENT_PATIENCE_S = 600.0
 MAX_EVENT_BYTES = 65_536
 QUEUED = (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)  # paho has the message (to send now or on reconnect)
 
@@ -102,6 +113,17 @@ class Scored:
     steps: list[LeiStep] = field(default_factory=list)  # scope lei: the LEI steps the verdicts come from
 
 
+def redis_for_now(action: Callable[[], object]) -> bool:
+    """Run ``action``; False if Redis was away or refused writes for now (the next beat tries again)."""
+    try:
+        action()
+    except redis.RedisError as exc:
+        if not unavailable_for_now(exc):
+            raise
+        return False
+    return True
+
+
 def mode_counter(mode: str, name: str) -> str:
     """A counter's name in ``mode``: observed keeps ``name``, other modes prefix it (``predicted_windows_scored``),
     so the counters an operator reads (``dragon/detector/<instance>/counters``) follow one rule."""
@@ -123,7 +145,8 @@ class Detector:
         # Events on their way, which the outbox sweep must not send again: those whose transition
         # is being recorded (id -> mode), and those paho has, not acknowledged yet (id -> mode).
         self._recording: dict[str, str] = {}
-        self._unacknowledged: dict[str, str] = {}
+        self._unacknowledged: dict[str, tuple[str, float]] = {}  # id -> (mode, monotonic time sent)
+        self._unreadable_outbox = EveryInterval(60.0)
         self._acknowledged: dict[str, str] = {}  # acknowledged, still to be taken out of the outbox
         self._outbox_lock = threading.Lock()  # the worker sends events, the main thread settles them
         self._outbox_swept_at = 0.0
@@ -230,30 +253,19 @@ class Detector:
             alive = self.mqtt.connected and self._heartbeat()
             self.lifecycle.healthy(alive)
             if alive:
-                try:
-                    self.settle_outbox(time.time())
-                except (redis.ConnectionError, redis.TimeoutError):
-                    pass  # the next beat tries again
+                redis_for_now(lambda: self.settle_outbox(time.time()))  # else the next beat tries again
 
     def shutdown(self) -> None:
         log.info("detector_stopping", counters=self.counters.snapshot())
         self.lifecycle.clear()
-        try:
-            self.membership.leave()  # hand our hosts over at once, not after the heartbeat expires
-        except (redis.ConnectionError, redis.TimeoutError):
-            pass
+        # Hand our hosts over at once, not after the heartbeat expires.
+        redis_for_now(self.membership.leave)
         self.mqtt.stop()  # the last batch's events are acknowledged by now
-        try:
-            self._take_acknowledged()
-        except (redis.ConnectionError, redis.TimeoutError):
-            pass  # they stay in the outbox: the hosts' next owner sends them again
+        # Those still unacknowledged stay in the outbox: the hosts' next owner sends them again.
+        redis_for_now(self._take_acknowledged)
 
     def _heartbeat(self) -> bool:
-        try:
-            self.membership.beat()
-            return True
-        except (redis.ConnectionError, redis.TimeoutError):
-            return False
+        return redis_for_now(self.membership.beat)
 
     # --- model ----------------------------------------------------------------------
     def _serve(self, checkpoint: Checkpoint) -> None:
@@ -476,7 +488,7 @@ class Detector:
             self._recording |= recording
         try:
             transitions = retry_until(lambda: faults.update_many(updates, outbox), self.lifecycle.stop, "fault_state")
-            self._send_transitions(verdicts, events, transitions, mode)
+            self._send_transitions(verdicts, events, [payload for _, payload in outbox], transitions, mode)
         finally:
             with self._outbox_lock:
                 for event_id in recording:
@@ -488,11 +500,12 @@ class Detector:
         self,
         verdicts: list[tuple[Judged, Verdict]],
         events: list[FaultEvent | None],
+        payloads: list[bytes],
         transitions: list[Transition],
         mode: str,
     ) -> None:
         """Publish each verdict's health, and the event of each one that started or ended a fault."""
-        for (judged, verdict), event, transition in zip(verdicts, events, transitions, strict=True):
+        for (judged, verdict), event, payload, transition in zip(verdicts, events, payloads, transitions, strict=True):
             if transition.kind == "stale":
                 self.counters.add(mode_counter(mode, "stale_windows"))
                 continue
@@ -500,7 +513,10 @@ class Detector:
             if transition.kind in {"start", "end"}:
                 # None: our view of the host was out of date (another replica changed its state):
                 # sent, but not kept in the outbox.
-                self._send_event(event or self._event_of(judged, verdict, mode))
+                if event is None:
+                    self._send_event(self._event_of(judged, verdict, mode))
+                else:
+                    self._send_event(event, payload)
 
     def _observe_confidence(self, scored: Scored, transitions: list[Transition]) -> None:
         """Feed the fine-tuner the windows just judged; only normal windows of hosts not in a fault count.
@@ -561,7 +577,9 @@ class Detector:
             changes = state is None or bool(verdict.label) != state
             events.append(self._event_of(judged, verdict, mode) if changes else None)
             if verdict.label:
-                faulty[judged.host] = True  # a later normal window of the batch may end it
+                faulty[judged.host] = True
+            elif state:
+                faulty[judged.host] = None  # a normal window in a fault may end it
         return events
 
     def _faulty(self, host: str, mode: str) -> bool | None:
@@ -570,6 +588,8 @@ class Detector:
         health = self._health.get((host, mode))
         if health is None or self._last_judged.get(mode, {}).get(host) != health.ts:
             return None
+        if health.label == 0 and health.faulty_since is not None:
+            return None  # a normal window in a fault: it may have ended it
         return health.faulty_since is not None
 
     def _event_of(self, judged: Judged, verdict: Verdict, mode: str) -> FaultEvent:
@@ -594,12 +614,14 @@ class Detector:
             detector=self.instance,
         )
 
-    def _send_event(self, event: FaultEvent, again: bool = False) -> None:
-        """Publish a fault event (and its JSON mirror); it leaves the outbox once the broker has it."""
+    def _send_event(self, event: FaultEvent, payload: bytes = b"", again: bool = False) -> None:
+        """Publish a fault event (``payload``: its bytes as the outbox keeps them, else encoded
+        now) and its JSON mirror; it leaves the outbox once the broker has it."""
         with self._outbox_lock:  # before its acknowledgement can come
-            self._unacknowledged[event.event_id] = event.mode
+            self._unacknowledged[event.event_id] = (event.mode, time.monotonic())
         token = (event.mode, event.event_id)
-        info = self.mqtt.publish_message(topics.fault_event(self.lei, event.host), event, token=token)
+        topic, payload = topics.fault_event(self.lei, event.host), payload or codec.encode(event)
+        info = self.mqtt.publish(topic, payload, qos=1, content_type=codec.MSGPACK, token=token)
         if info.rc not in QUEUED:  # paho's queue is full: the sweep sends it again
             with self._outbox_lock:
                 self._unacknowledged.pop(event.event_id, None)
@@ -631,10 +653,18 @@ class Detector:
 
     def _take_acknowledged(self) -> set[str]:
         """Take acknowledged events out of the outbox; returns the ids of the events on their way."""
+        now = time.monotonic()
         with self._outbox_lock:
-            for mode, event_id in self.mqtt.acknowledged():
-                self._unacknowledged.pop(event_id, None)
-                self._acknowledged[event_id] = mode  # until Redis has taken it out of the outbox
+            for (mode, event_id), final in self.mqtt.acknowledged():
+                self._unacknowledged.pop(event_id, None)  # refused for now: the sweep sends it again
+                if final:
+                    self._acknowledged[event_id] = mode  # until Redis has taken it out of the outbox
+            # One unanswered this long is no longer waited for (its answer may have been missed).
+            self._unacknowledged = {
+                event_id: (mode, sent)
+                for event_id, (mode, sent) in self._unacknowledged.items()
+                if now - sent < ACKNOWLEDGEMENT_PATIENCE_S
+            }
             on_their_way = set(self._unacknowledged) | set(self._recording)
             acknowledged = dict(self._acknowledged)
         for mode, faults in self.faults.items():
@@ -648,11 +678,12 @@ class Detector:
         try:
             event = codec.decode(FaultEvent, payload, MAX_EVENT_BYTES, codec.MSGPACK)
         except DecodeError as exc:
-            log.error("outbox_event_unreadable", event_id=event_id, error=str(exc))
-            faults.sent([event_id])
+            # Left for a replica that can read it (a newer version's, during an upgrade).
+            if self._unreadable_outbox.due() is not None:
+                log.error("outbox_event_unreadable", event_id=event_id, error=str(exc))
             return
         if now - event.ts > OUTBOX_KEEP_S:
             log.error("outbox_event_expired", event_id=event_id, host=event.host, type=event.type, ts=event.ts)
             faults.sent([event_id])
         elif now - event.ts >= OUTBOX_RESEND_AFTER_S and self.membership.owns(event.host):
-            self._send_event(event, again=True)
+            self._send_event(event, payload, again=True)  # its bytes unchanged
