@@ -80,6 +80,17 @@ def retry_until(action: Callable[[], T], stop: threading.Event, what: str, max_d
         delay = min(max_delay, delay * 2)
 
 
+def redis_for_now(action: Callable[[], object]) -> bool:
+    """Run ``action``; False if Redis was away or refused writes for now (the next beat tries again)."""
+    try:
+        action()
+    except redis.RedisError as exc:
+        if not unavailable_for_now(exc):
+            raise
+        return False
+    return True
+
+
 def unavailable_for_now(exc: redis.RedisError) -> bool:
     """Redis is away (restarting, loading, out of reach) or refuses writes for now: what a caller
     retries, or skips until the next beat, rather than fail on."""

@@ -14,10 +14,11 @@ import structlog.testing
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.wait_strategies import ExecWaitStrategy
 
+from dragon import config
 from dragon.detector.config import DetectorConfig
 from dragon.detector.gon import GonConfig, make_windows
 from dragon.detector.health import FaultHysteresis, HostFaultState, unjudged
-from dragon.detector.learning import FineTuner, min_span
+from dragon.detector.learning import CHECK_INTERVAL_S, FineTuner, OnlineLearner, min_span
 from dragon.detector.lei import LeiStep
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.pot import StreamingPot
@@ -447,3 +448,24 @@ def test_a_write_redis_refuses_for_now_waits_until_it_is_taken_not_dropped(clien
         client.config_set("maxmemory", "0")  # an operator frees memory
     assert written.wait(10) and store.count("h1") == 1
     worker.join(5)
+
+
+def test_the_learner_waits_while_redis_refuses_writes_instead_of_dying(client):
+    """Recorded enough to learn, but Redis at maxmemory refuses the training lock: the learner
+    must wait and try again (before, its thread died and the detector never served a model)."""
+    lei = "oom-learner"
+    windows = WindowStore(client, lei, history=100)
+    now = time.time()
+    windows.append_many([("h1", now - 60 + i, i, [0.1] * len(HOST_METRICS)) for i in range(40)])
+    cfg = config.load(DetectorConfig, {"DRAGON_DETECTOR_WARMUP": "1", "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES": "10"})
+    stop = threading.Event()
+    learner = OnlineLearner(cfg, windows, ModelStore(client, lei, ""), stop, "replica-1")
+    client.config_set("maxmemory", "1")
+    try:
+        learner.start()
+        time.sleep(2 * CHECK_INTERVAL_S + 1)  # two tries at the lock, each refused
+        assert learner._thread.is_alive()
+    finally:
+        stop.set()
+        client.config_set("maxmemory", "0")
+    learner._thread.join(10)

@@ -15,8 +15,9 @@ import redis
 from dragon import config
 from dragon.detector.config import DetectorConfig
 from dragon.detector.scorer import Verdict
-from dragon.detector.service import Detector, Judged, redis_for_now
+from dragon.detector.service import Detector, Judged
 from dragon.messages.schemas import HostHealth
+from dragon.store import redis_for_now
 
 pytestmark = pytest.mark.unit
 

@@ -46,7 +46,7 @@ from dragon.detector.tunerstate import HostPair, TunerState
 from dragon.logs import EveryInterval
 from dragon.messages.schemas import HOST_METRICS
 from dragon.mqtt import Counters
-from dragon.store import StoredSample, WindowStore
+from dragon.store import StoredSample, WindowStore, redis_for_now, unavailable_for_now
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -103,7 +103,9 @@ class OnlineLearner:
                     finally:
                         self.models.unlock(self.instance)
                     return
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:
+                if not unavailable_for_now(exc):  # away, or refusing writes (full): wait, else a bug
+                    raise
                 log.warning("learner_waiting_for_redis", error=str(exc))
             except ValueError as exc:
                 # The record cannot make a model yet (too few complete LEI steps, say): wait for
@@ -429,7 +431,9 @@ class FineTuner:
             if not self.models.try_lock(self.instance):
                 log.info("fine_tune_skipped_lock_held", model_id=checkpoint.model_id)
                 return
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:
+            if not unavailable_for_now(exc):
+                raise
             log.warning("fine_tune_skipped_redis", error=str(exc))
             return
         try:
@@ -437,10 +441,8 @@ class FineTuner:
         except Exception:  # a background thread: log, never die silently; the gate fires again later
             log.exception("fine_tune_failed", model_id=checkpoint.model_id)
         finally:
-            try:
-                self.models.unlock(self.instance)
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass  # the lock expires on its own (LOCK_TTL_S)
+            # Redis away or refusing writes: the lock expires on its own (LOCK_TTL_S).
+            redis_for_now(lambda: self.models.unlock(self.instance))
 
     def _fine_tune(self, checkpoint: Checkpoint, groups: list[TuningGroup]) -> None:
         started = time.perf_counter()

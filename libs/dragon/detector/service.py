@@ -25,7 +25,6 @@ from typing import TypeVar
 
 import numpy as np
 import paho.mqtt.client as paho
-import redis
 import structlog
 
 from dragon.detector.checkpoint import Checkpoint, CheckpointError
@@ -56,9 +55,9 @@ from dragon.store import (
     WindowStore,
     connect,
     padded_window,
+    redis_for_now,
     retry_until,
     rows_until,
-    unavailable_for_now,
 )
 
 log = structlog.get_logger(__name__)
@@ -111,17 +110,6 @@ class Scored:
     prev: np.ndarray  # (B, k, n) W_t
     next: np.ndarray  # (B, k, n) W_{t+1}
     steps: list[LeiStep] = field(default_factory=list)  # scope lei: the LEI steps the verdicts come from
-
-
-def redis_for_now(action: Callable[[], object]) -> bool:
-    """Run ``action``; False if Redis was away or refused writes for now (the next beat tries again)."""
-    try:
-        action()
-    except redis.RedisError as exc:
-        if not unavailable_for_now(exc):
-            raise
-        return False
-    return True
 
 
 def mode_counter(mode: str, name: str) -> str:

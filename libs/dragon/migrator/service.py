@@ -36,7 +36,7 @@ from dragon.migrator.schedule import current_schedule
 from dragon.migrator.transfer import TransferError
 from dragon.mqtt import Counters, Incoming, MqttClient, Unprocessed
 from dragon.service.lifecycle import Lifecycle
-from dragon.store import StopRequested, connect, retry_until
+from dragon.store import StopRequested, connect, retry_until, unavailable_for_now
 
 log = structlog.get_logger(__name__)
 
@@ -162,9 +162,12 @@ class Migrator:
         except CommandRefused as exc:
             self.refuse(command, exc)
             return
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # No journal, no move: the command stays unacknowledged (it comes again after the next
-            # reconnect) and a move it may have begun is settled as soon as Redis answers again.
+        except redis.RedisError as exc:
+            if not unavailable_for_now(exc):
+                raise
+            # No journal (Redis away, or refusing writes), no move: the command stays unacknowledged
+            # (it comes again after the next reconnect) and a move it may have begun is settled as
+            # soon as Redis answers again.
             self.counters.add("journal_unavailable")
             log.error("journal_unavailable", id=command.id, error=str(exc))
             with self._docker_lock:
@@ -191,8 +194,10 @@ class Migrator:
         for move_id, task in sorted(self._interrupted.items()):
             try:
                 moves = self._settle_one(move_id, task)
-            except (redis.ConnectionError, redis.TimeoutError):
-                return  # Redis away again: the next beat tries again
+            except redis.RedisError as exc:
+                if not unavailable_for_now(exc):
+                    raise
+                return  # Redis away again, or refusing writes: the next beat tries again
             except ENGINE_ERRORS as exc:
                 log.warning("move_not_settled_yet", id=move_id, error=str(exc)[:300])
                 continue  # that engine is still out of reach; the others go on
