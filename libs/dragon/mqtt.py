@@ -96,6 +96,8 @@ M = TypeVar("M", bound=Message)
 Handler = Callable[[Incoming], None]
 BatchHandler = Callable[[list[Incoming]], None]
 MAX_BATCH = 256
+# Publish results that mean paho has the message, to send now or once it reconnects.
+QUEUED = (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)
 # Acknowledgements kept of untracked messages, for a tracked one acknowledged before it was tracked.
 RECENT_ACKS = 1024
 # PUBACK reason codes that refuse a message for good (not authorised, topic name invalid, payload
@@ -290,14 +292,14 @@ class MqttClient:
             if expiry_s:
                 props.MessageExpiryInterval = expiry_s
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        if token is not None and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+        if token is not None and info.rc in QUEUED:
             self._track(info.mid, token)
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             self.counters.add("publish_queue_full")
             held_back = self._queue_full.due()
             if held_back is not None:
                 log.warning("mqtt_publish_queue_full", queued=self.settings.max_queued, similar_held_back=held_back)
-        elif info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+        elif info.rc not in QUEUED:
             self.counters.add("publish_failed")
             log.warning("mqtt_publish_failed", topic=topic, rc=paho.error_string(info.rc))
         return info

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
-import paho.mqtt.client as paho
 import structlog
 
 from dragon.detector.checkpoint import Checkpoint, CheckpointError
@@ -48,7 +47,7 @@ from dragon.messages.schemas import (
     HostSample,
     MetricContribution,
 )
-from dragon.mqtt import Counters, Incoming, MqttClient, Unprocessed
+from dragon.mqtt import QUEUED, Counters, Incoming, MqttClient, Unprocessed
 from dragon.service.lifecycle import Lifecycle
 from dragon.store import (
     StopRequested,
@@ -78,7 +77,6 @@ OUTBOX_KEEP_S = 86_400.0
 # An event sent and not answered this long is sent again by the sweep (a lost answer, a long outage).
 ACKNOWLEDGEMENT_PATIENCE_S = 600.0
 MAX_EVENT_BYTES = 65_536
-QUEUED = (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)  # paho has the message (to send now or on reconnect)
 
 
 @dataclass(frozen=True)
