@@ -200,6 +200,18 @@ class WindowStore:
             host: [_stored(m) for m in reversed(members)] for host, members in zip(hosts, pipe.execute(), strict=True)
         }
 
+    def stamps_between(
+        self, spans: Mapping[str, tuple[float, float]], count: int
+    ) -> dict[str, tuple[list[float], int]]:
+        """Per host, the times of its newest ``count`` samples strictly inside (after, before), oldest
+        first, and how many it has there in all. One round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for host, (after, before) in spans.items():
+            pipe.zrevrangebyscore(self._key(host), f"({before!r}", f"({after!r}", start=0, num=count, withscores=True)
+            pipe.zcount(self._key(host), f"({after!r}", f"({before!r}")
+        replies = iter(pipe.execute())
+        return {host: (sorted(ts for _, ts in next(replies)), int(next(replies))) for host in spans}
+
     def count(self, host: str) -> int:
         return int(self.client.zcard(self._key(host)))
 

@@ -17,7 +17,7 @@ from testcontainers.core.wait_strategies import ExecWaitStrategy
 from dragon import config
 from dragon.detector.config import DetectorConfig
 from dragon.detector.gon import GonConfig, make_windows
-from dragon.detector.health import FaultHysteresis, HostFaultState, unjudged
+from dragon.detector.health import FaultHysteresis, HostFaultState, SampleWindow, gaps_before, unjudged
 from dragon.detector.learning import CHECK_INTERVAL_S, FineTuner, OnlineLearner, min_span
 from dragon.detector.lei import LeiStep
 from dragon.detector.modelstore import ModelStore
@@ -146,6 +146,26 @@ def test_any_replica_reads_the_newest_window_judged_per_host_and_drops_what_is_n
     copies = [Window("h1", 11.5), Window("h1", 12.0), Window("h1", 12.0), Window("h2", 3.0), Window("h1", 11.0)]
     assert unjudged(copies, last) == [Window("h1", 12.0), Window("h2", 3.0)]
     assert HostFaultState(client, "t7", 3).last_judged(["h1"]) == {"h1": None}  # observed verdicts are apart
+
+
+@dataclass(frozen=True)
+class Sample:
+    host: str
+    ts: float
+    interval_s: float = 1.0
+
+
+def test_stored_samples_after_a_hosts_last_judged_window_are_found_newest_first_within_a_bound(client):
+    """What a replica that died before judging them left: samples 11 to 14 of h1, stored, never judged."""
+    store, state = WindowStore(client, "t11", history=100), HostFaultState(client, "t11", 3)
+    store.append_many([("h1", float(ts), ts, [0.1]) for ts in range(10, 16)] + [("h2", 10.0, 1, [0.1])])
+    state.update_many([("h1", 10.0, 0), ("h2", 10.0, 0)])
+    batch: list[SampleWindow] = [Sample("h1", 16.0), Sample("h1", 15.0), Sample("h2", 11.0), Sample("h3", 5.0)]
+    gaps = gaps_before(batch, state.last_judged(["h1", "h2", "h3"]))
+    assert gaps == {"h1": (10.0, 15.0, 1.0)}  # h2's next sample follows its last; h3 was never judged
+    spans = {host: (after, before) for host, (after, before, _) in gaps.items()}
+    assert store.stamps_between(spans, count=10) == {"h1": ([11.0, 12.0, 13.0, 14.0], 4)}
+    assert store.stamps_between(spans, count=3) == {"h1": ([12.0, 13.0, 14.0], 4)}  # the newest, and how many in all
 
 
 def calls(client, command: str) -> int:

@@ -13,6 +13,7 @@ import structlog.testing
 from dragon.detector.config import DetectorConfig
 from dragon.detector.finetune import ConfidenceGate
 from dragon.detector.gon import GonConfig
+from dragon.detector.health import MissedWindow
 from dragon.detector.learning import FineTuner, min_span
 from dragon.detector.lei import (
     LeiTrace,
@@ -187,6 +188,19 @@ def test_a_step_scores_the_same_alone_or_batched_with_others(lei_model):
     together = [v.score for step in scorer.score_steps(steps) for _, v in step]
     alone = [v.score for step in steps for _, v in scorer.score_steps([step])[0]]
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-7)
+
+
+def test_a_stored_sample_nobody_judged_scores_as_the_sample_itself(lei_model):
+    """What a replica takes over (health.MissedWindow): only a host, a time and an interval, the
+    rest read from the stored history like any sample's."""
+    scorer, history = lei_model
+    stored = history["h1"][-2]
+    late = steps_to_judge([MissedWindow("h1", stored.ts, 1.0), as_sample("h1", history["h1"][-1])], history, K)
+    received = steps_to_judge([as_sample("h1", stored), as_sample("h1", history["h1"][-1])], history, K)
+    verdicts = scorer.score_steps(late)
+    assert [[item.ts for item, _ in step] for step in verdicts] == [[stored.ts], [history["h1"][-1].ts]]
+    expected = [[v.score for _, v in step] for step in scorer.score_steps(received)]
+    assert [[v.score for _, v in step] for step in verdicts] == expected
 
 
 # --- predicted mode --------------------------------------------------------------------------------

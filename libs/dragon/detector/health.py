@@ -191,3 +191,48 @@ def unjudged(windows: Sequence[HostWindowT], last_judged: Mapping[str, float | N
             seen.add(key)
             fresh.append(window)
     return fresh
+
+
+@dataclass(frozen=True)
+class MissedWindow:
+    """A stored sample no replica judged, found before its host's newer samples and judged late.
+
+    Every replica stores every sample but only a host's owner judges it. A replica killed without
+    leaving still owns its hosts until its heartbeat expires, and while ownership moves a sample
+    can reach the old owner after and the new one before they see the change: such samples are in
+    Redis, and nobody judged them.
+    """
+
+    host: str
+    ts: float
+    interval_s: float
+
+
+class SampleWindow(Protocol):
+    """A host's window closed by one of its samples (a sample received, or a stored one)."""
+
+    host: str
+    ts: float
+    interval_s: float
+
+
+# A host's next sample due after its last judged one comes later than this many intervals only
+# when one in between went unjudged (or was never taken): only then is Redis asked.
+GAP_INTERVALS = 1.5
+
+
+def gaps_before(
+    samples: Sequence[SampleWindow], last_judged: Mapping[str, float | None]
+) -> dict[str, tuple[float, float, float]]:
+    """Per host, the span (after, before, interval) between its last judged window and its oldest
+    sample in ``samples``, where stored samples may wait unjudged. A host never judged has none."""
+    oldest: dict[str, SampleWindow] = {}
+    for sample in samples:
+        if sample.host not in oldest or sample.ts < oldest[sample.host].ts:
+            oldest[sample.host] = sample
+    gaps = {}
+    for host, sample in oldest.items():
+        last = last_judged.get(host)
+        if last is not None and sample.ts - last > GAP_INTERVALS * sample.interval_s:
+            gaps[host] = (last, sample.ts, sample.interval_s)
+    return gaps

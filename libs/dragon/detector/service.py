@@ -28,7 +28,15 @@ import structlog
 
 from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DetectorConfig
-from dragon.detector.health import HostFaultState, HostWindowT, Transition, unjudged
+from dragon.detector.health import (
+    HostFaultState,
+    HostWindowT,
+    MissedWindow,
+    SampleWindow,
+    Transition,
+    gaps_before,
+    unjudged,
+)
 from dragon.detector.learning import FineTuner, OnlineLearner
 from dragon.detector.lei import LeiStep, forecast_steps, history_needed, steps_to_judge
 from dragon.detector.membership import Membership
@@ -77,6 +85,9 @@ OUTBOX_KEEP_S = 86_400.0
 # An event sent and not answered this long is sent again by the sweep (a lost answer, a long outage).
 ACKNOWLEDGEMENT_PATIENCE_S = 600.0
 MAX_EVENT_BYTES = 65_536
+# Stored samples of a host nobody judged (health.MissedWindow) judged late, at most this many per
+# host and batch, the newest: a replica killed without leaving leaves about HEARTBEAT_TTL_S of them.
+MAX_MISSED_PER_HOST = 120
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,7 @@ class Judged:
 class Scored:
     """Verdicts of one batch and the raw windows they judged, row i for verdict i."""
 
-    verdicts: list[tuple[HostSample, Verdict]]
+    verdicts: list[tuple[SampleWindow, Verdict]]  # samples, and stored samples judged late
     prev: np.ndarray  # (B, k, n) W_t
     next: np.ndarray  # (B, k, n) W_{t+1}
     steps: list[LeiStep] = field(default_factory=list)  # scope lei: the LEI steps the verdicts come from
@@ -294,6 +305,7 @@ class Detector:
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
             owned = self._unjudged([s for s in samples if self.membership.owns(s.host)], "observed")
             if self.scorer is not None and owned:
+                owned = self._with_missed(owned)
                 judge = {"host": self._score, "lei": self._score_lei}[self.scorer.scope]
                 scored = retry_until(lambda: judge(owned), self.lifecycle.stop, "score")
                 judged = [(Judged.sample(sample), verdict) for sample, verdict in scored.verdicts]
@@ -332,6 +344,26 @@ class Detector:
         if len(fresh) < len(items):
             self.counters.add(mode_counter(mode, "windows_already_judged"), len(items) - len(fresh))
         return fresh
+
+    def _with_missed(self, samples: list[HostSample]) -> list[SampleWindow]:
+        """``samples`` after the stored samples of their hosts that nobody judged (MissedWindow),
+        which must be judged first: in time order, or the fault state finds them stale."""
+        gaps = gaps_before(samples, self._last_judged["observed"])
+        if not gaps:
+            return samples  # the usual batch: no round trip
+        spans = {host: (after, before) for host, (after, before, _) in gaps.items()}
+        found = retry_until(
+            lambda: self.windows.stamps_between(spans, MAX_MISSED_PER_HOST), self.lifecycle.stop, "missed_windows"
+        )
+        missed = [MissedWindow(host, ts, gaps[host][2]) for host, (stamps, _) in found.items() for ts in stamps]
+        skipped = sum(total - len(stamps) for stamps, total in found.values())
+        if missed:
+            self.counters.add("windows_judged_late", len(missed))
+            log.info("judging_missed_windows", windows=len(missed), hosts=sorted({m.host for m in missed}))
+        if skipped:
+            self.counters.add("windows_never_judged", skipped)
+            log.warning("missed_windows_not_judged", windows=skipped, kept_per_host=MAX_MISSED_PER_HOST)
+        return [*missed, *samples]
 
     def _score_forecasts(self, forecasts: list[ForecastSample]) -> list[tuple[Judged, Verdict]]:
         """Eq. 13 with W_{t+1} the forecast: W_t is the host's window up to the sample it starts from."""
@@ -372,10 +404,10 @@ class Detector:
         retry_until(lambda: self.windows.append_many(rows), self.lifecycle.stop, "store_samples")
         self.counters.add("samples_stored", len(rows))
 
-    def _score(self, samples: list[HostSample]) -> Scored:
+    def _score(self, samples: list[SampleWindow]) -> Scored:
         scorer = self.scorer
         k = scorer.window
-        by_host: dict[str, list[HostSample]] = defaultdict(list)
+        by_host: dict[str, list[SampleWindow]] = defaultdict(list)
         for sample in samples:
             by_host[sample.host].append(sample)
         history = self.windows.recent_many(list(by_host), k + 1 + max(len(v) for v in by_host.values()))
@@ -409,7 +441,7 @@ class Detector:
             self.thresholds[mode].save(states)
         return verdicts
 
-    def _score_lei(self, samples: list[HostSample]) -> Scored:
+    def _score_lei(self, samples: list[SampleWindow]) -> Scored:
         """Judge each sample with every host of the LEI at its step, their tasks, schedule and graph."""
         steps, per_step = self._judge_steps(samples, steps_to_judge, "observed")
         judged = [(step, h) for step in steps for h, _ in step.judged]
