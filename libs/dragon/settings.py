@@ -73,7 +73,10 @@ class RedisSettings:
 class ServiceSettings:
     lei: str = setting("DRAGON_LEI", "lei1", "id of this LEI (one broker, one Redis)")
     instance: str = setting(
-        "DRAGON_INSTANCE", "", "id of this service instance (empty: the host name, unique per container)"
+        "DRAGON_INSTANCE",
+        "",
+        "id of this service instance (empty: the host name, unique per container; a detector: `<lei>-<n>`, "
+        "the lowest slot free in Redis)",
     )
     log_level: str = setting("DRAGON_LOG_LEVEL", "info", "debug, info, warning or error")
     health_file: str = setting(

@@ -179,7 +179,7 @@ def assert_every_service_reports_its_counters(settings: dict, services: set[str]
 # other setting a service reads must reach it from compose/.env (a setting left out would be
 # silently ignored there: the services reject unknown names, compose does not).
 FIXED_BY_THE_DEPLOYMENT = {
-    "DRAGON_INSTANCE": "each replica names itself after its container, so scaled replicas differ",
+    "DRAGON_INSTANCE": "each replica names itself (after its container or a slot), so scaled replicas differ",
     "DRAGON_HEALTH_FILE": "the images' healthchecks read the default path",
     "DRAGON_MQTT_HOST": "the broker of this deployment, on its network",
     "DRAGON_MQTT_PORT": "its plain listener inside the network",

@@ -27,6 +27,7 @@ from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.train import train_from_series
 from dragon.detector.tunerstate import SETTLE_ATTEMPTS, GateFloors, KeptWindows, TunerState
 from dragon.messages.schemas import HOST_METRICS
+from dragon.service.replicas import SLOT_TTL_S, ReplicaSlot, SlotTaken
 from dragon.store import WindowStore, padded_window, retry_until
 from dragon.testing.lei import REDIS_IMAGE
 
@@ -166,6 +167,35 @@ def test_stored_samples_after_a_hosts_last_judged_window_are_found_newest_first_
     spans = {host: (after, before) for host, (after, before, _) in gaps.items()}
     assert store.stamps_between(spans, count=10) == {"h1": ([11.0, 12.0, 13.0, 14.0], 4)}
     assert store.stamps_between(spans, count=3) == {"h1": ([12.0, 13.0, 14.0], 4)}  # the newest, and how many in all
+
+
+def test_replicas_take_the_lowest_free_slot_and_a_restarted_one_its_own(client):
+    first, second = ReplicaSlot(client, "t12", "detector", "c1"), ReplicaSlot(client, "t12", "detector", "c2")
+    assert (first.claim(), second.claim()) == ("t12-0", "t12-1")
+    first.release()
+    assert ReplicaSlot(client, "t12", "detector", "c3").claim() == "t12-0"  # the one recreated in its place
+    assert ReplicaSlot(client, "t12", "detector", "c2").claim() == "t12-1"  # c2's container restarted
+    second.release()
+    first.release()  # no longer its slot: c3 keeps it
+    assert ReplicaSlot(client, "t12", "detector", "c4").claim() == "t12-1"
+    with pytest.raises(SlotTaken):
+        first.renew()
+    assert ReplicaSlot(client, "t12", "simulator", "c1").claim() == "t12-0"  # each service counts its own
+
+
+def test_a_slot_that_expired_while_its_holder_was_away_is_claimed_and_its_holder_told(client):
+    away = ReplicaSlot(client, "t13", "detector", "c1")
+    away.claim()
+    client.pexpire(f"dragon:t13:detector:slots:{away.number}", 1)  # its renewals did not reach Redis
+    time.sleep(0.05)
+    assert ReplicaSlot(client, "t13", "detector", "c2").claim() == "t13-0"
+    with pytest.raises(SlotTaken):
+        away.renew()
+    expired = ReplicaSlot(client, "t13", "detector", "c3")
+    expired.claim()
+    client.delete(f"dragon:t13:detector:slots:{expired.number}")
+    expired.renew()  # expired and free: still ours
+    assert client.pttl(f"dragon:t13:detector:slots:{expired.number}") > (SLOT_TTL_S - 5) * 1000
 
 
 def calls(client, command: str) -> int:

@@ -121,6 +121,34 @@ def test_the_samples_a_killed_replica_left_unjudged_are_judged_by_the_one_taking
     live_counters(lei, "detector", lambda c: c.get("windows_judged_late", 0) > before)
 
 
+def test_a_detector_recreated_in_place_of_another_resumes_its_session_and_loses_no_sample(lei):
+    """Compose recreates a container (a new image, a changed setting) under a new host name. Named
+    after its container, the new replica came back under a new MQTT session, and the samples
+    published while neither ran were never stored. Named after its slot, it takes the stopped
+    one's slot, and so its session with those samples."""
+    store = WindowStore(lei.redis_client(), lei.lei, history=10**6)
+    main = lei.containers["detector"].get_wrapped_container()
+    main.stop(timeout=30)  # its own session keeps what comes meanwhile; the replicas below have none yet
+    try:
+        lei.start_detector("old", {"DRAGON_INSTANCE": ""})
+        fresh_health(lei, "h1", timeout=60)
+        slot = f'"slot": "{lei.lei}-0"'
+        assert slot in lei.logs("old")
+        lei.stop_service("old", grace_s=30)  # as compose stops a container it recreates
+        since = time.time()
+        time.sleep(6 * SAMPLE_INTERVAL_S)  # samples no detector receives now
+        lei.start_detector("new", {"DRAGON_INSTANCE": ""})
+        assert slot in lei.logs("new")
+        for host in lei.hosts:
+            fresh_health(lei, host, timeout=60)
+        assert_no_gap(store, since)
+    finally:
+        lei.stop_service("new")
+        started = int(time.time())
+        main.start()
+        lei.restart_wait("detector", "mqtt_connected", since=started)
+
+
 def test_two_detectors_publish_one_event_per_fault(lei):
     fresh_health(lei, "h2", timeout=60.0, quiet=True)  # no false alarm still open to swallow the start
     lei.start_detector("detector-2", {"DRAGON_DETECTOR_WARMUP": "20"})

@@ -15,6 +15,7 @@ never enter the windows, the training record or fine-tuning.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
@@ -57,6 +58,7 @@ from dragon.messages.schemas import (
 )
 from dragon.mqtt import QUEUED, Counters, Incoming, MqttClient, Unprocessed
 from dragon.service.lifecycle import Lifecycle
+from dragon.service.replicas import NoFreeSlot, ReplicaSlot, SlotTaken
 from dragon.store import (
     StopRequested,
     WindowStore,
@@ -149,6 +151,7 @@ class Detector:
         self._outbox_swept_at = 0.0
         self._last_judged: dict[str, dict[str, float | None]] = {}  # mode -> host -> newest window in Redis
         self.tuner: FineTuner | None = None
+        self.slot: ReplicaSlot | None = None  # without DRAGON_INSTANCE: the replica's name (replicas.py)
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -166,12 +169,22 @@ class Detector:
 
     def init_redis(self) -> None:
         self.redis = connect(self.config.redis)
+        if not self.config.common.service.instance:
+            self._claim_slot()
         self.windows = WindowStore(self.redis, self.lei, self.config.history)
         clear = self.config.clear_windows
         self.faults = {mode: HostFaultState(self.redis, self.lei, clear, mode) for mode in VERDICT_MODES}
         self.thresholds = {mode: ThresholdStore(self.redis, self.lei, mode) for mode in VERDICT_MODES}
         self.models = ModelStore(self.redis, self.lei, self.config.model_dir)
         self.membership = Membership(self.redis, self.lei, self.instance)
+
+    def _claim_slot(self) -> None:
+        """Name this replica after the lowest free slot, so one that replaces it resumes its MQTT session."""
+        self.slot = ReplicaSlot(self.redis, self.lei, SERVICE, socket.gethostname())
+        try:
+            self.instance = retry_until(self.slot.claim, self.lifecycle.stop, "claim_replica_slot")
+        except NoFreeSlot as exc:
+            raise SystemExit(f"{exc}: set DRAGON_INSTANCE, or run fewer detector replicas") from None
 
     def init_model(self) -> None:
         """Serve the configured checkpoint, else the LEI's current model, else learn one."""
@@ -246,11 +259,24 @@ class Detector:
 
     def wait(self) -> None:
         while not self.lifecycle.stop.wait(1.0):
+            self._keep_slot()
             # Cut off from the broker, a replica stops beating, so the others take its hosts over.
             alive = self.mqtt.connected and self._heartbeat()
             self.lifecycle.healthy(alive)
             if alive:
                 redis_for_now(lambda: self.settle_outbox(time.time()))  # else the next beat tries again
+
+    def _keep_slot(self) -> None:
+        """Renew our slot; if another replica took it (ours expired while Redis was out of reach),
+        leave: two clients under one MQTT id would take the session from each other for ever.
+        The container's restart policy starts us again, under a free slot."""
+        if self.slot is None:
+            return
+        try:
+            redis_for_now(self.slot.renew)  # Redis away: the next beat tries again
+        except SlotTaken as exc:
+            log.error("replica_slot_taken", slot=self.instance)
+            raise SystemExit(str(exc)) from None
 
     def shutdown(self) -> None:
         log.info("detector_stopping", counters=self.counters.snapshot())
@@ -260,6 +286,8 @@ class Detector:
         self.mqtt.stop()  # the last batch's events are acknowledged by now
         # Those still unacknowledged stay in the outbox: the hosts' next owner sends them again.
         redis_for_now(self._take_acknowledged)
+        if self.slot is not None:
+            redis_for_now(self.slot.release)  # disconnected by now: the next holder may take our session
 
     def _heartbeat(self) -> bool:
         return redis_for_now(self.membership.beat)

@@ -323,10 +323,14 @@ class LeiStack:
         self.containers[name] = container.start()
         return container
 
-    def stop_service(self, name: str) -> None:
-        """Stop and remove one service, leaving the rest of the LEI running."""
+    def stop_service(self, name: str, grace_s: float | None = None) -> None:
+        """Remove one service, leaving the rest of the LEI running: killed, or with ``grace_s`` stopped
+        first as Docker and compose stop it (SIGTERM, SIGKILL after the grace)."""
         try:
-            self.containers.pop(name).stop()
+            container = self.containers.pop(name)
+            if grace_s is not None:
+                container.get_wrapped_container().stop(timeout=grace_s)
+            container.stop()
         except docker.errors.NotFound:
             pass
 

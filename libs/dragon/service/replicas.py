@@ -1,0 +1,91 @@
+"""A stable name for each replica of a scaled service: the lowest numbered slot free in Redis.
+
+A replica's MQTT session, the queue the broker keeps for it while it is away, is named after its
+instance. Named after the container's host name, a container that compose recreates (a new
+image, a changed setting) comes back under a new name and a new session: what was published
+while neither ran went to the old session, which nobody resumes (and which the broker keeps for
+an hour). A slot is named after the LEI and a number (``lei1-0``, ``lei1-1``, ...) and held in
+Redis while its replica runs: the replica that replaces one that stopped takes its number, and
+so its session and what the broker kept in it.
+
+A holder is a container's host name, so a container restarted after a crash takes its own slot
+again, though the slot has not expired yet.
+"""
+
+from __future__ import annotations
+
+import redis
+import structlog
+
+log = structlog.get_logger(__name__)
+
+SLOT_TTL_S = 30.0  # a replica that died without letting go frees its slot this long after its last renewal
+MAX_SLOTS = 64
+
+# KEYS: the slot; ARGV: holder, ttl in ms. 1: held by us now; 0: another holder has it.
+_RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class NoFreeSlot(RuntimeError):
+    pass
+
+
+class SlotTaken(RuntimeError):
+    pass
+
+
+class ReplicaSlot:
+    def __init__(self, client: redis.Redis, lei: str, service: str, holder: str) -> None:
+        self.client = client
+        self.lei = lei
+        self.holder = holder
+        self._prefix = f"dragon:{lei}:{service}:slots:"
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self.number: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.number is None:
+            raise RuntimeError("no slot claimed yet")
+        return f"{self.lei}-{self.number}"
+
+    def claim(self) -> str:
+        """Our slot if we hold one already (a restarted container), else the lowest free one; its name."""
+        keys = [self._key(n) for n in range(MAX_SLOTS)]
+        holders = [h.decode() if h is not None else None for h in self.client.mget(keys)]
+        ours = [n for n, holder in enumerate(holders) if holder == self.holder]
+        free = [n for n, holder in enumerate(holders) if holder is None]
+        for number in ours + free:
+            if self._renew(keys=[self._key(number)], args=[self.holder, int(SLOT_TTL_S * 1000)]):
+                self.number = number
+                log.info("replica_slot_claimed", slot=self.name, holder=self.holder, again=bool(ours) or None)
+                return self.name
+        raise NoFreeSlot(f"all {MAX_SLOTS} slots of {self._prefix}* are held")
+
+    def renew(self) -> None:
+        """Hold our slot another SLOT_TTL_S; SlotTaken if another replica holds it now (it expired
+        while we could not renew it, and a replica that started meanwhile claimed it)."""
+        if not self._renew(keys=[self._key(self.number)], args=[self.holder, int(SLOT_TTL_S * 1000)]):
+            raise SlotTaken(f"replica slot {self.name} was taken by another replica")
+
+    def release(self) -> None:
+        """Free our slot for the replica that replaces us (only if it is still ours)."""
+        if self.number is not None:
+            self._release(keys=[self._key(self.number)], args=[self.holder])
+
+    def _key(self, number: int) -> str:
+        return f"{self._prefix}{number}"
