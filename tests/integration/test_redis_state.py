@@ -337,7 +337,8 @@ def test_a_replica_that_starts_restores_the_clean_windows_another_kept(client, h
     scorer, windows = host_scorer
     k, n = scorer.window, len(HOST_METRICS)
     first = replica(client, "kw4", "a")
-    first.observe(scorer, ["h1"] * (len(windows) - 1), windows[:-1], windows[1:], [True] * (len(windows) - 1))
+    judged = len(windows) - 1
+    first.observe(scorer, ["h1"] * judged, windows[:-1], windows[1:], [True] * judged, {"h1": judged})
     assert len(first._normal) == len(windows) - k  # a window counts once k verdicts in a row were normal
     other_length = KeptWindows(client, "kw4", 64)  # kept under a model of another window length
     other_length.keep_pairs(["h9"], [pair(9.0, k=k + 1, n=n)])
@@ -351,7 +352,7 @@ def test_a_replica_that_starts_restores_the_clean_windows_another_kept(client, h
     # from no LEI step), and the gate's floor, measured on the first replica's reference
     # windows, counts under the same model after a restart.
     assert first.gate.floor("h1") is not None
-    second.observe(scorer, ["h1"], windows[-2:-1], windows[-1:], [True])
+    second.observe(scorer, ["h1"], windows[-2:-1], windows[-1:], [True], {"h1": 1})
     assert list(second._steps) == []
     assert len(second._normal) == len(first._normal)
     for (p, n_), (q, m) in zip(second._normal, first._normal, strict=True):
@@ -366,7 +367,7 @@ def test_a_redis_that_refuses_leaves_the_state_in_memory_and_scoring_goes_on(cli
     with structlog.testing.capture_logs() as logs:
         tuner.restore()
         for i in range(8):  # one scored batch each: from the k-th on, each keeps a window
-            tuner.observe(scorer, ["h1"], windows[i : i + 1], windows[i + 1 : i + 2], [True])
+            tuner.observe(scorer, ["h1"], windows[i : i + 1], windows[i + 1 : i + 2], [True], {"h1": i + 1})
     events = [entry["event"] for entry in logs]
     assert "finetune_windows_not_restored" in events
     failed = 8 - scorer.window + 1
@@ -376,7 +377,7 @@ def test_a_redis_that_refuses_leaves_the_state_in_memory_and_scoring_goes_on(cli
     assert tuner.counters.snapshot()["finetune_state_not_written"] == failed
     client.delete("dragon:kw7:finetune:windows")  # Redis takes writes again
     with structlog.testing.capture_logs() as logs:
-        tuner.observe(scorer, ["h1"], windows[8:9], windows[9:10], [True])
+        tuner.observe(scorer, ["h1"], windows[8:9], windows[9:10], [True], {"h1": 9})
     assert [(e["event"], e.get("failed_writes")) for e in logs if "written" in e["event"]] == [
         ("finetune_state_written_again", failed)
     ]
@@ -387,11 +388,12 @@ def test_a_replica_that_measures_a_floor_stored_first_by_another_adopts_that_one
     scorer, windows = host_scorer
     k = scorer.window
     second = replica(client, "kw10", "b")
-    second.observe(scorer, ["h1"], windows[:1], windows[1:2], [True])  # serving, no floor stored yet
+    second.observe(scorer, ["h1"], windows[:1], windows[1:2], [True], {"h1": 1})  # serving, no floor stored yet
     first = replica(client, "kw10", "a")
-    first.observe(scorer, ["h1"] * 20, windows[:20], windows[1:21], [True] * 20)
+    first.observe(scorer, ["h1"] * 20, windows[:20], windows[1:21], [True] * 20, {"h1": 20})
     # The second measures its reference on later windows: another floor, but the first one stays.
-    second.observe(scorer, ["h1"] * (k + 9), windows[-k - 10 : -1], windows[-k - 9 :], [True] * (k + 9))
+    later = k + 9
+    second.observe(scorer, ["h1"] * later, windows[-k - 10 : -1], windows[-k - 9 :], [True] * later, {"h1": 1 + later})
     assert first.gate.floor("h1") is not None and second.gate.floor("h1") == first.gate.floor("h1")
     assert GateFloors(client, "kw10").load(scorer.model_id, second.gate.how_measured) == {"h1": first.gate.floor("h1")}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -304,6 +305,18 @@ def two_windows_suffice(monkeypatch):
     monkeypatch.setattr(learning, "enough_to_recalibrate", lambda checkpoint, windows, full: windows >= 2)
 
 
+_streaks: weakref.WeakKeyDictionary[FineTuner, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def observe(tuner: FineTuner, scorer: Scorer, hosts: list[str], prev, nxt, normal: list[bool]) -> None:
+    """``tuner.observe`` with the clean streaks the transition script would count in Redis for
+    these verdicts and the ones before (a normal verdict adds one, an alarm starts again from 0)."""
+    streaks = _streaks.setdefault(tuner, {})
+    for host, is_normal in zip(hosts, normal, strict=True):
+        streaks[host] = streaks.get(host, 0) + 1 if is_normal else 0
+    tuner.observe(scorer, hosts, prev, nxt, normal, dict(streaks))
+
+
 def tuner_with(models: FakeModels, windows: int = 64) -> FineTuner:
     config = DetectorConfig(
         finetune_min_interval_s=0.0, finetune_quantile=1.0, finetune_windows=windows, finetune_steps=2
@@ -326,12 +339,12 @@ def test_fine_tuner_publishes_a_model_tuned_on_normal_windows_only(checkpoint, d
     models = FakeModels(checkpoint.model_id)
     tuner = tuner_with(models)
     # A window counts once the host's last k (5) windows were normal: the 5th is the reference.
-    tuner.observe(scorer, ["h1"] * WINDOW, prev[:WINDOW], nxt[:WINDOW], [True] * WINDOW)
+    observe(tuner, scorer, ["h1"] * WINDOW, prev[:WINDOW], nxt[:WINDOW], [True] * WINDOW)
     # Faulty windows are never learnt from, and the windows just after them hold fault rows.
-    tuner.observe(scorer, ["h1"] * 3, prev[5:8], nxt[5:8], [False] * 3)
-    tuner.observe(scorer, ["h1"] * (WINDOW - 1), prev[-WINDOW:-1], nxt[-WINDOW:-1], [True] * (WINDOW - 1))
+    observe(tuner, scorer, ["h1"] * 3, prev[5:8], nxt[5:8], [False] * 3)
+    observe(tuner, scorer, ["h1"] * (WINDOW - 1), prev[-WINDOW:-1], nxt[-WINDOW:-1], [True] * (WINDOW - 1))
     assert not tuner.busy and models.published == []
-    tuner.observe(scorer, ["h1"], prev[-1:], nxt[-1:], [True])  # the 5th in a row, least confident: fires
+    observe(tuner, scorer, ["h1"], prev[-1:], nxt[-1:], [True])  # the 5th in a row, least confident: fires
     tuner._thread.join(timeout=60)
     assert len(models.published) == 1
     tuned = models.published[0]
@@ -354,8 +367,8 @@ def test_a_replica_that_restarts_counts_the_interval_from_the_models_making(
     prev, nxt = by_confidence(scorer, *drifted)
     tuner = tuner_with(FakeModels(served.model_id))
     tuner.gate = ConfidenceGate(600.0, 1.0, reference=1, recent=1)
-    tuner.observe(scorer, ["h1"] * WINDOW, prev[:WINDOW], nxt[:WINDOW], [True] * WINDOW)
-    tuner.observe(scorer, ["h1"], prev[-1:], nxt[-1:], [True])  # less confident than the reference
+    observe(tuner, scorer, ["h1"] * WINDOW, prev[:WINDOW], nxt[:WINDOW], [True] * WINDOW)
+    observe(tuner, scorer, ["h1"], prev[-1:], nxt[-1:], [True])  # less confident than the reference
     assert (tuner._thread is not None) == fires
     if fires:
         tuner._thread.join(timeout=60)
@@ -377,7 +390,7 @@ def test_fine_tuner_with_room_for_more_waits_until_pot_can_be_fitted(checkpoint,
     config = DetectorConfig(finetune_min_interval_s=0.0, finetune_quantile=1.0, finetune_steps=2)  # 1024 kept
     tuner = FineTuner(config, models, "replica-a", "lei-test")
     tuner.gate = ConfidenceGate(0.0, 1.0, reference=1, recent=1)  # open: the wait is under test
-    tuner.observe(scorer, ["h1"] * len(nxt), prev, nxt, [True] * len(nxt))
+    observe(tuner, scorer, ["h1"] * len(nxt), prev, nxt, [True] * len(nxt))
     assert len(tuner._normal) < 500 and tuner._thread is None
 
 
@@ -388,7 +401,7 @@ def test_fine_tuner_starts_once_pot_has_its_windows_before_the_store_is_full(che
     tuner = tuner_with(models, windows=1024)  # the default store: 501 windows do not fill it
     # 504 copies of the most confident window, then the least confident: 501 clean ones in all.
     order = [0] * (WINDOW + 499) + [len(nxt) - 1]
-    tuner.observe(scorer, ["h1"] * len(order), prev[order], nxt[order], [True] * len(order))
+    observe(tuner, scorer, ["h1"] * len(order), prev[order], nxt[order], [True] * len(order))
     tuner._thread.join(timeout=60)
     assert models.published[0].meta["fine_tune"]["windows"] == 500 + 1
 
@@ -398,8 +411,8 @@ def test_a_fine_tune_discarded_for_a_newer_model_is_not_counted_as_served(checkp
     prev, nxt = by_confidence(scorer, *drifted)
     models = FakeModels("a-newer-model")  # another replica published since: replace refuses
     tuner = tuner_with(models)
-    tuner.observe(scorer, ["h1"] * WINDOW, prev[:WINDOW], nxt[:WINDOW], [True] * WINDOW)
-    tuner.observe(scorer, ["h1"], prev[-1:], nxt[-1:], [True])
+    observe(tuner, scorer, ["h1"] * WINDOW, prev[:WINDOW], nxt[:WINDOW], [True] * WINDOW)
+    observe(tuner, scorer, ["h1"], prev[-1:], nxt[-1:], [True])
     tuner._thread.join(timeout=60)
     assert models.published == [] and tuner.counters.snapshot() == {}
 
@@ -434,7 +447,7 @@ def test_refused_writes_are_counted_each_and_logged_once_a_minute(checkpoint, dr
     def one_window(i: int, t: float) -> list[str]:
         now[0] = t
         with structlog.testing.capture_logs() as logs:
-            tuner.observe(scorer, ["h1"], prev[i : i + 1], nxt[i : i + 1], [True])
+            observe(tuner, scorer, ["h1"], prev[i : i + 1], nxt[i : i + 1], [True])
         return [entry["event"] for entry in logs]
 
     for i in range(WINDOW - 1):  # not clean yet: nothing to write
@@ -463,22 +476,24 @@ def test_fine_tuner_does_nothing_without_the_lock(checkpoint, drifted, two_windo
     prev, nxt = by_confidence(scorer, *drifted)
     models = FakeModels(checkpoint.model_id, lock_free=False)
     tuner = tuner_with(models)
-    tuner.observe(scorer, ["h1"] * WINDOW, prev[:WINDOW], nxt[:WINDOW], [True] * WINDOW)
-    tuner.observe(scorer, ["h1"], prev[-1:], nxt[-1:], [True])
+    observe(tuner, scorer, ["h1"] * WINDOW, prev[:WINDOW], nxt[:WINDOW], [True] * WINDOW)
+    observe(tuner, scorer, ["h1"], prev[-1:], nxt[-1:], [True])
     assert tuner._thread is not None
     tuner._thread.join(timeout=60)
     assert models.published == [] and models.unlocked == 0
 
 
 class RecordingTuner:
-    def observe(self, scorer, hosts, prev, nxt, normal) -> None:
-        self.seen = (hosts, prev, nxt, normal)
+    def observe(self, scorer, hosts, prev, nxt, normal, clean) -> None:
+        self.seen = (hosts, prev, nxt, normal, clean)
 
 
 def test_detector_feeds_only_normal_windows_of_hosts_not_in_a_fault(drifted):
     prev, nxt = drifted
     detector = Detector(DetectorConfig())
     detector.tuner = RecordingTuner()
+    # The clean streaks every replica's verdicts make, from Redis.
+    detector.faults = {"observed": SimpleNamespace(clean_streaks=lambda hosts: dict.fromkeys(hosts, 7))}
 
     def verdict(label: int):
         return (SimpleNamespace(host="h1"), Verdict(1.0, 2.0, label, ()))
@@ -492,6 +507,23 @@ def test_detector_feeds_only_normal_windows_of_hosts_not_in_a_fault(drifted):
     ]
     scored = Scored([verdict(label) for label, _, _ in cases], prev[: len(cases)], nxt[: len(cases)])
     detector._observe_confidence(scored, [transition for _, transition, _ in cases])
-    hosts, seen_prev, seen_next, normal = detector.tuner.seen
-    assert normal == [expected for _, _, expected in cases]
+    hosts, seen_prev, seen_next, normal, clean = detector.tuner.seen
+    assert normal == [expected for _, _, expected in cases] and clean == {"h1": 7}
     assert seen_next is scored.next and seen_prev is scored.prev and hosts == ["h1"] * len(cases)
+
+
+def test_a_window_of_a_host_another_replica_saw_in_a_fault_lately_is_not_learnt(checkpoint, drifted):
+    """A replica taking a host over (its owner was killed, or ownership moved back) judges windows
+    just after a fault it never saw: the clean streaks in Redis, counted from every replica's
+    verdicts, decide whether they hold fault rows, not what this replica remembers of the host."""
+    scorer = Scorer(checkpoint)
+    prev, nxt = drifted
+    tuner = tuner_with(FakeModels(checkpoint.model_id))
+    tuner.observe(scorer, ["h1"] * 12, prev[:12], nxt[:12], [True] * 12, {"h1": 12})
+    kept = len(tuner._normal)
+    assert kept == 12 - WINDOW + 1
+    # Another replica judged h1 since: a fault that ended three windows ago.
+    tuner.observe(scorer, ["h1"] * 3, prev[12:15], nxt[12:15], [True] * 3, {"h1": 3})
+    assert len(tuner._normal) == kept
+    tuner.observe(scorer, ["h1"] * 3, prev[15:18], nxt[15:18], [True] * 3, {"h1": 6})
+    assert len(tuner._normal) == kept + 6 - WINDOW + 1  # clean for a whole window again from the 5th on

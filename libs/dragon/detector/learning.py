@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -25,7 +25,6 @@ import structlog
 from dragon.detector.checkpoint import Checkpoint
 from dragon.detector.config import DetectorConfig
 from dragon.detector.finetune import (
-    CleanStreaks,
     ConfidenceGate,
     TuningGroup,
     confidence,
@@ -230,7 +229,6 @@ class FineTuner:
         # LEI steps in which every host was clean, newest last, at most finetune_windows host windows.
         self._steps: deque[LeiStep] = deque()
         self._warned_small_store = False
-        self._streaks = CleanStreaks()
         self._model_id: str | None = None
         self._thread: threading.Thread | None = None
 
@@ -257,13 +255,28 @@ class FineTuner:
             self._append_step(step)
         log.info("finetune_windows_restored", windows=len(self._normal), steps=len(self._steps))
 
-    def observe(self, scorer: Scorer, hosts: list[str], prev: np.ndarray, nxt: np.ndarray, normal: list[bool]) -> None:
-        """Windows (B, k, n) the scorer just judged, in raw units; ``normal[i]``: judged normal, host not in a fault."""
+    def observe(
+        self,
+        scorer: Scorer,
+        hosts: list[str],
+        prev: np.ndarray,
+        nxt: np.ndarray,
+        normal: list[bool],
+        clean: Mapping[str, int],
+    ) -> None:
+        """Windows (B, k, n) the scorer just judged, in raw units, in time order per host.
+
+        ``normal[i]``: judged normal, host not in a fault. ``clean``: each host's clean windows in
+        a row after this batch, from Redis (``HostFaultState.clean_streaks``), so the verdicts of
+        other replicas count too: the host a replica takes over may have had a fault it never saw.
+        """
         self._follow(scorer)
         values = confidence(scorer.model, scorer.scaler.transform(nxt))  # (B,)
         new_pairs: list[tuple[str, HostPair]] = []
-        for i, (host, value, is_normal) in enumerate(zip(hosts, values.tolist(), normal, strict=True)):
-            if self._judged(scorer, host, value, is_normal):
+        learnable = clean_windows(hosts, normal, clean, scorer.window)
+        for i, (host, value, is_clean) in enumerate(zip(hosts, values.tolist(), learnable, strict=True)):
+            self.gate.observe(host, value, is_clean)
+            if is_clean:
                 new_pairs.append((host, (prev[i], nxt[i])))
         self._normal.extend(pair for _, pair in new_pairs)
         # _persist calls nothing when there is nothing new (zip of no pairs would give no arguments).
@@ -290,10 +303,11 @@ class FineTuner:
         new_steps: list[LeiStep] = []
         for index, (step, values) in enumerate(zip(steps, lei_confidence(scorer, steps), strict=True)):
             step_normal = [next(flags) for _ in step.judged]  # a redelivered (stale) window is not normal
-            for (h, sample), is_normal in zip(step.judged, step_normal, strict=True):
-                self._judged(scorer, sample.host, float(values[h]), is_normal)
             later = len(steps) - 1 - index
-            fresh_and_clean = all(clean.get(host, 0) - later >= scorer.window for host in step.hosts)
+            for (h, sample), is_normal in zip(step.judged, step_normal, strict=True):
+                learnable = is_normal and clean_for(clean, sample.host, later, scorer.window)
+                self.gate.observe(sample.host, float(values[h]), learnable)
+            fresh_and_clean = all(clean_for(clean, host, later, scorer.window) for host in step.hosts)
             if all(step_normal) and fresh_and_clean:
                 self._warn_if_store_too_small(step)
                 self._append_step(step)
@@ -400,12 +414,6 @@ class FineTuner:
             if floors:
                 log.info("gate_floors_restored", model_id=scorer.model_id, hosts=len(floors))
 
-    def _judged(self, scorer: Scorer, host: str, value: float, is_normal: bool) -> bool:
-        """Count one judged window of ``host``; True when it is clean enough to learn from."""
-        clean = self._streaks.update(host, is_normal, scorer.window)
-        self.gate.observe(host, value, clean)
-        return clean
-
     def _fire_if_drifted(self, scorer: Scorer, groups: Callable[[Checkpoint], list[TuningGroup]]) -> None:
         drifted = self.gate.check()
         if not drifted or self.busy:
@@ -466,3 +474,21 @@ class FineTuner:
             d_gen=(round(report["before"]["d_gen"], 4), round(report["after"]["d_gen"], 4)),
             threshold=round(tuned.pot_state().z_q, 4),
         )
+
+
+def clean_for(clean: Mapping[str, int], host: str, later: int, window: int) -> bool:
+    """Whether ``host`` had been clean for a whole ``window`` at its window ``later`` windows before
+    the end of the batch (``clean``: the streaks after it)."""
+    return clean.get(host, 0) - later >= window
+
+
+def clean_windows(hosts: Sequence[str], normal: Sequence[bool], clean: Mapping[str, int], window: int) -> list[bool]:
+    """Which of a batch's host windows may be learnt from: judged normal, their host clean for a
+    whole ``window`` by then (``clean``: the streaks after the batch; each later window of the host
+    in the batch counts as one more). A window judged normal just after a fault still holds rows of it."""
+    later = Counter(hosts)
+    learnable = []
+    for host, is_normal in zip(hosts, normal, strict=True):
+        later[host] -= 1
+        learnable.append(is_normal and clean_for(clean, host, later[host], window))
+    return learnable

@@ -88,7 +88,8 @@ OUTBOX_KEEP_S = 86_400.0
 ACKNOWLEDGEMENT_PATIENCE_S = 600.0
 MAX_EVENT_BYTES = 65_536
 # Stored samples of a host nobody judged (health.MissedWindow) judged late, at most this many per
-# host and batch, the newest: a replica killed without leaving leaves about HEARTBEAT_TTL_S of them.
+# host and batch, the newest: a replica killed without leaving leaves HEARTBEAT_TTL_S worth of them
+# (10 at one sample a second).
 MAX_MISSED_PER_HOST = 120
 
 
@@ -338,6 +339,7 @@ class Detector:
                 scored = retry_until(lambda: judge(owned), self.lifecycle.stop, "score")
                 judged = [(Judged.sample(sample), verdict) for sample, verdict in scored.verdicts]
                 transitions = self._publish(judged, "observed")
+                self._count_late(scored, transitions)
                 self._observe_confidence(scored, transitions)
         except StopRequested as exc:
             raise Unprocessed(str(exc)) from None
@@ -375,7 +377,7 @@ class Detector:
 
     def _with_missed(self, samples: list[HostSample]) -> list[SampleWindow]:
         """``samples`` after the stored samples of their hosts that nobody judged (MissedWindow),
-        which must be judged first: in time order, or the fault state finds them stale."""
+        which are older: judged after them, the fault state would find them stale."""
         gaps = gaps_before(samples, self._last_judged["observed"])
         if not gaps:
             return samples  # the usual batch: no round trip
@@ -386,12 +388,21 @@ class Detector:
         missed = [MissedWindow(host, ts, gaps[host][2]) for host, (stamps, _) in found.items() for ts in stamps]
         skipped = sum(total - len(stamps) for stamps, total in found.values())
         if missed:
-            self.counters.add("windows_judged_late", len(missed))
             log.info("judging_missed_windows", windows=len(missed), hosts=sorted({m.host for m in missed}))
         if skipped:
             self.counters.add("windows_never_judged", skipped)
             log.warning("missed_windows_not_judged", windows=skipped, kept_per_host=MAX_MISSED_PER_HOST)
         return [*missed, *samples]
+
+    def _count_late(self, scored: Scored, transitions: list[Transition]) -> None:
+        """Count the missed windows judged (not those another replica judged meanwhile)."""
+        late = [
+            transition.kind != "stale"
+            for (window, _), transition in zip(scored.verdicts, transitions, strict=True)
+            if isinstance(window, MissedWindow)
+        ]
+        if any(late):
+            self.counters.add("windows_judged_late", sum(late))
 
     def _score_forecasts(self, forecasts: list[ForecastSample]) -> list[tuple[Judged, Verdict]]:
         """Eq. 13 with W_{t+1} the forecast: W_t is the host's window up to the sample it starts from."""
@@ -576,14 +587,16 @@ class Detector:
             verdict.label == 0 and transition.kind == "" and transition.faulty_since is None
             for (_, verdict), transition in zip(scored.verdicts, transitions, strict=True)
         ]
-        if scored.steps:
-            hosts = sorted({host for step in scored.steps for host in step.hosts})
-            faults = self.faults["observed"]
-            clean = retry_until(lambda: faults.clean_streaks(hosts), self.lifecycle.stop, "clean_streaks")
-            self.tuner.observe_steps(self.scorer, scored.steps, normal, clean)
-            return
         hosts = [sample.host for sample, _ in scored.verdicts]
-        self.tuner.observe(self.scorer, hosts, scored.prev, scored.next, normal)
+        # Clean streaks by every replica's verdicts: a host taken over may have had a fault we never saw.
+        # An LEI step is learnt whole, so every host in it must be clean.
+        needed = sorted({*hosts, *(host for step in scored.steps for host in step.hosts)})
+        faults = self.faults["observed"]
+        clean = retry_until(lambda: faults.clean_streaks(needed), self.lifecycle.stop, "clean_streaks")
+        if scored.steps:
+            self.tuner.observe_steps(self.scorer, scored.steps, normal, clean)
+        else:
+            self.tuner.observe(self.scorer, hosts, scored.prev, scored.next, normal, clean)
 
     def _publish_health(self, judged: Judged, verdict: Verdict, transition: Transition, mode: str) -> None:
         health = HostHealth(
