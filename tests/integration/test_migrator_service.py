@@ -170,6 +170,26 @@ def test_a_duplicate_command_is_refused_and_moves_nothing(lei, watch):
     assert running.labels[HOST_LABEL] == "h2"
 
 
+def test_a_command_issued_before_the_tasks_last_move_was_done_is_refused_and_moves_nothing(lei, watch):
+    """A planner that sent a command again after its timeout while the first move was slow (or one
+    restarted mid-move) planned from where the task ran before: carried out after the first move,
+    that command would move the task a second time."""
+    stack, emulated = lei
+    task = start_task(emulated)
+    again = command(stack, task.name, target_host="h1")  # issued while the move below runs
+    first = command(stack, task.name, ts=again.ts - 1)
+    send(stack, first)
+    assert event_for(watch, first.id).outcome == "done"
+    send(stack, again)
+    refused = event_for(watch, again.id)
+    assert (refused.outcome, refused.reason) == ("refused", "superseded"), refused
+    (running,) = running_copies(emulated, task.name)
+    assert running.labels[HOST_LABEL] == "h2"
+    later = command(stack, task.name, target_host="h1")  # planned once the move was done: carried out
+    send(stack, later)
+    assert event_for(watch, later.id).outcome == "done"
+
+
 def test_unauthorised_commands_are_refused_by_the_broker_or_the_migrator(lei, watch):
     stack, emulated = lei
     task = start_task(emulated)

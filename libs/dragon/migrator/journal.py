@@ -116,6 +116,14 @@ class Journal:
             task_id=data.get("task_id", ""),
         )
 
+    def moved_at(self, task_id: str) -> float | None:
+        """When the task's last move was done (kept FINISHED_KEPT_S), None if none is known."""
+        value = self.redis.get(self._moved_key(task_id))
+        return float(value) if value is not None else None
+
+    def _moved_key(self, task_id: str) -> str:
+        return f"dragon:{self.lei}:migrations:moved:{task_id}"
+
     def open_moves(self) -> list[Move]:
         """Every move not finished, oldest first."""
         moves = [self.get(member.decode()) for member in self.redis.smembers(self.open_key)]
@@ -132,6 +140,8 @@ class Journal:
         if move.step in FINAL:
             pipe.srem(self.open_key, move.id)
             pipe.expire(self.prefix + move.id, FINISHED_KEPT_S)
+            if move.step == Step.DONE and move.task_id:
+                pipe.set(self._moved_key(move.task_id), repr(move.updated), ex=FINISHED_KEPT_S)
         else:
             pipe.sadd(self.open_key, move.id)
         pipe.execute()

@@ -222,6 +222,12 @@ class Migrator:
             raise CommandRefused(
                 "duplicate", f"command {command.id} was taken already (its move is {known.step.value})"
             )
+        moved_at = self.journal.moved_at(command.task)
+        if moved_at is not None and moved_at > command.ts:
+            # Planned from where the task ran before (a command sent again while its first move was
+            # slow, or by a restarted planner): carried out, it would move the task a second time.
+            ago = f"{now - moved_at:.0f} s ago"
+            raise CommandRefused("superseded", f"task {command.task} was moved {ago}, after this command was issued")
         if not self.engines.exists(command.target_lei, command.target_host):
             raise CommandRefused("unknown_host", f"no host {command.target_lei}/{command.target_host} is reachable")
 
