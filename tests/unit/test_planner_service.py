@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from dragon import config
@@ -12,7 +14,7 @@ from dragon.planner.service import Planner
 
 pytestmark = pytest.mark.unit
 
-NOW = 1_800_000_000.0
+NOW = 1_700_000_000.0  # in the past: the planner drops verdicts stamped ahead of its clock
 
 
 def planner(**env: str) -> Planner:
@@ -127,3 +129,17 @@ def test_a_verdict_whose_topic_names_another_host_or_mode_is_dropped():
     for topic in ("dragon/a/hosts/h1/health", "dragon/a/hosts/h2/health/predicted"):
         p.on_health(Incoming(topic, codec.encode(faulty), 1, False, codec.MSGPACK))
     assert p.faulty(NOW) == [] and p.counters.snapshot().get("dropped_schema") == 2
+
+
+def test_a_verdict_stamped_ahead_of_the_clock_is_dropped_and_hides_nothing():
+    """Kept, a normal verdict from an hour ahead would hide the host's real ones for that hour."""
+    from dragon.mqtt import Incoming
+
+    p = planner()
+    p.init_mqtt()
+    now = time.time()
+    ahead = HostHealth("a", "h1", now + 3600, score=0.1, threshold=1.0, label=0, mode="observed")
+    faulty = HostHealth("a", "h1", now, score=2.0, threshold=1.0, label=1, mode="observed")
+    for verdict in (ahead, faulty):
+        p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(verdict), 1, False, codec.MSGPACK))
+    assert p.faulty(now) == [("a", "h1")] and p.counters.snapshot().get("dropped_future") == 1

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import numpy as np
+import paho.mqtt.client as paho
 import pytest
 
 from dragon.messages import codec
@@ -18,12 +22,14 @@ from dragon.messages.schemas import (
     TaskPlacement,
     TaskUsage,
 )
+from dragon.mqtt import Counters, MqttClient
+from dragon.settings import MqttSettings
 from dragon.sim.federation import EDGE_WAN, GIGABIT_LAN
 from dragon.sim.qos import CoSimulator
 from dragon.sim.twin import UNPLACED, TwinParams
 from dragon.simulator.answers import RequestError, answer, decision_array
 from dragon.simulator.forecasting import forecast_samples, stamped
-from dragon.simulator.view import FederationView
+from dragon.simulator.view import FederationView, follow_samples, follow_schedules
 
 pytestmark = pytest.mark.unit
 
@@ -531,3 +537,33 @@ def test_a_forecast_revised_for_a_move_is_newer_than_the_one_it_replaces():
     # A restarted simulator has forgotten what it sent: its revision still comes after it.
     after_restart = stamped(again, {}, revised=True)
     assert all(r.ts > f.ts for r, f in zip(after_restart, first, strict=True))
+
+
+def delivered(topic: str, message) -> paho.MQTTMessage:
+    received = paho.MQTTMessage(mid=1, topic=topic.encode())
+    received.payload, received.qos = codec.encode(message), 1
+    return received
+
+
+def test_a_sample_posing_as_another_hosts_is_dropped_and_hides_nothing():
+    """A peer's bridge may write its own LEI's topics only, but the payload names any host: filed
+    under the payload's, a sample of b's would hide a's h1 and its tasks from the planner."""
+    now = time.time()
+    client, view = MqttClient(MqttSettings(), "simulator", "t-1", Counters()), two_lei_view()
+    follow_samples(client, view)
+    client._dispatch([delivered("dragon/b/hosts/h9/sample", sample("a", "h1", 0.0, ts=now))])
+    assert client.counters.snapshot().get("dropped_schema") == 1
+    assert view.snapshot(NOW).state.usage[0, 0] == pytest.approx(0.95)  # h1 as its own sample said
+
+
+def test_a_schedule_stamped_ahead_is_dropped_and_an_unchanged_one_revises_no_forecast():
+    now = time.time()
+    client, view = MqttClient(MqttSettings(), "simulator", "t-1", Counters()), two_lei_view()
+    changed: list[Schedule] = []
+    follow_schedules(client, view, then=changed.append)
+    moved = Schedule(lei="a", ts=now, tasks=(TaskPlacement("t1", "c1", "h2", since=now),))
+    ahead = Schedule(lei="a", ts=now + 3600, tasks=())
+    for schedule in (moved, ahead, dataclasses.replace(moved, ts=now + 1)):  # the migrator republishes it
+        client._dispatch([delivered("dragon/a/tasks", schedule)])
+    assert changed == [moved] and client.counters.snapshot().get("dropped_future") == 1
+    assert view._schedule_ts["a"] == now + 1  # a real schedule of a is still taken

@@ -25,7 +25,7 @@ import structlog
 
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
-from dragon.messages.schemas import HostHealth, MigrationEvent, PlanDecision
+from dragon.messages.schemas import HostHealth, MigrationEvent, PlanDecision, stamped_ahead
 from dragon.mqtt import Counters, Incoming, MqttClient
 from dragon.planner.annealing import AnnealingConfig, anneal, groups_of
 from dragon.planner.commanding import CommandIssuer
@@ -109,6 +109,11 @@ class Planner:
         if incoming.topic != topics.host_health(verdict.lei, verdict.host, verdict.mode):
             # Filed under the topic's host and mode or not at all: a verdict must not pose as another's.
             self.mqtt.drop(incoming, DecodeError("schema", "the verdict's lei, host or mode does not match its topic"))
+            return
+        now = time.time()
+        if stamped_ahead(verdict.ts, 0.0, now):
+            # Kept, a normal one would hide the host's real verdicts until then, an alarm stay fresh.
+            self.mqtt.drop(incoming, DecodeError("future", f"stamped {verdict.ts - now:.0f} s ahead of this clock"))
             return
         key = (verdict.lei, verdict.host, verdict.mode)
         with self._health_lock:

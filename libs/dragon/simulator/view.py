@@ -28,7 +28,7 @@ import structlog
 
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
-from dragon.messages.schemas import HOST_METRICS, HostSample, Schedule
+from dragon.messages.schemas import HOST_METRICS, HostSample, Schedule, stamped_ahead
 from dragon.mqtt import Incoming, MqttClient
 from dragon.sim.federation import RPI4B_4GB, Federation, Link, PowerProfile
 from dragon.sim.qos import CoSimulator, FederationState, FitnessWeights, ServiceModel
@@ -192,18 +192,22 @@ class FederationView:
         for task in tasks:
             self._home_lei.setdefault(task, sample.lei)
 
-    def observe_schedule(self, schedule: Schedule, now: float | None = None) -> None:
+    def observe_schedule(self, schedule: Schedule, now: float | None = None) -> bool:
         """Take an LEI's schedule in: where each of its tasks runs, and since when (an older one
-        than the LEI's newest, redelivered or reordered, is ignored)."""
+        than the LEI's newest, redelivered or reordered, is ignored). True if it changed where a
+        task runs (a migrator republishes its schedule unchanged every so often)."""
         placements = {p.task: (p.host, p.since) for p in schedule.tasks}
         received = time.time() if now is None else now
         with self._lock:
-            if schedule.ts >= self._schedule_ts.get(schedule.lei, 0.0):
-                self._scheduled[schedule.lei] = placements
-                self._schedule_ts[schedule.lei] = schedule.ts
-                # The migrator's clock may run ahead of ours: what forecasts are stamped with
-                # must not lie in the future, or every later forecast would look older.
-                self._schedule_at[schedule.lei] = min(schedule.ts, received)
+            if schedule.ts < self._schedule_ts.get(schedule.lei, 0.0):
+                return False
+            changed = placements != self._scheduled.get(schedule.lei)
+            self._scheduled[schedule.lei] = placements
+            self._schedule_ts[schedule.lei] = schedule.ts
+            # The migrator's clock may run ahead of ours: what forecasts are stamped with
+            # must not lie in the future, or every later forecast would look older.
+            self._schedule_at[schedule.lei] = min(schedule.ts, received)
+            return changed
 
     def known_leis(self) -> set[str]:
         """Every LEI a sample ever came from, fresh or not."""
@@ -397,6 +401,11 @@ def follow_samples(
             sample = mqtt.decode_or_drop(HostSample, incoming)
             if sample is None:
                 continue
+            if topics.host_sample(sample.lei, sample.host) != incoming.topic:
+                # A peer's bridge may write its own LEI's topics only, a collector its own host's
+                # (ACL): a sample must not pose as another host's.
+                mqtt.drop(incoming, DecodeError("schema", "the sample's lei or host does not match its topic"))
+                continue
             if view.observe(sample, now):
                 taken.append(sample)
                 continue
@@ -410,7 +419,7 @@ def follow_samples(
 
 def follow_schedules(mqtt: MqttClient, view: FederationView, then: Callable[[Schedule], None] | None = None) -> None:
     """Feed ``view`` the schedule of every LEI the broker carries (before ``mqtt.start()``);
-    ``then`` gets each schedule taken in."""
+    ``then`` gets each schedule that changed where a task runs."""
 
     def on_schedule(incoming: Incoming) -> None:
         schedule = mqtt.decode_or_drop(Schedule, incoming)
@@ -421,8 +430,12 @@ def follow_schedules(mqtt: MqttClient, view: FederationView, then: Callable[[Sch
             # not pose as another's.
             mqtt.drop(incoming, DecodeError("schema", "the schedule's lei does not match its topic"))
             return
-        view.observe_schedule(schedule)
-        if then is not None:
+        now = time.time()
+        if stamped_ahead(schedule.ts, 0.0, now):
+            # Kept, it would hide every real schedule of its LEI until then (a clock set wrong, then right).
+            mqtt.drop(incoming, DecodeError("future", f"stamped {schedule.ts - now:.0f} s ahead of this clock"))
+            return
+        if view.observe_schedule(schedule, now) and then is not None:
             then(schedule)
 
     mqtt.subscribe(topics.all_schedules(), on_schedule, qos=1)
