@@ -61,7 +61,7 @@ from dragon.logs import EveryInterval
 from dragon.messages import codec, topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schema import Message
-from dragon.messages.schemas import ServiceCounters
+from dragon.messages.schemas import ServiceCounters, stamped_ahead
 from dragon.settings import MqttSettings
 
 log = structlog.get_logger(__name__)
@@ -417,6 +417,16 @@ class MqttClient:
             detail=error.detail[:200],
             size=len(incoming.payload),
         )
+
+    def dropped_if_ahead(self, incoming: Incoming, ts: float, interval_s: float = 0.0) -> bool:
+        """Drop ``incoming`` as ``future`` if it is stamped further ahead of our clock than skew
+        explains (``schemas.stamped_ahead``): kept, it would outrank every real message of its
+        source until that time. True if dropped."""
+        now = time.time()
+        if not stamped_ahead(ts, interval_s, now):
+            return False
+        self.drop(incoming, DecodeError("future", f"stamped {ts - now:.0f} s ahead of this clock"))
+        return True
 
     # --- callbacks (paho's network thread) ----------------------------------------
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:

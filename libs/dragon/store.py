@@ -204,13 +204,17 @@ class WindowStore:
         self, spans: Mapping[str, tuple[float, float]], count: int
     ) -> dict[str, tuple[list[float], int]]:
         """Per host, the times of its newest ``count`` samples strictly inside (after, before), oldest
-        first, each once, and how many samples it has there in all. One round trip."""
+        first, each once, and how many older ones it has there that were left out. One round trip."""
         pipe = self.client.pipeline(transaction=False)
         for host, (after, before) in spans.items():
             pipe.zrevrangebyscore(self._key(host), f"({before!r}", f"({after!r}", start=0, num=count, withscores=True)
             pipe.zcount(self._key(host), f"({after!r}", f"({before!r}")
         replies = iter(pipe.execute())
-        return {host: (sorted({ts for _, ts in next(replies)}), int(next(replies))) for host in spans}
+        found = {}
+        for host in spans:
+            newest, total = next(replies), int(next(replies))
+            found[host] = (sorted({ts for _, ts in newest}), total - len(newest))
+        return found
 
     def count(self, host: str) -> int:
         return int(self.client.zcard(self._key(host)))

@@ -22,6 +22,7 @@ import pytest
 from dragon import config
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL
+from dragon.collector.probes import TASK_ID_LABEL
 from dragon.messages import codec, topics
 from dragon.messages.schemas import MigrationCommand, MigrationEvent, Schedule
 from dragon.migrator.commands import sign
@@ -175,9 +176,11 @@ def test_a_command_issued_before_the_tasks_last_move_was_done_is_refused_and_mov
     restarted mid-move) planned from where the task ran before: carried out after the first move,
     that command would move the task a second time."""
     stack, emulated = lei
-    task = start_task(emulated)
-    again = command(stack, task.name, target_host="h1")  # issued while the move below runs
-    first = command(stack, task.name, ts=again.ts - 1)
+    task = start_task(emulated, task_id=f"web-{uuid.uuid4().hex[:6]}")
+    # Issued while the move below runs, naming the task by its container's name (commands may):
+    # the move it missed is known by the task's id.
+    first = command(stack, task.labels[TASK_ID_LABEL])
+    again = command(stack, task.name, target_host="h1", ts=first.ts + 1)
     send(stack, first)
     assert event_for(watch, first.id).outcome == "done"
     send(stack, again)

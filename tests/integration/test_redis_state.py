@@ -165,8 +165,8 @@ def test_stored_samples_after_a_hosts_last_judged_window_are_found_newest_first_
     gaps = gaps_before(batch, state.last_judged(["h1", "h2", "h3"]))
     assert gaps == {"h1": (10.0, 15.0, 1.0)}  # h2's next sample follows its last; h3 was never judged
     spans = {host: (after, before) for host, (after, before, _) in gaps.items()}
-    assert store.stamps_between(spans, count=10) == {"h1": ([11.0, 12.0, 13.0, 14.0], 4)}
-    assert store.stamps_between(spans, count=3) == {"h1": ([12.0, 13.0, 14.0], 4)}  # the newest, and how many in all
+    assert store.stamps_between(spans, count=10) == {"h1": ([11.0, 12.0, 13.0, 14.0], 0)}
+    assert store.stamps_between(spans, count=3) == {"h1": ([12.0, 13.0, 14.0], 1)}  # the newest, and how many left out
 
 
 def test_replicas_take_the_lowest_free_slot_and_a_restarted_one_its_own(client):

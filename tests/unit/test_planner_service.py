@@ -143,3 +143,17 @@ def test_a_verdict_stamped_ahead_of_the_clock_is_dropped_and_hides_nothing():
     for verdict in (ahead, faulty):
         p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(verdict), 1, False, codec.MSGPACK))
     assert p.faulty(now) == [("a", "h1")] and p.counters.snapshot().get("dropped_future") == 1
+
+
+def test_a_verdict_as_far_ahead_as_the_detector_takes_its_hosts_samples_is_kept():
+    """A collector whose clock runs 20 s fast, sampling every 10 s: the detector judges its samples
+    (up to 3 intervals ahead), so the planner must take the verdicts."""
+    from dragon.mqtt import Incoming
+
+    p = planner()
+    p.init_mqtt()
+    now = time.time()
+    p.view.observe(HostSample("a", "h1", now + 20, 1, 10.0, HostMetrics(0.9, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0)), now)
+    faulty = HostHealth("a", "h1", now + 20, score=2.0, threshold=1.0, label=1, mode="observed")
+    p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(faulty), 1, False, codec.MSGPACK))
+    assert p.faulty(now) == [("a", "h1")]

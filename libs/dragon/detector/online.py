@@ -8,7 +8,8 @@ them (eq. 19), POT is recalibrated on them, and the new model judges from the ne
 :func:`score_online` replays that on a series, synchronously and with a clock that counts steps,
 so the benchmark can say what on-line fine-tuning does to detection quality
 (``dragon-detector bench --online``). It uses the service's pieces (``ConfidenceGate``,
-``CleanStreaks``, ``fine_tune``, ``Checkpoint.streaming_pot``) and never reads labels.
+``CleanStreaks``, the clean-window rule the service counts in Redis, ``fine_tune``,
+``Checkpoint.streaming_pot``) and never reads labels.
 
 Shapes: ``T`` steps, ``k`` window length, ``n`` features.
 """

@@ -160,6 +160,7 @@ class Detector:
         self.init_redis()
         self.init_fine_tuner()
         self.init_model()
+        self._keep_slot()  # loading the model may have outlasted our slot: never connect under another's name
         self.init_mqtt()
         self.start_mqtt()
         self.start_learner()
@@ -386,7 +387,7 @@ class Detector:
             lambda: self.windows.stamps_between(spans, MAX_MISSED_PER_HOST), self.lifecycle.stop, "missed_windows"
         )
         missed = [MissedWindow(host, ts, gaps[host][2]) for host, (stamps, _) in found.items() for ts in stamps]
-        skipped = sum(total - len(stamps) for stamps, total in found.values())
+        skipped = sum(left_out for _, left_out in found.values())
         if missed:
             log.info("judging_missed_windows", windows=len(missed), hosts=sorted({m.host for m in missed}))
         if skipped:

@@ -54,6 +54,10 @@ class TaskBusy(MoveError):
     """The task is in a move not settled yet (another replica's, or one cut short): not journalled."""
 
 
+class TaskMovedSince(MoveError):
+    """The task's last move was done after the command was issued: not journalled."""
+
+
 # What reaching an engine can raise: the SDK's errors, requests' (it does not wrap connection
 # errors and timeouts), and a machine whose client cannot be made.
 ENGINE_ERRORS = (*engines.ENGINE_ERRORS, EngineUnreachable)
@@ -186,9 +190,16 @@ class Mover:
         self.docker_root = docker_root
 
     # --- one move -------------------------------------------------------------------
-    def move(self, move_id: str, task: str, target_host: str, target_lei: str = "") -> Move:
+    def move(
+        self, move_id: str, task: str, target_host: str, target_lei: str = "", issued_at: float | None = None
+    ) -> Move:
         """Move ``task`` (its task id, container name or id) to ``target_host`` of ``target_lei``
-        (default: this LEI); a known ``move_id`` is a no-op that returns the move as recorded."""
+        (default: this LEI); a known ``move_id`` is a no-op that returns the move as recorded.
+
+        ``issued_at``: when the command was issued. One issued before the task's last move was done
+        was planned from where the task ran before (a command sent again while a slow move ran, or
+        by a restarted planner): carried out, it would move the task a second time (TaskMovedSince).
+        """
         known = self.journal.get(move_id)
         if known is not None:
             log.info("move_duplicate", id=move_id, step=known.step.value)
@@ -205,6 +216,9 @@ class Mover:
         busy = [m.id for m in self.journal.open_moves() if m.task == source.id]
         if busy:
             raise TaskBusy(f"task {task} is being moved by command {busy[0]}")
+        moved_at = self.journal.moved_at(task_id_of(source))
+        if issued_at is not None and moved_at is not None and moved_at > issued_at:
+            raise TaskMovedSince(f"task {task} was moved at {moved_at:.0f}, after this command was issued")
         source_host = source.labels.get(HOST_LABEL, "")
         move = Move(move_id, source.id, source.name, source_host, target_host, target_lei, task_id=task_id_of(source))
         mode, mode_reason = self._mode(move, source)

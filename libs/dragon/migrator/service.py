@@ -31,7 +31,7 @@ from dragon.migrator.commands import CommandRefused, verify
 from dragon.migrator.config import MigratorConfig, parse_endpoints
 from dragon.migrator.engines import Engines
 from dragon.migrator.journal import Journal, Move, Step
-from dragon.migrator.moves import ENGINE_ERRORS, MoveError, Mover, TaskBusy
+from dragon.migrator.moves import ENGINE_ERRORS, MoveError, Mover, TaskBusy, TaskMovedSince
 from dragon.migrator.schedule import current_schedule
 from dragon.migrator.transfer import TransferError
 from dragon.mqtt import Counters, Incoming, MqttClient, Unprocessed
@@ -222,12 +222,6 @@ class Migrator:
             raise CommandRefused(
                 "duplicate", f"command {command.id} was taken already (its move is {known.step.value})"
             )
-        moved_at = self.journal.moved_at(command.task)
-        if moved_at is not None and moved_at > command.ts:
-            # Planned from where the task ran before (a command sent again while its first move was
-            # slow, or by a restarted planner): carried out, it would move the task a second time.
-            ago = f"{now - moved_at:.0f} s ago"
-            raise CommandRefused("superseded", f"task {command.task} was moved {ago}, after this command was issued")
         if not self.engines.exists(command.target_lei, command.target_host):
             raise CommandRefused("unknown_host", f"no host {command.target_lei}/{command.target_host} is reachable")
 
@@ -236,9 +230,13 @@ class Migrator:
         rolled back), or, with the engine out of reach, as soon as it answers (None for now)."""
         with self._docker_lock:
             try:
-                return self.mover.move(command.id, command.task, command.target_host, command.target_lei)
+                return self.mover.move(
+                    command.id, command.task, command.target_host, command.target_lei, issued_at=command.ts
+                )
             except TaskBusy as exc:
                 raise CommandRefused("busy", str(exc)) from exc
+            except TaskMovedSince as exc:
+                raise CommandRefused("superseded", str(exc)) from exc
             except (*ENGINE_ERRORS, MoveError, TransferError) as exc:
                 self.counters.add("move_errors")
                 log.error("move_interrupted", id=command.id, task=command.task, error=str(exc)[:300])

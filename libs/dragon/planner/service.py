@@ -25,7 +25,7 @@ import structlog
 
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
-from dragon.messages.schemas import HostHealth, MigrationEvent, PlanDecision, stamped_ahead
+from dragon.messages.schemas import HostHealth, MigrationEvent, PlanDecision
 from dragon.mqtt import Counters, Incoming, MqttClient
 from dragon.planner.annealing import AnnealingConfig, anneal, groups_of
 from dragon.planner.commanding import CommandIssuer
@@ -110,10 +110,9 @@ class Planner:
             # Filed under the topic's host and mode or not at all: a verdict must not pose as another's.
             self.mqtt.drop(incoming, DecodeError("schema", "the verdict's lei, host or mode does not match its topic"))
             return
-        now = time.time()
-        if stamped_ahead(verdict.ts, 0.0, now):
-            # Kept, a normal one would hide the host's real verdicts until then, an alarm stay fresh.
-            self.mqtt.drop(incoming, DecodeError("future", f"stamped {verdict.ts - now:.0f} s ahead of this clock"))
+        # The detector takes samples up to 3 intervals ahead (a collector's clock), so their verdicts
+        # too; further ahead, a normal verdict would hide the host's real ones, an alarm stay fresh.
+        if self.mqtt.dropped_if_ahead(incoming, verdict.ts, self.view.interval_of(verdict.lei, verdict.host)):
             return
         key = (verdict.lei, verdict.host, verdict.mode)
         with self._health_lock:

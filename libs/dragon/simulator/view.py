@@ -28,7 +28,7 @@ import structlog
 
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
-from dragon.messages.schemas import HOST_METRICS, HostSample, Schedule, stamped_ahead
+from dragon.messages.schemas import HOST_METRICS, HostSample, Schedule
 from dragon.mqtt import Incoming, MqttClient
 from dragon.sim.federation import RPI4B_4GB, Federation, Link, PowerProfile
 from dragon.sim.qos import CoSimulator, FederationState, FitnessWeights, ServiceModel
@@ -208,6 +208,12 @@ class FederationView:
             # must not lie in the future, or every later forecast would look older.
             self._schedule_at[schedule.lei] = min(schedule.ts, received)
             return changed
+
+    def interval_of(self, lei: str, host: str) -> float:
+        """The host's sampling interval as its newest sample gave it; 0 if none came."""
+        with self._lock:
+            record = self._hosts.get((lei, host))
+            return record.interval_s if record is not None else 0.0
 
     def known_leis(self) -> set[str]:
         """Every LEI a sample ever came from, fresh or not."""
@@ -430,12 +436,9 @@ def follow_schedules(mqtt: MqttClient, view: FederationView, then: Callable[[Sch
             # not pose as another's.
             mqtt.drop(incoming, DecodeError("schema", "the schedule's lei does not match its topic"))
             return
-        now = time.time()
-        if stamped_ahead(schedule.ts, 0.0, now):
-            # Kept, it would hide every real schedule of its LEI until then (a clock set wrong, then right).
-            mqtt.drop(incoming, DecodeError("future", f"stamped {schedule.ts - now:.0f} s ahead of this clock"))
+        if mqtt.dropped_if_ahead(incoming, schedule.ts):  # kept, it would hide its LEI's real schedules
             return
-        if view.observe_schedule(schedule, now) and then is not None:
+        if view.observe_schedule(schedule) and then is not None:
             then(schedule)
 
     mqtt.subscribe(topics.all_schedules(), on_schedule, qos=1)
