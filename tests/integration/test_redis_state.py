@@ -100,12 +100,12 @@ def test_fault_state_starts_once_ends_after_hysteresis_and_ignores_stale_windows
 def test_clean_streaks_count_normal_windows_with_no_fault_in_force_for_every_replica(client):
     state, other = HostFaultState(client, "t6", clear_windows=2), HostFaultState(client, "t6", clear_windows=2)
     labels = [0, 0, 0, 1, 0, 0, 0, 0]  # a fault at 4, ended by the window at 6 (hysteresis 2)
-    streaks = []
+    streaks, returned = [], []
     for ts, label in enumerate(labels, start=1):
-        state.update("h1", float(ts), label)
+        returned.append(state.update("h1", float(ts), label).clean_streak)  # what the judging replica learns
         streaks.append(other.clean_streaks(["h1"])["h1"])  # what another replica reads
-    assert streaks == [1, 2, 3, 0, 0, 0, 1, 2]
-    state.update("h1", 2.5, 0)  # a stale window changes nothing
+    assert streaks == returned == [1, 2, 3, 0, 0, 0, 1, 2]
+    assert state.update("h1", 2.5, 0).clean_streak == 0  # a stale window changes nothing
     assert other.clean_streaks(["h1", "never-seen"]) == {"h1": 2, "never-seen": 0}
 
 
@@ -327,6 +327,12 @@ def host_scorer() -> tuple[Scorer, np.ndarray]:
     return scorer, make_windows(series[-30:], 4).astype(np.float32)
 
 
+def clean_from(streak: int, windows: int, k: int) -> list[bool]:
+    """Which of ``windows`` normal windows may be learnt from, the first being the host's
+    ``streak``-th clean one in a row (``Transition.clean_streak``)."""
+    return [streak + i >= k for i in range(windows)]
+
+
 def replica(client, lei: str, name: str, **settings) -> FineTuner:
     config = DetectorConfig(**({"window": 4, "finetune_windows": 64, "finetune_reference": 10} | settings))
     models = ModelStore(client, lei, "")
@@ -338,7 +344,7 @@ def test_a_replica_that_starts_restores_the_clean_windows_another_kept(client, h
     k, n = scorer.window, len(HOST_METRICS)
     first = replica(client, "kw4", "a")
     judged = len(windows) - 1
-    first.observe(scorer, ["h1"] * judged, windows[:-1], windows[1:], [True] * judged, {"h1": judged})
+    first.observe(scorer, ["h1"] * judged, windows[:-1], windows[1:], clean_from(1, judged, k))
     assert len(first._normal) == len(windows) - k  # a window counts once k verdicts in a row were normal
     other_length = KeptWindows(client, "kw4", 64)  # kept under a model of another window length
     other_length.keep_pairs(["h9"], [pair(9.0, k=k + 1, n=n)])
@@ -352,7 +358,7 @@ def test_a_replica_that_starts_restores_the_clean_windows_another_kept(client, h
     # from no LEI step), and the gate's floor, measured on the first replica's reference
     # windows, counts under the same model after a restart.
     assert first.gate.floor("h1") is not None
-    second.observe(scorer, ["h1"], windows[-2:-1], windows[-1:], [True], {"h1": 1})
+    second.observe(scorer, ["h1"], windows[-2:-1], windows[-1:], clean_from(1, 1, k))
     assert list(second._steps) == []
     assert len(second._normal) == len(first._normal)
     for (p, n_), (q, m) in zip(second._normal, first._normal, strict=True):
@@ -367,7 +373,9 @@ def test_a_redis_that_refuses_leaves_the_state_in_memory_and_scoring_goes_on(cli
     with structlog.testing.capture_logs() as logs:
         tuner.restore()
         for i in range(8):  # one scored batch each: from the k-th on, each keeps a window
-            tuner.observe(scorer, ["h1"], windows[i : i + 1], windows[i + 1 : i + 2], [True], {"h1": i + 1})
+            tuner.observe(
+                scorer, ["h1"], windows[i : i + 1], windows[i + 1 : i + 2], clean_from(i + 1, 1, scorer.window)
+            )
     events = [entry["event"] for entry in logs]
     assert "finetune_windows_not_restored" in events
     failed = 8 - scorer.window + 1
@@ -377,7 +385,7 @@ def test_a_redis_that_refuses_leaves_the_state_in_memory_and_scoring_goes_on(cli
     assert tuner.counters.snapshot()["finetune_state_not_written"] == failed
     client.delete("dragon:kw7:finetune:windows")  # Redis takes writes again
     with structlog.testing.capture_logs() as logs:
-        tuner.observe(scorer, ["h1"], windows[8:9], windows[9:10], [True], {"h1": 9})
+        tuner.observe(scorer, ["h1"], windows[8:9], windows[9:10], clean_from(9, 1, scorer.window))
     assert [(e["event"], e.get("failed_writes")) for e in logs if "written" in e["event"]] == [
         ("finetune_state_written_again", failed)
     ]
@@ -388,12 +396,12 @@ def test_a_replica_that_measures_a_floor_stored_first_by_another_adopts_that_one
     scorer, windows = host_scorer
     k = scorer.window
     second = replica(client, "kw10", "b")
-    second.observe(scorer, ["h1"], windows[:1], windows[1:2], [True], {"h1": 1})  # serving, no floor stored yet
+    second.observe(scorer, ["h1"], windows[:1], windows[1:2], clean_from(1, 1, k))  # serving, no floor stored yet
     first = replica(client, "kw10", "a")
-    first.observe(scorer, ["h1"] * 20, windows[:20], windows[1:21], [True] * 20, {"h1": 20})
+    first.observe(scorer, ["h1"] * 20, windows[:20], windows[1:21], clean_from(1, 20, k))
     # The second measures its reference on later windows: another floor, but the first one stays.
     later = k + 9
-    second.observe(scorer, ["h1"] * later, windows[-k - 10 : -1], windows[-k - 9 :], [True] * later, {"h1": 1 + later})
+    second.observe(scorer, ["h1"] * later, windows[-k - 10 : -1], windows[-k - 9 :], clean_from(2, later, k))
     assert first.gate.floor("h1") is not None and second.gate.floor("h1") == first.gate.floor("h1")
     assert GateFloors(client, "kw10").load(scorer.model_id, second.gate.how_measured) == {"h1": first.gate.floor("h1")}
 

@@ -309,12 +309,15 @@ _streaks: weakref.WeakKeyDictionary[FineTuner, dict[str, int]] = weakref.WeakKey
 
 
 def observe(tuner: FineTuner, scorer: Scorer, hosts: list[str], prev, nxt, normal: list[bool]) -> None:
-    """``tuner.observe`` with the clean streaks the transition script would count in Redis for
-    these verdicts and the ones before (a normal verdict adds one, an alarm starts again from 0)."""
+    """``tuner.observe`` of windows judged ``normal``, learnable once their host's clean streak (as
+    the transition script counts it: a normal verdict adds one, an alarm starts again from 0)
+    reaches a whole window."""
     streaks = _streaks.setdefault(tuner, {})
+    learnable = []
     for host, is_normal in zip(hosts, normal, strict=True):
         streaks[host] = streaks.get(host, 0) + 1 if is_normal else 0
-    tuner.observe(scorer, hosts, prev, nxt, normal, dict(streaks))
+        learnable.append(streaks[host] >= scorer.window)
+    tuner.observe(scorer, hosts, prev, nxt, learnable)
 
 
 def tuner_with(models: FakeModels, windows: int = 64) -> FineTuner:
@@ -484,22 +487,23 @@ def test_fine_tuner_does_nothing_without_the_lock(checkpoint, drifted, two_windo
 
 
 class RecordingTuner:
-    def observe(self, scorer, hosts, prev, nxt, normal, clean) -> None:
-        self.seen = (hosts, prev, nxt, normal, clean)
+    def observe(self, scorer, hosts, prev, nxt, learnable) -> None:
+        self.seen = (hosts, prev, nxt, learnable)
 
 
 def test_detector_feeds_only_normal_windows_of_hosts_not_in_a_fault(drifted):
     prev, nxt = drifted
     detector = Detector(DetectorConfig())
     detector.tuner = RecordingTuner()
-    # The clean streaks every replica's verdicts make, from Redis.
-    detector.faults = {"observed": SimpleNamespace(clean_streaks=lambda hosts: dict.fromkeys(hosts, 7))}
+    detector.scorer = SimpleNamespace(window=5)
 
     def verdict(label: int):
         return (SimpleNamespace(host="h1"), Verdict(1.0, 2.0, label, ()))
 
+    clean = 7  # the host's clean windows in a row with this one, by every replica's verdicts
     cases = [  # (label, transition) -> learnt from?
-        (0, Transition("", None), True),
+        (0, Transition("", None, clean), True),
+        (0, Transition("", None, 3), False),  # a fault (another replica's verdicts) ended 3 windows ago
         (1, Transition("start", 5.0), False),  # an alarm
         (0, Transition("", 5.0), False),  # below the threshold, but the fault has not ended yet
         (0, Transition("end", 5.0), False),  # the window that ends it
@@ -507,23 +511,6 @@ def test_detector_feeds_only_normal_windows_of_hosts_not_in_a_fault(drifted):
     ]
     scored = Scored([verdict(label) for label, _, _ in cases], prev[: len(cases)], nxt[: len(cases)])
     detector._observe_confidence(scored, [transition for _, transition, _ in cases])
-    hosts, seen_prev, seen_next, normal, clean = detector.tuner.seen
-    assert normal == [expected for _, _, expected in cases] and clean == {"h1": 7}
+    hosts, seen_prev, seen_next, learnable = detector.tuner.seen
+    assert learnable == [expected for _, _, expected in cases]
     assert seen_next is scored.next and seen_prev is scored.prev and hosts == ["h1"] * len(cases)
-
-
-def test_a_window_of_a_host_another_replica_saw_in_a_fault_lately_is_not_learnt(checkpoint, drifted):
-    """A replica taking a host over (its owner was killed, or ownership moved back) judges windows
-    just after a fault it never saw: the clean streaks in Redis, counted from every replica's
-    verdicts, decide whether they hold fault rows, not what this replica remembers of the host."""
-    scorer = Scorer(checkpoint)
-    prev, nxt = drifted
-    tuner = tuner_with(FakeModels(checkpoint.model_id))
-    tuner.observe(scorer, ["h1"] * 12, prev[:12], nxt[:12], [True] * 12, {"h1": 12})
-    kept = len(tuner._normal)
-    assert kept == 12 - WINDOW + 1
-    # Another replica judged h1 since: a fault that ended three windows ago.
-    tuner.observe(scorer, ["h1"] * 3, prev[12:15], nxt[12:15], [True] * 3, {"h1": 3})
-    assert len(tuner._normal) == kept
-    tuner.observe(scorer, ["h1"] * 3, prev[15:18], nxt[15:18], [True] * 3, {"h1": 6})
-    assert len(tuner._normal) == kept + 6 - WINDOW + 1  # clean for a whole window again from the 5th on

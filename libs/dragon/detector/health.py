@@ -29,13 +29,13 @@ import redis
 _TRANSITION = """
 local function changed(kind, since)
   if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], ARGV[5]) end
-  return {kind, since}
+  return {kind, since, 0}
 end
 local faulty = redis.call('HGET', KEYS[1], 'faulty')
 local last = redis.call('HGET', KEYS[1], 'ts')
 local ts = tonumber(ARGV[2])
 if last and tonumber(last) >= ts then
-  return {'stale', redis.call('HGET', KEYS[1], 'since') or ''}
+  return {'stale', redis.call('HGET', KEYS[1], 'since') or '', 0}
 end
 redis.call('HSET', KEYS[1], 'ts', ARGV[2])
 if ARGV[1] == '1' then
@@ -44,7 +44,7 @@ if ARGV[1] == '1' then
     redis.call('HSET', KEYS[1], 'faulty', '1', 'since', ARGV[2])
     return changed('start', ARGV[2])
   end
-  return {'', redis.call('HGET', KEYS[1], 'since') or ''}
+  return {'', redis.call('HGET', KEYS[1], 'since') or '', 0}
 end
 if faulty == '1' then
   redis.call('HSET', KEYS[1], 'clean_streak', 0)
@@ -55,19 +55,23 @@ if faulty == '1' then
     redis.call('HDEL', KEYS[1], 'since')
     return changed('end', since)
   end
-  return {'', since}
+  return {'', since, 0}
 end
-redis.call('HINCRBY', KEYS[1], 'clean_streak', 1)
-return {'', ''}
+return {'', '', redis.call('HINCRBY', KEYS[1], 'clean_streak', 1)}
 """
 
 
 @dataclass(frozen=True)
 class Transition:
-    """``kind`` is ``start``, ``end``, ``""`` (no change) or ``stale`` (an old window)."""
+    """``kind`` is ``start``, ``end``, ``""`` (no change) or ``stale`` (an old window).
+
+    ``clean_streak``: the host's clean windows in a row with this one (normal, no fault in force),
+    by every replica's verdicts; 0 for a stale window.
+    """
 
     kind: str
     faulty_since: float | None
+    clean_streak: int = 0
 
 
 def verdict_keys(lei: str, mode: str) -> str:
@@ -102,7 +106,7 @@ class HostFaultState:
         for (host, window_ts, label), (event_id, payload) in zip(verdicts, events, strict=True):
             keys = [f"{self._prefix}{host}", self._outbox_key]
             self._script(keys=keys, args=[label, repr(window_ts), self._clear, event_id, payload], client=pipe)
-        return [_transition(kind, since) for kind, since in pipe.execute()]
+        return [_transition(kind, since, clean) for kind, since, clean in pipe.execute()]
 
     def outbox(self) -> dict[str, bytes]:
         """The events of recorded transitions the broker has not acknowledged yet: id -> payload."""
@@ -160,10 +164,10 @@ class FaultHysteresis:
         return True
 
 
-def _transition(kind: bytes | str, since: bytes | str) -> Transition:
+def _transition(kind: bytes | str, since: bytes | str, clean_streak: int) -> Transition:
     kind = kind.decode() if isinstance(kind, bytes) else kind
     since = since.decode() if isinstance(since, bytes) else since
-    return Transition(kind, float(since) if since else None)
+    return Transition(kind, float(since) if since else None, int(clean_streak))
 
 
 class HostWindow(Protocol):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -256,24 +256,17 @@ class FineTuner:
         log.info("finetune_windows_restored", windows=len(self._normal), steps=len(self._steps))
 
     def observe(
-        self,
-        scorer: Scorer,
-        hosts: list[str],
-        prev: np.ndarray,
-        nxt: np.ndarray,
-        normal: list[bool],
-        clean: Mapping[str, int],
+        self, scorer: Scorer, hosts: list[str], prev: np.ndarray, nxt: np.ndarray, learnable: list[bool]
     ) -> None:
-        """Windows (B, k, n) the scorer just judged, in raw units, in time order per host.
+        """Windows (B, k, n) the scorer just judged, in raw units.
 
-        ``normal[i]``: judged normal, host not in a fault. ``clean``: each host's clean windows in
-        a row after this batch, from Redis (``HostFaultState.clean_streaks``), so the verdicts of
-        other replicas count too: the host a replica takes over may have had a fault it never saw.
+        ``learnable[i]``: judged normal, and its host clean for a whole window by then by every
+        replica's verdicts (``Transition.clean_streak``): a host taken over may have had a fault
+        this replica never saw, and the windows just after a fault hold its rows.
         """
         self._follow(scorer)
         values = confidence(scorer.model, scorer.scaler.transform(nxt))  # (B,)
         new_pairs: list[tuple[str, HostPair]] = []
-        learnable = clean_windows(hosts, normal, clean, scorer.window)
         for i, (host, value, is_clean) in enumerate(zip(hosts, values.tolist(), learnable, strict=True)):
             self.gate.observe(host, value, is_clean)
             if is_clean:
@@ -480,15 +473,3 @@ def clean_for(clean: Mapping[str, int], host: str, later: int, window: int) -> b
     """Whether ``host`` had been clean for a whole ``window`` at its window ``later`` windows before
     the end of the batch (``clean``: the streaks after it)."""
     return clean.get(host, 0) - later >= window
-
-
-def clean_windows(hosts: Sequence[str], normal: Sequence[bool], clean: Mapping[str, int], window: int) -> list[bool]:
-    """Which of a batch's host windows may be learnt from: judged normal, their host clean for a
-    whole ``window`` by then (``clean``: the streaks after the batch; each later window of the host
-    in the batch counts as one more). A window judged normal just after a fault still holds rows of it."""
-    later = Counter(hosts)
-    learnable = []
-    for host, is_normal in zip(hosts, normal, strict=True):
-        later[host] -= 1
-        learnable.append(is_normal and clean_for(clean, host, later[host], window))
-    return learnable

@@ -588,16 +588,19 @@ class Detector:
             verdict.label == 0 and transition.kind == "" and transition.faulty_since is None
             for (_, verdict), transition in zip(scored.verdicts, transitions, strict=True)
         ]
-        hosts = [sample.host for sample, _ in scored.verdicts]
-        # Clean streaks by every replica's verdicts: a host taken over may have had a fault we never saw.
-        # An LEI step is learnt whole, so every host in it must be clean.
-        needed = sorted({*hosts, *(host for step in scored.steps for host in step.hosts)})
-        faults = self.faults["observed"]
-        clean = retry_until(lambda: faults.clean_streaks(needed), self.lifecycle.stop, "clean_streaks")
         if scored.steps:
+            # A step is learnt whole: every host in it must be clean, those others judge too.
+            hosts = sorted({host for step in scored.steps for host in step.hosts})
+            faults = self.faults["observed"]
+            clean = retry_until(lambda: faults.clean_streaks(hosts), self.lifecycle.stop, "clean_streaks")
             self.tuner.observe_steps(self.scorer, scored.steps, normal, clean)
-        else:
-            self.tuner.observe(self.scorer, hosts, scored.prev, scored.next, normal, clean)
+            return
+        # Clean for a whole window by every replica's verdicts, as the transition counted them: a
+        # host taken over may have had a fault this replica never saw.
+        k = self.scorer.window
+        learnable = [ok and t.clean_streak >= k for ok, t in zip(normal, transitions, strict=True)]
+        hosts = [sample.host for sample, _ in scored.verdicts]
+        self.tuner.observe(self.scorer, hosts, scored.prev, scored.next, learnable)
 
     def _publish_health(self, judged: Judged, verdict: Verdict, transition: Transition, mode: str) -> None:
         health = HostHealth(
