@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import msgpack
@@ -9,6 +10,7 @@ from dragon.messages.schema import MAX_STR, clip
 from dragon.messages.schemas import (
     FaultEvent,
     FaultInjection,
+    ForecastSample,
     HostMetrics,
     HostSample,
     MetricContribution,
@@ -171,3 +173,15 @@ def test_a_sample_stamped_further_ahead_than_clock_skew_is_told_apart():
     assert sample(ts=now + 11.0, interval_s=2.0).ahead_of(now)
     assert not sample(ts=now + 29.0, interval_s=10.0).ahead_of(now)  # within 3 intervals
     assert sample(ts=now + 31.0, interval_s=10.0).ahead_of(now)
+    # The interval is the sender's word: a day's must not let a sample from days ahead in.
+    assert not sample(ts=now + 59.0, interval_s=86_400.0).ahead_of(now)
+    assert sample(ts=now + 61.0, interval_s=86_400.0).ahead_of(now)
+
+
+def test_a_forecast_more_than_a_day_ahead_of_its_sample_is_refused():
+    metrics = HostMetrics(0.5, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0)
+    ok = ForecastSample("lei1", "h1", 1.8e9, 1.8e9, 1.8e9 + 86_400.0, metrics, (), "sim")
+    assert codec.decode(ForecastSample, codec.encode(ok), 65536, codec.MSGPACK) == ok
+    far = dataclasses.replace(ok, for_ts=1e300)  # would let it be stamped any time ahead
+    with pytest.raises(DecodeError, match="at most a day"):
+        codec.decode(ForecastSample, codec.encode(far), 65536, codec.MSGPACK)

@@ -20,14 +20,15 @@ MAX_RATE_BPS = 1e12  # bytes per second: no disk or link of an edge device comes
 MAX_RAM_BYTES = 1e15
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.01, 86_400.0
 MAX_SEQ = 2**63 - 1  # msgpack's signed range
-# How far a sample's clock may run ahead of a receiver's (at least 3 of its intervals). Further
-# ahead it is refused: kept, it would hide every real sample of its host until that time.
-FUTURE_TOLERANCE_S = 10.0
+# How far a sample's clock may run ahead of a receiver's: 3 of its intervals, at least 10 s and at
+# most a minute (the interval is the sender's word: a day's would let a sample from 3 days ahead
+# in). Further ahead it is refused: kept, it would hide every real sample of its host until then.
+FUTURE_TOLERANCE_S, MAX_FUTURE_TOLERANCE_S = 10.0, 60.0
 
 
 def stamped_ahead(ts: float, interval_s: float, now: float) -> bool:
     """Whether a message stamped ``ts`` lies further in the future than clock skew explains."""
-    return ts > now + max(FUTURE_TOLERANCE_S, 3 * interval_s)
+    return ts > now + min(max(FUTURE_TOLERANCE_S, 3 * interval_s), MAX_FUTURE_TOLERANCE_S)
 
 
 @dataclass(frozen=True)
@@ -264,12 +265,18 @@ class ForecastSample(Message):
 
     def check(self) -> None:
         require(self.based_on_ts > 0 and self.ts >= self.based_on_ts, "ForecastSample.ts must not precede based_on_ts")
-        require(self.for_ts > self.based_on_ts, "ForecastSample.for_ts must follow based_on_ts")
+        ahead = self.for_ts - self.based_on_ts
+        require(0 < ahead <= MAX_INTERVAL_S, "ForecastSample.for_ts must follow based_on_ts by at most a day")
         self.metrics.check("ForecastSample")
+
+    @property
+    def interval_s(self) -> float:
+        """The host's interval, as the forecast's step says it."""
+        return self.for_ts - self.based_on_ts
 
     def ahead_of(self, now: float) -> bool:
         """Stamped further in the future than clock skew explains (:func:`stamped_ahead`)."""
-        return stamped_ahead(self.ts, self.for_ts - self.based_on_ts, now)
+        return stamped_ahead(self.ts, self.interval_s, now)
 
 
 @dataclass(frozen=True)
