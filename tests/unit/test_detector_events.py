@@ -7,16 +7,20 @@ not, and is not encoded.
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dragon import config
 from dragon.detector.config import DetectorConfig
 from dragon.detector.scorer import Verdict
 from dragon.detector.service import Detector, Judged
 from dragon.messages.schemas import HostHealth
+from dragon.service.replicas import SLOT_TTL_S, ReplicaSlot, SlotTaken
 from dragon.store import redis_for_now
 
 pytestmark = pytest.mark.unit
@@ -73,3 +77,33 @@ def test_redis_away_or_refusing_writes_skips_a_beat_and_a_bad_command_raises():
     assert not redis_for_now(raising(redis.exceptions.OutOfMemoryError("maxmemory")))  # a beat is a write
     with pytest.raises(redis.ResponseError):
         redis_for_now(raising(redis.ResponseError("WRONGTYPE Operation against a key")))
+
+
+def detector_holding(slot: ReplicaSlot) -> Detector:
+    detector = Detector(config.load(DetectorConfig, {}))
+    detector.slot, detector.instance = slot, "lei1-0"
+    return detector
+
+
+def test_a_replica_whose_slot_lapsed_or_was_taken_leaves_and_leaves_the_name_alone():
+    """Cut off from Redis a moment, a replica keeps its slot; for as long as a slot lives without
+    renewal, another replica may hold it (and its MQTT session): it leaves, without touching the
+    membership entry under that name, which may be the other one's now."""
+    unreachable = redis.Redis(port=1, socket_connect_timeout=0.05, retry=Retry(NoBackoff(), 0))  # nothing listens
+    slot = ReplicaSlot(unreachable, "lei1", "detector", "host-a")
+    slot.number, slot.held_at = 0, time.monotonic()
+    detector = detector_holding(slot)
+    detector._keep_slot()  # Redis away for a moment: nothing happens
+    slot.held_at -= SLOT_TTL_S + 1
+    with pytest.raises(SystemExit, match="lapsed"):
+        detector._keep_slot()
+    assert detector._slot_lost
+
+    class Taken:
+        def renew(self) -> None:
+            raise SlotTaken("replica slot lei1-0 was taken by another replica")
+
+    detector = detector_holding(Taken())
+    with pytest.raises(SystemExit, match="taken"):
+        detector._keep_slot()
+    assert detector._slot_lost

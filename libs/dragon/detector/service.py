@@ -58,7 +58,7 @@ from dragon.messages.schemas import (
 )
 from dragon.mqtt import QUEUED, Counters, Incoming, MqttClient, Unprocessed
 from dragon.service.lifecycle import Lifecycle
-from dragon.service.replicas import NoFreeSlot, ReplicaSlot, SlotTaken
+from dragon.service.replicas import SLOT_TTL_S, NoFreeSlot, ReplicaSlot, SlotTaken
 from dragon.store import (
     StopRequested,
     WindowStore,
@@ -153,6 +153,7 @@ class Detector:
         self._last_judged: dict[str, dict[str, float | None]] = {}  # mode -> host -> newest window in Redis
         self.tuner: FineTuner | None = None
         self.slot: ReplicaSlot | None = None  # without DRAGON_INSTANCE: the replica's name (replicas.py)
+        self._slot_lost = False
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -269,22 +270,26 @@ class Detector:
                 redis_for_now(lambda: self.settle_outbox(time.time()))  # else the next beat tries again
 
     def _keep_slot(self) -> None:
-        """Renew our slot; if another replica took it (ours expired while Redis was out of reach),
-        leave: two clients under one MQTT id would take the session from each other for ever.
-        The container's restart policy starts us again, under a free slot."""
+        """Renew our slot; if another replica took it, or may have (Redis out of reach for as long
+        as a slot is held without renewal), leave: two clients under one MQTT id would take the
+        session from each other for ever. The restart policy starts us again, under a free slot."""
         if self.slot is None:
             return
         try:
-            redis_for_now(self.slot.renew)  # Redis away: the next beat tries again
+            if redis_for_now(self.slot.renew) or not self.slot.lapsed():
+                return  # renewed, or Redis away for a moment: the next beat tries again
+            reason = f"replica slot {self.instance} lapsed: Redis out of reach for {SLOT_TTL_S:.0f} s"
         except SlotTaken as exc:
-            log.error("replica_slot_taken", slot=self.instance)
-            raise SystemExit(str(exc)) from None
+            reason = str(exc)
+        log.error("replica_slot_lost", slot=self.instance, reason=reason)
+        self._slot_lost = True  # the name may be another replica's now: leave its membership alone
+        raise SystemExit(reason)
 
     def shutdown(self) -> None:
         log.info("detector_stopping", counters=self.counters.snapshot())
         self.lifecycle.clear()
-        # Hand our hosts over at once, not after the heartbeat expires.
-        redis_for_now(self.membership.leave)
+        if not self._slot_lost:  # hand our hosts over at once, not after the heartbeat expires
+            redis_for_now(self.membership.leave)
         self.mqtt.stop()  # the last batch's events are acknowledged by now
         # Those still unacknowledged stay in the outbox: the hosts' next owner sends them again.
         redis_for_now(self._take_acknowledged)
@@ -432,10 +437,8 @@ class Detector:
         if decoded.lei != self.lei or topics.host_of(message.topic) != decoded.host:
             self.mqtt.drop(message, DecodeError("schema", "lei/host in the payload do not match the topic"))
             return None
-        if decoded.ahead_of(time.time()):
-            # Judged, it would make every real window of its host look judged already, until then.
-            ahead = f"stamped {decoded.ts - time.time():.0f} s ahead of this detector's clock"
-            self.mqtt.drop(message, DecodeError("future", ahead))
+        # Judged, one stamped ahead would make every real window of its host look judged already.
+        if self.mqtt.dropped_if_ahead(message, decoded.ts, decoded.interval_s):
             return None
         return decoded
 

@@ -14,6 +14,8 @@ again, though the slot has not expired yet.
 
 from __future__ import annotations
 
+import time
+
 import redis
 import structlog
 
@@ -56,6 +58,7 @@ class ReplicaSlot:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self.number: int | None = None
+        self.held_at = 0.0  # monotonic time of the last claim or renewal Redis answered
 
     @property
     def name(self) -> str:
@@ -71,7 +74,7 @@ class ReplicaSlot:
         free = [n for n, holder in enumerate(holders) if holder is None]
         for number in ours + free:
             if self._renew(keys=[self._key(number)], args=[self.holder, int(SLOT_TTL_S * 1000)]):
-                self.number = number
+                self.number, self.held_at = number, time.monotonic()
                 log.info("replica_slot_claimed", slot=self.name, holder=self.holder, again=bool(ours) or None)
                 return self.name
         raise NoFreeSlot(f"all {MAX_SLOTS} slots of {self._prefix}* are held")
@@ -81,6 +84,12 @@ class ReplicaSlot:
         while we could not renew it, and a replica that started meanwhile claimed it)."""
         if not self._renew(keys=[self._key(self.number)], args=[self.holder, int(SLOT_TTL_S * 1000)]):
             raise SlotTaken(f"replica slot {self.name} was taken by another replica")
+        self.held_at = time.monotonic()
+
+    def lapsed(self) -> bool:
+        """Whether our slot may have expired: Redis has not answered a renewal for SLOT_TTL_S, and a
+        replica that started meanwhile may hold it (and our MQTT session) without our knowing."""
+        return time.monotonic() - self.held_at > SLOT_TTL_S
 
     def release(self) -> None:
         """Free our slot for the replica that replaces us (only if it is still ours)."""
