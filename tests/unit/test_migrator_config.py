@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from dragon import config
 from dragon.config import ConfigError
 from dragon.migrator.config import MigratorConfig, parse_endpoints
-from dragon.migrator.engines import Engines
+from dragon.migrator.engines import Engines, container_named
 from dragon.migrator.schedule import started_at
 
 pytestmark = pytest.mark.unit
@@ -57,3 +59,17 @@ def test_dockers_nanosecond_times_become_epoch_seconds():
     assert started_at("2026-12-02T17:11:52.5Z") == pytest.approx(1796231512.5)
     assert started_at("2026-12-02T17:11:52.123456789Z") == pytest.approx(1796231512.123456789)
     assert started_at("0001-01-01T00:00:00Z") == 0.0  # never started
+
+
+def test_a_name_is_taken_on_an_engine_only_by_a_container_of_exactly_that_name():
+    """Docker's name filter matches parts of names, and its lookup by key takes a name for an id
+    prefix: a task named ``db`` must not clash with ``db-backup`` or with an id ``db31…``."""
+    on_engine = [SimpleNamespace(name="db-backup", id="db31f0"), SimpleNamespace(name="web", id="0a2b")]
+
+    class Containers:
+        def list(self, all: bool, filters: dict) -> list:
+            return [c for c in on_engine if filters["name"] in c.name]  # as Docker filters names
+
+    engine = SimpleNamespace(containers=Containers())
+    assert not container_named(engine, "db")
+    assert container_named(engine, "db-backup")

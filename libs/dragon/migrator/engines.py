@@ -162,6 +162,13 @@ def _tls_client(url: str, tls: docker.tls.TLSConfig) -> Any:
     return client
 
 
+def container_named(client: Any, name: str) -> bool:
+    """Whether an engine has a container named exactly ``name``. Not :func:`found`: Docker's lookup
+    also takes a name for an id prefix, so a task named ``db`` would clash with any container whose
+    id starts with ``db``."""
+    return any(c.name == name for c in client.containers.list(all=True, filters={"name": name}))
+
+
 def found(collection: Any, key: str) -> bool:
     """Whether an engine's containers, networks, volumes or images hold ``key`` (a name or id)."""
     try:

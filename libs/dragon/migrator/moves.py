@@ -31,7 +31,7 @@ from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
 from dragon.collector.probes import TASK_ID_LABEL
 from dragon.migrator import criu, engines, transfer
 from dragon.migrator.criu import CriuSupport
-from dragon.migrator.engines import Engine, Engines, EngineUnreachable, found
+from dragon.migrator.engines import Engine, Engines, EngineUnreachable, container_named, found
 from dragon.migrator.journal import FINAL, Journal, Move, Step
 
 log = structlog.get_logger(__name__)
@@ -227,7 +227,7 @@ class Mover:
             return self._fail(move, f"task {task!r} runs on {target_host} already")
         if self._crosses_engines(move):
             target_client = self._target_engine(move).client
-            if found(target_client.containers, source.name):
+            if container_named(target_client, source.name):
                 return self._fail(move, f"the target machine has a container named {source.name} already")
             try:
                 transfer.check_portable(source, target_client)
@@ -577,8 +577,8 @@ class Mover:
 
     def _target_of(self, move: Move) -> Any | None:
         engine = self._target_engine(move)
-        found = engine.client.containers.list(all=True, filters={"label": f"{MOVE_LABEL}={move.id}"})
-        return found[0] if found else None
+        targets = engine.client.containers.list(all=True, filters={"label": f"{MOVE_LABEL}={move.id}"})
+        return targets[0] if targets else None
 
 
 def _remove_if_unused(collection: Any, name: str) -> None:

@@ -59,6 +59,7 @@ class Migrator:
         self._interrupted: dict[str, str] = {}  # moves cut short (Redis or an engine away): id -> task as commanded
         self._published_tasks: tuple[TaskPlacement, ...] | None = None  # the schedule last published, to spot changes
         self._engines_answered = True  # did the last look at the engines work? If not, look only when due
+        self._settle_again_at = 0.0  # monotonic: an engine out of reach is asked again only after an interval
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -124,7 +125,7 @@ class Migrator:
         while not self.lifecycle.stop.wait(HEARTBEAT_S):
             redis_ok = self.redis_reachable()
             self.lifecycle.healthy(self.mqtt.connected and redis_ok)
-            if redis_ok and self._interrupted:
+            if redis_ok and self._interrupted and time.monotonic() >= self._settle_again_at:
                 self.settle_interrupted()
             # Every beat looks at Docker, so tasks others start or stop show within seconds; the
             # interval republishes an unchanged schedule too, for tools that missed the retained one.
@@ -200,7 +201,9 @@ class Migrator:
                 return  # Redis away again, or refusing writes: the next beat tries again
             except ENGINE_ERRORS as exc:
                 log.warning("move_not_settled_yet", id=move_id, error=str(exc)[:300])
-                continue  # that engine is still out of reach; the others go on
+                # Out of reach can take the SDK's timeout to say, under the Docker lock: not every beat.
+                self._settle_again_at = time.monotonic() + self.config.schedule_interval_s
+                continue  # the others go on
             del self._interrupted[move_id]
             for move, named in moves:
                 self.publish_event(self.event_of(move, task=named, recovered=True))
