@@ -36,8 +36,8 @@ class MqttSettings:
     max_queued: int = setting(
         "DRAGON_MQTT_MAX_QUEUED",
         20000,
-        "QoS 1 messages we keep for the broker while it is away (about 8 KiB of memory each); beyond it new "
-        "ones are dropped and counted (publish_queue_full); 0: no bound",
+        "QoS 1 messages we keep for the broker while it is away (about 2 KiB of memory each for a sample); "
+        "beyond it new ones are dropped and counted (publish_queue_full); 0: no bound",
         "messages",
     )
     counters_interval_s: float = setting(
