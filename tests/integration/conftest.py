@@ -22,6 +22,8 @@ from dragon.testing.listener import Listener
 
 SAMPLE_INTERVAL_S = 0.5
 HOSTS = ["h1", "h2"]
+# A host of the shared LEI with a collector of its own, whose user the tests speak as.
+REMOTE_HOST = "pi"
 
 COLLECTOR_ENV = {
     "DRAGON_COLLECTOR_INTERVAL": str(SAMPLE_INTERVAL_S),
@@ -41,7 +43,12 @@ SLEEPER = ["python3", "-c", "import time\nwhile True: time.sleep(1)"]
 
 @contextmanager
 def running_lei(
-    tmp_path_factory, repo: Path, prefix: str, hosts: list[str], detector_env: dict[str, str]
+    tmp_path_factory,
+    repo: Path,
+    prefix: str,
+    hosts: list[str],
+    detector_env: dict[str, str],
+    remote_hosts: tuple[str, ...] = (),
 ) -> Iterator[LeiStack]:
     """A fresh LEI of ``hosts``, its detector serving a model learnt from their normal operation."""
     stack = LeiStack(
@@ -51,7 +58,7 @@ def running_lei(
         mosquitto_conf=repo / "compose" / "mosquitto" / "broker.conf",
     )
     try:
-        stack.start_brokers()
+        stack.start_brokers(remote_hosts=remote_hosts)
         stack.start_collector("collector", COLLECTOR_ENV)
         stack.start_detector("detector", detector_env)
         wait_until_scoring(stack)
@@ -62,7 +69,7 @@ def running_lei(
 
 @pytest.fixture(scope="session")
 def lei(tmp_path_factory, repo):
-    with running_lei(tmp_path_factory, repo, "it", HOSTS, DETECTOR_ENV) as stack:
+    with running_lei(tmp_path_factory, repo, "it", HOSTS, DETECTOR_ENV, remote_hosts=(REMOTE_HOST,)) as stack:
         yield stack
 
 

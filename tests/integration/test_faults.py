@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 
 from dragon.messages import codec, topics
-from dragon.messages.schemas import FaultEvent, FaultInjection, InjectionEvent
+from dragon.messages.schemas import FaultEvent, FaultInjection, HostSample, InjectionEvent
 from dragon.testing.listener import Listener, publish
 
-from .conftest import fresh_health, health_of
+from .conftest import REMOTE_HOST, SAMPLE_INTERVAL_S, fresh_health, health_of, live_counters
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +26,8 @@ pytestmark = pytest.mark.integration
 EVENT_BOUND_S = 30.0
 MAX_HEALTHY_ALARM_SHARE = 0.2
 HEALTHY_WATCH_S = 6
+SILENT_INTERVALS = 10  # DRAGON_DETECTOR_SILENT_INTERVALS' default
+SILENT_BOUND_S = 30.0
 
 
 def inject(lei, host: str, kind: str, duration_s: float, user: str = "operator") -> FaultInjection:
@@ -149,3 +153,56 @@ def test_the_inject_command_reaches_the_lei_its_environment_names(lei):
     # A host id that is no id (a topic wildcard) is refused before anything is sent.
     wildcard = dragon_inject(env, "+", "cpu")
     assert wildcard.returncode == 2 and "host" in wildcard.stderr, wildcard.stderr
+
+
+def test_a_host_whose_samples_stop_while_the_others_come_is_reported_silent_until_it_is_back(lei):
+    """A host that dies sends no window to score: its silence, while the LEI's other hosts go on,
+    is the fault. The host is the LEI's remote one, whose collector the test speaks as, sending
+    h1's samples under its name (h1's windows, normal) until its verdicts are quiet; then nothing
+    while h1 and h2 go on; then h1's samples again, until the fault ends."""
+    gone = REMOTE_HOST  # only its own collector's user may publish its samples
+    fresh_health(lei, "h1", quiet=True)
+    filters = [topics.fault_event(lei.lei, gone), topics.host_health(lei.lei, gone), topics.host_sample(lei.lei, "h1")]
+    with Listener(lei.mqtt_settings(), filters) as listener:
+        listener.lei = lei.lei
+
+        def quiet() -> bool:
+            verdicts = [health_of(m) for m in listener.matching(lambda m: m.topic == topics.host_health(lei.lei, gone))]
+            return bool(verdicts) and verdicts[-1].label == 0 and verdicts[-1].faulty_since is None
+
+        last = mirror_h1(lei, listener, gone, time.time(), until=quiet)
+        listener.wait_for(lambda m: m.topic == topics.fault_event(lei.lei, gone), SILENT_BOUND_S)
+        (start,) = events(listener, gone)
+        assert (start.cause, start.label, start.mode) == ("silent", 1, "observed"), start
+        # The moment it fell silent, on its own clock: the same for every replica.
+        assert start.window_ts == pytest.approx(last + SILENT_INTERVALS * SAMPLE_INTERVAL_S)
+        assert (start.score, start.top_metrics) == (0.0, ())
+        (message, *_) = listener.wait_for(
+            lambda m: m.topic == topics.host_health(lei.lei, gone) and health_of(m).cause == "silent", 10
+        )
+        assert (health_of(message).label, health_of(message).faulty_since) == (1, start.window_ts)
+
+        mirror_h1(lei, listener, gone, time.time(), until=lambda: bool(events(listener, gone, "end")))
+        (end,) = events(listener, gone, "end")
+        assert (end.cause, end.label) == ("score", 0) and end.window_ts > start.window_ts, end
+    live_counters(lei, "detector", lambda c: c.get("hosts_reported_silent", 0) >= 1)
+
+
+def mirror_h1(lei, listener: Listener, host: str, since: float, until: Callable[[], bool]) -> float:
+    """Publish each of h1's samples taken after ``since`` again as ``host``'s, until ``until()``;
+    the time of the last one sent."""
+    collector, mirrored = lei.mqtt_settings(f"collector-{host}"), [0.0]
+    deadline = time.monotonic() + SILENT_BOUND_S
+    while not until():
+        if time.monotonic() > deadline:
+            verdicts = [health_of(m) for m in listener.matching(lambda m: m.topic == topics.host_health(lei.lei, host))]
+            raise AssertionError(f"{host}: not there within {SILENT_BOUND_S} s ({len(mirrored)} sent): {verdicts[-5:]}")
+        for message in listener.matching(lambda m: m.topic == topics.host_sample(lei.lei, "h1")):
+            sample = codec.decode(HostSample, message.payload, 65536, message.content_type)
+            if sample.ts > max(since, mirrored[-1]):
+                again = dataclasses.replace(sample, host=host, tasks=())
+                reason = publish(collector, topics.host_sample(lei.lei, host), codec.encode(again), codec.MSGPACK)
+                assert not reason.is_failure, reason
+                mirrored.append(sample.ts)
+        time.sleep(SAMPLE_INTERVAL_S / 2)
+    return mirrored[-1]

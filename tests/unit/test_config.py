@@ -113,6 +113,11 @@ def test_service_configs_validate_their_ranges():
     for keep_for in ("-1", "0.0001", "nan", "inf", "1e300"):
         with pytest.raises(ConfigError, match="DRAGON_FINETUNE_KEEP_FOR"):
             config.load(DetectorConfig, {"DRAGON_FINETUNE_KEEP_FOR": keep_for}, known=known_env_names())
+    for intervals in ("1", "-3", "nan", "1e9"):  # one sample late is no silence
+        with pytest.raises(ConfigError, match="DRAGON_DETECTOR_SILENT_INTERVALS"):
+            config.load(DetectorConfig, {"DRAGON_DETECTOR_SILENT_INTERVALS": intervals}, known=known_env_names())
+    never = config.load(DetectorConfig, {"DRAGON_DETECTOR_SILENT_INTERVALS": "0"}, known=known_env_names())
+    assert never.silent_intervals == 0
 
 
 def test_the_fault_score_setting_reaches_the_model_learnt_on_line():

@@ -15,6 +15,9 @@ SCOPES = ("host", "lei")
 FAULT_SCORES = ("excess", "excess+unreal")
 MAX_POT_DEPTH = 1000
 MAX_FINETUNE_WINDOWS = 4096  # one full-batch step; also bounds the windows kept in memory
+# Fewer than 2 intervals would call a host silent for one sample lost or late; more than a day's
+# worth at one sample a second is no longer a fault report.
+MAX_SILENT_INTERVALS = 86_400
 MAX_FINETUNE_KEEP_FOR_S = 365 * 86400.0  # a year: beyond it, say 0 (kept until trimmed)
 # POT's risk q and initial quantile, for the service, `dragon-detector train` and both benches
 # (dragon.detector.pot takes them as its defaults; they live here so that knowing the settings
@@ -106,6 +109,13 @@ class DetectorConfig:
     clear_windows: int = setting(
         "DRAGON_FAULT_CLEAR_WINDOWS", 3, "normal windows in a row before a fault ends (hysteresis)", "windows"
     )
+    silent_intervals: float = setting(
+        "DRAGON_DETECTOR_SILENT_INTERVALS",
+        10.0,
+        "report a host silent (a fault event with cause silent) once this many of its sampling intervals pass "
+        "without a sample while its LEI's other hosts' samples come on; 0: never",
+        "intervals",
+    )
     predicted: bool = setting(
         "DRAGON_DETECTOR_PREDICTED",
         True,
@@ -173,6 +183,10 @@ class DetectorConfig:
             raise ConfigError(f"DRAGON_DETECTOR_SCOPE must be one of {', '.join(SCOPES)}")
         if self.fault_score not in FAULT_SCORES:
             raise ConfigError(f"DRAGON_DETECTOR_FAULT_SCORE must be one of {', '.join(FAULT_SCORES)}")
+        if not (self.silent_intervals == 0 or 2 <= self.silent_intervals <= MAX_SILENT_INTERVALS):
+            raise ConfigError(
+                f"DRAGON_DETECTOR_SILENT_INTERVALS must be 0 (never) or between 2 and {MAX_SILENT_INTERVALS}"
+            )
         if self.clear_windows < 1:
             raise ConfigError("DRAGON_FAULT_CLEAR_WINDOWS must be at least 1")
         if self.finetune_min_interval_s < 0:

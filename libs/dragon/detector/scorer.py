@@ -37,6 +37,11 @@ class Verdict:
     threshold: float
     label: int
     top_metrics: tuple[tuple[str, float], ...]
+    cause: str = "score"  # or silent: no window came (dragon.detector.silence), score and threshold 0
+
+    @classmethod
+    def silent(cls) -> Verdict:
+        return cls(0.0, 0.0, 1, (), "silent")
 
 
 class Scorer:

@@ -43,6 +43,7 @@ from dragon.detector.lei import LeiStep, forecast_steps, history_needed, steps_t
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
+from dragon.detector.silence import SilenceWatch
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.tunerstate import TunerState
 from dragon.logs import EveryInterval
@@ -91,6 +92,8 @@ MAX_EVENT_BYTES = 65_536
 # host and batch, the newest: a replica killed without leaving leaves HEARTBEAT_TTL_S worth of them
 # (10 at one sample a second).
 MAX_MISSED_PER_HOST = 120
+# How often the worker looks for hosts gone silent (dragon.detector.silence), after a batch.
+SILENCE_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,9 @@ class Detector:
         self._outbox_swept_at = 0.0
         self._last_judged: dict[str, dict[str, float | None]] = {}  # mode -> host -> newest window in Redis
         self.tuner: FineTuner | None = None
+        self.silence = SilenceWatch(config.silent_intervals)
+        self._silence_checked_at = 0.0  # time.monotonic()
+        self._reported_silent: dict[str, float] = {}  # host -> the moment it fell silent, reported
         self.slot: ReplicaSlot | None = None  # without DRAGON_INSTANCE: the replica's name (replicas.py)
         self._slot_lost = False
 
@@ -337,6 +343,7 @@ class Detector:
             return
         try:
             self._store(samples)
+            self.silence.heard(samples, time.monotonic())
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
             owned = self._unjudged([s for s in samples if self.membership.owns(s.host)], "observed")
             if self.scorer is not None and owned:
@@ -345,8 +352,10 @@ class Detector:
                 scored = retry_until(lambda: judge(owned), self.lifecycle.stop, "score")
                 judged = [(Judged.sample(sample), verdict) for sample, verdict in scored.verdicts]
                 transitions = self._publish(judged, "observed")
+                self.counters.add("windows_scored", len(judged))
                 self._count_late(scored, transitions)
                 self._observe_confidence(scored, transitions)
+            self._report_silent()
         except StopRequested as exc:
             raise Unprocessed(str(exc)) from None
 
@@ -363,6 +372,7 @@ class Detector:
             judge = {"host": self._score_forecasts, "lei": self._score_lei_forecasts}[self.scorer.scope]
             judged = retry_until(lambda: judge(owned), self.lifecycle.stop, "score_forecasts")
             self._publish(judged, "predicted")
+            self.counters.add(mode_counter("predicted", "windows_scored"), len(judged))
         except StopRequested as exc:
             raise Unprocessed(str(exc)) from None
 
@@ -399,6 +409,29 @@ class Detector:
             self.counters.add("windows_never_judged", skipped)
             log.warning("missed_windows_not_judged", windows=skipped, kept_per_host=MAX_MISSED_PER_HOST)
         return [*missed, *samples]
+
+    def _report_silent(self) -> None:
+        """Report the hosts we own whose samples stopped while their LEI's others came on
+        (silence.py), each silence once. Its verdict opens a fault as an alarm does, and the host's
+        normal windows once it is back end it; a host in a fault already gets no second start."""
+        now = time.monotonic()
+        if not self.config.silent_intervals or self.scorer is None or now - self._silence_checked_at < SILENCE_CHECK_S:
+            return
+        self._silence_checked_at = now
+        silent = {
+            host: since
+            for host, since in self.silence.silent(now).items()
+            if self._reported_silent.get(host) != since and self.membership.owns(host)
+        }
+        if not silent:
+            return
+        verdicts = [(Judged(host, since, since), Verdict.silent()) for host, since in sorted(silent.items())]
+        transitions = self._publish(verdicts, "observed")
+        self._reported_silent.update(silent)
+        for (judged, _), transition in zip(verdicts, transitions, strict=True):
+            if transition.kind != "stale":  # else another replica reported it, or the host is back
+                self.counters.add("hosts_reported_silent")
+                log.warning("host_silent", host=judged.host, since=judged.ts, already_faulty=transition.kind != "start")
 
     def _count_late(self, scored: Scored, transitions: list[Transition]) -> None:
         """Count the missed windows judged (not those another replica judged meanwhile)."""
@@ -554,7 +587,6 @@ class Detector:
             with self._outbox_lock:
                 for event_id in recording:
                     self._recording.pop(event_id, None)
-        self.counters.add(mode_counter(mode, "windows_scored"), len(verdicts))
         return transitions
 
     def _send_transitions(
@@ -615,6 +647,7 @@ class Detector:
             label=verdict.label,
             mode=mode,
             faulty_since=transition.faulty_since,
+            cause=verdict.cause,
         )
         self._health[(judged.host, mode)] = health
         self.mqtt.publish_message(topics.host_health(self.lei, judged.host, mode), health, qos=0, retain=True)
@@ -678,6 +711,7 @@ class Detector:
             top_metrics=tuple(MetricContribution(m, c) for m, c in verdict.top_metrics),
             model_id=self.scorer.model_id,
             detector=self.instance,
+            cause=verdict.cause,
         )
 
     def _send_event(self, event: FaultEvent, payload: bytes = b"", again: bool = False) -> None:
@@ -701,6 +735,7 @@ class Detector:
             host=event.host,
             score=round(event.score, 4),
             threshold=round(event.threshold, 4),
+            cause=event.cause,
             again=again or None,
         )
 

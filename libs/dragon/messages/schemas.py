@@ -14,6 +14,9 @@ FAULT_KINDS: tuple[str, ...] = ("cpu", "memory", "disk", "flood")
 # How a verdict was reached: on the window a sample closed, or on the co-simulator's forecast of
 # the next one (eq. 13 with W_{t+1} <- Sim(W_t, S_t), Alg. 2 line 4).
 VERDICT_MODES: tuple[str, ...] = ("observed", "predicted")
+# What a verdict rests on: a window's fault score, or no window at all (the host's samples stopped
+# while its LEI's others came: dragon.detector.silence).
+FAULT_CAUSES: tuple[str, ...] = ("score", "silent")
 # Bounds a real sample stays far within. Beyond them a value is a glitch or forged, and the
 # models' float32 arithmetic would overflow (1e300 bytes/s is inf in float32).
 MAX_RATE_BPS = 1e12  # bytes per second: no disk or link of an edge device comes near
@@ -111,7 +114,8 @@ class FaultEvent(Message):
 
     ``type`` is ``start`` when a host becomes faulty and ``end`` when it has been
     normal again for the configured number of windows. ``event_id`` is stable for a
-    given host, window and type, so a consumer can drop a redelivered duplicate.
+    given host, window and type, so a consumer can drop a redelivered duplicate. ``cause`` is
+    ``score`` (a window's score) or ``silent`` (the host's samples stopped; score and threshold 0).
     """
 
     event_id: str
@@ -127,11 +131,13 @@ class FaultEvent(Message):
     top_metrics: tuple[MetricContribution, ...]
     model_id: str
     detector: str
+    cause: str = "score"
 
     def check(self) -> None:
         require(self.type in {"start", "end"}, "FaultEvent.type must be start or end")
         require(self.mode in VERDICT_MODES, "FaultEvent.mode must be observed or predicted")
         require(self.label in {0, 1}, "FaultEvent.label must be 0 or 1")
+        require(self.cause in FAULT_CAUSES, "FaultEvent.cause must be score or silent")
 
 
 @dataclass(frozen=True)
@@ -146,9 +152,11 @@ class HostHealth(Message):
     label: int
     mode: str
     faulty_since: float | None = None
+    cause: str = "score"
 
     def check(self) -> None:
         require(self.mode in VERDICT_MODES, "HostHealth.mode must be observed or predicted")
+        require(self.cause in FAULT_CAUSES, "HostHealth.cause must be score or silent")
 
 
 @dataclass(frozen=True)
