@@ -84,6 +84,17 @@ def test_no_decision_without_a_recent_fault_in_its_own_lei():
     assert p.plan_once(NOW) is None  # b's own planner handles b's fault
 
 
+def test_a_faulty_host_out_of_the_view_is_no_reason_to_plan():
+    """A host the detector reports silent sends no samples: none of its tasks can be seen or moved."""
+    p = planner()
+    feed(p)
+    del p.health[("a", "h1", "observed")]
+    p.health[("a", "h9", "observed")] = HostHealth("a", "h9", NOW - 1, 0.0, 0.0, 1, "observed", cause="silent")
+    assert p.faulty(NOW) == [("a", "h9")]
+    assert p.plan_once(NOW) is None
+    assert p.counters.snapshot()["plan_skipped_faulty_out_of_view"] == 1
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [({"DRAGON_PLANNER_LOOKAHEAD": "0"}, "LOOKAHEAD"), ({"DRAGON_PLANNER_INTERVAL": "0"}, "INTERVAL")],

@@ -155,6 +155,12 @@ class Planner:
             self.counters.add("plan_skipped_own_lei_silent")
             log.warning("plan_skipped", reason="no recent sample from this LEI's hosts")
             return None
+        # A faulty host with no recent sample (the detector reports silent hosts) is out of the view:
+        # no task of it can be seen, let alone moved.
+        faulty = [key for key in faulty if key in snapshot.hosts]
+        if not any(lei == self.lei for lei, _ in faulty):
+            self.counters.add("plan_skipped_faulty_out_of_view")
+            return None
         decision = self.decide(snapshot, faulty, now)
         self.mqtt.publish_message(topics.fed_decision(self.lei), decision, qos=1)
         self.counters.add("decisions")
