@@ -75,6 +75,8 @@ COUNTERS_EXPIRY_REFRESHES = 3
 GONE_RETAINED_S = 86400
 MAX_EXPIRY_S = 2**32 - 1  # MQTT v5's Message Expiry Interval is a four-byte integer
 OFFLINE = b"offline"
+# Every client waits at most this long between two attempts to reach the broker again.
+MAX_RECONNECT_DELAY_S = 30
 REFUSAL_LOG_INTERVAL_S = 60.0  # refused publishes are counted each, logged at most once a minute
 
 
@@ -176,7 +178,7 @@ class MqttClient:
         will = Properties(PacketTypes.WILLMESSAGE)
         will.MessageExpiryInterval = GONE_RETAINED_S
         client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True, properties=will)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.reconnect_delay_set(min_delay=1, max_delay=MAX_RECONNECT_DELAY_S)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message

@@ -216,6 +216,13 @@ class WindowStore:
             found[host] = (sorted({ts for _, ts in newest}), total - len(newest))
         return found
 
+    def newest_stamps(self, hosts: Sequence[str], count: int) -> dict[str, list[float]]:
+        """Per host, the times of its newest ``count`` samples, oldest first. One round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for host in hosts:
+            pipe.zrange(self._key(host), -count, -1, withscores=True)
+        return {host: [ts for _, ts in found] for host, found in zip(hosts, pipe.execute(), strict=True)}
+
     def count(self, host: str) -> int:
         return int(self.client.zcard(self._key(host)))
 

@@ -34,7 +34,7 @@ def test_a_host_is_silent_once_as_many_of_its_intervals_passed_since_its_last_sa
     now = rounds(watch, 110.0, 10, {"h2": 0.0})  # h2 at 128: 20 s on, exactly the bound
     assert watch.silent(now) == {}
     watch.heard([Sample("h2", 128.5)], 128.5)
-    assert watch.silent(128.5) == {"h1": 128.0}  # h1's last sample + 10 of its 2 s intervals
+    assert watch.silent(128.5) == {"h1": 108.0}  # dated by its last sample
 
 
 def test_the_bound_is_in_the_silent_hosts_own_interval():
@@ -43,13 +43,16 @@ def test_the_bound_is_in_the_silent_hosts_own_interval():
     watch.heard([Sample("fast", 250.0, 0.5)], 250.0)
     assert watch.silent(250.0) == {}  # 150 s is under 10 of slow's 30 s
     watch.heard([Sample("fast", 401.0, 0.5)], 401.0)
-    assert watch.silent(401.0) == {"slow": 400.0}
+    assert watch.silent(401.0) == {"slow": 100.0}
 
 
 def test_a_host_whose_clock_runs_behind_is_not_silent_while_its_samples_come():
     watch = SilenceWatch(intervals=3)
     now = rounds(watch, 1000.0, 30, {"h1": 0.0, "late": -600.0})
     assert watch.silent(now) == {}
+    # Nor when the detector then hears nobody for a while: its samples are compared with their own
+    # clock's, not with h1's, 600 s ahead.
+    assert watch.silent(now + 60.0) == {}
 
 
 def test_a_detector_that_heard_nobody_for_a_while_finds_nobody_silent():
@@ -67,7 +70,7 @@ def test_a_host_moving_on_by_minutes_in_a_moment_makes_nobody_silent():
     watch = SilenceWatch(intervals=3)
     rounds(watch, 100.0, 5, {"h1": 0.0, "h2": 0.0})  # h2 last at 108
     now = rounds(watch, 110.0, 20, {"h1": 0.0})  # h1 alone until 148
-    assert watch.silent(now) == {"h2": 114.0}
+    assert watch.silent(now) == {"h2": 108.0}
     watch.heard([Sample("h2", 148.5)], 148.5)
     watch.heard([Sample("h1", ts) for ts in range(150, 200)], 149.0)  # a backlog, at once
     assert watch.silent(149.0) == {}
@@ -91,4 +94,30 @@ def test_an_older_copy_of_a_sample_changes_nothing():
     rounds(watch, 100.0, 2, {"h1": 0.0, "h2": 0.0})
     now = rounds(watch, 104.0, 10, {"h1": 0.0})
     watch.heard([Sample("h2", 101.0)], now)  # redelivered
-    assert watch.silent(now) == {"h2": 108.0}
+    assert watch.silent(now) == {"h2": 102.0}
+
+
+def test_after_a_reconnect_a_collector_has_as_long_to_come_back_as_clients_wait_between_tries():
+    """A broker restart cut every collector off: h1's came back first, h2's takes longer."""
+    watch = SilenceWatch(intervals=3)
+    rounds(watch, 100.0, 5, {"h1": 0.0, "h2": 0.0})  # both last at 108, then the broker is away
+    watch.reconnected(160.0)
+    now = rounds(watch, 160.0, 10, {"h1": 0.0})  # h1's backlog and new samples
+    assert watch.silent(now) == {}  # 178: within the 30 s h2's collector may wait to reconnect
+    watch.heard([Sample("h1", 197.0)], 197.0)
+    assert watch.silent(197.0) == {"h2": 108.0}  # 190 + 6 s passed
+
+
+def test_a_replica_starts_from_the_hosts_stored_and_their_intervals():
+    watch = SilenceWatch(intervals=3)
+    watch.remember({"h1": [90.0, 92.0, 94.0, 96.0], "h2": [91.0, 92.0, 93.0, 94.0], "new": [95.0]}, 500.0)
+    assert watch.silent(500.0) == {}
+    watch.heard([Sample("h1", 98.0 + 2.0 * i) for i in range(5)], 505.0)  # h1 to 106: 10 s on
+    assert watch.silent(505.0) == {"h2": 94.0}  # its 1 s interval, read from the gaps: 3 s
+    watch.heard([Sample("h1", 130.0)], 550.0)
+    assert sorted(watch.silent(550.0)) == ["h2"]  # "new": one sample, its interval unknown
+    heard = SilenceWatch(intervals=3)
+    heard.heard([Sample("h2", 200.0)], 500.0)
+    heard.remember({"h2": [91.0, 92.0]}, 500.0)  # what the replica heard itself is newer
+    heard.heard([Sample("h1", ts) for ts in (300.0, 320.0)], 530.0)
+    assert heard.silent(530.0) == {"h2": 200.0}

@@ -15,6 +15,7 @@ never enter the windows, the training record or fine-tuning.
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -43,7 +44,7 @@ from dragon.detector.lei import LeiStep, forecast_steps, history_needed, steps_t
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
-from dragon.detector.silence import SilenceWatch
+from dragon.detector.silence import STAMPS_TO_REMEMBER, SilenceWatch
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.tunerstate import TunerState
 from dragon.logs import EveryInterval
@@ -165,6 +166,7 @@ class Detector:
     def run(self) -> None:
         self.lifecycle.install_signal_handlers()
         self.init_redis()
+        self.init_silence()
         self.init_fine_tuner()
         self.init_model()
         self._keep_slot()  # loading the model may have outlasted our slot: never connect under another's name
@@ -186,6 +188,14 @@ class Detector:
         self.thresholds = {mode: ThresholdStore(self.redis, self.lei, mode) for mode in VERDICT_MODES}
         self.models = ModelStore(self.redis, self.lei, self.config.model_dir)
         self.membership = Membership(self.redis, self.lei, self.instance)
+
+    def init_silence(self) -> None:
+        """Know the hosts the replicas before us heard, so that one silent since is reported."""
+        hosts = retry_until(self.windows.hosts, self.lifecycle.stop, "known_hosts")
+        stamps = retry_until(
+            lambda: self.windows.newest_stamps(hosts, STAMPS_TO_REMEMBER), self.lifecycle.stop, "known_hosts"
+        )
+        self.silence.remember(stamps, time.monotonic())
 
     def _claim_slot(self) -> None:
         """Name this replica after the lowest free slot, so one that replaces it resumes its MQTT session."""
@@ -257,6 +267,8 @@ class Detector:
         if self.config.predicted:
             self.mqtt.subscribe_batch(topics.host_forecasts(self.lei), self.on_forecasts, qos=1)
         self.mqtt.on_connected(self.republish_state)
+        # A broker restart cut the collectors off too: each may take a while to come back.
+        self.mqtt.on_connected(lambda: self.silence.reconnected(time.monotonic()))
 
     def start_mqtt(self) -> None:
         self.mqtt.start()
@@ -419,19 +431,27 @@ class Detector:
             return
         self._silence_checked_at = now
         silent = {
-            host: since
-            for host, since in self.silence.silent(now).items()
-            if self._reported_silent.get(host) != since and self.membership.owns(host)
+            host: last_ts
+            for host, last_ts in self.silence.silent(now).items()
+            if self._reported_silent.get(host) != last_ts and self.membership.owns(host)
         }
         if not silent:
             return
-        verdicts = [(Judged(host, since, since), Verdict.silent()) for host, since in sorted(silent.items())]
+        # Dated just after the host's last sample, when its silence began: the same for every
+        # replica (one event id), and a sample of it that comes late (its collector was cut off)
+        # is still newer, and judged.
+        verdicts = []
+        for host, last_ts in sorted(silent.items()):
+            began = math.nextafter(last_ts, math.inf)
+            verdicts.append((Judged(host, began, began), Verdict.silent()))
         transitions = self._publish(verdicts, "observed")
         self._reported_silent.update(silent)
         for (judged, _), transition in zip(verdicts, transitions, strict=True):
             if transition.kind != "stale":  # else another replica reported it, or the host is back
-                self.counters.add("hosts_reported_silent")
-                log.warning("host_silent", host=judged.host, since=judged.ts, already_faulty=transition.kind != "start")
+                self.counters.add("silences_reported")
+                log.warning(
+                    "host_silent", host=judged.host, since=judged.window_ts, already_faulty=transition.kind != "start"
+                )
 
     def _count_late(self, scored: Scored, transitions: list[Transition]) -> None:
         """Count the missed windows judged (not those another replica judged meanwhile)."""
@@ -600,7 +620,8 @@ class Detector:
         """Publish each verdict's health, and the event of each one that started or ended a fault."""
         for (judged, verdict), event, payload, transition in zip(verdicts, events, payloads, transitions, strict=True):
             if transition.kind == "stale":
-                self.counters.add(mode_counter(mode, "stale_windows"))
+                if verdict.cause == "score":  # a silence found stale was reported already
+                    self.counters.add(mode_counter(mode, "stale_windows"))
                 continue
             self._publish_health(judged, verdict, transition, mode)
             if transition.kind in {"start", "end"}:

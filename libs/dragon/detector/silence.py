@@ -15,18 +15,32 @@ silent while its samples come. Progress is read from the most advanced other hos
 LEI dying does not hide the other half; a host whose clock steps forward can make the others
 look silent once, if none of theirs arrives for as many intervals afterwards.
 
-The moment a host fell silent, ``last sample + intervals x interval``, is on its own clock and the
-same for every replica, so its event has the same id whichever replica publishes it. What a
-replica has not heard it cannot judge: a host silent since before the replica started is not
-reported by it, and a whole LEI gone quiet (its collector down, its broker cut off) is no host's
-fault here; the collector's retained availability topic says that.
+After the detector reconnects to the broker, the detector's clock counts from
+``MAX_RECONNECT_DELAY_S`` later: a broker restart cut every collector off too, and one that
+reconnects later than another (their retries back off up to that long) is not silent meanwhile.
+
+A silence is dated just after the host's last sample, which every replica knows alike, so its
+event has the same id whichever replica publishes it. A replica starts from the samples in Redis
+(:meth:`SilenceWatch.remember`), so a host that fell silent while no replica ran is reported too.
+A whole LEI gone quiet (its collector down, its broker cut off) is no host's fault here: the
+collector's retained availability topic says that.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from dragon.mqtt import MAX_RECONNECT_DELAY_S
+
+# A remembered host's interval is read from the gaps between its newest stored samples (the
+# store keeps their times, not their interval_s): the median of up to this many gaps, so one
+# sample lost does not make the interval look twice as long.
+INTERVAL_GAPS = 3
+STAMPS_TO_REMEMBER = INTERVAL_GAPS + 1
 
 
 class TimedSample(Protocol):
@@ -52,6 +66,7 @@ class SilenceWatch:
         self._first: dict[str, float] = {}  # host -> its first sample time heard
         self._newest: dict[str, float] = {}  # host -> its newest sample time
         self._heard: dict[str, LastHeard] = {}
+        self._counting_from = float("-inf")  # the detector's clock counts silence from here on
 
     def heard(self, samples: Iterable[TimedSample], now: float) -> None:
         """Note samples arrived at ``now`` (a monotonic clock), in order; an older copy of a host's
@@ -63,14 +78,31 @@ class SilenceWatch:
             self._newest[sample.host] = sample.ts
             self._heard[sample.host] = LastHeard(sample.ts, sample.interval_s, now, dict(self._newest))
 
+    def remember(self, stamps: Mapping[str, Sequence[float]], now: float) -> None:
+        """Start from what the replicas before stored: each host's newest sample times, oldest first
+        (``STAMPS_TO_REMEMBER`` of them), as if heard ``now``. A host whose interval they cannot
+        tell (fewer than two) is left out, and so is one heard already."""
+        fresh = {host: times for host, times in stamps.items() if times and host not in self._newest}
+        then = {**{host: times[-1] for host, times in fresh.items()}, **self._newest}
+        for host, times in fresh.items():
+            interval = interval_of(times)
+            if interval is not None:
+                self._first[host] = self._newest[host] = times[-1]
+                self._heard[host] = LastHeard(times[-1], interval, now, then)
+
+    def reconnected(self, now: float) -> None:
+        """The detector is back on the broker: every collector may be coming back too."""
+        self._counting_from = now + MAX_RECONNECT_DELAY_S
+
     def silent(self, now: float) -> dict[str, float]:
-        """The hosts gone silent by ``now`` (the clock of :meth:`heard`), with the moment each fell
-        silent on its own clock."""
+        """The hosts gone silent by ``now`` (the clock of :meth:`heard`), with their last sample's
+        time: the same for every replica."""
         found = {}
         for host, last in self._heard.items():
             bound = self.intervals * last.interval_s
-            if now - last.arrived > bound and self._moved_on(host, last) > bound:
-                found[host] = last.ts + bound
+            quiet_for = now - max(last.arrived, self._counting_from)
+            if quiet_for > bound and self._moved_on(host, last) > bound:
+                found[host] = last.ts
         return found
 
     def _moved_on(self, host: str, last: LastHeard) -> float:
@@ -84,3 +116,10 @@ class SilenceWatch:
             ),
             default=0.0,
         )
+
+
+def interval_of(stamps: Sequence[float]) -> float | None:
+    """A host's sampling interval from its newest sample times (oldest first); None if they cannot
+    tell (fewer than two distinct times)."""
+    gaps = [b - a for a, b in itertools.pairwise(stamps) if b > a]
+    return statistics.median(gaps[-INTERVAL_GAPS:]) if gaps else None
