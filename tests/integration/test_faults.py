@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 EVENT_BOUND_S = 30.0
 MAX_HEALTHY_ALARM_SHARE = 0.2
 HEALTHY_WATCH_S = 6
+SILENT_INTERVALS = 10  # DRAGON_DETECTOR_SILENT_INTERVALS' default
 SILENT_BOUND_S = 30.0
 
 
@@ -161,7 +162,7 @@ def test_a_host_whose_samples_stop_while_the_others_come_is_reported_silent_unti
     while h1 and h2 go on; then h1's samples again, until the fault ends."""
     gone = REMOTE_HOST  # only its own collector's user may publish its samples
     fresh_health(lei, "h1", quiet=True)
-    filters = [topics.fault_event(lei.lei, gone), topics.host_health(lei.lei, gone), topics.host_sample(lei.lei, "h1")]
+    filters = [f"dragon/faults/{lei.lei}/+", topics.host_health(lei.lei, gone), topics.host_sample(lei.lei, "h1")]
     with Listener(lei.mqtt_settings(), filters) as listener:
         listener.lei = lei.lei
 
@@ -175,8 +176,10 @@ def test_a_host_whose_samples_stop_while_the_others_come_is_reported_silent_unti
         )
         (start,) = [e for e in events(listener, gone) if e.cause == "silent"]
         assert (start.label, start.mode, start.score, start.top_metrics) == (1, "observed", 0.0, ()), start
-        # Dated by its last sample, as every replica knows it: one event id whichever publishes it.
+        # Dated by its last sample, as every replica knows it: one event id whichever publishes it;
+        # reported once 10 of its intervals had passed (all clocks here are this machine's).
         assert start.window_ts == pytest.approx(last, abs=1e-6) and start.window_ts > last
+        assert start.ts - last > SILENT_INTERVALS * SAMPLE_INTERVAL_S, start
         (message, *_) = listener.wait_for(
             lambda m: m.topic == topics.host_health(lei.lei, gone) and health_of(m).cause == "silent", 10
         )
@@ -189,6 +192,7 @@ def test_a_host_whose_samples_stop_while_the_others_come_is_reported_silent_unti
         mirror_h1(lei, listener, gone, time.time(), until=lambda: bool(events(listener, gone, "end")))
         (end,) = events(listener, gone, "end")
         assert (end.cause, end.label) == ("score", 0), end
+        assert not [e for host in lei.hosts for e in events(listener, host) if e.cause == "silent"]
     live_counters(lei, "detector", lambda c: c.get("silences_reported", 0) >= 1)
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from dragon.detector.silence import SilenceWatch
+from dragon.detector.silence import REMEMBER_WITHIN_S, SilenceWatch, interval_of
+from dragon.mqtt import MAX_RECONNECT_DELAY_S
 
 pytestmark = pytest.mark.unit
 
@@ -28,9 +29,17 @@ def rounds(watch: SilenceWatch, start: float, count: int, hosts: dict[str, float
     return start + 2.0 * (count - 1)
 
 
+def running(intervals: float, hosts: dict[str, float], until: float = 108.0) -> SilenceWatch:
+    """A watch that has heard ``hosts`` every 2 s since long enough before ``until`` (their last
+    round) for the first samples' grace to be over."""
+    watch = SilenceWatch(intervals)
+    start = until - 2.0 * 40
+    assert rounds(watch, start, 41, hosts) == until
+    return watch
+
+
 def test_a_host_is_silent_once_as_many_of_its_intervals_passed_since_its_last_sample():
-    watch = SilenceWatch(intervals=10)
-    rounds(watch, 100.0, 5, {"h1": 0.0, "h2": 0.0})  # both last at 108
+    watch = running(10, {"h1": 0.0, "h2": 0.0})  # both last at 108
     now = rounds(watch, 110.0, 10, {"h2": 0.0})  # h2 at 128: 20 s on, exactly the bound
     assert watch.silent(now) == {}
     watch.heard([Sample("h2", 128.5)], 128.5)
@@ -38,37 +47,34 @@ def test_a_host_is_silent_once_as_many_of_its_intervals_passed_since_its_last_sa
 
 
 def test_the_bound_is_in_the_silent_hosts_own_interval():
-    watch = SilenceWatch(intervals=10)
-    watch.heard([Sample("slow", 100.0, 30.0), Sample("fast", 100.0, 0.5)], 100.0)
-    watch.heard([Sample("fast", 250.0, 0.5)], 250.0)
-    assert watch.silent(250.0) == {}  # 150 s is under 10 of slow's 30 s
-    watch.heard([Sample("fast", 401.0, 0.5)], 401.0)
-    assert watch.silent(401.0) == {"slow": 100.0}
+    watch = running(10, {"slow": 0.0, "fast": 0.0}, until=100.0)
+    watch.heard([Sample("slow", 130.0, 30.0)], 130.0)  # slow's interval is 30 s from now on
+    now = rounds(watch, 132.0, 150, {"fast": 0.0})  # to 430
+    assert watch.silent(now) == {}  # 300 s: not more than 10 of slow's 30 s
+    watch.heard([Sample("fast", 432.0)], 432.0)
+    assert watch.silent(432.0) == {"slow": 130.0}
 
 
 def test_a_host_whose_clock_runs_behind_is_not_silent_while_its_samples_come():
-    watch = SilenceWatch(intervals=3)
-    now = rounds(watch, 1000.0, 30, {"h1": 0.0, "late": -600.0})
-    assert watch.silent(now) == {}
+    watch = running(3, {"h1": 0.0, "late": -600.0})
+    assert watch.silent(108.0) == {}
     # Nor when the detector then hears nobody for a while: its samples are compared with their own
     # clock's, not with h1's, 600 s ahead.
-    assert watch.silent(now + 60.0) == {}
+    assert watch.silent(168.0) == {}
 
 
 def test_a_detector_that_heard_nobody_for_a_while_finds_nobody_silent():
     """Behind on its backlog, or cut off from the broker or Redis: no host's samples moved on."""
-    watch = SilenceWatch(intervals=3)
-    now = rounds(watch, 100.0, 5, {"h1": 0.0, "h2": 0.0})
-    assert watch.silent(now + 600.0) == {}
+    watch = running(3, {"h1": 0.0, "h2": 0.0})
+    assert watch.silent(708.0) == {}
     # Then the backlog, in order: each host is heard as its samples come.
-    rounds(watch, now + 600.0, 20, {"h1": -598.0, "h2": -598.0})
-    assert watch.silent(now + 640.0) == {}
+    rounds(watch, 708.0, 20, {"h1": -598.0, "h2": -598.0})
+    assert watch.silent(748.0) == {}
 
 
 def test_a_host_moving_on_by_minutes_in_a_moment_makes_nobody_silent():
     """A host back after a silence of its own, or one whose collector delivers what it kept while cut off."""
-    watch = SilenceWatch(intervals=3)
-    rounds(watch, 100.0, 5, {"h1": 0.0, "h2": 0.0})  # h2 last at 108
+    watch = running(3, {"h1": 0.0, "h2": 0.0})  # h2 last at 108
     now = rounds(watch, 110.0, 20, {"h1": 0.0})  # h1 alone until 148
     assert watch.silent(now) == {"h2": 108.0}
     watch.heard([Sample("h2", 148.5)], 148.5)
@@ -77,47 +83,73 @@ def test_a_host_moving_on_by_minutes_in_a_moment_makes_nobody_silent():
 
 
 def test_no_other_host_no_silence():
-    alone = SilenceWatch(intervals=3)
-    now = rounds(alone, 100.0, 50, {"h1": 0.0})
-    assert alone.silent(now + 100.0) == {}
+    alone = running(3, {"h1": 0.0})
+    assert alone.silent(208.0) == {}
 
 
 def test_half_an_lei_gone_does_not_hide_the_other_half():
-    watch = SilenceWatch(intervals=3)
-    rounds(watch, 100.0, 2, {"h1": 0.0, "h2": 0.0, "h3": 0.0, "h4": 0.0})
-    now = rounds(watch, 104.0, 10, {"h1": 0.0})
+    watch = running(3, {"h1": 0.0, "h2": 0.0, "h3": 0.0, "h4": 0.0})
+    now = rounds(watch, 110.0, 10, {"h1": 0.0})
     assert sorted(watch.silent(now)) == ["h2", "h3", "h4"]
 
 
 def test_an_older_copy_of_a_sample_changes_nothing():
-    watch = SilenceWatch(intervals=3)
-    rounds(watch, 100.0, 2, {"h1": 0.0, "h2": 0.0})
-    now = rounds(watch, 104.0, 10, {"h1": 0.0})
+    watch = running(3, {"h1": 0.0, "h2": 0.0})
+    now = rounds(watch, 110.0, 10, {"h1": 0.0})
     watch.heard([Sample("h2", 101.0)], now)  # redelivered
-    assert watch.silent(now) == {"h2": 102.0}
+    assert watch.silent(now) == {"h2": 108.0}
 
 
-def test_after_a_reconnect_a_collector_has_as_long_to_come_back_as_clients_wait_between_tries():
-    """A broker restart cut every collector off: h1's came back first, h2's takes longer."""
-    watch = SilenceWatch(intervals=3)
-    rounds(watch, 100.0, 5, {"h1": 0.0, "h2": 0.0})  # both last at 108, then the broker is away
-    watch.reconnected(160.0)
-    now = rounds(watch, 160.0, 10, {"h1": 0.0})  # h1's backlog and new samples
-    assert watch.silent(now) == {}  # 178: within the 30 s h2's collector may wait to reconnect
-    watch.heard([Sample("h1", 197.0)], 197.0)
-    assert watch.silent(197.0) == {"h2": 108.0}  # 190 + 6 s passed
+@pytest.mark.parametrize("detector_reconnected", [True, False])
+def test_an_lei_back_from_a_quiet_spell_has_its_hosts_come_back_one_by_one(detector_reconnected):
+    """A broker restart (the detector reconnects too), or an access point rebooting under the
+    collectors alone: h1's collector comes back first, h2's up to the longest reconnect delay later."""
+    watch = running(3, {"h1": 0.0, "h2": 0.0})  # both last at 108, then nothing
+    if detector_reconnected:
+        watch.reconnected(160.0)
+    back = 160.0  # h1's first sample since
+    done = back + MAX_RECONNECT_DELAY_S  # the time h2's collector may take to reconnect
+    now = rounds(watch, back, int((done - back) / 2) + 1, {"h1": 0.0})
+    assert now == done and watch.silent(now) == {}
+    watch.heard([Sample("h1", done + 2.0)], done + 2.0)
+    assert watch.silent(done + 2.0) == {"h2": 108.0}
 
 
 def test_a_replica_starts_from_the_hosts_stored_and_their_intervals():
     watch = SilenceWatch(intervals=3)
-    watch.remember({"h1": [90.0, 92.0, 94.0, 96.0], "h2": [91.0, 92.0, 93.0, 94.0], "new": [95.0]}, 500.0)
-    assert watch.silent(500.0) == {}
-    watch.heard([Sample("h1", 98.0 + 2.0 * i) for i in range(5)], 505.0)  # h1 to 106: 10 s on
-    assert watch.silent(505.0) == {"h2": 94.0}  # its 1 s interval, read from the gaps: 3 s
-    watch.heard([Sample("h1", 130.0)], 550.0)
-    assert sorted(watch.silent(550.0)) == ["h2"]  # "new": one sample, its interval unknown
-    heard = SilenceWatch(intervals=3)
-    heard.heard([Sample("h2", 200.0)], 500.0)
-    heard.remember({"h2": [91.0, 92.0]}, 500.0)  # what the replica heard itself is newer
-    heard.heard([Sample("h1", ts) for ts in (300.0, 320.0)], 530.0)
-    assert heard.silent(530.0) == {"h2": 200.0}
+    stored = {
+        "h1": [90.0, 92.0, 94.0, 96.0],
+        "h2": [90.0, 91.0, 93.0, 94.0],  # one sample lost: its interval is still 1 s
+        "new": [95.0],  # one sample: its interval unknown
+        "retired": [94.0 - REMEMBER_WITHIN_S, 95.0 - REMEMBER_WITHIN_S],  # an hour and 1 s before h1
+    }
+    watch.remember(stored, 500.0)
+    # The collectors come back at 520: the first sample after the start opens a grace.
+    now = rounds(watch, 520.0, 15, {"h1": -422.0})  # h1 from 98, every 2 s
+    assert now < 520.0 + MAX_RECONNECT_DELAY_S and watch.silent(now) == {}
+    now = rounds(watch, now + 2.0, 3, {"h1": -422.0})  # to 554: past the grace
+    assert watch.silent(now) == {"h2": 94.0}  # "new" and "retired" are not known
+
+
+def test_what_a_replica_heard_itself_is_not_replaced_by_what_is_stored():
+    watch = SilenceWatch(intervals=3)
+    watch.heard([Sample("h2", 200.0)], 500.0)
+    watch.remember({"h2": [91.0, 92.0], "h1": [290.0, 292.0]}, 500.0)
+    now = rounds(watch, 502.0, 30, {"h1": -200.0})  # h1 from 302 to 360
+    assert watch.silent(now) == {"h2": 200.0}
+
+
+def test_a_short_quiet_spell_delays_a_silence_by_no_more_than_it_lasted():
+    """The detector stalled 5 s (or an access point blinked): collectors come back within about as
+    long, so h2, which died meanwhile, is reported 5 s after the first sample back, not 30."""
+    watch = running(3, {"h1": 0.0, "h2": 0.0})  # both last at 108
+    now = rounds(watch, 113.0, 3, {"h1": 0.0})  # to 117: h2 quiet 9 s, but h2's collector may be late
+    assert watch.silent(now) == {}
+    watch.heard([Sample("h1", 119.0)], 119.0)
+    assert watch.silent(119.0) == {"h2": 108.0}  # past 113 + 5
+
+
+def test_one_lost_sample_does_not_double_the_interval():
+    assert interval_of([90.0, 91.0, 93.0, 94.0]) == 1.0  # gaps 1, 2, 1
+    assert interval_of([90.0, 92.0]) == 2.0
+    assert interval_of([90.0, 90.0]) is None

@@ -13,11 +13,16 @@ collector kept while cut off, moves on by minutes in a moment. And on each host'
 host whose clock runs minutes behind the others (a Pi without a real-time clock) is never
 silent while its samples come. Progress is read from the most advanced other host, so half an
 LEI dying does not hide the other half; a host whose clock steps forward can make the others
-look silent once, if none of theirs arrives for as many intervals afterwards.
+look silent once, if none of theirs arrives for as many intervals afterwards. A host whose clock
+steps back (a Pi restoring an old time at boot) is silent until its clock passes its last
+sample: its samples are older than its last judged window, and not judged either.
 
-After the detector reconnects to the broker, the detector's clock counts from
-``MAX_RECONNECT_DELAY_S`` later: a broker restart cut every collector off too, and one that
-reconnects later than another (their retries back off up to that long) is not silent meanwhile.
+When the LEI comes back after a quiet spell (no host heard for two intervals: an access point
+rebooting, the detector stalled), no host is silent until as long after the first sample back as
+the spell lasted, at most ``MAX_RECONNECT_DELAY_S``: collectors cut off together reconnect about
+that far apart (each waits between attempts about as long as it has been trying, up to that
+long). After the detector's own start or reconnection (a broker restart), whose spell it cannot
+tell, the whole ``MAX_RECONNECT_DELAY_S``; Pis booting together come up about as far apart.
 
 A silence is dated just after the host's last sample, which every replica knows alike, so its
 event has the same id whichever replica publishes it. A replica starts from the samples in Redis
@@ -41,6 +46,12 @@ from dragon.mqtt import MAX_RECONNECT_DELAY_S
 # sample lost does not make the interval look twice as long.
 INTERVAL_GAPS = 3
 STAMPS_TO_REMEMBER = INTERVAL_GAPS + 1
+# A host whose last stored sample is this much older than the LEI's newest had left the LEI before
+# this replica started (the simulator forgets hosts as quiet as that): not remembered, so a new
+# version's first start reports no retired or renamed host.
+REMEMBER_WITHIN_S = 3600.0
+# No sample of any host for this many intervals of the one that comes next: the LEI was quiet.
+QUIET_LEI_INTERVALS = 2
 
 
 class TimedSample(Protocol):
@@ -66,12 +77,18 @@ class SilenceWatch:
         self._first: dict[str, float] = {}  # host -> its first sample time heard
         self._newest: dict[str, float] = {}  # host -> its newest sample time
         self._heard: dict[str, LastHeard] = {}
-        self._counting_from = float("-inf")  # the detector's clock counts silence from here on
+        self._not_before = float("-inf")  # no host is silent before this (the detector's clock)
+        self._last_any: float | None = None  # when a sample of any host last arrived
 
     def heard(self, samples: Iterable[TimedSample], now: float) -> None:
         """Note samples arrived at ``now`` (a monotonic clock), in order; an older copy of a host's
         sample changes nothing."""
         for sample in samples:
+            if self._last_any is None:
+                self.reconnected(now)
+            elif now - self._last_any > QUIET_LEI_INTERVALS * sample.interval_s:
+                self._wait_for_the_others(now, now - self._last_any)  # the first after a quiet spell
+            self._last_any = now
             if sample.ts <= self._newest.get(sample.host, float("-inf")):
                 continue
             self._first.setdefault(sample.host, sample.ts)
@@ -80,9 +97,15 @@ class SilenceWatch:
 
     def remember(self, stamps: Mapping[str, Sequence[float]], now: float) -> None:
         """Start from what the replicas before stored: each host's newest sample times, oldest first
-        (``STAMPS_TO_REMEMBER`` of them), as if heard ``now``. A host whose interval they cannot
-        tell (fewer than two) is left out, and so is one heard already."""
-        fresh = {host: times for host, times in stamps.items() if times and host not in self._newest}
+        (``STAMPS_TO_REMEMBER`` of them), as if heard ``now``. Left out: a host heard already, one
+        whose interval they cannot tell (fewer than two), and one that left long before the
+        others' newest sample (``REMEMBER_WITHIN_S``)."""
+        newest = max((times[-1] for times in stamps.values() if times), default=0.0)
+        fresh = {
+            host: times
+            for host, times in stamps.items()
+            if times and host not in self._newest and times[-1] >= newest - REMEMBER_WITHIN_S
+        }
         then = {**{host: times[-1] for host, times in fresh.items()}, **self._newest}
         for host, times in fresh.items():
             interval = interval_of(times)
@@ -91,8 +114,11 @@ class SilenceWatch:
                 self._heard[host] = LastHeard(times[-1], interval, now, then)
 
     def reconnected(self, now: float) -> None:
-        """The detector is back on the broker: every collector may be coming back too."""
-        self._counting_from = now + MAX_RECONNECT_DELAY_S
+        """The detector is back on the broker: every collector may be coming back, one by one."""
+        self._wait_for_the_others(now, MAX_RECONNECT_DELAY_S)
+
+    def _wait_for_the_others(self, now: float, quiet_for: float) -> None:
+        self._not_before = max(self._not_before, now + min(quiet_for, MAX_RECONNECT_DELAY_S))
 
     def silent(self, now: float) -> dict[str, float]:
         """The hosts gone silent by ``now`` (the clock of :meth:`heard`), with their last sample's
@@ -100,8 +126,7 @@ class SilenceWatch:
         found = {}
         for host, last in self._heard.items():
             bound = self.intervals * last.interval_s
-            quiet_for = now - max(last.arrived, self._counting_from)
-            if quiet_for > bound and self._moved_on(host, last) > bound:
+            if now - last.arrived > bound and now > self._not_before and self._moved_on(host, last) > bound:
                 found[host] = last.ts
         return found
 
