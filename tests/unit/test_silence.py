@@ -153,3 +153,19 @@ def test_one_lost_sample_does_not_double_the_interval():
     assert interval_of([90.0, 91.0, 93.0, 94.0]) == 1.0  # gaps 1, 2, 1
     assert interval_of([90.0, 92.0]) == 2.0
     assert interval_of([90.0, 90.0]) is None
+
+
+def test_a_detector_behind_its_backlog_still_reports_a_silence():
+    """Its batches come 2.1 s apart, each with the second's samples it is behind on: no gap is a
+    quiet spell of the LEI, so none puts the dead host's report off."""
+    watch = SilenceWatch(intervals=10)
+    for second in range(60):
+        watch.heard([Sample("h1", float(second), 1.0), Sample("h2", float(second), 1.0)], float(second))
+    taken, now, reported = 60, 60.0, {}
+    while now < 100.0 and not reported:
+        now += 2.1
+        batch = [Sample("h1", float(ts), 1.0) for ts in range(taken, int(now) + 1)]  # h2 died at 59
+        taken = int(now) + 1
+        watch.heard(batch, now)
+        reported = watch.silent(now)
+    assert reported == {"h2": 59.0} and now < 72.0, (reported, now)

@@ -17,12 +17,12 @@ look silent once, if none of theirs arrives for as many intervals afterwards. A 
 steps back (a Pi restoring an old time at boot) is silent until its clock passes its last
 sample: its samples are older than its last judged window, and not judged either.
 
-When the LEI comes back after a quiet spell (no host heard for two intervals: an access point
-rebooting, the detector stalled), no host is silent until as long after the first sample back as
-the spell lasted, at most ``MAX_RECONNECT_DELAY_S``: collectors cut off together reconnect about
-that far apart (each waits between attempts about as long as it has been trying, up to that
-long). After the detector's own start or reconnection (a broker restart), whose spell it cannot
-tell, the whole ``MAX_RECONNECT_DELAY_S``; Pis booting together come up about as far apart.
+When the LEI comes back after a quiet spell (no host heard for half the silence bound, at least
+two intervals: an access point rebooting, the detector stalled), no host is silent until as long
+after the first sample back as the spell lasted, at most ``MAX_RECONNECT_DELAY_S``: collectors cut
+off together reconnect about that far apart (each waits between attempts about as long as it has
+been trying, up to that long). After the detector's own start or reconnection (a broker restart),
+whose spell it cannot tell, the whole ``MAX_RECONNECT_DELAY_S``; Pis booting together come up about as far apart.
 
 A silence is dated just after the host's last sample, which every replica knows alike, so its
 event has the same id whichever replica publishes it. A replica starts from the samples in Redis
@@ -50,7 +50,11 @@ STAMPS_TO_REMEMBER = INTERVAL_GAPS + 1
 # this replica started (the simulator forgets hosts as quiet as that): not remembered, so a new
 # version's first start reports no retired or renamed host.
 REMEMBER_WITHIN_S = 3600.0
-# No sample of any host for this many intervals of the one that comes next: the LEI was quiet.
+# No sample of any host for this many intervals of the one that comes next, or for half the
+# silence bound if that is longer, and the LEI was quiet. A shorter spell cannot make a host
+# silent (its collector is back within about as long again), and a detector whose batches come
+# further apart than that (it is behind) must not take every gap for one: each would put off
+# every silence.
 QUIET_LEI_INTERVALS = 2
 
 
@@ -86,7 +90,7 @@ class SilenceWatch:
         for sample in samples:
             if self._last_any is None:
                 self.reconnected(now)
-            elif now - self._last_any > QUIET_LEI_INTERVALS * sample.interval_s:
+            elif now - self._last_any > max(QUIET_LEI_INTERVALS, self.intervals / 2) * sample.interval_s:
                 self._wait_for_the_others(now, now - self._last_any)  # the first after a quiet spell
             self._last_any = now
             if sample.ts <= self._newest.get(sample.host, float("-inf")):
