@@ -158,7 +158,7 @@ class Detector:
         self.tuner: FineTuner | None = None
         self.silence = SilenceWatch(config.silent_intervals)
         self._silence_checked_at = 0.0  # time.monotonic()
-        self._reported_silent: dict[str, float] = {}  # host -> the moment it fell silent, reported
+        self._reported_silent: dict[str, float] = {}  # host -> the last sample of its silence reported
         self.slot: ReplicaSlot | None = None  # without DRAGON_INSTANCE: the replica's name (replicas.py)
         self._slot_lost = False
 
