@@ -169,3 +169,19 @@ def test_a_detector_behind_its_backlog_still_reports_a_silence():
         watch.heard(batch, now)
         reported = watch.silent(now)
     assert reported == {"h2": 59.0} and now < 72.0, (reported, now)
+
+
+def test_a_collector_stamping_a_tiny_interval_holds_back_only_its_own_hosts():
+    """Its samples say 0.01 s apart: every gap between the detector's batches (0.5 s) is a quiet
+    spell for its host, which must not put off the report of another host gone silent."""
+    watch = SilenceWatch(intervals=10)
+    now = 0.0
+    while now < 60.0:
+        watch.heard([Sample("tiny", now, 0.01), Sample("h1", now, 1.0), Sample("h2", now, 1.0)], now)
+        now += 0.5
+    reported = {}
+    while now < 100.0 and not reported:
+        watch.heard([Sample("tiny", now, 0.01), Sample("h1", now, 1.0)], now)  # h2 died at 59.5
+        reported = watch.silent(now)
+        now += 0.5
+    assert reported == {"h2": 59.5} and now < 71.0, (reported, now)

@@ -21,8 +21,11 @@ When the LEI comes back after a quiet spell (no host heard for half the silence 
 two intervals: an access point rebooting, the detector stalled), no host is silent until as long
 after the first sample back as the spell lasted, at most ``MAX_RECONNECT_DELAY_S``: collectors cut
 off together reconnect about that far apart (each waits between attempts about as long as it has
-been trying, up to that long). After the detector's own start or reconnection (a broker restart),
-whose spell it cannot tell, the whole ``MAX_RECONNECT_DELAY_S``; Pis booting together come up about as far apart.
+been trying, up to that long). The spell is measured in each host's own interval and holds back
+only the hosts it is long for: a collector stamping a tiny interval (misconfigured) makes every gap
+between the detector's batches a spell for its own hosts, not a reason to hold back every host.
+After the detector's own start or reconnection (a broker restart), whose spell it cannot tell, the
+whole ``MAX_RECONNECT_DELAY_S``; Pis booting together come up about as far apart.
 
 A silence is dated just after the host's last sample, which every replica knows alike, so its
 event has the same id whichever replica publishes it. A replica starts from the samples in Redis
@@ -50,8 +53,8 @@ STAMPS_TO_REMEMBER = INTERVAL_GAPS + 1
 # this replica started (the simulator forgets hosts as quiet as that): not remembered, so a new
 # version's first start reports no retired or renamed host.
 REMEMBER_WITHIN_S = 3600.0
-# No sample of any host for this many intervals of the one that comes next, or for half the
-# silence bound if that is longer, and the LEI was quiet. A shorter spell cannot make a host
+# No sample of any host for this many of a host's intervals, or for half the silence bound if that
+# is longer, and the LEI was quiet for that host. A shorter spell cannot make a host
 # silent (its collector is back within about as long again), and a detector whose batches come
 # further apart than that (it is behind) must not take every gap for one: each would put off
 # every silence.
@@ -81,7 +84,8 @@ class SilenceWatch:
         self._first: dict[str, float] = {}  # host -> its first sample time heard
         self._newest: dict[str, float] = {}  # host -> its newest sample time
         self._heard: dict[str, LastHeard] = {}
-        self._not_before = float("-inf")  # no host is silent before this (the detector's clock)
+        self._none_before = float("-inf")  # no host is silent before this (the detector's clock)
+        self._not_before: dict[str, float] = {}  # host -> it is not silent before this, after a spell
         self._last_any: float | None = None  # when a sample of any host last arrived
 
     def heard(self, samples: Iterable[TimedSample], now: float) -> None:
@@ -90,8 +94,8 @@ class SilenceWatch:
         for sample in samples:
             if self._last_any is None:
                 self.reconnected(now)
-            elif now - self._last_any > max(QUIET_LEI_INTERVALS, self.intervals / 2) * sample.interval_s:
-                self._wait_for_the_others(now, now - self._last_any)  # the first after a quiet spell
+            elif now - self._last_any > 0:
+                self._after_quiet_spell(now, now - self._last_any)
             self._last_any = now
             if sample.ts <= self._newest.get(sample.host, float("-inf")):
                 continue
@@ -119,10 +123,16 @@ class SilenceWatch:
 
     def reconnected(self, now: float) -> None:
         """The detector is back on the broker: every collector may be coming back, one by one."""
-        self._wait_for_the_others(now, MAX_RECONNECT_DELAY_S)
+        self._none_before = max(self._none_before, now + MAX_RECONNECT_DELAY_S)
 
-    def _wait_for_the_others(self, now: float, quiet_for: float) -> None:
-        self._not_before = max(self._not_before, now + min(quiet_for, MAX_RECONNECT_DELAY_S))
+    def _after_quiet_spell(self, now: float, quiet_for: float) -> None:
+        """No sample arrived for ``quiet_for`` before ``now``: hold back each host for which that was
+        a quiet spell of the LEI until its collector may be back."""
+        until = now + min(quiet_for, MAX_RECONNECT_DELAY_S)
+        spell = max(QUIET_LEI_INTERVALS, self.intervals / 2)
+        for host, last in self._heard.items():
+            if quiet_for > spell * last.interval_s:
+                self._not_before[host] = max(self._not_before.get(host, until), until)
 
     def silent(self, now: float) -> dict[str, float]:
         """The hosts gone silent by ``now`` (the clock of :meth:`heard`), with their last sample's
@@ -130,7 +140,8 @@ class SilenceWatch:
         found = {}
         for host, last in self._heard.items():
             bound = self.intervals * last.interval_s
-            if now - last.arrived > bound and now > self._not_before and self._moved_on(host, last) > bound:
+            not_before = max(self._none_before, self._not_before.get(host, self._none_before))
+            if now - last.arrived > bound and now > not_before and self._moved_on(host, last) > bound:
                 found[host] = last.ts
         return found
 
