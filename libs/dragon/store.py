@@ -18,6 +18,8 @@ stored) ends with the vector.
 
 from __future__ import annotations
 
+import itertools
+import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -284,6 +286,16 @@ def rows_until(history: Sequence[tuple[float, list[float]]], ts: float) -> list[
         if history[index][0] == ts:
             return [row for _, row in history[: index + 1]]
     return None
+
+
+def sampling_interval(stamps: Sequence[float], recent: int | None = None) -> float | None:
+    """A host's sampling interval read from its sample times (oldest first): the median gap between
+    them, so a lost sample does not double it, of the ``recent`` newest gaps if given. None when
+    fewer than two distinct times."""
+    gaps = [b - a for a, b in itertools.pairwise(stamps) if b > a]
+    if recent is not None:
+        gaps = gaps[-recent:]
+    return statistics.median(gaps) if gaps else None
 
 
 def padded_window(samples: Sequence[Sequence[float]], k: int) -> list[list[float]]:

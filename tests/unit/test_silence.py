@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from dragon.detector.silence import REMEMBER_WITHIN_S, SilenceWatch, interval_of
+from dragon.detector.silence import INTERVAL_GAPS, REMEMBER_WITHIN_S, SilenceWatch
 from dragon.mqtt import MAX_RECONNECT_DELAY_S
+from dragon.store import sampling_interval
 
 pytestmark = pytest.mark.unit
 
@@ -150,9 +151,11 @@ def test_a_short_quiet_spell_delays_a_silence_by_no_more_than_it_lasted():
 
 
 def test_one_lost_sample_does_not_double_the_interval():
-    assert interval_of([90.0, 91.0, 93.0, 94.0]) == 1.0  # gaps 1, 2, 1
-    assert interval_of([90.0, 92.0]) == 2.0
-    assert interval_of([90.0, 90.0]) is None
+    assert sampling_interval([90.0, 91.0, 93.0, 94.0], recent=INTERVAL_GAPS) == 1.0  # gaps 1, 2, 1
+    assert sampling_interval([90.0, 92.0]) == 2.0
+    assert sampling_interval([90.0, 90.0]) is None
+    # Only the newest gaps: a host whose collector changed its interval is read at the new one.
+    assert sampling_interval([0.0, 10.0, 20.0, 30.0, 31.0, 32.0, 33.0], recent=INTERVAL_GAPS) == 1.0
 
 
 def test_a_detector_behind_its_backlog_still_reports_a_silence():

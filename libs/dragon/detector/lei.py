@@ -59,7 +59,7 @@ from dragon.detector.gon import GonConfig, train_gon
 from dragon.detector.scaling import MinMaxScaler
 from dragon.detector.train import calibrated_checkpoint, training_meta
 from dragon.messages.schemas import ForecastSample, HostSample
-from dragon.store import StoredSample, padded_window
+from dragon.store import StoredSample, padded_window, sampling_interval
 
 log = structlog.get_logger(__name__)
 
@@ -361,8 +361,7 @@ def lei_trace(
     if not hosts:
         raise ValueError("no host has samples")
     reference = hosts[broker_index(hosts, broker_host)]
-    gaps = np.diff([s.ts for s in history[reference]])
-    interval = float(np.median(gaps)) if len(gaps) else 0.0
+    interval = sampling_interval([s.ts for s in history[reference]]) or 0.0
     # A host that stopped reporting (its samples linger in Redis) is not part of the LEI now:
     # judging leaves it out once stale, and so does learning, or no step would be complete.
     newest = history[reference][-1].ts

@@ -36,13 +36,12 @@ collector's retained availability topic says that.
 
 from __future__ import annotations
 
-import itertools
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from dragon.mqtt import MAX_RECONNECT_DELAY_S
+from dragon.store import sampling_interval
 
 # A remembered host's interval is read from the gaps between its newest stored samples (the
 # store keeps their times, not their interval_s): the median of up to this many gaps, so one
@@ -116,7 +115,7 @@ class SilenceWatch:
         }
         then = {**{host: times[-1] for host, times in fresh.items()}, **self._newest}
         for host, times in fresh.items():
-            interval = interval_of(times)
+            interval = sampling_interval(times, recent=INTERVAL_GAPS)
             if interval is not None:
                 self._first[host] = self._newest[host] = times[-1]
                 self._heard[host] = LastHeard(times[-1], interval, now, then)
@@ -156,10 +155,3 @@ class SilenceWatch:
             ),
             default=0.0,
         )
-
-
-def interval_of(stamps: Sequence[float]) -> float | None:
-    """A host's sampling interval from its newest sample times (oldest first); None if they cannot
-    tell (fewer than two distinct times)."""
-    gaps = [b - a for a, b in itertools.pairwise(stamps) if b > a]
-    return statistics.median(gaps[-INTERVAL_GAPS:]) if gaps else None
