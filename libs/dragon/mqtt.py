@@ -284,6 +284,8 @@ class MqttClient:
         ``token``: :meth:`acknowledged` returns it once the broker has answered the message,
         however long that takes.
         """
+        if len(payload) > self.settings.max_payload_bytes:
+            return self._refuse_too_large(topic, len(payload))
         props = None
         if content_type or correlation_data or expiry_s:
             props = Properties(PacketTypes.PUBLISH)
@@ -305,6 +307,15 @@ class MqttClient:
             self.counters.add("publish_failed")
             log.warning("mqtt_publish_failed", topic=topic, rc=paho.error_string(info.rc))
         return info
+
+    def _refuse_too_large(self, topic: str, size: int) -> paho.MQTTMessageInfo:
+        """Every reader drops a message over DRAGON_MAX_PAYLOAD unread: refused here instead, where
+        the log can name what was too large, rather than lost at every reader."""
+        self.counters.add("publish_too_large")
+        log.error("mqtt_publish_too_large", topic=topic, bytes=size, limit=self.settings.max_payload_bytes)
+        refused = paho.MQTTMessageInfo(0)
+        refused.rc = paho.MQTT_ERR_PAYLOAD_SIZE
+        return refused
 
     def _track(self, mid: int, token: Hashable) -> None:
         with self._track_lock:

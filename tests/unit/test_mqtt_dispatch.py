@@ -49,6 +49,15 @@ def test_messages_for_a_broker_that_is_away_are_kept_up_to_a_bound_then_dropped_
     assert client.counters.snapshot()["publish_queue_full"] == 15
 
 
+def test_a_message_every_reader_would_drop_as_too_large_is_refused_and_counted_at_the_sender():
+    client = MqttClient(MqttSettings(port=1, max_payload_bytes=100), "test", "t-size", Counters())  # nothing listens
+    assert client.publish("dragon/fed/a/decision", b"x" * 100).rc == paho.MQTT_ERR_NO_CONN  # queued
+    refused = client.publish("dragon/fed/a/decision", b"x" * 101, token="d1")
+    assert refused.rc == paho.MQTT_ERR_PAYLOAD_SIZE and client.acknowledged() == []
+    assert client.counters.snapshot()["publish_too_large"] == 1
+    assert len(client._client._out_messages) == 1  # only the first waits for the broker
+
+
 def puback(client: MqttClient, mid: int, reason: str = "Success") -> None:
     """What paho's network thread calls when the broker answers message ``mid``."""
     client._handle_publish(None, None, mid, ReasonCode(PacketTypes.PUBACK, reason), None)
