@@ -151,6 +151,7 @@ class MqttClient:
         self._capabilities: dict[str, str] = {}
         self._work: queue.Queue[paho.MQTTMessage | None] = queue.Queue(maxsize=settings.receive_maximum)
         self._connected = threading.Event()
+        self._online_owed = False  # the retained ``online`` found paho's queue full: said at the next publish
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
         self._refusals = EveryInterval(REFUSAL_LOG_INTERVAL_S)
@@ -282,10 +283,14 @@ class MqttClient:
 
         ``expiry_s``: the broker drops the message (a retained one too) after that many seconds.
         ``token``: :meth:`acknowledged` returns it once the broker has answered the message,
-        however long that takes.
+        however long that takes; QoS 1 or 2 only (the broker answers no QoS 0 message).
         """
+        if token is not None and qos == 0:
+            raise ValueError("a tracked publish needs QoS 1 or 2: the broker acknowledges no QoS 0 message")
         if len(payload) > self.settings.max_payload_bytes:
             return self._refuse_too_large(topic, len(payload))
+        if self._online_owed and self._connected.is_set():
+            self._say_online()
         props = None
         if content_type or correlation_data or expiry_s:
             props = Properties(PacketTypes.PUBLISH)
@@ -450,7 +455,7 @@ class MqttClient:
         log.info("mqtt_connected", host=self.settings.host, session_present=bool(flags.session_present))
         if self._subscriptions:
             client.subscribe([(f, paho.SubscribeOptions(qos=q)) for f, q in self._subscriptions])
-        client.publish(self.availability_topic, ONLINE, qos=1, retain=True, properties=self._online_properties())
+        self._say_online()
         self._published_counters = None  # a broker that lost its retained messages gets them again
         self._connected.set()
         self._work.put(_RECONNECTED)
@@ -468,6 +473,15 @@ class MqttClient:
         # catches up (see the module docstring). Writes wait too, for about one batch.
         if not self._stopping.is_set():  # else left unacknowledged, for the next session
             self._work.put(message)
+
+    def _say_online(self) -> None:
+        """Replace the Last Will's retained ``offline``. Back from a long absence, paho's queue may
+        still be full of what waited for the broker: then once there is room (the next publish),
+        or the service would look offline for as long as it runs."""
+        said = self._client.publish(
+            self.availability_topic, ONLINE, qos=1, retain=True, properties=self._online_properties()
+        )
+        self._online_owed = said.rc not in QUEUED
 
     def _online_properties(self) -> Properties | None:
         if not self._capabilities:

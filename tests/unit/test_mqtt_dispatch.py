@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -58,6 +60,26 @@ def test_a_message_every_reader_would_drop_as_too_large_is_refused_and_counted_a
     assert len(client._client._out_messages) == 1  # only the first waits for the broker
 
 
+def test_online_is_said_once_there_is_room_when_paho_s_queue_was_full_at_the_reconnect():
+    """Back after a long absence, what waited for the broker fills paho's queue: the ``online``
+    that replaces the Last Will's ``offline`` must not be lost, or the service looks offline."""
+    client = MqttClient(MqttSettings(port=1, max_queued=3), "test", "t-online", Counters())  # nothing listens
+    for _ in range(3):
+        client.publish("dragon/a/hosts/h1/sample", b"x")
+    connected = SimpleNamespace(session_present=False)
+    client._handle_connect(client._client, None, connected, ReasonCode(PacketTypes.CONNACK, "Success"), None)
+    waiting = client._client._out_messages
+    assert [m.topic for m in waiting.values()] == ["dragon/a/hosts/h1/sample"] * 3  # no room for online
+    waiting.clear()  # the broker acknowledged what waited
+    client.publish("dragon/a/hosts/h1/sample", b"y")
+    assert [(m.topic, m.payload) for m in waiting.values()] == [
+        (client.availability_topic, b"online"),
+        ("dragon/a/hosts/h1/sample", b"y"),
+    ]
+    client.publish("dragon/a/hosts/h1/sample", b"z")
+    assert [m.payload for m in waiting.values()] == [b"online", b"y", b"z"]  # said once
+
+
 def puback(client: MqttClient, mid: int, reason: str = "Success") -> None:
     """What paho's network thread calls when the broker answers message ``mid``."""
     client._handle_publish(None, None, mid, ReasonCode(PacketTypes.PUBACK, reason), None)
@@ -83,3 +105,5 @@ def test_a_tracked_publish_is_reported_once_the_broker_acknowledges_it_even_if_q
     puback(client, refused.mid, "Not authorized")
     puback(client, over_quota.mid, "Quota exceeded")
     assert client.acknowledged() == [("e3", True), ("e4", False)]
+    with pytest.raises(ValueError, match="QoS 1"):  # never answered: it would wait for ever
+        client.publish("dragon/faults/a/h5", b"x", qos=0, token="e5")
