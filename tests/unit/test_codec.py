@@ -122,6 +122,31 @@ def test_wrong_shapes_are_schema_errors(path, value):
     assert info.value.reason in {"schema", "malformed"}
 
 
+def _json_with(path: list[str], value) -> bytes:
+    data = json.loads(codec.encode_json(sample()))
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (["ts"], 10**400),  # JSON's integers have no bound; no float holds it
+        (["seq"], 10**30),  # nor does msgpack, to store it
+        (["host"], "\ud800"),  # a lone surrogate: read from JSON, no encoder takes it back
+        (["tasks"], [{"id": "\udfff", "name": "b", "cpu": 0.1, "ram_bytes": 1.0}]),
+    ],
+)
+def test_json_that_no_encoder_could_write_again_is_refused(path, value):
+    """Accepted, it would fail where it is stored or forwarded, taking its batch with it."""
+    with pytest.raises(DecodeError) as info:
+        codec.decode(HostSample, _json_with(path, value), LIMIT)
+    assert info.value.reason == "schema"
+
+
 def test_unknown_keys_are_ignored_for_forward_compatibility():
     data = sample().to_dict()
     data["added_in_1_1"] = "ok"

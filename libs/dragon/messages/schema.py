@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 
 MAX_STR = 256
 MAX_ITEMS = 1024
+# What msgpack can carry: a message must encode again (stored, forwarded) as it was read.
+MSGPACK_INT_MIN, MSGPACK_INT_MAX = -(2**63), 2**64 - 1
 
 
 class SchemaError(ValueError):
@@ -123,20 +125,34 @@ def _scalar(hint: Any, value: Any, path: str) -> Any:
             return value
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not MSGPACK_INT_MIN <= value <= MSGPACK_INT_MAX:  # JSON's integers have no bound
+                raise SchemaError(f"{path}: out of range")
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise SchemaError(f"{path}: not a finite number")
-            return float(value)
+            return _finite(value, path)
     elif hint is str:
         if isinstance(value, str):
             if len(value) > MAX_STR:
                 raise SchemaError(f"{path}: longer than {MAX_STR} characters")
+            try:
+                value.encode()  # JSON's "\ud800" decodes to a string no encoder takes back
+            except UnicodeEncodeError:
+                raise SchemaError(f"{path}: not valid UTF-8 text") from None
             return value
     else:
         raise TypeError(f"unsupported schema type {hint!r} at {path}")
     raise SchemaError(f"{path}: expected {hint.__name__}, got {type(value).__name__}")
+
+
+def _finite(value: int | float, path: str) -> float:
+    try:
+        number = float(value)  # a JSON integer of hundreds of digits overflows a float
+    except OverflowError:
+        raise SchemaError(f"{path}: not a finite number") from None
+    if not math.isfinite(number):
+        raise SchemaError(f"{path}: not a finite number")
+    return number
 
 
 def clip(text: str) -> str:
