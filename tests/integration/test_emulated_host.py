@@ -27,6 +27,7 @@ from dragon.collector.cgroups import DEFAULT_ROOT, CgroupError, CgroupHost, dete
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.collector.injector import FaultInjector
 from dragon.collector.probes import CgroupProbe
+from dragon.messages import codec
 from dragon.messages.schemas import FaultInjection, HostMetrics, InjectionEvent
 
 docker = pytest.importorskip("docker")
@@ -253,3 +254,9 @@ def test_injector_refuses_and_reports_failures(client: Any, lei: EmulatedLei, in
     stopped = injector.stop_all()
     assert [(e.id, e.status) for e in stopped] == [(f"{injector.lei}-b", "finished")]
     assert injector.running() == []
+
+    # Docker's error, longer than a message string may be, still reaches every reader, cut.
+    missing = FaultInjector(client, lei.lei, "dragon-no-such-image-" + "x" * 150, [IDLE_HOST.name])
+    unreadable = missing.inject(IDLE_HOST.name, FaultInjection(id="x3", kind="cpu", duration_s=20, intensity=0.1))
+    assert unreadable.status == "failed" and unreadable.reason.startswith("docker: "), unreadable
+    assert codec.decode(InjectionEvent, codec.encode(unreadable), 65536) == unreadable

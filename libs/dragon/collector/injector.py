@@ -24,7 +24,7 @@ import requests.exceptions
 import structlog
 
 from dragon.collector.cgroups import DEFAULT_ROOT, CgroupError, CgroupHost, emulated_host_path
-from dragon.messages.schema import SchemaError
+from dragon.messages.schema import SchemaError, clip
 from dragon.messages.schemas import FAULT_KINDS, FaultInjection, InjectionEvent
 
 log = structlog.get_logger(__name__)
@@ -279,8 +279,12 @@ class FaultInjector:
         except _DOCKER_ERRORS as exc:
             log.warning("fault_remove_failed", lei=self.lei, container=hog.name, error=str(exc))
 
-    def _event(self, fault: FaultInjection, host: str, status: str, now: float, **fields: Any) -> InjectionEvent:
-        return InjectionEvent(id=fault.id, lei=self.lei, host=host, kind=fault.kind, status=status, ts=now, **fields)
+    def _event(
+        self, fault: FaultInjection, host: str, status: str, now: float, reason: str = "", **fields: Any
+    ) -> InjectionEvent:
+        return InjectionEvent(
+            id=fault.id, lei=self.lei, host=host, kind=fault.kind, status=status, ts=now, reason=clip(reason), **fields
+        )
 
     def _hog_event(self, hog: Any, status: str, now: float, reason: str = "") -> InjectionEvent:
         labels = _labels(hog)
@@ -293,7 +297,7 @@ class FaultInjector:
             ts=now,
             started_at=_float(labels.get(STARTED_LABEL)) or None,
             ends_at=_float(labels.get(ENDS_LABEL)) or None,
-            reason=reason,
+            reason=clip(reason),  # Docker's errors run longer than a reader takes
         )
 
 
