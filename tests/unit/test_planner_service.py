@@ -8,7 +8,7 @@ import pytest
 
 from dragon import config
 from dragon.messages import codec
-from dragon.messages.schemas import HostHealth, HostMetrics, HostSample, PlanDecision, TaskUsage
+from dragon.messages.schemas import HostHealth, HostMetrics, HostSample, MigrationEvent, PlanDecision, TaskUsage
 from dragon.planner.config import PlannerConfig
 from dragon.planner.service import Planner
 
@@ -154,6 +154,23 @@ def test_a_verdict_stamped_ahead_of_the_clock_is_dropped_and_hides_nothing():
     for verdict in (ahead, faulty):
         p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(verdict), 1, False, codec.MSGPACK))
     assert p.faulty(now) == [("a", "h1")] and p.counters.snapshot().get("dropped_future") == 1
+
+
+def test_a_migration_event_stamped_ahead_of_the_clock_does_not_keep_its_task_resting():
+    """The task rests from its answer's time for the cooldown: an hour ahead, it would not be
+    commanded again for an hour."""
+    from dragon.mqtt import Incoming
+
+    p = planner(DRAGON_MIGRATION_KEY="k" * 32)
+    p.init_mqtt()
+    feed(p)
+    decision = p.decide(p.view.snapshot(NOW), [("a", "h1")], NOW)
+    task = decision.moves[0].task
+    now = time.time()
+    ahead = MigrationEvent(id="c0", lei="a", task=task, outcome="done", ts=now + 3600)
+    p.on_migration_event(Incoming("dragon/a/migrations/events", codec.encode(ahead), 1, False, codec.MSGPACK))
+    assert p.counters.snapshot().get("dropped_future") == 1
+    assert task in {c.task for c in p.issuer.commands_for(decision, now)}
 
 
 def test_a_verdict_as_far_ahead_as_the_detector_takes_its_hosts_samples_is_kept():
