@@ -242,6 +242,24 @@ def test_a_move_the_journal_lost_is_settled_by_dockers_state(emulated, journal, 
     assert running.name == task.name and running.labels[HOST_LABEL] == expected
 
 
+def test_a_lost_move_cut_short_again_while_settled_by_dockers_state_keeps_its_task(emulated, journal):
+    """The sweep journals a target left alone (its source removed, the journal lost) with no
+    other container: cut short before that is done, recovery must not remove the task's only
+    container as the move's source."""
+    task = start_task(emulated)
+
+    move_id = "move-lost-twice"
+    with pytest.raises(Killed):
+        mover(emulated, journal, after_step=dying_after(Step.REMOVING_SOURCE)).move(move_id, task.name, "h2")
+    forget(journal, move_id)
+    with pytest.raises(Killed):
+        mover(emulated, journal, after_step=dying_after(Step.RENAMING)).sweep()
+    (recovered,) = [m for m in mover(emulated, journal).recover() if m.id == move_id]
+    assert recovered.step == Step.DONE, recovered
+    (running,) = running_copies(emulated, task.name)
+    assert running.name == task.name and running.labels[HOST_LABEL] == "h2"
+
+
 def test_an_anonymous_volume_keeps_its_data_through_a_move(emulated, journal):
     writer = ["sh", "-c", "[ -f /state/mark ] || echo kept > /state/mark; exec sleep 3600"]
     task = start_task(emulated, writer, volumes=["/state"])  # like an image's VOLUME: Docker names it
@@ -279,11 +297,16 @@ def test_a_finished_moves_record_expires_an_open_ones_does_not(emulated, journal
     mover(emulated, journal).recover()
 
 
-def test_a_task_in_a_move_not_settled_yet_is_busy(emulated, journal):
+@pytest.mark.parametrize("killed_after", [Step.CREATING, Step.RENAMING])
+def test_a_task_in_a_move_not_settled_yet_is_busy(emulated, journal, killed_after):
+    """Also once the move's target has the task's name (cut short before it was journalled done):
+    that target is the task's container a new command finds."""
     task = start_task(emulated)
+    first = f"move-first-{killed_after.value}"
     with pytest.raises(Killed):
-        mover(emulated, journal, after_step=dying_after(Step.CREATING)).move("move-first", task.name, "h2")
-    with pytest.raises(TaskBusy, match="move-first"):
-        mover(emulated, journal).move("move-second", task.name, "h2")
-    assert journal.get("move-second") is None  # refused before it began
-    mover(emulated, journal).recover()
+        mover(emulated, journal, after_step=dying_after(killed_after)).move(first, task.name, "h2")
+    with pytest.raises(TaskBusy, match=first):
+        mover(emulated, journal).move(f"move-second-{killed_after.value}", task.name, "h1")
+    assert journal.get(f"move-second-{killed_after.value}") is None  # refused before it began
+    (settled,) = [m for m in mover(emulated, journal).recover() if m.id == first]
+    assert settled.step == (Step.DONE if killed_after == Step.RENAMING else Step.ROLLED_BACK), settled

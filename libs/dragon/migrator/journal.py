@@ -63,6 +63,12 @@ class Move:
     timings: tuple[tuple[str, float], ...] = ()  # (step, seconds) of each step taken so far
     task_id: str = ""  # the task as samples and the planner name it (``dragon.task.id``, else ``name``)
 
+    @property
+    def has_source(self) -> bool:
+        """False for a target the sweep found alone (the journal had lost its move, its source was
+        gone): journalled as its own source, it is the task's only container, never removed as one."""
+        return self.task != self.target_id
+
 
 class Journal:
     """Moves of one LEI in Redis."""

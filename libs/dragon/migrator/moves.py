@@ -213,7 +213,8 @@ class Mover:
                 error = f"task {task!r} matches {len(containers)} containers: {names}"
             return self._fail(Move(move_id, task, task, "", target_host, target_lei=target_lei), error)
         (source,) = containers
-        busy = [m.id for m in self.journal.open_moves() if m.task == source.id]
+        # Its target too: renamed, the target of a move not journalled done is the task's container.
+        busy = [m.id for m in self.journal.open_moves() if source.id in (m.task, m.target_id)]
         if busy:
             raise TaskBusy(f"task {task} is being moved by command {busy[0]}")
         moved_at = self.journal.moved_at(task_id_of(source))
@@ -418,7 +419,7 @@ class Mover:
         target = None if move.step in BEFORE_TARGET else self._target_of(move)
         if target is not None:
             target.remove(force=True)
-        source = self._own_task(self._source_engine(move), move.task)
+        source = self._own_task(self._source_engine(move), move.task) if move.has_source else None
         if source is None:
             error += "; and the source container is gone"
         else:
@@ -442,7 +443,7 @@ class Mover:
     def _remove_source(self, engine: Engine, move: Move) -> None:
         """Remove the source container; after a move between engines, also its named volumes
         (their data went with the task) and a CRIU move's commit image, unless still in use."""
-        container = self._own_task(engine, move.task)
+        container = self._own_task(engine, move.task) if move.has_source else None
         if container is None:
             return
         leftovers = transfer.named_volumes(container) if self._crosses_engines(move) else []
@@ -516,7 +517,7 @@ class Mover:
         try:
             self._start(target)
         except MoveError as exc:
-            if found(self._source_engine(move).client.containers, move.task):
+            if move.has_source and found(self._source_engine(move).client.containers, move.task):
                 return self._roll_back(move, str(exc))
             # The source went (the target had run) and the target has stopped since: it is the
             # task's only container, so it takes the task's name, as a task that stopped would.
