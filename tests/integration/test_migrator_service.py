@@ -330,6 +330,33 @@ def test_a_malformed_command_is_dropped_and_the_migrator_keeps_serving(lei, watc
     assert "message_dropped" in stack.logs("migrator")
 
 
+def test_a_command_while_redis_is_away_is_refused_and_the_migrator_serves_once_it_is_back(lei, watch):
+    """No move without its journal. Left unacknowledged, the command would hold one of the
+    broker's in-flight slots until a reconnect: enough of them and the broker sends nothing more."""
+    stack, emulated = lei
+    task = start_task(emulated)
+    redis_server = stack.containers["redis"].get_wrapped_container()
+    redis_server.stop(timeout=5)
+    try:
+        away = command(stack, task.name)
+        send(stack, away)
+        refused = event_for(watch, away.id)
+        assert (refused.outcome, refused.reason) == ("refused", "journal_unavailable"), refused
+    finally:
+        redis_server.start()
+    deadline = time.monotonic() + 30  # Redis takes a moment to load its data again
+    while True:
+        back = command(stack, task.name)
+        send(stack, back)
+        answer = event_for(watch, back.id)
+        if answer.reason != "journal_unavailable" or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert answer.outcome == "done", answer
+    (running,) = running_copies(emulated, task.name)
+    assert running.labels[HOST_LABEL] == "h2"
+
+
 def test_a_migrator_restarted_while_redis_is_down_waits_for_it_then_serves(lei, watch):
     """Last in this module: it stops Redis. The journal must be there before any move is taken."""
     stack, emulated = lei

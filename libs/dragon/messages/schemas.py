@@ -401,9 +401,9 @@ class MigrationEvent(Message):
     ``outcome``: ``done`` (the task runs on the target), ``rolled_back`` (it runs on its source as
     before), ``failed`` (nothing was moved, e.g. no such task) or ``refused`` (the command was not
     carried out: ``reason`` says why — unsigned, bad_signature, wrong_lei, stale, future,
-    duplicate, busy, superseded, unknown_host, malformed). ``mode`` is the kind of move and ``mode_reason``
-    why it was chosen; ``steps`` each journal step's duration. ``recovered``: finished by a
-    migrator that restarted after being stopped mid-move.
+    duplicate, busy, superseded, unknown_host, journal_unavailable, malformed). ``mode`` is the
+    kind of move and ``mode_reason`` why it was chosen; ``steps`` each journal step's duration.
+    ``recovered``: finished by a migrator that restarted after being stopped mid-move.
     """
 
     id: str

@@ -34,7 +34,7 @@ from dragon.migrator.journal import Journal, Move, Step
 from dragon.migrator.moves import ENGINE_ERRORS, MoveError, Mover, TaskBusy, TaskMovedSince
 from dragon.migrator.schedule import current_schedule
 from dragon.migrator.transfer import TransferError
-from dragon.mqtt import Counters, Incoming, MqttClient, Unprocessed
+from dragon.mqtt import Counters, Incoming, MqttClient
 from dragon.service.lifecycle import Lifecycle
 from dragon.store import StopRequested, connect, retry_until, unavailable_for_now
 
@@ -157,26 +157,39 @@ class Migrator:
         command = self.mqtt.decode_or_drop(MigrationCommand, incoming)
         if command is None:
             return
+        # No journal (Redis away, or refusing writes), no move. The command is acknowledged all the
+        # same: left unacknowledged, it would come again only after a reconnect, stale by then, and
+        # hold one of the broker's in-flight slots until then; enough of them over a long outage
+        # and the broker sends us nothing more.
         try:
             self.check(command, time.time())
+        except CommandRefused as exc:
+            self.refuse(command, exc)
+            return
+        except redis.RedisError as exc:
+            self._note_journal_unavailable(command, exc)
+            self.refuse(command, CommandRefused("journal_unavailable", f"no journal to record a move in: {exc}"))
+            return
+        try:
             move = self.carry_out(command)
         except CommandRefused as exc:
             self.refuse(command, exc)
             return
         except redis.RedisError as exc:
-            if not unavailable_for_now(exc):
-                raise
-            # No journal (Redis away, or refusing writes), no move: the command stays unacknowledged
-            # (it comes again after the next reconnect) and a move it may have begun is settled as
-            # soon as Redis answers again.
-            self.counters.add("journal_unavailable")
-            log.error("journal_unavailable", id=command.id, error=str(exc))
+            # It may have begun: settled, and its event published, as soon as Redis answers again.
+            self._note_journal_unavailable(command, exc)
             with self._docker_lock:
                 self._interrupted[command.id] = command.task
-            raise Unprocessed from exc
+            return
         if move is not None:
             self.publish_event(self.event_of(move, task=command.task))
         self.publish_schedule()
+
+    def _note_journal_unavailable(self, command: MigrationCommand, exc: redis.RedisError) -> None:
+        if not unavailable_for_now(exc):
+            raise exc
+        self.counters.add("journal_unavailable")
+        log.error("journal_unavailable", id=command.id, error=str(exc))
 
     def settle_interrupted(self) -> None:
         """Moves cut short by Redis going away: completed or rolled back now that it answers.
