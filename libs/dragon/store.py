@@ -175,17 +175,11 @@ class WindowStore:
         members = self.client.zrange(self._key(host), -count, -1)
         return [_unpack(member) for member in members]
 
-    def recent_many(self, hosts: Sequence[str], count: int) -> dict[str, list[tuple[float, list[float]]]]:
-        return {
-            host: [(s.ts, s.vector) for s in samples] for host, samples in self.recent_samples(hosts, count).items()
-        }
-
-    def recent_samples(self, hosts: Sequence[str], count: int) -> dict[str, list[StoredSample]]:
-        """The newest ``count`` samples of each host with their tasks, oldest first."""
-        pipe = self.client.pipeline(transaction=False)
-        for host in hosts:
-            pipe.zrange(self._key(host), -count, -1)
-        return {host: [_stored(m) for m in members] for host, members in zip(hosts, pipe.execute(), strict=True)}
+    def rows_until(self, until: Mapping[str, float], count: int) -> dict[str, list[tuple[float, list[float]]]]:
+        """Per host, its newest ``count`` samples taken at or before its time in ``until``, as
+        (ts, vector), oldest first. Up to a time, not the newest: another replica may have stored
+        newer samples than the ones being judged."""
+        return {host: [(s.ts, s.vector) for s in samples] for host, samples in self._until(until, count).items()}
 
     def samples_until(self, until_ts: float, count: int) -> dict[str, list[StoredSample]]:
         """Every host's newest ``count`` samples taken at or before ``until_ts``, with their tasks, oldest first.
@@ -193,13 +187,15 @@ class WindowStore:
         Two round trips whatever the number of hosts. Bounded by count, not by time, so a
         backlog of samples (a flood, a replay) costs what the batch needs, not all it spans.
         """
-        hosts = self.hosts()
+        return self._until(dict.fromkeys(self.hosts(), until_ts), count)
+
+    def _until(self, until: Mapping[str, float], count: int) -> dict[str, list[StoredSample]]:
         count = min(count, self.history)  # no host keeps more
         pipe = self.client.pipeline(transaction=False)
-        for host in hosts:
+        for host, until_ts in until.items():
             pipe.zrevrangebyscore(self._key(host), until_ts, "-inf", start=0, num=count)
         return {
-            host: [_stored(m) for m in reversed(members)] for host, members in zip(hosts, pipe.execute(), strict=True)
+            host: [_stored(m) for m in reversed(members)] for host, members in zip(until, pipe.execute(), strict=True)
         }
 
     def stamps_between(

@@ -23,10 +23,11 @@ from dragon.detector.lei import LeiStep
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.pot import StreamingPot
 from dragon.detector.scorer import Scorer
+from dragon.detector.service import Detector
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.train import train_from_series
 from dragon.detector.tunerstate import SETTLE_ATTEMPTS, GateFloors, KeptWindows, TunerState
-from dragon.messages.schemas import HOST_METRICS
+from dragon.messages.schemas import HOST_METRICS, HostMetrics, HostSample
 from dragon.service.replicas import SLOT_TTL_S, ReplicaSlot, SlotTaken
 from dragon.store import WindowStore, padded_window, retry_until
 from dragon.testing.lei import REDIS_IMAGE
@@ -364,6 +365,26 @@ def test_a_replica_that_starts_restores_the_clean_windows_another_kept(client, h
     for (p, n_), (q, m) in zip(second._normal, first._normal, strict=True):
         assert np.array_equal(p, q) and np.array_equal(n_, m)
     assert second.gate.floor("h1") == first.gate.floor("h1")
+
+
+def test_a_replica_behind_another_judges_a_sample_on_the_window_up_to_it(client, host_scorer):
+    """Every replica stores every sample; the owner of a host may be behind another that stored
+    newer ones (it reconnected later, it is slower): its window ends at the sample it judges, not
+    at the newest stored, nor is it padded for want of older rows."""
+    scorer, _ = host_scorer
+    n = len(HOST_METRICS)
+    port = client.connection_pool.connection_kwargs["port"]
+    host_ip = client.connection_pool.connection_kwargs["host"]
+    settings = {"DRAGON_LEI": "behind", "DRAGON_INSTANCE": "a", "DRAGON_REDIS_URL": f"redis://{host_ip}:{port}/0"}
+    detector = Detector(config.load(DetectorConfig, settings | {"DRAGON_WINDOW": str(scorer.window)}))
+    detector.init_redis()
+    detector.scorer = scorer
+    detector.windows.append_many([("h1", float(ts), ts, [ts / 100] * n) for ts in range(30)])
+    judged = HostSample("behind", "h1", 24.0, 24, 1.0, HostMetrics(*[0.24] * n))
+    scored = detector._score([judged])
+    k = scorer.window
+    assert np.allclose(scored.next[0][:, 0], [ts / 100 for ts in range(25 - k, 25)])
+    assert np.allclose(scored.prev[0][:, 0], [ts / 100 for ts in range(24 - k, 24)])
 
 
 def test_a_redis_that_refuses_leaves_the_state_in_memory_and_scoring_goes_on(client, host_scorer):

@@ -467,7 +467,10 @@ class Detector:
         """Eq. 13 with W_{t+1} the forecast: W_t is the host's window up to the sample it starts from."""
         scorer = self.scorer
         k = scorer.window
-        history = self.windows.recent_many(list({f.host for f in forecasts}), k + FORECAST_HISTORY_SLACK)
+        until: dict[str, float] = {}
+        for forecast in forecasts:
+            until[forecast.host] = max(forecast.based_on_ts, until.get(forecast.host, forecast.based_on_ts))
+        history = self.windows.rows_until(until, k + FORECAST_HISTORY_SLACK)
         judged, prev, nxt = [], [], []
         for forecast in forecasts:
             rows = rows_until(history[forecast.host], forecast.based_on_ts)
@@ -506,17 +509,21 @@ class Detector:
         by_host: dict[str, list[SampleWindow]] = defaultdict(list)
         for sample in samples:
             by_host[sample.host].append(sample)
-        history = self.windows.recent_many(list(by_host), k + 1 + max(len(v) for v in by_host.values()))
-        hosts, prev, nxt, order = [], [], [], []
+        # Up to each host's newest sample judged here: another replica may have stored newer ones.
+        until = {host: max(sample.ts for sample in host_samples) for host, host_samples in by_host.items()}
+        history = self.windows.rows_until(until, k + 1 + max(len(v) for v in by_host.values()))
+        prev, nxt, order = [], [], []
         for host, host_samples in by_host.items():
             for sample in host_samples:
                 rows = rows_until(history[host], sample.ts)
                 if rows is None:
-                    continue  # already trimmed away: far older than the history
-                hosts.append(host)
+                    continue  # already trimmed away, or far older than the rest of its host's batch
                 nxt.append(padded_window(rows, k))
                 prev.append(padded_window(rows[:-1] or rows, k))
                 order.append(sample)
+        if len(order) < len(samples):
+            self.counters.add("samples_not_judged", len(samples) - len(order))
+            log.warning("samples_not_judged", count=len(samples) - len(order), scope="host")
         if not order:
             return Scored([], np.empty(0), np.empty(0))
         prev_w, next_w = np.asarray(prev, dtype=np.float32), np.asarray(nxt, dtype=np.float32)
