@@ -20,6 +20,7 @@ from dragon.detector.gon import GonConfig, make_windows
 from dragon.detector.health import FaultHysteresis, HostFaultState, SampleWindow, gaps_before, unjudged
 from dragon.detector.learning import CHECK_INTERVAL_S, FineTuner, OnlineLearner, min_span
 from dragon.detector.lei import LeiStep
+from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.pot import StreamingPot
 from dragon.detector.scorer import Scorer
@@ -385,6 +386,31 @@ def test_a_replica_behind_another_judges_a_sample_on_the_window_up_to_it(client,
     k = scorer.window
     assert np.allclose(scored.next[0][:, 0], [ts / 100 for ts in range(25 - k, 25)])
     assert np.allclose(scored.prev[0][:, 0], [ts / 100 for ts in range(24 - k, 24)])
+
+
+def test_a_replica_that_cannot_read_the_leis_model_leaves_its_hosts_to_the_others(client, host_scorer):
+    """In a rolling upgrade the LEI's model may be one only newer replicas read: an older one that
+    kept beating would own a share of the hosts and judge none of them."""
+    scorer, _ = host_scorer
+    port = client.connection_pool.connection_kwargs["port"]
+    host_ip = client.connection_pool.connection_kwargs["host"]
+    settings = {"DRAGON_LEI": "upgrade", "DRAGON_INSTANCE": "old", "DRAGON_REDIS_URL": f"redis://{host_ip}:{port}/0"}
+    old = Detector(config.load(DetectorConfig, settings))
+    old.init_redis()
+    client.set("dragon:upgrade:model", b"a checkpoint of a version this code does not know")
+    client.set("dragon:upgrade:model:id", "newer-model")
+    old.init_model()
+    old._refresh_model()
+    other = Membership(client, "upgrade", "new")
+    other.beat()
+    assert old.scorer is None and old._heartbeat() is False
+    assert other.members() == ["new"]
+    old.models.publish(scorer.checkpoint)  # a model it can read after all (the upgrade rolled back)
+    old._last_model_check = float("-inf")
+    old._refresh_model()
+    assert old.scorer is not None and old._heartbeat() is True
+    time.sleep(1.1)  # members are read at most once a second
+    assert other.members() == ["new", "old"]
 
 
 def test_a_redis_that_refuses_leaves_the_state_in_memory_and_scoring_goes_on(client, host_scorer):

@@ -161,6 +161,7 @@ class Detector:
         self._reported_silent: dict[str, float] = {}  # host -> the last sample of its silence reported
         self.slot: ReplicaSlot | None = None  # without DRAGON_INSTANCE: the replica's name (replicas.py)
         self._slot_lost = False
+        self._benched = False  # out of the membership: no model we can serve
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -315,6 +316,15 @@ class Detector:
             redis_for_now(self.slot.release)  # disconnected by now: the next holder may take our session
 
     def _heartbeat(self) -> bool:
+        """Beat while we can judge. A replica that serves no model because it cannot read the
+        LEI's (a newer version's, in a rolling upgrade) leaves: it would own hosts and never judge
+        them. It comes back once it serves one."""
+        if self.scorer is None and self._unusable_model:
+            if redis_for_now(self.membership.leave) and not self._benched:
+                log.error("leaving_hosts_to_other_replicas", reason="the LEI's model is unusable here")
+                self._benched = True
+            return False
+        self._benched = False
         return redis_for_now(self.membership.beat)
 
     # --- model ----------------------------------------------------------------------
