@@ -20,18 +20,24 @@ compose() {  # compose LEI ARGS...
     docker compose --env-file "$FED/$lei.env" -f "$ROOT/compose/broker.yml" "$@"
 }
 
+bridge() {  # bridge FROM TO: FROM's topics to TO's broker
+    docker run --rm --network none -v "$FED:/fed" dragon-collector:local \
+        dragon bridge --lei "$1" --peer "$2" --address "host.docker.internal:$(port_of "$2" MQTT_TLS_PORT)" \
+        --peer-password-file "/fed/$2/secrets/bridge-$1.password" --peer-ca-file "/fed/$2/secrets/mqtt-ca.crt" \
+        --out "/fed/$1/bridges/$2.conf" >/dev/null
+}
+
 port_of() { grep -E "^$2=" "$FED/$1.env" | cut -d= -f2; }  # port_of LEI MQTT_PORT|MQTT_TLS_PORT
 
 up() {
     mkdir -p "$FED"/lei{1,2}/{secrets,secrets-ca,bridges}
-    # Credentials first: lei1's bridge logs in to lei2's broker with lei2's bridge password, over
-    # TLS to lei2's published TLS port, trusting lei2's CA.
+    # Credentials first: each broker's bridge carries its own LEI's topics to the other, logged in
+    # with the password the other made for it (bridge-<lei>), over TLS to the other's published TLS
+    # port, trusting the other's CA.
     compose lei1 run --rm secrets >/dev/null
     compose lei2 run --rm secrets >/dev/null
-    docker run --rm --network none -v "$FED:/fed" dragon-collector:local \
-        dragon bridge --lei lei1 --peer lei2 --address "host.docker.internal:$(port_of lei2 MQTT_TLS_PORT)" \
-        --peer-password-file /fed/lei2/secrets/bridge.password --peer-ca-file /fed/lei2/secrets/mqtt-ca.crt \
-        --out /fed/lei1/bridges/lei2.conf >/dev/null
+    bridge lei1 lei2
+    bridge lei2 lei1
     compose lei2 up -d
     compose lei1 up -d
     cat <<MSG

@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated ids of hosts with a collector of their own: each gets a user collector-<host>",
     )
     p.add_argument("--force", action="store_true", help="replace existing passwords")
-    p.add_argument("--peers", default="", help="comma-separated ids of the other LEIs whose brokers bridge to this one")
+    p.add_argument(
+        "--peers",
+        default="",
+        help="comma-separated ids of the other LEIs whose brokers bridge to this one: each gets a user bridge-<peer>",
+    )
     p.add_argument(
         "--broker-names",
         default="",
@@ -59,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(handler=_secrets)
 
-    p = commands.add_parser("bridge", help="write the Mosquitto bridge from this LEI's broker to a peer's")
+    p = commands.add_parser(
+        "bridge",
+        help="write the Mosquitto bridge carrying this LEI's topics to a peer's broker (the peer bridges its own back)",
+    )
     p.add_argument("--lei", required=True, help="id of this LEI")
     p.add_argument("--peer", required=True, help="id of the peer LEI")
     p.add_argument(
@@ -67,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         help="the peer broker's host:port as this broker reaches it (its TLS port, 8883, with --peer-ca-file)",
     )
-    p.add_argument("--peer-password-file", type=Path, required=True, help="the peer's secrets/bridge.password")
+    p.add_argument(
+        "--peer-password-file", type=Path, required=True, help="the peer's secrets/bridge-<this LEI>.password"
+    )
     p.add_argument("--out", type=Path, required=True, help="file to write (e.g. compose/bridges/<peer>.conf)")
     over = p.add_mutually_exclusive_group(required=True)
     over.add_argument(

@@ -142,7 +142,8 @@ def fresh_health(
 def bridged_brokers(
     tmp_path_factory, repo: Path, prefix: str, uncertified: str = ""
 ) -> Iterator[tuple[LeiStack, LeiStack, str]]:
-    """Two LEIs' brokers (A: h1, h2; B: h3, h4), A's bridged to B's as `dragon bridge` would do it.
+    """Two LEIs' brokers (A: h1, h2; B: h3, h4), each bridging its topics to the other's as
+    `dragon bridge` would do it.
 
     They share an internal network, the "WAN": internal, so taking a broker off it never touches
     the ports the test reaches it on. Yields both stacks and the WAN's name; removes everything.
@@ -157,6 +158,8 @@ def bridged_brokers(
         b.start_brokers(peers=(a.lei,))
         a.bridge_to(b, dial=uncertified)
         a.start_brokers(peers=(b.lei,))
+        b.bridge_to(a)
+        b.restart("relay", "running")  # it reads its bridges at start
         a.join_wan(wan.name)
         b.join_wan(wan.name, also_as=(uncertified,) if uncertified else ())
         yield a, b, wan.name

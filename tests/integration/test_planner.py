@@ -108,6 +108,21 @@ def test_a_restarted_planner_rebuilds_the_federation_and_decides_again(federatio
     assert set(decision.leis) == {a.lei, b.lei} and decision.moves
 
 
+def test_a_peers_bridge_login_may_publish_its_own_leis_topics_only(federation):
+    """Peers' relays log in as bridge-<peer>: not this LEI's topics (a fault injection starts
+    containers), not another peer's."""
+    a, b, _ = federation
+    peer = b.mqtt_settings(f"bridge-{a.lei}")
+    sample = codec.encode(HostSample(a.lei, "h1", time.time(), 1, INTERVAL_S, HostMetrics(0.1, 0.1, 0, 0, 0, 0, 0)))
+    refused = [
+        publish(peer, f"dragon/{b.lei}/inject/h3", b"{}"),
+        publish(peer, topics.host_health(b.lei, "h3"), b"{}"),
+        publish(peer, topics.host_sample("another-lei", "x1"), sample),
+    ]
+    assert [str(code) for code in refused] == ["Not authorized"] * 3
+    assert str(publish(peer, topics.host_sample(a.lei, "h1"), sample, codec.MSGPACK)) == "Success"
+
+
 def test_cutting_the_bridge_leaves_each_broker_planning_on_its_own(federation):
     a, b, wan = federation
     a.leave_wan(wan)

@@ -95,14 +95,45 @@ def writers(acl: str, topic: str) -> list[str]:
     ]
 
 
-def test_the_bridge_user_may_only_bring_in_its_peers_topics_and_take_this_leis():
-    bridge = acl_block(secrets.acl("lei1", ["h1"], peers=["lei2"]), "bridge")
-    assert "topic write dragon/lei2/hosts/+/sample" in bridge
-    assert "topic write dragon/fed/lei2/decision" in bridge
-    assert "topic read dragon/lei1/hosts/+/sample" in bridge
-    assert not any(line.startswith("topic write") and "lei1" in line for line in bridge)
-    no_peers = acl_block(secrets.acl("lei1", ["h1"]), "bridge")
-    assert not any(line.startswith("topic write") for line in no_peers)
+def test_each_peers_bridge_user_may_publish_that_peers_topics_and_nothing_else():
+    """One user per peer: a peer's password cannot speak for this LEI, nor for another peer."""
+    acl = secrets.acl("lei1", ["h1"], peers=["lei2", "lei3"])
+    lei2 = acl_block(acl, "bridge-lei2")
+    assert "topic write dragon/lei2/hosts/+/sample" in lei2 and "topic write dragon/fed/lei2/decision" in lei2
+    assert all(line.startswith("topic write dragon/") and "lei2/" in line for line in lei2[1:])
+    assert not any("read" in line for line in lei2)  # it brings its own in; this LEI's go out on its own bridge
+    assert "user bridge\n" not in acl and "user bridge-lei1" not in acl
+    assert "user bridge" not in secrets.acl("lei1", ["h1"])
+    # The relay takes this LEI's shared topics out and may publish nothing here.
+    relay = acl_block(acl, "relay")
+    assert relay and all(line.startswith("topic read dragon/") and "lei1/" in line for line in relay)
+
+
+def test_the_relay_holds_the_bridges_and_brings_nothing_in_from_them(tmp_path):
+    """Mosquitto checks no ACL on what comes over a bridge it holds: the relay holds them, and
+    its own bridge to the LEI's broker only takes this LEI's shared topics in."""
+    secrets.generate(tmp_path, "lei1", ["h1"], peers=["lei2"])
+    lines = (tmp_path / "relay.conf").read_text().splitlines()
+    password = (tmp_path / "relay.password").read_text().strip()
+    assert "connection local" in lines and "address mosquitto:1883" in lines
+    assert "remote_username relay" in lines and f"remote_password {password}" in lines
+    topics = [line for line in lines if line.startswith("topic ")]
+    assert topics and all(
+        line.startswith("topic dragon/") and "lei1/" in line and line.endswith(" in 1") for line in topics
+    )
+    assert lines[-1] == f"include_dir {secrets.BRIDGES_MOUNT}"  # the bridges, after its own
+    assert "allow_anonymous false" in lines and "password_file" not in "\n".join(lines)  # nobody logs in to it
+
+
+def test_a_peer_no_longer_listed_loses_its_bridge_login_and_the_shared_one_is_gone(tmp_path):
+    (tmp_path / "bridge.password").write_text("shared by every peer before\n")
+    written = secrets.generate(tmp_path, "lei1", ["h1"], peers=["lei2"])
+    assert "bridge-lei2.password" in written and not (tmp_path / "bridge.password").exists()
+    users = [line.split(":")[0] for line in (tmp_path / "passwd").read_text().splitlines()]
+    assert "bridge-lei2" in users and "bridge" not in users
+    secrets.generate(tmp_path, "lei1", ["h1"])
+    assert not (tmp_path / "bridge-lei2.password").exists()
+    assert "bridge-lei2" not in (tmp_path / "passwd").read_text()
 
 
 def test_the_simulator_and_planner_answer_and_decide_only_for_their_own_lei():
@@ -149,15 +180,17 @@ def test_a_bridge_file_carries_each_lei_its_own_direction():
     lines = conf.splitlines()
     assert "address broker2.example:8883" in lines and "bridge_cafile /mosquitto/bridges/lei2.ca.crt" in lines
     assert "bridge_insecure false" in lines  # the peer's certificate must name the address's host
-    assert "remote_password s3cret" in lines
+    assert "remote_username bridge-lei1" in lines and "remote_password s3cret" in lines
     assert "topic dragon/lei1/hosts/+/sample out 1" in lines
-    assert "topic dragon/lei2/hosts/+/sample in 1" in lines
-    assert "topic dragon/fed/lei2/decision in 1" in lines
+    assert "topic dragon/fed/lei1/decision out 1" in lines
     assert "topic dragon/lei1/tasks out 1" in lines  # a move is seen by the peers' planners at once
     # Both modes' verdicts, so a peer's planner also plans on the faults a forecast predicts.
-    assert "topic dragon/lei2/hosts/+/health/# in 1" in lines
+    assert "topic dragon/lei1/hosts/+/health/# out 1" in lines
     assert not any("migrations" in line for line in lines)  # commands never cross brokers
-    assert not any(" both " in line for line in lines)  # no loops between brokers
+    # Nothing in: Mosquitto applies no ACL to what comes over a bridge the broker holds itself.
+    assert [line for line in lines if line.startswith("topic ")] == [
+        line for line in lines if line.startswith("topic dragon/") and "lei1/" in line and line.endswith(" out 1")
+    ]
     with pytest.raises(ValueError, match="itself"):
         secrets.bridge_conf("lei1", "lei1", "x:1", "p", None)
     plain = secrets.bridge_conf("lei1", "lei2", "broker2.example:1883", "s3cret", None).splitlines()
@@ -179,14 +212,15 @@ def test_a_lei_cannot_be_its_own_peer(tmp_path):
 def test_dragon_bridge_writes_the_file_readable_by_the_broker_only(tmp_path, capsys):
     from dragon.cli import main
 
-    (tmp_path / "bridge.password").write_text("peerpass\n")
+    (tmp_path / "bridge-lei1.password").write_text("peerpass\n")
     out = tmp_path / "lei2.conf"
     args = ["bridge", "--lei", "lei1", "--peer", "lei2", "--address", "b2:1883"]
-    assert main([*args, "--peer-password-file", str(tmp_path / "bridge.password"), "--out", str(out), "--plain"]) == 0
+    password = str(tmp_path / "bridge-lei1.password")
+    assert main([*args, "--peer-password-file", password, "--out", str(out), "--plain"]) == 0
     assert "remote_password peerpass" in out.read_text()
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
     bad = ["bridge", "--lei", "lei1", "--peer", "le/i2", "--address", "b2:1883"]
-    assert main([*bad, "--peer-password-file", str(tmp_path / "bridge.password"), "--out", str(out), "--plain"]) == 2
+    assert main([*bad, "--peer-password-file", password, "--out", str(out), "--plain"]) == 2
     assert "--peer" in capsys.readouterr().err
 
 
@@ -198,14 +232,14 @@ def test_dragon_bridge_speaks_tls_to_the_peer_it_trusts_unless_told_plain(tmp_pa
     bridges = tmp_path / "bridges"
     bridges.mkdir()
     args = ["bridge", "--lei", "lei1", "--peer", "lei2", "--address", "b2.example:8883"]
-    args += ["--peer-password-file", str(peer / "bridge.password"), "--out", str(bridges / "lei2.conf")]
+    args += ["--peer-password-file", str(peer / "bridge-lei1.password"), "--out", str(bridges / "lei2.conf")]
     with pytest.raises(SystemExit) as neither:  # secure by default: TLS, or plain said out loud
         main(args)
     assert neither.value.code == 2 and "--peer-ca-file" in capsys.readouterr().err
     assert main([*args, "--peer-ca-file", str(peer / "mqtt-ca.crt")]) == 0
     assert (bridges / "lei2.ca.crt").read_bytes() == (peer / "mqtt-ca.crt").read_bytes()
     assert "bridge_cafile /mosquitto/bridges/lei2.ca.crt" in (bridges / "lei2.conf").read_text().splitlines()
-    assert main([*args, "--peer-ca-file", str(peer / "bridge.password")]) == 2  # not a certificate
+    assert main([*args, "--peer-ca-file", str(peer / "bridge-lei1.password")]) == 2  # not a certificate
     assert main([*args, "--peer-ca-file", str(tmp_path / "missing.crt")]) == 2
     assert "missing.crt" in capsys.readouterr().err
 

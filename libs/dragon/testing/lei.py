@@ -79,7 +79,7 @@ class LeiStack:
         self.lei = lei
         self.hosts = hosts
         self.secrets_dir = workdir / "secrets"
-        self.bridges_dir = workdir / "bridges"  # Mosquitto's include_dir: bridges to peer brokers
+        self.bridges_dir = workdir / "bridges"  # the relay's include_dir: bridges to peer brokers
         self.mosquitto_conf = mosquitto_conf
         self.network = Network()
         self.containers: dict[str, DockerContainer] = {}
@@ -95,6 +95,7 @@ class LeiStack:
         self.bridges_dir.chmod(0o755)
         self.network.create()
         self.containers["mosquitto"] = self._mosquitto().start()
+        self.containers["relay"] = self._relay().start()
         self.containers["redis"] = self._redis().start()
 
     def _mosquitto(self) -> DockerContainer:
@@ -105,8 +106,23 @@ class LeiStack:
             .with_exposed_ports(1883, TLS_PORT)
             .with_volume_mapping(str(self.mosquitto_conf), "/mosquitto/config/mosquitto.conf", "ro")
             .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
-            .with_volume_mapping(str(self.bridges_dir), secrets.BRIDGES_MOUNT, "ro")
             .with_kwargs(group_add=BROKER_GROUPS)
+            .waiting_for(
+                LogMessageWaitStrategy(r"mosquitto version \d+\.\d+\.\d+ running").with_startup_timeout(
+                    STARTUP_TIMEOUT_S
+                )
+            )
+        )
+
+    def _relay(self) -> DockerContainer:
+        """This LEI's bridges to its peers, as compose runs them (secrets.relay_conf)."""
+        return (
+            DockerContainer(MOSQUITTO_IMAGE)
+            .with_network(self.network)
+            .with_command(["/usr/sbin/mosquitto", "-c", "/secrets/relay.conf"])
+            .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
+            .with_volume_mapping(str(self.bridges_dir), secrets.BRIDGES_MOUNT, "ro")
+            .with_kwargs(group_add=SECRETS_GROUP)
             .waiting_for(
                 LogMessageWaitStrategy(r"mosquitto version \d+\.\d+\.\d+ running").with_startup_timeout(
                     STARTUP_TIMEOUT_S
@@ -193,11 +209,13 @@ class LeiStack:
         )
 
     def bridge_to(self, peer: LeiStack, dial: str = "") -> None:
-        """Bridge this LEI's broker to ``peer``'s, as `dragon bridge` would, over their :meth:`join_wan` network.
+        """Bridge this LEI's topics to ``peer``'s broker from this LEI's relay, as `dragon bridge`
+        would, over their :meth:`join_wan` network (the peer bridges its own back with its own call).
 
-        Call before :meth:`start_brokers` of this stack, after the peer's; the peer's secrets
-        must list this LEI among its peers. ``dial``: the name to reach the peer by, if not the
-        one its certificate holds (:attr:`wan_alias`).
+        Call after the peer's secrets are written (its :meth:`start_brokers`), listing this LEI
+        among its peers, and before this stack's :meth:`start_brokers` (else restart its relay).
+        ``dial``: the name to reach the peer by, if not the one its certificate holds
+        (:attr:`wan_alias`).
         """
         self.bridges_dir.mkdir(parents=True, exist_ok=True)
         written = secrets.write_bridge(
@@ -205,7 +223,7 @@ class LeiStack:
             self.lei,
             peer.lei,
             f"{dial or peer.wan_alias}:{TLS_PORT}",
-            peer.password("bridge"),
+            peer.password(secrets.bridge_user(self.lei)),
             (peer.secrets_dir / certificates.CA_CERT).read_bytes(),
         )
         if os.geteuid() != 0:  # cannot give it to the services' group: let the mosquitto user read it
@@ -217,17 +235,21 @@ class LeiStack:
         return f"mosquitto-{self.lei}"
 
     def join_wan(self, wan: str, also_as: tuple[str, ...] = ()) -> None:
-        """Put this broker on the federation's network ``wan`` as ``mosquitto-<lei>``, where bridges find it.
+        """Put this broker on the federation's network ``wan`` as ``mosquitto-<lei>``, where peers'
+        bridges find it, and the relay, whose bridges dial the peers there.
 
         ``wan`` should be an internal network: Docker never routes a container's default gateway
         (and so its published ports) through one, so leaving it cannot cut the test's own access.
         """
-        mosquitto = self.containers["mosquitto"].get_wrapped_container()
-        self.docker.networks.get(wan).connect(mosquitto, aliases=[self.wan_alias, *also_as])
+        network = self.docker.networks.get(wan)
+        network.connect(self.containers["mosquitto"].get_wrapped_container(), aliases=[self.wan_alias, *also_as])
+        network.connect(self.containers["relay"].get_wrapped_container())
 
     def leave_wan(self, wan: str) -> None:
-        """Take this broker off the federation's network: a WAN outage, as both ends of its bridges see it."""
-        self.docker.networks.get(wan).disconnect(self.containers["mosquitto"].get_wrapped_container())
+        """Take this LEI off the federation's network: a WAN outage, as both ends of its bridges see it."""
+        network = self.docker.networks.get(wan)
+        for name in ("mosquitto", "relay"):
+            network.disconnect(self.containers[name].get_wrapped_container())
 
     # --- services -----------------------------------------------------------------
     def _service_env(self, user: str) -> dict[str, str]:
