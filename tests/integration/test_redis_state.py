@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import msgpack
 import numpy as np
@@ -28,7 +30,9 @@ from dragon.detector.service import Detector
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.train import train_from_series
 from dragon.detector.tunerstate import SETTLE_ATTEMPTS, GateFloors, KeptWindows, TunerState
-from dragon.messages.schemas import HOST_METRICS, HostMetrics, HostSample
+from dragon.messages import codec
+from dragon.messages.schemas import HOST_METRICS, FaultEvent, HostMetrics, HostSample
+from dragon.mqtt import MqttClient
 from dragon.service.replicas import SLOT_TTL_S, ReplicaSlot, SlotTaken
 from dragon.store import WindowStore, padded_window, retry_until
 from dragon.testing.lei import REDIS_IMAGE
@@ -411,6 +415,73 @@ def test_a_replica_that_cannot_read_the_leis_model_leaves_its_hosts_to_the_other
     assert old.scorer is not None and old._heartbeat() is True
     time.sleep(1.1)  # members are read at most once a second
     assert other.members() == ["new", "old"]
+
+
+def detector_on(client, lei: str, instance: str, **settings: str) -> Detector:
+    """A detector in this process on the test's Redis; MQTT goes to a port nobody listens on,
+    where paho keeps what it is given to publish."""
+    where = client.connection_pool.connection_kwargs
+    env = {
+        "DRAGON_LEI": lei,
+        "DRAGON_INSTANCE": instance,
+        "DRAGON_REDIS_URL": f"redis://{where['host']}:{where['port']}/0",
+    }
+    detector = Detector(config.load(DetectorConfig, env | {"DRAGON_MQTT_PORT": "1"} | settings))
+    detector.init_redis()
+    detector.mqtt = MqttClient(detector.config.common.mqtt, "detector", instance, detector.counters)
+    return detector
+
+
+def waiting(detector: Detector) -> list[tuple[str, bytes]]:
+    return [(m.topic, m.payload) for m in detector.mqtt._client._out_messages.values()]
+
+
+def test_a_silent_host_is_reported_once_by_its_owner_with_a_model_dated_after_its_last_sample(client, host_scorer):
+    scorer, _ = host_scorer
+    detector = detector_on(client, "quiet", "a", DRAGON_DETECTOR_SILENT_INTERVALS="3")
+    hear_h2_fall_silent(detector)
+
+    detector._report_silent()  # no model served yet (an on-line warm-up): nobody is judged
+    assert waiting(detector) == [] and detector.counters.snapshot().get("silences_reported") is None
+
+    detector.scorer = scorer
+    detector._silence_checked_at = 0.0
+    detector._report_silent()
+    began = math.nextafter(1_000_049.0, math.inf)
+    health = detector._health[("h2", "observed")]  # retained at QoS 0: paho keeps none while away
+    assert (health.host, health.ts, health.label, health.cause) == ("h2", began, 1, "silent")
+    (event,) = [codec.decode(FaultEvent, payload, 65536) for topic, payload in waiting(detector) if "faults/" in topic]
+    assert (event.type, event.host, event.window_ts, event.cause) == ("start", "h2", began, "silent")
+    queued = len(waiting(detector))
+
+    detector._silence_checked_at = 0.0
+    detector._report_silent()  # the same silence: not again
+    assert len(waiting(detector)) == queued and detector.counters.snapshot()["silences_reported"] == 1
+
+
+def hear_h2_fall_silent(detector: Detector) -> None:
+    """h1 and h2 every second, then h1 alone for 10 s: h2's last sample is at 1_000_049."""
+    start = time.monotonic() - 100  # long enough ago for the grace after the first sample to be over
+    for second in range(60):
+        hosts = ("h1", "h2") if second < 50 else ("h1",)
+        samples = [SimpleNamespace(host=host, ts=1_000_000.0 + second, interval_s=1.0) for host in hosts]
+        detector.silence.heard(samples, start + second)
+
+
+def test_a_silent_host_is_reported_by_its_owner_only(client, host_scorer):
+    scorer, _ = host_scorer
+    a, b = (detector_on(client, "quiet2", name, DRAGON_DETECTOR_SILENT_INTERVALS="3") for name in ("a", "b"))
+    for replica in (a, b):
+        replica.membership.beat()
+    for replica in (a, b):
+        replica.membership._refreshed = float("-inf")  # read the members now
+        replica.scorer = scorer
+        hear_h2_fall_silent(replica)
+    (owner,) = [replica for replica in (a, b) if replica.membership.owns("h2")]
+    (other,) = [replica for replica in (a, b) if replica is not owner]
+    other._report_silent()  # first: the fault state would take its report as well as the owner's
+    owner._report_silent()
+    assert waiting(other) == [] and any("faults/" in topic for topic, _ in waiting(owner))
 
 
 def test_a_redis_that_refuses_leaves_the_state_in_memory_and_scoring_goes_on(client, host_scorer):
