@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Two LEIs federated on this machine: lei1 (hosts h1, h2) and lei2 (h3, h4), each a compose
-# project of compose/broker.yml with its own Mosquitto (compose/federation/lei{1,2}.env), lei1's
-# broker bridged to lei2's so that each broker's planner sees both LEIs. What README.md's
-# "Federate brokers" does by hand, on one machine.
+# project of compose/broker.yml with its own Mosquitto (compose/federation/lei{1,2}.env), each
+# LEI's relay bridging its topics to the other's broker so that each broker's planner sees both
+# LEIs. What README.md's "Federate brokers" does by hand, on one machine.
 #
 #   scripts/build-images.sh                 # once
 #   scripts/federation-demo.sh up           # prints how to watch the decisions

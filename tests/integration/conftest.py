@@ -159,7 +159,7 @@ def bridged_brokers(
         a.bridge_to(b, dial=uncertified)
         a.start_brokers(peers=(b.lei,))
         b.bridge_to(a)
-        b.restart("relay", "running")  # it reads its bridges at start
+        b.restart("relay", "relay: ")  # it reads its bridges at start
         a.join_wan(wan.name)
         b.join_wan(wan.name, also_as=(uncertified,) if uncertified else ())
         yield a, b, wan.name

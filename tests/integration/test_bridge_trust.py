@@ -1,9 +1,11 @@
-"""What a peer's broker sends back over the bridge that carries this LEI's topics to it stays in
-the relay: Mosquitto checks no ACL on a bridge it holds, so a broker holding its own bridges would
-take a fault injection (it starts containers) or a forged verdict from whoever answers the bridge.
+"""What a peer's broker sends back over the bridge that carries this LEI's topics to it reaches
+neither this LEI's broker nor another peer: Mosquitto checks no ACL on a bridge it holds and routes
+what comes over it to its other bridges, so a broker holding its own bridges would take a fault
+injection (it starts containers) or a forged verdict from whoever answers a bridge, and one relay
+holding every bridge would pass this LEI's forged verdicts on to its other peers.
 
-The peer here is a few lines of MQTT in this process that answers the relay's bridge and sends
-what no honest broker would: messages the bridge never subscribed to.
+The peers here are a few lines of MQTT in this process that answer the relay's bridges; one sends
+what no honest broker would: messages its bridge never subscribed to.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class HostilePeer:
 
     def __init__(self, forged: list[tuple[str, bytes]]) -> None:
         self.forged = forged
-        self.received: list[str] = []
+        self.received: list[tuple[str, bytes]] = []
         self.forged_sent = threading.Event()
         self._server = socket.create_server(("0.0.0.0", 0))
         self.port = self._server.getsockname()[1]
@@ -55,8 +57,10 @@ class HostilePeer:
                     connection.sendall(b"\x90\x03" + body[:2] + b"\x01")
                 elif kind >> 4 == 3:  # PUBLISH from the relay: this LEI's shared topics
                     (length,) = struct.unpack("!H", body[:2])
-                    self.received.append(body[2 : 2 + length].decode())
-                    if kind & 0x06:  # QoS 1: acknowledge
+                    qos = (kind >> 1) & 0x03
+                    payload = body[2 + length + (2 if qos else 0) :]
+                    self.received.append((body[2 : 2 + length].decode(), payload))
+                    if qos:  # acknowledge
                         connection.sendall(b"\x40\x02" + body[2 + length : 4 + length])
                     if not self.forged_sent.is_set():
                         for topic, payload in self.forged:
@@ -105,35 +109,42 @@ def stack(tmp_path, repo) -> Iterator[LeiStack]:
     conf = repo / "compose" / "mosquitto" / "broker.conf"
     lei = LeiStack(f"trust{int(time.time()) % 100000}", ["h1"], tmp_path, conf)
     try:
-        lei.start_brokers(peers=("evil",))
+        lei.start_brokers(peers=("evil", "honest"))
         yield lei
     finally:
         lei.stop()
 
 
-def test_what_a_peers_broker_sends_back_over_this_leis_bridge_reaches_nobody_here(stack):
+def test_what_a_peers_broker_sends_back_over_this_leis_bridge_reaches_nobody_else(stack):
+    forged_verdict = b"forged verdict"
     forged = [
         (topics.inject(stack.lei, "h1"), b'{"id": "evil1", "kind": "cpu", "duration_s": 600}'),
-        (topics.host_health(stack.lei, "h1"), b"forged verdict"),
+        (topics.host_health(stack.lei, "h1"), forged_verdict),  # a topic the other peer's bridge carries
         (topics.host_sample("evil", "x1"), b"forged sample"),
     ]
-    peer = HostilePeer(forged)
+    evil, honest = HostilePeer(forged), HostilePeer([])
     try:
         gateway = stack.docker.networks.get(stack.network.name).attrs["IPAM"]["Config"][0]["Gateway"]
-        secrets.write_bridge(stack.bridges_dir / "evil.conf", stack.lei, "evil", f"{gateway}:{peer.port}", "pw", None)
-        (stack.bridges_dir / "evil.conf").chmod(0o644)  # the test may not run as root
-        stack.restart("relay", "running")
+        for name, peer in (("evil", evil), ("honest", honest)):
+            bridge = stack.bridges_dir / f"{name}.conf"
+            secrets.write_bridge(bridge, stack.lei, name, f"{gateway}:{peer.port}", "pw", None)
+            bridge.chmod(0o644)  # the test may not run as root
+        stack.restart("relay", "relay: ")
         watched = [f"dragon/{stack.lei}/#", "dragon/evil/#"]
+        own_sample = topics.host_sample(stack.lei, "h1")
         with Listener(stack.mqtt_settings("viewer"), watched) as listener:
             sample = HostSample(stack.lei, "h1", time.time(), 1, 1.0, HostMetrics(0.1, 0.1, 0, 0, 0, 0, 0))
             deadline = time.monotonic() + BRIDGE_TIMEOUT_S
-            while not peer.forged_sent.wait(1):  # the bridge carries this LEI's samples out...
-                assert time.monotonic() < deadline, stack.logs("relay")[-2000:]
-                publish(stack.mqtt_settings("collector"), topics.host_sample(stack.lei, "h1"), codec.encode(sample))
+            # The bridges carry this LEI's samples out...
+            while not (evil.forged_sent.is_set() and any(t == own_sample for t, _ in honest.received)):
+                assert time.monotonic() < deadline, stack.logs("relay")[-3000:]
+                publish(stack.mqtt_settings("collector"), own_sample, codec.encode(sample))
+                time.sleep(1)
             time.sleep(QUIET_S)
-            # ... and what came back reached no subscriber of the LEI's broker.
+            # ... and what came back reached no subscriber of the LEI's broker, nor the other peer.
             arrived = {message.topic for message in listener.messages}
-        assert topics.host_sample(stack.lei, "h1") in peer.received
-        assert arrived <= {topics.host_sample(stack.lei, "h1")}, arrived
+        assert arrived <= {own_sample}, arrived
+        assert all(payload != forged_verdict for _, payload in honest.received), honest.received
     finally:
-        peer.close()
+        evil.close()
+        honest.close()

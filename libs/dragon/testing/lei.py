@@ -119,15 +119,11 @@ class LeiStack:
         return (
             DockerContainer(MOSQUITTO_IMAGE)
             .with_network(self.network)
-            .with_command(["/usr/sbin/mosquitto", "-c", "/secrets/relay.conf"])
+            .with_command(["/usr/local/bin/dragon-relay"])
             .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
             .with_volume_mapping(str(self.bridges_dir), secrets.BRIDGES_MOUNT, "ro")
             .with_kwargs(group_add=SECRETS_GROUP)
-            .waiting_for(
-                LogMessageWaitStrategy(r"mosquitto version \d+\.\d+\.\d+ running").with_startup_timeout(
-                    STARTUP_TIMEOUT_S
-                )
-            )
+            .waiting_for(LogMessageWaitStrategy(r"relay: ").with_startup_timeout(STARTUP_TIMEOUT_S))
         )
 
     def _redis(self) -> DockerContainer:
