@@ -99,7 +99,7 @@ def test_a_task_is_not_commanded_again_while_its_command_is_pending():
 def test_after_any_answer_the_task_rests_for_the_cooldown(outcome):
     planner = issuer()
     (first,) = planner.commands_for(decision(OURS), NOW)
-    assert planner.settle(answer(first, outcome, NOW + 1))
+    assert planner.settle(answer(first, outcome, NOW + 1), NOW + 1)
     assert planner.commands_for(decision(OURS, decision_id="e" * 32), NOW + 30) == []
     assert len(planner.commands_for(decision(OURS, decision_id="f" * 32), NOW + 62)) == 1
 
@@ -108,9 +108,9 @@ def test_a_late_done_for_a_command_given_up_on_still_rests_the_task():
     planner = issuer()
     (first,) = planner.commands_for(decision(OURS), NOW)
     (second,) = planner.commands_for(decision(OURS, decision_id="e" * 32), NOW + 121)  # the first timed out
-    assert not planner.settle(answer(first, "done", NOW + 122))  # not the pending one...
+    assert not planner.settle(answer(first, "done", NOW + 122), NOW + 122)  # not the pending one...
     assert planner.pending() == {"web": second.id}
-    assert planner.settle(answer(second, "refused", NOW + 123))
+    assert planner.settle(answer(second, "refused", NOW + 123), NOW + 123)
     assert planner.commands_for(decision(OURS, decision_id="f" * 32), NOW + 130) == []  # ...but it moved
 
 
@@ -118,7 +118,7 @@ def test_an_answer_to_someone_elses_command_settles_nothing():
     planner = issuer()
     (sent,) = planner.commands_for(decision(OURS), NOW)
     stranger = MigrationEvent(id="other", lei="lei1", task="web", outcome="refused", ts=NOW)
-    assert not planner.settle(stranger)
+    assert not planner.settle(stranger, NOW)
     assert planner.pending() == {"web": sent.id}
 
 

@@ -156,21 +156,23 @@ def test_a_verdict_stamped_ahead_of_the_clock_is_dropped_and_hides_nothing():
     assert p.faulty(now) == [("a", "h1")] and p.counters.snapshot().get("dropped_future") == 1
 
 
-def test_a_migration_event_stamped_ahead_of_the_clock_does_not_keep_its_task_resting():
-    """The task rests from its answer's time for the cooldown: an hour ahead, it would not be
-    commanded again for an hour."""
+def test_an_answer_stamped_ahead_of_the_clock_settles_its_command_and_rests_the_task_from_now():
+    """A migrator whose clock runs an hour ahead: its answer still settles the planner's command,
+    and the task rests for the cooldown from now, not for an hour more."""
     from dragon.mqtt import Incoming
 
     p = planner(DRAGON_MIGRATION_KEY="k" * 32)
     p.init_mqtt()
     feed(p)
     decision = p.decide(p.view.snapshot(NOW), [("a", "h1")], NOW)
-    task = decision.moves[0].task
     now = time.time()
-    ahead = MigrationEvent(id="c0", lei="a", task=task, outcome="done", ts=now + 3600)
+    (command, *_) = p.issuer.commands_for(decision, now)
+    assert p.issuer.pending() == {command.task: command.id}
+    ahead = MigrationEvent(id=command.id, lei="a", task=command.task, outcome="done", ts=now + 3600)
     p.on_migration_event(Incoming("dragon/a/migrations/events", codec.encode(ahead), 1, False, codec.MSGPACK))
-    assert p.counters.snapshot().get("dropped_future") == 1
-    assert task in {c.task for c in p.issuer.commands_for(decision, now)}
+    assert p.issuer.pending() == {} and p.counters.snapshot().get("commands_done") == 1
+    after_the_rest = now + p.config.move_cooldown_s + 1
+    assert command.task in {c.task for c in p.issuer.commands_for(decision, after_the_rest)}
 
 
 def test_a_verdict_as_far_ahead_as_the_detector_takes_its_hosts_samples_is_kept():

@@ -11,6 +11,7 @@ shuttle between hosts faster than its samples can show where it landed, and a mo
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from dragon.messages.schemas import MigrationCommand, MigrationEvent, PlanDecision
@@ -56,14 +57,18 @@ class CommandIssuer:
                 self._pending[move.task] = Issued(command.id, now)
         return commands
 
-    def settle(self, event: MigrationEvent) -> bool:
+    def settle(self, event: MigrationEvent, now: float | None = None) -> bool:
         """Take the migrator's answer in; True if it answered our pending command.
 
         Any answer about a task starts its rest, even one to a command we had given up on (a
-        late ``done``: the task has moved, whatever we sent since).
+        late ``done``: the task has moved, whatever we sent since); at its time, or ``now`` if
+        that is earlier: an answer stamped ahead (a migrator's clock) must not rest the task for
+        longer than the cooldown.
         """
+        now = time.time() if now is None else now
         with self._lock:
-            self._rests_since[event.task] = max(event.ts, self._rests_since.get(event.task, 0.0))
+            rest_from = min(event.ts, now)
+            self._rests_since[event.task] = max(rest_from, self._rests_since.get(event.task, 0.0))
             pending = self._pending.get(event.task)
             if pending is None or pending.command_id != event.id:
                 return False

@@ -122,11 +122,9 @@ class Planner:
 
     def on_migration_event(self, incoming: Incoming) -> None:
         event = self.mqtt.decode_or_drop(MigrationEvent, incoming)
-        # A task rests after any answer until the answer's time plus the cooldown: one stamped far
-        # ahead (a migrator's clock, a forged time) would keep it from ever being moved again.
-        if event is None or self.mqtt.dropped_if_ahead(incoming, event.ts):
+        if event is None:
             return
-        if self.issuer is not None and self.issuer.settle(event):
+        if self.issuer is not None and self.issuer.settle(event, time.time()):
             self.counters.add(f"commands_{event.outcome}")
             log.info(
                 "command_answered", id=event.id, task=event.task, outcome=event.outcome, reason=event.reason or None
