@@ -79,7 +79,7 @@ class LeiStack:
         self.lei = lei
         self.hosts = hosts
         self.secrets_dir = workdir / "secrets"
-        self.bridges_dir = workdir / "bridges"  # the relay's include_dir: bridges to peer brokers
+        self.bridges_dir = workdir / "bridges"  # the relay's bridges to peer brokers, one Mosquitto each
         self.mosquitto_conf = mosquitto_conf
         self.network = Network()
         self.containers: dict[str, DockerContainer] = {}
