@@ -46,6 +46,11 @@ class Window:
     ts: float
 
 
+# The detectors made here keep their models in Redis only: the service's default directory is a
+# volume, and a model left there would be served by the next run's detectors.
+NO_MODEL_FILE = ""
+
+
 @pytest.fixture(scope="module")
 def client():
     container = (
@@ -381,7 +386,8 @@ def test_a_replica_behind_another_judges_a_sample_on_the_window_up_to_it(client,
     port = client.connection_pool.connection_kwargs["port"]
     host_ip = client.connection_pool.connection_kwargs["host"]
     settings = {"DRAGON_LEI": "behind", "DRAGON_INSTANCE": "a", "DRAGON_REDIS_URL": f"redis://{host_ip}:{port}/0"}
-    detector = Detector(config.load(DetectorConfig, settings | {"DRAGON_WINDOW": str(scorer.window)}))
+    settings |= {"DRAGON_WINDOW": str(scorer.window), "DRAGON_DETECTOR_MODEL_DIR": NO_MODEL_FILE}
+    detector = Detector(config.load(DetectorConfig, settings))
     detector.init_redis()
     detector.scorer = scorer
     detector.windows.append_many([("h1", float(ts), ts, [ts / 100] * n) for ts in range(30)])
@@ -399,7 +405,7 @@ def test_a_replica_that_cannot_read_the_leis_model_leaves_its_hosts_to_the_other
     port = client.connection_pool.connection_kwargs["port"]
     host_ip = client.connection_pool.connection_kwargs["host"]
     settings = {"DRAGON_LEI": "upgrade", "DRAGON_INSTANCE": "old", "DRAGON_REDIS_URL": f"redis://{host_ip}:{port}/0"}
-    old = Detector(config.load(DetectorConfig, settings))
+    old = Detector(config.load(DetectorConfig, settings | {"DRAGON_DETECTOR_MODEL_DIR": NO_MODEL_FILE}))
     old.init_redis()
     client.set("dragon:upgrade:model", b"a checkpoint of a version this code does not know")
     client.set("dragon:upgrade:model:id", "newer-model")
@@ -425,6 +431,7 @@ def detector_on(client, lei: str, instance: str, **settings: str) -> Detector:
         "DRAGON_LEI": lei,
         "DRAGON_INSTANCE": instance,
         "DRAGON_REDIS_URL": f"redis://{where['host']}:{where['port']}/0",
+        "DRAGON_DETECTOR_MODEL_DIR": NO_MODEL_FILE,
     }
     detector = Detector(config.load(DetectorConfig, env | {"DRAGON_MQTT_PORT": "1"} | settings))
     detector.init_redis()
