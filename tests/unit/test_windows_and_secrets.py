@@ -178,6 +178,16 @@ def test_the_migration_key_is_generated_with_the_passwords_for_its_own_group(tmp
     assert "migrator:$7$" in (tmp_path / "passwd").read_text()
 
 
+def test_the_passwords_no_service_reads_are_roots_alone(tmp_path):
+    """A service broken into must not take the operator's rights: fault injections start containers."""
+    secrets.generate(tmp_path, "lei1", ["h1"], peers=["lei2"])
+    for name in ("operator.password", "viewer.password", "relay.password", "bridge-lei2.password"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+        if os.geteuid() == 0:
+            assert (tmp_path / name).stat().st_gid == 0, name
+    assert stat.S_IMODE((tmp_path / "detector.password").stat().st_mode) == 0o640  # the detector's own
+
+
 def test_a_bridge_file_carries_each_lei_its_own_direction():
     conf = secrets.bridge_conf("lei1", "lei2", "broker2.example:8883", "s3cret", "/mosquitto/bridges/lei2.ca.crt")
     lines = conf.splitlines()
