@@ -7,11 +7,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 
+class UnknownKeys(ValueError):
+    """A record with keys its class does not have: a typo, or a record a newer version wrote."""
+
+
 def check_known_keys(cls: type, data: Mapping[str, Any]) -> None:
     """Refuse keys ``cls`` does not have, so a typo never falls back to a default."""
     unknown = set(data) - {field.name for field in dataclasses.fields(cls)}
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        raise UnknownKeys(f"unknown {cls.__name__} keys: {sorted(unknown)}")
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:

@@ -233,6 +233,19 @@ def test_an_unreadable_threshold_state_counts_as_none(client):
     assert ThresholdStore(client, "t6").load(["h1", "h2"]) == {"h1": None, "h2": None}
 
 
+def test_a_threshold_state_a_newer_version_wrote_is_judged_from_calibration_and_left_alone(client):
+    """An older replica in a rolling upgrade must not throw away what the newer ones learnt."""
+    store = ThresholdStore(client, "t8")
+    rng = np.random.default_rng(0)
+    learnt = HostThreshold("m1", StreamingPot.calibrate(rng.exponential(size=500), q=1e-3))
+    newer = msgpack.packb(learnt.to_dict() | {"added_by_a_newer_version": 1})
+    client.hset("dragon:t8:pot", mapping={"h1": newer, "h2": b"\xc1 not msgpack"})
+    assert store.load(["h1", "h2"]) == {"h1": None, "h2": None}
+    store.save({"h1": learnt, "h2": learnt})  # recalibrated in memory, judged, written back
+    assert client.hget("dragon:t8:pot", "h1") == newer  # left for the replicas that read it
+    assert store.load(["h2"]) == {"h2": learnt}  # the unreadable one is mended
+
+
 def pair(value: float, k: int = 3, n: int = 2) -> tuple[np.ndarray, np.ndarray]:
     return np.full((k, n), value), np.full((k, n), value + 0.5)
 

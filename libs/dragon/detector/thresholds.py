@@ -21,7 +21,7 @@ import structlog
 
 from dragon.detector.health import verdict_keys
 from dragon.detector.pot import StreamingPot
-from dragon.records import check_known_keys
+from dragon.records import UnknownKeys, check_known_keys
 
 log = structlog.get_logger(__name__)
 
@@ -59,11 +59,30 @@ class ThresholdStore:
     def __init__(self, client: redis.Redis, lei: str, mode: str = "observed") -> None:
         self._client = client
         self._key = f"{verdict_keys(lei, mode)}:pot"
+        # Hosts whose stored state a newer version wrote (keys this one does not know): judged
+        # from calibration here and never overwritten, so that a replica of the older version in
+        # a rolling upgrade does not throw away what the newer ones learnt.
+        self._newer: set[str] = set()
 
     def load(self, hosts: Sequence[str]) -> dict[str, HostThreshold | None]:
         """The stored state of each host (None: none yet, or unreadable), in one round trip."""
         raw = self._client.hmget(self._key, list(hosts))
-        return {host: _decode(host, data) for host, data in zip(hosts, raw, strict=True)}
+        return {host: self._decode(host, data) for host, data in zip(hosts, raw, strict=True)}
+
+    def _decode(self, host: str, data: bytes | None) -> HostThreshold | None:
+        newer_before = host in self._newer
+        self._newer.discard(host)
+        if data is None:
+            return None
+        try:
+            return HostThreshold.from_dict(msgpack.unpackb(data))
+        except UnknownKeys as exc:
+            self._newer.add(host)
+            if not newer_before:
+                log.warning("pot_state_of_a_newer_version_left_alone", host=host, error=str(exc))
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+            log.warning("pot_state_unreadable_restarting", host=host, error=str(exc))
+        return None
 
     def save(self, states: Mapping[str, HostThreshold]) -> None:
         """Write the states back in one round trip (one HSET, atomic on its own).
@@ -72,15 +91,6 @@ class ThresholdStore:
         time (``membership.py``). While ownership moves, two replicas may briefly both score
         a host; the last write wins and at worst a few windows are not learnt from.
         """
-        if states:
-            self._client.hset(self._key, mapping={h: msgpack.packb(s.to_dict()) for h, s in states.items()})
-
-
-def _decode(host: str, data: bytes | None) -> HostThreshold | None:
-    if data is None:
-        return None
-    try:
-        return HostThreshold.from_dict(msgpack.unpackb(data))
-    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
-        log.warning("pot_state_unreadable_restarting", host=host, error=str(exc))
-        return None
+        mapping = {h: msgpack.packb(s.to_dict()) for h, s in states.items() if h not in self._newer}
+        if mapping:
+            self._client.hset(self._key, mapping=mapping)
