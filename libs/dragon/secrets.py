@@ -269,13 +269,9 @@ def _remote_collector_lines(lei: str, host: str) -> list[str]:
 
 def _bridge_lines(peer: str) -> list[str]:
     return [
-        f"# The bridge of {peer}'s broker: {peer}'s own topics only.",
+        f"# The bridge of {peer}'s relay: {peer}'s own shared topics only, as its relay sends them.",
         f"user {bridge_user(peer)}",
-        f"topic write dragon/{peer}/hosts/+/sample",
-        f"topic write dragon/{peer}/hosts/+/health",
-        f"topic write dragon/{peer}/hosts/+/health/predicted",
-        f"topic write dragon/{peer}/tasks",
-        f"topic write dragon/fed/{peer}/decision",
+        *[f"topic write {pattern.format(peer)}" for pattern in BRIDGED_TOPICS],
         "",
     ]
 
