@@ -396,12 +396,7 @@ def test_a_replica_behind_another_judges_a_sample_on_the_window_up_to_it(client,
     at the newest stored, nor is it padded for want of older rows."""
     scorer, _ = host_scorer
     n = len(HOST_METRICS)
-    port = client.connection_pool.connection_kwargs["port"]
-    host_ip = client.connection_pool.connection_kwargs["host"]
-    settings = {"DRAGON_LEI": "behind", "DRAGON_INSTANCE": "a", "DRAGON_REDIS_URL": f"redis://{host_ip}:{port}/0"}
-    settings |= {"DRAGON_WINDOW": str(scorer.window), "DRAGON_DETECTOR_MODEL_DIR": NO_MODEL_FILE}
-    detector = Detector(config.load(DetectorConfig, settings))
-    detector.init_redis()
+    detector = detector_on(client, "behind", "a", DRAGON_WINDOW=str(scorer.window))
     detector.scorer = scorer
     detector.windows.append_many([("h1", float(ts), ts, [ts / 100] * n) for ts in range(30)])
     judged = HostSample("behind", "h1", 24.0, 24, 1.0, HostMetrics(*[0.24] * n))
@@ -415,11 +410,7 @@ def test_a_replica_that_cannot_read_the_leis_model_leaves_its_hosts_to_the_other
     """In a rolling upgrade the LEI's model may be one only newer replicas read: an older one that
     kept beating would own a share of the hosts and judge none of them."""
     scorer, _ = host_scorer
-    port = client.connection_pool.connection_kwargs["port"]
-    host_ip = client.connection_pool.connection_kwargs["host"]
-    settings = {"DRAGON_LEI": "upgrade", "DRAGON_INSTANCE": "old", "DRAGON_REDIS_URL": f"redis://{host_ip}:{port}/0"}
-    old = Detector(config.load(DetectorConfig, settings | {"DRAGON_DETECTOR_MODEL_DIR": NO_MODEL_FILE}))
-    old.init_redis()
+    old = detector_on(client, "upgrade", "old")
     client.set("dragon:upgrade:model", b"a checkpoint of a version this code does not know")
     client.set("dragon:upgrade:model:id", "newer-model")
     old.init_model()
