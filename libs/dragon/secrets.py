@@ -50,13 +50,37 @@ MQTT_USERS = (
     "healthcheck",
 )
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 uses for $7$
-# Services in the compose file run with this group so they can read the secrets.
+# Who may read what, by group (compose/broker.yml gives each service its groups_of()). Every
+# service joins SECRETS_GID, which enters the directory and reads what all of them need (Redis's
+# password, the broker's certificates); a file only one service reads belongs to that service's
+# own group, so a service broken into cannot log in as another: the detector cannot publish the
+# planner's decisions nor Redis read an MQTT password. The collector and the migrator run as root
+# (they drive Docker), which reads everything anyway.
 SECRETS_GID = 10001
-# ... and the planner and migrator with this one too: only they may read the migration key.
+# The planner and the migrator: only they may read the migration key.
 MIGRATION_GID = 10002
 MIGRATION_KEY = "migration.key"
-# ... and Mosquitto with this one: only it may read the broker's TLS key.
-BROKER_KEY_GID = 10003
+KEY_HOLDERS = ("planner", "migrator")
+SERVICE_GIDS = {
+    "mosquitto": 10003,
+    "redis": 10004,
+    "relay": 10005,
+    "collector": 10006,
+    "detector": 10007,
+    "simulator": 10008,
+    "planner": 10009,
+    "migrator": 10010,
+}
+# The files one service alone reads; the others of the directory are for every service, or root's.
+OWN_FILES = {
+    **{f"{service}.password": service for service in ("collector", "detector", "simulator", "planner", "migrator")},
+    "healthcheck.password": "mosquitto",
+    "passwd": "mosquitto",
+    "acl": "mosquitto",
+    certificates.BROKER_KEY: "mosquitto",
+    "redis.conf": "redis",
+    "relay.conf": "relay",
+}
 LOCK_FILE = ".dragon-secrets.lock"
 # Where the relay finds the bridges' files (compose/broker.yml and the tests mount them there).
 BRIDGES_MOUNT = "/mosquitto/bridges"
@@ -252,7 +276,7 @@ def write_bridge(
         written.append(copy)
         ca_file = f"{BRIDGES_MOUNT}/{copy.name}"
     _write(out, bridge_conf(lei, peer, address, remote_password, ca_file), [])  # owner-only from its first byte
-    share_with_services(out)  # it holds the peer's bridge password
+    share_with_services(out, SERVICE_GIDS["relay"])  # it holds the peer's bridge password: the relay's alone
     return [*written, out]
 
 
@@ -412,6 +436,11 @@ def _write(path: Path, text: str, written: list[str]) -> None:
     written.append(path.name)
 
 
+def groups_of(service: str) -> list[int]:
+    """The groups ``service`` runs with (``group_add`` in compose/broker.yml and the tests' LEI)."""
+    return [SECRETS_GID, SERVICE_GIDS[service], *([MIGRATION_GID] if service in KEY_HOLDERS else [])]
+
+
 def _share_with_services(directory: Path) -> None:
     for path in [directory, *directory.iterdir()]:
         if _root_only(path.name):
@@ -419,26 +448,26 @@ def _share_with_services(directory: Path) -> None:
             if os.geteuid() == 0:
                 os.chown(path, 0, 0)
         else:
-            share_with_services(path)
-    if os.geteuid() == 0:
-        # The keys only some services need: each to its own group.
-        for name, gid in ((MIGRATION_KEY, MIGRATION_GID), (certificates.BROKER_KEY, BROKER_KEY_GID)):
-            if (directory / name).is_file():
-                os.chown(directory / name, 0, gid)
+            share_with_services(path, _reader_gid(path.name))
+
+
+def _reader_gid(name: str) -> int:
+    if name == MIGRATION_KEY:
+        return MIGRATION_GID
+    return SERVICE_GIDS[OWN_FILES[name]] if name in OWN_FILES else SECRETS_GID
 
 
 def _root_only(name: str) -> bool:
     """The passwords no service of the LEI reads: people's and tools' (``operator``, ``viewer``),
-    the relay's (``relay.conf`` holds it) and the ones made for the peers' bridges (copied to them).
-    Root's alone, so a service broken into cannot take the operator's rights: fault injections
-    start containers."""
-    return name in {"operator.password", "viewer.password", "relay.password"} or (
-        name.startswith(bridge_user("")) and name.endswith(".password")
-    )
+    the relay's (``relay.conf`` holds it) and the ones made for the peers' bridges and the remote
+    hosts' collectors (copied to them). Root's alone, so a service broken into cannot take the
+    operator's rights (fault injections start containers) nor speak for a peer or a remote host."""
+    copied_away = name.startswith((bridge_user(""), remote_collector_user(""))) and name.endswith(".password")
+    return name in {"operator.password", "viewer.password", "relay.password"} or copied_away
 
 
-def share_with_services(path: Path) -> None:
-    """Readable by root and the services' group only (the group when we may change ownership)."""
+def share_with_services(path: Path, gid: int = SECRETS_GID) -> None:
+    """Readable by root and the group ``gid`` only (the group when we may change ownership)."""
     if os.geteuid() == 0:
-        os.chown(path, 0, SECRETS_GID)
+        os.chown(path, 0, gid)
     path.chmod(0o750 if path.is_dir() else 0o640)

@@ -107,6 +107,20 @@ def test_compose_up_protects_emulated_hosts(deployment):
     assert_the_migrator_keeps_the_schedule(lei, settings)
     assert_every_service_reports_its_counters(settings, services - {"mosquitto", "redis"})
     assert_the_relay_waits_for_bridges(compose)
+    assert_a_service_reads_its_own_password_and_no_other(compose)
+
+
+def assert_a_service_reads_its_own_password_and_no_other(compose) -> None:
+    """A service broken into cannot log in as another (dragon.secrets.groups_of), as deployed."""
+
+    def reads(service: str, name: str) -> bool:
+        command = [*compose, "exec", "-T", service, "cat", f"/secrets/{name}"]
+        return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+
+    assert reads("detector", "detector.password") and reads("detector", "redis.password")
+    assert not reads("detector", "planner.password") and not reads("detector", "migration.key")
+    assert reads("planner", "migration.key") and not reads("simulator", "detector.password")
+    assert not reads("redis", "detector.password") and not reads("relay", "passwd")
 
 
 def assert_the_relay_waits_for_bridges(compose) -> None:

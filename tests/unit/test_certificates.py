@@ -75,7 +75,7 @@ def test_the_ca_key_stays_out_of_what_services_mount_and_the_broker_key_is_their
     assert stat.S_IMODE((ca_dir / "ca.key").stat().st_mode) == 0o600
     assert stat.S_IMODE((directory / certificates.BROKER_KEY).stat().st_mode) == 0o640
     if os.geteuid() == 0:  # Mosquitto's own group: other services need not read the broker's key
-        assert (directory / certificates.BROKER_KEY).stat().st_gid == secrets.BROKER_KEY_GID
+        assert (directory / certificates.BROKER_KEY).stat().st_gid == secrets.SERVICE_GIDS["mosquitto"]
 
 
 def test_running_again_keeps_everything_and_new_names_reissue_the_broker_certificate_only(lei):

@@ -1,12 +1,13 @@
 import base64
 import hashlib
 import os
+import re
 import stat
 
 import pytest
 import redis
 
-from dragon import cli, secrets
+from dragon import certificates, cli, secrets
 from dragon.store import padded_window, refuses_writes_for_now
 
 pytestmark = pytest.mark.unit
@@ -174,18 +175,58 @@ def test_the_migration_key_is_generated_with_the_passwords_for_its_own_group(tmp
     assert stat.S_IMODE((tmp_path / "migration.key").stat().st_mode) == 0o640
     if os.geteuid() == 0:  # only root may give files away
         assert (tmp_path / "migration.key").stat().st_gid == secrets.MIGRATION_GID
-        assert (tmp_path / "detector.password").stat().st_gid == secrets.SECRETS_GID
+        assert (tmp_path / "detector.password").stat().st_gid == secrets.SERVICE_GIDS["detector"]
     assert "migrator:$7$" in (tmp_path / "passwd").read_text()
 
 
 def test_the_passwords_no_service_reads_are_roots_alone(tmp_path):
     """A service broken into must not take the operator's rights: fault injections start containers."""
-    secrets.generate(tmp_path, "lei1", ["h1"], peers=["lei2"])
-    for name in ("operator.password", "viewer.password", "relay.password", "bridge-lei2.password"):
+    secrets.generate(tmp_path, "lei1", ["h1"], peers=["lei2"], remote_hosts=["pi"])
+    for name in (
+        "operator.password",
+        "viewer.password",
+        "relay.password",
+        "bridge-lei2.password",
+        "collector-pi.password",
+    ):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
         if os.geteuid() == 0:
             assert (tmp_path / name).stat().st_gid == 0, name
     assert stat.S_IMODE((tmp_path / "detector.password").stat().st_mode) == 0o640  # the detector's own
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give files to other groups")
+def test_each_service_reads_its_own_password_alone_and_what_every_service_needs(tmp_path):
+    """A service broken into must not log in as another: each MQTT password is its service's group's."""
+    secrets.generate(tmp_path, "lei1", ["h1"], peers=["lei2"], remote_hosts=["pi"])
+    readers = {}  # file -> the services whose groups may read it
+    for path in tmp_path.iterdir():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o007 == 0, path.name  # nothing for others
+        readable_by_group = mode & 0o040 and not path.name.startswith(".")
+        readers[path.name] = (
+            {s for s in secrets.SERVICE_GIDS if path.stat().st_gid in secrets.groups_of(s)}
+            if readable_by_group
+            else set()
+        )
+    for service in ("collector", "detector", "simulator", "planner", "migrator"):
+        assert readers[f"{service}.password"] == {service}
+    assert readers["healthcheck.password"] == readers["passwd"] == readers["acl"] == {"mosquitto"}
+    assert readers[certificates.BROKER_KEY] == {"mosquitto"}
+    assert readers["redis.conf"] == {"redis"} and readers["relay.conf"] == {"relay"}
+    assert readers[secrets.MIGRATION_KEY] == {"planner", "migrator"}
+    assert readers["redis.password"] == readers[certificates.CA_CERT] == set(secrets.SERVICE_GIDS)
+    assert readers["collector-pi.password"] == readers["operator.password"] == set()  # root's alone
+
+
+def test_compose_gives_each_service_the_groups_that_read_its_secrets(repo):
+    text = (repo / "compose" / "broker.yml").read_text()
+    for service in secrets.SERVICE_GIDS:
+        block = re.search(rf"^  {service}:\n(.*?)(?=^  \S|^\S)", text, re.MULTILINE | re.DOTALL)
+        assert block, f"compose/broker.yml has no service {service}"
+        groups = re.findall(r"^    group_add: \[(.*)\]", block.group(1), re.MULTILINE)
+        assert groups, f"{service} has no group_add of its own"
+        assert sorted(int(g.strip(' "')) for g in groups[0].split(",")) == sorted(secrets.groups_of(service)), service
 
 
 def test_a_bridge_file_carries_each_lei_its_own_direction():

@@ -30,11 +30,13 @@ DETECTOR_IMAGE = "dragon-detector:local"
 MIGRATOR_IMAGE = "dragon-migrator:local"
 SIMULATOR_IMAGE = "dragon-simulator:local"
 PLANNER_IMAGE = "dragon-planner:local"
-SECRETS_GROUP = [str(secrets.SECRETS_GID)]
-KEY_HOLDERS = [str(secrets.SECRETS_GID), str(secrets.MIGRATION_GID)]  # the planner and the migrator
-BROKER_GROUPS = [str(secrets.SECRETS_GID), str(secrets.BROKER_KEY_GID)]  # Mosquitto reads its TLS key too
 STARTUP_TIMEOUT_S = 60
 TLS_PORT = 8883  # Mosquitto's TLS listener (compose/mosquitto/broker.conf)
+
+
+def groups_of(service: str) -> list[str]:
+    """The groups ``service``'s container runs with, as compose/broker.yml gives them."""
+    return [str(gid) for gid in secrets.groups_of(service)]
 
 
 class MissingImage(RuntimeError):
@@ -106,7 +108,7 @@ class LeiStack:
             .with_exposed_ports(1883, TLS_PORT)
             .with_volume_mapping(str(self.mosquitto_conf), "/mosquitto/config/mosquitto.conf", "ro")
             .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
-            .with_kwargs(group_add=BROKER_GROUPS)
+            .with_kwargs(group_add=groups_of("mosquitto"))
             .waiting_for(
                 LogMessageWaitStrategy(r"mosquitto version \d+\.\d+\.\d+ running").with_startup_timeout(
                     STARTUP_TIMEOUT_S
@@ -122,7 +124,7 @@ class LeiStack:
             .with_command(["/usr/local/bin/dragon-relay"])
             .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
             .with_volume_mapping(str(self.bridges_dir), secrets.BRIDGES_MOUNT, "ro")
-            .with_kwargs(group_add=SECRETS_GROUP)
+            .with_kwargs(group_add=groups_of("relay"))
             .waiting_for(LogMessageWaitStrategy(r"relay: ").with_startup_timeout(STARTUP_TIMEOUT_S))
         )
 
@@ -147,7 +149,7 @@ class LeiStack:
             .with_exposed_ports(6379)
             .with_command(command)
             .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
-            .with_kwargs(group_add=SECRETS_GROUP)
+            .with_kwargs(group_add=groups_of("redis"))
             .waiting_for(
                 ExecWaitStrategy(["redis-cli", "-a", password, "--no-auth-warning", "ping"]).with_startup_timeout(
                     STARTUP_TIMEOUT_S
@@ -305,13 +307,12 @@ class LeiStack:
         self, name: str, container: DockerContainer, user: str, env: Mapping[str, str]
     ) -> DockerContainer:
         """Start a broker-side service as MQTT ``user``, with the secrets, once it has connected."""
-        groups = KEY_HOLDERS if user in {"planner", "migrator"} else SECRETS_GROUP
         for key, value in {**self._service_env(user), **env}.items():
             container = container.with_env(key, value)
         container = (
             container.with_network(self.network)
             .with_volume_mapping(str(self.secrets_dir), "/secrets", "ro")
-            .with_kwargs(group_add=groups)
+            .with_kwargs(group_add=groups_of(user))
             .waiting_for(LogMessageWaitStrategy("mqtt_connected").with_startup_timeout(STARTUP_TIMEOUT_S))
         )
         self.containers[name] = container.start()
