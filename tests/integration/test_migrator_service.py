@@ -393,6 +393,33 @@ def in_process_migrator(stack: LeiStack, workdir, **env: str):
     return Migrator(config.load(MigratorConfig, environ))
 
 
+def test_a_command_whose_move_never_began_because_redis_went_away_is_answered_once_it_is_back(lei, watch, tmp_path):
+    """Redis failing at the move's first journal write leaves nothing in the journal or in Docker;
+    the planner, which rests the task until the command is answered, must hear that it never began
+    rather than wait out its timeout. The failure itself is not timed here: the command is left
+    as on_command leaves it when carry_out raises a Redis error (stopping Redis between the check
+    and the first write cannot be timed from outside)."""
+    stack, emulated = lei
+    task = start_task(emulated)
+    migrator = in_process_migrator(stack, tmp_path)
+    migrator.init_redis()
+    migrator.init_docker()
+    migrator.recover_moves()
+    migrator.init_mqtt()
+    migrator.start_mqtt([])
+    try:
+        sent = command(stack, task.name)
+        migrator._interrupted[sent.id] = sent  # what on_command keeps of a move Redis cut short
+        migrator.settle_interrupted()
+        answer = event_for(watch, sent.id)
+        assert (answer.outcome, answer.reason, answer.task) == ("refused", "journal_unavailable", task.name), answer
+        assert migrator._interrupted == {}
+    finally:
+        migrator.shutdown()
+    (running,) = running_copies(emulated, task.name)
+    assert running.id == task.id
+
+
 def test_a_move_an_engine_out_of_reach_left_open_at_start_up_is_settled_once_it_answers(lei, watch, tmp_path):
     """Recovery at start-up cannot settle a move whose target machine is away; the heartbeat must,
     once it answers, or the task stays busy (and its source stopped, if it had been) for good."""

@@ -56,7 +56,8 @@ class Migrator:
         self.counters = Counters()
         # Moves (MQTT worker) and schedule refreshes and settling (main thread) share the Docker client.
         self._docker_lock = threading.Lock()
-        self._interrupted: dict[str, str] = {}  # moves cut short (Redis or an engine away): id -> task as commanded
+        # Moves cut short (Redis or an engine away): id -> their command (None: found at start-up).
+        self._interrupted: dict[str, MigrationCommand | None] = {}
         self._published_tasks: tuple[TaskPlacement, ...] | None = None  # the schedule last published, to spot changes
         self._engines_answered = True  # did the last look at the engines work? If not, look only when due
         self._settle_again_at = 0.0  # monotonic: an engine out of reach is asked again only after an interval
@@ -103,7 +104,7 @@ class Migrator:
             log.info("move_recovered", id=move.id, task=move.name, step=move.step.value, error=move.error or None)
         # Those an engine out of reach left open: the heartbeat settles them once it answers.
         unsettled = retry_until(self.journal.open_moves, self.lifecycle.stop, "recover_moves")
-        self._interrupted.update({move.id: "" for move in unsettled})  # "": their events name the task by its id
+        self._interrupted.update({move.id: None for move in unsettled})  # their events name the task by its id
         return moves
 
     def init_mqtt(self) -> None:
@@ -179,7 +180,7 @@ class Migrator:
             # It may have begun: settled, and its event published, as soon as Redis answers again.
             self._note_journal_unavailable(command, exc)
             with self._docker_lock:
-                self._interrupted[command.id] = command.task
+                self._interrupted[command.id] = command
             return
         if move is not None:
             self.publish_event(self.event_of(move, task=command.task))
@@ -205,9 +206,9 @@ class Migrator:
             self._docker_lock.release()
 
     def _settle_interrupted(self) -> None:
-        for move_id, task in sorted(self._interrupted.items()):
+        for move_id, command in sorted(self._interrupted.items()):
             try:
-                moves = self._settle_one(move_id, task)
+                moves = self._settle_one(move_id, command)
             except redis.RedisError as exc:
                 if not unavailable_for_now(exc):
                     raise
@@ -220,12 +221,17 @@ class Migrator:
             del self._interrupted[move_id]
             for move, named in moves:
                 self.publish_event(self.event_of(move, task=named, recovered=True))
+            if command is not None and move_id not in {move.id for move, _ in moves}:
+                # Redis went away before the move's first step was journalled, and Docker shows
+                # nothing of it: it never began. Said, so the planner need not wait out its timeout.
+                never_began = "Redis went away as the move began; neither the journal nor Docker shows any of it"
+                self.refuse(command, CommandRefused("journal_unavailable", never_began))
 
-    def _settle_one(self, move_id: str, task: str) -> list[tuple[Move, str]]:
+    def _settle_one(self, move_id: str, command: MigrationCommand | None) -> list[tuple[Move, str]]:
         """The move settled, with the task as commanded; or, when the journal does not know it
         (never begun, or Redis came back without it), whatever Docker shows in flight."""
         try:
-            return [(self.mover.settle(move_id), task)]
+            return [(self.mover.settle(move_id), command.task if command is not None else "")]
         except MoveError:
             pass
         return [(move, "") for move in self.mover.sweep()]
@@ -264,7 +270,7 @@ class Migrator:
                 return replace(failed, step=Step.FAILED, error=f"the move could not begin: {cause}")
             except ENGINE_ERRORS as exc:
                 log.error("move_not_settled", id=command.id, error=str(exc)[:300])
-                self._interrupted[command.id] = command.task
+                self._interrupted[command.id] = command
                 return None
 
     def refuse(self, command: MigrationCommand, refusal: CommandRefused) -> None:
