@@ -111,6 +111,21 @@ def test_no_task_is_ever_moved_onto_a_faulty_host():
     assert (start == UNPLACED).all()
 
 
+def test_frozen_tasks_stay_where_they_are_and_the_search_moves_the_others():
+    """A task moved a moment ago or with a move pending is left alone; the overloaded host gets
+    relief from the tasks that may move."""
+    sim, state = overloaded_lei_case()
+    free = anneal(sim, state, np.array([1]), rng=np.random.default_rng(0))
+    assert free.moves, "the overloaded host must shed a task"
+    frozen = np.array(sorted({task for task, _ in free.moves}))
+    plan = anneal(sim, state, np.array([1]), rng=np.random.default_rng(0), frozen=frozen)
+    assert plan.moves and not {task for task, _ in plan.moves} & set(frozen.tolist())
+    ahead = look_ahead(sim, state, np.array([1]), 3, rng=np.random.default_rng(0), frozen=frozen)
+    assert not {task for task, _ in ahead.moves} & set(frozen.tolist())
+    everything = anneal(sim, state, np.array([1]), rng=np.random.default_rng(0), frozen=np.arange(4))
+    assert everything.moves == []
+
+
 def test_annealing_with_one_lei_has_nowhere_to_go():
     fed = Federation.uniform(["a", "a"], [0], ("cpu", "ram"), (1.0, GIB))
     usage = np.array([[0.95, 0.5 * GIB], [0.1, 0.1 * GIB]])

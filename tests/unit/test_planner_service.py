@@ -8,7 +8,16 @@ import pytest
 
 from dragon import config
 from dragon.messages import codec
-from dragon.messages.schemas import HostHealth, HostMetrics, HostSample, MigrationEvent, PlanDecision, TaskUsage
+from dragon.messages.schemas import (
+    HostHealth,
+    HostMetrics,
+    HostSample,
+    MigrationEvent,
+    PlanDecision,
+    Schedule,
+    TaskPlacement,
+    TaskUsage,
+)
 from dragon.planner.config import PlannerConfig
 from dragon.planner.service import Planner
 
@@ -187,3 +196,58 @@ def test_a_verdict_as_far_ahead_as_the_detector_takes_its_hosts_samples_is_kept(
     faulty = HostHealth("a", "h1", now + 20, score=2.0, threshold=1.0, label=1, mode="observed")
     p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(faulty), 1, False, codec.MSGPACK))
     assert p.faulty(now) == [("a", "h1")]
+
+
+def test_a_task_that_came_to_its_host_within_the_cooldown_is_left_there_whoever_moved_it():
+    """Another LEI's planner moved t2 onto a/h1 ten seconds ago: this planner, which sent no command
+    for it, must not move it straight on (or back); the faulty host sheds t1 instead (free to
+    choose, this seed sheds t2)."""
+    p = planner()
+    feed(p)
+    since = {"t1": NOW - 3600, "t2": NOW - 10, "t3": NOW - 3600}
+    hosts = {"t1": "h1", "t2": "h1", "t3": "h2"}
+    placements = tuple(TaskPlacement(t, t, hosts[t], since[t]) for t in sorted(hosts))
+    p.view.observe_schedule(Schedule("a", NOW, placements), NOW)
+    p.arrivals.note(p.view.scheduled(), NOW)  # as plan_once does every interval
+    decision = p.decide(p.view.snapshot(NOW), p.faulty(NOW), NOW)
+    assert "t1" in {m.task for m in decision.moves} and "t2" not in {m.task for m in decision.moves}
+    later = NOW + p.config.move_cooldown_s
+    p.arrivals.note(p.view.scheduled(), later)
+    assert "t2" not in p.staying(later)
+
+
+def test_a_task_seen_to_change_hosts_rests_from_when_it_was_seen_and_one_never_seen_from_its_start():
+    from dragon.planner.commanding import Arrivals
+
+    arrivals = Arrivals()
+    arrivals.note({"t1": (("a", "h1"), NOW - 3600), "t2": (("b", "h3"), NOW + 3600)}, NOW)
+    assert arrivals.within(60, NOW) == {"t2"}  # stamped an hour ahead (a migrator's clock): from now
+    assert arrivals.within(60, NOW + 61) == set()
+    arrivals.note({"t1": (("b", "h4"), NOW - 3600)}, NOW + 100)  # moved while watched; t2 gone from every schedule
+    assert arrivals.within(60, NOW + 130) == {"t1"}
+    assert arrivals.within(60, NOW + 161) == set()
+
+
+def test_a_task_resting_after_this_planners_command_is_not_chosen_again():
+    """t1's move was answered (rolled back) a moment ago: the search must shed another task of the
+    faulty host rather than keep choosing t1, which would not be commanded for the whole cooldown."""
+    p = planner(DRAGON_MIGRATION_KEY="k" * 32)
+    feed(p)
+    first = p.decide(p.view.snapshot(NOW), [("a", "h1")], NOW)
+    commands = p.issuer.commands_for(first, NOW)
+    for command in commands:
+        p.issuer.settle(MigrationEvent(id=command.id, lei="a", task=command.task, outcome="rolled_back", ts=NOW), NOW)
+    rested = {command.task for command in commands}
+    second = p.decide(p.view.snapshot(NOW + 1), [("a", "h1")], NOW + 1)
+    assert second.moves and not {m.task for m in second.moves} & rested
+    assert p.issuer.commands_for(second, NOW + 1), "the new decision's moves are commanded"
+
+
+def test_the_view_forgets_hosts_gone_long_ago_while_no_fault_needs_a_snapshot():
+    from dragon.simulator.view import FORGET_AFTER_S
+
+    p = planner()
+    feed(p)
+    del p.health[("a", "h1", "observed")]
+    assert p.plan_once(NOW + FORGET_AFTER_S + 1) is None  # no fault: no snapshot taken
+    assert p.view.known_leis() == set()

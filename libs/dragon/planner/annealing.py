@@ -33,6 +33,7 @@ from dragon.sim.qos import CoSimulator, FederationState, Outcome
 from dragon.sim.twin import UNPLACED
 
 NO_HOSTS = np.zeros(0, dtype=int)
+NO_TASKS = np.zeros(0, dtype=int)
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,10 @@ class Neighbourhood:
         rng: np.random.Generator,
         groups: np.ndarray | None = None,
         avoid: np.ndarray = NO_HOSTS,
+        frozen: np.ndarray = NO_TASKS,
     ):
-        """``avoid``: hosts no task may be moved onto (the faulty ones: migrations leave them)."""
+        """``avoid``: hosts no task may be moved onto (the faulty ones: migrations leave them);
+        ``frozen``: tasks that stay where they are (moved a moment ago, or a move of theirs pending)."""
         groups = sim.federation.lei_index if groups is None else groups
         self.rng = rng
         self.lei_of_host = groups
@@ -118,7 +121,8 @@ class Neighbourhood:
         for lei in range(self.leis):
             self.hosts_by_lei[lei, : sizes[lei]] = targets[groups[targets] == lei]
         self.placement = state.placement
-        self.movable = np.flatnonzero(state.placement != UNPLACED)  # a task not running cannot migrate
+        running = state.placement != UNPLACED  # a task not running cannot migrate
+        self.movable = np.flatnonzero(running & ~np.isin(np.arange(len(running)), frozen))
         self.home = np.where(state.placement != UNPLACED, groups[np.maximum(state.placement, 0)], -1)
 
     def start(self, faulty_hosts: np.ndarray, share: float = 1.0) -> np.ndarray:
@@ -188,17 +192,19 @@ def anneal(
     rng: np.random.Generator | None = None,
     groups: np.ndarray | None = None,
     avoid: np.ndarray | None = None,
+    frozen: np.ndarray = NO_TASKS,
 ) -> Plan:
     """DRAGON's decision M_t*: simulated annealing from random migrations off ``faulty_hosts``.
 
     ``groups`` (``groups_of``) says what a migration must leave: the task's LEI by default.
-    ``avoid``: hosts no task may be moved onto; the faulty hosts by default.
+    ``avoid``: hosts no task may be moved onto; the faulty hosts by default. ``frozen``: tasks
+    the decision leaves where they are.
     """
     config = config or AnnealingConfig()
     rng = rng or np.random.default_rng()
     faulty_hosts = np.asarray(faulty_hosts, dtype=int)
     avoid = faulty_hosts if avoid is None else np.asarray(avoid, dtype=int)
-    moves = Neighbourhood(sim, state, rng, groups, avoid=avoid)
+    moves = Neighbourhood(sim, state, rng, groups, avoid=avoid, frozen=frozen)
     chains = np.stack([moves.start(faulty_hosts, config.start_share) for _ in range(config.chains)])
     scores = sim.evaluate(state, np.vstack([chains, state.unmoved()])).fitness
     fitness, evaluations = scores[:-1], len(scores)

@@ -6,12 +6,19 @@ last command was answered (an event from the migrator) or went unanswered for
 ``pending_timeout_s``, and not within ``cooldown_s`` of the last answer about it: a task must not
 shuttle between hosts faster than its samples can show where it landed, and a move that failed
 (rolled back: the task ran on, perhaps restarted) is not retried at once.
+
+The answers only tell about this planner's own commands. A task another LEI's planner moved here,
+or one this planner moved before it restarted, rests too: :class:`Arrivals` knows when each task
+came to the host it runs on from the LEIs' schedules. The planner's search leaves resting and
+pending tasks where they are (it would otherwise keep choosing a move that is never commanded,
+and give the faulty host no relief for the whole cooldown).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dragon.messages.schemas import MigrationCommand, MigrationEvent, PlanDecision
@@ -80,8 +87,42 @@ class CommandIssuer:
         with self._lock:
             return {task: issued.command_id for task, issued in self._pending.items()}
 
+    def busy_tasks(self, now: float) -> set[str]:
+        """The tasks not to be commanded now: a command pending, or resting after an answer."""
+        with self._lock:
+            return {task for task in self._pending.keys() | self._rests_since.keys() if self._busy(task, now)}
+
     def _busy(self, task: str, now: float) -> bool:
         pending = self._pending.get(task)
         if pending is not None and now - pending.ts < self.pending_timeout_s:
             return True
         return now - self._rests_since.get(task, -float("inf")) < self.cooldown_s
+
+
+class Arrivals:
+    """When each task came to the host it runs on now, as far as this planner can tell.
+
+    From the LEIs' schedules (every move republishes one at once): a task seen to change hosts
+    arrived when this planner saw it, on its own clock; one seen for the first time (at start-up,
+    or from a peer LEI newly heard) arrived when its schedule says its container started there,
+    but not later than now, so a migrator's clock ahead of ours cannot make it rest for longer
+    than the cooldown.
+    """
+
+    def __init__(self) -> None:
+        self._arrived: dict[str, tuple[tuple[str, str], float]] = {}  # task -> (its host, when it came)
+
+    def note(self, scheduled: Mapping[str, tuple[tuple[str, str], float]], now: float) -> None:
+        """Take the schedules' placements in (task -> ((lei, host), since)); tasks no schedule lists are forgotten."""
+        arrived = {}
+        for task, (host, since) in scheduled.items():
+            known = self._arrived.get(task)
+            if known is None:
+                arrived[task] = (host, min(since, now))
+            else:
+                arrived[task] = known if known[0] == host else (host, now)
+        self._arrived = arrived
+
+    def within(self, seconds: float, now: float) -> set[str]:
+        """The tasks that came to their host less than ``seconds`` before ``now``."""
+        return {task for task, (_, at) in self._arrived.items() if now - at < seconds}

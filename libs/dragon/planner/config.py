@@ -30,7 +30,10 @@ class PlannerConfig:
     )
     seed: int = setting("DRAGON_PLANNER_SEED", -1, "seed of the annealing (-1: a fresh one per decision)")
     move_cooldown_s: float = setting(
-        "DRAGON_PLANNER_MOVE_COOLDOWN", 60.0, "a task moved is not commanded to move again for this long", "s"
+        "DRAGON_PLANNER_MOVE_COOLDOWN",
+        60.0,
+        "a task is not moved again for this long after it came to its host or its move was answered",
+        "s",
     )
     command_timeout_s: float = setting(
         "DRAGON_PLANNER_COMMAND_TIMEOUT",

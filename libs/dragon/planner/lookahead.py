@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dragon.planner.annealing import AnnealingConfig, Plan, anneal, plan_of
+from dragon.planner.annealing import NO_TASKS, AnnealingConfig, Plan, anneal, plan_of
 from dragon.sim.qos import CoSimulator, FederationState
 from dragon.sim.twin import UNPLACED
 
@@ -55,8 +55,11 @@ def look_ahead(
     config: AnnealingConfig | None = None,
     rng: np.random.Generator | None = None,
     groups: np.ndarray | None = None,
+    frozen: np.ndarray = NO_TASKS,
 ) -> Plan:
-    """DRAGON+ with ``steps`` look-ahead intervals; its plan's fitness is M+'s on the current state."""
+    """DRAGON+ with ``steps`` look-ahead intervals; its plan's fitness is M+'s on the current state.
+
+    ``frozen`` tasks stay where they are at every step (as for ``anneal``)."""
     if steps < 1:
         raise ValueError(f"look-ahead needs at least one step, got {steps}")
     rng = rng or np.random.default_rng()
@@ -65,7 +68,7 @@ def look_ahead(
     future, faulty = state, flagged
     horizon, evaluations = [], 0
     for _ in range(steps):
-        plan = anneal(sim, future, faulty, config, rng, groups, avoid=np.union1d(flagged, faulty))
+        plan = anneal(sim, future, faulty, config, rng, groups, avoid=np.union1d(flagged, faulty), frozen=frozen)
         merged = merge(merged, plan.decision)
         last_across = merge(last_across, only_across_leis(sim, state, plan.decision, groups))
         horizon.append(plan.fitness)

@@ -28,7 +28,7 @@ from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import HostHealth, MigrationEvent, PlanDecision
 from dragon.mqtt import Counters, Incoming, MqttClient
 from dragon.planner.annealing import AnnealingConfig, anneal, groups_of
-from dragon.planner.commanding import CommandIssuer
+from dragon.planner.commanding import Arrivals, CommandIssuer
 from dragon.planner.config import PlannerConfig
 from dragon.planner.decisions import PlanContext, decision_message
 from dragon.planner.lookahead import look_ahead
@@ -51,6 +51,7 @@ class Planner:
         self.health: dict[tuple[str, str, str], HostHealth] = {}  # (lei, host, mode) -> newest verdict
         self._health_lock = threading.Lock()  # verdicts arrive on the MQTT worker, plans run on the main thread
         self.annealing = AnnealingConfig(chains=config.chains, steps=config.steps)
+        self.arrivals = Arrivals()
         self.issuer = (
             CommandIssuer(
                 self.lei, self.instance, config.commands.key_bytes, config.command_timeout_s, config.move_cooldown_s
@@ -146,6 +147,10 @@ class Planner:
 
     def plan_once(self, now: float):
         """Decide and publish if a host of this LEI is faulty; the decision, or None."""
+        # Every interval, faulty or not: a move must be seen when it happens (its task then
+        # rests), and what the view keeps must not grow while nothing needs a snapshot.
+        self.view.forget(now)
+        self.arrivals.note(self.view.scheduled(), now)
         faulty = self.faulty(now)
         if not any(lei == self.lei for lei, _ in faulty):
             return None
@@ -189,6 +194,12 @@ class Planner:
                 "command_sent", id=command.id, task=command.task, target=f"{command.target_lei}/{command.target_host}"
             )
 
+    def staying(self, now: float) -> set[str]:
+        """The tasks a decision leaves where they are: those that came to their host within the
+        cooldown (whoever moved them), and this LEI's with a command pending or resting after one."""
+        busy = self.issuer.busy_tasks(now) if self.issuer is not None else set()
+        return self.arrivals.within(self.config.move_cooldown_s, now) | busy
+
     def decide(self, snapshot: Snapshot, faulty: list[tuple[str, str]], now: float):
         started = time.perf_counter()
         peers = [lei for lei in snapshot.federation.leis if lei != self.lei]
@@ -197,10 +208,13 @@ class Planner:
         groups = groups_of(sim, within_lei=isolated)
         faulty_index = np.array([snapshot.hosts.index(key) for key in faulty if key in snapshot.hosts], dtype=int)
         rng = np.random.default_rng(None if self.config.seed < 0 else self.config.seed)
+        staying = self.staying(now)
+        frozen = np.array([j for j, task in enumerate(snapshot.tasks) if task in staying], dtype=int)
         if self.config.look_ahead == 1:
-            plan = anneal(sim, snapshot.state, faulty_index, self.annealing, rng, groups)
+            plan = anneal(sim, snapshot.state, faulty_index, self.annealing, rng, groups, frozen=frozen)
         else:
-            plan = look_ahead(sim, snapshot.state, faulty_index, self.config.look_ahead, self.annealing, rng, groups)
+            steps = self.config.look_ahead
+            plan = look_ahead(sim, snapshot.state, faulty_index, steps, self.annealing, rng, groups, frozen=frozen)
         unmoved = float(sim.evaluate(snapshot.state, snapshot.state.unmoved()).fitness[0])
         context = PlanContext(
             lei=self.lei,

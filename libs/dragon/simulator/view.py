@@ -220,6 +220,21 @@ class FederationView:
         with self._lock:
             return {lei for lei, _ in self._hosts}
 
+    def scheduled(self) -> dict[str, tuple[HostKey, float]]:
+        """Where the LEIs' newest schedules place their tasks: task -> (its host, since when)."""
+        with self._lock:
+            return {
+                task: ((lei, host), since)
+                for lei, tasks in self._scheduled.items()
+                for task, (host, since) in tasks.items()
+            }
+
+    def forget(self, now: float) -> None:
+        """Drop the hosts and tasks gone long enough, as every snapshot does: for a follower that
+        takes snapshots only now and then (the planner, only while a host of its LEI is faulty)."""
+        with self._lock:
+            self._forget(now)
+
     def snapshot(self, now: float) -> Snapshot:
         """The fresh hosts and their tasks; ValueError when no host is fresh."""
         with self._lock:
