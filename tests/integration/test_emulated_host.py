@@ -10,9 +10,11 @@ every container, cgroup and network it creates carries a per-run LEI name and is
 from __future__ import annotations
 
 import gc
+import io
 import os
 import re
 import shutil
+import tarfile
 import time
 import urllib.request
 import uuid
@@ -23,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from dragon.collector import injector as injection
 from dragon.collector.cgroups import DEFAULT_ROOT, CgroupError, CgroupHost, detect_version
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.collector.injector import FaultInjector
@@ -260,3 +263,55 @@ def test_injector_refuses_and_reports_failures(client: Any, lei: EmulatedLei, in
     unreadable = missing.inject(IDLE_HOST.name, FaultInjection(id="x3", kind="cpu", duration_s=20, intensity=0.1))
     assert unreadable.status == "failed" and unreadable.reason.startswith("docker: "), unreadable
     assert codec.decode(InjectionEvent, codec.encode(unreadable), 65536) == unreadable
+
+
+@pytest.fixture
+def image_without_python(client: Any) -> Iterator[str]:
+    """An image Docker can create a hog from but not start one in (no python3): a failed start."""
+    tag = f"dragon-test-no-python-{uuid.uuid4().hex[:8]}:local"
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, text in (("Dockerfile", b"FROM scratch\nCOPY marker /marker\n"), ("marker", b"x\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text))
+    context.seek(0)
+    client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True)
+    try:
+        yield tag
+    finally:
+        client.images.remove(tag, force=True)
+
+
+def test_a_hog_that_cannot_start_leaves_nothing_that_blocks_the_host(
+    client: Any, lei: EmulatedLei, injector: FaultInjector, image_without_python: str
+) -> None:
+    """Docker creates a hog, then starts it: a failed start must not leave a "created" hog, which
+    counted as a running fault, so two failures refused every later injection on the host."""
+    broken = FaultInjector(client, lei.lei, image_without_python, [IDLE_HOST.name], max_per_host=2)
+    for n in range(3):
+        fault = FaultInjection(id=f"{lei.lei}-broken-{n}", kind="cpu", duration_s=20, intensity=0.1)
+        failed = broken.inject(IDLE_HOST.name, fault)
+        assert failed.status == "failed" and "unable to start" in failed.reason, failed
+    labels = [f"{injection.FAULT_LABEL}=true", f"{injection.LEI_LABEL}={lei.lei}"]
+    assert client.containers.list(all=True, filters={"label": labels}) == []
+    # One a collector left "created" (killed between Docker's create and start) is reaped as failed.
+    now = time.time()
+    left = client.containers.create(
+        image_without_python,
+        ["python3"],
+        name=f"dragon-{lei.lei}-fault-left",
+        labels={
+            injection.FAULT_LABEL: "true",
+            injection.FAULT_ID_LABEL: "left",
+            injection.LEI_LABEL: lei.lei,
+            injection.HOST_LABEL: IDLE_HOST.name,
+            injection.STARTED_LABEL: repr(now),
+            injection.ENDS_LABEL: repr(now + 20),
+        },
+    )
+    assert broken.reap(now + 1) == []  # being started, for all the reaper knows
+    (reaped,) = broken.reap(now + injection.NEVER_STARTED_AFTER_S + 1)
+    assert (reaped.id, reaped.status, reaped.reason) == ("left", "failed", "never started")
+    with pytest.raises(docker.errors.NotFound):
+        left.reload()

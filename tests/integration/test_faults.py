@@ -13,6 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
+from dragon import config
+from dragon.collector.config import CollectorConfig
+from dragon.collector.service import Collector
 from dragon.messages import codec, topics
 from dragon.messages.schemas import FaultEvent, FaultInjection, HostSample, InjectionEvent
 from dragon.testing.listener import Listener, publish
@@ -227,3 +230,51 @@ def send_as(lei, host: str, sample: HostSample) -> None:
         lei.mqtt_settings(f"collector-{host}"), topics.host_sample(lei.lei, host), codec.encode(again), codec.MSGPACK
     )
     assert not reason.is_failure, reason
+
+
+def in_process_collector(lei, workdir, host: str) -> Collector:
+    """A collector in this process on the stack's broker, injecting into ``host``, which it does
+    not emulate: every command it takes is answered (``rejected``: no such cgroup)."""
+    broker = lei.mqtt_settings("collector")
+    environ = {
+        "DRAGON_LEI": lei.lei,
+        "DRAGON_INSTANCE": "in-process",
+        "DRAGON_MQTT_HOST": broker.host,
+        "DRAGON_MQTT_PORT": str(broker.port),
+        "DRAGON_MQTT_USERNAME": "collector",
+        "DRAGON_MQTT_PASSWORD": broker.password,
+        "DRAGON_COLLECTOR_HOSTS": host,
+        "DRAGON_EMULATE": "false",
+        "DRAGON_HEALTH_FILE": str(workdir / "healthy"),
+    }
+    collector = Collector(config.load(CollectorConfig, environ))
+    collector.init_docker()
+    collector.init_injector()
+    collector.init_mqtt()
+    collector.start_mqtt()
+    return collector
+
+
+def test_a_retained_injection_does_not_start_again_when_the_collector_comes_back(lei, tmp_path):
+    """The broker hands a retained message to every new subscription: a fault injection published
+    retained would start again at each reconnect of the collector (an unstamped one at any age)."""
+    host = "hx"  # no collector of the stack's emulates it: only the one here answers
+    topic = topics.inject(lei.lei, host)
+    command = FaultInjection(id=uuid.uuid4().hex[:12], kind="cpu", duration_s=3, ts=time.time())
+    operator = lei.mqtt_settings("operator")
+    collector = in_process_collector(lei, tmp_path, host)
+    try:
+        with watch(lei) as listener:
+            publish(operator, topic, codec.encode(command), codec.MSGPACK, retain=True)
+            answered = listener.wait_for(lambda m: finished(m, command.id), 15)  # live: taken, once
+            collector.mqtt.stop()
+            collector = in_process_collector(lei, tmp_path, host)  # back: the retained copy comes again
+            deadline = time.monotonic() + 15
+            while not collector.counters.snapshot().get("dropped_retained") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1)
+            assert collector.counters.snapshot().get("dropped_retained") == 1
+            assert len(listener.matching(lambda m: finished(m, command.id))) == len(answered) == 1
+    finally:
+        collector.mqtt.stop()
+        publish(operator, topic, b"", retain=True)  # clears the retained command

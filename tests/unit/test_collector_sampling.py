@@ -44,6 +44,8 @@ class ClockRateProbe:
 
 
 class Published:
+    connected = True
+
     def __init__(self) -> None:
         self.samples: list[HostSample] = []
 
@@ -65,3 +67,25 @@ def test_a_probe_delayed_by_the_one_before_still_measures_its_rates_over_its_own
     assert len({s.ts for s in first}) == 1 and len({s.ts for s in second}) == 1  # a tick's samples line up
     # Over the tick's times h2's rate would read GAP_S / (STALL_S + GAP_S) = 0.4.
     assert [s.metrics.cpu for s in second] == pytest.approx([1.0, 1.0], abs=0.05)
+
+
+class VanishedCgroupProbe(ClockRateProbe):
+    """A host whose cgroup is gone: every read fails."""
+
+    def read(self, now: float) -> HostMetrics:
+        raise FileNotFoundError("/sys/fs/cgroup/dragon/lei1/h1/cpu.stat")
+
+
+def test_the_collector_is_healthy_only_while_samples_go_out(tmp_path) -> None:
+    """Every probe failing leaves the detector blind: the healthcheck must say so, not only the
+    probe_errors counter."""
+    health = tmp_path / "healthy"
+    settings = {"DRAGON_COLLECTOR_HOSTS": "h1", "DRAGON_HEALTH_FILE": str(health)}
+    collector = Collector(config.load(CollectorConfig, settings))
+    collector.mqtt = Published()
+    collector.probes = [VanishedCgroupProbe("h1")]
+    collector.tick()
+    assert not health.exists() and collector.counters.snapshot()["probe_errors"] == 1
+    collector.probes = [ClockRateProbe("h1")]
+    collector.tick()
+    assert health.exists()

@@ -46,6 +46,9 @@ WORKLOAD_LABEL = "dragon.workload"
 PORT_LABEL = "dragon.port"
 
 _DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+# A hog still "created" this long after it was started never ran (its start failed after Docker
+# had created it, and the collector could not remove it then): reaped as failed.
+NEVER_STARTED_AFTER_S = 30.0
 
 
 def container_name(*parts: str) -> str:
@@ -132,16 +135,23 @@ class FaultInjector:
             HOST_LABEL: host,
             MANAGED_LABEL: "collector",
         }
-        self._client.containers.run(
-            self.image,
-            ["python3", "-m", "dragon.collector.workloads", *workload, *options.pop("args")],
-            name=container_name("dragon", self.lei, "fault", fault.id),
-            detach=True,
-            labels=labels,
-            cgroup_parent=self._cgroup_parent(host),
-            environment={"PYTHONUNBUFFERED": "1"},
-            **options,
-        )
+        name = container_name("dragon", self.lei, "fault", fault.id)
+        try:
+            self._client.containers.run(
+                self.image,
+                ["python3", "-m", "dragon.collector.workloads", *workload, *options.pop("args")],
+                name=name,
+                detach=True,
+                labels=labels,
+                cgroup_parent=self._cgroup_parent(host),
+                environment={"PYTHONUNBUFFERED": "1"},
+                **options,
+            )
+        except _DOCKER_ERRORS:
+            # Docker creates, then starts: a start that fails leaves a "created" container, which
+            # would count against the host's faults for good.
+            self._remove_named(name)
+            raise
 
     def _check_age(self, fault: FaultInjection, now: float) -> None:
         """Refuse a command that waited too long: the broker keeps the collector's session, so one
@@ -225,6 +235,8 @@ class FaultInjector:
                     events.append(self._hog_event(hog, "failed", now, reason=reason))
             elif hog.status == "running" and now > _float(labels.get(ENDS_LABEL)) + self.overrun_s:
                 events.append(self._hog_event(hog, "failed", now, reason="still running long after its end"))
+            elif hog.status == "created" and now > _float(labels.get(STARTED_LABEL)) + NEVER_STARTED_AFTER_S:
+                events.append(self._hog_event(hog, "failed", now, reason="never started"))
             else:
                 continue
             self._remove(hog)
@@ -270,6 +282,14 @@ class FaultInjector:
     def _cgroup_parent(self, host: str) -> str:
         cgroup = self._hosts[host]
         return cgroup.cgroup_parent if isinstance(cgroup, CgroupHost) else "/" + cgroup.strip("/")
+
+    def _remove_named(self, name: str) -> None:
+        try:
+            self._remove(self._client.containers.get(name))
+        except docker.errors.NotFound:
+            pass  # the create itself failed
+        except _DOCKER_ERRORS as exc:
+            log.warning("fault_remove_failed", lei=self.lei, container=name, error=str(exc))
 
     def _remove(self, hog: Any) -> None:
         try:

@@ -19,6 +19,7 @@ from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.collector.injector import FaultInjector, PoissonFaults
 from dragon.collector.probes import Probe, create_probe
 from dragon.messages import topics
+from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import FAULT_KINDS, FaultInjection, HostSample, InjectionEvent
 from dragon.mqtt import Counters, Incoming, MqttClient
 from dragon.service.lifecycle import Lifecycle
@@ -135,17 +136,24 @@ class Collector:
         interval = self.config.interval_s
         next_tick = time.monotonic()
         while not self.lifecycle.stop.is_set():
-            self.sample_once()
-            self.run_faults()
-            self.lifecycle.healthy(self.mqtt.connected)
+            self.tick()
             next_tick += interval
             # If a tick overran (a slow probe), skip ahead rather than burst.
             next_tick = max(next_tick, time.monotonic())
             self.lifecycle.stop.wait(max(0.0, next_tick - time.monotonic()))
 
-    def sample_once(self) -> None:
+    def tick(self) -> None:
+        published = self.sample_once()
+        self.run_faults()
+        # Healthy only while samples go out: every probe failing (a host's cgroup gone, io.stat
+        # missing) leaves the LEI's detector blind, whatever the broker connection says.
+        self.lifecycle.healthy(self.mqtt.connected and (published > 0 or not self.probes))
+
+    def sample_once(self) -> int:
+        """Sample every host once and publish; the number of samples published."""
         now = time.time()  # one time stamp per tick: a LEI's samples of a tick line up
         self._seq += 1
+        published = 0
         for probe in self.probes:
             try:
                 # Rates over each probe's own read times: a probe that refreshes its container
@@ -170,6 +178,8 @@ class Collector:
             )
             self.mqtt.publish_message(topics.host_sample(self.lei, probe.host), sample)
             self.counters.add("samples_published")
+            published += 1
+        return published
 
     # --- faults ---------------------------------------------------------------------
     def run_faults(self) -> None:
@@ -188,6 +198,15 @@ class Collector:
         host = topics.host_of(message.topic)
         if host not in self.config.hosts:
             return  # another collector's host
+        if message.retain:
+            # The broker hands a retained command to every (re)subscription: the fault would
+            # start again at each reconnect (an unstamped one at any age).
+            self.mqtt.drop(message, DecodeError("retained", "a fault injection must not be retained"))
+            return
+        if self.lifecycle.stop.is_set():
+            # Stopping: the hogs were stopped and the hosts' cgroups may be gone already.
+            self.mqtt.drop(message, DecodeError("stopping", "the collector is stopping"))
+            return
         command = self.mqtt.decode_or_drop(FaultInjection, message)
         if command is not None:
             self._publish_injection(self.injector.inject(host, command))
