@@ -275,6 +275,15 @@ def test_a_retained_injection_does_not_start_again_when_the_collector_comes_back
             time.sleep(1)
             assert collector.counters.snapshot().get("dropped_retained") == 1
             assert len(listener.matching(lambda m: finished(m, command.id))) == len(answered) == 1
+            # Stopping, it takes none: its hogs were stopped, its hosts' cgroups may be gone.
+            collector.lifecycle.stop.set()
+            late = dataclasses.replace(command, id=uuid.uuid4().hex[:12], ts=time.time())
+            publish(operator, topic, codec.encode(late), codec.MSGPACK)
+            deadline = time.monotonic() + 15
+            while not collector.counters.snapshot().get("dropped_stopping") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert collector.counters.snapshot().get("dropped_stopping") == 1
+            assert listener.matching(lambda m: finished(m, late.id)) == []
     finally:
         collector.mqtt.stop()
         publish(operator, topic, b"", retain=True)  # clears the retained command
