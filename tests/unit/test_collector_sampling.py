@@ -30,7 +30,8 @@ class ClockRateProbe:
         self._last: tuple[float, float] | None = None  # (now given, counter read)
 
     def read(self, now: float) -> HostMetrics:
-        counter = time.time()
+        counter = time.monotonic()
+        self.read_at = now
         rate = 0.0
         if self._last is not None:
             rate = (counter - self._last[1]) / (now - self._last[0])
@@ -89,3 +90,14 @@ def test_the_collector_is_healthy_only_while_samples_go_out(tmp_path) -> None:
     collector.probes = [ClockRateProbe("h1")]
     collector.tick()
     assert health.exists()
+
+
+def test_rates_are_measured_on_the_monotonic_clock_not_the_wall_clock() -> None:
+    """An NTP step of the wall clock between two reads would multiply a rate, or zero it."""
+    collector = Collector(config.load(CollectorConfig, {"DRAGON_COLLECTOR_HOSTS": "h1"}))
+    collector.probes = [probe := ClockRateProbe("h1")]
+    collector.mqtt = published = Published()
+    before = time.monotonic()
+    collector.sample_once()
+    assert before <= probe.read_at <= time.monotonic()
+    assert abs(published.samples[0].ts - time.time()) < 5  # the sample's own time is the wall clock's

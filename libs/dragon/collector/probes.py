@@ -53,7 +53,9 @@ class Probe(Protocol):
     host: str
 
     def read(self, now: float) -> HostMetrics:
-        """Usage over the interval since the previous read (rates 0 on the first read)."""
+        """Usage over the interval since the previous read (rates 0 on the first read); ``now`` is
+        a monotonic clock's reading (``time.monotonic``): the wall clock steps (NTP), and a rate
+        over a stepped interval is multiplied, or all but zero."""
 
     def tasks(self) -> tuple[TaskUsage, ...]:
         """Per-task usage over the same interval as the last :meth:`read`."""
@@ -406,7 +408,8 @@ class CgroupProbe:
         }
         deltas, elapsed = self._deltas.update(now, counters)
         capacity = self.cgroup.cpu_capacity_cores()
-        cpu = deltas["cpu_ns"] / (elapsed * capacity * 1e9) if elapsed > 0 else 0.0
+        # At most 4 (the samples' bound), as a task's: a quota enforced late reads briefly above 1.
+        cpu = min(deltas["cpu_ns"] / (elapsed * capacity * 1e9), 4.0) if elapsed > 0 else 0.0
         swap_limit = self.cgroup.swap_limit_bytes()
         metrics = HostMetrics(
             cpu=cpu,

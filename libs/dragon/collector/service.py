@@ -159,8 +159,9 @@ class Collector:
                 # Rates over each probe's own read times: a probe that refreshes its container
                 # list (a Docker call, up to hundreds of ms under load) delays the probes after
                 # it, and the tick's time would stretch their interval by that delay, then
-                # shrink the next one by as much.
-                metrics = probe.read(time.time())
+                # shrink the next one by as much. On the monotonic clock: an NTP step of the
+                # wall clock would multiply a rate, or zero it.
+                metrics = probe.read(time.monotonic())
                 tasks = probe.tasks()
             except Exception:
                 # A vanished cgroup or a Docker hiccup must not stop the other hosts.
