@@ -126,6 +126,24 @@ def test_frozen_tasks_stay_where_they_are_and_the_search_moves_the_others():
     assert everything.moves == []
 
 
+def test_frozen_tasks_keep_their_fixed_moves_in_every_decision_and_doing_nothing_is_those_alone():
+    """Another broker's moves of its own tasks are given: every candidate holds them, the search
+    decides the rest, and the plan is never predicted worse than those moves alone."""
+    sim, state = overloaded_lei_case()
+    fixed = np.full(4, UNPLACED)
+    fixed[0] = 2  # task 0 goes to LEI b's host 2, as its broker decided
+    for look in (1, 3):
+        rng = np.random.default_rng(0)
+        if look == 1:
+            plan = anneal(sim, state, np.array([1]), rng=rng, frozen=np.array([0, 3]), fixed=fixed)
+        else:
+            plan = look_ahead(sim, state, np.array([1]), look, rng=rng, frozen=np.array([0, 3]), fixed=fixed)
+        assert plan.decision[0] == 2 and plan.decision[3] == UNPLACED
+        assert plan.fitness <= sim.evaluate(state, fixed[None, :]).fitness[0] + 1e-12
+    alone = anneal(sim, state, np.array([1]), rng=np.random.default_rng(0), frozen=np.arange(4), fixed=fixed)
+    assert alone.decision.tolist() == fixed.tolist()
+
+
 def test_annealing_with_one_lei_has_nowhere_to_go():
     fed = Federation.uniform(["a", "a"], [0], ("cpu", "ram"), (1.0, GIB))
     usage = np.array([[0.95, 0.5 * GIB], [0.1, 0.1 * GIB]])

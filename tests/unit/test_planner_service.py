@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from dragon.messages.schemas import (
     HostSample,
     MigrationEvent,
     PlanDecision,
+    PlannedMove,
     Schedule,
     TaskPlacement,
     TaskUsage,
@@ -251,3 +253,58 @@ def test_the_view_forgets_hosts_gone_long_ago_while_no_fault_needs_a_snapshot():
     del p.health[("a", "h1", "observed")]
     assert p.plan_once(NOW + FORGET_AFTER_S + 1) is None  # no fault: no snapshot taken
     assert p.view.known_leis() == set()
+
+
+def three_leis(p: Planner, peer_moves: tuple = ()) -> None:
+    """a/h1 and b/h2 overloaded and judged faulty, each by a task of 0.5; c/h3 has room for one."""
+    p.view.observe(sample("a", "h1", 0.95, [("t1", 0.5)]), NOW)
+    p.view.observe(sample("b", "h2", 0.95, [("t2", 0.5)]), NOW)
+    p.view.observe(sample("c", "h3", 0.3), NOW)
+    for lei, host in (("a", "h1"), ("b", "h2")):
+        p.health[(lei, host, "observed")] = HostHealth(lei, host, NOW - 1, 2.0, 1.0, 1, "observed")
+    if peer_moves:
+        moves = tuple(PlannedMove(task, "a", "h1", lei, host, 1.0) for task, lei, host in peer_moves)
+        p.peer_decisions["a"] = dataclasses.replace(a_decision(), moves=moves)
+
+
+def a_decision() -> PlanDecision:
+    return PlanDecision(
+        id="a1", lei="a", ts=NOW - 1, mode="dragon", look_ahead=1, moves=(), faulty_hosts=("a/h1", "b/h2"),
+        fitness=1.0, fitness_unmoved=1.2, qos=0.5, art=0.5, aec=0.5, predicted_anomalous=0, decision_ms=10.0,
+        isolated=False, leis=("a", "b", "c"),
+    )  # fmt: skip
+
+
+def test_a_broker_plays_its_own_tasks_against_the_other_brokers_latest_moves():
+    """Fictitious play as a best response: b's planner moves only b's tasks, and does not send t2
+    to the spare c/h3 that a's broker just gave t1 (each planning the other's task elsewhere, both
+    brokers sent their tasks there and overloaded it: found by review)."""
+    alone = planner(DRAGON_LEI="b")
+    three_leis(alone)
+    free = alone.decide(alone.view.snapshot(NOW), alone.faulty(NOW), NOW)
+    assert [(m.task, m.target_lei) for m in free.moves] == [("t2", "c")]  # a's t1 stays: a's broker decides it
+
+    p = planner(DRAGON_LEI="b")
+    three_leis(p, peer_moves=(("t1", "c", "h3"),))
+    decision = p.decide(p.view.snapshot(NOW), p.faulty(NOW), NOW)
+    assert [(m.task, m.target_host) for m in decision.moves] == [("t1", "h3")]  # a's move, as a decided it
+    assert decision.fitness <= decision.fitness_unmoved
+
+
+def test_a_peer_decision_is_taken_only_from_its_own_topic_and_an_older_one_does_not_replace_it():
+    from dragon.mqtt import Incoming
+
+    p = planner(DRAGON_LEI="b")
+    p.init_mqtt()
+    newer, older = dataclasses.replace(a_decision(), id="new"), dataclasses.replace(a_decision(), id="old", ts=NOW - 30)
+    for decision, topic in (
+        (newer, "dragon/fed/a/decision"),
+        (older, "dragon/fed/a/decision"),
+        (newer, "dragon/fed/c/decision"),
+    ):
+        p.on_peer_decision(Incoming(topic, codec.encode(decision), 1, False, codec.MSGPACK))
+    assert p.peer_decisions["a"].id == "new" and set(p.peer_decisions) == {"a"}
+    assert p.counters.snapshot().get("dropped_schema") == 1
+    own = dataclasses.replace(a_decision(), lei="b")
+    p.on_peer_decision(Incoming("dragon/fed/b/decision", codec.encode(own), 1, False, codec.MSGPACK))
+    assert "b" not in p.peer_decisions

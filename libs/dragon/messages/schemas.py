@@ -327,8 +327,9 @@ class PlannedMove:
 class PlanDecision(Message):
     """``dragon/fed/<lei>/decision`` — a broker's preemptive migration decision M_t* (Alg. 2, 3).
 
-    ``moves`` is the whole federation's decision as this broker played it (fictitious play);
-    this broker carries out only those whose ``source_lei`` is its own ``lei``. ``fitness`` and
+    ``moves`` is the whole federation's decision as this broker played it (fictitious play): its
+    own LEI's tasks' moves, a best response to the other LEIs' moves of theirs, which it holds as
+    their brokers last decided them; it carries out only those whose ``source_lei`` is its ``lei``. ``fitness`` and
     ``qos`` are the co-simulator's predictions for the decision, ``fitness_unmoved`` for moving
     nothing. ``isolated``: no peer LEI was heard from recently, so the broker planned for its own
     LEI alone, moving tasks between its own hosts; ``stale_leis`` names the peers it lost.

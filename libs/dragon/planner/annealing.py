@@ -83,6 +83,16 @@ class Plan:
         return [(int(j), int(h)) for j, h in enumerate(self.decision) if h != UNPLACED]
 
 
+def held(tasks: int, frozen: np.ndarray, fixed: np.ndarray | None) -> np.ndarray:
+    """The decision (p,) that moves the ``frozen`` tasks as ``fixed`` says and leaves the others:
+    doing nothing, as far as the search is concerned."""
+    decision = np.full(tasks, UNPLACED)
+    if fixed is not None:
+        mask = np.isin(np.arange(tasks), frozen)
+        decision[mask] = np.asarray(fixed)[mask]
+    return decision
+
+
 def groups_of(sim: CoSimulator, within_lei: bool = False) -> np.ndarray:
     """The group of each host that a migration must leave: its LEI (the paper), or the host itself.
 
@@ -106,9 +116,11 @@ class Neighbourhood:
         groups: np.ndarray | None = None,
         avoid: np.ndarray = NO_HOSTS,
         frozen: np.ndarray = NO_TASKS,
+        fixed: np.ndarray | None = None,
     ):
         """``avoid``: hosts no task may be moved onto (the faulty ones: migrations leave them);
-        ``frozen``: tasks that stay where they are (moved a moment ago, or a move of theirs pending)."""
+        ``frozen``: tasks the search does not decide, which keep their entry of ``fixed`` (a
+        decision (p,); by default, and for the others, UNPLACED: they stay where they are)."""
         groups = sim.federation.lei_index if groups is None else groups
         self.rng = rng
         self.lei_of_host = groups
@@ -123,11 +135,12 @@ class Neighbourhood:
         self.placement = state.placement
         running = state.placement != UNPLACED  # a task not running cannot migrate
         self.movable = np.flatnonzero(running & ~np.isin(np.arange(len(running)), frozen))
+        self.base = held(len(self.placement), frozen, fixed)  # what every decision holds for the frozen tasks
         self.home = np.where(state.placement != UNPLACED, groups[np.maximum(state.placement, 0)], -1)
 
     def start(self, faulty_hosts: np.ndarray, share: float = 1.0) -> np.ndarray:
         """Line 10: tasks on faulty hosts go to random hosts of other LEIs, each with chance ``share``."""
-        decision = np.full(len(self.placement), UNPLACED)
+        decision = self.base.copy()
         if self.leis < 2:  # one LEI: nowhere to migrate to
             return decision
         on_faulty = self.movable[np.isin(self.placement[self.movable], faulty_hosts)]
@@ -149,8 +162,8 @@ class Neighbourhood:
         if len(self.movable) == 0 or self.leis < 2:
             return out
         rows = np.arange(len(out))
-        in_plan = out != UNPLACED
-        can_add = np.zeros_like(in_plan)
+        in_plan, can_add = np.zeros(out.shape, dtype=bool), np.zeros(out.shape, dtype=bool)
+        in_plan[:, self.movable] = out[:, self.movable] != UNPLACED  # a frozen task's entry is not the search's
         can_add[:, self.movable] = ~in_plan[:, self.movable]
         revise = in_plan.any(axis=1) & ((self.rng.random(len(out)) < 0.5) | ~can_add.any(axis=1))
         tasks = self._pick(np.where(revise[:, None], in_plan, can_add))
@@ -193,24 +206,28 @@ def anneal(
     groups: np.ndarray | None = None,
     avoid: np.ndarray | None = None,
     frozen: np.ndarray = NO_TASKS,
+    fixed: np.ndarray | None = None,
 ) -> Plan:
     """DRAGON's decision M_t*: simulated annealing from random migrations off ``faulty_hosts``.
 
     ``groups`` (``groups_of``) says what a migration must leave: the task's LEI by default.
     ``avoid``: hosts no task may be moved onto; the faulty hosts by default. ``frozen``: tasks
-    the decision leaves where they are.
+    the search does not decide; each keeps its entry of the decision ``fixed`` (default: it
+    stays), and "doing nothing" is the frozen tasks' moves alone.
     """
     config = config or AnnealingConfig()
     rng = rng or np.random.default_rng()
     faulty_hosts = np.asarray(faulty_hosts, dtype=int)
     avoid = faulty_hosts if avoid is None else np.asarray(avoid, dtype=int)
-    moves = Neighbourhood(sim, state, rng, groups, avoid=avoid, frozen=frozen)
+    moves = Neighbourhood(sim, state, rng, groups, avoid=avoid, frozen=frozen, fixed=fixed)
     chains = np.stack([moves.start(faulty_hosts, config.start_share) for _ in range(config.chains)])
-    scores = sim.evaluate(state, np.vstack([chains, state.unmoved()])).fitness
+    candidates = np.vstack([chains, moves.base[None, :]])  # the chains' starts, and doing nothing
+    scores = sim.evaluate(state, candidates).fitness
     fitness, evaluations = scores[:-1], len(scores)
     best_at = int(scores.argmin())
-    best, best_fitness = np.vstack([chains, state.unmoved()])[best_at].copy(), float(scores[best_at])
-    steps = config.steps + config.steps_per_candidate * int(np.isin(state.placement, faulty_hosts).sum())
+    best, best_fitness = candidates[best_at].copy(), float(scores[best_at])
+    candidates_on_faulty = int(np.isin(state.placement[moves.movable], faulty_hosts).sum())  # the search's own
+    steps = config.steps + config.steps_per_candidate * candidates_on_faulty
     temperature, cooling = None, config.final_temperature_ratio ** (1.0 / steps)
     for _ in range(steps):
         proposals = moves.neighbours(chains)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dragon.planner.annealing import NO_TASKS, AnnealingConfig, Plan, anneal, plan_of
+from dragon.planner.annealing import NO_TASKS, AnnealingConfig, Plan, anneal, held, plan_of
 from dragon.sim.qos import CoSimulator, FederationState
 from dragon.sim.twin import UNPLACED
 
@@ -56,26 +56,31 @@ def look_ahead(
     rng: np.random.Generator | None = None,
     groups: np.ndarray | None = None,
     frozen: np.ndarray = NO_TASKS,
+    fixed: np.ndarray | None = None,
 ) -> Plan:
     """DRAGON+ with ``steps`` look-ahead intervals; its plan's fitness is M+'s on the current state.
 
-    ``frozen`` tasks stay where they are at every step (as for ``anneal``)."""
+    ``frozen`` tasks are not the search's at any step: now they take their entry of ``fixed``
+    (as for ``anneal``), later they stay where that put them."""
     if steps < 1:
         raise ValueError(f"look-ahead needs at least one step, got {steps}")
     rng = rng or np.random.default_rng()
     flagged = np.asarray(faulty_hosts, dtype=int)  # what the detectors said: never a target, at any step
     merged, last_across = np.full(len(state.placement), UNPLACED), np.full(len(state.placement), UNPLACED)
-    future, faulty = state, flagged
+    future, faulty, now_fixed = state, flagged, fixed
     horizon, evaluations = [], 0
     for _ in range(steps):
-        plan = anneal(sim, future, faulty, config, rng, groups, avoid=np.union1d(flagged, faulty), frozen=frozen)
+        avoid = np.union1d(flagged, faulty)
+        plan = anneal(sim, future, faulty, config, rng, groups, avoid=avoid, frozen=frozen, fixed=now_fixed)
+        now_fixed = None  # carried out at the first step
         merged = merge(merged, plan.decision)
         last_across = merge(last_across, only_across_leis(sim, state, plan.decision, groups))
         horizon.append(plan.fitness)
         evaluations += plan.evaluations
         future = future.after(plan.outcome.usage[0], future.apply(plan.decision[None, :])[0])
         faulty = np.flatnonzero(plan.outcome.anomalous_hosts[0])
-    candidates = np.vstack([merged_candidates(sim, state, merged, last_across, groups), state.unmoved()])
+    nothing = held(len(state.placement), frozen, fixed)
+    candidates = np.vstack([merged_candidates(sim, state, merged, last_across, groups), nothing[None, :]])
     # The two merges are often the same decision, or nothing at all: score each once, in order.
     _, first = np.unique(candidates, axis=0, return_index=True)
     final = best_over_horizon(sim, state, candidates[np.sort(first)], steps, evaluations)

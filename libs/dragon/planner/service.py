@@ -1,14 +1,22 @@
 """The planner service: fictitious play across brokers (DRAGON Alg. 2 and 3).
 
 Every broker runs one. It keeps W^M_t, the state of the whole federation, from the host samples
-its broker carries (its own LEI's, and the other LEIs' through the Mosquitto bridges), and the
-detectors' verdicts from the retained health topics. While a host of its own LEI is faulty it
-decides, every ``DRAGON_PLANNER_INTERVAL``, the preemptive migrations of the whole federation
-by simulated annealing on the co-simulator's fitness, in process (thousands of evaluations per
-decision cannot each cross MQTT), and publishes the decision on ``dragon/fed/<lei>/decision``.
-Each broker carries out only the moves of its own LEI's tasks: with the migration key, the
-planner sends them to its migrator as signed commands (:mod:`dragon.planner.commanding`) and
-follows the migrator's events and the schedule it republishes after every move.
+its broker carries (its own LEI's, and the other LEIs' through the Mosquitto bridges), the
+detectors' verdicts from the retained health topics, and the other brokers' latest decisions.
+While a host of its own LEI is faulty it decides, every ``DRAGON_PLANNER_INTERVAL``, the
+preemptive migrations of the whole federation by simulated annealing on the co-simulator's
+fitness, in process (thousands of evaluations per decision cannot each cross MQTT), and
+publishes the decision on ``dragon/fed/<lei>/decision``.
+
+Fictitious play: the decision is its best response to the other brokers' play. The moves of its
+own LEI's tasks are searched; every other LEI's tasks move as their broker's latest decision
+(at most ``DRAGON_PLANNER_HEALTH_MAX_AGE`` old) moves them, or stay. Each broker carries out only
+its own LEI's moves, so the moves carried out are the ones its decision scored with the others'
+(before, every broker annealed every LEI's tasks with its own random draws, and two brokers
+could send their tasks to the same spare host, each having planned the other's elsewhere). With
+the migration key, the planner sends its moves to its migrator as signed commands
+(:mod:`dragon.planner.commanding`) and follows the migrator's events and the schedule it
+republishes after every move.
 
 A broker that has heard from no peer LEI for ``DRAGON_SIM_STALE_INTERVALS`` intervals is cut
 off: it plans for its own LEI alone, moving tasks between its own hosts, and says so
@@ -33,6 +41,7 @@ from dragon.planner.config import PlannerConfig
 from dragon.planner.decisions import PlanContext, decision_message
 from dragon.planner.lookahead import look_ahead
 from dragon.service.lifecycle import Lifecycle
+from dragon.sim.twin import UNPLACED
 from dragon.simulator.view import Snapshot, co_simulator, follow_samples, follow_schedules, view_from
 
 log = structlog.get_logger(__name__)
@@ -49,7 +58,9 @@ class Planner:
         self.counters = Counters()
         self.view = view_from(config.cosim)
         self.health: dict[tuple[str, str, str], HostHealth] = {}  # (lei, host, mode) -> newest verdict
-        self._health_lock = threading.Lock()  # verdicts arrive on the MQTT worker, plans run on the main thread
+        self.peer_decisions: dict[str, PlanDecision] = {}  # other LEI -> its broker's newest decision
+        # Verdicts and decisions arrive on the MQTT worker, plans run on the main thread.
+        self._health_lock = threading.Lock()
         self.annealing = AnnealingConfig(chains=config.chains, steps=config.steps)
         self.arrivals = Arrivals()
         self.issuer = (
@@ -75,6 +86,7 @@ class Planner:
         follow_samples(self.mqtt, self.view)
         follow_schedules(self.mqtt, self.view)
         self.mqtt.subscribe(topics.all_host_health(), self.on_health, qos=1)
+        self.mqtt.subscribe(topics.fed_decision("+"), self.on_peer_decision, qos=1)
         self.mqtt.subscribe(topics.migration_events(self.lei), self.on_migration_event, qos=1)
 
     def start_mqtt(self) -> None:
@@ -120,6 +132,20 @@ class Planner:
             known = self.health.get(key)
             if known is None or verdict.ts >= known.ts:  # a redelivered older verdict must not win
                 self.health[key] = verdict
+
+    def on_peer_decision(self, incoming: Incoming) -> None:
+        decision = self.mqtt.decode_or_drop(PlanDecision, incoming)
+        if decision is None or decision.lei == self.lei:
+            return  # our own, come back from the broker
+        if incoming.topic != topics.fed_decision(decision.lei):
+            self.mqtt.drop(incoming, DecodeError("schema", "the decision's lei does not match its topic"))
+            return
+        if self.mqtt.dropped_if_ahead(incoming, decision.ts, self.config.interval_s):
+            return
+        with self._health_lock:
+            known = self.peer_decisions.get(decision.lei)
+            if known is None or decision.ts >= known.ts:
+                self.peer_decisions[decision.lei] = decision
 
     def on_migration_event(self, incoming: Incoming) -> None:
         event = self.mqtt.decode_or_drop(MigrationEvent, incoming)
@@ -200,6 +226,31 @@ class Planner:
         busy = self.issuer.busy_tasks(now) if self.issuer is not None else set()
         return self.arrivals.within(self.config.move_cooldown_s, now) | busy
 
+    def not_ours_to_move(self, snapshot: Snapshot, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """The tasks the search leaves alone (indices), and the decision (p,) that moves them.
+
+        Other LEIs' tasks move as their brokers' latest decisions say (fresh ones: at most
+        ``health_max_age_s`` old), or stay; this LEI's tasks that came to their host within the
+        cooldown or have a command pending or resting after one stay (:meth:`staying`).
+        """
+        staying = self.staying(now)
+        with self._health_lock:
+            peers = [d for d in self.peer_decisions.values() if now - d.ts <= self.config.health_max_age_s]
+        fixed = np.full(len(snapshot.tasks), UNPLACED)
+        index = {task: j for j, task in enumerate(snapshot.tasks)}
+        hosts = {key: i for i, key in enumerate(snapshot.hosts)}
+        placement = snapshot.state.placement
+        for decision in peers:
+            for move in decision.moves:
+                j, target = index.get(move.task), hosts.get((move.target_lei, move.target_host))
+                # The peer's own tasks only, still where it planned them from.
+                source = hosts.get((move.source_lei, move.source_host))
+                if move.source_lei == decision.lei and j is not None and target is not None and placement[j] == source:
+                    fixed[j] = target
+        lei_of_task = [snapshot.hosts[h][0] if h != UNPLACED else "" for h in placement]
+        frozen = [j for j, task in enumerate(snapshot.tasks) if lei_of_task[j] != self.lei or task in staying]
+        return np.array(frozen, dtype=int), fixed
+
     def decide(self, snapshot: Snapshot, faulty: list[tuple[str, str]], now: float):
         started = time.perf_counter()
         peers = [lei for lei in snapshot.federation.leis if lei != self.lei]
@@ -208,13 +259,13 @@ class Planner:
         groups = groups_of(sim, within_lei=isolated)
         faulty_index = np.array([snapshot.hosts.index(key) for key in faulty if key in snapshot.hosts], dtype=int)
         rng = np.random.default_rng(None if self.config.seed < 0 else self.config.seed)
-        staying = self.staying(now)
-        frozen = np.array([j for j, task in enumerate(snapshot.tasks) if task in staying], dtype=int)
+        frozen, fixed = self.not_ours_to_move(snapshot, now)
+        search = {"frozen": frozen, "fixed": fixed}
         if self.config.look_ahead == 1:
-            plan = anneal(sim, snapshot.state, faulty_index, self.annealing, rng, groups, frozen=frozen)
+            plan = anneal(sim, snapshot.state, faulty_index, self.annealing, rng, groups, **search)
         else:
             steps = self.config.look_ahead
-            plan = look_ahead(sim, snapshot.state, faulty_index, steps, self.annealing, rng, groups, frozen=frozen)
+            plan = look_ahead(sim, snapshot.state, faulty_index, steps, self.annealing, rng, groups, **search)
         unmoved = float(sim.evaluate(snapshot.state, snapshot.state.unmoved()).fitness[0])
         context = PlanContext(
             lei=self.lei,
