@@ -308,3 +308,17 @@ def test_a_peer_decision_is_taken_only_from_its_own_topic_and_an_older_one_does_
     own = dataclasses.replace(a_decision(), lei="b")
     p.on_peer_decision(Incoming("dragon/fed/b/decision", codec.encode(own), 1, False, codec.MSGPACK))
     assert "b" not in p.peer_decisions
+
+
+def test_verdicts_decisions_and_spent_commands_are_forgotten_once_too_old_to_matter():
+    """A planner runs for months: nothing it keeps may grow with every host or command ever seen."""
+    p = planner(DRAGON_LEI="b", DRAGON_MIGRATION_KEY="k" * 32)
+    three_leis(p, peer_moves=(("t1", "c", "h3"),))
+    decision = p.decide(p.view.snapshot(NOW), p.faulty(NOW), NOW)
+    p.issuer.commands_for(dataclasses.replace(decision, moves=(PlannedMove("t2", "b", "h2", "c", "h3", 1.0),)), NOW)
+    p.issuer.settle(MigrationEvent(id="other", lei="b", task="t9", outcome="done", ts=NOW), NOW)
+    assert p.health and p.peer_decisions and p.issuer.pending() and p.issuer.busy_tasks(NOW) == {"t2", "t9"}
+    later = NOW + max(p.config.health_max_age_s, p.config.command_timeout_s, p.config.move_cooldown_s) + 1
+    p.plan_once(later)
+    assert p.health == {} and p.peer_decisions == {} and p.issuer.pending() == {}
+    assert p.issuer._rests_since == {}

@@ -87,6 +87,12 @@ class CommandIssuer:
         with self._lock:
             return {task: issued.command_id for task, issued in self._pending.items()}
 
+    def forget(self, now: float) -> None:
+        """Drop what no longer holds a task back: rests over, commands given up on."""
+        with self._lock:
+            self._pending = {t: c for t, c in self._pending.items() if now - c.ts < self.pending_timeout_s}
+            self._rests_since = {t: at for t, at in self._rests_since.items() if now - at < self.cooldown_s}
+
     def busy_tasks(self, now: float) -> set[str]:
         """The tasks not to be commanded now: a command pending, or resting after an answer."""
         with self._lock:

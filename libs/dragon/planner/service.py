@@ -157,6 +157,15 @@ class Planner:
                 "command_answered", id=event.id, task=event.task, outcome=event.outcome, reason=event.reason or None
             )
 
+    def forget(self, now: float) -> None:
+        """Drop verdicts and peer decisions too old to act on, and the issuer's spent entries."""
+        max_age = self.config.health_max_age_s
+        with self._health_lock:
+            self.health = {key: v for key, v in self.health.items() if now - v.ts <= max_age}
+            self.peer_decisions = {lei: d for lei, d in self.peer_decisions.items() if now - d.ts <= max_age}
+        if self.issuer is not None:
+            self.issuer.forget(now)
+
     # --- deciding -------------------------------------------------------------------
     def faulty(self, now: float) -> list[tuple[str, str]]:
         """Hosts whose newest verdict of either mode, recent enough to act on, is a fault.
@@ -174,9 +183,10 @@ class Planner:
     def plan_once(self, now: float):
         """Decide and publish if a host of this LEI is faulty; the decision, or None."""
         # Every interval, faulty or not: a move must be seen when it happens (its task then
-        # rests), and what the view keeps must not grow while nothing needs a snapshot.
+        # rests), and nothing kept may grow with every host, task or command ever seen.
         self.view.forget(now)
         self.arrivals.note(self.view.scheduled(), now)
+        self.forget(now)
         faulty = self.faulty(now)
         if not any(lei == self.lei for lei, _ in faulty):
             return None
