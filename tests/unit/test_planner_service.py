@@ -44,9 +44,9 @@ def feed(p: Planner, with_peer: bool = True, peer_ts: float = NOW) -> None:
     p.view.observe(sample("a", "h1", 0.1, ts=NOW - 30), NOW)
     p.view.observe(sample("a", "h1", 0.97, [("t1", 0.5), ("t2", 0.42)]), NOW)
     p.view.observe(sample("a", "h2", 0.3, [("t3", 0.2)]), NOW)
-    if with_peer:
-        p.view.observe(sample("b", "h3", 0.05, ts=peer_ts), NOW)
-        p.view.observe(sample("b", "h4", 0.05, ts=peer_ts), NOW)
+    if with_peer:  # arriving when stamped
+        p.view.observe(sample("b", "h3", 0.05, ts=peer_ts), peer_ts)
+        p.view.observe(sample("b", "h4", 0.05, ts=peer_ts), peer_ts)
     p.health[("a", "h1", "observed")] = HostHealth(
         "a", "h1", NOW - 1, score=2.0, threshold=1.0, label=1, mode="observed"
     )
@@ -322,3 +322,26 @@ def test_verdicts_decisions_and_spent_commands_are_forgotten_once_too_old_to_mat
     p.plan_once(later)
     assert p.health == {} and p.peer_decisions == {} and p.issuer.pending() == {}
     assert p.issuer._rests_since == {}
+
+
+def test_a_host_whose_clock_runs_behind_is_planned_for_and_a_retained_old_verdict_is_not_news():
+    """h1's clock runs 70 s behind (1 s samples): its samples and its detector's verdicts arrive
+    as they are made, and the planner must act on them; a retained verdict the broker hands over
+    at subscription is as old as its stamp says."""
+    from dragon.mqtt import Incoming
+
+    p = planner(DRAGON_MIGRATION_KEY="k" * 32)
+    p.init_mqtt()
+    now = time.time()
+    behind = now - 70
+    p.view.observe(sample("a", "h1", 0.97, [("t1", 0.5), ("t2", 0.42)], ts=behind), now)
+    p.view.observe(sample("a", "h2", 0.3, [("t3", 0.2)], ts=now), now)
+    for host in ("h3", "h4"):
+        p.view.observe(sample("b", host, 0.05, ts=now), now)
+    stale = HostHealth("a", "h2", now - 600, score=2.0, threshold=1.0, label=1, mode="observed")
+    p.on_health(Incoming("dragon/a/hosts/h2/health", codec.encode(stale), 1, True, codec.MSGPACK))  # retained
+    faulty = HostHealth("a", "h1", behind, score=2.0, threshold=1.0, label=1, mode="observed")
+    p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(faulty), 1, False, codec.MSGPACK))  # live
+    assert p.faulty(now) == [("a", "h1")]
+    decision = p.decide(p.view.snapshot(now), p.faulty(now), now)
+    assert decision.moves and all(m.source_host == "h1" for m in decision.moves)

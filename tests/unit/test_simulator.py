@@ -332,7 +332,7 @@ def test_a_hosts_background_is_the_minimum_of_its_last_samples():
     from dragon.simulator.view import HostRecord
 
     rng = np.random.default_rng(5)
-    record, history = HostRecord(0.0, 1.0, np.zeros(3), {}), []
+    record, history = HostRecord(0.0, 1.0, 0.0, np.zeros(3), {}), []
     for _ in range(500):
         usage = np.round(rng.uniform(0, 1, 3), 1)  # rounded: many ties, as constant metrics give
         history.append(usage)
@@ -567,3 +567,15 @@ def test_a_schedule_stamped_ahead_is_dropped_and_an_unchanged_one_revises_no_for
         client._dispatch([delivered("dragon/a/tasks", schedule)])
     assert changed == [moved] and client.counters.snapshot().get("dropped_future") == 1
     assert view._schedule_ts["a"] == now + 1  # a real schedule of a is still taken
+
+
+def test_a_host_whose_clock_runs_behind_stays_in_view_while_its_samples_arrive():
+    """A Pi without a real-time clock and no NTP yet stamps its samples a minute behind: they
+    still arrive, each interval, so the host is as fresh as any (by its stamps it was stale on
+    arrival, and out of every plan)."""
+    view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
+    view.observe(sample("a", "h1", 0.3, ts=NOW), NOW)
+    view.observe(sample("b", "h3", 0.3, ts=NOW - 60), NOW)
+    assert {lei for lei, _ in view.snapshot(NOW + 1).hosts} == {"a", "b"}
+    with pytest.raises(ValueError, match="no host has reported"):
+        view.snapshot(NOW + 10)  # nothing arrived for 10 intervals

@@ -22,7 +22,10 @@ class PlannerConfig:
         "DRAGON_PLANNER_LOOKAHEAD", 1, "intervals planned ahead: 1 is DRAGON (Alg. 2), more is DRAGON+ (Alg. 3, N = 5)"
     )
     health_max_age_s: float = setting(
-        "DRAGON_PLANNER_HEALTH_MAX_AGE", 60.0, "a host's fault verdict older than this is not acted on", "s"
+        "DRAGON_PLANNER_HEALTH_MAX_AGE",
+        60.0,
+        "a fault verdict that arrived longer ago is not acted on (a retained one: by its stamp)",
+        "s",
     )
     chains: int = setting("DRAGON_PLANNER_CHAINS", 16, "simulated annealing: independent chains")
     steps: int = setting(

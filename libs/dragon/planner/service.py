@@ -58,6 +58,7 @@ class Planner:
         self.counters = Counters()
         self.view = view_from(config.cosim)
         self.health: dict[tuple[str, str, str], HostHealth] = {}  # (lei, host, mode) -> newest verdict
+        self._heard_at: dict[tuple[str, str, str], float] = {}  # when it came, if live (see verdict_age)
         self.peer_decisions: dict[str, PlanDecision] = {}  # other LEI -> its broker's newest decision
         # Verdicts and decisions arrive on the MQTT worker, plans run on the main thread.
         self._health_lock = threading.Lock()
@@ -132,6 +133,10 @@ class Planner:
             known = self.health.get(key)
             if known is None or verdict.ts >= known.ts:  # a redelivered older verdict must not win
                 self.health[key] = verdict
+                if incoming.retain:
+                    self._heard_at.pop(key, None)
+                else:
+                    self._heard_at[key] = time.time()
 
     def on_peer_decision(self, incoming: Incoming) -> None:
         decision = self.mqtt.decode_or_drop(PlanDecision, incoming)
@@ -161,7 +166,8 @@ class Planner:
         """Drop verdicts and peer decisions too old to act on, and the issuer's spent entries."""
         max_age = self.config.health_max_age_s
         with self._health_lock:
-            self.health = {key: v for key, v in self.health.items() if now - v.ts <= max_age}
+            self.health = {key: v for key, v in self.health.items() if self._age(key, v, now) <= max_age}
+            self._heard_at = {key: at for key, at in self._heard_at.items() if key in self.health}
             self.peer_decisions = {lei: d for lei, d in self.peer_decisions.items() if now - d.ts <= max_age}
         if self.issuer is not None:
             self.issuer.forget(now)
@@ -175,10 +181,15 @@ class Planner:
         """
         max_age = self.config.health_max_age_s
         with self._health_lock:
-            faulty = {
-                (lei, host) for (lei, host, _), v in self.health.items() if v.label == 1 and now - v.ts <= max_age
-            }
+            faulty = {key[:2] for key, v in self.health.items() if v.label == 1 and self._age(key, v, now) <= max_age}
         return sorted(faulty)
+
+    def _age(self, key: tuple[str, str, str], verdict: HostHealth, now: float) -> float:
+        """How old a verdict is: since it came, when the detector sent it to us as it judged; by its
+        stamp (the judged sample's time, on the host's clock), when the broker handed over a retained
+        copy, which may be from long ago. So a host whose clock runs behind (no real-time clock, no
+        NTP yet) is acted on like any other, and a retained verdict from yesterday is not news."""
+        return now - self._heard_at.get(key, verdict.ts)
 
     def plan_once(self, now: float):
         """Decide and publish if a host of this LEI is faulty; the decision, or None."""

@@ -15,7 +15,10 @@ class CoSimSettings:
     """The co-simulator's model of the federation; the simulator and the planner share it."""
 
     stale_intervals: float = setting(
-        "DRAGON_SIM_STALE_INTERVALS", 3.0, "a host whose newest sample is older than this is left out", "intervals"
+        "DRAGON_SIM_STALE_INTERVALS",
+        3.0,
+        "a host whose newest sample arrived longer ago than this is left out",
+        "intervals",
     )
     background_samples: int = setting(
         "DRAGON_SIM_BACKGROUND_SAMPLES",

@@ -62,6 +62,7 @@ class Listing(NamedTuple):
 class HostRecord:
     ts: float
     interval_s: float
+    received: float  # when its newest sample arrived, on our clock: how fresh the host is
     usage: np.ndarray  # (n,) newest metrics
     tasks: dict[str, tuple[float, float]]  # task id -> (cpu share of the host, ram bytes)
     background: np.ndarray | None = None  # element-wise minimum of the last samples' usage
@@ -173,16 +174,19 @@ class FederationView:
         usage = np.minimum(np.array(sample.metrics.vector(), dtype=np.float64), self.capacity)
         tasks = {task.id: (min(task.cpu, 1.0), task.ram_bytes) for task in sample.tasks}
         with self._lock:
-            self._remember(sample, usage, tasks)
+            self._remember(sample, usage, tasks, now)
         return True
 
-    def _remember(self, sample: HostSample, usage: np.ndarray, tasks: dict[str, tuple[float, float]]) -> None:
+    def _remember(
+        self, sample: HostSample, usage: np.ndarray, tasks: dict[str, tuple[float, float]], now: float
+    ) -> None:
         key = (sample.lei, sample.host)
         record = self._hosts.get(key)
         if record is not None and sample.ts <= record.ts:
             return
         if record is None:
-            record = self._hosts[key] = HostRecord(sample.ts, sample.interval_s, usage, tasks)
+            record = self._hosts[key] = HostRecord(sample.ts, sample.interval_s, now, usage, tasks)
+        record.received = now
         for task in record.tasks.keys() - tasks.keys():  # gone from this host: moved, or stopped
             dropped = Listing(record.ts, *record.tasks[task])
             if task not in self._dropped or dropped > self._dropped[task]:
@@ -242,7 +246,12 @@ class FederationView:
 
     def _snapshot(self, now: float) -> Snapshot:
         self._forget(now)
-        fresh = sorted(key for key, rec in self._hosts.items() if now - rec.ts <= self.stale_intervals * rec.interval_s)
+        # Fresh while its samples keep arriving, on our clock: a host whose own clock runs behind
+        # (a Pi without a real-time clock, no NTP yet) is as fresh as any; by its stamps it would
+        # look stale on arrival once it is a few intervals behind, and drop out of every plan.
+        fresh = sorted(
+            key for key, rec in self._hosts.items() if now - rec.received <= self.stale_intervals * rec.interval_s
+        )
         if not fresh:
             raise ValueError("no host has reported recently: the simulator has no state to simulate")
         records = [self._hosts[key] for key in fresh]
@@ -315,7 +324,7 @@ class FederationView:
         old host, not yet restored on its new one) is listed nowhere for a while, and forgetting
         its home then would make it at home wherever it lands, for good.
         """
-        for key in [key for key, rec in self._hosts.items() if now - rec.ts > FORGET_AFTER_S]:
+        for key in [key for key, rec in self._hosts.items() if now - rec.received > FORGET_AFTER_S]:
             del self._hosts[key]
         listed_at: dict[str, float] = {}  # task -> the newest sample that lists it, silent hosts' too
         for rec in self._hosts.values():
