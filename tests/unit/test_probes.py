@@ -126,11 +126,24 @@ def test_parse_net_dev_excludes_loopback() -> None:
 
 
 def test_keyed_sum_survives_containers_coming_and_going() -> None:
-    total = _KeyedSum(2)
-    assert total.update({"a": (100, 10)}) == (0, 0)  # primes
-    assert total.update({"a": (150, 20), "b": (5, 5)}) == (55, 15)  # b is new: counts in full
-    assert total.update({"b": (6, 5)}) == (56, 15)  # a left: what it added stays
-    assert total.update({"b": (2, 1)}) == (58, 16)  # b restarted: counts from zero
+    times = iter([100.0, 110.0, 120.0, 130.0, 140.0])
+    total = _KeyedSum(2, clock=lambda: next(times))
+    assert total.update({"a": (100, 10)}, {"a": 50.0}) == (0, 0)  # primes
+    assert total.update({"a": (150, 20), "b": (5, 5)}, {"b": 105.0}) == (55, 15)  # b is new: counts in full
+    assert total.update({"b": (6, 5)}, {}) == (56, 15)  # a left: what it added stays
+    assert total.update({"b": (2, 1)}, {}) == (58, 16)  # b's counters went back: from zero
+
+
+def test_keyed_sum_counts_a_container_it_first_sees_late_from_then_on() -> None:
+    """A container that ran before the collector saw it (the first container list failed, say):
+    its lifetime's bytes are not this interval's; counted, they were a spike of 25 GB/s."""
+    times = iter([100.0, 102.0, 104.0, 106.0])
+    total = _KeyedSum(2, late_s=10.0, clock=lambda: next(times))
+    assert total.update({}, {}) == (0, 0)  # primes with no container: Docker did not answer
+    assert total.update({"old": (50_000_000_000, 50_000_000_000)}, {"old": 10.0}) == (0, 0)
+    assert total.update({"old": (50_000_002_000, 50_000_001_000)}, {"old": 10.0}) == (2000, 1000)
+    # One started 3 s before the last read, listed only now (the list refreshes every few s): recent.
+    assert total.update({"hog": (700, 300)}, {"hog": 101.0}) == (2700, 1300)
 
 
 # --- CgroupProbe ------------------------------------------------------------------------

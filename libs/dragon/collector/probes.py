@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -101,28 +102,41 @@ class _Deltas:
         return deltas, now - previous_ts
 
 
+LIST_CALL_S = 5.0  # how long a container list can take a slow Docker daemon
+
+
 class _KeyedSum:
     """A never-decreasing sum of per-key cumulative counters whose keys come and go.
 
-    Each key adds the growth of its counters; a key seen for the first time after the
-    first update (a new container) or whose counters went down (a restarted container)
-    counts from zero; a key that disappears keeps what it added.
+    Each key adds the growth of its counters. A key seen for the first time after the first
+    update counts from zero if it started (``started``, epoch seconds) since the previous update,
+    or ``late_s`` before it (a container list refreshed every few seconds names a new container
+    that late): what it counted is recent (a new container, a fault's hog). One that ran long
+    before it was seen (a container list that failed at start-up, a paused container back) counts
+    from now on: its whole past in one interval would be a spike no host made. A key whose
+    counters went down counts from zero; a key that disappears keeps what it added.
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, late_s: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self._last: dict[Hashable, tuple[int, ...]] = {}
         self._total = [0] * width
-        self._primed = False
+        self._late_s = late_s
+        self._clock = clock
+        self._previous: float | None = None  # when the last update was (the wall clock, as Docker's)
 
-    def update(self, values: dict[Hashable, tuple[int, ...]]) -> tuple[int, ...]:
+    def update(self, values: dict[Hashable, tuple[int, ...]], started: Mapping[Hashable, float]) -> tuple[int, ...]:
+        now = self._clock()
         for key, value in values.items():
             old = self._last.get(key)
-            if old is None or any(new < prev for new, prev in zip(value, old, strict=True)):
-                old = (0,) * len(value) if self._primed else value
+            if old is None:
+                new_since = self._previous is not None and started.get(key, 0.0) >= self._previous - self._late_s
+                old = (0,) * len(value) if new_since else value
+            elif any(new < prev for new, prev in zip(value, old, strict=True)):
+                old = (0,) * len(value)
             for i, (new, prev) in enumerate(zip(value, old, strict=True)):
                 self._total[i] += new - prev
         self._last = dict(values)
-        self._primed = True
+        self._previous = now
         return tuple(self._total)
 
 
@@ -140,6 +154,7 @@ class ContainerInfo:
     pid: int
     is_task: bool
     cgroup: CgroupHost | None
+    started_at: float = 0.0  # epoch seconds (Docker's State.StartedAt); 0: unknown
 
 
 class HostContainers:
@@ -225,6 +240,7 @@ class HostContainers:
             pid=pid,
             is_task=is_task,
             cgroup=self._container_cgroup(container_id, pid, attrs["HostConfig"].get("CgroupParent") or ""),
+            started_at=started_at(attrs["State"].get("StartedAt", "")),
         )
 
     def _container_cgroup(self, container_id: str, pid: int, cgroup_parent: str) -> CgroupHost | None:
@@ -384,7 +400,8 @@ class CgroupProbe:
         self.cgroup = cgroup
         self._proc_root = Path(proc_root)
         self._deltas = _Deltas()
-        self._net = _KeyedSum(2)
+        # A container shows up to a list refresh (and a slow Docker call) late.
+        self._net = _KeyedSum(2, late_s=refresh_s + LIST_CALL_S)
         self._tasks: tuple[TaskUsage, ...] = ()
         self._containers = None
         self._meter = None
@@ -398,7 +415,8 @@ class CgroupProbe:
         infos = self._containers.get() if self._containers is not None else []
         cpu_ns = self.cgroup.cpu_usage_ns()
         disk_read, disk_write = self.cgroup.io_bytes()
-        net_rx, net_tx = self._net.update(self._container_net(infos))
+        started = {(info.id, info.pid): info.started_at for info in infos}
+        net_rx, net_tx = self._net.update(self._container_net(infos), started)
         counters = {
             "cpu_ns": cpu_ns,
             "disk_read": disk_read,
@@ -478,3 +496,12 @@ def create_probe(kind: str, host: str, **options: Any) -> Probe:
     except KeyError:
         raise ValueError(f"unknown probe kind {kind!r}; known: {', '.join(sorted(PROBES))}") from None
     return factory(host, **options)
+
+
+def started_at(text: str) -> float:
+    """Docker's RFC 3339 time with nanoseconds (``2026-12-02T17:11:52.123456789Z``) as epoch seconds."""
+    if not text or text.startswith("0001-"):
+        return 0.0
+    stamp, _, fraction = text.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(stamp + "+00:00").timestamp()
+    return seconds + (float(f"0.{fraction}") if fraction else 0.0)

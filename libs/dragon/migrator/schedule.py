@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
+from dragon.collector.probes import started_at
 from dragon.messages.schemas import Schedule, TaskPlacement
 from dragon.migrator.moves import in_flight, task_id_of
 
@@ -27,12 +27,3 @@ def current_schedule(clients: list[Any], lei: str, now: float, migrator: str = "
         if not in_flight(container)  # while a move runs, the task is still where its source is
     ]
     return Schedule(lei=lei, ts=now, tasks=tuple(sorted(placements, key=lambda p: p.task)), migrator=migrator)
-
-
-def started_at(text: str) -> float:
-    """Docker's RFC 3339 time with nanoseconds (``2026-12-02T17:11:52.123456789Z``) as epoch seconds."""
-    if not text or text.startswith("0001-"):
-        return 0.0
-    stamp, _, fraction = text.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(stamp + "+00:00").timestamp()
-    return seconds + (float(f"0.{fraction}") if fraction else 0.0)
