@@ -15,8 +15,8 @@ from dragon.collector.cgroups import (
     parse_io_stat,
     parse_keyed,
     parse_meminfo,
-    parse_ppid,
     parse_proc_io,
+    parse_stat,
 )
 
 pytestmark = pytest.mark.unit
@@ -162,7 +162,8 @@ def test_parsers_read_kernel_formats() -> None:
     assert parse_meminfo(MEMINFO)["MemTotal"] == 24683520 * 1024
     proc_io = "rchar: 10\nwchar: 20\nsyscr: 1\nsyscw: 2\nread_bytes: 4096\nwrite_bytes: 8192\n"
     assert parse_proc_io(proc_io) == (4096, 8192)
-    assert parse_ppid("42 (python3 -m x) S 7 42 42 0 -1 4194560 ...") == 7
+    line = "42 (python3 -m (x)) S 7 42 42 0 -1 4194560 10 0 0 0 5 2 0 0 20 0 1 0 123456 1000 50"
+    assert parse_stat(line) == (7, 123456)
 
 
 def test_detect_version(tmp_path: Path) -> None:
@@ -305,12 +306,12 @@ def test_v2_ensure_enables_controllers_down_the_chain(tmp_path: Path, proc: Path
 # --- /proc/<pid>/io ---------------------------------------------------------------------
 
 
-def _proc_pid(proc: Path, pid: int, ppid: int, read: int, write: int) -> None:
+def _proc_pid(proc: Path, pid: int, ppid: int, read: int, write: int, started: int = 1000) -> None:
     write_files(
         proc / str(pid),
         {
             "io": f"rchar: 0\nwchar: 0\nread_bytes: {read}\nwrite_bytes: {write}\ncancelled_write_bytes: 0\n",
-            "stat": f"{pid} (python3) S {ppid} {pid} {pid} 0 -1 4194560 0 0",
+            "stat": f"{pid} (python3) S {ppid} {pid} {pid} 0 -1 4194560 0 0 0 0 3 1 0 0 20 0 1 0 {started} 1000 50",
         },
     )
 
@@ -331,6 +332,17 @@ def test_proc_io_counter_sums_growth_and_never_decreases(proc: Path) -> None:
     # 12 exits without being reaped yet: nothing is lost or subtracted.
     (proc / "12" / "io").unlink()
     assert counter.update([10]) == (500, 380)
+
+
+def test_proc_io_counter_counts_a_reparented_process_once_and_a_reused_pid_anew(proc: Path) -> None:
+    """A daemon's double fork: its parent exits and it is reparented (its ppid changes), not new."""
+    counter = ProcIoCounter(proc)
+    _proc_pid(proc, 20, 10, read=0, write=5_000_000_000)
+    assert counter.update([20]) == (0, 0)  # primes
+    _proc_pid(proc, 20, 1, read=0, write=5_000_001_000)  # reparented to init, wrote 1000 more
+    assert counter.update([20]) == (0, 1000)
+    _proc_pid(proc, 20, 1, read=0, write=300, started=9000)  # the pid reused by a new process
+    assert counter.update([20]) == (0, 1300)
 
 
 def test_proc_io_counter_skips_unreadable(proc: Path) -> None:

@@ -104,9 +104,11 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
-def parse_ppid(stat_text: str) -> int:
-    """Parent pid from ``/proc/<pid>/stat`` (the command name may contain spaces and parens)."""
-    return int(stat_text.rsplit(")", 1)[1].split()[1])
+def parse_stat(stat_text: str) -> tuple[int, int]:
+    """Parent pid and start time (clock ticks after boot) from ``/proc/<pid>/stat``, fields 4 and 22
+    (the command name, field 2, may contain spaces and parens)."""
+    fields = stat_text.rsplit(")", 1)[1].split()  # from field 3 on
+    return int(fields[1]), int(fields[19])
 
 
 def emulated_host_path(lei: str, host: str, prefix: str = "dragon") -> str:
@@ -383,6 +385,7 @@ _DEFAULT_IO_SOURCE = {1: "proc", 2: "cgroup"}
 @dataclass(frozen=True)
 class _ProcIoSample:
     ppid: int
+    started: int  # clock ticks after boot: with the pid, who the process is
     read: int
     write: int
 
@@ -416,7 +419,9 @@ class ProcIoCounter:
                 credit[1] += old.write
         for pid, new in current.items():
             old = self._seen.get(pid)
-            if old is None or old.ppid != new.ppid or new.read < old.read or new.write < old.write:
+            # A process is its pid and start time: a reparented one (its parent exited: a daemon's
+            # double fork) keeps both and is not counted again in full.
+            if old is None or old.started != new.started or new.read < old.read or new.write < old.write:
                 delta = [new.read, new.write]  # new process (or a reused pid)
             else:
                 delta = [new.read - old.read, new.write - old.write]
@@ -438,7 +443,7 @@ class ProcIoCounter:
         base = self._proc_root / str(pid)
         try:
             read, write = parse_proc_io((base / "io").read_text())
-            ppid = parse_ppid((base / "stat").read_text())
+            ppid, started = parse_stat((base / "stat").read_text())
         except PermissionError:
             if not self._warned:
                 # Reading another process's io needs ptrace-read access (same user, or
@@ -448,7 +453,7 @@ class ProcIoCounter:
             return None
         except (OSError, ValueError, IndexError):
             return None  # the process exited between listing and reading
-        return _ProcIoSample(ppid, read, write)
+        return _ProcIoSample(ppid, started, read, write)
 
 
 class CgroupHost:
