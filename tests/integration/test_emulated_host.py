@@ -315,3 +315,19 @@ def test_a_hog_that_cannot_start_leaves_nothing_that_blocks_the_host(
     assert (reaped.id, reaped.status, reaped.reason) == ("left", "failed", "never started")
     with pytest.raises(docker.errors.NotFound):
         left.reload()
+
+
+def test_a_fault_whose_hog_name_is_taken_fails_without_touching_the_hog_that_has_it(
+    client: Any, lei: EmulatedLei, injector: FaultInjector
+) -> None:
+    """Ids that differ only in characters a container name cannot hold name the same hog: the
+    second is refused by Docker, and its clean-up must not remove the first fault's hog."""
+    first = FaultInjection(id=f"{lei.lei} name", kind="cpu", duration_s=20, intensity=0.1)
+    second = FaultInjection(id=f"{lei.lei}-name", kind="cpu", duration_s=20, intensity=0.1)
+    try:
+        assert injector.inject(IDLE_HOST.name, first).status == "started"
+        clash = injector.inject(IDLE_HOST.name, second)
+        assert clash.status == "failed" and "409" in clash.reason, clash
+        assert injector.running(IDLE_HOST.name) == [first.id]
+    finally:
+        injector.stop_all()

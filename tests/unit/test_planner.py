@@ -142,6 +142,13 @@ def test_frozen_tasks_keep_their_fixed_moves_in_every_decision_and_doing_nothing
         assert plan.fitness <= sim.evaluate(state, fixed[None, :]).fitness[0] + 1e-12
     alone = anneal(sim, state, np.array([1]), rng=np.random.default_rng(0), frozen=np.arange(4), fixed=fixed)
     assert alone.decision.tolist() == fixed.tolist()
+    # A peer cut off from the others moves its task within its own LEI: DRAGON+ holds that too.
+    fixed[3] = 1
+    for seed in range(3):
+        ahead = look_ahead(
+            sim, state, np.array([1]), 3, rng=np.random.default_rng(seed), frozen=np.array([0, 3]), fixed=fixed
+        )
+        assert (ahead.decision[0], ahead.decision[3]) == (2, 1), seed
 
 
 def test_annealing_with_one_lei_has_nowhere_to_go():

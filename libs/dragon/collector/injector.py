@@ -150,7 +150,7 @@ class FaultInjector:
         except _DOCKER_ERRORS:
             # Docker creates, then starts: a start that fails leaves a "created" container, which
             # would count against the host's faults for good.
-            self._remove_named(name)
+            self._remove_created(name, labels)
             raise
 
     def _check_age(self, fault: FaultInjection, now: float) -> None:
@@ -283,13 +283,19 @@ class FaultInjector:
         cgroup = self._hosts[host]
         return cgroup.cgroup_parent if isinstance(cgroup, CgroupHost) else "/" + cgroup.strip("/")
 
-    def _remove_named(self, name: str) -> None:
+    def _remove_created(self, name: str, labels: dict[str, str]) -> None:
+        """Remove the container this start created, if it did: the one named ``name`` with its
+        ``labels`` (another fault's hog may hold the name: ids that differ only in characters a
+        name cannot hold, and then the create was refused)."""
         try:
-            self._remove(self._client.containers.get(name))
+            container = self._client.containers.get(name)
         except docker.errors.NotFound:
-            pass  # the create itself failed
+            return  # the create itself failed
         except _DOCKER_ERRORS as exc:
             log.warning("fault_remove_failed", lei=self.lei, container=name, error=str(exc))
+            return
+        if all(_labels(container).get(key) == value for key, value in labels.items()):
+            self._remove(container)
 
     def _remove(self, hog: Any) -> None:
         try:

@@ -81,6 +81,9 @@ def look_ahead(
         faulty = np.flatnonzero(plan.outcome.anomalous_hosts[0])
     nothing = held(len(state.placement), frozen, fixed)
     candidates = np.vstack([merged_candidates(sim, state, merged, last_across, groups), nothing[None, :]])
+    # The frozen tasks' moves are not the search's to merge or drop (a peer cut off from the others
+    # moves tasks within its own LEI, which only_across_leis would drop): as given, in every candidate.
+    candidates[:, frozen] = nothing[frozen]
     # The two merges are often the same decision, or nothing at all: score each once, in order.
     _, first = np.unique(candidates, axis=0, return_index=True)
     final = best_over_horizon(sim, state, candidates[np.sort(first)], steps, evaluations)
