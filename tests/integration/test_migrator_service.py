@@ -401,7 +401,8 @@ def test_a_command_whose_move_never_began_because_redis_went_away_is_answered_on
     and the first write cannot be timed from outside)."""
     stack, emulated = lei
     task = start_task(emulated)
-    migrator = in_process_migrator(stack, tmp_path)
+    socket = tmp_path / "pi.sock"  # the machine "pi": away until its engine's socket appears
+    migrator = in_process_migrator(stack, tmp_path, DRAGON_MIGRATOR_ENDPOINTS=f"pi=unix://{socket}")
     migrator.init_redis()
     migrator.init_docker()
     migrator.recover_moves()
@@ -410,7 +411,13 @@ def test_a_command_whose_move_never_began_because_redis_went_away_is_answered_on
     try:
         sent = command(stack, task.name)
         migrator._interrupted[sent.id] = sent  # what on_command keeps of a move Redis cut short
-        migrator.settle_interrupted()
+        migrator.settle_interrupted()  # "pi" may hold its target: not looked at, so not answered yet
+        assert migrator._interrupted == {sent.id: sent}
+        os.symlink("/var/run/docker.sock", socket)  # "pi" answers: nothing of the move anywhere
+        deadline = time.monotonic() + EVENT_TIMEOUT_S
+        while sent.id in migrator._interrupted and time.monotonic() < deadline:
+            migrator.settle_interrupted()  # as the heartbeat does; it skips a beat while Docker is busy
+            time.sleep(0.2)
         answer = event_for(watch, sent.id)
         assert (answer.outcome, answer.reason, answer.task) == ("refused", "journal_unavailable", task.name), answer
         assert migrator._interrupted == {}

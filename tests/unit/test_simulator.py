@@ -579,3 +579,18 @@ def test_a_host_whose_clock_runs_behind_stays_in_view_while_its_samples_arrive()
     assert {lei for lei, _ in view.snapshot(NOW + 1).hosts} == {"a", "b"}
     with pytest.raises(ValueError, match="no host has reported"):
         view.snapshot(NOW + 10)  # nothing arrived for 10 intervals
+
+
+def test_a_backlog_delivered_after_an_outage_is_not_news_of_a_host_that_died_during_it():
+    """The relay keeps a peer's samples through a WAN outage and delivers them at once when the
+    link is back: the newest of a host that died meanwhile arrives now, stamped long ago. It is
+    as old as it is late (its usual lag was about nothing), so the host is out of the view."""
+    view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
+    for t in range(10):  # before the outage, live
+        view.observe(sample("b", "h4", 0.1, ts=NOW - 3000 + t), NOW - 3000 + t)
+        view.observe(sample("b", "h3", 0.1, ts=NOW - 3000 + t), NOW - 3000 + t)
+    for t in range(10, 60):  # h4 died at NOW - 2940; the backlog of both, longer than LIVE_LAGS, comes at NOW
+        view.observe(sample("b", "h3", 0.1, ts=NOW - 3000 + t), NOW)
+        view.observe(sample("b", "h4", 0.1, ts=NOW - 3000 + t), NOW)
+    view.observe(sample("b", "h3", 0.1, ts=NOW), NOW)  # h3 is alive: its newest is current
+    assert view.snapshot(NOW).hosts == (("b", "h3"),)

@@ -110,7 +110,14 @@ class Engines:
         """The local engine and every configured machine's, of any LEI (see :meth:`of_lei`)."""
         return self._reachable(sorted(self.endpoints), strict)
 
-    def _reachable(self, hosts: list[tuple[str, str]], strict: bool) -> list[Engine]:
+    def all_and_unreachable(self) -> tuple[list[Engine], list[str]]:
+        """The engines :meth:`all` gives, and the configured machines (``lei/host``) out of reach."""
+        unreachable: list[str] = []
+        return self._reachable(sorted(self.endpoints), False, unreachable), unreachable
+
+    def _reachable(
+        self, hosts: list[tuple[str, str]], strict: bool, unreachable: list[str] | None = None
+    ) -> list[Engine]:
         engines = {LOCAL: self.local}
         for lei, host in hosts:
             try:
@@ -119,6 +126,8 @@ class Engines:
                 if strict:
                     raise
                 log.error("engine_unreachable", host=f"{lei}/{host}", error=str(exc)[:300])
+                if unreachable is not None:
+                    unreachable.append(f"{lei}/{host}")
                 continue
             engines[engine.name] = engine
         return list(engines.values())

@@ -188,6 +188,7 @@ class Mover:
         self.running_hold_s = running_hold_s
         self.criu = criu or CriuSupport(False, "not probed")
         self.docker_root = docker_root
+        self.engines_unseen: list[str] = []  # of the last sweep
 
     # --- one move -------------------------------------------------------------------
     def move(
@@ -530,15 +531,18 @@ class Mover:
         temporary name is removed if its task still has another container (started again if it
         had been stopped), else started and given the task's name. Each is journalled first, so
         a crash midway is recovered like any move. One that cannot be settled now (an engine out
-        of reach) is left for the next sweep. Call after :meth:`recover`."""
+        of reach) is left for the next sweep. Call after :meth:`recover`. The engines that did not
+        answer, or hold a move that could not be settled, are left in :attr:`engines_unseen`."""
         open_ids = {move.id for move in self.journal.open_moves()}
         settled = []
-        for engine in self.engines.all():
+        engines, self.engines_unseen = self.engines.all_and_unreachable()
+        for engine in engines:
             labels = [MOVE_LABEL, f"{MOVE_LEI_LABEL}={self.journal.lei}"]
             try:
                 targets = engine.client.containers.list(all=True, filters={"label": labels})
             except ENGINE_ERRORS as exc:
                 log.error("engine_unreachable", engine=engine.name, error=str(exc)[:300])
+                self.engines_unseen.append(engine.name)
                 continue
             for target in targets:
                 move_id = target.labels[MOVE_LABEL]
@@ -548,6 +552,7 @@ class Mover:
                     settled.append(self._settle_orphan(target, move_id))
                 except (*ENGINE_ERRORS, MoveError) as exc:
                     log.error("orphan_not_settled", id=move_id, container=target.name, error=str(exc)[:300])
+                    self.engines_unseen.append(engine.name)
         return settled
 
     def _settle_orphan(self, target: Any, move_id: str) -> Move:

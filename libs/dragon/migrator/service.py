@@ -218,14 +218,18 @@ class Migrator:
                 # Out of reach can take the SDK's timeout to say, under the Docker lock: not every beat.
                 self._settle_again_at = time.monotonic() + self.config.schedule_interval_s
                 continue  # the others go on
-            del self._interrupted[move_id]
             for move, named in moves:
                 self.publish_event(self.event_of(move, task=named, recovered=True))
             if command is not None and move_id not in {move.id for move, _ in moves}:
+                if self.mover.engines_unseen:  # its target may be on one of them: look again later
+                    log.warning("move_not_settled_yet", id=move_id, engines_unseen=self.mover.engines_unseen)
+                    self._settle_again_at = time.monotonic() + self.config.schedule_interval_s
+                    continue
                 # Redis went away before the move's first step was journalled, and Docker shows
                 # nothing of it: it never began. Said, so the planner need not wait out its timeout.
                 never_began = "Redis went away as the move began; neither the journal nor Docker shows any of it"
                 self.refuse(command, CommandRefused("journal_unavailable", never_began))
+            del self._interrupted[move_id]
 
     def _settle_one(self, move_id: str, command: MigrationCommand | None) -> list[tuple[Move, str]]:
         """The move settled, with the task as commanded; or, when the journal does not know it

@@ -24,7 +24,7 @@ class PlannerConfig:
     health_max_age_s: float = setting(
         "DRAGON_PLANNER_HEALTH_MAX_AGE",
         60.0,
-        "a fault verdict that arrived longer ago is not acted on (a retained one: by its stamp)",
+        "a fault verdict older than this is not acted on (since it arrived, plus how late it came)",
         "s",
     )
     chains: int = setting("DRAGON_PLANNER_CHAINS", 16, "simulated annealing: independent chains")

@@ -58,7 +58,7 @@ class Planner:
         self.counters = Counters()
         self.view = view_from(config.cosim)
         self.health: dict[tuple[str, str, str], HostHealth] = {}  # (lei, host, mode) -> newest verdict
-        self._heard_at: dict[tuple[str, str, str], float] = {}  # when it came, if live (see verdict_age)
+        self._heard_at: dict[tuple[str, str, str], float] = {}  # when each came (see _age)
         self.peer_decisions: dict[str, PlanDecision] = {}  # other LEI -> its broker's newest decision
         # Verdicts and decisions arrive on the MQTT worker, plans run on the main thread.
         self._health_lock = threading.Lock()
@@ -133,10 +133,7 @@ class Planner:
             known = self.health.get(key)
             if known is None or verdict.ts >= known.ts:  # a redelivered older verdict must not win
                 self.health[key] = verdict
-                if incoming.retain:
-                    self._heard_at.pop(key, None)
-                else:
-                    self._heard_at[key] = time.time()
+                self._heard_at[key] = time.time()
 
     def on_peer_decision(self, incoming: Incoming) -> None:
         decision = self.mqtt.decode_or_drop(PlanDecision, incoming)
@@ -185,11 +182,15 @@ class Planner:
         return sorted(faulty)
 
     def _age(self, key: tuple[str, str, str], verdict: HostHealth, now: float) -> float:
-        """How old a verdict is: since it came, when the detector sent it to us as it judged; by its
-        stamp (the judged sample's time, on the host's clock), when the broker handed over a retained
-        copy, which may be from long ago. So a host whose clock runs behind (no real-time clock, no
-        NTP yet) is acted on like any other, and a retained verdict from yesterday is not news."""
-        return now - self._heard_at.get(key, verdict.ts)
+        """How old a verdict is: since it came, plus how much later after its stamp (the judged
+        sample's time, on the host's clock) it came than the host's samples usually do. So a host
+        whose clock runs behind (no real-time clock, no NTP yet) is acted on like any other, while
+        a retained verdict from yesterday, or one in a backlog delivered after an outage, is not
+        news. By its stamp alone for a host with no sample in view."""
+        heard, usual = self._heard_at.get(key), self.view.usual_lag(*key[:2])
+        if heard is None or usual is None:
+            return now - verdict.ts
+        return now - heard + max(0.0, heard - verdict.ts - usual)
 
     def plan_once(self, now: float):
         """Decide and publish if a host of this LEI is faulty; the decision, or None."""

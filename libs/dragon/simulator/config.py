@@ -17,7 +17,7 @@ class CoSimSettings:
     stale_intervals: float = setting(
         "DRAGON_SIM_STALE_INTERVALS",
         3.0,
-        "a host whose newest sample arrived longer ago than this is left out",
+        "a host whose newest sample is older than this is left out (since it arrived, plus how late it came)",
         "intervals",
     )
     background_samples: int = setting(

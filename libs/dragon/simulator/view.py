@@ -41,6 +41,9 @@ FRACTIONS = {"cpu", "ram", "swap"}  # of the host's capacity; the other metrics 
 CPU = HOST_METRICS.index("cpu")
 HostKey = tuple[str, str]  # (lei, host)
 FORGET_AFTER_S = 3600.0  # a host silent this long has left the federation
+# A host's usual lag (a sample's arrival after its stamp) is the least of its last this many live
+# samples': a host whose clock steps back looks late by the step for as many intervals.
+LIVE_LAGS = 20
 # How long after a task starts on a host that host's samples may still miss it: the collector
 # lists containers from a cache refreshed every 5 s (collector/probes.py), and then it samples.
 ARRIVAL_GRACE_S = 5.0
@@ -62,13 +65,46 @@ class Listing(NamedTuple):
 class HostRecord:
     ts: float
     interval_s: float
-    received: float  # when its newest sample arrived, on our clock: how fresh the host is
+    received: float  # when its newest sample arrived, on our clock
     usage: np.ndarray  # (n,) newest metrics
     tasks: dict[str, tuple[float, float]]  # task id -> (cpu share of the host, ram bytes)
     background: np.ndarray | None = None  # element-wise minimum of the last samples' usage
     seen: int = 0  # samples taken in
     # Per metric, (sample number, value) with increasing values: the front is the window's minimum.
     minima: list[deque] = field(default_factory=list)
+    lag: float = 0.0  # received - ts of the newest sample: transit plus how far the host's clock is behind
+    # (live sample number, lag) with increasing lags over the last LIVE_LAGS live samples: the front
+    # is the usual lag.
+    lags: deque = field(default_factory=deque)
+    live: int = 0  # samples that arrived live: an interval or so after the one before
+
+    def arrived(self, received: float, ts: float) -> None:
+        """Note that a sample stamped ``ts`` arrived at ``received`` (our clock).
+
+        Only a sample that arrived live (half an interval or more after the one before) tells the
+        host's usual lag: a backlog comes in a burst, and its samples would make their own
+        lateness usual (the burst's first one counts, one among LIVE_LAGS)."""
+        live = not self.lags or received - self.received >= self.interval_s / 2
+        self.received, self.lag = received, received - ts
+        if not live:
+            return
+        self.live += 1
+        while self.lags and self.lags[-1][1] >= self.lag:
+            self.lags.pop()
+        self.lags.append((self.live, self.lag))
+        if self.lags[0][0] <= self.live - LIVE_LAGS:
+            self.lags.popleft()
+
+    @property
+    def usual_lag(self) -> float:
+        return self.lags[0][1] if self.lags else self.lag
+
+    def age(self, now: float) -> float:
+        """How old the host's newest news is: since it arrived, plus how much later than the host's
+        usual it arrived. A host whose clock runs behind has a large lag every time, and is as
+        fresh as any while its samples come; a sample delivered late (a backlog the broker or a
+        peer's relay kept through an outage) is as old as its lateness, not news."""
+        return now - self.received + max(0.0, self.lag - self.usual_lag)
 
     def add(self, usage: np.ndarray, keep: int) -> None:
         """Take ``usage`` in and keep the minimum of the last ``keep`` samples, per metric.
@@ -186,7 +222,7 @@ class FederationView:
             return
         if record is None:
             record = self._hosts[key] = HostRecord(sample.ts, sample.interval_s, now, usage, tasks)
-        record.received = now
+        record.arrived(now, sample.ts)
         for task in record.tasks.keys() - tasks.keys():  # gone from this host: moved, or stopped
             dropped = Listing(record.ts, *record.tasks[task])
             if task not in self._dropped or dropped > self._dropped[task]:
@@ -212,6 +248,13 @@ class FederationView:
             # must not lie in the future, or every later forecast would look older.
             self._schedule_at[schedule.lei] = min(schedule.ts, received)
             return changed
+
+    def usual_lag(self, lei: str, host: str) -> float | None:
+        """How long after its stamp a sample of the host usually arrives (HostRecord.lag); None if
+        no sample came."""
+        with self._lock:
+            record = self._hosts.get((lei, host))
+            return record.usual_lag if record is not None else None
 
     def interval_of(self, lei: str, host: str) -> float:
         """The host's sampling interval as its newest sample gave it; 0 if none came."""
@@ -246,12 +289,11 @@ class FederationView:
 
     def _snapshot(self, now: float) -> Snapshot:
         self._forget(now)
-        # Fresh while its samples keep arriving, on our clock: a host whose own clock runs behind
-        # (a Pi without a real-time clock, no NTP yet) is as fresh as any; by its stamps it would
-        # look stale on arrival once it is a few intervals behind, and drop out of every plan.
-        fresh = sorted(
-            key for key, rec in self._hosts.items() if now - rec.received <= self.stale_intervals * rec.interval_s
-        )
+        # Fresh while its samples keep arriving, on our clock (HostRecord.age): a host whose own
+        # clock runs behind (a Pi without a real-time clock, no NTP yet) is as fresh as any; by its
+        # stamps it would look stale on arrival once it is a few intervals behind, and drop out of
+        # every plan.
+        fresh = sorted(key for key, rec in self._hosts.items() if rec.age(now) <= self.stale_intervals * rec.interval_s)
         if not fresh:
             raise ValueError("no host has reported recently: the simulator has no state to simulate")
         records = [self._hosts[key] for key in fresh]
