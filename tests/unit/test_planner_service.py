@@ -289,6 +289,12 @@ def test_a_broker_plays_its_own_tasks_against_the_other_brokers_latest_moves():
     decision = p.decide(p.view.snapshot(NOW), p.faulty(NOW), NOW)
     assert [(m.task, m.target_host) for m in decision.moves] == [("t1", "h3")]  # a's move, as a decided it
     assert decision.fitness <= decision.fitness_unmoved
+    assert not decision.commanded  # this planner has no migration key: its moves will not happen
+
+    # A peer that only decides (no migration key) moves nothing: its moves are not held as happening.
+    p.peer_decisions["a"] = dataclasses.replace(p.peer_decisions["a"], commanded=False)
+    decision = p.decide(p.view.snapshot(NOW), p.faulty(NOW), NOW)
+    assert [(m.task, m.target_lei) for m in decision.moves] == [("t2", "c")]
 
 
 def test_a_peer_decision_is_taken_only_from_its_own_topic_and_an_older_one_does_not_replace_it():

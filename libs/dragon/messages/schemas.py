@@ -353,6 +353,9 @@ class PlanDecision(Message):
     leis: tuple[str, ...]
     stale_leis: tuple[str, ...] = ()
     planner: str = ""
+    # Its broker commands its moves (its planner holds the migration key); one that only decides
+    # moves nothing, and its peers do not hold its moves as happening.
+    commanded: bool = True
 
     def check(self) -> None:
         require(self.mode in PLAN_MODES, f"PlanDecision.mode must be one of {', '.join(PLAN_MODES)}")

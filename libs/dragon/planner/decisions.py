@@ -23,6 +23,7 @@ class PlanContext:
     faulty_hosts: tuple[str, ...]
     isolated: bool
     stale_leis: tuple[str, ...]
+    commanded: bool = True
 
 
 def planned_moves(plan: Plan, snapshot: Snapshot) -> tuple[PlannedMove, ...]:
@@ -62,4 +63,5 @@ def decision_message(
         leis=snapshot.federation.leis,
         stale_leis=context.stale_leis,
         planner=context.planner,
+        commanded=context.commanded,
     )

@@ -252,12 +252,15 @@ class Planner:
         """The tasks the search leaves alone (indices), and the decision (p,) that moves them.
 
         Other LEIs' tasks move as their brokers' latest decisions say (fresh ones: at most
-        ``health_max_age_s`` old), or stay; this LEI's tasks that came to their host within the
-        cooldown or have a command pending or resting after one stay (:meth:`staying`).
+        ``health_max_age_s`` old, from a broker that commands its moves), or stay; this LEI's
+        tasks that came to their host within the cooldown or have a command pending or resting
+        after one stay (:meth:`staying`).
         """
         staying = self.staying(now)
         with self._health_lock:
-            peers = [d for d in self.peer_decisions.values() if now - d.ts <= self.config.health_max_age_s]
+            peers = [
+                d for d in self.peer_decisions.values() if d.commanded and now - d.ts <= self.config.health_max_age_s
+            ]
         fixed = np.full(len(snapshot.tasks), UNPLACED)
         index = {task: j for j, task in enumerate(snapshot.tasks)}
         hosts = {key: i for i, key in enumerate(snapshot.hosts)}
@@ -297,5 +300,6 @@ class Planner:
             faulty_hosts=tuple(f"{lei}/{host}" for lei, host in faulty),
             isolated=isolated,
             stale_leis=tuple(sorted(self.view.known_leis() - set(snapshot.federation.leis))),
+            commanded=self.issuer is not None,
         )
         return decision_message(plan, snapshot, context, unmoved, now, (time.perf_counter() - started) * 1e3)
