@@ -101,3 +101,13 @@ def test_rates_are_measured_on_the_monotonic_clock_not_the_wall_clock() -> None:
     collector.sample_once()
     assert before <= probe.read_at <= time.monotonic()
     assert abs(published.samples[0].ts - time.time()) < 5  # the sample's own time is the wall clock's
+
+
+def test_emulated_hosts_refuse_a_docker_whose_cgroup_driver_cannot_place_them() -> None:
+    """Under the systemd driver Docker refuses --cgroup-parent=/dragon/<lei>/<host> for every demo
+    task and fault: the collector says so and what to do, instead of failing task by task."""
+    from dragon.collector.emulation import EmulationUnsupported, require_cgroupfs_driver
+
+    require_cgroupfs_driver({"CgroupDriver": "cgroupfs", "CgroupVersion": "1"})
+    with pytest.raises(EmulationUnsupported, match=r"native.cgroupdriver=cgroupfs.*DRAGON_COLLECTOR_PROBE=psutil"):
+        require_cgroupfs_driver({"CgroupDriver": "systemd", "CgroupVersion": "2"})

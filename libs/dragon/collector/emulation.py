@@ -10,6 +10,7 @@ a collector restart changes nothing that is already right.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,25 @@ class EmulatedHostSpec:
             raise ValueError(f"host {self.name}: cpus must be positive")
         if self.memory_mb <= 0:
             raise ValueError(f"host {self.name}: memory_mb must be positive")
+
+
+class EmulationUnsupported(RuntimeError):
+    """This Docker engine cannot run emulated hosts."""
+
+
+def require_cgroupfs_driver(docker_info: Mapping[str, Any]) -> None:
+    """Emulated hosts are cgroups their containers join with ``--cgroup-parent=/dragon/<lei>/<host>``,
+    a path of Docker's ``cgroupfs`` cgroup driver: under the ``systemd`` driver Docker takes only
+    ``*.slice`` names there and refuses every demo task and fault. Raise, saying what to do, unless
+    ``docker_info`` (``docker info``) names the cgroupfs driver."""
+    driver = docker_info.get("CgroupDriver", "")
+    if driver and driver != "cgroupfs":
+        raise EmulationUnsupported(
+            f"Docker runs with the {driver!r} cgroup driver; emulated hosts need 'cgroupfs': add "
+            '"exec-opts": ["native.cgroupdriver=cgroupfs"] to /etc/docker/daemon.json and restart Docker, or '
+            "protect this machine as a real host (DRAGON_COLLECTOR_PROBE=psutil, DRAGON_EMULATE=false, "
+            "DRAGON_INJECTOR=false, DRAGON_COLLECTOR_HOSTS=<its id>)"
+        )
 
 
 class EmulatedLei:

@@ -15,7 +15,7 @@ import docker
 import structlog
 
 from dragon.collector.config import CollectorConfig
-from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
+from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei, EmulationUnsupported, require_cgroupfs_driver
 from dragon.collector.injector import FaultInjector, PoissonFaults
 from dragon.collector.probes import Probe, create_probe
 from dragon.messages import topics
@@ -45,7 +45,11 @@ class Collector:
     def run(self) -> None:
         self.lifecycle.install_signal_handlers()
         self.init_docker()
-        self.init_hosts()
+        try:
+            self.init_hosts()
+        except EmulationUnsupported as exc:
+            log.error("emulation_unsupported", error=str(exc))
+            raise SystemExit(2) from None
         self.init_probes()
         self.init_injector()
         self.init_mqtt()
@@ -71,6 +75,7 @@ class Collector:
         self.emulation = None
         if not (self.config.emulated and self.config.emulate):
             return
+        require_cgroupfs_driver(self.docker.info())
         self.emulation = EmulatedLei(
             self.docker, self.lei, self.config.cgroup_root, self.config.task_image, self.config.task_network or None
         )
