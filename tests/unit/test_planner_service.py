@@ -340,7 +340,8 @@ def test_a_host_whose_clock_runs_behind_is_planned_for_and_a_retained_old_verdic
     p.init_mqtt()
     now = time.time()
     behind = now - 70
-    p.view.observe(sample("a", "h1", 0.97, [("t1", 0.5), ("t2", 0.42)], ts=behind), now)
+    for late in (1, 0):  # two samples an interval apart: the second comes live
+        p.view.observe(sample("a", "h1", 0.97, [("t1", 0.5), ("t2", 0.42)], ts=behind - late), now - late)
     p.view.observe(sample("a", "h2", 0.3, [("t3", 0.2)], ts=now), now)
     for host in ("h3", "h4"):
         p.view.observe(sample("b", host, 0.05, ts=now), now)

@@ -575,10 +575,22 @@ def test_a_host_whose_clock_runs_behind_stays_in_view_while_its_samples_arrive()
     arrival, and out of every plan)."""
     view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
     view.observe(sample("a", "h1", 0.3, ts=NOW), NOW)
-    view.observe(sample("b", "h3", 0.3, ts=NOW - 60), NOW)
+    view.observe(sample("b", "h3", 0.3, ts=NOW - 61), NOW - 1)  # the first: judged by its stamp, stale
+    assert ("b", "h3") not in view.snapshot(NOW - 1).hosts
+    view.observe(sample("b", "h3", 0.3, ts=NOW - 60), NOW)  # an interval later: it comes live
     assert {lei for lei, _ in view.snapshot(NOW + 1).hosts} == {"a", "b"}
     with pytest.raises(ValueError, match="no host has reported"):
         view.snapshot(NOW + 10)  # nothing arrived for 10 intervals
+
+
+def test_a_view_just_started_takes_a_backlog_for_what_it_is():
+    """A restarted planner's broker session hands it the samples kept while it was down, in one
+    burst: a host that died meanwhile is not fresh because its last sample arrived a moment ago."""
+    view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
+    for t in range(10):
+        view.observe(sample("b", "h4", 0.1, ts=NOW - 300 + t), NOW)
+    view.observe(sample("b", "h3", 0.1, ts=NOW), NOW)
+    assert view.snapshot(NOW).hosts == (("b", "h3"),)
 
 
 def test_a_backlog_delivered_after_an_outage_is_not_news_of_a_host_that_died_during_it():

@@ -61,6 +61,31 @@ class Listing(NamedTuple):
     ram_bytes: float
 
 
+class SlidingMinimum:
+    """The least of the last ``keep`` values pushed, in amortised constant time: a monotonic queue of
+    (push number, value) with increasing values, whose front is the minimum.
+
+    Every snapshot needs every host's background: taking the minimum over 360 stored vectors per
+    host was 95 % of a 256-host snapshot (50 ms)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._queue: deque[tuple[int, float]] = deque()
+        self._pushed = 0
+
+    def push(self, value: float) -> None:
+        self._pushed += 1
+        while self._queue and self._queue[-1][1] >= value:
+            self._queue.pop()
+        self._queue.append((self._pushed, value))
+        if self._queue[0][0] <= self._pushed - self.keep:
+            self._queue.popleft()
+
+    @property
+    def minimum(self) -> float | None:
+        return self._queue[0][1] if self._queue else None
+
+
 @dataclass
 class HostRecord:
     ts: float
@@ -69,60 +94,47 @@ class HostRecord:
     usage: np.ndarray  # (n,) newest metrics
     tasks: dict[str, tuple[float, float]]  # task id -> (cpu share of the host, ram bytes)
     background: np.ndarray | None = None  # element-wise minimum of the last samples' usage
-    seen: int = 0  # samples taken in
-    # Per metric, (sample number, value) with increasing values: the front is the window's minimum.
-    minima: list[deque] = field(default_factory=list)
+    minima: list[SlidingMinimum] = field(default_factory=list)  # per metric, over the last samples
     lag: float = 0.0  # received - ts of the newest sample: transit plus how far the host's clock is behind
-    # (live sample number, lag) with increasing lags over the last LIVE_LAGS live samples: the front
-    # is the usual lag.
-    lags: deque = field(default_factory=deque)
-    live: int = 0  # samples that arrived live: an interval or so after the one before
+    lags: SlidingMinimum = field(default_factory=lambda: SlidingMinimum(LIVE_LAGS))  # of the live samples
+    arrivals: int = 0
 
     def arrived(self, received: float, ts: float) -> None:
         """Note that a sample stamped ``ts`` arrived at ``received`` (our clock).
 
-        Only a sample that arrived live (half an interval or more after the one before) tells the
+        Only a sample that arrived live, half an interval or more after the one before, tells the
         host's usual lag: a backlog comes in a burst, and its samples would make their own
-        lateness usual (the burst's first one counts, one among LIVE_LAGS)."""
-        live = not self.lags or received - self.received >= self.interval_s / 2
+        lateness usual. The first sample a view takes in is not live either: after a restart it
+        may be the head of the backlog the broker kept for this service."""
+        live = self.arrivals > 0 and received - self.received >= self.interval_s / 2
+        self.arrivals += 1
         self.received, self.lag = received, received - ts
-        if not live:
-            return
-        self.live += 1
-        while self.lags and self.lags[-1][1] >= self.lag:
-            self.lags.pop()
-        self.lags.append((self.live, self.lag))
-        if self.lags[0][0] <= self.live - LIVE_LAGS:
-            self.lags.popleft()
+        if live:
+            self.lags.push(self.lag)
 
     @property
-    def usual_lag(self) -> float:
-        return self.lags[0][1] if self.lags else self.lag
+    def usual_lag(self) -> float | None:
+        """How long after its stamp a sample of the host usually arrives; None until one came live."""
+        return self.lags.minimum
 
     def age(self, now: float) -> float:
         """How old the host's newest news is: since it arrived, plus how much later than the host's
         usual it arrived. A host whose clock runs behind has a large lag every time, and is as
         fresh as any while its samples come; a sample delivered late (a backlog the broker or a
-        peer's relay kept through an outage) is as old as its lateness, not news."""
-        return now - self.received + max(0.0, self.lag - self.usual_lag)
+        peer's relay kept through an outage) is as old as its lateness, not news. Until a sample
+        came live, by its stamp."""
+        usual = self.usual_lag
+        if usual is None:
+            return now - self.ts
+        return now - self.received + max(0.0, self.lag - usual)
 
     def add(self, usage: np.ndarray, keep: int) -> None:
-        """Take ``usage`` in and keep the minimum of the last ``keep`` samples, per metric.
-
-        Every snapshot needs every host's background: taking the minimum over 360 stored vectors
-        per host was 95 % of a 256-host snapshot (50 ms). A monotonic queue per metric keeps it
-        in amortised constant time per sample instead.
-        """
+        """Take ``usage`` in and keep the minimum of the last ``keep`` samples, per metric."""
         if not self.minima:
-            self.minima = [deque() for _ in usage]
-        self.seen += 1
-        for queue, value in zip(self.minima, usage.tolist(), strict=True):
-            while queue and queue[-1][1] >= value:
-                queue.pop()
-            queue.append((self.seen, value))
-            if queue[0][0] <= self.seen - keep:
-                queue.popleft()
-        self.background = np.array([queue[0][1] for queue in self.minima])
+            self.minima = [SlidingMinimum(keep) for _ in usage]
+        for minimum, value in zip(self.minima, usage.tolist(), strict=True):
+            minimum.push(value)
+        self.background = np.array([minimum.minimum for minimum in self.minima])
 
 
 @dataclass(frozen=True, eq=False)  # numpy fields
@@ -250,8 +262,8 @@ class FederationView:
             return changed
 
     def usual_lag(self, lei: str, host: str) -> float | None:
-        """How long after its stamp a sample of the host usually arrives (HostRecord.lag); None if
-        no sample came."""
+        """How long after its stamp a sample of the host usually arrives (HostRecord.usual_lag);
+        None until one came live."""
         with self._lock:
             record = self._hosts.get((lei, host))
             return record.usual_lag if record is not None else None
