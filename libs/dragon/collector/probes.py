@@ -32,7 +32,7 @@ import requests.exceptions
 import structlog
 
 from dragon.collector.cgroups import DEFAULT_ROOT, CgroupError, CgroupHost, detect_version, emulated_host_path
-from dragon.messages.schemas import HostMetrics, TaskUsage
+from dragon.messages.schemas import MAX_FRACTION, HostMetrics, TaskUsage
 
 log = structlog.get_logger(__name__)
 
@@ -292,7 +292,7 @@ class _TaskMeter:
             cpu = 0.0
             if previous is not None and now > previous[0] and cpu_ns >= previous[1]:
                 # A quota enforced late can show a burst above capacity; HostSample allows up to 4.
-                cpu = min((cpu_ns - previous[1]) / ((now - previous[0]) * capacity_cores * 1e9), 4.0)
+                cpu = min((cpu_ns - previous[1]) / ((now - previous[0]) * capacity_cores * 1e9), MAX_FRACTION)
             usages.append(TaskUsage(id=info.task_id, name=info.name, cpu=cpu, ram_bytes=float(ram)))
         self._last = seen
         return tuple(sorted(usages, key=lambda usage: usage.name))
@@ -426,8 +426,8 @@ class CgroupProbe:
         }
         deltas, elapsed = self._deltas.update(now, counters)
         capacity = self.cgroup.cpu_capacity_cores()
-        # At most 4 (the samples' bound), as a task's: a quota enforced late reads briefly above 1.
-        cpu = min(deltas["cpu_ns"] / (elapsed * capacity * 1e9), 4.0) if elapsed > 0 else 0.0
+        # At most the samples' bound, as a task's: a quota enforced late reads briefly above 1.
+        cpu = min(deltas["cpu_ns"] / (elapsed * capacity * 1e9), MAX_FRACTION) if elapsed > 0 else 0.0
         swap_limit = self.cgroup.swap_limit_bytes()
         metrics = HostMetrics(
             cpu=cpu,

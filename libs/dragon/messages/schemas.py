@@ -20,6 +20,7 @@ FAULT_CAUSES: tuple[str, ...] = ("score", "silent")
 # Bounds a real sample stays far within. Beyond them a value is a glitch or forged, and the
 # models' float32 arithmetic would overflow (1e300 bytes/s is inf in float32).
 MAX_RATE_BPS = 1e12  # bytes per second: no disk or link of an edge device comes near
+MAX_FRACTION = 4.0  # of a host's capacity: a quota enforced late reads briefly above 1, never this
 MAX_RAM_BYTES = 1e15
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.01, 86_400.0
 MAX_SEQ = 2**63 - 1  # msgpack's signed range
@@ -58,7 +59,7 @@ class HostMetrics:
         for name in HOST_METRICS:
             require(getattr(self, name) >= 0, f"{where}.metrics.{name} must not be negative")
         for name in ("cpu", "ram", "swap"):
-            require(getattr(self, name) <= 4.0, f"{where}.metrics.{name} is a fraction of capacity")
+            require(getattr(self, name) <= MAX_FRACTION, f"{where}.metrics.{name} is a fraction of capacity")
         for name in ("disk_read", "disk_write", "net_rx", "net_tx"):
             require(getattr(self, name) <= MAX_RATE_BPS, f"{where}.metrics.{name} is above {MAX_RATE_BPS:.0e} B/s")
 
@@ -93,7 +94,7 @@ class HostSample(Message):
         # Task usage feeds the detector's model of the LEI (task windows): an out-of-range share
         # would be a huge scaled input.
         for task in self.tasks:
-            require(0.0 <= task.cpu <= 4.0, "HostSample.tasks[].cpu is a fraction of the host's capacity")
+            require(0.0 <= task.cpu <= MAX_FRACTION, "HostSample.tasks[].cpu is a fraction of the host's capacity")
             require(0 <= task.ram_bytes <= MAX_RAM_BYTES, "HostSample.tasks[].ram_bytes must be in 0..1e15")
             require(len(task.id) > 0, "HostSample.tasks[].id must not be empty")
 
