@@ -119,7 +119,7 @@ def injector(client: Any, lei: EmulatedLei, image: str, host: CgroupHost) -> Ite
 
 @pytest.fixture
 def probe(client: Any, lei: EmulatedLei, host: CgroupHost) -> CgroupProbe:
-    return CgroupProbe(HOST.name, host, "/proc", client, lei=lei.lei, refresh_s=0.5)
+    return CgroupProbe(HOST.name, host, "/proc", client, lei=lei.lei)
 
 
 def wait_for_http(url: str, timeout_s: float = 15.0) -> None:
@@ -136,6 +136,7 @@ def wait_for_http(url: str, timeout_s: float = 15.0) -> None:
 
 
 def measure(probe: CgroupProbe, seconds: float) -> HostMetrics:
+    probe.containers.refresh()  # as the collector's Docker thread does: the hogs and tasks started since
     probe.read(time.time())
     time.sleep(seconds)
     return probe.read(time.time())

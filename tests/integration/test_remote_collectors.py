@@ -4,20 +4,29 @@ over the broker's TLS listener, trusting the LEI's CA (compose/mosquitto/broker.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import secrets as tokens
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-from dragon import certificates
+from dragon import certificates, config
+from dragon.collector.config import CollectorConfig
 from dragon.collector.probes import HOST_LABEL, LEI_LABEL, TASK_ID_LABEL, TASK_LABEL
+from dragon.collector.service import Collector
 from dragon.messages import codec, topics
 from dragon.messages.schemas import HostMetrics, HostSample
 from dragon.mqtt import MqttClient
 from dragon.testing.lei import COLLECTOR_IMAGE, STARTUP_TIMEOUT_S, LeiStack
 from dragon.testing.listener import Listener, publish
+from dragon.testing.stalling_docker import StallingDocker
+
+from .conftest import SLEEPER
 
 pytestmark = pytest.mark.integration
 
@@ -163,3 +172,75 @@ def test_the_collector_image_on_a_remote_host_samples_the_machine_and_its_labell
     finally:
         task.remove(force=True)
         collector.stop()
+
+
+STALL_S = 12.0  # the daemon hangs for two list refreshes and more
+MAX_SAMPLE_GAP_S = 3.0  # six intervals of 0.5 s: a noisy machine's worst, far below the stall
+
+
+def in_process_collector(brokers: LeiStack, host: str, workdir: Path) -> Collector:
+    """The remote collector of ``host`` in this process, sampling every 0.5 s (Docker per DOCKER_HOST)."""
+    broker = brokers.mqtt_settings(f"collector-{host}")
+    environ = {
+        "DRAGON_LEI": brokers.lei,
+        "DRAGON_INSTANCE": host,
+        "DRAGON_MQTT_HOST": broker.host,
+        "DRAGON_MQTT_PORT": str(broker.port),
+        "DRAGON_MQTT_USERNAME": broker.username,
+        "DRAGON_MQTT_PASSWORD": broker.password,
+        "DRAGON_COLLECTOR_HOSTS": host,
+        "DRAGON_COLLECTOR_PROBE": "psutil",
+        "DRAGON_EMULATE": "false",
+        "DRAGON_INJECTOR": "false",
+        "DRAGON_COLLECTOR_INTERVAL": "0.5",
+        "DRAGON_HEALTH_FILE": str(workdir / "healthy"),
+    }
+    return Collector(config.load(CollectorConfig, environ))
+
+
+def task_ids(message) -> set[str]:
+    return {usage.id for usage in codec.decode(HostSample, message.payload, 65536, message.content_type).tasks}
+
+
+def test_a_hung_docker_daemon_makes_the_task_list_late_not_the_samples(brokers, tmp_path, monkeypatch):
+    """A Pi's Docker daemon that stops answering (its SD card at its limit) must not stop the
+    host's samples: the detector would take the host for dead. The collector lists containers on
+    a thread of its own; the samples go on with the last list, and the list catches up after."""
+    lei = brokers.lei
+
+    def task(task_id: str):
+        labels = {TASK_LABEL: "true", HOST_LABEL: "pi", LEI_LABEL: lei, TASK_ID_LABEL: task_id}
+        return brokers.docker.containers.run(COLLECTOR_IMAGE, SLEEPER, labels=labels, detach=True, network_mode="none")
+
+    tasks = [task("before")]
+    # A short directory: a Unix socket's path holds at most 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="dragon-") as short, StallingDocker(Path(short)) as daemon:
+        monkeypatch.setenv("DOCKER_HOST", daemon.url)
+        collector = in_process_collector(brokers, "pi", tmp_path)
+        sampling = threading.Thread(target=collector.sample_forever, daemon=True)
+        try:
+            with Listener(brokers.mqtt_settings("viewer"), [topics.host_sample(lei, "pi")]) as listener:
+                collector.start()
+                sampling.start()
+                listener.wait_for(lambda m: "before" in task_ids(m), 15)
+
+                daemon.stalled.set()
+                stalled_at = time.time()
+                tasks.append(task("during"))  # started while the collector's daemon hangs
+                time.sleep(STALL_S)
+                daemon.stalled.clear()
+                resumed_at = time.time()
+
+                during = listener.matching(lambda m: stalled_at <= m.at <= resumed_at)
+                arrivals = [stalled_at, *(m.at for m in during), resumed_at]
+                gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+                assert daemon.held > 0, "no Docker call was made while the daemon hung: the test tested nothing"
+                assert max(gaps) < MAX_SAMPLE_GAP_S, f"samples stopped for {max(gaps):.1f} s while Docker hung"
+                assert all(task_ids(m) == {"before"} for m in during)  # the last list, kept
+                listener.wait_for(lambda m: task_ids(m) == {"before", "during"}, 15)
+        finally:
+            collector.lifecycle.stop.set()
+            sampling.join(5)
+            collector.shutdown()
+            for container in tasks:
+                container.remove(force=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
 from dragon import config
+from dragon.collector import service
 from dragon.collector.config import CollectorConfig
 from dragon.collector.service import Collector
 from dragon.messages.schemas import HostMetrics, HostSample
@@ -20,9 +22,11 @@ GAP_S = 0.2
 class ClockRateProbe:
     """A host whose counter is the wall clock: read over a true interval, its rate is 1.
 
-    ``stall_s`` on the first read stands for a probe refreshing its container list after its
-    counters (``HostContainers.refresh_if_stale``), which delays the probes read after it.
+    ``stall_s`` on the first read stands for a probe slow to read (a host under heavy I/O), which
+    delays the probes read after it.
     """
+
+    containers = None  # no Docker
 
     def __init__(self, host: str, stall_s: float = 0.0) -> None:
         self.host = host
@@ -111,3 +115,33 @@ def test_emulated_hosts_refuse_a_docker_whose_cgroup_driver_cannot_place_them() 
     require_cgroupfs_driver({"CgroupDriver": "cgroupfs", "CgroupVersion": "1"})
     with pytest.raises(EmulationUnsupported, match=r"native.cgroupdriver=cgroupfs.*DRAGON_COLLECTOR_PROBE=psutil"):
         require_cgroupfs_driver({"CgroupDriver": "systemd", "CgroupVersion": "2"})
+
+
+class FailingOnceList:
+    """A host's container list whose first refresh fails as no Docker error would (a bug, a surprise)."""
+
+    def __init__(self) -> None:
+        self.refreshes = 0
+
+    def refresh(self) -> None:
+        self.refreshes += 1
+        if self.refreshes == 1:
+            raise KeyError("State")
+
+
+def test_the_docker_thread_outlives_a_failure_of_one_pass(monkeypatch) -> None:
+    """The thread that lists containers also reaps the fault hogs: dead, it would leave them running."""
+    monkeypatch.setattr(service, "LIST_REFRESH_S", 0.05)
+    collector = Collector(config.load(CollectorConfig, {"DRAGON_COLLECTOR_HOSTS": "h1"}))
+    probe = ClockRateProbe("h1")
+    probe.containers = listed = FailingOnceList()
+    collector.probes = [probe]
+    thread = threading.Thread(target=collector.docker_forever, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while listed.refreshes < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    collector.lifecycle.stop.set()
+    thread.join(5)
+    assert listed.refreshes >= 3 and not thread.is_alive()
+    assert collector.counters.snapshot()["docker_errors"] == 1

@@ -152,7 +152,8 @@ def test_keyed_sum_counts_a_container_it_first_sees_late_from_then_on() -> None:
 def test_cgroup_probe_rates_from_two_reads(emulated: tuple[Path, Path]) -> None:
     root, proc = emulated
     cgroup = CgroupHost(PARENT, root, proc_root=proc, io_source="cgroup", machine_cores=2)
-    probe = CgroupProbe("h1", cgroup, proc, fake_docker(), lei="lei1", refresh_s=3600)
+    probe = CgroupProbe("h1", cgroup, proc, fake_docker(), lei="lei1")
+    probe.containers.refresh()  # the collector's Docker thread does this
 
     first = probe.read(100.0)
     assert (first.cpu, first.disk_write, first.net_rx, first.net_tx) == (0.0, 0.0, 0.0, 0.0)

@@ -14,6 +14,10 @@ memory are read from their own cgroup files (microseconds), not ``container.stat
 (about 1 s per call on the development machine). Fault hog containers
 (``dragon.fault=true``) are not tasks, but they run in the host's cgroup, so their usage
 counts for the host.
+
+A probe never calls Docker while it reads: it reads its host's container list
+(:class:`HostContainers`) as last refreshed, and the collector refreshes the lists on a thread
+of their own, so a slow or hung Docker daemon makes the task list late, never the samples.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Probe(Protocol):
     """What the collector needs from a host reader."""
 
     host: str
+    containers: HostContainers | None  # the host's container list, refreshed by the collector; None: no Docker
 
     def read(self, now: float) -> HostMetrics:
         """Usage over the interval since the previous read (rates 0 on the first read); ``now`` is
@@ -102,6 +107,7 @@ class _Deltas:
         return deltas, now - previous_ts
 
 
+LIST_REFRESH_S = 5.0  # the collector lists each host's containers this often (a cheap call)
 LIST_CALL_S = 5.0  # how long a container list can take a slow Docker daemon
 
 
@@ -158,8 +164,14 @@ class ContainerInfo:
 
 
 class HostContainers:
-    """The running containers labelled ``dragon.host=<host>``, refreshed at most every
-    ``refresh_s`` seconds (one cheap list call; ``inspect`` only for new containers)."""
+    """The running containers labelled ``dragon.host=<host>`` (one cheap list call; ``inspect``
+    only for new containers).
+
+    :meth:`get` only reads the list as last refreshed, and :meth:`refresh` asks Docker: the
+    collector calls it from its Docker thread every ``LIST_REFRESH_S``, so that the sampling
+    thread never waits on the daemon. The list is replaced whole, never changed in place, so a
+    reader on another thread sees the old list or the new one.
+    """
 
     def __init__(
         self,
@@ -169,38 +181,21 @@ class HostContainers:
         lei: str | None = None,
         cgroup_root: str | os.PathLike[str] = DEFAULT_ROOT,
         proc_root: str | os.PathLike[str] = "/proc",
-        refresh_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = docker_client
         self._host = host
         self._lei = lei
         self._cgroup_root = Path(cgroup_root)
         self._proc_root = Path(proc_root)
-        self._refresh_s = refresh_s
-        self._clock = clock
         self._cache: dict[str, ContainerInfo] = {}
-        self._refreshed_at: float | None = None
         self._version: int | None = None
 
     def get(self) -> list[ContainerInfo]:
-        """The cached list (listed once on first use; refreshed by :meth:`refresh_if_stale`)."""
-        if self._refreshed_at is None:
-            self.refresh_if_stale()
+        """The list as last refreshed (empty until the first refresh); never calls Docker."""
         return list(self._cache.values())
 
-    def refresh_if_stale(self) -> None:
-        """Ask Docker again when the list is older than ``refresh_s``.
-
-        Probes call this after reading their counters, so the Docker call's latency
-        (tens to hundreds of ms) does not fall between a counter read and its timestamp.
-        """
-        now = self._clock()
-        if self._refreshed_at is None or now - self._refreshed_at >= self._refresh_s:
-            self._refresh()
-            self._refreshed_at = now
-
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
+        """List the host's containers again; a failed call keeps the last list."""
         labels = [f"{HOST_LABEL}={self._host}"]
         if self._lei:
             labels.append(f"{LEI_LABEL}={self._lei}")
@@ -272,8 +267,7 @@ class HostContainers:
 class _TaskMeter:
     """Per-task CPU (fraction of the host's capacity) and memory from container cgroups."""
 
-    def __init__(self, containers: HostContainers) -> None:
-        self.containers = containers
+    def __init__(self) -> None:
         self._last: dict[str, tuple[float, int]] = {}
 
     def measure(self, now: float, capacity_cores: float, infos: list[ContainerInfo]) -> tuple[TaskUsage, ...]:
@@ -313,7 +307,6 @@ class PsutilProbe:
         cgroup_root: str | os.PathLike[str] = DEFAULT_ROOT,
         proc_root: str | os.PathLike[str] = "/proc",
         excluded_nics: tuple[str, ...] = DEFAULT_EXCLUDED_NICS,
-        refresh_s: float = 5.0,
     ) -> None:
         self.host = host
         self._excluded_nics = excluded_nics
@@ -322,12 +315,11 @@ class PsutilProbe:
         self._host_net_dev = Path(proc_root) / "1" / "net" / "dev"
         self._deltas = _Deltas()
         self._tasks: tuple[TaskUsage, ...] = ()
+        self.containers: HostContainers | None = None
         self._meter = None
         if docker_client is not None:
-            containers = HostContainers(
-                docker_client, host, lei=lei, cgroup_root=cgroup_root, proc_root=proc_root, refresh_s=refresh_s
-            )
-            self._meter = _TaskMeter(containers)
+            self.containers = HostContainers(docker_client, host, lei=lei, cgroup_root=cgroup_root, proc_root=proc_root)
+            self._meter = _TaskMeter()
 
     def read(self, now: float) -> HostMetrics:
         times = psutil.cpu_times()
@@ -351,8 +343,7 @@ class PsutilProbe:
         # Clamped as psutil.cpu_percent does: idle and iowait can step back on some kernels.
         cpu = min(1.0, deltas["cpu_busy"] / deltas["cpu_total"]) if deltas["cpu_total"] > 0 else 0.0
         if self._meter is not None:
-            self._tasks = self._meter.measure(now, float(psutil.cpu_count() or 1), self._meter.containers.get())
-            self._meter.containers.refresh_if_stale()
+            self._tasks = self._meter.measure(now, float(psutil.cpu_count() or 1), self.containers.get())
         return HostMetrics(
             cpu=cpu,
             ram=(memory.total - memory.available) / memory.total,
@@ -394,25 +385,22 @@ class CgroupProbe:
         docker_client: Any = None,
         *,
         lei: str | None = None,
-        refresh_s: float = 5.0,
     ) -> None:
         self.host = host
         self.cgroup = cgroup
         self._proc_root = Path(proc_root)
         self._deltas = _Deltas()
         # A container shows up to a list refresh (and a slow Docker call) late.
-        self._net = _KeyedSum(2, late_s=refresh_s + LIST_CALL_S)
+        self._net = _KeyedSum(2, late_s=LIST_REFRESH_S + LIST_CALL_S)
         self._tasks: tuple[TaskUsage, ...] = ()
-        self._containers = None
+        self.containers: HostContainers | None = None
         self._meter = None
         if docker_client is not None:
-            self._containers = HostContainers(
-                docker_client, host, lei=lei, cgroup_root=cgroup.root, proc_root=proc_root, refresh_s=refresh_s
-            )
-            self._meter = _TaskMeter(self._containers)
+            self.containers = HostContainers(docker_client, host, lei=lei, cgroup_root=cgroup.root, proc_root=proc_root)
+            self._meter = _TaskMeter()
 
     def read(self, now: float) -> HostMetrics:
-        infos = self._containers.get() if self._containers is not None else []
+        infos = self.containers.get() if self.containers is not None else []
         cpu_ns = self.cgroup.cpu_usage_ns()
         disk_read, disk_write = self.cgroup.io_bytes()
         started = {(info.id, info.pid): info.started_at for info in infos}
@@ -437,7 +425,6 @@ class CgroupProbe:
         )
         if self._meter is not None:
             self._tasks = self._meter.measure(now, capacity, infos)
-            self._meter.containers.refresh_if_stale()
         return metrics
 
     def tasks(self) -> tuple[TaskUsage, ...]:
@@ -470,14 +457,13 @@ def _cgroup_probe(
     proc_root: str | os.PathLike[str] = "/proc",
     docker_client: Any = None,
     lei: str | None = None,
-    refresh_s: float = 5.0,
 ) -> CgroupProbe:
     if cgroup_parent is None:
         if not lei:
             raise ValueError("a cgroup probe needs cgroup_parent, or lei to derive it from")
         cgroup_parent = emulated_host_path(lei, host)
     cgroup = CgroupHost(cgroup_parent, cgroup_root, proc_root=proc_root)
-    return CgroupProbe(host, cgroup, proc_root, docker_client, lei=lei, refresh_s=refresh_s)
+    return CgroupProbe(host, cgroup, proc_root, docker_client, lei=lei)
 
 
 PROBES: dict[str, Callable[..., Probe]] = {
@@ -489,8 +475,7 @@ PROBES: dict[str, Callable[..., Probe]] = {
 def create_probe(kind: str, host: str, **options: Any) -> Probe:
     """Build a probe by kind: ``psutil`` (options of :class:`PsutilProbe`) or ``cgroup``
     (``cgroup_parent`` such as ``dragon/lei1/h1``, by default the emulated host's
-    ``dragon/<lei>/<host>``; ``cgroup_root``, ``proc_root``, ``docker_client``, ``lei``,
-    ``refresh_s``)."""
+    ``dragon/<lei>/<host>``; ``cgroup_root``, ``proc_root``, ``docker_client``, ``lei``)."""
     try:
         factory = PROBES[kind]
     except KeyError:

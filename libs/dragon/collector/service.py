@@ -4,11 +4,17 @@ One collector samples the hosts it is configured with: the machine it runs on
 (``psutil`` probe) or a set of emulated hosts on this machine (``cgroup`` probe,
 one parent cgroup per host). For emulated hosts it also creates the hosts, starts
 their demo tasks and accepts fault-injection commands for them.
+
+Two threads keep time: the sampling thread reads the hosts and publishes, and never calls
+Docker; the Docker thread refreshes each host's container list and reaps and draws faults. A
+slow or hung Docker daemon (an SD card at its limit, a daemon restart) makes the task lists and
+the fault reports late, not the samples the detector judges every host by.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 
 import docker
@@ -17,7 +23,7 @@ import structlog
 from dragon.collector.config import CollectorConfig
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei, EmulationUnsupported, require_cgroupfs_driver
 from dragon.collector.injector import FaultInjector, PoissonFaults
-from dragon.collector.probes import Probe, create_probe
+from dragon.collector.probes import LIST_REFRESH_S, Probe, create_probe
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import FAULT_KINDS, FaultInjection, HostSample, InjectionEvent
@@ -27,6 +33,7 @@ from dragon.service.lifecycle import Lifecycle
 log = structlog.get_logger(__name__)
 
 SERVICE = "collector"
+DOCKER_THREAD_JOIN_S = 10.0  # at shutdown, how long to wait for a Docker call in flight
 
 
 class Collector:
@@ -40,10 +47,19 @@ class Collector:
         self.random_faults: PoissonFaults | None = None
         self._seq = 0
         self._started = time.monotonic()
+        self._docker_thread: threading.Thread | None = None
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
         self.lifecycle.install_signal_handlers()
+        self.start()
+        try:
+            self.sample_forever()
+        finally:
+            self.shutdown()
+
+    def start(self) -> None:
+        """Everything but the sampling loop: hosts, probes, injector, broker and the Docker thread."""
         self.init_docker()
         try:
             self.init_hosts()
@@ -54,10 +70,7 @@ class Collector:
         self.init_injector()
         self.init_mqtt()
         self.start_mqtt()
-        try:
-            self.sample_forever()
-        finally:
-            self.shutdown()
+        self.start_docker_thread()
 
     def init_docker(self) -> None:
         # Per-task usage and emulated hosts need the Docker API; a real host without
@@ -96,6 +109,7 @@ class Collector:
             )
             for host in self.config.hosts
         ]
+        self.refresh_containers()  # the first samples name the tasks already running
 
     def init_injector(self) -> None:
         if not (self.config.emulated and self.config.injector):
@@ -124,9 +138,22 @@ class Collector:
     def start_mqtt(self) -> None:
         self.mqtt.start()
 
+    def start_docker_thread(self) -> None:
+        if self.docker is None:
+            return
+        self._docker_thread = threading.Thread(target=self.docker_forever, name="collector-docker", daemon=True)
+        self._docker_thread.start()
+
     def shutdown(self) -> None:
         log.info("collector_stopping", counters=self.counters.snapshot())
+        self.lifecycle.stop.set()
         self.lifecycle.clear()
+        if self._docker_thread is not None:
+            # A reap in flight and stop_all below would race over the same hogs; a hung daemon
+            # answers neither, and the hogs are then left to the next start's reaper.
+            self._docker_thread.join(DOCKER_THREAD_JOIN_S)
+            if self._docker_thread.is_alive():
+                log.warning("docker_thread_not_stopping", waited_s=DOCKER_THREAD_JOIN_S)
         if self.injector is not None:
             for event in self.injector.stop_all():
                 self._publish_injection(event)
@@ -149,7 +176,6 @@ class Collector:
 
     def tick(self) -> None:
         published = self.sample_once()
-        self.run_faults()
         # Healthy only while samples go out: every probe failing (a host's cgroup gone, io.stat
         # missing) leaves the LEI's detector blind, whatever the broker connection says.
         self.lifecycle.healthy(self.mqtt.connected and (published > 0 or not self.probes))
@@ -187,7 +213,30 @@ class Collector:
             published += 1
         return published
 
-    # --- faults ---------------------------------------------------------------------
+    # --- Docker: container lists and faults -----------------------------------------
+    def docker_forever(self) -> None:
+        """Refresh the container lists every ``LIST_REFRESH_S`` and run the faults every interval."""
+        lists_due = faults_due = time.monotonic()
+        while not self.lifecycle.stop.is_set():
+            now = time.monotonic()
+            try:
+                if now >= lists_due:
+                    lists_due = now + LIST_REFRESH_S
+                    self.refresh_containers()
+                if now >= faults_due:
+                    faults_due = now + self.config.interval_s
+                    self.run_faults()
+            except Exception:
+                # This thread must outlive any one failure: a reaper that died leaves every hog running.
+                self.counters.add("docker_errors")
+                log.exception("docker_thread_failed")
+            self.lifecycle.stop.wait(max(0.0, min(lists_due, faults_due) - time.monotonic()))
+
+    def refresh_containers(self) -> None:
+        for probe in self.probes:
+            if probe.containers is not None:
+                probe.containers.refresh()
+
     def run_faults(self) -> None:
         if self.injector is None:
             return
