@@ -33,8 +33,8 @@ from pathlib import Path
 
 import docker
 
+from dragon.collector.docker_api import HOST_LABEL, LEI_LABEL, TASK_LABEL
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
-from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
 from dragon.messages import codec, topics
 from dragon.messages.schemas import MigrationCommand, MigrationEvent
 from dragon.migrator.commands import sign

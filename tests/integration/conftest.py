@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from dragon.collector.docker_api import HOST_LABEL, LEI_LABEL, TASK_ID_LABEL, TASK_LABEL
 from dragon.collector.emulation import EmulatedLei
-from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
-from dragon.collector.probes import TASK_ID_LABEL
 from dragon.messages import codec, topics
 from dragon.messages.schemas import HostHealth, ServiceCounters
 from dragon.migrator.journal import Step

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -32,6 +33,7 @@ from dragon.collector.injector import FaultInjector
 from dragon.collector.probes import CgroupProbe
 from dragon.messages import codec
 from dragon.messages.schemas import FaultInjection, HostMetrics, InjectionEvent
+from dragon.testing.stalling_docker import StallingDocker
 
 docker = pytest.importorskip("docker")
 
@@ -332,3 +334,29 @@ def test_a_fault_whose_hog_name_is_taken_fails_without_touching_the_hog_that_has
         assert injector.running(IDLE_HOST.name) == [first.id]
     finally:
         injector.stop_all()
+
+
+def test_removing_a_lei_goes_on_past_removals_docker_does_not_answer(client: Any, image: str) -> None:
+    """At ``compose down`` the collector removes its LEI: a removal the daemon refuses or does not
+    answer in time must not leave the other containers, the cgroups and the network behind, nor
+    stop the collector's shutdown (its MQTT session's goodbye) with an exception."""
+    name = f"it{uuid.uuid4().hex[:8]}"
+    # A short directory: a Unix socket's path holds at most 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="dragon-") as short, StallingDocker(Path(short)) as daemon:
+        slow = docker.DockerClient(base_url=daemon.url, timeout=2)
+        emulated = EmulatedLei(slow, name, image=image, network=f"dragon-{name}")
+        try:
+            emulated.ensure_host(IDLE_HOST)
+            assert len(emulated.ensure_demo_tasks(IDLE_HOST, 2)) == 2
+            daemon.stall("DELETE")
+            emulated.remove_all()  # every removal times out, and it returns
+            assert daemon.held == 3  # both tasks were tried, and the network
+        finally:
+            daemon.resume()  # the held removals reach the daemon now: let them finish first
+            slow.close()
+            deadline = time.monotonic() + 20
+            while client.containers.list(all=True, filters={"label": f"dragon.lei={name}"}):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            EmulatedLei(client, name, image=image, network=f"dragon-{name}").remove_all()

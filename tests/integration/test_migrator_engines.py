@@ -14,8 +14,8 @@ import secrets as tokens
 import docker
 import pytest
 
+from dragon.collector.docker_api import HOST_LABEL, LEI_LABEL
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
-from dragon.collector.injector import HOST_LABEL, LEI_LABEL
 from dragon.migrator import transfer
 from dragon.migrator.engines import Engines
 from dragon.migrator.journal import Journal, Step

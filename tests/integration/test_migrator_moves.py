@@ -14,8 +14,8 @@ import docker
 import docker.types
 import pytest
 
+from dragon.collector.docker_api import HOST_LABEL, LEI_LABEL
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
-from dragon.collector.injector import HOST_LABEL, LEI_LABEL
 from dragon.migrator import criu
 from dragon.migrator.engines import Engines, EngineUnreachable
 from dragon.migrator.journal import FINISHED_KEPT_S, Journal, Move, Step

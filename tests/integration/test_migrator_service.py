@@ -20,9 +20,8 @@ import docker
 import pytest
 
 from dragon import config
+from dragon.collector.docker_api import HOST_LABEL, LEI_LABEL, TASK_ID_LABEL
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
-from dragon.collector.injector import HOST_LABEL, LEI_LABEL
-from dragon.collector.probes import TASK_ID_LABEL
 from dragon.messages import codec, topics
 from dragon.messages.schemas import MigrationCommand, MigrationEvent, Schedule
 from dragon.migrator.commands import sign

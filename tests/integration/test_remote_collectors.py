@@ -17,7 +17,7 @@ from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
 from dragon import certificates, config
 from dragon.collector.config import CollectorConfig
-from dragon.collector.probes import HOST_LABEL, LEI_LABEL, TASK_ID_LABEL, TASK_LABEL
+from dragon.collector.docker_api import HOST_LABEL, LEI_LABEL, TASK_ID_LABEL, TASK_LABEL
 from dragon.collector.service import Collector
 from dragon.messages import codec, topics
 from dragon.messages.schemas import HostMetrics, HostSample
@@ -224,11 +224,11 @@ def test_a_hung_docker_daemon_makes_the_task_list_late_not_the_samples(brokers, 
                 sampling.start()
                 listener.wait_for(lambda m: "before" in task_ids(m), 15)
 
-                daemon.stalled.set()
+                daemon.stall()
                 stalled_at = time.time()
                 tasks.append(task("during"))  # started while the collector's daemon hangs
                 time.sleep(STALL_S)
-                daemon.stalled.clear()
+                daemon.resume()
                 resumed_at = time.time()
 
                 during = listener.matching(lambda m: stalled_at <= m.at <= resumed_at)

@@ -258,10 +258,16 @@ def test_remove_deletes_empty_tree_and_ancestors(tmp_path: Path, proc: Path) -> 
     root = tmp_path / "cg"
     for controller in ("cpu", "cpuacct", "memory", "blkio", "pids"):
         (root / controller / PARENT / "c0ffee").mkdir(parents=True)
+    # Hierarchies no limit is read from, where Docker's cgroupfs driver makes the paths too.
+    for hierarchy in ("cpuset", "devices", "systemd"):
+        (root / hierarchy / PARENT / "c0ffee").mkdir(parents=True)
+    (root / "net_cls,net_prio" / PARENT).mkdir(parents=True)
+    (root / "net_cls").symlink_to("net_cls,net_prio")
     (root / "cpu" / "dragon" / "other-lei").mkdir()
     CgroupHost(PARENT, root, proc_root=proc).remove()
     assert not (root / "memory" / "dragon").exists()
     assert not (root / "cpu" / PARENT).exists()
+    assert [h for h in ("cpuset", "devices", "systemd", "net_cls,net_prio") if (root / h / "dragon").exists()] == []
     assert (root / "cpu" / "dragon" / "other-lei").is_dir()  # not ours: kept
 
 

@@ -111,9 +111,14 @@ def parse_stat(stat_text: str) -> tuple[int, int]:
     return int(fields[1]), int(fields[19])
 
 
+def emulated_lei_path(lei: str, prefix: str = "dragon") -> str:
+    """The cgroup path that holds a LEI's emulated hosts: ``<prefix>/<lei>``."""
+    return f"{prefix.strip('/')}/{lei}"
+
+
 def emulated_host_path(lei: str, host: str, prefix: str = "dragon") -> str:
     """The cgroup path of an emulated host: ``<prefix>/<lei>/<host>`` (one scheme for all)."""
-    return f"{prefix.strip('/')}/{lei}/{host}"
+    return f"{emulated_lei_path(lei, prefix)}/{host}"
 
 
 def detect_version(root: str | os.PathLike[str] = DEFAULT_ROOT) -> int:
@@ -210,6 +215,7 @@ def _prune_empty_ancestors(path: Path, stop: Path) -> None:
 class _CgroupV1:
     def __init__(self, root: Path, parent: str) -> None:
         self._root = root
+        self._parent = parent
         self._mounts = {c: m for c in _V1_CONTROLLERS if (m := _v1_mount(root, c)) is not None}
         self._dirs = {c: mount / parent for c, mount in self._mounts.items()}
 
@@ -295,8 +301,15 @@ class _CgroupV1:
         return self._dirs.get("pids") or self.dir("cpu")
 
     def all_dirs(self) -> list[tuple[Path, Path]]:
-        """(cgroup dir, hierarchy mount) pairs, for removal."""
-        return [(self._dirs[c], self._mounts[c]) for c in self._dirs]
+        """(cgroup dir, hierarchy mount) pairs, for removal: in every hierarchy, not only the
+        controllers read here, since Docker's cgroupfs driver makes a container's parent path
+        in each (cpuset, devices, freezer, the named systemd one...)."""
+        mounts = {mount.resolve() for mount in self._mounts.values()}
+        try:
+            mounts.update(entry.resolve() for entry in self._root.iterdir() if entry.is_dir())
+        except OSError:
+            pass  # the controllers found at start are still removed
+        return [(mount / self._parent, mount) for mount in sorted(mounts)]
 
 
 class _CgroupV2:

@@ -15,19 +15,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import docker.errors
-import requests.exceptions
 import structlog
 
-from dragon.collector.cgroups import DEFAULT_ROOT, CgroupError, CgroupHost, emulated_host_path
-from dragon.collector.injector import (
+from dragon.collector.cgroups import DEFAULT_ROOT, CgroupError, CgroupHost, emulated_host_path, emulated_lei_path
+from dragon.collector.docker_api import (
+    DOCKER_ERRORS,
     HOST_LABEL,
     LEI_LABEL,
     MANAGED_LABEL,
     PORT_LABEL,
     TASK_LABEL,
     WORKLOAD_LABEL,
-    container_name,
 )
+from dragon.collector.injector import container_name
 from dragon.settings import check_id
 
 log = structlog.get_logger(__name__)
@@ -176,15 +176,26 @@ class EmulatedLei:
     def remove_all(self) -> None:
         """Remove this LEI's managed containers (tasks and fault hogs), its host cgroups and
         the network if this class created it. For tests and ``down``."""
+        # Each step whatever the one before met: a removal Docker refuses or does not answer in
+        # time must not leave the other containers, the cgroups and the network behind.
         filters = {"label": [f"{LEI_LABEL}={self.lei}", f"{MANAGED_LABEL}={MANAGER}"]}
-        for container in self._client.containers.list(all=True, filters=filters):
+        try:
+            containers = self._client.containers.list(all=True, filters=filters)
+        except DOCKER_ERRORS as exc:
+            log.warning("managed_containers_not_listed", lei=self.lei, error=str(exc))
+            containers = []
+        for container in containers:
             try:
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass
+            except DOCKER_ERRORS as exc:
+                log.warning("managed_container_not_removed", lei=self.lei, container=container.name, error=str(exc))
+                continue
             log.info("managed_container_removed", lei=self.lei, container=container.name)
         try:
-            CgroupHost(f"{self.cgroup_prefix}/{self.lei}", self.cgroup_root, proc_root=self._proc_root).remove()
+            lei_path = emulated_lei_path(self.lei, self.cgroup_prefix)
+            CgroupHost(lei_path, self.cgroup_root, proc_root=self._proc_root).remove()
         except CgroupError as exc:
             # Still busy: a container someone else started in one of the hosts.
             log.warning("lei_cgroups_not_removed", lei=self.lei, error=str(exc))
@@ -196,5 +207,5 @@ class EmulatedLei:
                 log.info("lei_network_removed", lei=self.lei, network=self.network)
         except docker.errors.NotFound:
             pass
-        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        except DOCKER_ERRORS as exc:
             log.warning("lei_network_not_removed", lei=self.lei, network=self.network, error=str(exc))

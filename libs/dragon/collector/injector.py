@@ -20,10 +20,23 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import docker.errors
-import requests.exceptions
 import structlog
 
 from dragon.collector.cgroups import DEFAULT_ROOT, CgroupError, CgroupHost, emulated_host_path
+from dragon.collector.docker_api import (
+    DOCKER_ERRORS,
+    ENDS_LABEL,
+    FAULT_ID_LABEL,
+    FAULT_KIND_LABEL,
+    FAULT_LABEL,
+    HOST_LABEL,
+    LEI_LABEL,
+    MANAGED_LABEL,
+    PORT_LABEL,
+    STARTED_LABEL,
+    TASK_LABEL,
+    WORKLOAD_LABEL,
+)
 from dragon.messages.schema import SchemaError, clip
 from dragon.messages.schemas import FAULT_KINDS, FaultInjection, InjectionEvent
 
@@ -33,19 +46,6 @@ MIB = 1024 * 1024
 # An injection command older than this is refused (InjectionEvent "rejected"): a fault starts
 # when it is asked for, or not at all.
 MAX_COMMAND_AGE_S = 60.0
-FAULT_LABEL = "dragon.fault"
-FAULT_ID_LABEL = "dragon.fault.id"
-FAULT_KIND_LABEL = "dragon.fault.kind"
-STARTED_LABEL = "dragon.fault.started-at"
-ENDS_LABEL = "dragon.fault.ends-at"
-LEI_LABEL = "dragon.lei"
-HOST_LABEL = "dragon.host"
-TASK_LABEL = "dragon.task"
-MANAGED_LABEL = "dragon.managed-by"
-WORKLOAD_LABEL = "dragon.workload"
-PORT_LABEL = "dragon.port"
-
-_DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 # A hog still "created" this long after it was started never ran (its start failed after Docker
 # had created it, and the collector could not remove it then): reaped as failed.
 NEVER_STARTED_AFTER_S = 30.0
@@ -109,7 +109,7 @@ class FaultInjector:
         except (_Rejected, SchemaError) as exc:
             log.warning("fault_rejected", lei=self.lei, host=host, fault_id=fault.id, reason=str(exc))
             return self._event(fault, host, "rejected", now, reason=str(exc))
-        except _DOCKER_ERRORS as exc:
+        except DOCKER_ERRORS as exc:
             log.error("fault_start_failed", lei=self.lei, host=host, fault_id=fault.id, error=str(exc))
             return self._event(fault, host, "failed", now, reason=f"docker: {exc}")
         log.info(
@@ -147,7 +147,7 @@ class FaultInjector:
                 environment={"PYTHONUNBUFFERED": "1"},
                 **options,
             )
-        except _DOCKER_ERRORS:
+        except DOCKER_ERRORS:
             # Docker creates, then starts: a start that fails leaves a "created" container, which
             # would count against the host's faults for good.
             self._remove_created(name, labels)
@@ -220,7 +220,7 @@ class FaultInjector:
         events = []
         try:
             hogs = self._hogs()
-        except _DOCKER_ERRORS as exc:
+        except DOCKER_ERRORS as exc:
             log.warning("fault_reap_failed", lei=self.lei, error=str(exc))
             return []
         for hog in hogs:
@@ -257,7 +257,7 @@ class FaultInjector:
         events = self.reap(now)
         try:
             hogs = self._hogs()
-        except _DOCKER_ERRORS as exc:
+        except DOCKER_ERRORS as exc:
             log.warning("fault_stop_failed", lei=self.lei, error=str(exc))
             return events
         for hog in hogs:
@@ -291,7 +291,7 @@ class FaultInjector:
             container = self._client.containers.get(name)
         except docker.errors.NotFound:
             return  # the create itself failed
-        except _DOCKER_ERRORS as exc:
+        except DOCKER_ERRORS as exc:
             log.warning("fault_remove_failed", lei=self.lei, container=name, error=str(exc))
             return
         if all(_labels(container).get(key) == value for key, value in labels.items()):
@@ -302,7 +302,7 @@ class FaultInjector:
             hog.remove(force=True)
         except docker.errors.NotFound:
             pass  # removed meanwhile (another reaper, or docker rm by hand)
-        except _DOCKER_ERRORS as exc:
+        except DOCKER_ERRORS as exc:
             log.warning("fault_remove_failed", lei=self.lei, container=hog.name, error=str(exc))
 
     def _event(

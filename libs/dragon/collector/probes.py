@@ -32,19 +32,14 @@ from typing import Any, Protocol
 
 import docker.errors
 import psutil
-import requests.exceptions
 import structlog
 
 from dragon.collector.cgroups import DEFAULT_ROOT, CgroupError, CgroupHost, detect_version, emulated_host_path
+from dragon.collector.docker_api import DOCKER_ERRORS, FAULT_LABEL, HOST_LABEL, LEI_LABEL, TASK_ID_LABEL, TASK_LABEL
 from dragon.messages.schemas import MAX_FRACTION, HostMetrics, TaskUsage
 
 log = structlog.get_logger(__name__)
 
-TASK_LABEL = "dragon.task"
-FAULT_LABEL = "dragon.fault"
-HOST_LABEL = "dragon.host"
-LEI_LABEL = "dragon.lei"
-TASK_ID_LABEL = "dragon.task.id"
 
 # Interfaces whose bytes are not the machine's own traffic: loopback, and on a real host the
 # veth/bridge side of container traffic, which would otherwise count every container byte
@@ -208,7 +203,7 @@ class HostContainers:
                     known = self._inspect(container.id)  # new, or restarted with a new pid
                 if known is not None:
                     fresh[container.id] = known
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except DOCKER_ERRORS as exc:
             log.warning("container_list_failed", host=self._host, error=str(exc))
             return  # keep the last list
         if fresh.keys() != self._cache.keys():

@@ -154,14 +154,16 @@ class Collector:
             self._docker_thread.join(DOCKER_THREAD_JOIN_S)
             if self._docker_thread.is_alive():
                 log.warning("docker_thread_not_stopping", waited_s=DOCKER_THREAD_JOIN_S)
-        if self.injector is not None:
-            for event in self.injector.stop_all():
-                self._publish_injection(event)
-        if self.emulation is not None:
-            # Emulated hosts belong to this collector: a clean stop (compose down) takes
-            # their task containers and cgroups with it; a crash leaves them to be found again.
-            self.emulation.remove_all()
-        self.mqtt.stop()
+        try:
+            if self.injector is not None:
+                for event in self.injector.stop_all():
+                    self._publish_injection(event)
+            if self.emulation is not None:
+                # Emulated hosts belong to this collector: a clean stop (compose down) takes
+                # their task containers and cgroups with it; a crash leaves them to be found again.
+                self.emulation.remove_all()
+        finally:
+            self.mqtt.stop()  # the retained "offline" and the session's last acknowledgements
 
     # --- sampling -------------------------------------------------------------------
     def sample_forever(self) -> None:

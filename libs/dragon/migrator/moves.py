@@ -27,8 +27,7 @@ import docker.errors
 import docker.types
 import structlog
 
-from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
-from dragon.collector.probes import TASK_ID_LABEL
+from dragon.collector.docker_api import HOST_LABEL, LEI_LABEL, TASK_ID_LABEL, TASK_LABEL
 from dragon.migrator import criu, engines, transfer
 from dragon.migrator.criu import CriuSupport
 from dragon.migrator.engines import Engine, Engines, EngineUnreachable, container_named, found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dragon.collector.injector import HOST_LABEL, LEI_LABEL, TASK_LABEL
+from dragon.collector.docker_api import HOST_LABEL, LEI_LABEL, TASK_LABEL
 from dragon.collector.probes import started_at
 from dragon.messages.schemas import Schedule, TaskPlacement
 from dragon.migrator.moves import in_flight, task_id_of

@@ -21,6 +21,7 @@ from testcontainers.core.network import Network
 from testcontainers.core.wait_strategies import ExecWaitStrategy, LogMessageWaitStrategy
 
 from dragon import certificates, secrets
+from dragon.collector.cgroups import DEFAULT_ROOT, CgroupError, CgroupHost, emulated_lei_path
 from dragon.settings import MqttSettings
 
 MOSQUITTO_IMAGE = "dragon-mosquitto:local"
@@ -383,9 +384,14 @@ class LeiStack:
             except docker.errors.NotFound:
                 pass
         self.containers.clear()
-        # The collector was killed, not stopped: remove the task and hog containers it started.
+        # The collector was killed, not stopped: remove the task and hog containers it started,
+        # then its emulated hosts' cgroups, which would pile up on the machine run after run.
         for container in self.docker.containers.list(all=True, filters={"label": f"dragon.lei={self.lei}"}):
             container.remove(force=True)
+        try:
+            CgroupHost(emulated_lei_path(self.lei), DEFAULT_ROOT).remove()
+        except CgroupError:
+            pass  # no cgroup hierarchy here, or not ours to write (not root)
         try:
             self.network.remove()
         except docker.errors.APIError:

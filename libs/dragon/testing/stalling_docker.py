@@ -2,13 +2,13 @@
 
 A daemon that hangs (its disk at its limit, a restart half done) accepts connections and
 requests and answers none. :class:`StallingDocker` relays every connection to the real
-daemon and, while :attr:`StallingDocker.stalled` is set, holds each request where it is until
-the flag is cleared: the Docker SDK pointed at :attr:`StallingDocker.url` sees a hung daemon,
-then the same daemon answering again.
+daemon and, between :meth:`StallingDocker.stall` and :meth:`StallingDocker.resume`, holds each
+request (or each request of one HTTP method) where it is: the Docker SDK pointed at
+:attr:`StallingDocker.url` sees a hung daemon, then the same daemon answering again.
 
     with StallingDocker(workdir) as daemon:
         client = docker.DockerClient(base_url=daemon.url)
-        daemon.stalled.set()  # every call from now on waits
+        daemon.stall()  # every call from now on waits; stall("DELETE"): removals only
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ class _Relay(socketserver.BaseRequestHandler):
         """Copy ``source`` to ``target`` until either closes; ``held``: wait while stalled."""
         try:
             while chunk := source.recv(CHUNK):
-                if held and self.server.stalled.is_set():
+                if held and self.server.holds(chunk):
                     self.server.count_held()
-                while held and self.server.stalled.is_set() and not self.server.closing.is_set():
-                    self.server.closing.wait(POLL_S)
+                    while self.server.stalled.is_set() and not self.server.closing.is_set():
+                        self.server.closing.wait(POLL_S)
                 target.sendall(chunk)
         except OSError:
             pass  # the other side went away
@@ -68,9 +68,14 @@ class _RelayServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.upstream = upstream
         self.stalled = threading.Event()
         self.closing = threading.Event()
+        self.method = b""  # hold only requests of this HTTP method (b"": every request)
         self.held = 0  # requests (or parts of one) held while stalled
         self._lock = threading.Lock()
         super().__init__(path, _Relay)
+
+    def holds(self, chunk: bytes) -> bool:
+        """Whether ``chunk``, on its way to the daemon, waits: a request line starts it."""
+        return self.stalled.is_set() and chunk.startswith(self.method)
 
     def count_held(self) -> None:
         with self._lock:
@@ -78,17 +83,25 @@ class _RelayServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 class StallingDocker:
-    """The real daemon behind ``<workdir>/docker.sock``, hung while :attr:`stalled` is set."""
+    """The real daemon behind ``<workdir>/docker.sock``, hung between :meth:`stall` and :meth:`resume`."""
 
     def __init__(self, workdir: Path, upstream: str | None = None) -> None:
         self.path = workdir / "docker.sock"
         self._server = _RelayServer(str(self.path), upstream or daemon_socket())
-        self.stalled = self._server.stalled
         self._thread = threading.Thread(target=self._server.serve_forever, name="stalling-docker", daemon=True)
 
     @property
     def url(self) -> str:
         return f"unix://{self.path}"
+
+    def stall(self, method: str = "") -> None:
+        """Hold every request from now on, or only those of HTTP ``method`` (``DELETE``, say)."""
+        self._server.method = f"{method} ".encode() if method else b""
+        self._server.stalled.set()
+
+    def resume(self) -> None:
+        """Let the held requests go on, and the next ones through."""
+        self._server.stalled.clear()
 
     @property
     def held(self) -> int:

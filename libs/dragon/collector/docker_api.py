@@ -1,0 +1,26 @@
+"""What DRAGON's containers carry for Docker, and what a Docker call can raise.
+
+The labels are how the collector, the fault injector and the migrator know a container: whose
+LEI and host it runs on, whether it is a task or a fault's hog, and who started it.
+"""
+
+from __future__ import annotations
+
+import docker.errors
+import requests.exceptions
+
+LEI_LABEL = "dragon.lei"
+HOST_LABEL = "dragon.host"
+TASK_LABEL = "dragon.task"  # "true": a task the collector measures and the planner may move
+TASK_ID_LABEL = "dragon.task.id"  # the task's id across moves (none: its container's name)
+MANAGED_LABEL = "dragon.managed-by"  # the service that started it, and removes it
+WORKLOAD_LABEL = "dragon.workload"
+PORT_LABEL = "dragon.port"
+FAULT_LABEL = "dragon.fault"  # "true": a fault's hog, which counts for its host but is no task
+FAULT_ID_LABEL = "dragon.fault.id"
+FAULT_KIND_LABEL = "dragon.fault.kind"
+STARTED_LABEL = "dragon.fault.started-at"
+ENDS_LABEL = "dragon.fault.ends-at"
+
+# A daemon that refuses (DockerException) or does not answer in time (requests' errors).
+DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
