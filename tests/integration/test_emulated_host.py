@@ -336,10 +336,11 @@ def test_a_fault_whose_hog_name_is_taken_fails_without_touching_the_hog_that_has
         injector.stop_all()
 
 
-def test_removing_a_lei_goes_on_past_removals_docker_does_not_answer(client: Any, image: str) -> None:
-    """At ``compose down`` the collector removes its LEI: a removal the daemon refuses or does not
-    answer in time must not leave the other containers, the cgroups and the network behind, nor
-    stop the collector's shutdown (its MQTT session's goodbye) with an exception."""
+def test_removing_a_lei_stops_calling_a_daemon_that_does_not_answer(client: Any, image: str) -> None:
+    """At ``compose down`` the collector removes its LEI within the stop's grace period: once the
+    daemon leaves a removal unanswered, the next calls would wait as long, so it stops calling,
+    removes what needs no Docker, and returns instead of raising (the shutdown's MQTT goodbye
+    comes after it)."""
     name = f"it{uuid.uuid4().hex[:8]}"
     # A short directory: a Unix socket's path holds at most 107 bytes.
     with tempfile.TemporaryDirectory(prefix="dragon-") as short, StallingDocker(Path(short)) as daemon:
@@ -348,15 +349,27 @@ def test_removing_a_lei_goes_on_past_removals_docker_does_not_answer(client: Any
         try:
             emulated.ensure_host(IDLE_HOST)
             assert len(emulated.ensure_demo_tasks(IDLE_HOST, 2)) == 2
-            daemon.stall("DELETE")
-            emulated.remove_all()  # every removal times out, and it returns
-            assert daemon.held == 3  # both tasks were tried, and the network
+            daemon.stall("DELETE ")
+            emulated.remove_all()  # the first removal times out, and it returns
+            assert daemon.held == 1  # not the second task's nor the network's: each would wait 2 s more
         finally:
-            daemon.resume()  # the held removals reach the daemon now: let them finish first
+            daemon.resume()  # the held removal reaches the daemon now: let it finish first
             slow.close()
             deadline = time.monotonic() + 20
-            while client.containers.list(all=True, filters={"label": f"dragon.lei={name}"}):
+            while len(client.containers.list(all=True, filters={"label": f"dragon.lei={name}"})) > 1:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
             EmulatedLei(client, name, image=image, network=f"dragon-{name}").remove_all()
+
+
+def test_a_stopped_injector_starts_no_fault(client: Any, lei: EmulatedLei, image: str, host: CgroupHost) -> None:
+    """A command the MQTT worker took, or a random fault the Docker thread drew, just as the
+    collector stops would start a hog after the stop removed them all, in a host about to go."""
+    stopping = FaultInjector(client, lei.lei, image, {HOST.name: host})
+    stopping.stop_all()
+    fault = FaultInjection(id=f"{lei.lei}-late", kind="cpu", duration_s=5, intensity=0.1)
+    event = stopping.inject(HOST.name, fault)
+    assert (event.status, event.reason) == ("rejected", "the collector is stopping")
+    labels = [f"{injection.FAULT_ID_LABEL}={fault.id}", f"{injection.LEI_LABEL}={lei.lei}"]
+    assert client.containers.list(all=True, filters={"label": labels}) == []

@@ -174,8 +174,8 @@ def test_the_collector_image_on_a_remote_host_samples_the_machine_and_its_labell
         collector.stop()
 
 
-STALL_S = 12.0  # the daemon hangs for two list refreshes and more
-MAX_SAMPLE_GAP_S = 3.0  # six intervals of 0.5 s: a noisy machine's worst, far below the stall
+STALL_S = 8.0  # the daemon hangs longer than a list refresh period (5 s)
+MAX_SAMPLE_GAP_S = 3.0  # six intervals of 0.5 s: a noisy machine's worst, far below a stall
 
 
 def in_process_collector(brokers: LeiStack, host: str, workdir: Path) -> Collector:
@@ -202,10 +202,26 @@ def task_ids(message) -> set[str]:
     return {usage.id for usage in codec.decode(HostSample, message.payload, 65536, message.content_type).tasks}
 
 
+def hung_for(daemon: StallingDocker, listener: Listener, held: int, stalled_at: float) -> list:
+    """Keep the daemon stalled at ``stalled_at`` hung for STALL_S, then let it go; the samples
+    meanwhile, after checking that they kept coming and that a request waited (more than ``held``
+    had before the stall)."""
+    time.sleep(max(0.0, stalled_at + STALL_S - time.time()))
+    daemon.resume()
+    resumed_at = time.time()
+    during = listener.matching(lambda m: stalled_at <= m.at <= resumed_at)
+    arrivals = [stalled_at, *(m.at for m in during), resumed_at]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert daemon.held > held, "no container list was asked for while the daemon hung"
+    assert max(gaps) < MAX_SAMPLE_GAP_S, f"samples stopped for {max(gaps):.1f} s while Docker hung"
+    return during
+
+
 def test_a_hung_docker_daemon_makes_the_task_list_late_not_the_samples(brokers, tmp_path, monkeypatch):
     """A Pi's Docker daemon that stops answering (its SD card at its limit) must not stop the
-    host's samples: the detector would take the host for dead. The collector lists containers on
-    a thread of its own; the samples go on with the last list, and the list catches up after."""
+    host's samples, at start-up or later: the detector would take the host for dead. The
+    collector lists containers on a thread of its own; the samples go on with the last list
+    (none yet at start-up), and the list catches up after."""
     lei = brokers.lei
 
     def task(task_id: str):
@@ -220,22 +236,17 @@ def test_a_hung_docker_daemon_makes_the_task_list_late_not_the_samples(brokers, 
         sampling = threading.Thread(target=collector.sample_forever, daemon=True)
         try:
             with Listener(brokers.mqtt_settings("viewer"), [topics.host_sample(lei, "pi")]) as listener:
-                collector.start()
-                sampling.start()
-                listener.wait_for(lambda m: "before" in task_ids(m), 15)
-
-                daemon.stall()
+                daemon.stall("/containers/json")  # it answers its ping, and no list
                 stalled_at = time.time()
-                tasks.append(task("during"))  # started while the collector's daemon hangs
-                time.sleep(STALL_S)
-                daemon.resume()
-                resumed_at = time.time()
+                collector.start()  # does not wait for a list: the samples start at once
+                sampling.start()
+                assert all(task_ids(m) == set() for m in hung_for(daemon, listener, 0, stalled_at))
+                listener.wait_for(lambda m: task_ids(m) == {"before"}, 15)
 
-                during = listener.matching(lambda m: stalled_at <= m.at <= resumed_at)
-                arrivals = [stalled_at, *(m.at for m in during), resumed_at]
-                gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
-                assert daemon.held > 0, "no Docker call was made while the daemon hung: the test tested nothing"
-                assert max(gaps) < MAX_SAMPLE_GAP_S, f"samples stopped for {max(gaps):.1f} s while Docker hung"
+                held, stalled_at = daemon.held, time.time()
+                daemon.stall()
+                tasks.append(task("during"))  # started while the collector's daemon hangs
+                during = hung_for(daemon, listener, held, stalled_at)
                 assert all(task_ids(m) == {"before"} for m in during)  # the last list, kept
                 listener.wait_for(lambda m: task_ids(m) == {"before", "during"}, 15)
         finally:

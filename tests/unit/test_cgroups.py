@@ -271,6 +271,18 @@ def test_remove_deletes_empty_tree_and_ancestors(tmp_path: Path, proc: Path) -> 
     assert (root / "cpu" / "dragon" / "other-lei").is_dir()  # not ours: kept
 
 
+def test_remove_tries_every_hierarchy_before_it_says_one_is_busy(tmp_path: Path, proc: Path) -> None:
+    """One hierarchy still busy (a container someone else started in the host) must not leave the
+    cgroups of the hierarchies after it."""
+    root = tmp_path / "cg"
+    for controller in ("blkio", "cpu", "cpuacct", "memory", "pids"):
+        (root / controller / PARENT).mkdir(parents=True)
+    (root / "cpu" / PARENT / "busy").write_text("")  # rmdir fails as on a cgroup with a process
+    with pytest.raises(CgroupError):
+        CgroupHost(PARENT, root, proc_root=proc).remove()
+    assert [c for c in ("blkio", "cpuacct", "memory", "pids") if (root / c / PARENT).exists()] == []
+
+
 # --- v2 -----------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,14 @@ import pytest
 
 from dragon.collector.cgroups import CgroupHost
 from dragon.collector.injector import PoissonFaults
-from dragon.collector.probes import CgroupProbe, PsutilProbe, _KeyedSum, create_probe, parse_net_dev
+from dragon.collector.probes import (
+    CgroupProbe,
+    HostContainers,
+    PsutilProbe,
+    _KeyedSum,
+    create_probe,
+    parse_net_dev,
+)
 from dragon.messages.schemas import FAULT_KINDS, HOST_METRICS, HostMetrics
 
 pytestmark = pytest.mark.unit
@@ -58,6 +66,12 @@ def set_net(proc: Path, pid: int, rx: int, tx: int) -> None:
     write(proc / str(pid) / "net" / "dev", NET_DEV.format(lo=99999, rx=rx, tx=tx))
 
 
+def set_stat(proc: Path, pid: int, started: int) -> None:
+    """/proc/<pid>/stat with the process's start time (field 22) and parent 1 (field 4)."""
+    fields = ["S", "1", *["0"] * 17, str(started), "0"]
+    write(proc / str(pid) / "stat", f"{pid} (python3 x) {' '.join(fields)}\n")
+
+
 class FakeDocker:
     """Just what HostContainers uses: a filtered sparse list and inspect."""
 
@@ -77,11 +91,14 @@ class FakeDocker:
     def inspect_container(self, cid: str) -> dict[str, Any]:
         return self._attrs[cid]
 
+    def add(self, cid: str, attrs: dict[str, Any]) -> None:
+        self._attrs[cid] = attrs
 
-def container_attrs(name: str, pid: int, labels: dict[str, str]) -> dict[str, Any]:
+
+def container_attrs(name: str, pid: int, labels: dict[str, str], started: float = 0.0) -> dict[str, Any]:
     return {
         "Name": f"/{name}",
-        "State": {"Pid": pid},
+        "State": {"Pid": pid, "StartedAt": stamp(started) if started else ""},
         "Config": {"Labels": {"dragon.host": "h1", "dragon.lei": "lei1", **labels}},
         "HostConfig": {"CgroupParent": f"/{PARENT}"},
     }
@@ -104,6 +121,8 @@ def emulated(tmp_path: Path) -> tuple[Path, Path]:
         write(proc / str(pid) / "cgroup", "\n".join(lines) + "\n")
     set_net(proc, 300, rx=1000, tx=500)
     set_net(proc, 400, rx=0, tx=0)
+    set_stat(proc, 300, started=5000)
+    set_stat(proc, 400, started=6000)
     return root, proc
 
 
@@ -126,24 +145,59 @@ def test_parse_net_dev_excludes_loopback() -> None:
 
 
 def test_keyed_sum_survives_containers_coming_and_going() -> None:
-    times = iter([100.0, 110.0, 120.0, 130.0, 140.0])
-    total = _KeyedSum(2, clock=lambda: next(times))
-    assert total.update({"a": (100, 10)}, {"a": 50.0}) == (0, 0)  # primes
-    assert total.update({"a": (150, 20), "b": (5, 5)}, {"b": 105.0}) == (55, 15)  # b is new: counts in full
-    assert total.update({"b": (6, 5)}, {}) == (56, 15)  # a left: what it added stays
-    assert total.update({"b": (2, 1)}, {}) == (58, 16)  # b's counters went back: from zero
+    total = _KeyedSum(2)
+    assert total.update({"a": (100, 10)}, set()) == (0, 0)  # known from the start: from now on
+    assert total.update({"a": (150, 20), "b": (5, 5)}, {"b"}) == (55, 15)  # b is new: counts in full
+    assert total.update({"b": (6, 5)}, set()) == (56, 15)  # a left: what it added stays
+    assert total.update({"b": (2, 1)}, set()) == (58, 16)  # b's counters went back: from zero
 
 
 def test_keyed_sum_counts_a_container_it_first_sees_late_from_then_on() -> None:
     """A container that ran before the collector saw it (the first container list failed, say):
     its lifetime's bytes are not this interval's; counted, they were a spike of 25 GB/s."""
-    times = iter([100.0, 102.0, 104.0, 106.0])
-    total = _KeyedSum(2, late_s=10.0, clock=lambda: next(times))
-    assert total.update({}, {}) == (0, 0)  # primes with no container: Docker did not answer
-    assert total.update({"old": (50_000_000_000, 50_000_000_000)}, {"old": 10.0}) == (0, 0)
-    assert total.update({"old": (50_000_002_000, 50_000_001_000)}, {"old": 10.0}) == (2000, 1000)
-    # One started 3 s before the last read, listed only now (the list refreshes every few s): recent.
-    assert total.update({"hog": (700, 300)}, {"hog": 101.0}) == (2700, 1300)
+    total = _KeyedSum(2)
+    assert total.update({}, set()) == (0, 0)  # no container: Docker did not answer
+    assert total.update({"old": (50_000_000_000, 50_000_000_000)}, set()) == (0, 0)
+    assert total.update({"old": (50_000_002_000, 50_000_001_000)}, set()) == (2000, 1000)
+    assert total.update({"hog": (700, 300)}, {"hog"}) == (2700, 1300)  # started since a list: all new
+
+
+def stamp(epoch: float) -> str:
+    """Docker's StartedAt for ``epoch``."""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+
+
+def test_a_container_is_fresh_only_if_it_started_since_the_list_before_the_one_that_showed_it(
+    emulated: tuple[Path, Path],
+) -> None:
+    """All of a fresh container's counters are new (a fault's hog, however late the list that
+    shows it came); one that ran before it was listed counts from then on."""
+    root, proc = emulated
+    docker = FakeDocker({TASK_ID: container_attrs("web-1", 300, {"dragon.task": "true"}, started=time.time() - 3600)})
+    containers = HostContainers(docker, "h1", lei="lei1", cgroup_root=root, proc_root=proc)
+    containers.refresh()  # the first list: nothing in it is known to be new
+    assert [c.fresh for c in containers.get()] == [False]
+    set_net(proc, 600, rx=0, tx=0)
+    set_stat(proc, 600, started=9000)
+    set_net(proc, 700, rx=0, tx=0)
+    set_stat(proc, 700, started=100)
+    docker.add(HOG_ID, container_attrs("hog-1", 600, {"dragon.fault": "true"}, started=time.time()))
+    docker.add("d" * 64, container_attrs("back", 700, {"dragon.task": "true"}, started=time.time() - 600))
+    containers.refresh()
+    assert {c.name: c.fresh for c in containers.get()} == {"web-1": False, "hog-1": True, "back": False}
+
+
+def test_a_pid_taken_by_another_process_is_not_the_container(emulated: tuple[Path, Path]) -> None:
+    """Between two lists (Docker slow to answer, say) a container's process may end and its pid go
+    to another process: in the host's network namespace, that one's counters are the machine's."""
+    root, proc = emulated
+    probe = CgroupProbe("h1", CgroupHost(PARENT, root, proc_root=proc), proc, fake_docker(), lei="lei1")
+    probe.containers.refresh()
+    probe.read(100.0)
+    set_stat(proc, 400, started=424242)  # the hog's pid, now another process's...
+    set_net(proc, 400, rx=480_000_000_000, tx=0)  # ...which sees the whole machine's traffic
+    set_net(proc, 300, rx=3000, tx=500)
+    assert probe.read(102.0).net_rx == pytest.approx(1000)  # the task's 2000 bytes over 2 s, no more
 
 
 # --- CgroupProbe ------------------------------------------------------------------------

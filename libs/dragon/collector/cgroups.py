@@ -538,12 +538,18 @@ class CgroupHost:
     def remove(self, prune_ancestors: bool = True) -> None:
         """rmdir this cgroup and its (empty) children, then its ancestors that became empty.
 
-        Raises CgroupError while a process is still inside.
+        Raises CgroupError while a process is still inside, after trying every hierarchy.
         """
+        errors = []
         for path, mount in self._cg.all_dirs():
-            _remove_tree(path)
-            if prune_ancestors:
-                _prune_empty_ancestors(path, mount)
+            try:
+                _remove_tree(path)
+                if prune_ancestors:
+                    _prune_empty_ancestors(path, mount)
+            except CgroupError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
         log.info("cgroup_host_removed", cgroup=self.parent)
 
     # --- usage --------------------------------------------------------------------------

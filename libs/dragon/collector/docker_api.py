@@ -24,3 +24,8 @@ ENDS_LABEL = "dragon.fault.ends-at"
 
 # A daemon that refuses (DockerException) or does not answer in time (requests' errors).
 DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def unanswered(error: BaseException) -> bool:
+    """A call the daemon did not answer (a timeout, a connection refused), not one it refused."""
+    return isinstance(error, requests.exceptions.RequestException)

@@ -26,6 +26,7 @@ from dragon.collector.docker_api import (
     PORT_LABEL,
     TASK_LABEL,
     WORKLOAD_LABEL,
+    unanswered,
 )
 from dragon.collector.injector import container_name
 from dragon.settings import check_id
@@ -175,15 +176,32 @@ class EmulatedLei:
 
     def remove_all(self) -> None:
         """Remove this LEI's managed containers (tasks and fault hogs), its host cgroups and
-        the network if this class created it. For tests and ``down``."""
-        # Each step whatever the one before met: a removal Docker refuses or does not answer in
-        # time must not leave the other containers, the cgroups and the network behind.
+        the network if this class created it. For tests and ``down``.
+
+        Each step whatever the one before met: a removal Docker refuses must not leave the other
+        containers, the cgroups and the network behind. A call Docker does not answer in time
+        ends the Docker calls: the next would wait as long, past the stop's grace period.
+        """
+        answering = self._remove_containers()
+        try:
+            lei_path = emulated_lei_path(self.lei, self.cgroup_prefix)
+            CgroupHost(lei_path, self.cgroup_root, proc_root=self._proc_root).remove()
+        except CgroupError as exc:
+            # Still busy: a container someone else started in one of the hosts, or one not removed.
+            log.warning("lei_cgroups_not_removed", lei=self.lei, error=str(exc))
+        if answering:
+            self._remove_network()
+        else:
+            log.warning("lei_network_not_removed", lei=self.lei, network=self.network, error="Docker does not answer")
+
+    def _remove_containers(self) -> bool:
+        """Remove the managed containers; False when Docker stopped answering."""
         filters = {"label": [f"{LEI_LABEL}={self.lei}", f"{MANAGED_LABEL}={MANAGER}"]}
         try:
             containers = self._client.containers.list(all=True, filters=filters)
         except DOCKER_ERRORS as exc:
             log.warning("managed_containers_not_listed", lei=self.lei, error=str(exc))
-            containers = []
+            return not unanswered(exc)
         for container in containers:
             try:
                 container.remove(force=True)
@@ -191,14 +209,13 @@ class EmulatedLei:
                 pass
             except DOCKER_ERRORS as exc:
                 log.warning("managed_container_not_removed", lei=self.lei, container=container.name, error=str(exc))
-                continue
+                if unanswered(exc):
+                    return False
+                continue  # refused (409: a removal in progress, say): the next may go
             log.info("managed_container_removed", lei=self.lei, container=container.name)
-        try:
-            lei_path = emulated_lei_path(self.lei, self.cgroup_prefix)
-            CgroupHost(lei_path, self.cgroup_root, proc_root=self._proc_root).remove()
-        except CgroupError as exc:
-            # Still busy: a container someone else started in one of the hosts.
-            log.warning("lei_cgroups_not_removed", lei=self.lei, error=str(exc))
+        return True
+
+    def _remove_network(self) -> None:
         try:
             network = self._client.networks.get(self.network)
             labels = network.attrs.get("Labels") or {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -46,6 +47,7 @@ MIB = 1024 * 1024
 # An injection command older than this is refused (InjectionEvent "rejected"): a fault starts
 # when it is asked for, or not at all.
 MAX_COMMAND_AGE_S = 60.0
+STOP_WAIT_S = 5.0  # at the stop, how long to wait for a fault start or reap under way
 # A hog still "created" this long after it was started never ran (its start failed after Docker
 # had created it, and the collector could not remove it then): reaped as failed.
 NEVER_STARTED_AFTER_S = 30.0
@@ -90,6 +92,11 @@ class FaultInjector:
         self.overrun_s = overrun_s
         self.max_age_s = max_age_s
         self._clock = clock
+        # Commands (the MQTT worker), random faults and the reaper (the collector's Docker
+        # thread) and the stop run one at a time: a host's count of faults is checked and a hog
+        # started in one step, and nothing starts once the stop has begun.
+        self._lock = threading.Lock()
+        self._closed = False
 
     # --- inject -------------------------------------------------------------------------
 
@@ -98,8 +105,15 @@ class FaultInjector:
 
         ``queued``: the command came through the broker, which may have kept it while the
         collector was away, so its age is checked; a fault drawn here (random mode) was not.
+        After :meth:`stop_all` every fault is rejected.
         """
         now = self._clock() if now is None else now
+        with self._lock:
+            if self._closed:
+                return self._event(fault, host, "rejected", now, reason="the collector is stopping")
+            return self._inject(host, fault, now, queued)
+
+    def _inject(self, host: str, fault: FaultInjection, now: float, queued: bool) -> InjectionEvent:
         try:
             fault.check()
             if queued:
@@ -217,6 +231,10 @@ class FaultInjector:
         """Remove hogs that ended (``finished``, or ``failed`` when they exited non-zero or
         were OOM-killed) and kill those running far past their end (``failed``)."""
         now = self._clock() if now is None else now
+        with self._lock:
+            return self._reap(now)
+
+    def _reap(self, now: float) -> list[InjectionEvent]:
         events = []
         try:
             hogs = self._hogs()
@@ -251,10 +269,23 @@ class FaultInjector:
             )
         return events
 
-    def stop_all(self, now: float | None = None) -> list[InjectionEvent]:
-        """End every hog of this LEI now (at shutdown): reap the ended ones, kill the rest."""
+    def stop_all(self, now: float | None = None, wait_s: float = STOP_WAIT_S) -> list[InjectionEvent]:
+        """End every hog of this LEI now (at shutdown): reap the ended ones, kill the rest; from
+        then on every fault is rejected. Waits at most ``wait_s`` for a start or reap under way
+        (a daemon that does not answer holds it); then the hogs are left to the next start's reaper."""
         now = self._clock() if now is None else now
-        events = self.reap(now)
+        taken = self._lock.acquire(timeout=wait_s)
+        self._closed = True
+        if not taken:
+            log.warning("fault_stop_skipped", lei=self.lei, reason="a fault start or reap still waits on Docker")
+            return []
+        try:
+            return self._stop_all(now)
+        finally:
+            self._lock.release()
+
+    def _stop_all(self, now: float) -> list[InjectionEvent]:
+        events = self._reap(now)
         try:
             hogs = self._hogs()
         except DOCKER_ERRORS as exc:

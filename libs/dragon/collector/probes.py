@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +34,14 @@ import docker.errors
 import psutil
 import structlog
 
-from dragon.collector.cgroups import DEFAULT_ROOT, CgroupError, CgroupHost, detect_version, emulated_host_path
+from dragon.collector.cgroups import (
+    DEFAULT_ROOT,
+    CgroupError,
+    CgroupHost,
+    detect_version,
+    emulated_host_path,
+    parse_stat,
+)
 from dragon.collector.docker_api import DOCKER_ERRORS, FAULT_LABEL, HOST_LABEL, LEI_LABEL, TASK_ID_LABEL, TASK_LABEL
 from dragon.messages.schemas import MAX_FRACTION, HostMetrics, TaskUsage
 
@@ -103,41 +110,36 @@ class _Deltas:
 
 
 LIST_REFRESH_S = 5.0  # the collector lists each host's containers this often (a cheap call)
-LIST_CALL_S = 5.0  # how long a container list can take a slow Docker daemon
+# Docker may show a container as running a little after its StartedAt: one started this long
+# before a list began, and missing from it, still started since that list.
+START_SLACK_S = 1.0
 
 
 class _KeyedSum:
     """A never-decreasing sum of per-key cumulative counters whose keys come and go.
 
-    Each key adds the growth of its counters. A key seen for the first time after the first
-    update counts from zero if it started (``started``, epoch seconds) since the previous update,
-    or ``late_s`` before it (a container list refreshed every few seconds names a new container
-    that late): what it counted is recent (a new container, a fault's hog). One that ran long
-    before it was seen (a container list that failed at start-up, a paused container back) counts
-    from now on: its whole past in one interval would be a spike no host made. A key whose
-    counters went down counts from zero; a key that disappears keeps what it added.
+    Each key adds the growth of its counters. A key seen for the first time counts from zero if
+    it is ``fresh`` (its counters began since the keys were last known in full: a new container,
+    a fault's hog), else from now on: a container that ran long before it was seen (the first
+    container list failed, a paused container back) would put its whole past in one interval,
+    a spike no host made. A key whose counters went down counts from zero; a key that
+    disappears keeps what it added.
     """
 
-    def __init__(self, width: int, late_s: float = 0.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, width: int) -> None:
         self._last: dict[Hashable, tuple[int, ...]] = {}
         self._total = [0] * width
-        self._late_s = late_s
-        self._clock = clock
-        self._previous: float | None = None  # when the last update was (the wall clock, as Docker's)
 
-    def update(self, values: dict[Hashable, tuple[int, ...]], started: Mapping[Hashable, float]) -> tuple[int, ...]:
-        now = self._clock()
+    def update(self, values: dict[Hashable, tuple[int, ...]], fresh: Collection[Hashable]) -> tuple[int, ...]:
         for key, value in values.items():
             old = self._last.get(key)
             if old is None:
-                new_since = self._previous is not None and started.get(key, 0.0) >= self._previous - self._late_s
-                old = (0,) * len(value) if new_since else value
+                old = (0,) * len(value) if key in fresh else value
             elif any(new < prev for new, prev in zip(value, old, strict=True)):
                 old = (0,) * len(value)
             for i, (new, prev) in enumerate(zip(value, old, strict=True)):
                 self._total[i] += new - prev
         self._last = dict(values)
-        self._previous = now
         return tuple(self._total)
 
 
@@ -155,7 +157,22 @@ class ContainerInfo:
     pid: int
     is_task: bool
     cgroup: CgroupHost | None
-    started_at: float = 0.0  # epoch seconds (Docker's State.StartedAt); 0: unknown
+    pid_start: int = 0  # when its process started (/proc/<pid>/stat field 22, clock ticks); 0: unknown
+    fresh: bool = False  # started since the list before the one that first showed it: all its counters are new
+
+    def running(self, proc_root: Path) -> bool:
+        """Whether its process still runs: the pid may since belong to another process (after a
+        list that Docker did not answer for a while), whose counters are not the container's."""
+        started = process_start(proc_root, self.pid)
+        return started is not None and (self.pid_start == 0 or started == self.pid_start)
+
+
+def process_start(proc_root: Path, pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), or None when there is none."""
+    try:
+        return parse_stat((proc_root / str(pid) / "stat").read_text())[1]
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class HostContainers:
@@ -184,6 +201,7 @@ class HostContainers:
         self._proc_root = Path(proc_root)
         self._cache: dict[str, ContainerInfo] = {}
         self._version: int | None = None
+        self._listed_at: float | None = None  # when the last list Docker answered was asked for (wall clock)
 
     def get(self) -> list[ContainerInfo]:
         """The list as last refreshed (empty until the first refresh); never calls Docker."""
@@ -194,21 +212,23 @@ class HostContainers:
         labels = [f"{HOST_LABEL}={self._host}"]
         if self._lei:
             labels.append(f"{LEI_LABEL}={self._lei}")
+        began = time.time()  # Docker's StartedAt is on the wall clock too
         try:
             listed = self._client.containers.list(sparse=True, filters={"label": labels, "status": "running"})
-            fresh: dict[str, ContainerInfo] = {}
+            current: dict[str, ContainerInfo] = {}
             for container in listed:
                 known = self._cache.get(container.id)
-                if known is None or not (self._proc_root / str(known.pid)).exists():
-                    known = self._inspect(container.id)  # new, or restarted with a new pid
+                if known is None or not known.running(self._proc_root):
+                    known = self._inspect(container.id)  # new, or restarted with a new process
                 if known is not None:
-                    fresh[container.id] = known
+                    current[container.id] = known
         except DOCKER_ERRORS as exc:
             log.warning("container_list_failed", host=self._host, error=str(exc))
             return  # keep the last list
-        if fresh.keys() != self._cache.keys():
-            log.info("host_containers_changed", host=self._host, containers=sorted(c.name for c in fresh.values()))
-        self._cache = fresh
+        if current.keys() != self._cache.keys():
+            log.info("host_containers_changed", host=self._host, containers=sorted(c.name for c in current.values()))
+        self._cache = current
+        self._listed_at = began
 
     def _inspect(self, container_id: str) -> ContainerInfo | None:
         try:
@@ -223,6 +243,7 @@ class HostContainers:
         if pid <= 0:
             return None
         name = attrs["Name"].lstrip("/")
+        since = started_at(attrs["State"].get("StartedAt", ""))
         return ContainerInfo(
             id=container_id,
             name=name,
@@ -230,7 +251,10 @@ class HostContainers:
             pid=pid,
             is_task=is_task,
             cgroup=self._container_cgroup(container_id, pid, attrs["HostConfig"].get("CgroupParent") or ""),
-            started_at=started_at(attrs["State"].get("StartedAt", "")),
+            pid_start=process_start(self._proc_root, pid) or 0,
+            # Not in the last list, and started since it was asked for: nothing of it was counted.
+            # The first list of all (at start-up) knows of no such time: all from now on.
+            fresh=self._listed_at is not None and since >= self._listed_at - START_SLACK_S,
         )
 
     def _container_cgroup(self, container_id: str, pid: int, cgroup_parent: str) -> CgroupHost | None:
@@ -385,8 +409,7 @@ class CgroupProbe:
         self.cgroup = cgroup
         self._proc_root = Path(proc_root)
         self._deltas = _Deltas()
-        # A container shows up to a list refresh (and a slow Docker call) late.
-        self._net = _KeyedSum(2, late_s=LIST_REFRESH_S + LIST_CALL_S)
+        self._net = _KeyedSum(2)
         self._tasks: tuple[TaskUsage, ...] = ()
         self.containers: HostContainers | None = None
         self._meter = None
@@ -398,8 +421,8 @@ class CgroupProbe:
         infos = self.containers.get() if self.containers is not None else []
         cpu_ns = self.cgroup.cpu_usage_ns()
         disk_read, disk_write = self.cgroup.io_bytes()
-        started = {(info.id, info.pid): info.started_at for info in infos}
-        net_rx, net_tx = self._net.update(self._container_net(infos), started)
+        fresh = {(info.id, info.pid) for info in infos if info.fresh}
+        net_rx, net_tx = self._net.update(self._container_net(infos), fresh)
         counters = {
             "cpu_ns": cpu_ns,
             "disk_read": disk_read,
@@ -428,6 +451,8 @@ class CgroupProbe:
     def _container_net(self, infos: list[ContainerInfo]) -> dict[Hashable, tuple[int, ...]]:
         values: dict[Hashable, tuple[int, ...]] = {}
         for info in infos:
+            if not info.running(self._proc_root):
+                continue  # exited since the list was refreshed; its pid may be another process's now
             try:
                 text = (self._proc_root / str(info.pid) / "net" / "dev").read_text()
             except OSError:

@@ -33,7 +33,10 @@ from dragon.service.lifecycle import Lifecycle
 log = structlog.get_logger(__name__)
 
 SERVICE = "collector"
-DOCKER_THREAD_JOIN_S = 10.0  # at shutdown, how long to wait for a Docker call in flight
+# The stop has 30 s (compose's stop_grace_period) for its Docker calls and the MQTT goodbye: a
+# Docker call in flight gets this long to end, and each call of the stop this long to answer.
+DOCKER_THREAD_JOIN_S = 3.0
+STOP_CALL_S = 5.0
 
 
 class Collector:
@@ -47,7 +50,10 @@ class Collector:
         self.random_faults: PoissonFaults | None = None
         self._seq = 0
         self._started = time.monotonic()
+        self.docker: docker.DockerClient | None = None
+        self.emulation: EmulatedLei | None = None
         self._docker_thread: threading.Thread | None = None
+        self._listed = threading.Event()  # the Docker thread's first pass is done
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -109,7 +115,6 @@ class Collector:
             )
             for host in self.config.hosts
         ]
-        self.refresh_containers()  # the first samples name the tasks already running
 
     def init_injector(self) -> None:
         if not (self.config.emulated and self.config.injector):
@@ -148,6 +153,8 @@ class Collector:
         log.info("collector_stopping", counters=self.counters.snapshot())
         self.lifecycle.stop.set()
         self.lifecycle.clear()
+        if self.docker is not None:
+            self.docker.api.timeout = STOP_CALL_S  # the SDK's 60 s per call would outlast the grace period
         if self._docker_thread is not None:
             # A reap in flight and stop_all below would race over the same hogs; a hung daemon
             # answers neither, and the hogs are then left to the next start's reaper.
@@ -168,6 +175,10 @@ class Collector:
     # --- sampling -------------------------------------------------------------------
     def sample_forever(self) -> None:
         interval = self.config.interval_s
+        if self._docker_thread is not None:
+            # The first samples should name the tasks already running; a daemon slow to list
+            # them delays the samples one interval at most.
+            self._listed.wait(interval)
         next_tick = time.monotonic()
         while not self.lifecycle.stop.is_set():
             self.tick()
@@ -189,15 +200,14 @@ class Collector:
         published = 0
         for probe in self.probes:
             try:
-                # Rates over each probe's own read times: a probe that refreshes its container
-                # list (a Docker call, up to hundreds of ms under load) delays the probes after
-                # it, and the tick's time would stretch their interval by that delay, then
-                # shrink the next one by as much. On the monotonic clock: an NTP step of the
-                # wall clock would multiply a rate, or zero it.
+                # Rates over each probe's own read times: a probe slow to read (cgroup and /proc
+                # files under heavy I/O) delays the probes after it, and the tick's time would
+                # stretch their interval by that delay, then shrink the next one by as much. On
+                # the monotonic clock: an NTP step of the wall clock would multiply a rate, or zero it.
                 metrics = probe.read(time.monotonic())
                 tasks = probe.tasks()
             except Exception:
-                # A vanished cgroup or a Docker hiccup must not stop the other hosts.
+                # A vanished cgroup must not stop the other hosts.
                 self.counters.add("probe_errors")
                 log.exception("probe_failed", host=probe.host)
                 continue
@@ -225,7 +235,9 @@ class Collector:
                 if now >= lists_due:
                     lists_due = now + LIST_REFRESH_S
                     self.refresh_containers()
-                if now >= faults_due:
+                    self._listed.set()
+                # A list may have taken long: the stop may have begun, and cleared the faults.
+                if now >= faults_due and not self.lifecycle.stop.is_set():
                     faults_due = now + self.config.interval_s
                     self.run_faults()
             except Exception:
@@ -236,7 +248,7 @@ class Collector:
 
     def refresh_containers(self) -> None:
         for probe in self.probes:
-            if probe.containers is not None:
+            if probe.containers is not None and not self.lifecycle.stop.is_set():
                 probe.containers.refresh()
 
     def run_faults(self) -> None:

@@ -3,12 +3,13 @@
 A daemon that hangs (its disk at its limit, a restart half done) accepts connections and
 requests and answers none. :class:`StallingDocker` relays every connection to the real
 daemon and, between :meth:`StallingDocker.stall` and :meth:`StallingDocker.resume`, holds each
-request (or each request of one HTTP method) where it is: the Docker SDK pointed at
+request (or each whose request line holds a given text) where it is: the Docker SDK pointed at
 :attr:`StallingDocker.url` sees a hung daemon, then the same daemon answering again.
 
     with StallingDocker(workdir) as daemon:
         client = docker.DockerClient(base_url=daemon.url)
-        daemon.stall()  # every call from now on waits; stall("DELETE"): removals only
+        daemon.stall()  # every call from now on waits
+        daemon.stall("DELETE ")  # removals only; stall("/containers/json"): container lists only
 """
 
 from __future__ import annotations
@@ -68,14 +69,15 @@ class _RelayServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.upstream = upstream
         self.stalled = threading.Event()
         self.closing = threading.Event()
-        self.method = b""  # hold only requests of this HTTP method (b"": every request)
+        self.matching = b""  # hold only requests whose request line holds this (b"": every request)
         self.held = 0  # requests (or parts of one) held while stalled
         self._lock = threading.Lock()
         super().__init__(path, _Relay)
 
     def holds(self, chunk: bytes) -> bool:
-        """Whether ``chunk``, on its way to the daemon, waits: a request line starts it."""
-        return self.stalled.is_set() and chunk.startswith(self.method)
+        """Whether ``chunk``, on its way to the daemon, waits (a request's first chunk starts with
+        its request line; with no text to match, every chunk waits)."""
+        return self.stalled.is_set() and self.matching in chunk.split(b"\r\n", 1)[0]
 
     def count_held(self) -> None:
         with self._lock:
@@ -94,9 +96,9 @@ class StallingDocker:
     def url(self) -> str:
         return f"unix://{self.path}"
 
-    def stall(self, method: str = "") -> None:
-        """Hold every request from now on, or only those of HTTP ``method`` (``DELETE``, say)."""
-        self._server.method = f"{method} ".encode() if method else b""
+    def stall(self, matching: str = "") -> None:
+        """Hold every request from now on, or only those whose request line holds ``matching``."""
+        self._server.matching = matching.encode()
         self._server.stalled.set()
 
     def resume(self) -> None:
