@@ -22,6 +22,16 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "DRAGON_"
+# The build, setup and CI scripts' own variables (README, "Configuration"): exported in a shell,
+# they must not stop the services and the command line as unknown settings.
+SCRIPT_VARIABLES = (
+    "DRAGON_ALLOW_CUDA_TORCH",
+    "DRAGON_CI_PYTEST_ARGS",
+    "DRAGON_CI_SKIP_TESTS",
+    "DRAGON_IMAGES",
+    "DRAGON_VENV",
+    "DRAGON_WHEEL_EXTRA_ARCHES",
+)
 SECRETS_DIR = Path("/run/secrets")
 
 
@@ -102,7 +112,7 @@ def load(cls: type, environ: Mapping[str, str] | None = None, known: Iterable[st
     """
     environ = os.environ if environ is None else environ
     accepted = set(known) | set(env_names(cls))
-    accepted |= {f"{name}_FILE" for name in accepted}
+    accepted |= {f"{name}_FILE" for name in accepted} | set(SCRIPT_VARIABLES)
     unknown = sorted(key for key in environ if key.startswith(ENV_PREFIX) and key not in accepted)
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(unknown)} (see the configuration table in README.md)")

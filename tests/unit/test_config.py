@@ -176,3 +176,12 @@ def test_the_readme_names_every_default_compose_changes_for_the_demo(repo):
     with_compose = readme.split("**With compose**", 1)[1].split("| variable |", 1)[0]
     for env in COMPOSE_DEMO_SETTINGS:
         assert f"`{env}`" in with_compose, f"README.md's 'With compose' does not say compose changes {env}"
+
+
+def test_the_scripts_own_variables_are_accepted_and_all_of_them_listed(repo):
+    """`DRAGON_VENV=... scripts/setup-venv.sh` exported in a shell made every later `dragon watch`
+    stop with "unknown settings"; a new script variable must join SCRIPT_VARIABLES."""
+    scripts = [*sorted((repo / "scripts").glob("*.sh")), repo / ".ci" / "run"]
+    used = {name for path in scripts for name in re.findall(r"\bDRAGON_[A-Z0-9_]+", path.read_text())}
+    assert used - set(known_env_names()) == set(config.SCRIPT_VARIABLES)
+    config.load(Outer, dict.fromkeys(config.SCRIPT_VARIABLES, "1"))
