@@ -24,24 +24,31 @@ shopt -s nullglob
 for bridge in "$bridges"/*.conf; do
     peer=$(basename "$bridge" .conf)
     conf="/tmp/relay-$peer.conf"
-    (
+    # A file the relay cannot read (`dragon bridge` run as a user who cannot give it to the
+    # relay's group) would start a Mosquitto with no bridge to the peer, silently: say so, and
+    # leave the other peers' bridges running.
+    if ! (
         umask 077  # it holds the relay's and the peer's passwords
         {
             echo "listener $port 127.0.0.1"
             echo "persistence_file relay-$peer.db"
             # Each process its own session at the LEI's broker.
-            sed "s/^remote_clientid \(.*\)\$/remote_clientid \1-$peer/" /secrets/relay.conf
-            echo "# $bridge from here on"
-            cat "$bridge"
+            sed "s/^remote_clientid \(.*\)\$/remote_clientid \1-$peer/" /secrets/relay.conf \
+                && echo "# $bridge from here on" \
+                && cat "$bridge"
         } >"$conf"
-    )
+    ) || [ "$(grep -c '^connection ' "$conf")" -lt 2 ]; then
+        echo "relay: cannot use $bridge (unreadable, or /secrets/relay.conf or its 'connection' line" \
+            "missing): peer $peer is not bridged" >&2
+        continue
+    fi
     /usr/sbin/mosquitto -c "$conf" &
     peer_of[$!]=$peer
     port=$((port + 1))
 done
 
 if [ "$port" -eq "$first_port" ]; then
-    echo "relay: no bridge in $bridges: this LEI is on its own (README: Federate brokers)" >&2
+    echo "relay: no usable bridge in $bridges: this LEI is on its own (README: Federate brokers)" >&2
     sleep infinity &
     wait
     exit 0

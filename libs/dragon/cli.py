@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -39,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated ids of hosts with a collector of their own: each gets a user collector-<host>",
     )
     p.add_argument("--force", action="store_true", help="replace existing passwords")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete the passwords of remote hosts and peers no longer listed (kept by default, without a login)",
+    )
     p.add_argument(
         "--peers",
         default="",
@@ -133,6 +139,7 @@ def _secrets(args) -> int:
         for name, values in (("--hosts", hosts), ("--remote-hosts", remote), ("--peers", peers)):
             for value in values:
                 check_id(name, value)
+        pruned = secrets.unlisted(args.dir, peers, remote) if args.prune and args.dir.is_dir() else []
         written = secrets.generate(
             args.dir,
             args.lei,
@@ -144,7 +151,9 @@ def _secrets(args) -> int:
             ca_dir=args.ca_dir,
             renew_cert=args.renew_cert,
             new_ca=args.new_ca,
+            prune=args.prune,
         )
+        kept = secrets.unlisted(args.dir, peers, remote)
         expires = {
             "broker_certificate_expires": certificates.expiry(args.dir / certificates.BROKER_CERT),
             "ca_expires": certificates.expiry(args.dir / certificates.CA_CERT),
@@ -155,7 +164,13 @@ def _secrets(args) -> int:
     except certificates.CertificateError as exc:
         print(f"dragon secrets: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"dir": str(args.dir), "written": written, **expires}))
+    if kept:
+        print(
+            f"dragon secrets: kept the passwords of users no longer listed, who cannot log in: {', '.join(kept)}; "
+            "list them again to give their login back, or run with --prune to delete them",
+            file=sys.stderr,
+        )
+    print(json.dumps({"dir": str(args.dir), "written": written, "pruned": pruned, "unlisted_kept": kept, **expires}))
     return 0
 
 
@@ -174,9 +189,16 @@ def _bridge(args) -> int:
         return 2
     try:
         written = secrets.write_bridge(args.out, args.lei, args.peer, args.address, password, peer_ca)
-    except ValueError as exc:
-        print(f"dragon bridge: --peer-ca-file {args.peer_ca_file}: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        print(f"dragon bridge: {exc}", file=sys.stderr)
         return 2
+    if os.geteuid() != 0:
+        # Only root can give the file to the relay's group; as it is, the relay cannot read it.
+        print(
+            f"dragon bridge: not root, so {args.out} is not the relay's to read (group "
+            f"{secrets.SERVICE_GIDS['relay']}): `sudo chown root:{secrets.SERVICE_GIDS['relay']} {args.out}`",
+            file=sys.stderr,
+        )
     print(json.dumps({"written": [str(path) for path in written]}))
     return 0
 

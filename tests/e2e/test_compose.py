@@ -127,7 +127,7 @@ def assert_the_relay_waits_for_bridges(compose) -> None:
     """Up, and idle without peers (one Mosquitto per bridge file once there are some)."""
     assert container_states(compose)["relay"]["State"] == "running"
     logs = subprocess.run([*compose, "logs", "--no-color", "relay"], capture_output=True, text=True).stdout
-    assert "relay: no bridge in /mosquitto/bridges" in logs, logs[-2000:]
+    assert "relay: no usable bridge in /mosquitto/bridges" in logs, logs[-2000:]
 
 
 def mqtt_as(user: str, settings: dict, tls: bool = False) -> MqttSettings:

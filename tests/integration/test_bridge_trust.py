@@ -148,3 +148,17 @@ def test_what_a_peers_broker_sends_back_over_this_leis_bridge_reaches_nobody_els
     finally:
         evil.close()
         honest.close()
+
+
+def test_a_bridge_file_the_relay_cannot_read_is_reported_and_the_others_still_run(stack):
+    """`dragon bridge` run as a user who cannot give the file to the relay's group leaves one the
+    relay cannot read: it started a Mosquitto with no bridge to that peer, and said nothing."""
+    gateway = stack.docker.networks.get(stack.network.name).attrs["IPAM"]["Config"][0]["Gateway"]
+    for name in ("honest", "evil"):
+        bridge = stack.bridges_dir / f"{name}.conf"
+        secrets.write_bridge(bridge, stack.lei, name, f"{gateway}:9", "pw", None)
+        bridge.chmod(0o644 if name == "honest" else 0o000)  # the relay runs as user mosquitto
+    stack.restart("relay", "relay: 1 bridge")
+    logs = stack.logs("relay")
+    assert "relay: cannot use /mosquitto/bridges/evil.conf" in logs, logs[-3000:]
+    assert "relay: 1 bridge(s) running: honest" in logs, logs[-3000:]

@@ -1,5 +1,6 @@
 import base64
 import hashlib
+import json
 import os
 import re
 import stat
@@ -69,11 +70,20 @@ def test_a_host_with_a_collector_of_its_own_gets_a_user_for_its_samples_alone(tm
     # The broker's collector no longer speaks for that host.
     assert "pi/sample" not in "\n".join(acl_block((tmp_path / "acl").read_text(), "collector"))
     # Taken off the list, the host loses its login; the other passwords stay as they were.
-    password = (tmp_path / "detector.password").read_text()
+    password, own = (tmp_path / "detector.password").read_text(), (tmp_path / "collector-pi.password").read_text()
     secrets.generate(tmp_path, "lei1", ["h1"])
     assert "collector-pi" not in (tmp_path / "passwd").read_text()
-    assert not (tmp_path / "collector-pi.password").exists()  # listed again later, it gets a new one
     assert (tmp_path / "detector.password").read_text() == password
+    # A run that missed the list (an env file not given) locks it out until it is listed again,
+    # not for good: its password is kept, and its collector logs in as before.
+    assert secrets.unlisted(tmp_path, [], []) == ["collector-pi.password"]
+    secrets.generate(tmp_path, "lei1", ["h1"], remote_hosts=["pi"])
+    assert (tmp_path / "collector-pi.password").read_text() == own and "collector-pi:" in (
+        tmp_path / "passwd"
+    ).read_text()
+    # Pruned, listed again later, it gets a new one.
+    secrets.generate(tmp_path, "lei1", ["h1"], prune=True)
+    assert not (tmp_path / "collector-pi.password").exists() and secrets.unlisted(tmp_path, [], []) == []
 
 
 def test_a_host_is_sampled_by_one_collector_only(tmp_path):
@@ -136,8 +146,11 @@ def test_a_peer_no_longer_listed_loses_its_bridge_login_and_the_shared_one_is_go
     users = [line.split(":")[0] for line in (tmp_path / "passwd").read_text().splitlines()]
     assert "bridge-lei2" in users and "bridge" not in users
     secrets.generate(tmp_path, "lei1", ["h1"])
-    assert not (tmp_path / "bridge-lei2.password").exists()
     assert "bridge-lei2" not in (tmp_path / "passwd").read_text()
+    assert "bridge-lei2" not in (tmp_path / "acl").read_text()
+    assert secrets.unlisted(tmp_path, [], []) == ["bridge-lei2.password"]  # kept until --prune
+    secrets.generate(tmp_path, "lei1", ["h1"], prune=True)
+    assert not (tmp_path / "bridge-lei2.password").exists()
 
 
 def test_the_simulator_and_planner_answer_and_decide_only_for_their_own_lei():
@@ -198,6 +211,11 @@ def test_the_passwords_no_service_reads_are_roots_alone(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root may give files to other groups")
 def test_each_service_reads_its_own_password_alone_and_what_every_service_needs(tmp_path):
     """A service broken into must not log in as another: each MQTT password is its service's group's."""
+    tmp_path.mkdir(exist_ok=True)
+    # What someone left there (a key put aside, a password kept for later):
+    # not known to be for the services, so not theirs to read.
+    for leftover in (f"{certificates.BROKER_KEY}.bak", "old-redis.password"):
+        (tmp_path / leftover).write_text("secret\n")
     secrets.generate(tmp_path, "lei1", ["h1"], peers=["lei2"], remote_hosts=["pi"])
     readers = {}  # file -> the services whose groups may read it
     for path in tmp_path.iterdir():
@@ -217,6 +235,7 @@ def test_each_service_reads_its_own_password_alone_and_what_every_service_needs(
     assert readers[secrets.MIGRATION_KEY] == {"planner", "migrator"}
     assert readers["redis.password"] == readers[certificates.CA_CERT] == set(secrets.SERVICE_GIDS)
     assert readers["collector-pi.password"] == readers["operator.password"] == set()  # root's alone
+    assert readers[f"{certificates.BROKER_KEY}.bak"] == readers["old-redis.password"] == set()
 
 
 def test_compose_gives_each_service_the_groups_that_read_its_secrets(repo):
@@ -239,7 +258,8 @@ def test_a_bridge_file_carries_each_lei_its_own_direction():
     assert "topic dragon/fed/lei1/decision out 1" in lines
     assert "topic dragon/lei1/tasks out 1" in lines  # a move is seen by the peers' planners at once
     # Both modes' verdicts, so a peer's planner also plans on the faults a forecast predicts.
-    assert "topic dragon/lei1/hosts/+/health/# out 1" in lines
+    assert "topic dragon/lei1/hosts/+/health out 1" in lines
+    assert "topic dragon/lei1/hosts/+/health/predicted out 1" in lines
     assert not any("migrations" in line for line in lines)  # commands never cross brokers
     # Nothing in: Mosquitto applies no ACL to what comes over a bridge the broker holds itself.
     assert [line for line in lines if line.startswith("topic ")] == [
@@ -276,6 +296,32 @@ def test_dragon_bridge_writes_the_file_readable_by_the_broker_only(tmp_path, cap
     bad = ["bridge", "--lei", "lei1", "--peer", "le/i2", "--address", "b2:1883"]
     assert main([*bad, "--peer-password-file", password, "--out", str(out), "--plain"]) == 2
     assert "--peer" in capsys.readouterr().err
+    # A second file for the same peer: two relay processes would take one session at it in turns.
+    twin = tmp_path / "lei2-new.conf"
+    assert main([*args, "--peer-password-file", password, "--out", str(twin), "--plain"]) == 2
+    assert "lei2.conf bridges lei1 to lei2 already" in capsys.readouterr().err and not twin.exists()
+    assert main([*args, "--peer-password-file", password, "--out", str(out), "--plain"]) == 0  # over it: fine
+
+
+@pytest.mark.parametrize(
+    "address, password, error",
+    [
+        ("b2:1883\naddress evil:1883", "peerpass", "is not host:port"),
+        ("b2", "peerpass", "is not host:port"),
+        ("b2:1883", "pw\nconnection x\naddress evil:1883\ntopic # both 2", "is not one `dragon secrets` makes"),
+    ],
+)
+def test_dragon_bridge_writes_no_config_line_the_peer_or_the_operator_did_not_mean(
+    tmp_path, capsys, address, password, error
+):
+    """What the peer sends (its password file) and the address land on lines of the relay's config."""
+    from dragon.cli import main
+
+    (tmp_path / "pw").write_text(password + "\n")
+    out = tmp_path / "lei2.conf"
+    args = ["bridge", "--lei", "lei1", "--peer", "lei2", "--address", address, "--plain"]
+    assert main([*args, "--peer-password-file", str(tmp_path / "pw"), "--out", str(out)]) == 2
+    assert error in capsys.readouterr().err and not out.exists()
 
 
 def test_dragon_bridge_speaks_tls_to_the_peer_it_trusts_unless_told_plain(tmp_path, capsys):
@@ -315,6 +361,19 @@ def test_dragon_secrets_refuses_ids_that_are_not_one_topic_level(tmp_path, capsy
     argv = ["secrets", "--dir", str(tmp_path / "s"), *[item for pair in args.items() for item in pair]]
     assert cli.main(argv) == 2
     assert flag in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_dragon_secrets_says_which_unlisted_passwords_it_keeps_and_prunes_them_when_asked(tmp_path, capsys):
+    base = ["secrets", "--dir", str(tmp_path / "s"), "--lei", "lei1", "--hosts", "h1"]
+    assert cli.main([*base, "--peers", "lei2", "--remote-hosts", "pi"]) == 0
+    capsys.readouterr()
+    assert cli.main(base) == 0  # the lists forgotten, as a run without the env file
+    out, err = capsys.readouterr()
+    assert json.loads(out)["unlisted_kept"] == ["bridge-lei2.password", "collector-pi.password"]
+    assert "--prune" in err
+    assert cli.main([*base, "--prune"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pruned"] == ["bridge-lei2.password", "collector-pi.password"] and report["unlisted_kept"] == []
 
 
 @pytest.mark.parametrize(
