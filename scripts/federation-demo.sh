@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Two LEIs federated on this machine: lei1 (hosts h1, h2) and lei2 (h3, h4), each a compose
-# project of compose/broker.yml with its own Mosquitto (compose/federation/lei{1,2}.env), each
+# Two LEIs federated on this machine: demo1 (hosts h1, h2) and demo2 (h3, h4), each a compose
+# project of compose/broker.yml with its own Mosquitto (compose/federation/demo{1,2}.env), each
 # LEI's relay bridging its topics to the other's broker so that each broker's planner sees both
 # LEIs. What README.md's "Federate brokers" does by hand, on one machine.
 #
@@ -30,27 +30,27 @@ bridge() {  # bridge FROM TO: FROM's topics to TO's broker
 port_of() { grep -E "^$2=" "$FED/$1.env" | cut -d= -f2; }  # port_of LEI MQTT_PORT|MQTT_TLS_PORT
 
 up() {
-    mkdir -p "$FED"/lei{1,2}/{secrets,secrets-ca,bridges}
+    mkdir -p "$FED"/demo{1,2}/{secrets,secrets-ca,bridges}
     # Credentials first: each broker's bridge carries its own LEI's topics to the other, logged in
     # with the password the other made for it (bridge-<lei>), over TLS to the other's published TLS
     # port, trusting the other's CA.
-    compose lei1 run --rm secrets >/dev/null
-    compose lei2 run --rm secrets >/dev/null
-    bridge lei1 lei2
-    bridge lei2 lei1
-    compose lei2 up -d
-    compose lei1 up -d
+    compose demo1 run --rm secrets >/dev/null
+    compose demo2 run --rm secrets >/dev/null
+    bridge demo1 demo2
+    bridge demo2 demo1
+    compose demo2 up -d
+    compose demo1 up -d
     cat <<MSG
 
-Two LEIs are starting. Decisions of both planners, as lei1's broker carries them (msgpack):
-  mosquitto_sub -h 127.0.0.1 -p $(port_of lei1 MQTT_PORT) -u viewer -P "\$(cat $FED/lei1/secrets/viewer.password)" \\
+Two LEIs are starting. Decisions of both planners, as demo1's broker carries them (msgpack):
+  mosquitto_sub -h 127.0.0.1 -p $(port_of demo1 MQTT_PORT) -u viewer -P "\$(sudo cat $FED/demo1/secrets/viewer.password)" \\
       -t 'dragon/fed/+/decision' -v
 Fault events as JSON: -t 'dragon/faults-json/#'. Stop with: $0 down
 MSG
 }
 
 down() {
-    for lei in lei1 lei2; do
+    for lei in demo1 demo2; do
         compose "$lei" down -v --timeout 30 || true
     done
 }
