@@ -658,3 +658,44 @@ def test_the_learner_waits_while_redis_refuses_writes_instead_of_dying(client):
         stop.set()
         client.config_set("maxmemory", "0")
     learner._thread.join(10)
+
+
+def test_a_host_gone_long_before_the_others_does_not_keep_the_lei_from_learning(client):
+    """A collector that ran a moment under a wrong name, or a host renamed: its few samples stay in
+    the record, and the learner waited for it to be recorded long enough, for good, silently."""
+    lei = "gone-host"
+    windows = WindowStore(client, lei, history=100)
+    now = time.time()
+    windows.append_many([("h1", now - 60 + i, i, [0.1 + 0.01 * (i % 3)] * len(HOST_METRICS)) for i in range(60)])
+    windows.append_many([("pi-typo", now - 3600 + i, i, [0.1] * len(HOST_METRICS)) for i in range(5)])
+    cfg = config.load(
+        DetectorConfig,
+        {
+            "DRAGON_DETECTOR_WARMUP": "10",
+            "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES": "20",
+            "DRAGON_DETECTOR_TRAIN_EPOCHS": "2",
+        },
+    )
+    stop = threading.Event()
+    models = ModelStore(client, lei, "")
+    learner = OnlineLearner(cfg, windows, models, stop, "replica-1")
+    try:
+        learner.start()
+        deadline = time.monotonic() + 60
+        while models.current_id() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert models.current_id() is not None, "no model learnt"
+    finally:
+        stop.set()
+    learner._thread.join(10)
+
+
+def test_a_replica_retakes_the_learning_lock_it_left_and_no_other_does(client):
+    """Killed while learning (OOM on a Pi), a replica comes back under its slot's name: it must not
+    wait out the lock it left (15 min), and no other replica may take it meanwhile."""
+    models = ModelStore(client, "relock", "")
+    assert models.try_lock("relock-0")
+    assert not models.try_lock("relock-1")
+    assert models.try_lock("relock-0")  # back after a crash
+    models.unlock("relock-0")
+    assert models.try_lock("relock-1")

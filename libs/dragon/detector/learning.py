@@ -45,7 +45,7 @@ from dragon.detector.tunerstate import HostPair, TunerState
 from dragon.logs import EveryInterval
 from dragon.messages.schemas import HOST_METRICS
 from dragon.mqtt import Counters
-from dragon.store import StoredSample, WindowStore, redis_for_now, unavailable_for_now
+from dragon.store import StoredSample, WindowStore, redis_for_now, sampling_interval, unavailable_for_now
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -53,6 +53,10 @@ T = TypeVar("T")
 CHECK_INTERVAL_S = 2.0
 WRITE_WARNING_INTERVAL_S = 60.0  # at most one finetune_state_not_written line this often
 RETRY_AFTER_FAILURE_S = 60.0  # after a record that could not make a model: gather more first
+# A host silent this many of its intervals (as the silence watch's default) while others send is
+# not part of the LEI now, and not waited for; nor one silent GONE_FLOOR_S, whatever its interval.
+GONE_AFTER_INTERVALS = 10
+GONE_FLOOR_S = 60.0
 # Smallest span of each metric for min-max scaling, in the sample's units: fractions for
 # cpu/ram/swap, bytes/s for I/O. A metric that barely moved while learning would otherwise
 # turn noise into huge scaled values.
@@ -65,6 +69,13 @@ MIN_SPAN = {
     "net_rx": 1e5,
     "net_tx": 1e5,
 }
+
+
+def _gone(samples: list[StoredSample], newest: float) -> bool:
+    """Whether a host whose stored samples are ``samples`` has sent nothing for GONE_AFTER_INTERVALS
+    of its intervals (GONE_FLOOR_S at least) before the LEI's ``newest`` sample."""
+    interval = sampling_interval([s.ts for s in samples]) or 0.0
+    return newest - samples[-1].ts > max(GONE_AFTER_INTERVALS * interval, GONE_FLOOR_S)
 
 
 def min_span() -> list[float]:
@@ -86,6 +97,7 @@ class OnlineLearner:
         self.stop = stop
         self.instance = instance
         self._thread = threading.Thread(target=self._run, name="detector-learner", daemon=True)
+        self._said: tuple[list[str], list[str]] | None = None  # the hosts last logged as waited for, left out
 
     def start(self) -> None:
         self._thread.start()
@@ -93,38 +105,65 @@ class OnlineLearner:
     def _run(self) -> None:
         while not self.stop.wait(CHECK_INTERVAL_S):
             try:
-                if self.models.current_id() is not None:
-                    return  # a model exists (another replica trained it): nothing to learn
-                history = self._ready_history()
-                if history is not None and self.models.try_lock(self.instance):
-                    try:
-                        self._train(history)
-                    finally:
-                        self.models.unlock(self.instance)
+                if self._learn_once():
                     return
             except redis.RedisError as exc:
-                if not unavailable_for_now(exc):  # away, or refusing writes (full): wait, else a bug
-                    raise
-                log.warning("learner_waiting_for_redis", error=str(exc))
-            except ValueError as exc:
-                # The record cannot make a model yet (too few complete LEI steps, say): wait for
-                # more instead of letting the thread die and the detector never serve a model.
-                log.error("learning_failed_will_retry", error=str(exc), retry_in_s=RETRY_AFTER_FAILURE_S)
-                self.stop.wait(RETRY_AFTER_FAILURE_S)
+                if unavailable_for_now(exc):  # away, or refusing writes (full): wait
+                    log.warning("learner_waiting_for_redis", error=str(exc))
+                    continue
+                self._failed(exc)
+            except Exception as exc:
+                # Whatever it was (a record that cannot make a model yet, torch out of memory on a
+                # Pi): a learner that died would leave the LEI without a model, every replica
+                # healthy and judging nothing.
+                self._failed(exc)
+
+    def _learn_once(self) -> bool:
+        """Learn and publish the LEI's first model if the record is ready and nobody has; True when
+        there is a model (ours or another replica's)."""
+        if self.models.current_id() is not None:
+            return True  # another replica trained it: nothing to learn
+        history = self._ready_history()
+        if history is None or not self.models.try_lock(self.instance):
+            return False
+        try:
+            # Looked at again under the lock: a replica that published and unlocked while we read
+            # the record would see its model overwritten, and every replica recalibrate.
+            if self.models.current_id() is None:
+                self._train(history)
+        finally:
+            self.models.unlock(self.instance)
+        return True
+
+    def _failed(self, error: Exception) -> None:
+        log.error(
+            "learning_failed_will_retry", error=str(error), kind=type(error).__name__, retry_in_s=RETRY_AFTER_FAILURE_S
+        )
+        self.stop.wait(RETRY_AFTER_FAILURE_S)
 
     def _ready_history(self) -> dict[str, list[StoredSample]] | None:
-        """Every host's stored samples, once each has been recorded long enough."""
-        hosts = self.windows.hosts()
-        if not hosts:
+        """Every current host's stored samples, once each has been recorded long enough.
+
+        A host that stopped sending long before the others (renamed, removed, a collector that ran
+        a moment under a wrong name) is left out: waiting for it would keep the LEI without a model
+        for good. Which hosts are left out, or waited for, is logged when it changes.
+        """
+        stored = {host: samples for host in self.windows.hosts() if (samples := self.windows.all_stored(host))}
+        if not stored:
             return None
+        newest = max(samples[-1].ts for samples in stored.values())
+        current = {host: samples for host, samples in stored.items() if not _gone(samples, newest)}
         now = time.time()
-        history = {}
-        for host in hosts:
-            samples = self.windows.all_stored(host)
-            if len(samples) < self.config.warmup_min_samples or now - samples[0].ts < self.config.warmup_s:
-                return None
-            history[host] = samples
-        return history
+        waiting = sorted(
+            host
+            for host, samples in current.items()
+            if len(samples) < self.config.warmup_min_samples or now - samples[0].ts < self.config.warmup_s
+        )
+        left_out = sorted(set(stored) - set(current))
+        if (waiting, left_out) != self._said:
+            self._said = (waiting, left_out)
+            log.info("learner_waiting", waiting_for=waiting, left_out_no_recent_sample=left_out)
+        return None if waiting else current
 
     def _train(self, history: dict[str, list[StoredSample]]) -> None:
         scope = self.config.scope

@@ -62,6 +62,9 @@ class Membership:
                     m.decode() for m in self.client.zrangebyscore(self._key, time.time() - HEARTBEAT_TTL_S, "+inf")
                 )
             except (redis.ConnectionError, redis.TimeoutError):
+                # Asked again in a second, not at once: a batch asks once per sample, and a Redis
+                # that times out would cost each of them the client's timeout.
+                self._refreshed = now
                 return self._members
             members = found if self.instance in found else sorted([*found, self.instance])
             if members != self._members:

@@ -89,7 +89,13 @@ class ModelStore:
         return Checkpoint.from_bytes(self._file.read_bytes())
 
     def try_lock(self, owner: str) -> bool:
-        return bool(self.client.set(self._lock_key, owner, nx=True, ex=LOCK_TTL_S))
+        if self.client.set(self._lock_key, owner, nx=True, ex=LOCK_TTL_S):
+            return True
+        # Ours already: a replica killed while learning (OOM on a Pi) comes back under its slot's
+        # name, and must not wait out the lock it left.
+        return self.client.get(self._lock_key) == owner.encode() and bool(
+            self.client.set(self._lock_key, owner, xx=True, ex=LOCK_TTL_S)
+        )
 
     def unlock(self, owner: str) -> None:
         if self.client.get(self._lock_key) == owner.encode():
