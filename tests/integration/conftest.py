@@ -9,14 +9,26 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+import redis
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.wait_strategies import ExecWaitStrategy
 
+from dragon import config
 from dragon.collector.docker_api import HOST_LABEL, LEI_LABEL, TASK_ID_LABEL, TASK_LABEL
 from dragon.collector.emulation import EmulatedLei
+from dragon.detector.config import DetectorConfig
+from dragon.detector.gon import GonConfig, make_windows
+from dragon.detector.learning import min_span
+from dragon.detector.scorer import Scorer
+from dragon.detector.service import Detector
+from dragon.detector.train import train_from_series
 from dragon.messages import codec, topics
-from dragon.messages.schemas import HostHealth, ServiceCounters
+from dragon.messages.schemas import HOST_METRICS, HostHealth, ServiceCounters
 from dragon.migrator.journal import Step
-from dragon.testing.lei import COLLECTOR_IMAGE, LeiStack
+from dragon.mqtt import MqttClient
+from dragon.testing.lei import COLLECTOR_IMAGE, REDIS_IMAGE, LeiStack
 from dragon.testing.listener import Listener
 
 SAMPLE_INTERVAL_S = 0.5
@@ -214,3 +226,45 @@ def running_copies(emulated: EmulatedLei, name: str) -> list:
     """Every running container of the task: the original name or a move's temporary one."""
     candidates = emulated._client.containers.list(filters={"label": f"{LEI_LABEL}={emulated.lei}"})
     return [c for c in candidates if c.name == name or c.name.startswith(f"{name}-mv-")]
+
+
+@pytest.fixture(scope="module")
+def redis_client() -> Iterator[redis.Redis]:
+    """A Redis of the LEI's image to itself, for the tests of one module."""
+    container = (
+        DockerContainer(REDIS_IMAGE)
+        .with_exposed_ports(6379)
+        .waiting_for(ExecWaitStrategy(["redis-cli", "ping"]).with_startup_timeout(60))
+    )
+    with container:
+        yield redis.Redis(host=container.get_container_host_ip(), port=int(container.get_exposed_port(6379)))
+
+
+@pytest.fixture(scope="module")
+def host_scorer() -> tuple[Scorer, np.ndarray]:
+    """A small host model of window 4 and the raw windows of its last 30 samples."""
+    cfg = GonConfig(n_features=len(HOST_METRICS), window=4, hidden=8, gen_steps=2, epochs=2)
+    series = 0.5 + 0.1 * np.random.default_rng(0).standard_normal((120, len(HOST_METRICS)))
+    scorer = Scorer(train_from_series(series, HOST_METRICS, cfg, min_span=min_span(), source="test"))
+    return scorer, make_windows(series[-30:], 4).astype(np.float32)
+
+
+# The detectors made here keep their models in Redis only: the service's default directory is a
+# volume, and a model left there would be served by the next run's detectors.
+NO_MODEL_FILE = ""
+
+
+def detector_on(client, lei: str, instance: str, **settings: str) -> Detector:
+    """A detector in this process on the test's Redis; MQTT goes to a port nobody listens on,
+    where paho keeps what it is given to publish."""
+    where = client.connection_pool.connection_kwargs
+    env = {
+        "DRAGON_LEI": lei,
+        "DRAGON_INSTANCE": instance,
+        "DRAGON_REDIS_URL": f"redis://{where['host']}:{where['port']}/0",
+        "DRAGON_DETECTOR_MODEL_DIR": NO_MODEL_FILE,
+    }
+    detector = Detector(config.load(DetectorConfig, env | {"DRAGON_MQTT_PORT": "1"} | settings))
+    detector.init_redis()
+    detector.mqtt = MqttClient(detector.config.common.mqtt, "detector", instance, detector.counters)
+    return detector

@@ -13,29 +13,23 @@ import numpy as np
 import pytest
 import redis
 import structlog.testing
-from testcontainers.core.container import DockerContainer
-from testcontainers.core.wait_strategies import ExecWaitStrategy
 
 from dragon import config
 from dragon.detector.config import DetectorConfig
-from dragon.detector.gon import GonConfig, make_windows
 from dragon.detector.health import FaultHysteresis, HostFaultState, SampleWindow, gaps_before, unjudged
-from dragon.detector.learning import CHECK_INTERVAL_S, FineTuner, OnlineLearner, min_span
+from dragon.detector.learning import CHECK_INTERVAL_S, FineTuner, OnlineLearner
 from dragon.detector.lei import LeiStep
-from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.pot import StreamingPot
-from dragon.detector.scorer import Scorer
 from dragon.detector.service import Detector
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
-from dragon.detector.train import train_from_series
 from dragon.detector.tunerstate import SETTLE_ATTEMPTS, GateFloors, KeptWindows, TunerState
 from dragon.messages import codec
 from dragon.messages.schemas import HOST_METRICS, FaultEvent, HostMetrics, HostSample
-from dragon.mqtt import MqttClient
 from dragon.service.replicas import SLOT_TTL_S, ReplicaSlot, SlotTaken
 from dragon.store import WindowStore, padded_window, retry_until
-from dragon.testing.lei import REDIS_IMAGE
+
+from .conftest import detector_on
 
 pytestmark = pytest.mark.integration
 
@@ -46,20 +40,9 @@ class Window:
     ts: float
 
 
-# The detectors made here keep their models in Redis only: the service's default directory is a
-# volume, and a model left there would be served by the next run's detectors.
-NO_MODEL_FILE = ""
-
-
 @pytest.fixture(scope="module")
-def client():
-    container = (
-        DockerContainer(REDIS_IMAGE)
-        .with_exposed_ports(6379)
-        .waiting_for(ExecWaitStrategy(["redis-cli", "ping"]).with_startup_timeout(60))
-    )
-    with container:
-        yield redis.Redis(host=container.get_container_host_ip(), port=int(container.get_exposed_port(6379)))
+def client(redis_client):
+    return redis_client
 
 
 def test_appends_are_idempotent_time_ordered_and_capped(client):
@@ -109,7 +92,10 @@ def test_fault_state_starts_once_ends_after_hysteresis_and_ignores_stale_windows
 
 
 def test_clean_streaks_count_normal_windows_with_no_fault_in_force_for_every_replica(client):
-    state, other = HostFaultState(client, "t6", clear_windows=2), HostFaultState(client, "t6", clear_windows=2)
+    state, other = (
+        HostFaultState(client, "t6", clear_windows=2),
+        HostFaultState(client, "t6", clear_windows=2),
+    )
     labels = [0, 0, 0, 1, 0, 0, 0, 0]  # a fault at 4, ended by the window at 6 (hysteresis 2)
     streaks, returned = [], []
     for ts, label in enumerate(labels, start=1):
@@ -132,7 +118,10 @@ def test_the_replay_in_memory_keeps_the_scripts_clean_streaks(client):
 
 
 def test_a_transition_keeps_its_event_in_the_outbox_until_it_is_sent(client):
-    state, other = HostFaultState(client, "t-outbox", clear_windows=1), HostFaultState(client, "t-outbox", 1)
+    state, other = (
+        HostFaultState(client, "t-outbox", clear_windows=1),
+        HostFaultState(client, "t-outbox", 1),
+    )
     verdicts = [("h1", 1.0, 0), ("h1", 2.0, 1), ("h1", 3.0, 1), ("h1", 4.0, 0)]
     events = [("e1", b"end?"), ("e2", b"start"), ("e3", b"start?"), ("e4", b"end")]
     assert [t.kind for t in state.update_many(verdicts, events)] == ["", "start", "", "end"]
@@ -151,7 +140,10 @@ def test_two_replicas_applying_the_same_window_publish_it_once(client):
 
 
 def test_any_replica_reads_the_newest_window_judged_per_host_and_drops_what_is_not_newer(client):
-    first, second = HostFaultState(client, "t7", 3, mode="predicted"), HostFaultState(client, "t7", 3, mode="predicted")
+    first, second = (
+        HostFaultState(client, "t7", 3, mode="predicted"),
+        HostFaultState(client, "t7", 3, mode="predicted"),
+    )
     first.update_many([("h1", 10.0, 0), ("h1", 11.5, 1)])
     last = second.last_judged(["h1", "h2"])
     assert last == {"h1": 11.5, "h2": None}
@@ -181,7 +173,10 @@ def test_stored_samples_after_a_hosts_last_judged_window_are_found_newest_first_
 
 
 def test_replicas_take_the_lowest_free_slot_and_a_restarted_one_its_own(client):
-    first, second = ReplicaSlot(client, "t12", "detector", "c1"), ReplicaSlot(client, "t12", "detector", "c2")
+    first, second = (
+        ReplicaSlot(client, "t12", "detector", "c1"),
+        ReplicaSlot(client, "t12", "detector", "c2"),
+    )
     assert (first.claim(), second.claim()) == ("t12-0", "t12-1")
     first.release()
     assert ReplicaSlot(client, "t12", "detector", "c3").claim() == "t12-0"  # the one recreated in its place
@@ -292,7 +287,10 @@ def test_new_windows_count_on_from_the_newest_score_in_the_set_whatever_wrote_it
 
 
 def test_kept_windows_are_forgotten_when_none_was_kept_for_keep_for_and_kept_until_trimmed_without_it(client):
-    forgetting, lasting = KeptWindows(client, "kw-expiring", 4, keep_for_s=3.0), KeptWindows(client, "kw-lasting", 4)
+    forgetting, lasting = (
+        KeptWindows(client, "kw-expiring", 4, keep_for_s=3.0),
+        KeptWindows(client, "kw-lasting", 4),
+    )
     for kept in (forgetting, lasting):
         keep(kept, 1.0)
         kept.keep_steps([lei_step(1.0)])
@@ -340,15 +338,6 @@ def test_unreadable_kept_windows_are_removed_with_one_log_line(client):
         assert [p[0][0, 0] for p in kept.pairs()] == [1.0]
     assert [(e["event"], e["count"]) for e in logs] == [("kept_windows_unreadable_removed", 2)]
     assert client.zcard("dragon:kw3:finetune:windows") == 1
-
-
-@pytest.fixture(scope="module")
-def host_scorer() -> tuple[Scorer, np.ndarray]:
-    """A small host model of window 4 and the raw windows of its last 30 samples."""
-    cfg = GonConfig(n_features=len(HOST_METRICS), window=4, hidden=8, gen_steps=2, epochs=2)
-    series = 0.5 + 0.1 * np.random.default_rng(0).standard_normal((120, len(HOST_METRICS)))
-    scorer = Scorer(train_from_series(series, HOST_METRICS, cfg, min_span=min_span(), source="test"))
-    return scorer, make_windows(series[-30:], 4).astype(np.float32)
 
 
 def clean_from(streak: int, windows: int, k: int) -> list[bool]:
@@ -404,43 +393,6 @@ def test_a_replica_behind_another_judges_a_sample_on_the_window_up_to_it(client,
     k = scorer.window
     assert np.allclose(scored.next[0][:, 0], [ts / 100 for ts in range(25 - k, 25)])
     assert np.allclose(scored.prev[0][:, 0], [ts / 100 for ts in range(24 - k, 24)])
-
-
-def test_a_replica_that_cannot_read_the_leis_model_leaves_its_hosts_to_the_others(client, host_scorer):
-    """In a rolling upgrade the LEI's model may be one only newer replicas read: an older one that
-    kept beating would own a share of the hosts and judge none of them."""
-    scorer, _ = host_scorer
-    old = detector_on(client, "upgrade", "old")
-    client.set("dragon:upgrade:model", b"a checkpoint of a version this code does not know")
-    client.set("dragon:upgrade:model:id", "newer-model")
-    old.init_model()
-    old._refresh_model()
-    other = Membership(client, "upgrade", "new")
-    other.beat()
-    assert old.scorer is None and old._heartbeat() is False
-    assert other.members() == ["new"]
-    old.models.publish(scorer.checkpoint)  # a model it can read after all (the upgrade rolled back)
-    old._last_model_check = float("-inf")
-    old._refresh_model()
-    assert old.scorer is not None and old._heartbeat() is True
-    time.sleep(1.1)  # members are read at most once a second
-    assert other.members() == ["new", "old"]
-
-
-def detector_on(client, lei: str, instance: str, **settings: str) -> Detector:
-    """A detector in this process on the test's Redis; MQTT goes to a port nobody listens on,
-    where paho keeps what it is given to publish."""
-    where = client.connection_pool.connection_kwargs
-    env = {
-        "DRAGON_LEI": lei,
-        "DRAGON_INSTANCE": instance,
-        "DRAGON_REDIS_URL": f"redis://{where['host']}:{where['port']}/0",
-        "DRAGON_DETECTOR_MODEL_DIR": NO_MODEL_FILE,
-    }
-    detector = Detector(config.load(DetectorConfig, env | {"DRAGON_MQTT_PORT": "1"} | settings))
-    detector.init_redis()
-    detector.mqtt = MqttClient(detector.config.common.mqtt, "detector", instance, detector.counters)
-    return detector
 
 
 def waiting(detector: Detector) -> list[tuple[str, bytes]]:

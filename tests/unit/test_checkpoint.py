@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
 import pytest
 import torch
 
-from dragon.detector.checkpoint import Checkpoint, CheckpointError
+from dragon.detector.checkpoint import GENERATION, VERSION, Checkpoint, CheckpointError
 from dragon.detector.gon import GonConfig, score_series
 from dragon.detector.pot import PotState
+from dragon.detector.scorer import IncompatibleModel, Scorer
 from dragon.detector.train import train_from_series
+from dragon.messages.schemas import HOST_METRICS
 
 pytestmark = pytest.mark.unit
 
@@ -134,3 +137,68 @@ def test_foreign_or_corrupt_data_is_rejected(checkpoint: Checkpoint) -> None:
     wrong_weights = {key: value[..., :1] for key, value in checkpoint.state_dict.items()}
     with pytest.raises(CheckpointError, match="weights"):
         Checkpoint(**(vars(checkpoint) | {"state_dict": wrong_weights})).build_model()
+
+
+# What each GENERATION's checkpoints may hold. A change here that code of the generation before
+# could not read (a new GonConfig key, other host metrics, a new VERSION) needs a new GENERATION:
+# replicas tell by it a newer DRAGON's model (left alone in a rolling upgrade) from one nobody can
+# use (learnt anew). Add the new generation's line; keep the old ones.
+GENERATIONS = {
+    1: (
+        1,
+        ("cpu", "ram", "swap", "disk_read", "disk_write", "net_rx", "net_tx"),
+        (
+            "architecture", "epochs", "fault_score", "gen_box", "gen_hessian_every", "gen_init", "gen_lr",
+            "gen_optimizer", "gen_restart_every", "gen_steps", "generate_from", "hidden", "layers", "lr",
+            "n_features", "patience", "scope", "score_rows", "seed", "topology", "val_fraction", "weight_decay",
+            "window", "batch_size",
+        ),
+    ),
+}  # fmt: skip
+
+
+def test_the_generation_names_what_its_checkpoints_may_hold() -> None:
+    version, metrics, keys = GENERATIONS[GENERATION]
+    now = (VERSION, HOST_METRICS, sorted(field.name for field in dataclasses.fields(GonConfig)))
+    assert now == (version, metrics, sorted(keys)), "raise checkpoint.GENERATION and add its line here"
+
+
+def payload_bytes(checkpoint: Checkpoint, **changes) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(checkpoint._payload() | changes, buffer)
+    return buffer.getvalue()
+
+
+def test_a_checkpoint_keeps_the_generation_that_wrote_it(checkpoint: Checkpoint) -> None:
+    assert Checkpoint.from_bytes(checkpoint.to_bytes()).generation == GENERATION
+    payload = checkpoint._payload()
+    del payload["generation"]
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    assert Checkpoint.from_bytes(buffer.getvalue()).generation == 0  # written before the field
+
+
+def test_an_unusable_checkpoint_says_whether_a_newer_dragon_wrote_it(checkpoint: Checkpoint) -> None:
+    newer = {"generation": GENERATION + 1}
+    for changes in (
+        newer | {"gon": checkpoint.gon | {"a_later_setting": 1}},
+        newer | {"version": VERSION + 1},
+        newer | {"feature_names": [*checkpoint.feature_names[:-1], "a_later_metric"]},
+    ):
+        with pytest.raises(CheckpointError) as raised:
+            Scorer(Checkpoint.from_bytes(payload_bytes(checkpoint, **changes)))
+        assert raised.value.written_by_newer and raised.value.generation == GENERATION + 1
+    for data in (
+        b"not a checkpoint",
+        payload_bytes(checkpoint, version=VERSION - 1, generation=0),
+        payload_bytes(checkpoint, gon=checkpoint.gon | {"window": "ten"}),
+    ):
+        with pytest.raises(CheckpointError) as raised:
+            Checkpoint.from_bytes(data)
+        assert not raised.value.written_by_newer
+
+
+def test_a_model_of_other_metrics_is_refused_with_the_generation_that_wrote_it(checkpoint: Checkpoint) -> None:
+    with pytest.raises(IncompatibleModel) as raised:
+        Scorer(checkpoint)  # NAMES are not the host metrics
+    assert raised.value.generation == GENERATION and not raised.value.written_by_newer

@@ -42,9 +42,9 @@ class Models:
     """A ModelStore's lock and publish; ``published_meanwhile``: another replica publishes while
     this one reads the record, and unlocks before this one takes the lock."""
 
-    def __init__(self, published_meanwhile: bool = False) -> None:
+    def __init__(self, published_meanwhile: bool = False, current: str | None = None) -> None:
         self.published_meanwhile = published_meanwhile
-        self.current: str | None = None
+        self.current = current
         self.published = 0
 
     def current_id(self) -> str | None:
@@ -58,18 +58,21 @@ class Models:
     def unlock(self, owner: str) -> None:
         pass
 
-    def publish(self, checkpoint) -> None:
+    def replace(self, checkpoint, expected_id: str | None) -> bool:
+        if self.current != expected_id:
+            return False
         self.published += 1
         self.current = checkpoint.model_id
+        return True
 
 
-def learner_for(windows, models, monkeypatch) -> tuple[OnlineLearner, threading.Event]:
+def learner_for(windows, models, monkeypatch, replaces: str | None = None) -> tuple[OnlineLearner, threading.Event]:
     monkeypatch.setattr(learning, "CHECK_INTERVAL_S", 0.01)
     monkeypatch.setattr(learning, "RETRY_AFTER_FAILURE_S", 0.01)
     settings = {"DRAGON_DETECTOR_WARMUP": "10", "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES": "20"}
     cfg = config.load(DetectorConfig, settings | {"DRAGON_DETECTOR_TRAIN_EPOCHS": "1"})
     stop = threading.Event()
-    return OnlineLearner(cfg, windows, models, stop, "lei1-0"), stop
+    return OnlineLearner(cfg, windows, models, stop, "lei1-0", replaces=replaces), stop
 
 
 def run_until(learner: OnlineLearner, stop: threading.Event, done, timeout_s: float = 60.0) -> None:
@@ -93,5 +96,21 @@ def test_the_learner_does_not_overwrite_a_model_published_while_it_read_the_reco
     """Every replica would recalibrate its thresholds to a second first model."""
     models = Models(published_meanwhile=True)
     learner, stop = learner_for(RecordedLei(), models, monkeypatch)
+    run_until(learner, stop, lambda: not learner._thread.is_alive(), timeout_s=10)
+    assert models.published == 0 and models.current == "theirs"
+
+
+def test_a_learner_over_a_model_nobody_can_use_replaces_it(monkeypatch) -> None:
+    """A model in Redis no replica can read (corrupt, or an older DRAGON's) kept every replica from
+    learning: the learner took any model in Redis for one it need not learn."""
+    models = Models(current="unreadable")
+    learner, stop = learner_for(RecordedLei(), models, monkeypatch, replaces="unreadable")
+    run_until(learner, stop, lambda: models.published)
+    assert models.published == 1 and models.current not in (None, "unreadable")
+
+
+def test_a_learner_over_a_model_nobody_can_use_leaves_one_another_replica_put_there(monkeypatch) -> None:
+    models = Models(published_meanwhile=True, current="unreadable")
+    learner, stop = learner_for(RecordedLei(), models, monkeypatch, replaces="unreadable")
     run_until(learner, stop, lambda: not learner._thread.is_alive(), timeout_s=10)
     assert models.published == 0 and models.current == "theirs"

@@ -33,11 +33,29 @@ log = structlog.get_logger(__name__)
 
 FORMAT = "dragon-detector-checkpoint"
 VERSION = 1
+# Which DRAGON wrote a checkpoint, as a count that only grows. Raise it with any change after which
+# the code before cannot use what this code writes: a new GonConfig key, other host metrics, a new
+# VERSION (tests/unit/test_checkpoint.py pins what it stands for). A replica that cannot use its
+# LEI's model tells by it whether a newer DRAGON wrote the model (a rolling upgrade: the replicas of
+# that version serve it) or not (corrupt, or left by an older DRAGON: nobody will, learn anew).
+GENERATION = 1
 DEFAULT_HOST = "*"  # key of the POT state that applies to every host without its own
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is malformed, of another format or version, or inconsistent."""
+    """A checkpoint is malformed, of another format or version, or inconsistent.
+
+    ``generation``: the GENERATION the checkpoint says wrote it, when that much could be read.
+    """
+
+    def __init__(self, message: str, generation: int | None = None) -> None:
+        super().__init__(message)
+        self.generation = generation
+
+    @property
+    def written_by_newer(self) -> bool:
+        """Whether a newer DRAGON wrote the checkpoint: this code cannot use it, that version can."""
+        return self.generation is not None and self.generation > GENERATION
 
 
 @dataclass(eq=False)  # tensors inside: compare model_id or to_bytes() instead
@@ -54,6 +72,7 @@ class Checkpoint:
     # The newest calibration (training) scores in the order they were scored, so a service can
     # calibrate DSPOT with its own depth; empty in checkpoints written before this field.
     calibration_tail: list[float] = field(default_factory=list)
+    generation: int = GENERATION  # of the DRAGON that wrote it; 0: before the field
 
     def __post_init__(self) -> None:
         self.feature_names = tuple(str(name) for name in self.feature_names)
@@ -98,7 +117,7 @@ class Checkpoint:
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:
-            raise CheckpointError(f"weights do not fit the config: {exc}") from exc
+            raise CheckpointError(f"weights do not fit the config: {exc}", self.generation) from exc
         return model.eval()
 
     def scaler(self) -> MinMaxScaler:
@@ -167,10 +186,20 @@ class Checkpoint:
             "pot": self.pot,
             "meta": self.meta,
             "calibration_tail": list(self.calibration_tail),
+            "generation": self.generation,
         }
 
     @classmethod
     def _from_payload(cls, payload: Any) -> Checkpoint:
+        generation = _generation(payload)
+        try:
+            return cls._checked(payload, generation)
+        except CheckpointError as exc:
+            exc.generation = generation  # read before anything else could fail
+            raise
+
+    @classmethod
+    def _checked(cls, payload: Any, generation: int | None) -> Checkpoint:
         if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
             raise CheckpointError(f"not a {FORMAT}")
         if payload.get("version") != VERSION:
@@ -180,7 +209,16 @@ class Checkpoint:
         if missing:
             raise CheckpointError(f"checkpoint lacks {missing}")
         # Optional: older checkpoints of the same version lack it.
-        return cls(**{key: payload[key] for key in keys}, calibration_tail=payload.get("calibration_tail", []))
+        tail = payload.get("calibration_tail", [])
+        return cls(**{key: payload[key] for key in keys}, calibration_tail=tail, generation=generation or 0)
+
+
+def _generation(payload: Any) -> int | None:
+    """The GENERATION a payload says wrote it: 0 for one written before the field, None if unreadable."""
+    if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
+        return None
+    value = payload.get("generation", 0)
+    return value if type(value) is int else None
 
 
 def _torch_load(handle: Any, source: str) -> Any:

@@ -90,17 +90,23 @@ class OnlineLearner:
         models: ModelStore,
         stop: threading.Event,
         instance: str,
+        replaces: str | None = None,
     ) -> None:
         self.config = config
         self.windows = windows
         self.models = models
         self.stop = stop
         self.instance = instance
+        self.replaces = replaces  # the id of a model in Redis nobody can use, learnt over; None: no model yet
         self._thread = threading.Thread(target=self._run, name="detector-learner", daemon=True)
         self._said: tuple[list[str], list[str]] | None = None  # the hosts last logged as waited for, left out
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         while not self.stop.wait(CHECK_INTERVAL_S):
@@ -119,21 +125,24 @@ class OnlineLearner:
                 self._failed(exc)
 
     def _learn_once(self) -> bool:
-        """Learn and publish the LEI's first model if the record is ready and nobody has; True when
-        there is a model (ours or another replica's)."""
-        if self.models.current_id() is not None:
-            return True  # another replica trained it: nothing to learn
+        """Learn and publish a model if the record is ready and nobody has, in place of the one it
+        ``replaces`` or as the LEI's first; True when there is another model (ours or a replica's)."""
+        if self._model_published():
+            return True  # another replica trained it (or put a usable model back): nothing to learn
         history = self._ready_history()
         if history is None or not self.models.try_lock(self.instance):
             return False
         try:
             # Looked at again under the lock: a replica that published and unlocked while we read
             # the record would see its model overwritten, and every replica recalibrate.
-            if self.models.current_id() is None:
+            if not self._model_published():
                 self._train(history)
         finally:
             self.models.unlock(self.instance)
         return True
+
+    def _model_published(self) -> bool:
+        return self.models.current_id() not in (None, self.replaces)
 
     def _failed(self, error: Exception) -> None:
         log.error(
@@ -176,7 +185,11 @@ class OnlineLearner:
             broker_host=self.config.broker_host,
             lei=self.windows.lei,
         )
-        self.models.publish(checkpoint)
+        # Over what we learnt to replace (or no model): one another replica published meanwhile stays.
+        expected = self.models.current_id()
+        if expected in (None, self.replaces) and self.models.replace(checkpoint, expected):
+            return
+        log.info("learnt_model_discarded_another_published", model_id=checkpoint.model_id)
 
 
 def gon_config(config: DetectorConfig, **overrides: Any) -> GonConfig:

@@ -35,18 +35,19 @@ class ModelStore:
         pipe.execute()
         self._published(checkpoint, data)
 
-    def replace(self, checkpoint: Checkpoint, expected_id: str) -> bool:
-        """Publish ``checkpoint`` only if the current model is still ``expected_id``.
+    def replace(self, checkpoint: Checkpoint, expected_id: str | None) -> bool:
+        """Publish ``checkpoint`` only if the current model is still ``expected_id`` (None: none).
 
-        A fine-tuned model must not overwrite a model published while it was being tuned
-        (WATCH makes the check and the write one transaction). Returns whether it was published.
+        A fine-tuned model must not overwrite a model published while it was being tuned, nor a
+        model put back or learnt anew one published meanwhile (WATCH makes the check and the write
+        one transaction). Returns whether it was published.
         """
         data = checkpoint.to_bytes()
         with self.client.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(self._id_key)
                 current = pipe.get(self._id_key)
-                if current is None or current.decode() != expected_id:
+                if (current.decode() if current is not None else None) != expected_id:
                     return False
                 pipe.multi()
                 self._set(pipe, checkpoint, data)

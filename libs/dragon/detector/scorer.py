@@ -14,7 +14,7 @@ import numpy as np
 import structlog
 import torch
 
-from dragon.detector.checkpoint import Checkpoint
+from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DEFAULT_POT_LAG
 from dragon.detector.gon import fault_scores
 from dragon.detector.lei import LeiBatch, LeiStep, by_shape
@@ -27,7 +27,7 @@ log = structlog.get_logger(__name__)
 TOP_METRICS = 3
 
 
-class IncompatibleModel(ValueError):
+class IncompatibleModel(CheckpointError):
     """The checkpoint was trained on other features than the hosts publish."""
 
 
@@ -52,7 +52,8 @@ class Scorer:
     ) -> None:
         if tuple(checkpoint.feature_names) != HOST_METRICS:
             raise IncompatibleModel(
-                f"checkpoint features {list(checkpoint.feature_names)} differ from host metrics {list(HOST_METRICS)}"
+                f"checkpoint features {list(checkpoint.feature_names)} differ from host metrics {list(HOST_METRICS)}",
+                checkpoint.generation,
             )
         self.checkpoint = checkpoint
         self.model_id = checkpoint.model_id

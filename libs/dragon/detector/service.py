@@ -30,6 +30,7 @@ import structlog
 
 from dragon.detector.checkpoint import Checkpoint, CheckpointError
 from dragon.detector.config import DetectorConfig
+from dragon.detector.following import ModelFollower
 from dragon.detector.health import (
     HostFaultState,
     HostWindowT,
@@ -43,7 +44,7 @@ from dragon.detector.learning import FineTuner, OnlineLearner
 from dragon.detector.lei import LeiStep, forecast_steps, history_needed, steps_to_judge
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
-from dragon.detector.scorer import IncompatibleModel, Scorer, Verdict
+from dragon.detector.scorer import Scorer, Verdict
 from dragon.detector.silence import STAMPS_TO_REMEMBER, SilenceWatch
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.tunerstate import TunerState
@@ -144,7 +145,7 @@ class Detector:
         self.scorer: Scorer | None = None
         self._scorer_lock = threading.Lock()
         self._last_model_check = 0.0
-        self._unusable_model: str | None = None
+        self.learner: OnlineLearner | None = None
         self._health: dict[tuple[str, str], HostHealth] = {}  # last verdict per (host, mode), republished on reconnect
         # Events on their way, which the outbox sweep must not send again: those whose transition
         # is being recorded (id -> mode), and those paho has, not acknowledged yet (id -> mode).
@@ -189,6 +190,7 @@ class Detector:
         self.thresholds = {mode: ThresholdStore(self.redis, self.lei, mode) for mode in VERDICT_MODES}
         self.models = ModelStore(self.redis, self.lei, self.config.model_dir)
         self.membership = Membership(self.redis, self.lei, self.instance)
+        self.follower = ModelFollower(self.models, self.membership, self._serve, self._learn, self.lifecycle.stop)
 
     def init_silence(self) -> None:
         """Know the hosts the replicas before us heard, so that one silent since is reported."""
@@ -207,35 +209,24 @@ class Detector:
             raise SystemExit(f"{exc}: set DRAGON_INSTANCE, or run fewer detector replicas") from None
 
     def init_model(self) -> None:
-        """Serve the configured checkpoint, else the LEI's current model, else learn one."""
-        if self.config.checkpoint:
-            checkpoint = self._configured_checkpoint()
-            current = self._descendant_in_redis(checkpoint)
-            if current is not None:
-                # The LEI fine-tuned the configured model: restarting one replica must not undo that.
-                self._serve(current)
-                return
-            retry_until(lambda: self.models.publish(checkpoint), self.lifecycle.stop, "publish_model")
-            self._serve(checkpoint)
+        """Serve the configured checkpoint, else the LEI's current model (``following.py``)."""
+        if not self.config.checkpoint:
+            self.follower.start()
             return
-        for source, load in (("redis", self.models.fetch), ("volume", self.models.load_file)):
-            try:
-                checkpoint = retry_until(load, self.lifecycle.stop, f"load_model_{source}")
-                if checkpoint is not None:
-                    self._serve(checkpoint)
-                    if source == "volume":
-                        retry_until(lambda c=checkpoint: self.models.publish(c), self.lifecycle.stop, "publish_model")
-                    return
-            except (CheckpointError, IncompatibleModel) as exc:
-                # A model we cannot use must not crash-loop the service: learn a new one instead.
-                log.error("stored_model_unusable", source=source, error=str(exc))
-        log.info("no_model_yet_learning_from_normal_operation", warmup_s=self.config.warmup_s)
+        checkpoint = self._configured_checkpoint()
+        current = self._descendant_in_redis(checkpoint)
+        if current is not None:
+            # The LEI fine-tuned the configured model: restarting one replica must not undo that.
+            self._serve(current)
+            return
+        retry_until(lambda: self.models.publish(checkpoint), self.lifecycle.stop, "publish_model")
+        self._serve(checkpoint)
 
     def _descendant_in_redis(self, configured: Checkpoint) -> Checkpoint | None:
         """The LEI's current model if it was fine-tuned from ``configured``, else None."""
         try:
             current = retry_until(self.models.fetch, self.lifecycle.stop, "load_model_redis")
-        except (CheckpointError, IncompatibleModel) as exc:
+        except CheckpointError as exc:
             log.error("stored_model_unusable", source="redis", error=str(exc))
             return None
         if current is None or current.model_id == configured.model_id:
@@ -250,7 +241,7 @@ class Detector:
             checkpoint = Checkpoint.load(self.config.checkpoint)
             Scorer(checkpoint)  # refuse a model trained on other features now, with the reason
             return checkpoint
-        except (OSError, CheckpointError, IncompatibleModel) as exc:
+        except (OSError, CheckpointError) as exc:
             log.error("checkpoint_unusable", path=self.config.checkpoint, error=str(exc))
             raise SystemExit(f"DRAGON_DETECTOR_CHECKPOINT={self.config.checkpoint}: {exc}") from None
 
@@ -275,9 +266,21 @@ class Detector:
         self.mqtt.start()
 
     def start_learner(self) -> None:
-        self.learner = OnlineLearner(self.config, self.windows, self.models, self.lifecycle.stop, self.instance)
-        if self.scorer is None:
-            self.learner.start()
+        """Learn a model if none is served, over one nobody can use (a newer DRAGON's waits)."""
+        if self.scorer is None and not self.follower.newer:
+            self._learn(self.follower.unusable)
+
+    def _learn(self, replaces: str | None) -> None:
+        if self.learner is not None and self.learner.alive:
+            return
+        if replaces is None:
+            log.info("no_model_yet_learning_from_normal_operation", warmup_s=self.config.warmup_s)
+        else:
+            log.info("learning_in_place_of_a_model_nobody_can_use", replaces=replaces, warmup_s=self.config.warmup_s)
+        self.learner = OnlineLearner(
+            self.config, self.windows, self.models, self.lifecycle.stop, self.instance, replaces=replaces
+        )
+        self.learner.start()
 
     def wait(self) -> None:
         while not self.lifecycle.stop.wait(1.0):
@@ -316,10 +319,10 @@ class Detector:
             redis_for_now(self.slot.release)  # disconnected by now: the next holder may take our session
 
     def _heartbeat(self) -> bool:
-        """Beat while we can judge. A replica that serves no model because it cannot read the
-        LEI's (a newer version's, in a rolling upgrade) leaves: it would own hosts and never judge
-        them. It comes back once it serves one."""
-        if self.scorer is None and self._unusable_model:
+        """Beat while we can judge. A replica that cannot use the LEI's model (a newer version's,
+        in a rolling upgrade) leaves: it would own hosts and never judge them, or judge them with
+        another model than the others'. It comes back once it serves the LEI's model."""
+        if self.follower.benched:
             if redis_for_now(self.membership.leave) and not self._benched:
                 log.error("leaving_hosts_to_other_replicas", reason="the LEI's model is unusable here")
                 self._benched = True
@@ -342,21 +345,17 @@ class Detector:
         )
 
     def _refresh_model(self) -> None:
-        """Pick up a model another replica (or the learner) published."""
+        """Pick up a model another replica (or the learner) published; mend one gone or unusable."""
         now = time.monotonic()
-        if now - self._last_model_check < MODEL_CHECK_INTERVAL_S and self.scorer is not None:
+        if now - self._last_model_check < MODEL_CHECK_INTERVAL_S and self.judging:
             return
         self._last_model_check = now
-        current = self.models.current_id()
-        if not current or current == self._unusable_model or (self.scorer and self.scorer.model_id == current):
-            return
-        try:
-            checkpoint = self.models.fetch()
-            if checkpoint is not None:
-                self._serve(checkpoint)
-        except (CheckpointError, IncompatibleModel) as exc:
-            self._unusable_model = current  # logged once, not on every batch
-            log.error("stored_model_unusable", source="redis", model_id=current, error=str(exc))
+        self.follower.check(self.scorer.checkpoint if self.scorer is not None else None)
+
+    @property
+    def judging(self) -> bool:
+        """Whether this replica judges: it serves the LEI's model."""
+        return self.scorer is not None and not self.follower.benched
 
     # --- samples --------------------------------------------------------------------
     def on_samples(self, batch: list[Incoming]) -> None:
@@ -368,7 +367,7 @@ class Detector:
             self.silence.heard(samples, time.monotonic())
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
             owned = self._unjudged([s for s in samples if self.membership.owns(s.host)], "observed")
-            if self.scorer is not None and owned:
+            if self.judging and owned:
                 owned = self._with_missed(owned)
                 judge = {"host": self._score, "lei": self._score_lei}[self.scorer.scope]
                 scored = retry_until(lambda: judge(owned), self.lifecycle.stop, "score")
@@ -389,7 +388,7 @@ class Detector:
         try:
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
             owned = self._unjudged([f for f in forecasts if self.membership.owns(f.host)], "predicted")
-            if self.scorer is None or not owned:
+            if not self.judging or not owned:
                 return
             judge = {"host": self._score_forecasts, "lei": self._score_lei_forecasts}[self.scorer.scope]
             judged = retry_until(lambda: judge(owned), self.lifecycle.stop, "score_forecasts")
@@ -437,7 +436,7 @@ class Detector:
         (silence.py), each silence once. Its verdict opens a fault as an alarm does, and the host's
         normal windows once it is back end it; a host in a fault already gets no second start."""
         now = time.monotonic()
-        if not self.config.silent_intervals or self.scorer is None or now - self._silence_checked_at < SILENCE_CHECK_S:
+        if not self.config.silent_intervals or not self.judging or now - self._silence_checked_at < SILENCE_CHECK_S:
             return
         self._silence_checked_at = now
         silent = {

@@ -1,0 +1,177 @@
+"""Replicas on their LEI's model in a real Redis: one nobody can use, a newer DRAGON's, one lost."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from dragon.detector import following
+from dragon.detector.checkpoint import GENERATION, Checkpoint
+from dragon.detector.membership import Membership
+from dragon.detector.modelstore import ModelStore
+from dragon.detector.service import Detector
+from dragon.messages.schemas import HOST_METRICS
+
+from .conftest import detector_on
+
+pytestmark = pytest.mark.integration
+
+LEARN_TIMEOUT_S = 90.0
+
+
+def newer_dragons(checkpoint: Checkpoint) -> bytes:
+    """``checkpoint`` as a later DRAGON would write it: a setting this code does not know."""
+    buffer = io.BytesIO()
+    payload = checkpoint._payload()
+    torch.save(payload | {"generation": GENERATION + 1, "gon": payload["gon"] | {"a_later_setting": 1}}, buffer)
+    return buffer.getvalue()
+
+
+def put_model(client, lei: str, data: bytes, model_id: str) -> None:
+    client.set(f"dragon:{lei}:model", data)
+    client.set(f"dragon:{lei}:model:id", model_id)
+
+
+def current_id(client, lei: str) -> str | None:
+    return ModelStore(client, lei, "").current_id()
+
+
+def refreshed(detector: Detector) -> Detector:
+    detector._last_model_check = float("-inf")
+    detector._refresh_model()
+    return detector
+
+
+def until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return condition()
+
+
+def test_a_replica_over_a_newer_dragons_model_leaves_its_hosts_to_the_replicas_that_read_it(redis_client, host_scorer):
+    """In a rolling upgrade the LEI's model may be one only newer replicas read: an older one that
+    kept beating would own a share of the hosts and judge none of them, and must not replace it."""
+    scorer, _ = host_scorer
+    put_model(redis_client, "upgrade", newer_dragons(scorer.checkpoint), "newer-model")
+    old = detector_on(redis_client, "upgrade", "old")
+    old.init_model()
+    old.start_learner()
+    refreshed(old)
+    new = Membership(redis_client, "upgrade", "new")
+    new.beat()
+    assert old.scorer is None and old.learner is None and old._heartbeat() is False
+    assert new.members() == ["new"] and current_id(redis_client, "upgrade") == "newer-model"
+    old.models.publish(scorer.checkpoint)  # a model it can read after all
+    refreshed(old)
+    assert old.judging and old._heartbeat() is True
+    time.sleep(1.1)  # members are read at most once a second
+    assert new.members() == ["new", "old"]
+
+
+def test_a_newer_dragons_model_is_replaced_once_no_replica_has_judged_for_a_while(
+    redis_client, host_scorer, monkeypatch
+):
+    """DRAGON rolled back: no replica left reads the model, and the LEI went dark for good."""
+    monkeypatch.setattr(following, "NEWER_MODEL_PATIENCE_S", 1.0)
+    scorer, _ = host_scorer
+    old = detector_on(redis_client, "rollback", "old")
+    old.models.publish(scorer.checkpoint)
+    old.init_model()
+    put_model(redis_client, "rollback", newer_dragons(scorer.checkpoint), "newer-model")
+    new = Membership(redis_client, "rollback", "new")
+    for _ in range(3):  # a newer replica judges throughout: the model is its
+        new.beat()
+        refreshed(old)
+        assert not old.judging and old._heartbeat() is False
+        time.sleep(0.6)
+    assert current_id(redis_client, "rollback") == "newer-model"
+    new.leave()
+    time.sleep(1.1)  # members are read at most once a second
+    refreshed(old)  # nobody judges since now
+    time.sleep(1.1)
+    assert refreshed(old).judging
+    assert current_id(redis_client, "rollback") == scorer.model_id
+
+
+@pytest.mark.parametrize(
+    "unusable",
+    [b"bytes that are no checkpoint", "older"],
+    ids=["corrupt", "older"],
+)
+def test_a_model_nobody_can_use_is_learnt_over_and_every_replica_serves_the_new_one(
+    redis_client, host_scorer, unusable
+):
+    """Before, the learner took any model in Redis for one it need not learn: every replica left
+    its hosts and none learnt, the LEI dark until an operator deleted the model's id."""
+    scorer, _ = host_scorer
+    lei = f"unusable-{'corrupt' if isinstance(unusable, bytes) else 'older'}"
+    if not isinstance(unusable, bytes):  # a model of other metrics, which an older DRAGON wrote
+        buffer = io.BytesIO()
+        payload = scorer.checkpoint._payload()
+        torch.save(payload | {"generation": 0, "feature_names": ["a_former_metric", *HOST_METRICS[1:]]}, buffer)
+        unusable = buffer.getvalue()
+    put_model(redis_client, lei, unusable, "unusable")
+    now = time.time()
+    rows = [(host, now - 60 + i, i, [0.1 + 0.01 * (i % 3)] * len(HOST_METRICS)) for i in range(60) for host in "ab"]
+    learning = {
+        "DRAGON_DETECTOR_WARMUP": "1",
+        "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES": "10",
+        "DRAGON_DETECTOR_TRAIN_EPOCHS": "2",
+    }
+    replicas = [detector_on(redis_client, lei, name, **learning) for name in ("r0", "r1")]
+    replicas[0].windows.append_many(rows)
+    try:
+        for replica in replicas:
+            replica.init_model()
+            replica.start_learner()
+            assert not refreshed(replica).judging and replica._heartbeat() is False
+
+        def all_serve_a_new_model() -> bool:
+            served = [refreshed(replica).scorer for replica in replicas]
+            return {scorer.model_id if scorer else None for scorer in served} == {current_id(redis_client, lei)}
+
+        assert until(all_serve_a_new_model, LEARN_TIMEOUT_S), "no model learnt over the unusable one"
+        assert current_id(redis_client, lei) != "unusable"
+        assert all(replica.judging and replica._heartbeat() for replica in replicas)
+    finally:
+        for replica in replicas:
+            replica.lifecycle.stop.set()
+
+
+def test_a_replica_puts_its_model_back_when_redis_lost_it_or_holds_one_nobody_can_use(redis_client, host_scorer):
+    """A Redis restarted without its data (no volume): the served model was not put back, so every
+    fine-tune was discarded (it replaces only the model it was tuned from) until a replica restarted."""
+    scorer, _ = host_scorer
+    detector = detector_on(redis_client, "lost", "a")
+    detector.models.publish(scorer.checkpoint)
+    detector.init_model()
+    redis_client.flushall()
+    assert refreshed(detector).judging
+    assert current_id(redis_client, "lost") == scorer.model_id
+    put_model(redis_client, "lost", b"bytes that are no checkpoint", "corrupt")
+    assert refreshed(detector).judging
+    assert current_id(redis_client, "lost") == scorer.model_id
+    assert Checkpoint.from_bytes(redis_client.get("dragon:lost:model")).model_id == scorer.model_id
+
+
+def test_the_model_volumes_copy_replaces_a_model_nobody_can_use_never_a_newer_dragons(
+    redis_client, host_scorer, tmp_path
+):
+    """A replica starting without a usable model in Redis serves the volume's copy and publishes it:
+    over one nobody can use, yes; over a newer DRAGON's (a replica of the old version restarted in a
+    rolling upgrade), it overwrote the model every newer replica served."""
+    scorer, _ = host_scorer
+    ModelStore(redis_client, "volume", str(tmp_path)).publish(scorer.checkpoint)
+    put_model(redis_client, "volume", newer_dragons(scorer.checkpoint), "newer-model")
+    old = detector_on(redis_client, "volume", "old", DRAGON_DETECTOR_MODEL_DIR=str(tmp_path))
+    old.init_model()
+    assert not refreshed(old).judging and current_id(redis_client, "volume") == "newer-model"
+    put_model(redis_client, "volume", b"bytes that are no checkpoint", "corrupt")
+    restarted = detector_on(redis_client, "volume", "old", DRAGON_DETECTOR_MODEL_DIR=str(tmp_path))
+    restarted.init_model()
+    assert restarted.judging and current_id(redis_client, "volume") == scorer.model_id
