@@ -23,6 +23,20 @@ pytestmark = pytest.mark.integration
 LEARN_TIMEOUT_S = 90.0
 
 
+LEARN_QUICKLY = {
+    "DRAGON_DETECTOR_WARMUP": "1",
+    "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES": "10",
+    "DRAGON_DETECTOR_TRAIN_EPOCHS": "2",
+}
+
+
+def record(detector: Detector, hosts: str = "ab") -> None:
+    """A minute of every host's samples, enough to learn from with LEARN_QUICKLY."""
+    now = time.time()
+    vectors = [[0.1 + 0.01 * (i % 3)] * len(HOST_METRICS) for i in range(60)]
+    detector.windows.append_many([(h, now - 60 + i, i, vectors[i]) for i in range(60) for h in hosts])
+
+
 def newer_dragons(checkpoint: Checkpoint) -> bytes:
     """``checkpoint`` as a later DRAGON would write it: a setting this code does not know."""
     buffer = io.BytesIO()
@@ -31,13 +45,28 @@ def newer_dragons(checkpoint: Checkpoint) -> bytes:
     return buffer.getvalue()
 
 
-def put_model(client, lei: str, data: bytes, model_id: str) -> None:
+def put_model(client, lei: str, data: bytes, model_id: str, generation: int = GENERATION) -> None:
+    """A model as ModelStore.publish writes it, whatever its bytes."""
     client.set(f"dragon:{lei}:model", data)
     client.set(f"dragon:{lei}:model:id", model_id)
+    client.set(f"dragon:{lei}:model:generation", generation)
+
+
+def put_newer(client, lei: str, checkpoint: Checkpoint) -> None:
+    put_model(client, lei, newer_dragons(checkpoint), "newer-model", GENERATION + 1)
 
 
 def current_id(client, lei: str) -> str | None:
     return ModelStore(client, lei, "").current_id()
+
+
+def outdated(client, lei: str, checkpoint: Checkpoint) -> tuple[Detector, Membership]:
+    """A replica serving ``checkpoint`` when a newer DRAGON's replica (not beating yet) publishes its model."""
+    old = detector_on(client, lei, "old")
+    old.models.publish(checkpoint)
+    old.init_model()
+    put_newer(client, lei, checkpoint)
+    return old, Membership(client, lei, "new")
 
 
 def refreshed(detector: Detector) -> Detector:
@@ -57,7 +86,7 @@ def test_a_replica_over_a_newer_dragons_model_leaves_its_hosts_to_the_replicas_t
     """In a rolling upgrade the LEI's model may be one only newer replicas read: an older one that
     kept beating would own a share of the hosts and judge none of them, and must not replace it."""
     scorer, _ = host_scorer
-    put_model(redis_client, "upgrade", newer_dragons(scorer.checkpoint), "newer-model")
+    put_newer(redis_client, "upgrade", scorer.checkpoint)
     old = detector_on(redis_client, "upgrade", "old")
     old.init_model()
     old.start_learner()
@@ -79,11 +108,7 @@ def test_a_newer_dragons_model_is_replaced_once_no_replica_has_judged_for_a_whil
     """DRAGON rolled back: no replica left reads the model, and the LEI went dark for good."""
     monkeypatch.setattr(following, "NEWER_MODEL_PATIENCE_S", 1.0)
     scorer, _ = host_scorer
-    old = detector_on(redis_client, "rollback", "old")
-    old.models.publish(scorer.checkpoint)
-    old.init_model()
-    put_model(redis_client, "rollback", newer_dragons(scorer.checkpoint), "newer-model")
-    new = Membership(redis_client, "rollback", "new")
+    old, new = outdated(redis_client, "rollback", scorer.checkpoint)
     for _ in range(3):  # a newer replica judges throughout: the model is its
         new.beat()
         refreshed(old)
@@ -115,16 +140,9 @@ def test_a_model_nobody_can_use_is_learnt_over_and_every_replica_serves_the_new_
         payload = scorer.checkpoint._payload()
         torch.save(payload | {"generation": 0, "feature_names": ["a_former_metric", *HOST_METRICS[1:]]}, buffer)
         unusable = buffer.getvalue()
-    put_model(redis_client, lei, unusable, "unusable")
-    now = time.time()
-    rows = [(host, now - 60 + i, i, [0.1 + 0.01 * (i % 3)] * len(HOST_METRICS)) for i in range(60) for host in "ab"]
-    learning = {
-        "DRAGON_DETECTOR_WARMUP": "1",
-        "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES": "10",
-        "DRAGON_DETECTOR_TRAIN_EPOCHS": "2",
-    }
-    replicas = [detector_on(redis_client, lei, name, **learning) for name in ("r0", "r1")]
-    replicas[0].windows.append_many(rows)
+    put_model(redis_client, lei, unusable, "unusable", generation=0)
+    replicas = [detector_on(redis_client, lei, name, **LEARN_QUICKLY) for name in ("r0", "r1")]
+    record(replicas[0])
     try:
         for replica in replicas:
             replica.init_model()
@@ -156,22 +174,71 @@ def test_a_replica_puts_its_model_back_when_redis_lost_it_or_holds_one_nobody_ca
     put_model(redis_client, "lost", b"bytes that are no checkpoint", "corrupt")
     assert refreshed(detector).judging
     assert current_id(redis_client, "lost") == scorer.model_id
-    assert Checkpoint.from_bytes(redis_client.get("dragon:lost:model")).model_id == scorer.model_id
+    stored = ModelStore(redis_client, "lost", "").current()
+    assert stored.generation == GENERATION and stored.checkpoint().model_id == scorer.model_id
 
 
-def test_the_model_volumes_copy_replaces_a_model_nobody_can_use_never_a_newer_dragons(
-    redis_client, host_scorer, tmp_path
+def test_a_rolled_back_replica_with_no_model_learns_one_once_no_replica_has_judged_for_a_while(
+    redis_client, monkeypatch
 ):
-    """A replica starting without a usable model in Redis serves the volume's copy and publishes it:
-    over one nobody can use, yes; over a newer DRAGON's (a replica of the old version restarted in a
-    rolling upgrade), it overwrote the model every newer replica served."""
+    """Bytes this code cannot even load, which a newer DRAGON published: the generation Redis keeps
+    beside them says so (inside them it could not be read), so the replica waits for that DRAGON's
+    replicas instead of learning over their model at once, and learns once there are none."""
+    monkeypatch.setattr(following, "NEWER_MODEL_PATIENCE_S", 1.0)
+    put_model(redis_client, "back", b"a newer torch's bytes", "newer-model", GENERATION + 1)
+    old = detector_on(redis_client, "back", "old", **LEARN_QUICKLY)
+    record(old)
+    new = Membership(redis_client, "back", "new")
+    try:
+        old.init_model()
+        old.start_learner()
+        for _ in range(3):
+            new.beat()
+            refreshed(old)
+            time.sleep(0.6)
+        assert old.learner is None and not old.judging
+        new.leave()
+        assert until(lambda: refreshed(old).judging, LEARN_TIMEOUT_S), "no model learnt after the rollback"
+        assert current_id(redis_client, "back") not in (None, "newer-model")
+    finally:
+        old.lifecycle.stop.set()
+
+
+def test_redis_losing_a_newer_dragons_model_leaves_it_to_that_dragons_replicas(redis_client, host_scorer):
+    """A replica benched on a newer DRAGON's model checks on every batch: when Redis lost its data,
+    it put its own older model back before the newer replicas could, and they served that one."""
     scorer, _ = host_scorer
-    ModelStore(redis_client, "volume", str(tmp_path)).publish(scorer.checkpoint)
-    put_model(redis_client, "volume", newer_dragons(scorer.checkpoint), "newer-model")
-    old = detector_on(redis_client, "volume", "old", DRAGON_DETECTOR_MODEL_DIR=str(tmp_path))
+    old, new = outdated(redis_client, "lost-newer", scorer.checkpoint)
+    new.beat()
+    assert not refreshed(old).judging
+    redis_client.flushall()
+    new.beat()
+    for _ in range(3):
+        assert not refreshed(old).judging
+        assert current_id(redis_client, "lost-newer") is None
+        time.sleep(0.4)
+
+
+@pytest.mark.parametrize("source", ["volume", "configured"])
+def test_a_replicas_own_model_replaces_one_nobody_can_use_at_start_never_a_newer_dragons(
+    redis_client, host_scorer, tmp_path, source
+):
+    """A replica that starts without a usable model in Redis serves its model volume's copy, or
+    DRAGON_DETECTOR_CHECKPOINT, and publishes it: over a model nobody can use, yes; over a newer
+    DRAGON's (a replica of the old version restarted in a rolling upgrade) it overwrote the model
+    every newer replica served."""
+    scorer, _ = host_scorer
+    if source == "volume":
+        ModelStore(redis_client, source, str(tmp_path)).publish(scorer.checkpoint)
+        settings = {"DRAGON_DETECTOR_MODEL_DIR": str(tmp_path)}
+    else:
+        scorer.checkpoint.save(tmp_path / "configured.pt")
+        settings = {"DRAGON_DETECTOR_CHECKPOINT": str(tmp_path / "configured.pt")}
+    put_newer(redis_client, source, scorer.checkpoint)
+    old = detector_on(redis_client, source, "old", **settings)
     old.init_model()
-    assert not refreshed(old).judging and current_id(redis_client, "volume") == "newer-model"
-    put_model(redis_client, "volume", b"bytes that are no checkpoint", "corrupt")
-    restarted = detector_on(redis_client, "volume", "old", DRAGON_DETECTOR_MODEL_DIR=str(tmp_path))
+    assert not refreshed(old).judging and current_id(redis_client, source) == "newer-model"
+    put_model(redis_client, source, b"bytes that are no checkpoint", "corrupt")
+    restarted = detector_on(redis_client, source, "old", **settings)
     restarted.init_model()
-    assert restarted.judging and current_id(redis_client, "volume") == scorer.model_id
+    assert restarted.judging and current_id(redis_client, source) == scorer.model_id

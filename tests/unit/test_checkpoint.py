@@ -12,7 +12,6 @@ import torch
 from dragon.detector.checkpoint import GENERATION, VERSION, Checkpoint, CheckpointError
 from dragon.detector.gon import GonConfig, score_series
 from dragon.detector.pot import PotState
-from dragon.detector.scorer import IncompatibleModel, Scorer
 from dragon.detector.train import train_from_series
 from dragon.messages.schemas import HOST_METRICS
 
@@ -153,14 +152,15 @@ GENERATIONS = {
             "n_features", "patience", "scope", "score_rows", "seed", "topology", "val_fraction", "weight_decay",
             "window", "batch_size",
         ),
+        ("censored", "gamma", "level", "method", "n", "n_peaks", "peaks", "q", "sigma", "t", "z_q"),
     ),
 }  # fmt: skip
 
 
 def test_the_generation_names_what_its_checkpoints_may_hold() -> None:
-    version, metrics, keys = GENERATIONS[GENERATION]
-    now = (VERSION, HOST_METRICS, sorted(field.name for field in dataclasses.fields(GonConfig)))
-    assert now == (version, metrics, sorted(keys)), "raise checkpoint.GENERATION and add its line here"
+    version, metrics, keys, pot_keys = GENERATIONS[GENERATION]
+    now = (VERSION, HOST_METRICS, *(sorted(f.name for f in dataclasses.fields(cls)) for cls in (GonConfig, PotState)))
+    assert now == (version, metrics, sorted(keys), sorted(pot_keys)), "raise checkpoint.GENERATION, add its line here"
 
 
 def payload_bytes(checkpoint: Checkpoint, **changes) -> bytes:
@@ -178,27 +178,8 @@ def test_a_checkpoint_keeps_the_generation_that_wrote_it(checkpoint: Checkpoint)
     assert Checkpoint.from_bytes(buffer.getvalue()).generation == 0  # written before the field
 
 
-def test_an_unusable_checkpoint_says_whether_a_newer_dragon_wrote_it(checkpoint: Checkpoint) -> None:
-    newer = {"generation": GENERATION + 1}
-    for changes in (
-        newer | {"gon": checkpoint.gon | {"a_later_setting": 1}},
-        newer | {"version": VERSION + 1},
-        newer | {"feature_names": [*checkpoint.feature_names[:-1], "a_later_metric"]},
-    ):
-        with pytest.raises(CheckpointError) as raised:
-            Scorer(Checkpoint.from_bytes(payload_bytes(checkpoint, **changes)))
-        assert raised.value.written_by_newer and raised.value.generation == GENERATION + 1
-    for data in (
-        b"not a checkpoint",
-        payload_bytes(checkpoint, version=VERSION - 1, generation=0),
-        payload_bytes(checkpoint, gon=checkpoint.gon | {"window": "ten"}),
-    ):
-        with pytest.raises(CheckpointError) as raised:
-            Checkpoint.from_bytes(data)
-        assert not raised.value.written_by_newer
-
-
-def test_a_model_of_other_metrics_is_refused_with_the_generation_that_wrote_it(checkpoint: Checkpoint) -> None:
-    with pytest.raises(IncompatibleModel) as raised:
-        Scorer(checkpoint)  # NAMES are not the host metrics
-    assert raised.value.generation == GENERATION and not raised.value.written_by_newer
+def test_a_pot_state_this_code_cannot_read_is_refused_on_load_not_at_the_first_score(checkpoint: Checkpoint) -> None:
+    """A newer DRAGON's POT field: the model loaded, was served, and every batch failed."""
+    later = checkpoint.pot | {"edge-4": checkpoint.pot["*"] | {"a_later_field": 1.0}}
+    with pytest.raises(CheckpointError, match="edge-4"):
+        Checkpoint.from_bytes(payload_bytes(checkpoint, pot=later))

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import structlog.testing
 
 from dragon import config
 from dragon.detector import learning
@@ -112,5 +113,17 @@ def test_a_learner_over_a_model_nobody_can_use_replaces_it(monkeypatch) -> None:
 def test_a_learner_over_a_model_nobody_can_use_leaves_one_another_replica_put_there(monkeypatch) -> None:
     models = Models(published_meanwhile=True, current="unreadable")
     learner, stop = learner_for(RecordedLei(), models, monkeypatch, replaces="unreadable")
-    run_until(learner, stop, lambda: not learner._thread.is_alive(), timeout_s=10)
+    with structlog.testing.capture_logs() as logs:
+        run_until(learner, stop, lambda: not learner._thread.is_alive(), timeout_s=10)
     assert models.published == 0 and models.current == "theirs"
+    assert "learning_normal_operation" not in [e["event"] for e in logs]  # looked again under the lock
+
+
+def test_a_learnt_model_is_not_published_over_one_the_replica_may_no_longer_replace(monkeypatch) -> None:
+    """A newer DRAGON's replicas came back while a rolled-back replica learnt over their model."""
+    models = Models(current="newer")
+    learner, stop = learner_for(RecordedLei(), models, monkeypatch, replaces="newer")
+    asked: list[str | None] = []
+    learner.may_replace = lambda model_id: asked.append(model_id) or False
+    run_until(learner, stop, lambda: not learner._thread.is_alive(), timeout_s=30)
+    assert asked == ["newer"] and models.published == 0 and models.current == "newer"

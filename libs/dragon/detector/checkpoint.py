@@ -35,27 +35,16 @@ FORMAT = "dragon-detector-checkpoint"
 VERSION = 1
 # Which DRAGON wrote a checkpoint, as a count that only grows. Raise it with any change after which
 # the code before cannot use what this code writes: a new GonConfig key, other host metrics, a new
-# VERSION (tests/unit/test_checkpoint.py pins what it stands for). A replica that cannot use its
-# LEI's model tells by it whether a newer DRAGON wrote the model (a rolling upgrade: the replicas of
-# that version serve it) or not (corrupt, or left by an older DRAGON: nobody will, learn anew).
+# VERSION, a new POT state field (tests/unit/test_checkpoint.py pins what it stands for). A replica
+# that cannot use its LEI's model tells by it whether a newer DRAGON wrote the model (a rolling
+# upgrade: the replicas of that version serve it) or not (corrupt, or an older DRAGON's: nobody
+# will; learn anew). Redis keeps it beside the model (modelstore.StoredModel).
 GENERATION = 1
 DEFAULT_HOST = "*"  # key of the POT state that applies to every host without its own
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is malformed, of another format or version, or inconsistent.
-
-    ``generation``: the GENERATION the checkpoint says wrote it, when that much could be read.
-    """
-
-    def __init__(self, message: str, generation: int | None = None) -> None:
-        super().__init__(message)
-        self.generation = generation
-
-    @property
-    def written_by_newer(self) -> bool:
-        """Whether a newer DRAGON wrote the checkpoint: this code cannot use it, that version can."""
-        return self.generation is not None and self.generation > GENERATION
+    """A checkpoint is malformed, of another format or version, or inconsistent."""
 
 
 @dataclass(eq=False)  # tensors inside: compare model_id or to_bytes() instead
@@ -92,6 +81,13 @@ class Checkpoint:
             raise CheckpointError(f"pot needs a default state under {DEFAULT_HOST!r}")
         _require_plain(self.pot, "pot")
         _require_plain(self.meta, "meta")
+        if type(self.generation) is not int or self.generation < 0:
+            raise CheckpointError(f"generation must be a whole number >= 0, got {self.generation!r}")
+        for host in self.pot:
+            try:  # now, not at the first score: a state a newer DRAGON wrote fails every batch
+                self.pot_state(host)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"pot state of {host!r}: {exc}") from exc
 
     @property
     def config(self) -> GonConfig:
@@ -117,7 +113,7 @@ class Checkpoint:
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:
-            raise CheckpointError(f"weights do not fit the config: {exc}", self.generation) from exc
+            raise CheckpointError(f"weights do not fit the config: {exc}") from exc
         return model.eval()
 
     def scaler(self) -> MinMaxScaler:
@@ -191,15 +187,6 @@ class Checkpoint:
 
     @classmethod
     def _from_payload(cls, payload: Any) -> Checkpoint:
-        generation = _generation(payload)
-        try:
-            return cls._checked(payload, generation)
-        except CheckpointError as exc:
-            exc.generation = generation  # read before anything else could fail
-            raise
-
-    @classmethod
-    def _checked(cls, payload: Any, generation: int | None) -> Checkpoint:
         if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
             raise CheckpointError(f"not a {FORMAT}")
         if payload.get("version") != VERSION:
@@ -210,15 +197,8 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint lacks {missing}")
         # Optional: older checkpoints of the same version lack it.
         tail = payload.get("calibration_tail", [])
-        return cls(**{key: payload[key] for key in keys}, calibration_tail=tail, generation=generation or 0)
-
-
-def _generation(payload: Any) -> int | None:
-    """The GENERATION a payload says wrote it: 0 for one written before the field, None if unreadable."""
-    if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
-        return None
-    value = payload.get("generation", 0)
-    return value if type(value) is int else None
+        generation = payload.get("generation", 0)  # 0: written before the field
+        return cls(**{key: payload[key] for key in keys}, calibration_tail=tail, generation=generation)
 
 
 def _torch_load(handle: Any, source: str) -> Any:

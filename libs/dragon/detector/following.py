@@ -1,19 +1,22 @@
 """Which model a detector replica serves: its LEI's current model in Redis, whenever it can.
 
 Every replica serves the model whose id Redis holds (``modelstore.py``), so that they all judge
-alike. When a replica cannot use that model, what it does depends on who can:
+alike; one that cannot is *benched*: it leaves its hosts to the others. What happens to a model a
+replica cannot use depends on who can, which the generation of the DRAGON that wrote it tells
+(``checkpoint.GENERATION``, kept in Redis beside the model):
 
-- *A newer DRAGON wrote it* (``CheckpointError.written_by_newer``): a rolling upgrade, whose newer
-  replicas serve it. This replica leaves its hosts to them. If no replica has judged for
-  ``NEWER_MODEL_PATIENCE_S``, there are none (DRAGON was rolled back): nobody will use the model,
-  and it is replaced as below.
-- *Anything else* (bytes that do not load, a model an older DRAGON left that this one cannot read,
-  other host metrics): nobody will ever use it. A replica that serves a model of its own puts it
-  back; one that serves none learns a new model from the LEI's record in its place.
+- *A newer DRAGON wrote it:* a rolling upgrade, whose newer replicas serve it, and put it back if
+  Redis loses it. This replica waits. Only if no other replica has been a member (beating, so
+  serving the LEI's model or learning one) for ``NEWER_MODEL_PATIENCE_S`` are there none (DRAGON
+  was rolled back): then it is replaced as below.
+- *Any other* (bytes that do not load, an older DRAGON's model this one cannot read, other host
+  metrics): nobody will ever use it. A replica that serves a model of its own puts that back; one
+  that serves none learns a new model from the LEI's record in its place.
 
-And a model gone from Redis (restarted without its data) is put back by the replicas serving one.
-Every write goes through :meth:`ModelStore.replace`, so a model published meanwhile is never
-overwritten, and the replicas that try at once publish once.
+A model gone from Redis (restarted without its data) is put back by the replicas that served it,
+or learnt anew where none did. Every write is a compare-and-set on the model's id
+(:meth:`ModelStore.replace`), so the replicas that try at once publish once, and a model published
+meanwhile is never overwritten.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import structlog
 
 from dragon.detector.checkpoint import GENERATION, Checkpoint, CheckpointError
 from dragon.detector.membership import Membership
-from dragon.detector.modelstore import ModelStore
+from dragon.detector.modelstore import ModelStore, StoredModel
 from dragon.store import retry_until
 
 log = structlog.get_logger(__name__)
@@ -34,11 +37,17 @@ log = structlog.get_logger(__name__)
 # Longer than a replica's restart and its heartbeat's lifetime (10 s), so that a rolling upgrade's
 # newer replicas, all restarting at once, are not taken for absent.
 NEWER_MODEL_PATIENCE_S = 120.0
+CONFIGURED_PUBLISH_ATTEMPTS = 5  # compare-and-set tries against replicas publishing at the same time
 
 
 class ModelFollower:
-    """Keeps one replica on its LEI's model; ``serve`` raises CheckpointError for a model it cannot
-    use, ``learn(replaces)`` starts learning a model over ``replaces`` (None: over no model)."""
+    """Keeps one replica on its LEI's model.
+
+    ``serve(checkpoint)`` makes the replica serve a model, raising CheckpointError for one it
+    cannot use; ``learn(replaces)`` starts learning a model in place of ``replaces`` (None: of no
+    model), unless a learner runs already. Not thread-safe: one thread calls :meth:`start` and then
+    :meth:`check`; the learner thread may call :meth:`may_replace`.
+    """
 
     def __init__(
         self,
@@ -55,26 +64,50 @@ class ModelFollower:
         self.stop = stop
         self.unusable: str | None = None  # the id of the LEI's model while this replica cannot use it
         self.newer = False  # ... because a newer DRAGON wrote it
-        self._alone_since: float | None = None  # time.monotonic() since when no other replica judged
+        self._alone_since: float | None = None  # time.monotonic() since when no other replica is a member
 
     @property
     def benched(self) -> bool:
         """Whether this replica must leave its hosts to others: it cannot serve the LEI's model."""
         return self.unusable is not None
 
-    def start(self) -> None:
-        """Serve the LEI's model from Redis, else the model volume's copy over none or one nobody
-        can use. Serving none, the caller learns one unless :attr:`newer`."""
+    # --- at start ---------------------------------------------------------------------------
+    def start(self, configured: Checkpoint | None = None) -> None:
+        """Serve ``configured`` (or the LEI's fine-tuned descendant of it), else the LEI's model,
+        else the model volume's copy. Serving none, the caller learns one unless :attr:`newer`."""
+        stored = retry_until(self.models.current, self.stop, "load_model_redis")
+        if configured is not None:
+            self._start_configured(configured, stored)
+            return
+        if stored is not None and self._serve_stored(stored):
+            return
+        if not self.newer:  # the volume's copy is this version's: it must not replace a newer DRAGON's
+            self._serve_volume_copy()
+
+    def _start_configured(self, configured: Checkpoint, stored: StoredModel | None) -> None:
+        for _ in range(CONFIGURED_PUBLISH_ATTEMPTS):
+            if stored is not None and stored.model_id != configured.model_id:
+                if self._descends(stored, configured):
+                    # The LEI fine-tuned the configured model: restarting one replica must not undo that.
+                    log.info("serving_fine_tuned_descendant", configured=configured.model_id, model_id=stored.model_id)
+                    return
+                if self.newer:
+                    return  # a newer DRAGON's: the configured model waits, as any model of ours would
+            expected = stored.model_id if stored is not None else None
+            if retry_until(lambda e=expected: self.models.replace(configured, e), self.stop, "publish_model"):
+                break
+            stored = retry_until(self.models.current, self.stop, "load_model_redis")  # another published
+        self.serve(configured)
+        self.unusable, self.newer = None, False
+
+    def _descends(self, stored: StoredModel, configured: Checkpoint) -> bool:
+        """Whether ``stored`` was fine-tuned from ``configured``; serves it if so, notes it if unusable."""
         try:
-            checkpoint = retry_until(self.models.fetch, self.stop, "load_model_redis")
-            if checkpoint is not None:
-                self.serve(checkpoint)
-                return
+            checkpoint = stored.checkpoint()
         except CheckpointError as exc:
-            self._cannot_use(retry_until(self.models.current_id, self.stop, "load_model_redis"), exc, "redis")
-            if self.newer:
-                return  # the volume's copy is this version's, older: it must not replace the newer one
-        self._serve_volume_copy()
+            self._cannot_use(stored, exc)
+            return False
+        return checkpoint.meta.get("base_model_id") == configured.model_id and self._serve_stored(stored)
 
     def _serve_volume_copy(self) -> None:
         try:
@@ -90,63 +123,73 @@ class ModelFollower:
             self.unusable = None
         # else another replica published one meanwhile: check() turns to it
 
+    # --- while running ----------------------------------------------------------------------
     def check(self, serving: Checkpoint | None) -> None:
         """Turn to the LEI's current model if it changed; mend it if it is gone or nobody can use it."""
-        current = self.models.current_id()
-        if current is None:
-            if serving is not None and self.models.replace(serving, None):
-                log.warning("model_put_back", model_id=serving.model_id, reason="the LEI's model was gone from Redis")
+        stored = self.models.current()
+        if stored is None:
+            if not self.benched:
+                self.newer = False
+            self._mend(None, serving)  # benched on a newer model: its replicas put it back
             return
-        if serving is not None and serving.model_id == current:
-            self.unusable = None
+        if serving is not None and serving.model_id == stored.model_id:
+            self.unusable, self.newer = None, False
             return
-        if current != self.unusable:
-            try:
-                checkpoint = self.models.fetch()
-                if checkpoint is not None:
-                    self.serve(checkpoint)
-                    self.unusable = None
-                    return
-            except CheckpointError as exc:
-                self._cannot_use(current, exc, "redis")
-        if current == self.unusable:
-            self._mend(current, serving)
+        if stored.model_id == self.unusable or not self._serve_stored(stored):
+            self._mend(stored.model_id, serving)
 
-    def _cannot_use(self, model_id: str | None, error: CheckpointError, source: str) -> None:
+    def may_replace(self, model_id: str | None) -> bool:
+        """Whether a model learnt in place of ``model_id`` may still be published (the learner asks
+        before it does): not if a newer DRAGON's replicas came back meanwhile."""
+        return not (self.newer and model_id == self.unusable and not self._nobody_judges())
+
+    def _serve_stored(self, stored: StoredModel) -> bool:
+        try:
+            self.serve(stored.checkpoint())
+        except CheckpointError as exc:
+            if stored.model_id != self.unusable:
+                self._cannot_use(stored, exc)
+            return False
+        self.unusable, self.newer = None, False
+        return True
+
+    def _cannot_use(self, stored: StoredModel, error: CheckpointError) -> None:
         """Remember the model as unusable here; logged once per model, not on every batch."""
-        self.unusable, self.newer = model_id, error.written_by_newer
+        self.unusable, self.newer = stored.model_id, stored.generation > GENERATION
         self._alone_since = None
         if self.newer:
             log.error(
                 "stored_model_of_a_newer_dragon",
-                source=source,
-                model_id=model_id,
-                generation=error.generation,
+                model_id=stored.model_id,
+                generation=stored.generation,
                 this_generation=GENERATION,
                 error=str(error),
-                then="left to the replicas of that version; replaced if none judges for a while",
+                then="left to the replicas of that version; replaced if none is left",
                 patience_s=NEWER_MODEL_PATIENCE_S,
             )
         else:
             log.error(
                 "stored_model_unusable",
-                source=source,
-                model_id=model_id,
+                source="redis",
+                model_id=stored.model_id,
+                generation=stored.generation,
                 error=str(error),
                 then="replaced by the model this replica serves, or by one learnt anew",
             )
 
-    def _mend(self, unusable: str, serving: Checkpoint | None) -> None:
+    def _mend(self, expected: str | None, serving: Checkpoint | None) -> None:
+        """Put ``serving`` in place of the LEI's model ``expected`` (None: none), or learn one."""
         if self.newer and not self._nobody_judges():
             return
         if serving is None:
-            self.learn(unusable)
-        elif self.models.replace(serving, unusable):
-            log.warning("model_put_back", model_id=serving.model_id, replaced=unusable, reason="nobody can use it")
-            self.unusable = None
+            self.learn(expected)
+        elif self.models.replace(serving, expected):
+            reason = "nobody can use it" if expected is not None else "the LEI's model was gone from Redis"
+            log.warning("model_put_back", model_id=serving.model_id, replaced=expected, reason=reason)
+            self.unusable, self.newer = None, False
 
     def _nobody_judges(self) -> bool:
-        """Whether no other replica has been judging for NEWER_MODEL_PATIENCE_S (none serves the model)."""
+        """Whether no other replica has been a member for NEWER_MODEL_PATIENCE_S."""
         now = time.monotonic()
         if any(member != self.membership.instance for member in self.membership.members()):
             self._alone_since = None

@@ -91,6 +91,7 @@ class OnlineLearner:
         stop: threading.Event,
         instance: str,
         replaces: str | None = None,
+        may_replace: Callable[[str | None], bool] | None = None,
     ) -> None:
         self.config = config
         self.windows = windows
@@ -98,6 +99,8 @@ class OnlineLearner:
         self.stop = stop
         self.instance = instance
         self.replaces = replaces  # the id of a model in Redis nobody can use, learnt over; None: no model yet
+        # Asked before publishing over a model: whether that is still wanted (following.ModelFollower).
+        self.may_replace = may_replace or (lambda model_id: True)
         self._thread = threading.Thread(target=self._run, name="detector-learner", daemon=True)
         self._said: tuple[list[str], list[str]] | None = None  # the hosts last logged as waited for, left out
 
@@ -187,9 +190,10 @@ class OnlineLearner:
         )
         # Over what we learnt to replace (or no model): one another replica published meanwhile stays.
         expected = self.models.current_id()
-        if expected in (None, self.replaces) and self.models.replace(checkpoint, expected):
+        wanted = expected in (None, self.replaces) and self.may_replace(expected)
+        if wanted and self.models.replace(checkpoint, expected):
             return
-        log.info("learnt_model_discarded_another_published", model_id=checkpoint.model_id)
+        log.info("learnt_model_discarded", model_id=checkpoint.model_id, current=expected)
 
 
 def gon_config(config: DetectorConfig, **overrides: Any) -> GonConfig:

@@ -8,16 +8,33 @@ lock so that only one replica trains at a time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 import structlog
 
-from dragon.detector.checkpoint import Checkpoint
+from dragon.detector.checkpoint import Checkpoint, CheckpointError
 
 log = structlog.get_logger(__name__)
 
 LOCK_TTL_S = 900
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """The LEI's current model as Redis holds it, its id, generation and bytes read at once."""
+
+    model_id: str
+    # checkpoint.GENERATION of the DRAGON that wrote it, kept beside the bytes so that a replica
+    # that cannot load them (a newer torch's, say) still knows; 0 if published before the key.
+    generation: int
+    data: bytes | None
+
+    def checkpoint(self) -> Checkpoint:
+        if self.data is None:
+            raise CheckpointError(f"model {self.model_id}: its id is in Redis, its bytes are not")
+        return Checkpoint.from_bytes(self.data)
 
 
 class ModelStore:
@@ -25,6 +42,7 @@ class ModelStore:
         self.client = client
         self._key = f"dragon:{lei}:model"
         self._id_key = f"dragon:{lei}:model:id"
+        self._generation_key = f"dragon:{lei}:model:generation"
         self._lock_key = f"dragon:{lei}:model:training"
         self._file = Path(model_dir) / f"{lei}-current.pt" if model_dir else None
 
@@ -60,6 +78,7 @@ class ModelStore:
     def _set(self, pipe: redis.client.Pipeline, checkpoint: Checkpoint, data: bytes) -> None:
         pipe.set(self._key, data)
         pipe.set(self._id_key, checkpoint.model_id)
+        pipe.set(self._generation_key, checkpoint.generation)
 
     def _published(self, checkpoint: Checkpoint, data: bytes) -> None:
         self._save_file(data)
@@ -79,6 +98,14 @@ class ModelStore:
     def current_id(self) -> str | None:
         value = self.client.get(self._id_key)
         return value.decode() if value else None
+
+    def current(self) -> StoredModel | None:
+        """The LEI's current model, or None when there is none (first start, Redis lost its data)."""
+        model_id, generation, data = self.client.mget(self._id_key, self._generation_key, self._key)
+        if model_id is None:
+            return None
+        number = generation.decode() if generation is not None else "0"
+        return StoredModel(model_id.decode(), int(number) if number.isdigit() else 0, data)
 
     def fetch(self) -> Checkpoint | None:
         data = self.client.get(self._key)

@@ -52,8 +52,7 @@ class Scorer:
     ) -> None:
         if tuple(checkpoint.feature_names) != HOST_METRICS:
             raise IncompatibleModel(
-                f"checkpoint features {list(checkpoint.feature_names)} differ from host metrics {list(HOST_METRICS)}",
-                checkpoint.generation,
+                f"checkpoint features {list(checkpoint.feature_names)} differ from host metrics {list(HOST_METRICS)}"
             )
         self.checkpoint = checkpoint
         self.model_id = checkpoint.model_id

@@ -173,8 +173,8 @@ class Detector:
         self.init_model()
         self._keep_slot()  # loading the model may have outlasted our slot: never connect under another's name
         self.init_mqtt()
+        self.start_learner()  # before MQTT: from then on only its worker starts learners
         self.start_mqtt()
-        self.start_learner()
         try:
             self.wait()
         finally:
@@ -210,31 +210,7 @@ class Detector:
 
     def init_model(self) -> None:
         """Serve the configured checkpoint, else the LEI's current model (``following.py``)."""
-        if not self.config.checkpoint:
-            self.follower.start()
-            return
-        checkpoint = self._configured_checkpoint()
-        current = self._descendant_in_redis(checkpoint)
-        if current is not None:
-            # The LEI fine-tuned the configured model: restarting one replica must not undo that.
-            self._serve(current)
-            return
-        retry_until(lambda: self.models.publish(checkpoint), self.lifecycle.stop, "publish_model")
-        self._serve(checkpoint)
-
-    def _descendant_in_redis(self, configured: Checkpoint) -> Checkpoint | None:
-        """The LEI's current model if it was fine-tuned from ``configured``, else None."""
-        try:
-            current = retry_until(self.models.fetch, self.lifecycle.stop, "load_model_redis")
-        except CheckpointError as exc:
-            log.error("stored_model_unusable", source="redis", error=str(exc))
-            return None
-        if current is None or current.model_id == configured.model_id:
-            return None
-        if current.meta.get("base_model_id") != configured.model_id:
-            return None
-        log.info("serving_fine_tuned_descendant", configured=configured.model_id, model_id=current.model_id)
-        return current
+        self.follower.start(self._configured_checkpoint() if self.config.checkpoint else None)
 
     def _configured_checkpoint(self) -> Checkpoint:
         try:
@@ -278,7 +254,13 @@ class Detector:
         else:
             log.info("learning_in_place_of_a_model_nobody_can_use", replaces=replaces, warmup_s=self.config.warmup_s)
         self.learner = OnlineLearner(
-            self.config, self.windows, self.models, self.lifecycle.stop, self.instance, replaces=replaces
+            self.config,
+            self.windows,
+            self.models,
+            self.lifecycle.stop,
+            self.instance,
+            replaces=replaces,
+            may_replace=self.follower.may_replace,
         )
         self.learner.start()
 
@@ -695,6 +677,8 @@ class Detector:
         A broker that lost its retained messages (no persistence, a new node) shows the
         current state again at once instead of after the next sample of every host.
         """
+        if not self.judging:
+            return  # benched: our verdicts are not the LEI's model's, and our hosts are others'
         for (host, mode), health in list(self._health.items()):
             if self.membership.owns(host):
                 self.mqtt.publish_message(topics.host_health(self.lei, host, mode), health, retain=True)
