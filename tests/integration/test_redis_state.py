@@ -21,10 +21,11 @@ from dragon.detector.learning import CHECK_INTERVAL_S, FineTuner, OnlineLearner
 from dragon.detector.lei import LeiStep
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.pot import StreamingPot
-from dragon.detector.service import Detector
+from dragon.detector.scorer import Verdict
+from dragon.detector.service import Detector, Judged
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.tunerstate import SETTLE_ATTEMPTS, GateFloors, KeptWindows, TunerState
-from dragon.messages import codec
+from dragon.messages import codec, topics
 from dragon.messages.schemas import HOST_METRICS, FaultEvent, HostMetrics, HostSample
 from dragon.service.replicas import SLOT_TTL_S, ReplicaSlot, SlotTaken
 from dragon.store import WindowStore, padded_window, retry_until
@@ -651,3 +652,25 @@ def test_a_replica_retakes_the_learning_lock_it_left_and_no_other_does(client):
     assert models.try_lock("relock-0")  # back after a crash
     models.unlock("relock-0")
     assert models.try_lock("relock-1")
+
+
+def test_a_fault_in_force_when_redis_lost_its_data_still_ends_with_an_event(client, host_scorer):
+    """A Redis restarted without its data forgot the fault a host was in: its normal windows ended
+    nothing, and every subscriber that saw the fault start kept it open for good."""
+    scorer, _ = host_scorer
+    detector = detector_on(client, "lost-fault", "a", DRAGON_FAULT_CLEAR_WINDOWS="2")
+    detector.scorer = scorer
+
+    def judge(ts: float, label: int) -> str:
+        verdict = Verdict(2.0 if label else 0.1, 1.0, label, (("cpu", 1.0),))
+        return detector._publish([(Judged("h1", ts, ts), verdict)], "observed")[0].kind
+
+    assert [judge(1.0, 1), judge(2.0, 1)] == ["start", ""]
+    client.flushall()
+    assert [judge(3.0, 0), judge(4.0, 0)] == ["", "end"]
+    topic = topics.fault_event("lost-fault", "h1")
+    sent = [codec.decode(FaultEvent, payload, 65536) for to, payload in waiting(detector) if to == topic]
+    assert [(e.type, e.window_ts) for e in sent] == [("start", 1.0), ("end", 4.0)]
+    # Without a fault in force by the replica's last verdict, a host Redis forgot starts afresh.
+    other = detector_on(client, "lost-fault-2", "a", DRAGON_FAULT_CLEAR_WINDOWS="2")
+    assert other.faults["observed"].update_many([("h1", 5.0, 0)], believed_since={})[0].kind == ""

@@ -24,8 +24,9 @@ from typing import Protocol, TypeVar
 
 import redis
 
-# KEYS: the host's state, the outbox; ARGV: label, window ts, clear windows, and the event a
-# transition would publish (its id and payload; empty: none to keep).
+# KEYS: the host's state, the outbox; ARGV: label, window ts, clear windows, the event a
+# transition would publish (its id and payload; empty: none to keep), and since when the replica
+# believes a fault of the host is in force (empty: none), for a state Redis lost.
 _TRANSITION = """
 local function changed(kind, since)
   if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], ARGV[5]) end
@@ -34,6 +35,10 @@ end
 local faulty = redis.call('HGET', KEYS[1], 'faulty')
 local last = redis.call('HGET', KEYS[1], 'ts')
 local ts = tonumber(ARGV[2])
+if not last and ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'faulty', '1', 'since', ARGV[6])
+  faulty = '1'
+end
 if last and tonumber(last) >= ts then
   return {'stale', redis.call('HGET', KEYS[1], 'since') or '', 0}
 end
@@ -91,7 +96,10 @@ class HostFaultState:
         return self.update_many([(host, window_ts, label)])[0]
 
     def update_many(
-        self, verdicts: list[tuple[str, float, int]], events: Sequence[tuple[str, bytes]] = ()
+        self,
+        verdicts: list[tuple[str, float, int]],
+        events: Sequence[tuple[str, bytes]] = (),
+        believed_since: Mapping[str, float] | None = None,
     ) -> list[Transition]:
         """Apply ``(host, window_ts, label)`` verdicts in order, in one round trip.
 
@@ -100,12 +108,19 @@ class HostFaultState:
         MULTI/EXEC makes the batch all-or-nothing, so retrying it after a lost connection
         never finds half of it applied (which would turn those windows ``stale`` and drop
         their events).
+
+        ``believed_since``: since when the caller last saw a fault of a host in force. Used only
+        where Redis holds no state of the host at all (it lost its data): the fault is restored,
+        so that it ends with an event like any other instead of staying open for good for those
+        who saw it start.
         """
         events = events or [("", b"")] * len(verdicts)
+        believed_since = believed_since or {}
         pipe = self._client.pipeline(transaction=True)
         for (host, window_ts, label), (event_id, payload) in zip(verdicts, events, strict=True):
             keys = [f"{self._prefix}{host}", self._outbox_key]
-            self._script(keys=keys, args=[label, repr(window_ts), self._clear, event_id, payload], client=pipe)
+            since = repr(believed_since[host]) if host in believed_since else ""
+            self._script(keys=keys, args=[label, repr(window_ts), self._clear, event_id, payload, since], client=pipe)
         return [_transition(kind, since, clean) for kind, since, clean in pipe.execute()]
 
     def outbox(self) -> dict[str, bytes]:

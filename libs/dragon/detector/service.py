@@ -596,16 +596,24 @@ class Detector:
         outbox = [("", b"") if event is None else (event.event_id, codec.encode(event)) for event in events]
         faults = self.faults[mode]
         recording = {event_id: mode for event_id, _ in outbox if event_id}
+        believed = self._faults_in_force([judged.host for judged, _ in verdicts], mode)
         with self._outbox_lock:
             self._recording |= recording
         try:
-            transitions = retry_until(lambda: faults.update_many(updates, outbox), self.lifecycle.stop, "fault_state")
+            transitions = retry_until(
+                lambda: faults.update_many(updates, outbox, believed), self.lifecycle.stop, "fault_state"
+            )
             self._send_transitions(verdicts, events, [payload for _, payload in outbox], transitions, mode)
         finally:
             with self._outbox_lock:
                 for event_id in recording:
                     self._recording.pop(event_id, None)
         return transitions
+
+    def _faults_in_force(self, hosts: list[str], mode: str) -> dict[str, float]:
+        """Since when a fault of each of ``hosts`` was in force by our last verdict of it, if one was."""
+        health = (self._health.get((host, mode)) for host in hosts)
+        return {h.host: h.faulty_since for h in health if h is not None and h.faulty_since is not None}
 
     def _send_transitions(
         self,
