@@ -20,6 +20,7 @@ from dragon.detector.lei import (
     forecast_steps,
     history_needed,
     lei_trace,
+    read_together,
     steps_to_judge,
     task_rows,
     train_from_lei,
@@ -365,6 +366,18 @@ def test_history_needed_grows_with_the_steps_a_batch_spans_not_with_its_hosts():
     assert history_needed(flood, K)[1] == K + 2 + 16 + 1
     backlog = [sample(h, T0 + t) for t in range(5) for h in HOSTS]  # five ticks of three hosts
     assert history_needed(backlog, K) == (T0 + 4.5, K + 2 + 5 + 4)
+
+
+def test_a_batch_is_read_in_runs_of_time_so_a_host_whose_clock_is_behind_costs_no_more_than_one_in_time():
+    """An hour of every host's samples, each batch, because one Pi's clock ran an hour behind."""
+    behind = [sample("pi", T0 - 3600 + t) for t in range(2)]
+    now = [sample(h, T0 + t) for t in range(3) for h in HOSTS]
+    runs = read_together([*now, *behind], K)
+    assert runs == [behind, now]
+    assert [history_needed(run, K)[1] for run in runs] == [K + 2 + 2 + 1, K + 2 + 3 + 2]
+    assert history_needed([*now, *behind], K)[1] > 3600  # read together
+    gap_of_k_plus_2 = [sample("h0", T0), sample("h0", T0 + K + 2)]
+    assert read_together(gap_of_k_plus_2, K) == [gap_of_k_plus_2]
 
 
 def test_a_step_with_a_window_not_judged_normal_is_not_learnt_from(lei_model):

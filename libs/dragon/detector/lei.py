@@ -40,6 +40,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import structlog
@@ -62,6 +63,7 @@ from dragon.messages.schemas import ForecastSample, HostSample
 from dragon.store import StoredSample, padded_window, sampling_interval
 
 log = structlog.get_logger(__name__)
+ItemT = TypeVar("ItemT", HostSample, ForecastSample)
 
 # A host whose newest sample is older than this many intervals is not part of the LEI now.
 STALE_INTERVALS = 3.0
@@ -233,6 +235,24 @@ def _by_step(due: Sequence[_Due]) -> list[list[_Due]]:
             group.append(item)
             hosts.add(item.host)
     return groups
+
+
+def read_together(items: Sequence[ItemT], k: int) -> list[list[ItemT]]:
+    """``items`` in runs of time that one history read each serves, oldest first.
+
+    :func:`history_needed` reads every host's samples across the whole time a batch spans. A run
+    ends where the next item is more than k + 2 of its intervals later: reading across that gap
+    would read more per host than a second read does. Without this, one host whose clock runs an
+    hour behind the others made every batch read an hour of every host's samples.
+    """
+    runs: list[list[ItemT]] = []
+    last: _Due | None = None
+    for item, due in sorted(((item, _due(item)) for item in items), key=lambda pair: pair[1].ts):
+        if last is None or due.ts - last.ts > (k + 2) * min(due.interval_s, last.interval_s):
+            runs.append([])
+        runs[-1].append(item)
+        last = due
+    return runs
 
 
 def history_needed(items: Sequence[HostSample | ForecastSample], k: int) -> tuple[float, int]:

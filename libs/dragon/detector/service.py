@@ -41,7 +41,7 @@ from dragon.detector.health import (
     unjudged,
 )
 from dragon.detector.learning import FineTuner, OnlineLearner
-from dragon.detector.lei import LeiStep, forecast_steps, history_needed, steps_to_judge
+from dragon.detector.lei import LeiStep, forecast_steps, history_needed, read_together, steps_to_judge
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.scorer import Scorer, Verdict
@@ -562,9 +562,11 @@ class Detector:
 
     def _judge_steps(self, items: list, build_steps: Callable, mode: str) -> tuple[list[LeiStep], list[list]]:
         """The LEI steps ``build_steps`` makes of ``items`` from the stored history, and their verdicts."""
-        scorer = self.scorer
-        history = self.windows.samples_until(*history_needed(items, scorer.window))
-        steps = build_steps(items, history, scorer.window, self.config.broker_host)
+        scorer, k = self.scorer, self.scorer.window
+        steps: list[LeiStep] = []
+        for run in read_together(items, k):  # one history read per run of time, none across a gap
+            history = self.windows.samples_until(*history_needed(run, k))
+            steps += build_steps(run, history, k, self.config.broker_host)
         hosts = [step.hosts[h] for step in steps for h, _ in step.judged]
         if not hosts:
             return steps, []
