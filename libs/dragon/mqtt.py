@@ -92,6 +92,7 @@ class Incoming:
     user_properties: dict[str, str] = field(default_factory=dict)
     response_topic: str = ""  # MQTT v5 request/response: where the requester wants the answer
     correlation_data: bytes = b""  # echoed in the answer so the requester can match it
+    received: float = 0.0  # wall clock when paho received it (0: not known), however long it queued here
 
 
 M = TypeVar("M", bound=Message)
@@ -580,6 +581,8 @@ def _incoming(message: paho.MQTTMessage) -> Incoming:
         user_properties=user_props,
         response_topic=(getattr(props, "ResponseTopic", "") if props is not None else "") or "",
         correlation_data=bytes((getattr(props, "CorrelationData", b"") if props is not None else b"") or b""),
+        # paho stamps a message with its monotonic clock on receipt.
+        received=time.time() - (time.monotonic() - message.timestamp) if message.timestamp else 0.0,
     )
 
 

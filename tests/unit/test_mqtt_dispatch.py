@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import paho.mqtt.client as paho
@@ -107,3 +108,14 @@ def test_a_tracked_publish_is_reported_once_the_broker_acknowledges_it_even_if_q
     assert client.acknowledged() == [("e3", True), ("e4", False)]
     with pytest.raises(ValueError, match="QoS 1"):  # never answered: it would wait for ever
         client.publish("dragon/faults/a/h5", b"x", qos=0, token="e5")
+
+
+def test_a_message_says_when_it_was_received_not_when_the_worker_took_it():
+    """A detector behind on its queue must not take every host's samples for late."""
+    client = MqttClient(MqttSettings(), "test", "t-received", Counters())
+    got: list[float] = []
+    client.subscribe_batch("dragon/a/hosts/+/sample", lambda batch: got.extend(m.received for m in batch))
+    queued = message("dragon/a/hosts/h1/sample")
+    queued.timestamp = time.monotonic() - 5.0  # paho received it 5 s ago
+    client._dispatch([queued])
+    assert got and abs(time.time() - 5.0 - got[0]) < 0.5

@@ -29,6 +29,7 @@ import numpy as np
 import structlog
 
 from dragon.detector.checkpoint import Checkpoint, CheckpointError
+from dragon.detector.clocks import ClockWatch
 from dragon.detector.config import DetectorConfig
 from dragon.detector.following import ModelFollower
 from dragon.detector.health import (
@@ -158,6 +159,7 @@ class Detector:
         self._last_judged: dict[str, dict[str, float | None]] = {}  # mode -> host -> newest window in Redis
         self.tuner: FineTuner | None = None
         self.silence = SilenceWatch(config.silent_intervals)
+        self.clocks = ClockWatch()
         self._silence_checked_at = 0.0  # time.monotonic()
         self._reported_silent: dict[str, float] = {}  # host -> the last sample of its silence reported
         self.slot: ReplicaSlot | None = None  # without DRAGON_INSTANCE: the replica's name (replicas.py)
@@ -341,12 +343,14 @@ class Detector:
 
     # --- samples --------------------------------------------------------------------
     def on_samples(self, batch: list[Incoming]) -> None:
-        samples = [s for s in (self._decode(m) for m in batch) if s is not None]
+        received = [(sample, m.received) for m in batch if (sample := self._decode(m)) is not None]
+        samples = [sample for sample, _ in received]
         if not samples:
             return
         try:
             self._store(samples)
             self.silence.heard(samples, time.monotonic())
+            self.clocks.heard(received)
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
             owned = self._unjudged([s for s in samples if self.membership.owns(s.host)], "observed")
             if self.judging and owned:

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import structlog
 
+from dragon.lateness import Lateness, SlidingMinimum
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import HOST_METRICS, HostSample, Schedule
@@ -41,9 +41,6 @@ FRACTIONS = {"cpu", "ram", "swap"}  # of the host's capacity; the other metrics 
 CPU = HOST_METRICS.index("cpu")
 HostKey = tuple[str, str]  # (lei, host)
 FORGET_AFTER_S = 3600.0  # a host silent this long has left the federation
-# A host's usual lag (a sample's arrival after its stamp) is the least of its last this many live
-# samples': a host whose clock steps back looks late by the step for as many intervals.
-LIVE_LAGS = 20
 # How long after a task starts on a host that host's samples may still miss it: the collector
 # lists containers from a cache refreshed every 5 s (collector/probes.py), and then it samples.
 ARRIVAL_GRACE_S = 5.0
@@ -61,61 +58,33 @@ class Listing(NamedTuple):
     ram_bytes: float
 
 
-class SlidingMinimum:
-    """The least of the last ``keep`` values pushed, in amortised constant time: a monotonic queue of
-    (push number, value) with increasing values, whose front is the minimum.
-
-    Every snapshot needs every host's background: taking the minimum over 360 stored vectors per
-    host was 95 % of a 256-host snapshot (50 ms)."""
-
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
-        self._queue: deque[tuple[int, float]] = deque()
-        self._pushed = 0
-
-    def push(self, value: float) -> None:
-        self._pushed += 1
-        while self._queue and self._queue[-1][1] >= value:
-            self._queue.pop()
-        self._queue.append((self._pushed, value))
-        if self._queue[0][0] <= self._pushed - self.keep:
-            self._queue.popleft()
-
-    @property
-    def minimum(self) -> float | None:
-        return self._queue[0][1] if self._queue else None
-
-
 @dataclass
 class HostRecord:
     ts: float
     interval_s: float
-    received: float  # when its newest sample arrived, on our clock
+    first_arrived: InitVar[float]  # when its first sample arrived, on our clock
     usage: np.ndarray  # (n,) newest metrics
     tasks: dict[str, tuple[float, float]]  # task id -> (cpu share of the host, ram bytes)
     background: np.ndarray | None = None  # element-wise minimum of the last samples' usage
     minima: list[SlidingMinimum] = field(default_factory=list)  # per metric, over the last samples
-    lag: float = 0.0  # received - ts of the newest sample: transit plus how far the host's clock is behind
-    lags: SlidingMinimum = field(default_factory=lambda: SlidingMinimum(LIVE_LAGS))  # of the live samples
-    arrivals: int = 0
+    lateness: Lateness = field(init=False)  # how long after their stamps its samples arrive
+
+    def __post_init__(self, first_arrived: float) -> None:
+        self.lateness = Lateness(first_arrived)
+
+    @property
+    def received(self) -> float:
+        """When its newest sample arrived, on our clock."""
+        return self.lateness.received
 
     def arrived(self, received: float, ts: float) -> None:
-        """Note that a sample stamped ``ts`` arrived at ``received`` (our clock).
-
-        Only a sample that arrived live, half an interval or more after the one before, tells the
-        host's usual lag: a backlog comes in a burst, and its samples would make their own
-        lateness usual. The first sample a view takes in is not live either: after a restart it
-        may be the head of the backlog the broker kept for this service."""
-        live = self.arrivals > 0 and received - self.received >= self.interval_s / 2
-        self.arrivals += 1
-        self.received, self.lag = received, received - ts
-        if live:
-            self.lags.push(self.lag)
+        """Note that a sample stamped ``ts`` arrived at ``received`` (our clock)."""
+        self.lateness.arrived(received, ts, self.interval_s)
 
     @property
     def usual_lag(self) -> float | None:
         """How long after its stamp a sample of the host usually arrives; None until one came live."""
-        return self.lags.minimum
+        return self.lateness.usual
 
     def age(self, now: float) -> float:
         """How old the host's newest news is: since it arrived, plus how much later than the host's
@@ -126,7 +95,7 @@ class HostRecord:
         usual = self.usual_lag
         if usual is None:
             return now - self.ts
-        return now - self.received + max(0.0, self.lag - usual)
+        return now - self.received + max(0.0, self.lateness.lag - usual)
 
     def add(self, usage: np.ndarray, keep: int) -> None:
         """Take ``usage`` in and keep the minimum of the last ``keep`` samples, per metric."""

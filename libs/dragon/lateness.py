@@ -1,0 +1,68 @@
+"""How late a source's messages arrive after their own stamps, and the sliding minimum that tells it.
+
+A message's lag (when it arrived, on our clock, minus its stamp) is transit plus how far the
+source's clock is behind ours. Its *usual* lag is the least of its last ``LIVE_LAGS`` that arrived
+live: a backlog comes in a burst, and its messages would make their own lateness usual. The
+simulator's view uses it to date its news (``simulator/view.py``); the detector to tell a host
+whose clock is off (``detector/clocks.py``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+# The least of the last this many live lags is the usual one: a source whose clock steps back
+# looks late by the step for as many of its intervals.
+LIVE_LAGS = 20
+
+
+class SlidingMinimum:
+    """The least of the last ``keep`` values pushed, in amortised constant time: a monotonic queue of
+    (push number, value) with increasing values, whose front is the minimum.
+
+    Every snapshot needs every host's background: taking the minimum over 360 stored vectors per
+    host was 95 % of a 256-host snapshot (50 ms)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._queue: deque[tuple[int, float]] = deque()
+        self._pushed = 0
+
+    def push(self, value: float) -> None:
+        self._pushed += 1
+        while self._queue and self._queue[-1][1] >= value:
+            self._queue.pop()
+        self._queue.append((self._pushed, value))
+        if self._queue[0][0] <= self._pushed - self.keep:
+            self._queue.popleft()
+
+    @property
+    def minimum(self) -> float | None:
+        return self._queue[0][1] if self._queue else None
+
+
+@dataclass
+class Lateness:
+    received: float  # when the newest message arrived, on our clock
+    lag: float = 0.0  # received - stamp of the newest message
+    lags: SlidingMinimum = field(default_factory=lambda: SlidingMinimum(LIVE_LAGS))  # of the live messages
+    arrivals: int = 0
+
+    def arrived(self, received: float, ts: float, interval_s: float) -> None:
+        """Note that a message stamped ``ts`` arrived at ``received`` (our clock); the source sends
+        one every ``interval_s``.
+
+        Only a message that arrived live, half an interval or more after the one before, tells the
+        usual lag. The first one is not live either: after a restart it may be the head of the
+        backlog the broker kept for this service."""
+        live = self.arrivals > 0 and received - self.received >= interval_s / 2
+        self.arrivals += 1
+        self.received, self.lag = received, received - ts
+        if live:
+            self.lags.push(self.lag)
+
+    @property
+    def usual(self) -> float | None:
+        """How long after its stamp a message of the source usually arrives; None until one came live."""
+        return self.lags.minimum
