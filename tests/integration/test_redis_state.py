@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -660,17 +661,34 @@ def test_a_fault_in_force_when_redis_lost_its_data_still_ends_with_an_event(clie
     scorer, _ = host_scorer
     detector = detector_on(client, "lost-fault", "a", DRAGON_FAULT_CLEAR_WINDOWS="2")
     detector.scorer = scorer
-
-    def judge(ts: float, label: int) -> str:
-        verdict = Verdict(2.0 if label else 0.1, 1.0, label, (("cpu", 1.0),))
-        return detector._publish([(Judged("h1", ts, ts), verdict)], "observed")[0].kind
-
+    judge = judging(detector)
     assert [judge(1.0, 1), judge(2.0, 1)] == ["start", ""]
     client.flushall()
     assert [judge(3.0, 0), judge(4.0, 0)] == ["", "end"]
     topic = topics.fault_event("lost-fault", "h1")
     sent = [codec.decode(FaultEvent, payload, 65536) for to, payload in waiting(detector) if to == topic]
     assert [(e.type, e.window_ts) for e in sent] == [("start", 1.0), ("end", 4.0)]
-    # Without a fault in force by the replica's last verdict, a host Redis forgot starts afresh.
-    other = detector_on(client, "lost-fault-2", "a", DRAGON_FAULT_CLEAR_WINDOWS="2")
-    assert other.faults["observed"].update_many([("h1", 5.0, 0)], believed_since={})[0].kind == ""
+
+
+def test_a_fault_that_ended_or_that_another_replica_may_have_ended_is_not_restored(client, host_scorer):
+    """Restored from the replica's last verdict that ended it, a fault ended twice and the next
+    one never started; restored from a verdict long ago, one another replica ended came back."""
+    scorer, _ = host_scorer
+    detector = detector_on(client, "ended-fault", "a", DRAGON_FAULT_CLEAR_WINDOWS="2")
+    detector.scorer = scorer
+    judge = judging(detector)
+    assert [judge(1.0, 1), judge(2.0, 0), judge(3.0, 0)] == ["start", "", "end"]
+    client.flushall()
+    assert judge(4.0, 1) == "start"
+    client.flushall()  # the replica's last verdict is at 4.0, a fault in force; its next window comes much later
+    assert [judge(20.0, 0), judge(21.0, 0)] == ["", ""]
+
+
+def judging(detector: Detector) -> Callable[[float, int], str]:
+    """Judge h1's window at ``ts`` (one a second) with ``label``; the transition's kind."""
+
+    def judge(ts: float, label: int) -> str:
+        verdict = Verdict(2.0 if label else 0.1, 1.0, label, (("cpu", 1.0),))
+        return detector._publish([(Judged("h1", ts, ts, 1.0), verdict)], "observed")[0].kind
+
+    return judge

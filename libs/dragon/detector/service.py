@@ -95,6 +95,10 @@ MAX_EVENT_BYTES = 65_536
 # host and batch, the newest: a replica killed without leaving leaves HEARTBEAT_TTL_S worth of them
 # (10 at one sample a second).
 MAX_MISSED_PER_HOST = 120
+# A fault in force by a replica's last verdict of a host is restored where Redis lost the host's
+# state (health.py) only for a window at most this many intervals later: the host's next, as good
+# as, not one after a spell in which another replica may have judged (and ended) it.
+BELIEF_INTERVALS = 2.0
 # How often the worker looks for hosts gone silent (dragon.detector.silence), after a batch.
 SILENCE_CHECK_S = 1.0
 
@@ -110,14 +114,15 @@ class Judged:
     host: str
     ts: float
     window_ts: float
+    interval_s: float = 0.0  # the host's sampling interval (0: not known)
 
     @classmethod
-    def sample(cls, sample: HostSample) -> Judged:
-        return cls(sample.host, sample.ts, sample.ts)
+    def sample(cls, sample: SampleWindow) -> Judged:
+        return cls(sample.host, sample.ts, sample.ts, sample.interval_s)
 
     @classmethod
     def forecast(cls, forecast: ForecastSample) -> Judged:
-        return cls(forecast.host, forecast.ts, forecast.for_ts)
+        return cls(forecast.host, forecast.ts, forecast.for_ts, forecast.for_ts - forecast.based_on_ts)
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,8 @@ class Detector:
         self._last_model_check = 0.0
         self.learner: OnlineLearner | None = None
         self._health: dict[tuple[str, str], HostHealth] = {}  # last verdict per (host, mode), republished on reconnect
+        # (host, mode) -> since when a fault was in force by our last verdict, and that verdict's ts
+        self._in_force: dict[tuple[str, str], tuple[float, float]] = {}
         # Events on their way, which the outbox sweep must not send again: those whose transition
         # is being recorded (id -> mode), and those paho has, not acknowledged yet (id -> mode).
         self._recording: dict[str, str] = {}
@@ -602,7 +609,7 @@ class Detector:
         outbox = [("", b"") if event is None else (event.event_id, codec.encode(event)) for event in events]
         faults = self.faults[mode]
         recording = {event_id: mode for event_id, _ in outbox if event_id}
-        believed = self._faults_in_force([judged.host for judged, _ in verdicts], mode)
+        believed = self._faults_in_force(verdicts, mode)
         with self._outbox_lock:
             self._recording |= recording
         try:
@@ -616,10 +623,18 @@ class Detector:
                     self._recording.pop(event_id, None)
         return transitions
 
-    def _faults_in_force(self, hosts: list[str], mode: str) -> dict[str, float]:
-        """Since when a fault of each of ``hosts`` was in force by our last verdict of it, if one was."""
-        health = (self._health.get((host, mode)) for host in hosts)
-        return {h.host: h.faulty_since for h in health if h is not None and h.faulty_since is not None}
+    def _faults_in_force(self, verdicts: list[tuple[Judged, Verdict]], mode: str) -> dict[str, float]:
+        """Since when a fault of each host was in force by our last verdict of it, where that verdict
+        came just before the host's first of ``verdicts`` (BELIEF_INTERVALS): a replica that has not
+        judged the host since (another took it over) may have missed the fault's end."""
+        believed: dict[str, float] = {}
+        for judged, _ in verdicts:
+            if judged.host in believed or (judged.host, mode) not in self._in_force:
+                continue
+            since, last_ts = self._in_force[(judged.host, mode)]
+            if 0 < judged.ts - last_ts <= BELIEF_INTERVALS * judged.interval_s:
+                believed[judged.host] = since
+        return believed
 
     def _send_transitions(
         self,
@@ -636,6 +651,10 @@ class Detector:
                     self.counters.add(mode_counter(mode, "stale_windows"))
                 continue
             self._publish_health(judged, verdict, transition, mode)
+            if transition.faulty_since is not None and transition.kind != "end":
+                self._in_force[(judged.host, mode)] = (transition.faulty_since, judged.ts)
+            else:
+                self._in_force.pop((judged.host, mode), None)
             if transition.kind in {"start", "end"}:
                 # None: our view of the host was out of date (another replica changed its state):
                 # sent, but not kept in the outbox.
