@@ -27,6 +27,7 @@ from dragon.detector.lei import (
 )
 from dragon.detector.scaling import MinMaxScaler
 from dragon.detector.scorer import Scorer
+from dragon.detector.service import Detector
 from dragon.messages.schemas import HOST_METRICS, ForecastSample, HostMetrics, HostSample, TaskUsage
 from dragon.store import StoredSample, _stored
 
@@ -378,6 +379,33 @@ def test_a_batch_is_read_in_runs_of_time_so_a_host_whose_clock_is_behind_costs_n
     assert history_needed([*now, *behind], K)[1] > 3600  # read together
     gap_of_k_plus_2 = [sample("h0", T0), sample("h0", T0 + K + 2)]
     assert read_together(gap_of_k_plus_2, K) == [gap_of_k_plus_2]
+
+
+class RecordingStore:
+    """A WindowStore's reads from ``history``, each (until, count) asked noted."""
+
+    def __init__(self, history: dict[str, list[StoredSample]]) -> None:
+        self.history, self.reads = history, []
+
+    def samples_until(self, until: float, count: int) -> dict[str, list[StoredSample]]:
+        self.reads.append((until, count))
+        return {host: [s for s in samples if s.ts <= until][-count:] for host, samples in self.history.items()}
+
+
+def test_the_service_reads_a_batch_run_by_run_and_judges_every_item(lei_model):
+    scorer, history = lei_model
+    detector = Detector(DetectorConfig())
+    detector.scorer, detector.windows = scorer, RecordingStore(history)
+    now = [as_sample(host, history[host][-1]) for host in ("h0", "h1")]
+    behind = [as_sample("h2", history["h2"][20])]  # a clock two minutes behind
+    steps, verdicts = detector._judge_steps([*now, *behind], steps_to_judge, "observed")
+    assert [(s.host, s.ts) for step in steps for _, s in step.judged] == [
+        ("h2", T0 + 20),
+        ("h0", T0 + 159),
+        ("h1", T0 + 159),
+    ]
+    assert sum(map(len, verdicts)) == 3
+    assert [count for _, count in detector.windows.reads] == [K + 3, K + 3]  # not K + 2 + 1 + 140 once
 
 
 def test_a_step_with_a_window_not_judged_normal_is_not_learnt_from(lei_model):

@@ -1,20 +1,23 @@
-"""Hosts whose clocks disagree with the detector's, said in the log.
+"""Hosts whose clocks run behind the LEI's, said in the log.
 
 Every sample carries its host's own time. A Raspberry Pi has no real-time clock: until NTP
 reaches it after a boot, it stamps its samples with the time it last saved, minutes or days
 behind. Judged on its own (scope ``host``) such a host is judged as well as any; scope ``lei``
 lines hosts up by their samples' times, so it judges that host against the LEI as it was when
-its clock says, and the operator should know (``host_clock_off``, then ``host_clock_agrees``).
+its clock says, and the operator should know (``host_clock_behind``, then ``host_clock_agrees``).
 
-A host's clock is off by its samples' usual lag (``dragon.lateness``: the least of its last
-samples that arrived live, so a backlog delivered in a burst is not taken for a clock behind),
-measured from when the broker's client received them (``Incoming.received``: the detector's wall
-clock, which also decides what is stamped in the future, however long the detector's own queue).
-Every host off by about as much points at the detector's clock instead.
+A host's samples' usual lag (``dragon.lateness``: the least of its last ones that arrived live, so
+a backlog delivered in a burst is not taken for a clock behind) from when the broker's client
+received them (``Incoming.received``) is transit plus how far its clock is behind the detector's.
+It counts only beyond the LEI's median usual lag: a detector behind on a broker's backlog (its
+client receives no faster than it judges, the queue being bounded) or with its own clock off
+sees every host lag alike. A clock ahead shows otherwise: its samples are dropped as ``future``
+(``schemas.stamped_ahead``) before they reach this watch.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable
 
 import structlog
@@ -24,34 +27,51 @@ from dragon.lateness import Lateness
 
 log = structlog.get_logger(__name__)
 
-TOLERANCE_INTERVALS = 10.0  # a host's samples usually this many of its intervals off, at least
-TOLERANCE_FLOOR_S = 30.0  # ... and this many seconds
+TOLERANCE_INTERVALS = 10.0  # a host's samples usually this many of its intervals behind, at least
+TOLERANCE_FLOOR_S = 30.0  # ... and this many seconds, beyond the LEI's and beyond the detector's clock
+FORGET_AFTER_S = 3600.0  # a host heard from no more for this long has left the LEI
 
 
 class ClockWatch:
     def __init__(self) -> None:
         self._lateness: dict[str, Lateness] = {}
-        self.off: dict[str, float] = {}  # host -> its clock's offset when said off (negative: behind)
+        self.behind: dict[str, float] = {}  # host -> how far its clock was behind when said
 
     def heard(self, received: Iterable[tuple[TimedSample, float]]) -> None:
-        """Note samples and when each was received (the wall clock; 0: not known), in order."""
+        """Note a batch of samples and when each was received (the wall clock; 0: not known), in order."""
+        batch: dict[str, TimedSample] = {}
+        newest = 0.0
         for sample, at in received:
-            if not at:
-                continue
-            lateness = self._lateness.setdefault(sample.host, Lateness(at))
-            lateness.arrived(at, sample.ts, sample.interval_s)
-            if lateness.usual is not None:
-                self._judge(sample, -lateness.usual)
+            if at:
+                self._lateness.setdefault(sample.host, Lateness(at)).arrived(at, sample.ts, sample.interval_s)
+                batch[sample.host], newest = sample, max(newest, at)
+        if not batch:
+            return
+        self._forget(newest)
+        lags = [lag for lateness in self._lateness.values() if (lag := lateness.usual) is not None]
+        if not lags:
+            return  # none has arrived live yet
+        typical = statistics.median(lags)
+        for host, sample in batch.items():
+            usual = self._lateness[host].usual
+            if usual is not None:
+                self._judge(sample, usual, typical)
 
-    def _judge(self, sample: TimedSample, offset: float) -> None:
-        off = abs(offset) > max(TOLERANCE_INTERVALS * sample.interval_s, TOLERANCE_FLOOR_S)
-        if off and sample.host not in self.off:
-            self.off[sample.host] = offset
+    def _judge(self, sample: TimedSample, usual: float, typical: float) -> None:
+        tolerance = max(TOLERANCE_INTERVALS * sample.interval_s, TOLERANCE_FLOOR_S)
+        behind = usual > tolerance and usual - typical > tolerance
+        if behind and sample.host not in self.behind:
+            self.behind[sample.host] = usual
             log.warning(
-                "host_clock_off",
+                "host_clock_behind",
                 host=sample.host,
-                offset_s=round(offset, 1),
+                behind_s=round(usual, 1),
                 then="scope lei judges it against the LEI as it was when its clock says; set its time (NTP)",
             )
-        elif not off and sample.host in self.off:
-            log.info("host_clock_agrees", host=sample.host, was_off_s=round(self.off.pop(sample.host), 1))
+        elif not behind and sample.host in self.behind:
+            log.info("host_clock_agrees", host=sample.host, was_behind_s=round(self.behind.pop(sample.host), 1))
+
+    def _forget(self, now: float) -> None:
+        for host in [host for host, lateness in self._lateness.items() if now - lateness.received > FORGET_AFTER_S]:
+            del self._lateness[host]
+            self.behind.pop(host, None)
