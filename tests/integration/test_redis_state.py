@@ -20,6 +20,7 @@ from dragon.detector.config import DetectorConfig
 from dragon.detector.health import FaultHysteresis, HostFaultState, SampleWindow, gaps_before, unjudged
 from dragon.detector.learning import CHECK_INTERVAL_S, FineTuner, OnlineLearner
 from dragon.detector.lei import LeiStep
+from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.pot import StreamingPot
 from dragon.detector.scorer import Verdict
@@ -692,3 +693,18 @@ def judging(detector: Detector) -> Callable[[float, int], str]:
         return detector._publish([(Judged("h1", ts, ts, 1.0), verdict)], "observed")[0].kind
 
     return judge
+
+
+def test_replicas_whose_clocks_differ_by_an_hour_see_each_other_as_members(client, monkeypatch):
+    """Stamped on each replica's clock, a heartbeat an hour ahead never expired and one an hour
+    behind was never live: two replicas judged the same hosts, or none."""
+    real = time.time
+    ahead, behind = Membership(client, "clocks", "ahead"), Membership(client, "clocks", "behind")
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)
+    ahead.beat()
+    monkeypatch.setattr(time, "time", lambda: real() - 3600)
+    behind.beat()
+    assert behind.members() == ["ahead", "behind"]
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)
+    time.sleep(1.1)  # members are read at most once a second (on the monotonic clock)
+    assert ahead.members() == ["ahead", "behind"]

@@ -34,9 +34,12 @@ class TimingOutRedis:
     def __init__(self) -> None:
         self.reads = 0
 
-    def zrangebyscore(self, *args, **kwargs):
-        self.reads += 1
-        raise redis.TimeoutError("Timeout reading from socket")
+    def register_script(self, script: str):
+        def run(*args, **kwargs):
+            self.reads += 1
+            raise redis.TimeoutError("Timeout reading from socket")
+
+        return run
 
 
 def test_a_redis_that_times_out_is_asked_once_a_second_not_once_per_sample() -> None:

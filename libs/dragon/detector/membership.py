@@ -13,6 +13,10 @@ Why not MQTT v5 shared subscriptions: Mosquitto 2.0.11 keeps a persistent sessio
 across a broker restart but *not* its shared subscriptions, so samples published
 between the restart and the detector's re-subscription are lost (measured here:
 a plain subscription received them, the shared one did not).
+
+Heartbeats are stamped and read on Redis's clock (``TIME`` inside the scripts), not each
+replica's: replicas whose clocks differ by more than the heartbeat's lifetime would each see the
+other dead, or never gone, and both judge the same hosts or none.
 """
 
 from __future__ import annotations
@@ -28,6 +32,20 @@ log = structlog.get_logger(__name__)
 HEARTBEAT_TTL_S = 10.0
 REFRESH_S = 1.0
 
+# KEYS: the members' sorted set; ARGV: this replica, the heartbeat's lifetime.
+_BEAT = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+"""
+# KEYS: the members' sorted set; ARGV: the heartbeat's lifetime.
+_LIVE = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
+return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+"""
+
 
 def owner(host: str, members: list[str]) -> str:
     """The member with the highest hash weight for ``host``."""
@@ -41,14 +59,12 @@ class Membership:
         self._key = f"dragon:{lei}:detectors"
         self._members: list[str] = [instance]
         self._refreshed = 0.0
+        self._beat = client.register_script(_BEAT)
+        self._live = client.register_script(_LIVE)
 
     def beat(self) -> None:
         """Say we are alive (call every second or so) and forget members that are not."""
-        now = time.time()
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zadd(self._key, {self.instance: now})
-        pipe.zremrangebyscore(self._key, "-inf", now - HEARTBEAT_TTL_S)
-        pipe.execute()
+        self._beat(keys=[self._key], args=[self.instance, HEARTBEAT_TTL_S])
 
     def leave(self) -> None:
         self.client.zrem(self._key, self.instance)
@@ -58,9 +74,7 @@ class Membership:
         now = time.monotonic()
         if now - self._refreshed >= REFRESH_S:
             try:
-                found = sorted(
-                    m.decode() for m in self.client.zrangebyscore(self._key, time.time() - HEARTBEAT_TTL_S, "+inf")
-                )
+                found = sorted(m.decode() for m in self._live(keys=[self._key], args=[HEARTBEAT_TTL_S]))
             except (redis.ConnectionError, redis.TimeoutError):
                 # Asked again in a second, not at once: a batch asks once per sample, and a Redis
                 # that times out would cost each of them the client's timeout.
