@@ -49,7 +49,7 @@ def put_model(client, lei: str, data: bytes, model_id: str, generation: int = GE
     """A model as ModelStore.publish writes it, whatever its bytes."""
     client.set(f"dragon:{lei}:model", data)
     client.set(f"dragon:{lei}:model:id", model_id)
-    client.set(f"dragon:{lei}:model:generation", generation)
+    client.set(f"dragon:{lei}:model:generation", f"{model_id}:{generation}")
 
 
 def put_newer(client, lei: str, checkpoint: Checkpoint) -> None:
@@ -174,8 +174,9 @@ def test_a_replica_puts_its_model_back_when_redis_lost_it_or_holds_one_nobody_ca
     put_model(redis_client, "lost", b"bytes that are no checkpoint", "corrupt")
     assert refreshed(detector).judging
     assert current_id(redis_client, "lost") == scorer.model_id
-    stored = ModelStore(redis_client, "lost", "").current()
-    assert stored.generation == GENERATION and stored.checkpoint().model_id == scorer.model_id
+    models = ModelStore(redis_client, "lost", "")
+    stored = models.current()
+    assert stored.generation == GENERATION and models.checkpoint_of(stored).model_id == scorer.model_id
 
 
 def test_a_rolled_back_replica_with_no_model_learns_one_once_no_replica_has_judged_for_a_while(
@@ -242,3 +243,15 @@ def test_a_replicas_own_model_replaces_one_nobody_can_use_at_start_never_a_newer
     restarted = detector_on(redis_client, source, "old", **settings)
     restarted.init_model()
     assert restarted.judging and current_id(redis_client, source) == scorer.model_id
+
+
+def test_a_generation_that_names_another_model_counts_as_none(redis_client, host_scorer):
+    """The code before the generation key publishes without writing it: the key left by a newer
+    DRAGON would make the older code's corrupt model look newer, and be waited on."""
+    scorer, _ = host_scorer
+    models = ModelStore(redis_client, "stale-generation", "")
+    models.publish(scorer.checkpoint)
+    redis_client.set("dragon:stale-generation:model:id", "published-by-older-code")
+    assert models.current().generation == 0
+    redis_client.set("dragon:stale-generation:model:generation", b"published-by-older-code:\xb2")
+    assert models.current().generation == 0

@@ -35,7 +35,8 @@ FORMAT = "dragon-detector-checkpoint"
 VERSION = 1
 # Which DRAGON wrote a checkpoint, as a count that only grows. Raise it with any change after which
 # the code before cannot use what this code writes: a new GonConfig key, other host metrics, a new
-# VERSION, a new POT state field (tests/unit/test_checkpoint.py pins what it stands for). A replica
+# VERSION, a new POT state field (tests/unit/test_checkpoint.py pins what it stands for), a torch
+# whose files the torch of the code before cannot read (the images pin torch). A replica
 # that cannot use its LEI's model tells by it whether a newer DRAGON wrote the model (a rolling
 # upgrade: the replicas of that version serve it) or not (corrupt, or an older DRAGON's: nobody
 # will; learn anew). Redis keeps it beside the model (modelstore.StoredModel).
@@ -204,7 +205,11 @@ class Checkpoint:
 def _torch_load(handle: Any, source: str) -> Any:
     try:
         return torch.load(handle, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise  # this machine's trouble, not the checkpoint's: a replica must not replace it for everyone
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike for a bad file
+        if "can't allocate memory" in str(exc):  # torch's CPU allocator out of memory
+            raise
         raise CheckpointError(f"cannot read checkpoint from {source}: {exc}") from exc
 
 

@@ -48,17 +48,20 @@ class ClockWatch:
         if not batch:
             return
         self._forget(newest)
-        lags = [lag for lateness in self._lateness.values() if (lag := lateness.usual) is not None]
-        if not lags:
-            return  # none has arrived live yet
-        typical = statistics.median(lags)
-        for host, sample in batch.items():
-            usual = self._lateness[host].usual
-            if usual is not None:
-                self._judge(sample, usual, typical)
+        # The LEI's median costs every host: only for a batch with a host that may be behind, or was.
+        suspects = {
+            host: sample
+            for host, sample in batch.items()
+            if host in self.behind or (self._lateness[host].usual or 0.0) > _tolerance(sample)
+        }
+        if not suspects:
+            return
+        typical = statistics.median(lag for lateness in self._lateness.values() if (lag := lateness.usual) is not None)
+        for host, sample in suspects.items():
+            self._judge(sample, self._lateness[host].usual or 0.0, typical)
 
     def _judge(self, sample: TimedSample, usual: float, typical: float) -> None:
-        tolerance = max(TOLERANCE_INTERVALS * sample.interval_s, TOLERANCE_FLOOR_S)
+        tolerance = _tolerance(sample)
         behind = usual > tolerance and usual - typical > tolerance
         if behind and sample.host not in self.behind:
             self.behind[sample.host] = usual
@@ -75,3 +78,7 @@ class ClockWatch:
         for host in [host for host, lateness in self._lateness.items() if now - lateness.received > FORGET_AFTER_S]:
             del self._lateness[host]
             self.behind.pop(host, None)
+
+
+def _tolerance(sample: TimedSample) -> float:
+    return max(TOLERANCE_INTERVALS * sample.interval_s, TOLERANCE_FLOOR_S)

@@ -102,12 +102,10 @@ class ModelFollower:
 
     def _descends(self, stored: StoredModel, configured: Checkpoint) -> bool:
         """Whether ``stored`` was fine-tuned from ``configured``; serves it if so, notes it if unusable."""
-        try:
-            checkpoint = stored.checkpoint()
-        except CheckpointError as exc:
-            self._cannot_use(stored, exc)
+        checkpoint = self._load(stored)
+        if checkpoint is None or checkpoint.meta.get("base_model_id") != configured.model_id:
             return False
-        return checkpoint.meta.get("base_model_id") == configured.model_id and self._serve_stored(stored)
+        return self._serve_loaded(stored, checkpoint)
 
     def _serve_volume_copy(self) -> None:
         try:
@@ -135,8 +133,12 @@ class ModelFollower:
         if serving is not None and serving.model_id == stored.model_id:
             self.unusable, self.newer = None, False
             return
-        if stored.model_id == self.unusable or not self._serve_stored(stored):
-            self._mend(stored.model_id, serving)
+        if stored.model_id != self.unusable:
+            if self._serve_stored(stored):
+                return
+            if stored.model_id != self.unusable:
+                return  # another model is current by now: the next check turns to it
+        self._mend(stored.model_id, serving)
 
     def may_replace(self, model_id: str | None) -> bool:
         """Whether a model learnt in place of ``model_id`` may still be published (the learner asks
@@ -144,17 +146,31 @@ class ModelFollower:
         return not (self.newer and model_id == self.unusable and not self._nobody_judges())
 
     def _serve_stored(self, stored: StoredModel) -> bool:
+        """Serve ``stored``; False if it is unusable here (noted) or no longer current."""
+        checkpoint = self._load(stored)
+        return checkpoint is not None and self._serve_loaded(stored, checkpoint)
+
+    def _load(self, stored: StoredModel) -> Checkpoint | None:
+        """The checkpoint of ``stored``; None if it is unusable here (noted) or no longer current."""
         try:
-            self.serve(stored.checkpoint())
+            return self.models.checkpoint_of(stored)
         except CheckpointError as exc:
-            if stored.model_id != self.unusable:
-                self._cannot_use(stored, exc)
+            self._cannot_use(stored, exc)
+            return None
+
+    def _serve_loaded(self, stored: StoredModel, checkpoint: Checkpoint) -> bool:
+        try:
+            self.serve(checkpoint)
+        except CheckpointError as exc:
+            self._cannot_use(stored, exc)
             return False
         self.unusable, self.newer = None, False
         return True
 
     def _cannot_use(self, stored: StoredModel, error: CheckpointError) -> None:
         """Remember the model as unusable here; logged once per model, not on every batch."""
+        if stored.model_id == self.unusable:
+            return
         self.unusable, self.newer = stored.model_id, stored.generation > GENERATION
         self._alone_since = None
         if self.newer:

@@ -23,18 +23,13 @@ LOCK_TTL_S = 900
 
 @dataclass(frozen=True)
 class StoredModel:
-    """The LEI's current model as Redis holds it, its id, generation and bytes read at once."""
+    """Which model is the LEI's current one: its id, and the generation of the DRAGON that wrote it."""
 
     model_id: str
-    # checkpoint.GENERATION of the DRAGON that wrote it, kept beside the bytes so that a replica
-    # that cannot load them (a newer torch's, say) still knows; 0 if published before the key.
+    # checkpoint.GENERATION, kept beside the bytes so that a replica that cannot load them (a
+    # newer torch's, say) still knows; 0 if published without it (before the key, or by code that
+    # does not write it, whose id the key then does not name).
     generation: int
-    data: bytes | None
-
-    def checkpoint(self) -> Checkpoint:
-        if self.data is None:
-            raise CheckpointError(f"model {self.model_id}: its id is in Redis, its bytes are not")
-        return Checkpoint.from_bytes(self.data)
 
 
 class ModelStore:
@@ -78,7 +73,7 @@ class ModelStore:
     def _set(self, pipe: redis.client.Pipeline, checkpoint: Checkpoint, data: bytes) -> None:
         pipe.set(self._key, data)
         pipe.set(self._id_key, checkpoint.model_id)
-        pipe.set(self._generation_key, checkpoint.generation)
+        pipe.set(self._generation_key, f"{checkpoint.model_id}:{checkpoint.generation}")
 
     def _published(self, checkpoint: Checkpoint, data: bytes) -> None:
         self._save_file(data)
@@ -100,12 +95,21 @@ class ModelStore:
         return value.decode() if value else None
 
     def current(self) -> StoredModel | None:
-        """The LEI's current model, or None when there is none (first start, Redis lost its data)."""
-        model_id, generation, data = self.client.mget(self._id_key, self._generation_key, self._key)
+        """The LEI's current model (its id and generation: a few bytes, read on every check), or None
+        when there is none (first start, Redis lost its data)."""
+        model_id, generation = self.client.mget(self._id_key, self._generation_key)
         if model_id is None:
             return None
-        number = generation.decode() if generation is not None else "0"
-        return StoredModel(model_id.decode(), int(number) if number.isdigit() else 0, data)
+        return StoredModel(model_id.decode(), _generation_of(model_id, generation))
+
+    def checkpoint_of(self, stored: StoredModel) -> Checkpoint | None:
+        """The bytes of ``stored`` as a checkpoint; None if another model is current by now."""
+        model_id, data = self.client.mget(self._id_key, self._key)
+        if model_id is None or model_id.decode() != stored.model_id:
+            return None
+        if data is None:
+            raise CheckpointError(f"model {stored.model_id}: its id is in Redis, its bytes are not")
+        return Checkpoint.from_bytes(data)
 
     def fetch(self) -> Checkpoint | None:
         data = self.client.get(self._key)
@@ -128,3 +132,12 @@ class ModelStore:
     def unlock(self, owner: str) -> None:
         if self.client.get(self._lock_key) == owner.encode():
             self.client.delete(self._lock_key)
+
+
+def _generation_of(model_id: bytes, value: bytes | None) -> int:
+    """The generation ``value`` gives for ``model_id``; 0 if it names another model, or none it can."""
+    named, _, number = (value or b"").partition(b":")
+    try:
+        return int(number) if named == model_id else 0
+    except ValueError:
+        return 0

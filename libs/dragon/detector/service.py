@@ -78,6 +78,7 @@ log = structlog.get_logger(__name__)
 SERVICE = "detector"
 EVENT_NAMESPACE = uuid.UUID("6c1f7a52-3f0e-4d8e-9a52-0b5a4d1d2a10")
 MODEL_CHECK_INTERVAL_S = 5.0
+NOT_JUDGING_CHECK_S = 1.0  # serving no model, or not the LEI's: looked at more often, not every batch
 T = TypeVar("T")
 ThresholdStates = dict[str, HostThreshold] | None  # per host; None: the model's static threshold
 # A forecast follows its sample within milliseconds: its W_t ends among the host's newest samples.
@@ -338,7 +339,7 @@ class Detector:
     def _refresh_model(self) -> None:
         """Pick up a model another replica (or the learner) published; mend one gone or unusable."""
         now = time.monotonic()
-        if now - self._last_model_check < MODEL_CHECK_INTERVAL_S and self.judging:
+        if now - self._last_model_check < (MODEL_CHECK_INTERVAL_S if self.judging else NOT_JUDGING_CHECK_S):
             return
         self._last_model_check = now
         self.follower.check(self.scorer.checkpoint if self.scorer is not None else None)
