@@ -106,7 +106,7 @@ def test_a_newer_dragons_model_is_replaced_once_no_replica_has_judged_for_a_whil
     redis_client, host_scorer, monkeypatch
 ):
     """DRAGON rolled back: no replica left reads the model, and the LEI went dark for good."""
-    monkeypatch.setattr(following, "NEWER_MODEL_PATIENCE_S", 1.0)
+    monkeypatch.setattr(following, "WAIT_FOR_OTHERS_S", 1.0)
     scorer, _ = host_scorer
     old, new = outdated(redis_client, "rollback", scorer.checkpoint)
     for _ in range(3):  # a newer replica judges throughout: the model is its
@@ -185,7 +185,7 @@ def test_a_rolled_back_replica_with_no_model_learns_one_once_no_replica_has_judg
     """Bytes this code cannot even load, which a newer DRAGON published: the generation Redis keeps
     beside them says so (inside them it could not be read), so the replica waits for that DRAGON's
     replicas instead of learning over their model at once, and learns once there are none."""
-    monkeypatch.setattr(following, "NEWER_MODEL_PATIENCE_S", 1.0)
+    monkeypatch.setattr(following, "WAIT_FOR_OTHERS_S", 1.0)
     put_model(redis_client, "back", b"a newer torch's bytes", "newer-model", GENERATION + 1)
     old = detector_on(redis_client, "back", "old", **LEARN_QUICKLY)
     record(old)
@@ -255,3 +255,37 @@ def test_a_generation_that_names_another_model_counts_as_none(redis_client, host
     assert models.current().generation == 0
     redis_client.set("dragon:stale-generation:model:generation", b"published-by-older-code:\xb2")
     assert models.current().generation == 0
+
+
+def test_a_replica_too_short_of_memory_to_load_the_leis_model_leaves_it_to_those_that_can(
+    redis_client, host_scorer, monkeypatch
+):
+    """A Pi at its memory's limit failed to load a fresh model, took it for one nobody can use,
+    and put its own older model back for every replica."""
+    monkeypatch.setattr(following, "WAIT_FOR_OTHERS_S", 1.0)
+    scorer, _ = host_scorer
+    old = detector_on(redis_client, "short", "old")
+    old.models.publish(scorer.checkpoint)
+    old.init_model()
+    fresh = Checkpoint(**(vars(scorer.checkpoint) | {"meta": {"fine_tune": "newer weights"}}))
+    fresh.state_dict = {key: value + 0.01 for key, value in fresh.state_dict.items()}
+    ModelStore(redis_client, "short", "").publish(fresh)
+    serve = old._serve
+
+    def short_of_memory(checkpoint: Checkpoint) -> None:
+        if checkpoint.model_id == fresh.model_id:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8388608 bytes")
+        serve(checkpoint)
+
+    old.follower.serve = short_of_memory
+    others = Membership(redis_client, "short", "others")
+    for _ in range(3):  # replicas that can load it judge meanwhile
+        others.beat()
+        assert not refreshed(old).judging and old._heartbeat() is False
+        assert current_id(redis_client, "short") == fresh.model_id
+        time.sleep(0.6)
+    others.leave()
+    time.sleep(1.1)
+    refreshed(old)
+    time.sleep(1.1)
+    assert refreshed(old).judging and current_id(redis_client, "short") == scorer.model_id  # none is left

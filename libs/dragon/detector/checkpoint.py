@@ -205,12 +205,15 @@ class Checkpoint:
 def _torch_load(handle: Any, source: str) -> Any:
     try:
         return torch.load(handle, map_location="cpu", weights_only=True)
-    except MemoryError:
-        raise  # this machine's trouble, not the checkpoint's: a replica must not replace it for everyone
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike for a bad file
-        if "can't allocate memory" in str(exc):  # torch's CPU allocator out of memory
-            raise
+        if short_of_memory(exc):
+            raise  # this machine's trouble, maybe not the checkpoint's (following.py)
         raise CheckpointError(f"cannot read checkpoint from {source}: {exc}") from exc
+
+
+def short_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says this machine ran out of memory (Python's, or torch's CPU allocator)."""
+    return isinstance(error, MemoryError) or "can't allocate memory" in str(error)
 
 
 def _require_plain(value: Any, where: str) -> None:

@@ -7,11 +7,14 @@ replica cannot use depends on who can, which the generation of the DRAGON that w
 
 - *A newer DRAGON wrote it:* a rolling upgrade, whose newer replicas serve it, and put it back if
   Redis loses it. This replica waits. Only if no other replica has been a member (beating, so
-  serving the LEI's model or learning one) for ``NEWER_MODEL_PATIENCE_S`` are there none (DRAGON
+  serving the LEI's model or learning one) for ``WAIT_FOR_OTHERS_S`` are there none (DRAGON
   was rolled back): then it is replaced as below.
 - *Any other* (bytes that do not load, an older DRAGON's model this one cannot read, other host
   metrics): nobody will ever use it. A replica that serves a model of its own puts that back; one
   that serves none learns a new model from the LEI's record in its place.
+
+A replica too short of memory to load the LEI's model waits as for a newer DRAGON's: the model
+may be fine, and replacing it would undo it for everyone.
 
 A model gone from Redis (restarted without its data) is put back by the replicas that served it,
 or learnt anew where none did. Every write is a compare-and-set on the model's id
@@ -24,19 +27,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import structlog
 
-from dragon.detector.checkpoint import GENERATION, Checkpoint, CheckpointError
+from dragon.detector.checkpoint import GENERATION, Checkpoint, CheckpointError, short_of_memory
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore, StoredModel
 from dragon.store import retry_until
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # Longer than a replica's restart and its heartbeat's lifetime (10 s), so that a rolling upgrade's
 # newer replicas, all restarting at once, are not taken for absent.
-NEWER_MODEL_PATIENCE_S = 120.0
+WAIT_FOR_OTHERS_S = 120.0
 CONFIGURED_PUBLISH_ATTEMPTS = 5  # compare-and-set tries against replicas publishing at the same time
 
 
@@ -63,7 +68,8 @@ class ModelFollower:
         self.learn = learn
         self.stop = stop
         self.unusable: str | None = None  # the id of the LEI's model while this replica cannot use it
-        self.newer = False  # ... because a newer DRAGON wrote it
+        # ... and leaves it to replicas that may (a newer DRAGON's, or this one is short of memory)
+        self.waiting = False
         self._alone_since: float | None = None  # time.monotonic() since when no other replica is a member
 
     @property
@@ -74,14 +80,14 @@ class ModelFollower:
     # --- at start ---------------------------------------------------------------------------
     def start(self, configured: Checkpoint | None = None) -> None:
         """Serve ``configured`` (or the LEI's fine-tuned descendant of it), else the LEI's model,
-        else the model volume's copy. Serving none, the caller learns one unless :attr:`newer`."""
+        else the model volume's copy. Serving none, the caller learns one unless :attr:`waiting`."""
         stored = retry_until(self.models.current, self.stop, "load_model_redis")
         if configured is not None:
             self._start_configured(configured, stored)
             return
         if stored is not None and self._serve_stored(stored):
             return
-        if not self.newer:  # the volume's copy is this version's: it must not replace a newer DRAGON's
+        if not self.waiting:  # the volume's copy is this version's: it must not replace a newer DRAGON's
             self._serve_volume_copy()
 
     def _start_configured(self, configured: Checkpoint, stored: StoredModel | None) -> None:
@@ -91,14 +97,14 @@ class ModelFollower:
                     # The LEI fine-tuned the configured model: restarting one replica must not undo that.
                     log.info("serving_fine_tuned_descendant", configured=configured.model_id, model_id=stored.model_id)
                     return
-                if self.newer:
+                if self.waiting:
                     return  # a newer DRAGON's: the configured model waits, as any model of ours would
             expected = stored.model_id if stored is not None else None
             if retry_until(lambda e=expected: self.models.replace(configured, e), self.stop, "publish_model"):
                 break
             stored = retry_until(self.models.current, self.stop, "load_model_redis")  # another published
         self.serve(configured)
-        self.unusable, self.newer = None, False
+        self.unusable, self.waiting = None, False
 
     def _descends(self, stored: StoredModel, configured: Checkpoint) -> bool:
         """Whether ``stored`` was fine-tuned from ``configured``; serves it if so, notes it if unusable."""
@@ -127,11 +133,11 @@ class ModelFollower:
         stored = self.models.current()
         if stored is None:
             if not self.benched:
-                self.newer = False
+                self.waiting = False
             self._mend(None, serving)  # benched on a newer model: its replicas put it back
             return
         if serving is not None and serving.model_id == stored.model_id:
-            self.unusable, self.newer = None, False
+            self.unusable, self.waiting = None, False
             return
         if stored.model_id != self.unusable:
             if self._serve_stored(stored):
@@ -143,7 +149,7 @@ class ModelFollower:
     def may_replace(self, model_id: str | None) -> bool:
         """Whether a model learnt in place of ``model_id`` may still be published (the learner asks
         before it does): not if a newer DRAGON's replicas came back meanwhile."""
-        return not (self.newer and model_id == self.unusable and not self._nobody_judges())
+        return not (self.waiting and model_id == self.unusable and not self._nobody_judges())
 
     def _serve_stored(self, stored: StoredModel) -> bool:
         """Serve ``stored``; False if it is unusable here (noted) or no longer current."""
@@ -152,28 +158,51 @@ class ModelFollower:
 
     def _load(self, stored: StoredModel) -> Checkpoint | None:
         """The checkpoint of ``stored``; None if it is unusable here (noted) or no longer current."""
-        try:
-            return self.models.checkpoint_of(stored)
-        except CheckpointError as exc:
-            self._cannot_use(stored, exc)
-            return None
+        return self._unless_unusable(
+            stored, lambda: retry_until(lambda: self.models.checkpoint_of(stored), self.stop, "load_model_redis")
+        )
 
     def _serve_loaded(self, stored: StoredModel, checkpoint: Checkpoint) -> bool:
-        try:
+        def serve() -> bool:
             self.serve(checkpoint)
-        except CheckpointError as exc:
-            self._cannot_use(stored, exc)
+            return True
+
+        if not self._unless_unusable(stored, serve):
             return False
-        self.unusable, self.newer = None, False
+        self.unusable, self.waiting = None, False
         return True
 
-    def _cannot_use(self, stored: StoredModel, error: CheckpointError) -> None:
-        """Remember the model as unusable here; logged once per model, not on every batch."""
+    def _unless_unusable(self, stored: StoredModel, attempt: Callable[[], T]) -> T | None:
+        """``attempt()``, or None if it found the model unusable here (noted)."""
+        try:
+            return attempt()
+        except CheckpointError as exc:
+            self._cannot_use(stored, exc)
+        except (MemoryError, RuntimeError) as exc:
+            if not short_of_memory(exc):
+                raise
+            self._cannot_use(stored, exc, short_of_memory=True)
+        return None
+
+    def _cannot_use(self, stored: StoredModel, error: Exception, short_of_memory: bool = False) -> None:
+        """Remember the model as unusable here; logged once per model, not on every batch.
+
+        Short of memory, the model may well be fine: it is left to the replicas that can load it
+        (replaced only if none is left), not replaced for everyone."""
         if stored.model_id == self.unusable:
             return
-        self.unusable, self.newer = stored.model_id, stored.generation > GENERATION
+        newer = stored.generation > GENERATION
+        self.unusable, self.waiting = stored.model_id, newer or short_of_memory
         self._alone_since = None
-        if self.newer:
+        if short_of_memory:
+            log.error(
+                "model_not_loaded_short_of_memory",
+                model_id=stored.model_id,
+                error=str(error),
+                then="left to replicas that can load it; replaced if none is left",
+                patience_s=WAIT_FOR_OTHERS_S,
+            )
+        elif newer:
             log.error(
                 "stored_model_of_a_newer_dragon",
                 model_id=stored.model_id,
@@ -181,7 +210,7 @@ class ModelFollower:
                 this_generation=GENERATION,
                 error=str(error),
                 then="left to the replicas of that version; replaced if none is left",
-                patience_s=NEWER_MODEL_PATIENCE_S,
+                patience_s=WAIT_FOR_OTHERS_S,
             )
         else:
             log.error(
@@ -195,21 +224,21 @@ class ModelFollower:
 
     def _mend(self, expected: str | None, serving: Checkpoint | None) -> None:
         """Put ``serving`` in place of the LEI's model ``expected`` (None: none), or learn one."""
-        if self.newer and not self._nobody_judges():
+        if self.waiting and not self._nobody_judges():
             return
         if serving is None:
             self.learn(expected)
         elif self.models.replace(serving, expected):
             reason = "nobody can use it" if expected is not None else "the LEI's model was gone from Redis"
             log.warning("model_put_back", model_id=serving.model_id, replaced=expected, reason=reason)
-            self.unusable, self.newer = None, False
+            self.unusable, self.waiting = None, False
 
     def _nobody_judges(self) -> bool:
-        """Whether no other replica has been a member for NEWER_MODEL_PATIENCE_S."""
+        """Whether no other replica has been a member for WAIT_FOR_OTHERS_S."""
         now = time.monotonic()
         if any(member != self.membership.instance for member in self.membership.members()):
             self._alone_since = None
             return False
         if self._alone_since is None:
             self._alone_since = now
-        return now - self._alone_since >= NEWER_MODEL_PATIENCE_S
+        return now - self._alone_since >= WAIT_FOR_OTHERS_S

@@ -136,7 +136,7 @@ class ModelStore:
 
 def _generation_of(model_id: bytes, value: bytes | None) -> int:
     """The generation ``value`` gives for ``model_id``; 0 if it names another model, or none it can."""
-    named, _, number = (value or b"").partition(b":")
+    named, _, number = (value or b"").rpartition(b":")
     try:
         return int(number) if named == model_id else 0
     except ValueError:

@@ -253,7 +253,7 @@ class Detector:
 
     def start_learner(self) -> None:
         """Learn a model if none is served, over one nobody can use (a newer DRAGON's waits)."""
-        if self.scorer is None and not self.follower.newer:
+        if self.scorer is None and not self.follower.waiting:
             self._learn(self.follower.unusable)
 
     def _learn(self, replaces: str | None) -> None:
