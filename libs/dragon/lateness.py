@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 # The least of the last this many live lags is the usual one: a source whose clock steps back
 # looks late by the step for as many of its intervals.
 LIVE_LAGS = 20
+FORGET_AFTER_S = 3600.0  # a source silent this long has left (a host, the federation or its LEI)
 
 
 class SlidingMinimum:
@@ -61,6 +62,10 @@ class Lateness:
         self.received, self.lag = received, received - ts
         if live:
             self.lags.push(self.lag)
+
+    def gone(self, now: float) -> bool:
+        """Whether nothing has arrived for FORGET_AFTER_S by ``now`` (our clock)."""
+        return now - self.received > FORGET_AFTER_S
 
     @property
     def usual(self) -> float | None:

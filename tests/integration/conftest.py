@@ -49,6 +49,12 @@ DETECTOR_ENV = {
     "DRAGON_DETECTOR_TRAIN_EPOCHS": "40",
 }
 MODEL_READY_TIMEOUT_S = 120
+# An in-process detector that learns from a minute of recorded samples at once, in seconds.
+LEARN_QUICKLY = {
+    "DRAGON_DETECTOR_WARMUP": "1",
+    "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES": "10",
+    "DRAGON_DETECTOR_TRAIN_EPOCHS": "2",
+}
 SLEEPER = ["python3", "-c", "import time\nwhile True: time.sleep(1)"]
 
 

@@ -16,18 +16,11 @@ from dragon.detector.modelstore import ModelStore
 from dragon.detector.service import Detector
 from dragon.messages.schemas import HOST_METRICS
 
-from .conftest import detector_on
+from .conftest import LEARN_QUICKLY, detector_on
 
 pytestmark = pytest.mark.integration
 
 LEARN_TIMEOUT_S = 90.0
-
-
-LEARN_QUICKLY = {
-    "DRAGON_DETECTOR_WARMUP": "1",
-    "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES": "10",
-    "DRAGON_DETECTOR_TRAIN_EPOCHS": "2",
-}
 
 
 def record(detector: Detector, hosts: str = "ab") -> None:

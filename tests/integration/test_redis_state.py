@@ -32,7 +32,7 @@ from dragon.messages.schemas import HOST_METRICS, FaultEvent, HostMetrics, HostS
 from dragon.service.replicas import SLOT_TTL_S, ReplicaSlot, SlotTaken
 from dragon.store import WindowStore, padded_window, retry_until
 
-from .conftest import detector_on
+from .conftest import LEARN_QUICKLY, detector_on
 
 pytestmark = pytest.mark.integration
 
@@ -601,7 +601,7 @@ def test_the_learner_waits_while_redis_refuses_writes_instead_of_dying(client):
     windows = WindowStore(client, lei, history=100)
     now = time.time()
     windows.append_many([("h1", now - 60 + i, i, [0.1] * len(HOST_METRICS)) for i in range(40)])
-    cfg = config.load(DetectorConfig, {"DRAGON_DETECTOR_WARMUP": "1", "DRAGON_DETECTOR_WARMUP_MIN_SAMPLES": "10"})
+    cfg = config.load(DetectorConfig, LEARN_QUICKLY)
     stop = threading.Event()
     learner = OnlineLearner(cfg, windows, ModelStore(client, lei, ""), stop, "replica-1")
     client.config_set("maxmemory", "1")

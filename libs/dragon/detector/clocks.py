@@ -29,13 +29,14 @@ log = structlog.get_logger(__name__)
 
 TOLERANCE_INTERVALS = 10.0  # a host's samples usually this many of its intervals behind, at least
 TOLERANCE_FLOOR_S = 30.0  # ... and this many seconds, beyond the LEI's and beyond the detector's clock
-FORGET_AFTER_S = 3600.0  # a host heard from no more for this long has left the LEI
+FORGET_EVERY_S = 60.0  # hosts gone (dragon.lateness.FORGET_AFTER_S) are looked for this often, not per batch
 
 
 class ClockWatch:
     def __init__(self) -> None:
         self._lateness: dict[str, Lateness] = {}
         self.behind: dict[str, float] = {}  # host -> how far its clock was behind when said
+        self._forgot_at = float("-inf")
 
     def heard(self, received: Iterable[tuple[TimedSample, float]]) -> None:
         """Note a batch of samples and when each was received (the wall clock; 0: not known), in order."""
@@ -75,7 +76,10 @@ class ClockWatch:
             log.info("host_clock_agrees", host=sample.host, was_behind_s=round(self.behind.pop(sample.host), 1))
 
     def _forget(self, now: float) -> None:
-        for host in [host for host, lateness in self._lateness.items() if now - lateness.received > FORGET_AFTER_S]:
+        if now - self._forgot_at < FORGET_EVERY_S:
+            return
+        self._forgot_at = now
+        for host in [host for host, lateness in self._lateness.items() if lateness.gone(now)]:
             del self._lateness[host]
             self.behind.pop(host, None)
 

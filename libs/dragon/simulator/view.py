@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import structlog
 
-from dragon.lateness import Lateness, SlidingMinimum
+from dragon.lateness import FORGET_AFTER_S, Lateness, SlidingMinimum
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import HOST_METRICS, HostSample, Schedule
@@ -40,7 +40,6 @@ log = structlog.get_logger(__name__)
 FRACTIONS = {"cpu", "ram", "swap"}  # of the host's capacity; the other metrics are bytes per second
 CPU = HOST_METRICS.index("cpu")
 HostKey = tuple[str, str]  # (lei, host)
-FORGET_AFTER_S = 3600.0  # a host silent this long has left the federation
 # How long after a task starts on a host that host's samples may still miss it: the collector
 # lists containers from a cache refreshed every 5 s (collector/probes.py), and then it samples.
 ARRIVAL_GRACE_S = 5.0
@@ -347,7 +346,7 @@ class FederationView:
         old host, not yet restored on its new one) is listed nowhere for a while, and forgetting
         its home then would make it at home wherever it lands, for good.
         """
-        for key in [key for key, rec in self._hosts.items() if now - rec.received > FORGET_AFTER_S]:
+        for key in [key for key, rec in self._hosts.items() if rec.lateness.gone(now)]:
             del self._hosts[key]
         listed_at: dict[str, float] = {}  # task -> the newest sample that lists it, silent hosts' too
         for rec in self._hosts.values():
