@@ -360,8 +360,9 @@ class Detector:
             self.silence.heard(samples, time.monotonic())
             self.clocks.heard(received)
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
-            owned = self._unjudged([s for s in samples if self.membership.owns(s.host)], "observed")
-            if self.judging and owned:
+            # Not judging (no model yet, or not the LEI's): no hosts of ours, nothing to read for them.
+            owned = self._unjudged(self._owned(samples), "observed")
+            if owned:
                 owned = self._with_missed(owned)
                 judge = {"host": self._score, "lei": self._score_lei}[self.scorer.scope]
                 scored = retry_until(lambda: judge(owned), self.lifecycle.stop, "score")
@@ -381,8 +382,8 @@ class Detector:
             return
         try:
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
-            owned = self._unjudged([f for f in forecasts if self.membership.owns(f.host)], "predicted")
-            if not self.judging or not owned:
+            owned = self._unjudged(self._owned(forecasts), "predicted")
+            if not owned:
                 return
             judge = {"host": self._score_forecasts, "lei": self._score_lei_forecasts}[self.scorer.scope]
             judged = retry_until(lambda: judge(owned), self.lifecycle.stop, "score_forecasts")
@@ -390,6 +391,10 @@ class Detector:
             self.counters.add(mode_counter("predicted", "windows_scored"), len(judged))
         except StopRequested as exc:
             raise Unprocessed(str(exc)) from None
+
+    def _owned(self, items: list[HostWindowT]) -> list[HostWindowT]:
+        """The items of the hosts this replica judges: none while it judges none."""
+        return [item for item in items if self.membership.owns(item.host)] if self.judging else []
 
     def _unjudged(self, items: list[HostWindowT], mode: str) -> list[HostWindowT]:
         """The samples or forecasts not judged yet in ``mode``, each once: the rest would only be
