@@ -28,7 +28,7 @@ from dragon.messages import codec, topics
 from dragon.messages.schemas import HOST_METRICS, HostHealth, ServiceCounters
 from dragon.migrator.journal import Step
 from dragon.mqtt import MqttClient
-from dragon.testing.lei import COLLECTOR_IMAGE, REDIS_IMAGE, LeiStack
+from dragon.testing.lei import COLLECTOR_IMAGE, REDIS_IMAGE, REPORTED_LOG_LINES, LeiStack
 from dragon.testing.listener import Listener
 
 SAMPLE_INTERVAL_S = 0.5
@@ -274,3 +274,28 @@ def detector_on(client, lei: str, instance: str, **settings: str) -> Detector:
     detector.init_redis()
     detector.mqtt = MqttClient(detector.config.common.mqtt, "detector", instance, detector.counters)
     return detector
+
+
+def stacks_used_by(item: pytest.Item) -> list[LeiStack]:
+    """The LEIs a test ran on: fixtures that are one, or yield several in a tuple."""
+    found = []
+    for value in item.funcargs.values():
+        for candidate in value if isinstance(value, tuple) else (value,):
+            if isinstance(candidate, LeiStack):
+                found.append(candidate)
+    return found
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A test that failed on a real LEI reports the end of each of its services' logs: CI keeps
+    nothing of the containers, and a failure that shows up once in many runs must be read there."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call":
+        return
+    for stack in stacks_used_by(item):
+        if report.failed:
+            for name, tail in stack.log_tails().items():
+                report.sections.append((f"{stack.lei} {name}: last {REPORTED_LOG_LINES} log lines", tail))
+        stack.forget_removed()

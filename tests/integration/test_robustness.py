@@ -150,9 +150,11 @@ def test_a_detector_recreated_in_place_of_another_resumes_its_session_and_loses_
 
 
 def test_two_detectors_publish_one_event_per_fault(lei):
-    fresh_health(lei, "h2", timeout=60.0, quiet=True)  # no false alarm still open to swallow the start
     lei.start_detector("detector-2", {"DRAGON_DETECTOR_WARMUP": "20"})
     try:
+        # No false alarm still open to swallow the start: checked once the second replica is up,
+        # since its start (torch loading on the LEI's two cores) can disturb the hosts' metrics.
+        fresh_health(lei, "h2", timeout=60.0, quiet=True)
         with watch(lei) as listener:
             command = inject(lei, "h2", "cpu", duration_s=15)
             listener.wait_for(lambda m: m.topic == topics.fault_event(lei.lei, "h2") and b"start" in m.payload, 30)

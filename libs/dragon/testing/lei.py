@@ -33,6 +33,7 @@ SIMULATOR_IMAGE = "dragon-simulator:local"
 PLANNER_IMAGE = "dragon-planner:local"
 STARTUP_TIMEOUT_S = 60
 TLS_PORT = 8883  # Mosquitto's TLS listener (compose/mosquitto/broker.conf)
+REPORTED_LOG_LINES = 80
 
 
 def groups_of(service: str) -> list[str]:
@@ -86,6 +87,7 @@ class LeiStack:
         self.mosquitto_conf = mosquitto_conf
         self.network = Network()
         self.containers: dict[str, DockerContainer] = {}
+        self._removed_log_tails: dict[str, str] = {}  # of the services removed since forget_removed()
         self._restarted_at: dict[str, int] = {}  # container name -> when restart() restarted it
         self.docker = docker.from_env()
         require_images(self.docker, (MOSQUITTO_IMAGE, REDIS_IMAGE, COLLECTOR_IMAGE, DETECTOR_IMAGE))
@@ -348,6 +350,7 @@ class LeiStack:
         first as Docker and compose stop it (SIGTERM, SIGKILL after the grace)."""
         try:
             container = self.containers.pop(name)
+            self._removed_log_tails[name] = self._log_tail(container, REPORTED_LOG_LINES)
             if grace_s is not None:
                 container.get_wrapped_container().stop(timeout=grace_s)
             container.stop()
@@ -376,6 +379,25 @@ class LeiStack:
     def logs(self, name: str) -> str:
         stdout, stderr = self.containers[name].get_logs()
         return (stdout + stderr).decode(errors="replace")
+
+    def log_tails(self, lines: int = REPORTED_LOG_LINES) -> dict[str, str]:
+        """The last ``lines`` of every service's log, those removed during the test included: what a
+        failed test reports, since CI keeps nothing of the containers once they are gone."""
+        tails = dict(self._removed_log_tails)
+        for name, container in self.containers.items():
+            tails[name] = self._log_tail(container, lines)
+        return tails
+
+    def forget_removed(self) -> None:
+        """Report no more of the services removed so far (a test is over)."""
+        self._removed_log_tails.clear()
+
+    @staticmethod
+    def _log_tail(container: DockerContainer, lines: int) -> str:
+        try:
+            return container.get_wrapped_container().logs(tail=lines).decode(errors="replace")
+        except docker.errors.APIError as exc:  # gone already: say so rather than hide the test's own failure
+            return f"(no log: {exc})"
 
     def stop(self) -> None:
         for name in reversed(list(self.containers)):
