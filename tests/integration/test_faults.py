@@ -40,13 +40,77 @@ def inject(lei, host: str, kind: str, duration_s: float, user: str = "operator")
     return command
 
 
-def events(listener: Listener, host: str, kind: str = "start") -> list[FaultEvent]:
-    found = []
-    for message in listener.matching(lambda m: m.topic == topics.fault_event(listener.lei, host)):
+def injected_at(listener: Listener, command: FaultInjection, timeout: float = 15.0) -> float:
+    """When the collector took the injection, as its report says: on the clock that stamps the
+    host's samples, before it starts the fault's container, whose start already shows (disk reads)."""
+
+    def reported(message) -> bool:
+        if not message.topic.endswith("/injections"):
+            return False
+        return codec.decode(InjectionEvent, message.payload, 65536, message.content_type).id == command.id
+
+    (message, *_) = listener.wait_for(reported, timeout)
+    report = codec.decode(InjectionEvent, message.payload, 65536, message.content_type)
+    assert report.status == "started" and report.started_at is not None, report
+    return report.started_at
+
+
+def open_before(events_in_order: list[FaultEvent], began: float) -> FaultEvent | None:
+    """The start of a fault that opened before ``began`` and had not ended by then, if any."""
+    opened = None
+    for event in events_in_order:
+        if event.window_ts > began:
+            break
+        opened = event if event.type == "start" else None
+    return opened
+
+
+def inject_into_quiet_host(
+    lei, listener: Listener, host: str, kind: str, duration_s: float, modes: tuple[str, ...] = ("observed",)
+) -> tuple[FaultInjection, dict[str, FaultEvent]]:
+    """Inject a fault into ``host`` once it is quiet in ``modes``; return the injection and, per
+    mode, the start of the fault it caused: the first judged on a window from after the collector
+    took the injection. ``listener`` hears the host's fault events and the injection reports
+    (:func:`watch`).
+
+    The host's latest verdict is quiet right before the injection, yet its next window, judged
+    before the collector takes the injection, can still raise a false alarm (a model learnt in
+    20 s alarms on about 1 % of normal windows here), and the faulty windows after it keep that
+    fault in force: the injected fault gets no start of its own. Then, once the injection is
+    over, it is injected again, once: that start was never the detector's to give. A false alarm
+    in the second the fault's container takes to start counts as the fault's start.
+    """
+    for attempt in (1, 2):
+        fresh_health(lei, host, timeout=60.0, quiet=True, modes=modes)
+        command = inject(lei, host, kind, duration_s)
+        began = injected_at(listener, command)
+        try:
+            return command, {mode: start_after(listener, host, mode, began) for mode in modes}
+        except TimeoutError:
+            swallowed = [open_before(events(listener, host, kind=None, mode=mode), began) for mode in modes]
+            if attempt == 2 or not any(swallowed):
+                raise
+            listener.wait_for(lambda m, fault=command.id: finished(m, fault), duration_s + EVENT_BOUND_S)
+
+
+def start_after(listener: Listener, host: str, mode: str, began: float) -> FaultEvent:
+    """The first start of ``host`` in ``mode`` judged on a window from after ``began``."""
+
+    def is_it(message) -> bool:
+        if message.topic != topics.fault_event(listener.lei, host):
+            return False
         event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
-        if event.type == kind:
-            found.append(event)
-    return found
+        return (event.type, event.mode) == ("start", mode) and event.window_ts > began
+
+    (message, *_) = listener.wait_for(is_it, EVENT_BOUND_S)
+    return codec.decode(FaultEvent, message.payload, 65536, message.content_type)
+
+
+def events(listener: Listener, host: str, kind: str | None = "start", mode: str | None = None) -> list[FaultEvent]:
+    """``host``'s fault events the listener heard, in order: of ``kind`` and in ``mode`` (None: any)."""
+    found = listener.matching(lambda m: m.topic == topics.fault_event(listener.lei, host))
+    decoded = [codec.decode(FaultEvent, m.payload, 65536, m.content_type) for m in found]
+    return [e for e in decoded if kind in (None, e.type) and mode in (None, e.mode)]
 
 
 def finished(message, injection: str) -> bool:
@@ -57,7 +121,8 @@ def finished(message, injection: str) -> bool:
     return event.id == injection and event.status != "started"
 
 
-def watch(lei) -> Listener:
+def watch(lei, also: tuple[str, ...] = ()) -> Listener:
+    """A listener of the LEI's fault events, injection reports and observed verdicts, and ``also``."""
     listener = Listener(
         lei.mqtt_settings(),
         [
@@ -65,6 +130,7 @@ def watch(lei) -> Listener:
             f"dragon/faults-json/{lei.lei}/+",
             topics.injections(lei.lei),
             topics.host_health(lei.lei, "+"),
+            *also,
         ],
     )
     listener.lei = lei.lei
@@ -72,22 +138,13 @@ def watch(lei) -> Listener:
 
 
 def test_cpu_hog_yields_a_fault_event_for_that_host_only(lei):
-    fresh_health(lei, "h1", timeout=60.0, quiet=True)  # no false alarm still open to swallow the start
     with watch(lei) as listener:
-        command = inject(lei, "h1", "cpu", duration_s=20)
-        started = listener.wait_for(lambda m: m.topic == topics.injections(lei.lei), 15)
-        injection = codec.decode(InjectionEvent, started[0].payload, 65536, started[0].content_type)
-        assert (injection.id, injection.status) == (command.id, "started"), injection
-
-        listener.wait_for(
-            lambda m: m.topic == topics.fault_event(lei.lei, "h1") and b"start" in m.payload, EVENT_BOUND_S
-        )
+        command, starts = inject_into_quiet_host(lei, listener, "h1", "cpu", duration_s=20)
         # The healthy host is judged beside the faulty one, long enough (~12 verdicts) that one
         # burst of its demo task flagging two windows in a row stays within the share.
         time.sleep(HEALTHY_WATCH_S)
-        (event,) = events(listener, "h1")[:1]
+        event = starts["observed"]
         assert event.label == 1 and event.score >= event.threshold
-        assert event.mode == "observed"
         # The hog is a new container in h1's cgroup: starting it reads its image from disk, so
         # at the first faulty window disk_read may outrank cpu (seen: disk_read 0.40, ram 0.30,
         # cpu 0.30). The CPU must be among the metrics named, not necessarily first.
@@ -103,8 +160,8 @@ def test_cpu_hog_yields_a_fault_event_for_that_host_only(lei):
         assert sum(h.label for h in during) <= MAX_HEALTHY_ALARM_SHARE * len(during), during
 
         mirrored = listener.matching(lambda m: m.topic == topics.fault_event_json(lei.lei, "h1"))
-        assert mirrored and mirrored[0].content_type == codec.JSON
-        assert json.loads(mirrored[0].payload)["event_id"] == event.event_id
+        assert mirrored and all(m.content_type == codec.JSON for m in mirrored)
+        assert event.event_id in [json.loads(m.payload)["event_id"] for m in mirrored]
         # The tests after this one expect a quiet LEI.
         listener.wait_for(lambda m: finished(m, command.id), 20 + EVENT_BOUND_S)
 

@@ -14,14 +14,12 @@ import time
 import pytest
 
 from dragon.detector.modelstore import ModelStore
-from dragon.messages import codec, topics
-from dragon.messages.schemas import FaultEvent
-from dragon.testing.listener import Listener
+from dragon.messages import topics
 
 from .conftest import DETECTOR_ENV, fresh_health, health_of, running_lei
-from .test_faults import EVENT_BOUND_S, events, finished, inject, watch
+from .test_faults import EVENT_BOUND_S, finished, inject_into_quiet_host, watch
 from .test_online_finetune import FINE_TUNE_TIMEOUT_S, FORCED_ENV
-from .test_predicted import FORECAST_TIMEOUT_S, is_start
+from .test_predicted import FORECAST_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
 
@@ -53,21 +51,13 @@ MAX_HEALTHY_ALARM_SHARE = 0.2
 def test_a_cpu_hog_is_a_fault_of_that_host_and_the_healthy_hosts_stay_normal(lei_scope):
     for host in HOSTS:
         fresh_health(lei_scope, host)  # every host is judged, as part of the LEI
-    # A false start of h2 still open would swallow the start of the real fault: wait it out.
-    fresh_health(lei_scope, "h2", timeout=60.0, quiet=True)
-    with (
-        watch(lei_scope) as listener,
-        Listener(lei_scope.mqtt_settings(), [f"dragon/{lei_scope.lei}/hosts/+/health"]) as health,
-    ):
-        inject(lei_scope, "h2", "cpu", duration_s=20)
-        listener.wait_for(
-            lambda m: m.topic == topics.fault_event(lei_scope.lei, "h2") and b"start" in m.payload, EVENT_BOUND_S
-        )
+    with watch(lei_scope) as listener:
+        _, starts = inject_into_quiet_host(lei_scope, listener, "h2", "cpu", duration_s=20)
         time.sleep(5)  # the fault goes on: the healthy hosts are judged beside it
-        (event,) = events(listener, "h2")[:1]
+        event = starts["observed"]
         assert event.label == 1 and event.score >= event.threshold
         assert "cpu" in [c.metric for c in event.top_metrics], event.top_metrics
-        verdicts = [health_of(m) for m in health.matching(lambda m: not m.retain)]
+        verdicts = [health_of(m) for m in listener.matching(lambda m: m.topic.endswith("/health") and not m.retain)]
         during = [v for v in verdicts if v.host != "h2" and v.ts >= event.window_ts]
         assert len(during) >= 2 * 5, "the healthy hosts were not judged while h2 was faulty"
         assert sum(v.label for v in during) <= MAX_HEALTHY_ALARM_SHARE * len(during), during
@@ -79,18 +69,14 @@ def test_forecasts_are_judged_in_the_whole_lei_and_a_cpu_hog_is_flagged_in_predi
     lei = lei_scope.lei
     lei_scope.start_simulator("simulator-lei")
     try:
-        filters = [f"dragon/{lei}/hosts/+/health/predicted", f"dragon/faults/{lei}/+", topics.injections(lei)]
-        with Listener(lei_scope.mqtt_settings(), filters) as listener:
+        with watch(lei_scope, also=(topics.host_health(lei, "+", "predicted"),)) as listener:
             for host in HOSTS:
                 listener.wait_for(
                     lambda m, h=host: m.topic == topics.host_health(lei, h, "predicted") and not m.retain,
                     FORECAST_TIMEOUT_S,
                 )
-            # A predicted false start of h1 still open would swallow the hog's start: wait it out.
-            fresh_health(lei_scope, "h1", timeout=60.0, quiet=True, modes=("predicted",))
-            command = inject(lei_scope, "h1", "cpu", duration_s=15)
-            (message, *_) = listener.wait_for(lambda m: is_start(lei_scope, m, "h1", "predicted"), EVENT_BOUND_S)
-            event = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
+            command, starts = inject_into_quiet_host(lei_scope, listener, "h1", "cpu", 15, modes=("predicted",))
+            event = starts["predicted"]
             assert event.score >= event.threshold and event.window_ts > event.ts - EVENT_BOUND_S
             assert "cpu" in [c.metric for c in event.top_metrics], event.top_metrics
             listener.wait_for(lambda m: finished(m, command.id), 15 + EVENT_BOUND_S)  # h1 is quiet again
