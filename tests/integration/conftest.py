@@ -276,6 +276,13 @@ def detector_on(client, lei: str, instance: str, **settings: str) -> Detector:
     return detector
 
 
+def settled_long_ago(client: redis.Redis, lei: str) -> None:
+    """Date the LEI's detector members' set a minute back on Redis's clock, past its settling
+    (membership.py): a replica that stops beating drops out of the others' view at once."""
+    seconds, _ = client.time()
+    client.set(f"dragon:{lei}:detectors:began", str(seconds - 60))
+
+
 def stacks_used_by(item: pytest.Item) -> list[LeiStack]:
     """The LEIs a test ran on: fixtures that are one, or yield several in a tuple."""
     found = []

@@ -16,7 +16,7 @@ from dragon.detector.modelstore import ModelStore
 from dragon.detector.service import Detector
 from dragon.messages.schemas import HOST_METRICS
 
-from .conftest import LEARN_QUICKLY, detector_on
+from .conftest import LEARN_QUICKLY, detector_on, settled_long_ago
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +102,8 @@ def test_a_newer_dragons_model_is_replaced_once_no_replica_has_judged_for_a_whil
     monkeypatch.setattr(following, "WAIT_FOR_OTHERS_S", 1.0)
     scorer, _ = host_scorer
     old, new = outdated(redis_client, "rollback", scorer.checkpoint)
+    new.beat()
+    settled_long_ago(redis_client, "rollback")  # not a Redis that just lost its data
     for _ in range(3):  # a newer replica judges throughout: the model is its
         new.beat()
         refreshed(old)
@@ -272,6 +274,8 @@ def test_a_replica_too_short_of_memory_to_load_the_leis_model_leaves_it_to_those
 
     old.follower.serve = short_of_memory
     others = Membership(redis_client, "short", "others")
+    others.beat()
+    settled_long_ago(redis_client, "short")
     for _ in range(3):  # replicas that can load it judge meanwhile
         others.beat()
         assert not refreshed(old).judging and old._heartbeat() is False

@@ -32,7 +32,7 @@ from dragon.messages.schemas import HOST_METRICS, FaultEvent, HostMetrics, HostS
 from dragon.service.replicas import SLOT_TTL_S, ReplicaSlot, SlotTaken
 from dragon.store import WindowStore, padded_window, retry_until
 
-from .conftest import LEARN_QUICKLY, detector_on
+from .conftest import LEARN_QUICKLY, detector_on, settled_long_ago
 
 pytestmark = pytest.mark.integration
 
@@ -683,6 +683,31 @@ def test_a_fault_that_ended_or_that_another_replica_may_have_ended_is_not_restor
     assert judge(4.0, 1) == "start"
     client.flushall()  # the replica's last verdict is at 4.0, a fault in force; its next window comes much later
     assert [judge(20.0, 0), judge(21.0, 0)] == ["", ""]
+
+
+def test_after_redis_lost_its_data_the_first_replica_to_beat_takes_no_other_replicas_hosts(client):
+    """The first replica to beat after a data loss took itself for the only member for a second:
+    it judged the other's hosts, with no memory of their faults, and its normal verdict, first on
+    a host with no state, kept the owner from restoring the fault (which then never ended)."""
+    a, b = Membership(client, "settling", "a"), Membership(client, "settling", "b")
+    a.beat()
+    b.beat()
+    settled_long_ago(client, "settling")
+    assert members_now(a) == members_now(b) == ["a", "b"]
+    hosts_of_b = [host for host in (f"h{i}" for i in range(20)) if b.owns(host)]
+    client.flushall()
+    a.beat()  # b's next beat comes up to a second later
+    assert members_now(a) == ["a", "b"] and not any(a.owns(host) for host in hosts_of_b)
+    # A replica that died with the data is noticed once the members' set has settled.
+    settled_long_ago(client, "settling")
+    assert members_now(a) == ["a"]
+    b.beat()
+    assert members_now(a) == ["a", "b"]  # and one that comes back, at once
+
+
+def members_now(membership: Membership) -> list[str]:
+    membership._refreshed = float("-inf")  # read now, not after a second
+    return membership.members()
 
 
 def judging(detector: Detector) -> Callable[[float, int], str]:

@@ -17,6 +17,14 @@ a plain subscription received them, the shared one did not).
 Heartbeats are stamped and read on Redis's clock (``TIME`` inside the scripts), not each
 replica's: replicas whose clocks differ by more than the heartbeat's lifetime would each see the
 other dead, or never gone, and both judge the same hosts or none.
+
+A Redis that lost its data (restarted without its volume) lost the heartbeats too: until every
+replica has beaten again, the first to beat would take itself for the only member and judge every
+host, with no memory of the faults in force on the others' hosts; its normal verdicts, first on
+a host with no state, would keep the host's owner from restoring its fault (``health.py``), which
+then never ends with an event. So the members' set records when it began (on Redis's clock, by the
+first beat that finds it gone); for a heartbeat's lifetime after that, a replica counts the members
+it knew before as well. A replica that died with the data is then noticed as late as any other.
 """
 
 from __future__ import annotations
@@ -32,18 +40,22 @@ log = structlog.get_logger(__name__)
 HEARTBEAT_TTL_S = 10.0
 REFRESH_S = 1.0
 
-# KEYS: the members' sorted set; ARGV: this replica, the heartbeat's lifetime.
+# KEYS: the members' sorted set, when it began; ARGV: this replica, the heartbeat's lifetime.
 _BEAT = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
+redis.call('SET', KEYS[2], tostring(now), 'NX')
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 """
-# KEYS: the members' sorted set; ARGV: the heartbeat's lifetime.
+# KEYS: the members' sorted set, when it began; ARGV: the heartbeat's lifetime.
+# Returns the live members and whether the set is settling (it began within a lifetime, or not yet).
 _LIVE = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
-return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+local began = tonumber(redis.call('GET', KEYS[2]) or '')
+local settling = (not began) or now - began < tonumber(ARGV[1])
+return {redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf'), settling and 1 or 0}
 """
 
 
@@ -57,6 +69,7 @@ class Membership:
         self.client = client
         self.instance = instance
         self._key = f"dragon:{lei}:detectors"
+        self._began_key = f"dragon:{lei}:detectors:began"
         self._members: list[str] = [instance]
         self._refreshed = 0.0
         self._beat = client.register_script(_BEAT)
@@ -64,7 +77,7 @@ class Membership:
 
     def beat(self) -> None:
         """Say we are alive (call every second or so) and forget members that are not."""
-        self._beat(keys=[self._key], args=[self.instance, HEARTBEAT_TTL_S])
+        self._beat(keys=[self._key, self._began_key], args=[self.instance, HEARTBEAT_TTL_S])
 
     def leave(self) -> None:
         self.client.zrem(self._key, self.instance)
@@ -74,13 +87,14 @@ class Membership:
         now = time.monotonic()
         if now - self._refreshed >= REFRESH_S:
             try:
-                found = sorted(m.decode() for m in self._live(keys=[self._key], args=[HEARTBEAT_TTL_S]))
+                live, settling = self._live(keys=[self._key, self._began_key], args=[HEARTBEAT_TTL_S])
             except (redis.ConnectionError, redis.TimeoutError):
                 # Asked again in a second, not at once: a batch asks once per sample, and a Redis
                 # that times out would cost each of them the client's timeout.
                 self._refreshed = now
                 return self._members
-            members = found if self.instance in found else sorted([*found, self.instance])
+            known = self._members if settling else []  # the members' set began anew: those known may beat again
+            members = sorted({*(m.decode() for m in live), *known, self.instance})
             if members != self._members:
                 log.info("detector_members", members=members, me=self.instance)
             self._members = members
