@@ -9,6 +9,7 @@ import pytest
 
 from dragon.detector.health import HostFaultState
 from dragon.detector.membership import HEARTBEAT_TTL_S, owner
+from dragon.detector.service import OUTBOX_SWEEP_S
 from dragon.messages import codec, topics
 from dragon.messages.schemas import FaultEvent, HostMetrics, HostSample
 from dragon.store import WindowStore
@@ -163,7 +164,9 @@ def test_two_detectors_publish_one_event_per_fault(lei):
         for name in ("detector", "detector-2"):
             assert '"model_serving"' in lei.logs(name)
     finally:
-        lei.stop_service("detector-2")  # and one detector, as the LEI had before this test
+        # As compose stops it: it leaves the membership at once, so the next test finds one
+        # detector, as the LEI had before this one, not a dead one owning hosts for 10 s more.
+        lei.stop_service("detector-2", grace_s=10)
 
 
 def test_a_fault_event_whose_sender_died_before_the_broker_had_it_is_sent_again(lei):
@@ -176,7 +179,9 @@ def test_a_fault_event_whose_sender_died_before_the_broker_had_it_is_sent_again(
     with Listener(lei.mqtt_settings(), [topics.fault_event(lei.lei, host)]) as listener:
         state = HostFaultState(lei.redis_client(), lei.lei, clear_windows=3)
         assert state.update_many([(host, event.window_ts, 1)], [(event_id, codec.encode(event))])[0].kind == "start"
-        (message, *_) = listener.wait_for(lambda m: True, 20)  # within a sweep (10 s) of the outbox
+        # Within a sweep of the outbox, once the host's owner is known (a replica that died leaves it
+        # with its heartbeat).
+        (message, *_) = listener.wait_for(lambda m: True, OUTBOX_SWEEP_S + HEARTBEAT_TTL_S + 5)
     sent = codec.decode(FaultEvent, message.payload, 65536, message.content_type)
     assert (sent.event_id, sent.type, sent.host) == (event_id, "start", host)
     deadline = time.monotonic() + 10
