@@ -278,7 +278,7 @@ def detector_on(client, lei: str, instance: str, **settings: str) -> Detector:
 
 def settled_long_ago(client: redis.Redis, lei: str) -> None:
     """Date the LEI's detector members' set a minute back on Redis's clock, past its settling
-    (membership.py): a replica that stops beating drops out of the others' view at once."""
+    (membership.py): the others no longer count a replica that is not live from memory."""
     seconds, _ = client.time()
     client.set(f"dragon:{lei}:detectors:began", str(seconds - 60))
 
@@ -286,7 +286,7 @@ def settled_long_ago(client: redis.Redis, lei: str) -> None:
 def stacks_used_by(item: pytest.Item) -> list[LeiStack]:
     """The LEIs a test ran on: fixtures that are one, or yield several in a tuple."""
     found = []
-    for value in item.funcargs.values():
+    for value in getattr(item, "funcargs", {}).values():
         for candidate in value if isinstance(value, tuple) else (value,):
             if isinstance(candidate, LeiStack):
                 found.append(candidate)
@@ -299,10 +299,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     nothing of the containers, and a failure that shows up once in many runs must be read there."""
     outcome = yield
     report = outcome.get_result()
-    if report.when != "call":
-        return
     for stack in stacks_used_by(item):
-        if report.failed:
+        if report.failed and report.when in {"setup", "call"}:
             for name, tail in stack.log_tails().items():
                 report.sections.append((f"{stack.lei} {name}: last {REPORTED_LOG_LINES} log lines", tail))
-        stack.forget_removed()
+        elif report.when == "setup":
+            stack.forget_removed()  # removed before this test (by a module's fixtures, say): not its own

@@ -705,6 +705,32 @@ def test_after_redis_lost_its_data_the_first_replica_to_beat_takes_no_other_repl
     assert members_now(a) == ["a", "b"]  # and one that comes back, at once
 
 
+def test_settling_ends_a_lifetime_after_the_loss_even_if_nobody_beats_and_spares_those_that_left(client):
+    """A set nobody beat since the loss (every replica benched) never recorded its beginning: the
+    replicas counted the members they knew for good, and the dead ones' hosts were never judged.
+    A replica that left on purpose while the set settled kept its hosts from the others."""
+    a, b, d = (Membership(client, "settling-2", name) for name in "abd")
+    for replica in (a, b, d):
+        replica.beat()
+    assert members_now(a) == ["a", "b", "d"]
+    client.flushall()
+    assert members_now(a) == ["a", "b", "d"]  # nobody beats since the loss, yet a's read dated the set:
+    assert client.exists("dragon:settling-2:detectors:began")  # it settles a lifetime after
+    settled_long_ago(client, "settling-2")
+    assert members_now(a) == ["a"]
+    client.flushall()
+    a._members = ["a", "b", "d"]
+    b.beat()
+    d.leave()
+    assert members_now(a) == ["a", "b"]  # settling, but d said it left
+    d.beat()
+    assert members_now(a) == ["a", "b", "d"]  # and it is back
+    seconds, _ = client.time()
+    client.set("dragon:settling-2:detectors:began", str(seconds + 3600))  # Redis's clock set back an hour
+    a._members = ["a", "b", "d", "gone"]
+    assert members_now(a) == ["a", "b", "d"]  # not settling until the clock catches up
+
+
 def members_now(membership: Membership) -> list[str]:
     membership._refreshed = float("-inf")  # read now, not after a second
     return membership.members()

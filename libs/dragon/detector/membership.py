@@ -23,8 +23,12 @@ replica has beaten again, the first to beat would take itself for the only membe
 host, with no memory of the faults in force on the others' hosts; its normal verdicts, first on
 a host with no state, would keep the host's owner from restoring its fault (``health.py``), which
 then never ends with an event. So the members' set records when it began (on Redis's clock, by the
-first beat that finds it gone); for a heartbeat's lifetime after that, a replica counts the members
-it knew before as well. A replica that died with the data is then noticed as late as any other.
+first beat or read that finds it gone); for a heartbeat's lifetime after that, a replica counts the
+members it knew before as well, but for those that left on purpose since (a replica stopping, or
+benched, leaves at once as ever). A replica that died with the data is then noticed as late as any
+other. Not covered: a replica that itself started after the loss knows nobody from before, and
+may still take its first second for every host (it takes running replicas on another machine than
+Redis's for it to matter: on one node, a restart that lost Redis's data restarted them all).
 """
 
 from __future__ import annotations
@@ -40,23 +44,48 @@ log = structlog.get_logger(__name__)
 HEARTBEAT_TTL_S = 10.0
 REFRESH_S = 1.0
 
-# KEYS: the members' sorted set, when it began; ARGV: this replica, the heartbeat's lifetime.
-_BEAT = """
+# Every script: KEYS = the live members (sorted set, by last beat), when that set began, the
+# members that left (sorted set, by when); ARGV[1] = the heartbeat's lifetime. Times are Redis's.
+_NOW = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
-redis.call('SET', KEYS[2], tostring(now), 'NX')
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+local ttl = tonumber(ARGV[1])
 """
-# KEYS: the members' sorted set, when it began; ARGV: the heartbeat's lifetime.
-# Returns the live members and whether the set is settling (it began within a lifetime, or not yet).
-_LIVE = """
-local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
-local began = tonumber(redis.call('GET', KEYS[2]) or '')
-local settling = (not began) or now - began < tonumber(ARGV[1])
-return {redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf'), settling and 1 or 0}
+# ARGV[2]: this replica. A replica back after leaving is no longer among those that left.
+_BEAT = (
+    _NOW
+    + """
+redis.call('SET', KEYS[2], string.format('%.6f', now), 'NX')
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
 """
+)
+_LEAVE = (
+    _NOW
+    + """
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[3], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
+"""
+)
+# The live members, whether the set is settling, and those that left within a lifetime. A read
+# dates a set nobody has beaten since it began (every replica benched), so settling always ends;
+# a Redis clock set back (by more than a second) ends it too, rather than stretching it until the
+# clock catches up.
+_LIVE = (
+    _NOW
+    + """
+redis.call('SET', KEYS[2], string.format('%.6f', now), 'NX')
+local age = now - tonumber(redis.call('GET', KEYS[2]))
+local settling = age > -1 and age < ttl
+return {
+  redis.call('ZRANGEBYSCORE', KEYS[1], now - ttl, '+inf'),
+  settling and 1 or 0,
+  redis.call('ZRANGEBYSCORE', KEYS[3], now - ttl, '+inf'),
+}
+"""
+)
 
 
 def owner(host: str, members: list[str]) -> str:
@@ -68,32 +97,35 @@ class Membership:
     def __init__(self, client: redis.Redis, lei: str, instance: str) -> None:
         self.client = client
         self.instance = instance
-        self._key = f"dragon:{lei}:detectors"
-        self._began_key = f"dragon:{lei}:detectors:began"
+        key = f"dragon:{lei}:detectors"
+        self._keys = [key, f"{key}:began", f"{key}:left"]
         self._members: list[str] = [instance]
         self._refreshed = 0.0
         self._beat = client.register_script(_BEAT)
+        self._leave = client.register_script(_LEAVE)
         self._live = client.register_script(_LIVE)
 
     def beat(self) -> None:
         """Say we are alive (call every second or so) and forget members that are not."""
-        self._beat(keys=[self._key, self._began_key], args=[self.instance, HEARTBEAT_TTL_S])
+        self._beat(keys=self._keys, args=[HEARTBEAT_TTL_S, self.instance])
 
     def leave(self) -> None:
-        self.client.zrem(self._key, self.instance)
+        """Hand our hosts over at once, settling or not."""
+        self._leave(keys=self._keys, args=[HEARTBEAT_TTL_S, self.instance])
 
     def members(self) -> list[str]:
         """Live members, refreshed at most every second; the last known list if Redis is down."""
         now = time.monotonic()
         if now - self._refreshed >= REFRESH_S:
             try:
-                live, settling = self._live(keys=[self._key, self._began_key], args=[HEARTBEAT_TTL_S])
+                live, settling, left = self._live(keys=self._keys, args=[HEARTBEAT_TTL_S])
             except (redis.ConnectionError, redis.TimeoutError):
                 # Asked again in a second, not at once: a batch asks once per sample, and a Redis
                 # that times out would cost each of them the client's timeout.
                 self._refreshed = now
                 return self._members
-            known = self._members if settling else []  # the members' set began anew: those known may beat again
+            # The set began anew (Redis lost its data): the members we knew may not have beaten yet.
+            known = {*self._members} - {m.decode() for m in left} if settling else set()
             members = sorted({*(m.decode() for m in live), *known, self.instance})
             if members != self._members:
                 log.info("detector_members", members=members, me=self.instance)
