@@ -52,9 +52,9 @@ def test_a_cpu_hog_is_a_fault_of_that_host_and_the_healthy_hosts_stay_normal(lei
     for host in HOSTS:
         fresh_health(lei_scope, host)  # every host is judged, as part of the LEI
     with watch(lei_scope) as listener:
-        _, starts = inject_into_quiet_host(lei_scope, listener, "h2", "cpu", duration_s=20)
+        injected = inject_into_quiet_host(lei_scope, listener, "h2", "cpu", duration_s=20)
         time.sleep(5)  # the fault goes on: the healthy hosts are judged beside it
-        event = starts["observed"]
+        event = injected.starts["observed"]
         assert event.label == 1 and event.score >= event.threshold
         assert "cpu" in [c.metric for c in event.top_metrics], event.top_metrics
         verdicts = [health_of(m) for m in listener.matching(lambda m: m.topic.endswith("/health") and not m.retain)]
@@ -75,11 +75,11 @@ def test_forecasts_are_judged_in_the_whole_lei_and_a_cpu_hog_is_flagged_in_predi
                     lambda m, h=host: m.topic == topics.host_health(lei, h, "predicted") and not m.retain,
                     FORECAST_TIMEOUT_S,
                 )
-            command, starts = inject_into_quiet_host(lei_scope, listener, "h1", "cpu", 15, modes=("predicted",))
-            event = starts["predicted"]
+            injected = inject_into_quiet_host(lei_scope, listener, "h1", "cpu", 15, modes=("predicted",))
+            event = injected.starts["predicted"]
             assert event.score >= event.threshold and event.window_ts > event.ts - EVENT_BOUND_S
             assert "cpu" in [c.metric for c in event.top_metrics], event.top_metrics
-            listener.wait_for(lambda m: finished(m, command.id), 15 + EVENT_BOUND_S)  # h1 is quiet again
+            listener.wait_for(lambda m: finished(m, injected.command.id), 15 + EVENT_BOUND_S)  # h1 is quiet again
     finally:
         lei_scope.stop_service("simulator-lei")
     client = lei_scope.redis_client()

@@ -88,8 +88,8 @@ def test_every_host_gets_forecasts_and_predicted_verdicts_of_its_own(forecasting
 def test_a_cpu_hog_is_also_flagged_in_predicted_mode_and_the_healthy_host_mostly_not(forecasting):
     lei = forecasting
     with watch(lei, also=(predicted_health(lei),)) as listener:
-        command, starts = inject_into_quiet_host(lei, listener, "h1", "cpu", HOG_S, modes=("observed", "predicted"))
-        event = starts["predicted"]
+        injected = inject_into_quiet_host(lei, listener, "h1", "cpu", HOG_S, modes=("observed", "predicted"))
+        event = injected.starts["predicted"]
         assert event.score >= event.threshold and event.label == 1
         assert "cpu" in [c.metric for c in event.top_metrics], event.top_metrics
         # The healthy host is judged beside the faulty one, long enough (~12 verdicts) that one
@@ -103,11 +103,11 @@ def test_a_cpu_hog_is_also_flagged_in_predicted_mode_and_the_healthy_host_mostly
         assert len(during) >= 4, "the healthy host's forecasts were not judged during the fault"
         assert sum(h.label for h in during) <= MAX_QUIET_ALARM_SHARE * len(during), during
         # The same fault observed is a separate event, with an id of its own.
-        assert starts["observed"].event_id != starts["predicted"].event_id
+        assert injected.starts["observed"].event_id != injected.starts["predicted"].event_id
         heard = events(listener, "h1", kind=None)
         assert len({e.event_id for e in heard}) == len(heard)
         # The next test needs h1's CPU to itself.
-        listener.wait_for(lambda m: finished(m, command.id), HOG_S + EVENT_BOUND_S)
+        listener.wait_for(lambda m: finished(m, injected.command.id), HOG_S + EVENT_BOUND_S)
 
 
 def test_predicted_thresholds_survive_a_redis_restart(forecasting):

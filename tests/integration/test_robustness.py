@@ -154,12 +154,12 @@ def test_two_detectors_publish_one_event_per_fault(lei):
     lei.start_detector("detector-2", {"DRAGON_DETECTOR_WARMUP": "20"})
     try:
         with watch(lei) as listener:
-            command, starts = inject_into_quiet_host(lei, listener, "h2", "cpu", duration_s=15)
+            injected = inject_into_quiet_host(lei, listener, "h2", "cpu", duration_s=15)
             time.sleep(8)  # the fault goes on, both replicas judging: a second start would come by now
-            heard = [e for e in events(listener, "h2") if e.window_ts >= starts["observed"].window_ts]
+            heard = [e for e in events(listener, "h2") if e.window_ts > injected.began]
             # Modules after this one share the LEI: they need h2's CPU to itself.
-            listener.wait_for(lambda m: finished(m, command.id), 30)
-        assert heard == [starts["observed"]], heard
+            listener.wait_for(lambda m: finished(m, injected.command.id), 30)
+        assert heard == [injected.starts["observed"]], heard
         # Both replicas took part: each one scored windows (the shared subscription splits samples).
         for name in ("detector", "detector-2"):
             assert '"model_serving"' in lei.logs(name)

@@ -350,9 +350,10 @@ class LeiStack:
         first as Docker and compose stop it (SIGTERM, SIGKILL after the grace)."""
         try:
             container = self.containers.pop(name)
-            self._removed_log_tails[name] = self._log_tail(container, REPORTED_LOG_LINES)
             if grace_s is not None:
                 container.get_wrapped_container().stop(timeout=grace_s)
+            # Its last words (a graceful stop's included) before the container is removed.
+            self._removed_log_tails[f"{name} (removed)"] = self._log_tail(container, REPORTED_LOG_LINES)
             container.stop()
         except docker.errors.NotFound:
             pass
@@ -389,15 +390,15 @@ class LeiStack:
         return tails
 
     def forget_removed(self) -> None:
-        """Report no more of the services removed so far (a test is over)."""
+        """Report no more of the services removed so far (a test begins)."""
         self._removed_log_tails.clear()
 
     @staticmethod
     def _log_tail(container: DockerContainer, lines: int) -> str:
         try:
             return container.get_wrapped_container().logs(tail=lines).decode(errors="replace")
-        except docker.errors.APIError as exc:  # gone already: say so rather than hide the test's own failure
-            return f"(no log: {exc})"
+        except Exception as exc:  # noqa: BLE001 - gone, or the daemon away: a report must not hide the test's failure
+            return f"(no log: {exc!r})"
 
     def stop(self) -> None:
         for name in reversed(list(self.containers)):
