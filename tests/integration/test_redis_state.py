@@ -728,7 +728,24 @@ def test_settling_ends_a_lifetime_after_the_loss_even_if_nobody_beats_and_spares
     seconds, _ = client.time()
     client.set("dragon:settling-2:detectors:began", str(seconds + 3600))  # Redis's clock set back an hour
     a._members = ["a", "b", "d", "gone"]
-    assert members_now(a) == ["a", "b", "d"]  # not settling until the clock catches up
+    assert members_now(a) == ["a", "b", "d"]  # settling ended, not stretched until the clock catches up
+
+
+def test_the_members_are_read_while_redis_refuses_writes(client):
+    """A read dates the members' set: at maxmemory (or read-only) Redis refused the whole read,
+    and owns() raised in the middle of a batch, which was then acknowledged and never judged."""
+    a, b = Membership(client, "refusing", "a"), Membership(client, "refusing", "b")
+    a.beat()
+    b.beat()
+    client.delete("dragon:refusing:detectors:began")  # not dated yet: the read would date it
+    client.config_set("maxmemory", "1")  # below what is used: every write is refused
+    try:
+        assert members_now(a) == ["a", "b"]
+    finally:
+        client.config_set("maxmemory", "0")
+    assert not client.exists("dragon:refusing:detectors:began")
+    members_now(a)
+    assert client.exists("dragon:refusing:detectors:began")  # dated once Redis takes writes again
 
 
 def members_now(membership: Membership) -> list[str]:

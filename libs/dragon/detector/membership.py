@@ -39,6 +39,8 @@ import time
 import redis
 import structlog
 
+from dragon.store import unavailable_for_now
+
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_TTL_S = 10.0
@@ -64,20 +66,23 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
 _LEAVE = (
     _NOW
     + """
+redis.pcall('SET', KEYS[2], string.format('%.6f', now), 'NX')
 redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
 """
 )
 # The live members, whether the set is settling, and those that left within a lifetime. A read
-# dates a set nobody has beaten since it began (every replica benched), so settling always ends;
-# a Redis clock set back (by more than a second) ends it too, rather than stretching it until the
-# clock catches up.
+# (or a leave) dates a set nobody has beaten since it began (every replica benched), so settling
+# always ends; a Redis clock set back by more than a second ends it too, rather than stretching it
+# until the clock catches up. A Redis refusing writes (maxmemory, read-only) still lets the members
+# be read: the dating is tried (pcall), and a set not dated yet counts as settling.
 _LIVE = (
     _NOW
     + """
-redis.call('SET', KEYS[2], string.format('%.6f', now), 'NX')
-local age = now - tonumber(redis.call('GET', KEYS[2]))
+redis.pcall('SET', KEYS[2], string.format('%.6f', now), 'NX')
+local began = tonumber(redis.call('GET', KEYS[2]) or '')
+local age = began and now - began or 0
 local settling = age > -1 and age < ttl
 return {
   redis.call('ZRANGEBYSCORE', KEYS[1], now - ttl, '+inf'),
@@ -119,7 +124,9 @@ class Membership:
         if now - self._refreshed >= REFRESH_S:
             try:
                 live, settling, left = self._live(keys=self._keys, args=[HEARTBEAT_TTL_S])
-            except (redis.ConnectionError, redis.TimeoutError):
+            except redis.RedisError as exc:
+                if not unavailable_for_now(exc):
+                    raise
                 # Asked again in a second, not at once: a batch asks once per sample, and a Redis
                 # that times out would cost each of them the client's timeout.
                 self._refreshed = now
