@@ -48,39 +48,38 @@ REFRESH_S = 1.0
 
 # Every script: KEYS = the live members (sorted set, by last beat), when that set began, the
 # members that left (sorted set, by when); ARGV[1] = the heartbeat's lifetime. Times are Redis's.
-_NOW = """
+# Each first dates a set that has no beginning yet (it began anew: Redis lost its data), so that
+# settling always ends, even if nobody beats (every replica benched). The dating is tried, not
+# required (pcall): a Redis refusing writes (maxmemory, read-only) still lets the members be read.
+_DATED_NOW = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
 local ttl = tonumber(ARGV[1])
+redis.pcall('SET', KEYS[2], string.format('%.6f', now), 'NX')
 """
 # ARGV[2]: this replica. A replica back after leaving is no longer among those that left.
 _BEAT = (
-    _NOW
+    _DATED_NOW
     + """
-redis.call('SET', KEYS[2], string.format('%.6f', now), 'NX')
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
 """
 )
 _LEAVE = (
-    _NOW
+    _DATED_NOW
     + """
-redis.pcall('SET', KEYS[2], string.format('%.6f', now), 'NX')
 redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
 """
 )
-# The live members, whether the set is settling, and those that left within a lifetime. A read
-# (or a leave) dates a set nobody has beaten since it began (every replica benched), so settling
-# always ends; a Redis clock set back by more than a second ends it too, rather than stretching it
-# until the clock catches up. A Redis refusing writes (maxmemory, read-only) still lets the members
-# be read: the dating is tried (pcall), and a set not dated yet counts as settling.
+# The live members, whether the set is settling, and those that left within a lifetime. A set not
+# dated yet counts as settling; a Redis clock set back by more than a second ends settling rather
+# than stretching it until the clock catches up.
 _LIVE = (
-    _NOW
+    _DATED_NOW
     + """
-redis.pcall('SET', KEYS[2], string.format('%.6f', now), 'NX')
 local began = tonumber(redis.call('GET', KEYS[2]) or '')
 local age = began and now - began or 0
 local settling = age > -1 and age < ttl
