@@ -17,7 +17,14 @@ import structlog.testing
 
 from dragon import config
 from dragon.detector.config import DetectorConfig
-from dragon.detector.health import FaultHysteresis, HostFaultState, SampleWindow, gaps_before, unjudged
+from dragon.detector.health import (
+    FaultHysteresis,
+    HostFaultState,
+    SampleWindow,
+    fault_starts,
+    gaps_before,
+    unjudged,
+)
 from dragon.detector.learning import CHECK_INTERVAL_S, FineTuner, OnlineLearner
 from dragon.detector.lei import LeiStep
 from dragon.detector.membership import Membership
@@ -94,6 +101,35 @@ def test_fault_state_starts_once_ends_after_hysteresis_and_ignores_stale_windows
     assert state.update("h1", 6.0, 1).kind == "start"
 
 
+def test_a_fault_starts_after_start_windows_alarms_in_a_row_dated_at_the_first(client):
+    state = HostFaultState(client, "t-start", clear_windows=1, start_windows=3)
+    labels = [1, 1, 0, 1, 1, 1, 1, 0]  # a run of two breaks; the next run's third alarm opens the fault
+    transitions = [state.update("h1", float(ts), label) for ts, label in enumerate(labels, start=1)]
+    assert [t.kind for t in transitions] == ["", "", "", "", "", "start", "", "end"]
+    assert [t.faulty_since for t in transitions[3:]] == [None, None, 4.0, 4.0, 4.0]
+    assert [t.clean_streak for t in transitions[:4]] == [0, 0, 1, 0]  # an alarm is never clean
+    assert state.update("h1", 9.0, 1).kind == ""  # the run that follows counts from 1 again
+    assert state.update("h1", 8.5, 1).kind == "stale"  # a redelivered alarm does not lengthen it
+    assert state.update("h1", 10.0, 1).kind == ""
+    silence = state.update_many([("h1", 10.5, 1)], at_once=[True])[0]  # no window follows a silence
+    assert (silence.kind, silence.faulty_since) == ("start", 9.0)  # dated at the run's first alarm
+
+
+def test_a_run_of_alarms_does_not_go_on_across_a_spell_without_windows_or_a_verdict_that_did_not_count(client):
+    state = HostFaultState(client, "t-run", clear_windows=1, start_windows=2)
+    gap = [2.5]  # seconds: the service allows 2.5 of the host's intervals
+    assert state.update_many([("h1", 1.0, 1)], run_gaps_s=gap)[0].kind == ""
+    assert state.update_many([("h1", 9.0, 1)], run_gaps_s=gap)[0].kind == ""  # the host was away
+    started = state.update_many([("h1", 11.0, 1)], run_gaps_s=gap)[0]  # one sample lost in between
+    assert (started.kind, started.faulty_since) == ("start", 9.0)
+    # A replica of an earlier version judges nothing by runs: its verdict in between (a newer
+    # window time, the run's fields left alone) breaks the run.
+    assert state.update("h2", 1.0, 1).kind == ""
+    client.hset("dragon:t-run:fault:h2", "ts", repr(2.0))
+    assert state.update("h2", 3.0, 1).kind == ""
+    assert state.update("h2", 4.0, 1).faulty_since == 3.0
+
+
 def test_clean_streaks_count_normal_windows_with_no_fault_in_force_for_every_replica(client):
     state, other = (
         HostFaultState(client, "t6", clear_windows=2),
@@ -111,13 +147,17 @@ def test_clean_streaks_count_normal_windows_with_no_fault_in_force_for_every_rep
 
 def test_the_replay_in_memory_keeps_the_scripts_clean_streaks(client):
     """FaultHysteresis (what `bench --online` learns by) counts what the service's script counts."""
-    labels = np.random.default_rng(3).random(400) < 0.15  # alarms now and then, some in runs
-    for clear in (1, 3):
-        state, replay, run = HostFaultState(client, f"t-replay-{clear}", clear), FaultHysteresis(clear), 0
+    labels = np.random.default_rng(3).random(400) < 0.3  # alarms now and then, some in runs
+    for clear, start in ((1, 1), (3, 1), (3, 2), (1, 3)):
+        key = f"t-replay-{clear}-{start}"
+        state, replay, run = HostFaultState(client, key, clear, start_windows=start), FaultHysteresis(clear, start), 0
+        starts = []
         for ts, label in enumerate(labels.astype(int), start=1):
-            state.update("h1", float(ts), int(label))
+            if state.update("h1", float(ts), int(label)).kind == "start":
+                starts.append(ts - 1)
             run = run + 1 if replay.update(int(label)) else 0
-            assert state.clean_streaks(["h1"])["h1"] == run, (clear, ts)
+            assert state.clean_streaks(["h1"])["h1"] == run, (clear, start, ts)
+        assert starts == fault_starts(labels.astype(int).tolist(), clear, start) != []
 
 
 def test_a_transition_keeps_its_event_in_the_outbox_until_it_is_sent(client):
@@ -669,6 +709,38 @@ def test_a_fault_in_force_when_redis_lost_its_data_still_ends_with_an_event(clie
     topic = topics.fault_event("lost-fault", "h1")
     sent = [codec.decode(FaultEvent, payload, 65536) for to, payload in waiting(detector) if to == topic]
     assert [(e.type, e.window_ts) for e in sent] == [("start", 1.0), ("end", 4.0)]
+
+
+def test_the_service_opens_a_fault_on_its_start_windows_th_alarm_and_a_silence_at_once(client, host_scorer):
+    scorer, _ = host_scorer
+    detector = detector_on(client, "start-windows", "a", DRAGON_FAULT_START_WINDOWS="2")
+    detector.scorer = scorer
+    judge = judging(detector)
+    assert [judge(1.0, 1), judge(2.0, 0), judge(3.0, 1), judge(4.0, 1), judge(5.0, 1)] == ["", "", "", "start", ""]
+    health = detector._health[("h1", "observed")]
+    assert (health.label, health.faulty_since) == (1, 3.0)
+    topic = topics.fault_event("start-windows", "h1")
+    sent = [codec.decode(FaultEvent, payload, 65536) for to, payload in waiting(detector) if to == topic]
+    assert [(e.type, e.window_ts) for e in sent] == [("start", 4.0)]
+    silence = detector._publish([(Judged("h2", 7.5, 7.5, 1.0), Verdict.silent())], "observed")
+    assert [t.kind for t in silence] == ["start"]
+
+
+def test_a_start_opened_within_a_batch_is_kept_in_the_outbox(client, host_scorer):
+    """Two alarms of a host in one batch, after a pending one: the replica took the first for the
+    opening one and gave the second no event to keep, so the start that came was sent from
+    nowhere, and lost if the broker never had it."""
+    scorer, _ = host_scorer
+    detector = detector_on(client, "start-batch", "a", DRAGON_FAULT_START_WINDOWS="3")
+    detector.scorer = scorer
+    assert judging(detector)(1.0, 1) == ""
+    alarm = Verdict(2.0, 1.0, 1, (("cpu", 1.0),))
+    batch = [(Judged("h1", ts, ts, 1.0), alarm) for ts in (2.0, 3.0)]
+    assert [t.kind for t in detector._publish(batch, "observed")] == ["", "start"]
+    (start,) = [
+        e for e in map(lambda p: codec.decode(FaultEvent, p, 65536), detector.faults["observed"].outbox().values())
+    ]
+    assert (start.type, start.window_ts) == ("start", 3.0)
 
 
 def test_a_fault_that_ended_or_that_another_replica_may_have_ended_is_not_restored(client, host_scorer):

@@ -118,6 +118,9 @@ def test_service_configs_validate_their_ranges():
             config.load(DetectorConfig, {"DRAGON_DETECTOR_SILENT_INTERVALS": intervals}, known=known_env_names())
     never = config.load(DetectorConfig, {"DRAGON_DETECTOR_SILENT_INTERVALS": "0"}, known=known_env_names())
     assert never.silent_intervals == 0
+    for windows in ("0", "101"):  # none would start every fault before it is seen; a typo switches them off
+        with pytest.raises(ConfigError, match="DRAGON_FAULT_START_WINDOWS"):
+            config.load(DetectorConfig, {"DRAGON_FAULT_START_WINDOWS": windows}, known=known_env_names())
 
 
 def test_the_fault_score_setting_reaches_the_model_learnt_on_line():

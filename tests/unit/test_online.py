@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dragon.detector.baselines import GonModel, create_model
-from dragon.detector.health import FaultHysteresis
+from dragon.detector.health import FaultHysteresis, fault_starts
 from dragon.detector.online import OnlineSettings
 from dragon.detector.pot import fit_pot
 
@@ -130,6 +130,20 @@ def test_a_fault_ends_only_after_clear_windows_normal_verdicts_before_windows_co
     faults = FaultHysteresis(clear_windows=2)
     labels = [0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0]
     assert [faults.update(label) for label in labels] == [1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1]
+
+
+def test_a_fault_starts_only_after_start_windows_alarms_in_a_row() -> None:
+    faults = FaultHysteresis(clear_windows=2, start_windows=2)
+    labels = [1, 0, 0, 1, 1, 0, 0, 0, 1]
+    # The lone alarm opens nothing: the next window is clean again. The pair opens a fault that
+    # two normal windows end, the second still part of it.
+    assert [faults.update(label) for label in labels] == [0, 1, 1, 0, 0, 0, 0, 1, 0]
+    with pytest.raises(ValueError, match="start_windows"):
+        FaultHysteresis(clear_windows=1, start_windows=0)
+    # The replay the benchmarks score starts by: the pair's second alarm (index 4) starts the fault,
+    # the alarm after it ended (index 8) does not, alone.
+    assert fault_starts(labels, clear_windows=2, start_windows=2) == [4]
+    assert fault_starts(labels, clear_windows=2) == [0, 3, 8]
 
 
 def test_the_replay_learns_only_once_a_fault_has_ended(trained) -> None:

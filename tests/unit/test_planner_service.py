@@ -48,7 +48,7 @@ def feed(p: Planner, with_peer: bool = True, peer_ts: float = NOW) -> None:
         p.view.observe(sample("b", "h3", 0.05, ts=peer_ts), peer_ts)
         p.view.observe(sample("b", "h4", 0.05, ts=peer_ts), peer_ts)
     p.health[("a", "h1", "observed")] = HostHealth(
-        "a", "h1", NOW - 1, score=2.0, threshold=1.0, label=1, mode="observed"
+        "a", "h1", NOW - 1, score=2.0, threshold=1.0, label=1, mode="observed", faulty_since=NOW - 1
     )
 
 
@@ -87,10 +87,12 @@ def test_no_decision_without_a_recent_fault_in_its_own_lei():
     p = planner()
     feed(p)
     p.health[("a", "h1", "observed")] = HostHealth(
-        "a", "h1", NOW - 600, score=2.0, threshold=1.0, label=1, mode="observed"
+        "a", "h1", NOW - 600, score=2.0, threshold=1.0, label=1, mode="observed", faulty_since=NOW - 600
     )
     assert p.faulty(NOW) == []
-    p.health[("b", "h3", "observed")] = HostHealth("b", "h3", NOW, score=2.0, threshold=1.0, label=1, mode="observed")
+    p.health[("b", "h3", "observed")] = HostHealth(
+        "b", "h3", NOW, score=2.0, threshold=1.0, label=1, mode="observed", faulty_since=NOW
+    )
     assert p.faulty(NOW) == [("b", "h3")]
     assert p.plan_once(NOW) is None  # b's own planner handles b's fault
 
@@ -100,7 +102,9 @@ def test_a_faulty_host_out_of_the_view_is_no_reason_to_plan():
     p = planner()
     feed(p)
     del p.health[("a", "h1", "observed")]
-    p.health[("a", "h9", "observed")] = HostHealth("a", "h9", NOW - 1, 0.0, 0.0, 1, "observed", cause="silent")
+    p.health[("a", "h9", "observed")] = HostHealth(
+        "a", "h9", NOW - 1, 0.0, 0.0, 1, "observed", cause="silent", faulty_since=NOW - 1
+    )
     assert p.faulty(NOW) == [("a", "h9")]
     assert p.plan_once(NOW) is None
     assert p.counters.snapshot()["plan_skipped_faulty_out_of_view"] == 1
@@ -121,7 +125,7 @@ def test_a_redelivered_older_verdict_does_not_replace_a_newer_one():
     p = planner()
     p.init_mqtt()  # the client is made, not connected: on_health decodes with it
     newer = HostHealth("a", "h1", NOW, score=0.1, threshold=1.0, label=0, mode="observed")
-    older = HostHealth("a", "h1", NOW - 5, score=2.0, threshold=1.0, label=1, mode="observed")
+    older = HostHealth("a", "h1", NOW - 5, score=2.0, threshold=1.0, label=1, mode="observed", faulty_since=NOW - 5)
     for verdict in (newer, older):
         p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(verdict), 1, False, codec.MSGPACK))
     assert p.health[("a", "h1", "observed")] == newer and p.faulty(NOW) == []
@@ -133,7 +137,9 @@ def test_a_predicted_fault_counts_and_an_observed_normal_verdict_does_not_hide_i
     p = planner()
     p.init_mqtt()
     observed = HostHealth("a", "h1", NOW, score=0.1, threshold=1.0, label=0, mode="observed")
-    predicted = HostHealth("a", "h1", NOW - 0.5, score=2.0, threshold=1.0, label=1, mode="predicted")
+    predicted = HostHealth(
+        "a", "h1", NOW - 0.5, score=2.0, threshold=1.0, label=1, mode="predicted", faulty_since=NOW - 0.5
+    )
     p.on_health(Incoming("dragon/a/hosts/h1/health/predicted", codec.encode(predicted), 1, False, codec.MSGPACK))
     p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(observed), 1, False, codec.MSGPACK))
     assert p.faulty(NOW) == [("a", "h1")]
@@ -142,12 +148,26 @@ def test_a_predicted_fault_counts_and_an_observed_normal_verdict_does_not_hide_i
     assert p.faulty(NOW) == []
 
 
+def test_an_alarm_before_its_fault_has_started_moves_nothing():
+    """With DRAGON_FAULT_START_WINDOWS > 1 the alarms before the N-th in a row open no fault
+    (faulty_since null): moving tasks for each would undo what the setting is for."""
+    p = planner()
+    feed(p)
+    pending = HostHealth("a", "h1", NOW - 1, score=2.0, threshold=1.0, label=1, mode="observed")
+    p.health[("a", "h1", "observed")] = pending
+    assert p.faulty(NOW) == []
+    p.health[("a", "h1", "observed")] = HostHealth(
+        "a", "h1", NOW, score=2.0, threshold=1.0, label=1, mode="observed", faulty_since=NOW - 1
+    )
+    assert p.faulty(NOW) == [("a", "h1")]
+
+
 def test_a_verdict_whose_topic_names_another_host_or_mode_is_dropped():
     from dragon.mqtt import Incoming
 
     p = planner()
     p.init_mqtt()
-    faulty = HostHealth("a", "h1", NOW, score=2.0, threshold=1.0, label=1, mode="predicted")
+    faulty = HostHealth("a", "h1", NOW, score=2.0, threshold=1.0, label=1, mode="predicted", faulty_since=NOW)
     for topic in ("dragon/a/hosts/h1/health", "dragon/a/hosts/h2/health/predicted"):
         p.on_health(Incoming(topic, codec.encode(faulty), 1, False, codec.MSGPACK))
     assert p.faulty(NOW) == [] and p.counters.snapshot().get("dropped_schema") == 2
@@ -161,7 +181,7 @@ def test_a_verdict_stamped_ahead_of_the_clock_is_dropped_and_hides_nothing():
     p.init_mqtt()
     now = time.time()
     ahead = HostHealth("a", "h1", now + 3600, score=0.1, threshold=1.0, label=0, mode="observed")
-    faulty = HostHealth("a", "h1", now, score=2.0, threshold=1.0, label=1, mode="observed")
+    faulty = HostHealth("a", "h1", now, score=2.0, threshold=1.0, label=1, mode="observed", faulty_since=now)
     for verdict in (ahead, faulty):
         p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(verdict), 1, False, codec.MSGPACK))
     assert p.faulty(now) == [("a", "h1")] and p.counters.snapshot().get("dropped_future") == 1
@@ -195,7 +215,7 @@ def test_a_verdict_as_far_ahead_as_the_detector_takes_its_hosts_samples_is_kept(
     p.init_mqtt()
     now = time.time()
     p.view.observe(HostSample("a", "h1", now + 20, 1, 10.0, HostMetrics(0.9, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0)), now)
-    faulty = HostHealth("a", "h1", now + 20, score=2.0, threshold=1.0, label=1, mode="observed")
+    faulty = HostHealth("a", "h1", now + 20, score=2.0, threshold=1.0, label=1, mode="observed", faulty_since=now + 20)
     p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(faulty), 1, False, codec.MSGPACK))
     assert p.faulty(now) == [("a", "h1")]
 
@@ -261,7 +281,9 @@ def three_leis(p: Planner, peer_moves: tuple = ()) -> None:
     p.view.observe(sample("b", "h2", 0.95, [("t2", 0.5)]), NOW)
     p.view.observe(sample("c", "h3", 0.3), NOW)
     for lei, host in (("a", "h1"), ("b", "h2")):
-        p.health[(lei, host, "observed")] = HostHealth(lei, host, NOW - 1, 2.0, 1.0, 1, "observed")
+        p.health[(lei, host, "observed")] = HostHealth(
+            lei, host, NOW - 1, 2.0, 1.0, 1, "observed", faulty_since=NOW - 1
+        )
     if peer_moves:
         moves = tuple(PlannedMove(task, "a", "h1", lei, host, 1.0) for task, lei, host in peer_moves)
         p.peer_decisions["a"] = dataclasses.replace(a_decision(), moves=moves)
@@ -345,9 +367,9 @@ def test_a_host_whose_clock_runs_behind_is_planned_for_and_a_retained_old_verdic
     p.view.observe(sample("a", "h2", 0.3, [("t3", 0.2)], ts=now), now)
     for host in ("h3", "h4"):
         p.view.observe(sample("b", host, 0.05, ts=now), now)
-    stale = HostHealth("a", "h2", now - 600, score=2.0, threshold=1.0, label=1, mode="observed")
+    stale = HostHealth("a", "h2", now - 600, score=2.0, threshold=1.0, label=1, mode="observed", faulty_since=now - 600)
     p.on_health(Incoming("dragon/a/hosts/h2/health", codec.encode(stale), 1, True, codec.MSGPACK))  # retained
-    faulty = HostHealth("a", "h1", behind, score=2.0, threshold=1.0, label=1, mode="observed")
+    faulty = HostHealth("a", "h1", behind, score=2.0, threshold=1.0, label=1, mode="observed", faulty_since=behind)
     p.on_health(Incoming("dragon/a/hosts/h1/health", codec.encode(faulty), 1, False, codec.MSGPACK))  # live
     assert p.faulty(now) == [("a", "h1")]
     decision = p.decide(p.view.snapshot(now), p.faulty(now), now)

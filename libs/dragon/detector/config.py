@@ -19,6 +19,7 @@ MAX_FINETUNE_WINDOWS = 4096  # one full-batch step; also bounds the windows kept
 # worth at one sample a second is no longer a fault report.
 MAX_SILENT_INTERVALS = 86_400
 MAX_FINETUNE_KEEP_FOR_S = 365 * 86400.0  # a year: beyond it, say 0 (kept until trimmed)
+MAX_START_WINDOWS = 100  # a start held back longer is no early warning, and a typo should not switch faults off
 # POT's risk q and initial quantile, for the service, `dragon-detector train` and both benches
 # (dragon.detector.pot takes them as its defaults; they live here so that knowing the settings
 # imports no numpy). The DRAGON and GON papers use q = 1e-4. Chosen on training data only
@@ -106,6 +107,14 @@ class DetectorConfig:
         "at once",
         "windows",
     )
+    start_windows: int = setting(
+        "DRAGON_FAULT_START_WINDOWS",
+        1,
+        "alarms in a row before a fault starts, dated at the first of them: each one more delays every start by a "
+        "window (a predicted one too, which shortens its lead) and drops alarms shorter than that; a silent host's "
+        "fault starts at once; the planner acts on a fault once it has started",
+        "windows",
+    )
     clear_windows: int = setting(
         "DRAGON_FAULT_CLEAR_WINDOWS", 3, "normal windows in a row before a fault ends (hysteresis)", "windows"
     )
@@ -187,6 +196,8 @@ class DetectorConfig:
             raise ConfigError(
                 f"DRAGON_DETECTOR_SILENT_INTERVALS must be 0 (never) or between 2 and {MAX_SILENT_INTERVALS}"
             )
+        if not 1 <= self.start_windows <= MAX_START_WINDOWS:
+            raise ConfigError(f"DRAGON_FAULT_START_WINDOWS must be between 1 and {MAX_START_WINDOWS}")
         if self.clear_windows < 1:
             raise ConfigError("DRAGON_FAULT_CLEAR_WINDOWS must be at least 1")
         if self.finetune_min_interval_s < 0:

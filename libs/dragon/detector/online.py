@@ -49,6 +49,7 @@ class OnlineSettings:
     pot_mode: str = "static"  # static POT, streaming SPOT or drift-aware DSPOT, restarted by each new model
     dspot_depth: int = 20
     pot_lag: int = _service_default("pot_lag")  # spot/dspot: normal scores learnt this many scores late
+    start_windows: int = _service_default("start_windows")  # alarms in a row before a fault starts
     clear_windows: int = _service_default("clear_windows")  # normal windows in a row before a fault ends
 
     def __post_init__(self) -> None:
@@ -60,11 +61,12 @@ class OnlineSettings:
             or self.steps < 1
             or self.min_interval_steps < 0
             or self.clear_windows < 1
+            or self.start_windows < 1
             or self.pot_lag < 0
         ):
             raise ValueError(
                 "online fine-tuning needs reference >= 3, windows >= 2, steps >= 1, min_interval_steps >= 0, "
-                "clear_windows >= 1, pot_lag >= 0"
+                "clear_windows >= 1, start_windows >= 1, pot_lag >= 0"
             )
 
 
@@ -103,8 +105,9 @@ def score_online(
 ) -> OnlineRun:
     """Judge raw window pairs (W_{t-1}, W_t), (T, k, n) each, in order, fine-tuning as the service does.
 
-    After each step: the verdict (score >= threshold in force) opens a fault, or after
-    ``settings.clear_windows`` normal ones ends it, as the service's fault state does; a normal
+    After each step: the verdict (score >= threshold in force), the ``settings.start_windows``-th
+    alarm in a row, opens a fault, or after ``settings.clear_windows`` normal ones ends it, as the
+    service's fault state does; a normal
     verdict with no fault in force extends the series' clean streak, anything else breaks it; a
     clean window's confidence D(W_t) feeds the gate and the window joins the newest
     ``settings.windows``; when the gate fires, once enough are kept to recalibrate POT on, the
@@ -118,7 +121,7 @@ def score_online(
     gate = ConfidenceGate(
         settings.min_interval_steps, settings.quantile, reference=settings.reference, clock=lambda: step
     )
-    faults, streaks = FaultHysteresis(settings.clear_windows), CleanStreaks()
+    faults, streaks = FaultHysteresis(settings.clear_windows, settings.start_windows), CleanStreaks()
     clean: deque[int] = deque(maxlen=settings.windows)  # step indices
     run = OnlineRun(np.zeros(len(nxt)), np.zeros((len(nxt), nxt.shape[2])), np.zeros(len(nxt)))
     model, scaler, threshold = checkpoint.build_model(), checkpoint.scaler(), _threshold_of(checkpoint, settings)

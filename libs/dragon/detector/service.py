@@ -102,6 +102,10 @@ MAX_MISSED_PER_HOST = 120
 BELIEF_INTERVALS = 2.0
 # How often the worker looks for hosts gone silent (dragon.detector.silence), after a batch.
 SILENCE_CHECK_S = 1.0
+# With DRAGON_FAULT_START_WINDOWS > 1, a run of alarms goes on across at most this many of the
+# host's intervals between two of its windows: one sample lost does not break it, a spell does
+# (a fault must not be dated back to an alarm before the host went away).
+RUN_GAP_INTERVALS = 2.5
 
 
 @dataclass(frozen=True)
@@ -195,8 +199,8 @@ class Detector:
         if not self.config.common.service.instance:
             self._claim_slot()
         self.windows = WindowStore(self.redis, self.lei, self.config.history)
-        clear = self.config.clear_windows
-        self.faults = {mode: HostFaultState(self.redis, self.lei, clear, mode) for mode in VERDICT_MODES}
+        clear, start = self.config.clear_windows, self.config.start_windows
+        self.faults = {mode: HostFaultState(self.redis, self.lei, clear, mode, start) for mode in VERDICT_MODES}
         self.thresholds = {mode: ThresholdStore(self.redis, self.lei, mode) for mode in VERDICT_MODES}
         self.models = ModelStore(self.redis, self.lei, self.config.model_dir)
         self.membership = Membership(self.redis, self.lei, self.instance)
@@ -616,11 +620,15 @@ class Detector:
         faults = self.faults[mode]
         recording = {event_id: mode for event_id, _ in outbox if event_id}
         believed = self._faults_in_force(verdicts, mode)
+        at_once = [_opens_at_once(verdict) for _, verdict in verdicts]
+        run_gaps = [RUN_GAP_INTERVALS * judged.interval_s for judged, _ in verdicts]
         with self._outbox_lock:
             self._recording |= recording
         try:
             transitions = retry_until(
-                lambda: faults.update_many(updates, outbox, believed), self.lifecycle.stop, "fault_state"
+                lambda: faults.update_many(updates, outbox, believed, at_once, run_gaps),
+                self.lifecycle.stop,
+                "fault_state",
             )
             self._send_transitions(verdicts, events, [payload for _, payload in outbox], transitions, mode)
         finally:
@@ -736,7 +744,10 @@ class Detector:
             changes = state is None or bool(verdict.label) != state
             events.append(self._event_of(judged, verdict, mode) if changes else None)
             if verdict.label:
-                faulty[judged.host] = True
+                # An alarm that need not open a fault alone (DRAGON_FAULT_START_WINDOWS > 1) may
+                # or may not have: the host's next alarm may be the one that opens it.
+                opened = state or self.config.start_windows == 1 or _opens_at_once(verdict)
+                faulty[judged.host] = True if opened else None
             elif state:
                 faulty[judged.host] = None  # a normal window in a fault may end it
         return events
@@ -848,3 +859,9 @@ class Detector:
             faults.sent([event_id])
         elif now - event.ts >= OUTBOX_RESEND_AFTER_S and self.membership.owns(event.host):
             self._send_event(event, payload, again=True)  # its bytes unchanged
+
+
+def _opens_at_once(verdict: Verdict) -> bool:
+    """Whether a verdict's alarm opens a fault alone, whatever DRAGON_FAULT_START_WINDOWS says: a
+    silence does, since no window follows it to make a run."""
+    return verdict.cause == "silent"

@@ -174,11 +174,13 @@ class Planner:
         """Hosts whose newest verdict of either mode, recent enough to act on, is a fault.
 
         A fault the forecast predicts counts as one observed (Alg. 2 lines 4-9): moving tasks
-        before the host is overloaded is what makes the migrations preemptive.
+        before the host is overloaded is what makes the migrations preemptive. An alarm counts once
+        its fault has started (``faulty_since``): with DRAGON_FAULT_START_WINDOWS > 1 the alarms
+        before are not a fault yet, and moving tasks for each would undo what the setting is for.
         """
         max_age = self.config.health_max_age_s
         with self._health_lock:
-            faulty = {key[:2] for key, v in self.health.items() if v.label == 1 and self._age(key, v, now) <= max_age}
+            faulty = {key[:2] for key, v in self.health.items() if _a_fault(v) and self._age(key, v, now) <= max_age}
         return sorted(faulty)
 
     def _age(self, key: tuple[str, str, str], verdict: HostHealth, now: float) -> float:
@@ -303,3 +305,8 @@ class Planner:
             commanded=self.issuer is not None,
         )
         return decision_message(plan, snapshot, context, unmoved, now, (time.perf_counter() - started) * 1e3)
+
+
+def _a_fault(verdict: HostHealth) -> bool:
+    """Whether a verdict is an alarm within a fault that has started."""
+    return verdict.label == 1 and verdict.faulty_since is not None
