@@ -722,8 +722,12 @@ def test_the_service_opens_a_fault_on_its_start_windows_th_alarm_and_a_silence_a
     topic = topics.fault_event("start-windows", "h1")
     sent = [codec.decode(FaultEvent, payload, 65536) for to, payload in waiting(detector) if to == topic]
     assert [(e.type, e.window_ts) for e in sent] == [("start", 4.0)]
-    silence = detector._publish([(Judged("h2", 7.5, 7.5, 1.0), Verdict.silent())], "observed")
+    silence = detector._publish([(Judged("h2", 7.5, 7.5), Verdict.silent())], "observed")  # as _report_silent
     assert [t.kind for t in silence] == ["start"]
+    assert [judge(6.0, 0), judge(7.0, 0), judge(8.0, 0)] == ["", "", "end"]
+    # A run of alarms spans at most 2.5 of the host's intervals between two windows (1 s here).
+    assert [judge(10.0, 1), judge(13.0, 1), judge(14.0, 1)] == ["", "", "start"]
+    assert detector._health[("h1", "observed")].faulty_since == 13.0
 
 
 def test_a_start_opened_within_a_batch_is_kept_in_the_outbox(client, host_scorer):

@@ -144,6 +144,7 @@ def test_a_fault_starts_only_after_start_windows_alarms_in_a_row() -> None:
     # the alarm after it ended (index 8) does not, alone.
     assert fault_starts(labels, clear_windows=2, start_windows=2) == [4]
     assert fault_starts(labels, clear_windows=2) == [0, 3, 8]
+    assert fault_starts(labels, 2, 2, at_once=[False] * 8 + [True]) == [4, 8]  # a silence opens alone
 
 
 def test_the_replay_learns_only_once_a_fault_has_ended(trained) -> None:
