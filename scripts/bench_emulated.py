@@ -21,6 +21,13 @@ detector's fault events with the collector's injection reports:
   spans: a host drifting out of what the warm-up saw looks like that.
   ``--faults 0`` is a quiet run of ``--gap`` seconds: every start is a false start.
 
+With ``--replay-start-windows N ...`` it also replays each host's observed verdicts (labels
+from its ``health`` topic, heard from before the first fault) through the fault state's rule with
+N alarms in a row to open a fault (``DRAGON_FAULT_START_WINDOWS``) and scores the starts each N
+would have published the same way, on the same run: the detector's labels do not depend on N
+(only what it learns from, a little: an alarm that opens no fault leaves the next windows clean).
+The N the detector ran with replays its own events: a check of the replay.
+
 With ``--predicted`` a simulator runs too, and the detector's predicted-mode events (on the
 simulator's forecasts) are scored the same way, beside the observed ones; ``published_s`` is
 from a fault's start to the first event's publication, which compares the two modes fairly
@@ -42,12 +49,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from dragon.detector.health import fault_starts
 from dragon.detector.modelstore import ModelStore
+from dragon.detector.online import OnlineSettings
 from dragon.logs import configure
 from dragon.messages import codec, topics
 from dragon.messages.schemas import HOST_METRICS, FaultEvent, FaultInjection, HostHealth, InjectionEvent
@@ -120,9 +131,11 @@ def run_scope(scope: str, args) -> dict:
     try:
         wait_until_scoring(stack, timeout=args.warmup + 300)
         model_ready_s = time.time() - started
-        time.sleep(args.gap)  # the first verdicts settle before the first fault
         filters = [f"dragon/faults/{stack.lei}/+", topics.injections(stack.lei), topics.host_health(stack.lei, "+")]
         with Listener(stack.mqtt_settings(), filters) as listener:
+            # The first verdicts settle before the first fault; heard, so that a replay knows the
+            # fault state each host is in when the faults begin.
+            time.sleep(args.gap)
             phase_start = time.time()
             for host, kind in fault_schedule(args):
                 inject(stack, host, kind, args.duration)
@@ -134,6 +147,12 @@ def run_scope(scope: str, args) -> dict:
         outside = outside_training_range(stack)
         result = {"scope": scope, "model_ready_s": round(model_ready_s, 1)}
         result |= evaluate(messages, stack.lei, phase_start, phase_end, args.grace, "observed", outside)
+        if args.replay_start_windows:
+            clear = int(args.detector_env.get("DRAGON_FAULT_CLEAR_WINDOWS", OnlineSettings().clear_windows))
+            result["replayed"] = {
+                str(n): replay(messages, stack.lei, phase_start, phase_end, args.grace, clear, n)
+                for n in args.replay_start_windows
+            }
         if args.predicted:
             result["predicted"] = evaluate(
                 messages, stack.lei, phase_start, phase_end, args.grace, "predicted", outside
@@ -193,37 +212,14 @@ def evaluate(
                 if event.type == "start" and event.window_ts >= phase_start:
                     starts.append(event)
 
-    def during(event: FaultEvent, injection: InjectionEvent) -> bool:
-        return injection.started_at <= event.window_ts <= injection.ends_at + grace
-
-    per_kind: dict[str, list[int]] = {kind: [0, 0] for kind in KINDS}  # found, injected
-    delays, published, matched, missed = [], [], set(), []
-    for injection in injections:
-        hits = [e for e in starts if e.host == injection.host and during(e, injection)]
-        per_kind[injection.kind][1] += 1
-        if hits:
-            per_kind[injection.kind][0] += 1
-            delays.append(min(e.window_ts for e in hits) - injection.started_at)
-            published.append(min(e.ts for e in hits) - injection.started_at)
-            matched.update(id(e) for e in hits)
-        else:
-            missed.append(injection)
-    false_starts = [e for e in starts if id(e) not in matched]
-    beside = {id(e): i.kind for e in false_starts for i in injections if i.host != e.host and during(e, i)}
-    quiet_hours = (phase_end - phase_start) / 3600.0
+    scored = Matched.of(injections, starts, grace)
+    published = [min(e.ts for e in hits) - i.started_at for i, hits in scored.hits]
+    false_starts, beside = scored.false_starts, scored.beside
     return {
-        "injected": len(injections),
-        "found": sum(found for found, _ in per_kind.values()),
-        "found_by_kind": {kind: f"{found}/{total}" for kind, (found, total) in per_kind.items() if total},
-        "delay_s_median": round(float(np.median(delays)), 1) if delays else None,
-        "delay_s_max": round(float(np.max(delays)), 1) if delays else None,
+        **scored.summary(phase_end - phase_start),
         "published_s_median": round(float(np.median(published)), 2) if published else None,
-        "false_starts": len(false_starts),
-        "false_starts_per_hour": round(len(false_starts) / quiet_hours, 1),
-        "false_start_hosts": sorted(e.host for e in false_starts),
-        "false_starts_beside_a_fault": len(beside),
         # A missed fault whose host was already flagged when it began: no new start could come.
-        "missed_already_flagged": sum(flagged_at(faults, i.host, i.started_at) for i in missed),
+        "missed_already_flagged": sum(flagged_at(faults, i.host, i.started_at) for i in scored.missed),
         # The model behind each event, in order of first use: a fine-tune serves a new one.
         "models": list(dict.fromkeys(e.model_id[:12] for e in sorted(faults, key=lambda e: e.ts))),
         "false_start_list": [
@@ -242,6 +238,88 @@ def evaluate(
             for e in sorted(false_starts, key=lambda e: e.window_ts)
         ],
     }
+
+
+class Start(Protocol):
+    host: str
+    window_ts: float
+
+
+@dataclass(frozen=True)
+class ReplayedStart:
+    host: str
+    window_ts: float
+
+
+@dataclass
+class Matched:
+    """Injections against the starts of faults: found (a start on its host with a window taken while it
+    ran, or up to ``grace`` s after), missed, and the false starts (those beside another host's fault apart)."""
+
+    hits: list[tuple[InjectionEvent, list[Start]]]
+    missed: list[InjectionEvent]
+    false_starts: list[Start]
+    beside: dict[int, str]  # id of a false start -> kind of the fault running on another host then
+    per_kind: dict[str, list[int]]  # kind -> [found, injected]
+
+    @classmethod
+    def of(cls, injections: list[InjectionEvent], starts: list[Start], grace: float) -> Matched:
+        def during(start: Start, injection: InjectionEvent) -> bool:
+            return injection.started_at <= start.window_ts <= injection.ends_at + grace
+
+        per_kind: dict[str, list[int]] = {kind: [0, 0] for kind in KINDS}
+        hits, missed, matched = [], [], set()
+        for injection in injections:
+            found = [e for e in starts if e.host == injection.host and during(e, injection)]
+            per_kind[injection.kind][1] += 1
+            if found:
+                per_kind[injection.kind][0] += 1
+                hits.append((injection, found))
+                matched.update(id(e) for e in found)
+            else:
+                missed.append(injection)
+        false_starts = [e for e in starts if id(e) not in matched]
+        beside = {id(e): i.kind for e in false_starts for i in injections if i.host != e.host and during(e, i)}
+        return cls(hits, missed, false_starts, beside, per_kind)
+
+    def summary(self, seconds: float) -> dict:
+        delays = [min(e.window_ts for e in found) - injection.started_at for injection, found in self.hits]
+        return {
+            "injected": sum(total for _, total in self.per_kind.values()),
+            "found": len(self.hits),
+            "found_by_kind": {kind: f"{found}/{total}" for kind, (found, total) in self.per_kind.items() if total},
+            "delay_s_median": round(float(np.median(delays)), 1) if delays else None,
+            "delay_s_max": round(float(np.max(delays)), 1) if delays else None,
+            "false_starts": len(self.false_starts),
+            "false_starts_per_hour": round(len(self.false_starts) / (seconds / 3600.0), 1),
+            "false_start_hosts": sorted(e.host for e in self.false_starts),
+            "false_starts_beside_a_fault": len(self.beside),
+        }
+
+
+def replay(
+    messages, lei: str, phase_start: float, phase_end: float, grace: float, clear: int, start_windows: int
+) -> dict:
+    """The observed verdicts of the run replayed through the fault state's rule with ``start_windows``
+    alarms in a row to open a fault, and its starts scored like the detector's events."""
+    injections, verdicts = [], {}
+    for message in messages:
+        if message.topic == topics.injections(lei):
+            event = codec.decode(InjectionEvent, message.payload, MAX_PAYLOAD, message.content_type)
+            if event.status == "started":
+                injections.append(event)
+        elif message.topic.endswith("/health"):  # observed only: predicted verdicts end in /predicted
+            health = codec.decode(HostHealth, message.payload, MAX_PAYLOAD, message.content_type)
+            verdicts.setdefault(health.host, {})[health.ts] = health  # a redelivery counts once
+    starts: list[Start] = []
+    for host, by_time in verdicts.items():
+        times = sorted(by_time)
+        labels = [by_time[ts].label for ts in times]
+        silences = [by_time[ts].cause == "silent" for ts in times]
+        for i in fault_starts(labels, clear, start_windows, silences):
+            if times[i] >= phase_start:
+                starts.append(ReplayedStart(host, times[i]))
+    return Matched.of(injections, starts, grace).summary(phase_end - phase_start)
 
 
 def median_threshold(verdicts: list[tuple[float, float]], since: float, until: float) -> float | None:
@@ -291,10 +369,19 @@ def main() -> None:
         default=[],
         help="extra environment of the detector, repeatable (e.g. DRAGON_DETECTOR_FAULT_SCORE=excess+unreal)",
     )
+    parser.add_argument(
+        "--replay-start-windows",
+        metavar="N",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also score the starts each N alarms in a row (DRAGON_FAULT_START_WINDOWS) would have published, "
+        "replayed from the run's verdicts",
+    )
     parser.add_argument("--out", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
-    if args.hosts < 2 or args.faults < 0 or args.gap <= 0:
-        parser.error("--hosts must be at least 2, --faults at least 0 and --gap positive")
+    if args.hosts < 2 or args.faults < 0 or args.gap <= 0 or any(n < 1 for n in args.replay_start_windows):
+        parser.error("--hosts must be at least 2, --faults at least 0, --gap positive and --replay-start-windows >= 1")
     try:
         args.detector_env = environment_items(args.detector_env)
     except ValueError as exc:
