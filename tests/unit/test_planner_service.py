@@ -162,6 +162,19 @@ def test_an_alarm_before_its_fault_has_started_moves_nothing():
     assert p.faulty(NOW) == [("a", "h1")]
 
 
+@pytest.mark.parametrize("look_ahead", ["1", "5"])
+def test_no_task_is_moved_onto_a_host_whose_alarm_has_not_started_a_fault_yet(look_ahead):
+    """It would have been a faulty host at DRAGON_FAULT_START_WINDOWS 1, and never a target."""
+    p = planner(DRAGON_PLANNER_LOOKAHEAD=look_ahead)
+    feed(p)
+    for host in ("h3", "h4"):  # every host of the other LEI alarms, neither in a fault yet
+        p.health[("b", host, "observed")] = HostHealth("b", host, NOW, 2.0, 1.0, 1, "observed")
+    assert p.faulty(NOW) == [("a", "h1")] and p.alarming(NOW) == [("a", "h1"), ("b", "h3"), ("b", "h4")]
+    assert p.decide(p.view.snapshot(NOW), p.faulty(NOW), NOW).moves  # onto them, were they not avoided
+    p.init_mqtt()  # made, not connected: plan_once publishes into its queue
+    assert not p.plan_once(NOW).moves
+
+
 def test_a_verdict_whose_topic_names_another_host_or_mode_is_dropped():
     from dragon.mqtt import Incoming
 

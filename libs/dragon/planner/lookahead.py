@@ -57,17 +57,20 @@ def look_ahead(
     groups: np.ndarray | None = None,
     frozen: np.ndarray = NO_TASKS,
     fixed: np.ndarray | None = None,
+    avoid: np.ndarray | None = None,
 ) -> Plan:
     """DRAGON+ with ``steps`` look-ahead intervals; its plan's fitness is M+'s on the current state.
 
     ``frozen`` tasks are not the search's at any step: now they take their entry of ``fixed``
-    (as for ``anneal``), later they stay where that put them."""
+    (as for ``anneal``), later they stay where that put them. ``avoid``: hosts never a target, at
+    any step; the faulty hosts by default."""
     if steps < 1:
         raise ValueError(f"look-ahead needs at least one step, got {steps}")
     rng = rng or np.random.default_rng()
-    flagged = np.asarray(faulty_hosts, dtype=int)  # what the detectors said: never a target, at any step
+    faulty = np.asarray(faulty_hosts, dtype=int)
+    flagged = faulty if avoid is None else np.union1d(faulty, avoid)  # what the detectors said
     merged, last_across = np.full(len(state.placement), UNPLACED), np.full(len(state.placement), UNPLACED)
-    future, faulty, now_fixed = state, flagged, fixed
+    future, now_fixed = state, fixed
     horizon, evaluations = [], 0
     for _ in range(steps):
         avoid = np.union1d(flagged, faulty)

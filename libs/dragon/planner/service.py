@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import structlog
@@ -178,10 +179,18 @@ class Planner:
         its fault has started (``faulty_since``): with DRAGON_FAULT_START_WINDOWS > 1 the alarms
         before are not a fault yet, and moving tasks for each would undo what the setting is for.
         """
+        return self._hosts_whose_verdict(_a_fault, now)
+
+    def alarming(self, now: float) -> list[tuple[str, str]]:
+        """Hosts whose newest verdict of either mode, recent enough, is an alarm, in a fault or not yet:
+        no task is moved onto them, though only those in a fault have tasks moved off."""
+        return self._hosts_whose_verdict(lambda verdict: verdict.label == 1, now)
+
+    def _hosts_whose_verdict(self, holds: Callable[[HostHealth], bool], now: float) -> list[tuple[str, str]]:
         max_age = self.config.health_max_age_s
         with self._health_lock:
-            faulty = {key[:2] for key, v in self.health.items() if _a_fault(v) and self._age(key, v, now) <= max_age}
-        return sorted(faulty)
+            hosts = {key[:2] for key, v in self.health.items() if holds(v) and self._age(key, v, now) <= max_age}
+        return sorted(hosts)
 
     def _age(self, key: tuple[str, str, str], verdict: HostHealth, now: float) -> float:
         """How old a verdict is: since it came, plus how much later after its stamp (the judged
@@ -218,7 +227,7 @@ class Planner:
         if not any(lei == self.lei for lei, _ in faulty):
             self.counters.add("plan_skipped_faulty_out_of_view")
             return None
-        decision = self.decide(snapshot, faulty, now)
+        decision = self.decide(snapshot, faulty, now, self.alarming(now))
         self.mqtt.publish_message(topics.fed_decision(self.lei), decision, qos=1)
         self.counters.add("decisions")
         log.info(
@@ -278,16 +287,22 @@ class Planner:
         frozen = [j for j, task in enumerate(snapshot.tasks) if lei_of_task[j] != self.lei or task in staying]
         return np.array(frozen, dtype=int), fixed
 
-    def decide(self, snapshot: Snapshot, faulty: list[tuple[str, str]], now: float):
+    def decide(
+        self, snapshot: Snapshot, faulty: list[tuple[str, str]], now: float, alarming: list[tuple[str, str]] = ()
+    ):
+        """Tasks moved off the ``faulty`` hosts, onto none of them nor of the ``alarming`` ones."""
         started = time.perf_counter()
         peers = [lei for lei in snapshot.federation.leis if lei != self.lei]
         isolated = not peers
         sim = co_simulator(self.config.cosim, snapshot)
         groups = groups_of(sim, within_lei=isolated)
-        faulty_index = np.array([snapshot.hosts.index(key) for key in faulty if key in snapshot.hosts], dtype=int)
+        faulty_index, alarming_index = (
+            np.array([snapshot.hosts.index(key) for key in hosts if key in snapshot.hosts], dtype=int)
+            for hosts in (faulty, alarming)
+        )
         rng = np.random.default_rng(None if self.config.seed < 0 else self.config.seed)
         frozen, fixed = self.not_ours_to_move(snapshot, now)
-        search = {"frozen": frozen, "fixed": fixed}
+        search = {"frozen": frozen, "fixed": fixed, "avoid": np.union1d(faulty_index, alarming_index)}
         if self.config.look_ahead == 1:
             plan = anneal(sim, snapshot.state, faulty_index, self.annealing, rng, groups, **search)
         else:
