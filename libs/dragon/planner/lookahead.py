@@ -73,8 +73,8 @@ def look_ahead(
     future, now_fixed = state, fixed
     horizon, evaluations = [], 0
     for _ in range(steps):
-        avoid = np.union1d(flagged, faulty)
-        plan = anneal(sim, future, faulty, config, rng, groups, avoid=avoid, frozen=frozen, fixed=now_fixed)
+        never_targets = np.union1d(flagged, faulty)
+        plan = anneal(sim, future, faulty, config, rng, groups, avoid=never_targets, frozen=frozen, fixed=now_fixed)
         now_fixed = None  # carried out at the first step
         merged = merge(merged, plan.decision)
         last_across = merge(last_across, only_across_leis(sim, state, plan.decision, groups))
