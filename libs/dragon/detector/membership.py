@@ -47,7 +47,8 @@ HEARTBEAT_TTL_S = 10.0
 REFRESH_S = 1.0
 
 # Every script: KEYS = the live members (sorted set, by last beat), when that set began, the
-# members that left (sorted set, by when); ARGV[1] = the heartbeat's lifetime. Times are Redis's.
+# members that left (sorted set, by when), the first and last swapped for a leave (_ENLIST);
+# ARGV[1] = the heartbeat's lifetime. Times are Redis's.
 # Each first dates a set that has no beginning yet (it began anew: Redis lost its data), so that
 # settling always ends, even if nobody beats (every replica benched). The dating is tried, not
 # required (pcall): a Redis refusing writes (maxmemory, read-only) still lets the members be read.
@@ -57,21 +58,15 @@ local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
 local ttl = tonumber(ARGV[1])
 redis.pcall('SET', KEYS[2], string.format('%.6f', now), 'NX')
 """
-# ARGV[2]: this replica. A replica back after leaving is no longer among those that left.
-_BEAT = (
+# Puts ARGV[2], this replica, in KEYS[1] and takes it out of KEYS[3], forgetting the entries of KEYS[1]
+# older than a lifetime. A beat passes the live members first (a replica back after leaving is no
+# longer among those that left), a leave those that left first: one move, either way.
+_ENLIST = (
     _DATED_NOW
     + """
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
-"""
-)
-_LEAVE = (
-    _DATED_NOW
-    + """
-redis.call('ZREM', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[3], now, ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
 """
 )
 # The live members, whether the set is settling, and those that left within a lifetime. A set not
@@ -105,17 +100,17 @@ class Membership:
         self._keys = [key, f"{key}:began", f"{key}:left"]
         self._members: list[str] = [instance]
         self._refreshed = 0.0
-        self._beat = client.register_script(_BEAT)
-        self._leave = client.register_script(_LEAVE)
+        self._enlist = client.register_script(_ENLIST)
         self._live = client.register_script(_LIVE)
 
     def beat(self) -> None:
         """Say we are alive (call every second or so) and forget members that are not."""
-        self._beat(keys=self._keys, args=[HEARTBEAT_TTL_S, self.instance])
+        self._enlist(keys=self._keys, args=[HEARTBEAT_TTL_S, self.instance])
 
     def leave(self) -> None:
         """Hand our hosts over at once, settling or not."""
-        self._leave(keys=self._keys, args=[HEARTBEAT_TTL_S, self.instance])
+        live, began, left = self._keys
+        self._enlist(keys=[left, began, live], args=[HEARTBEAT_TTL_S, self.instance])
 
     def members(self) -> list[str]:
         """Live members, refreshed at most every second; the last known list if Redis is down."""
