@@ -155,6 +155,12 @@ class HostHealth(Message):
     faulty_since: float | None = None
     cause: str = "score"
 
+    @property
+    def in_a_fault(self) -> bool:
+        """An alarm within a fault that has started: with DRAGON_FAULT_START_WINDOWS > 1 the alarms
+        before the N-th in a row are not one yet (no ``faulty_since``)."""
+        return self.label == 1 and self.faulty_since is not None
+
     def check(self) -> None:
         require(self.mode in VERDICT_MODES, "HostHealth.mode must be observed or predicted")
         require(self.cause in FAULT_CAUSES, "HostHealth.cause must be score or silent")

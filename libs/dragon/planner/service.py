@@ -179,7 +179,7 @@ class Planner:
         its fault has started (``faulty_since``): with DRAGON_FAULT_START_WINDOWS > 1 the alarms
         before are not a fault yet, and moving tasks for each would undo what the setting is for.
         """
-        return self._hosts_whose_verdict(_a_fault, now)
+        return self._hosts_whose_verdict(lambda verdict: verdict.in_a_fault, now)
 
     def alarming(self, now: float) -> list[tuple[str, str]]:
         """Hosts whose newest verdict of either mode, recent enough, is an alarm, in a fault or not yet:
@@ -320,8 +320,3 @@ class Planner:
             commanded=self.issuer is not None,
         )
         return decision_message(plan, snapshot, context, unmoved, now, (time.perf_counter() - started) * 1e3)
-
-
-def _a_fault(verdict: HostHealth) -> bool:
-    """Whether a verdict is an alarm within a fault that has started."""
-    return verdict.label == 1 and verdict.faulty_since is not None
