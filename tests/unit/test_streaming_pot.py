@@ -221,6 +221,22 @@ def test_a_refit_without_a_finite_tail_keeps_its_peaks() -> None:
     assert state.peaks == (0.5, 0.7) and state.n_peaks == 2
 
 
+def test_a_host_quiet_for_hours_is_never_judged_below_t_and_censors_no_negative_excess() -> None:
+    """Each normal score moves z_q with n; once fewer than q n scores lie above t (a host whose
+    scores fell for good: 20,000 below t after 10 peaks), the quantile it extrapolates would lie
+    below t, where the tail says nothing: scores the calibration called ordinary would alarm."""
+    rng = np.random.default_rng(0)
+    stream = StreamingPot.calibrate(rng.exponential(size=500), q=1e-3, level=0.98)
+    t = stream.tail.t
+    thresholds = [stream.update(float(score))[0] for score in 0.5 * rng.random(20_000)]
+    assert min(thresholds) > t
+    assert stream.tail.method == "no_peaks" and stream.threshold > t
+    stream.allowance = MAX_ALLOWANCE  # an alarm now is learnt as censored
+    assert stream.update(t)[1] is False  # a score at t is no alarm
+    stream.update(10 * t)
+    assert all(excess > 0 for excess in stream.tail.censored)
+
+
 def test_n_ages_with_the_peaks_it_was_counted_with() -> None:
     # 200 peaks kept out of some 800 over a 40,000-score stream: without aging n would count
     # all 42,000 scores against 200 peaks and the estimated tail rate would be 4x too small.

@@ -468,7 +468,8 @@ class StreamingPot:
                     self._learn(held)
             self.held, self.quiet = (), self.lag == 0  # at lag 0 nothing is ever held: trivially quiet
             tail = self.tail
-            if self.allowance >= 1.0 and tail.method != "no_peaks":
+            # z_q > t in every fit; a state stored by older code may hold one that sank below t.
+            if self.allowance >= 1.0 and tail.method != "no_peaks" and z_q > tail.t:
                 self.allowance -= 1.0
                 # Censored at the threshold it crossed, z_q - t, even if learning moved z_q since.
                 self._refit(tail.n + 1, tail.peaks, (*tail.censored, z_q - tail.t))
@@ -496,7 +497,13 @@ class StreamingPot:
         else:
             # One more normal score lowers the tail probability of every peak: move z_q with n.
             z_q = gpd_quantile(tail.t, tail.gamma, tail.sigma, tail.q, n, tail.tail_count)
-            self.tail = dataclasses.replace(tail, n=n, z_q=z_q)
+            if math.isfinite(z_q) and z_q > tail.t:
+                self.tail = dataclasses.replace(tail, n=n, z_q=z_q)
+            else:
+                # Fewer than q n scores above t: the scores fell for good (a host gone quiet for
+                # hours), and the tail above t says nothing of a quantile below it. Refitting
+                # says so as a fit on the same peaks would, rather than judge below t.
+                self._refit(n, tail.peaks, tail.censored)
 
     def _refit(self, n: int, peaks: tuple[float, ...], censored: tuple[float, ...]) -> None:
         """Refit the tail on the newest ``max_peaks`` peaks and censored alarms, out of ``n`` scores."""
