@@ -99,6 +99,9 @@ M = TypeVar("M", bound=Message)
 Handler = Callable[[Incoming], None]
 BatchHandler = Callable[[list[Incoming]], None]
 MAX_BATCH = 256
+# What an MQTT v5 PUBLISH holds besides its payload: the fixed header, the topic and the properties
+# (content type, response topic, correlation data, user properties), all far below this.
+PACKET_HEADROOM_BYTES = 8192
 # Publish results that mean paho has the message, to send now or once it reconnects.
 QUEUED = (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)
 # Acknowledgements kept of untracked messages, for a tracked one acknowledged before it was tracked.
@@ -213,6 +216,10 @@ class MqttClient:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry_s
         props.ReceiveMaximum = self.settings.receive_maximum
+        # The broker discards, undelivered, what no handler here would read (the payload limit,
+        # plus room for the topic and properties): read first, 256 queued messages of the
+        # broker's 1 MiB limit would hold 256 MiB of a 4 GB device.
+        props.MaximumPacketSize = self.settings.max_payload_bytes + PACKET_HEADROOM_BYTES
         self._client.connect_async(
             self.settings.host,
             self.settings.port,
@@ -513,7 +520,11 @@ class MqttClient:
                     pending.append(more)
                     break
                 batch.append(more)
-            self._dispatch(batch)
+            try:
+                self._dispatch(batch)
+            except Exception:  # this thread alone empties the queue: it must outlive any batch
+                self.counters.add("dispatch_errors")
+                log.exception("mqtt_dispatch_failed", count=len(batch))
 
     def _run_hooks(self) -> None:
         for hook in self._on_connected:
@@ -526,7 +537,9 @@ class MqttClient:
     def _dispatch(self, batch: list[paho.MQTTMessage]) -> None:
         routed: dict[int, list[Incoming]] = collections.defaultdict(list)
         for message in batch:
-            incoming = _incoming(message)
+            incoming = self._readable(message)
+            if incoming is None:
+                continue
             index = next(
                 (i for i, (filter_, _) in enumerate(self._handlers) if paho.topic_matches_sub(filter_, incoming.topic)),
                 None,
@@ -553,6 +566,18 @@ class MqttClient:
         for message in batch:
             if message.qos > 0:
                 self._client.ack(message.mid, message.qos)
+
+    def _readable(self, message: paho.MQTTMessage) -> Incoming | None:
+        """The message as handlers read it; None, dropped and counted, if it cannot be read at all:
+        paho hands on a topic that is not UTF-8, which another broker than Mosquitto may let through.
+        Raised, it would end this thread, and every message after it would wait for ever."""
+        try:
+            return _incoming(message)
+        except Exception as exc:  # whatever paho's message holds, the loop must go on
+            self.counters.add("dropped_unreadable")
+            topic = repr(getattr(message, "_topic", b""))[:200]  # its raw bytes: the property is what failed
+            log.warning("message_dropped", topic=topic, reason="unreadable", detail=str(exc)[:200])
+            return None
 
 
 def _each(handler: Handler, batch: list[Incoming], counters: Counters) -> None:

@@ -25,7 +25,10 @@ class MqttSettings:
         "s",
     )
     max_payload_bytes: int = setting(
-        "DRAGON_MAX_PAYLOAD", 65536, "messages larger than this are dropped unread", "bytes"
+        "DRAGON_MAX_PAYLOAD",
+        65536,
+        "messages larger than this are dropped unread and counted; the broker does not deliver those over 8 KiB larger",
+        "bytes",
     )
     receive_maximum: int = setting(
         "DRAGON_MQTT_RECEIVE_MAXIMUM",

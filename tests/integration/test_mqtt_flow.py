@@ -22,7 +22,7 @@ from dragon.messages import codec, topics
 from dragon.messages.schemas import ServiceCounters
 from dragon.mqtt import GONE_RETAINED_S, Incoming, MqttClient
 from dragon.testing.lei import LeiStack
-from dragon.testing.listener import Listener
+from dragon.testing.listener import Listener, publish
 
 pytestmark = pytest.mark.integration
 
@@ -212,3 +212,27 @@ def test_a_stopping_client_finishes_its_batch_and_leaves_the_rest_to_its_next_se
     finally:
         again.stop()
     assert set(handled) | set(rest) == set(sent)
+
+
+def test_the_broker_keeps_to_itself_what_no_handler_would_read(brokers):
+    """A payload far over DRAGON_MAX_PAYLOAD is never delivered (the client's MQTT v5 Maximum
+    Packet Size): queued unread, a flood of them would hold the broker's 1 MiB limit each. One just
+    over the limit is still delivered, for the codec to drop and count; the session goes on."""
+    settings = dataclasses.replace(brokers.mqtt_settings("detector"), max_payload_bytes=1000)
+    got: list[bytes] = []
+    client = MqttClient(settings, "detector", "packetsize")
+    client.subscribe_batch(topics.host_samples(brokers.lei), lambda batch: got.extend(m.payload for m in batch), qos=1)
+    client.start()
+    try:
+        assert client.wait_connected(15)
+        time.sleep(0.5)  # the subscription is in place
+        publisher = brokers.mqtt_settings("collector")
+        topic = topics.host_sample(brokers.lei, "h1")
+        for payload in (b"a" * 200_000, b"b" * 1001, b"c"):
+            publish(publisher, topic, payload)
+        deadline = time.monotonic() + 10
+        while b"c" not in got and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        client.stop()
+    assert got == [b"b" * 1001, b"c"]

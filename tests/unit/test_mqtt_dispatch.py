@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from types import SimpleNamespace
 
@@ -119,3 +120,23 @@ def test_a_message_says_when_it_was_received_not_when_the_worker_took_it():
     queued.timestamp = time.monotonic() - 5.0  # paho received it 5 s ago
     client._dispatch([queued])
     assert got and abs(time.time() - 5.0 - got[0]) < 0.5
+
+
+def test_a_message_whose_topic_cannot_be_read_is_dropped_and_counted_and_the_worker_goes_on():
+    """paho hands on a topic that is not UTF-8 (Mosquitto refuses one; another broker may not).
+    Reading it raises: the worker, the one thread that empties the queue, must live on."""
+    client = MqttClient(MqttSettings(), "test", "t-unreadable", Counters())
+    got: list[str] = []
+    client.subscribe_batch("dragon/a/hosts/+/sample", lambda batch: got.extend(m.topic for m in batch))
+    worker = threading.Thread(target=client._work_loop, daemon=True)
+    worker.start()
+    unreadable = paho.MQTTMessage(mid=1, topic=b"dragon/a/hosts/\xff/sample")
+    client._work.put(unreadable)
+    client._work.put(message("dragon/a/hosts/h1/sample"))
+    deadline = time.monotonic() + 5.0
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client._work.put(None)
+    worker.join(5.0)
+    assert got == ["dragon/a/hosts/h1/sample"]
+    assert client.counters.snapshot()["dropped_unreadable"] == 1
