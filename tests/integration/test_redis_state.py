@@ -465,6 +465,23 @@ def test_a_silent_host_is_reported_once_by_its_owner_with_a_model_dated_after_it
     assert len(waiting(detector)) == queued and detector.counters.snapshot()["silences_reported"] == 1
 
 
+def test_a_silence_opens_its_fault_at_its_own_time_after_windows_nobody_judged(client, host_scorer):
+    """With DRAGON_FAULT_START_WINDOWS > 1, h2's last verdict was a pending alarm at 1_000_040; its
+    samples up to 1_000_049 were stored and never judged (its replica was killed). The silence
+    must not carry that alarm's run across them and date the fault 9 s back."""
+    scorer, _ = host_scorer
+    detector = detector_on(
+        client, "quiet-run", "a", DRAGON_DETECTOR_SILENT_INTERVALS="3", DRAGON_FAULT_START_WINDOWS="3"
+    )
+    detector.scorer = scorer
+    alarm = Verdict(2.0, 1.0, 1, (("cpu", 1.0),))
+    assert detector._publish([(Judged("h2", 1_000_040.0, 1_000_040.0, 1.0), alarm)], "observed")[0].kind == ""
+    hear_h2_fall_silent(detector)
+    detector._report_silent()
+    health = detector._health[("h2", "observed")]
+    assert (health.cause, health.faulty_since) == ("silent", math.nextafter(1_000_049.0, math.inf))
+
+
 def hear_h2_fall_silent(detector: Detector) -> None:
     """h1 and h2 every second, then h1 alone for 10 s: h2's last sample is at 1_000_049."""
     start = time.monotonic() - 100  # long enough ago for the grace after the first sample to be over

@@ -455,7 +455,9 @@ class Detector:
         verdicts = []
         for host, last_ts in sorted(silent.items()):
             began = math.nextafter(last_ts, math.inf)
-            verdicts.append((Judged(host, began, began), Verdict.silent()))
+            # With its interval, so a run of alarms goes on to the silence only if its last
+            # windows were judged (RUN_GAP_INTERVALS), not across windows no replica judged.
+            verdicts.append((Judged(host, began, began, self.silence.interval(host)), Verdict.silent()))
         transitions = self._publish(verdicts, "observed")
         self._reported_silent.update(silent)
         for (judged, _), transition in zip(verdicts, transitions, strict=True):

@@ -144,6 +144,11 @@ class SilenceWatch:
                 found[host] = last.ts
         return found
 
+    def interval(self, host: str) -> float:
+        """The sampling interval of ``host``'s newest sample heard (0: never heard)."""
+        last = self._heard.get(host)
+        return last.interval_s if last is not None else 0.0
+
     def _moved_on(self, host: str, last: LastHeard) -> float:
         """How far the most advanced other host's samples moved on since ``host``'s last arrived;
         one heard first since then counts from its first sample."""
