@@ -35,7 +35,7 @@ from dragon.detector.service import Detector, Judged
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.tunerstate import SETTLE_ATTEMPTS, GateFloors, KeptWindows, TunerState
 from dragon.messages import codec, topics
-from dragon.messages.schemas import HOST_METRICS, FaultEvent, HostMetrics, HostSample
+from dragon.messages.schemas import HOST_METRICS, FaultEvent, HostHealth, HostMetrics, HostSample
 from dragon.service.replicas import SLOT_TTL_S, ReplicaSlot, SlotTaken
 from dragon.store import WindowStore, padded_window, retry_until
 
@@ -480,6 +480,22 @@ def test_a_silence_opens_its_fault_at_its_own_time_after_windows_nobody_judged(c
     detector._report_silent()
     health = detector._health[("h2", "observed")]
     assert (health.cause, health.faulty_since) == ("silent", math.nextafter(1_000_049.0, math.inf))
+
+
+def test_a_reconnect_restores_only_the_verdicts_that_are_still_their_hosts_newest(client, host_scorer):
+    """While replica b owned h2 it judged a newer window (h2 fell silent, say). Back to a, h2's
+    retained health must not go back to a's older verdict at a's next reconnect: it would
+    contradict the fault state, for good if h2 never sends again."""
+    scorer, _ = host_scorer
+    a, b = (detector_on(client, "republish", name) for name in ("a", "b"))
+    a.scorer = b.scorer = scorer
+    normal, alarm = Verdict(0.1, 1.0, 0, (("cpu", 1.0),)), Verdict(2.0, 1.0, 1, (("cpu", 1.0),))
+    a._publish([(Judged(host, 1.0, 1.0, 1.0), normal) for host in ("h1", "h2")], "observed")
+    b._publish([(Judged("h2", 2.0, 2.0, 1.0), alarm)], "observed")
+    a.republish_state()
+    republished = [codec.decode(HostHealth, p, 65536) for topic, p in waiting(a) if topic.endswith("/health")]
+    assert [(h.host, h.ts) for h in republished] == [("h1", 1.0)]
+    assert ("h2", "observed") not in a._health
 
 
 def hear_h2_fall_silent(detector: Detector) -> None:

@@ -721,16 +721,31 @@ class Detector:
         self.mqtt.publish_message(topics.host_health(self.lei, judged.host, mode), health, qos=0, retain=True)
 
     def republish_state(self) -> None:
-        """After a reconnect, restore the retained verdicts of the hosts we own.
+        """After a reconnect, restore the retained verdicts of the hosts we own, those that are
+        still their hosts' newest.
 
         A broker that lost its retained messages (no persistence, a new node) shows the
         current state again at once instead of after the next sample of every host.
         """
         if not self.judging:
             return  # benched: our verdicts are not the LEI's model's, and our hosts are others'
-        for (host, mode), health in list(self._health.items()):
-            if self.membership.owns(host):
+        ours = {key: health for key, health in self._health.items() if self.membership.owns(key[0])}
+        newest: dict[str, dict[str, float | None]] = {}
+
+        def read_newest() -> None:
+            for mode in {mode for _, mode in ours}:
+                newest[mode] = self.faults[mode].last_judged(sorted({host for host, m in ours if m == mode}))
+
+        if not redis_for_now(read_newest):
+            log.warning("health_not_republished", reason="redis away: which verdicts are still current is unknown")
+            return
+        for (host, mode), health in ours.items():
+            if newest[mode].get(host) == health.ts:
                 self.mqtt.publish_message(topics.host_health(self.lei, host, mode), health, retain=True)
+            else:
+                # Another replica judged the host since (it owned it for a while): ours is out of
+                # date, and restored it would contradict the fault state, for good if the host is silent.
+                del self._health[(host, mode)]
 
     def _possible_events(self, verdicts: list[tuple[Judged, Verdict]], mode: str) -> list[FaultEvent | None]:
         """The event each verdict would publish, for the verdicts that may change their host's state.
