@@ -498,6 +498,20 @@ def test_a_reconnect_restores_only_the_verdicts_that_are_still_their_hosts_newes
     assert ("h2", "observed") not in a._health
 
 
+def test_a_silence_recorded_before_a_lost_reply_still_shows_in_health(client, host_scorer):
+    """The reply to the silence's transition was lost: the retry found it recorded (stale) and
+    published no health, and no window of the silent host ever comes to publish one."""
+    scorer, _ = host_scorer
+    detector = detector_on(client, "quiet-lost", "a", DRAGON_DETECTOR_SILENT_INTERVALS="3")
+    detector.scorer = scorer
+    hear_h2_fall_silent(detector)
+    began = math.nextafter(1_000_049.0, math.inf)
+    detector.faults["observed"].update_many([("h2", began, 1)], at_once=[True])  # the lost reply's
+    detector._report_silent()
+    health = detector._health[("h2", "observed")]
+    assert (health.ts, health.label, health.cause, health.faulty_since) == (began, 1, "silent", began)
+
+
 def hear_h2_fall_silent(detector: Detector) -> None:
     """h1 and h2 every second, then h1 alone for 10 s: h2's last sample is at 1_000_049."""
     start = time.monotonic() - 100  # long enough ago for the grace after the first sample to be over

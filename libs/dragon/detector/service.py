@@ -466,6 +466,22 @@ class Detector:
                 log.warning(
                     "host_silent", host=judged.host, since=judged.window_ts, already_faulty=transition.kind != "start"
                 )
+        self._show_recorded_silences(verdicts, transitions)
+
+    def _show_recorded_silences(self, verdicts: list[tuple[Judged, Verdict]], transitions: list[Transition]) -> None:
+        """Publish the health of each silence found stale because Redis holds this very verdict: the
+        reply to our own recording was lost and the retry found it done, or another replica's report
+        came first. No window follows a silence to publish the host's health, so without this the
+        broker would keep its last normal verdict while the fault is in force."""
+        stale = [(j, v, t) for (j, v), t in zip(verdicts, transitions, strict=True) if t.kind == "stale"]
+        if not stale:
+            return
+        faults = self.faults["observed"]
+        hosts = [judged.host for judged, _, _ in stale]
+        newest = retry_until(lambda: faults.last_judged(hosts), self.lifecycle.stop, "last_judged")
+        for judged, verdict, transition in stale:
+            if newest[judged.host] == judged.ts:
+                self._publish_health(judged, verdict, transition, "observed")
 
     def _count_late(self, scored: Scored, transitions: list[Transition]) -> None:
         """Count the missed windows judged (not those another replica judged meanwhile)."""
