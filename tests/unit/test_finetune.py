@@ -19,6 +19,7 @@ from dragon.detector.config import DetectorConfig
 from dragon.detector.finetune import (
     CleanStreaks,
     ConfidenceGate,
+    Unconfirmed,
     confidence,
     enough_to_recalibrate,
     fine_tune,
@@ -209,6 +210,15 @@ def test_a_window_is_clean_once_a_whole_window_of_verdicts_was_normal():
     assert streaks.update("h1", True, window=10) is False  # the window of the model now served
 
 
+def test_a_clean_window_is_kept_once_lag_later_ones_were_clean_and_a_fault_s_onset_never():
+    """Windows 3-4 scored just under the threshold before the alarm at 5: the fault's onset."""
+    held = Unconfirmed(lag=2)
+    clean = {0: True, 1: True, 2: True, 3: True, 4: True, 5: False, 6: True, 7: True, 8: True, 9: True}
+    kept = [window for step, is_clean in clean.items() for window in held.offer("h1", step, is_clean)]
+    assert kept == [0, 1, 2, 6, 7]
+    assert held.offer("h2", 0, True) == [] and Unconfirmed(lag=0).offer("h1", 0, True) == [0]
+
+
 def scaled(checkpoint: Checkpoint, windows: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(checkpoint.scaler().transform(windows), dtype=torch.float32)
 
@@ -321,8 +331,9 @@ def observe(tuner: FineTuner, scorer: Scorer, hosts: list[str], prev, nxt, norma
 
 
 def tuner_with(models: FakeModels, windows: int = 64) -> FineTuner:
+    # pot_lag 0: each clean window is kept at once (Unconfirmed has its own test).
     config = DetectorConfig(
-        finetune_min_interval_s=0.0, finetune_quantile=1.0, finetune_windows=windows, finetune_steps=2
+        finetune_min_interval_s=0.0, finetune_quantile=1.0, finetune_windows=windows, finetune_steps=2, pot_lag=0
     )
     tuner = FineTuner(config, models, "replica-a", "lei-test")
     # Reference: one window; fire when the newest normal window is less confident than it.
@@ -358,6 +369,21 @@ def test_fine_tuner_publishes_a_model_tuned_on_normal_windows_only(checkpoint, d
     assert scorer.model_id == checkpoint.model_id  # the served model is replaced by the service, not here
 
 
+def test_fine_tuner_keeps_no_window_of_a_fault_s_onset(checkpoint, drifted):
+    """With DRAGON_POT_LAG 3, a clean window is kept once 3 later ones of its host were clean:
+    the 3 before an alarm (scored just under the threshold, say) never are, another host's are."""
+    scorer = Scorer(checkpoint)
+    prev, nxt = drifted
+    tuner = FineTuner(dataclasses.replace(DetectorConfig(), pot_lag=3), FakeModels(checkpoint.model_id), "a", "lei")
+    clean = WINDOW + 5  # windows 0..k-2 are not clean yet (a whole window of normal verdicts before)
+    observe(tuner, scorer, ["h1"] * clean, prev[:clean], nxt[:clean], [True] * clean)
+    assert len(tuner._normal) == clean - (WINDOW - 1) - 3
+    observe(tuner, scorer, ["h1", "h2", "h2", "h2", "h2"], prev[:5], nxt[:5], [False, True, True, True, True])
+    assert len(tuner._normal) == clean - (WINDOW - 1) - 3  # h1's three held are dropped; h2 not clean yet
+    observe(tuner, scorer, ["h2"] * (WINDOW + 3), prev[: WINDOW + 3], nxt[: WINDOW + 3], [True] * (WINDOW + 3))
+    assert len(tuner._normal) == clean - (WINDOW - 1) - 3 + (4 + WINDOW + 3) - (WINDOW - 1) - 3
+
+
 @pytest.mark.parametrize(("made_ago_s", "fires"), [(3600.0, True), (0.0, False)])
 def test_a_replica_that_restarts_counts_the_interval_from_the_models_making(
     checkpoint, drifted, two_windows_suffice, made_ago_s, fires
@@ -390,7 +416,9 @@ def test_fine_tuner_with_room_for_more_waits_until_pot_can_be_fitted(checkpoint,
     scorer = Scorer(checkpoint)
     prev, nxt = by_confidence(scorer, *drifted)
     models = FakeModels(checkpoint.model_id)
-    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_quantile=1.0, finetune_steps=2)  # 1024 kept
+    config = DetectorConfig(
+        finetune_min_interval_s=0.0, finetune_quantile=1.0, finetune_steps=2, pot_lag=0
+    )  # 1024 kept
     tuner = FineTuner(config, models, "replica-a", "lei-test")
     tuner.gate = ConfidenceGate(0.0, 1.0, reference=1, recent=1)  # open: the wait is under test
     observe(tuner, scorer, ["h1"] * len(nxt), prev, nxt, [True] * len(nxt))
@@ -443,7 +471,7 @@ def test_refused_writes_are_counted_each_and_logged_once_a_minute(checkpoint, dr
     prev, nxt = drifted
     now = [0.0]
     state = RefusingState()
-    tuner = FineTuner(DetectorConfig(), FakeModels(checkpoint.model_id), "replica-a", "lei-test", state)
+    tuner = FineTuner(DetectorConfig(pot_lag=0), FakeModels(checkpoint.model_id), "replica-a", "lei-test", state)
     tuner._write_warnings = EveryInterval(60.0, clock=lambda: now[0])
     tuner.gate = ConfidenceGate(0.0, 1.0, reference=1, recent=1)  # a floor after the first clean window
 

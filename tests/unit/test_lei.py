@@ -310,7 +310,7 @@ def test_a_lei_model_is_fine_tuned_on_steps_where_every_host_was_clean(lei_model
     scorer, history = lei_model
     models = FakeModels(scorer.model_id)
     # Room for two steps of three hosts: once two are kept, a fine-tune need not wait for more.
-    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=6, finetune_steps=2)
+    config = DetectorConfig(pot_lag=0, finetune_min_interval_s=0.0, finetune_windows=6, finetune_steps=2)
     tuner = FineTuner(config, models, "replica-a", "lei-test")
     tuner.gate = OpenGate(0.0, 1.0, reference=1, recent=1)
     times = range(-8, 0)
@@ -333,7 +333,7 @@ def test_a_lei_model_is_fine_tuned_on_steps_where_every_host_was_clean(lei_model
 def test_a_step_is_kept_only_when_every_host_in_it_is_clean_whoever_judged_it(lei_model):
     scorer, history = lei_model
     # Room for two steps of three hosts: the store is full, so only the gate can hold the fine-tune back.
-    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=6, finetune_steps=2)
+    config = DetectorConfig(pot_lag=0, finetune_min_interval_s=0.0, finetune_windows=6, finetune_steps=2)
     tuner = FineTuner(config, FakeModels(scorer.model_id), "replica-a", "lei-test")
     tuner.gate = OpenGate(0.0, 1.0, reference=1, recent=1)
     # This replica judges h0 only; h2 belongs to another replica, which saw it faulty lately.
@@ -348,7 +348,9 @@ def test_a_step_is_kept_only_when_every_host_in_it_is_clean_whoever_judged_it(le
 
 def test_a_store_too_small_for_two_steps_of_this_lei_says_so_once(lei_model):
     scorer, history = lei_model
-    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=5, finetune_steps=2)  # < 2 x 3 hosts
+    config = DetectorConfig(
+        pot_lag=0, finetune_min_interval_s=0.0, finetune_windows=5, finetune_steps=2
+    )  # < 2 x 3 hosts
     tuner = FineTuner(config, FakeModels(scorer.model_id), "replica-a", "lei-test")
     tuner.gate = OpenGate(0.0, 1.0, reference=1, recent=1)
     steps = steps_to_judge([as_sample(host, history[host][i]) for i in (-2, -1) for host in HOSTS], history, K)
@@ -410,7 +412,7 @@ def test_the_service_reads_a_batch_run_by_run_and_judges_every_item(lei_model):
 
 def test_a_step_with_a_window_not_judged_normal_is_not_learnt_from(lei_model):
     scorer, history = lei_model
-    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
+    config = DetectorConfig(pot_lag=0, finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
     tuner = FineTuner(config, FakeModels(scorer.model_id), "replica-a", "lei-test")
     (step,) = steps_to_judge([as_sample(host, history[host][-1]) for host in HOSTS], history, K)
     # Redis says every host is clean, but this batch's h1 window was a redelivery (stale).
@@ -420,9 +422,22 @@ def test_a_step_with_a_window_not_judged_normal_is_not_learnt_from(lei_model):
     assert list(tuner._steps) == [step]
 
 
+def test_a_step_is_kept_once_pot_lag_later_steps_were_clean_and_a_fault_s_onset_never(lei_model):
+    scorer, history = lei_model
+    config = DetectorConfig(pot_lag=2, finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
+    tuner = FineTuner(config, FakeModels(scorer.model_id), "replica-a", "lei-test")
+    steps = steps_to_judge([as_sample(host, history[host][i]) for i in range(-6, 0) for host in HOSTS], history, K)
+    for step in steps[:4]:
+        tuner.observe_steps(scorer, [step], [True] * 3, dict.fromkeys(HOSTS, 20))
+    assert list(tuner._steps) == steps[:2]  # the 3rd and 4th wait for two more
+    tuner.observe_steps(scorer, [steps[4]], [True, False, True], dict.fromkeys(HOSTS, 20))  # h1 alarms
+    tuner.observe_steps(scorer, [steps[5]], [True] * 3, dict.fromkeys(HOSTS, 20))
+    assert list(tuner._steps) == steps[:2]  # the two before the alarm are its onset: dropped
+
+
 def test_kept_steps_stay_when_a_new_model_is_served(lei_model):
     scorer, history = lei_model
-    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
+    config = DetectorConfig(pot_lag=0, finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
     tuner = FineTuner(config, FakeModels(scorer.model_id), "replica-a", "lei-test")
     first, second = steps_to_judge([as_sample(host, history[host][i]) for i in (-2, -1) for host in HOSTS], history, K)
     tuner.observe_steps(scorer, [first], [True] * 3, dict.fromkeys(HOSTS, 20))
@@ -436,7 +451,7 @@ def test_kept_steps_stay_when_a_new_model_is_served(lei_model):
 
 def test_a_lei_model_forgets_kept_host_pairs_and_steps_of_another_window_length(lei_model):
     scorer, history = lei_model
-    config = DetectorConfig(finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
+    config = DetectorConfig(pot_lag=0, finetune_min_interval_s=0.0, finetune_windows=64, finetune_steps=2)
     tuner = FineTuner(config, FakeModels(scorer.model_id), "replica-a", "lei-test")
     first, second = steps_to_judge([as_sample(host, history[host][i]) for i in (-2, -1) for host in HOSTS], history, K)
     shorter = replace(first, prev=first.prev[:, 1:], next=first.next[:, 1:])  # kept under a model of k - 1

@@ -46,7 +46,8 @@ def test_a_fine_tune_swaps_the_model_and_restarts_its_threshold(trained) -> None
     model, train, test = trained
     served = model.checkpoint.model_id
     # Floor = the highest reference confidence: the gate fires as soon as it may.
-    run = model.score_online(test, train, OnlineSettings(reference=3, quantile=1.0, min_interval_steps=20, windows=10))
+    settings = OnlineSettings(reference=3, quantile=1.0, min_interval_steps=20, windows=10, pot_lag=0)
+    run = model.score_online(test, train, settings)
     static, _ = model.score(test, history=train)
     assert len(run.fine_tunes) >= 2
     first, second = run.fine_tunes[0]["step"], run.fine_tunes[1]["step"]

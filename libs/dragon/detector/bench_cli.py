@@ -51,7 +51,8 @@ def add_bench_parser(commands) -> None:
         metavar="STEPS",
         help=f"SPOT/DSPOT learn each normal score this many scores late, and the first alarm after at least that "
         f"many normal scores, or the first since the calibration, drops those not yet learnt, the fault's likely "
-        f"onset (the service's DRAGON_POT_LAG; default: {DEFAULT_POT_LAG}; 0 learns at once)",
+        f"onset; --online keeps a clean window to fine-tune on only once as many later ones were clean (the "
+        f"service's DRAGON_POT_LAG; default: {DEFAULT_POT_LAG}; 0 learns at once)",
     )
     parser.add_argument(
         "--online",

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 import structlog
@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # the scorer imports nothing from here; only the annotation n
     from dragon.detector.scorer import Scorer
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # Adam step size of fine-tuning: CAROL fine-tunes its GON with 1e-4 (weight decay 1e-5, which
 # GonConfig.weight_decay already is). GonConfig.lr (1e-3) is for training from scratch.
@@ -213,6 +214,35 @@ class CleanStreaks:
         streak = self._normal_in_a_row.get(host, 0) + 1 if normal else 0
         self._normal_in_a_row[host] = streak
         return streak >= window
+
+
+class Unconfirmed(Generic[T]):
+    """Clean windows held until ``lag`` later windows of their stream (a host, or the LEI's steps)
+    were clean too: only then are they kept to learn from.
+
+    The first windows of a fault often score just under the threshold (the reason POT learns a
+    window late, ``DRAGON_POT_LAG``); kept at once, a fine-tune would learn them as normal
+    operation, and the POT it recalibrates on their scores would take them for peaks and fatten
+    its tail. A window that is not clean drops what its stream holds. Lag 0 keeps every clean
+    window at once.
+    """
+
+    def __init__(self, lag: int) -> None:
+        if lag < 0:
+            raise ValueError(f"lag must be >= 0, got {lag}")
+        self.lag = lag
+        self._held: dict[str, deque[T]] = {}
+
+    def offer(self, stream: str, item: T, clean: bool) -> list[T]:
+        """The items of ``stream`` confirmed by ``item`` (held if ``clean``): at most one."""
+        if not clean:
+            self._held.pop(stream, None)
+            return []
+        if not self.lag:
+            return [item]
+        held = self._held.setdefault(stream, deque())
+        held.append(item)
+        return [held.popleft()] if len(held) > self.lag else []
 
 
 def enough_to_recalibrate(checkpoint: Checkpoint, windows: int, full: bool) -> bool:

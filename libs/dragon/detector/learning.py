@@ -27,6 +27,7 @@ from dragon.detector.config import DetectorConfig
 from dragon.detector.finetune import (
     ConfidenceGate,
     TuningGroup,
+    Unconfirmed,
     confidence,
     enough_to_recalibrate,
     fine_tune_groups,
@@ -51,6 +52,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 CHECK_INTERVAL_S = 2.0
+LEI_STEPS = "lei"  # the one stream of a model of the LEI's steps, as a host's own windows are one each
 WRITE_WARNING_INTERVAL_S = 60.0  # at most one finetune_state_not_written line this often
 RETRY_AFTER_FAILURE_S = 60.0  # after a record that could not make a model: gather more first
 # A host silent this many of its intervals (as the silence watch's default) while others send is
@@ -284,6 +286,9 @@ class FineTuner:
         self._normal: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=config.finetune_windows)
         # LEI steps in which every host was clean, newest last, at most finetune_windows host windows.
         self._steps: deque[LeiStep] = deque()
+        # Clean windows (steps) are kept only once DRAGON_POT_LAG later ones were clean too: a
+        # fault's onset scores just under the threshold and must not be learnt as normal.
+        self._unconfirmed: Unconfirmed[HostPair | LeiStep] = Unconfirmed(config.pot_lag)
         self._warned_small_store = False
         self._model_id: str | None = None
         self._thread: threading.Thread | None = None
@@ -325,8 +330,7 @@ class FineTuner:
         new_pairs: list[tuple[str, HostPair]] = []
         for i, (host, value, is_clean) in enumerate(zip(hosts, values.tolist(), learnable, strict=True)):
             self.gate.observe(host, value, is_clean)
-            if is_clean:
-                new_pairs.append((host, (prev[i], nxt[i])))
+            new_pairs += [(host, pair) for pair in self._unconfirmed.offer(host, (prev[i], nxt[i]), is_clean)]
         self._normal.extend(pair for _, pair in new_pairs)
         # _persist calls nothing when there is nothing new (zip of no pairs would give no arguments).
         self._persist(lambda state: state.kept.keep_pairs(*zip(*new_pairs, strict=True)), windows=len(new_pairs))
@@ -357,10 +361,10 @@ class FineTuner:
                 learnable = is_normal and clean_for(clean, sample.host, later, scorer.window)
                 self.gate.observe(sample.host, float(values[h]), learnable)
             fresh_and_clean = all(clean_for(clean, host, later, scorer.window) for host in step.hosts)
-            if all(step_normal) and fresh_and_clean:
-                self._warn_if_store_too_small(step)
-                self._append_step(step)
-                new_steps.append(step)
+            for confirmed in self._unconfirmed.offer(LEI_STEPS, step, all(step_normal) and fresh_and_clean):
+                self._warn_if_store_too_small(confirmed)
+                self._append_step(confirmed)
+                new_steps.append(confirmed)
         self._persist(lambda state: state.kept.keep_steps(new_steps), windows=sum(len(s.hosts) for s in new_steps))
         self._persist_new_floors(scorer)
         windows = sum(len(s.hosts) for s in self._steps)
@@ -457,6 +461,8 @@ class FineTuner:
             # restart) count again.
             self.gate.reset(model_age_s(scorer.checkpoint))
             self._drop_other_shapes(scorer)
+            # Held windows may be of the other scope's kind or shape: at most DRAGON_POT_LAG lost each.
+            self._unconfirmed = Unconfirmed(self.config.pot_lag)
             floors = self._stored_floors(scorer.model_id)
             for host, floor in floors.items():
                 self.gate.adopt_floor(host, floor)

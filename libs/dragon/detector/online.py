@@ -27,7 +27,14 @@ import torch
 from dragon.config import default_of
 from dragon.detector.checkpoint import DEFAULT_HOST, Checkpoint
 from dragon.detector.config import ONLINE_MIN_INTERVAL_STEPS, POT_MODES, DetectorConfig
-from dragon.detector.finetune import CleanStreaks, ConfidenceGate, confidence, enough_to_recalibrate, fine_tune
+from dragon.detector.finetune import (
+    CleanStreaks,
+    ConfidenceGate,
+    Unconfirmed,
+    confidence,
+    enough_to_recalibrate,
+    fine_tune,
+)
 from dragon.detector.gon import fault_scores
 from dragon.detector.health import FaultHysteresis
 from dragon.detector.pot import PotState, StreamingPot
@@ -48,7 +55,8 @@ class OnlineSettings:
     min_interval_steps: int = ONLINE_MIN_INTERVAL_STEPS  # at least this many steps between fine-tunes
     pot_mode: str = "static"  # static POT, streaming SPOT or drift-aware DSPOT, restarted by each new model
     dspot_depth: int = 20
-    pot_lag: int = _service_default("pot_lag")  # spot/dspot: normal scores learnt this many scores late
+    # spot/dspot: normal scores learnt this many scores late; clean windows kept for fine-tuning as late
+    pot_lag: int = _service_default("pot_lag")
     start_windows: int = _service_default("start_windows")  # alarms in a row before a fault starts
     clear_windows: int = _service_default("clear_windows")  # normal windows in a row before a fault ends
 
@@ -107,9 +115,9 @@ def score_online(
 
     After each step: the verdict (score >= threshold in force), the ``settings.start_windows``-th
     alarm in a row, opens a fault, or after ``settings.clear_windows`` normal ones ends it, as the
-    service's fault state does; a normal
-    verdict with no fault in force extends the series' clean streak, anything else breaks it; a
-    clean window's confidence D(W_t) feeds the gate and the window joins the newest
+    service's fault state does; a normal verdict with no fault in force extends the series' clean
+    streak, anything else breaks it; a clean window's confidence D(W_t) feeds the gate and, once
+    ``settings.pot_lag`` later windows were clean too, the window joins the newest
     ``settings.windows``; when the gate fires, once enough are kept to recalibrate POT on, the
     model is fine-tuned on those and judges from the next step on, with a threshold restarted
     from its recalibration.
@@ -122,6 +130,7 @@ def score_online(
         settings.min_interval_steps, settings.quantile, reference=settings.reference, clock=lambda: step
     )
     faults, streaks = FaultHysteresis(settings.clear_windows, settings.start_windows), CleanStreaks()
+    unconfirmed: Unconfirmed[int] = Unconfirmed(settings.pot_lag)
     clean: deque[int] = deque(maxlen=settings.windows)  # step indices
     run = OnlineRun(np.zeros(len(nxt)), np.zeros((len(nxt), nxt.shape[2])), np.zeros(len(nxt)))
     model, scaler, threshold = checkpoint.build_model(), checkpoint.scaler(), _threshold_of(checkpoint, settings)
@@ -135,8 +144,7 @@ def score_online(
         no_fault = faults.update(int(alarm))  # normal, and no fault in force (it ends after clear_windows)
         is_clean = streaks.update(DEFAULT_HOST, no_fault, checkpoint.config.window)
         gate.observe(DEFAULT_HOST, float(confidence(model, window.numpy())[0]), is_clean)
-        if is_clean:
-            clean.append(step)
+        clean.extend(unconfirmed.offer(DEFAULT_HOST, step, is_clean))
         if enough_to_recalibrate(checkpoint, len(clean), len(clean) == clean.maxlen) and gate.check():
             started = time.perf_counter()
             learnt = np.asarray(clean)
