@@ -11,6 +11,7 @@ from dragon.messages.schemas import (
     FaultEvent,
     FaultInjection,
     ForecastSample,
+    HostHealth,
     HostMetrics,
     HostSample,
     MetricContribution,
@@ -72,6 +73,8 @@ def test_json_round_trip_and_sniffing_without_content_type():
         (msgpack.packb([1, 2, 3]), "malformed"),
         (b"\x00" * (LIMIT + 1), "oversized"),
         (msgpack.packb({"v": 2}), "version"),
+        (msgpack.packb(sample().to_dict() | {"v": True}), "version"),  # True == 1 in Python
+        (msgpack.packb(sample().to_dict() | {"v": 1.0}), "version"),
         (msgpack.packb({"v": 1, "lei": "lei1"}), "schema"),
     ],
 )
@@ -210,3 +213,12 @@ def test_a_forecast_more_than_a_day_ahead_of_its_sample_is_refused():
     far = dataclasses.replace(ok, for_ts=1e300)  # would let it be stamped any time ahead
     with pytest.raises(DecodeError, match="at most a day"):
         codec.decode(ForecastSample, codec.encode(far), 65536, codec.MSGPACK)
+
+
+def test_a_health_verdict_labels_0_or_1():
+    """The planner reads label == 1 as an alarm: a 5 with faulty_since would pass for normal."""
+    health = HostHealth("lei1", "h1", 1.0, 2.0, 1.0, 1, "observed", faulty_since=1.0)
+    assert codec.decode(HostHealth, codec.encode(health), LIMIT) == health
+    with pytest.raises(DecodeError) as info:
+        codec.decode(HostHealth, msgpack.packb(health.to_dict() | {"label": 5}), LIMIT)
+    assert info.value.reason == "schema"

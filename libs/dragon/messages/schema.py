@@ -44,7 +44,7 @@ class Message:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
         version = data.get("v")
-        if version != cls.VERSION:
+        if type(version) is not int or version != cls.VERSION:  # true and 1.0 equal 1 in Python
             raise SchemaError(
                 f"{cls.__name__} version {version!r} is not supported (expected {cls.VERSION})", "version"
             )

@@ -162,6 +162,7 @@ class HostHealth(Message):
         return self.label == 1 and self.faulty_since is not None
 
     def check(self) -> None:
+        require(self.label in {0, 1}, "HostHealth.label must be 0 or 1")
         require(self.mode in VERDICT_MODES, "HostHealth.mode must be observed or predicted")
         require(self.cause in FAULT_CAUSES, "HostHealth.cause must be score or silent")
 
