@@ -34,6 +34,7 @@ from dragon.detector.scorer import Verdict
 from dragon.detector.service import Detector, Judged
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.tunerstate import SETTLE_ATTEMPTS, GateFloors, KeptWindows, TunerState
+from dragon.lateness import FORGET_AFTER_S
 from dragon.messages import codec, topics
 from dragon.messages.schemas import HOST_METRICS, FaultEvent, HostHealth, HostMetrics, HostSample
 from dragon.service.replicas import SLOT_TTL_S, ReplicaSlot, SlotTaken
@@ -510,6 +511,29 @@ def test_a_silence_recorded_before_a_lost_reply_still_shows_in_health(client, ho
     detector._report_silent()
     health = detector._health[("h2", "observed")]
     assert (health.ts, health.label, health.cause, health.faulty_since) == (began, 1, "silent", began)
+
+
+def test_a_host_gone_for_an_hour_is_forgotten_in_memory_and_kept_in_redis(client, host_scorer):
+    """h2 fell silent (reported) and sent nothing for over an hour: it left the LEI. The replica
+    forgets it; Redis keeps its fault, which a sample of it coming back would go on from."""
+    scorer, _ = host_scorer
+    detector = detector_on(client, "departed", "a", DRAGON_DETECTOR_SILENT_INTERVALS="3")
+    detector.scorer = scorer
+    start = time.monotonic() - FORGET_AFTER_S - 100
+    for second in range(60):
+        hosts = ("h1", "h2") if second < 50 else ("h1",)
+        samples = [SimpleNamespace(host=host, ts=1_000_000.0 + second, interval_s=1.0) for host in hosts]
+        detector.silence.heard(samples, start + second)
+    detector._report_silent()
+    assert ("h2", "observed") in detector._health and "h2" in detector._reported_silent
+    now = time.monotonic()
+    detector.silence.heard([SimpleNamespace(host="h1", ts=1_000_000.0 + FORGET_AFTER_S, interval_s=1.0)], now)
+    with structlog.testing.capture_logs() as logs:
+        detector._forget_departed()
+    assert [entry["hosts"] for entry in logs if entry["event"] == "hosts_forgotten"] == [["h2"]]
+    assert ("h2", "observed") not in detector._health and "h2" not in detector._reported_silent
+    assert detector.silence.departed(now) == [] and detector.silence.interval("h2") == 0.0
+    assert detector.faults["observed"].last_judged(["h2"]) == {"h2": math.nextafter(1_000_049.0, math.inf)}
 
 
 def hear_h2_fall_silent(detector: Detector) -> None:

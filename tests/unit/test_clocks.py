@@ -54,10 +54,13 @@ def test_a_backlog_delivered_in_a_burst_is_no_clock_behind():
     assert said(ClockWatch(), burst + in_time) == []
 
 
-def test_a_host_gone_for_an_hour_is_forgotten_and_unknown_receipt_times_are_left_out():
+def test_a_host_that_left_is_forgotten_and_unknown_receipt_times_are_left_out():
+    """The detector says which hosts left (silence.SilenceWatch.departed): they no longer count in
+    the LEI's median, and one back is judged afresh."""
     watch = ClockWatch()
     said(watch, ticks(range(100), {"pi": 3600.0, "h1": 0.0, "h2": 0.0}))
-    said(watch, ticks(range(3800, 3810), {"h1": 0.0, "h2": 0.0}))
+    watch.forget(["pi"])
     assert watch.behind == {} and "pi" not in watch._lateness
+    assert said(watch, ticks(range(100, 200), {"pi": 3600.0, "h1": 0.0, "h2": 0.0})) == [("host_clock_behind", "pi")]
     unknown = [[(sample, 0.0) for sample, _ in batch] for batch in ticks(range(100), {"pi": 3600.0, "h1": 0.0})]
     assert said(ClockWatch(), unknown) == []

@@ -116,6 +116,18 @@ def test_gate_fires_only_for_the_host_that_dropped():
     assert gate.check() == ["h1"]
 
 
+def test_a_host_that_left_is_forgotten_by_the_gate_and_measures_its_reference_again_if_back():
+    gate = ConfidenceGate(min_interval_s=0.0, quantile=0.05, reference=10, recent=3)
+    for host, values in (("h1", [0.9] * 13), ("gone", [0.9] * 5)):  # gone: part of a reference
+        for value in values:
+            gate.observe(host, value, normal=True)
+    gate.forget(["gone"])
+    assert gate.floor("gone") is None and gate.floor("h1") is not None
+    for value in [0.9] * 10 + [0.2] * 3:  # a whole reference anew, then a drop
+        gate.observe("gone", value, normal=True)
+    assert gate.check() == ["gone"]
+
+
 def test_gate_respects_the_minimum_interval():
     clock = Clock()
     gate = fed_gate(stable(60), clock=clock, min_interval_s=100.0)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from dragon.detector.silence import INTERVAL_GAPS, REMEMBER_WITHIN_S, SilenceWatch
+from dragon.lateness import FORGET_AFTER_S
 from dragon.mqtt import MAX_RECONNECT_DELAY_S
 from dragon.store import sampling_interval
 
@@ -188,3 +189,17 @@ def test_a_collector_stamping_a_tiny_interval_holds_back_only_its_own_hosts():
         reported = watch.silent(now)
         now += 0.5
     assert reported == {"h2": 59.5} and now < 71.0, (reported, now)
+
+
+def test_a_host_heard_of_for_an_hour_has_departed_and_once_forgotten_is_heard_as_new():
+    watch = running(10, {"h1": 0.0, "gone": 0.0})  # both last at 108
+    now = rounds(watch, 110.0, 11, {"h1": 0.0})
+    assert watch.silent(now) == {"gone": 108.0} and watch.departed(now) == []
+    later = 108.0 + FORGET_AFTER_S + 1.0
+    watch.heard([Sample("h1", later)], later)
+    assert watch.departed(later) == ["gone"]
+    watch.forget(["gone"])
+    assert watch.silent(later) == {} and watch.departed(later) == []
+    assert all("gone" not in last.others_then for last in watch._heard.values())
+    back = rounds(watch, later + 2.0, 3, {"h1": 0.0, "gone": 0.0})
+    assert watch.silent(back) == {} and watch.interval("gone") == 2.0  # a host like any new one

@@ -29,26 +29,22 @@ log = structlog.get_logger(__name__)
 
 TOLERANCE_INTERVALS = 10.0  # a host's samples usually this many of its intervals behind, at least
 TOLERANCE_FLOOR_S = 30.0  # ... and this many seconds, beyond the LEI's and beyond the detector's clock
-FORGET_EVERY_S = 60.0  # hosts gone (dragon.lateness.FORGET_AFTER_S) are looked for this often, not per batch
 
 
 class ClockWatch:
     def __init__(self) -> None:
         self._lateness: dict[str, Lateness] = {}
         self.behind: dict[str, float] = {}  # host -> how far its clock was behind when said
-        self._forgot_at = float("-inf")
 
     def heard(self, received: Iterable[tuple[TimedSample, float]]) -> None:
         """Note a batch of samples and when each was received (the wall clock; 0: not known), in order."""
         batch: dict[str, TimedSample] = {}
-        newest = 0.0
         for sample, at in received:
             if at:
                 self._lateness.setdefault(sample.host, Lateness(at)).arrived(at, sample.ts, sample.interval_s)
-                batch[sample.host], newest = sample, max(newest, at)
+                batch[sample.host] = sample
         if not batch:
             return
-        self._forget(newest)
         # The LEI's median costs every host: only for a batch with a host that may be behind, or was.
         suspects = {
             host: sample
@@ -75,12 +71,10 @@ class ClockWatch:
         elif not behind and sample.host in self.behind:
             log.info("host_clock_agrees", host=sample.host, was_behind_s=round(self.behind.pop(sample.host), 1))
 
-    def _forget(self, now: float) -> None:
-        if now - self._forgot_at < FORGET_EVERY_S:
-            return
-        self._forgot_at = now
-        for host in [host for host, lateness in self._lateness.items() if lateness.gone(now)]:
-            del self._lateness[host]
+    def forget(self, hosts: Iterable[str]) -> None:
+        """Forget hosts that left the LEI (the detector says which): the LEI's median is of its hosts."""
+        for host in hosts:
+            self._lateness.pop(host, None)
             self.behind.pop(host, None)
 
 

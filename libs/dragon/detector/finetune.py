@@ -155,6 +155,12 @@ class ConfidenceGate:
         for host in hosts:
             self._new_floors.pop(host, None)
 
+    def forget(self, hosts: Iterable[str]) -> None:
+        """Forget hosts that left the LEI; back, each measures its reference again."""
+        for host in hosts:
+            self._hosts.pop(host, None)
+            self._new_floors.pop(host, None)
+
     def _host(self, host: str) -> _HostConfidence:
         return self._hosts.setdefault(host, _HostConfidence(recent=deque(maxlen=self._recent)))
 
@@ -232,6 +238,11 @@ class Unconfirmed(Generic[T]):
             raise ValueError(f"lag must be >= 0, got {lag}")
         self.lag = lag
         self._held: dict[str, deque[T]] = {}
+
+    def forget(self, streams: Iterable[str]) -> None:
+        """Drop what streams that ended (hosts that left) hold: nothing will confirm it."""
+        for stream in streams:
+            self._held.pop(stream, None)
 
     def offer(self, stream: str, item: T, clean: bool) -> list[T]:
         """The items of ``stream`` confirmed by ``item`` (held if ``clean``): at most one."""

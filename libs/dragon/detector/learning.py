@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -315,6 +315,13 @@ class FineTuner:
         for step in steps:
             self._append_step(step)
         log.info("finetune_windows_restored", windows=len(self._normal), steps=len(self._steps))
+
+    def forget(self, hosts: Iterable[str]) -> None:
+        """Forget hosts that left the LEI: the gate's measures of them and the windows they hold
+        unconfirmed. Those kept stay: they are normal operation all the same."""
+        hosts = list(hosts)
+        self.gate.forget(hosts)
+        self._unconfirmed.forget(hosts)
 
     def observe(
         self, scorer: Scorer, hosts: list[str], prev: np.ndarray, nxt: np.ndarray, learnable: list[bool]

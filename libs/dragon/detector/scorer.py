@@ -7,7 +7,7 @@ which starts from this model's calibration (:meth:`Scorer.resume`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +72,11 @@ class Scorer:
     def scope(self) -> str:
         """What the model judges at once: ``host`` (:meth:`score`) or ``lei`` (:meth:`score_steps`)."""
         return self.config.scope
+
+    def forget(self, hosts: Iterable[str]) -> None:
+        """Drop the static thresholds of hosts that left (read again from the checkpoint if they come back)."""
+        for host in hosts:
+            self._thresholds.pop(host, None)
 
     def threshold(self, host: str) -> float:
         """The static threshold: the checkpoint's z_q for ``host``."""

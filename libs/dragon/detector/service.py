@@ -49,6 +49,7 @@ from dragon.detector.scorer import Scorer, Verdict
 from dragon.detector.silence import STAMPS_TO_REMEMBER, SilenceWatch
 from dragon.detector.thresholds import HostThreshold, ThresholdStore
 from dragon.detector.tunerstate import TunerState
+from dragon.lateness import FORGET_AFTER_S
 from dragon.logs import EveryInterval
 from dragon.messages import codec, topics
 from dragon.messages.codec import DecodeError
@@ -102,6 +103,7 @@ MAX_MISSED_PER_HOST = 120
 BELIEF_INTERVALS = 2.0
 # How often the worker looks for hosts gone silent (dragon.detector.silence), after a batch.
 SILENCE_CHECK_S = 1.0
+FORGET_EVERY_S = 60.0  # hosts that left (FORGET_AFTER_S) are looked for this often, not per batch
 # With DRAGON_FAULT_START_WINDOWS > 1, a run of alarms goes on across at most this many of the
 # host's intervals between two of its windows: one sample lost does not break it, a spell does
 # (a fault must not be dated back to an alarm before the host went away).
@@ -174,6 +176,7 @@ class Detector:
         self.clocks = ClockWatch()
         self._silence_checked_at = 0.0  # time.monotonic()
         self._reported_silent: dict[str, float] = {}  # host -> the last sample of its silence reported
+        self._forgot_at = 0.0  # time.monotonic() of the last look for hosts that left
         self.slot: ReplicaSlot | None = None  # without DRAGON_INSTANCE: the replica's name (replicas.py)
         self._slot_lost = False
         self._benched = False  # out of the membership: no model we can serve
@@ -376,8 +379,35 @@ class Detector:
                 self._count_late(scored, transitions)
                 self._observe_confidence(scored, transitions)
             self._report_silent()
+            self._forget_departed()
         except StopRequested as exc:
             raise Unprocessed(str(exc)) from None
+
+    def _forget_departed(self) -> None:
+        """Forget, in memory, the hosts no sample of which arrived for FORGET_AFTER_S: they left the
+        LEI, and a replica running for months with hosts coming and going would otherwise keep
+        every one (the silence watch's checks grow with the square of the hosts it knows). What
+        Redis holds of them stays, as their retained health does: one that comes back is judged
+        on from there, as a host this replica never saw."""
+        now = time.monotonic()
+        if now - self._forgot_at < FORGET_EVERY_S:
+            return
+        self._forgot_at = now
+        gone = self.silence.departed(now)
+        if not gone:
+            return
+        self.silence.forget(gone)
+        self.clocks.forget(gone)
+        for host in gone:
+            self._reported_silent.pop(host, None)
+            for mode in VERDICT_MODES:
+                self._health.pop((host, mode), None)
+                self._in_force.pop((host, mode), None)
+        if self.tuner is not None:
+            self.tuner.forget(gone)
+        if self.scorer is not None:
+            self.scorer.forget(gone)
+        log.info("hosts_forgotten", hosts=gone, silent_for_s=FORGET_AFTER_S)
 
     # --- forecasts (predicted mode) -------------------------------------------------
     def on_forecasts(self, batch: list[Incoming]) -> None:

@@ -36,10 +36,12 @@ collector's retained availability topic says that.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from dragon.lateness import FORGET_AFTER_S
 from dragon.mqtt import MAX_RECONNECT_DELAY_S
 from dragon.store import sampling_interval
 
@@ -143,6 +145,23 @@ class SilenceWatch:
             if now - last.arrived > bound and now > not_before and self._moved_on(host, last) > bound:
                 found[host] = last.ts
         return found
+
+    def departed(self, now: float) -> list[str]:
+        """The hosts none of whose samples arrived for ``FORGET_AFTER_S`` by ``now``: they have left
+        (the simulator and the planner forget them as quiet as that)."""
+        return sorted(host for host, last in self._heard.items() if now - last.arrived > FORGET_AFTER_S)
+
+    def forget(self, hosts: Iterable[str]) -> None:
+        """Forget ``hosts``: back, each is heard as a new host."""
+        gone = set(hosts)
+        for per_host in (self._first, self._newest, self._heard, self._not_before):
+            for host in gone & per_host.keys():
+                del per_host[host]
+        # Each host's note of the others then would keep the departed ones' times, host by host.
+        self._heard = {
+            host: dataclasses.replace(last, others_then={h: t for h, t in last.others_then.items() if h not in gone})
+            for host, last in self._heard.items()
+        }
 
     def interval(self, host: str) -> float:
         """The sampling interval of ``host``'s newest sample heard (0: never heard)."""
