@@ -26,6 +26,9 @@ from dragon.settings import MqttSettings, ServiceSettings, check_id
 DEFAULT_WAIT_S = 15.0
 MAX_WAIT_S = 3600.0
 EXIT_STARTED, EXIT_NOT_STARTED, EXIT_BAD_INPUT = 0, 1, 2
+# Waiting for the LEI's retained verdicts, to name its hosts when one is unknown: up to this long
+# for the first (an LEI with none has no detector), then this long for the rest of the burst.
+VERDICTS_WAIT_S, VERDICTS_BURST_S = 2.0, 0.2
 
 
 def run(args: Any) -> int:
@@ -46,7 +49,7 @@ def run(args: Any) -> int:
         return _fail(str(exc), EXIT_BAD_INPUT)
     try:
         with AnswerWatch(settings, lei, command.id) as answers:
-            refused = _send(settings, lei, args.host, command)
+            refused = _send(settings, lei, args.host, command, answers)
             if refused:
                 return _fail(refused, EXIT_NOT_STARTED)
             answer = answers.wait(args.wait)
@@ -62,24 +65,31 @@ def run(args: Any) -> int:
     return EXIT_STARTED
 
 
-def _send(settings: MqttSettings, lei: str, host: str, command: FaultInjection) -> str | None:
+def _send(settings: MqttSettings, lei: str, host: str, command: FaultInjection, answers: AnswerWatch) -> str | None:
     """Publish the command; None once the broker passed it on, else why it did not."""
     topic = topics.inject(lei, host)
     reason = publish_once(settings, topic, codec.encode_json(command))
-    if reason.value == NO_MATCHING_SUBSCRIBERS:
-        return f"nobody subscribes to {topic}: is the collector of LEI {lei!r} running?"
+    if reason.value == NO_MATCHING_SUBSCRIBERS:  # each collector subscribes its own hosts' topics
+        unheard = f"no collector of LEI {lei!r} injects into {host!r} (nobody subscribes to {topic})"
+        return _unheard(unheard, host, answers.hosts_judged(VERDICTS_WAIT_S))
     if reason.is_failure:  # "Not authorized": the ACL lets the operator inject into its own LEI only
         return f"the broker refused {topic} from user {settings.username!r}: {reason}"
     return None
 
 
 def _unanswered(lei: str, host: str, wait_s: float, judged: set[str]) -> str:
-    """Why nobody answered, as far as we can tell: the LEI's retained verdicts name the hosts it has."""
-    message = f"no answer from a collector of LEI {lei!r} within {wait_s:g} s"
+    return _unheard(f"no answer from a collector of LEI {lei!r} within {wait_s:g} s", host, judged)
+
+
+def _unheard(message: str, host: str, judged: set[str]) -> str:
+    """``message`` and why, as far as we can tell: the LEI's retained verdicts name the hosts it has."""
     if judged and host not in judged:
         hosts = ", ".join(sorted(judged))
         return f"{message}: the LEI's detector has verdicts for {hosts}, none for {host!r}: is that one of its hosts?"
-    return f"{message}: is {host!r} one of its emulated hosts, and does its collector inject faults (DRAGON_INJECTOR)?"
+    return (
+        f"{message}: is {host!r} one of its emulated hosts, is its collector running, and does it inject faults "
+        "(DRAGON_INJECTOR)?"
+    )
 
 
 def _fail(message: str, code: int) -> int:
@@ -95,7 +105,7 @@ class AnswerWatch:
         # The LEI's retained verdicts come with the subscription: the hosts its detector judges.
         self._verdicts, self.judged_hosts = topics.host_verdicts(lei), set[str]()
         self._subscribe_timeout_s = subscribe_timeout_s
-        self._subscribed, self._answered = threading.Event(), threading.Event()
+        self._subscribed, self._answered, self._verdict_heard = threading.Event(), threading.Event(), threading.Event()
         self._answer: InjectionEvent | None = None
         self._refused = ""
         self._client = one_shot_client(settings, "dragon-inject")
@@ -117,6 +127,14 @@ class AnswerWatch:
         self._client.disconnect()  # before loop_stop: it wakes the network thread at once
         self._client.loop_stop()
 
+    def hosts_judged(self, wait_s: float) -> set[str]:
+        """The hosts with a retained verdict. They come in a burst after the subscription, and the
+        broker may answer a publish on another connection first: wait up to ``wait_s`` for the
+        first, and a moment for the rest of the burst."""
+        if self._verdict_heard.wait(wait_s):
+            time.sleep(VERDICTS_BURST_S)
+        return set(self.judged_hosts)
+
     def wait(self, timeout_s: float) -> InjectionEvent | None:
         self._answered.wait(timeout_s)
         return self._answer
@@ -137,6 +155,7 @@ class AnswerWatch:
     def _on_message(self, client, userdata, message) -> None:
         if message.topic != self._topic:  # a host's retained verdict: only its name is of use
             self.judged_hosts.add(topics.host_of(message.topic))
+            self._verdict_heard.set()
             return
         content_type = content_type_of(message)
         try:

@@ -138,7 +138,10 @@ class Collector:
     def init_mqtt(self) -> None:
         self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
         if self.injector is not None:
-            self.mqtt.subscribe(f"{topics.ROOT}/{self.lei}/inject/+", self.on_inject, qos=1)
+            # Each host's own topic, not inject/+: a command for a host no collector emulates (a
+            # typo) then has no subscriber, which the broker tells its sender at once.
+            for host in self.config.hosts:
+                self.mqtt.subscribe(topics.inject(self.lei, host), self.on_inject, qos=1)
 
     def start_mqtt(self) -> None:
         self.mqtt.start()
@@ -266,7 +269,7 @@ class Collector:
     def on_inject(self, message: Incoming) -> None:
         host = topics.host_of(message.topic)
         if host not in self.config.hosts:
-            return  # another collector's host
+            return  # another collector's host, by an inject/+ a session of an older version still holds
         if message.retain:
             # The broker hands a retained command to every (re)subscription: the fault would
             # start again at each reconnect (an unstamped one at any age).
