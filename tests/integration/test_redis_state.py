@@ -391,7 +391,9 @@ def clean_from(streak: int, windows: int, k: int) -> list[bool]:
 
 
 def replica(client, lei: str, name: str, **settings) -> FineTuner:
-    config = DetectorConfig(**({"window": 4, "finetune_windows": 64, "finetune_reference": 10} | settings))
+    """A fine-tuner keeping each clean window at once (pot_lag 0: the delay has its own unit tests)."""
+    defaults = {"window": 4, "finetune_windows": 64, "finetune_reference": 10, "pot_lag": 0}
+    config = DetectorConfig(**(defaults | settings))
     models = ModelStore(client, lei, "")
     return FineTuner(config, models, name, lei, TunerState.in_redis(client, lei, config.finetune_windows))
 
