@@ -55,6 +55,42 @@ def connect(settings: RedisSettings) -> redis.Redis:
     )
 
 
+# KEYS: the key; ARGV: holder, lifetime in ms. 1: held by the holder now; 0: another holds it.
+_HOLD = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+# KEYS: the key; ARGV: holder. Deleted only if the holder still holds it.
+_LET_GO = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Holding:
+    """Keys held by one holder at a time for a while (a lock, a replica's slot): taken if free or
+    already the holder's, renewed, and let go only by their holder, each in one script, so a key
+    that expires between a read and a write is never taken from the replica that took it since."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._hold = client.register_script(_HOLD)
+        self._let_go = client.register_script(_LET_GO)
+
+    def hold(self, key: str, holder: str, seconds: float) -> bool:
+        """Take or renew ``key`` for ``seconds``; False if another holds it."""
+        return bool(self._hold(keys=[key], args=[holder, int(seconds * 1000)]))
+
+    def let_go(self, key: str, holder: str) -> None:
+        """Free ``key`` if ``holder`` still holds it."""
+        self._let_go(keys=[key], args=[holder])
+
+
 def retry_until(action: Callable[[], T], stop: threading.Event, what: str, max_delay: float = 5.0) -> T:
     """Run ``action`` until it succeeds or ``stop`` is set (then raise ``StopRequested``).
 

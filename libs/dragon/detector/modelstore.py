@@ -15,6 +15,7 @@ import redis
 import structlog
 
 from dragon.detector.checkpoint import Checkpoint, CheckpointError
+from dragon.store import Holding
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +40,7 @@ class ModelStore:
         self._id_key = f"dragon:{lei}:model:id"
         self._generation_key = f"dragon:{lei}:model:generation"
         self._lock_key = f"dragon:{lei}:model:training"
+        self._holding = Holding(client)
         self._file = Path(model_dir) / f"{lei}-current.pt" if model_dir else None
 
     def publish(self, checkpoint: Checkpoint) -> None:
@@ -121,17 +123,12 @@ class ModelStore:
         return Checkpoint.from_bytes(self._file.read_bytes())
 
     def try_lock(self, owner: str) -> bool:
-        if self.client.set(self._lock_key, owner, nx=True, ex=LOCK_TTL_S):
-            return True
-        # Ours already: a replica killed while learning (OOM on a Pi) comes back under its slot's
-        # name, and must not wait out the lock it left.
-        return self.client.get(self._lock_key) == owner.encode() and bool(
-            self.client.set(self._lock_key, owner, xx=True, ex=LOCK_TTL_S)
-        )
+        """Take the model-training lock for LOCK_TTL_S. Ours already counts: a replica killed while
+        learning (OOM on a Pi) comes back under its slot's name, and must not wait out the lock it left."""
+        return self._holding.hold(self._lock_key, owner, LOCK_TTL_S)
 
     def unlock(self, owner: str) -> None:
-        if self.client.get(self._lock_key) == owner.encode():
-            self.client.delete(self._lock_key)
+        self._holding.let_go(self._lock_key, owner)
 
 
 def _generation_of(model_id: bytes, value: bytes | None) -> int:

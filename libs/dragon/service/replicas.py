@@ -19,26 +19,12 @@ import time
 import redis
 import structlog
 
+from dragon.store import Holding
+
 log = structlog.get_logger(__name__)
 
 SLOT_TTL_S = 30.0  # a replica that died without letting go frees its slot this long after its last renewal
 MAX_SLOTS = 64
-
-# KEYS: the slot; ARGV: holder, ttl in ms. 1: held by us now; 0: another holder has it.
-_RENEW = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class NoFreeSlot(RuntimeError):
@@ -55,8 +41,7 @@ class ReplicaSlot:
         self.lei = lei
         self.holder = holder
         self._prefix = f"dragon:{lei}:{service}:slots:"
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._holding = Holding(client)
         self.number: int | None = None
         self.held_at = 0.0  # monotonic time of the last claim or renewal Redis answered
 
@@ -73,7 +58,7 @@ class ReplicaSlot:
         ours = [n for n, holder in enumerate(holders) if holder == self.holder]
         free = [n for n, holder in enumerate(holders) if holder is None]
         for number in ours + free:
-            if self._renew(keys=[self._key(number)], args=[self.holder, int(SLOT_TTL_S * 1000)]):
+            if self._holding.hold(self._key(number), self.holder, SLOT_TTL_S):
                 self.number, self.held_at = number, time.monotonic()
                 log.info("replica_slot_claimed", slot=self.name, holder=self.holder, again=bool(ours) or None)
                 return self.name
@@ -82,7 +67,7 @@ class ReplicaSlot:
     def renew(self) -> None:
         """Hold our slot another SLOT_TTL_S; SlotTaken if another replica holds it now (it expired
         while we could not renew it, and a replica that started meanwhile claimed it)."""
-        if not self._renew(keys=[self._key(self.number)], args=[self.holder, int(SLOT_TTL_S * 1000)]):
+        if not self._holding.hold(self._key(self.number), self.holder, SLOT_TTL_S):
             raise SlotTaken(f"replica slot {self.name} was taken by another replica")
         self.held_at = time.monotonic()
 
@@ -94,7 +79,7 @@ class ReplicaSlot:
     def release(self) -> None:
         """Free our slot for the replica that replaces us (only if it is still ours)."""
         if self.number is not None:
-            self._release(keys=[self._key(self.number)], args=[self.holder])
+            self._holding.let_go(self._key(self.number), self.holder)
 
     def _key(self, number: int) -> str:
         return f"{self._prefix}{number}"
