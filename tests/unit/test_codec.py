@@ -222,3 +222,10 @@ def test_a_health_verdict_labels_0_or_1():
     with pytest.raises(DecodeError) as info:
         codec.decode(HostHealth, msgpack.packb(health.to_dict() | {"label": 5}), LIMIT)
     assert info.value.reason == "schema"
+
+
+def test_a_payload_is_json_by_its_content_type_and_by_its_first_byte_only_without_one():
+    """The simulator answers in the format a request was read in: a msgpack request that opens
+    with "{" was dropped as malformed msgpack, and its refusal must not come back as JSON."""
+    assert codec.is_json(b'{"v": 1}') and codec.is_json(b"\x81", codec.JSON)
+    assert not codec.is_json(b'{"v": 1}', codec.MSGPACK) and not codec.is_json(b"\x81")

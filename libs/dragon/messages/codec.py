@@ -39,13 +39,18 @@ def encode_json(message: Message) -> bytes:
     return json.dumps(message.to_dict(), separators=(",", ":"), allow_nan=False).encode()
 
 
+def is_json(payload: bytes, content_type: str = "") -> bool:
+    """Whether a payload is read as JSON: by its content type, or without one by its first byte."""
+    return content_type == JSON or (not content_type and payload[:1] == b"{")
+
+
 def decode(cls: type[M], payload: bytes, max_bytes: int, content_type: str = "") -> M:
     if len(payload) > max_bytes:
         raise DecodeError("oversized", f"{len(payload)} bytes > limit {max_bytes}")
     try:
         # Without a content type, a payload that opens with "{" is JSON: a msgpack map
         # never starts with that byte, so tools like mosquitto_pub can send plain JSON.
-        if content_type == JSON or (not content_type and payload[:1] == b"{"):
+        if is_json(payload, content_type):
             data = json.loads(payload)
         else:
             # Bounds on container sizes stop a small payload from expanding into a huge object.

@@ -108,7 +108,7 @@ class Simulator:
             log.warning("sim_request_without_usable_response_topic", response_topic=incoming.response_topic[:200])
             return
         started = time.perf_counter()
-        as_json = incoming.content_type == codec.JSON or incoming.payload[:1] == b"{"
+        as_json = codec.is_json(incoming.payload, incoming.content_type)  # answered as it was asked
         response, payload = self.encoded(self.respond(incoming), as_json)
         content_type = codec.JSON if as_json else codec.MSGPACK
         self.mqtt.publish(
