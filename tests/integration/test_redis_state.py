@@ -526,15 +526,20 @@ def test_a_host_gone_for_an_hour_is_forgotten_in_memory_and_kept_in_redis(client
         hosts = ("h1", "h2") if second < 50 else ("h1",)
         samples = [SimpleNamespace(host=host, ts=1_000_000.0 + second, interval_s=1.0) for host in hosts]
         detector.silence.heard(samples, start + second)
+    for second in range(60, int(FORGET_AFTER_S) + 100, 10):  # h1 sends on, every 10 s here
+        samples = [SimpleNamespace(host="h1", ts=1_000_000.0 + second, interval_s=1.0)]
+        detector.silence.heard(samples, start + second)
+    detector._forget_departed()  # h2 left an hour ago, but its silence is not reported yet
+    assert detector.silence.interval("h2") == 1.0
     detector._report_silent()
     assert ("h2", "observed") in detector._health and "h2" in detector._reported_silent
     now = time.monotonic()
-    detector.silence.heard([SimpleNamespace(host="h1", ts=1_000_000.0 + FORGET_AFTER_S, interval_s=1.0)], now)
+    detector._forgot_at = 0.0
     with structlog.testing.capture_logs() as logs:
         detector._forget_departed()
     assert [entry["hosts"] for entry in logs if entry["event"] == "hosts_forgotten"] == [["h2"]]
     assert ("h2", "observed") not in detector._health and "h2" not in detector._reported_silent
-    assert detector.silence.departed(now) == [] and detector.silence.interval("h2") == 0.0
+    assert detector.silence.departed(now) == {} and detector.silence.interval("h2") == 0.0
     assert detector.faults["observed"].last_judged(["h2"]) == {"h2": math.nextafter(1_000_049.0, math.inf)}
 
 

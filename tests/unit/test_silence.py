@@ -194,12 +194,22 @@ def test_a_collector_stamping_a_tiny_interval_holds_back_only_its_own_hosts():
 def test_a_host_heard_of_for_an_hour_has_departed_and_once_forgotten_is_heard_as_new():
     watch = running(10, {"h1": 0.0, "gone": 0.0})  # both last at 108
     now = rounds(watch, 110.0, 11, {"h1": 0.0})
-    assert watch.silent(now) == {"gone": 108.0} and watch.departed(now) == []
-    later = 108.0 + FORGET_AFTER_S + 1.0
-    watch.heard([Sample("h1", later)], later)
-    assert watch.departed(later) == ["gone"]
+    assert watch.silent(now) == {"gone": 108.0} and watch.departed(now) == {}
+    later = rounds(watch, now + 2.0, int(FORGET_AFTER_S / 2.0), {"h1": 0.0})  # h1 sends on for an hour
+    assert watch.departed(later) == {"gone": 108.0}
     watch.forget(["gone"])
-    assert watch.silent(later) == {} and watch.departed(later) == []
+    assert watch.silent(later) == {} and watch.departed(later) == {}
     assert all("gone" not in last.others_then for last in watch._heard.values())
     back = rounds(watch, later + 2.0, 3, {"h1": 0.0, "gone": 0.0})
     assert watch.silent(back) == {} and watch.interval("gone") == 2.0  # a host like any new one
+
+
+def test_a_host_that_died_while_the_detector_was_cut_off_for_an_hour_is_silent_before_it_has_left():
+    """Nothing arrived for over an hour (the broker was down) and h2 died meanwhile. Back, every
+    host is held back a while, h2 too: taken for one that left at once, it was never reported."""
+    watch = running(10, {"h1": 0.0, "h2": 0.0})  # both last at 108
+    back = 108.0 + FORGET_AFTER_S + 100.0
+    watch.heard([Sample("h1", back)], back)
+    assert watch.departed(back) == {} and watch.silent(back) == {}
+    later = rounds(watch, back + 2.0, 20, {"h1": 0.0})  # the hold-back (MAX_RECONNECT_DELAY_S) is over
+    assert watch.silent(later) == {"h2": 108.0} and watch.departed(later) == {"h2": 108.0}

@@ -393,7 +393,12 @@ class Detector:
         if now - self._forgot_at < FORGET_EVERY_S:
             return
         self._forgot_at = now
-        gone = self.silence.departed(now)
+        # A host of ours whose silence is not reported yet (the next check will) is kept till it is.
+        gone = [
+            host
+            for host, last_ts in self.silence.departed(now).items()
+            if self._reported_silent.get(host) == last_ts or not self._reports_silence_of(host)
+        ]
         if not gone:
             return
         self.silence.forget(gone)
@@ -464,6 +469,10 @@ class Detector:
             log.warning("missed_windows_not_judged", windows=skipped, kept_per_host=MAX_MISSED_PER_HOST)
         return [*missed, *samples]
 
+    def _reports_silence_of(self, host: str) -> bool:
+        """Whether this replica reports ``host``'s silences: it judges, owns the host, and silences are on."""
+        return bool(self.config.silent_intervals) and self.judging and self.membership.owns(host)
+
     def _report_silent(self) -> None:
         """Report the hosts we own whose samples stopped while their LEI's others came on
         (silence.py), each silence once. Its verdict opens a fault as an alarm does, and the host's
@@ -475,7 +484,7 @@ class Detector:
         silent = {
             host: last_ts
             for host, last_ts in self.silence.silent(now).items()
-            if self._reported_silent.get(host) != last_ts and self.membership.owns(host)
+            if self._reported_silent.get(host) != last_ts and self._reports_silence_of(host)
         }
         if not silent:
             return

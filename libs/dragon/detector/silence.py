@@ -146,10 +146,17 @@ class SilenceWatch:
                 found[host] = last.ts
         return found
 
-    def departed(self, now: float) -> list[str]:
-        """The hosts none of whose samples arrived for ``FORGET_AFTER_S`` by ``now``: they have left
-        (the simulator and the planner forget them as quiet as that)."""
-        return sorted(host for host, last in self._heard.items() if now - last.arrived > FORGET_AFTER_S)
+    def departed(self, now: float) -> dict[str, float]:
+        """The hosts that have left, with their last sample's time: silent (:meth:`silent`), and
+        for ``FORGET_AFTER_S`` on both clocks (the simulator and the planner forget hosts as quiet as
+        that). After a detector was cut off for an hour, a host that died meanwhile is held back as
+        every host is, so it is reported silent before it can be taken for one that left."""
+        return {
+            host: last_ts
+            for host, last_ts in self.silent(now).items()
+            if now - self._heard[host].arrived > FORGET_AFTER_S
+            and self._moved_on(host, self._heard[host]) > FORGET_AFTER_S
+        }
 
     def forget(self, hosts: Iterable[str]) -> None:
         """Forget ``hosts``: back, each is heard as a new host."""
