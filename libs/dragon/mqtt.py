@@ -150,6 +150,7 @@ class MqttClient:
         # short-lived copy can never reach the broker after stop()'s final one.
         self._counters_lock = threading.Lock()
         self._subscriptions: list[tuple[str, int]] = []
+        self._retired: list[str] = []  # filters an older version subscribed (retire)
         self._handlers: list[tuple[str, BatchHandler]] = []
         self._on_connected: list[Callable[[], None]] = []
         self._capabilities: dict[str, str] = {}
@@ -198,6 +199,12 @@ class MqttClient:
         """Like :meth:`subscribe`, but ``handler`` gets all waiting messages as one list."""
         self._subscriptions.append((filter_, qos))
         self._handlers.append((filter_, handler))
+
+    def retire(self, filter_: str) -> None:
+        """Unsubscribe ``filter_`` whenever a session is resumed: an older version subscribed it,
+        and the broker keeps a persistent session's subscriptions, delivering a message once for
+        each one it matches. Call before :meth:`start`."""
+        self._retired.append(filter_)
 
     def on_connected(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` (on the worker thread) after every successful connect."""
@@ -461,6 +468,8 @@ class MqttClient:
             log.error("mqtt_connect_refused", reason=str(reason_code), host=self.settings.host, port=self.settings.port)
             return
         log.info("mqtt_connected", host=self.settings.host, session_present=bool(flags.session_present))
+        if self._retired and flags.session_present:
+            client.unsubscribe(self._retired)
         if self._subscriptions:
             client.subscribe([(f, paho.SubscribeOptions(qos=q)) for f, q in self._subscriptions])
         self._say_online()

@@ -236,3 +236,31 @@ def test_the_broker_keeps_to_itself_what_no_handler_would_read(brokers):
     finally:
         client.stop()
     assert got == [b"b" * 1001, b"c"]
+
+
+def test_a_filter_an_older_version_subscribed_is_dropped_from_the_resumed_session(brokers):
+    """The broker keeps a persistent session's subscriptions and delivers a message once per
+    filter it matches: a collector of before 2026-12-07 subscribed inject/+, one now its hosts'."""
+    settings = brokers.mqtt_settings("collector")
+    wildcard, own = topics.inject(brokers.lei, "+"), topics.inject(brokers.lei, "h1")
+    older = MqttClient(settings, "collector", "retiring")
+    older.subscribe(wildcard, lambda message: None)
+    older.start()
+    assert older.wait_connected(15)
+    time.sleep(0.5)  # subscribed
+    older.stop()
+    got: list[str] = []
+    newer = MqttClient(settings, "collector", "retiring")  # the same client id: the same session
+    newer.subscribe(own, lambda message: got.append(message.topic))
+    newer.retire(wildcard)
+    newer.start()
+    try:
+        assert newer.wait_connected(15)
+        time.sleep(0.5)
+        operator = brokers.mqtt_settings("operator")
+        publish(operator, own, b"x")
+        publish(operator, topics.inject(brokers.lei, "h9"), b"y")
+        time.sleep(1.0)
+    finally:
+        newer.stop()
+    assert got == [own]  # once, and nothing of another host

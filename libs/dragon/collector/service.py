@@ -142,6 +142,9 @@ class Collector:
             # typo) then has no subscriber, which the broker tells its sender at once.
             for host in self.config.hosts:
                 self.mqtt.subscribe(topics.inject(self.lei, host), self.on_inject, qos=1)
+            # What versions before 2026-12-07 subscribed: resumed, their session would deliver each
+            # command twice, and hold a subscriber for every host.
+            self.mqtt.retire(topics.inject(self.lei, "+"))
 
     def start_mqtt(self) -> None:
         self.mqtt.start()
@@ -267,9 +270,7 @@ class Collector:
                 self._publish_injection(self.injector.inject(host, command, queued=False))
 
     def on_inject(self, message: Incoming) -> None:
-        host = topics.host_of(message.topic)
-        if host not in self.config.hosts:
-            return  # another collector's host, by an inject/+ a session of an older version still holds
+        host = topics.host_of(message.topic)  # one of ours: only their topics are routed here
         if message.retain:
             # The broker hands a retained command to every (re)subscription: the fault would
             # start again at each reconnect (an unstamped one at any age).
