@@ -101,10 +101,10 @@ class DetectorConfig:
     pot_lag: int = setting(
         "DRAGON_POT_LAG",
         DEFAULT_POT_LAG,
-        "spot/dspot: learn each normal window this many windows late; an alarm after at least this many normal "
-        "windows in a row, or the first since the threshold was calibrated, drops those not yet learnt (they may "
-        "be the fault's onset); fine-tuning keeps a clean window only once as many later ones were clean; one "
-        "window length at the default DRAGON_WINDOW, change them together; 0 learns at once",
+        "learn each normal window this many windows late: in spot/dspot an alarm after at least this many "
+        "normal windows in a row, or the first since the threshold was calibrated, drops those not yet learnt "
+        "(they may be the fault's onset), and fine-tuning (any mode) keeps a clean window only once as many later "
+        "ones were clean; one window length at the default DRAGON_WINDOW, change them together; 0 learns at once",
         "windows",
     )
     start_windows: int = setting(
