@@ -37,6 +37,7 @@ from dragon.detector.tunerstate import SETTLE_ATTEMPTS, GateFloors, KeptWindows,
 from dragon.lateness import FORGET_AFTER_S
 from dragon.messages import codec, topics
 from dragon.messages.schemas import HOST_METRICS, FaultEvent, HostHealth, HostMetrics, HostSample
+from dragon.mqtt import Incoming
 from dragon.service.replicas import SLOT_TTL_S, ReplicaSlot, SlotTaken
 from dragon.store import WindowStore, padded_window, retry_until
 
@@ -541,6 +542,24 @@ def test_a_host_gone_for_an_hour_is_forgotten_in_memory_and_kept_in_redis(client
     assert ("h2", "observed") not in detector._health and "h2" not in detector._reported_silent
     assert detector.silence.departed(now) == {} and detector.silence.interval("h2") == 0.0
     assert detector.faults["observed"].last_judged(["h2"]) == {"h2": math.nextafter(1_000_049.0, math.inf)}
+
+
+def test_a_reconnect_that_finds_redis_away_republishes_once_it_is_back(client, host_scorer, monkeypatch):
+    """Redis still loading after a reboot when the broker connection came back: which verdicts are
+    current is unknown, so none is republished then, and all are after the next batch."""
+    scorer, _ = host_scorer
+    detector = detector_on(client, "republish-later", "a")
+    detector.scorer = scorer
+    detector._publish([(Judged("h1", 1.0, 1.0, 1.0), Verdict(0.1, 1.0, 0, (("cpu", 1.0),)))], "observed")
+    faults = detector.faults["observed"]
+    with monkeypatch.context() as away:
+        away.setattr(faults, "last_judged", lambda hosts: (_ for _ in ()).throw(redis.ConnectionError("loading")))
+        detector.republish_state()
+    assert detector._republish_owed and not [t for t, _ in waiting(detector) if t.endswith("/health")]
+    sample = HostSample("republish-later", "h2", time.time(), 1, 1.0, HostMetrics(*[0.1] * len(HOST_METRICS)))
+    detector.on_samples([Incoming(topics.host_sample("republish-later", "h2"), codec.encode(sample), 1, False, "")])
+    assert not detector._republish_owed
+    assert topics.host_health("republish-later", "h1") in [t for t, _ in waiting(detector)]
 
 
 def hear_h2_fall_silent(detector: Detector) -> None:

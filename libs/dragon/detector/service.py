@@ -177,6 +177,7 @@ class Detector:
         self._silence_checked_at = 0.0  # time.monotonic()
         self._reported_silent: dict[str, float] = {}  # host -> the last sample of its silence reported
         self._forgot_at = 0.0  # time.monotonic() of the last look for hosts that left
+        self._republish_owed = False  # a reconnect's republish_state could not read Redis
         self.slot: ReplicaSlot | None = None  # without DRAGON_INSTANCE: the replica's name (replicas.py)
         self._slot_lost = False
         self._benched = False  # out of the membership: no model we can serve
@@ -380,6 +381,8 @@ class Detector:
                 self._observe_confidence(scored, transitions)
             self._report_silent()
             self._forget_departed()
+            if self._republish_owed:
+                self.republish_state()
         except StopRequested as exc:
             raise Unprocessed(str(exc)) from None
 
@@ -783,6 +786,7 @@ class Detector:
         current state again at once instead of after the next sample of every host.
         """
         if not self.judging:
+            self._republish_owed = False
             return  # benched: our verdicts are not the LEI's model's, and our hosts are others'
         ours = {key: health for key, health in self._health.items() if self.membership.owns(key[0])}
         newest: dict[str, dict[str, float | None]] = {}
@@ -791,8 +795,9 @@ class Detector:
             for mode in {mode for _, mode in ours}:
                 newest[mode] = self.faults[mode].last_judged(sorted({host for host, m in ours if m == mode}))
 
-        if not redis_for_now(read_newest):
-            log.warning("health_not_republished", reason="redis away: which verdicts are still current is unknown")
+        self._republish_owed = not redis_for_now(read_newest)
+        if self._republish_owed:  # tried again after the next batch
+            log.warning("health_not_republished_yet", reason="redis away: which verdicts are still current is unknown")
             return
         for (host, mode), health in ours.items():
             if newest[mode].get(host) == health.ts:
