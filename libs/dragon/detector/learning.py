@@ -323,6 +323,12 @@ class FineTuner:
         self.gate.forget(hosts)
         self._unconfirmed.forget(hosts)
 
+    def drop_unconfirmed(self) -> None:
+        """Drop every window held unconfirmed. The replicas changed: a host this one judged may be
+        another's now, whose windows it will not see, so the next it offers may come after a fault
+        the held ones led into."""
+        self._unconfirmed = Unconfirmed(self.config.pot_lag)
+
     def observe(
         self, scorer: Scorer, hosts: list[str], prev: np.ndarray, nxt: np.ndarray, learnable: list[bool]
     ) -> None:
@@ -469,7 +475,7 @@ class FineTuner:
             self.gate.reset(model_age_s(scorer.checkpoint))
             self._drop_other_shapes(scorer)
             # Held windows may be of the other scope's kind or shape: at most DRAGON_POT_LAG lost each.
-            self._unconfirmed = Unconfirmed(self.config.pot_lag)
+            self.drop_unconfirmed()
             floors = self._stored_floors(scorer.model_id)
             for host, floor in floors.items():
                 self.gate.adopt_floor(host, floor)

@@ -178,6 +178,7 @@ class Detector:
         self._reported_silent: dict[str, float] = {}  # host -> the last sample of its silence reported
         self._forgot_at = 0.0  # time.monotonic() of the last look for hosts that left
         self._republish_owed = False  # a reconnect's republish_state could not read Redis
+        self._members_seen: list[str] = []  # the replicas when the last batch came
         self.slot: ReplicaSlot | None = None  # without DRAGON_INSTANCE: the replica's name (replicas.py)
         self._slot_lost = False
         self._benched = False  # out of the membership: no model we can serve
@@ -368,6 +369,7 @@ class Detector:
             self.silence.heard(samples, time.monotonic())
             self.clocks.heard(received)
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
+            self._note_members()
             # Not judging (no model yet, or not the LEI's): no hosts of ours, nothing to read for them.
             owned = self._unjudged(self._owned(samples), "observed")
             if owned:
@@ -433,6 +435,15 @@ class Detector:
             self.counters.add(mode_counter("predicted", "windows_scored"), len(judged))
         except StopRequested as exc:
             raise Unprocessed(str(exc)) from None
+
+    def _note_members(self) -> None:
+        """When the replicas change, hosts change hands: the fine-tuner drops the windows it holds
+        unconfirmed, since it may not see the next windows of their hosts."""
+        members = self.membership.members()
+        if members != self._members_seen:
+            self._members_seen = members
+            if self.tuner is not None:
+                self.tuner.drop_unconfirmed()
 
     def _owned(self, items: list[HostWindowT]) -> list[HostWindowT]:
         """The items of the hosts this replica judges: none while it judges none."""
