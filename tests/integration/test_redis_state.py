@@ -399,21 +399,25 @@ def replica(client, lei: str, name: str, **settings) -> FineTuner:
     return FineTuner(config, models, name, lei, TunerState.in_redis(client, lei, config.finetune_windows))
 
 
-def test_windows_held_unconfirmed_are_dropped_when_the_replicas_change(client, host_scorer):
-    """h1 may pass to the replica that joins, which will see its next windows: the fault the held
-    ones may lead into among them. Back here later, they must not be kept across it."""
+def test_windows_held_unconfirmed_are_dropped_when_another_replica_judged_their_host_since(client, host_scorer):
+    """h1 was the other replica's a while, and it judged h1's windows (the fault the held ones may
+    lead into among them): back here, they must not be confirmed across those."""
     scorer, windows = host_scorer
     k = scorer.window
-    detector = detector_on(client, "held", "a")
-    detector.tuner = replica(client, "held", "a", pot_lag=3)
-    detector._note_members()
-    detector.tuner.observe(scorer, ["h1"] * (k + 2), windows[: k + 2], windows[1 : k + 3], clean_from(1, k + 2, k))
-    kept = len(detector.tuner._normal)
-    Membership(client, "held", "b").beat()
-    detector.membership._refreshed = float("-inf")  # read the members now
-    detector._note_members()
-    detector.tuner.observe(scorer, ["h1"], windows[k + 2 : k + 3], windows[k + 3 : k + 4], [True])
-    assert len(detector.tuner._normal) == kept  # the three held before were dropped, not confirmed
+    a, b = detector_on(client, "held", "a"), detector_on(client, "held", "b")
+    a.scorer = b.scorer = scorer
+    a.tuner = replica(client, "held", "a", pot_lag=3)
+    normal = Verdict(0.1, 1.0, 0, (("cpu", 1.0),))
+    a._publish([(Judged("h1", 1.0, 1.0, 1.0), normal)], "observed")
+    a.tuner.observe(scorer, ["h1"] * (k + 2), windows[: k + 2], windows[1 : k + 3], clean_from(1, k + 2, k))
+    kept = len(a.tuner._normal)
+    a._unjudged([SimpleNamespace(host="h1", ts=3.0)], "observed")
+    a._drop_held_judged_elsewhere({"h1"})  # nobody else judged h1: nothing dropped
+    b._publish([(Judged("h1", 2.0, 2.0, 1.0), normal)], "observed")
+    a._unjudged([SimpleNamespace(host="h1", ts=3.0)], "observed")
+    a._drop_held_judged_elsewhere({"h1"})
+    a.tuner.observe(scorer, ["h1"], windows[k + 2 : k + 3], windows[k + 3 : k + 4], [True])
+    assert len(a.tuner._normal) == kept  # the three held before were dropped, not confirmed
 
 
 def test_a_replica_that_starts_restores_the_clean_windows_another_kept(client, host_scorer):
@@ -539,12 +543,12 @@ def test_a_host_gone_for_an_hour_is_forgotten_in_memory_and_kept_in_redis(client
     scorer, _ = host_scorer
     detector = detector_on(client, "departed", "a", DRAGON_DETECTOR_SILENT_INTERVALS="3")
     detector.scorer = scorer
-    start = time.monotonic() - FORGET_AFTER_S - 100
+    start = time.monotonic() - FORGET_AFTER_S - 200
     for second in range(60):
         hosts = ("h1", "h2") if second < 50 else ("h1",)
         samples = [SimpleNamespace(host=host, ts=1_000_000.0 + second, interval_s=1.0) for host in hosts]
         detector.silence.heard(samples, start + second)
-    for second in range(60, int(FORGET_AFTER_S) + 100, 10):  # h1 sends on, every 10 s here
+    for second in range(60, int(FORGET_AFTER_S) + 150, 10):  # h1 sends on, every 10 s here, till 50 s ago
         samples = [SimpleNamespace(host="h1", ts=1_000_000.0 + second, interval_s=1.0)]
         detector.silence.heard(samples, start + second)
     detector._forget_departed()  # h2 left an hour ago, but its silence is not reported yet

@@ -137,14 +137,14 @@ class Collector:
 
     def init_mqtt(self) -> None:
         self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
+        # What versions before 2026-12-07 subscribed, injector or not: resumed, their session would
+        # deliver each command twice, and hold a subscriber for every host.
+        self.mqtt.retire(topics.inject(self.lei, "+"))
         if self.injector is not None:
             # Each host's own topic, not inject/+: a command for a host no collector emulates (a
             # typo) then has no subscriber, which the broker tells its sender at once.
             for host in self.config.hosts:
                 self.mqtt.subscribe(topics.inject(self.lei, host), self.on_inject, qos=1)
-            # What versions before 2026-12-07 subscribed: resumed, their session would deliver each
-            # command twice, and hold a subscriber for every host.
-            self.mqtt.retire(topics.inject(self.lei, "+"))
 
     def start_mqtt(self) -> None:
         self.mqtt.start()

@@ -323,11 +323,14 @@ class FineTuner:
         self.gate.forget(hosts)
         self._unconfirmed.forget(hosts)
 
-    def drop_unconfirmed(self) -> None:
-        """Drop every window held unconfirmed. The replicas changed: a host this one judged may be
-        another's now, whose windows it will not see, so the next it offers may come after a fault
+    def drop_unconfirmed(self, hosts: Iterable[str] | None = None) -> None:
+        """Drop the windows held unconfirmed of ``hosts`` (and the LEI steps they are in; None: all).
+        Another replica judged their windows since: the next this one offers may come after a fault
         the held ones led into."""
-        self._unconfirmed = Unconfirmed(self.config.pot_lag)
+        if hosts is None:
+            self._unconfirmed = Unconfirmed(self.config.pot_lag)
+        else:
+            self._unconfirmed.forget([*hosts, LEI_STEPS])
 
     def observe(
         self, scorer: Scorer, hosts: list[str], prev: np.ndarray, nxt: np.ndarray, learnable: list[bool]

@@ -178,7 +178,6 @@ class Detector:
         self._reported_silent: dict[str, float] = {}  # host -> the last sample of its silence reported
         self._forgot_at = 0.0  # time.monotonic() of the last look for hosts that left
         self._republish_owed = False  # a reconnect's republish_state could not read Redis
-        self._members_seen: list[str] = []  # the replicas when the last batch came
         self.slot: ReplicaSlot | None = None  # without DRAGON_INSTANCE: the replica's name (replicas.py)
         self._slot_lost = False
         self._benched = False  # out of the membership: no model we can serve
@@ -369,9 +368,10 @@ class Detector:
             self.silence.heard(samples, time.monotonic())
             self.clocks.heard(received)
             retry_until(self._refresh_model, self.lifecycle.stop, "refresh_model")
-            self._note_members()
             # Not judging (no model yet, or not the LEI's): no hosts of ours, nothing to read for them.
-            owned = self._unjudged(self._owned(samples), "observed")
+            ours = self._owned(samples)
+            owned = self._unjudged(ours, "observed")
+            self._drop_held_judged_elsewhere({sample.host for sample in ours})
             if owned:
                 owned = self._with_missed(owned)
                 judge = {"host": self._score, "lei": self._score_lei}[self.scorer.scope]
@@ -436,14 +436,20 @@ class Detector:
         except StopRequested as exc:
             raise Unprocessed(str(exc)) from None
 
-    def _note_members(self) -> None:
-        """When the replicas change, hosts change hands: the fine-tuner drops the windows it holds
-        unconfirmed, since it may not see the next windows of their hosts."""
-        members = self.membership.members()
-        if members != self._members_seen:
-            self._members_seen = members
-            if self.tuner is not None:
-                self.tuner.drop_unconfirmed()
+    def _drop_held_judged_elsewhere(self, hosts: set[str]) -> None:
+        """The fine-tuner drops the windows it holds unconfirmed of each of ``hosts`` another
+        replica judged since our last verdict (it owned the host a while): the fault they may
+        have led into is among the windows we did not see."""
+        if self.tuner is None:
+            return
+        newest = self._last_judged.get("observed", {})
+        elsewhere = [
+            host
+            for host in hosts
+            if (ours := self._health.get((host, "observed"))) is not None and newest.get(host) != ours.ts
+        ]
+        if elsewhere:
+            self.tuner.drop_unconfirmed(elsewhere)
 
     def _owned(self, items: list[HostWindowT]) -> list[HostWindowT]:
         """The items of the hosts this replica judges: none while it judges none."""
