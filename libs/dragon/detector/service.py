@@ -442,12 +442,7 @@ class Detector:
         have led into is among the windows we did not see."""
         if self.tuner is None:
             return
-        newest = self._last_judged.get("observed", {})
-        elsewhere = [
-            host
-            for host in hosts
-            if (ours := self._health.get((host, "observed"))) is not None and newest.get(host) != ours.ts
-        ]
+        elsewhere = [host for host in hosts if (host, "observed") in self._health and not self._still_ours(host)]
         if elsewhere:
             self.tuner.drop_unconfirmed(elsewhere)
 
@@ -806,18 +801,17 @@ class Detector:
             self._republish_owed = False
             return  # benched: our verdicts are not the LEI's model's, and our hosts are others'
         ours = {key: health for key, health in self._health.items() if self.membership.owns(key[0])}
-        newest: dict[str, dict[str, float | None]] = {}
 
         def read_newest() -> None:
             for mode in {mode for _, mode in ours}:
-                newest[mode] = self.faults[mode].last_judged(sorted({host for host, m in ours if m == mode}))
+                self._last_judged[mode] = self.faults[mode].last_judged(sorted({h for h, m in ours if m == mode}))
 
         self._republish_owed = not redis_for_now(read_newest)
         if self._republish_owed:  # tried again after the next batch
             log.warning("health_not_republished_yet", reason="redis away: which verdicts are still current is unknown")
             return
         for (host, mode), health in ours.items():
-            if newest[mode].get(host) == health.ts:
+            if self._still_ours(host, mode):
                 self.mqtt.publish_message(topics.host_health(self.lei, host, mode), health, retain=True)
             else:
                 # Another replica judged the host since (it owned it for a while): ours is out of
@@ -849,12 +843,18 @@ class Detector:
     def _faulty(self, host: str, mode: str) -> bool | None:
         """Whether ``host`` has a fault in force by our last verdict of it; None if we have none,
         or if another replica has judged it since (the newest window in Redis is not ours)."""
-        health = self._health.get((host, mode))
-        if health is None or self._last_judged.get(mode, {}).get(host) != health.ts:
+        if not self._still_ours(host, mode):
             return None
+        health = self._health[(host, mode)]
         if health.label == 0 and health.faulty_since is not None:
             return None  # a normal window in a fault: it may have ended it
         return health.faulty_since is not None
+
+    def _still_ours(self, host: str, mode: str = "observed") -> bool:
+        """Whether our last verdict of ``host`` was its newest in Redis when we last read it
+        (``_last_judged``): no other replica has judged the host since."""
+        health = self._health.get((host, mode))
+        return health is not None and self._last_judged.get(mode, {}).get(host) == health.ts
 
     def _event_of(self, judged: Judged, verdict: Verdict, mode: str) -> FaultEvent:
         """The event this verdict publishes if it changes its host's state: a start if it is an
