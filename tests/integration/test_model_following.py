@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.service import Detector
 from dragon.messages.schemas import HOST_METRICS
+from dragon.testing.models import recalibrated
 
 from .conftest import LEARN_QUICKLY, detector_on, settled_long_ago
 
@@ -286,3 +288,59 @@ def test_a_replica_too_short_of_memory_to_load_the_leis_model_leaves_it_to_those
     refreshed(old)
     time.sleep(1.1)
     assert refreshed(old).judging and current_id(redis_client, "short") == scorer.model_id  # none is left
+
+
+def test_a_model_recalibrated_with_the_same_weights_reaches_every_replica(redis_client, host_scorer):
+    """Retrained with the same seed and data but another --pot-q, a model keeps its id: replicas
+    compared ids only and kept judging with the old thresholds for good."""
+    scorer, _ = host_scorer
+    first, second = detector_on(redis_client, "recal", "a"), detector_on(redis_client, "recal", "b")
+    first.models.publish(scorer.checkpoint)
+    first.init_model()
+    second.init_model()
+    riskier = recalibrated(scorer.checkpoint, q=scorer.checkpoint.pot_state().q * 10)
+    first.models.publish(riskier)
+    for detector in (first, second):
+        assert refreshed(detector).scorer.checkpoint.revision == riskier.revision
+        assert detector.scorer.model_id == scorer.model_id
+    serving = second.scorer
+    assert refreshed(second).scorer is serving  # served once, not on every check
+
+
+def test_a_revision_that_names_another_model_counts_as_unknown(redis_client, host_scorer):
+    """An older DRAGON publishes without writing the revision: the key left over names another
+    model, and its replicas' same-id model must not be taken for a new one on every check."""
+    scorer, _ = host_scorer
+    detector = detector_on(redis_client, "stale-revision", "a")
+    detector.models.publish(scorer.checkpoint)
+    detector.init_model()
+    put_model(redis_client, "stale-revision", scorer.checkpoint.to_bytes(), scorer.model_id)
+    redis_client.set("dragon:stale-revision:model:revision", "published-by-older-code:0123456789ab")
+    assert detector.models.current().revision is None
+    serving = detector.scorer
+    assert refreshed(detector).scorer is serving
+
+
+def test_a_configured_recalibration_wins_over_the_fine_tuned_descendant_of_the_old_one(
+    redis_client, host_scorer, tmp_path
+):
+    """A replica restarted with its configured checkpoint serves the LEI's fine-tune of it, so a
+    restart does not undo the adaptation; a checkpoint of the same weights with another risk is
+    another checkpoint, and a replica restarted with it must serve and publish it."""
+    scorer, _ = host_scorer
+    original = scorer.checkpoint
+    weights = {key: value + 1e-3 for key, value in original.state_dict.items()}
+    descendant = dataclasses.replace(
+        original,
+        state_dict=weights,
+        meta=original.meta | {"base_model_id": original.model_id, "base_revision": original.revision},
+    )
+    riskier = recalibrated(original, q=original.pot_state().q * 10)
+    settings = {"DRAGON_DETECTOR_CHECKPOINT": str(tmp_path / "configured.pt")}
+    for configured, served in ((original, descendant), (riskier, riskier)):
+        ModelStore(redis_client, "descends", "").publish(descendant)
+        configured.save(tmp_path / "configured.pt")
+        restarted = detector_on(redis_client, "descends", "a", **settings)
+        restarted.init_model()
+        assert restarted.scorer.checkpoint.revision == served.revision
+        assert ModelStore(redis_client, "descends", "").current().names(served)

@@ -14,6 +14,7 @@ from dragon.detector.gon import GonConfig, score_series
 from dragon.detector.pot import PotState
 from dragon.detector.train import train_from_series
 from dragon.messages.schemas import HOST_METRICS
+from dragon.testing.models import recalibrated
 
 pytestmark = pytest.mark.unit
 
@@ -183,3 +184,15 @@ def test_a_pot_state_this_code_cannot_read_is_refused_on_load_not_at_the_first_s
     later = checkpoint.pot | {"edge-4": checkpoint.pot["*"] | {"a_later_field": 1.0}}
     with pytest.raises(CheckpointError, match="edge-4"):
         Checkpoint.from_bytes(payload_bytes(checkpoint, pot=later))
+
+
+def test_a_recalibration_keeps_the_model_id_but_not_the_revision(checkpoint: Checkpoint) -> None:
+    """Events, floors and stored thresholds name a model by its weights; replicas must still see
+    that the same weights now judge with another threshold."""
+    other_risk = recalibrated(checkpoint, q=checkpoint.pot_state().q * 10)
+    assert other_risk.pot_state().z_q != checkpoint.pot_state().z_q
+    assert other_risk.model_id == checkpoint.model_id
+    assert other_risk.revision != checkpoint.revision
+    assert Checkpoint.from_bytes(checkpoint.to_bytes()).revision == checkpoint.revision
+    assert recalibrated(checkpoint, q=checkpoint.pot_state().q).revision == checkpoint.revision
+    assert other_risk.pot_risk() == (other_risk.pot_state().q, other_risk.pot_state().level)

@@ -269,6 +269,10 @@ def test_fine_tuned_checkpoint_is_a_new_model_with_recalibrated_pot(checkpoint, 
     # A fine-tune of a fine-tune still names the model the chain started from.
     again = fine_tune(restored, prev, nxt, steps=1)
     assert again.meta["fine_tuned_from"] == tuned.model_id and again.meta["base_model_id"] == checkpoint.model_id
+    # ... and its revision (its calibration), unless an earlier fine-tune of the chain did not name it.
+    assert again.meta["base_revision"] == tuned.meta["base_revision"] == checkpoint.revision
+    unnamed = dataclasses.replace(tuned, meta={k: v for k, v in tuned.meta.items() if k != "base_revision"})
+    assert "base_revision" not in fine_tune(unnamed, prev, nxt, steps=1).meta
 
 
 def test_fine_tune_leaves_the_served_model_untouched(checkpoint, drifted):

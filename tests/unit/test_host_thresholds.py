@@ -20,6 +20,7 @@ from dragon.detector.scorer import Scorer
 from dragon.detector.thresholds import HostThreshold
 from dragon.detector.train import CALIBRATION_TAIL, train_from_series
 from dragon.messages.schemas import HOST_METRICS
+from dragon.testing.models import recalibrated
 
 pytestmark = pytest.mark.unit
 
@@ -113,6 +114,19 @@ def test_the_configured_lag_reaches_the_state_and_a_state_under_another_lag_rest
     restarted = Scorer(checkpoint, "spot", DEPTH, pot_lag=0).resume("h1", state)
     assert restarted is not state and restarted.pot == StreamingPot(checkpoint.pot_state("h1"))
     assert "lag" not in restarted.pot.to_dict()  # a lag-0 state reads as before the lag, also to older code
+
+
+@pytest.mark.parametrize("mode", ["spot", "dspot"])
+def test_a_state_learnt_under_another_risk_restarts_though_the_model_id_is_the_same(checkpoint, mode) -> None:
+    """Retrained with the same seed and data but another --pot-q, the model keeps its id; a stored
+    threshold of the old risk must not go on as if nothing changed."""
+    learnt = Scorer(checkpoint, mode, DEPTH).resume("h1", None)
+    learnt.judge(1.0, 0.0)
+    riskier = Scorer(recalibrated(checkpoint, q=checkpoint.pot_state().q * 10), mode, DEPTH)
+    assert riskier.model_id == learnt.model_id
+    restarted = riskier.resume("h1", learnt)
+    assert restarted is not learnt and restarted.pot.tail.q == checkpoint.pot_state().q * 10
+    assert riskier.resume("h1", restarted) is restarted  # and goes on under the new risk
 
 
 @pytest.mark.parametrize("mode", ["spot", "dspot"])

@@ -108,6 +108,22 @@ class Checkpoint:
             digest.update(tensor.numpy().tobytes())
         return digest.hexdigest()[:12]
 
+    @property
+    def revision(self) -> str:
+        """12 hex digits of a SHA-256 over the model id and what judges with the weights: feature
+        names, scaler bounds, POT states and calibration scores.
+
+        A model recalibrated with the same weights (retrained with the same seed and data but
+        another ``--pot-q``, say) keeps its :attr:`model_id`, under which events, gate floors and
+        stored thresholds name it, but not its revision, by which replicas notice the change
+        (``modelstore.StoredModel.names``). Not in the id itself: every stored model's id would
+        change at an upgrade, and replicas of the two versions would take each other's for new.
+        """
+        judging = [self.feature_names, self.lo, self.hi, self.pot, self.calibration_tail]
+        digest = hashlib.sha256(self.model_id.encode())
+        digest.update(json.dumps(judging, sort_keys=True).encode())
+        return digest.hexdigest()[:12]
+
     def build_model(self) -> nn.Module:
         """The discriminator D with these weights, in eval mode."""
         model = build_discriminator(self.config)
@@ -122,7 +138,15 @@ class Checkpoint:
 
     def pot_state(self, host: str = DEFAULT_HOST) -> PotState:
         """The host's own POT state if it has one, else the default."""
-        return PotState.from_dict(self.pot.get(host, self.pot[DEFAULT_HOST]))
+        return PotState.from_dict(self._pot_of(host))
+
+    def pot_risk(self, host: str = DEFAULT_HOST) -> tuple[float, float]:
+        """The risk q and initial quantile of :meth:`pot_state`, without reading its peaks (on every batch)."""
+        state = self._pot_of(host)
+        return float(state["q"]), float(state["level"])
+
+    def _pot_of(self, host: str) -> dict[str, Any]:
+        return self.pot.get(host, self.pot[DEFAULT_HOST])
 
     def usable_drift_depth(self, depth: int) -> int:
         """``depth`` if DSPOT can start from this checkpoint's calibration scores, else 0 (SPOT).

@@ -358,9 +358,11 @@ def fine_tune_groups(
         "source": source,
         "torch": str(torch.__version__),
         "fine_tuned_from": checkpoint.model_id,
-        # The model the chain of fine-tunes started from: a detector configured with that
-        # checkpoint keeps serving its descendant after a restart (service.init_model).
+        # The model the chain of fine-tunes started from, and its revision: a detector configured
+        # with that checkpoint, not another calibration of it, keeps serving its descendant after a
+        # restart (following.ModelFollower._descends).
         "base_model_id": checkpoint.meta.get("base_model_id", checkpoint.model_id),
+        **_base_revision(checkpoint),
         "fine_tune": {
             "windows": sum(group.windows for group in groups),  # host windows
             "samples": sum(len(group.real) for group in groups),  # single windows or LEI steps
@@ -382,6 +384,15 @@ def fine_tune_groups(
         pot_level=base.level,
         meta=meta,
     )
+
+
+def _base_revision(checkpoint: Checkpoint) -> dict[str, str]:
+    """The ``base_revision`` a fine-tune of ``checkpoint`` names: that of the model its chain started
+    from. None is known for a chain whose earlier fine-tunes did not name it."""
+    if "base_model_id" not in checkpoint.meta:
+        return {"base_revision": checkpoint.revision}
+    known = checkpoint.meta.get("base_revision")
+    return {"base_revision": known} if known is not None else {}
 
 
 def _evaluate(model: nn.Module, groups: Sequence[TuningGroup], cfg: GonConfig) -> dict[str, float]:

@@ -107,9 +107,14 @@ class ModelFollower:
         self.unusable, self.waiting = None, False
 
     def _descends(self, stored: StoredModel, configured: Checkpoint) -> bool:
-        """Whether ``stored`` was fine-tuned from ``configured``; serves it if so, notes it if unusable."""
+        """Whether ``stored`` was fine-tuned from ``configured``; serves it if so, notes it if unusable.
+
+        From ``configured`` itself, not from another calibration of its weights: the base's
+        revision too, where the descendant names it (fine-tunes before ``base_revision`` did not)."""
         checkpoint = self._load(stored)
         if checkpoint is None or checkpoint.meta.get("base_model_id") != configured.model_id:
+            return False
+        if checkpoint.meta.get("base_revision", configured.revision) != configured.revision:
             return False
         return self._serve_loaded(stored, checkpoint)
 
@@ -136,7 +141,7 @@ class ModelFollower:
                 self.waiting = False
             self._mend(None, serving)  # benched on a newer model: its replicas put it back
             return
-        if serving is not None and serving.model_id == stored.model_id:
+        if serving is not None and stored.names(serving):
             self.unusable, self.waiting = None, False
             return
         if stored.model_id != self.unusable:

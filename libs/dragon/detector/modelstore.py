@@ -31,6 +31,14 @@ class StoredModel:
     # newer torch's, say) still knows; 0 if published without it (before the key, or by code that
     # does not write it, whose id the key then does not name).
     generation: int
+    # Checkpoint.revision, kept beside the id the same way; None where Redis does not know it
+    # (published by an older DRAGON, whose id the key then does not name).
+    revision: str | None = None
+
+    def names(self, checkpoint: Checkpoint) -> bool:
+        """Whether this is ``checkpoint``: its id, and its revision where Redis knows one. A model
+        recalibrated with the same weights keeps its id but is another model to serve."""
+        return self.model_id == checkpoint.model_id and self.revision in (None, checkpoint.revision)
 
 
 class ModelStore:
@@ -39,6 +47,7 @@ class ModelStore:
         self._key = f"dragon:{lei}:model"
         self._id_key = f"dragon:{lei}:model:id"
         self._generation_key = f"dragon:{lei}:model:generation"
+        self._revision_key = f"dragon:{lei}:model:revision"
         self._lock_key = f"dragon:{lei}:model:training"
         self._holding = Holding(client)
         self._file = Path(model_dir) / f"{lei}-current.pt" if model_dir else None
@@ -76,6 +85,7 @@ class ModelStore:
         pipe.set(self._key, data)
         pipe.set(self._id_key, checkpoint.model_id)
         pipe.set(self._generation_key, f"{checkpoint.model_id}:{checkpoint.generation}")
+        pipe.set(self._revision_key, f"{checkpoint.model_id}:{checkpoint.revision}")
 
     def _published(self, checkpoint: Checkpoint, data: bytes) -> None:
         self._save_file(data)
@@ -97,12 +107,12 @@ class ModelStore:
         return value.decode() if value else None
 
     def current(self) -> StoredModel | None:
-        """The LEI's current model (its id and generation: a few bytes, read on every check), or None
-        when there is none (first start, Redis lost its data)."""
-        model_id, generation = self.client.mget(self._id_key, self._generation_key)
+        """The LEI's current model (its id, generation and revision: a few bytes, read on every
+        check), or None when there is none (first start, Redis lost its data)."""
+        model_id, generation, revision = self.client.mget(self._id_key, self._generation_key, self._revision_key)
         if model_id is None:
             return None
-        return StoredModel(model_id.decode(), _generation_of(model_id, generation))
+        return StoredModel(model_id.decode(), _generation_of(model_id, generation), _revision_of(model_id, revision))
 
     def checkpoint_of(self, stored: StoredModel) -> Checkpoint | None:
         """The bytes of ``stored`` as a checkpoint; None if another model is current by now."""
@@ -138,3 +148,9 @@ def _generation_of(model_id: bytes, value: bytes | None) -> int:
         return int(number) if named == model_id else 0
     except ValueError:
         return 0
+
+
+def _revision_of(model_id: bytes, value: bytes | None) -> str | None:
+    """The revision ``value`` gives for ``model_id``; None if it names another model, or none."""
+    named, _, revision = (value or b"").rpartition(b":")
+    return revision.decode(errors="replace") if named == model_id and revision else None

@@ -90,7 +90,7 @@ class Scorer:
 
     def resume(self, host: str, stored: HostThreshold | None) -> HostThreshold:
         """``stored`` if it was calibrated for this model and mode, else a restart from calibration."""
-        if stored is not None and stored.model_id == self.model_id and self._same_rule(stored.pot):
+        if stored is not None and stored.model_id == self.model_id and self._same_rule(host, stored.pot):
             return stored
         log.info(
             "pot_state_calibrated",
@@ -102,9 +102,12 @@ class Scorer:
         )
         return HostThreshold(self.model_id, self.calibration(host))
 
-    def _same_rule(self, pot: StreamingPot) -> bool:
-        """Whether ``pot`` follows this scorer's streaming rule (DSPOT depth and learning lag)."""
-        return pot.depth == self.drift_depth and pot.lag == self.pot_lag
+    def _same_rule(self, host: str, pot: StreamingPot) -> bool:
+        """Whether ``pot`` follows this scorer's streaming rule (DSPOT depth and learning lag) with the
+        risk and initial quantile the model calibrates ``host`` with: the same weights may have been
+        calibrated again with others (``Checkpoint.revision``)."""
+        same_risk = (pot.tail.q, pot.tail.level) == self.checkpoint.pot_risk(host)
+        return same_risk and pot.depth == self.drift_depth and pot.lag == self.pot_lag
 
     def score(
         self,
