@@ -29,6 +29,7 @@ from dragon.migrator.commands import sign
 class Issued:
     command_id: str
     ts: float
+    target: tuple[str, str]  # (lei, host) the command sends the task to
 
 
 class CommandIssuer:
@@ -61,7 +62,7 @@ class CommandIssuer:
                     issuer=self.issuer,
                 )
                 commands.append(sign(command, self.key))
-                self._pending[move.task] = Issued(command.id, now)
+                self._pending[move.task] = Issued(command.id, now, (move.target_lei, move.target_host))
         return commands
 
     def settle(self, event: MigrationEvent, now: float | None = None) -> bool:
@@ -86,6 +87,15 @@ class CommandIssuer:
         """Task -> id of its unanswered command."""
         with self._lock:
             return {task: issued.command_id for task, issued in self._pending.items()}
+
+    def heading(self, now: float) -> dict[str, tuple[str, str]]:
+        """Task -> (lei, host) its command, unanswered and not given up on, sends it to."""
+        with self._lock:
+            return {
+                task: issued.target
+                for task, issued in self._pending.items()
+                if now - issued.ts < self.pending_timeout_s
+            }
 
     def forget(self, now: float) -> None:
         """Drop what no longer holds a task back: rests over, commands given up on."""

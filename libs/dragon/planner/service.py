@@ -138,11 +138,14 @@ class Planner:
 
     def on_peer_decision(self, incoming: Incoming) -> None:
         decision = self.mqtt.decode_or_drop(PlanDecision, incoming)
-        if decision is None or decision.lei == self.lei:
-            return  # our own, come back from the broker
+        if decision is None:
+            return
         if incoming.topic != topics.fed_decision(decision.lei):
+            # Before the check for our own: a decision claiming our LEI on a peer's topic went unnoticed.
             self.mqtt.drop(incoming, DecodeError("schema", "the decision's lei does not match its topic"))
             return
+        if decision.lei == self.lei:
+            return  # our own, come back from the broker
         if self.mqtt.dropped_if_ahead(incoming, decision.ts, self.config.interval_s):
             return
         with self._health_lock:
@@ -259,15 +262,42 @@ class Planner:
         busy = self.issuer.busy_tasks(now) if self.issuer is not None else set()
         return self.arrivals.within(self.config.move_cooldown_s, now) | busy
 
+    def not_where_scheduled(self, snapshot: Snapshot) -> set[str]:
+        """This LEI's tasks the view places on another host than the LEI's migrator schedules them on,
+        or that no schedule lists, when this planner commands (else none).
+
+        The view places a task on the host whose newest sample lists it, and a host's collector
+        speaks for that host alone: one that listed another host's task (compromised, or confused)
+        would have that task moved with a signed command. The migrator's schedule, which only it
+        may publish, says where each task runs.
+        """
+        if self.issuer is None:
+            return set()
+        scheduled = self.view.scheduled()
+        placement = snapshot.state.placement
+        return {
+            task
+            for j, task in enumerate(snapshot.tasks)
+            if placement[j] != UNPLACED
+            and snapshot.hosts[placement[j]][0] == self.lei
+            and scheduled.get(task, (None, 0.0))[0] != snapshot.hosts[placement[j]]
+        }
+
     def not_ours_to_move(self, snapshot: Snapshot, now: float) -> tuple[np.ndarray, np.ndarray]:
         """The tasks the search leaves alone (indices), and the decision (p,) that moves them.
 
         Other LEIs' tasks move as their brokers' latest decisions say (fresh ones: at most
         ``health_max_age_s`` old, from a broker that commands its moves), or stay; this LEI's
-        tasks that came to their host within the cooldown or have a command pending or resting
-        after one stay (:meth:`staying`).
+        tasks that came to their host within the cooldown or rest after a command stay
+        (:meth:`staying`), those with a command under way move where it sends them, and, when this
+        planner commands, those the view places elsewhere than the LEI's schedule stay
+        (:meth:`not_where_scheduled`).
         """
-        staying = self.staying(now)
+        misplaced = self.not_where_scheduled(snapshot)
+        if misplaced:
+            self.counters.add("tasks_not_where_scheduled", len(misplaced))
+            log.warning("tasks_not_where_scheduled", tasks=sorted(misplaced)[:20], count=len(misplaced))
+        staying = self.staying(now) | misplaced
         with self._health_lock:
             peers = [
                 d for d in self.peer_decisions.values() if d.commanded and now - d.ts <= self.config.health_max_age_s
@@ -283,6 +313,12 @@ class Planner:
                 source = hosts.get((move.source_lei, move.source_host))
                 if move.source_lei == decision.lei and j is not None and target is not None and placement[j] == source:
                     fixed[j] = target
+        # Our own moves under way, as the peers' are: planned as not happening, they left their
+        # target looking as free as before, and the next decision sent another task there.
+        for task, target_key in (self.issuer.heading(now) if self.issuer is not None else {}).items():
+            j, target = index.get(task), hosts.get(target_key)
+            if j is not None and target is not None and placement[j] != target:
+                fixed[j] = target
         lei_of_task = [snapshot.hosts[h][0] if h != UNPLACED else "" for h in placement]
         frozen = [j for j, task in enumerate(snapshot.tasks) if lei_of_task[j] != self.lei or task in staying]
         return np.array(frozen, dtype=int), fixed
