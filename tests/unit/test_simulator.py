@@ -13,6 +13,7 @@ from dragon.messages import codec
 from dragon.messages.schemas import (
     DecisionVerdict,
     ForecastSample,
+    HostForecast,
     HostMetrics,
     HostSample,
     Schedule,
@@ -28,7 +29,7 @@ from dragon.sim.federation import EDGE_WAN, GIGABIT_LAN
 from dragon.sim.qos import CoSimulator
 from dragon.sim.twin import UNPLACED, TwinParams
 from dragon.simulator.answers import RequestError, answer, decision_array
-from dragon.simulator.forecasting import forecast_samples, stamped
+from dragon.simulator.forecasting import REVISION_STEP_S, Revisions, forecast_samples, stamped
 from dragon.simulator.view import FederationView, follow_samples, follow_schedules
 
 pytestmark = pytest.mark.unit
@@ -125,7 +126,7 @@ def test_a_moved_tasks_load_leaves_its_old_host_in_the_state_the_planner_plans_f
     # Planning from it, moving nothing forecasts what the detector's forecast says.
     unmoved = simulator_of(snap).evaluate(snap.state, np.full((1, 3), UNPLACED)).usage[0]
     assert unmoved[:2, 0].tolist() == pytest.approx(
-        [f.metrics.cpu for f in forecast_samples(snap, simulator_of(snap), "a", 0.0)]
+        [f.metrics.cpu for f in forecast_samples(snap, simulator_of(snap), "a")]
     )
 
 
@@ -145,9 +146,10 @@ def test_an_older_schedule_never_replaces_a_newer_one():
     assert view.snapshot(NOW + 2).state.placement.tolist() == [1, 0, 3]
 
 
-def test_an_older_sample_never_replaces_a_newer_one():
+def test_an_older_sample_never_replaces_a_newer_one_and_is_refused():
     view = two_lei_view()
-    view.observe(sample("a", "h2", 0.9, ts=NOW - 1), NOW)
+    assert not view.observe(sample("a", "h2", 0.9, ts=NOW - 1), NOW)
+    assert not view.observe(sample("a", "h2", 0.9, ts=NOW), NOW)  # redelivered
     assert view.snapshot(NOW).state.usage[1, 0] == pytest.approx(0.05)
 
 
@@ -256,6 +258,9 @@ def simulator_service():
     ("topic", "ok"),
     [
         ("dragon/a/sim/response/me", True),
+        ("dragon/a/sim/response/app/q1", False),  # the ACL lets us write one level down only
+        ("dragon/a/sim/response/", False),
+        ("dragon/a/sim/response", False),
         ("dragon/a/sim/response/#", False),
         ("dragon/a/sim/response/+", False),
         ("dragon/b/sim/response/me", False),
@@ -275,7 +280,18 @@ def test_the_size_limit_is_checked_on_the_bytes_actually_sent():
     assert packed <= 65536 < as_json  # the JSON rendering is the one over the limit
     response, payload = service.encoded(big, as_json=True)
     assert not response.ok and response.reason == "too_large" and len(payload) < 65536
+    assert "DRAGON_MAX_PAYLOAD" in response.error and "fewer decisions" in response.error
     assert service.encoded(big, as_json=False)[0].ok
+
+
+def test_a_next_window_answer_too_large_says_the_federation_is_what_makes_it_so():
+    """It carries one decision at most: "ask about fewer decisions" would send its requester nowhere."""
+    metrics = HostMetrics(*(0.5123456789012345,) * 3, *(12345678.901234567,) * 4)  # full-precision floats
+    forecast = HostForecast("lei1", "h100", metrics)
+    big = SimResponse(id="r", ok=True, kind="next_window", hosts=400, tasks=0, forecast=(forecast,) * 400)
+    response, _ = simulator_service().encoded(big, as_json=True)
+    assert response.reason == "too_large" and "DRAGON_MAX_PAYLOAD" in response.error
+    assert "400 hosts" in response.error and "fewer decisions" not in response.error
 
 
 def test_forecasts_stop_at_the_hosts_disk_and_network_throughput():
@@ -343,7 +359,7 @@ def test_a_hosts_background_is_the_minimum_of_its_last_samples():
 # --- forecasts for the detector's predicted mode ------------------------------------------------
 def test_without_a_move_a_hosts_forecast_is_its_newest_sample_one_interval_on():
     snap = two_lei_view().snapshot(NOW)
-    forecasts = forecast_samples(snap, simulator_of(snap), "a", schedule_ts=0.0, simulator="sim-1")
+    forecasts = forecast_samples(snap, simulator_of(snap), "a", simulator="sim-1")
     assert [(f.lei, f.host) for f in forecasts] == [("a", "h1"), ("a", "h2")]  # its own LEI only
     h1, h2 = forecasts
     assert (h1.ts, h1.based_on_ts, h1.for_ts) == (NOW, NOW, NOW + 1.0)
@@ -358,12 +374,11 @@ def test_a_move_the_samples_do_not_show_yet_is_in_the_forecast_of_both_hosts():
     view.observe_schedule(moved, now=NOW + 0.7)
     snap = view.snapshot(NOW + 0.7)
     assert snap.pending_moves().tolist() == [1, UNPLACED, UNPLACED]  # t1 -> h2 (index 1)
-    h1, h2 = forecast_samples(snap, simulator_of(snap), "a", schedule_ts=view.schedule_ts("a"))
+    h1, h2 = forecast_samples(snap, simulator_of(snap), "a")
     assert h2.metrics.cpu == pytest.approx(0.05 + 0.5)  # t1's measured demand arrives on h2
     assert h1.metrics.cpu == pytest.approx(0.95 - 0.5)  # and leaves h1
     assert h2.tasks == ("t1",) and h1.tasks == ("t2",)
-    # Newer than the forecast of the same samples before the move, so a consumer takes it.
-    assert h2.ts == NOW + 0.6 and h2.based_on_ts == NOW
+    assert h2.ts == h2.based_on_ts == NOW  # stamped with its sample: stamped() marks a revision
 
 
 def test_a_task_restored_on_its_new_host_counts_there_before_any_sample_lists_it():
@@ -379,7 +394,7 @@ def test_a_task_restored_on_its_new_host_counts_there_before_any_sample_lists_it
     assert snap.sampled.placement[t1] == UNPLACED and snap.state.placement[t1] == h2
     assert snap.state.usage[h2, 0] == pytest.approx(0.05 + 0.5)  # its measured cpu, carried to h2
     assert snap.federation.leis[snap.state.home_lei[t1]] == "a"
-    h1_forecast, h2_forecast = forecast_samples(snap, simulator_of(snap), "a", schedule_ts=view.schedule_ts("a"))
+    h1_forecast, h2_forecast = forecast_samples(snap, simulator_of(snap), "a")
     assert h2_forecast.metrics.cpu == pytest.approx(0.05 + 0.5) and h2_forecast.tasks == ("t1",)
     assert h1_forecast.metrics.cpu == pytest.approx(0.45) and h1_forecast.tasks == ("t2",)
 
@@ -466,7 +481,7 @@ def test_a_task_its_new_host_reports_first_leaves_the_old_hosts_forecast_at_once
     view.observe(sample("a", "h1", 0.95, [("t1", 0.5), ("t2", 0.35)], ram=0.7), NOW)
     view.observe(sample("a", "h2", 0.55, [("t1", 0.5)], ts=NOW + 0.5, ram=0.5), NOW + 0.5)
     snap = view.snapshot(NOW + 0.5)
-    h1, h2 = forecast_samples(snap, simulator_of(snap), "a", schedule_ts=0.0)
+    h1, h2 = forecast_samples(snap, simulator_of(snap), "a")
     assert h1.metrics.cpu == pytest.approx(0.95 - 0.5) and h1.tasks == ("t2",)
     # Not measured per task: t1 takes its share of h1's excess over background, (0.7 - 0.3) / 2.
     assert h1.metrics.ram == pytest.approx(0.7 - 0.2)
@@ -477,8 +492,8 @@ def test_a_task_its_new_host_reports_first_leaves_the_old_hosts_forecast_at_once
 def test_forecasts_of_only_the_hosts_asked_for_and_of_no_other_lei():
     view = two_lei_view()
     snap = view.snapshot(NOW)
-    assert [f.host for f in forecast_samples(snap, simulator_of(snap), "a", 0.0, hosts={"h2"})] == ["h2"]
-    assert forecast_samples(snap, simulator_of(snap), "c", 0.0) == []
+    assert [f.host for f in forecast_samples(snap, simulator_of(snap), "a", hosts={"h2"})] == ["h2"]
+    assert forecast_samples(snap, simulator_of(snap), "c") == []
 
 
 @pytest.mark.parametrize(
@@ -496,12 +511,6 @@ def test_forecast_samples_are_validated(fields, message):
         ForecastSample.from_dict(ForecastSample(**(good | fields)).to_dict())
 
 
-def test_a_schedule_stamped_ahead_of_our_clock_stamps_forecasts_no_later_than_it_arrived():
-    view = two_lei_view()
-    view.observe_schedule(Schedule(lei="a", ts=NOW + 3600, tasks=()), now=NOW + 1)
-    assert view.schedule_ts("a") == NOW + 1 and view.schedule_ts("b") == 0.0
-
-
 def test_next_window_answers_the_forecast_the_detector_gets_with_the_requested_moves_on_top():
     view = two_lei_view()
     view.observe_schedule(
@@ -509,7 +518,7 @@ def test_next_window_answers_the_forecast_the_detector_gets_with_the_requested_m
     )
     snap = view.snapshot(NOW + 1)
     sim = simulator_of(snap)
-    published = {f.host: f.metrics for f in forecast_samples(snap, sim, "a", 0.0)}
+    published = {f.host: f.metrics for f in forecast_samples(snap, sim, "a")}
     plain = answer(SimRequest(id="r", kind="next_window"), snap, sim, max_decisions=8)
     assert {f.host: f.metrics for f in plain.forecast if f.lei == "a"} == published
     t2_too = SimRequest(id="r", kind="next_window", decisions=((TaskMove("t2", "a", "h2"),),))
@@ -517,26 +526,30 @@ def test_next_window_answers_the_forecast_the_detector_gets_with_the_requested_m
     assert by_host["h2"] == pytest.approx(0.05 + 0.5 + 0.35) and by_host["h1"] == pytest.approx(0.1)
 
 
-def test_a_forecast_revised_for_a_move_is_newer_than_the_one_it_replaces():
-    """The schedule came before h2's newest sample: its forecast would carry the same stamp as the
-    one already sent for that sample, and be dropped as stale by the detector."""
+def test_each_revision_of_a_samples_forecast_is_newer_than_the_last_and_older_than_the_next_samples():
+    """A schedule moved t1 after the samples: the forecasts made again from them must be judged in
+    place of those already sent, and must never hide the next sample's forecast (1 s later)."""
     view = two_lei_view()
     snap = view.snapshot(NOW)
-    last: dict[str, float] = {}
-    first = stamped(forecast_samples(snap, simulator_of(snap), "a", 0.0), last, revised=False)
+    revisions: Revisions = {}
+    first = stamped(forecast_samples(snap, simulator_of(snap), "a"), revisions, revised=False)
+    assert [f.ts for f in first] == [NOW, NOW]  # the samples' own times
     view.observe_schedule(
-        Schedule(lei="a", ts=NOW - 0.2, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW - 0.1),)), now=NOW
+        Schedule(lei="a", ts=NOW + 0.2, tasks=(TaskPlacement("t1", "c1", "h2", since=NOW + 0.1),)), now=NOW + 0.2
     )
-    snap = view.snapshot(NOW)
-    again = forecast_samples(snap, simulator_of(snap), "a", view.schedule_ts("a"))
-    assert [f.ts for f in again] == [f.ts for f in first]  # the same stamp: the revision would be lost
-    revised = stamped(again, last, revised=True)
-    assert all(r.ts > f.ts for r, f in zip(revised, first, strict=True))
-    # A redelivered sample's forecast is not a revision: it keeps its (stale) stamp.
-    assert stamped(first, last, revised=False)[0].ts == NOW
-    # A restarted simulator has forgotten what it sent: its revision still comes after it.
-    after_restart = stamped(again, {}, revised=True)
-    assert all(r.ts > f.ts for r, f in zip(after_restart, first, strict=True))
+    snap = view.snapshot(NOW + 0.2)
+    again = forecast_samples(snap, simulator_of(snap), "a")
+    assert [f.ts for f in stamped(again, revisions, revised=True)] == [NOW + REVISION_STEP_S] * 2
+    assert [f.ts for f in stamped(again, revisions, revised=True)] == [NOW + 2 * REVISION_STEP_S] * 2
+    for _ in range(1000):  # however often it is revised, at most half an interval after its sample
+        latest = stamped(again, revisions, revised=True)
+    assert [f.ts for f in latest] == [NOW + 0.5] * 2
+    view.observe(sample("a", "h2", 0.6, [("t1", 0.5)], ts=NOW + 1), NOW + 1)
+    snap = view.snapshot(NOW + 1)
+    (h2,) = stamped(forecast_samples(snap, simulator_of(snap), "a", hosts={"h2"}), revisions, revised=False)
+    assert h2.ts == NOW + 1  # the next sample's: newer than every revision of the one before
+    # A restarted simulator has forgotten its revisions: its first still supersedes the sample's forecast.
+    assert stamped(again, {}, revised=True)[0].ts == NOW + REVISION_STEP_S
 
 
 def delivered(topic: str, message) -> paho.MQTTMessage:

@@ -264,10 +264,11 @@ class ForecastSample(Message):
     co-simulator predicts it under the LEI's current schedule (Sim(W_t, S_t), eq. 12).
 
     ``based_on_ts`` is the newest observed sample of the host the forecast starts from (the end
-    of W_t); ``for_ts`` the time it forecasts (one interval later). ``ts`` is the newest input it
-    used — that sample's time, or the LEI schedule's when a move came later — so every simulator
-    replica stamps the same forecast alike and a consumer can drop the older of two. ``tasks``
-    are the task ids the forecast places on the host.
+    of W_t); ``for_ts`` the time it forecasts (one interval later). ``ts`` is that sample's time,
+    on the host's clock, plus 1 ms for each time the forecast was made again from it because a
+    schedule moved a task (at most half an interval), so every simulator replica stamps the same
+    forecast alike and a consumer can drop the older of two. ``tasks`` are the task ids the
+    forecast places on the host.
     """
 
     lei: str

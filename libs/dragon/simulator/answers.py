@@ -91,3 +91,14 @@ def forecast(snapshot: Snapshot, usage: np.ndarray) -> tuple[HostForecast, ...]:
 
 def error_response(request_id: str, reason: str, message: str, simulator: str) -> SimResponse:
     return SimResponse(id=request_id, ok=False, reason=reason, error=clip(message), simulator=simulator)
+
+
+def too_large_response(response: SimResponse, size: int, limit: int, simulator: str) -> SimResponse:
+    """The refusal of an answer of ``size`` bytes, over the payload limit, saying what makes it that large."""
+    over = f"the answer takes {size} bytes, over the payload limit DRAGON_MAX_PAYLOAD ({limit} bytes)"
+    if response.kind == "next_window":
+        # One decision at most: asking about less does not help, the forecast covers every host.
+        why = f"{over}: it forecasts every one of the federation's {response.hosts} hosts"
+    else:
+        why = f"{over}: ask about fewer decisions per request (this one asked about {len(response.verdicts)})"
+    return error_response(response.id, "too_large", why, simulator)

@@ -9,7 +9,7 @@ DESCRIPTION = (
     "The co-simulator (digital twin) of the federation this broker sees. It keeps the hosts' newest samples and "
     "tasks, and answers MQTT v5 requests on dragon/<lei>/sim/request: the QoS, predicted faults, migration cost and "
     "fitness of candidate migration decisions (DRAGON eq. 15-18), or the hosts' next window under a schedule "
-    "(eq. 12). Answers go to the request's response topic, which must lie under dragon/<lei>/sim/response/. "
+    "(eq. 12). Answers go to the request's response topic, which must be dragon/<lei>/sim/response/<requester>. "
     "Configured by DRAGON_* environment variables (see README.md)."
 )
 

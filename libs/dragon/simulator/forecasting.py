@@ -9,6 +9,7 @@ can flag the host before it is overloaded (docs/messages.md, "Predicted mode").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, MutableMapping
 from dataclasses import replace
 
@@ -43,15 +44,13 @@ def forecast_samples(
     snapshot: Snapshot,
     sim: CoSimulator,
     lei: str,
-    schedule_ts: float,
     hosts: Collection[str] | None = None,
     simulator: str = "",
 ) -> list[ForecastSample]:
-    """The next sample of each of ``lei``'s hosts in the snapshot (of ``hosts`` only, if given).
+    """The next sample of each of ``lei``'s hosts in the snapshot (of ``hosts`` only, if given),
+    stamped with the sample it starts from (:func:`stamped` stamps a revision later).
 
-    ``schedule_ts`` is the time of the LEI's newest schedule: a forecast made because of a move
-    is stamped with it, so it is newer than the forecast of the same sample before the move. A
-    host whose forecast is not finite (absurd sample values overflowing the sums) is left out.
+    A host whose forecast is not finite (absurd sample values overflowing the sums) is left out.
     """
     usage = next_usage(snapshot, sim)
     placement = snapshot.state.placement
@@ -65,7 +64,7 @@ def forecast_samples(
             ForecastSample(
                 lei=lei,
                 host=host,
-                ts=max(based_on, schedule_ts),
+                ts=based_on,
                 based_on_ts=based_on,
                 for_ts=based_on + snapshot.intervals_s[index],
                 metrics=host_metrics(usage[index]),
@@ -76,26 +75,34 @@ def forecast_samples(
     return found
 
 
-REVISION_STEP_S = 1e-3  # a revised forecast is stamped this much after the one it replaces
+REVISION_STEP_S = 1e-3  # each revision of a sample's forecast is stamped this much after the one before
+Revisions = MutableMapping[str, tuple[float, int]]  # host -> (its last forecast's sample, revisions of it)
 
 
-def stamped(
-    forecasts: list[ForecastSample], last_ts: MutableMapping[str, float], revised: bool
-) -> list[ForecastSample]:
-    """The forecasts, each revised one stamped after its host's last forecast; ``last_ts`` updated.
+def stamped(forecasts: list[ForecastSample], revisions: Revisions, revised: bool) -> list[ForecastSample]:
+    """The forecasts stamped on their hosts' clocks; ``revisions`` updated.
 
-    A forecast made again because a schedule changed starts from the same samples as the one
-    before it; when the schedule is stamped before the host's newest sample, both would carry
-    that sample's time, and the detector would drop the revision (the one that knows of the
-    move) as stale. So a revision is always stamped after its samples' own forecast, even when
-    ``last_ts`` does not know that forecast (a restarted simulator sent it before the restart).
-    A forecast from a new sample keeps its own stamp.
+    The detector judges a host's forecast only if it is stamped after the last one it judged.
+    A forecast is stamped with the time of the sample it starts from, plus ``REVISION_STEP_S``
+    for each time it was made again from that sample because a schedule moved a task
+    (``revised``): the revision that knows of the move supersedes the forecast that did not,
+    and the next sample's forecast, stamped with the next sample's time, supersedes both. Only
+    the host's own times count: our clock or a migrator's (a schedule's arrival, its ``ts``)
+    would let a revision overtake the next sample's forecast when the host's clock runs
+    behind, and stamp consecutive samples' forecasts alike. Every replica that took the same
+    sample and the same moves in stamps alike.
     """
     out = []
     for forecast in forecasts:
-        last = last_ts.get(forecast.host, 0.0)
-        if revised:
-            forecast = replace(forecast, ts=max(forecast.ts, last) + REVISION_STEP_S)
-        last_ts[forecast.host] = max(last, forecast.ts)
-        out.append(forecast)
+        sample_ts, count = revisions.get(forecast.host, (None, 0))
+        count = (count if sample_ts == forecast.based_on_ts else 0) + int(revised)
+        revisions[forecast.host] = (forecast.based_on_ts, count)
+        out.append(replace(forecast, ts=revision_ts(forecast, count)))
     return out
+
+
+def revision_ts(forecast: ForecastSample, revision: int) -> float:
+    """The stamp of the ``revision``-th revision of the forecast of a sample: at most half the host's
+    interval after the sample, so before the host's next sample (further revisions share it)."""
+    most = math.floor(forecast.interval_s / 2 / REVISION_STEP_S)
+    return forecast.based_on_ts + min(revision, most) * REVISION_STEP_S

@@ -7,8 +7,9 @@ request names only what it asks about: candidate decisions (``evaluate``) or a s
 
 Every request gets an answer: a malformed, oversized or unanswerable one gets ``ok: false``
 with the reason. The only requests left unanswered are those that name no response topic, or
-one outside ``dragon/<lei>/sim/response/``: there is nowhere safe to answer, so they are
-logged and counted (the broker's ACL allows the simulator to publish nowhere else).
+one other than a single level under ``dragon/<lei>/sim/response/``: there is nowhere to answer
+(the broker's ACL lets the simulator publish nowhere else, and drops what it refuses without a
+word), so they are logged and counted.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import HostSample, Schedule, SimRequest, SimResponse
 from dragon.mqtt import Counters, Incoming, MqttClient
 from dragon.service.lifecycle import Lifecycle
-from dragon.simulator.answers import RequestError, answer, error_response
+from dragon.simulator.answers import RequestError, answer, error_response, too_large_response
 from dragon.simulator.config import SimulatorConfig
-from dragon.simulator.forecasting import forecast_samples, stamped
+from dragon.simulator.forecasting import Revisions, forecast_samples, stamped
 from dragon.simulator.view import co_simulator, follow_samples, follow_schedules, view_from
 
 log = structlog.get_logger(__name__)
@@ -43,7 +44,7 @@ class Simulator:
         self.counters = Counters()
         self.response_prefix = topics.sim_responses(self.lei) + "/"
         self.view = view_from(config.cosim)
-        self._last_forecast_ts: dict[str, float] = {}  # host -> ts of its newest forecast (MQTT worker only)
+        self._revisions: Revisions = {}  # our hosts' forecasts, see stamped (MQTT worker only)
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -94,9 +95,8 @@ class Simulator:
         except ValueError:
             return  # no fresh host: nothing to forecast from
         sim = co_simulator(self.config.cosim, snapshot)
-        schedule_ts = max(self.view.schedule_ts(lei) for lei in self.view.known_leis() | {self.lei})
-        forecasts = forecast_samples(snapshot, sim, self.lei, schedule_ts, hosts, self.instance)
-        for forecast in stamped(forecasts, self._last_forecast_ts, revised):
+        forecasts = forecast_samples(snapshot, sim, self.lei, hosts, self.instance)
+        for forecast in stamped(forecasts, self._revisions, revised):
             self.mqtt.publish_message(topics.host_forecast(self.lei, forecast.host), forecast, qos=1)
             self.counters.add("forecasts")
 
@@ -130,8 +130,13 @@ class Simulator:
         )
 
     def answerable(self, response_topic: str) -> bool:
-        """A response topic under our prefix, naming one topic (paho refuses to publish to a wildcard)."""
-        return response_topic.startswith(self.response_prefix) and not set("+#") & set(response_topic)
+        """A response topic one level under our prefix, no wildcard: the ACL lets us write
+        ``dragon/<lei>/sim/response/+`` only, and paho refuses to publish to a wildcard. An answer
+        to a topic deeper down would be dropped by the broker, unseen, and its requester wait for ever."""
+        if not response_topic.startswith(self.response_prefix):
+            return False
+        requester = response_topic[len(self.response_prefix) :]
+        return requester != "" and not set("/+#") & set(requester)
 
     def encoded(self, response: SimResponse, as_json: bool) -> tuple[SimResponse, bytes]:
         """The response and the exact bytes to send; an answer that cannot be sent becomes an error."""
@@ -141,9 +146,9 @@ class Simulator:
         except ValueError:  # JSON has no infinity: a forecast overflowed (absurd sample values)
             response = error_response(response.id, "invalid", "the answer holds non-finite numbers", self.instance)
             return response, encode(response)
-        if len(payload) > self.config.common.mqtt.max_payload_bytes:
-            message = "the answer exceeds the payload limit: ask about fewer decisions per request"
-            response = error_response(response.id, "too_large", message, self.instance)
+        limit = self.config.common.mqtt.max_payload_bytes
+        if len(payload) > limit:
+            response = too_large_response(response, len(payload), limit, self.instance)
             payload = encode(response)
         return response, payload
 

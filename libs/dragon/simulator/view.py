@@ -26,6 +26,7 @@ import numpy as np
 import structlog
 
 from dragon.lateness import FORGET_AFTER_S, Lateness, SlidingMinimum
+from dragon.logs import EveryInterval
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import HOST_METRICS, HostSample, Schedule
@@ -43,6 +44,10 @@ HostKey = tuple[str, str]  # (lei, host)
 # How long after a task starts on a host that host's samples may still miss it: the collector
 # lists containers from a cache refreshed every 5 s (collector/probes.py), and then it samples.
 ARRIVAL_GRACE_S = 5.0
+# Samples no newer than their host's newest are counted each and logged at most this often: a
+# broker's redelivery after a reconnect brings a burst of them, a host whose clock stepped back
+# one per interval until its clock passes its newest sample again.
+STALE_LOG_INTERVAL_S = 60.0
 
 
 class Listing(NamedTuple):
@@ -179,9 +184,10 @@ class FederationView:
     def observe(self, sample: HostSample, now: float) -> bool:
         """Take a sample in; False if it is refused.
 
-        An older one than the host's newest is ignored (redelivery, reordering). One stamped in
-        the future is refused: kept, it would hide every real sample of its host until that time
-        (a collector whose clock was wrong, then corrected).
+        One no newer than its host's newest is refused (redelivered, reordered, or its host's
+        clock stepped back): it tells nothing new. One stamped in the future is refused: kept, it
+        would hide every real sample of its host until that time (a collector whose clock was
+        wrong, then corrected).
         """
         if sample.ahead_of(now):
             return False
@@ -190,16 +196,16 @@ class FederationView:
         usage = np.minimum(np.array(sample.metrics.vector(), dtype=np.float64), self.capacity)
         tasks = {task.id: (min(task.cpu, 1.0), task.ram_bytes) for task in sample.tasks}
         with self._lock:
-            self._remember(sample, usage, tasks, now)
-        return True
+            return self._remember(sample, usage, tasks, now)
 
     def _remember(
         self, sample: HostSample, usage: np.ndarray, tasks: dict[str, tuple[float, float]], now: float
-    ) -> None:
+    ) -> bool:
+        """Take a sample in, unless it is no newer than its host's newest; True if taken."""
         key = (sample.lei, sample.host)
         record = self._hosts.get(key)
         if record is not None and sample.ts <= record.ts:
-            return
+            return False
         if record is None:
             record = self._hosts[key] = HostRecord(sample.ts, sample.interval_s, now, usage, tasks)
         record.arrived(now, sample.ts)
@@ -211,6 +217,7 @@ class FederationView:
         record.add(usage, self.background_samples)
         for task in tasks:
             self._home_lei.setdefault(task, sample.lei)
+        return True
 
     def observe_schedule(self, schedule: Schedule, now: float | None = None) -> bool:
         """Take an LEI's schedule in: where each of its tasks runs, and since when (an older one
@@ -224,8 +231,8 @@ class FederationView:
             changed = placements != self._scheduled.get(schedule.lei)
             self._scheduled[schedule.lei] = placements
             self._schedule_ts[schedule.lei] = schedule.ts
-            # The migrator's clock may run ahead of ours: what forecasts are stamped with
-            # must not lie in the future, or every later forecast would look older.
+            # The migrator's clock may run ahead of ours: its moves count from when their
+            # schedule arrived at the latest (_scheduled_moves).
             self._schedule_at[schedule.lei] = min(schedule.ts, received)
             return changed
 
@@ -235,6 +242,12 @@ class FederationView:
         with self._lock:
             record = self._hosts.get((lei, host))
             return record.usual_lag if record is not None else None
+
+    def sampled_at(self, lei: str, host: str) -> float:
+        """The time of the host's newest sample, on its clock; 0 if none came."""
+        with self._lock:
+            record = self._hosts.get((lei, host))
+            return record.ts if record is not None else 0.0
 
     def interval_of(self, lei: str, host: str) -> float:
         """The host's sampling interval as its newest sample gave it; 0 if none came."""
@@ -324,11 +337,6 @@ class FederationView:
         moved = moved_demand(sampled.demand, sampled.placement, place[None, :], len(sampled.usage))[0]
         usage = np.clip(sampled.usage + self.move_gain * moved, 0.0, self.capacity)
         return sampled.after(usage, place)
-
-    def schedule_ts(self, lei: str) -> float:
-        """When the LEI's newest schedule was published, at the latest when it arrived (0: none seen)."""
-        with self._lock:
-            return self._schedule_at.get(lei, 0.0)
 
     def _federation(self, lei_of_host: list[str]) -> Federation:
         """Hosts of the samples' LEIs; an LEI's first host by name stands for its broker (requests enter there)."""
@@ -445,6 +453,25 @@ def follow_samples(
 ) -> None:
     """Feed ``view`` every host sample of every LEI the broker carries (before ``mqtt.start()``);
     ``then`` gets the samples of each batch that were taken in."""
+    stale_lines = EveryInterval(STALE_LOG_INTERVAL_S)
+
+    def refused(sample: HostSample, now: float) -> None:
+        """Count and log a sample the view refused: stamped in the future, or no newer than its host's newest."""
+        if sample.ahead_of(now):
+            mqtt.counters.add("dropped_future")
+            log.warning("sample_from_the_future", lei=sample.lei, host=sample.host, ahead_s=round(sample.ts - now, 1))
+            return
+        mqtt.counters.add("dropped_stale")
+        held_back = stale_lines.due()
+        if held_back is not None:
+            behind_s = view.sampled_at(sample.lei, sample.host) - sample.ts
+            log.warning(
+                "sample_not_newer_than_its_hosts_last",
+                lei=sample.lei,
+                host=sample.host,
+                behind_s=round(behind_s, 3),
+                held_back=held_back,
+            )
 
     def on_samples(batch: list[Incoming]) -> None:
         now = time.time()
@@ -460,9 +487,8 @@ def follow_samples(
                 continue
             if view.observe(sample, now):
                 taken.append(sample)
-                continue
-            mqtt.counters.add("dropped_future")
-            log.warning("sample_from_the_future", lei=sample.lei, host=sample.host, ahead_s=round(sample.ts - now, 1))
+            else:
+                refused(sample, now)
         if then is not None and taken:
             then(taken)
 
