@@ -12,6 +12,9 @@ import torch
 
 from dragon.detector import following
 from dragon.detector.checkpoint import GENERATION, Checkpoint
+from dragon.detector.config import DetectorConfig
+from dragon.detector.finetune import host_groups
+from dragon.detector.learning import FineTuner
 from dragon.detector.membership import Membership
 from dragon.detector.modelstore import ModelStore
 from dragon.detector.service import Detector
@@ -344,3 +347,40 @@ def test_a_configured_recalibration_wins_over_the_fine_tuned_descendant_of_the_o
         restarted.init_model()
         assert restarted.scorer.checkpoint.revision == served.revision
         assert ModelStore(redis_client, "descends", "").current().names(served)
+
+
+def test_a_fine_tune_of_the_old_calibration_does_not_overwrite_a_recalibration_published_meanwhile(
+    redis_client, host_scorer
+):
+    """The fine-tune replaces only the model it was tuned from: compared by id alone, a
+    recalibration published while it ran (same weights, same id) was overwritten by a tune whose
+    thresholds were fitted with the old risk, and the operator's new risk was lost."""
+    scorer, windows = host_scorer
+    original = scorer.checkpoint
+    models = ModelStore(redis_client, "tuned-over", "")
+    models.publish(original)
+    riskier = recalibrated(original, q=original.pot_state().q * 10)
+    models.publish(riskier)  # a replica restarted with the recalibrated file, while the tune ran
+    tuner = FineTuner(DetectorConfig(window=scorer.window), models, "a", "tuned-over")
+    tuner._fine_tune(original, host_groups(original, windows[:-1], windows[1:]))
+    assert models.current().names(riskier)
+    tuner._fine_tune(riskier, host_groups(riskier, windows[:-1], windows[1:]))
+    assert models.current().model_id != riskier.model_id  # a tune of the model in force is served
+
+
+def test_a_revision_key_an_older_dragon_left_behind_is_not_reloaded_at_every_check(redis_client, host_scorer):
+    """An older DRAGON republishing the model's id with other bytes (its configured file, at every
+    start) leaves the revision key of the calibration before: a replica that loaded those bytes must
+    not take the key for a new model and load them again every 5 s."""
+    scorer, _ = host_scorer
+    riskier = recalibrated(scorer.checkpoint, q=scorer.checkpoint.pot_state().q * 10)
+    detector = detector_on(redis_client, "left-behind", "a")
+    detector.models.publish(riskier)
+    put_model(redis_client, "left-behind", scorer.checkpoint.to_bytes(), scorer.model_id)  # revision key untouched
+    detector.init_model()
+    assert detector.scorer.checkpoint.revision == scorer.checkpoint.revision  # the bytes Redis holds
+    serving = detector.scorer
+    for _ in range(3):
+        assert refreshed(detector).scorer is serving
+    detector.models.publish(riskier)  # a new publish names its revision again: turned to
+    assert refreshed(detector).scorer.checkpoint.revision == riskier.revision

@@ -317,7 +317,7 @@ class FakeModels:
     def unlock(self, owner: str) -> None:
         self.unlocked += 1
 
-    def replace(self, checkpoint: Checkpoint, expected_id: str) -> bool:
+    def replace(self, checkpoint: Checkpoint, expected_id: str, expected_revision: str | None = None) -> bool:
         if expected_id != self.current:
             return False
         self.published.append(checkpoint)

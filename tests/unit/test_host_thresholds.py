@@ -127,6 +127,9 @@ def test_a_state_learnt_under_another_risk_restarts_though_the_model_id_is_the_s
     restarted = riskier.resume("h1", learnt)
     assert restarted is not learnt and restarted.pot.tail.q == checkpoint.pot_state().q * 10
     assert riskier.resume("h1", restarted) is restarted  # and goes on under the new risk
+    base = checkpoint.pot_state()
+    lower_start = Scorer(recalibrated(checkpoint, q=base.q, level=base.level - 0.01), mode, DEPTH)
+    assert lower_start.resume("h1", learnt).pot.tail.level == base.level - 0.01
 
 
 @pytest.mark.parametrize("mode", ["spot", "dspot"])

@@ -71,6 +71,10 @@ class ModelFollower:
         # ... and leaves it to replicas that may (a newer DRAGON's, or this one is short of memory)
         self.waiting = False
         self._alone_since: float | None = None  # time.monotonic() since when no other replica is a member
+        # The LEI's model as Redis named it when this replica last turned to it, and the revision
+        # the bytes it loaded then had: an older DRAGON republishing the same id leaves the revision
+        # key of another calibration behind, and the replica must not load it again at every check.
+        self._turned_to: tuple[StoredModel, str] | None = None
 
     @property
     def benched(self) -> bool:
@@ -141,7 +145,7 @@ class ModelFollower:
                 self.waiting = False
             self._mend(None, serving)  # benched on a newer model: its replicas put it back
             return
-        if serving is not None and stored.names(serving):
+        if serving is not None and (stored.names(serving) or self._turned_to == (stored, serving.revision)):
             self.unusable, self.waiting = None, False
             return
         if stored.model_id != self.unusable:
@@ -175,6 +179,7 @@ class ModelFollower:
         if not self._unless_unusable(stored, serve):
             return False
         self.unusable, self.waiting = None, False
+        self._turned_to = (stored, checkpoint.revision)
         return True
 
     def _unless_unusable(self, stored: StoredModel, attempt: Callable[[], T]) -> T | None:

@@ -527,7 +527,7 @@ class FineTuner:
         started = time.perf_counter()
         tuned = fine_tune_groups(checkpoint, groups, steps=self.config.finetune_steps, source=f"redis:{self.lei}")
         tune_s = time.perf_counter() - started
-        if not self.models.replace(tuned, checkpoint.model_id):
+        if not self.models.replace(tuned, checkpoint.model_id, checkpoint.revision):
             log.info("fine_tuned_model_discarded_newer_model", fine_tuned_from=checkpoint.model_id)
             return
         self.counters.add("fine_tunes_served")

@@ -34,6 +34,9 @@ class StoredModel:
     # Checkpoint.revision, kept beside the id the same way; None where Redis does not know it
     # (published by an older DRAGON, whose id the key then does not name).
     revision: str | None = None
+    # How many times this DRAGON's code has published a model of the LEI (any model): a model
+    # published again, with a revision key that already read the same, is told from the last one.
+    publications: int = 0
 
     def names(self, checkpoint: Checkpoint) -> bool:
         """Whether this is ``checkpoint``: its id, and its revision where Redis knows one. A model
@@ -48,6 +51,7 @@ class ModelStore:
         self._id_key = f"dragon:{lei}:model:id"
         self._generation_key = f"dragon:{lei}:model:generation"
         self._revision_key = f"dragon:{lei}:model:revision"
+        self._publications_key = f"dragon:{lei}:model:publications"
         self._lock_key = f"dragon:{lei}:model:training"
         self._holding = Holding(client)
         self._file = Path(model_dir) / f"{lei}-current.pt" if model_dir else None
@@ -59,19 +63,23 @@ class ModelStore:
         pipe.execute()
         self._published(checkpoint, data)
 
-    def replace(self, checkpoint: Checkpoint, expected_id: str | None) -> bool:
-        """Publish ``checkpoint`` only if the current model is still ``expected_id`` (None: none).
+    def replace(self, checkpoint: Checkpoint, expected_id: str | None, expected_revision: str | None = None) -> bool:
+        """Publish ``checkpoint`` only if the current model is still ``expected_id`` (None: none),
+        and, if ``expected_revision`` is given, still of that revision where Redis knows it.
 
-        A fine-tuned model must not overwrite a model published while it was being tuned, nor a
-        model put back or learnt anew one published meanwhile (WATCH makes the check and the write
-        one transaction). Returns whether it was published.
+        A fine-tuned model must not overwrite a model published while it was being tuned (another
+        calibration of the same weights too), nor a model put back or learnt anew one published
+        meanwhile (WATCH makes the check and the write one transaction). Returns whether it was
+        published.
         """
         data = checkpoint.to_bytes()
         with self.client.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(self._id_key)
-                current = pipe.get(self._id_key)
+                pipe.watch(self._id_key, self._revision_key)
+                current, revision = pipe.mget(self._id_key, self._revision_key)
                 if (current.decode() if current is not None else None) != expected_id:
+                    return False
+                if expected_revision is not None and _revision_of(current, revision) not in (None, expected_revision):
                     return False
                 pipe.multi()
                 self._set(pipe, checkpoint, data)
@@ -86,6 +94,7 @@ class ModelStore:
         pipe.set(self._id_key, checkpoint.model_id)
         pipe.set(self._generation_key, f"{checkpoint.model_id}:{checkpoint.generation}")
         pipe.set(self._revision_key, f"{checkpoint.model_id}:{checkpoint.revision}")
+        pipe.incr(self._publications_key)
 
     def _published(self, checkpoint: Checkpoint, data: bytes) -> None:
         self._save_file(data)
@@ -109,10 +118,16 @@ class ModelStore:
     def current(self) -> StoredModel | None:
         """The LEI's current model (its id, generation and revision: a few bytes, read on every
         check), or None when there is none (first start, Redis lost its data)."""
-        model_id, generation, revision = self.client.mget(self._id_key, self._generation_key, self._revision_key)
+        keys = (self._id_key, self._generation_key, self._revision_key, self._publications_key)
+        model_id, generation, revision, publications = self.client.mget(keys)
         if model_id is None:
             return None
-        return StoredModel(model_id.decode(), _generation_of(model_id, generation), _revision_of(model_id, revision))
+        return StoredModel(
+            model_id.decode(),
+            _generation_of(model_id, generation),
+            _revision_of(model_id, revision),
+            _count_of(publications),
+        )
 
     def checkpoint_of(self, stored: StoredModel) -> Checkpoint | None:
         """The bytes of ``stored`` as a checkpoint; None if another model is current by now."""
@@ -154,3 +169,11 @@ def _revision_of(model_id: bytes, value: bytes | None) -> str | None:
     """The revision ``value`` gives for ``model_id``; None if it names another model, or none."""
     named, _, revision = (value or b"").rpartition(b":")
     return revision.decode(errors="replace") if named == model_id and revision else None
+
+
+def _count_of(value: bytes | None) -> int:
+    """The publications ``value`` counts; 0 for none, or for bytes that are no count."""
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
