@@ -421,6 +421,14 @@ def test_a_move_under_way_is_planned_as_happening_so_its_target_is_not_booked_tw
     # The move under way is in the decision (peers read it), and nothing more goes to b/h3.
     assert [(m.task, m.target_host) for m in second.moves] == [(command.task, "h3")]
     assert p.issuer.commands_for(second, NOW + 1) == []
+    # Seen elsewhere than where it started (moved, its answer lost, and moved on by b's broker),
+    # the task is no longer planned as heading for b/h3.
+    others = [(t, 0.45) for t in ("t1", "t2") if t != command.task]
+    p.view.observe(sample("a", "h1", 0.5, others, ts=NOW + 2), NOW + 2)
+    p.view.observe(sample("b", "h3", 0.35, ts=NOW + 2), NOW + 2)
+    p.view.observe(sample("b", "h4", 0.5, [(command.task, 0.45)], ts=NOW + 2), NOW + 2)
+    third = p.decide(p.view.snapshot(NOW + 2), p.faulty(NOW + 2), NOW + 2)
+    assert command.task not in {m.task for m in third.moves}
 
 
 def test_a_task_the_schedule_places_elsewhere_is_not_moved_from_where_a_sample_lists_it():

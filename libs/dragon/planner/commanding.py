@@ -29,6 +29,7 @@ from dragon.migrator.commands import sign
 class Issued:
     command_id: str
     ts: float
+    source: tuple[str, str]  # (lei, host) the decision moved the task from
     target: tuple[str, str]  # (lei, host) the command sends the task to
 
 
@@ -62,7 +63,8 @@ class CommandIssuer:
                     issuer=self.issuer,
                 )
                 commands.append(sign(command, self.key))
-                self._pending[move.task] = Issued(command.id, now, (move.target_lei, move.target_host))
+                source, target = (move.source_lei, move.source_host), (move.target_lei, move.target_host)
+                self._pending[move.task] = Issued(command.id, now, source, target)
         return commands
 
     def settle(self, event: MigrationEvent, now: float | None = None) -> bool:
@@ -88,14 +90,10 @@ class CommandIssuer:
         with self._lock:
             return {task: issued.command_id for task, issued in self._pending.items()}
 
-    def heading(self, now: float) -> dict[str, tuple[str, str]]:
-        """Task -> (lei, host) its command, unanswered and not given up on, sends it to."""
+    def under_way(self, now: float) -> dict[str, Issued]:
+        """Task -> its command, unanswered and not given up on."""
         with self._lock:
-            return {
-                task: issued.target
-                for task, issued in self._pending.items()
-                if now - issued.ts < self.pending_timeout_s
-            }
+            return {task: issued for task, issued in self._pending.items() if now - issued.ts < self.pending_timeout_s}
 
     def forget(self, now: float) -> None:
         """Drop what no longer holds a task back: rests over, commands given up on."""

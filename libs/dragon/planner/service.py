@@ -32,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 import structlog
 
+from dragon.logs import EveryInterval
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
 from dragon.messages.schemas import HostHealth, MigrationEvent, PlanDecision
@@ -65,6 +66,9 @@ class Planner:
         self._health_lock = threading.Lock()
         self.annealing = AnnealingConfig(chains=config.chains, steps=config.steps)
         self.arrivals = Arrivals()
+        # A stale schedule (the migrator publishes none while a machine is out of reach) holds the
+        # same tasks back at every decision: said once a minute, not every interval.
+        self._misplaced_lines = EveryInterval(60.0)
         self.issuer = (
             CommandIssuer(
                 self.lei, self.instance, config.commands.key_bytes, config.command_timeout_s, config.move_cooldown_s
@@ -295,8 +299,11 @@ class Planner:
         """
         misplaced = self.not_where_scheduled(snapshot)
         if misplaced:
-            self.counters.add("tasks_not_where_scheduled", len(misplaced))
-            log.warning("tasks_not_where_scheduled", tasks=sorted(misplaced)[:20], count=len(misplaced))
+            self.counters.add("tasks_not_where_scheduled", len(misplaced))  # per decision
+            held_back = self._misplaced_lines.due()
+            if held_back is not None:
+                tasks = sorted(misplaced)[:20]
+                log.warning("tasks_not_where_scheduled", tasks=tasks, count=len(misplaced), held_back=held_back)
         staying = self.staying(now) | misplaced
         with self._health_lock:
             peers = [
@@ -313,11 +320,12 @@ class Planner:
                 source = hosts.get((move.source_lei, move.source_host))
                 if move.source_lei == decision.lei and j is not None and target is not None and placement[j] == source:
                     fixed[j] = target
-        # Our own moves under way, as the peers' are: planned as not happening, they left their
-        # target looking as free as before, and the next decision sent another task there.
-        for task, target_key in (self.issuer.heading(now) if self.issuer is not None else {}).items():
-            j, target = index.get(task), hosts.get(target_key)
-            if j is not None and target is not None and placement[j] != target:
+        # Our own moves under way, as the peers' are, while the task is still where the move
+        # started: planned as not happening, they left their target looking as free as before,
+        # and the next decision sent another task there.
+        for task, issued in (self.issuer.under_way(now) if self.issuer is not None else {}).items():
+            j, target, source = index.get(task), hosts.get(issued.target), hosts.get(issued.source)
+            if j is not None and target is not None and placement[j] == source:
                 fixed[j] = target
         lei_of_task = [snapshot.hosts[h][0] if h != UNPLACED else "" for h in placement]
         frozen = [j for j, task in enumerate(snapshot.tasks) if lei_of_task[j] != self.lei or task in staying]
