@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import os
 import secrets as tokens
+import signal
+import subprocess
+import sys
 
 import docker
 import pytest
+import redis
 
 from dragon.collector.docker_api import HOST_LABEL, LEI_LABEL
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.migrator import transfer
-from dragon.migrator.engines import Engines
-from dragon.migrator.journal import Journal, Step
+from dragon.migrator.engines import Engines, found
+from dragon.migrator.journal import Journal, Move, Step
 from dragon.migrator.moves import Mover, moved_name
 from dragon.testing.engine import EngineUnavailable, second_engine
 from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
@@ -142,3 +146,134 @@ def test_a_name_taken_on_the_target_machine_fails_the_move_before_and_is_sideste
     # Under a name of its own, not the temporary one: the task is found, not taken for a move in flight.
     (found,) = Mover(engines, journal).locate(task.name)
     assert found.name == moved_name(task.name, "name-taken-later") and found.status == "running"
+
+
+def test_a_volume_copy_the_target_machine_refuses_leaves_no_container_holding_the_volume(world):
+    """The target's throw-away container cannot be made (its engine refuses; here: it lacks the
+    image): the source's one is removed all the same, or it would hold the task's volume for good."""
+    lei, far, engines, journal = world
+    volume = f"{lei.lei}-refused"
+    task = start_task(lei, GREETER, volumes={volume: {"bind": "/data", "mode": "rw"}})
+    local = engines.local.client
+    only_here = task.commit()  # an image the far engine does not have
+    try:
+        with pytest.raises(docker.errors.NotFound):
+            transfer.copy_volumes(local, far, task, only_here.id, "refused-copy")
+        assert [c.id for c in local.containers.list(all=True, filters={"volume": volume})] == [task.id]
+    finally:
+        for container in local.containers.list(all=True, filters={"ancestor": only_here.id}):
+            container.remove(force=True)  # the leak itself, where the test fails
+        local.images.remove(only_here.id)
+        far.volumes.get(volume).remove()
+
+
+def test_a_volume_copy_leaves_no_other_volume_on_the_target_machine(world):
+    """The copy's containers run the task's image; one that declares a VOLUME gives each of them an
+    anonymous volume, which must go with them: a volume left per copy would pile up."""
+    lei, far, engines, journal = world
+    volume = f"{lei.lei}-declared"
+    task = start_task(lei, GREETER, volumes={volume: {"bind": "/data", "mode": "rw"}})
+    local = engines.local.client
+    declaring = task.commit(conf={"Volumes": {"/cache": {}}})
+    holder = local.containers.create(declaring.id, ["true"])
+    before = {v.name for v in far.volumes.list()}
+    try:
+        transfer.ensure_image(local, far, holder)
+        transfer.copy_volumes(local, far, task, declaring.id, "declared-copy")
+        assert {v.name for v in far.volumes.list()} - before == {volume}
+    finally:
+        holder.remove(v=True)
+        local.images.remove(declaring.id)
+        for leftover in far.volumes.list():
+            if leftover.name not in before:
+                leftover.remove()
+
+
+# A migrator killed (SIGKILL: no finally, no clean-up) as the volume's files reach the target machine.
+KILLED_MID_COPY = """
+import os, signal, sys
+import docker, docker.models.containers, redis
+from dragon.migrator.engines import Engines
+from dragon.migrator.journal import Journal
+from dragon.migrator.moves import Mover
+
+docker.models.containers.Container.put_archive = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+lei, cgroup_root, url, tls_dir, move_id, task = sys.argv[1:]
+engines = Engines(docker.from_env(), cgroup_root, {(lei, "far"): url}, tls_dir)
+Mover(engines, Journal(redis.Redis.from_url(os.environ["JOURNAL_URL"]), lei)).move(move_id, task, "far")
+"""
+
+
+def move_killed_mid_copy(world, move_id: str, task) -> None:
+    """Move ``task`` to "far" in a migrator process of its own (the world's engines and journal),
+    killed as the copy writes the volume's files there."""
+    lei, _, engines, journal = world
+    store = journal.redis.connection_pool.connection_kwargs
+    url = f"redis://:{store['password']}@{store['host']}:{store['port']}/{store.get('db', 0)}"
+    arguments = [
+        lei.lei,
+        str(lei.cgroup_root),
+        engines.endpoints[(lei.lei, "far")],
+        engines.tls_dir,
+        move_id,
+        task.name,
+    ]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_COPY, *arguments],
+        env={**os.environ, "JOURNAL_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+
+
+def test_a_move_killed_mid_copy_is_rolled_back_and_leaves_nothing_holding_the_volumes(world):
+    """The copy's throw-away containers outlive a killed migrator. Left there, the one on the target
+    machine would keep the copied volume from being removed, and every later move of the task there
+    would fail on "volumes of the same name"; the one on the source would keep its volume."""
+    lei, far, engines, journal = world
+    volume = f"{lei.lei}-data3"
+    task = start_task(lei, GREETER, volumes={volume: {"bind": "/data", "mode": "rw"}})
+    move_killed_mid_copy(world, "killed-mid-copy", task)
+    assert far.containers.list(all=True, filters={"volume": volume})  # the copy's container, left behind
+    (recovered,) = [m for m in Mover(engines, journal).recover() if m.id == "killed-mid-copy"]
+    assert recovered.step == Step.ROLLED_BACK, recovered
+    assert far.containers.list(all=True, filters={"volume": volume}) == []
+    assert not found(far.volumes, volume)
+    assert [c.id for c in lei._client.containers.list(all=True, filters={"volume": volume})] == [task.id]
+    again = Mover(engines, journal).move("after-killed-copy", task.name, "far")
+    assert again.step == Step.DONE, again
+    assert greeting(far.containers.get(task.name)) == "hello from h1"
+
+
+class LosesFailedWrites(Journal):
+    """Redis goes away as a refused move is journalled failed: that write never lands."""
+
+    def record(self, move: Move, step: Step, **changes: str) -> Move:
+        if step == Step.FAILED:
+            raise redis.ConnectionError("Redis went away")
+        return super().record(move, step, **changes)
+
+    def fail(self, move: Move, error: str) -> Move:
+        raise redis.ConnectionError("Redis went away")
+
+
+def test_a_refused_move_redis_failed_to_journal_is_not_rolled_back_over_another_tasks_volume(world):
+    """Refused because its volume's name is taken on the target machine, the move never began:
+    taken for one in flight, recovery would "roll it back", removing that other task's volume."""
+    lei, far, engines, journal = world
+    volume = f"{lei.lei}-theirs"
+    far.volumes.create(volume)  # another task's data there, in no container at the moment
+    task = start_task(lei, GREETER, volumes={volume: {"bind": "/data", "mode": "rw"}})
+    try:
+        with pytest.raises(redis.ConnectionError):
+            Mover(engines, LosesFailedWrites(journal.redis, journal.lei)).move("refused-unjournalled", task.name, "far")
+        Mover(engines, journal).recover()
+        assert found(far.volumes, volume)
+        assert all(m.id != "refused-unjournalled" for m in journal.open_moves())
+        task.reload()
+        assert task.status == "running"
+    finally:
+        if found(far.volumes, volume):
+            far.volumes.get(volume).remove()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets as tokens
 import time
+import uuid
 
 import docker
 import docker.types
@@ -17,9 +18,9 @@ import pytest
 from dragon.collector.docker_api import HOST_LABEL, LEI_LABEL
 from dragon.collector.emulation import EmulatedHostSpec, EmulatedLei
 from dragon.migrator import criu
-from dragon.migrator.engines import Engines, EngineUnreachable
+from dragon.migrator.engines import Engines, EngineUnreachable, found
 from dragon.migrator.journal import FINISHED_KEPT_S, Journal, Move, Step
-from dragon.migrator.moves import Mover, TaskBusy
+from dragon.migrator.moves import Mover, TaskBusy, commit_image
 from dragon.testing.lei import COLLECTOR_IMAGE, redis_client_of, standalone_redis
 
 from .conftest import SLEEPER, Killed, dying_after, running_copies, start_task
@@ -221,6 +222,70 @@ def test_where_the_checkpoint_fails_the_move_falls_back_to_a_restart(emulated, j
     assert running.labels[HOST_LABEL] == "h2"
 
 
+def checkpoint_that_stops(client, container_id: str, name: str, leave_running: bool) -> None:
+    """What a checkpoint with ``Exit`` does to the source, where CRIU cannot: its processes stop.
+    No checkpoint is kept, so the restore fails and the target starts afresh from the commit image."""
+    client.containers.get(container_id).kill()
+
+
+@pytest.fixture
+def criu_believed(monkeypatch, tmp_path):
+    """Mover arguments for CRIU moves here: the probe's yes, the checkpoint above, an empty data root."""
+    monkeypatch.setattr(criu, "create_checkpoint", checkpoint_that_stops)
+    return {"criu": criu.CriuSupport(True, "as if the probe had checkpointed"), "docker_root": str(tmp_path)}
+
+
+def wait_for_file(container, path: str) -> None:
+    while container.exec_run(["test", "-e", path]).exit_code != 0:
+        time.sleep(0.1)
+
+
+def marking(mark: str) -> list[str]:
+    """Marks its own filesystem (not a volume) once: a CRIU move carries the mark only in its commit image."""
+    return ["sh", "-c", f"[ -f /mark ] || echo {mark} > /mark; exec sleep 3600"]
+
+
+def test_the_moves_of_one_decision_commit_each_task_to_an_image_of_its_own(emulated, journal, criu_believed):
+    """The planner's move ids are "<decision>-<index>": a tag cut from the id's start, shared by
+    every move of a decision, was moved by the second commit, and task one, recreated from its
+    Config.Image by a later restart move, came back with task two's files."""
+    decision = uuid.uuid4().hex
+    tasks = [start_task(emulated, marking(mark)) for mark in ("one", "two")]
+    try:
+        for index, task in enumerate(tasks):
+            wait_for_file(task, "/mark")
+            move = mover(emulated, journal, **criu_believed).move(f"{decision}-{index}", task.name, "h2")
+            assert (move.step, move.mode) == (Step.DONE, "criu"), move
+        assert mover(emulated, journal).move(f"{decision}-back", tasks[0].name, "h1").step == Step.DONE
+        (back,) = running_copies(emulated, tasks[0].name)
+        assert back.exec_run(["cat", "/mark"]).output.decode().strip() == "one"
+    finally:
+        for task in tasks:
+            for container in running_copies(emulated, task.name):
+                container.remove(force=True)
+        for index in range(len(tasks)):
+            if found(emulated._client.images, commit_image(f"{decision}-{index}")):
+                emulated._client.images.remove(commit_image(f"{decision}-{index}"))
+
+
+# Runs in its own container only: a copy of its files in another (another hostname) exits at once.
+ONLY_IN_ITS_OWN_CONTAINER = [
+    "sh",
+    "-c",
+    '[ -f /first ] || hostname > /first; [ "$(cat /first)" = "$(hostname)" ] || exit 3; exec sleep 3600',
+]
+
+
+def test_a_criu_move_rolled_back_removes_its_commit_image(emulated, journal, criu_believed):
+    task = start_task(emulated, ONLY_IN_ITS_OWN_CONTAINER)
+    wait_for_file(task, "/first")
+    move = mover(emulated, journal, **criu_believed).move("move-criu-rolled-back", task.name, "h2")
+    assert (move.step, move.mode) == (Step.ROLLED_BACK, "criu"), move
+    assert not found(emulated._client.images, commit_image(move.id))
+    (running,) = running_copies(emulated, task.name)
+    assert running.id == task.id  # started again: the checkpoint had stopped it
+
+
 def forget(journal: Journal, move_id: str) -> None:
     """Redis came back without the move's records (a restart that lost its last writes)."""
     journal.redis.delete(journal.prefix + move_id)
@@ -264,10 +329,15 @@ def test_an_anonymous_volume_keeps_its_data_through_a_move(emulated, journal):
     writer = ["sh", "-c", "[ -f /state/mark ] || echo kept > /state/mark; exec sleep 3600"]
     task = start_task(emulated, writer, volumes=["/state"])  # like an image's VOLUME: Docker names it
     (volume,) = [m["Name"] for m in task.attrs["Mounts"] if m["Type"] == "volume"]
-    assert mover(emulated, journal).move("move-anonymous", task.name, "h2").step == Step.DONE
-    (moved,) = running_copies(emulated, task.name)
-    assert [m["Name"] for m in moved.attrs["Mounts"] if m["Type"] == "volume"] == [volume]
-    assert moved.exec_run(["cat", "/state/mark"]).output.decode().strip() == "kept"
+    try:
+        assert mover(emulated, journal).move("move-anonymous", task.name, "h2").step == Step.DONE
+        (moved,) = running_copies(emulated, task.name)
+        assert [m["Name"] for m in moved.attrs["Mounts"] if m["Type"] == "volume"] == [volume]
+        assert moved.exec_run(["cat", "/state/mark"]).output.decode().strip() == "kept"
+    finally:  # the target mounts it by name: no removal of a container takes it along
+        for container in running_copies(emulated, task.name):
+            container.remove(force=True)
+        emulated._client.volumes.get(volume).remove(force=True)
 
 
 def test_a_record_half_written_by_an_older_migrator_does_not_block_its_move(emulated, journal):

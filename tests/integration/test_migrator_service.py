@@ -27,12 +27,12 @@ from dragon.messages.schemas import MigrationCommand, MigrationEvent, Schedule
 from dragon.migrator.commands import sign
 from dragon.migrator.config import MigratorConfig
 from dragon.migrator.journal import Move, Step
-from dragon.migrator.moves import MOVE_LABEL
+from dragon.migrator.moves import MOVE_LABEL, Mover
 from dragon.migrator.service import Migrator
 from dragon.testing.lei import COLLECTOR_IMAGE, LeiStack
 from dragon.testing.listener import Listener, Received, publish
 
-from .conftest import SLEEPER, running_copies, start_task
+from .conftest import SLEEPER, Killed, dying_after, running_copies, start_task
 
 pytestmark = pytest.mark.integration
 
@@ -448,6 +448,41 @@ def test_a_move_an_engine_out_of_reach_left_open_at_start_up_is_settled_once_it_
         event = event_for(watch, left.id)
         assert (event.outcome, event.recovered, event.task) == ("rolled_back", True, task_id)
         assert migrator.journal.get(left.id).step == Step.ROLLED_BACK
+    finally:
+        migrator.shutdown()
+    (running,) = running_copies(emulated, task.name)
+    assert running.id == task.id
+
+
+def test_a_lost_move_the_start_up_sweep_could_not_settle_is_settled_by_the_heartbeat(lei, watch, tmp_path):
+    """The sweep settles a move the journal lost only when every engine of the LEI answers ("no
+    other container" must not mean "on a machine that is down"). One it could not settle at
+    start-up must be tried again once they do, or two copies of the task run for good."""
+    stack, emulated = lei
+    task = start_task(emulated)
+    socket = tmp_path / "pi.sock"  # the machine "pi": away until its engine's socket appears
+    migrator = in_process_migrator(
+        stack, tmp_path, DRAGON_MIGRATOR_ENDPOINTS=f"pi=unix://{socket}", DRAGON_MIGRATOR_SCHEDULE_INTERVAL="0.5"
+    )
+    migrator.init_redis()
+    migrator.init_docker()
+    lost = uuid.uuid4().hex
+    with pytest.raises(Killed):  # the target started, the source still runs
+        Mover(migrator.engines, migrator.journal, after_step=dying_after(Step.STARTING)).move(lost, task.name, "h2")
+    migrator.journal.redis.delete(migrator.journal.prefix + lost)  # Redis came back without the move
+    migrator.journal.redis.srem(migrator.journal.open_key, lost)
+    try:
+        assert migrator.recover_moves() == []  # "pi" is out of reach: the task may have a copy there
+        assert len(running_copies(emulated, task.name)) == 2
+        migrator.init_mqtt()
+        migrator.start_mqtt([])
+        os.symlink("/var/run/docker.sock", socket)  # "pi" answers again
+        deadline = time.monotonic() + EVENT_TIMEOUT_S
+        while len(running_copies(emulated, task.name)) > 1 and time.monotonic() < deadline:
+            migrator.settle_if_due()  # as the heartbeat does
+            time.sleep(0.2)
+        event = event_for(watch, lost)
+        assert (event.outcome, event.recovered) == ("rolled_back", True), event
     finally:
         migrator.shutdown()
     (running,) = running_copies(emulated, task.name)

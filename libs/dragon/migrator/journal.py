@@ -35,11 +35,16 @@ FINAL = {Step.DONE, Step.ROLLED_BACK, Step.FAILED}
 # DRAGON_MIGRATION_MAX_AGE is refused as stale anyway, and that age must stay well below this.
 FINISHED_KEPT_S = 86_400
 
-# KEYS: the move's hash, the set of open moves; ARGV: the move's id, then field, value, ...
-BEGIN = """
+# A new move's record. KEYS: the move's hash, the set of open moves; ARGV: the move's id, how
+# long a finished one is kept (0: it is open, kept until it ends), then field, value, ...
+CREATE = """
 if redis.call('HEXISTS', KEYS[1], 'id') == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if ARGV[2] == '0' then
+  redis.call('SADD', KEYS[2], ARGV[1])
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
 return 1
 """
 
@@ -78,7 +83,7 @@ class Journal:
         self.lei = lei
         self.prefix = f"dragon:{lei}:migration:"
         self.open_key = f"dragon:{lei}:migrations:open"
-        self._begin = client.register_script(BEGIN)
+        self._create = client.register_script(CREATE)
 
     def begin(self, move: Move) -> Move | None:
         """Record a new move; None if its id is known already (a duplicate command is a no-op).
@@ -86,11 +91,22 @@ class Journal:
         One script, so a record is never half written: Redis failing between a first and a
         second write would leave a record without its fields, refused as known but unreadable.
         """
-        recorded = replace(move, step=Step.PLANNED, updated=time.time())
-        fields = [item for pair in self._fields(recorded).items() for item in pair]
-        if not self._begin(keys=[self.prefix + move.id, self.open_key], args=[move.id, *fields]):
+        return self._new(replace(move, step=Step.PLANNED, updated=time.time()), kept_s=0)
+
+    def fail(self, move: Move, error: str) -> Move | None:
+        """Record a move refused before it began as failed; None if its id is known already.
+
+        One write, and never among the open moves: begun first and then failed, a Redis failing
+        in between would leave it open, and recovery would roll back a move that never began,
+        starting a stopped duplicate, or removing the target machine's volumes of the same name.
+        """
+        return self._new(replace(move, step=Step.FAILED, error=error, updated=time.time()), kept_s=FINISHED_KEPT_S)
+
+    def _new(self, move: Move, kept_s: int) -> Move | None:
+        fields = [item for pair in self._fields(move).items() for item in pair]
+        if not self._create(keys=[self.prefix + move.id, self.open_key], args=[move.id, kept_s, *fields]):
             return None
-        return recorded
+        return move
 
     def record(self, move: Move, step: Step, **changes: str) -> Move:
         """Write the move's next step (and any changed fields) before it is taken."""

@@ -17,7 +17,9 @@ removed, the source started if it had been stopped). Either way the task runs ex
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
+import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -145,6 +147,20 @@ def mounts_of(container: Any) -> list[docker.types.Mount]:
 def temporary_name(name: str, move_id: str) -> str:
     """A target's name until the move is done (then it takes the task's name)."""
     return f"{name}-mv-{move_id[:12]}"
+
+
+def checkpoint_name(move_id: str) -> str:
+    """The move's checkpoint, and the tag of its commit image: one per move (the moves of one
+    planner decision share all but the id's last characters), within Docker's rules for both
+    (``[A-Za-z0-9_.-]``, at most 128 characters). The id's hash tells apart ids that differ only
+    in characters replaced or cut."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", move_id)[:64]
+    return f"dragon-{readable}-{hashlib.sha256(move_id.encode()).hexdigest()[:12]}"
+
+
+def commit_image(move_id: str) -> str:
+    """The image a CRIU move commits its source's files to."""
+    return f"{COMMIT_REPOSITORY}:{checkpoint_name(move_id)}"
 
 
 def in_flight(container: Any) -> bool:
@@ -277,7 +293,7 @@ class Mover:
             return self._run_criu(move, source)
         target_engine = self._target_engine(move)
         if self._crosses_engines(move):
-            move, _ = self._step(move, Step.TRANSFERRING, lambda: self._transfer(source, target_engine))
+            move, _ = self._step(move, Step.TRANSFERRING, lambda: self._transfer(source, target_engine, move.id))
         kwargs = creation_kwargs(source, move.target_lei, move.target_host, self._cgroup_parent(move), move.id)
         move, target = self._step(move, Step.CREATING, lambda: self._create(target_engine, source, kwargs))
         try:
@@ -290,7 +306,7 @@ class Mover:
         """Checkpoint the source (it stops) and commit its files; create the target from them and
         restore the checkpoint there. A failed checkpoint falls back to the restart move (the
         source still runs); a failed restore starts the target afresh from the source's files."""
-        engine, checkpoint = self._source_engine(move), f"dragon-{move.id[:24]}"
+        engine, checkpoint = self._source_engine(move), checkpoint_name(move.id)
         try:
             move, image = self._step(move, Step.CHECKPOINTING, lambda: self._checkpoint(engine, source, checkpoint))
         except docker.errors.APIError as exc:
@@ -299,7 +315,7 @@ class Mover:
             source.reload()
             return self._run(move, source)
         kwargs = creation_kwargs(source, move.target_lei, move.target_host, self._cgroup_parent(move), move.id)
-        kwargs["image"] = f"{COMMIT_REPOSITORY}:{checkpoint}"  # by tag: removed with the last container using it
+        kwargs["image"] = commit_image(move.id)  # by tag: removed with the last container using it
         move, target = self._step(move, Step.CREATING, lambda: self._create(engine, source, kwargs))
         try:
             move, fallback = self._step(
@@ -330,13 +346,13 @@ class Mover:
     def _cgroup_parent(self, move: Move) -> str | None:
         return self.engines.cgroup_parent(move.target_lei, move.target_host)
 
-    def _transfer(self, source: Any, target_engine: Engine) -> None:
+    def _transfer(self, source: Any, target_engine: Engine, move_id: str) -> None:
         """The image and the named volumes' data, to the target's engine; the task stops first if it has volumes."""
         source_engine = self._source_engine_of(source)
         transfer.ensure_image(source_engine.client, target_engine.client, source)
         if transfer.named_volumes(source):
             source.stop()  # a consistent copy; the roll-back starts it again
-            transfer.copy_volumes(source_engine.client, target_engine.client, source, source.attrs["Image"])
+            transfer.copy_volumes(source_engine.client, target_engine.client, source, source.attrs["Image"], move_id)
 
     def _create(self, engine: Engine, source: Any, kwargs: dict[str, Any]) -> Any:
         """Create the target; connect it to the source's other networks that exist on its engine."""
@@ -405,9 +421,8 @@ class Mover:
         return self.journal.record(move, Step.DONE)
 
     def _fail(self, move: Move, error: str) -> Move:
-        """A move that cannot start: journalled as failed, nothing touched."""
-        self.journal.begin(move)
-        return self.journal.record(move, Step.FAILED, error=error)
+        """A move that cannot start: journalled as failed (in one write, never open), nothing touched."""
+        return self.journal.fail(move, error) or self.journal.get(move.id)
 
     def _roll_back(self, move: Move, error: str) -> Move:
         """The target never ran: remove it; the task runs on its source as before.
@@ -419,26 +434,35 @@ class Mover:
         target = None if move.step in BEFORE_TARGET else self._target_of(move)
         if target is not None:
             target.remove(force=True)
-        source = self._own_task(self._source_engine(move), move.task) if move.has_source else None
+        source_engine = self._source_engine(move)
+        if move.mode == "criu":  # its target, the only container made from it, is gone
+            _remove_if_unused(source_engine.client.images, commit_image(move.id))
+        source = self._own_task(source_engine, move.task) if move.has_source else None
         if source is None:
             error += "; and the source container is gone"
-        else:
-            if source.status != "running":
-                source.start()
-            if self._crosses_engines(move):
-                self._remove_copied_volumes(move, source)
+        elif source.status != "running":
+            source.start()
+        if self._crosses_engines(move):
+            self._undo_transfer(move, source_engine, source)
         log.warning("move_rolled_back", id=move.id, task=move.name, error=error)
         return self.journal.record(move, Step.ROLLED_BACK, error=error)
 
-    def _remove_copied_volumes(self, move: Move, source: Any) -> None:
-        """The volumes made on the target's machine for the copy (free once the target is gone);
-        left there, logged, while that machine is out of reach."""
+    def _undo_transfer(self, move: Move, source_engine: Engine, source: Any | None) -> None:
+        """What the transferring step made: the volume copy's throw-away containers a migrator
+        killed mid-copy left on either machine (they hold the volumes), then the volumes made on
+        the target's machine for the copy (free once the target is gone). Left there, logged,
+        while that machine is out of reach or something there still uses them."""
+        transfer.remove_copy_containers(source_engine.client, move.id)
+        volumes = [volume for volume, _ in transfer.named_volumes(source)] if source is not None else []
         try:
-            volumes = self._target_engine(move).client.volumes
-            for volume, _ in transfer.named_volumes(source):
-                _remove_if_unused(volumes, volume)
+            target = self._target_engine(move).client
+            transfer.remove_copy_containers(target, move.id)
+            in_use = [volume for volume in volumes if not _remove_if_unused(target.volumes, volume)]
         except ENGINE_ERRORS as exc:
             log.warning("copied_volumes_left", id=move.id, target=move.target_host, error=str(exc)[:300])
+            return
+        if in_use:
+            log.warning("copied_volumes_left", id=move.id, target=move.target_host, in_use=in_use)
 
     def _remove_source(self, engine: Engine, move: Move) -> None:
         """Remove the source container; after a move between engines, also its named volumes
@@ -530,7 +554,8 @@ class Mover:
         temporary name is removed if its task still has another container (started again if it
         had been stopped), else started and given the task's name. Each is journalled first, so
         a crash midway is recovered like any move. One that cannot be settled now (an engine out
-        of reach) is left for the next sweep. Call after :meth:`recover`. The engines that did not
+        of reach) is left for the next sweep (the service's heartbeat sweeps again while
+        :attr:`engines_unseen` is not empty). Call after :meth:`recover`. The engines that did not
         answer, or hold a move that could not be settled, are left in :attr:`engines_unseen`."""
         open_ids = {move.id for move in self.journal.open_moves()}
         settled = []
@@ -586,8 +611,8 @@ class Mover:
         return targets[0] if targets else None
 
 
-def _remove_if_unused(collection: Any, name: str) -> None:
-    """Remove a volume or image unless something still uses it (Docker refuses: 409)."""
+def _remove_if_unused(collection: Any, name: str) -> bool:
+    """Remove a volume or image unless something still uses it (Docker refuses: 409); False if it does."""
     try:
         collection.get(name).remove()
     except docker.errors.NotFound:
@@ -595,6 +620,8 @@ def _remove_if_unused(collection: Any, name: str) -> None:
     except docker.errors.APIError as exc:
         if exc.status_code != 409:
             raise
+        return False
+    return True
 
 
 def _rename(engine: Engine, container_id: str, name: str, move_id: str) -> None:

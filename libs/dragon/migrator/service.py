@@ -61,6 +61,7 @@ class Migrator:
         self._published_tasks: tuple[TaskPlacement, ...] | None = None  # the schedule last published, to spot changes
         self._engines_answered = True  # did the last look at the engines work? If not, look only when due
         self._settle_again_at = 0.0  # monotonic: an engine out of reach is asked again only after an interval
+        self._sweep_owed = False  # the last sweep could not look everywhere: the heartbeat sweeps again
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -99,10 +100,11 @@ class Migrator:
     def recover_moves(self) -> list[Move]:
         """Finish every move a previous migrator left in flight, before any new command is taken:
         those in the journal, then those only Docker still shows (the journal lost them)."""
-        moves = retry_until(lambda: self.mover.recover() + self.mover.sweep(), self.lifecycle.stop, "recover_moves")
+        moves = retry_until(lambda: self.mover.recover() + self._sweep(), self.lifecycle.stop, "recover_moves")
         for move in moves:
             log.info("move_recovered", id=move.id, task=move.name, step=move.step.value, error=move.error or None)
-        # Those an engine out of reach left open: the heartbeat settles them once it answers.
+        # Those an engine out of reach left open, and what the sweep could not see or settle there:
+        # the heartbeat settles them once it answers.
         unsettled = retry_until(self.journal.open_moves, self.lifecycle.stop, "recover_moves")
         self._interrupted.update({move.id: None for move in unsettled})  # their events name the task by its id
         return moves
@@ -126,8 +128,8 @@ class Migrator:
         while not self.lifecycle.stop.wait(HEARTBEAT_S):
             redis_ok = self.redis_reachable()
             self.lifecycle.healthy(self.mqtt.connected and redis_ok)
-            if redis_ok and self._interrupted and time.monotonic() >= self._settle_again_at:
-                self.settle_interrupted()
+            if redis_ok:
+                self.settle_if_due()
             # Every beat looks at Docker, so tasks others start or stop show within seconds; the
             # interval republishes an unchanged schedule too, for tools that missed the retained one.
             # After a failed look (an engine out of reach can take the SDK's timeout to say so, all
@@ -192,8 +194,15 @@ class Migrator:
         self.counters.add("journal_unavailable")
         log.error("journal_unavailable", id=command.id, error=str(exc))
 
+    def settle_if_due(self) -> None:
+        """From the heartbeat: settle what is left (:meth:`settle_interrupted`), unless an engine
+        out of reach was asked less than an interval ago."""
+        if (self._interrupted or self._sweep_owed) and time.monotonic() >= self._settle_again_at:
+            self.settle_interrupted()
+
     def settle_interrupted(self) -> None:
-        """Moves cut short by Redis going away: completed or rolled back now that it answers.
+        """Moves cut short by Redis going away or an engine out of reach, and the sweep owed since
+        one was (:meth:`_sweep`): completed or rolled back now that they answer.
 
         From the heartbeat: while a move runs (it may take minutes: an image copied to another
         machine) this beat skips, rather than wait and leave the health marker untouched.
@@ -206,24 +215,30 @@ class Migrator:
             self._docker_lock.release()
 
     def _settle_interrupted(self) -> None:
+        try:
+            self._settle_commands()
+            # Only once no command is left: a sweep settling a command's move before the command
+            # is looked at would leave that command to be answered as never begun.
+            if self._sweep_owed and not self._interrupted:
+                self._publish_recovered([(move, "") for move in self._sweep()])
+        except redis.RedisError as exc:
+            if not unavailable_for_now(exc):
+                raise
+            # Redis away again, or refusing writes: the next beat tries again
+
+    def _settle_commands(self) -> None:
         for move_id, command in sorted(self._interrupted.items()):
             try:
                 moves = self._settle_one(move_id, command)
-            except redis.RedisError as exc:
-                if not unavailable_for_now(exc):
-                    raise
-                return  # Redis away again, or refusing writes: the next beat tries again
             except ENGINE_ERRORS as exc:
                 log.warning("move_not_settled_yet", id=move_id, error=str(exc)[:300])
                 # Out of reach can take the SDK's timeout to say, under the Docker lock: not every beat.
                 self._settle_again_at = time.monotonic() + self.config.schedule_interval_s
                 continue  # the others go on
-            for move, named in moves:
-                self.publish_event(self.event_of(move, task=named, recovered=True))
+            self._publish_recovered(moves)
             if command is not None and move_id not in {move.id for move, _ in moves}:
-                if self.mover.engines_unseen:  # its target may be on one of them: look again later
+                if self.mover.engines_unseen:  # its target may be on one of them: the owed sweep looks again
                     log.warning("move_not_settled_yet", id=move_id, engines_unseen=self.mover.engines_unseen)
-                    self._settle_again_at = time.monotonic() + self.config.schedule_interval_s
                     continue
                 # Redis went away before the move's first step was journalled, and Docker shows
                 # nothing of it: it never began. Said, so the planner need not wait out its timeout.
@@ -238,7 +253,28 @@ class Migrator:
             return [(self.mover.settle(move_id), command.task if command is not None else "")]
         except MoveError:
             pass
-        return [(move, "") for move in self.mover.sweep()]
+        return [(move, "") for move in self._sweep()]
+
+    def _sweep(self) -> list[Move]:
+        """The mover's sweep. One that could not look at every engine, or settle every move it
+        found there (an engine out of reach), is owed: the heartbeat sweeps again, an interval
+        later, until one completes. Said once, not at every try."""
+        moves = self.mover.sweep()
+        owed = bool(self.mover.engines_unseen)
+        if owed:
+            # Out of reach can take the SDK's timeout to say, under the Docker lock: not every beat.
+            self._settle_again_at = time.monotonic() + self.config.schedule_interval_s
+            if not self._sweep_owed:
+                log.warning("sweep_owed", engines_unseen=self.mover.engines_unseen)
+        elif self._sweep_owed:
+            log.info("sweep_completed", settled=len(moves))
+        self._sweep_owed = owed
+        return moves
+
+    def _publish_recovered(self, moves: list[tuple[Move, str]]) -> None:
+        """The events of moves settled after they were cut short, each with its task as commanded (or "")."""
+        for move, named in moves:
+            self.publish_event(self.event_of(move, task=named, recovered=True))
 
     def check(self, command: MigrationCommand, now: float) -> None:
         """Raise CommandRefused unless ``command`` may be carried out now."""

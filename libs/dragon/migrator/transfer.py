@@ -7,6 +7,8 @@ from a throw-away container on each side), never through a registry: there may b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import docker.errors
@@ -17,6 +19,7 @@ from dragon.migrator.engines import found
 log = structlog.get_logger(__name__)
 
 CHUNK = 1 << 20
+COPY_LABEL = "dragon.move.copy"  # on a volume copy's throw-away containers: the move they copy for
 
 
 class TransferError(RuntimeError):
@@ -57,21 +60,43 @@ def ensure_image(source: Any, target: Any, container: Any) -> bool:
     return True
 
 
-def copy_volumes(source: Any, target: Any, container: Any, image: str) -> list[str]:
+def copy_volumes(source: Any, target: Any, container: Any, image: str, move_id: str) -> list[str]:
     """Copy each named volume's files to a volume of the same name on the target engine."""
     copied = []
     for volume, _ in named_volumes(container):
         target.volumes.create(volume)  # checked free before the move began (check_portable)
-        reader = source.containers.create(image, ["true"], volumes={volume: {"bind": "/volume", "mode": "ro"}})
-        writer = target.containers.create(image, ["true"], volumes={volume: {"bind": "/volume", "mode": "rw"}})
-        try:
+        with (
+            _copy_container(source, image, volume, "ro", move_id) as reader,
+            _copy_container(target, image, volume, "rw", move_id) as writer,
+        ):
             stream, _ = reader.get_archive("/volume/.", chunk_size=CHUNK)
             writer.put_archive("/volume", stream)  # streamed: a volume need not fit in memory
-        finally:
-            reader.remove(force=True)
-            writer.remove(force=True)
         copied.append(volume)
     return copied
+
+
+@contextmanager
+def _copy_container(client: Any, image: str, volume: str, mode: str, move_id: str) -> Iterator[Any]:
+    """A throw-away container with ``volume`` at /volume, removed on the way out.
+
+    Labelled with its move: a migrator killed mid-copy leaves it behind, holding the volume (the
+    copy could then not be removed, nor the source's volume), and the move's roll back finds it
+    by that label (:func:`remove_copy_containers`).
+    """
+    helper = client.containers.create(
+        image, ["true"], volumes={volume: {"bind": "/volume", "mode": mode}}, labels={COPY_LABEL: move_id}
+    )
+    try:
+        yield helper
+    finally:
+        helper.remove(force=True, v=True)  # v: with the anonymous volumes an image's VOLUME gave it
+
+
+def remove_copy_containers(client: Any, move_id: str) -> None:
+    """Remove what :func:`copy_volumes` of move ``move_id`` left on an engine (a migrator killed mid-copy)."""
+    for helper in client.containers.list(all=True, filters={"label": f"{COPY_LABEL}={move_id}"}):
+        log.warning("copy_container_removed", id=move_id, container=helper.name)
+        helper.remove(force=True, v=True)
 
 
 def _same_image(client: Any, name: str, image_id: str) -> bool:
