@@ -286,6 +286,26 @@ def test_a_criu_move_rolled_back_removes_its_commit_image(emulated, journal, cri
     assert running.id == task.id  # started again: the checkpoint had stopped it
 
 
+def test_a_criu_roll_back_starts_the_task_again_though_its_commit_image_will_not_go(
+    emulated, journal, criu_believed, monkeypatch
+):
+    """Removing the commit image came before starting the source the checkpoint had stopped: an
+    error there (a storage driver's 500, a timeout on an SD card) kept the task down."""
+    task = start_task(emulated, ONLY_IN_ITS_OWN_CONTAINER)
+    wait_for_file(task, "/first")
+
+    def refuses(image, *args, **kwargs):
+        raise docker.errors.APIError("the storage driver failed", response=None)
+
+    monkeypatch.setattr(docker.models.images.Image, "remove", refuses)
+    move = mover(emulated, journal, **criu_believed).move("move-criu-image-stays", task.name, "h2")
+    assert (move.step, move.mode) == (Step.ROLLED_BACK, "criu"), move
+    (running,) = running_copies(emulated, task.name)
+    assert running.id == task.id and running.status == "running"
+    monkeypatch.undo()
+    emulated._client.images.remove(commit_image(move.id))
+
+
 def forget(journal: Journal, move_id: str) -> None:
     """Redis came back without the move's records (a restart that lost its last writes)."""
     journal.redis.delete(journal.prefix + move_id)

@@ -454,13 +454,12 @@ def test_a_move_an_engine_out_of_reach_left_open_at_start_up_is_settled_once_it_
     assert running.id == task.id
 
 
-def test_a_lost_move_the_start_up_sweep_could_not_settle_is_settled_by_the_heartbeat(lei, watch, tmp_path):
-    """The sweep settles a move the journal lost only when every engine of the LEI answers ("no
-    other container" must not mean "on a machine that is down"). One it could not settle at
-    start-up must be tried again once they do, or two copies of the task run for good."""
+def a_lost_move_while_pi_is_away(lei, tmp_path):
+    """A move killed after its target started, whose journal records Redis lost, by an in-process
+    migrator whose second machine "pi" is away until a socket appears at the path it returns."""
     stack, emulated = lei
     task = start_task(emulated)
-    socket = tmp_path / "pi.sock"  # the machine "pi": away until its engine's socket appears
+    socket = tmp_path / "pi.sock"
     migrator = in_process_migrator(
         stack, tmp_path, DRAGON_MIGRATOR_ENDPOINTS=f"pi=unix://{socket}", DRAGON_MIGRATOR_SCHEDULE_INTERVAL="0.5"
     )
@@ -471,6 +470,14 @@ def test_a_lost_move_the_start_up_sweep_could_not_settle_is_settled_by_the_heart
         Mover(migrator.engines, migrator.journal, after_step=dying_after(Step.STARTING)).move(lost, task.name, "h2")
     migrator.journal.redis.delete(migrator.journal.prefix + lost)  # Redis came back without the move
     migrator.journal.redis.srem(migrator.journal.open_key, lost)
+    return emulated, task, migrator, lost, socket
+
+
+def test_a_lost_move_the_start_up_sweep_could_not_settle_is_settled_by_the_heartbeat(lei, watch, tmp_path):
+    """The sweep settles a move the journal lost only when every engine of the LEI answers ("no
+    other container" must not mean "on a machine that is down"). One it could not settle at
+    start-up must be tried again once they do, or two copies of the task run for good."""
+    emulated, task, migrator, lost, socket = a_lost_move_while_pi_is_away(lei, tmp_path)
     try:
         assert migrator.recover_moves() == []  # "pi" is out of reach: the task may have a copy there
         assert len(running_copies(emulated, task.name)) == 2
@@ -487,3 +494,35 @@ def test_a_lost_move_the_start_up_sweep_could_not_settle_is_settled_by_the_heart
         migrator.shutdown()
     (running,) = running_copies(emulated, task.name)
     assert running.id == task.id
+
+
+def test_a_lost_move_whose_settling_fails_midway_is_settled_by_the_heartbeat(lei, watch, tmp_path, monkeypatch):
+    """The owed sweep journals a lost move (open) before it settles it: one whose roll back an
+    engine error cut short stayed open, the next sweep skips open moves and saw every engine, and
+    nothing settled the move until the migrator restarted, with two copies of the task running."""
+    emulated, task, migrator, lost, socket = a_lost_move_while_pi_is_away(lei, tmp_path)
+    # Twice: "pi" is this machine's engine under another name, so one sweep finds the target twice.
+    roll_back, failures = Mover._roll_back, [docker.errors.APIError("the engine stalled")] * 2
+
+    def stalls(mover, move, error):
+        if failures:
+            raise failures.pop()
+        return roll_back(mover, move, error)
+
+    monkeypatch.setattr(Mover, "_roll_back", stalls)
+    try:
+        assert migrator.recover_moves() == []  # "pi" is out of reach: the sweep is owed
+        migrator.init_mqtt()
+        migrator.start_mqtt([])
+        os.symlink("/var/run/docker.sock", socket)  # "pi" answers again
+        deadline = time.monotonic() + EVENT_TIMEOUT_S
+        while (failures or migrator.journal.open_moves()) and time.monotonic() < deadline:
+            migrator.settle_if_due()  # as the heartbeat does: the first owed sweep is cut short
+            time.sleep(0.2)
+        event = event_for(watch, lost)
+        # Settled from the journal then, as any move cut short at STARTING: either end will do.
+        assert event.recovered and event.outcome in {"done", "rolled_back"}, event
+    finally:
+        migrator.shutdown()
+    assert migrator.journal.open_moves() == []
+    assert len(running_copies(emulated, task.name)) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from types import SimpleNamespace
 
 import pytest
 import structlog
@@ -12,6 +13,7 @@ import structlog
 from dragon.messages import codec
 from dragon.messages.schemas import ForecastSample, Schedule, SimRequest, TaskPlacement
 from dragon.mqtt import Incoming
+from dragon.simulator import service as simulator_module
 from dragon.simulator.service import Simulator
 
 from .test_simulator import delivered, sample, simulator_service
@@ -145,3 +147,19 @@ def test_a_sample_no_newer_than_its_hosts_newest_is_refused_counted_and_logged(s
     assert counters["dropped_stale"] == 2 and counters["forecasts"] == 1
     # Logged once a minute at most: a broker's redelivery brings a burst.
     assert [(e["event"], e["host"], e["behind_s"]) for e in logs] == [("sample_not_newer_than_its_hosts_last", "h1", 0)]
+
+
+def test_what_is_kept_to_stamp_revisions_is_forgotten_with_hosts_that_fell_silent(simulator, monkeypatch):
+    """A simulator runs for months: its revision counts must not grow with every host ever seen."""
+    service, _ = simulator
+    clock = [time.time()]
+    ours = SimpleNamespace(time=lambda: clock[0], perf_counter=time.perf_counter)
+    monkeypatch.setattr(simulator_module, "time", ours)
+    for host in ("h1", "h2"):
+        service.view.observe(sample("a", host, 0.3, ts=clock[0]), clock[0])
+    service.publish_forecasts(None, revised=False)
+    assert set(service._revisions) == {"h1", "h2"}
+    clock[0] += 60  # h1 silent for a minute of 1 s samples
+    service.view.observe(sample("a", "h2", 0.3, ts=clock[0]), clock[0])
+    service.publish_forecasts({"h2"}, revised=False)
+    assert set(service._revisions) == {"h2"}

@@ -435,17 +435,27 @@ class Mover:
         if target is not None:
             target.remove(force=True)
         source_engine = self._source_engine(move)
-        if move.mode == "criu":  # its target, the only container made from it, is gone
-            _remove_if_unused(source_engine.client.images, commit_image(move.id))
         source = self._own_task(source_engine, move.task) if move.has_source else None
         if source is None:
             error += "; and the source container is gone"
         elif source.status != "running":
             source.start()
+        # What the move made, once the task runs again: removing a large commit image can take
+        # longer than the SDK's timeout on an SD card, and must not keep the task down.
+        if move.mode == "criu":  # its target, the only container made from it, is gone
+            self._remove_commit_image(move, source_engine)
         if self._crosses_engines(move):
             self._undo_transfer(move, source_engine, source)
         log.warning("move_rolled_back", id=move.id, task=move.name, error=error)
         return self.journal.record(move, Step.ROLLED_BACK, error=error)
+
+    def _remove_commit_image(self, move: Move, engine: Engine) -> None:
+        """A rolled-back CRIU move's commit image; left there, logged, if Docker will not remove it now."""
+        try:
+            if not _remove_if_unused(engine.client.images, commit_image(move.id)):
+                log.warning("commit_image_left", id=move.id, image=commit_image(move.id), in_use=True)
+        except ENGINE_ERRORS as exc:
+            log.warning("commit_image_left", id=move.id, image=commit_image(move.id), error=str(exc)[:300])
 
     def _undo_transfer(self, move: Move, source_engine: Engine, source: Any | None) -> None:
         """What the transferring step made: the volume copy's throw-away containers a migrator
@@ -453,6 +463,8 @@ class Mover:
         the target's machine for the copy (free once the target is gone). Left there, logged,
         while that machine is out of reach or something there still uses them."""
         transfer.remove_copy_containers(source_engine.client, move.id)
+        if source is None:  # which volumes the copy made, only the source's mounts told
+            log.warning("copied_volumes_left", id=move.id, target=move.target_host, reason="the source is gone")
         volumes = [volume for volume, _ in transfer.named_volumes(source)] if source is not None else []
         try:
             target = self._target_engine(move).client

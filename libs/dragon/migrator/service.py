@@ -260,7 +260,12 @@ class Migrator:
         found there (an engine out of reach), is owed: the heartbeat sweeps again, an interval
         later, until one completes. Said once, not at every try."""
         moves = self.mover.sweep()
-        owed = bool(self.mover.engines_unseen)
+        # A move the sweep journalled (open) and could not finish (an engine error midway): the
+        # next sweep skips open moves, so the heartbeat settles it as it does any interrupted one.
+        # Every caller holds the Docker lock or runs before commands are taken: none is under way.
+        left_open = [move.id for move in self.journal.open_moves() if move.id not in self._interrupted]
+        self._interrupted.update(dict.fromkeys(left_open))
+        owed = bool(self.mover.engines_unseen) or bool(left_open)
         if owed:
             # Out of reach can take the SDK's timeout to say, under the Docker lock: not every beat.
             self._settle_again_at = time.monotonic() + self.config.schedule_interval_s

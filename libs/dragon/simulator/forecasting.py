@@ -76,11 +76,12 @@ def forecast_samples(
 
 
 REVISION_STEP_S = 1e-3  # each revision of a sample's forecast is stamped this much after the one before
-Revisions = MutableMapping[str, tuple[float, int]]  # host -> (its last forecast's sample, revisions of it)
+# host -> its last forecast (before stamping) and how many times its sample's forecast was revised
+Revisions = MutableMapping[str, tuple[ForecastSample, int]]
 
 
 def stamped(forecasts: list[ForecastSample], revisions: Revisions, revised: bool) -> list[ForecastSample]:
-    """The forecasts stamped on their hosts' clocks; ``revisions`` updated.
+    """The forecasts to publish, stamped on their hosts' clocks; ``revisions`` updated.
 
     The detector judges a host's forecast only if it is stamped after the last one it judged.
     A forecast is stamped with the time of the sample it starts from, plus ``REVISION_STEP_S``
@@ -89,14 +90,18 @@ def stamped(forecasts: list[ForecastSample], revisions: Revisions, revised: bool
     and the next sample's forecast, stamped with the next sample's time, supersedes both. Only
     the host's own times count: our clock or a migrator's (a schedule's arrival, its ``ts``)
     would let a revision overtake the next sample's forecast when the host's clock runs
-    behind, and stamp consecutive samples' forecasts alike. Every replica that took the same
-    sample and the same moves in stamps alike.
+    behind, and stamp consecutive samples' forecasts alike. A revision that forecasts what the
+    host's last forecast did (the move was elsewhere: another host, another LEI) is left out:
+    judged, it would count as one more window of the host, as if it had sampled again.
     """
     out = []
     for forecast in forecasts:
-        sample_ts, count = revisions.get(forecast.host, (None, 0))
-        count = (count if sample_ts == forecast.based_on_ts else 0) + int(revised)
-        revisions[forecast.host] = (forecast.based_on_ts, count)
+        last, count = revisions.get(forecast.host, (None, 0))
+        same_sample = last is not None and last.based_on_ts == forecast.based_on_ts
+        if revised and same_sample and last == forecast:
+            continue
+        count = (count if same_sample else 0) + int(revised)
+        revisions[forecast.host] = (forecast, count)
         out.append(replace(forecast, ts=revision_ts(forecast, count)))
     return out
 

@@ -95,6 +95,11 @@ class Simulator:
         except ValueError:
             return  # no fresh host: nothing to forecast from
         sim = co_simulator(self.config.cosim, snapshot)
+        # Hosts out of the snapshot (stale, or gone) forecast nothing: their next sample, if one
+        # comes, starts its revisions afresh, and nothing here grows with every host ever seen.
+        fresh = {host for lei, host in snapshot.hosts if lei == self.lei}
+        for host in self._revisions.keys() - fresh:
+            del self._revisions[host]
         forecasts = forecast_samples(snapshot, sim, self.lei, hosts, self.instance)
         for forecast in stamped(forecasts, self._revisions, revised):
             self.mqtt.publish_message(topics.host_forecast(self.lei, forecast.host), forecast, qos=1)
