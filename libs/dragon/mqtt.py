@@ -133,6 +133,19 @@ class Counters:
             return dict(self._values)
 
 
+SHARED_PREFIX = "$share/"
+
+
+def routing_filter(filter_: str) -> str:
+    """The filter a subscription's messages match: a shared subscription's without ``$share/<group>/``."""
+    if not filter_.startswith(SHARED_PREFIX):
+        return filter_
+    group, _, shared = filter_[len(SHARED_PREFIX) :].partition("/")
+    if not group or not shared or set("+#") & set(group):
+        raise ValueError(f"a shared subscription is $share/<group>/<filter>, got {filter_!r}")
+    return shared
+
+
 class MqttClient:
     """A connected service's MQTT endpoint. Create, ``subscribe``/``on_connected``, then ``start``."""
 
@@ -196,9 +209,14 @@ class MqttClient:
         self.subscribe_batch(filter_, lambda batch: _each(handler, batch, self.counters), qos)
 
     def subscribe_batch(self, filter_: str, handler: BatchHandler, qos: int = 1) -> None:
-        """Like :meth:`subscribe`, but ``handler`` gets all waiting messages as one list."""
+        """Like :meth:`subscribe`, but ``handler`` gets all waiting messages as one list.
+
+        A shared subscription (``$share/<group>/<filter>``, MQTT v5 4.8.2) gives each message
+        to one subscriber of the group; it is routed by its filter, which is what its messages'
+        topics match (the broker delivers them under their own topic).
+        """
         self._subscriptions.append((filter_, qos))
-        self._handlers.append((filter_, handler))
+        self._handlers.append((routing_filter(filter_), handler))
 
     def retire(self, filter_: str) -> None:
         """Unsubscribe ``filter_`` whenever a session is resumed: an older version subscribed it,

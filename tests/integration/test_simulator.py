@@ -131,3 +131,32 @@ def test_a_restarted_simulator_answers_again_from_the_next_samples(stack):
     stack.restart("simulator", wait_for="simulator_started")
     response = answer_once_both_hosts_are_seen(stack)
     assert response.ok and (response.hosts, response.tasks) == (2, 2), response.error
+
+
+def test_scaled_each_request_is_answered_once_by_one_of_the_replicas(stack):
+    """A shared subscription gives each request to one replica; until 2026-12-07 every replica
+    answered every request. The deployment's ACL must let the replicas subscribe that way."""
+    stack.start_simulator("simulator2")
+    try:
+        operator = stack.mqtt_settings("operator")
+        response_topic = f"{topics.sim_responses(stack.lei)}/scaled-{tokens.token_hex(4)}"
+        with Listener(operator, [response_topic]) as listener:
+            deadline = time.monotonic() + ANSWER_TIMEOUT_S  # the new replica subscribes once connected
+            while time.monotonic() < deadline and len(answered_by(listener)) < 2:
+                publish_samples(stack)
+                publish(operator, topics.sim_request(stack.lei), request("next_window"), codec.MSGPACK, response_topic)
+                time.sleep(0.5)
+            time.sleep(2)  # room for duplicates to arrive
+            answers = answers_on(listener)
+        assert len(answers) == len({a.id for a in answers}), "a request was answered twice"
+        assert answered_by(listener) == {"simulator", "simulator2"}
+    finally:
+        stack.stop_service("simulator2")
+
+
+def answers_on(listener: Listener) -> list[SimResponse]:
+    return [codec.decode(SimResponse, m.payload, 1 << 20, m.content_type) for m in listener.matching(lambda m: True)]
+
+
+def answered_by(listener: Listener) -> set[str]:
+    return {answer.simulator for answer in answers_on(listener)}

@@ -140,3 +140,17 @@ def test_a_message_whose_topic_cannot_be_read_is_dropped_and_counted_and_the_wor
     worker.join(5.0)
     assert got == ["dragon/a/hosts/h1/sample"]
     assert client.counters.snapshot()["dropped_unreadable"] == 1
+
+
+def test_a_shared_subscriptions_messages_reach_its_handler_under_their_own_topic():
+    """The broker delivers a $share/<group>/<filter> subscription's messages under their topic,
+    which the shared filter itself never matches: they were dropped as unrouted."""
+    client = MqttClient(MqttSettings(), "test", "t-1", Counters())
+    got: list[str] = []
+    client.subscribe_batch("$share/simulator/dragon/a/sim/request", lambda batch: got.extend(m.topic for m in batch))
+    client._dispatch([message("dragon/a/sim/request")])
+    assert got == ["dragon/a/sim/request"] and client.counters.snapshot().get("unrouted") is None
+    assert client._subscriptions == [("$share/simulator/dragon/a/sim/request", 1)]  # what the broker is asked
+    for malformed in ("$share//dragon/a", "$share/group", "$share/g+/dragon/a"):
+        with pytest.raises(ValueError, match="shared subscription"):
+            client.subscribe_batch(malformed, got.extend)

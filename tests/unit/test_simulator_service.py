@@ -163,3 +163,12 @@ def test_what_is_kept_to_stamp_revisions_is_forgotten_with_hosts_that_fell_silen
     service.view.observe(sample("a", "h2", 0.3, ts=clock[0]), clock[0])
     service.publish_forecasts({"h2"}, revised=False)
     assert set(service._revisions) == {"h2"}
+
+
+def test_replicas_share_the_requests_and_keep_no_session_while_away(simulator):
+    """Scaled, every replica answered every request; with a session kept while away, the broker
+    would queue a share of them for the session a recreated replica left."""
+    service, _ = simulator
+    assert ("$share/simulator/dragon/a/sim/request", 1) in service.mqtt._subscriptions
+    assert "dragon/a/sim/request" in service.mqtt._retired  # an older version's plain subscription
+    assert service.mqtt.settings.session_expiry_s == 0

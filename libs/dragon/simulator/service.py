@@ -35,6 +35,14 @@ SERVICE = "simulator"
 HEARTBEAT_S = 5.0
 
 
+REQUEST_GROUP = "simulator"  # the shared subscription's group: every replica of the LEI's simulator
+
+
+def shared_requests(lei: str) -> str:
+    """The LEI's requests as a shared subscription: each goes to one replica."""
+    return f"$share/{REQUEST_GROUP}/{topics.sim_request(lei)}"
+
+
 class Simulator:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
@@ -57,10 +65,19 @@ class Simulator:
             self.shutdown()
 
     def init_mqtt(self) -> None:
-        self.mqtt = MqttClient(self.config.common.mqtt, SERVICE, self.instance, self.counters)
+        # No session kept while away: the broker hands a shared subscription's messages in turn
+        # to every session of the group, offline ones too, and the session a recreated replica
+        # left (its client id is the container's host name) would swallow a share of the
+        # requests for DRAGON_MQTT_SESSION_EXPIRY. A request sent while no replica runs is
+        # lost, as its requester's timeout says; the view is in memory and starts afresh anyway.
+        settings = replace(self.config.common.mqtt, session_expiry_s=0)
+        self.mqtt = MqttClient(settings, SERVICE, self.instance, self.counters)
         follow_samples(self.mqtt, self.view, then=self.on_samples_taken)
         follow_schedules(self.mqtt, self.view, then=self.on_schedule_taken)
-        self.mqtt.subscribe(topics.sim_request(self.lei), self.on_request, qos=1)
+        # One replica answers each request (scaled, every one did); a session kept by an older
+        # version still holds the plain subscription, dropped on resuming it.
+        self.mqtt.retire(topics.sim_request(self.lei))
+        self.mqtt.subscribe(shared_requests(self.lei), self.on_request, qos=1)
 
     def start_mqtt(self) -> None:
         self.mqtt.start()
