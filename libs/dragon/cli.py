@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dragon", description="Operate a DRAGON LEI.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("secrets", help="generate MQTT/Redis credentials and the broker ACL (once)")
+    secrets_help = (
+        "generate the LEI's secrets (MQTT and Redis passwords, the migration key, the CA and the broker's TLS "
+        "certificate, relay.conf) once, and write the broker ACL again at every run"
+    )
+    p = commands.add_parser("secrets", help=secrets_help, description=secrets_help[0].upper() + secrets_help[1:] + ".")
     p.add_argument("--dir", type=Path, required=True, help="directory to write into (kept out of git)")
     p.add_argument("--lei", required=True, help="id of this LEI")
     p.add_argument("--hosts", required=True, help="comma-separated host ids the broker's collector publishes for")
@@ -69,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(handler=_secrets)
 
-    p = commands.add_parser(
-        "bridge",
-        help="write the Mosquitto bridge carrying this LEI's topics to a peer's broker (the peer bridges its own back)",
+    bridge_help = (
+        "write the Mosquitto bridge carrying this LEI's topics to a peer's broker (the peer bridges its own back)"
     )
+    p = commands.add_parser("bridge", help=bridge_help, description=bridge_help[0].upper() + bridge_help[1:] + ".")
     p.add_argument("--lei", required=True, help="id of this LEI")
     p.add_argument("--peer", required=True, help="id of the peer LEI")
     p.add_argument(

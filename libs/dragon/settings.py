@@ -21,7 +21,7 @@ class MqttSettings:
     session_expiry_s: int = setting(
         "DRAGON_MQTT_SESSION_EXPIRY",
         3600,
-        "how long the broker keeps our session and QoS 1 queue while we are away",
+        "how long the broker keeps our session and QoS 1 queue while we are away (the simulator keeps none)",
         "s",
     )
     max_payload_bytes: int = setting(

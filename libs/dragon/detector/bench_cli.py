@@ -41,7 +41,8 @@ def add_bench_parser(commands) -> None:
         "--pot-mode",
         default="static",
         choices=("static", "spot", "dspot"),
-        help="static POT threshold, or streaming SPOT / drift-aware DSPOT updated as test scores arrive",
+        help="static POT threshold (default), or streaming SPOT / drift-aware DSPOT updated as test scores arrive "
+        "(the service runs spot)",
     )
     parser.add_argument("--dspot-depth", type=int, default=20, help="DSPOT moving-average depth (default: 20)")
     parser.add_argument(
@@ -103,7 +104,9 @@ def add_model_arguments(parser, data: str, models: str) -> None:
 
 def add_run_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
-    parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--log-level", default="warning", choices=("debug", "info", "warning", "error"), help="(default: warning)"
+    )
 
 
 def model_params(args) -> dict[str, Any]:
@@ -194,7 +197,7 @@ def add_federation_bench_parser(commands) -> None:
         parser,
         data="folder with time_series.npy, schedule_series.npy",
         models="gon (the DRAGON discriminator over all hosts, tasks, schedule and graph; default), gon-host "
-        "(the same network one host at a time, as the service scores today), zscore, pca, random",
+        "(the same network one host at a time, as the service scores by default), zscore, pca, random",
     )
     parser.add_argument("--fault-seed", type=int, help="seed of the injected faults (default: --seed)")
     parser.add_argument("--faults", type=int, default=6, help="fault segments injected into the test part (default: 6)")

@@ -7,9 +7,11 @@ from dragon.service import cli
 
 DESCRIPTION = (
     "The migrator of one LEI. It takes migration commands on dragon/<lei>/migrations/commands, signed by the "
-    "planner with the key both hold (DRAGON_MIGRATION_KEY), and moves the task containers between the LEI's "
-    "emulated hosts through the Docker socket: a restart move (the task recreated on its target, started, and "
-    "only then removed from its source), journalled step by step in Redis so that a migrator stopped at any "
+    "planner with the key both hold (DRAGON_MIGRATION_KEY), and moves the task containers between hosts: the "
+    "LEI's emulated hosts through the Docker socket, and hosts with an engine of their own, in this LEI or "
+    "another (DRAGON_MIGRATOR_ENDPOINTS). A CRIU move (checkpoint, restore) where the engine can, else a restart "
+    "move (the task recreated on its target, started, and only then removed from its source), journalled step "
+    "by step in Redis so that a migrator stopped at any "
     "point finishes or rolls back the move on restart. Each command gets an event on "
     "dragon/<lei>/migrations/events; the schedule (task -> host) is kept retained on dragon/<lei>/tasks. "
     "Configured by DRAGON_* environment variables (see README.md)."
