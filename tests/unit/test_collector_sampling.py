@@ -74,6 +74,23 @@ def test_a_probe_delayed_by_the_one_before_still_measures_its_rates_over_its_own
     assert [s.metrics.cpu for s in second] == pytest.approx([1.0, 1.0], abs=0.05)
 
 
+def test_nothing_is_published_before_a_rate_can_be_measured() -> None:
+    """A rate needs two reads: the first sample after a start went out as a measured 0 (CPU, disk,
+    network), and the simulator's background of the host, the least of its samples, stayed 0."""
+    collector = Collector(
+        config.load(CollectorConfig, {"DRAGON_COLLECTOR_HOSTS": "h1", "DRAGON_COLLECTOR_INTERVAL": "0.5"})
+    )
+    collector.probes = [ClockRateProbe("h1")]
+    collector.mqtt = published = Published()
+    sampling = threading.Thread(target=collector.sample_forever, daemon=True)
+    sampling.start()
+    time.sleep(1.3)
+    collector.lifecycle.stop.set()
+    sampling.join(timeout=5)
+    assert published.samples, "nothing published"
+    assert [s.metrics.cpu for s in published.samples] == pytest.approx([1.0] * len(published.samples), abs=0.05)
+
+
 class VanishedCgroupProbe(ClockRateProbe):
     """A host whose cgroup is gone: every read fails."""
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 
 from dragon.collector.cgroups import CgroupHost
 from dragon.collector.injector import PoissonFaults
@@ -23,7 +25,8 @@ from dragon.collector.probes import (
     create_probe,
     parse_net_dev,
 )
-from dragon.messages.schemas import FAULT_KINDS, HOST_METRICS, HostMetrics
+from dragon.messages import codec
+from dragon.messages.schemas import FAULT_KINDS, HOST_METRICS, HostMetrics, HostSample
 
 pytestmark = pytest.mark.unit
 
@@ -185,6 +188,25 @@ def test_a_container_is_fresh_only_if_it_started_since_the_list_before_the_one_t
     docker.add("d" * 64, container_attrs("back", 700, {"dragon.task": "true"}, started=time.time() - 600))
     containers.refresh()
     assert {c.name: c.fresh for c in containers.get()} == {"web-1": False, "hog-1": True, "back": False}
+
+
+def test_a_task_whose_id_no_message_may_carry_is_left_out_not_its_hosts_whole_sample(
+    emulated: tuple[Path, Path],
+) -> None:
+    """Every reader refuses a sample with a task id over 256 characters: one such label (users set
+    dragon.task.id) made the whole host look silent. The task alone is left out, said once."""
+    root, proc = emulated
+    docker = fake_docker()
+    docker.add("d" * 64, container_attrs("long", 300, {"dragon.task": "true", "dragon.task.id": "x" * 300}))
+    probe = CgroupProbe("h1", CgroupHost(PARENT, root, proc_root=proc), proc, docker, lei="lei1")
+    with structlog.testing.capture_logs() as logs:
+        probe.containers.refresh()
+        probe.containers.refresh()
+    probe.read(100.0)
+    assert [task.id for task in probe.tasks()] == ["web"]
+    sample = HostSample("lei1", "h1", 1.0, 1, 1.0, probe.read(102.0), probe.tasks())
+    assert codec.decode(HostSample, codec.encode(sample), 65536) == sample
+    assert [line["event"] for line in logs].count("task_left_out_id_too_long") == 1
 
 
 def test_a_pid_taken_by_another_process_is_not_the_container(emulated: tuple[Path, Path]) -> None:

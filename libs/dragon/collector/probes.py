@@ -43,6 +43,7 @@ from dragon.collector.cgroups import (
     parse_stat,
 )
 from dragon.collector.docker_api import DOCKER_ERRORS, FAULT_LABEL, HOST_LABEL, LEI_LABEL, TASK_ID_LABEL, TASK_LABEL
+from dragon.messages.schema import MAX_STR, clip
 from dragon.messages.schemas import MAX_FRACTION, HostMetrics, TaskUsage
 
 log = structlog.get_logger(__name__)
@@ -202,6 +203,7 @@ class HostContainers:
         self._cache: dict[str, ContainerInfo] = {}
         self._version: int | None = None
         self._listed_at: float | None = None  # when the last list Docker answered was asked for (wall clock)
+        self._left_out: set[str] = set()  # running tasks whose id no message may carry (logged once)
 
     def get(self) -> list[ContainerInfo]:
         """The list as last refreshed (empty until the first refresh); never calls Docker."""
@@ -225,6 +227,7 @@ class HostContainers:
         except DOCKER_ERRORS as exc:
             log.warning("container_list_failed", host=self._host, error=str(exc))
             return  # keep the last list
+        self._left_out &= {container.id for container in listed}
         if current.keys() != self._cache.keys():
             log.info("host_containers_changed", host=self._host, containers=sorted(c.name for c in current.values()))
         self._cache = current
@@ -243,11 +246,18 @@ class HostContainers:
         if pid <= 0:
             return None
         name = attrs["Name"].lstrip("/")
+        task_id = labels.get(TASK_ID_LABEL) or name
+        if is_task and len(task_id) > MAX_STR:
+            # Every reader would refuse the host's whole sample over it, and the host look silent.
+            if container_id not in self._left_out:  # said once, not at every list
+                log.warning("task_left_out_id_too_long", host=self._host, container=clip(name), length=len(task_id))
+            self._left_out.add(container_id)
+            return None
         since = started_at(attrs["State"].get("StartedAt", ""))
         return ContainerInfo(
             id=container_id,
-            name=name,
-            task_id=labels.get(TASK_ID_LABEL) or name,
+            name=clip(name),
+            task_id=task_id,
             pid=pid,
             is_task=is_task,
             cgroup=self._container_cgroup(container_id, pid, attrs["HostConfig"].get("CgroupParent") or ""),
