@@ -372,3 +372,18 @@ def test_workloads_cpu_ends_after_its_duration() -> None:
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 10
     assert '"event": "cpu_stopped"' in result.stderr
+
+
+def test_the_poisson_schedule_runs_on_the_monotonic_clock_and_stamps_with_the_wall_clock() -> None:
+    """A Pi without a real-time clock steps its wall clock by months once NTP answers: arrivals drawn
+    on it were walked one by one across the step (or stopped for as long, stepping back)."""
+    faults = PoissonFaults(12.0, FAULT_KINDS, ("h1",), (60.0, 300.0), random.Random(3))
+    wall_offset = 1_700_000_000.0
+    faults.due(100.0, 100.0 + wall_offset)  # starts the clock
+    out = []
+    for mono in range(130, 3700, 30):  # an hour, stamped on a wall clock far from the monotonic one
+        out.extend(faults.due(float(mono), mono + wall_offset))
+    assert out and all(abs(fault.ts - (wall_offset + 1800)) < 1900 for _, fault in out)
+    assert all(str(int(fault.ts)) in fault.id for _, fault in out)
+    stepped = faults.due(3730.0, 3730.0 + wall_offset + 365 * 86400)  # NTP steps the wall clock a year on
+    assert len(stepped) <= 2  # the arrivals of 30 s, not of the year skipped

@@ -429,8 +429,14 @@ class PoissonFaults:
         self._next: float | None = None
         self._seq = 0
 
-    def due(self, now: float) -> list[tuple[str, FaultInjection]]:
-        """Faults whose arrival time is at or before ``now`` (the first call only starts the clock)."""
+    def due(self, now: float, wall: float | None = None) -> list[tuple[str, FaultInjection]]:
+        """Faults whose arrival time is at or before ``now`` (the first call only starts the clock).
+
+        ``now`` on a monotonic clock: an NTP step of the wall clock (a Pi without a real-time
+        clock) forward would have drawn every arrival in the skipped span, one by one, and a step
+        back stopped the faults for as long. ``wall``: the wall clock at ``now``, which the faults'
+        ``ts`` are on (default ``now``)."""
+        to_wall = (now if wall is None else wall) - now
         if self._next is None:
             self._next = now + self._rng.expovariate(self.rate_per_s)
             return []
@@ -441,11 +447,11 @@ class PoissonFaults:
             self._seq += 1
             host = self._rng.choice(self.hosts)
             fault = FaultInjection(
-                id=f"{self._prefix}-{int(arrival)}-{self._seq}",
+                id=f"{self._prefix}-{int(arrival + to_wall)}-{self._seq}",
                 kind=self._rng.choice(self.kinds),
                 duration_s=max(self.duration_range[0], round(self._rng.uniform(*self.duration_range), 1)),
                 intensity=max(self.intensity_range[0], round(self._rng.uniform(*self.intensity_range), 2)),
-                ts=arrival,
+                ts=arrival + to_wall,
             )
             if arrival + fault.duration_s < now:
                 log.info("poisson_fault_skipped", fault_id=fault.id, host=host, late_s=now - arrival)

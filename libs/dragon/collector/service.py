@@ -278,7 +278,7 @@ class Collector:
             self._publish_injection(event)
         quiet = time.monotonic() - self._started < self.config.random_fault_delay_s
         if self.random_faults is not None and not quiet:
-            for host, command in self.random_faults.due(now):
+            for host, command in self.random_faults.due(time.monotonic(), now):
                 # Stamped when it was drawn; a stalled loop may start it late, never too late.
                 self._publish_injection(self.injector.inject(host, command, queued=False))
 
