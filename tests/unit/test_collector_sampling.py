@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -162,3 +163,15 @@ def test_the_docker_thread_outlives_a_failure_of_one_pass(monkeypatch) -> None:
     thread.join(5)
     assert listed.refreshes >= 3 and not thread.is_alive()
     assert collector.counters.snapshot()["docker_errors"] == 1
+
+
+def test_random_faults_are_drawn_on_the_monotonic_clock() -> None:
+    """An NTP step of a Pi's wall clock must not fire (or stop) the arrivals of the span it skips."""
+    collector = Collector(config.load(CollectorConfig, {"DRAGON_COLLECTOR_HOSTS": "h1"}))
+    asked: list[tuple[float, float]] = []
+    collector.injector = type("NoHogs", (), {"reap": lambda self, now: []})()
+    collector.random_faults = type("Clock", (), {"due": lambda self, now, wall: asked.append((now, wall)) or []})()
+    collector.config = dataclasses.replace(collector.config, random_fault_delay_s=0.0)
+    collector.run_faults()
+    ((now, wall),) = asked
+    assert abs(now - time.monotonic()) < 5 and abs(wall - time.time()) < 5

@@ -458,3 +458,14 @@ def test_a_decision_claiming_this_lei_on_a_peers_topic_is_dropped_and_counted():
     posing = dataclasses.replace(a_decision(), lei="a")
     p.on_peer_decision(Incoming("dragon/fed/b/decision", codec.encode(posing), 1, False, codec.MSGPACK))
     assert p.counters.snapshot().get("dropped_schema") == 1
+
+
+def test_a_planner_whose_migrator_published_no_schedule_yet_says_so_not_a_mismatch():
+    import structlog.testing
+
+    p = planner(DRAGON_MIGRATION_KEY="k" * 32)
+    feed(p)  # samples, no schedule
+    with structlog.testing.capture_logs() as logs:
+        decision = p.decide(p.view.snapshot(NOW), p.faulty(NOW), NOW)
+    assert decision.moves == ()
+    assert [line["event"] for line in logs if "schedule" in line["event"]] == ["no_schedule_from_the_migrator_yet"]

@@ -6,8 +6,12 @@ LEI and host it runs on, whether it is a task or a fault's hog, and who started 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import docker.errors
 import requests.exceptions
+
+from dragon.messages.schema import MAX_STR
 
 LEI_LABEL = "dragon.lei"
 HOST_LABEL = "dragon.host"
@@ -24,6 +28,17 @@ ENDS_LABEL = "dragon.fault.ends-at"
 
 # A daemon that refuses (DockerException) or does not answer in time (requests' errors).
 DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def task_id(labels: Mapping[str, str], name: str) -> str:
+    """The task a container runs: its ``dragon.task.id`` label, else its name."""
+    return labels.get(TASK_ID_LABEL) or name
+
+
+def reportable(task: str) -> bool:
+    """Whether a message may carry task id ``task``: every reader refuses a sample or schedule
+    with a longer one, whole, and its host or LEI would look silent or unscheduled."""
+    return len(task) <= MAX_STR
 
 
 def unanswered(error: BaseException) -> bool:

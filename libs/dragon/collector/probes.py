@@ -42,8 +42,16 @@ from dragon.collector.cgroups import (
     emulated_host_path,
     parse_stat,
 )
-from dragon.collector.docker_api import DOCKER_ERRORS, FAULT_LABEL, HOST_LABEL, LEI_LABEL, TASK_ID_LABEL, TASK_LABEL
-from dragon.messages.schema import MAX_STR, clip
+from dragon.collector.docker_api import (
+    DOCKER_ERRORS,
+    FAULT_LABEL,
+    HOST_LABEL,
+    LEI_LABEL,
+    TASK_LABEL,
+    reportable,
+    task_id,
+)
+from dragon.messages.schema import clip
 from dragon.messages.schemas import MAX_FRACTION, HostMetrics, TaskUsage
 
 log = structlog.get_logger(__name__)
@@ -203,7 +211,6 @@ class HostContainers:
         self._cache: dict[str, ContainerInfo] = {}
         self._version: int | None = None
         self._listed_at: float | None = None  # when the last list Docker answered was asked for (wall clock)
-        self._left_out: set[str] = set()  # running tasks whose id no message may carry (logged once)
 
     def get(self) -> list[ContainerInfo]:
         """The list as last refreshed (empty until the first refresh); never calls Docker."""
@@ -227,7 +234,6 @@ class HostContainers:
         except DOCKER_ERRORS as exc:
             log.warning("container_list_failed", host=self._host, error=str(exc))
             return  # keep the last list
-        self._left_out &= {container.id for container in listed}
         if current.keys() != self._cache.keys():
             log.info("host_containers_changed", host=self._host, containers=sorted(c.name for c in current.values()))
         self._cache = current
@@ -246,18 +252,14 @@ class HostContainers:
         if pid <= 0:
             return None
         name = attrs["Name"].lstrip("/")
-        task_id = labels.get(TASK_ID_LABEL) or name
-        if is_task and len(task_id) > MAX_STR:
-            # Every reader would refuse the host's whole sample over it, and the host look silent.
-            if container_id not in self._left_out:  # said once, not at every list
-                log.warning("task_left_out_id_too_long", host=self._host, container=clip(name), length=len(task_id))
-            self._left_out.add(container_id)
-            return None
+        task = task_id(labels, name)
+        if is_task and not reportable(task):  # inspected once: the list keeps it while it runs
+            log.warning("task_left_out_id_too_long", host=self._host, container=clip(name), length=len(task))
         since = started_at(attrs["State"].get("StartedAt", ""))
         return ContainerInfo(
             id=container_id,
             name=clip(name),
-            task_id=task_id,
+            task_id=task,
             pid=pid,
             is_task=is_task,
             cgroup=self._container_cgroup(container_id, pid, attrs["HostConfig"].get("CgroupParent") or ""),
@@ -303,7 +305,8 @@ class _TaskMeter:
         usages = []
         seen: dict[str, tuple[float, int]] = {}
         for info in infos:
-            if not info.is_task or info.cgroup is None:
+            # A task whose id no message may carry still counts for its host (its network), not alone.
+            if not info.is_task or info.cgroup is None or not reportable(info.task_id):
                 continue
             try:
                 cpu_ns = info.cgroup.cpu_usage_ns()

@@ -29,6 +29,7 @@ import docker.errors
 import docker.types
 import structlog
 
+from dragon.collector import docker_api
 from dragon.collector.docker_api import HOST_LABEL, LEI_LABEL, TASK_ID_LABEL, TASK_LABEL
 from dragon.migrator import criu, engines, transfer
 from dragon.migrator.criu import CriuSupport
@@ -67,7 +68,7 @@ COMMIT_REPOSITORY = "dragon-move"  # CRIU moves commit the source's files to ima
 
 def task_id_of(container: Any) -> str:
     """The task a container runs: its ``dragon.task.id`` label, else its name (as the collector reports it)."""
-    return container.labels.get(TASK_ID_LABEL) or container.name
+    return docker_api.task_id(container.labels, container.name)
 
 
 def creation_kwargs(

@@ -298,38 +298,49 @@ class Planner:
         (:meth:`not_where_scheduled`).
         """
         misplaced = self.not_where_scheduled(snapshot)
-        if misplaced:
-            self.counters.add("tasks_not_where_scheduled", len(misplaced))  # per decision
-            held_back = self._misplaced_lines.due()
-            if held_back is not None:
-                tasks = sorted(misplaced)[:20]
-                log.warning("tasks_not_where_scheduled", tasks=tasks, count=len(misplaced), held_back=held_back)
+        self._say_held_back(misplaced)
         staying = self.staying(now) | misplaced
         with self._health_lock:
             peers = [
                 d for d in self.peer_decisions.values() if d.commanded and now - d.ts <= self.config.health_max_age_s
             ]
+        # (task, from, to): the peers' moves of their own tasks, and ours under way, which planned
+        # as not happening left their target looking as free as before (the next decision sent
+        # another task there). Each only while its task is still where the move started.
+        happening = [
+            (move.task, (move.source_lei, move.source_host), (move.target_lei, move.target_host))
+            for decision in peers
+            for move in decision.moves
+            if move.source_lei == decision.lei
+        ]
+        if self.issuer is not None:
+            happening += [(task, issued.source, issued.target) for task, issued in self.issuer.under_way(now).items()]
         fixed = np.full(len(snapshot.tasks), UNPLACED)
         index = {task: j for j, task in enumerate(snapshot.tasks)}
         hosts = {key: i for i, key in enumerate(snapshot.hosts)}
         placement = snapshot.state.placement
-        for decision in peers:
-            for move in decision.moves:
-                j, target = index.get(move.task), hosts.get((move.target_lei, move.target_host))
-                # The peer's own tasks only, still where it planned them from.
-                source = hosts.get((move.source_lei, move.source_host))
-                if move.source_lei == decision.lei and j is not None and target is not None and placement[j] == source:
-                    fixed[j] = target
-        # Our own moves under way, as the peers' are, while the task is still where the move
-        # started: planned as not happening, they left their target looking as free as before,
-        # and the next decision sent another task there.
-        for task, issued in (self.issuer.under_way(now) if self.issuer is not None else {}).items():
-            j, target, source = index.get(task), hosts.get(issued.target), hosts.get(issued.source)
-            if j is not None and target is not None and placement[j] == source:
-                fixed[j] = target
+        for task, source, target in happening:
+            j, to = index.get(task), hosts.get(target)
+            if j is not None and to is not None and placement[j] == hosts.get(source):
+                fixed[j] = to
         lei_of_task = [snapshot.hosts[h][0] if h != UNPLACED else "" for h in placement]
         frozen = [j for j, task in enumerate(snapshot.tasks) if lei_of_task[j] != self.lei or task in staying]
         return np.array(frozen, dtype=int), fixed
+
+    def _say_held_back(self, misplaced: set[str]) -> None:
+        """Count the tasks :meth:`not_where_scheduled` holds back, and say why at most once a minute:
+        no schedule of this LEI at all (its migrator down, or not published yet) is not a mismatch."""
+        if not misplaced:
+            return
+        self.counters.add("tasks_not_where_scheduled", len(misplaced))  # per decision
+        held_back = self._misplaced_lines.due()
+        if held_back is None:
+            return
+        if not any(lei == self.lei for (lei, _), _since in self.view.scheduled().values()):
+            log.warning("no_schedule_from_the_migrator_yet", tasks_held=len(misplaced), held_back=held_back)
+            return
+        tasks = sorted(misplaced)[:20]
+        log.warning("tasks_not_where_scheduled", tasks=tasks, count=len(misplaced), held_back=held_back)
 
     def decide(
         self, snapshot: Snapshot, faulty: list[tuple[str, str]], now: float, alarming: list[tuple[str, str]] = ()
