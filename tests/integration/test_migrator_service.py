@@ -526,3 +526,27 @@ def test_a_lost_move_whose_settling_fails_midway_is_settled_by_the_heartbeat(lei
         migrator.shutdown()
     assert migrator.journal.open_moves() == []
     assert len(running_copies(emulated, task.name)) == 1
+
+
+def test_an_owed_sweep_waits_longer_after_each_try_while_a_machine_stays_away(lei, tmp_path, monkeypatch):
+    """A machine that is off for a day (a peer's, configured for moves across LEIs) kept the owed
+    sweep going every interval, each try under the Docker lock for as long as the engine took to
+    say it does not answer."""
+    stack, _ = lei
+    socket = tmp_path / "pi.sock"  # never appears
+    migrator = in_process_migrator(
+        stack, tmp_path, DRAGON_MIGRATOR_ENDPOINTS=f"pi=unix://{socket}", DRAGON_MIGRATOR_SCHEDULE_INTERVAL="0.5"
+    )
+    migrator.init_redis()
+    migrator.init_docker()
+    sweeps = []
+    sweep = Mover.sweep
+    monkeypatch.setattr(Mover, "sweep", lambda mover: sweeps.append(time.monotonic()) or sweep(mover))
+    migrator.recover_moves()  # the first sweep: "pi" is away, so one is owed
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        migrator.settle_if_due()  # as the heartbeat does, more often than it would
+        time.sleep(0.05)
+    gaps = [later - earlier for earlier, later in zip(sweeps, sweeps[1:], strict=False)]
+    assert len(sweeps) <= 4, gaps  # 0.5 s, then 1 s, then 2 s: at most 3 more tries in 4 s, not 8
+    assert all(later > earlier * 1.5 for earlier, later in zip(gaps, gaps[1:], strict=False)), gaps

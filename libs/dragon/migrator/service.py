@@ -47,6 +47,9 @@ UNAUTHENTICATED = frozenset({"unsigned", "bad_signature"})
 OUTCOME_OF_STEP = {Step.DONE: "done", Step.ROLLED_BACK: "rolled_back", Step.FAILED: "failed"}
 
 
+MAX_SWEEP_WAIT_S = 600.0  # the longest an owed sweep waits between two tries
+
+
 class Migrator:
     def __init__(self, config: MigratorConfig) -> None:
         self.config = config
@@ -62,6 +65,8 @@ class Migrator:
         self._engines_answered = True  # did the last look at the engines work? If not, look only when due
         self._settle_again_at = 0.0  # monotonic: an engine out of reach is asked again only after an interval
         self._sweep_owed = False  # the last sweep could not look everywhere: the heartbeat sweeps again
+        self._sweep_wait_s = 0.0  # how long the owed sweep waits now: doubled at each try, to MAX_SWEEP_WAIT_S
+        self._sweep_again_at = 0.0  # monotonic: when the owed sweep is tried again
 
     # --- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -197,7 +202,9 @@ class Migrator:
     def settle_if_due(self) -> None:
         """From the heartbeat: settle what is left (:meth:`settle_interrupted`), unless an engine
         out of reach was asked less than an interval ago."""
-        if (self._interrupted or self._sweep_owed) and time.monotonic() >= self._settle_again_at:
+        now = time.monotonic()
+        sweep_due = self._sweep_owed and now >= self._sweep_again_at
+        if (self._interrupted or sweep_due) and now >= self._settle_again_at:
             self.settle_interrupted()
 
     def settle_interrupted(self) -> None:
@@ -219,7 +226,7 @@ class Migrator:
             self._settle_commands()
             # Only once no command is left: a sweep settling a command's move before the command
             # is looked at would leave that command to be answered as never begun.
-            if self._sweep_owed and not self._interrupted:
+            if self._sweep_owed and not self._interrupted and time.monotonic() >= self._sweep_again_at:
                 self._publish_recovered([(move, "") for move in self._sweep()])
         except redis.RedisError as exc:
             if not unavailable_for_now(exc):
@@ -257,8 +264,10 @@ class Migrator:
 
     def _sweep(self) -> list[Move]:
         """The mover's sweep. One that could not look at every engine, or settle every move it
-        found there (an engine out of reach), is owed: the heartbeat sweeps again, an interval
-        later, until one completes. Said once, not at every try."""
+        found there (an engine out of reach), is owed: the heartbeat sweeps again until one
+        completes, an interval later, then twice as long after each try, up to MAX_SWEEP_WAIT_S:
+        a machine that is off (a peer's, configured for moves across LEIs) would have held the
+        Docker lock for the SDK's timeout at every interval. Said once, not at every try."""
         moves = self.mover.sweep()
         # A move the sweep journalled (open) and could not finish (an engine error midway): the
         # next sweep skips open moves, so the heartbeat settles it as it does any interrupted one.
@@ -269,10 +278,14 @@ class Migrator:
         if owed:
             # Out of reach can take the SDK's timeout to say, under the Docker lock: not every beat.
             self._settle_again_at = time.monotonic() + self.config.schedule_interval_s
+            self._sweep_wait_s = min(max(2 * self._sweep_wait_s, self.config.schedule_interval_s), MAX_SWEEP_WAIT_S)
+            self._sweep_again_at = time.monotonic() + self._sweep_wait_s
             if not self._sweep_owed:
                 log.warning("sweep_owed", engines_unseen=self.mover.engines_unseen)
-        elif self._sweep_owed:
-            log.info("sweep_completed", settled=len(moves))
+        else:
+            self._sweep_wait_s = 0.0
+            if self._sweep_owed:
+                log.info("sweep_completed", settled=len(moves))
         self._sweep_owed = owed
         return moves
 
