@@ -267,7 +267,7 @@ def test_a_replica_too_short_of_memory_to_load_the_leis_model_leaves_it_to_those
     old = detector_on(redis_client, "short", "old")
     old.models.publish(scorer.checkpoint)
     old.init_model()
-    fresh = Checkpoint(**(vars(scorer.checkpoint) | {"meta": {"fine_tune": "newer weights"}}))
+    fresh = dataclasses.replace(scorer.checkpoint, **{"meta": {"fine_tune": "newer weights"}})
     fresh.state_dict = {key: value + 0.01 for key, value in fresh.state_dict.items()}
     ModelStore(redis_client, "short", "").publish(fresh)
     serve = old._serve

@@ -100,15 +100,15 @@ def test_model_id_is_stable_and_follows_weights_and_config(checkpoint: Checkpoin
     weights = {key: value.clone() for key, value in checkpoint.state_dict.items()}
     last = sorted(weights)[-1]
     weights[last] += 1e-3
-    changed = Checkpoint(**(vars(checkpoint) | {"state_dict": weights}))
+    changed = dataclasses.replace(checkpoint, **{"state_dict": weights})
     assert changed.model_id != checkpoint.model_id
-    reconfigured = Checkpoint(**(vars(checkpoint) | {"gon": checkpoint.gon | {"gen_lr": 0.1}}))
+    reconfigured = dataclasses.replace(checkpoint, **{"gon": checkpoint.gon | {"gen_lr": 0.1}})
     assert reconfigured.model_id != checkpoint.model_id
 
 
 def test_per_host_pot_state_overrides_the_default(checkpoint: Checkpoint) -> None:
     special = PotState.from_dict(checkpoint.pot["*"] | {"z_q": 123.0})
-    per_host = Checkpoint(**(vars(checkpoint) | {"pot": checkpoint.pot | {"edge-3": special.to_dict()}}))
+    per_host = dataclasses.replace(checkpoint, **{"pot": checkpoint.pot | {"edge-3": special.to_dict()}})
     assert per_host.pot_state("edge-3").z_q == 123.0
     assert per_host.pot_state("edge-4").z_q == checkpoint.pot_state().z_q
 
@@ -124,7 +124,7 @@ def test_per_host_pot_state_overrides_the_default(checkpoint: Checkpoint) -> Non
 )
 def test_inconsistent_checkpoints_are_rejected(checkpoint: Checkpoint, change: dict, message: str) -> None:
     with pytest.raises(CheckpointError, match=message):
-        Checkpoint(**(vars(checkpoint) | change))
+        dataclasses.replace(checkpoint, **change)
 
 
 def test_foreign_or_corrupt_data_is_rejected(checkpoint: Checkpoint) -> None:
@@ -136,7 +136,7 @@ def test_foreign_or_corrupt_data_is_rejected(checkpoint: Checkpoint) -> None:
         Checkpoint.from_bytes(buffer.getvalue())
     wrong_weights = {key: value[..., :1] for key, value in checkpoint.state_dict.items()}
     with pytest.raises(CheckpointError, match="weights"):
-        Checkpoint(**(vars(checkpoint) | {"state_dict": wrong_weights})).build_model()
+        dataclasses.replace(checkpoint, **{"state_dict": wrong_weights}).build_model()
 
 
 # What each GENERATION's checkpoints may hold. A change here that code of the generation before

@@ -10,6 +10,7 @@ Redis).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -94,7 +95,9 @@ class Checkpoint:
     def config(self) -> GonConfig:
         return GonConfig.from_saved(self.gon)
 
-    @property
+    # Computed once: a replica compares its model's id and revision with Redis's every few
+    # seconds, and a checkpoint is not changed once built (dataclasses.replace makes a new one).
+    @functools.cached_property
     def model_id(self) -> str:
         """12 hex digits of a SHA-256 over the config and the weights, so events can name the model.
 
@@ -108,7 +111,7 @@ class Checkpoint:
             digest.update(tensor.numpy().tobytes())
         return digest.hexdigest()[:12]
 
-    @property
+    @functools.cached_property
     def revision(self) -> str:
         """12 hex digits of a SHA-256 over the model id and what judges with the weights: feature
         names, scaler bounds, POT states and calibration scores.
