@@ -970,3 +970,26 @@ def test_replicas_whose_clocks_differ_by_an_hour_see_each_other_as_members(clien
     monkeypatch.setattr(time, "time", lambda: real() + 3600)
     time.sleep(1.1)  # members are read at most once a second (on the monotonic clock)
     assert ahead.members() == ["ahead", "behind"]
+
+
+def test_windows_held_unconfirmed_are_dropped_when_a_reconnect_finds_another_replica_judged_the_host(
+    client, host_scorer
+):
+    """A broker restart's republish forgets our verdict of a host another replica judged since; the
+    held windows then escaped the check that looks for such hosts by our verdict, and were
+    confirmed across what the other replica saw."""
+    scorer, windows = host_scorer
+    k = scorer.window
+    a, b = detector_on(client, "held-reconnect", "a"), detector_on(client, "held-reconnect", "b")
+    a.scorer = b.scorer = scorer
+    a.tuner = replica(client, "held-reconnect", "a", pot_lag=3)
+    a.membership.beat()  # a alone is a member: it owns h1
+    normal = Verdict(0.1, 1.0, 0, (("cpu", 1.0),))
+    a._publish([(Judged("h1", 1.0, 1.0, 1.0), normal)], "observed")
+    a.tuner.observe(scorer, ["h1"] * (k + 2), windows[: k + 2], windows[1 : k + 3], clean_from(1, k + 2, k))
+    kept = len(a.tuner._normal)
+    b._publish([(Judged("h1", 2.0, 2.0, 1.0), normal)], "observed")  # while h1 was b's
+    a.republish_state()  # the broker came back
+    assert ("h1", "observed") not in a._health
+    a.tuner.observe(scorer, ["h1"], windows[k + 2 : k + 3], windows[k + 3 : k + 4], [True])
+    assert len(a.tuner._normal) == kept  # the three held before were dropped, not confirmed

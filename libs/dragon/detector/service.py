@@ -817,6 +817,10 @@ class Detector:
                 # Another replica judged the host since (it owned it for a while): ours is out of
                 # date, and restored it would contradict the fault state, for good if the host is silent.
                 del self._health[(host, mode)]
+                if mode == "observed" and self.tuner is not None:
+                    # Nor may the windows held unconfirmed be confirmed across what it judged:
+                    # without our verdict, _drop_held_judged_elsewhere no longer sees the host.
+                    self.tuner.drop_unconfirmed([host])
 
     def _possible_events(self, verdicts: list[tuple[Judged, Verdict]], mode: str) -> list[FaultEvent | None]:
         """The event each verdict would publish, for the verdicts that may change their host's state.
