@@ -28,6 +28,7 @@ class ClockRateProbe:
     """
 
     containers = None  # no Docker
+    measured = False
 
     def __init__(self, host: str, stall_s: float = 0.0) -> None:
         self.host = host
@@ -38,6 +39,7 @@ class ClockRateProbe:
         counter = time.monotonic()
         self.read_at = now
         rate = 0.0
+        self.measured = self._last is not None
         if self._last is not None:
             rate = (counter - self._last[1]) / (now - self._last[0])
         self._last = (now, counter)
@@ -64,20 +66,23 @@ def test_a_probe_delayed_by_the_one_before_still_measures_its_rates_over_its_own
     collector.probes = [ClockRateProbe("h1", stall_s=STALL_S), ClockRateProbe("h2")]
     collector.mqtt = published = Published()
 
-    collector.sample_once()  # h1 stalls after its read: h2 is read STALL_S late
+    collector.sample_once()  # h1 stalls after its read: h2 is read STALL_S late; nothing measured yet
+    assert published.samples == []
     time.sleep(GAP_S)
     collector.sample_once()  # no stall: h2 read on time, GAP_S after its late first read
+    collector.sample_once()
 
-    first, second = published.samples[:2], published.samples[2:]
+    second, third = published.samples[:2], published.samples[2:]
     assert [s.host for s in second] == ["h1", "h2"]
-    assert len({s.ts for s in first}) == 1 and len({s.ts for s in second}) == 1  # a tick's samples line up
+    assert len({s.ts for s in second}) == 1 and len({s.ts for s in third}) == 1  # a tick's samples line up
     # Over the tick's times h2's rate would read GAP_S / (STALL_S + GAP_S) = 0.4.
     assert [s.metrics.cpu for s in second] == pytest.approx([1.0, 1.0], abs=0.05)
 
 
 def test_nothing_is_published_before_a_rate_can_be_measured() -> None:
     """A rate needs two reads: the first sample after a start went out as a measured 0 (CPU, disk,
-    network), and the simulator's background of the host, the least of its samples, stayed 0."""
+    network), and the simulator's background of the host, the least of its samples, stayed 0.
+    So it was for a probe whose first read came later (one that failed at first)."""
     collector = Collector(
         config.load(CollectorConfig, {"DRAGON_COLLECTOR_HOSTS": "h1", "DRAGON_COLLECTOR_INTERVAL": "0.5"})
     )
@@ -110,6 +115,8 @@ def test_the_collector_is_healthy_only_while_samples_go_out(tmp_path) -> None:
     collector.tick()
     assert not health.exists() and collector.counters.snapshot()["probe_errors"] == 1
     collector.probes = [ClockRateProbe("h1")]
+    collector.tick()  # its first read: no rate yet, nothing goes out
+    assert not health.exists()
     collector.tick()
     assert health.exists()
 
@@ -119,6 +126,7 @@ def test_rates_are_measured_on_the_monotonic_clock_not_the_wall_clock() -> None:
     collector = Collector(config.load(CollectorConfig, {"DRAGON_COLLECTOR_HOSTS": "h1"}))
     collector.probes = [probe := ClockRateProbe("h1")]
     collector.mqtt = published = Published()
+    collector.sample_once()  # the first read: no rate yet
     before = time.monotonic()
     collector.sample_once()
     assert before <= probe.read_at <= time.monotonic()

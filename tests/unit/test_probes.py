@@ -233,6 +233,7 @@ def test_cgroup_probe_rates_from_two_reads(emulated: tuple[Path, Path]) -> None:
 
     first = probe.read(100.0)
     assert (first.cpu, first.disk_write, first.net_rx, first.net_tx) == (0.0, 0.0, 0.0, 0.0)
+    assert not probe.measured  # so the collector does not publish these zeros
     assert first.ram == pytest.approx(0.25)
     assert [t.id for t in probe.tasks()] == ["web"]  # the hog and the other LEI are not tasks here
 
@@ -244,6 +245,7 @@ def test_cgroup_probe_rates_from_two_reads(emulated: tuple[Path, Path]) -> None:
     set_net(proc, 300, rx=3000, tx=1500)
     set_net(proc, 400, rx=1000, tx=0)
     second = probe.read(102.0)
+    assert probe.measured
 
     assert second.cpu == pytest.approx(0.4)
     assert second.ram == pytest.approx(0.5)

@@ -68,6 +68,9 @@ class Probe(Protocol):
 
     host: str
     containers: HostContainers | None  # the host's container list, refreshed by the collector; None: no Docker
+    # Whether the last read measured its rates over an interval: not the first read, whose rates
+    # are 0, and published would pass for a measured 0.
+    measured: bool
 
     def read(self, now: float) -> HostMetrics:
         """Usage over the interval since the previous read (rates 0 on the first read); ``now`` is
@@ -346,6 +349,7 @@ class PsutilProbe:
         # host's /proc mounted and pid: host) psutil would see only the container's interfaces.
         self._host_net_dev = Path(proc_root) / "1" / "net" / "dev"
         self._deltas = _Deltas()
+        self.measured = False
         self._tasks: tuple[TaskUsage, ...] = ()
         self.containers: HostContainers | None = None
         self._meter = None
@@ -370,6 +374,7 @@ class PsutilProbe:
             "net_tx": tx,
         }
         deltas, elapsed = self._deltas.update(now, counters)
+        self.measured = elapsed > 0
         memory = psutil.virtual_memory()
         swap = psutil.swap_memory()
         # Clamped as psutil.cpu_percent does: idle and iowait can step back on some kernels.
@@ -422,6 +427,7 @@ class CgroupProbe:
         self.cgroup = cgroup
         self._proc_root = Path(proc_root)
         self._deltas = _Deltas()
+        self.measured = False
         self._net = _KeyedSum(2)
         self._tasks: tuple[TaskUsage, ...] = ()
         self.containers: HostContainers | None = None
@@ -444,6 +450,7 @@ class CgroupProbe:
             "net_tx": net_tx,
         }
         deltas, elapsed = self._deltas.update(now, counters)
+        self.measured = elapsed > 0
         capacity = self.cgroup.cpu_capacity_cores()
         # At most the samples' bound, as a task's: a quota enforced late reads briefly above 1.
         cpu = min(deltas["cpu_ns"] / (elapsed * capacity * 1e9), MAX_FRACTION) if elapsed > 0 else 0.0

@@ -185,26 +185,13 @@ class Collector:
             # The first samples should name the tasks already running; a daemon slow to list
             # them delays the samples one interval at most.
             self._listed.wait(interval)
-        self.prime()
-        next_tick = time.monotonic() + interval
-        self.lifecycle.stop.wait(interval)
+        next_tick = time.monotonic()
         while not self.lifecycle.stop.is_set():
             self.tick()
             next_tick += interval
             # If a tick overran (a slow probe), skip ahead rather than burst.
             next_tick = max(next_tick, time.monotonic())
             self.lifecycle.stop.wait(max(0.0, next_tick - time.monotonic()))
-
-    def prime(self) -> None:
-        """Read every probe once, publishing nothing: a rate needs two reads, and the first went out
-        as a real measurement of zero CPU, disk and network. The simulator takes a host's background
-        as the least of its last samples, and one zero held it at 0 for hundreds of samples. A probe
-        that fails here is reported by the first tick."""
-        for probe in self.probes:
-            try:
-                probe.read(time.monotonic())
-            except Exception:  # noqa: BLE001 - the tick that follows logs and counts it
-                continue
 
     def tick(self) -> None:
         published = self.sample_once()
@@ -225,6 +212,11 @@ class Collector:
                 # the monotonic clock: an NTP step of the wall clock would multiply a rate, or zero it.
                 metrics = probe.read(time.monotonic())
                 tasks = probe.tasks()
+                if not probe.measured:
+                    # A rate needs two reads: the first went out as a measured 0 of CPU, disk and
+                    # network, and held the simulator's background of the host at 0 for hundreds
+                    # of samples. The host's first sample comes an interval later.
+                    continue
             except Exception:
                 # A vanished cgroup must not stop the other hosts.
                 self.counters.add("probe_errors")
