@@ -373,3 +373,27 @@ def test_a_stopped_injector_starts_no_fault(client: Any, lei: EmulatedLei, image
     assert (event.status, event.reason) == ("rejected", "the collector is stopping")
     labels = [f"{injection.FAULT_ID_LABEL}={fault.id}", f"{injection.LEI_LABEL}={lei.lei}"]
     assert client.containers.list(all=True, filters={"label": labels}) == []
+
+
+def test_a_hog_overruns_by_the_time_it_ran_not_by_the_wall_clock(
+    client: Any, lei: EmulatedLei, image: str, host: CgroupHost
+) -> None:
+    """A clock stepped forward (NTP) past a fault's end killed its hog early, reported failed.
+    How long a hog ran is told by the monotonic clock, by a restarted collector's too, which
+    kills a hog that really ran past its end and the overrun."""
+    ticks = {"started": 0.0, "restarted": 0.0}
+    hosts = {HOST.name: host}
+    started = FaultInjector(client, lei.lei, image, hosts, overrun_s=5, monotonic=lambda: ticks["started"])
+    restarted = FaultInjector(client, lei.lei, image, hosts, overrun_s=5, monotonic=lambda: ticks["restarted"])
+    fault = FaultInjection(id=f"{lei.lei}-overrun", kind="cpu", duration_s=60, intensity=0.1)
+    assert started.inject(HOST.name, fault).status == "started"
+    try:
+        a_year_on = time.time() + 365 * 86400
+        assert started.reap(a_year_on) == []
+        assert restarted.reap() == []  # the hog an earlier run started: its labels say 60 s are left
+        assert started.running(HOST.name) == [fault.id]
+        ticks["restarted"] = 60 + 5 + 1  # it ran past its end and the overrun
+        (killed,) = restarted.reap()
+        assert (killed.id, killed.status, killed.reason) == (fault.id, "failed", "still running long after its end")
+    finally:
+        started.stop_all()

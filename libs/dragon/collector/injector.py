@@ -66,6 +66,9 @@ class FaultInjector:
     memory and holds its default). A plain list of host names means the emulated hosts
     ``dragon/<lei>/<host>`` under ``cgroup_root``. ``max_per_host`` bounds concurrent
     faults per host. A hog still running ``overrun_s`` after its planned end is killed.
+
+    ``clock`` (wall time) stamps events and labels; how long a hog has run is told by
+    ``monotonic``, so a clock stepped forward (NTP) kills no hog early.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class FaultInjector:
         overrun_s: float = 30.0,
         max_age_s: float = MAX_COMMAND_AGE_S,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = docker_client
         self.lei = lei
@@ -92,6 +96,9 @@ class FaultInjector:
         self.overrun_s = overrun_s
         self.max_age_s = max_age_s
         self._clock = clock
+        self._monotonic = monotonic
+        # fault id -> when (``monotonic``) its hog, still running, has overrun and is killed
+        self._overrun_at: dict[str, float] = {}
         # Commands (the MQTT worker), random faults and the reaper (the collector's Docker
         # thread) and the stop run one at a time: a host's count of faults is checked and a hog
         # started in one step, and nothing starts once the stop has begun.
@@ -166,6 +173,7 @@ class FaultInjector:
             # would count against the host's faults for good.
             self._remove_created(name, labels)
             raise
+        self._overrun_at[fault.id] = self._monotonic() + fault.duration_s + self.overrun_s
 
     def _check_age(self, fault: FaultInjection, now: float) -> None:
         """Refuse a command that waited too long: the broker keeps the collector's session, so one
@@ -241,6 +249,7 @@ class FaultInjector:
         except DOCKER_ERRORS as exc:
             log.warning("fault_reap_failed", lei=self.lei, error=str(exc))
             return []
+        self._forget_overruns_of_gone_hogs(hogs)
         for hog in hogs:
             labels = _labels(hog)
             state = hog.attrs.get("State", {})
@@ -251,7 +260,7 @@ class FaultInjector:
                 else:
                     reason = "OOM-killed" if oom else f"exit code {code}"
                     events.append(self._hog_event(hog, "failed", now, reason=reason))
-            elif hog.status == "running" and now > _float(labels.get(ENDS_LABEL)) + self.overrun_s:
+            elif hog.status == "running" and self._monotonic() > self._overrun_deadline(labels, now):
                 events.append(self._hog_event(hog, "failed", now, reason="still running long after its end"))
             elif hog.status == "created" and now > _float(labels.get(STARTED_LABEL)) + NEVER_STARTED_AFTER_S:
                 events.append(self._hog_event(hog, "failed", now, reason="never started"))
@@ -268,6 +277,22 @@ class FaultInjector:
                 reason=event.reason,
             )
         return events
+
+    def _overrun_deadline(self, labels: dict[str, str], now: float) -> float:
+        """When (``monotonic``) a running hog has overrun. Set at its start; for a hog an earlier
+        run started, from its labels the first time it is seen, on the wall clock then, and at
+        most its whole duration and overrun away (a clock stepped back since cannot stretch it)."""
+        fault_id = labels.get(FAULT_ID_LABEL, "")
+        if fault_id not in self._overrun_at:
+            started, ends = _float(labels.get(STARTED_LABEL)), _float(labels.get(ENDS_LABEL))
+            left = min(ends - now, max(ends - started, 0.0)) + self.overrun_s
+            self._overrun_at[fault_id] = self._monotonic() + max(left, 0.0)
+        return self._overrun_at[fault_id]
+
+    def _forget_overruns_of_gone_hogs(self, hogs: list[Any]) -> None:
+        present = {_labels(hog).get(FAULT_ID_LABEL, "") for hog in hogs}
+        for fault_id in self._overrun_at.keys() - present:
+            del self._overrun_at[fault_id]
 
     def stop_all(self, now: float | None = None, wait_s: float = STOP_WAIT_S) -> list[InjectionEvent]:
         """End every hog of this LEI now (at shutdown): reap the ended ones, kill the rest; from
