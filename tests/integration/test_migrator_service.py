@@ -392,6 +392,18 @@ def in_process_migrator(stack: LeiStack, workdir, **env: str):
     return Migrator(config.load(MigratorConfig, environ))
 
 
+def serving_while_pi_is_away(stack: LeiStack, workdir, socket) -> Migrator:
+    """An in-process migrator, started and taking commands, whose second machine "pi" is away
+    until a socket appears at ``socket``."""
+    migrator = in_process_migrator(stack, workdir, DRAGON_MIGRATOR_ENDPOINTS=f"pi=unix://{socket}")
+    migrator.init_redis()
+    migrator.init_docker()
+    migrator.recover_moves()
+    migrator.init_mqtt()
+    migrator.start_mqtt([])
+    return migrator
+
+
 def test_a_command_whose_move_never_began_because_redis_went_away_is_answered_once_it_is_back(lei, watch, tmp_path):
     """Redis failing at the move's first journal write leaves nothing in the journal or in Docker;
     the planner, which rests the task until the command is answered, must hear that it never began
@@ -401,12 +413,7 @@ def test_a_command_whose_move_never_began_because_redis_went_away_is_answered_on
     stack, emulated = lei
     task = start_task(emulated)
     socket = tmp_path / "pi.sock"  # the machine "pi": away until its engine's socket appears
-    migrator = in_process_migrator(stack, tmp_path, DRAGON_MIGRATOR_ENDPOINTS=f"pi=unix://{socket}")
-    migrator.init_redis()
-    migrator.init_docker()
-    migrator.recover_moves()
-    migrator.init_mqtt()
-    migrator.start_mqtt([])
+    migrator = serving_while_pi_is_away(stack, tmp_path, socket)
     try:
         sent = command(stack, task.name)
         migrator._interrupted[sent.id] = sent  # what on_command keeps of a move Redis cut short
@@ -424,6 +431,43 @@ def test_a_command_whose_move_never_began_because_redis_went_away_is_answered_on
         migrator.shutdown()
     (running,) = running_copies(emulated, task.name)
     assert running.id == task.id
+
+
+def settling_pass(migrator: Migrator) -> None:
+    """One pass of the heartbeat's settling, which waits for the Docker lock here rather than skip
+    the beat (the schedule's publisher may hold it a moment)."""
+    with migrator._docker_lock:
+        migrator._settle_interrupted()
+
+
+def test_commands_redis_cut_short_are_settled_with_one_sweep_per_pass(lei, watch, tmp_path, monkeypatch):
+    """Each command the journal does not know asks Docker what is in flight, and each such sweep
+    may wait the SDK's timeout on a machine that is off, under the Docker lock: an outage that
+    cut short several commands must cost one sweep per pass, not one per command."""
+    stack, emulated = lei
+    tasks = [start_task(emulated) for _ in range(3)]
+    socket = tmp_path / "pi.sock"  # the machine "pi": away until its engine's socket appears
+    migrator = serving_while_pi_is_away(stack, tmp_path, socket)
+    sweeps, sweep = [], migrator.mover.sweep
+    monkeypatch.setattr(migrator.mover, "sweep", lambda: sweeps.append("sweep") or sweep())
+    try:
+        cut_short = [command(stack, task.name) for task in tasks]
+        migrator._interrupted.update({sent.id: sent for sent in cut_short})  # as on_command leaves them
+        settling_pass(migrator)  # "pi" may hold their targets: none answered yet
+        assert len(sweeps) == 1
+        assert set(migrator._interrupted) == {sent.id for sent in cut_short}
+        os.symlink("/var/run/docker.sock", socket)  # "pi" answers: nothing of the moves anywhere
+        settling_pass(migrator)
+        assert len(sweeps) == 2
+        for sent, task in zip(cut_short, tasks, strict=True):
+            answer = event_for(watch, sent.id)
+            assert (answer.outcome, answer.reason, answer.task) == ("refused", "journal_unavailable", task.name)
+        assert migrator._interrupted == {}
+    finally:
+        migrator.shutdown()
+    for task in tasks:
+        (running,) = running_copies(emulated, task.name)
+        assert running.id == task.id
 
 
 def test_a_move_an_engine_out_of_reach_left_open_at_start_up_is_settled_once_it_answers(lei, watch, tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import docker
@@ -234,16 +235,19 @@ class Migrator:
             # Redis away again, or refusing writes: the next beat tries again
 
     def _settle_commands(self) -> None:
+        # One sweep for the whole pass: a Redis outage can leave many commands the journal does not
+        # know, and each sweep may wait the SDK's timeout on an engine out of reach, under the lock.
+        sweep = _OneSweep(self._sweep)
         for move_id, command in sorted(self._interrupted.items()):
             try:
-                moves = self._settle_one(move_id, command)
+                moves = self._settle_one(move_id, command, sweep)
             except ENGINE_ERRORS as exc:
                 log.warning("move_not_settled_yet", id=move_id, error=str(exc)[:300])
                 # Out of reach can take the SDK's timeout to say, under the Docker lock: not every beat.
                 self._settle_again_at = time.monotonic() + self.config.schedule_interval_s
                 continue  # the others go on
             self._publish_recovered(moves)
-            if command is not None and move_id not in {move.id for move, _ in moves}:
+            if command is not None and move_id not in {move.id for move, _ in moves} and not sweep.found(move_id):
                 if self.mover.engines_unseen:  # its target may be on one of them: the owed sweep looks again
                     log.warning("move_not_settled_yet", id=move_id, engines_unseen=self.mover.engines_unseen)
                     continue
@@ -253,14 +257,15 @@ class Migrator:
                 self.refuse(command, CommandRefused("journal_unavailable", never_began))
             del self._interrupted[move_id]
 
-    def _settle_one(self, move_id: str, command: MigrationCommand | None) -> list[tuple[Move, str]]:
+    def _settle_one(self, move_id: str, command: MigrationCommand | None, sweep: _OneSweep) -> list[tuple[Move, str]]:
         """The move settled, with the task as commanded; or, when the journal does not know it
-        (never begun, or Redis came back without it), whatever Docker shows in flight."""
+        (never begun, or Redis came back without it), whatever Docker shows in flight: the pass's
+        sweep, whose moves come with the first command that asks for it."""
         try:
             return [(self.mover.settle(move_id), command.task if command is not None else "")]
         except MoveError:
             pass
-        return [(move, "") for move in self._sweep()]
+        return [(move, "") for move in sweep.moves()]
 
     def _sweep(self) -> list[Move]:
         """The mover's sweep. One that could not look at every engine, or settle every move it
@@ -403,3 +408,31 @@ class Migrator:
             log.warning("schedule_unavailable", error=str(exc))
         finally:
             self._docker_lock.release()
+
+
+class _OneSweep:
+    """At most one sweep in a settling pass, however many commands ask for it: the first is given
+    the moves it settled (to publish), the later ones none (already published), and each may ask
+    whether the sweep found its move. A sweep an engine error cut short fails every later ask
+    alike, rather than wait on the same engine again."""
+
+    def __init__(self, sweep: Callable[[], list[Move]]) -> None:
+        self._sweep = sweep
+        self._found: set[str] | None = None
+        self._error: BaseException | None = None
+
+    def moves(self) -> list[Move]:
+        if self._error is not None:
+            raise self._error
+        if self._found is not None:
+            return []
+        try:
+            moves = self._sweep()
+        except ENGINE_ERRORS as exc:
+            self._error = exc
+            raise
+        self._found = {move.id for move in moves}
+        return moves
+
+    def found(self, move_id: str) -> bool:
+        return self._found is not None and move_id in self._found
