@@ -26,7 +26,7 @@ from dragon.messages import codec, topics
 from dragon.messages.schemas import MigrationCommand, MigrationEvent, Schedule
 from dragon.migrator.commands import sign
 from dragon.migrator.config import MigratorConfig
-from dragon.migrator.journal import Move, Step
+from dragon.migrator.journal import Journal, Move, Step
 from dragon.migrator.moves import MOVE_LABEL, Mover
 from dragon.migrator.service import Migrator
 from dragon.testing.lei import COLLECTOR_IMAGE, LeiStack
@@ -157,17 +157,38 @@ def test_the_migrator_advertises_whether_criu_works_here(lei, watch):
     assert capabilities["criu"] in {"available", "unavailable"} and capabilities["criu_reason"]
 
 
-def test_a_duplicate_command_is_refused_and_moves_nothing(lei, watch):
+def test_a_command_that_comes_again_is_answered_again_and_moves_nothing(lei, watch):
     stack, emulated = lei
     task = start_task(emulated)
     sent = command(stack, task.name)
     send(stack, sent)
-    assert event_for(watch, sent.id).outcome == "done"
+    first = event_for(watch, sent.id)
+    assert first.outcome == "done"
     send(stack, sent)
-    refused = event_for(watch, sent.id, lambda e: e.outcome == "refused")
-    assert refused.reason == "duplicate"
+    again = event_for(watch, sent.id, lambda e: e.ts > first.ts)
+    assert (again.outcome, again.source_host, again.target_host, again.steps) == (
+        "done",
+        first.source_host,
+        first.target_host,
+        first.steps,
+    )
     (running,) = running_copies(emulated, task.name)
     assert running.labels[HOST_LABEL] == "h2"
+
+
+def test_a_command_whose_move_failed_before_its_answer_was_sent_hears_why_when_it_comes_again(lei, watch):
+    """A migrator killed between journalling a move that could not begin and publishing its event
+    gets the command again after its restart: the answer must be the move's failure, with its
+    reason, not a refusal of the command as one taken already."""
+    stack, emulated = lei
+    sent = command(stack, "no-such-task")
+    journal = Journal(stack.redis_client(), stack.lei)
+    never_began = Move(sent.id, sent.task, sent.task, "", sent.target_host, sent.target_lei)
+    assert journal.fail(never_began, "no task container named no-such-task (recorded before the kill)")
+    send(stack, sent)  # as the broker redelivers it, never acknowledged
+    answer = event_for(watch, sent.id)
+    assert (answer.outcome, answer.reason) == ("failed", "failed"), answer
+    assert answer.error == "no task container named no-such-task (recorded before the kill)"
 
 
 def test_a_command_issued_before_the_tasks_last_move_was_done_is_refused_and_moves_nothing(lei, watch):
@@ -238,8 +259,9 @@ def test_a_migrator_killed_mid_move_finishes_it_after_restart_and_the_task_runs_
     recovered = event_for(watch, sent.id, lambda e: e.recovered)
     assert recovered.outcome == "done", recovered
     assert recovered.task == task_id  # the planner's name for the task, whose command this answers
-    # The command, never acknowledged, comes again: by then it is a duplicate.
-    assert event_for(watch, sent.id, lambda e: e.outcome == "refused").reason == "duplicate"
+    # The command, never acknowledged, comes again: by then its move has ended, and is told again.
+    again = event_for(watch, sent.id, lambda e: not e.recovered)
+    assert (again.outcome, again.task) == ("done", task_id), again
     (running,) = running_copies(emulated, task.name)
     assert running.name == task.name and running.labels[HOST_LABEL] == "h2"
 

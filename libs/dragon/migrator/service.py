@@ -10,7 +10,7 @@ engine can; the probe at start-up says whether it can). Every command gets one e
 Moves run one at a time on the MQTT worker thread, and a command is acknowledged only once its
 move has ended: a migrator killed mid-move gets the command again after restart, by which time
 the recovery of the moves in flight (before it takes any command) has finished that move, so
-the command is refused as a duplicate and the task runs exactly once.
+the command is answered again with how its move ended, and the task runs exactly once.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dragon.migrator import criu
 from dragon.migrator.commands import CommandRefused, verify
 from dragon.migrator.config import MigratorConfig, parse_endpoints
 from dragon.migrator.engines import Engines
-from dragon.migrator.journal import Journal, Move, Step
+from dragon.migrator.journal import FINAL, Journal, Move, Step
 from dragon.migrator.moves import ENGINE_ERRORS, MoveError, Mover, TaskBusy, TaskMovedSince
 from dragon.migrator.schedule import current_schedule
 from dragon.migrator.transfer import TransferError
@@ -171,13 +171,16 @@ class Migrator:
         # hold one of the broker's in-flight slots until then; enough of them over a long outage
         # and the broker sends us nothing more.
         try:
-            self.check(command, time.time())
+            ended = self.check(command, time.time())
         except CommandRefused as exc:
             self.refuse(command, exc)
             return
         except redis.RedisError as exc:
             self._note_journal_unavailable(command, exc)
             self.refuse(command, CommandRefused("journal_unavailable", f"no journal to record a move in: {exc}"))
+            return
+        if ended is not None:
+            self.answer_again(command, ended)
             return
         try:
             move = self.carry_out(command)
@@ -299,14 +302,16 @@ class Migrator:
         for move, named in moves:
             self.publish_event(self.event_of(move, task=named, recovered=True))
 
-    def check(self, command: MigrationCommand, now: float) -> None:
-        """Raise CommandRefused unless ``command`` may be carried out now."""
+    def check(self, command: MigrationCommand, now: float) -> Move | None:
+        """Raise CommandRefused unless ``command`` may be carried out now; its move if it ended
+        already (the command came again: it is answered again, not carried out)."""
         verify(command, self.config.commands.key_bytes, self.lei, now, self.config.commands.max_age_s)
         known = self.journal.get(command.id)
+        if known is not None and known.step in FINAL:
+            return known
         if known is not None:
-            raise CommandRefused(
-                "duplicate", f"command {command.id} was taken already (its move is {known.step.value})"
-            )
+            under_way = f"command {command.id} was taken already (its move is {known.step.value})"
+            raise CommandRefused("duplicate", under_way)
         if not self.engines.exists(command.target_lei, command.target_host):
             raise CommandRefused("unknown_host", f"no host {command.target_lei}/{command.target_host} is reachable")
 
@@ -335,6 +340,14 @@ class Migrator:
                 log.error("move_not_settled", id=command.id, error=str(exc)[:300])
                 self._interrupted[command.id] = command
                 return None
+
+    def answer_again(self, command: MigrationCommand, move: Move) -> None:
+        """A command whose move ended comes again (the broker redelivers one a migrator killed
+        before its answer never acknowledged): the move's own event again, not a refusal, so the
+        planner hears how it ended even when the first answer was never sent."""
+        self.counters.add("answered_again")
+        log.info("command_answered_again", id=command.id, task=command.task, step=move.step.value)
+        self.publish_event(self.event_of(move, task=command.task))
 
     def refuse(self, command: MigrationCommand, refusal: CommandRefused) -> None:
         self.counters.add(f"refused_{refusal.reason}")
