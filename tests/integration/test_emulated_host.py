@@ -395,5 +395,11 @@ def test_a_hog_overruns_by_the_time_it_ran_not_by_the_wall_clock(
         ticks["restarted"] = 60 + 5 + 1  # it ran past its end and the overrun
         (killed,) = restarted.reap()
         assert (killed.id, killed.status, killed.reason) == (fault.id, "failed", "still running long after its end")
+        # One an earlier run started, first seen past its end and the overrun, is killed at once.
+        late = FaultInjection(id=f"{lei.lei}-overrun-late", kind="cpu", duration_s=60, intensity=0.1)
+        assert started.inject(HOST.name, late).status == "started"
+        found_late = FaultInjector(client, lei.lei, image, hosts, overrun_s=5, monotonic=lambda: 0.0)
+        (killed,) = found_late.reap(time.time() + 60 + 5 + 1)
+        assert (killed.id, killed.reason) == (late.id, "still running long after its end")
     finally:
         started.stop_all()

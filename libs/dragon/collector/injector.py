@@ -6,8 +6,9 @@ counters see it, exactly as if a process on that host misbehaved. The hog ends b
 after the fault's duration; :meth:`FaultInjector.reap` turns finished hogs into
 ``finished`` / ``failed`` events and removes them.
 
-Everything the injector knows is in the hogs' labels, so a restarted collector finds
-and reaps the hogs its previous run started.
+Everything the injector needs is in the hogs' labels, so a restarted collector finds
+and reaps the hogs its previous run started; it only remembers, in memory, when (on the
+monotonic clock) each hog it saw running has overrun.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class FaultInjector:
         self.max_age_s = max_age_s
         self._clock = clock
         self._monotonic = monotonic
-        # fault id -> when (``monotonic``) its hog, still running, has overrun and is killed
+        # hog container id -> when (``monotonic``) it has overrun, still running, and is killed
         self._overrun_at: dict[str, float] = {}
         # Commands (the MQTT worker), random faults and the reaper (the collector's Docker
         # thread) and the stop run one at a time: a host's count of faults is checked and a hog
@@ -158,7 +159,7 @@ class FaultInjector:
         }
         name = container_name("dragon", self.lei, "fault", fault.id)
         try:
-            self._client.containers.run(
+            hog = self._client.containers.run(
                 self.image,
                 ["python3", "-m", "dragon.collector.workloads", *workload, *options.pop("args")],
                 name=name,
@@ -173,7 +174,7 @@ class FaultInjector:
             # would count against the host's faults for good.
             self._remove_created(name, labels)
             raise
-        self._overrun_at[fault.id] = self._monotonic() + fault.duration_s + self.overrun_s
+        self._overrun_at[hog.id] = self._monotonic() + fault.duration_s + self.overrun_s
 
     def _check_age(self, fault: FaultInjection, now: float) -> None:
         """Refuse a command that waited too long: the broker keeps the collector's session, so one
@@ -260,7 +261,7 @@ class FaultInjector:
                 else:
                     reason = "OOM-killed" if oom else f"exit code {code}"
                     events.append(self._hog_event(hog, "failed", now, reason=reason))
-            elif hog.status == "running" and self._monotonic() > self._overrun_deadline(labels, now):
+            elif hog.status == "running" and self._overran(hog, now):
                 events.append(self._hog_event(hog, "failed", now, reason="still running long after its end"))
             elif hog.status == "created" and now > _float(labels.get(STARTED_LABEL)) + NEVER_STARTED_AFTER_S:
                 events.append(self._hog_event(hog, "failed", now, reason="never started"))
@@ -278,21 +279,20 @@ class FaultInjector:
             )
         return events
 
-    def _overrun_deadline(self, labels: dict[str, str], now: float) -> float:
-        """When (``monotonic``) a running hog has overrun. Set at its start; for a hog an earlier
-        run started, from its labels the first time it is seen, on the wall clock then, and at
-        most its whole duration and overrun away (a clock stepped back since cannot stretch it)."""
-        fault_id = labels.get(FAULT_ID_LABEL, "")
-        if fault_id not in self._overrun_at:
+    def _overran(self, hog: Any, now: float) -> bool:
+        """Whether a running hog ran past its end and the overrun, on the monotonic clock: from its
+        start, or for a hog an earlier run started from its labels the first time it is seen (on
+        the wall clock ``now`` then, at most its whole duration and overrun ahead)."""
+        if hog.id not in self._overrun_at:
+            labels = _labels(hog)
             started, ends = _float(labels.get(STARTED_LABEL)), _float(labels.get(ENDS_LABEL))
             left = min(ends - now, max(ends - started, 0.0)) + self.overrun_s
-            self._overrun_at[fault_id] = self._monotonic() + max(left, 0.0)
-        return self._overrun_at[fault_id]
+            self._overrun_at[hog.id] = self._monotonic() + max(left, 0.0)
+        return self._monotonic() >= self._overrun_at[hog.id]
 
     def _forget_overruns_of_gone_hogs(self, hogs: list[Any]) -> None:
-        present = {_labels(hog).get(FAULT_ID_LABEL, "") for hog in hogs}
-        for fault_id in self._overrun_at.keys() - present:
-            del self._overrun_at[fault_id]
+        for hog_id in self._overrun_at.keys() - {hog.id for hog in hogs}:
+            del self._overrun_at[hog_id]
 
     def stop_all(self, now: float | None = None, wait_s: float = STOP_WAIT_S) -> list[InjectionEvent]:
         """End every hog of this LEI now (at shutdown): reap the ended ones, kill the rest; from
