@@ -179,9 +179,10 @@ def test_a_command_that_comes_again_is_answered_again_and_moves_nothing(lei, wat
 def test_a_command_whose_move_failed_before_its_answer_was_sent_hears_why_when_it_comes_again(lei, watch):
     """A migrator killed between journalling a move that could not begin and publishing its event
     gets the command again after its restart: the answer must be the move's failure, with its
-    reason, not a refusal of the command as one taken already."""
+    reason, not a refusal of the command as one taken already, nor as stale: redelivered after a
+    long move and a restart, it is often older than the age a new command may have."""
     stack, emulated = lei
-    sent = command(stack, "no-such-task")
+    sent = command(stack, "no-such-task", ts=time.time() - 3600)
     journal = Journal(stack.redis_client(), stack.lei)
     never_began = Move(sent.id, sent.task, sent.task, "", sent.target_host, sent.target_lei)
     assert journal.fail(never_began, "no task container named no-such-task (recorded before the kill)")
@@ -416,8 +417,11 @@ def in_process_migrator(stack: LeiStack, workdir, **env: str):
 
 def serving_while_pi_is_away(stack: LeiStack, workdir, socket) -> Migrator:
     """An in-process migrator, started and taking commands, whose second machine "pi" is away
-    until a socket appears at ``socket``."""
-    migrator = in_process_migrator(stack, workdir, DRAGON_MIGRATOR_ENDPOINTS=f"pi=unix://{socket}")
+    until a socket appears at ``socket``; the sweep it owes meanwhile is tried again every half
+    second at first (``DRAGON_MIGRATOR_SCHEDULE_INTERVAL``), doubling."""
+    migrator = in_process_migrator(
+        stack, workdir, DRAGON_MIGRATOR_ENDPOINTS=f"pi=unix://{socket}", DRAGON_MIGRATOR_SCHEDULE_INTERVAL="0.5"
+    )
     migrator.init_redis()
     migrator.init_docker()
     migrator.recover_moves()
@@ -462,23 +466,32 @@ def settling_pass(migrator: Migrator) -> None:
         migrator._settle_interrupted()
 
 
+def when_the_owed_sweep_is_due(migrator: Migrator) -> None:
+    time.sleep(max(0.0, migrator._sweep_again_at - time.monotonic()))
+
+
 def test_commands_redis_cut_short_are_settled_with_one_sweep_per_pass(lei, watch, tmp_path, monkeypatch):
     """Each command the journal does not know asks Docker what is in flight, and each such sweep
     may wait the SDK's timeout on a machine that is off, under the Docker lock: an outage that
-    cut short several commands must cost one sweep per pass, not one per command."""
+    cut short several commands must cost one sweep per pass, not one per command, and none while
+    the sweep owed since a machine was out of reach backs off."""
     stack, emulated = lei
     tasks = [start_task(emulated) for _ in range(3)]
     socket = tmp_path / "pi.sock"  # the machine "pi": away until its engine's socket appears
-    migrator = serving_while_pi_is_away(stack, tmp_path, socket)
+    migrator = serving_while_pi_is_away(stack, tmp_path, socket)  # its start-up sweep is owed
     sweeps, sweep = [], migrator.mover.sweep
     monkeypatch.setattr(migrator.mover, "sweep", lambda: sweeps.append("sweep") or sweep())
     try:
         cut_short = [command(stack, task.name) for task in tasks]
         migrator._interrupted.update({sent.id: sent for sent in cut_short})  # as on_command leaves them
+        settling_pass(migrator)
+        assert sweeps == []  # the owed sweep backs off
+        when_the_owed_sweep_is_due(migrator)
         settling_pass(migrator)  # "pi" may hold their targets: none answered yet
         assert len(sweeps) == 1
         assert set(migrator._interrupted) == {sent.id for sent in cut_short}
         os.symlink("/var/run/docker.sock", socket)  # "pi" answers: nothing of the moves anywhere
+        when_the_owed_sweep_is_due(migrator)
         settling_pass(migrator)
         assert len(sweeps) == 2
         for sent, task in zip(cut_short, tasks, strict=True):
@@ -556,6 +569,32 @@ def test_a_lost_move_the_start_up_sweep_could_not_settle_is_settled_by_the_heart
             time.sleep(0.2)
         event = event_for(watch, lost)
         assert (event.outcome, event.recovered) == ("rolled_back", True), event
+    finally:
+        migrator.shutdown()
+    (running,) = running_copies(emulated, task.name)
+    assert running.id == task.id
+
+
+def test_a_lost_move_the_sweep_settles_for_another_command_is_answered_once(lei, watch, tmp_path):
+    """A pass's sweep, asked for by one command, settles (and answers) another command's lost
+    move; that command, looked at next, must not answer it a second time."""
+    stack, _ = lei
+    emulated, task, migrator, lost, socket = a_lost_move_while_pi_is_away(lei, tmp_path)
+    try:
+        assert migrator.recover_moves() == []  # "pi" is out of reach: the sweep is owed
+        migrator.init_mqtt()
+        migrator.start_mqtt([])
+        asks_first = command(stack, task.name, id="0" * 32)  # never began; looked at before the lost move
+        migrator._interrupted.update({asks_first.id: asks_first, lost: command(stack, task.name, id=lost)})
+        os.symlink("/var/run/docker.sock", socket)  # "pi" answers again
+        when_the_owed_sweep_is_due(migrator)
+        settling_pass(migrator)
+        assert migrator._interrupted == {}
+        event = event_for(watch, lost)
+        assert (event.outcome, event.recovered) == ("rolled_back", True), event
+        time.sleep(1)  # room for a second answer to arrive
+        answers = watch.matching(lambda m: m.topic.endswith("/migrations/events") and lost.encode() in m.payload)
+        assert len(answers) == 1, answers
     finally:
         migrator.shutdown()
     (running,) = running_copies(emulated, task.name)

@@ -42,6 +42,12 @@ def sign(command: MigrationCommand, key: bytes) -> MigrationCommand:
 
 def verify(command: MigrationCommand, key: bytes, lei: str, now: float, max_age_s: float) -> None:
     """Raise CommandRefused unless ``command`` is signed with ``key``, for ``lei``, and fresh."""
+    verify_authentic(command, key, lei)
+    verify_fresh(command, now, max_age_s)
+
+
+def verify_authentic(command: MigrationCommand, key: bytes, lei: str) -> None:
+    """Raise CommandRefused unless ``command`` is signed with ``key`` and for ``lei``."""
     if not command.signature:
         raise CommandRefused("unsigned", f"command {command.id} carries no signature")
     expected = hmac.new(key, canonical(command), hashlib.sha256).hexdigest()
@@ -49,6 +55,10 @@ def verify(command: MigrationCommand, key: bytes, lei: str, now: float, max_age_
         raise CommandRefused("bad_signature", f"command {command.id} is not signed with the migration key")
     if command.lei != lei:
         raise CommandRefused("wrong_lei", f"command {command.id} is for LEI {command.lei!r}, not {lei!r}")
+
+
+def verify_fresh(command: MigrationCommand, now: float, max_age_s: float) -> None:
+    """Raise CommandRefused if ``command`` is dated in the future or older than ``max_age_s``."""
     if command.ts > now + CLOCK_SKEW_S:
         raise CommandRefused("future", f"command {command.id} is dated {command.ts - now:.0f} s in the future")
     if now - command.ts > max_age_s:

@@ -43,7 +43,7 @@ class CommandSettings:
 
     def validate(self) -> None:
         # Below the day a finished move's record is kept: an older command must be refused as
-        # stale, since its record (which refuses it as a duplicate) may be gone.
+        # stale, since its record (which answers it again rather than move the task twice) may be gone.
         if not 0 < self.max_age_s <= 3600:
             raise ConfigError("DRAGON_MIGRATION_MAX_AGE must be between 0 and 3600 seconds")
 

@@ -30,7 +30,7 @@ class Step(str, Enum):
 
 
 FINAL = {Step.DONE, Step.ROLLED_BACK, Step.FAILED}
-# A finished move's record is kept this long (to refuse its command again, and to look at), then
+# A finished move's record is kept this long (to answer its command again, and to look at), then
 # Redis drops it: one record per move would otherwise grow for ever. A command older than
 # DRAGON_MIGRATION_MAX_AGE is refused as stale anyway, and that age must stay well below this.
 FINISHED_KEPT_S = 86_400

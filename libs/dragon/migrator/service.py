@@ -3,9 +3,10 @@
 Commands arrive on ``dragon/<lei>/migrations/commands`` (the broker lets only the planner
 publish there); each is checked (signature, LEI, age, id not seen before, task not moving
 already, target host known) and carried out as a journalled restart move (CRIU where the
-engine can; the probe at start-up says whether it can). Every command gets one event on
-``dragon/<lei>/migrations/events``, and after every move the schedule ``dragon/<lei>/tasks``
-(retained) is republished, so the planner and the simulator see the new S_t at once.
+engine can; the probe at start-up says whether it can). Every command gets an event on
+``dragon/<lei>/migrations/events`` (one that comes again, the same answer again), and after
+every move the schedule ``dragon/<lei>/tasks`` (retained) is republished, so the planner and
+the simulator see the new S_t at once.
 
 Moves run one at a time on the MQTT worker thread, and a command is acknowledged only once its
 move has ended: a migrator killed mid-move gets the command again after restart, by which time
@@ -28,7 +29,7 @@ from dragon.messages import topics
 from dragon.messages.schema import clip
 from dragon.messages.schemas import MigrationCommand, MigrationEvent, StepDuration, TaskPlacement
 from dragon.migrator import criu
-from dragon.migrator.commands import CommandRefused, verify
+from dragon.migrator.commands import CommandRefused, verify_authentic, verify_fresh
 from dragon.migrator.config import MigratorConfig, parse_endpoints
 from dragon.migrator.engines import Engines
 from dragon.migrator.journal import FINAL, Journal, Move, Step
@@ -240,17 +241,22 @@ class Migrator:
     def _settle_commands(self) -> None:
         # One sweep for the whole pass: a Redis outage can leave many commands the journal does not
         # know, and each sweep may wait the SDK's timeout on an engine out of reach, under the lock.
-        sweep = _OneSweep(self._sweep)
+        sweep = _OneSweep(self._sweep, due=not self._sweep_owed or time.monotonic() >= self._sweep_again_at)
         for move_id, command in sorted(self._interrupted.items()):
+            if sweep.found(move_id):  # settled by this pass's sweep, and its event sent: not again
+                del self._interrupted[move_id]
+                continue
             try:
                 moves = self._settle_one(move_id, command, sweep)
+            except _SweepNotDue:
+                continue  # an engine out of reach: the sweep backs off (:meth:`_sweep`)
             except ENGINE_ERRORS as exc:
                 log.warning("move_not_settled_yet", id=move_id, error=str(exc)[:300])
                 # Out of reach can take the SDK's timeout to say, under the Docker lock: not every beat.
                 self._settle_again_at = time.monotonic() + self.config.schedule_interval_s
                 continue  # the others go on
             self._publish_recovered(moves)
-            if command is not None and move_id not in {move.id for move, _ in moves} and not sweep.found(move_id):
+            if command is not None and move_id not in {move.id for move, _ in moves}:
                 if self.mover.engines_unseen:  # its target may be on one of them: the owed sweep looks again
                     log.warning("move_not_settled_yet", id=move_id, engines_unseen=self.mover.engines_unseen)
                     continue
@@ -305,10 +311,13 @@ class Migrator:
     def check(self, command: MigrationCommand, now: float) -> Move | None:
         """Raise CommandRefused unless ``command`` may be carried out now; its move if it ended
         already (the command came again: it is answered again, not carried out)."""
-        verify(command, self.config.commands.key_bytes, self.lei, now, self.config.commands.max_age_s)
+        verify_authentic(command, self.config.commands.key_bytes, self.lei)
         known = self.journal.get(command.id)
         if known is not None and known.step in FINAL:
+            # Before its age is checked: the broker redelivers a command its killed migrator never
+            # acknowledged, often older than the age allowed after a long move and a restart.
             return known
+        verify_fresh(command, now, self.config.commands.max_age_s)
         if known is not None:
             under_way = f"command {command.id} was taken already (its move is {known.step.value})"
             raise CommandRefused("duplicate", under_way)
@@ -320,7 +329,7 @@ class Migrator:
         rolled back), or, with the engine out of reach, as soon as it answers (None for now)."""
         with self._docker_lock:
             try:
-                return self.mover.move(
+                move = self.mover.move(
                     command.id, command.task, command.target_host, command.target_lei, issued_at=command.ts
                 )
             except TaskBusy as exc:
@@ -331,6 +340,13 @@ class Migrator:
                 self.counters.add("move_errors")
                 log.error("move_interrupted", id=command.id, task=command.task, error=str(exc)[:300])
                 cause = str(exc)
+            else:
+                if move.step not in FINAL:
+                    # Journalled since it was checked (the heartbeat's sweep found its target, and an
+                    # engine error left it open): settled, and answered, as any interrupted move.
+                    self._interrupted[command.id] = command
+                    return None
+                return move
             try:
                 return self.mover.settle(command.id)
             except MoveError:  # not journalled: it failed before it began (say, checking the target's volumes)
@@ -347,7 +363,7 @@ class Migrator:
         planner hears how it ended even when the first answer was never sent."""
         self.counters.add("answered_again")
         log.info("command_answered_again", id=command.id, task=command.task, step=move.step.value)
-        self.publish_event(self.event_of(move, task=command.task))
+        self.publish_event(self.event_of(move, task=command.task), again=True)
 
     def refuse(self, command: MigrationCommand, refusal: CommandRefused) -> None:
         self.counters.add(f"refused_{refusal.reason}")
@@ -395,8 +411,10 @@ class Migrator:
             migrator=self.instance,
         )
 
-    def publish_event(self, event: MigrationEvent) -> None:
-        self.counters.add(f"moves_{event.outcome}")
+    def publish_event(self, event: MigrationEvent, again: bool = False) -> None:
+        """Publish ``event``; counted as a move's outcome unless it is an answer given ``again``."""
+        if not again:
+            self.counters.add(f"moves_{event.outcome}")
         self.mqtt.publish_message(topics.migration_events(self.lei), event, qos=1)
 
     def publish_schedule(self, wait: bool = True, changed_only: bool = False) -> None:
@@ -423,18 +441,26 @@ class Migrator:
             self._docker_lock.release()
 
 
-class _OneSweep:
-    """At most one sweep in a settling pass, however many commands ask for it: the first is given
-    the moves it settled (to publish), the later ones none (already published), and each may ask
-    whether the sweep found its move. A sweep an engine error cut short fails every later ask
-    alike, rather than wait on the same engine again."""
+class _SweepNotDue(Exception):
+    """The sweep is owed and backing off: what waits for it waits for the next pass."""
 
-    def __init__(self, sweep: Callable[[], list[Move]]) -> None:
+
+class _OneSweep:
+    """At most one sweep in a settling pass, however many commands ask for it, and none while an
+    owed sweep backs off (not ``due``): the first ask is given the moves it settled (to publish),
+    the later ones none (already published); :meth:`found` says whether it settled a move. A
+    sweep an engine error cut short fails every later ask alike, rather than wait on the same
+    engine again."""
+
+    def __init__(self, sweep: Callable[[], list[Move]], due: bool) -> None:
         self._sweep = sweep
+        self._due = due
         self._found: set[str] | None = None
         self._error: BaseException | None = None
 
     def moves(self) -> list[Move]:
+        if not self._due:
+            raise _SweepNotDue
         if self._error is not None:
             raise self._error
         if self._found is not None:
