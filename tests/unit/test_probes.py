@@ -272,6 +272,21 @@ def test_cgroup_probe_without_docker(emulated: tuple[Path, Path]) -> None:
     assert probe.tasks() == ()
 
 
+def test_a_counter_that_went_down_starts_the_rates_over_rather_than_measure_zero(emulated: tuple[Path, Path]) -> None:
+    """A cgroup made again counts from 0: that interval's CPU is unknown, not an idle host (which
+    would hold the simulator's background of the host at 0 for hours)."""
+    root, proc = emulated
+    probe = create_probe("cgroup", "h1", cgroup_parent=PARENT, cgroup_root=root, proc_root=proc)
+    probe.read(10.0)
+    set_cgroup(root, PARENT, cpu_ns=10_250_000_000, memory=64 * MIB)
+    assert probe.read(11.0).cpu == pytest.approx(0.5) and probe.measured
+    set_cgroup(root, PARENT, cpu_ns=1_000_000, memory=64 * MIB)  # made again: its counters restart
+    probe.read(12.0)
+    assert not probe.measured
+    set_cgroup(root, PARENT, cpu_ns=251_000_000, memory=64 * MIB)
+    assert probe.read(13.0).cpu == pytest.approx(0.5) and probe.measured
+
+
 def test_a_clock_going_back_gives_zero_rates(emulated: tuple[Path, Path]) -> None:
     root, proc = emulated
     probe = CgroupProbe("h1", CgroupHost(PARENT, root, proc_root=proc, io_source="cgroup"), proc)

@@ -104,7 +104,9 @@ def parse_net_dev(text: str, excluded: Iterable[str] = ("lo",)) -> tuple[int, in
 class _Deltas:
     """Differences of named cumulative counters between consecutive reads.
 
-    A counter that went down (a reset) counts as 0 for that interval.
+    A counter that went down (reset: a cgroup made again, a network card gone, a 32-bit counter
+    wrapped) makes the read a new start, as the first read is: measured as 0 for that interval,
+    it would pass for an idle host (the simulator's background of the host is its lowest usage).
     """
 
     def __init__(self) -> None:
@@ -112,12 +114,13 @@ class _Deltas:
         self._last_ts: float | None = None
 
     def update(self, now: float, counters: dict[str, float]) -> tuple[dict[str, float], float]:
-        """(deltas, elapsed seconds); elapsed is 0 on the first read or a clock going back."""
+        """(deltas, elapsed seconds); elapsed is 0, nothing measured, on the first read, a clock
+        going back, or a counter that went down."""
         previous, previous_ts = self._last, self._last_ts
         self._last, self._last_ts = dict(counters), now
-        if previous_ts is None or now <= previous_ts:
+        deltas = {name: value - previous.get(name, value) for name, value in counters.items()}
+        if previous_ts is None or now <= previous_ts or min(deltas.values(), default=0.0) < 0:
             return {name: 0.0 for name in counters}, 0.0
-        deltas = {name: max(0.0, value - previous.get(name, value)) for name, value in counters.items()}
         return deltas, now - previous_ts
 
 
