@@ -403,3 +403,44 @@ def test_a_hog_overruns_by_the_time_it_ran_not_by_the_wall_clock(
         assert (killed.id, killed.reason) == (late.id, "still running long after its end")
     finally:
         started.stop_all()
+
+
+def test_a_hog_docker_does_not_remove_is_reported_once_and_the_daemon_called_once_per_reap(
+    client: Any, lei: EmulatedLei, image: str, host: CgroupHost
+) -> None:
+    """A hog whose removal failed was reported ended again at every reap (every interval), and
+    a daemon that left a removal unanswered was called once per hog, each call as long: at the
+    stop, past the stop's grace period."""
+    faults = [FaultInjection(id=f"{lei.lei}-unremoved-{n}", kind="cpu", duration_s=1, intensity=0.1) for n in range(2)]
+    labels = [f"{injection.FAULT_LABEL}=true", f"{injection.LEI_LABEL}={lei.lei}"]
+    # A short directory: a Unix socket's path holds at most 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="dragon-") as short, StallingDocker(Path(short)) as daemon:
+        slow = docker.DockerClient(base_url=daemon.url, timeout=2)
+        hung_on_removals = FaultInjector(slow, lei.lei, image, {HOST.name: host}, max_per_host=2)
+        try:
+            for fault in faults:
+                assert hung_on_removals.inject(HOST.name, fault).status == "started"
+            deadline = time.monotonic() + 20
+            while any(hog.status != "exited" for hog in client.containers.list(all=True, filters={"label": labels})):
+                assert time.monotonic() < deadline, "the hogs did not end"
+                time.sleep(0.2)
+            daemon.stall("DELETE ")
+            reported = [event for _ in range(3) for event in hung_on_removals.reap()]
+            assert daemon.held == 3  # one removal per reap, not one per hog
+            assert len({event.id for event in reported}) == len(reported)  # none reported twice
+        finally:
+            daemon.resume()
+            slow.close()
+    deadline = time.monotonic() + 20
+    reported_ids = {event.id for event in reported}
+    while any(_hog_fault(hog) in reported_ids for hog in client.containers.list(all=True, filters={"label": labels})):
+        assert time.monotonic() < deadline, "the held removals did not reach the daemon"
+        time.sleep(0.2)
+    rest = FaultInjector(client, lei.lei, image, {HOST.name: host}).reap()
+    assert sorted(event.id for event in reported + rest) == sorted(fault.id for fault in faults)
+    assert {event.status for event in reported + rest} == {"finished"}
+    assert client.containers.list(all=True, filters={"label": labels}) == []
+
+
+def _hog_fault(hog: Any) -> str:
+    return (hog.labels or {}).get(injection.FAULT_ID_LABEL, "")

@@ -38,6 +38,7 @@ from dragon.collector.docker_api import (
     STARTED_LABEL,
     TASK_LABEL,
     WORKLOAD_LABEL,
+    unanswered,
 )
 from dragon.messages.schema import SchemaError, clip
 from dragon.messages.schemas import FAULT_KINDS, FaultInjection, InjectionEvent
@@ -100,6 +101,8 @@ class FaultInjector:
         self._monotonic = monotonic
         # hog container id -> when (``monotonic``) it has overrun, still running, and is killed
         self._overrun_at: dict[str, float] = {}
+        # hog container ids whose end was reported but whose removal failed: removed again, not reported again
+        self._reported: set[str] = set()
         # Commands (the MQTT worker), random faults and the reaper (the collector's Docker
         # thread) and the stop run one at a time: a host's count of faults is checked and a hog
         # started in one step, and nothing starts once the stop has begun.
@@ -244,30 +247,51 @@ class FaultInjector:
             return self._reap(now)
 
     def _reap(self, now: float) -> list[InjectionEvent]:
+        return self._end_hogs(now, self._how_it_ended)[0]
+
+    def _how_it_ended(self, hog: Any, now: float) -> InjectionEvent | None:
+        """The event of a hog to remove now; None for one to leave running (or being started)."""
+        state = hog.attrs.get("State", {})
+        if hog.status in {"exited", "dead"}:
+            code, oom = state.get("ExitCode", 0), state.get("OOMKilled", False)
+            if code == 0 and not oom:
+                return self._hog_event(hog, "finished", now)
+            return self._hog_event(hog, "failed", now, reason="OOM-killed" if oom else f"exit code {code}")
+        if hog.status == "running" and self._overran(hog, now):
+            return self._hog_event(hog, "failed", now, reason="still running long after its end")
+        if hog.status == "created" and now > _float(_labels(hog).get(STARTED_LABEL)) + NEVER_STARTED_AFTER_S:
+            return self._hog_event(hog, "failed", now, reason="never started")
+        return None
+
+    def _end_hogs(
+        self, now: float, ending: Callable[[Any, float], InjectionEvent | None]
+    ) -> tuple[list[InjectionEvent], bool]:
+        """Remove the hogs ``ending`` gives an event for, each reported once however many tries
+        its removal takes; (the events, whether Docker answered every call). Stops calling a
+        daemon that left a call unanswered: each call after would wait as long."""
         events = []
         try:
             hogs = self._hogs()
         except DOCKER_ERRORS as exc:
             log.warning("fault_reap_failed", lei=self.lei, error=str(exc))
-            return []
-        self._forget_overruns_of_gone_hogs(hogs)
+            return [], not unanswered(exc)
+        present = {hog.id for hog in hogs}
+        self._forget_overruns_of_gone_hogs(present)
+        self._reported &= present
+        answered = True
         for hog in hogs:
-            labels = _labels(hog)
-            state = hog.attrs.get("State", {})
-            if hog.status in {"exited", "dead"}:
-                code, oom = state.get("ExitCode", 0), state.get("OOMKilled", False)
-                if code == 0 and not oom:
-                    events.append(self._hog_event(hog, "finished", now))
-                else:
-                    reason = "OOM-killed" if oom else f"exit code {code}"
-                    events.append(self._hog_event(hog, "failed", now, reason=reason))
-            elif hog.status == "running" and self._overran(hog, now):
-                events.append(self._hog_event(hog, "failed", now, reason="still running long after its end"))
-            elif hog.status == "created" and now > _float(labels.get(STARTED_LABEL)) + NEVER_STARTED_AFTER_S:
-                events.append(self._hog_event(hog, "failed", now, reason="never started"))
-            else:
+            event = ending(hog, now)
+            if event is None:
                 continue
-            self._remove(hog)
+            if hog.id not in self._reported:
+                events.append(event)
+                self._reported.add(hog.id)
+            removal = self._remove(hog)
+            if removal:
+                self._reported.discard(hog.id)
+            elif removal is None:
+                answered = False
+                break
         for event in events:
             log.info(
                 "fault_ended",
@@ -277,7 +301,7 @@ class FaultInjector:
                 status=event.status,
                 reason=event.reason,
             )
-        return events
+        return events, answered
 
     def _overran(self, hog: Any, now: float) -> bool:
         """Whether a running hog ran past its end and the overrun, on the monotonic clock: from its
@@ -290,8 +314,8 @@ class FaultInjector:
             self._overrun_at[hog.id] = self._monotonic() + max(left, 0.0)
         return self._monotonic() >= self._overrun_at[hog.id]
 
-    def _forget_overruns_of_gone_hogs(self, hogs: list[Any]) -> None:
-        for hog_id in self._overrun_at.keys() - {hog.id for hog in hogs}:
+    def _forget_overruns_of_gone_hogs(self, present: set[str]) -> None:
+        for hog_id in self._overrun_at.keys() - present:
             del self._overrun_at[hog_id]
 
     def stop_all(self, now: float | None = None, wait_s: float = STOP_WAIT_S) -> list[InjectionEvent]:
@@ -310,16 +334,14 @@ class FaultInjector:
             self._lock.release()
 
     def _stop_all(self, now: float) -> list[InjectionEvent]:
-        events = self._reap(now)
-        try:
-            hogs = self._hogs()
-        except DOCKER_ERRORS as exc:
-            log.warning("fault_stop_failed", lei=self.lei, error=str(exc))
-            return events
-        for hog in hogs:
-            events.append(self._hog_event(hog, "finished", now, reason="stopped before its end"))
-            self._remove(hog)
-        return events
+        ended, answered = self._end_hogs(now, self._how_it_ended)
+        if not answered:
+            return ended  # the rest are left to the next start's reaper
+
+        def stopped(hog: Any, now: float) -> InjectionEvent:
+            return self._hog_event(hog, "finished", now, reason="stopped before its end")
+
+        return ended + self._end_hogs(now, stopped)[0]
 
     def running(self, host: str | None = None) -> list[str]:
         """Ids of the faults whose hogs are running (on ``host``, or anywhere in the LEI)."""
@@ -353,13 +375,16 @@ class FaultInjector:
         if all(_labels(container).get(key) == value for key, value in labels.items()):
             self._remove(container)
 
-    def _remove(self, hog: Any) -> None:
+    def _remove(self, hog: Any) -> bool | None:
+        """True once removed; False if Docker refused; None if it did not answer."""
         try:
             hog.remove(force=True)
         except docker.errors.NotFound:
             pass  # removed meanwhile (another reaper, or docker rm by hand)
         except DOCKER_ERRORS as exc:
             log.warning("fault_remove_failed", lei=self.lei, container=hog.name, error=str(exc))
+            return None if unanswered(exc) else False
+        return True
 
     def _event(
         self, fault: FaultInjection, host: str, status: str, now: float, reason: str = "", **fields: Any
