@@ -9,13 +9,18 @@ whose clock is off (``detector/clocks.py``).
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # The least of the last this many live lags is the usual one: a source whose clock steps back
 # looks late by the step for as many of its intervals.
 LIVE_LAGS = 20
 FORGET_AFTER_S = 3600.0  # a source silent this long has left (a host, the federation or its LEI)
+# Our wall clock moving this far against the monotonic clock between two looks is a step (NTP
+# setting it), not drift: what was timed on it before is that far off.
+STEP_TOLERANCE_S = 1.0
 
 
 class SlidingMinimum:
@@ -29,8 +34,14 @@ class SlidingMinimum:
         self.keep = keep
         self._queue: deque[tuple[int, float]] = deque()
         self._pushed = 0
+        self._shift = 0.0  # added to every value kept (:meth:`shift`)
+
+    def shift(self, by: float) -> None:
+        """Add ``by`` to every value kept."""
+        self._shift += by
 
     def push(self, value: float) -> None:
+        value -= self._shift
         self._pushed += 1
         while self._queue and self._queue[-1][1] >= value:
             self._queue.pop()
@@ -40,7 +51,7 @@ class SlidingMinimum:
 
     @property
     def minimum(self) -> float | None:
-        return self._queue[0][1] if self._queue else None
+        return self._queue[0][1] + self._shift if self._queue else None
 
 
 @dataclass
@@ -63,6 +74,12 @@ class Lateness:
         if live:
             self.lags.push(self.lag)
 
+    def shift(self, by: float) -> None:
+        """Our clock stepped by ``by``: what was timed on it moves with it."""
+        self.received += by
+        self.lag += by
+        self.lags.shift(by)
+
     def gone(self, now: float) -> bool:
         """Whether nothing has arrived for FORGET_AFTER_S by ``now`` (our clock)."""
         return now - self.received > FORGET_AFTER_S
@@ -71,3 +88,25 @@ class Lateness:
     def usual(self) -> float | None:
         """How long after its stamp a message of the source usually arrives; None until one came live."""
         return self.lags.minimum
+
+
+class OwnClockSteps:
+    """Steps of this machine's wall clock (NTP setting a Pi's, which has no real-time clock), told
+    by how far it moved against the monotonic clock since the last look.
+
+    Arrivals are timed on the wall clock, since sources stamp theirs on theirs; after a step of
+    ours, every source's lag moves by the step at once while its usual lag (the least of the
+    last LIVE_LAGS) does not, and every source would look late by the step for that many intervals."""
+
+    def __init__(self, wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._wall, self._monotonic = wall, monotonic
+        self._offset = wall() - monotonic()
+
+    def since_last_look(self) -> float:
+        """How far the wall clock stepped since the last look that saw a step (0.0 for none)."""
+        offset = self._wall() - self._monotonic()
+        step = offset - self._offset
+        if abs(step) < STEP_TOLERANCE_S:
+            return 0.0  # drift, or NTP slewing: what it adds up to is taken as a step once past the tolerance
+        self._offset = offset
+        return step

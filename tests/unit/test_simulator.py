@@ -9,6 +9,7 @@ import numpy as np
 import paho.mqtt.client as paho
 import pytest
 
+from dragon.lateness import OwnClockSteps
 from dragon.messages import codec
 from dragon.messages.schemas import (
     DecisionVerdict,
@@ -617,6 +618,26 @@ def test_a_host_whose_clock_runs_behind_stays_in_view_while_its_samples_arrive()
     assert {lei for lei, _ in view.snapshot(NOW + 1).hosts} == {"a", "b"}
     with pytest.raises(ValueError, match="no host has reported"):
         view.snapshot(NOW + 10)  # nothing arrived for 10 intervals
+
+
+def test_a_step_of_our_own_clock_leaves_the_hosts_in_view():
+    """NTP setting our clock (a Pi has no real-time clock) moved every host's lag by the step at
+    once and not its usual lag (the least of its last LIVE_LAGS): stepped 10 s forward, every host
+    looked 10 s late, stale, for 20 intervals, and no plan or forecast was made."""
+    clocks = {"wall": NOW, "monotonic": 0.0}
+    own_clock = OwnClockSteps(lambda: clocks["wall"], lambda: clocks["monotonic"])
+    view = FederationView(3, 10, GIGABIT_LAN, EDGE_WAN, own_clock=own_clock)
+    for t in range(25):  # our clock 10 s behind the hosts'
+        view.observe(sample("a", "h1", 0.3, ts=NOW + 10 + t), clocks["wall"])
+        clocks["wall"] += 1.0
+        clocks["monotonic"] += 1.0
+    clocks["wall"] += 10.0  # NTP sets it right
+    for t in range(25, 28):
+        view.observe(sample("a", "h1", 0.3, ts=NOW + 10 + t), clocks["wall"])
+        assert view.snapshot(clocks["wall"]).hosts == (("a", "h1"),)
+        clocks["wall"] += 1.0
+        clocks["monotonic"] += 1.0
+    assert view.usual_lag("a", "h1") == pytest.approx(0.0)
 
 
 def test_a_view_just_started_takes_a_backlog_for_what_it_is():

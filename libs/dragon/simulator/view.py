@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import structlog
 
-from dragon.lateness import FORGET_AFTER_S, Lateness, SlidingMinimum
+from dragon.lateness import FORGET_AFTER_S, Lateness, OwnClockSteps, SlidingMinimum
 from dragon.logs import EveryInterval
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
@@ -162,9 +162,11 @@ class FederationView:
         disk_bps: float = np.inf,
         net_bps: float = np.inf,
         move_gain: float = 1.0,
+        own_clock: OwnClockSteps | None = None,
     ) -> None:
         """``disk_bps`` and ``net_bps``: each host's disk and network throughput, per direction;
-        ``move_gain``: the twin's λ, the share of a task's demand that follows it to a new host."""
+        ``move_gain``: the twin's λ, the share of a task's demand that follows it to a new host;
+        ``own_clock``: tells steps of the wall clock the ``now`` given to every call is read from."""
         ceilings = {"disk_read": disk_bps, "disk_write": disk_bps, "net_rx": net_bps, "net_tx": net_bps}
         self.capacity = np.array([1.0 if name in FRACTIONS else ceilings[name] for name in HOST_METRICS])
         self.stale_intervals = stale_intervals
@@ -178,6 +180,7 @@ class FederationView:
         self._scheduled: dict[str, dict[str, tuple[str, float]]] = {}  # lei -> task -> (host, since)
         self._schedule_ts: dict[str, float] = {}  # lei -> its newest schedule's ts
         self._schedule_at: dict[str, float] = {}  # lei -> the same, capped at when it arrived
+        self._own_clock = own_clock or OwnClockSteps()
         # Samples arrive on the MQTT worker thread while the planner snapshots on its own.
         self._lock = threading.Lock()
 
@@ -196,6 +199,7 @@ class FederationView:
         usage = np.minimum(np.array(sample.metrics.vector(), dtype=np.float64), self.capacity)
         tasks = {task.id: (min(task.cpu, 1.0), task.ram_bytes) for task in sample.tasks}
         with self._lock:
+            self._follow_own_clock()
             return self._remember(sample, usage, tasks, now)
 
     def _remember(
@@ -273,6 +277,7 @@ class FederationView:
         """Drop the hosts and tasks gone long enough, as every snapshot does: for a follower that
         takes snapshots only now and then (the planner, only while a host of its LEI is faulty)."""
         with self._lock:
+            self._follow_own_clock()
             self._forget(now)
 
     def snapshot(self, now: float) -> Snapshot:
@@ -281,6 +286,7 @@ class FederationView:
             return self._snapshot(now)
 
     def _snapshot(self, now: float) -> Snapshot:
+        self._follow_own_clock()
         self._forget(now)
         # Fresh while its samples keep arriving, on our clock (HostRecord.age): a host whose own
         # clock runs behind (a Pi without a real-time clock, no NTP yet) is as fresh as any; by its
@@ -346,6 +352,16 @@ class FederationView:
         return Federation(
             tuple(lei_of_host), tuple(brokers), capacity, HOST_METRICS, (self.power,) * m, lan=self.lan, wan=self.wan
         )
+
+    def _follow_own_clock(self) -> None:
+        """Move what was timed on our wall clock (each host's arrivals and lags) by a step it took:
+        else, stepped forward, every host would look late by the step, stale, for LIVE_LAGS of its
+        intervals (blanking every plan and forecast), and stepped back, fresh for as long."""
+        step = self._own_clock.since_last_look()
+        if step:
+            log.warning("own_clock_stepped", step_s=round(step, 3), hosts=len(self._hosts))
+            for record in self._hosts.values():
+                record.lateness.shift(step)
 
     def _forget(self, now: float) -> None:
         """Drop hosts silent for FORGET_AFTER_S, and the home LEIs of tasks no host has listed as long.
