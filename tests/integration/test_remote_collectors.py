@@ -166,7 +166,8 @@ def test_the_collector_image_on_a_remote_host_samples_the_machine_and_its_labell
             def busy_with_its_task(message) -> bool:
                 sample = codec.decode(HostSample, message.payload, 65536, message.content_type)
                 shares = {usage.id: usage.cpu for usage in sample.tasks}
-                return sample.metrics.cpu > 0 and sample.metrics.ram > 0 and shares.get("pi-task", 0.0) > 0.05
+                measured = sample.metrics.cpu > 0 and sample.metrics.ram > 0 and sample.ram_capacity_bytes > 0
+                return measured and shares.get("pi-task", 0.0) > 0.05
 
             listener.wait_for(busy_with_its_task, 30)
     finally:

@@ -29,6 +29,7 @@ class ClockRateProbe:
 
     containers = None  # no Docker
     measured = False
+    ram_capacity_bytes = 0.0
 
     def __init__(self, host: str, stall_s: float = 0.0) -> None:
         self.host = host

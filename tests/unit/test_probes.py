@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import structlog
 import structlog.testing
@@ -246,6 +247,7 @@ def test_cgroup_probe_rates_from_two_reads(emulated: tuple[Path, Path]) -> None:
     set_net(proc, 400, rx=1000, tx=0)
     second = probe.read(102.0)
     assert probe.measured
+    assert probe.ram_capacity_bytes == 256 * MIB  # the host's limit, which its ram is a fraction of
 
     assert second.cpu == pytest.approx(0.4)
     assert second.ram == pytest.approx(0.5)
@@ -309,6 +311,7 @@ def test_psutil_probe_on_this_machine() -> None:
     for name in ("cpu", "ram", "swap"):
         assert 0.0 <= getattr(metrics, name) <= 1.0, metrics
     assert 0.0 < metrics.ram
+    assert probe.ram_capacity_bytes == psutil.virtual_memory().total
     for name in HOST_METRICS[3:]:
         assert getattr(metrics, name) >= 0.0, metrics
     assert probe.tasks() == ()

@@ -176,6 +176,30 @@ def test_next_window_forecasts_every_host_under_the_moves():
     assert by_host[("b", "h4")].cpu == pytest.approx(0.3)
 
 
+def test_a_moved_task_takes_the_memory_its_host_said_it_uses():
+    """A task that ran through all of its host's last samples is part of the host's background
+    (its lowest usage), so its share of the host's excess memory is about 0: only the memory
+    the collector measured for it, as a share of the host's, moves with it."""
+    view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
+    capacity = 4e9
+    for t in range(12):  # t1 on h1 all along, holding half its memory
+        busy = HostMetrics(cpu=0.6, ram=0.7, swap=0.0, disk_read=0.0, disk_write=0.0, net_rx=0.0, net_tx=0.0)
+        usage = (TaskUsage(id="t1", name="t1", cpu=0.5, ram_bytes=0.5 * capacity),)
+        view.observe(HostSample("a", "h1", NOW - 11 + t, 1, 1.0, busy, usage, ram_capacity_bytes=capacity), NOW)
+        view.observe(sample("a", "h2", 0.1, ts=NOW - 11 + t, ram=0.2), NOW)
+    snap = view.snapshot(NOW)
+    request = SimRequest(id="r", kind="next_window", decisions=((TaskMove("t1", "a", "h2"),),))
+    by_host = {(f.lei, f.host): f.metrics for f in answer(request, snap, simulator_of(snap), 8).forecast}
+    assert by_host[("a", "h2")].ram == pytest.approx(0.7)
+    assert by_host[("a", "h1")].ram == pytest.approx(0.2)
+    # From a collector that does not say its hosts' memory: the share of the excess, as before.
+    older = HostSample("a", "h1", NOW + 1, 1, 1.0, busy, usage)
+    view.observe(older, NOW + 1)
+    snap = view.snapshot(NOW + 1)
+    by_host = {(f.lei, f.host): f.metrics for f in answer(request, snap, simulator_of(snap), 8).forecast}
+    assert by_host[("a", "h2")].ram == pytest.approx(0.2)
+
+
 @pytest.mark.parametrize(
     ("moves", "reason", "message"),
     [

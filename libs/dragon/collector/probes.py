@@ -71,6 +71,7 @@ class Probe(Protocol):
     # Whether the last read measured its rates over an interval: not the first read, whose rates
     # are 0, and published would pass for a measured 0.
     measured: bool
+    ram_capacity_bytes: float  # what the last read's ram is a fraction of (0 until a read)
 
     def read(self, now: float) -> HostMetrics:
         """Usage over the interval since the previous read (rates 0 on the first read); ``now`` is
@@ -353,6 +354,7 @@ class PsutilProbe:
         self._host_net_dev = Path(proc_root) / "1" / "net" / "dev"
         self._deltas = _Deltas()
         self.measured = False
+        self.ram_capacity_bytes = 0.0
         self._tasks: tuple[TaskUsage, ...] = ()
         self.containers: HostContainers | None = None
         self._meter = None
@@ -379,6 +381,7 @@ class PsutilProbe:
         deltas, elapsed = self._deltas.update(now, counters)
         self.measured = elapsed > 0
         memory = psutil.virtual_memory()
+        self.ram_capacity_bytes = float(memory.total)
         swap = psutil.swap_memory()
         # Clamped as psutil.cpu_percent does: idle and iowait can step back on some kernels.
         cpu = min(1.0, deltas["cpu_busy"] / deltas["cpu_total"]) if deltas["cpu_total"] > 0 else 0.0
@@ -431,6 +434,7 @@ class CgroupProbe:
         self._proc_root = Path(proc_root)
         self._deltas = _Deltas()
         self.measured = False
+        self.ram_capacity_bytes = 0.0
         self._net = _KeyedSum(2)
         self._tasks: tuple[TaskUsage, ...] = ()
         self.containers: HostContainers | None = None
@@ -458,9 +462,10 @@ class CgroupProbe:
         # At most the samples' bound, as a task's: a quota enforced late reads briefly above 1.
         cpu = min(deltas["cpu_ns"] / (elapsed * capacity * 1e9), MAX_FRACTION) if elapsed > 0 else 0.0
         swap_limit = self.cgroup.swap_limit_bytes()
+        self.ram_capacity_bytes = float(self.cgroup.memory_limit_bytes())
         metrics = HostMetrics(
             cpu=cpu,
-            ram=self.cgroup.memory_usage_bytes() / self.cgroup.memory_limit_bytes(),
+            ram=self.cgroup.memory_usage_bytes() / self.ram_capacity_bytes,
             swap=self.cgroup.swap_usage_bytes() / swap_limit if swap_limit > 0 else 0.0,
             **_rates(deltas, elapsed, ("disk_read", "disk_write", "net_rx", "net_tx")),
         )

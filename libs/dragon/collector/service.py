@@ -230,6 +230,7 @@ class Collector:
                 interval_s=self.config.interval_s,
                 metrics=metrics,
                 tasks=tasks,
+                ram_capacity_bytes=probe.ram_capacity_bytes,
             )
             self.mqtt.publish_message(topics.host_sample(self.lei, probe.host), sample)
             self.counters.add("samples_published")

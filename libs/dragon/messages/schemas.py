@@ -85,9 +85,13 @@ class HostSample(Message):
     interval_s: float
     metrics: HostMetrics
     tasks: tuple[TaskUsage, ...] = ()
+    # The memory ``metrics.ram`` is a fraction of, in bytes (its limit, for an emulated host), so a
+    # task's ``ram_bytes`` is a share of the host too; 0: not said (a collector older than 2026-12-07).
+    ram_capacity_bytes: float = 0.0
 
     def check(self) -> None:
         require(MIN_INTERVAL_S <= self.interval_s <= MAX_INTERVAL_S, "HostSample.interval_s must be in 0.01 s..1 day")
+        require(0 <= self.ram_capacity_bytes <= MAX_RAM_BYTES, "HostSample.ram_capacity_bytes must be in 0..1e15")
         require(self.ts > 0, "HostSample.ts must be an epoch time in seconds")
         require(0 <= self.seq <= MAX_SEQ, "HostSample.seq must be a non-negative 64-bit integer")
         self.metrics.check("HostSample")

@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 
 FRACTIONS = {"cpu", "ram", "swap"}  # of the host's capacity; the other metrics are bytes per second
 CPU = HOST_METRICS.index("cpu")
+RAM = HOST_METRICS.index("ram")
 HostKey = tuple[str, str]  # (lei, host)
 # How long after a task starts on a host that host's samples may still miss it: the collector
 # lists containers from a cache refreshed every 5 s (collector/probes.py), and then it samples.
@@ -48,6 +49,15 @@ ARRIVAL_GRACE_S = 5.0
 # broker's redelivery after a reconnect brings a burst of them, a host whose clock stepped back
 # one per interval until its clock passes its newest sample again.
 STALE_LOG_INTERVAL_S = 60.0
+
+
+class TaskSeen(NamedTuple):
+    """A task as its host's sample measured it: its cpu share of the host, its memory in bytes,
+    and that memory as a share of the host's (NaN when the sample does not say the host's)."""
+
+    cpu: float
+    ram_bytes: float
+    ram_share: float
 
 
 class Listing(NamedTuple):
@@ -60,6 +70,7 @@ class Listing(NamedTuple):
     ts: float
     cpu: float
     ram_bytes: float
+    ram_share: float
 
 
 @dataclass
@@ -68,7 +79,7 @@ class HostRecord:
     interval_s: float
     first_arrived: InitVar[float]  # when its first sample arrived, on our clock
     usage: np.ndarray  # (n,) newest metrics
-    tasks: dict[str, tuple[float, float]]  # task id -> (cpu share of the host, ram bytes)
+    tasks: dict[str, TaskSeen]
     background: np.ndarray | None = None  # element-wise minimum of the last samples' usage
     minima: list[SlidingMinimum] = field(default_factory=list)  # per metric, over the last samples
     lateness: Lateness = field(init=False)  # how long after their stamps its samples arrive
@@ -197,14 +208,18 @@ class FederationView:
         # What a host cannot do is not simulated either: a value above capacity (a clock glitch,
         # a 1e308 byte rate) would otherwise overflow the twin's sums.
         usage = np.minimum(np.array(sample.metrics.vector(), dtype=np.float64), self.capacity)
-        tasks = {task.id: (min(task.cpu, 1.0), task.ram_bytes) for task in sample.tasks}
+        capacity = sample.ram_capacity_bytes
+        tasks = {
+            task.id: TaskSeen(
+                min(task.cpu, 1.0), task.ram_bytes, min(task.ram_bytes / capacity, 1.0) if capacity else np.nan
+            )
+            for task in sample.tasks
+        }
         with self._lock:
             self._follow_own_clock()
             return self._remember(sample, usage, tasks, now)
 
-    def _remember(
-        self, sample: HostSample, usage: np.ndarray, tasks: dict[str, tuple[float, float]], now: float
-    ) -> bool:
+    def _remember(self, sample: HostSample, usage: np.ndarray, tasks: dict[str, TaskSeen], now: float) -> bool:
         """Take a sample in, unless it is no newer than its host's newest; True if taken."""
         key = (sample.lei, sample.host)
         record = self._hosts.get(key)
@@ -302,7 +317,7 @@ class FederationView:
         usage = _without_departed(records, placement, background)
         moved, arriving = self._scheduled_moves(placement, fresh)
         for task, (_, listing) in arriving.items():  # on no host in the samples: as its last sample measured
-            measured[task], ram_bytes[task] = _measured_row(listing.cpu), listing.ram_bytes
+            measured[task], ram_bytes[task] = _measured_row(listing.cpu, listing.ram_share), listing.ram_bytes
         task_ids = (*placement, *arriving)
         sampled_place = np.array([placement.get(task, UNPLACED) for task in task_ids], dtype=int)
         scheduled = placement | moved | {task: target for task, (target, _) in arriving.items()}
@@ -401,11 +416,11 @@ class FederationView:
         measured: dict[str, np.ndarray] = {}
         ram: dict[str, float] = {}
         for index, rec in enumerate(records):
-            for task, (cpu, ram_bytes) in rec.tasks.items():
+            for task, (cpu, ram_bytes, ram_share) in rec.tasks.items():
                 if task in seen and seen[task] >= (rec.ts, cpu):
                     continue
                 placement[task], seen[task], ram[task] = index, (rec.ts, cpu), ram_bytes
-                measured[task] = _measured_row(cpu)
+                measured[task] = _measured_row(cpu, ram_share)
         return placement, measured, ram
 
     def _scheduled_moves(
@@ -572,15 +587,20 @@ def _without_departed(records: list[HostRecord], placement: dict[str, int], back
         if not any(departed):
             continue
         # Each task's demand on this host as its own sample saw it: the host alone, all its tasks.
-        measured = np.stack([_measured_row(cpu) for cpu, _ in rec.tasks.values()])
+        measured = np.stack([_measured_row(seen.cpu, seen.ram_share) for seen in rec.tasks.values()])
         alone = np.zeros(len(rec.tasks), dtype=int)
         demand = task_demand(usage[index : index + 1], alone, background[index : index + 1], measured)
         usage[index] = np.maximum(usage[index] - demand[departed].sum(axis=0), 0.0)
     return usage
 
 
-def _measured_row(cpu: float) -> np.ndarray:
-    """A task's measured demand (n,): its CPU; NaN where only the host's excess, shared, is known."""
+def _measured_row(cpu: float, ram_share: float) -> np.ndarray:
+    """A task's measured demand (n,): its CPU and memory shares of its host (memory NaN when its
+    sample did not say the host's); NaN where only the host's excess, shared, is known.
+
+    Memory measured matters: the excess over the host's background (its lowest usage of the
+    last samples) is about 0 for a task that ran through all of them, and a move would carry
+    none of its memory, so no move could be forecast to overload a host's memory."""
     row = np.full(len(HOST_METRICS), np.nan)
-    row[CPU] = cpu
+    row[CPU], row[RAM] = cpu, ram_share
     return row
