@@ -9,9 +9,9 @@ co-simulator takes: hosts ordered by (LEI, host), a task's placement from the ne
 that lists it, a host's background from its lowest recent usage, and each task's home LEI (the
 LEI it was first seen in: its users' requests still enter there after it moves).
 
-Nothing here needs persisting: after a restart the next interval's samples rebuild it, except
-the home LEIs of tasks that moved before the restart, which then count as at home where they
-run (docs/simulator.md).
+It lives in memory: after a restart the samples that follow rebuild it, hosts at once, their
+backgrounds over the next samples, and never the home LEIs of tasks that moved before the
+restart, which then count as at home where they run (docs/simulator.md).
 """
 
 from __future__ import annotations
