@@ -11,12 +11,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import psutil
 import pytest
+import requests
 import structlog
 import structlog.testing
 
 from dragon.collector.cgroups import CgroupHost
+from dragon.collector.docker_api import unanswered
 from dragon.collector.injector import PoissonFaults
 from dragon.collector.probes import (
     CgroupProbe,
@@ -287,6 +290,15 @@ def test_a_counter_that_went_down_starts_the_rates_over_rather_than_measure_zero
     assert not probe.measured
     set_cgroup(root, PARENT, cpu_ns=251_000_000, memory=64 * MIB)
     assert probe.read(13.0).cpu == pytest.approx(0.5) and probe.measured
+    # One that goes down at two reads in a row keeps stepping back: the host is published all
+    # the same, the counter's decrease as 0, or it would never be.
+    set_cgroup(root, PARENT, cpu_ns=200_000_000, memory=64 * MIB)
+    probe.read(14.0)
+    assert not probe.measured
+    set_cgroup(root, PARENT, cpu_ns=150_000_000, memory=64 * MIB)
+    assert probe.read(15.0).cpu == 0.0 and probe.measured
+    set_cgroup(root, PARENT, cpu_ns=400_000_000, memory=64 * MIB)
+    assert probe.read(16.0).cpu == pytest.approx(0.5) and probe.measured
 
 
 def test_a_clock_going_back_gives_zero_rates(emulated: tuple[Path, Path]) -> None:
@@ -407,3 +419,15 @@ def test_the_poisson_schedule_runs_on_the_monotonic_clock_and_stamps_with_the_wa
     assert all(str(int(fault.ts)) in fault.id for _, fault in out)
     stepped = faults.due(3730.0, 3730.0 + wall_offset + 365 * 86400)  # NTP steps the wall clock a year on
     assert len(stepped) <= 2  # the arrivals of 30 s, not of the year skipped
+
+
+def test_a_call_docker_refused_is_an_answer_and_one_it_left_hanging_is_not() -> None:
+    """The SDK's APIError is a requests HTTPError too: taken for no answer, one refused removal
+    (a 409: a removal already in progress) stopped the reaper and the stop, and hogs kept running
+    in hosts being removed."""
+    conflict = requests.Response()
+    conflict.status_code = 409
+    assert not unanswered(docker.errors.APIError("removal already in progress", response=conflict))
+    assert not unanswered(docker.errors.NotFound("no such container"))
+    assert unanswered(requests.exceptions.ReadTimeout("the daemon did not answer"))
+    assert unanswered(requests.exceptions.ConnectionError("connection refused"))

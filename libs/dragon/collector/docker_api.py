@@ -42,5 +42,6 @@ def reportable(task: str) -> bool:
 
 
 def unanswered(error: BaseException) -> bool:
-    """A call the daemon did not answer (a timeout, a connection refused), not one it refused."""
-    return isinstance(error, requests.exceptions.RequestException)
+    """A call the daemon did not answer (a timeout, a connection refused), not one it refused:
+    the SDK's APIError (a 409, say) is a requests HTTPError too, and is an answer."""
+    return isinstance(error, requests.exceptions.RequestException) and not isinstance(error, docker.errors.APIError)

@@ -51,6 +51,7 @@ from dragon.collector.docker_api import (
     reportable,
     task_id,
 )
+from dragon.logs import EveryInterval
 from dragon.messages.schema import clip
 from dragon.messages.schemas import MAX_FRACTION, HostMetrics, TaskUsage
 
@@ -102,17 +103,26 @@ def parse_net_dev(text: str, excluded: Iterable[str] = ("lo",)) -> tuple[int, in
     return rx, tx
 
 
+RESET_LOG_INTERVAL_S = 60.0  # counters that went down are logged at most this often per host
+
+
 class _Deltas:
     """Differences of named cumulative counters between consecutive reads.
 
     A counter that went down (reset: a cgroup made again, a network card gone, a 32-bit counter
     wrapped) makes the read a new start, as the first read is: measured as 0 for that interval,
     it would pass for an idle host (the simulator's background of the host is its lowest usage).
+    One that goes down again at the next read is a counter that keeps stepping back (a kernel's
+    quirk), not a reset: from then on its decreases count as 0, or the host would never be
+    published.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str) -> None:
+        self.host = host
         self._last: dict[str, float] = {}
         self._last_ts: float | None = None
+        self._went_down_before = False
+        self._resets_logged = EveryInterval(RESET_LOG_INTERVAL_S)
 
     def update(self, now: float, counters: dict[str, float]) -> tuple[dict[str, float], float]:
         """(deltas, elapsed seconds); elapsed is 0, nothing measured, on the first read, a clock
@@ -120,9 +130,15 @@ class _Deltas:
         previous, previous_ts = self._last, self._last_ts
         self._last, self._last_ts = dict(counters), now
         deltas = {name: value - previous.get(name, value) for name, value in counters.items()}
-        if previous_ts is None or now <= previous_ts or min(deltas.values(), default=0.0) < 0:
+        went_down = sorted(name for name, delta in deltas.items() if delta < 0)
+        went_down_before, self._went_down_before = self._went_down_before, bool(went_down)
+        if previous_ts is None or now <= previous_ts:
             return {name: 0.0 for name in counters}, 0.0
-        return deltas, now - previous_ts
+        if went_down and (held_back := self._resets_logged.due()) is not None:
+            log.warning("counters_went_down", host=self.host, counters=went_down, held_back=held_back)
+        if went_down and not went_down_before:
+            return {name: 0.0 for name in counters}, 0.0
+        return {name: max(0.0, delta) for name, delta in deltas.items()}, now - previous_ts
 
 
 LIST_REFRESH_S = 5.0  # the collector lists each host's containers this often (a cheap call)
@@ -352,7 +368,7 @@ class PsutilProbe:
         # The machine's own network namespace is that of its pid 1: in a container (with the
         # host's /proc mounted and pid: host) psutil would see only the container's interfaces.
         self._host_net_dev = Path(proc_root) / "1" / "net" / "dev"
-        self._deltas = _Deltas()
+        self._deltas = _Deltas(host)
         self.measured = False
         self.ram_capacity_bytes = 0.0
         self._tasks: tuple[TaskUsage, ...] = ()
@@ -432,7 +448,7 @@ class CgroupProbe:
         self.host = host
         self.cgroup = cgroup
         self._proc_root = Path(proc_root)
-        self._deltas = _Deltas()
+        self._deltas = _Deltas(host)
         self.measured = False
         self.ram_capacity_bytes = 0.0
         self._net = _KeyedSum(2)
