@@ -241,15 +241,15 @@ class Migrator:
     def _settle_commands(self) -> None:
         # One sweep for the whole pass: a Redis outage can leave many commands the journal does not
         # know, and each sweep may wait the SDK's timeout on an engine out of reach, under the lock.
-        sweep = _OneSweep(self._sweep, due=not self._sweep_owed or time.monotonic() >= self._sweep_again_at)
+        # Not held back like the owed sweep (an engine off for good): commands wait for it, and the
+        # planner gives up on one after DRAGON_PLANNER_COMMAND_TIMEOUT; passes come an interval apart.
+        sweep = _OneSweep(self._sweep)
         for move_id, command in sorted(self._interrupted.items()):
             if sweep.found(move_id):  # settled by this pass's sweep, and its event sent: not again
                 del self._interrupted[move_id]
                 continue
             try:
                 moves = self._settle_one(move_id, command, sweep)
-            except _SweepNotDue:
-                continue  # an engine out of reach: the sweep backs off (:meth:`_sweep`)
             except ENGINE_ERRORS as exc:
                 log.warning("move_not_settled_yet", id=move_id, error=str(exc)[:300])
                 # Out of reach can take the SDK's timeout to say, under the Docker lock: not every beat.
@@ -312,15 +312,19 @@ class Migrator:
         """Raise CommandRefused unless ``command`` may be carried out now; its move if it ended
         already (the command came again: it is answered again, not carried out)."""
         verify_authentic(command, self.config.commands.key_bytes, self.lei)
-        known = self.journal.get(command.id)
+        try:
+            known = self.journal.get(command.id)
+        except redis.RedisError:
+            verify_fresh(command, now, self.config.commands.max_age_s)  # stale is stale, journal or not
+            raise
+        # Before its age is checked: the broker redelivers a command its killed migrator never
+        # acknowledged, often older than the age allowed after a long move and a restart.
         if known is not None and known.step in FINAL:
-            # Before its age is checked: the broker redelivers a command its killed migrator never
-            # acknowledged, often older than the age allowed after a long move and a restart.
             return known
-        verify_fresh(command, now, self.config.commands.max_age_s)
         if known is not None:
             under_way = f"command {command.id} was taken already (its move is {known.step.value})"
             raise CommandRefused("duplicate", under_way)
+        verify_fresh(command, now, self.config.commands.max_age_s)
         if not self.engines.exists(command.target_lei, command.target_host):
             raise CommandRefused("unknown_host", f"no host {command.target_lei}/{command.target_host} is reachable")
 
@@ -441,26 +445,18 @@ class Migrator:
             self._docker_lock.release()
 
 
-class _SweepNotDue(Exception):
-    """The sweep is owed and backing off: what waits for it waits for the next pass."""
-
-
 class _OneSweep:
-    """At most one sweep in a settling pass, however many commands ask for it, and none while an
-    owed sweep backs off (not ``due``): the first ask is given the moves it settled (to publish),
-    the later ones none (already published); :meth:`found` says whether it settled a move. A
-    sweep an engine error cut short fails every later ask alike, rather than wait on the same
-    engine again."""
+    """At most one sweep in a settling pass, however many commands ask for it: the first ask is
+    given the moves it settled (to publish), the later ones none (already published);
+    :meth:`found` says whether it settled a move. A sweep an engine error cut short fails every
+    later ask alike, rather than wait on the same engine again."""
 
-    def __init__(self, sweep: Callable[[], list[Move]], due: bool) -> None:
+    def __init__(self, sweep: Callable[[], list[Move]]) -> None:
         self._sweep = sweep
-        self._due = due
         self._found: set[str] | None = None
         self._error: BaseException | None = None
 
     def moves(self) -> list[Move]:
-        if not self._due:
-            raise _SweepNotDue
         if self._error is not None:
             raise self._error
         if self._found is not None:
