@@ -90,15 +90,23 @@ class Lateness:
         return self.lags.minimum
 
 
+def since_boot() -> float:
+    """Seconds since boot, suspended time included (Linux's CLOCK_BOOTTIME; the monotonic clock
+    elsewhere): the monotonic clock stops while a machine or VM is suspended, and the wall clock
+    moving on meanwhile would look like a step."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
+
+
 class OwnClockSteps:
     """Steps of this machine's wall clock (NTP setting a Pi's, which has no real-time clock), told
-    by how far it moved against the monotonic clock since the last look.
+    by how far it moved against the clock since boot (:func:`since_boot`) since the last look.
 
     Arrivals are timed on the wall clock, since sources stamp theirs on theirs; after a step of
     ours, every source's lag moves by the step at once while its usual lag (the least of the
     last LIVE_LAGS) does not, and every source would look late by the step for that many intervals."""
 
-    def __init__(self, wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = since_boot) -> None:
         self._wall, self._monotonic = wall, monotonic
         self._offset = wall() - monotonic()
 
