@@ -200,6 +200,27 @@ def test_a_moved_task_takes_the_memory_its_host_said_it_uses():
     assert by_host[("a", "h2")].ram == pytest.approx(0.2)
 
 
+def test_a_task_moved_to_a_host_with_less_memory_takes_its_bytes_not_its_share():
+    """Every host says its memory: a task's memory moves in bytes. Half of an 8 GB host is all of
+    a 2 GB one (its share, 0.5, moved as a share, left the small host at 0.7 and no overload)."""
+    view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
+    big, small = 8e9, 2e9
+    for t in range(12):
+        busy = HostMetrics(cpu=0.6, ram=0.7, swap=0.0, disk_read=0.0, disk_write=0.0, net_rx=0.0, net_tx=0.0)
+        idle = dataclasses.replace(busy, cpu=0.1, ram=0.2)
+        usage = (TaskUsage(id="t1", name="t1", cpu=0.5, ram_bytes=0.5 * big),)
+        view.observe(HostSample("a", "h1", NOW - 11 + t, 1, 1.0, busy, usage, ram_capacity_bytes=big), NOW)
+        view.observe(HostSample("a", "h2", NOW - 11 + t, 1, 1.0, idle, (), ram_capacity_bytes=small), NOW)
+    snap = view.snapshot(NOW)
+    request = SimRequest(id="r", kind="next_window", decisions=((TaskMove("t1", "a", "h2"),),))
+    by_host = {(f.lei, f.host): f.metrics for f in answer(request, snap, simulator_of(snap), 8).forecast}
+    assert by_host[("a", "h2")].ram == pytest.approx(1.0)  # full: more than it has
+    assert by_host[("a", "h1")].ram == pytest.approx(0.2)
+    evaluated = answer(dataclasses.replace(request, kind="evaluate"), snap, simulator_of(snap), 8)
+    (verdict,) = evaluated.verdicts
+    assert "a/h2" in verdict.anomalous_hosts
+
+
 @pytest.mark.parametrize(
     ("moves", "reason", "message"),
     [

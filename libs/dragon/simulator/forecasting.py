@@ -22,7 +22,8 @@ from dragon.simulator.view import Snapshot
 
 
 def next_usage(snapshot: Snapshot, sim: CoSimulator, decision: np.ndarray | None = None) -> np.ndarray:
-    """Every host's next usage (m, n): the schedule's moves no sample shows yet, and ``decision``'s.
+    """Every host's next usage (m, n), in the samples' units: the schedule's moves no sample shows
+    yet, and ``decision``'s.
 
     ``decision`` (p,) moves tasks on top of the schedule (``UNPLACED``: as scheduled). Starts
     from where the samples show each task, so a move counts as demand leaving one host and
@@ -32,7 +33,7 @@ def next_usage(snapshot: Snapshot, sim: CoSimulator, decision: np.ndarray | None
     if decision is not None:
         moves = np.where(decision != UNPLACED, decision, moves)
     with np.errstate(over="ignore", invalid="ignore"):
-        return sim.evaluate(snapshot.sampled, moves[None, :]).usage[0]
+        return sim.evaluate(snapshot.sampled, moves[None, :]).usage[0] / snapshot.units
 
 
 def host_metrics(row: np.ndarray) -> HostMetrics:

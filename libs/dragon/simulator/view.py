@@ -59,6 +59,10 @@ class TaskSeen(NamedTuple):
     ram_bytes: float
     ram_share: float
 
+    def memory(self, in_bytes: bool) -> float:
+        """Its memory in the twin's units: bytes, or a share of its host's."""
+        return self.ram_bytes if in_bytes else self.ram_share
+
 
 class Listing(NamedTuple):
     """A sample that listed a task: when, and the task's cpu share and memory there.
@@ -72,6 +76,10 @@ class Listing(NamedTuple):
     ram_bytes: float
     ram_share: float
 
+    def memory(self, in_bytes: bool) -> float:
+        """Its memory in the twin's units: bytes, or a share of its host's."""
+        return self.ram_bytes if in_bytes else self.ram_share
+
 
 @dataclass
 class HostRecord:
@@ -83,6 +91,7 @@ class HostRecord:
     background: np.ndarray | None = None  # element-wise minimum of the last samples' usage
     minima: list[SlidingMinimum] = field(default_factory=list)  # per metric, over the last samples
     lateness: Lateness = field(init=False)  # how long after their stamps its samples arrive
+    ram_capacity: float = 0.0  # bytes its ram is a fraction of, as its newest sample says (0: not said)
 
     def __post_init__(self, first_arrived: float) -> None:
         self.lateness = Lateness(first_arrived)
@@ -141,6 +150,9 @@ class Snapshot:
     sampled: FederationState
     sampled_at: tuple[float, ...]  # (m,) each host's newest sample
     intervals_s: tuple[float, ...]  # (m,) each host's sample interval
+    # (m, n): a sample's metrics times this are the twin's units: memory in bytes when every host
+    # says its memory (a task's memory then moves as bytes between unlike hosts), else all ones
+    units: np.ndarray
 
     def host_index(self, lei: str, host: str) -> int:
         try:
@@ -233,6 +245,7 @@ class FederationView:
             if task not in self._dropped or dropped > self._dropped[task]:
                 self._dropped[task] = dropped
         record.ts, record.interval_s, record.usage, record.tasks = sample.ts, sample.interval_s, usage, tasks
+        record.ram_capacity = sample.ram_capacity_bytes
         record.add(usage, self.background_samples)
         for task in tasks:
             self._home_lei.setdefault(task, sample.lei)
@@ -311,13 +324,15 @@ class FederationView:
         if not fresh:
             raise ValueError("no host has reported recently: the simulator has no state to simulate")
         records = [self._hosts[key] for key in fresh]
-        federation = self._federation([lei for lei, _ in fresh])
-        background = np.stack([rec.background for rec in records])
-        placement, measured, ram_bytes = self._tasks(records)
-        usage = _without_departed(records, placement, background)
+        in_bytes = all(rec.ram_capacity > 0 for rec in records)
+        units = _units(records, in_bytes)
+        federation = self._federation([lei for lei, _ in fresh], units)
+        background = np.stack([rec.background for rec in records]) * units
+        placement, measured, ram_bytes = self._tasks(records, in_bytes)
+        usage = _without_departed(records, placement, background, units, in_bytes)
         moved, arriving = self._scheduled_moves(placement, fresh)
         for task, (_, listing) in arriving.items():  # on no host in the samples: as its last sample measured
-            measured[task], ram_bytes[task] = _measured_row(listing.cpu, listing.ram_share), listing.ram_bytes
+            measured[task], ram_bytes[task] = _measured_row(listing.cpu, listing.memory(in_bytes)), listing.ram_bytes
         task_ids = (*placement, *arriving)
         sampled_place = np.array([placement.get(task, UNPLACED) for task in task_ids], dtype=int)
         scheduled = placement | moved | {task: target for task, (target, _) in arriving.items()}
@@ -334,7 +349,8 @@ class FederationView:
             return FederationState(usage, placed, demand, ram, np.array(home, dtype=int))
 
         sampled = state_for(sampled_place)
-        state = sampled if np.array_equal(place, sampled_place) else self._after_moves(sampled, place)
+        moving = not np.array_equal(place, sampled_place)
+        state = self._after_moves(sampled, place, federation.capacity) if moving else sampled
         return Snapshot(
             max(rec.ts for rec in records),
             tuple(fresh),
@@ -345,9 +361,10 @@ class FederationView:
             sampled,
             tuple(rec.ts for rec in records),
             tuple(rec.interval_s for rec in records),
+            units,
         )
 
-    def _after_moves(self, sampled: FederationState, place: np.ndarray) -> FederationState:
+    def _after_moves(self, sampled: FederationState, place: np.ndarray, capacity: np.ndarray) -> FederationState:
         """``sampled`` with the schedule's moves that no sample shows yet carried out.
 
         A moved task's demand (measured where it ran) leaves its old host's usage and arrives
@@ -356,14 +373,14 @@ class FederationView:
         for an interval the planner would see the old host as loaded as before the move.
         """
         moved = moved_demand(sampled.demand, sampled.placement, place[None, :], len(sampled.usage))[0]
-        usage = np.clip(sampled.usage + self.move_gain * moved, 0.0, self.capacity)
+        usage = np.clip(sampled.usage + self.move_gain * moved, 0.0, capacity)
         return sampled.after(usage, place)
 
-    def _federation(self, lei_of_host: list[str]) -> Federation:
+    def _federation(self, lei_of_host: list[str], units: np.ndarray) -> Federation:
         """Hosts of the samples' LEIs; an LEI's first host by name stands for its broker (requests enter there)."""
         brokers = [lei_of_host.index(lei) for lei in dict.fromkeys(lei_of_host)]
         m = len(lei_of_host)
-        capacity = np.tile(self.capacity, (m, 1))
+        capacity = np.tile(self.capacity, (m, 1)) * units
         return Federation(
             tuple(lei_of_host), tuple(brokers), capacity, HOST_METRICS, (self.power,) * m, lan=self.lan, wan=self.wan
         )
@@ -404,8 +421,10 @@ class FederationView:
             self._dropped.pop(task, None)
             del self._home_lei[task]
 
-    def _tasks(self, records: list[HostRecord]) -> tuple[dict[str, int], dict[str, np.ndarray], dict[str, float]]:
-        """Each task's host index, measured demand and memory.
+    def _tasks(
+        self, records: list[HostRecord], in_bytes: bool
+    ) -> tuple[dict[str, int], dict[str, np.ndarray], dict[str, float]]:
+        """Each task's host index, measured demand (memory in bytes or as a share, ``in_bytes``) and memory in bytes.
 
         The newest sample listing a task wins; between samples of the same instant (two hosts
         of one collector tick, mid-move), the larger cpu share, as the detector's schedule
@@ -416,11 +435,11 @@ class FederationView:
         measured: dict[str, np.ndarray] = {}
         ram: dict[str, float] = {}
         for index, rec in enumerate(records):
-            for task, (cpu, ram_bytes, ram_share) in rec.tasks.items():
-                if task in seen and seen[task] >= (rec.ts, cpu):
+            for task, task_seen in rec.tasks.items():
+                if task in seen and seen[task] >= (rec.ts, task_seen.cpu):
                     continue
-                placement[task], seen[task], ram[task] = index, (rec.ts, cpu), ram_bytes
-                measured[task] = _measured_row(cpu, ram_share)
+                placement[task], seen[task], ram[task] = index, (rec.ts, task_seen.cpu), task_seen.ram_bytes
+                measured[task] = _measured_row(task_seen.cpu, task_seen.memory(in_bytes))
         return placement, measured, ram
 
     def _scheduled_moves(
@@ -573,34 +592,45 @@ def co_simulator(settings: CoSimSettings, snapshot: Snapshot, longest_migration_
     )
 
 
-def _without_departed(records: list[HostRecord], placement: dict[str, int], background: np.ndarray) -> np.ndarray:
-    """Each host's newest usage (m, n) without the tasks a newer sample shows running elsewhere.
+def _units(records: list[HostRecord], in_bytes: bool) -> np.ndarray:
+    """(m, n) ones, with each host's memory in bytes in the ram column ``in_bytes`` (:attr:`Snapshot.units`)."""
+    units = np.ones((len(records), len(HOST_METRICS)))
+    if in_bytes:
+        units[:, RAM] = [rec.ram_capacity for rec in records]
+    return units
+
+
+def _without_departed(
+    records: list[HostRecord], placement: dict[str, int], background: np.ndarray, units: np.ndarray, in_bytes: bool
+) -> np.ndarray:
+    """Each host's newest usage (m, n), in the twin's ``units``, without the tasks a newer sample
+    shows running elsewhere.
 
     When a moved task's new host reports it before its old host samples again, the old host's
     newest sample still carries the task's load; forecasting and planning from it would see the
     task on both hosts for an interval. The task's demand there, as ``twin.task_demand`` splits
     it (its measured CPU, its share of the host's excess in the other metrics), leaves that host.
     """
-    usage = np.stack([rec.usage for rec in records])  # (m, n)
+    usage = np.stack([rec.usage for rec in records]) * units  # (m, n)
     for index, rec in enumerate(records):
         departed = [placement[task] != index for task in rec.tasks]
         if not any(departed):
             continue
         # Each task's demand on this host as its own sample saw it: the host alone, all its tasks.
-        measured = np.stack([_measured_row(seen.cpu, seen.ram_share) for seen in rec.tasks.values()])
+        measured = np.stack([_measured_row(seen.cpu, seen.memory(in_bytes)) for seen in rec.tasks.values()])
         alone = np.zeros(len(rec.tasks), dtype=int)
         demand = task_demand(usage[index : index + 1], alone, background[index : index + 1], measured)
         usage[index] = np.maximum(usage[index] - demand[departed].sum(axis=0), 0.0)
     return usage
 
 
-def _measured_row(cpu: float, ram_share: float) -> np.ndarray:
-    """A task's measured demand (n,): its CPU and memory shares of its host (memory NaN when its
-    sample did not say the host's); NaN where only the host's excess, shared, is known.
+def _measured_row(cpu: float, memory: float) -> np.ndarray:
+    """A task's measured demand (n,): its CPU share of its host and its memory (in bytes, or as a
+    share of its host's; NaN when unknown); NaN where only the host's excess, shared, is known.
 
     Memory measured matters: the excess over the host's background (its lowest usage of the
     last samples) is about 0 for a task that ran through all of them, and a move would carry
     none of its memory, so no move could be forecast to overload a host's memory."""
     row = np.full(len(HOST_METRICS), np.nan)
-    row[CPU], row[RAM] = cpu, ram_share
+    row[CPU], row[RAM] = cpu, memory
     return row
