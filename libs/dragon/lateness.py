@@ -74,6 +74,16 @@ class Lateness:
         if live:
             self.lags.push(self.lag)
 
+    def age(self, now: float, ts: float) -> float:
+        """How old the newest message, stamped ``ts``, is by ``now`` (our clock): since it arrived,
+        plus how much later than usual it arrived. A source whose clock runs behind has a large
+        lag every time, and is as fresh as any while its messages come; one delivered late (a
+        backlog kept through an outage) is as old as its lateness, not news. Until one came
+        live, by its stamp."""
+        if self.usual is None:
+            return now - ts
+        return now - self.received + max(0.0, self.lag - self.usual)
+
     def shift(self, by: float) -> None:
         """Our clock stepped by ``by``: what was timed on it moves with it."""
         self.received += by

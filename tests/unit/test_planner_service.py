@@ -272,6 +272,23 @@ def test_a_task_seen_to_change_hosts_rests_from_when_it_was_seen_and_one_never_s
     assert arrivals.within(60, NOW + 161) == set()
 
 
+def test_a_task_moved_to_another_lei_rests_from_when_it_was_seen_there_though_no_schedule_listed_it_between():
+    """The LEI a task left republishes its schedule at once; the one it came to lists it seconds
+    later. Forgotten in between, it was then seen "for the first time" and rested from its
+    container's start, on that machine's clock: minutes ago for a container slow to be healthy
+    or a clock behind, so not at all, and it could be sent straight on."""
+    from dragon.planner.commanding import Arrivals
+
+    arrivals = Arrivals()
+    arrivals.note({"t1": (("a", "h1"), NOW - 3600)}, NOW, keep_s=60)
+    arrivals.note({}, NOW + 10, keep_s=60)  # a's schedule without it, b's not yet with it
+    arrivals.note({"t1": (("b", "h3"), NOW - 600)}, NOW + 15, keep_s=60)  # started there "10 min ago"
+    assert arrivals.within(60, NOW + 30) == {"t1"}
+    arrivals.note({}, NOW + 100, keep_s=60)
+    arrivals.note({}, NOW + 200, keep_s=60)  # gone for longer than the cooldown: forgotten
+    assert arrivals._arrived == {} and arrivals._listed_at == {}
+
+
 def test_a_task_resting_after_this_planners_command_is_not_chosen_again():
     """t1's move was answered (rolled back) a moment ago: the search must shed another task of the
     faulty host rather than keep choosing t1, which would not be commanded for the whole cooldown."""
@@ -359,6 +376,35 @@ def test_a_peer_decision_is_taken_only_from_its_own_topic_and_an_older_one_does_
     own = dataclasses.replace(a_decision(), lei="b")
     p.on_peer_decision(Incoming("dragon/fed/b/decision", codec.encode(own), 1, False, codec.MSGPACK))
     assert "b" not in p.peer_decisions
+
+
+def test_a_peer_broker_whose_clock_runs_behind_is_played_against_and_a_retained_old_decision_is_not():
+    """a's broker runs 90 s behind (a Pi without a real-time clock): its decisions, aged by their
+    stamps, were all too old, and b sent t2 to the spare c/h3 that a's decision had given t1. Aged
+    by when they arrive (and how late, as usual), they count from the second one; a retained
+    decision from long ago counts by its stamp."""
+    from dragon.mqtt import Incoming
+
+    def arrive(p: Planner, decision: PlanDecision, at: float, retained: bool = False) -> None:
+        p.clock = lambda: at
+        p.on_peer_decision(Incoming("dragon/fed/a/decision", codec.encode(decision), 1, retained, codec.MSGPACK))
+
+    moves = (PlannedMove("t1", "a", "h1", "c", "h3", 1.0),)
+    p = planner(DRAGON_LEI="b")
+    p.init_mqtt()
+    three_leis(p)
+    interval = p.config.interval_s
+    for n, at in enumerate((NOW - interval, NOW)):  # the second comes live, an interval after the first
+        arrive(p, dataclasses.replace(a_decision(), id=f"a{n}", ts=at - 90, moves=moves), at)
+    decision = p.decide(p.view.snapshot(NOW), p.faulty(NOW), NOW)
+    assert [(m.task, m.target_host) for m in decision.moves] == [("t1", "h3")]  # t2 stays off c/h3
+
+    stale = planner(DRAGON_LEI="b")
+    stale.init_mqtt()
+    three_leis(stale)
+    arrive(stale, dataclasses.replace(a_decision(), ts=NOW - 3600, moves=moves), NOW, retained=True)
+    decision = stale.decide(stale.view.snapshot(NOW), stale.faulty(NOW), NOW)
+    assert [(m.task, m.target_lei) for m in decision.moves] == [("t2", "c")]
 
 
 def test_verdicts_decisions_and_spent_commands_are_forgotten_once_too_old_to_matter():

@@ -685,6 +685,19 @@ def test_a_step_of_our_own_clock_leaves_the_hosts_in_view():
     assert view.usual_lag("a", "h1") == pytest.approx(0.0)
 
 
+@pytest.mark.parametrize("order", ["the_old_lei_last", "the_new_lei_last"])
+def test_a_task_two_schedules_list_is_where_it_began_last_whichever_is_heard_last(order):
+    """t1 moved from b/h5 to a/h1; b's schedule still listing it (b republishes after the move, or
+    its bridge was down) put it back on b/h5 when b's came last: the planner then held t1 as
+    not where scheduled and could not move it off a faulty host."""
+    view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
+    new = Schedule(lei="a", ts=NOW, tasks=(TaskPlacement("t1", "c1", "h1", since=NOW - 10),))
+    old = Schedule(lei="b", ts=NOW - 20, tasks=(TaskPlacement("t1", "c0", "h5", since=NOW - 100),))
+    for schedule in (new, old) if order == "the_old_lei_last" else (old, new):
+        view.observe_schedule(schedule, NOW)
+    assert view.scheduled() == {"t1": (("a", "h1"), NOW - 10)}
+
+
 def test_a_view_just_started_takes_a_backlog_for_what_it_is():
     """A restarted planner's broker session hands it the samples kept while it was down, in one
     burst: a host that died meanwhile is not fresh because its last sample arrived a moment ago."""

@@ -125,9 +125,14 @@ class Arrivals:
 
     def __init__(self) -> None:
         self._arrived: dict[str, tuple[tuple[str, str], float]] = {}  # task -> (its host, when it came)
+        self._listed_at: dict[str, float] = {}  # task -> when a schedule last listed it
 
-    def note(self, scheduled: Mapping[str, tuple[tuple[str, str], float]], now: float) -> None:
-        """Take the schedules' placements in (task -> ((lei, host), since)); tasks no schedule lists are forgotten."""
+    def note(self, scheduled: Mapping[str, tuple[tuple[str, str], float]], now: float, keep_s: float = 0.0) -> None:
+        """Take the schedules' placements in (task -> ((lei, host), since)). A task no schedule lists
+        is remembered for ``keep_s`` (the cooldown), then forgotten: one moved to another LEI is
+        in no schedule until that LEI's migrator lists it (seconds later), and seen there "for the
+        first time" it rested from its container's start, on that machine's clock, which can be
+        long before now (a container slow to become healthy, a clock behind)."""
         arrived = {}
         for task, (host, since) in scheduled.items():
             known = self._arrived.get(task)
@@ -135,7 +140,12 @@ class Arrivals:
                 arrived[task] = (host, min(since, now))
             else:
                 arrived[task] = known if known[0] == host else (host, now)
+            self._listed_at[task] = now
+        for task, known in self._arrived.items():
+            if task not in arrived and now - self._listed_at.get(task, now) < keep_s:
+                arrived[task] = known
         self._arrived = arrived
+        self._listed_at = {task: at for task, at in self._listed_at.items() if task in arrived}
 
     def within(self, seconds: float, now: float) -> set[str]:
         """The tasks that came to their host less than ``seconds`` before ``now``."""

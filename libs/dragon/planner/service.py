@@ -32,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 import structlog
 
+from dragon.lateness import Lateness
 from dragon.logs import EveryInterval
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
@@ -62,6 +63,8 @@ class Planner:
         self.health: dict[tuple[str, str, str], HostHealth] = {}  # (lei, host, mode) -> newest verdict
         self._heard_at: dict[tuple[str, str, str], float] = {}  # when each came (see _age)
         self.peer_decisions: dict[str, PlanDecision] = {}  # other LEI -> its broker's newest decision
+        self._decisions_lateness: dict[str, Lateness] = {}  # other LEI -> how late its decisions arrive
+        self.clock: Callable[[], float] = time.time  # what arrivals are timed on
         # Verdicts and decisions arrive on the MQTT worker, plans run on the main thread.
         self._health_lock = threading.Lock()
         self.annealing = AnnealingConfig(chains=config.chains, steps=config.steps)
@@ -152,10 +155,14 @@ class Planner:
             return  # our own, come back from the broker
         if self.mqtt.dropped_if_ahead(incoming, decision.ts, self.config.interval_s):
             return
+        arrived = self.clock()
         with self._health_lock:
             known = self.peer_decisions.get(decision.lei)
-            if known is None or decision.ts >= known.ts:
+            # A restarted peer planner (another instance) may stamp on a clock behind its last one.
+            if known is None or decision.ts >= known.ts or decision.planner != known.planner:
                 self.peer_decisions[decision.lei] = decision
+                lateness = self._decisions_lateness.setdefault(decision.lei, Lateness(arrived))
+                lateness.arrived(arrived, decision.ts, self.config.interval_s)
 
     def on_migration_event(self, incoming: Incoming) -> None:
         event = self.mqtt.decode_or_drop(MigrationEvent, incoming)
@@ -173,7 +180,12 @@ class Planner:
         with self._health_lock:
             self.health = {key: v for key, v in self.health.items() if self._age(key, v, now) <= max_age}
             self._heard_at = {key: at for key, at in self._heard_at.items() if key in self.health}
-            self.peer_decisions = {lei: d for lei, d in self.peer_decisions.items() if now - d.ts <= max_age}
+            self.peer_decisions = {
+                lei: d for lei, d in self.peer_decisions.items() if self._decision_age(lei, d, now) <= max_age
+            }
+            self._decisions_lateness = {
+                lei: lateness for lei, lateness in self._decisions_lateness.items() if not lateness.gone(now)
+            }
         if self.issuer is not None:
             self.issuer.forget(now)
 
@@ -210,12 +222,19 @@ class Planner:
             return now - verdict.ts
         return now - heard + max(0.0, heard - verdict.ts - usual)
 
+    def _decision_age(self, lei: str, decision: PlanDecision, now: float) -> float:
+        """How old a peer's decision is (:meth:`Lateness.age`): a peer broker whose clock runs behind
+        (a Pi without a real-time clock) is played against like any other, while a retained
+        decision from yesterday is not news. By its stamp for a decision not taken through the broker."""
+        lateness = self._decisions_lateness.get(lei)
+        return now - decision.ts if lateness is None else lateness.age(now, decision.ts)
+
     def plan_once(self, now: float):
         """Decide and publish if a host of this LEI is faulty; the decision, or None."""
         # Every interval, faulty or not: a move must be seen when it happens (its task then
         # rests), and nothing kept may grow with every host, task or command ever seen.
         self.view.forget(now)
-        self.arrivals.note(self.view.scheduled(), now)
+        self.arrivals.note(self.view.scheduled(), now, keep_s=self.config.move_cooldown_s)
         self.forget(now)
         faulty = self.faulty(now)
         if not any(lei == self.lei for lei, _ in faulty):
@@ -301,8 +320,11 @@ class Planner:
         self._say_held_back(misplaced)
         staying = self.staying(now) | misplaced
         with self._health_lock:
+            max_age = self.config.health_max_age_s
             peers = [
-                d for d in self.peer_decisions.values() if d.commanded and now - d.ts <= self.config.health_max_age_s
+                d
+                for lei, d in self.peer_decisions.items()
+                if d.commanded and self._decision_age(lei, d, now) <= max_age
             ]
         # (task, from, to): the peers' moves of their own tasks, and ours under way, which planned
         # as not happening left their target looking as free as before (the next decision sent

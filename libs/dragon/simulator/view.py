@@ -111,15 +111,9 @@ class HostRecord:
         return self.lateness.usual
 
     def age(self, now: float) -> float:
-        """How old the host's newest news is: since it arrived, plus how much later than the host's
-        usual it arrived. A host whose clock runs behind has a large lag every time, and is as
-        fresh as any while its samples come; a sample delivered late (a backlog the broker or a
-        peer's relay kept through an outage) is as old as its lateness, not news. Until a sample
-        came live, by its stamp."""
-        usual = self.usual_lag
-        if usual is None:
-            return now - self.ts
-        return now - self.received + max(0.0, self.lateness.lag - usual)
+        """How old the host's newest news is (:meth:`Lateness.age`): a sample delivered late (a
+        backlog the broker or a peer's relay kept through an outage) is as old as its lateness."""
+        return self.lateness.age(now, self.ts)
 
     def add(self, usage: np.ndarray, keep: int) -> None:
         """Take ``usage`` in and keep the minimum of the last ``keep`` samples, per metric."""
@@ -295,11 +289,18 @@ class FederationView:
     def scheduled(self) -> dict[str, tuple[HostKey, float]]:
         """Where the LEIs' newest schedules place their tasks: task -> (its host, since when)."""
         with self._lock:
-            return {
-                task: ((lei, host), since)
-                for lei, tasks in self._scheduled.items()
-                for task, (host, since) in tasks.items()
-            }
+            return {task: ((lei, host), since) for task, (lei, host, since) in self._placements().items()}
+
+    def _placements(self) -> dict[str, tuple[str, str, float]]:
+        """Task -> (LEI, host, since) of its newest placement in the LEIs' schedules. Two list a task
+        for an interval after it moved between them (the one it left republishes at once, or its
+        bridge was down); the placement that began last is where it runs, whichever LEI is heard last."""
+        newest: dict[str, tuple[str, str, float]] = {}
+        for lei, tasks in self._scheduled.items():
+            for task, (host, since) in tasks.items():
+                if task not in newest or since > newest[task][2]:
+                    newest[task] = (lei, host, since)
+        return newest
 
     def forget(self, now: float) -> None:
         """Drop the hosts and tasks gone long enough, as every snapshot does: for a follower that
@@ -455,19 +456,18 @@ class FederationView:
         index = {key: i for i, key in enumerate(fresh)}
         moved: dict[str, int] = {}
         arriving: dict[str, tuple[int, Listing]] = {}
-        for lei, tasks in self._scheduled.items():
-            for task, (host, since) in tasks.items():
-                target = index.get((lei, host))
-                if target is None or placement.get(task) == target:
-                    continue
-                since = min(since, self._schedule_at[lei])
-                if task in placement:
-                    # Started on its new host after the newest sample that listed it elsewhere: its
-                    # usage travels with it until the new host's samples list it.
-                    if since > self._hosts[fresh[placement[task]]].ts:
-                        moved[task] = target
-                elif (listing := self._arrival(task, self._hosts[fresh[target]], since)) is not None:
-                    arriving[task] = (target, listing)
+        for task, (lei, host, since) in self._placements().items():
+            target = index.get((lei, host))
+            if target is None or placement.get(task) == target:
+                continue
+            since = min(since, self._schedule_at[lei])
+            if task in placement:
+                # Started on its new host after the newest sample that listed it elsewhere: its
+                # usage travels with it until the new host's samples list it.
+                if since > self._hosts[fresh[placement[task]]].ts:
+                    moved[task] = target
+            elif (listing := self._arrival(task, self._hosts[fresh[target]], since)) is not None:
+                arriving[task] = (target, listing)
         return moved, arriving
 
     def _arrival(self, task: str, target: HostRecord, since: float) -> Listing | None:
