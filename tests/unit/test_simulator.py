@@ -698,6 +698,19 @@ def test_a_task_two_schedules_list_is_where_it_began_last_whichever_is_heard_las
     assert view.scheduled() == {"t1": (("a", "h1"), NOW - 10)}
 
 
+def test_a_task_two_schedules_list_is_where_a_schedule_placed_it_last_whatever_the_hosts_clocks_say():
+    """Containers' starts are stamped on their hosts' clocks: t1 came to a/h1, whose clock runs 10
+    minutes behind, after b (cut off since, its schedule retained) had it on b/h5. Compared by
+    start, b/h5 won for as long as b stayed cut off."""
+    view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
+    view.observe_schedule(
+        Schedule(lei="b", ts=NOW - 300, tasks=(TaskPlacement("t1", "c0", "h5", NOW - 400),)), NOW - 300
+    )
+    view.observe_schedule(Schedule(lei="a", ts=NOW, tasks=(TaskPlacement("t1", "c1", "h1", NOW - 600),)), NOW)
+    view.observe_schedule(Schedule(lei="a", ts=NOW + 30, tasks=(TaskPlacement("t1", "c1", "h1", NOW - 600),)), NOW + 30)
+    assert view.scheduled() == {"t1": (("a", "h1"), NOW - 600)}  # republished unchanged: still first placed at NOW
+
+
 def test_a_view_just_started_takes_a_backlog_for_what_it_is():
     """A restarted planner's broker session hands it the samples kept while it was down, in one
     burst: a host that died meanwhile is not fresh because its last sample arrived a moment ago."""

@@ -50,6 +50,9 @@ from dragon.simulator.view import Snapshot, co_simulator, follow_samples, follow
 log = structlog.get_logger(__name__)
 
 SERVICE = "planner"
+# Peer brokers decide an interval apart, theirs, which we do not know: decisions that came within
+# half of this of the one before came in a burst (a backlog), not live.
+PEER_DECISION_SPACING_S = 1.0
 
 
 class Planner:
@@ -64,6 +67,8 @@ class Planner:
         self._heard_at: dict[tuple[str, str, str], float] = {}  # when each came (see _age)
         self.peer_decisions: dict[str, PlanDecision] = {}  # other LEI -> its broker's newest decision
         self._decisions_lateness: dict[str, Lateness] = {}  # other LEI -> how late its decisions arrive
+        # other LEI -> the planner instance its current one replaced, and when
+        self._retired_planners: dict[str, tuple[str, float]] = {}
         self.clock: Callable[[], float] = time.time  # what arrivals are timed on
         # Verdicts and decisions arrive on the MQTT worker, plans run on the main thread.
         self._health_lock = threading.Lock()
@@ -157,12 +162,29 @@ class Planner:
             return
         arrived = self.clock()
         with self._health_lock:
-            known = self.peer_decisions.get(decision.lei)
-            # A restarted peer planner (another instance) may stamp on a clock behind its last one.
-            if known is None or decision.ts >= known.ts or decision.planner != known.planner:
-                self.peer_decisions[decision.lei] = decision
-                lateness = self._decisions_lateness.setdefault(decision.lei, Lateness(arrived))
-                lateness.arrived(arrived, decision.ts, self.config.interval_s)
+            self._take_peer_decision(decision, arrived, live=not incoming.retain)
+
+    def _take_peer_decision(self, decision: PlanDecision, arrived: float, live: bool) -> None:
+        """Keep a peer's newest decision, and how late its decisions arrive (:meth:`_decision_age`).
+
+        A restarted peer planner (another instance, on a machine whose clock may be behind the
+        last one's) is taken though it stamps behind its predecessor's newest, and its lateness
+        is learnt afresh; its predecessor's decisions (a late redelivery) are not taken back for
+        ``health_max_age_s``. Decisions are never retained, so the first one heard is live (a
+        peer deciding only while one of its hosts is faulty sends the move that matters first)."""
+        known = self.peer_decisions.get(decision.lei)
+        retired, retired_at = self._retired_planners.get(decision.lei, ("", 0.0))
+        if decision.planner == retired and arrived - retired_at < self.config.health_max_age_s:
+            return
+        replaced = known is not None and decision.planner != known.planner
+        if known is not None and decision.ts < known.ts and not replaced:
+            return
+        if replaced:
+            self._retired_planners[decision.lei] = (known.planner, arrived)
+            self._decisions_lateness.pop(decision.lei, None)
+        self.peer_decisions[decision.lei] = decision
+        lateness = self._decisions_lateness.setdefault(decision.lei, Lateness(arrived))
+        lateness.arrived(arrived, decision.ts, PEER_DECISION_SPACING_S, first_is_live=live)
 
     def on_migration_event(self, incoming: Incoming) -> None:
         event = self.mqtt.decode_or_drop(MigrationEvent, incoming)
@@ -224,8 +246,9 @@ class Planner:
 
     def _decision_age(self, lei: str, decision: PlanDecision, now: float) -> float:
         """How old a peer's decision is (:meth:`Lateness.age`): a peer broker whose clock runs behind
-        (a Pi without a real-time clock) is played against like any other, while a retained
-        decision from yesterday is not news. By its stamp for a decision not taken through the broker."""
+        (a Pi without a real-time clock) is played against like any other, while the newest of a
+        backlog the broker kept through an outage is as old as it is late. By its stamp for a
+        decision not taken through the broker."""
         lateness = self._decisions_lateness.get(lei)
         return now - decision.ts if lateness is None else lateness.age(now, decision.ts)
 

@@ -195,6 +195,8 @@ class FederationView:
         # Task -> the last sample that listed it, kept when its host's next sample no longer does.
         self._dropped: dict[str, Listing] = {}
         self._scheduled: dict[str, dict[str, tuple[str, float]]] = {}  # lei -> task -> (host, since)
+        # lei -> task -> when (our clock) its schedule first placed the task on its current host
+        self._first_listed: dict[str, dict[str, float]] = {}
         self._schedule_ts: dict[str, float] = {}  # lei -> its newest schedule's ts
         self._schedule_at: dict[str, float] = {}  # lei -> the same, capped at when it arrived
         self._own_clock = own_clock or OwnClockSteps()
@@ -254,7 +256,13 @@ class FederationView:
         with self._lock:
             if schedule.ts < self._schedule_ts.get(schedule.lei, 0.0):
                 return False
-            changed = placements != self._scheduled.get(schedule.lei)
+            before = self._scheduled.get(schedule.lei, {})
+            changed = placements != before
+            first_listed = self._first_listed.get(schedule.lei, {})
+            self._first_listed[schedule.lei] = {
+                task: first_listed[task] if before.get(task, ("",))[0] == host else received
+                for task, (host, _) in placements.items()
+            }
             self._scheduled[schedule.lei] = placements
             self._schedule_ts[schedule.lei] = schedule.ts
             # The migrator's clock may run ahead of ours: its moves count from when their
@@ -293,13 +301,18 @@ class FederationView:
 
     def _placements(self) -> dict[str, tuple[str, str, float]]:
         """Task -> (LEI, host, since) of its newest placement in the LEIs' schedules. Two list a task
-        for an interval after it moved between them (the one it left republishes at once, or its
-        bridge was down); the placement that began last is where it runs, whichever LEI is heard last."""
+        for a moment after it moved between them (the one it left republishes at once), or for as
+        long as the one it left is cut off, its last schedule retained: the placement a schedule
+        showed first the latest, on our clock, is where it runs, whichever LEI is heard last and
+        whatever the hosts' clocks say of its start (``since``, which breaks ties, capped as in
+        :meth:`_scheduled_moves`: a restarted view is handed every schedule at once)."""
         newest: dict[str, tuple[str, str, float]] = {}
+        rank: dict[str, tuple[float, float]] = {}
         for lei, tasks in self._scheduled.items():
             for task, (host, since) in tasks.items():
-                if task not in newest or since > newest[task][2]:
-                    newest[task] = (lei, host, since)
+                order = (self._first_listed[lei][task], min(since, self._schedule_at[lei]))
+                if task not in rank or order > rank[task]:
+                    newest[task], rank[task] = (lei, host, since), order
         return newest
 
     def forget(self, now: float) -> None:
