@@ -61,14 +61,14 @@ class Lateness:
     lags: SlidingMinimum = field(default_factory=lambda: SlidingMinimum(LIVE_LAGS))  # of the live messages
     arrivals: int = 0
 
-    def arrived(self, received: float, ts: float, interval_s: float, first_is_live: bool = False) -> None:
+    def arrived(self, received: float, ts: float, interval_s: float) -> None:
         """Note that a message stamped ``ts`` arrived at ``received`` (our clock); the source sends
         one every ``interval_s``.
 
         Only a message that arrived live, half an interval or more after the one before, tells the
-        usual lag. The first one is not live either, unless ``first_is_live``: after a restart it may
-        be the head of the backlog the broker kept for this service (or a retained message)."""
-        live = received - self.received >= interval_s / 2 if self.arrivals > 0 else first_is_live
+        usual lag. The first one is not live either: after a restart it may be the head of the
+        backlog the broker kept for this service."""
+        live = self.arrivals > 0 and received - self.received >= interval_s / 2
         self.arrivals += 1
         self.received, self.lag = received, received - ts
         if live:

@@ -703,12 +703,24 @@ def test_a_task_two_schedules_list_is_where_a_schedule_placed_it_last_whatever_t
     minutes behind, after b (cut off since, its schedule retained) had it on b/h5. Compared by
     start, b/h5 won for as long as b stayed cut off."""
     view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
-    view.observe_schedule(
-        Schedule(lei="b", ts=NOW - 300, tasks=(TaskPlacement("t1", "c0", "h5", NOW - 400),)), NOW - 300
-    )
+    old = Schedule(lei="b", ts=NOW - 300, tasks=(TaskPlacement("t1", "c0", "h5", NOW - 400),))
+    view.observe_schedule(old, NOW - 300)
     view.observe_schedule(Schedule(lei="a", ts=NOW, tasks=(TaskPlacement("t1", "c1", "h1", NOW - 600),)), NOW)
-    view.observe_schedule(Schedule(lei="a", ts=NOW + 30, tasks=(TaskPlacement("t1", "c1", "h1", NOW - 600),)), NOW + 30)
-    assert view.scheduled() == {"t1": (("a", "h1"), NOW - 600)}  # republished unchanged: still first placed at NOW
+    view.observe_schedule(dataclasses.replace(old, ts=NOW + 30), NOW + 30)  # b's, again unchanged
+    assert view.scheduled() == {"t1": (("a", "h1"), NOW - 600)}
+
+
+@pytest.mark.parametrize("b_last", [True, False])
+def test_a_task_two_schedules_list_is_where_a_sample_lists_it_whichever_schedule_a_restarted_view_heard_last(b_last):
+    """A restarted planner is handed every retained schedule at once, in any order: b's, cut off,
+    still lists t1 on b/h5; a/h1's sample lists it there."""
+    view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
+    view.observe(sample("a", "h1", 0.5, [("t1", 0.4)]), NOW)
+    a = Schedule(lei="a", ts=NOW, tasks=(TaskPlacement("t1", "c1", "h1", NOW - 600),))
+    b = Schedule(lei="b", ts=NOW - 300, tasks=(TaskPlacement("t1", "c0", "h5", NOW - 400),))
+    for n, schedule in enumerate((a, b) if b_last else (b, a)):
+        view.observe_schedule(schedule, NOW + 0.01 * n)
+    assert view.scheduled() == {"t1": (("a", "h1"), NOW - 600)}
 
 
 def test_a_view_just_started_takes_a_backlog_for_what_it_is():

@@ -32,7 +32,6 @@ from collections.abc import Callable
 import numpy as np
 import structlog
 
-from dragon.lateness import Lateness
 from dragon.logs import EveryInterval
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
@@ -50,9 +49,6 @@ from dragon.simulator.view import Snapshot, co_simulator, follow_samples, follow
 log = structlog.get_logger(__name__)
 
 SERVICE = "planner"
-# Peer brokers decide an interval apart, theirs, which we do not know: decisions that came within
-# half of this of the one before came in a burst (a backlog), not live.
-PEER_DECISION_SPACING_S = 1.0
 
 
 class Planner:
@@ -66,9 +62,8 @@ class Planner:
         self.health: dict[tuple[str, str, str], HostHealth] = {}  # (lei, host, mode) -> newest verdict
         self._heard_at: dict[tuple[str, str, str], float] = {}  # when each came (see _age)
         self.peer_decisions: dict[str, PlanDecision] = {}  # other LEI -> its broker's newest decision
-        self._decisions_lateness: dict[str, Lateness] = {}  # other LEI -> how late its decisions arrive
-        # other LEI -> the planner instance its current one replaced, and when
-        self._retired_planners: dict[str, tuple[str, float]] = {}
+        # other LEI -> when (our clock) its decision kept arrived; None: retained, aged by its stamp
+        self._decision_arrived: dict[str, float | None] = {}
         self.clock: Callable[[], float] = time.time  # what arrivals are timed on
         # Verdicts and decisions arrive on the MQTT worker, plans run on the main thread.
         self._health_lock = threading.Lock()
@@ -160,31 +155,14 @@ class Planner:
             return  # our own, come back from the broker
         if self.mqtt.dropped_if_ahead(incoming, decision.ts, self.config.interval_s):
             return
-        arrived = self.clock()
+        arrived = None if incoming.retain else self.clock()
         with self._health_lock:
-            self._take_peer_decision(decision, arrived, live=not incoming.retain)
-
-    def _take_peer_decision(self, decision: PlanDecision, arrived: float, live: bool) -> None:
-        """Keep a peer's newest decision, and how late its decisions arrive (:meth:`_decision_age`).
-
-        A restarted peer planner (another instance, on a machine whose clock may be behind the
-        last one's) is taken though it stamps behind its predecessor's newest, and its lateness
-        is learnt afresh; its predecessor's decisions (a late redelivery) are not taken back for
-        ``health_max_age_s``. Decisions are never retained, so the first one heard is live (a
-        peer deciding only while one of its hosts is faulty sends the move that matters first)."""
-        known = self.peer_decisions.get(decision.lei)
-        retired, retired_at = self._retired_planners.get(decision.lei, ("", 0.0))
-        if decision.planner == retired and arrived - retired_at < self.config.health_max_age_s:
-            return
-        replaced = known is not None and decision.planner != known.planner
-        if known is not None and decision.ts < known.ts and not replaced:
-            return
-        if replaced:
-            self._retired_planners[decision.lei] = (known.planner, arrived)
-            self._decisions_lateness.pop(decision.lei, None)
-        self.peer_decisions[decision.lei] = decision
-        lateness = self._decisions_lateness.setdefault(decision.lei, Lateness(arrived))
-        lateness.arrived(arrived, decision.ts, PEER_DECISION_SPACING_S, first_is_live=live)
+            known = self.peer_decisions.get(decision.lei)
+            # Newer by its stamp, or from another planner instance (a peer planner restarted on a
+            # machine whose clock may be behind its predecessor's).
+            if known is None or decision.ts >= known.ts or decision.planner != known.planner:
+                self.peer_decisions[decision.lei] = decision
+                self._decision_arrived[decision.lei] = arrived
 
     def on_migration_event(self, incoming: Incoming) -> None:
         event = self.mqtt.decode_or_drop(MigrationEvent, incoming)
@@ -205,8 +183,8 @@ class Planner:
             self.peer_decisions = {
                 lei: d for lei, d in self.peer_decisions.items() if self._decision_age(lei, d, now) <= max_age
             }
-            self._decisions_lateness = {
-                lei: lateness for lei, lateness in self._decisions_lateness.items() if not lateness.gone(now)
+            self._decision_arrived = {
+                lei: at for lei, at in self._decision_arrived.items() if lei in self.peer_decisions
             }
         if self.issuer is not None:
             self.issuer.forget(now)
@@ -245,12 +223,15 @@ class Planner:
         return now - heard + max(0.0, heard - verdict.ts - usual)
 
     def _decision_age(self, lei: str, decision: PlanDecision, now: float) -> float:
-        """How old a peer's decision is (:meth:`Lateness.age`): a peer broker whose clock runs behind
-        (a Pi without a real-time clock) is played against like any other, while the newest of a
-        backlog the broker kept through an outage is as old as it is late. By its stamp for a
-        decision not taken through the broker."""
-        lateness = self._decisions_lateness.get(lei)
-        return now - decision.ts if lateness is None else lateness.age(now, decision.ts)
+        """How old a peer's decision is: since it arrived, on our clock, so a peer broker whose clock
+        runs behind (a Pi without a real-time clock) is played against like any other (by its
+        stamps it was left out, and the spare host its move took booked twice). A backlog (ours
+        after a restart, a bridge's after an outage) counts as fresh for ``health_max_age_s``:
+        its moves are held as happening only while their tasks are still on their sources, so a
+        stale one costs a host left alone for a minute at most. By its stamp when it came
+        retained, or not through the broker."""
+        arrived = self._decision_arrived.get(lei)
+        return now - decision.ts if arrived is None else now - arrived
 
     def plan_once(self, now: float):
         """Decide and publish if a host of this LEI is faulty; the decision, or None."""

@@ -300,17 +300,21 @@ class FederationView:
             return {task: ((lei, host), since) for task, (lei, host, since) in self._placements().items()}
 
     def _placements(self) -> dict[str, tuple[str, str, float]]:
-        """Task -> (LEI, host, since) of its newest placement in the LEIs' schedules. Two list a task
-        for a moment after it moved between them (the one it left republishes at once), or for as
-        long as the one it left is cut off, its last schedule retained: the placement a schedule
-        showed first the latest, on our clock, is where it runs, whichever LEI is heard last and
-        whatever the hosts' clocks say of its start (``since``, which breaks ties, capped as in
-        :meth:`_scheduled_moves`: a restarted view is handed every schedule at once)."""
+        """Task -> (LEI, host, since) of its newest placement in the LEIs' schedules.
+
+        Two list a task for a moment after it moved between them (the one it left republishes at
+        once), or for as long as the one it left is cut off, its last schedule retained. Which is
+        where it runs, by what tells it best: a placement on a host whose newest sample lists the
+        task; then the one a schedule showed first the latest, on our clock (a restarted view is
+        handed every retained schedule at once, in any order); then the latest start (``since``,
+        on the hosts' own clocks, capped as in :meth:`_scheduled_moves`)."""
         newest: dict[str, tuple[str, str, float]] = {}
-        rank: dict[str, tuple[float, float]] = {}
+        rank: dict[str, tuple[bool, float, float]] = {}
         for lei, tasks in self._scheduled.items():
             for task, (host, since) in tasks.items():
-                order = (self._first_listed[lei][task], min(since, self._schedule_at[lei]))
+                record = self._hosts.get((lei, host))
+                sampled_there = record is not None and task in record.tasks
+                order = (sampled_there, self._first_listed[lei][task], min(since, self._schedule_at[lei]))
                 if task not in rank or order > rank[task]:
                     newest[task], rank[task] = (lei, host, since), order
         return newest
