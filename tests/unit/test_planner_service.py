@@ -403,6 +403,9 @@ def test_a_peer_broker_whose_clock_runs_behind_is_played_against_from_its_first_
     assert t1_held_as_moving(p)
     arrive(p, dataclasses.replace(behind, id="a2", ts=NOW - 300, planner="pi-a2"), NOW + 5)  # restarted
     assert p.peer_decisions["a"].id == "a2" and t1_held_as_moving(p)
+    arrive(p, dataclasses.replace(behind, id="late", ts=NOW - 80, moves=()), NOW + 6)  # the old one's, redelivered
+    arrive(p, dataclasses.replace(behind, id="kept", ts=NOW + 1, planner="pi-a2", moves=()), NOW + 7, retained=True)
+    assert p.peer_decisions["a"].id == "a2"  # neither replaces the live one
     assert not t1_held_as_moving(p, now=NOW + 5 + p.config.health_max_age_s + 1)
 
     retained = planner(DRAGON_LEI="b")  # decisions are not retained; one that is counts by its stamp

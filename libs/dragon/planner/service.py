@@ -64,6 +64,7 @@ class Planner:
         self.peer_decisions: dict[str, PlanDecision] = {}  # other LEI -> its broker's newest decision
         # other LEI -> when (our clock) its decision kept arrived; None: retained, aged by its stamp
         self._decision_arrived: dict[str, float | None] = {}
+        self._replaced_planners: dict[str, tuple[str, float]] = {}  # other LEI -> (instance replaced, when)
         self.clock: Callable[[], float] = time.time  # what arrivals are timed on
         # Verdicts and decisions arrive on the MQTT worker, plans run on the main thread.
         self._health_lock = threading.Lock()
@@ -157,12 +158,28 @@ class Planner:
             return
         arrived = None if incoming.retain else self.clock()
         with self._health_lock:
-            known = self.peer_decisions.get(decision.lei)
-            # Newer by its stamp, or from another planner instance (a peer planner restarted on a
-            # machine whose clock may be behind its predecessor's).
-            if known is None or decision.ts >= known.ts or decision.planner != known.planner:
+            if self._takes_peer_decision(decision, arrived):
                 self.peer_decisions[decision.lei] = decision
                 self._decision_arrived[decision.lei] = arrived
+
+    def _takes_peer_decision(self, decision: PlanDecision, arrived: float | None) -> bool:
+        """Whether a peer's decision replaces the one kept: newer by its stamp, or from another
+        planner instance (a peer planner restarted on a machine whose clock may be behind its
+        predecessor's), but not a late redelivery of the instance it replaced, for
+        ``health_max_age_s``, nor a retained one over one that arrived live."""
+        known = self.peer_decisions.get(decision.lei)
+        if known is None:
+            return True
+        if arrived is None and self._decision_arrived.get(decision.lei) is not None:
+            return False
+        replaced, replaced_at = self._replaced_planners.get(decision.lei, ("", 0.0))
+        now = self.clock() if arrived is None else arrived
+        if decision.planner == replaced and now - replaced_at < self.config.health_max_age_s:
+            return False
+        if decision.planner != known.planner:
+            self._replaced_planners[decision.lei] = (known.planner, now)
+            return True
+        return decision.ts >= known.ts
 
     def on_migration_event(self, incoming: Incoming) -> None:
         event = self.mqtt.decode_or_drop(MigrationEvent, incoming)
@@ -185,6 +202,9 @@ class Planner:
             }
             self._decision_arrived = {
                 lei: at for lei, at in self._decision_arrived.items() if lei in self.peer_decisions
+            }
+            self._replaced_planners = {
+                lei: (planner, at) for lei, (planner, at) in self._replaced_planners.items() if now - at <= max_age
             }
         if self.issuer is not None:
             self.issuer.forget(now)
@@ -225,11 +245,11 @@ class Planner:
     def _decision_age(self, lei: str, decision: PlanDecision, now: float) -> float:
         """How old a peer's decision is: since it arrived, on our clock, so a peer broker whose clock
         runs behind (a Pi without a real-time clock) is played against like any other (by its
-        stamps it was left out, and the spare host its move took booked twice). A backlog (ours
-        after a restart, a bridge's after an outage) counts as fresh for ``health_max_age_s``:
-        its moves are held as happening only while their tasks are still on their sources, so a
-        stale one costs a host left alone for a minute at most. By its stamp when it came
-        retained, or not through the broker."""
+        stamps it was left out, and the spare host its move took booked twice). The newest of a
+        backlog (ours after a restart, a bridge's after an outage) counts as fresh for
+        ``health_max_age_s`` too: its moves, if their tasks are still on their sources, are held
+        as happening that long (their targets taken, their sources relieved). By its stamp when
+        it came retained, or not through the broker."""
         arrived = self._decision_arrived.get(lei)
         return now - decision.ts if arrived is None else now - arrived
 
