@@ -367,7 +367,9 @@ class Migrator:
         planner hears how it ended even when the first answer was never sent."""
         self.counters.add("answered_again")
         log.info("command_answered_again", id=command.id, task=command.task, step=move.step.value)
-        self.publish_event(self.event_of(move, task=command.task), again=True)
+        # Stamped when the move ended, not now: the planner rests a task from an answer's stamp,
+        # and a command redelivered an hour on must not rest its task again from now.
+        self.publish_event(replace(self.event_of(move, task=command.task), ts=move.updated or time.time()), again=True)
 
     def refuse(self, command: MigrationCommand, refusal: CommandRefused) -> None:
         self.counters.add(f"refused_{refusal.reason}")
@@ -448,24 +450,17 @@ class Migrator:
 class _OneSweep:
     """At most one sweep in a settling pass, however many commands ask for it: the first ask is
     given the moves it settled (to publish), the later ones none (already published);
-    :meth:`found` says whether it settled a move. A sweep an engine error cut short fails every
-    later ask alike, rather than wait on the same engine again."""
+    :meth:`found` says whether it settled a move. (The mover's sweep takes an engine's errors in
+    itself: one out of reach is left in ``engines_unseen``.)"""
 
     def __init__(self, sweep: Callable[[], list[Move]]) -> None:
         self._sweep = sweep
         self._found: set[str] | None = None
-        self._error: BaseException | None = None
 
     def moves(self) -> list[Move]:
-        if self._error is not None:
-            raise self._error
         if self._found is not None:
             return []
-        try:
-            moves = self._sweep()
-        except ENGINE_ERRORS as exc:
-            self._error = exc
-            raise
+        moves = self._sweep()
         self._found = {move.id for move in moves}
         return moves
 
