@@ -105,9 +105,10 @@ class VanishedCgroupProbe(ClockRateProbe):
         raise FileNotFoundError("/sys/fs/cgroup/dragon/lei1/h1/cpu.stat")
 
 
-def test_the_collector_is_healthy_only_while_samples_go_out(tmp_path) -> None:
+def test_the_collector_is_healthy_only_while_its_hosts_are_read(tmp_path) -> None:
     """Every probe failing leaves the detector blind: the healthcheck must say so, not only the
-    probe_errors counter."""
+    probe_errors counter. A read that measured no rates yet (the first, or after a counter reset)
+    is no failure: counted as one, a one-host collector's healthcheck flapped at every reset."""
     health = tmp_path / "healthy"
     settings = {"DRAGON_COLLECTOR_HOSTS": "h1", "DRAGON_HEALTH_FILE": str(health)}
     collector = Collector(config.load(CollectorConfig, settings))
@@ -116,10 +117,10 @@ def test_the_collector_is_healthy_only_while_samples_go_out(tmp_path) -> None:
     collector.tick()
     assert not health.exists() and collector.counters.snapshot()["probe_errors"] == 1
     collector.probes = [ClockRateProbe("h1")]
-    collector.tick()  # its first read: no rate yet, nothing goes out
-    assert not health.exists()
+    collector.tick()  # its first read: no rate yet, nothing goes out, but the host was read
+    assert health.exists() and collector.mqtt.samples == []
     collector.tick()
-    assert health.exists()
+    assert health.exists() and len(collector.mqtt.samples) == 1
 
 
 def test_rates_are_measured_on_the_monotonic_clock_not_the_wall_clock() -> None:

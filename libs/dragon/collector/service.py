@@ -194,16 +194,17 @@ class Collector:
             self.lifecycle.stop.wait(max(0.0, next_tick - time.monotonic()))
 
     def tick(self) -> None:
-        published = self.sample_once()
-        # Healthy only while samples go out: every probe failing (a host's cgroup gone, io.stat
-        # missing) leaves the LEI's detector blind, whatever the broker connection says.
-        self.lifecycle.healthy(self.mqtt.connected and (published > 0 or not self.probes))
+        read = self.sample_once()
+        # Healthy only while hosts are read: every probe failing (a host's cgroup gone, io.stat
+        # missing) leaves the LEI's detector blind, whatever the broker connection says. A read
+        # that measured no rates yet (the first, or after a counter reset) is not a failure.
+        self.lifecycle.healthy(self.mqtt.connected and (read > 0 or not self.probes))
 
     def sample_once(self) -> int:
-        """Sample every host once and publish; the number of samples published."""
+        """Sample every host once and publish what measured its rates; the number of hosts read."""
         now = time.time()  # one time stamp per tick: a LEI's samples of a tick line up
         self._seq += 1
-        published = 0
+        read = 0
         for probe in self.probes:
             try:
                 # Rates over each probe's own read times: a probe slow to read (cgroup and /proc
@@ -212,6 +213,7 @@ class Collector:
                 # the monotonic clock: an NTP step of the wall clock would multiply a rate, or zero it.
                 metrics = probe.read(time.monotonic())
                 tasks = probe.tasks()
+                read += 1
                 if not probe.measured:
                     # A rate needs two reads: the first went out as a measured 0 of CPU, disk and
                     # network, and held the simulator's background of the host at 0 for hundreds
@@ -234,8 +236,7 @@ class Collector:
             )
             self.mqtt.publish_message(topics.host_sample(self.lei, probe.host), sample)
             self.counters.add("samples_published")
-            published += 1
-        return published
+        return read
 
     # --- Docker: container lists and faults -----------------------------------------
     def docker_forever(self) -> None:
