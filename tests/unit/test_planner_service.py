@@ -406,6 +406,8 @@ def test_a_peer_broker_whose_clock_runs_behind_is_played_against_from_its_first_
     arrive(p, dataclasses.replace(behind, id="late", ts=NOW - 80, moves=()), NOW + 6)  # the old one's, redelivered
     arrive(p, dataclasses.replace(behind, id="kept", ts=NOW + 1, planner="pi-a2", moves=()), NOW + 7, retained=True)
     assert p.peer_decisions["a"].id == "a2"  # neither replaces the live one
+    arrive(p, dataclasses.replace(behind, id="later", ts=NOW + 100, moves=()), NOW + 8)  # pi-a's clock ahead
+    assert p.peer_decisions["a"].id == "a2"  # an instance replaced is not taken back, whatever its stamp
     assert not t1_held_as_moving(p, now=NOW + 5 + p.config.health_max_age_s + 1)
 
     retained = planner(DRAGON_LEI="b")  # decisions are not retained; one that is counts by its stamp

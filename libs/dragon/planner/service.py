@@ -32,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 import structlog
 
+from dragon.lateness import FORGET_AFTER_S
 from dragon.logs import EveryInterval
 from dragon.messages import topics
 from dragon.messages.codec import DecodeError
@@ -64,7 +65,8 @@ class Planner:
         self.peer_decisions: dict[str, PlanDecision] = {}  # other LEI -> its broker's newest decision
         # other LEI -> when (our clock) its decision kept arrived; None: retained, aged by its stamp
         self._decision_arrived: dict[str, float | None] = {}
-        self._replaced_planners: dict[str, tuple[str, float]] = {}  # other LEI -> (instance replaced, when)
+        # other LEI -> its planner instances heard within FORGET_AFTER_S -> when last
+        self._peer_planners: dict[str, dict[str, float]] = {}
         self.clock: Callable[[], float] = time.time  # what arrivals are timed on
         # Verdicts and decisions arrive on the MQTT worker, plans run on the main thread.
         self._health_lock = threading.Lock()
@@ -163,23 +165,22 @@ class Planner:
                 self._decision_arrived[decision.lei] = arrived
 
     def _takes_peer_decision(self, decision: PlanDecision, arrived: float | None) -> bool:
-        """Whether a peer's decision replaces the one kept: newer by its stamp, or from another
-        planner instance (a peer planner restarted on a machine whose clock may be behind its
-        predecessor's), but not a late redelivery of the instance it replaced, for
-        ``health_max_age_s``, nor a retained one over one that arrived live."""
+        """Whether a peer's decision replaces the one kept: newer by its stamp from the same planner
+        instance, or from an instance not heard from that LEI before (a peer planner restarted on
+        a machine whose clock may be behind its predecessor's, whatever the stamps say); not one
+        from an instance heard before (within FORGET_AFTER_S: a late redelivery of the one
+        replaced), nor a retained one over one that arrived live."""
+        heard = self._peer_planners.setdefault(decision.lei, {})
+        new_instance = decision.planner not in heard
+        heard[decision.planner] = self.clock() if arrived is None else arrived
         known = self.peer_decisions.get(decision.lei)
         if known is None:
             return True
         if arrived is None and self._decision_arrived.get(decision.lei) is not None:
             return False
-        replaced, replaced_at = self._replaced_planners.get(decision.lei, ("", 0.0))
-        now = self.clock() if arrived is None else arrived
-        if decision.planner == replaced and now - replaced_at < self.config.health_max_age_s:
-            return False
-        if decision.planner != known.planner:
-            self._replaced_planners[decision.lei] = (known.planner, now)
-            return True
-        return decision.ts >= known.ts
+        if decision.planner == known.planner:
+            return decision.ts >= known.ts
+        return new_instance  # one heard before is a late redelivery: taken once the kept one ages out
 
     def on_migration_event(self, incoming: Incoming) -> None:
         event = self.mqtt.decode_or_drop(MigrationEvent, incoming)
@@ -203,8 +204,10 @@ class Planner:
             self._decision_arrived = {
                 lei: at for lei, at in self._decision_arrived.items() if lei in self.peer_decisions
             }
-            self._replaced_planners = {
-                lei: (planner, at) for lei, (planner, at) in self._replaced_planners.items() if now - at <= max_age
+            self._peer_planners = {
+                lei: recent
+                for lei, planners in self._peer_planners.items()
+                if (recent := {planner: at for planner, at in planners.items() if now - at <= FORGET_AFTER_S})
             }
         if self.issuer is not None:
             self.issuer.forget(now)
