@@ -711,6 +711,18 @@ def test_a_task_two_schedules_list_is_where_a_schedule_placed_it_last_whatever_t
 
 
 @pytest.mark.parametrize("b_last", [True, False])
+def test_retained_schedules_a_restarted_view_is_handed_in_any_order_are_ranked_by_start(b_last):
+    """Handed over at subscription one after another, they did not place their tasks as they came:
+    by arrival the one heard last won, whichever it was."""
+    view = FederationView(stale_intervals=3, background_samples=10, lan=GIGABIT_LAN, wan=EDGE_WAN)
+    a = Schedule(lei="a", ts=NOW, tasks=(TaskPlacement("t1", "c1", "h1", NOW - 10),))
+    b = Schedule(lei="b", ts=NOW - 20, tasks=(TaskPlacement("t1", "c0", "h5", NOW - 100),))
+    for n, schedule in enumerate((a, b) if b_last else (b, a)):
+        view.observe_schedule(schedule, NOW + 0.01 * n, retained=True)
+    assert view.scheduled() == {"t1": (("a", "h1"), NOW - 10)}
+
+
+@pytest.mark.parametrize("b_last", [True, False])
 def test_a_task_two_schedules_list_is_where_a_sample_lists_it_whichever_schedule_a_restarted_view_heard_last(b_last):
     """A restarted planner is handed every retained schedule at once, in any order: b's, cut off,
     still lists t1 on b/h5; a/h1's sample lists it there."""

@@ -247,12 +247,14 @@ class FederationView:
             self._home_lei.setdefault(task, sample.lei)
         return True
 
-    def observe_schedule(self, schedule: Schedule, now: float | None = None) -> bool:
+    def observe_schedule(self, schedule: Schedule, now: float | None = None, retained: bool = False) -> bool:
         """Take an LEI's schedule in: where each of its tasks runs, and since when (an older one
         than the LEI's newest, redelivered or reordered, is ignored). True if it changed where a
-        task runs (a migrator republishes its schedule unchanged every so often)."""
+        task runs (a migrator republishes its schedule unchanged every so often). A ``retained``
+        one (handed over at subscription, in any order) did not place its tasks when it came."""
         placements = {p.task: (p.host, p.since) for p in schedule.tasks}
         received = time.time() if now is None else now
+        placed_at = 0.0 if retained else received
         with self._lock:
             if schedule.ts < self._schedule_ts.get(schedule.lei, 0.0):
                 return False
@@ -260,7 +262,7 @@ class FederationView:
             changed = placements != before
             first_listed = self._first_listed.get(schedule.lei, {})
             self._first_listed[schedule.lei] = {
-                task: first_listed[task] if before.get(task, ("",))[0] == host else received
+                task: first_listed[task] if before.get(task, ("",))[0] == host else placed_at
                 for task, (host, _) in placements.items()
             }
             self._scheduled[schedule.lei] = placements
@@ -577,7 +579,7 @@ def follow_schedules(mqtt: MqttClient, view: FederationView, then: Callable[[Sch
             return
         if mqtt.dropped_if_ahead(incoming, schedule.ts):  # kept, it would hide its LEI's real schedules
             return
-        if view.observe_schedule(schedule) and then is not None:
+        if view.observe_schedule(schedule, retained=incoming.retain) and then is not None:
             then(schedule)
 
     mqtt.subscribe(topics.all_schedules(), on_schedule, qos=1)
